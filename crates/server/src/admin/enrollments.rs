@@ -1,0 +1,266 @@
+//! `/enrollments` and `/enrollmentGroups`: the same operations over the two enrollment kinds.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use zerotouch_store::{BulkFailure, BulkItem, EnrollmentRecord, Store};
+use zerotouch_wire::ErrorCode;
+use zerotouch_wire::bulk::{BulkMode, MAX_BULK_ITEMS};
+use zerotouch_wire::enrollment::{self, EnrollmentKind, FieldError, NormalizedEnrollment};
+
+use super::timestamp;
+use crate::auth::{Caller, EnrollmentWrite, Read};
+use crate::error::ApiError;
+use crate::request::{self, BODY_LIMIT, BULK_BODY_LIMIT, Json, MaybeJson};
+
+/// Which enrollment kind a route serves.
+pub(super) trait Kind: 'static {
+    /// The kind.
+    const KIND: EnrollmentKind;
+    /// The collection name (in queries and bulk bodies).
+    const COLLECTION: &'static str;
+}
+
+/// `/enrollments`.
+#[derive(Debug)]
+pub(super) struct Individual;
+impl Kind for Individual {
+    const KIND: EnrollmentKind = EnrollmentKind::Individual;
+    const COLLECTION: &'static str = "enrollments";
+}
+
+/// `/enrollmentGroups`.
+#[derive(Debug)]
+pub(super) struct Group;
+impl Kind for Group {
+    const KIND: EnrollmentKind = EnrollmentKind::Group;
+    const COLLECTION: &'static str = "enrollmentGroups";
+}
+
+fn describe<K: Kind>(id: &str) -> String {
+    format!("{} {id:?}", K::KIND.noun())
+}
+
+fn parse_id<K: Kind>(id: &str) -> Result<String, ApiError> {
+    K::KIND.parse_id(id).map_err(|e| ApiError::InvalidId(format!("{} in the path: {e}", K::KIND.id_field())))
+}
+
+fn render(record: &EnrollmentRecord, with_keys: bool) -> Value {
+    let keys = match (&record.primary_key, &record.secondary_key) {
+        (Some(p), Some(s)) if with_keys => Some((p, s)),
+        _ => None,
+    };
+    enrollment::render(
+        &record.document,
+        &record.etag,
+        &timestamp(record.created_at),
+        &timestamp(record.updated_at),
+        keys,
+    )
+}
+
+/// Refuses documents that name hubs that are not linked.
+async fn check_hubs(store: &Store, named: &[String]) -> Result<(), ApiError> {
+    let unknown = store.unknown_hubs(named).await.map_err(ApiError::internal)?;
+    match unknown.first() {
+        None => Ok(()),
+        Some(hub) => Err(ApiError::InvalidField(FieldError::new(
+            "iotHubs",
+            format!("hub {hub:?} is not linked (PUT /hubs/{hub} first)"),
+        ))),
+    }
+}
+
+/// `GET /{collection}/{id}`.
+pub(super) async fn get<K: Kind>(
+    _caller: Caller<Read>,
+    store: web::Data<Store>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = parse_id::<K>(&id)?;
+    let record = store.enrollment(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
+}
+
+/// `PUT /{collection}/{id}`: create or replace, under `If-Match`.
+pub(super) async fn put<K: Kind>(
+    caller: Caller<EnrollmentWrite>,
+    req: HttpRequest,
+    store: web::Data<Store>,
+    id: web::Path<String>,
+    body: Json<BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    parse_id::<K>(&id)?;
+    let precondition = request::precondition(&req)?;
+    let normalized = enrollment::normalize(K::KIND, body.0, Some(&id))?;
+    check_hubs(&store, &normalized.named_hubs).await?;
+    let (record, _created) = store
+        .put_enrollment(K::KIND, normalized, &precondition, &caller.actor())
+        .await
+        .map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
+}
+
+/// `DELETE /{collection}/{id}`, under `If-Match`.
+pub(super) async fn delete<K: Kind>(
+    caller: Caller<EnrollmentWrite>,
+    req: HttpRequest,
+    store: web::Data<Store>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = parse_id::<K>(&id)?;
+    let precondition = request::precondition(&req)?;
+    store
+        .delete_enrollment(K::KIND, &key, &precondition, &caller.actor())
+        .await
+        .map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /{collection}/{id}/attestationmechanism`: the attestation, keys included (audited).
+pub(super) async fn attestation_mechanism<K: Kind>(
+    caller: Caller<EnrollmentWrite>,
+    store: web::Data<Store>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = parse_id::<K>(&id)?;
+    let record = store.enrollment(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    store.audit_key_read(K::KIND, &record, &caller.actor()).await.map_err(ApiError::internal)?;
+    let attestation = render(&record, true).get("attestation").cloned().unwrap_or(Value::Null);
+    Ok(HttpResponse::Ok().json(attestation))
+}
+
+/// `POST /{collection}/query`: `SELECT * FROM {collection}`, paged.
+pub(super) async fn query<K: Kind>(
+    _caller: Caller<Read>,
+    req: HttpRequest,
+    store: web::Data<Store>,
+    body: MaybeJson<BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(body) = body.0 {
+        let query = body.get("query").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::InvalidQuery("query: a string such as \"SELECT * FROM enrollments\" is required".into())
+        })?;
+        zerotouch_wire::query::check_select_all(query, K::COLLECTION)
+            .map_err(|e| ApiError::InvalidQuery(format!("query: {e}")))?;
+    }
+    let paging = request::paging(&req)?;
+    let page =
+        store.list_enrollments(K::KIND, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
+    let items = page.items.iter().map(|r| render(r, false)).collect();
+    Ok(request::page_response(items, page.next, K::KIND.item_type(), &paging))
+}
+
+/// The JSON of one failed bulk item.
+fn item_error(kind: EnrollmentKind, index: usize, id: &str, code: ErrorCode, status: String) -> Value {
+    json!({ kind.id_field(): id, "index": index, "errorCode": code.number(), "errorStatus": status })
+}
+
+/// Parses one bulk item for `mode`; the error is the item's error JSON.
+fn parse_item(kind: EnrollmentKind, mode: BulkMode, index: usize, item: Value) -> Result<BulkItem, Value> {
+    let id = item.get(kind.id_field()).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let invalid = |e: FieldError| item_error(kind, index, &id, ErrorCode::InvalidField, e.to_string());
+    let etag = match item.get("etag") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(etag)) => Some(etag.clone()),
+        Some(_) => return Err(invalid(FieldError::new("etag", "must be a string"))),
+    };
+    let (key, enrollment) = match mode {
+        BulkMode::Delete => {
+            let key = kind.parse_id(&id).map_err(|e| invalid(FieldError::new(kind.id_field(), e.to_string())))?;
+            (key, None)
+        }
+        _ => {
+            let normalized: NormalizedEnrollment = enrollment::normalize(kind, item, None).map_err(invalid)?;
+            (normalized.key.clone(), Some(normalized))
+        }
+    };
+    if mode == BulkMode::UpdateIfMatchETag && etag.is_none() {
+        return Err(invalid(FieldError::new("etag", "required in updateIfMatchETag mode")));
+    }
+    Ok(BulkItem { index, key, enrollment, etag })
+}
+
+/// `POST /{collection}`: a bulk call of up to 10,000 items; each failure is reported with its index.
+pub(super) async fn bulk<K: Kind>(
+    caller: Caller<EnrollmentWrite>,
+    store: web::Data<Store>,
+    body: Json<BULK_BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    let kind = K::KIND;
+    let Value::Object(mut body) = body.0 else {
+        return Err(ApiError::MalformedBody(format!(
+            "the body must be an object with \"mode\" and \"{}\"",
+            K::COLLECTION
+        )));
+    };
+    let mode: BulkMode = zerotouch_wire::field::decode(body.remove("mode").unwrap_or(Value::Null)).map_err(|e| {
+        FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
+    })?;
+    let items = match body.remove(K::COLLECTION) {
+        Some(Value::Array(items)) => items,
+        _ => return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into()),
+    };
+    if let Some(unknown) = body.keys().next() {
+        return Err(FieldError::new(unknown.as_str(), "unknown field").into());
+    }
+    if items.is_empty() || items.len() > MAX_BULK_ITEMS {
+        return Err(FieldError::new(
+            K::COLLECTION,
+            format!("must hold 1 to {MAX_BULK_ITEMS} items (got {})", items.len()),
+        )
+        .into());
+    }
+
+    let mut errors: Vec<(usize, Value)> = Vec::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match parse_item(kind, mode, index, item) {
+            Ok(item) => parsed.push(item),
+            Err(error) => errors.push((index, error)),
+        }
+    }
+    let mut named: Vec<String> =
+        parsed.iter().filter_map(|i| i.enrollment.as_ref()).flat_map(|e| e.named_hubs.iter().cloned()).collect();
+    named.sort();
+    named.dedup();
+    let unknown = store.unknown_hubs(&named).await.map_err(ApiError::internal)?;
+    let mut items = Vec::with_capacity(parsed.len());
+    for item in parsed {
+        let missing = item.enrollment.as_ref().and_then(|e| e.named_hubs.iter().find(|h| unknown.contains(h)));
+        match (missing, &item.enrollment) {
+            (Some(hub), Some(e)) => errors.push((
+                item.index,
+                item_error(
+                    kind,
+                    item.index,
+                    &e.id,
+                    ErrorCode::InvalidField,
+                    format!("iotHubs: hub {hub:?} is not linked"),
+                ),
+            )),
+            _ => items.push(item),
+        }
+    }
+    let ids: std::collections::HashMap<usize, String> = items
+        .iter()
+        .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
+        .collect();
+    let failures = store.bulk_enrollments(kind, mode, items, &caller.actor()).await.map_err(|e| match e {
+        zerotouch_store::StoreError::Conflict(why) => ApiError::Conflict(why),
+        other => ApiError::internal(other),
+    })?;
+    for (index, failure) in failures {
+        let id = ids.get(&index).map(String::as_str).unwrap_or_default();
+        let (code, status) = match failure {
+            BulkFailure::Conflict(why) => (ErrorCode::Conflict, why),
+            BulkFailure::NotFound => (ErrorCode::NotFound, format!("the {} does not exist", kind.noun())),
+            BulkFailure::PreconditionFailed => {
+                (ErrorCode::PreconditionFailed, "the etag does not match the current one".to_owned())
+            }
+        };
+        errors.push((index, item_error(kind, index, id, code, status)));
+    }
+    errors.sort_by_key(|(index, _)| *index);
+    let errors: Vec<Value> = errors.into_iter().map(|(_, e)| e).collect();
+    Ok(HttpResponse::Ok().json(json!({ "isSuccessful": errors.is_empty(), "errors": errors })))
+}

@@ -1,0 +1,112 @@
+//! `/hubs` (our extension): the linked hubs allocation chooses from.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+use zerotouch_store::{HubInput, HubRecord, Store};
+use zerotouch_wire::HubHostName;
+use zerotouch_wire::enrollment::FieldError;
+use zerotouch_wire::hub::{DEFAULT_WEIGHT, Hub, HubKind, MAX_WEIGHT, MIN_WEIGHT};
+
+use super::timestamp;
+use crate::auth::{Caller, HubWrite, Read};
+use crate::error::ApiError;
+use crate::request::{self, BODY_LIMIT, Json};
+
+fn render(record: &HubRecord) -> Result<Value, ApiError> {
+    let kind = HubKind::parse(&record.hub.kind)
+        .ok_or_else(|| ApiError::internal(format!("stored hub kind {:?} is unknown", record.hub.kind)))?;
+    let hub = Hub {
+        host_name: record.hub.host_name.clone(),
+        kind,
+        allocation_weight: Some(record.hub.allocation_weight),
+        apply_allocation_policy: Some(record.hub.apply_allocation_policy),
+        etag: Some(record.etag.clone()),
+        created_date_time_utc: Some(timestamp(record.created_at)),
+        last_updated_date_time_utc: Some(timestamp(record.updated_at)),
+    };
+    serde_json::to_value(hub).map_err(ApiError::internal)
+}
+
+fn parse_name(name: &str) -> Result<HubHostName, ApiError> {
+    HubHostName::try_from(name).map_err(|e| ApiError::InvalidId(format!("hostName in the path: {e}")))
+}
+
+fn describe(name: &str) -> String {
+    format!("hub {name:?}")
+}
+
+/// `GET /hubs`.
+pub(super) async fn list(_caller: Caller<Read>, store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
+    let hubs = store.list_hubs().await.map_err(ApiError::internal)?;
+    let items = hubs.iter().map(render).collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(items))
+}
+
+/// `GET /hubs/{hostName}`.
+pub(super) async fn get(
+    _caller: Caller<Read>,
+    store: web::Data<Store>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let host = parse_name(&name)?;
+    let record = store.hub(host.as_str()).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
+}
+
+/// `PUT /hubs/{hostName}`: link or change a hub, under `If-Match` (owners only).
+pub(super) async fn put(
+    caller: Caller<HubWrite>,
+    req: HttpRequest,
+    store: web::Data<Store>,
+    name: web::Path<String>,
+    body: Json<BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    let host = parse_name(&name)?;
+    let precondition = request::precondition(&req)?;
+    let hub: Hub = zerotouch_wire::field::decode(body.0)?;
+    let body_host =
+        HubHostName::try_from(hub.host_name.as_str()).map_err(|e| FieldError::new("hostName", e.to_string()))?;
+    if body_host != host {
+        return Err(FieldError::new(
+            "hostName",
+            format!("{:?} differs from the host name in the URL ({:?})", hub.host_name, name.as_str()),
+        )
+        .into());
+    }
+    let weight = hub.allocation_weight.unwrap_or(DEFAULT_WEIGHT);
+    if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
+        return Err(FieldError::new(
+            "allocationWeight",
+            format!("must be from {MIN_WEIGHT} to {MAX_WEIGHT} (got {weight})"),
+        )
+        .into());
+    }
+    let input = HubInput {
+        host_name: host.as_str().to_owned(),
+        kind: hub.kind.as_str().to_owned(),
+        allocation_weight: weight,
+        apply_allocation_policy: hub.apply_allocation_policy.unwrap_or(true),
+        settings: Value::Object(Default::default()),
+    };
+    let (record, _created) = store
+        .put_hub(input, &precondition, &caller.actor())
+        .await
+        .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
+}
+
+/// `DELETE /hubs/{hostName}`, under `If-Match` (owners only).
+pub(super) async fn delete(
+    caller: Caller<HubWrite>,
+    req: HttpRequest,
+    store: web::Data<Store>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let host = parse_name(&name)?;
+    let precondition = request::precondition(&req)?;
+    store
+        .delete_hub(host.as_str(), &precondition, &caller.actor())
+        .await
+        .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,429 @@
+//! Configuration: one typed [`Config`], assembled from flags, `ZEROTOUCH_*` variables, a TOML file and defaults
+//! (in that order of precedence), validated once at start-up with errors that name the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// The zerotouch command line.
+#[derive(Debug, Parser)]
+#[command(name = "zerotouch", version, about = "Self-hosted device provisioning service (Azure DPS-compatible)")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(SettingArgs),
+    /// Print an admin JWT signed with the development key of the data dir.
+    AdminToken(AdminTokenArgs),
+}
+
+/// Settings shared by every subcommand. Each is a flag, a `ZEROTOUCH_<NAME>` variable, or a key of the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingArgs {
+    /// A TOML file with settings (keys as the flags, with `_` or `-`).
+    #[arg(long, env = "ZEROTOUCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where trust material, the id scope and the SQLite file live [default: ./zerotouch-data].
+    #[arg(long, env = "ZEROTOUCH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://FILE` or `postgres://...` (also `DATABASE_URL`) [default: SQLite file in the data dir].
+    #[arg(long, env = "ZEROTOUCH_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// External JWT issuer (`iss`); configuring one disables the development token key.
+    #[arg(long, env = "ZEROTOUCH_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of admin tokens [default: zerotouch].
+    #[arg(long, env = "ZEROTOUCH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// JWKS file with the issuer's verification keys.
+    #[arg(long, env = "ZEROTOUCH_JWKS_FILE", value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL with the issuer's verification keys (fetched at start and every 5 minutes).
+    #[arg(long, env = "ZEROTOUCH_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// Claim holding the caller's role(s), dotted for nested claims (`realm_access.roles`) [default: role].
+    #[arg(long, env = "ZEROTOUCH_JWT_ROLE_CLAIM")]
+    pub jwt_role_claim: Option<String>,
+}
+
+/// `zerotouch serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Settings shared with the other subcommands.
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// HTTPS device API address [default: 0.0.0.0:8443].
+    #[arg(long, env = "ZEROTOUCH_DEVICE_LISTEN", value_name = "ADDR")]
+    pub device_listen: Option<SocketAddr>,
+    /// MQTT device endpoint address [default: 0.0.0.0:8883].
+    #[arg(long, env = "ZEROTOUCH_MQTT_LISTEN", value_name = "ADDR")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// HTTPS admin API address [default: 127.0.0.1:8444].
+    #[arg(long, env = "ZEROTOUCH_SERVICE_LISTEN", value_name = "ADDR")]
+    pub service_listen: Option<SocketAddr>,
+    /// Names put in the generated server certificate besides 127.0.0.1 and ::1 [default: localhost].
+    #[arg(long = "hostname", env = "ZEROTOUCH_HOSTNAME", value_delimiter = ',', value_name = "NAME")]
+    pub hostnames: Vec<String>,
+    /// The id scope devices use [default: generated once as 0ne + 8 hex digits, then kept].
+    #[arg(long, env = "ZEROTOUCH_ID_SCOPE")]
+    pub id_scope: Option<String>,
+    /// Server certificate chain (PEM) to use instead of the generated one; needs --tls-key.
+    #[arg(long, env = "ZEROTOUCH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "ZEROTOUCH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Do not apply migrations at start (run `zerotouch migrate` first).
+    #[arg(long, env = "ZEROTOUCH_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT [default: 10s].
+    #[arg(long, env = "ZEROTOUCH_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// `zerotouch admin-token`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminTokenArgs {
+    /// Settings (the data dir and any external issuer).
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// The role the token carries.
+    #[arg(long, default_value = "owner", value_parser = ["owner", "operator", "reader"])]
+    pub role: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// The token's subject (who the audit log says acted).
+    #[arg(long, default_value = "dev-admin")]
+    pub subject: String,
+}
+
+/// The optional TOML file: the same settings, by the same names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    #[serde(alias = "data-dir")]
+    data_dir: Option<PathBuf>,
+    #[serde(alias = "database-url")]
+    database_url: Option<String>,
+    #[serde(alias = "device-listen")]
+    device_listen: Option<SocketAddr>,
+    #[serde(alias = "mqtt-listen")]
+    mqtt_listen: Option<SocketAddr>,
+    #[serde(alias = "service-listen")]
+    service_listen: Option<SocketAddr>,
+    #[serde(alias = "hostnames")]
+    hostname: Option<Vec<String>>,
+    #[serde(alias = "id-scope")]
+    id_scope: Option<String>,
+    #[serde(alias = "tls-cert")]
+    tls_cert: Option<PathBuf>,
+    #[serde(alias = "tls-key")]
+    tls_key: Option<PathBuf>,
+    #[serde(alias = "no-migrate")]
+    no_migrate: Option<bool>,
+    #[serde(alias = "shutdown-timeout", default, with = "humantime_serde_opt")]
+    shutdown_timeout: Option<Duration>,
+    #[serde(alias = "jwt-issuer")]
+    jwt_issuer: Option<String>,
+    #[serde(alias = "jwt-audience")]
+    jwt_audience: Option<String>,
+    #[serde(alias = "jwks-file")]
+    jwks_file: Option<PathBuf>,
+    #[serde(alias = "jwks-url")]
+    jwks_url: Option<String>,
+    #[serde(alias = "jwt-role-claim")]
+    jwt_role_claim: Option<String>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// Where admin tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenIssuer {
+    /// The development key in the data dir (`zerotouch admin-token`).
+    Development,
+    /// An external OIDC issuer.
+    External {
+        /// Required `iss`.
+        issuer: String,
+        /// Where its keys are.
+        keys: JwksSource,
+    },
+}
+
+/// Where an external issuer's verification keys are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS file.
+    File(PathBuf),
+    /// A JWKS URL.
+    Url(String),
+}
+
+/// Admin authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Who issues tokens.
+    pub issuer: TokenIssuer,
+    /// Required `aud`.
+    pub audience: String,
+    /// Claim path holding the role(s).
+    pub role_claim: String,
+}
+
+/// The validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The database URL.
+    pub database_url: String,
+    /// HTTPS device API address.
+    pub device_listen: SocketAddr,
+    /// MQTT device endpoint address.
+    pub mqtt_listen: SocketAddr,
+    /// HTTPS admin API address.
+    pub service_listen: SocketAddr,
+    /// Names of the generated server certificate.
+    pub hostnames: Vec<String>,
+    /// A configured id scope, if any.
+    pub id_scope: Option<String>,
+    /// An operator-provided server certificate and key.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Whether to skip migrations at start.
+    pub no_migrate: bool,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Admin authentication.
+    pub auth: AuthConfig,
+}
+
+/// Default development issuer name, in tokens from `zerotouch admin-token`.
+pub const DEV_ISSUER: &str = "zerotouch-dev";
+/// Default audience of admin tokens.
+pub const DEFAULT_AUDIENCE: &str = "zerotouch";
+
+fn read_file_settings(path: Option<&Path>) -> anyhow::Result<FileSettings> {
+    let Some(path) = path else { return Ok(FileSettings::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("--config: {} is not a valid settings file", path.display()))
+}
+
+/// The data dir, database URL and authentication settings every subcommand needs.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The database URL.
+    pub database_url: String,
+    /// Admin authentication.
+    pub auth: AuthConfig,
+}
+
+fn common(args: &SettingArgs, file: &FileSettings) -> anyhow::Result<CommonConfig> {
+    let data_dir =
+        args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./zerotouch-data"));
+    let database_url = match args.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok()) {
+        Some(url) => url,
+        None => match &file.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", data_dir.join("zerotouch.db").display()),
+        },
+    };
+    if zerotouch_store::Backend::of_url(&database_url).is_none() {
+        bail!("--database-url: must start with sqlite:// or postgres:// (got {:?})", redact_url(&database_url));
+    }
+    let issuer = args.jwt_issuer.clone().or_else(|| file.jwt_issuer.clone());
+    let jwks_file = args.jwks_file.clone().or_else(|| file.jwks_file.clone());
+    let jwks_url = args.jwks_url.clone().or_else(|| file.jwks_url.clone());
+    let issuer = match (issuer, jwks_file, jwks_url) {
+        (None, None, None) => TokenIssuer::Development,
+        (None, _, _) => bail!("--jwks-file/--jwks-url: need --jwt-issuer as well"),
+        (Some(_), Some(_), Some(_)) => bail!("--jwks-file and --jwks-url: give one, not both"),
+        (Some(_), None, None) => bail!("--jwt-issuer: needs --jwks-file or --jwks-url"),
+        (Some(issuer), Some(file), None) => TokenIssuer::External { issuer, keys: JwksSource::File(file) },
+        (Some(issuer), None, Some(url)) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                bail!("--jwks-url: must be an http(s) URL");
+            }
+            TokenIssuer::External { issuer, keys: JwksSource::Url(url) }
+        }
+    };
+    let audience =
+        args.jwt_audience.clone().or_else(|| file.jwt_audience.clone()).unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned());
+    let role_claim =
+        args.jwt_role_claim.clone().or_else(|| file.jwt_role_claim.clone()).unwrap_or_else(|| "role".to_owned());
+    if role_claim.split('.').any(str::is_empty) {
+        bail!("--jwt-role-claim: {role_claim:?} is not a claim name or dotted path");
+    }
+    Ok(CommonConfig { data_dir, database_url, auth: AuthConfig { issuer, audience, role_claim } })
+}
+
+/// Hides the password of a database URL, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl CommonConfig {
+    /// Resolves the settings of `migrate` and `admin-token`.
+    pub fn resolve(args: &SettingArgs) -> anyhow::Result<Self> {
+        let file = read_file_settings(args.config.as_deref())?;
+        common(args, &file)
+    }
+}
+
+impl Config {
+    /// Resolves the settings of `serve`: flag > env > file > default.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = read_file_settings(args.settings.config.as_deref())?;
+        let CommonConfig { data_dir, database_url, auth } = common(&args.settings, &file)?;
+        let default_addr = |s: &str| s.parse::<SocketAddr>().context("built-in default address");
+        let hostnames = if !args.hostnames.is_empty() {
+            args.hostnames.clone()
+        } else {
+            file.hostname.clone().unwrap_or_else(|| vec!["localhost".to_owned()])
+        };
+        for name in &hostnames {
+            zerotouch_wire::HubHostName::try_from(name.as_str())
+                .map_err(|e| anyhow::anyhow!("--hostname: {name:?} is not a DNS name: {e}"))?;
+        }
+        let id_scope = args.id_scope.clone().or_else(|| file.id_scope.clone());
+        if let Some(scope) = &id_scope {
+            check_id_scope(scope).map_err(|e| anyhow::anyhow!("--id-scope: {e}"))?;
+        }
+        let tls_files = match (
+            args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+            args.tls_key.clone().or_else(|| file.tls_key.clone()),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key: give both or neither"),
+        };
+        Ok(Self {
+            data_dir,
+            database_url,
+            device_listen: match args.device_listen.or(file.device_listen) {
+                Some(a) => a,
+                None => default_addr("0.0.0.0:8443")?,
+            },
+            mqtt_listen: match args.mqtt_listen.or(file.mqtt_listen) {
+                Some(a) => a,
+                None => default_addr("0.0.0.0:8883")?,
+            },
+            service_listen: match args.service_listen.or(file.service_listen) {
+                Some(a) => a,
+                None => default_addr("127.0.0.1:8444")?,
+            },
+            hostnames,
+            id_scope,
+            tls_files,
+            no_migrate: args.no_migrate || file.no_migrate.unwrap_or(false),
+            shutdown_timeout: args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(10)),
+            auth,
+        })
+    }
+}
+
+/// Checks an id scope: 1-64 ASCII letters and digits (`0ne` + 8 hex digits when generated).
+pub fn check_id_scope(scope: &str) -> Result<(), String> {
+    if scope.is_empty() || scope.len() > 64 || !scope.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("{scope:?} must be 1-64 ASCII letters and digits"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(
+            std::iter::once("zerotouch").chain(std::iter::once("serve")).chain(args.iter().copied()),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let config = Config::resolve(&serve(&[])).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./zerotouch-data"));
+        assert_eq!(config.service_listen.to_string(), "127.0.0.1:8444");
+        assert_eq!(config.device_listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(config.mqtt_listen.to_string(), "0.0.0.0:8883");
+        assert_eq!(config.hostnames, vec!["localhost"]);
+        assert_eq!(config.auth.issuer, TokenIssuer::Development);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/from/file\"\nservice_listen = \"127.0.0.1:9000\"\nhostname = [\"a.example\"]\n",
+        )
+        .unwrap();
+        let config =
+            Config::resolve(&serve(&["--config", file.to_str().unwrap(), "--data-dir", "/from/flag"])).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.service_listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.hostnames, vec!["a.example"]);
+        assert!(config.database_url.starts_with("sqlite:///from/flag/"));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "data_dri = \"x\"\n").unwrap();
+        let err = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(format!("{err:#}").contains("data_dri"), "{err:#}");
+        let err = Config::resolve(&serve(&["--database-url", "mysql://x"])).unwrap_err();
+        assert!(err.to_string().contains("--database-url"), "{err}");
+        let err = Config::resolve(&serve(&["--id-scope", "0ne/1"])).unwrap_err();
+        assert!(err.to_string().contains("--id-scope"), "{err}");
+        let err = Config::resolve(&serve(&["--jwt-issuer", "https://idp"])).unwrap_err();
+        assert!(err.to_string().contains("--jwks"), "{err}");
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_in_messages() {
+        assert_eq!(redact_url("postgres://zt:s3cret@db:5432/zt"), "postgres://zt:***@db:5432/zt");
+        assert_eq!(redact_url("postgres://db/zt"), "postgres://db/zt");
+    }
+}

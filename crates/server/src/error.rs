@@ -1,0 +1,163 @@
+//! The one place where errors become HTTP answers: status, Azure `errorCode`, message, `x-ms-error-code`.
+//!
+//! Client errors name the field, header or resource at fault. Authentication failures all read the same to the
+//! client; the reason goes to the log. Internal errors answer a bare "internal error" with a tracking id, and
+//! the log line carries the same id with the whole cause.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use zerotouch_store::StoreError;
+use zerotouch_wire::enrollment::FieldError;
+use zerotouch_wire::{ErrorBody, ErrorCode};
+
+use crate::auth::{Role, TokenError};
+
+/// Everything an admin request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON of the expected shape.
+    #[error("{0}")]
+    MalformedBody(String),
+    /// A field has an unacceptable value.
+    #[error("{0}")]
+    InvalidField(#[from] FieldError),
+    /// An id in the path is invalid.
+    #[error("{0}")]
+    InvalidId(String),
+    /// The query is not understood.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A header or query parameter is invalid.
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// The bearer token is missing or invalid.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(TokenError),
+    /// The caller's role is not enough.
+    #[error("role {role} may not {what}")]
+    Forbidden {
+        /// The caller's role.
+        role: &'static str,
+        /// The role needed.
+        needs: Role,
+        /// What was attempted.
+        what: &'static str,
+    },
+    /// No route has this path.
+    #[error("no route")]
+    RouteNotFound,
+    /// The resource does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The route does not take this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A conflicting write.
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` failed.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The body is too large.
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON.
+    #[error("unsupported content type {0:?}")]
+    UnsupportedMediaType(String),
+    /// The service is not ready.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// Something broke inside.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// An internal error with its cause (logged, not sent).
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+
+    /// Maps a store error about `resource` (e.g. `enrollment "dev-1"`).
+    pub fn from_store(err: StoreError, resource: &str) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound(resource.to_owned()),
+            StoreError::PreconditionFailed => {
+                Self::PreconditionFailed(format!("If-Match does not match the current etag of {resource}"))
+            }
+            StoreError::Conflict(why) => Self::Conflict(format!("{resource}: {why}")),
+            StoreError::UnsupportedUrl | StoreError::Corrupt(_) | StoreError::Database(_) => Self::internal(err),
+        }
+    }
+
+    /// The code and client-facing message.
+    pub fn code_and_message(&self) -> (ErrorCode, String) {
+        match self {
+            Self::MalformedBody(m) => (ErrorCode::MalformedBody, m.clone()),
+            Self::InvalidField(e) => (ErrorCode::InvalidField, e.to_string()),
+            Self::InvalidId(m) => (ErrorCode::InvalidId, m.clone()),
+            Self::InvalidQuery(m) => (ErrorCode::InvalidQuery, m.clone()),
+            Self::InvalidHeader(m) => (ErrorCode::InvalidHeader, m.clone()),
+            Self::Unauthenticated(_) => {
+                (ErrorCode::Unauthenticated, "a valid bearer token is required (Authorization: Bearer <JWT>)".into())
+            }
+            Self::Forbidden { role, needs, what } => (
+                ErrorCode::Forbidden,
+                format!("role {role:?} may not {what}; role {:?} or higher is needed", needs.as_str()),
+            ),
+            Self::RouteNotFound => (ErrorCode::RouteNotFound, "no such route".into()),
+            Self::NotFound(what) => (ErrorCode::NotFound, format!("{what} does not exist")),
+            Self::MethodNotAllowed => (ErrorCode::MethodNotAllowed, "the route does not take this method".into()),
+            Self::Conflict(m) => (ErrorCode::Conflict, m.clone()),
+            Self::PreconditionFailed(m) => (ErrorCode::PreconditionFailed, m.clone()),
+            Self::PayloadTooLarge(limit) => {
+                (ErrorCode::PayloadTooLarge, format!("the body is larger than the {limit} bytes this route takes"))
+            }
+            Self::UnsupportedMediaType(t) => {
+                (ErrorCode::UnsupportedMediaType, format!("Content-Type {t:?} is not supported; send application/json"))
+            }
+            Self::NotReady(m) => (ErrorCode::NotReady, format!("not ready: {m}")),
+            Self::Internal(_) => (ErrorCode::Internal, "internal error; quote the trackingId to the operator".into()),
+        }
+    }
+}
+
+/// Builds the Azure error answer for `code` and `message`, logging it under a fresh tracking id.
+pub fn error_response(code: ErrorCode, message: String, cause: Option<&str>) -> HttpResponse {
+    let tracking_id = uuid::Uuid::new_v4().to_string();
+    match cause {
+        Some(cause) => tracing::error!(tracking_id, error_code = code.number(), "{cause}"),
+        None => tracing::debug!(tracking_id, error_code = code.number(), "{message}"),
+    }
+    let body = ErrorBody {
+        error_code: code.number(),
+        tracking_id,
+        message,
+        timestamp_utc: zerotouch_wire::format_timestamp(chrono::Utc::now()),
+    };
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = HttpResponse::build(status);
+    builder.insert_header(("x-ms-error-code", code.number().to_string()));
+    if code == ErrorCode::Unauthenticated {
+        builder.insert_header(("WWW-Authenticate", "Bearer"));
+    }
+    builder.json(body)
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.code_and_message().0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (code, message) = self.code_and_message();
+        match self {
+            Self::Internal(cause) => error_response(code, message, Some(cause)),
+            Self::Unauthenticated(why) => {
+                tracing::info!("admin request refused: {why}");
+                error_response(code, message, None)
+            }
+            _ => error_response(code, message, None),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The `zerotouch` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use zerotouch_server::config::{Cli, Command};
+use zerotouch_server::{service, tls};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tls::install_crypto_provider();
+    let filter = EnvFilter::try_from_env("ZEROTOUCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => actix_web::rt::System::new().block_on(service::serve(args)),
+        Command::Migrate(args) => actix_web::rt::System::new().block_on(service::migrate(args)),
+        Command::AdminToken(args) => service::admin_token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zerotouch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

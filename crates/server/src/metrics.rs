@@ -1,0 +1,79 @@
+//! Prometheus metrics: requests by route, method and status, and their latency.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The service's metrics registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("zerotouch_http_requests_total", "HTTP requests answered, by route, method and status"),
+            &["listener", "route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("zerotouch_http_request_duration_seconds", "Time to answer HTTP requests")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["listener", "route", "method"],
+        )?;
+        let info = IntCounterVec::new(Opts::new("zerotouch_build_info", "Build information"), &["version"])?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(info))?;
+        Ok(Self { registry, requests, latency })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!("metrics encoding failed: {e}");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    fn observe(&self, listener: &str, route: &str, method: &str, status: u16, started: Instant) {
+        self.requests.with_label_values(&[listener, route, method, &status.to_string()]).inc();
+        self.latency.with_label_values(&[listener, route, method]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Middleware: counts and times every request of the admin listener, and logs it (never its headers or body).
+pub async fn observe_admin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let response = next.call(req).await?;
+    let route = response.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
+    let status = response.status().as_u16();
+    if let Some(metrics) = metrics {
+        metrics.observe("service", &route, &method, status, started);
+    }
+    tracing::info!(
+        target: "zerotouch::access",
+        method,
+        path,
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "admin request"
+    );
+    Ok(response)
+}

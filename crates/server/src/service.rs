@@ -1,0 +1,183 @@
+//! The `serve`, `migrate` and `admin-token` commands: start-up, listeners, and graceful shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use zerotouch_store::Store;
+
+use crate::auth::Verifier;
+use crate::config::{AdminTokenArgs, CommonConfig, Config, ServeArgs, SettingArgs, TokenIssuer, redact_url};
+use crate::data_dir::{self, files};
+use crate::metrics::Metrics;
+
+/// What every admin request handler may use.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The database.
+    pub store: Store,
+    /// The admin-token verifier.
+    pub verifier: Arc<Verifier>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+}
+
+/// Builds the admin API server on an already-bound listener (tests bind port 0).
+pub fn admin_server(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AdminState,
+    shutdown_timeout: Duration,
+) -> anyhow::Result<Server> {
+    let store = web::Data::new(state.store);
+    let verifier = web::Data::from(state.verifier);
+    let metrics = web::Data::new(state.metrics);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(store.clone())
+            .app_data(verifier.clone())
+            .app_data(metrics.clone())
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| crate::error::ApiError::InvalidId(format!("path: {e}")).into()),
+            )
+            .wrap(from_fn(crate::metrics::observe_admin))
+            .configure(crate::admin::configure)
+    })
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout.as_secs())
+    .listen_rustls_0_23(listener, (*tls).clone())?
+    .run();
+    Ok(server)
+}
+
+async fn connect(database_url: &str) -> anyhow::Result<Store> {
+    let store = Store::connect(database_url)
+        .await
+        .with_context(|| format!("--database-url: cannot open {}", redact_url(database_url)))?;
+    // The SQLite file holds enrollment keys: only the service's user may read it (SQLite gives its -wal and -shm
+    // files the database file's mode).
+    if let Some(path) = sqlite_path(database_url) {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {}", file.display()))?;
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// `zerotouch serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(&args)?;
+    let data =
+        data_dir::prepare(&config.data_dir, &config.hostnames, config.id_scope.as_deref(), config.tls_files.is_some())?;
+    let store = connect(&config.database_url).await?;
+    if config.no_migrate {
+        if !store.is_ready().await.unwrap_or(false) {
+            tracing::warn!(
+                "--no-migrate: the schema is not current; /readyz answers 503 until `zerotouch migrate` runs"
+            );
+        }
+    } else {
+        store.migrate().await.context("applying database migrations")?;
+    }
+    let verifier = Verifier::new(&config.auth, &data.path).await?;
+    let (cert, key) = match &config.tls_files {
+        Some((cert, key)) => (cert.clone(), key.clone()),
+        None => (data.file(files::SERVER_CERT), data.file(files::SERVER_KEY)),
+    };
+    let tls = crate::tls::server_config(&cert, &key)?;
+    let listener = TcpListener::bind(config.service_listen)
+        .with_context(|| format!("--service-listen: cannot listen on {}", config.service_listen))?;
+    let service_addr = listener.local_addr()?;
+
+    let dir = data.path.display();
+    if !data.created.is_empty() {
+        println!("zerotouch: created in {dir}: {}", data.created.join(", "));
+    }
+    println!("zerotouch: data dir      {dir}");
+    println!("zerotouch: database      {}", redact_url(&config.database_url));
+    println!("zerotouch: id scope      {}", data.id_scope);
+    println!("zerotouch: trust bundle  {}", data.file(files::TRUST_BUNDLE).display());
+    println!("zerotouch: root CA       {}", data.file(files::ROOT_CERT).display());
+    println!("zerotouch: server cert   {}", cert.display());
+    match &config.auth.issuer {
+        TokenIssuer::Development => println!(
+            "zerotouch: token key     {} (zerotouch admin-token --data-dir {dir})",
+            data.file(files::TOKEN_KEY).display()
+        ),
+        TokenIssuer::External { issuer, .. } => println!("zerotouch: token issuer  {issuer}"),
+    }
+    println!("zerotouch: admin API     https://{service_addr}");
+
+    let state = AdminState { store: store.clone(), verifier, metrics: Metrics::new()? };
+    let server = admin_server(listener, tls, state, config.shutdown_timeout)?;
+    let handle = server.handle();
+    tokio::spawn(async move {
+        match shutdown_signal().await {
+            Ok(signal) => tracing::info!("{signal}: finishing in-flight requests, then stopping"),
+            Err(e) => tracing::error!("cannot listen for signals: {e}"),
+        }
+        handle.stop(true).await;
+    });
+    server.await.context("admin API server")?;
+    store.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `zerotouch migrate`.
+pub async fn migrate(args: SettingArgs) -> anyhow::Result<()> {
+    let config = CommonConfig::resolve(&args)?;
+    if let Some(parent) = sqlite_path(&config.database_url).as_deref().and_then(std::path::Path::parent)
+        && !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    let store = connect(&config.database_url).await?;
+    store.migrate().await.context("applying database migrations")?;
+    store.close().await?;
+    println!("zerotouch: migrations applied to {}", redact_url(&config.database_url));
+    Ok(())
+}
+
+/// The file of an SQLite URL (`sqlite://FILE?...` or `sqlite:FILE`).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().filter(|p| !p.is_empty() && *p != ":memory:")?;
+    Some(std::path::PathBuf::from(path))
+}
+
+/// `zerotouch admin-token`.
+pub fn admin_token(args: AdminTokenArgs) -> anyhow::Result<()> {
+    let config = CommonConfig::resolve(&args.settings)?;
+    if let TokenIssuer::External { issuer, .. } = &config.auth.issuer {
+        anyhow::bail!("refused: tokens come from the configured issuer {issuer:?}, not from the development key");
+    }
+    let token = crate::auth::sign_development_token(
+        &config.data_dir,
+        &config.auth.audience,
+        &args.subject,
+        &args.role,
+        args.ttl,
+    )?;
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,507 @@
+//! Individual enrollments and enrollment groups: two tables of one shape, one repository.
+//!
+//! [`EnrollmentTable`] is implemented for both tables by a macro, and every operation is written once over it.
+//! Writes are guarded by the etag read in the same transaction (`UPDATE ... WHERE key = ? AND etag = ?`), so a
+//! concurrent writer on another connection or replica turns into a conflict rather than a lost update.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::Value;
+use zerotouch_wire::SymmetricKey;
+use zerotouch_wire::bulk::BulkMode;
+use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment};
+
+use crate::audit::{self, Change};
+use crate::{Actor, Page, Precondition, Store, StoreError};
+
+/// An enrollment or enrollment group as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentRecord {
+    /// The canonical (lower-case) id.
+    pub key: String,
+    /// The id as the client spelled it.
+    pub id: String,
+    /// `symmetricKey`, `x509` or `tpm`.
+    pub attestation_type: String,
+    /// `enabled` or `disabled`.
+    pub provisioning_status: String,
+    /// The service-API document without read-only fields and keys.
+    pub document: Value,
+    /// The primary symmetric key.
+    pub primary_key: Option<SymmetricKey>,
+    /// The secondary symmetric key.
+    pub secondary_key: Option<SymmetricKey>,
+    /// The current etag.
+    pub etag: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl EnrollmentRecord {
+    fn new(n: NormalizedEnrollment, etag: String, created_at: DateTime<Utc>, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            key: n.key,
+            id: n.id,
+            attestation_type: n.attestation_type.as_str().to_owned(),
+            provisioning_status: n.provisioning_status.as_str().to_owned(),
+            document: n.document,
+            primary_key: n.primary_key,
+            secondary_key: n.secondary_key,
+            etag,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+fn resource_type(kind: EnrollmentKind) -> &'static str {
+    match kind {
+        EnrollmentKind::Individual => "enrollment",
+        EnrollmentKind::Group => "enrollmentGroup",
+    }
+}
+
+/// The table operations every enrollment operation is written over.
+pub(crate) trait EnrollmentTable {
+    async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<EnrollmentRecord>, StoreError>;
+    async fn find_many(db: &impl ConnectionTrait, keys: &[String]) -> Result<Vec<EnrollmentRecord>, StoreError>;
+    async fn page_after(
+        db: &impl ConnectionTrait,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<EnrollmentRecord>, StoreError>;
+    async fn insert_many(db: &impl ConnectionTrait, records: &[EnrollmentRecord]) -> Result<(), StoreError>;
+    /// Replaces the row whose key and etag are `expected_etag`; returns whether it did.
+    async fn replace_if(
+        db: &impl ConnectionTrait,
+        record: &EnrollmentRecord,
+        expected_etag: &str,
+    ) -> Result<bool, StoreError>;
+    /// Deletes the row whose etag is `expected_etag`; returns whether it did.
+    async fn delete_if(db: &impl ConnectionTrait, key: &str, expected_etag: &str) -> Result<bool, StoreError>;
+}
+
+macro_rules! enrollment_table {
+    ($table:ident, $module:ident) => {
+        pub(crate) struct $table;
+
+        impl $table {
+            fn to_record(m: crate::entity::$module::Model) -> Result<EnrollmentRecord, StoreError> {
+                let key = |text: Option<String>| {
+                    text.map(|t| SymmetricKey::from_base64(&t))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(format!("symmetric key of {:?}: {e}", m.key)))
+                };
+                Ok(EnrollmentRecord {
+                    primary_key: key(m.primary_symmetric_key.clone())?,
+                    secondary_key: key(m.secondary_symmetric_key.clone())?,
+                    key: m.key,
+                    id: m.id,
+                    attestation_type: m.attestation_type,
+                    provisioning_status: m.provisioning_status,
+                    document: m.document,
+                    etag: m.etag,
+                    created_at: m.created_at,
+                    updated_at: m.updated_at,
+                })
+            }
+
+            fn to_active(r: &EnrollmentRecord) -> crate::entity::$module::ActiveModel {
+                use sea_orm::ActiveValue::Set;
+                crate::entity::$module::ActiveModel {
+                    key: Set(r.key.clone()),
+                    id: Set(r.id.clone()),
+                    attestation_type: Set(r.attestation_type.clone()),
+                    provisioning_status: Set(r.provisioning_status.clone()),
+                    document: Set(r.document.clone()),
+                    primary_symmetric_key: Set(r.primary_key.as_ref().map(|k| k.to_base64().to_string())),
+                    secondary_symmetric_key: Set(r.secondary_key.as_ref().map(|k| k.to_base64().to_string())),
+                    etag: Set(r.etag.clone()),
+                    created_at: Set(r.created_at),
+                    updated_at: Set(r.updated_at),
+                }
+            }
+        }
+
+        impl EnrollmentTable for $table {
+            async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
+                use sea_orm::EntityTrait;
+                crate::entity::$module::Entity::find_by_id(key.to_owned())
+                    .one(db)
+                    .await?
+                    .map(Self::to_record)
+                    .transpose()
+            }
+
+            async fn find_many(
+                db: &impl ConnectionTrait,
+                keys: &[String],
+            ) -> Result<Vec<EnrollmentRecord>, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let mut out = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(500) {
+                    let rows = Entity::find().filter(Column::Key.is_in(chunk.iter().cloned())).all(db).await?;
+                    for row in rows {
+                        out.push(Self::to_record(row)?);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn page_after(
+                db: &impl ConnectionTrait,
+                after: Option<&str>,
+                limit: u64,
+            ) -> Result<Vec<EnrollmentRecord>, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+                let mut query = Entity::find();
+                if let Some(after) = after {
+                    query = query.filter(Column::Key.gt(after));
+                }
+                query.order_by_asc(Column::Key).limit(limit).all(db).await?.into_iter().map(Self::to_record).collect()
+            }
+
+            async fn insert_many(db: &impl ConnectionTrait, records: &[EnrollmentRecord]) -> Result<(), StoreError> {
+                use sea_orm::EntityTrait;
+                // 10 columns per row: 200 rows stay far below SQLite's and PostgreSQL's parameter limits.
+                for chunk in records.chunks(200) {
+                    crate::entity::$module::Entity::insert_many(chunk.iter().map(Self::to_active))
+                        .exec_without_returning(db)
+                        .await
+                        .map_err(|e| StoreError::from_insert(e, "an enrollment"))?;
+                }
+                Ok(())
+            }
+
+            async fn replace_if(
+                db: &impl ConnectionTrait,
+                record: &EnrollmentRecord,
+                expected_etag: &str,
+            ) -> Result<bool, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let result = Entity::update_many()
+                    .set(Self::to_active(record))
+                    .filter(Column::Key.eq(record.key.clone()))
+                    .filter(Column::Etag.eq(expected_etag))
+                    .exec(db)
+                    .await?;
+                Ok(result.rows_affected == 1)
+            }
+
+            async fn delete_if(db: &impl ConnectionTrait, key: &str, expected_etag: &str) -> Result<bool, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let result = Entity::delete_many()
+                    .filter(Column::Key.eq(key))
+                    .filter(Column::Etag.eq(expected_etag))
+                    .exec(db)
+                    .await?;
+                Ok(result.rows_affected == 1)
+            }
+        }
+    };
+}
+
+enrollment_table!(IndividualTable, individual_enrollment);
+enrollment_table!(GroupTable, enrollment_group);
+
+/// Runs `$body` with `$t` bound to the table of `$kind`.
+macro_rules! with_table {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            EnrollmentKind::Individual => {
+                type $t = IndividualTable;
+                $body
+            }
+            EnrollmentKind::Group => {
+                type $t = GroupTable;
+                $body
+            }
+        }
+    };
+}
+
+/// One item of a bulk call, already checked.
+#[derive(Debug, Clone)]
+pub struct BulkItem {
+    /// The item's position in the request.
+    pub index: usize,
+    /// The canonical id.
+    pub key: String,
+    /// The document (for create and update modes; `None` for delete).
+    pub enrollment: Option<NormalizedEnrollment>,
+    /// The item's `etag` (for `updateIfMatchETag`, and `delete` when given).
+    pub etag: Option<String>,
+}
+
+/// Why one bulk item was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkFailure {
+    /// The id already exists (create) or appears twice in the call.
+    Conflict(String),
+    /// The id does not exist.
+    NotFound,
+    /// The item's etag does not match.
+    PreconditionFailed,
+}
+
+async fn put<T: EnrollmentTable>(
+    store: &Store,
+    kind: EnrollmentKind,
+    enrollment: NormalizedEnrollment,
+    precondition: &Precondition,
+    actor: &Actor,
+) -> Result<(EnrollmentRecord, bool), StoreError> {
+    let txn = store.db.begin().await?;
+    let existing = T::find(&txn, &enrollment.key).await?;
+    if !precondition.allows(existing.as_ref().map(|e| e.etag.as_str())) {
+        return Err(StoreError::PreconditionFailed);
+    }
+    let now = crate::now();
+    let (record, created) = match existing {
+        None => {
+            let record = EnrollmentRecord::new(enrollment, crate::new_etag(), now, now);
+            T::insert_many(&txn, std::slice::from_ref(&record)).await?;
+            (record, true)
+        }
+        Some(old) => {
+            let record = EnrollmentRecord::new(enrollment, crate::new_etag(), old.created_at, now);
+            if !T::replace_if(&txn, &record, &old.etag).await? {
+                return Err(StoreError::Conflict(format!("{} changed concurrently; retry", kind.noun())));
+            }
+            audit::record(
+                &txn,
+                actor,
+                &[Change {
+                    action: "update",
+                    resource_type: resource_type(kind),
+                    resource_id: &record.id,
+                    etag_before: Some(&old.etag),
+                    etag_after: Some(&record.etag),
+                }],
+            )
+            .await?;
+            txn.commit().await?;
+            return Ok((record, false));
+        }
+    };
+    audit::record(
+        &txn,
+        actor,
+        &[Change {
+            action: "create",
+            resource_type: resource_type(kind),
+            resource_id: &record.id,
+            etag_before: None,
+            etag_after: Some(&record.etag),
+        }],
+    )
+    .await?;
+    txn.commit().await?;
+    Ok((record, created))
+}
+
+async fn delete<T: EnrollmentTable>(
+    store: &Store,
+    kind: EnrollmentKind,
+    key: &str,
+    precondition: &Precondition,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    let txn = store.db.begin().await?;
+    let existing = T::find(&txn, key).await?.ok_or(StoreError::NotFound)?;
+    if !precondition.allows(Some(&existing.etag)) {
+        return Err(StoreError::PreconditionFailed);
+    }
+    if !T::delete_if(&txn, key, &existing.etag).await? {
+        return Err(StoreError::Conflict(format!("{} changed concurrently; retry", kind.noun())));
+    }
+    audit::record(
+        &txn,
+        actor,
+        &[Change {
+            action: "delete",
+            resource_type: resource_type(kind),
+            resource_id: &existing.id,
+            etag_before: Some(&existing.etag),
+            etag_after: None,
+        }],
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+async fn bulk<T: EnrollmentTable>(
+    store: &Store,
+    kind: EnrollmentKind,
+    mode: BulkMode,
+    items: Vec<BulkItem>,
+    actor: &Actor,
+) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
+    let txn = store.db.begin().await?;
+    let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+    let mut existing: HashMap<String, EnrollmentRecord> =
+        T::find_many(&txn, &keys).await?.into_iter().map(|r| (r.key.clone(), r)).collect();
+    let now = crate::now();
+    let mut failures = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut inserts = Vec::new();
+    let mut replaces = Vec::new();
+    let mut deletes = Vec::new();
+    for item in items {
+        if !seen.insert(item.key.clone()) {
+            failures.push((item.index, BulkFailure::Conflict("the id appears more than once in this call".into())));
+            continue;
+        }
+        let old = existing.remove(&item.key);
+        let etag_matches = |old: &EnrollmentRecord| item.etag.as_deref().is_none_or(|e| e == old.etag);
+        match (mode, old, item.enrollment) {
+            (BulkMode::Delete, None, _) => failures.push((item.index, BulkFailure::NotFound)),
+            (BulkMode::Delete, Some(old), _) if !etag_matches(&old) => {
+                failures.push((item.index, BulkFailure::PreconditionFailed))
+            }
+            (BulkMode::Delete, Some(old), _) => deletes.push(old),
+            (_, _, None) => failures.push((item.index, BulkFailure::NotFound)),
+            (BulkMode::Create, Some(_), Some(_)) => {
+                failures.push((item.index, BulkFailure::Conflict(format!("the {} already exists", kind.noun()))))
+            }
+            (BulkMode::UpdateIfMatchETag, None, Some(_)) => {
+                failures.push((item.index, BulkFailure::PreconditionFailed))
+            }
+            (BulkMode::UpdateIfMatchETag, Some(old), Some(_)) if item.etag.as_deref() != Some(old.etag.as_str()) => {
+                failures.push((item.index, BulkFailure::PreconditionFailed))
+            }
+            (_, None, Some(new)) => inserts.push(EnrollmentRecord::new(new, crate::new_etag(), now, now)),
+            (_, Some(old), Some(new)) => {
+                let record = EnrollmentRecord::new(new, crate::new_etag(), old.created_at, now);
+                replaces.push((old, record));
+            }
+        }
+    }
+
+    T::insert_many(&txn, &inserts).await?;
+    for (old, record) in &replaces {
+        if !T::replace_if(&txn, record, &old.etag).await? {
+            return Err(StoreError::Conflict(format!("{} {:?} changed concurrently; retry", kind.noun(), old.id)));
+        }
+    }
+    for old in &deletes {
+        if !T::delete_if(&txn, &old.key, &old.etag).await? {
+            return Err(StoreError::Conflict(format!("{} {:?} changed concurrently; retry", kind.noun(), old.id)));
+        }
+    }
+    let resource_type = resource_type(kind);
+    let changes: Vec<Change<'_>> = inserts
+        .iter()
+        .map(|r| Change {
+            action: "create",
+            resource_type,
+            resource_id: &r.id,
+            etag_before: None,
+            etag_after: Some(&r.etag),
+        })
+        .chain(replaces.iter().map(|(old, r)| Change {
+            action: "update",
+            resource_type,
+            resource_id: &r.id,
+            etag_before: Some(&old.etag),
+            etag_after: Some(&r.etag),
+        }))
+        .chain(deletes.iter().map(|old| Change {
+            action: "delete",
+            resource_type,
+            resource_id: &old.id,
+            etag_before: Some(&old.etag),
+            etag_after: None,
+        }))
+        .collect();
+    audit::record(&txn, actor, &changes).await?;
+    txn.commit().await?;
+    failures.sort_by_key(|(index, _)| *index);
+    Ok(failures)
+}
+
+impl Store {
+    /// Reads one enrollment of `kind` by its canonical key.
+    pub async fn enrollment(&self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
+        with_table!(kind, T => T::find(&self.db, key).await?.ok_or(StoreError::NotFound))
+    }
+
+    /// Creates or replaces an enrollment under `precondition`; returns the record and whether it was created.
+    pub async fn put_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        enrollment: NormalizedEnrollment,
+        precondition: &Precondition,
+        actor: &Actor,
+    ) -> Result<(EnrollmentRecord, bool), StoreError> {
+        with_table!(kind, T => put::<T>(self, kind, enrollment, precondition, actor).await)
+    }
+
+    /// Deletes an enrollment under `precondition`.
+    pub async fn delete_enrollment(
+        &self,
+        kind: EnrollmentKind,
+        key: &str,
+        precondition: &Precondition,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        with_table!(kind, T => delete::<T>(self, kind, key, precondition, actor).await)
+    }
+
+    /// Lists enrollments in key order, `limit` at a time, after the continuation token `after`.
+    pub async fn list_enrollments(
+        &self,
+        kind: EnrollmentKind,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Page<EnrollmentRecord>, StoreError> {
+        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
+        let mut rows = with_table!(kind, T => T::page_after(&self.db, after, limit + 1).await?);
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.key.clone())
+        } else {
+            None
+        };
+        Ok(Page { items: rows, next })
+    }
+
+    /// Applies a bulk call in one transaction; returns the items that failed, by index, in order.
+    ///
+    /// Items that fail are reported and skipped; the others are applied together. A database failure applies none.
+    pub async fn bulk_enrollments(
+        &self,
+        kind: EnrollmentKind,
+        mode: BulkMode,
+        items: Vec<BulkItem>,
+        actor: &Actor,
+    ) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
+        with_table!(kind, T => bulk::<T>(self, kind, mode, items, actor).await)
+    }
+
+    /// Records that `actor` read the keys of an enrollment (the `attestationmechanism` call).
+    pub async fn audit_key_read(
+        &self,
+        kind: EnrollmentKind,
+        record: &EnrollmentRecord,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        let change = Change {
+            action: "readAttestationMechanism",
+            resource_type: resource_type(kind),
+            resource_id: &record.id,
+            etag_before: Some(&record.etag),
+            etag_after: Some(&record.etag),
+        };
+        audit::record(&self.db, actor, &[change]).await
+    }
+}

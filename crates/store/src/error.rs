@@ -1,0 +1,36 @@
+//! What a repository call can fail with.
+
+/// A repository error; each variant is a distinct cause a caller acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist.
+    #[error("not found")]
+    NotFound,
+    /// `If-Match` did not match the current etag (or the resource does not exist).
+    #[error("the etag does not match")]
+    PreconditionFailed,
+    /// A concurrent write won, or the resource already exists.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database URL selects no supported engine.
+    #[error("the database URL must start with sqlite: or postgres://")]
+    UnsupportedUrl,
+    /// A stored value could not be read back.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to [`StoreError::Conflict`], other errors to themselves.
+    pub(crate) fn from_insert(err: sea_orm::DbErr, what: &str) -> Self {
+        match err.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
+                Self::Conflict(format!("{what} was created concurrently"))
+            }
+            _ => Self::Database(err),
+        }
+    }
+}

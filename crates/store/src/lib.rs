@@ -1,0 +1,181 @@
+//! Persistence for zerotouch: sea-orm entities and repositories, the only code that knows SQL.
+//!
+//! The same schema (from `zerotouch-migrations`) and the same behaviour on an embedded SQLite file and on
+//! PostgreSQL. Every write that changes a resource runs in one transaction with its audit event, and is guarded
+//! by the resource's etag, so that concurrent writers (several requests, several replicas) cannot lose updates.
+#![forbid(unsafe_code, unused_must_use)]
+#![deny(missing_docs)]
+
+mod audit;
+mod enrollment;
+// sea-orm derives generate `pub` items inside these crate-private modules.
+#[allow(unreachable_pub)]
+mod entity;
+mod error;
+mod hub;
+mod registration;
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use zerotouch_migrations::{Migrator, MigratorTrait};
+
+pub use audit::{AuditFilter, AuditRecord};
+pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
+pub use error::StoreError;
+pub use hub::{HubInput, HubRecord};
+pub use registration::RegistrationRecord;
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL selects, if any.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The subject of the caller's token.
+    pub subject: String,
+    /// The caller's role.
+    pub role: String,
+}
+
+/// The `If-Match` condition of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No `If-Match`: the write applies whatever the current etag.
+    None,
+    /// `If-Match` with these etags (`*` matches any existing resource).
+    IfMatch(Vec<String>),
+}
+
+impl Precondition {
+    /// Whether a resource whose etag is `current` (`None`: absent) satisfies the condition.
+    pub fn allows(&self, current: Option<&str>) -> bool {
+        match (self, current) {
+            (Self::None, _) => true,
+            (Self::IfMatch(_), None) => false,
+            (Self::IfMatch(tags), Some(current)) => tags.iter().any(|t| t == "*" || t == current),
+        }
+    }
+}
+
+/// One page of a listing and the continuation token of the next, if there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// The database, with the repositories as methods.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+/// Most rows a listing returns per page.
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+impl Store {
+    /// Connects to `url` (`sqlite://FILE?mode=rwc` or `postgres://...`).
+    ///
+    /// SQLite runs in WAL mode with one pooled connection: SQLite has one writer at a time anyway, and a single
+    /// connection avoids `database is locked` errors between this process's own transactions.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let backend = Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl)?;
+        let mut options = ConnectOptions::new(url.to_owned());
+        options.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+        match backend {
+            Backend::Sqlite => {
+                options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
+                    o.create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .foreign_keys(true)
+                        .busy_timeout(Duration::from_secs(10))
+                });
+            }
+            Backend::Postgres => {
+                options.max_connections(16).min_connections(1);
+            }
+        }
+        let db = Database::connect(options).await?;
+        Ok(Self { db, backend })
+    }
+
+    /// The engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers and no migration is pending.
+    pub async fn is_ready(&self) -> Result<bool, StoreError> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(Migrator::get_pending_migrations(&self.db).await?.is_empty())
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await?;
+        Ok(())
+    }
+}
+
+/// The current time, at the microsecond precision both databases keep.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A fresh etag: 96 random bits, base64url.
+pub(crate) fn new_etag() -> String {
+    use base64::Engine;
+    let bytes: [u8; 12] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_semantics_follow_rfc_7232() {
+        assert!(Precondition::None.allows(None));
+        assert!(Precondition::None.allows(Some("a")));
+        let star = Precondition::IfMatch(vec!["*".into()]);
+        assert!(star.allows(Some("a")));
+        assert!(!star.allows(None));
+        let tags = Precondition::IfMatch(vec!["a".into(), "b".into()]);
+        assert!(tags.allows(Some("b")));
+        assert!(!tags.allows(Some("c")));
+    }
+}

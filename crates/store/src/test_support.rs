@@ -1,0 +1,85 @@
+//! Fresh, throwaway databases for tests: an SQLite file in a temporary directory, or a new PostgreSQL database.
+//!
+//! PostgreSQL is found at `ZEROTOUCH_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`,
+//! the server the test script makes sure is running). Each test gets a database of its own, so tests run in
+//! parallel; it is dropped when the [`TestDatabase`] is.
+
+use sea_orm::{ConnectionTrait, Database};
+
+use crate::{Backend, Store, StoreError};
+
+/// The admin URL of the test PostgreSQL server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ZEROTOUCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database created for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The URL to connect to.
+    pub url: String,
+    backend: Backend,
+    name: String,
+    _dir: Option<TempDirGuard>,
+}
+
+#[derive(Debug)]
+struct TempDirGuard(std::path::PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestDatabase {
+    /// Creates an empty database on `backend`.
+    pub async fn create(backend: Backend) -> Result<Self, StoreError> {
+        let name = format!("zt_test_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let url = format!("sqlite://{}?mode=rwc", dir.join("zerotouch.db").display());
+                Ok(Self { url, backend, name, _dir: Some(TempDirGuard(dir)) })
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let admin = Database::connect(admin_url.as_str()).await?;
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+                admin.close().await?;
+                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+                Ok(Self { url: format!("{base}/{name}"), backend, name, _dir: None })
+            }
+        }
+    }
+
+    /// Creates a database on `backend`, connects and migrates it.
+    pub async fn store(backend: Backend) -> Result<(Self, Store), StoreError> {
+        let db = Self::create(backend).await?;
+        let store = Store::connect(&db.url).await?;
+        store.migrate().await?;
+        Ok((db, store))
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let name = self.name.clone();
+        // Drop the database from a thread of its own: Drop cannot await, and may run inside a runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok(admin) = Database::connect(postgres_admin_url().as_str()).await {
+                    let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}

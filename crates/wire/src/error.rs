@@ -1,0 +1,122 @@
+//! The Azure error body (`azure-dps-wire.md` §1.7) and the stable numeric codes the service answers.
+//!
+//! The convention is Azure's: HTTP status = errorCode / 1000. Every code is listed in `docs/error-codes.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error code the service can answer. The numbers are stable: clients may match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request body is not valid JSON, or a value has the wrong type.
+    MalformedBody,
+    /// A field has a value the service does not accept.
+    InvalidField,
+    /// An id in the path is not a valid registration id, group id or hub name.
+    InvalidId,
+    /// The query is not one the service understands.
+    InvalidQuery,
+    /// A header (If-Match, paging headers, query parameters) has an invalid value.
+    InvalidHeader,
+    /// No bearer token, or one that fails verification.
+    Unauthenticated,
+    /// The caller's role does not allow the operation.
+    Forbidden,
+    /// No route matches the path.
+    RouteNotFound,
+    /// The named resource does not exist.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The resource already exists, or another write got there first.
+    Conflict,
+    /// `If-Match` does not match the current etag.
+    PreconditionFailed,
+    /// The body is larger than the route accepts.
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// Something failed inside the service; the log line carries the same tracking id.
+    Internal,
+    /// The service is not ready (database unreachable or migrations pending).
+    NotReady,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 16] = [
+        Self::MalformedBody,
+        Self::InvalidField,
+        Self::InvalidId,
+        Self::InvalidQuery,
+        Self::InvalidHeader,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::RouteNotFound,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::PreconditionFailed,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::Internal,
+        Self::NotReady,
+    ];
+
+    /// The numeric code sent as `errorCode` and `x-ms-error-code`.
+    pub fn number(self) -> u32 {
+        match self {
+            Self::MalformedBody => 400001,
+            Self::InvalidField => 400002,
+            Self::InvalidId => 400003,
+            Self::InvalidQuery => 400004,
+            Self::InvalidHeader => 400005,
+            Self::Unauthenticated => 401001,
+            Self::Forbidden => 403001,
+            Self::RouteNotFound => 404001,
+            Self::NotFound => 404202,
+            Self::MethodNotAllowed => 405001,
+            Self::Conflict => 409001,
+            Self::PreconditionFailed => 412001,
+            Self::PayloadTooLarge => 413001,
+            Self::UnsupportedMediaType => 415001,
+            Self::Internal => 500001,
+            Self::NotReady => 503001,
+        }
+    }
+
+    /// The HTTP status that carries this code (Azure's convention: code / 1000).
+    pub fn http_status(self) -> u16 {
+        // Every number above has six digits, so the quotient is a valid three-digit status.
+        (self.number() / 1000) as u16
+    }
+}
+
+/// `ProvisioningServiceErrorDetails`: the body of every 4xx and 5xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// The numeric code (see [`ErrorCode`]).
+    pub error_code: u32,
+    /// An id that also appears in the service's log line for this error.
+    pub tracking_id: String,
+    /// What went wrong, naming the field or resource.
+    pub message: String,
+    /// When the error was produced.
+    pub timestamp_utc: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_map_to_their_status() {
+        let numbers: HashSet<u32> = ErrorCode::ALL.iter().map(|c| c.number()).collect();
+        assert_eq!(numbers.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.http_status()), "{code:?}");
+            assert_eq!(u32::from(code.http_status()), code.number() / 1000);
+        }
+    }
+}

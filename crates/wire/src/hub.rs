@@ -1,0 +1,60 @@
+//! Linked hubs (our extension of the service API): where allocation may send devices.
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of hub the service can register devices on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HubKind {
+    /// Assignments are recorded; the hub itself is not called.
+    None,
+}
+
+impl HubKind {
+    /// The name used on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+/// Smallest allocation weight.
+pub const MIN_WEIGHT: u32 = 1;
+/// Largest allocation weight.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Weight of a hub created without one.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// A hub as the admin API reads and writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hub {
+    /// The host name devices connect to (the id of the hub).
+    pub host_name: String,
+    /// Which adapter registers devices on it.
+    pub kind: HubKind,
+    /// Relative share of devices under hashed allocation (1-1000, default 100).
+    #[serde(default)]
+    pub allocation_weight: Option<u32>,
+    /// Whether allocation may pick this hub for enrollments that list no hubs (default true).
+    #[serde(default)]
+    pub apply_allocation_policy: Option<bool>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_date_time_utc: Option<String>,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_date_time_utc: Option<String>,
+}

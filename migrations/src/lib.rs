@@ -1,0 +1,21 @@
+//! Database schema migrations for zerotouch, one file per change, applied by `zerotouch migrate` or at start-up.
+//!
+//! A shipped migration is never edited; a change to the schema is a new file
+//! (`mYYYYMMDD_HHMMSS_<verb>_<noun>.rs`) with `up` and `down`. The same migrations run on SQLite and PostgreSQL.
+#![forbid(unsafe_code)]
+// sea-orm-migration's trait uses `SchemaManager` with an elided lifetime (see TOOLCHAIN.md).
+#![allow(elided_lifetimes_in_paths)]
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_core_tables;
+
+/// The ordered list of every migration.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_create_core_tables::Migration)]
+    }
+}
