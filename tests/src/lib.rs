@@ -1,1 +1,225 @@
-//! placeholder
+//! Test kit: starts the real `zerotouch` binary on a fresh data dir and database, and talks to it over HTTPS.
+//!
+//! Each [`Server`] binds port 0 (the kit reads the bound address from the service's start-up lines), so tests run
+//! in parallel without racing for ports. Its stdout and stderr go to files that [`Server::logs`] reads back, so a
+//! test can check what the service logged.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+pub use zerotouch_store::Backend;
+use zerotouch_store::test_support::TestDatabase;
+
+/// Both database backends, for tests that run on each.
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// Installs the rustls crypto provider (see TOOLCHAIN.md: two providers are compiled in).
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The `zerotouch` binary of this build (next to the test executable's `deps/` directory).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("ZEROTOUCH_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent directory")?;
+    let bin = dir.join("zerotouch");
+    if !bin.exists() {
+        bail!("{} does not exist; build it with `cargo build --bin zerotouch`", bin.display());
+    }
+    Ok(bin)
+}
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Reuse this data dir (a restart) instead of a fresh one.
+    pub data_dir: Option<PathBuf>,
+    /// Use this database URL instead of a fresh database.
+    pub database_url: Option<String>,
+    /// Extra arguments after `serve`.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `zerotouch serve`.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The database URL.
+    pub database_url: String,
+    /// `https://127.0.0.1:PORT` of the admin API.
+    pub admin_url: String,
+    /// A client that trusts the data dir's trust bundle.
+    pub client: reqwest::Client,
+    log_dir: PathBuf,
+    _temp: Vec<tempfile::TempDir>,
+    _database: Option<TestDatabase>,
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+impl Server {
+    /// Starts a server on a fresh data dir and a fresh database on `backend`.
+    pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    /// Starts a server as `options` say.
+    pub async fn start_with(backend: Backend, options: Options) -> anyhow::Result<Self> {
+        init();
+        let temp = tempfile::tempdir()?;
+        let (database, database_url) = match &options.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let db = TestDatabase::create(backend).await?;
+                let url = db.url.clone();
+                (Some(db), url)
+            }
+        };
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
+        let log_dir = temp.path().join(format!("logs-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&log_dir)?;
+        let mut command = Command::new(binary()?);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--database-url")
+            .arg(&database_url)
+            .args(["--service-listen", "127.0.0.1:0", "--device-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+            .args(&options.args)
+            .env("ZEROTOUCH_LOG", "debug")
+            .env_remove("DATABASE_URL")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log_dir.join("stdout"))?)
+            .stderr(std::fs::File::create(log_dir.join("stderr"))?);
+        let child = command.spawn().context("cannot start zerotouch")?;
+        let mut server = Self {
+            child: Some(child),
+            data_dir,
+            database_url,
+            admin_url: String::new(),
+            client: reqwest::Client::new(),
+            log_dir,
+            _temp: vec![temp],
+            _database: database,
+        };
+        server.wait_until_serving().await?;
+        Ok(server)
+    }
+
+    async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
+                bail!("zerotouch exited with {status} before serving:\n{}", self.logs());
+            }
+            let stdout = read_lossy(&self.log_dir.join("stdout"));
+            if let Some(addr) = stdout.lines().find_map(|l| l.strip_prefix("zerotouch: admin API")) {
+                self.admin_url = addr.trim().to_owned();
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("zerotouch did not start serving within 60 s:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.client = client_trusting(&self.data_dir.join("trust-bundle.pem"))?;
+        loop {
+            if self.client.get(self.url("/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("/healthz did not answer within 60 s:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The full URL of an admin API path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin_url)
+    }
+
+    /// A development admin token for `role`, from `zerotouch admin-token`.
+    pub fn token(&self, role: &str) -> anyhow::Result<String> {
+        admin_token(&self.data_dir, &["--role", role])
+    }
+
+    /// Everything the service printed so far (stdout, then stderr).
+    pub fn logs(&self) -> String {
+        format!("{}{}", read_lossy(&self.log_dir.join("stdout")), read_lossy(&self.log_dir.join("stderr")))
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit; returns its status.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("zerotouch did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGTERM) and starts a new one on the same data dir and database.
+    pub async fn restart(mut self, backend: Backend) -> anyhow::Result<(ExitStatus, Server)> {
+        let status = self.stop()?;
+        let options = Options {
+            data_dir: Some(self.data_dir.clone()),
+            database_url: Some(self.database_url.clone()),
+            ..Default::default()
+        };
+        let mut next = Server::start_with(backend, options).await?;
+        next._temp.append(&mut self._temp);
+        next._database = self._database.take();
+        Ok((status, next))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `zerotouch admin-token --data-dir DIR ARGS...` and returns the token.
+pub fn admin_token(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(binary()?).arg("admin-token").arg("--data-dir").arg(data_dir).args(args).output()?;
+    if !output.status.success() {
+        bail!("admin-token failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// A reqwest client that trusts exactly the PEM bundle at `path`.
+pub fn client_trusting(path: &Path) -> anyhow::Result<reqwest::Client> {
+    init();
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false).timeout(Duration::from_secs(60));
+    for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
