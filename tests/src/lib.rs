@@ -21,18 +21,19 @@ pub fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// The `zerotouch` binary of this build (next to the test executable's `deps/` directory).
+/// The `zerotouch` binary of this build (`ZEROTOUCH_BIN`, else beside the running executable or its parent dir).
 pub fn binary() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("ZEROTOUCH_BIN") {
         return Ok(PathBuf::from(path));
     }
+    // Test executables live in target/<profile>/deps, other tools in target/<profile>.
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent directory")?;
-    let bin = dir.join("zerotouch");
-    if !bin.exists() {
-        bail!("{} does not exist; build it with `cargo build --bin zerotouch`", bin.display());
-    }
-    Ok(bin)
+    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("zerotouch")).collect();
+    candidates
+        .iter()
+        .find(|bin| bin.is_file())
+        .cloned()
+        .with_context(|| format!("no zerotouch binary at {candidates:?}; build it with `cargo build --bin zerotouch`"))
 }
 
 /// How to start a server.

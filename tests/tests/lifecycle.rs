@@ -60,17 +60,75 @@ async fn restart_keeps_data_and_trust_material_postgres() {
 /// A key file that group or others can read makes the service refuse to start, naming the file.
 #[tokio::test]
 async fn a_world_readable_key_file_is_refused() {
-    let mut server = Server::start(Backend::Sqlite).await.unwrap();
-    server.stop().unwrap();
-    let key = server.data_dir.join("token-signing.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let options = Options {
-        data_dir: Some(server.data_dir.clone()),
-        database_url: Some(server.database_url.clone()),
-        ..Default::default()
-    };
-    let err = Server::start_with(Backend::Sqlite, options).await.unwrap_err().to_string();
-    assert!(err.contains("token-signing.key") && err.contains("0644"), "{err}");
+    for backend in BACKENDS {
+        let mut server = Server::start(backend).await.unwrap();
+        server.stop().unwrap();
+        let key = server.data_dir.join("token-signing.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let options = Options {
+            data_dir: Some(server.data_dir.clone()),
+            database_url: Some(server.database_url.clone()),
+            ..Default::default()
+        };
+        let err = Server::start_with(backend, options).await.unwrap_err().to_string();
+        assert!(err.contains("token-signing.key") && err.contains("0644"), "{err}");
+    }
+}
+
+/// SIGTERM lets a request that is in flight finish (a 5,000-item bulk import), then the process exits 0.
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    for backend in BACKENDS {
+        let mut server = Server::start(backend).await.unwrap();
+        let token = server.token("operator").unwrap();
+        let items: Vec<Value> = (0..5000)
+            .map(|i| json!({"registrationId": format!("inflight-{i}"), "attestation": {"type": "symmetricKey"}}))
+            .collect();
+        let request = server
+            .client
+            .post(server.url("/enrollments"))
+            .bearer_auth(&token)
+            .json(&json!({"mode": "create", "enrollments": items}))
+            .send();
+        let in_flight = tokio::spawn(request);
+        // Signal once the service has the request (it logs its arrival at debug level).
+        let received =
+            |logs: String| logs.lines().any(|l| l.contains("request received") && l.contains("\"/enrollments\""));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !received(server.logs()) && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let status = server.stop().unwrap();
+        let response = in_flight.await.unwrap().expect("the in-flight request got an answer");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["isSuccessful"], true, "{body}");
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+/// `serve --no-migrate` on an empty database is alive but not ready; `zerotouch migrate` makes it ready.
+#[tokio::test]
+async fn migrate_command_makes_a_no_migrate_service_ready() {
+    for backend in BACKENDS {
+        let server = Server::start_with(backend, Options { args: vec!["--no-migrate".into()], ..Default::default() })
+            .await
+            .unwrap();
+        let ready = server.client.get(server.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body: Value = ready.json().await.unwrap();
+        assert_eq!(body["errorCode"], 503001);
+        let output = std::process::Command::new(zerotouch_tests::binary().unwrap())
+            .args(["migrate", "--data-dir"])
+            .arg(&server.data_dir)
+            .args(["--database-url", &server.database_url])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let ready = server.client.get(server.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+    }
 }
 
 /// Private key files and the SQLite file are created mode 0600.

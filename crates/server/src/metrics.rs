@@ -61,6 +61,7 @@ pub async fn observe_admin(
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().to_string();
     let path = req.path().to_owned();
+    tracing::debug!(target: "zerotouch::access", method, path, "admin request received");
     let response = next.call(req).await?;
     let route = response.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
     let status = response.status().as_u16();

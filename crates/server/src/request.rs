@@ -41,9 +41,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn read_json(headers: HeaderMap, mut payload: Payload, limit: usize) -> Result<Option<Value>, ApiError> {
     check_content_type(&headers)?;
     if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
-        && length.parse::<usize>().map_or(true, |n| n > limit) {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
+        && length.parse::<usize>().map_or(true, |n| n > limit)
+    {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::MalformedBody(format!("the body could not be read: {e}")))?;

@@ -148,9 +148,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn migrate(args: SettingArgs) -> anyhow::Result<()> {
     let config = CommonConfig::resolve(&args)?;
     if let Some(parent) = sqlite_path(&config.database_url).as_deref().and_then(std::path::Path::parent)
-        && !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        }
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     let store = connect(&config.database_url).await?;
     store.migrate().await.context("applying database migrations")?;
     store.close().await?;

@@ -92,14 +92,10 @@ impl Store {
             query = query.filter(Column::At.lt(to));
         }
         let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let mut rows = query.order_by_asc(Column::Id).limit(limit + 1).all(&self.db).await?;
-        let next = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.id.to_string())
-        } else {
-            None
-        };
-        let items = rows
+        let rows = query.order_by_asc(Column::Id).limit(limit + 1).all(&self.db).await?;
+        let page = Page::from_overfetch(rows, limit, |r| r.id.to_string());
+        let items = page
+            .items
             .into_iter()
             .map(|m| AuditRecord {
                 id: m.id,
@@ -112,6 +108,6 @@ impl Store {
                 etag_after: m.etag_after,
             })
             .collect();
-        Ok(Page { items, next })
+        Ok(Page { items, next: page.next })
     }
 }

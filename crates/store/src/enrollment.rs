@@ -465,14 +465,8 @@ impl Store {
         limit: u64,
     ) -> Result<Page<EnrollmentRecord>, StoreError> {
         let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let mut rows = with_table!(kind, T => T::page_after(&self.db, after, limit + 1).await?);
-        let next = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.key.clone())
-        } else {
-            None
-        };
-        Ok(Page { items: rows, next })
+        let rows = with_table!(kind, T => T::page_after(&self.db, after, limit + 1).await?);
+        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 
     /// Applies a bulk call in one transaction; returns the items that failed, by index, in order.

@@ -90,6 +90,19 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// Cuts `rows`, fetched with one more than `limit`, to a page; the next page starts after its last item.
+    pub(crate) fn from_overfetch(mut rows: Vec<T>, limit: u64, cursor: impl Fn(&T) -> String) -> Self {
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            rows.last().map(cursor)
+        } else {
+            None
+        };
+        Self { items: rows, next }
+    }
+}
+
 /// The database, with the repositories as methods.
 #[derive(Debug, Clone)]
 pub struct Store {

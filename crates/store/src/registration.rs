@@ -1,6 +1,6 @@
 //! Device registration states (one per registration id) and their operations.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
@@ -95,6 +95,9 @@ impl Store {
         record.updated_at = crate::now();
         match existing {
             None => {
+                // Keep what both databases keep (PostgreSQL stores microseconds), so the record returned is the
+                // record stored.
+                record.created_at = record.created_at.trunc_subsecs(6);
                 Entity::insert(to_active(&record))
                     .exec_without_returning(&txn)
                     .await
@@ -165,14 +168,8 @@ impl Store {
         if let Some(after) = after {
             query = query.filter(Column::Key.gt(after));
         }
-        let mut rows: Vec<RegistrationRecord> =
+        let rows: Vec<RegistrationRecord> =
             query.order_by_asc(Column::Key).limit(limit + 1).all(&self.db).await?.into_iter().map(to_record).collect();
-        let next = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.key.clone())
-        } else {
-            None
-        };
-        Ok(Page { items: rows, next })
+        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 }

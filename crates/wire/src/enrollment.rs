@@ -461,12 +461,10 @@ pub fn normalize(
     };
     let key = kind.parse_id(&id).map_err(|e| FieldError::new(kind.id_field(), e.to_string()))?;
     if let Some(path_id) = path_id
-        && !path_id.eq_ignore_ascii_case(&id) {
-            return Err(FieldError::new(
-                kind.id_field(),
-                format!("{id:?} differs from the id in the URL ({path_id:?})"),
-            ));
-        }
+        && !path_id.eq_ignore_ascii_case(&id)
+    {
+        return Err(FieldError::new(kind.id_field(), format!("{id:?} differs from the id in the URL ({path_id:?})")));
+    }
     if let Some(device_id) = &device_id {
         RegistrationId::try_from(device_id.as_str()).map_err(|e| FieldError::new("deviceId", e.to_string()))?;
     }
@@ -482,9 +480,10 @@ pub fn normalize(
     settings.reprovision_policy.get_or_insert_with(ReprovisionPolicy::default);
     settings.allocation_policy.get_or_insert_with(AllocationPolicy::default);
     if let Some(twin) = &settings.initial_twin
-        && !twin.is_object() {
-            return Err(FieldError::new("initialTwin", "must be an object"));
-        }
+        && !twin.is_object()
+    {
+        return Err(FieldError::new("initialTwin", "must be an object"));
+    }
     let attestation_type = settings.attestation.kind;
 
     let document = match kind {
@@ -716,15 +715,16 @@ pub fn render(
         map.insert("createdDateTimeUtc".into(), Value::String(created.to_owned()));
         map.insert("lastUpdatedDateTimeUtc".into(), Value::String(updated.to_owned()));
         if let Some((primary, secondary)) = keys
-            && let Some(attestation) = map.get_mut("attestation").and_then(Value::as_object_mut) {
-                attestation.insert(
-                    "symmetricKey".into(),
-                    serde_json::json!({
-                        "primaryKey": primary.to_base64().as_str(),
-                        "secondaryKey": secondary.to_base64().as_str(),
-                    }),
-                );
-            }
+            && let Some(attestation) = map.get_mut("attestation").and_then(Value::as_object_mut)
+        {
+            attestation.insert(
+                "symmetricKey".into(),
+                serde_json::json!({
+                    "primaryKey": primary.to_base64().as_str(),
+                    "secondaryKey": secondary.to_base64().as_str(),
+                }),
+            );
+        }
     }
     out
 }
