@@ -1,4 +1,5 @@
 //! The service's life cycle: first start, restart with the same data dir, refusal of readable keys, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         batch: usize,
         /// Bulk calls in flight.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// Runs per configuration (the median is reported).
         #[arg(long, default_value_t = 3)]

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(SettingArgs),
     /// Print an admin JWT signed with the development key of the data dir.
@@ -91,6 +91,29 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT [default: 10s].
     #[arg(long, env = "ZEROTOUCH_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// How far in the past a device's SAS token may have expired (clock skew) [default: 300s].
+    #[arg(long, env = "ZEROTOUCH_SAS_CLOCK_SKEW", value_parser = humantime::parse_duration)]
+    pub sas_clock_skew: Option<Duration>,
+    /// How long a registration operation can be polled before it expires [default: 24h].
+    #[arg(long, env = "ZEROTOUCH_OPERATION_TTL", value_parser = humantime::parse_duration)]
+    pub operation_ttl: Option<Duration>,
+    /// Requests one device may make per window, as N/DURATION [default: 5/10s, as Azure].
+    #[arg(long, env = "ZEROTOUCH_DEVICE_RATE_LIMIT", value_parser = parse_rate)]
+    pub device_rate_limit: Option<(u32, Duration)>,
+    /// Registrations in flight at once before devices get 429 [default: 1024].
+    #[arg(long, env = "ZEROTOUCH_DEVICE_MAX_IN_FLIGHT")]
+    pub device_max_in_flight: Option<usize>,
+}
+
+/// Parses `N/DURATION` (`5/10s`).
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let (count, window) = text.split_once('/').ok_or_else(|| format!("{text:?} is not N/DURATION (e.g. 5/10s)"))?;
+    let count: u32 = count.trim().parse().map_err(|_| format!("{count:?} is not a count"))?;
+    let window = humantime::parse_duration(window.trim()).map_err(|e| format!("{window:?}: {e}"))?;
+    if count == 0 || window.is_zero() {
+        return Err(format!("{text:?}: the count and the window must be positive"));
+    }
+    Ok((count, window))
 }
 
 /// `zerotouch admin-token`.
@@ -136,6 +159,14 @@ struct FileSettings {
     no_migrate: Option<bool>,
     #[serde(alias = "shutdown-timeout", default, with = "humantime_serde_opt")]
     shutdown_timeout: Option<Duration>,
+    #[serde(alias = "sas-clock-skew", default, with = "humantime_serde_opt")]
+    sas_clock_skew: Option<Duration>,
+    #[serde(alias = "operation-ttl", default, with = "humantime_serde_opt")]
+    operation_ttl: Option<Duration>,
+    #[serde(alias = "device-rate-limit")]
+    device_rate_limit: Option<String>,
+    #[serde(alias = "device-max-in-flight")]
+    device_max_in_flight: Option<usize>,
     #[serde(alias = "jwt-issuer")]
     jwt_issuer: Option<String>,
     #[serde(alias = "jwt-audience")]
@@ -217,6 +248,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Admin authentication.
     pub auth: AuthConfig,
+    /// How far in the past a SAS token may have expired.
+    pub sas_clock_skew: Duration,
+    /// How long operations can be polled.
+    pub operation_ttl: Duration,
+    /// Requests per window per device.
+    pub device_rate_limit: (u32, Duration),
+    /// Registrations in flight at once.
+    pub device_max_in_flight: usize,
 }
 
 /// Default development issuer name, in tokens from `zerotouch admin-token`.
@@ -350,6 +389,18 @@ impl Config {
             no_migrate: args.no_migrate || file.no_migrate.unwrap_or(false),
             shutdown_timeout: args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(10)),
             auth,
+            sas_clock_skew: args.sas_clock_skew.or(file.sas_clock_skew).unwrap_or(Duration::from_secs(300)),
+            operation_ttl: args.operation_ttl.or(file.operation_ttl).unwrap_or(Duration::from_secs(24 * 3600)),
+            device_rate_limit: match (args.device_rate_limit, &file.device_rate_limit) {
+                (Some(rate), _) => rate,
+                (None, Some(text)) => parse_rate(text).map_err(|e| anyhow::anyhow!("device_rate_limit: {e}"))?,
+                (None, None) => (5, Duration::from_secs(10)),
+            },
+            device_max_in_flight: match args.device_max_in_flight.or(file.device_max_in_flight) {
+                Some(0) => bail!("--device-max-in-flight: must be at least 1"),
+                Some(n) => n,
+                None => 1024,
+            },
         })
     }
 }
@@ -373,7 +424,7 @@ mod tests {
         )
         .unwrap();
         match cli.command {
-            Command::Serve(a) => a,
+            Command::Serve(a) => *a,
             _ => unreachable!(),
         }
     }
@@ -419,6 +470,17 @@ mod tests {
         assert!(err.to_string().contains("--id-scope"), "{err}");
         let err = Config::resolve(&serve(&["--jwt-issuer", "https://idp"])).unwrap_err();
         assert!(err.to_string().contains("--jwks"), "{err}");
+    }
+
+    #[test]
+    fn device_limits_parse() {
+        assert_eq!(parse_rate("5/10s"), Ok((5, Duration::from_secs(10))));
+        assert!(parse_rate("0/10s").is_err());
+        assert!(parse_rate("5").is_err());
+        let config = Config::resolve(&serve(&["--device-rate-limit", "100/1s", "--operation-ttl", "1h"])).unwrap();
+        assert_eq!(config.device_rate_limit, (100, Duration::from_secs(1)));
+        assert_eq!(config.operation_ttl, Duration::from_secs(3600));
+        assert_eq!(config.sas_clock_skew, Duration::from_secs(300));
     }
 
     #[test]

@@ -70,6 +70,18 @@ pub enum ApiError {
     /// Something broke inside.
     #[error("internal: {0}")]
     Internal(String),
+    /// Device API: the credentials were refused (the reason is logged and audited, never sent).
+    #[error("device unauthorized")]
+    DeviceUnauthorized,
+    /// Device API: no such registration or operation for this device.
+    #[error("{0} not found")]
+    RegistrationNotFound(String),
+    /// Too many requests; retry after this many seconds.
+    #[error("throttled")]
+    Throttled {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -118,6 +130,12 @@ impl ApiError {
             }
             Self::NotReady(m) => (ErrorCode::NotReady, format!("not ready: {m}")),
             Self::Internal(_) => (ErrorCode::Internal, "internal error; quote the trackingId to the operator".into()),
+            Self::DeviceUnauthorized => (ErrorCode::DeviceUnauthorized, "Unauthorized".into()),
+            Self::RegistrationNotFound(what) => (ErrorCode::RegistrationNotFound, format!("{what} does not exist")),
+            Self::Throttled { retry_after } => (
+                ErrorCode::Throttled,
+                format!("Operations are being throttled for this device; retry after {retry_after} s"),
+            ),
         }
     }
 }
@@ -151,6 +169,13 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (code, message) = self.code_and_message();
+        if let Self::Throttled { retry_after } = self {
+            let mut response = error_response(code, message, None);
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
+            }
+            return response;
+        }
         match self {
             Self::Internal(cause) => error_response(code, message, Some(cause)),
             Self::Unauthenticated(why) => {

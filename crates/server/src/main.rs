@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(args) => actix_web::rt::System::new().block_on(service::serve(args)),
+        Command::Serve(args) => actix_web::rt::System::new().block_on(service::serve(*args)),
         Command::Migrate(args) => actix_web::rt::System::new().block_on(service::migrate(args)),
         Command::AdminToken(args) => service::admin_token(args),
     };

@@ -52,29 +52,33 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts and times every request of the admin listener, and logs it (never its headers or body).
-pub async fn observe_admin(
+/// Which listener a request came in on, for metrics and logs (app data of each server).
+#[derive(Debug, Clone, Copy)]
+pub struct Listener(pub &'static str);
+
+/// Middleware: counts and times every request, and logs it (never its headers or body).
+pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let listener = req.app_data::<web::Data<Listener>>().map_or("unknown", |l| l.0);
     let method = req.method().to_string();
     let path = req.path().to_owned();
-    tracing::debug!(target: "zerotouch::access", method, path, "admin request received");
+    tracing::debug!(target: "zerotouch::access", listener, method, path, "request received");
     let response = next.call(req).await?;
     let route = response.request().match_pattern().unwrap_or_else(|| "(unmatched)".to_owned());
     let status = response.status().as_u16();
     if let Some(metrics) = metrics {
-        metrics.observe("service", &route, &method, status, started);
+        metrics.observe(listener, &route, &method, status, started);
     }
-    tracing::info!(
-        target: "zerotouch::access",
-        method,
-        path,
-        status,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "admin request"
-    );
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // Device requests come by the thousand per second: their access lines are debug-level; metrics count them.
+    if listener == "device" {
+        tracing::debug!(target: "zerotouch::access", listener, method, path, status, elapsed_ms, "request");
+    } else {
+        tracing::info!(target: "zerotouch::access", listener, method, path, status, elapsed_ms, "request");
+    }
     Ok(response)
 }

@@ -13,7 +13,9 @@ use zerotouch_store::Store;
 use crate::auth::Verifier;
 use crate::config::{AdminTokenArgs, CommonConfig, Config, ServeArgs, SettingArgs, TokenIssuer, redact_url};
 use crate::data_dir::{self, files};
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
+use crate::registration::limits::DeviceLimits;
+use crate::registration::{RegistrationService, RegistrationSettings};
 
 /// What every admin request handler may use.
 #[derive(Clone)]
@@ -41,14 +43,44 @@ pub fn admin_server(
             .app_data(store.clone())
             .app_data(verifier.clone())
             .app_data(metrics.clone())
-            .app_data(
-                web::PathConfig::default()
-                    .error_handler(|e, _| crate::error::ApiError::InvalidId(format!("path: {e}")).into()),
-            )
-            .wrap(from_fn(crate::metrics::observe_admin))
+            .app_data(web::Data::new(Listener("service")))
+            .app_data(path_errors())
+            .wrap(from_fn(crate::metrics::observe))
             .configure(crate::admin::configure)
     })
     .disable_signals()
+    .shutdown_timeout(shutdown_timeout.as_secs())
+    .listen_rustls_0_23(listener, (*tls).clone())?
+    .run();
+    Ok(server)
+}
+
+fn path_errors() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _| crate::error::ApiError::InvalidId(format!("path: {e}")).into())
+}
+
+/// Builds the HTTPS device API server on an already-bound listener.
+pub fn device_server(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<RegistrationService>,
+    metrics: Metrics,
+    shutdown_timeout: Duration,
+) -> anyhow::Result<Server> {
+    let service = web::Data::from(service);
+    let metrics = web::Data::new(metrics);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(service.clone())
+            .app_data(metrics.clone())
+            .app_data(web::Data::new(Listener("device")))
+            .app_data(path_errors())
+            .wrap(from_fn(crate::metrics::observe))
+            .configure(crate::device::configure)
+    })
+    .disable_signals()
+    .backlog(4096)
+    .max_connection_rate(1024)
     .shutdown_timeout(shutdown_timeout.as_secs())
     .listen_rustls_0_23(listener, (*tls).clone())?
     .run();
@@ -105,9 +137,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => (data.file(files::SERVER_CERT), data.file(files::SERVER_KEY)),
     };
     let tls = crate::tls::server_config(&cert, &key)?;
+    let device_tls = crate::tls::device_server_config(&cert, &key)?;
     let listener = TcpListener::bind(config.service_listen)
         .with_context(|| format!("--service-listen: cannot listen on {}", config.service_listen))?;
     let service_addr = listener.local_addr()?;
+    let device_listener = TcpListener::bind(config.device_listen)
+        .with_context(|| format!("--device-listen: cannot listen on {}", config.device_listen))?;
+    let device_addr = device_listener.local_addr()?;
 
     let dir = data.path.display();
     if !data.created.is_empty() {
@@ -127,18 +163,37 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TokenIssuer::External { issuer, .. } => println!("zerotouch: token issuer  {issuer}"),
     }
     println!("zerotouch: admin API     https://{service_addr}");
+    println!("zerotouch: device API    https://{device_addr}");
 
-    let state = AdminState { store: store.clone(), verifier, metrics: Metrics::new()? };
-    let server = admin_server(listener, tls, state, config.shutdown_timeout)?;
-    let handle = server.handle();
+    let metrics = Metrics::new()?;
+    let (count, window) = config.device_rate_limit;
+    let registrations = Arc::new(RegistrationService::new(
+        store.clone(),
+        RegistrationSettings {
+            id_scope: data.id_scope.clone(),
+            sas_clock_skew: config.sas_clock_skew,
+            operation_ttl: config.operation_ttl,
+        },
+        DeviceLimits::new(count, window, config.device_max_in_flight),
+    )?);
+    let expiry = tokio::spawn(Arc::clone(&registrations).expire_operations());
+    let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone() };
+    let admin = admin_server(listener, tls, state, config.shutdown_timeout)?;
+    let device = device_server(device_listener, device_tls, registrations, metrics, config.shutdown_timeout)?;
+    let handles = [admin.handle(), device.handle()];
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!("{signal}: finishing in-flight requests, then stopping"),
             Err(e) => tracing::error!("cannot listen for signals: {e}"),
         }
-        handle.stop(true).await;
+        for handle in handles {
+            handle.stop(true).await;
+        }
     });
-    server.await.context("admin API server")?;
+    let (admin, device) = tokio::join!(admin, device);
+    admin.context("admin API server")?;
+    device.context("device API server")?;
+    expiry.abort();
     store.close().await?;
     tracing::info!("stopped");
     Ok(())

@@ -17,6 +17,7 @@ pub(crate) struct Change<'a> {
     pub(crate) resource_id: &'a str,
     pub(crate) etag_before: Option<&'a str>,
     pub(crate) etag_after: Option<&'a str>,
+    pub(crate) detail: Option<&'a str>,
 }
 
 /// An audit event as stored.
@@ -38,6 +39,8 @@ pub struct AuditRecord {
     pub etag_before: Option<String>,
     /// The etag after.
     pub etag_after: Option<String>,
+    /// Why (for device attempts: the outcome or the reason of a refusal).
+    pub detail: Option<String>,
 }
 
 /// Which audit events to list.
@@ -60,6 +63,7 @@ fn active(actor: &Actor, at: DateTime<Utc>, change: &Change<'_>) -> audit_event:
         resource_id: Set(change.resource_id.to_owned()),
         etag_before: Set(change.etag_before.map(str::to_owned)),
         etag_after: Set(change.etag_after.map(str::to_owned)),
+        detail: Set(change.detail.map(str::to_owned)),
     }
 }
 
@@ -106,6 +110,7 @@ impl Store {
                 resource_id: m.resource_id,
                 etag_before: m.etag_before,
                 etag_after: m.etag_after,
+                detail: m.detail,
             })
             .collect();
         Ok(Page { items, next: page.next })

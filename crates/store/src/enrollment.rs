@@ -144,7 +144,7 @@ macro_rules! enrollment_table {
                 use crate::entity::$module::{Column, Entity};
                 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
                 let mut out = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(500) {
+                for chunk in keys.chunks(1000) {
                     let rows = Entity::find().filter(Column::Key.is_in(chunk.iter().cloned())).all(db).await?;
                     for row in rows {
                         out.push(Self::to_record(row)?);
@@ -169,8 +169,9 @@ macro_rules! enrollment_table {
 
             async fn insert_many(db: &impl ConnectionTrait, records: &[EnrollmentRecord]) -> Result<(), StoreError> {
                 use sea_orm::EntityTrait;
-                // 10 columns per row: 200 rows stay far below SQLite's and PostgreSQL's parameter limits.
-                for chunk in records.chunks(200) {
+                // 10 columns per row: 1,000 rows (10,000 parameters) stay below SQLite's (32,766) and PostgreSQL's
+                // (65,535) parameter limits.
+                for chunk in records.chunks(1000) {
                     crate::entity::$module::Entity::insert_many(chunk.iter().map(Self::to_active))
                         .exec_without_returning(db)
                         .await
@@ -285,6 +286,7 @@ async fn put<T: EnrollmentTable>(
                     resource_id: &record.id,
                     etag_before: Some(&old.etag),
                     etag_after: Some(&record.etag),
+                    detail: None,
                 }],
             )
             .await?;
@@ -301,6 +303,7 @@ async fn put<T: EnrollmentTable>(
             resource_id: &record.id,
             etag_before: None,
             etag_after: Some(&record.etag),
+            detail: None,
         }],
     )
     .await?;
@@ -332,6 +335,7 @@ async fn delete<T: EnrollmentTable>(
             resource_id: &existing.id,
             etag_before: Some(&existing.etag),
             etag_after: None,
+            detail: None,
         }],
     )
     .await?;
@@ -407,6 +411,7 @@ async fn bulk<T: EnrollmentTable>(
             resource_id: &r.id,
             etag_before: None,
             etag_after: Some(&r.etag),
+            detail: None,
         })
         .chain(replaces.iter().map(|(old, r)| Change {
             action: "update",
@@ -414,6 +419,7 @@ async fn bulk<T: EnrollmentTable>(
             resource_id: &r.id,
             etag_before: Some(&old.etag),
             etag_after: Some(&r.etag),
+            detail: None,
         }))
         .chain(deletes.iter().map(|old| Change {
             action: "delete",
@@ -421,6 +427,7 @@ async fn bulk<T: EnrollmentTable>(
             resource_id: &old.id,
             etag_before: Some(&old.etag),
             etag_after: None,
+            detail: None,
         }))
         .collect();
     audit::record(&txn, actor, &changes).await?;
@@ -430,6 +437,21 @@ async fn bulk<T: EnrollmentTable>(
 }
 
 impl Store {
+    /// Every enrollment group whose attestation is `attestation_type`, by key (for symmetric-key devices, whose
+    /// group is known only by the key their token verifies with).
+    pub async fn groups_by_attestation(&self, attestation_type: &str) -> Result<Vec<EnrollmentRecord>, StoreError> {
+        use crate::entity::enrollment_group::{Column, Entity};
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+        Entity::find()
+            .filter(Column::AttestationType.eq(attestation_type))
+            .order_by_asc(Column::Key)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(GroupTable::to_record)
+            .collect()
+    }
+
     /// Reads one enrollment of `kind` by its canonical key.
     pub async fn enrollment(&self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
         with_table!(kind, T => T::find(&self.db, key).await?.ok_or(StoreError::NotFound))
@@ -495,6 +517,7 @@ impl Store {
             resource_id: &record.id,
             etag_before: Some(&record.etag),
             etag_after: Some(&record.etag),
+            detail: None,
         };
         audit::record(&self.db, actor, &[change]).await
     }

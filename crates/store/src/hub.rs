@@ -134,6 +134,7 @@ impl Store {
             resource_id: &record.hub.host_name,
             etag_before: existing.as_ref().map(|e| e.etag.as_str()),
             etag_after: Some(&record.etag),
+            detail: None,
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
@@ -166,6 +167,7 @@ impl Store {
             resource_id: host_name,
             etag_before: Some(&existing.etag),
             etag_after: None,
+            detail: None,
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;

@@ -28,7 +28,7 @@ pub use audit::{AuditFilter, AuditRecord};
 pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
 pub use error::StoreError;
 pub use hub::{HubInput, HubRecord};
-pub use registration::RegistrationRecord;
+pub use registration::{OperationRecord, RegistrationOutcome, RegistrationRecord};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use crate::audit::{self, Change};
+use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
@@ -33,6 +34,8 @@ pub struct RegistrationRecord {
     pub error_message: Option<String>,
     /// The custom allocation payload.
     pub payload: Option<Value>,
+    /// The twin the hub should apply (from the enrollment or the webhook, per `azure-dps-wire.md` §7).
+    pub initial_twin: Option<Value>,
     /// The current etag.
     pub etag: String,
     /// When the device first registered.
@@ -53,6 +56,7 @@ fn to_record(m: registration::Model) -> RegistrationRecord {
         error_code: m.error_code,
         error_message: m.error_message,
         payload: m.payload,
+        initial_twin: m.initial_twin,
         etag: m.etag,
         created_at: m.created_at,
         updated_at: m.updated_at,
@@ -71,6 +75,7 @@ fn to_active(r: &RegistrationRecord) -> registration::ActiveModel {
         error_code: Set(r.error_code),
         error_message: Set(r.error_message.clone()),
         payload: Set(r.payload.clone()),
+        initial_twin: Set(r.initial_twin.clone()),
         etag: Set(r.etag.clone()),
         created_at: Set(r.created_at),
         updated_at: Set(r.updated_at),
@@ -150,6 +155,7 @@ impl Store {
             resource_id: &existing.registration_id,
             etag_before: Some(&existing.etag),
             etag_after: None,
+            detail: None,
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
@@ -171,5 +177,153 @@ impl Store {
         let rows: Vec<RegistrationRecord> =
             query.order_by_asc(Column::Key).limit(limit + 1).all(&self.db).await?.into_iter().map(to_record).collect();
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
+    }
+}
+
+/// A registration operation (one per register call), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRecord {
+    /// The operation id.
+    pub id: String,
+    /// The canonical registration id it belongs to.
+    pub registration_key: String,
+    /// `assigning`, `assigned`, `failed` or `disabled`.
+    pub status: String,
+    /// Why it failed.
+    pub error_code: Option<i32>,
+    /// Why it failed, in words.
+    pub error_message: Option<String>,
+    /// The registration result the operation answers with (a snapshot taken when it was written).
+    pub result: Option<Value>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+fn operation_active(o: &OperationRecord) -> operation::ActiveModel {
+    operation::ActiveModel {
+        id: Set(o.id.clone()),
+        registration_key: Set(o.registration_key.clone()),
+        status: Set(o.status.clone()),
+        error_code: Set(o.error_code),
+        error_message: Set(o.error_message.clone()),
+        result: Set(o.result.clone()),
+        created_at: Set(o.created_at),
+        updated_at: Set(o.updated_at),
+    }
+}
+
+/// What a registration attempt writes: the device's new state, its operation, and the audit event.
+#[derive(Debug, Clone)]
+pub struct RegistrationOutcome {
+    /// The new registration state. The store sets its etag and `updated_at`, and `created_at` when it inserts;
+    /// on an update `created_at` is kept as given (copy it from the state the decision was made on).
+    pub record: RegistrationRecord,
+    /// The etag the state had when the decision was made (`None`: there was no state).
+    pub expected_etag: Option<String>,
+    /// The operation to create.
+    pub operation: OperationRecord,
+    /// What the audit event says happened.
+    pub detail: String,
+}
+
+impl Store {
+    /// Writes a registration attempt in one transaction: the state (guarded by `expected_etag`), the operation
+    /// and the audit event. A concurrent attempt that changed the state first makes this one a
+    /// [`StoreError::Conflict`]; the caller decides again on the new state.
+    ///
+    /// `snapshot` renders the operation's result from the state as written (with its etag and times).
+    pub async fn commit_registration(
+        &self,
+        outcome: RegistrationOutcome,
+        snapshot: impl FnOnce(&RegistrationRecord) -> Value,
+    ) -> Result<(RegistrationRecord, OperationRecord), StoreError> {
+        let RegistrationOutcome { mut record, expected_etag, mut operation, detail } = outcome;
+        let txn = self.db.begin().await?;
+        let now = crate::now();
+        record.etag = crate::new_etag();
+        record.updated_at = now;
+        match &expected_etag {
+            None => {
+                record.created_at = now;
+                Entity::insert(to_active(&record))
+                    .exec_without_returning(&txn)
+                    .await
+                    .map_err(|e| StoreError::from_insert(e, "the registration"))?;
+            }
+            Some(expected) => {
+                let result = Entity::update_many()
+                    .set(to_active(&record))
+                    .filter(Column::Key.eq(record.key.clone()))
+                    .filter(Column::Etag.eq(expected.clone()))
+                    .exec(&txn)
+                    .await?;
+                if result.rows_affected != 1 {
+                    return Err(StoreError::Conflict("the registration changed concurrently".into()));
+                }
+            }
+        }
+        operation.created_at = now;
+        operation.updated_at = now;
+        operation.result = Some(snapshot(&record));
+        operation::Entity::insert(operation_active(&operation)).exec_without_returning(&txn).await?;
+        let actor = Actor { subject: format!("device:{}", record.registration_id), role: "device".into() };
+        let change = Change {
+            action: "register",
+            resource_type: "registration",
+            resource_id: &record.registration_id,
+            etag_before: expected_etag.as_deref(),
+            etag_after: Some(&record.etag),
+            detail: Some(&detail),
+        };
+        audit::record(&txn, &actor, &[change]).await?;
+        txn.commit().await?;
+        Ok((record, operation))
+    }
+
+    /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
+    pub async fn operation(&self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
+        let model = operation::Entity::find_by_id(id.to_owned())
+            .filter(operation::Column::RegistrationKey.eq(registration_key))
+            .one(&self.db)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(OperationRecord {
+            id: model.id,
+            registration_key: model.registration_key,
+            status: model.status,
+            error_code: model.error_code,
+            error_message: model.error_message,
+            result: model.result,
+            created_at: model.created_at,
+            updated_at: model.updated_at,
+        })
+    }
+
+    /// Deletes operations created before `cutoff`; returns how many.
+    pub async fn delete_operations_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result =
+            operation::Entity::delete_many().filter(operation::Column::CreatedAt.lt(cutoff)).exec(&self.db).await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Records a refused device request (bad credentials, unknown device, ...) with its reason.
+    pub async fn audit_refused_device(
+        &self,
+        registration_id: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let actor = Actor { subject: format!("device:{registration_id}"), role: "device".into() };
+        let change = Change {
+            action,
+            resource_type: "registration",
+            resource_id: registration_id,
+            etag_before: None,
+            etag_after: None,
+            detail: Some(reason),
+        };
+        audit::record(&self.db, &actor, &[change]).await
     }
 }

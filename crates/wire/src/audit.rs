@@ -1,4 +1,5 @@
-//! Audit events as `GET /audit` shows them: who changed what, when, and the etags either side; never a secret.
+//! Audit events as `GET /audit` shows them: who changed what, when, and the etags either side; for device
+//! registration attempts, the outcome or the reason of a refusal. Never a secret.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,4 +27,7 @@ pub struct AuditEvent {
     /// The etag after the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag_after: Option<String>,
+    /// For device attempts: the outcome, or why the attempt was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

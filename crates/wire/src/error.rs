@@ -39,11 +39,21 @@ pub enum ErrorCode {
     Internal,
     /// The service is not ready (database unreachable or migrations pending).
     NotReady,
+    /// Device API: the device's credentials were refused (any reason; the reason is audited, not sent).
+    DeviceUnauthorized,
+    /// Device API: no such registration or operation for this device.
+    RegistrationNotFound,
+    /// Device API: too many requests (per-device polling limit or global in-flight limit).
+    Throttled,
+    /// Registration outcome: the custom allocation webhook failed or answered badly.
+    CustomAllocationFailed,
+    /// Registration outcome: no linked hub to assign.
+    NoHubAvailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -60,6 +70,11 @@ impl ErrorCode {
         Self::UnsupportedMediaType,
         Self::Internal,
         Self::NotReady,
+        Self::DeviceUnauthorized,
+        Self::RegistrationNotFound,
+        Self::Throttled,
+        Self::CustomAllocationFailed,
+        Self::NoHubAvailable,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -81,6 +96,11 @@ impl ErrorCode {
             Self::UnsupportedMediaType => 415001,
             Self::Internal => 500001,
             Self::NotReady => 503001,
+            Self::DeviceUnauthorized => 401002,
+            Self::RegistrationNotFound => 404201,
+            Self::Throttled => 429001,
+            Self::CustomAllocationFailed => 400207,
+            Self::NoHubAvailable => 400208,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod bulk;
+pub mod device;
 pub mod enrollment;
 pub mod error;
 pub mod field;

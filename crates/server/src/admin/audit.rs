@@ -47,6 +47,7 @@ pub(super) async fn list(
             resource_id: r.resource_id,
             etag_before: r.etag_before,
             etag_after: r.etag_after,
+            detail: r.detail,
         })
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()

@@ -13,6 +13,7 @@ pub struct Model {
     pub resource_id: String,
     pub etag_before: Option<String>,
     pub etag_after: Option<String>,
+    pub detail: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ pub struct Model {
     pub status: String,
     pub error_code: Option<i32>,
     pub error_message: Option<String>,
+    pub result: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -14,6 +14,7 @@ pub struct Model {
     pub error_code: Option<i32>,
     pub error_message: Option<String>,
     pub payload: Option<Json>,
+    pub initial_twin: Option<Json>,
     pub etag: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

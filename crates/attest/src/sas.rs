@@ -1,0 +1,281 @@
+//! Shared access signature tokens of the DPS device API (`azure-dps-wire.md` §2.1, §2.2).
+//!
+//! `SharedAccessSignature sr={resource}&sig={signature}&se={expiry}[&skn=registration]`, fields in any order.
+//! Real clients disagree on how they encode `sr` (Python `%2F`, C `%2f`, Node unencoded, IoT Edge lower-cased with
+//! `/` unencoded), but each signs exactly the `sr` it sends. So the MAC is computed over the **raw** `sr` as sent,
+//! and the resource is compared separately, case-insensitively, after URL-decoding (§2.1 recommendation).
+//!
+//! Every refusal is a [`SasError`] for the log; the device only ever learns "unauthorized".
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use percent_encoding::percent_decode_str;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a token was refused. Logged and audited, never sent to the device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SasError {
+    /// The header is not `SharedAccessSignature k=v&...`.
+    #[error("not a SharedAccessSignature token")]
+    NotSas,
+    /// A field is missing, repeated or unparseable.
+    #[error("malformed field {0}")]
+    Malformed(&'static str),
+    /// `skn` is present and is not `registration`.
+    #[error("skn must be \"registration\"")]
+    WrongKeyName,
+    /// The resource is not this device's.
+    #[error("the token is for another resource")]
+    WrongResource,
+    /// `se` has passed (beyond the allowed clock skew).
+    #[error("the token expired")]
+    Expired,
+    /// The signature does not verify with any of the keys.
+    #[error("the signature does not verify")]
+    BadSignature,
+}
+
+/// A parsed token, borrowing the raw `sr` that was signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SasToken<'a> {
+    /// `sr` exactly as sent (what the signature covers).
+    pub raw_resource: &'a str,
+    /// `se` as sent (what the signature covers).
+    pub raw_expiry: &'a str,
+    /// `se`, seconds since the epoch.
+    pub expiry: u64,
+    /// The decoded signature bytes.
+    pub signature: Vec<u8>,
+    /// `skn`, decoded, if present.
+    pub key_name: Option<String>,
+}
+
+/// Parses `SharedAccessSignature sr=..&sig=..&se=..[&skn=..]` (fields in any order, each at most once).
+pub fn parse(header: &str) -> Result<SasToken<'_>, SasError> {
+    let rest = header.trim().strip_prefix("SharedAccessSignature").ok_or(SasError::NotSas)?;
+    let rest = rest.strip_prefix(' ').ok_or(SasError::NotSas)?.trim_start();
+    let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
+    for pair in rest.split('&') {
+        let (key, value) = pair.split_once('=').ok_or(SasError::Malformed("pair"))?;
+        let slot = match key {
+            "sr" => &mut sr,
+            "sig" => &mut sig,
+            "se" => &mut se,
+            "skn" => &mut skn,
+            // Unknown fields are not signed and not trusted; ignore them as Azure does.
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(SasError::Malformed("repeated field"));
+        }
+    }
+    let raw_resource = sr.filter(|v| !v.is_empty()).ok_or(SasError::Malformed("sr"))?;
+    let raw_expiry = se.ok_or(SasError::Malformed("se"))?;
+    let expiry = raw_expiry.parse::<u64>().map_err(|_| SasError::Malformed("se"))?;
+    let sig = percent_decode_str(sig.ok_or(SasError::Malformed("sig"))?)
+        .decode_utf8()
+        .map_err(|_| SasError::Malformed("sig"))?;
+    let signature = STANDARD.decode(sig.as_bytes()).map_err(|_| SasError::Malformed("sig"))?;
+    let key_name = skn
+        .map(|v| percent_decode_str(v).decode_utf8().map(|s| s.into_owned()))
+        .transpose()
+        .map_err(|_| SasError::Malformed("skn"))?;
+    Ok(SasToken { raw_resource, raw_expiry, expiry, signature, key_name })
+}
+
+/// The HMAC-SHA256 of `message` under `key`.
+fn mac(key: &[u8], message: &[u8]) -> Zeroizing<[u8; 32]> {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail; an empty MAC would never verify.
+    let mut out = Zeroizing::new([0u8; 32]);
+    if let Ok(mut m) = HmacSha256::new_from_slice(key) {
+        m.update(message);
+        out.copy_from_slice(&m.finalize().into_bytes());
+    }
+    out
+}
+
+/// The device key of `registration_id` in a group: HMAC-SHA256 of the id under the group key (§2.2).
+pub fn derive_device_key(group_key: &[u8], registration_id: &str) -> Zeroizing<[u8; 32]> {
+    mac(group_key, registration_id.as_bytes())
+}
+
+/// Signs `resource` until `expiry` with `key`: the token a device would send (for clients and tests).
+pub fn sign(resource_as_sent: &str, expiry: u64, key: &[u8], key_name: Option<&str>) -> String {
+    let signature = mac(key, format!("{resource_as_sent}\n{expiry}").as_bytes());
+    let sig: String = percent_encoding::utf8_percent_encode(
+        &STANDARD.encode(signature.as_slice()),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .collect();
+    match key_name {
+        Some(name) => format!("SharedAccessSignature sr={resource_as_sent}&sig={sig}&se={expiry}&skn={name}"),
+        None => format!("SharedAccessSignature sr={resource_as_sent}&sig={sig}&se={expiry}"),
+    }
+}
+
+/// What a token must satisfy.
+#[derive(Debug, Clone, Copy)]
+pub struct Expectation<'a> {
+    /// `{idScope}/registrations/{registrationId}` as the URL (or MQTT username) names it.
+    pub resource: &'a str,
+    /// Now, in seconds since the epoch.
+    pub now: u64,
+    /// How far in the past `se` may be (clock skew allowance), in seconds.
+    pub skew: u64,
+}
+
+/// Verifies `token` against `expected` with any of `keys`; returns the index of the key that verified.
+///
+/// The checks are all made whatever fails first, and the MAC comparison is constant-time, so the time taken
+/// does not reveal which check failed beyond what the error (which the device never sees) says.
+pub fn verify(token: &SasToken<'_>, expected: &Expectation<'_>, keys: &[&[u8]]) -> Result<usize, SasError> {
+    let resource_ok = percent_decode_str(token.raw_resource)
+        .decode_utf8()
+        .map(|decoded| decoded.eq_ignore_ascii_case(expected.resource))
+        .unwrap_or(false);
+    let key_name_ok = token.key_name.as_deref().is_none_or(|n| n.eq_ignore_ascii_case("registration"));
+    let fresh = token.expiry.saturating_add(expected.skew) > expected.now;
+    let message = format!("{}\n{}", token.raw_resource, token.raw_expiry);
+    let mut verified = None;
+    for (index, key) in keys.iter().enumerate() {
+        let computed = mac(key, message.as_bytes());
+        let equal: bool = computed.as_slice().ct_eq(token.signature.as_slice()).into();
+        if equal && verified.is_none() {
+            verified = Some(index);
+        }
+    }
+    match (verified, resource_ok, key_name_ok, fresh) {
+        (_, false, _, _) => Err(SasError::WrongResource),
+        (_, _, false, _) => Err(SasError::WrongKeyName),
+        (_, _, _, false) => Err(SasError::Expired),
+        (None, _, _, _) => Err(SasError::BadSignature),
+        (Some(index), true, true, true) => Ok(index),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SCOPE: &str = "0ne00111111";
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+
+    fn expect(resource: &str) -> Expectation<'_> {
+        Expectation { resource, now: NOW, skew: 300 }
+    }
+
+    /// A token as a given client style builds it: `sr` encoded its way, `skn` or not.
+    fn styled(sr: &str, skn: Option<&str>) -> String {
+        sign(sr, NOW + 3600, KEY, skn)
+    }
+
+    #[test]
+    fn every_real_client_style_verifies() {
+        let resource = format!("{SCOPE}/registrations/my-Device");
+        let styles = [
+            // Python SDK: quote(uri, safe="") -> upper-case %2F, no skn.
+            (format!("{SCOPE}%2Fregistrations%2Fmy-Device"), None),
+            // C SDK: lower-case %2f, skn=registration.
+            (format!("{SCOPE}%2fregistrations%2fmy-Device"), Some("registration")),
+            // Node SDK: sr not encoded, skn=registration.
+            (format!("{SCOPE}/registrations/my-Device"), Some("registration")),
+            // IoT Edge: the whole audience lower-cased, `/` not encoded.
+            (format!("{SCOPE}/registrations/my-device").to_lowercase(), Some("registration")),
+        ];
+        for (sr, skn) in styles {
+            let header = styled(&sr, skn);
+            let token = parse(&header).unwrap();
+            assert_eq!(verify(&token, &expect(&resource), &[KEY]), Ok(0), "{header}");
+        }
+    }
+
+    #[test]
+    fn known_answer_matches_the_azure_documentation_recipe() {
+        // HMAC-SHA256("{sr}\n{se}") with the base64-decoded key, base64 then URL-encoded (how-to-control-access.md).
+        // Computed independently with: printf '0ne00111111%%2Fregistrations%%2Fmy-symkey-device\n1663952627' |
+        //   openssl dgst -sha256 -mac HMAC -macopt key:0123456789abcdef0123456789abcdef -binary | base64
+        let header = sign("0ne00111111%2Fregistrations%2Fmy-symkey-device", 1663952627, KEY, Some("registration"));
+        assert_eq!(
+            header,
+            "SharedAccessSignature sr=0ne00111111%2Fregistrations%2Fmy-symkey-device&sig=wCqgIA9Sh69ywgxmZeNm2f1tFUtTWwiaHjGbUB5jL%2F8%3D&se=1663952627&skn=registration"
+        );
+    }
+
+    #[test]
+    fn group_keys_derive_per_device() {
+        // Known answer: printf device-1 | openssl dgst -sha256 -mac HMAC -macopt key:0123456789abcdef0123456789abcdef
+        //   -binary | base64
+        let derived = derive_device_key(KEY, "device-1");
+        assert_eq!(STANDARD.encode(derived.as_slice()), "RMt/vH6618dIqXOfPQmgeanMrOxw2/w49k23Foj+FWg=");
+        assert_ne!(derive_device_key(KEY, "device-2").as_slice(), derived.as_slice());
+    }
+
+    #[test]
+    fn either_key_verifies_and_the_index_says_which() {
+        let other: &[u8] = b"another key of some length......";
+        let resource = format!("{SCOPE}/registrations/d");
+        let token_header = sign(&format!("{SCOPE}%2Fregistrations%2Fd"), NOW + 60, other, None);
+        let token = parse(&token_header).unwrap();
+        assert_eq!(verify(&token, &expect(&resource), &[KEY, other]), Ok(1));
+        assert_eq!(verify(&token, &expect(&resource), &[KEY]), Err(SasError::BadSignature));
+    }
+
+    #[test]
+    fn refusals() {
+        let resource = format!("{SCOPE}/registrations/d");
+        let sr = format!("{SCOPE}%2Fregistrations%2Fd");
+        let check = |header: String| parse(&header).and_then(|t| verify(&t, &expect(&resource), &[KEY]));
+        // Expired beyond the skew, and just within it.
+        assert_eq!(check(sign(&sr, NOW - 301, KEY, None)), Err(SasError::Expired));
+        assert_eq!(check(sign(&sr, NOW - 299, KEY, None)), Ok(0));
+        // Another scope, another device.
+        assert_eq!(check(sign("0ne99999999%2Fregistrations%2Fd", NOW + 60, KEY, None)), Err(SasError::WrongResource));
+        assert_eq!(
+            check(sign(&format!("{SCOPE}%2Fregistrations%2Fe"), NOW + 60, KEY, None)),
+            Err(SasError::WrongResource)
+        );
+        // Wrong skn.
+        assert_eq!(check(sign(&sr, NOW + 60, KEY, Some("iothubowner"))), Err(SasError::WrongKeyName));
+        // Forged: signature over another expiry.
+        let forged = sign(&sr, NOW + 60, KEY, None).replace(&format!("se={}", NOW + 60), &format!("se={}", NOW + 6000));
+        assert_eq!(check(forged), Err(SasError::BadSignature));
+        // Malformed.
+        for bad in [
+            "",
+            "Bearer x",
+            "SharedAccessSignature",
+            "SharedAccessSignature sr=a&se=1",
+            "SharedAccessSignature sr=a&sig=%%%&se=1",
+            "SharedAccessSignature sr=a&sig=AAAA&se=soon",
+            "SharedAccessSignature sr=a&sr=b&sig=AAAA&se=1",
+            "SharedAccessSignature sr&sig=AAAA&se=1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_and_verify_never_panic(header in "\\PC{0,300}") {
+            if let Ok(token) = parse(&header) {
+                let _ = verify(&token, &Expectation { resource: "s/registrations/d", now: NOW, skew: 300 }, &[KEY]);
+            }
+        }
+
+        #[test]
+        fn signed_tokens_round_trip(id in "[A-Za-z0-9._:-]{1,128}", ttl in 1u64..100_000) {
+            let resource = format!("{SCOPE}/registrations/{id}");
+            let encoded: String = percent_encoding::utf8_percent_encode(&resource, percent_encoding::NON_ALPHANUMERIC).collect();
+            let header = sign(&encoded, NOW + ttl, KEY, None);
+            let token = parse(&header).unwrap();
+            prop_assert_eq!(verify(&token, &expect(&resource), &[KEY]), Ok(0));
+        }
+    }
+}

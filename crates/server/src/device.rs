@@ -1,0 +1,127 @@
+//! The HTTPS device API (`azure-dps-wire.md` §1): register, operation status, registration status lookup.
+//!
+//! Thin: each handler turns the request into a [`DeviceRequest`] and calls the [`RegistrationService`], which the
+//! MQTT endpoint shares. Accepted on purpose (§1.8, §11): any `api-version` (or none), unknown query parameters,
+//! `Content-Encoding: utf-8` (no decoding layer runs here), the `UserAgent` header, an empty body, a body without
+//! `registrationId`, and `"payload": null`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use zerotouch_wire::RegistrationId;
+use zerotouch_wire::device::DeviceRegistration;
+use zerotouch_wire::registration::RegistrationStatus;
+
+use crate::error::ApiError;
+use crate::registration::{DeviceRequest, Evidence, RegistrationRequest, RegistrationService};
+use crate::request::{BODY_LIMIT, MaybeJson};
+
+/// Seconds a device is told to wait before polling. Registrations complete before the 202 is sent, so the first
+/// poll normally finds the result.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Every route of the device API: path template and methods.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/{idScope}/registrations/{registrationId}/register", &["PUT"]),
+    ("/{idScope}/registrations/{registrationId}/operations/{operationId}", &["GET"]),
+    ("/{idScope}/registrations/{registrationId}", &["POST"]),
+];
+
+/// Registers the device routes (404 for other paths, 405 for other methods).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/{idScope}/registrations/{registrationId}/register")
+            .route(web::put().to(register))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{idScope}/registrations/{registrationId}/operations/{operationId}")
+            .route(web::get().to(operation))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/{idScope}/registrations/{registrationId}")
+            .route(web::post().to(status))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .default_service(web::to(route_not_found));
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+async fn route_not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}
+
+fn device_request(req: &HttpRequest, id_scope: String, registration_id: &str) -> Result<DeviceRequest, ApiError> {
+    let registration_id = RegistrationId::try_from(registration_id)
+        .map_err(|e| ApiError::InvalidId(format!("registrationId in the path: {e}")))?;
+    let evidence = match req.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        Some(Ok(value)) => Evidence::Sas(value.to_owned()),
+        // A header that is not text is no credential at all.
+        Some(Err(_)) | None => Evidence::None,
+    };
+    Ok(DeviceRequest { id_scope, registration_id, evidence })
+}
+
+fn registration_body(body: MaybeJson<BODY_LIMIT>) -> Result<DeviceRegistration, ApiError> {
+    match body.0 {
+        None | Some(serde_json::Value::Null) => Ok(DeviceRegistration::default()),
+        Some(value) => Ok(zerotouch_wire::field::decode(value)?),
+    }
+}
+
+/// `PUT /{idScope}/registrations/{registrationId}/register`: 202 `assigning` with `Retry-After` and `Location`.
+async fn register(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    service: web::Data<RegistrationService>,
+    body: MaybeJson<BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    let (id_scope, registration_id) = path.into_inner();
+    let device = device_request(&req, id_scope, &registration_id)?;
+    let body = registration_body(body)?;
+    let location = format!("/{}/registrations/{}/operations/", device.id_scope, device.registration_id.as_str());
+    let operation = service.register(RegistrationRequest { device, body }).await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS))
+        .insert_header((header::LOCATION, format!("{location}{}", operation.operation_id)))
+        .json(operation))
+}
+
+/// `GET /{idScope}/registrations/{registrationId}/operations/{operationId}`: 202 while assigning, else 200.
+async fn operation(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    service: web::Data<RegistrationService>,
+) -> Result<HttpResponse, ApiError> {
+    let (id_scope, registration_id, operation_id) = path.into_inner();
+    let device = device_request(&req, id_scope, &registration_id)?;
+    let operation = service.operation(device, &operation_id).await?;
+    Ok(if operation.status == RegistrationStatus::Assigning {
+        HttpResponse::Accepted().insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS)).json(operation)
+    } else {
+        HttpResponse::Ok().json(operation)
+    })
+}
+
+/// `POST /{idScope}/registrations/{registrationId}`: the device's registration, not wrapped in an operation.
+async fn status(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    service: web::Data<RegistrationService>,
+    body: MaybeJson<BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    let (id_scope, registration_id) = path.into_inner();
+    let device = device_request(&req, id_scope, &registration_id)?;
+    let body = registration_body(body)?;
+    if body.csr.is_some() {
+        // §1.1: a CSR belongs to register, not to the status lookup.
+        return Err(ApiError::InvalidField(zerotouch_wire::field::FieldError::new(
+            "csr",
+            "is not accepted by the status lookup; send it with register",
+        )));
+    }
+    Ok(HttpResponse::Ok().json(service.status(device).await?))
+}

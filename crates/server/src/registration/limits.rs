@@ -1,0 +1,99 @@
+//! Device request limits: a per-device request rate (Azure: 5 polls per 10 s) and a global cap on registrations
+//! in flight. Both answer 429 with `Retry-After` instead of letting load pile up.
+//!
+//! The per-device window is kept in this replica's memory: it protects the replica from a device that polls too
+//! fast, and a device spread over several replicas gets at most that many times the rate, which is harmless.
+//! Nothing here decides correctness, which lives in the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The limits of one replica.
+#[derive(Debug)]
+pub struct DeviceLimits {
+    max_requests: u32,
+    window: Duration,
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// How long a throttled device should wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+const SWEEP_AT: usize = 100_000;
+
+impl DeviceLimits {
+    /// `max_requests` per `window` per device, `max_in_flight` registrations at once.
+    pub fn new(max_requests: u32, window: Duration, max_in_flight: usize) -> Self {
+        Self {
+            max_requests,
+            window,
+            windows: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        }
+    }
+
+    /// Counts a request of `device` (canonical registration id); refuses it beyond the rate.
+    pub fn admit(&self, device: &str) -> Result<(), RetryAfter> {
+        let now = Instant::now();
+        let Ok(mut windows) = self.windows.lock() else { return Ok(()) };
+        if windows.len() >= SWEEP_AT {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let (start, count) = windows.entry(device.to_owned()).or_insert((now, 0));
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= self.max_requests {
+            let wait = self.window.saturating_sub(now.duration_since(*start));
+            return Err(RetryAfter(wait.max(Duration::from_secs(1))));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// A slot for one registration in flight, or `None` when all are taken.
+    pub fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.in_flight).try_acquire_owned().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sixth_request_in_the_window_is_refused_and_others_are_not_affected() {
+        let limits = DeviceLimits::new(5, Duration::from_secs(10), 8);
+        for _ in 0..5 {
+            assert!(limits.admit("a").is_ok());
+        }
+        let RetryAfter(wait) = limits.admit("a").unwrap_err();
+        assert!(wait <= Duration::from_secs(10) && wait >= Duration::from_secs(1));
+        assert!(limits.admit("b").is_ok());
+    }
+
+    #[test]
+    fn the_window_resets() {
+        let limits = DeviceLimits::new(1, Duration::from_millis(20), 8);
+        assert!(limits.admit("a").is_ok());
+        assert!(limits.admit("a").is_err());
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(limits.admit("a").is_ok());
+    }
+
+    #[test]
+    fn in_flight_slots_are_bounded_and_released() {
+        let limits = DeviceLimits::new(5, Duration::from_secs(10), 2);
+        let first = limits.enter().unwrap();
+        let _second = limits.enter().unwrap();
+        assert!(limits.enter().is_none());
+        drop(first);
+        assert!(limits.enter().is_some());
+    }
+}

@@ -1,0 +1,551 @@
+//! The registration service: the one flow every device endpoint (HTTPS now, MQTT and TPM later) runs.
+//!
+//! ```text
+//! RegistrationRequest -> limits -> authenticate (enrollment lookup + SAS) -> allocate -> reassign
+//!                     -> one transaction (state + operation + audit) -> operation
+//! ```
+//! The endpoints only translate their protocol into a [`RegistrationRequest`] and the answers back.
+
+pub mod allocation;
+pub mod limits;
+pub mod webhook;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zerotouch_attest::sas;
+use zerotouch_store::{EnrollmentRecord, OperationRecord, RegistrationOutcome, RegistrationRecord, Store, StoreError};
+use zerotouch_wire::RegistrationId;
+use zerotouch_wire::device::{
+    DeviceRegistration, DeviceRegistrationResult, RegistrationOperationStatus, SymmetricKeyRegistrationResult,
+};
+use zerotouch_wire::enrollment::{AllocationPolicy, CustomAllocationDefinition, EnrollmentKind, ReprovisionPolicy};
+use zerotouch_wire::registration::RegistrationStatus;
+use zerotouch_wire::{ErrorCode, SymmetricKey};
+
+use crate::error::ApiError;
+use limits::{DeviceLimits, RetryAfter};
+
+/// Settings of the registration service.
+#[derive(Debug, Clone)]
+pub struct RegistrationSettings {
+    /// The id scope devices must use.
+    pub id_scope: String,
+    /// How far in the past a SAS token's `se` may be.
+    pub sas_clock_skew: Duration,
+    /// How long operations can be polled.
+    pub operation_ttl: Duration,
+}
+
+/// How a device proves who it is.
+#[derive(Debug, Clone)]
+pub enum Evidence {
+    /// An `Authorization: SharedAccessSignature ...` value (or MQTT password).
+    Sas(String),
+    /// Nothing.
+    None,
+}
+
+/// One request of a device, whatever the protocol.
+#[derive(Debug, Clone)]
+pub struct DeviceRequest {
+    /// The id scope in the URL (or MQTT username).
+    pub id_scope: String,
+    /// The registration id in the URL (or MQTT username).
+    pub registration_id: RegistrationId,
+    /// What the device proved itself with.
+    pub evidence: Evidence,
+}
+
+/// A register call.
+#[derive(Debug, Clone)]
+pub struct RegistrationRequest {
+    /// Who asks.
+    pub device: DeviceRequest,
+    /// The body.
+    pub body: DeviceRegistration,
+}
+
+/// The enrollment a device matched.
+struct Matched {
+    kind: EnrollmentKind,
+    enrollment: EnrollmentRecord,
+}
+
+/// The allocation settings of a stored enrollment document.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Policy {
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    allocation_policy: Option<AllocationPolicy>,
+    #[serde(default)]
+    iot_hubs: Option<Vec<String>>,
+    #[serde(default)]
+    iot_hub_host_name: Option<String>,
+    #[serde(default)]
+    reprovision_policy: Option<ReprovisionPolicy>,
+    #[serde(default)]
+    initial_twin: Option<Value>,
+    #[serde(default)]
+    custom_allocation_definition: Option<CustomAllocationDefinition>,
+}
+
+/// What allocation decided, before it is written.
+struct Decision {
+    status: RegistrationStatus,
+    hub: Option<String>,
+    device_id: Option<String>,
+    substatus: Option<String>,
+    error: Option<(ErrorCode, String)>,
+    payload: Option<Value>,
+    initial_twin: Option<Value>,
+    detail: String,
+}
+
+/// The registration service.
+#[derive(Debug)]
+pub struct RegistrationService {
+    store: Store,
+    settings: RegistrationSettings,
+    limits: DeviceLimits,
+    http: reqwest::Client,
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    zerotouch_wire::format_timestamp(at)
+}
+
+/// Operation ids look like Azure's (`4.{16 hex}.{uuid}`, only `[A-Za-z0-9.-]`, §1.4).
+fn new_operation_id() -> String {
+    format!("4.{:016x}.{}", rand::random::<u64>(), uuid::Uuid::new_v4())
+}
+
+impl RegistrationService {
+    /// A service over `store`.
+    pub fn new(store: Store, settings: RegistrationSettings, limits: DeviceLimits) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(webhook::TIMEOUT).build()?;
+        Ok(Self { store, settings, limits, http })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RegistrationSettings {
+        &self.settings
+    }
+
+    fn throttled(RetryAfter(wait): RetryAfter) -> ApiError {
+        ApiError::Throttled { retry_after: wait.as_secs().max(1) }
+    }
+
+    /// Refuses the request (401002 to the device) and audits why.
+    async fn refuse(&self, device: &DeviceRequest, action: &str, reason: &str) -> ApiError {
+        tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
+        if let Err(e) = self.store.audit_refused_device(device.registration_id.as_str(), action, reason).await {
+            tracing::error!("cannot audit a refused device request: {e}");
+        }
+        ApiError::DeviceUnauthorized
+    }
+
+    /// Finds the enrollment whose key verifies the device's token: its individual enrollment if it has one,
+    /// else the first symmetric-key group whose derived key does.
+    async fn authenticate(&self, device: &DeviceRequest, action: &str) -> Result<Matched, ApiError> {
+        if !device.id_scope.eq_ignore_ascii_case(&self.settings.id_scope) {
+            return Err(self.refuse(device, action, "the id scope is not this service's").await);
+        }
+        let Evidence::Sas(header) = &device.evidence else {
+            return Err(self.refuse(device, action, "no credentials").await);
+        };
+        let token = match sas::parse(header) {
+            Ok(token) => token,
+            Err(e) => return Err(self.refuse(device, action, &format!("sas: {e}")).await),
+        };
+        let resource = format!("{}/registrations/{}", device.id_scope, device.registration_id.as_str());
+        let expected =
+            sas::Expectation { resource: &resource, now: now_secs(), skew: self.settings.sas_clock_skew.as_secs() };
+        let key = device.registration_id.key();
+
+        match self.store.enrollment(EnrollmentKind::Individual, &key).await {
+            Ok(enrollment) => {
+                let keys = enrollment_keys(&enrollment);
+                if keys.is_empty() {
+                    let reason = format!("the enrollment attests by {}", enrollment.attestation_type);
+                    return Err(self.refuse(device, action, &reason).await);
+                }
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.expose_bytes()).collect();
+                return match sas::verify(&token, &expected, &keys) {
+                    Ok(_) => Ok(Matched { kind: EnrollmentKind::Individual, enrollment }),
+                    Err(e) => Err(self.refuse(device, action, &format!("sas: {e}")).await),
+                };
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+
+        let groups = self.store.groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
+        let mut last_error = sas::SasError::BadSignature;
+        for group in groups {
+            let derived: Vec<_> = enrollment_keys(&group)
+                .iter()
+                .map(|k| sas::derive_device_key(k.expose_bytes(), device.registration_id.as_str()))
+                .collect();
+            let keys: Vec<&[u8]> = derived.iter().map(|k| k.as_slice()).collect();
+            match sas::verify(&token, &expected, &keys) {
+                Ok(_) => return Ok(Matched { kind: EnrollmentKind::Group, enrollment: group }),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(self.refuse(device, action, &format!("no enrollment verifies the token (sas: {last_error})")).await)
+    }
+
+    /// `register`: authenticates, allocates and records; returns the operation (status `assigning` on the wire).
+    pub async fn register(&self, request: RegistrationRequest) -> Result<RegistrationOperationStatus, ApiError> {
+        let device = &request.device;
+        let key = device.registration_id.key();
+        self.limits.admit(&key).map_err(Self::throttled)?;
+        let _slot = self.limits.enter().ok_or(Self::throttled(RetryAfter(Duration::from_secs(1))))?;
+        if let Some(body_id) = request.body.registration_id.as_deref().filter(|id| !id.is_empty())
+            && !body_id.eq_ignore_ascii_case(device.registration_id.as_str())
+        {
+            return Err(ApiError::InvalidField(zerotouch_wire::field::FieldError::new(
+                "registrationId",
+                format!("{body_id:?} differs from the registration id in the URL"),
+            )));
+        }
+        let matched = self.authenticate(device, "register").await?;
+        let policy: Policy = serde_json::from_value(matched.enrollment.document.clone()).unwrap_or_default();
+        let hubs = self.store.list_hubs().await.map_err(ApiError::internal)?;
+
+        // A concurrent registration of the same device may change its state between our read and our write;
+        // then decide again on the new state (allocation is deterministic, so the outcome agrees).
+        let mut webhook_answer = None;
+        for _ in 0..16 {
+            let current = match self.store.registration(&key).await {
+                Ok(record) => Some(record),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(ApiError::internal(e)),
+            };
+            let decision = self.decide(&request, &matched, &policy, &hubs, current.as_ref(), &mut webhook_answer).await;
+            let operation_status = decision.status;
+            let group_id = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
+            let record = RegistrationRecord {
+                key: key.clone(),
+                registration_id: device.registration_id.as_str().to_owned(),
+                enrollment_group_key: (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.key.clone()),
+                device_id: decision.device_id.clone(),
+                assigned_hub: decision.hub.clone(),
+                status: decision.status.as_str().to_owned(),
+                substatus: decision.substatus.clone(),
+                error_code: decision.error.as_ref().and_then(|(c, _)| i32::try_from(c.number()).ok()),
+                error_message: decision.error.as_ref().map(|(_, m)| m.clone()),
+                payload: decision.payload.clone(),
+                initial_twin: decision.initial_twin.clone(),
+                etag: String::new(),
+                created_at: current.as_ref().map_or_else(chrono::Utc::now, |c| c.created_at),
+                updated_at: chrono::Utc::now(),
+            };
+            let operation = OperationRecord {
+                id: new_operation_id(),
+                registration_key: key.clone(),
+                status: operation_status.as_str().to_owned(),
+                error_code: record.error_code,
+                error_message: record.error_message.clone(),
+                result: None,
+                created_at: chrono::Utc::now(),
+                updated_at: chrono::Utc::now(),
+            };
+            let outcome = RegistrationOutcome {
+                record,
+                expected_etag: current.as_ref().map(|c| c.etag.clone()),
+                operation,
+                detail: decision.detail.clone(),
+            };
+            let snapshot =
+                |r: &RegistrationRecord| serde_json::to_value(result_of(r, group_id.as_deref())).unwrap_or(Value::Null);
+            match self.store.commit_registration(outcome, snapshot).await {
+                Ok((_, operation)) => {
+                    return Ok(RegistrationOperationStatus {
+                        operation_id: operation.id,
+                        status: RegistrationStatus::Assigning,
+                        registration_state: None,
+                    });
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(ApiError::internal(e)),
+            }
+        }
+        Err(ApiError::Conflict("the registration is changing concurrently; retry".into()))
+    }
+
+    /// Allocates the device and decides its new state.
+    async fn decide(
+        &self,
+        request: &RegistrationRequest,
+        matched: &Matched,
+        policy: &Policy,
+        hubs: &[zerotouch_store::HubRecord],
+        current: Option<&RegistrationRecord>,
+        webhook_answer: &mut Option<Result<webhook::Answer, String>>,
+    ) -> Decision {
+        let registration_id = request.device.registration_id.as_str();
+        let device_id = policy.device_id.clone().filter(|_| matched.kind == EnrollmentKind::Individual);
+        let device_id = device_id.unwrap_or_else(|| registration_id.to_owned());
+        let failed = |code: ErrorCode, message: String| Decision {
+            status: RegistrationStatus::Failed,
+            hub: None,
+            device_id: None,
+            substatus: None,
+            detail: format!("failed: {message}"),
+            error: Some((code, message)),
+            payload: None,
+            initial_twin: None,
+        };
+        if matched.enrollment.provisioning_status == "disabled" {
+            return Decision {
+                status: RegistrationStatus::Disabled,
+                hub: None,
+                device_id: None,
+                substatus: None,
+                error: None,
+                payload: None,
+                initial_twin: None,
+                detail: format!("disabled: the {} is disabled", matched.kind.noun()),
+            };
+        }
+        let reprovision = policy.reprovision_policy.unwrap_or_default();
+        let assigned_now = current
+            .filter(|c| c.status == RegistrationStatus::Assigned.as_str())
+            .and_then(|c| c.assigned_hub.as_deref().map(|hub| (hub, c.substatus.as_deref().unwrap_or_default())));
+
+        // The hubs this enrollment may use: the ones it lists, else every hub that applies the policy.
+        let named: Vec<String> = policy
+            .iot_hubs
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| policy.iot_hub_host_name.clone().map(|h| vec![h]))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let linked: Vec<&zerotouch_store::HubRecord> = if named.is_empty() {
+            hubs.iter().filter(|h| h.hub.apply_allocation_policy).collect()
+        } else {
+            hubs.iter().filter(|h| named.contains(&h.hub.host_name)).collect()
+        };
+        if linked.is_empty() && assigned_now.is_none() {
+            return failed(ErrorCode::NoHubAvailable, "no linked hub is available for this enrollment".into());
+        }
+
+        let mut payload = None;
+        let mut webhook_twin = None;
+        let chosen: String = match policy.allocation_policy.unwrap_or_default() {
+            AllocationPolicy::Custom => {
+                let Some(definition) = &policy.custom_allocation_definition else {
+                    return failed(ErrorCode::CustomAllocationFailed, "Custom allocation failed: no webhook".into());
+                };
+                // Under "never re-provision" the webhook may only keep the device where it is (§7).
+                let offered: Vec<String> = match assigned_now {
+                    Some((hub, _)) if !reprovision.update_hub_assignment => vec![hub.to_owned()],
+                    _ => linked.iter().map(|h| h.hub.host_name.clone()).collect(),
+                };
+                if webhook_answer.is_none() {
+                    let body = self.allocation_request(request, matched, current, &offered);
+                    *webhook_answer = Some(webhook::allocate(&self.http, &definition.webhook_url, &body).await);
+                }
+                match webhook_answer.clone() {
+                    Some(Ok(answer)) => {
+                        let host = answer.iot_hub_host_name.to_ascii_lowercase();
+                        if !offered.contains(&host) {
+                            return failed(
+                                ErrorCode::CustomAllocationFailed,
+                                format!(
+                                    "Custom allocation failed: the webhook chose {:?}, which is not a linked hub",
+                                    answer.iot_hub_host_name
+                                ),
+                            );
+                        }
+                        payload = answer.payload;
+                        webhook_twin = answer.initial_twin;
+                        host
+                    }
+                    Some(Err(message)) => return failed(ErrorCode::CustomAllocationFailed, message),
+                    None => return failed(ErrorCode::CustomAllocationFailed, "Custom allocation failed".into()),
+                }
+            }
+            AllocationPolicy::Static => match linked.first() {
+                Some(hub) => hub.hub.host_name.clone(),
+                None => return failed(ErrorCode::NoHubAvailable, "the enrollment's static hub is not linked".into()),
+            },
+            AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
+                let candidates: Vec<allocation::Candidate<'_>> = linked
+                    .iter()
+                    .map(|h| allocation::Candidate { host_name: &h.hub.host_name, weight: h.hub.allocation_weight })
+                    .collect();
+                match allocation::hashed(&request.device.registration_id.key(), &candidates) {
+                    Some(hub) => hub.to_owned(),
+                    // Only reachable when the device is assigned and no hub is linked any more: it stays.
+                    None => assigned_now.map(|(hub, _)| hub.to_owned()).unwrap_or_default(),
+                }
+            }
+        };
+
+        let assignment = allocation::reassign(assigned_now, &chosen, reprovision);
+        let initial_twin = if assignment.apply_initial_twin {
+            webhook_twin.or_else(|| policy.initial_twin.clone())
+        } else {
+            current.and_then(|c| c.initial_twin.clone())
+        };
+        Decision {
+            status: RegistrationStatus::Assigned,
+            detail: format!("assigned to {} ({})", assignment.hub, assignment.substatus),
+            hub: Some(assignment.hub),
+            device_id: Some(device_id),
+            substatus: Some(assignment.substatus),
+            error: None,
+            // The webhook's payload is always returned (§7).
+            payload,
+            initial_twin,
+        }
+    }
+
+    /// The `AllocationRequest` of §7.
+    fn allocation_request(
+        &self,
+        request: &RegistrationRequest,
+        matched: &Matched,
+        current: Option<&RegistrationRecord>,
+        linked: &[String],
+    ) -> Value {
+        let record = &matched.enrollment;
+        let enrollment = zerotouch_wire::enrollment::render(
+            &record.document,
+            &record.etag,
+            &timestamp(record.created_at),
+            &timestamp(record.updated_at),
+            None,
+        );
+        let mut context = json!({
+            "registrationId": request.device.registration_id.as_str(),
+            "symmetricKey": {},
+        });
+        if let Some(current) = current.filter(|c| c.assigned_hub.is_some()) {
+            context["currentIotHubHostName"] = json!(current.assigned_hub);
+            context["currentDeviceId"] = json!(current.device_id);
+        }
+        if let Some(payload) = &request.body.payload {
+            context["payload"] = payload.clone();
+        }
+        let enrollment_field = match matched.kind {
+            EnrollmentKind::Individual => "individualEnrollment",
+            EnrollmentKind::Group => "enrollmentGroup",
+        };
+        json!({ enrollment_field: enrollment, "deviceRuntimeContext": context, "linkedHubs": linked })
+    }
+
+    /// An operation poll: 200 with the result once terminal, or still assigning.
+    pub async fn operation(
+        &self,
+        device: DeviceRequest,
+        operation_id: &str,
+    ) -> Result<RegistrationOperationStatus, ApiError> {
+        let key = device.registration_id.key();
+        self.limits.admit(&key).map_err(Self::throttled)?;
+        self.authenticate(&device, "poll").await?;
+        let not_found = || ApiError::RegistrationNotFound(format!("operation {operation_id:?}"));
+        let operation = match self.store.operation(&key, operation_id).await {
+            Ok(operation) => operation,
+            Err(StoreError::NotFound) => return Err(not_found()),
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        let age = chrono::Utc::now().signed_duration_since(operation.created_at);
+        if age.to_std().unwrap_or_default() > self.settings.operation_ttl {
+            return Err(not_found());
+        }
+        let status = RegistrationStatus::parse(&operation.status)
+            .ok_or_else(|| ApiError::internal(format!("stored operation status {:?}", operation.status)))?;
+        let registration_state = match status {
+            RegistrationStatus::Assigning => None,
+            _ => operation.result.clone().and_then(|r| serde_json::from_value(r).ok()),
+        };
+        Ok(RegistrationOperationStatus { operation_id: operation.id, status, registration_state })
+    }
+
+    /// A device registration status lookup: the device's current registration.
+    pub async fn status(&self, device: DeviceRequest) -> Result<DeviceRegistrationResult, ApiError> {
+        let key = device.registration_id.key();
+        self.limits.admit(&key).map_err(Self::throttled)?;
+        let matched = self.authenticate(&device, "statusLookup").await?;
+        let record = match self.store.registration(&key).await {
+            Ok(record) => record,
+            Err(StoreError::NotFound) => {
+                return Err(ApiError::RegistrationNotFound(format!(
+                    "registration {:?}",
+                    device.registration_id.as_str()
+                )));
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        let group = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
+        Ok(result_of(&record, group.as_deref()))
+    }
+
+    /// Removes operations older than the TTL, every minute, for as long as the process runs.
+    pub async fn expire_operations(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Ok(ttl) = chrono::Duration::from_std(self.settings.operation_ttl) else { return };
+            match self.store.delete_operations_before(chrono::Utc::now() - ttl).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("expired {n} registration operations"),
+                Err(e) => tracing::warn!("cannot expire registration operations: {e}"),
+            }
+        }
+    }
+}
+
+/// The keys of a symmetric-key enrollment (none for other attestations).
+fn enrollment_keys(enrollment: &EnrollmentRecord) -> Vec<SymmetricKey> {
+    [&enrollment.primary_key, &enrollment.secondary_key].into_iter().flatten().cloned().collect()
+}
+
+/// The device's view of its registration (`DeviceRegistrationResult`, §1.4).
+fn result_of(record: &RegistrationRecord, group_id: Option<&str>) -> DeviceRegistrationResult {
+    let status = RegistrationStatus::parse(&record.status).unwrap_or(RegistrationStatus::Failed);
+    if status == RegistrationStatus::Disabled {
+        // Azure answers a disabled registration with its id and status only.
+        return DeviceRegistrationResult {
+            registration_id: record.registration_id.clone(),
+            created_date_time_utc: None,
+            assigned_hub: None,
+            device_id: None,
+            status,
+            substatus: None,
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: None,
+            etag: None,
+            payload: None,
+            symmetric_key: None,
+        };
+    }
+    DeviceRegistrationResult {
+        registration_id: record.registration_id.clone(),
+        created_date_time_utc: Some(timestamp(record.created_at)),
+        assigned_hub: record.assigned_hub.clone(),
+        device_id: record.device_id.clone(),
+        status,
+        substatus: record.substatus.clone(),
+        error_code: record.error_code.and_then(|c| u32::try_from(c).ok()),
+        error_message: record.error_message.clone(),
+        last_updated_date_time_utc: Some(timestamp(record.updated_at)),
+        etag: Some(record.etag.clone()),
+        payload: record.payload.clone(),
+        symmetric_key: Some(SymmetricKeyRegistrationResult { enrollment_group_id: group_id.map(str::to_owned) }),
+    }
+}
