@@ -59,6 +59,10 @@ pub struct Server {
     pub database_url: String,
     /// `https://127.0.0.1:PORT` of the admin API.
     pub admin_url: String,
+    /// `https://127.0.0.1:PORT` of the device API.
+    pub device_url: String,
+    /// The id scope devices use.
+    pub id_scope: String,
     /// A client that trusts the data dir's trust bundle.
     pub client: reqwest::Client,
     log_dir: PathBuf,
@@ -112,6 +116,8 @@ impl Server {
             data_dir,
             database_url,
             admin_url: String::new(),
+            device_url: String::new(),
+            id_scope: String::new(),
             client: reqwest::Client::new(),
             log_dir,
             _temp: vec![temp],
@@ -128,8 +134,13 @@ impl Server {
                 bail!("zerotouch exited with {status} before serving:\n{}", self.logs());
             }
             let stdout = read_lossy(&self.log_dir.join("stdout"));
-            if let Some(addr) = stdout.lines().find_map(|l| l.strip_prefix("zerotouch: admin API")) {
-                self.admin_url = addr.trim().to_owned();
+            let line = |prefix: &str| stdout.lines().find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().to_owned());
+            if let (Some(admin), Some(device), Some(scope)) =
+                (line("zerotouch: admin API"), line("zerotouch: device API"), line("zerotouch: id scope"))
+            {
+                self.admin_url = admin;
+                self.device_url = device;
+                self.id_scope = scope;
                 break;
             }
             if Instant::now() > deadline {
@@ -147,6 +158,11 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The full URL of a device API path.
+    pub fn device(&self, path: &str) -> String {
+        format!("{}{path}", self.device_url)
     }
 
     /// The full URL of an admin API path.
