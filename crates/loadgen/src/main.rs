@@ -1,19 +1,22 @@
 //! Benchmarks and load generator for zerotouch: drives the real binary over its real APIs and prints figures.
 //!
-//! `zerotouch-loadgen bulk-import` starts a service on a fresh database (SQLite and/or PostgreSQL), imports N
-//! enrollments through `POST /enrollments` in calls of `--batch` items, `--concurrency` calls in flight, and
-//! prints the rate. It repeats with calls of 10 items (the Azure DPS bulk limit) for comparison in the same run.
+//! - `bulk-import`: imports N enrollments through `POST /enrollments` in calls of `--batch` items, on a fresh
+//!   service per run, and again in calls of 10 (the Azure DPS bulk limit) for comparison in the same run.
+//! - `devices`: against a running server, creates N enrollments (half individual, half one symmetric-key group)
+//!   and runs N devices at concurrency C, each on its own new TLS connection: register, poll until assigned.
+//!   Reports devices/s, latency to assigned (p50/p90/p99/max) and every error by code.
+//! - `bench-devices`: starts a fresh service per backend and runs the TLS-handshake ceiling and `devices`.
 
-use std::time::{Duration, Instant};
+mod bulk;
+mod devices;
 
-use anyhow::{Context, bail};
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt;
-use serde_json::{Value, json};
 use zerotouch_tests::{Backend, Options, Server};
 
 #[derive(Debug, Parser)]
-#[command(name = "zerotouch-loadgen", about = "Benchmarks for zerotouch")]
+#[command(name = "zerotouch-loadgen", about = "Benchmarks and load generator for zerotouch")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +26,15 @@ struct Cli {
 enum BackendArg {
     Sqlite,
     Postgres,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Sqlite => Backend::Sqlite,
+            BackendArg::Postgres => Backend::Postgres,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,81 +60,64 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         azure_limit_enrollments: usize,
     },
+    /// Simulated devices against a running server.
+    Devices {
+        /// The device API, e.g. https://127.0.0.1:8443.
+        #[arg(long)]
+        device_url: String,
+        /// The admin API, e.g. https://127.0.0.1:8444.
+        #[arg(long)]
+        admin_url: String,
+        /// An operator or owner token (`zerotouch admin-token`).
+        #[arg(long, env = "ZEROTOUCH_TOKEN")]
+        token: String,
+        /// The trust bundle (PEM).
+        #[arg(long)]
+        trust_bundle: std::path::PathBuf,
+        /// The id scope.
+        #[arg(long)]
+        id_scope: String,
+        /// How many devices.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Devices in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Registration id prefix (new enrollments are created under it).
+        #[arg(long, default_value = "loadgen")]
+        prefix: String,
+    },
+    /// Fresh service per backend: TLS-handshake ceiling, then simulated devices.
+    BenchDevices {
+        /// Which databases to measure.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["sqlite", "postgres"])]
+        backend: Vec<BackendArg>,
+        /// Devices per run.
+        #[arg(long, default_value_t = 20_000)]
+        devices: usize,
+        /// Devices (and handshakes) in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runs per backend (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
-/// One bulk import on a fresh service; returns enrollments per second.
-async fn bulk_import_once(backend: Backend, total: usize, batch: usize, concurrency: usize) -> anyhow::Result<f64> {
-    let options = Options { env: vec![("ZEROTOUCH_LOG".into(), "warn".into())], ..Default::default() };
+async fn bench_devices_once(backend: Backend, count: usize, concurrency: usize) -> anyhow::Result<(f64, devices::Report)> {
+    let options = Options {
+        env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
+        args: vec!["--device-max-in-flight".into(), "4096".into()],
+        ..Default::default()
+    };
     let server = Server::start_with(backend, options).await?;
-    let token = server.token("operator")?;
-    let bodies: Vec<Value> = (0..total)
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|ids| {
-            let items: Vec<Value> = ids
-                .iter()
-                .map(|i| json!({"registrationId": format!("bench-device-{i:07}"), "attestation": {"type": "symmetricKey"}}))
-                .collect();
-            json!({"mode": "create", "enrollments": items})
-        })
-        .collect();
-    let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(bodies)
-        .map(|body| {
-            let server = &server;
-            let token = &token;
-            async move {
-                let response =
-                    server.client.post(server.url("/enrollments")).bearer_auth(token).json(&body).send().await?;
-                let status = response.status();
-                let result: Value = response.json().await?;
-                if !status.is_success() || result["isSuccessful"] != json!(true) {
-                    bail!("bulk call failed: {status} {result}");
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    for result in results {
-        result?;
-    }
-    let page = server
-        .client
-        .post(server.url("/enrollments/query"))
-        .bearer_auth(&token)
-        .header("x-ms-max-item-count", "1")
-        .json(&json!({"query": "SELECT * FROM enrollments"}))
-        .send()
-        .await?;
-    if !page.status().is_success() {
-        bail!("query after import failed: {}", page.status());
-    }
-    Ok(total as f64 / elapsed.as_secs_f64().max(f64::EPSILON))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or_default()
-}
-
-async fn measure(backend: Backend, total: usize, batch: usize, concurrency: usize, runs: usize) -> anyhow::Result<()> {
-    let mut rates = Vec::new();
-    for run in 1..=runs {
-        let rate = bulk_import_once(backend, total, batch, concurrency)
-            .await
-            .with_context(|| format!("{backend:?}, calls of {batch}, run {run}"))?;
-        println!("  {backend:?}: run {run}: {total} enrollments in calls of {batch}: {rate:.0}/s");
-        rates.push(rate);
-    }
-    let runs_text = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
-    println!(
-        "RESULT backend={backend:?} enrollments={total} batch={batch} concurrency={concurrency} median_per_s={:.0} runs=[{runs_text}]",
-        median(rates)
-    );
-    Ok(())
+    let target = devices::target_of(&server, server.token("operator")?)?;
+    let enrolled = devices::enroll(&target, "bench", count).await?;
+    let ceiling = devices::handshake_ceiling(&target, count, concurrency).await?;
+    println!("  {backend:?}: TLS handshake + GET /healthz: {}", ceiling.summary());
+    let report = devices::run(&target, &enrolled, concurrency).await?;
+    println!("  {backend:?}: devices: {}", report.summary());
+    Ok((ceiling.rate(), report))
 }
 
 #[tokio::main]
@@ -131,12 +126,41 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BulkImport { backend, enrollments, batch, concurrency, runs, azure_limit_enrollments } => {
             for backend in backend {
-                let backend = match backend {
-                    BackendArg::Sqlite => Backend::Sqlite,
-                    BackendArg::Postgres => Backend::Postgres,
-                };
-                measure(backend, enrollments, batch, concurrency, runs).await?;
-                measure(backend, azure_limit_enrollments, 10, concurrency, runs).await?;
+                bulk::measure(backend.into(), enrollments, batch, concurrency, runs).await?;
+                bulk::measure(backend.into(), azure_limit_enrollments, 10, concurrency, runs).await?;
+            }
+        }
+        Command::Devices { device_url, admin_url, token, trust_bundle, id_scope, devices: count, concurrency, prefix } => {
+            let target = devices::Target {
+                device_url,
+                admin_url,
+                token,
+                trust_bundle: std::fs::read(&trust_bundle)?,
+                id_scope,
+            };
+            let enrolled = devices::enroll(&target, &prefix, count).await?;
+            let report = devices::run(&target, &enrolled, concurrency).await?;
+            println!("RESULT devices={count} concurrency={concurrency} {}", report.summary());
+        }
+        Command::BenchDevices { backend, devices: count, concurrency, runs } => {
+            for backend in backend {
+                let backend = Backend::from(backend);
+                let mut rates = Vec::new();
+                let mut ceilings = Vec::new();
+                let mut p99s = Vec::new();
+                for run in 1..=runs {
+                    let (ceiling, report) = bench_devices_once(backend, count, concurrency).await?;
+                    println!("  {backend:?}: run {run}: ratio to ceiling {:.2}", report.rate() / ceiling.max(1.0));
+                    rates.push(report.rate());
+                    ceilings.push(ceiling);
+                    p99s.push(report.quantile_ms(0.99));
+                }
+                let (rate, ceiling, p99) = (bulk::median(rates), bulk::median(ceilings), bulk::median(p99s));
+                println!(
+                    "RESULT backend={backend:?} devices={count} concurrency={concurrency} median_devices_per_s={rate:.0} \
+                     median_handshakes_per_s={ceiling:.0} ratio={:.2} median_p99_ms={p99:.1}",
+                    rate / ceiling.max(1.0)
+                );
             }
         }
     }

@@ -24,6 +24,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/{idScope}/registrations/{registrationId}/register", &["PUT"]),
     ("/{idScope}/registrations/{registrationId}/operations/{operationId}", &["GET"]),
     ("/{idScope}/registrations/{registrationId}", &["POST"]),
+    ("/healthz", &["GET"]),
 ];
 
 /// Registers the device routes (404 for other paths, 405 for other methods).
@@ -43,7 +44,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(status))
             .default_service(web::to(method_not_allowed)),
     )
+    // Liveness on the device port too, for load balancers that probe the port they forward.
+    .service(web::resource("/healthz").route(web::get().to(alive)).default_service(web::to(method_not_allowed)))
     .default_service(web::to(route_not_found));
+}
+
+async fn alive() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {

@@ -1,0 +1,285 @@
+//! Simulated devices: each opens its own new TLS connection, registers with a SAS token, and polls until its
+//! registration is terminal; and the machine's ceiling, new TLS handshakes each followed by one `GET /healthz`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// Where the devices go and how they authenticate.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// `https://host:port` of the device API.
+    pub(crate) device_url: String,
+    /// `https://host:port` of the admin API.
+    pub(crate) admin_url: String,
+    /// An operator (or owner) token.
+    pub(crate) token: String,
+    /// PEM bundle the server's certificate chains to.
+    pub(crate) trust_bundle: Vec<u8>,
+    /// The id scope.
+    pub(crate) id_scope: String,
+}
+
+/// A device's identity: registration id and the key it signs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Device {
+    registration_id: String,
+    key: Vec<u8>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    /// Devices that reached `assigned`.
+    pub(crate) assigned: usize,
+    /// Wall time of the run.
+    pub(crate) elapsed: Duration,
+    /// Time to assigned of each assigned device, sorted.
+    pub(crate) latencies: Vec<Duration>,
+    /// Failures by what they were (`http 429 errorCode 429001`, `status failed 400208`, ...).
+    pub(crate) errors: BTreeMap<String, usize>,
+}
+
+impl Report {
+    fn collect(outcomes: Vec<Result<Duration, String>>, elapsed: Duration) -> Self {
+        let mut report = Self { assigned: 0, elapsed, latencies: Vec::new(), errors: BTreeMap::new() };
+        for outcome in outcomes {
+            match outcome {
+                Ok(latency) => {
+                    report.assigned += 1;
+                    report.latencies.push(latency);
+                }
+                Err(e) => *report.errors.entry(e).or_default() += 1,
+            }
+        }
+        report.latencies.sort();
+        report
+    }
+
+    /// Devices per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.assigned as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// The `q` quantile of latency (0..=1), in milliseconds.
+    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[index.min(self.latencies.len() - 1)].as_secs_f64() * 1000.0
+    }
+
+    /// One line for logs and BENCHMARKS.md.
+    pub(crate) fn summary(&self) -> String {
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+        };
+        format!(
+            "assigned={} devices_per_s={:.0} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1} errors=[{errors}]",
+            self.assigned,
+            self.rate(),
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.9),
+            self.quantile_ms(0.99),
+            self.quantile_ms(1.0),
+        )
+    }
+}
+
+/// A rustls client configuration trusting `bundle`, with session resumption off so every connection does a
+/// full handshake, as a device on its first boot does.
+fn tls_config(bundle: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &bundle[..]) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// A client whose first request opens a new TCP connection and a new TLS session.
+fn fresh_client(tls: &rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .pool_max_idle_per_host(1)
+        .http1_only()
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Creates `count` enrollments: even-numbered devices get individual enrollments, odd-numbered ones belong to one
+/// symmetric-key group (their keys derived from the group key). Returns the devices.
+pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyhow::Result<Vec<Device>> {
+    let admin = reqwest::Client::builder().use_preconfigured_tls(tls_config(&target.trust_bundle)?).build()?;
+    let group_key: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(7).wrapping_add(3)).collect();
+    let group_id = format!("{prefix}-group");
+    let group = json!({
+        "enrollmentGroupId": group_id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(&group_key)}},
+    });
+    let response = admin
+        .put(format!("{}/enrollmentGroups/{group_id}", target.admin_url))
+        .bearer_auth(&target.token)
+        .json(&group)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("cannot create the enrollment group: {} {}", response.status(), response.text().await?);
+    }
+    let devices: Vec<Device> = (0..count)
+        .map(|i| {
+            let registration_id = format!("{prefix}-{i:07}");
+            let key = if i % 2 == 1 {
+                zerotouch_attest::sas::derive_device_key(&group_key, &registration_id).to_vec()
+            } else {
+                let mut key = vec![0u8; 32];
+                key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                key[8..16].copy_from_slice(b"loadgen!");
+                key
+            };
+            Device { registration_id, key }
+        })
+        .collect();
+    let individual: Vec<&Device> = devices.iter().step_by(2).collect();
+    for chunk in individual.chunks(1000) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|d| {
+                json!({
+                    "registrationId": d.registration_id,
+                    "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(&d.key)}},
+                })
+            })
+            .collect();
+        let response = admin
+            .post(format!("{}/enrollments", target.admin_url))
+            .bearer_auth(&target.token)
+            .json(&json!({"mode": "create", "enrollments": items}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() || body["isSuccessful"] != json!(true) {
+            bail!("bulk enrollment failed: {status} {body}");
+        }
+    }
+    Ok(devices)
+}
+
+fn sas_token(target: &Target, device: &Device) -> String {
+    let resource = format!("{}/registrations/{}", target.id_scope, device.registration_id);
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(&resource, percent_encoding::NON_ALPHANUMERIC).collect();
+    let expiry = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) + 3600;
+    zerotouch_attest::sas::sign(&encoded, expiry, &device.key, Some("registration"))
+}
+
+/// One device's life: new connection, register, poll until terminal. Returns the time to `assigned`.
+async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device) -> Result<Duration, String> {
+    let started = Instant::now();
+    let client = fresh_client(tls).map_err(|e| format!("client: {e}"))?;
+    let token = sas_token(target, device);
+    let base = format!("{}/{}/registrations/{}", target.device_url, target.id_scope, device.registration_id);
+    let describe = |status: reqwest::StatusCode, body: &Value| {
+        format!("http {} errorCode {}", status.as_u16(), body.get("errorCode").unwrap_or(&Value::Null))
+    };
+    let response = client
+        .put(format!("{base}/register?api-version=2021-06-01"))
+        .header("Authorization", &token)
+        .json(&json!({"registrationId": device.registration_id}))
+        .send()
+        .await
+        .map_err(|e| format!("register: {}", if e.is_timeout() { "timeout" } else { "connection" }))?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|_| format!("http {} (not JSON)", status.as_u16()))?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        return Err(describe(status, &body));
+    }
+    let operation = body["operationId"].as_str().ok_or("no operationId")?.to_owned();
+    for _ in 0..100 {
+        let response = client
+            .get(format!("{base}/operations/{operation}?api-version=2021-06-01"))
+            .header("Authorization", &token)
+            .send()
+            .await
+            .map_err(|_| "poll: connection".to_owned())?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|_| format!("http {} (not JSON)", status.as_u16()))?;
+        match (status.as_u16(), body["status"].as_str()) {
+            (200, Some("assigned")) => return Ok(started.elapsed()),
+            (200, Some(other)) => {
+                let code = &body["registrationState"]["errorCode"];
+                return Err(format!("status {other} {code}"));
+            }
+            (202, _) => {
+                let wait = body.get("retryAfter").and_then(Value::as_u64).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait.max(20))).await;
+            }
+            _ => return Err(describe(status, &body)),
+        }
+    }
+    Err("never assigned".into())
+}
+
+/// Runs `devices` at `concurrency`, each on its own new TLS connection.
+pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize) -> anyhow::Result<Report> {
+    let tls = Arc::new(tls_config(&target.trust_bundle)?);
+    let started = Instant::now();
+    let outcomes: Vec<Result<Duration, String>> = futures_util::stream::iter(devices)
+        .map(|device| {
+            let tls = Arc::clone(&tls);
+            async move { provision(target, &tls, device).await }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    Ok(Report::collect(outcomes, started.elapsed()))
+}
+
+/// The ceiling: `count` new TLS connections, each with one `GET /healthz` on the device listener.
+pub(crate) async fn handshake_ceiling(target: &Target, count: usize, concurrency: usize) -> anyhow::Result<Report> {
+    let tls = Arc::new(tls_config(&target.trust_bundle)?);
+    let url = format!("{}/healthz", target.device_url);
+    let started = Instant::now();
+    let outcomes: Vec<Result<Duration, String>> = futures_util::stream::iter(0..count)
+        .map(|_| {
+            let tls = Arc::clone(&tls);
+            let url = url.clone();
+            async move {
+                let begun = Instant::now();
+                let client = fresh_client(&tls).map_err(|e| e.to_string())?;
+                let response = client.get(&url).send().await.map_err(|_| "connection".to_owned())?;
+                if !response.status().is_success() {
+                    return Err(format!("http {}", response.status().as_u16()));
+                }
+                response.bytes().await.map_err(|_| "read".to_owned())?;
+                Ok(begun.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    Ok(Report::collect(outcomes, started.elapsed()))
+}
+
+/// Reads a target from a started test-kit server.
+pub(crate) fn target_of(server: &zerotouch_tests::Server, token: String) -> anyhow::Result<Target> {
+    let trust_bundle = std::fs::read(server.data_dir.join("trust-bundle.pem")).context("trust bundle")?;
+    Ok(Target {
+        device_url: server.device_url.clone(),
+        admin_url: server.admin_url.clone(),
+        token,
+        trust_bundle,
+        id_scope: server.id_scope.clone(),
+    })
+}
