@@ -273,6 +273,8 @@ async fn put<T: EnrollmentTable>(
             (record, true)
         }
         Some(old) => {
+            let mut enrollment = enrollment;
+            enrollment.keep_existing_keys(old.primary_key.as_ref(), old.secondary_key.as_ref());
             let record = EnrollmentRecord::new(enrollment, crate::new_etag(), old.created_at, now);
             if !T::replace_if(&txn, &record, &old.etag).await? {
                 return Err(StoreError::Conflict(format!("{} changed concurrently; retry", kind.noun())));
@@ -384,7 +386,8 @@ async fn bulk<T: EnrollmentTable>(
                 failures.push((item.index, BulkFailure::PreconditionFailed))
             }
             (_, None, Some(new)) => inserts.push(EnrollmentRecord::new(new, crate::new_etag(), now, now)),
-            (_, Some(old), Some(new)) => {
+            (_, Some(old), Some(mut new)) => {
+                new.keep_existing_keys(old.primary_key.as_ref(), old.secondary_key.as_ref());
                 let record = EnrollmentRecord::new(new, crate::new_etag(), old.created_at, now);
                 replaces.push((old, record));
             }

@@ -437,6 +437,28 @@ pub struct NormalizedEnrollment {
     pub secondary_key: Option<SymmetricKey>,
     /// Hubs the document names (`iotHubs`, `iotHubHostName`), canonical, for a caller to check they exist.
     pub named_hubs: Vec<String>,
+    /// Which of the two keys were generated because the document gave none.
+    pub generated_keys: (bool, bool),
+}
+
+impl NormalizedEnrollment {
+    /// On an update, keeps the keys the enrollment already has where the document gave none.
+    ///
+    /// GET never shows keys, so a document read with GET and sent back must not silently replace them (which
+    /// would lock the enrollment's devices out).
+    pub fn keep_existing_keys(&mut self, primary: Option<&SymmetricKey>, secondary: Option<&SymmetricKey>) {
+        if self.attestation_type != AttestationType::SymmetricKey {
+            return;
+        }
+        if let (true, Some(existing)) = (self.generated_keys.0, primary) {
+            self.primary_key = Some(existing.clone());
+            self.generated_keys.0 = false;
+        }
+        if let (true, Some(existing)) = (self.generated_keys.1, secondary) {
+            self.secondary_key = Some(existing.clone());
+            self.generated_keys.1 = false;
+        }
+    }
 }
 
 /// Parses, checks and completes a document of `kind` whose id in the URL (if any) is `path_id`.
@@ -469,7 +491,7 @@ pub fn normalize(
         RegistrationId::try_from(device_id.as_str()).map_err(|e| FieldError::new("deviceId", e.to_string()))?;
     }
 
-    let (primary_key, secondary_key) = check_attestation(kind, &mut settings.attestation)?;
+    let (primary_key, secondary_key, generated_keys) = check_attestation(kind, &mut settings.attestation)?;
     let named_hubs = check_allocation(&settings)?;
 
     settings.etag = None;
@@ -507,14 +529,15 @@ pub fn normalize(
         primary_key,
         secondary_key,
         named_hubs,
+        generated_keys,
     })
 }
 
+/// The two keys of an attestation, and which of them were generated.
+type Keys = (Option<SymmetricKey>, Option<SymmetricKey>, (bool, bool));
+
 /// Checks the attestation against its type; takes the symmetric keys out of the document (generating missing ones).
-fn check_attestation(
-    kind: EnrollmentKind,
-    attestation: &mut AttestationMechanism,
-) -> Result<(Option<SymmetricKey>, Option<SymmetricKey>), FieldError> {
+fn check_attestation(kind: EnrollmentKind, attestation: &mut AttestationMechanism) -> Result<Keys, FieldError> {
     let only = |present: bool, field: &str| -> Result<(), FieldError> {
         if present {
             Err(FieldError::new(
@@ -534,9 +557,10 @@ fn check_attestation(
             only(attestation.tpm.is_some(), "tpm")?;
             only(attestation.x509.is_some(), "x509")?;
             let keys = attestation.symmetric_key.take().unwrap_or_default();
+            let generated = (keys.primary_key.is_none(), keys.secondary_key.is_none());
             let primary = keys.primary_key.unwrap_or_else(SymmetricKey::generate);
             let secondary = keys.secondary_key.unwrap_or_else(SymmetricKey::generate);
-            Ok((Some(primary), Some(secondary)))
+            Ok((Some(primary), Some(secondary), generated))
         }
         AttestationType::Tpm => {
             only(attestation.x509.is_some(), "x509")?;
@@ -553,7 +577,7 @@ fn check_attestation(
                 .ok_or_else(|| FieldError::new("attestation.tpm", "required when attestation.type is \"tpm\""))?;
             check_base64(tpm.endorsement_key.as_deref(), "attestation.tpm.endorsementKey", true)?;
             check_base64(tpm.storage_root_key.as_deref(), "attestation.tpm.storageRootKey", false)?;
-            Ok((None, None))
+            Ok((None, None, (false, false)))
         }
         AttestationType::X509 => {
             only(attestation.tpm.is_some(), "tpm")?;
@@ -563,7 +587,7 @@ fn check_attestation(
                 .as_mut()
                 .ok_or_else(|| FieldError::new("attestation.x509", "required when attestation.type is \"x509\""))?;
             check_x509(kind, x509)?;
-            Ok((None, None))
+            Ok((None, None, (false, false)))
         }
     }
 }
@@ -768,6 +792,21 @@ mod tests {
         let doc = individual(json!({"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "abc"}}}));
         let err = normalize(EnrollmentKind::Individual, doc, None).unwrap_err();
         assert_eq!(err.field, "attestation.symmetricKey.primaryKey");
+    }
+
+    #[test]
+    fn an_update_without_keys_keeps_the_existing_ones() {
+        let existing = SymmetricKey::generate();
+        let mut n = normalize(EnrollmentKind::Individual, individual(json!({})), None).unwrap();
+        n.keep_existing_keys(Some(&existing), Some(&existing));
+        assert_eq!(n.primary_key.as_ref(), Some(&existing));
+        assert_eq!(n.secondary_key.as_ref(), Some(&existing));
+        let given = "AAAAAAAAAAAAAAAAAAAAAA==";
+        let doc = individual(json!({"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": given}}}));
+        let mut n = normalize(EnrollmentKind::Individual, doc, None).unwrap();
+        n.keep_existing_keys(Some(&existing), Some(&existing));
+        assert_eq!(n.primary_key.unwrap().to_base64().as_str(), given, "a given key wins");
+        assert_eq!(n.secondary_key.as_ref(), Some(&existing));
     }
 
     #[test]
