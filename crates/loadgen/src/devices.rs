@@ -118,9 +118,27 @@ fn fresh_client(tls: &rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Creates `count` enrollments: even-numbered devices get individual enrollments, odd-numbered ones belong to one
-/// symmetric-key group (their keys derived from the group key). Returns the devices.
+/// symmetric-key group (their keys derived from the group key); links three hubs if the server has none.
+/// Returns the devices.
 pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyhow::Result<Vec<Device>> {
     let admin = reqwest::Client::builder().use_preconfigured_tls(tls_config(&target.trust_bundle)?).build()?;
+    // Allocation needs hubs: link three (kind `none`) when the server has none.
+    let hubs: Value =
+        admin.get(format!("{}/hubs", target.admin_url)).bearer_auth(&target.token).send().await?.json().await?;
+    if hubs.as_array().is_some_and(Vec::is_empty) {
+        for (i, weight) in [100, 200, 300].into_iter().enumerate() {
+            let host = format!("{prefix}-hub-{i}.example.com");
+            let response = admin
+                .put(format!("{}/hubs/{host}", target.admin_url))
+                .bearer_auth(&target.token)
+                .json(&json!({"hostName": host, "kind": "none", "allocationWeight": weight}))
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("cannot link hub {host} (an owner token is needed): {}", response.status());
+            }
+        }
+    }
     let group_key: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(7).wrapping_add(3)).collect();
     let group_id = format!("{prefix}-group");
     let group = json!({

@@ -68,7 +68,7 @@ enum Command {
         /// The admin API, e.g. https://127.0.0.1:8444.
         #[arg(long)]
         admin_url: String,
-        /// An operator or owner token (`zerotouch admin-token`).
+        /// An owner token (`zerotouch admin-token`): it links hubs when there are none, and creates enrollments.
         #[arg(long, env = "ZEROTOUCH_TOKEN")]
         token: String,
         /// The trust bundle (PEM).
@@ -111,7 +111,7 @@ async fn bench_devices_once(backend: Backend, count: usize, concurrency: usize) 
         ..Default::default()
     };
     let server = Server::start_with(backend, options).await?;
-    let target = devices::target_of(&server, server.token("operator")?)?;
+    let target = devices::target_of(&server, server.token("owner")?)?;
     let enrolled = devices::enroll(&target, "bench", count).await?;
     let ceiling = devices::handshake_ceiling(&target, count, concurrency).await?;
     println!("  {backend:?}: TLS handshake + GET /healthz: {}", ceiling.summary());

@@ -48,11 +48,24 @@ pub fn admin_server(
             .wrap(from_fn(crate::metrics::observe))
             .configure(crate::admin::configure)
     })
+    .on_connect(no_delay)
     .disable_signals()
     .shutdown_timeout(shutdown_timeout.as_secs())
     .listen_rustls_0_23(listener, (*tls).clone())?
     .run();
     Ok(server)
+}
+
+/// Turns Nagle's algorithm off on every accepted connection. Without this, a response written after a small
+/// TLS record (rustls sends session tickets right after the handshake) waits for the client's delayed ACK: 40 ms
+/// added to a request that takes two.
+fn no_delay(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(tls) = connection.downcast_ref::<Tls>()
+        && let Err(e) = tls.get_ref().0.set_nodelay(true)
+    {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 fn path_errors() -> web::PathConfig {
@@ -78,6 +91,7 @@ pub fn device_server(
             .wrap(from_fn(crate::metrics::observe))
             .configure(crate::device::configure)
     })
+    .on_connect(no_delay)
     .disable_signals()
     .backlog(4096)
     .max_connection_rate(1024)

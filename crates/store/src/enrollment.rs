@@ -468,7 +468,9 @@ impl Store {
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(EnrollmentRecord, bool), StoreError> {
-        with_table!(kind, T => put::<T>(self, kind, enrollment, precondition, actor).await)
+        let result = with_table!(kind, T => put::<T>(self, kind, enrollment, precondition, actor).await);
+        self.note_group_change(kind, result.is_ok());
+        result
     }
 
     /// Deletes an enrollment under `precondition`.
@@ -479,7 +481,9 @@ impl Store {
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(), StoreError> {
-        with_table!(kind, T => delete::<T>(self, kind, key, precondition, actor).await)
+        let result = with_table!(kind, T => delete::<T>(self, kind, key, precondition, actor).await);
+        self.note_group_change(kind, result.is_ok());
+        result
     }
 
     /// Lists enrollments in key order, `limit` at a time, after the continuation token `after`.
@@ -504,7 +508,15 @@ impl Store {
         items: Vec<BulkItem>,
         actor: &Actor,
     ) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
-        with_table!(kind, T => bulk::<T>(self, kind, mode, items, actor).await)
+        let result = with_table!(kind, T => bulk::<T>(self, kind, mode, items, actor).await);
+        self.note_group_change(kind, result.is_ok());
+        result
+    }
+
+    fn note_group_change(&self, kind: EnrollmentKind, changed: bool) {
+        if changed && kind == EnrollmentKind::Group {
+            self.note_reference_change();
+        }
     }
 
     /// Records that `actor` read the keys of an enrollment (the `attestationmechanism` call).

@@ -138,6 +138,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
+        self.note_reference_change();
         Ok((record, existing.is_none()))
     }
 
@@ -171,6 +172,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
+        self.note_reference_change();
         Ok(())
     }
 }

@@ -108,6 +108,8 @@ impl<T> Page<T> {
 pub struct Store {
     db: DatabaseConnection,
     backend: Backend,
+    /// Counts this process's changes to hubs and enrollment groups, so that callers caching them can tell.
+    reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Most rows a listing returns per page.
@@ -121,7 +123,9 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let backend = Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl)?;
         let mut options = ConnectOptions::new(url.to_owned());
-        options.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+        // No ping before every use of a pooled connection: it doubles the round trips of short queries, and a
+        // dead connection fails the query, which the caller sees as an error like any other.
+        options.sqlx_logging(false).connect_timeout(Duration::from_secs(10)).test_before_acquire(false);
         match backend {
             Backend::Sqlite => {
                 options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
@@ -137,7 +141,17 @@ impl Store {
             }
         }
         let db = Database::connect(options).await?;
-        Ok(Self { db, backend })
+        Ok(Self { db, backend, reference_changes: Default::default() })
+    }
+
+    /// How many changes this process made to hubs and enrollment groups (a cache of them is stale when it moved;
+    /// changes made by other replicas are not counted, so such a cache also needs a short lifetime).
+    pub fn reference_changes(&self) -> u64 {
+        self.reference_changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn note_reference_change(&self) {
+        self.reference_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The engine this store runs on.

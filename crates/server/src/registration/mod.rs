@@ -10,7 +10,11 @@ pub mod allocation;
 pub mod limits;
 pub mod webhook;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -105,6 +109,24 @@ struct Decision {
     detail: String,
 }
 
+/// Hubs and symmetric-key groups, read together and kept briefly: every registration needs them, and they change
+/// rarely. A change made through this process invalidates them at once; one made on another replica is seen
+/// within [`REFERENCE_TTL`].
+#[derive(Debug, Clone)]
+struct Reference {
+    read_at: Instant,
+    generation: u64,
+    hubs: Arc<Vec<zerotouch_store::HubRecord>>,
+    groups: Arc<Vec<EnrollmentRecord>>,
+}
+
+/// How long hubs and groups read from the database are reused.
+pub const REFERENCE_TTL: Duration = Duration::from_secs(2);
+
+/// How long a verified token spares a poll the enrollment lookup (never beyond the token's own expiry).
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+const VERIFIED_MAX: usize = 100_000;
+
 /// The registration service.
 #[derive(Debug)]
 pub struct RegistrationService {
@@ -112,6 +134,20 @@ pub struct RegistrationService {
     settings: RegistrationSettings,
     limits: DeviceLimits,
     http: reqwest::Client,
+    reference: Mutex<Option<Reference>>,
+    /// SHA-256 of (registration key, Authorization value) of tokens verified recently, and until when. A poll
+    /// with the same token then needs no enrollment lookup; it can only read the device's own operations.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+fn token_digest(registration_key: &str, evidence: &Evidence) -> Option<[u8; 32]> {
+    let Evidence::Sas(header) = evidence else { return None };
+    let digest = Sha256::new()
+        .chain_update(registration_key.as_bytes())
+        .chain_update([0u8])
+        .chain_update(header.as_bytes())
+        .finalize();
+    Some(digest.into())
 }
 
 fn now_secs() -> u64 {
@@ -131,7 +167,53 @@ impl RegistrationService {
     /// A service over `store`.
     pub fn new(store: Store, settings: RegistrationSettings, limits: DeviceLimits) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(webhook::TIMEOUT).build()?;
-        Ok(Self { store, settings, limits, http })
+        Ok(Self {
+            store,
+            settings,
+            limits,
+            http,
+            reference: Mutex::new(None),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The linked hubs and the symmetric-key groups, from the cache when it is fresh.
+    async fn reference(&self) -> Result<Reference, ApiError> {
+        let generation = self.store.reference_changes();
+        if let Ok(cached) = self.reference.lock()
+            && let Some(reference) = cached.as_ref()
+            && reference.generation == generation
+            && reference.read_at.elapsed() < REFERENCE_TTL
+        {
+            return Ok(reference.clone());
+        }
+        let hubs = self.store.list_hubs().await.map_err(ApiError::internal)?;
+        let groups = self.store.groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
+        let reference =
+            Reference { read_at: Instant::now(), generation, hubs: Arc::new(hubs), groups: Arc::new(groups) };
+        if let Ok(mut cached) = self.reference.lock() {
+            *cached = Some(reference.clone());
+        }
+        Ok(reference)
+    }
+
+    fn remember_verified(&self, device: &DeviceRequest, token_expiry: u64) {
+        let Some(digest) = token_digest(&device.registration_id.key(), &device.evidence) else { return };
+        let left = Duration::from_secs(token_expiry.saturating_sub(now_secs()));
+        let Ok(mut verified) = self.verified.lock() else { return };
+        if verified.len() >= VERIFIED_MAX {
+            let now = Instant::now();
+            verified.retain(|_, until| *until > now);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, Instant::now() + left.min(VERIFIED_TTL));
+    }
+
+    fn recently_verified(&self, device: &DeviceRequest) -> bool {
+        let Some(digest) = token_digest(&device.registration_id.key(), &device.evidence) else { return false };
+        self.verified.lock().is_ok_and(|v| v.get(&digest).is_some_and(|until| *until > Instant::now()))
     }
 
     /// The settings.
@@ -179,7 +261,10 @@ impl RegistrationService {
                 }
                 let keys: Vec<&[u8]> = keys.iter().map(|k| k.expose_bytes()).collect();
                 return match sas::verify(&token, &expected, &keys) {
-                    Ok(_) => Ok(Matched { kind: EnrollmentKind::Individual, enrollment }),
+                    Ok(_) => {
+                        self.remember_verified(device, token.expiry);
+                        Ok(Matched { kind: EnrollmentKind::Individual, enrollment })
+                    }
                     Err(e) => Err(self.refuse(device, action, &format!("sas: {e}")).await),
                 };
             }
@@ -187,16 +272,19 @@ impl RegistrationService {
             Err(e) => return Err(ApiError::internal(e)),
         }
 
-        let groups = self.store.groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
+        let reference = self.reference().await?;
         let mut last_error = sas::SasError::BadSignature;
-        for group in groups {
-            let derived: Vec<_> = enrollment_keys(&group)
+        for group in reference.groups.iter() {
+            let derived: Vec<_> = enrollment_keys(group)
                 .iter()
                 .map(|k| sas::derive_device_key(k.expose_bytes(), device.registration_id.as_str()))
                 .collect();
             let keys: Vec<&[u8]> = derived.iter().map(|k| k.as_slice()).collect();
             match sas::verify(&token, &expected, &keys) {
-                Ok(_) => return Ok(Matched { kind: EnrollmentKind::Group, enrollment: group }),
+                Ok(_) => {
+                    self.remember_verified(device, token.expiry);
+                    return Ok(Matched { kind: EnrollmentKind::Group, enrollment: group.clone() });
+                }
                 Err(e) => last_error = e,
             }
         }
@@ -219,7 +307,7 @@ impl RegistrationService {
         }
         let matched = self.authenticate(device, "register").await?;
         let policy: Policy = serde_json::from_value(matched.enrollment.document.clone()).unwrap_or_default();
-        let hubs = self.store.list_hubs().await.map_err(ApiError::internal)?;
+        let hubs = self.reference().await?.hubs;
 
         // A concurrent registration of the same device may change its state between our read and our write;
         // then decide again on the new state (allocation is deterministic, so the outcome agrees).
@@ -455,7 +543,9 @@ impl RegistrationService {
     ) -> Result<RegistrationOperationStatus, ApiError> {
         let key = device.registration_id.key();
         self.limits.admit(&key).map_err(Self::throttled)?;
-        self.authenticate(&device, "poll").await?;
+        if !self.recently_verified(&device) {
+            self.authenticate(&device, "poll").await?;
+        }
         let not_found = || ApiError::RegistrationNotFound(format!("operation {operation_id:?}"));
         let operation = match self.store.operation(&key, operation_id).await {
             Ok(operation) => operation,
