@@ -96,7 +96,7 @@ impl Store {
             query = query.filter(Column::At.lt(to));
         }
         let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let rows = query.order_by_asc(Column::Id).limit(limit + 1).all(&self.db).await?;
+        let rows = query.order_by_asc(Column::Id).limit(limit + 1).all(&self.read).await?;
         let page = Page::from_overfetch(rows, limit, |r| r.id.to_string());
         let items = page
             .items

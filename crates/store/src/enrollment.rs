@@ -448,7 +448,7 @@ impl Store {
         Entity::find()
             .filter(Column::AttestationType.eq(attestation_type))
             .order_by_asc(Column::Key)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(GroupTable::to_record)
@@ -457,7 +457,7 @@ impl Store {
 
     /// Reads one enrollment of `kind` by its canonical key.
     pub async fn enrollment(&self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
-        with_table!(kind, T => T::find(&self.db, key).await?.ok_or(StoreError::NotFound))
+        with_table!(kind, T => T::find(&self.read, key).await?.ok_or(StoreError::NotFound))
     }
 
     /// Creates or replaces an enrollment under `precondition`; returns the record and whether it was created.
@@ -494,7 +494,7 @@ impl Store {
         limit: u64,
     ) -> Result<Page<EnrollmentRecord>, StoreError> {
         let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let rows = with_table!(kind, T => T::page_after(&self.db, after, limit + 1).await?);
+        let rows = with_table!(kind, T => T::page_after(&self.read, after, limit + 1).await?);
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 

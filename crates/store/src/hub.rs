@@ -71,12 +71,12 @@ async fn find(db: &impl ConnectionTrait, host_name: &str) -> Result<Option<HubRe
 impl Store {
     /// Reads one hub.
     pub async fn hub(&self, host_name: &str) -> Result<HubRecord, StoreError> {
-        find(&self.db, host_name).await?.ok_or(StoreError::NotFound)
+        find(&self.read, host_name).await?.ok_or(StoreError::NotFound)
     }
 
     /// Lists every hub, by host name.
     pub async fn list_hubs(&self) -> Result<Vec<HubRecord>, StoreError> {
-        Ok(Entity::find().order_by_asc(Column::HostName).all(&self.db).await?.into_iter().map(to_record).collect())
+        Ok(Entity::find().order_by_asc(Column::HostName).all(&self.read).await?.into_iter().map(to_record).collect())
     }
 
     /// Which of `host_names` are not linked hubs.
@@ -86,7 +86,7 @@ impl Store {
         }
         let known: Vec<String> = Entity::find()
             .filter(Column::HostName.is_in(host_names.iter().cloned()))
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(|m| m.host_name)

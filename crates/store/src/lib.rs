@@ -106,7 +106,11 @@ impl<T> Page<T> {
 /// The database, with the repositories as methods.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Writes and transactions.
     db: DatabaseConnection,
+    /// Reads outside transactions: on SQLite a pool of read-only connections beside the single writer (WAL lets
+    /// them read while it writes); on PostgreSQL the same pool as `db`.
+    read: DatabaseConnection,
     backend: Backend,
     /// Counts this process's changes to hubs and enrollment groups, so that callers caching them can tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -118,8 +122,9 @@ pub const MAX_PAGE_SIZE: u64 = 1000;
 impl Store {
     /// Connects to `url` (`sqlite://FILE?mode=rwc` or `postgres://...`).
     ///
-    /// SQLite runs in WAL mode with one pooled connection: SQLite has one writer at a time anyway, and a single
-    /// connection avoids `database is locked` errors between this process's own transactions.
+    /// SQLite runs in WAL mode with one pooled writer connection: SQLite has one writer at a time anyway, and a
+    /// single writer avoids `database is locked` errors between this process's own transactions. Reads go to a
+    /// separate pool of read-only connections.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let backend = Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl)?;
         let mut options = ConnectOptions::new(url.to_owned());
@@ -140,8 +145,20 @@ impl Store {
                 options.max_connections(16).min_connections(1);
             }
         }
-        let db = Database::connect(options).await?;
-        Ok(Self { db, backend, reference_changes: Default::default() })
+        let db = Database::connect(options.clone()).await?;
+        let read = match backend {
+            Backend::Sqlite => {
+                options.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
+                    o.read_only(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(10))
+                });
+                Database::connect(options).await?
+            }
+            Backend::Postgres => db.clone(),
+        };
+        Ok(Self { db, read, backend, reference_changes: Default::default() })
     }
 
     /// How many changes this process made to hubs and enrollment groups (a cache of them is stale when it moved;
@@ -173,6 +190,9 @@ impl Store {
 
     /// Closes the pool.
     pub async fn close(self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            self.read.close().await?;
+        }
         self.db.close().await?;
         Ok(())
     }

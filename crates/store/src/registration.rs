@@ -89,7 +89,7 @@ async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<Registratio
 impl Store {
     /// Reads one registration state.
     pub async fn registration(&self, key: &str) -> Result<RegistrationRecord, StoreError> {
-        find(&self.db, key).await?.ok_or(StoreError::NotFound)
+        find(&self.read, key).await?.ok_or(StoreError::NotFound)
     }
 
     /// Writes a registration state (insert or replace by key); returns it with a fresh etag.
@@ -175,7 +175,7 @@ impl Store {
             query = query.filter(Column::Key.gt(after));
         }
         let rows: Vec<RegistrationRecord> =
-            query.order_by_asc(Column::Key).limit(limit + 1).all(&self.db).await?.into_iter().map(to_record).collect();
+            query.order_by_asc(Column::Key).limit(limit + 1).all(&self.read).await?.into_iter().map(to_record).collect();
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 }
@@ -286,7 +286,7 @@ impl Store {
     pub async fn operation(&self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
         let model = operation::Entity::find_by_id(id.to_owned())
             .filter(operation::Column::RegistrationKey.eq(registration_key))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok(OperationRecord {

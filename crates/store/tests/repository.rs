@@ -349,14 +349,22 @@ async fn symmetric_keys_round_trip_outside_the_document(store: &Store) {
         let listed = store.list_enrollments(kind, None, 10).await.unwrap();
         assert_eq!(listed.items[0].primary_key.as_ref(), Some(&primary));
 
-        // Generated keys (none given) are stored and read back as well; an update replaces the keys.
-        let (replaced, _) =
+        // An update that carries no keys (a document read with GET, which never shows them) keeps them.
+        let (updated, created) =
             store.put_enrollment(kind, enrollment(kind, "Keyed"), &Precondition::None, &actor()).await.unwrap();
-        let generated = replaced.primary_key.clone().expect("a generated primary key");
-        assert_ne!(generated, primary);
+        assert!(!created);
+        assert_eq!(updated.primary_key.as_ref(), Some(&primary));
         let stored = store.enrollment(kind, "keyed").await.unwrap();
+        assert_eq!((stored.primary_key.as_ref(), stored.secondary_key.as_ref()), (Some(&primary), Some(&secondary)));
+
+        // Generated keys (none given, new enrollment) are stored and read back as well.
+        let (fresh, _) =
+            store.put_enrollment(kind, enrollment(kind, "Fresh"), &Precondition::None, &actor()).await.unwrap();
+        let generated = fresh.primary_key.clone().expect("a generated primary key");
+        assert_ne!(generated, primary);
+        let stored = store.enrollment(kind, "fresh").await.unwrap();
         assert_eq!(stored.primary_key, Some(generated));
-        assert_eq!(stored.secondary_key, replaced.secondary_key);
+        assert_eq!(stored.secondary_key, fresh.secondary_key);
         assert!(!stored.document.to_string().contains(generated_text(&stored).as_str()));
     }
 
