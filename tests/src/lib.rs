@@ -43,7 +43,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Use this database URL instead of a fresh database.
     pub database_url: Option<String>,
-    /// Extra arguments after `serve`.
+    /// Extra arguments after `serve`. A `--service-listen`, `--device-listen` or `--mqtt-listen` here replaces the
+    /// kit's `127.0.0.1:0` for that listener.
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
@@ -96,13 +97,14 @@ impl Server {
         let log_dir = temp.path().join(format!("logs-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&log_dir)?;
         let mut command = Command::new(binary()?);
+        command.arg("serve").arg("--data-dir").arg(&data_dir).arg("--database-url").arg(&database_url);
+        // Port 0 for every listener the caller does not place itself (a flag may be given only once).
+        for flag in ["--service-listen", "--device-listen", "--mqtt-listen"] {
+            if !options.args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+                command.args([flag, "127.0.0.1:0"]);
+            }
+        }
         command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--database-url")
-            .arg(&database_url)
-            .args(["--service-listen", "127.0.0.1:0", "--device-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
             .args(&options.args)
             .env("ZEROTOUCH_LOG", "debug")
             .env_remove("DATABASE_URL")

@@ -65,7 +65,13 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
-pub(crate) async fn measure(backend: Backend, total: usize, batch: usize, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+pub(crate) async fn measure(
+    backend: Backend,
+    total: usize,
+    batch: usize,
+    concurrency: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
     let mut rates = Vec::new();
     for run in 1..=runs {
         let rate = bulk_import_once(backend, total, batch, concurrency)
@@ -81,4 +87,3 @@ pub(crate) async fn measure(backend: Backend, total: usize, batch: usize, concur
     );
     Ok(())
 }
-

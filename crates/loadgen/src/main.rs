@@ -104,7 +104,11 @@ enum Command {
     },
 }
 
-async fn bench_devices_once(backend: Backend, count: usize, concurrency: usize) -> anyhow::Result<(f64, devices::Report)> {
+async fn bench_devices_once(
+    backend: Backend,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(f64, devices::Report)> {
     let options = Options {
         env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
         args: vec!["--device-max-in-flight".into(), "4096".into()],
@@ -130,14 +134,18 @@ async fn main() -> anyhow::Result<()> {
                 bulk::measure(backend.into(), azure_limit_enrollments, 10, concurrency, runs).await?;
             }
         }
-        Command::Devices { device_url, admin_url, token, trust_bundle, id_scope, devices: count, concurrency, prefix } => {
-            let target = devices::Target {
-                device_url,
-                admin_url,
-                token,
-                trust_bundle: std::fs::read(&trust_bundle)?,
-                id_scope,
-            };
+        Command::Devices {
+            device_url,
+            admin_url,
+            token,
+            trust_bundle,
+            id_scope,
+            devices: count,
+            concurrency,
+            prefix,
+        } => {
+            let target =
+                devices::Target { device_url, admin_url, token, trust_bundle: std::fs::read(&trust_bundle)?, id_scope };
             let enrolled = devices::enroll(&target, &prefix, count).await?;
             let report = devices::run(&target, &enrolled, concurrency).await?;
             println!("RESULT devices={count} concurrency={concurrency} {}", report.summary());

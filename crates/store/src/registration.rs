@@ -174,8 +174,14 @@ impl Store {
         if let Some(after) = after {
             query = query.filter(Column::Key.gt(after));
         }
-        let rows: Vec<RegistrationRecord> =
-            query.order_by_asc(Column::Key).limit(limit + 1).all(&self.read).await?.into_iter().map(to_record).collect();
+        let rows: Vec<RegistrationRecord> = query
+            .order_by_asc(Column::Key)
+            .limit(limit + 1)
+            .all(&self.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect();
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 }

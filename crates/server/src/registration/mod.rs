@@ -167,14 +167,7 @@ impl RegistrationService {
     /// A service over `store`.
     pub fn new(store: Store, settings: RegistrationSettings, limits: DeviceLimits) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(webhook::TIMEOUT).build()?;
-        Ok(Self {
-            store,
-            settings,
-            limits,
-            http,
-            reference: Mutex::new(None),
-            verified: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { store, settings, limits, http, reference: Mutex::new(None), verified: Mutex::new(HashMap::new()) })
     }
 
     /// The linked hubs and the symmetric-key groups, from the cache when it is fresh.
