@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::registration::RegistrationStatus;
+pub use crate::registration::{DeviceRegistrationState as DeviceRegistrationResult, SymmetricKeyRegistrationResult};
 
 /// The body of `PUT .../register` and `POST .../registrations/{id}` (`DeviceRegistration`).
 ///
@@ -24,55 +25,6 @@ pub struct DeviceRegistration {
     /// A custom payload for the allocation webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
-}
-
-/// `symmetricKey` in a registration result: the group the device registered through, if any.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SymmetricKeyRegistrationResult {
-    /// The enrollment group's id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enrollment_group_id: Option<String>,
-}
-
-/// `DeviceRegistrationResult`: what the device learns about its registration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceRegistrationResult {
-    /// The registration id.
-    pub registration_id: String,
-    /// When the device first registered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_date_time_utc: Option<String>,
-    /// The hub the device is assigned to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assigned_hub: Option<String>,
-    /// The device id on the hub.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
-    /// The status.
-    pub status: RegistrationStatus,
-    /// How the assignment came about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub substatus: Option<String>,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<u32>,
-    /// Why it failed, in words.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_message: Option<String>,
-    /// When the state last changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_updated_date_time_utc: Option<String>,
-    /// The registration record's etag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// The payload a custom allocation webhook returned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Value>,
-    /// Present for symmetric-key devices.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
 }
 
 /// `RegistrationOperationStatus`: the answer to register and to an operation poll.

@@ -39,7 +39,17 @@ impl RegistrationStatus {
     }
 }
 
-/// The registration state of one device, as the service API shows it.
+/// `symmetricKey` in a registration result: the group the device registered through, if any.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymmetricKeyRegistrationResult {
+    /// The enrollment group's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+}
+
+/// The registration state of one device: `DeviceRegistrationState` of the service API, and (with `symmetricKey`)
+/// `DeviceRegistrationResult` of the device API, which share their fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistrationState {
@@ -74,4 +84,7 @@ pub struct DeviceRegistrationState {
     /// The payload returned by a custom allocation webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// Device API only: present for symmetric-key devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
 }

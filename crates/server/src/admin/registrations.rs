@@ -27,6 +27,7 @@ fn render(record: &RegistrationRecord) -> Result<Value, ApiError> {
         last_updated_date_time_utc: Some(timestamp(record.updated_at)),
         etag: Some(record.etag.clone()),
         payload: record.payload.clone(),
+        symmetric_key: None,
     };
     serde_json::to_value(state).map_err(ApiError::internal)
 }
