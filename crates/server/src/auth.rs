@@ -131,6 +131,8 @@ fn pinned_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
         KeyAlgorithm::RS384 => Algorithm::RS384,
         KeyAlgorithm::RS512 => Algorithm::RS512,
         KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
         KeyAlgorithm::ES256 => Algorithm::ES256,
         KeyAlgorithm::ES384 => Algorithm::ES384,
         KeyAlgorithm::EdDSA => Algorithm::EdDSA,
@@ -138,8 +140,15 @@ fn pinned_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
     };
     let family_matches = matches!(
         (declared, from_type),
-        (Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256, Algorithm::RS256)
-            | (Algorithm::ES256, Algorithm::ES256)
+        (
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512,
+            Algorithm::RS256
+        ) | (Algorithm::ES256, Algorithm::ES256)
             | (Algorithm::ES384, Algorithm::ES384)
             | (Algorithm::EdDSA, Algorithm::EdDSA)
     );
