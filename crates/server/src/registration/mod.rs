@@ -78,7 +78,7 @@ struct Matched {
 }
 
 /// The allocation settings of a stored enrollment document.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Policy {
     #[serde(default)]
@@ -299,7 +299,13 @@ impl RegistrationService {
             )));
         }
         let matched = self.authenticate(device, "register").await?;
-        let policy: Policy = serde_json::from_value(matched.enrollment.document.clone()).unwrap_or_default();
+        let policy: Policy = serde_json::from_value(matched.enrollment.document.clone()).map_err(|e| {
+            ApiError::internal(format!(
+                "stored {} {:?} cannot be read: {e}",
+                matched.kind.noun(),
+                matched.enrollment.id
+            ))
+        })?;
         let hubs = self.reference().await?.hubs;
 
         // A concurrent registration of the same device may change its state between our read and our write;
