@@ -69,6 +69,8 @@ pub struct Server {
     log_dir: PathBuf,
     _temp: Vec<tempfile::TempDir>,
     _database: Option<TestDatabase>,
+    /// Tokens minted through [`Server::token`]: secrets that must never appear in the service's logs.
+    minted: std::sync::Mutex<Vec<String>>,
 }
 
 fn read_lossy(path: &Path) -> String {
@@ -124,6 +126,7 @@ impl Server {
             log_dir,
             _temp: vec![temp],
             _database: database,
+            minted: std::sync::Mutex::new(Vec::new()),
         };
         server.wait_until_serving().await?;
         Ok(server)
@@ -174,7 +177,39 @@ impl Server {
 
     /// A development admin token for `role`, from `zerotouch admin-token`.
     pub fn token(&self, role: &str) -> anyhow::Result<String> {
-        admin_token(&self.data_dir, &["--role", role])
+        let token = admin_token(&self.data_dir, &["--role", role])?;
+        if let Ok(mut minted) = self.minted.lock() {
+            minted.push(token.clone());
+        }
+        Ok(token)
+    }
+
+    /// The secrets this server's logs must not contain: the base64 lines of its private key files and the
+    /// tokens minted for it. Every test that starts a server checks them when the server is dropped.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = ["root-ca.key", "server.key", "token-signing.key"]
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(self.data_dir.join(name)).ok())
+            .flat_map(|pem| {
+                pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16).map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect();
+        if let Ok(minted) = self.minted.lock() {
+            secrets.extend(minted.iter().cloned());
+        }
+        secrets
+    }
+
+    /// Panics if a secret of [`Server::secrets`] appears in the logs (naming which, not showing it).
+    pub fn assert_no_secret_in_logs(&self) {
+        let logs = self.logs();
+        for (i, secret) in self.secrets().iter().enumerate() {
+            assert!(
+                !logs.contains(secret.as_str()),
+                "secret #{i} ({} chars) appears in the service's logs",
+                secret.len()
+            );
+        }
     }
 
     /// Everything the service printed so far (stdout, then stderr).
@@ -210,6 +245,9 @@ impl Server {
         let mut next = Server::start_with(backend, options).await?;
         next._temp.append(&mut self._temp);
         next._database = self._database.take();
+        if let (Ok(mut theirs), Ok(ours)) = (next.minted.lock(), self.minted.lock()) {
+            theirs.extend(ours.iter().cloned());
+        }
         Ok((status, next))
     }
 }
@@ -219,6 +257,10 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Every test that ran a server checks, on the way out, that no secret reached its logs.
+        if !std::thread::panicking() {
+            self.assert_no_secret_in_logs();
         }
     }
 }
