@@ -32,33 +32,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/{idScope}/registrations/{registrationId}/register")
             .route(web::put().to(register))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| crate::error::method_not_allowed(&["PUT"]))),
     )
     .service(
         web::resource("/{idScope}/registrations/{registrationId}/operations/{operationId}")
             .route(web::get().to(operation))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
     )
     .service(
         web::resource("/{idScope}/registrations/{registrationId}")
             .route(web::post().to(status))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| crate::error::method_not_allowed(&["POST"]))),
     )
     // Liveness on the device port too, for load balancers that probe the port they forward.
-    .service(web::resource("/healthz").route(web::get().to(alive)).default_service(web::to(method_not_allowed)))
-    .default_service(web::to(route_not_found));
+    .service(
+        web::resource("/healthz")
+            .route(web::get().to(alive))
+            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
+    )
+    .default_service(web::to(crate::error::route_not_found));
 }
 
 async fn alive() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
-}
-
-async fn route_not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::RouteNotFound)
 }
 
 fn device_request(req: &HttpRequest, id_scope: String, registration_id: &str) -> Result<DeviceRequest, ApiError> {

@@ -49,9 +49,9 @@ pub enum ApiError {
     /// The resource does not exist.
     #[error("{0} not found")]
     NotFound(String),
-    /// The route does not take this method.
+    /// The route does not take this method; the ones it takes, for the `Allow` header.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static [&'static str]),
     /// A conflicting write.
     #[error("{0}")]
     Conflict(String),
@@ -119,7 +119,10 @@ impl ApiError {
             ),
             Self::RouteNotFound => (ErrorCode::RouteNotFound, "no such route".into()),
             Self::NotFound(what) => (ErrorCode::NotFound, format!("{what} does not exist")),
-            Self::MethodNotAllowed => (ErrorCode::MethodNotAllowed, "the route does not take this method".into()),
+            Self::MethodNotAllowed(allow) => (
+                ErrorCode::MethodNotAllowed,
+                format!("the route does not take this method; it takes {}", allow.join(", ")),
+            ),
             Self::Conflict(m) => (ErrorCode::Conflict, m.clone()),
             Self::PreconditionFailed(m) => (ErrorCode::PreconditionFailed, m.clone()),
             Self::PayloadTooLarge(limit) => {
@@ -138,6 +141,16 @@ impl ApiError {
             ),
         }
     }
+}
+
+/// The answer of a route to a method it does not take: 405 with `Allow`.
+pub async fn method_not_allowed(allow: &'static [&'static str]) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(allow))
+}
+
+/// The answer to a path no route has: 404.
+pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
 }
 
 /// Builds the Azure error answer for `code` and `message`, logging it under a fresh tracking id.
@@ -169,6 +182,13 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (code, message) = self.code_and_message();
+        if let Self::MethodNotAllowed(allow) = self {
+            let mut response = error_response(code, message, None);
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow.join(", ")) {
+                response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+            }
+            return response;
+        }
         if let Self::Throttled { retry_after } = self {
             let mut response = error_response(code, message, None);
             if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&retry_after.to_string()) {

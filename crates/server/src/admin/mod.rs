@@ -11,9 +11,8 @@ mod hubs;
 mod registrations;
 
 use actix_web::http::Method;
-use actix_web::{HttpResponse, web};
+use actix_web::web;
 
-use crate::error::ApiError;
 use enrollments::{Group, Individual};
 
 /// Declares the routes: `"/path" => { METHOD: handler, ... }`.
@@ -28,10 +27,10 @@ macro_rules! routes {
                 cfg.service(
                     web::resource($path)
                         $(.route(web::method(Method::$method).to($handler)))+
-                        .default_service(web::to(method_not_allowed)),
+                        .default_service(web::to(|| crate::error::method_not_allowed(&[$(stringify!($method)),+]))),
                 );
             )+
-            cfg.default_service(web::to(route_not_found));
+            cfg.default_service(web::to(crate::error::route_not_found));
         }
     };
 }
@@ -68,14 +67,6 @@ routes! {
     "/healthz" => { GET: health::alive },
     "/readyz" => { GET: health::ready },
     "/metrics" => { GET: health::metrics },
-}
-
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
-}
-
-async fn route_not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::RouteNotFound)
 }
 
 /// Timestamps as the API shows them.
