@@ -1397,6 +1397,10 @@ async fn bad_device_input(backend: Backend) {
         if what.starts_with("129") {
             assert!(reply.body["message"].as_str().unwrap().contains("registrationId"), "{what}: {}", reply.body);
         }
+        if status == 405 {
+            let allow = reply.headers.get("allow").map(|v| v.to_str().unwrap().to_owned());
+            assert!(allow.as_deref().is_some_and(|a| ["PUT", "GET", "POST"].contains(&a)), "{what}: Allow {allow:?}");
+        }
         if what == "body registrationId differs" {
             assert!(reply.body["message"].as_str().unwrap().contains("registrationId"), "{what}: {}", reply.body);
         }
