@@ -4,31 +4,15 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 use zerotouch_store::{RegistrationRecord, Store};
 use zerotouch_wire::enrollment::EnrollmentKind;
-use zerotouch_wire::registration::{DeviceRegistrationState, RegistrationStatus};
 use zerotouch_wire::{EnrollmentGroupId, RegistrationId};
 
-use super::timestamp;
 use crate::auth::{Caller, EnrollmentWrite, Read};
 use crate::error::ApiError;
 use crate::request::{self, BODY_LIMIT, MaybeJson};
 
 fn render(record: &RegistrationRecord) -> Result<Value, ApiError> {
-    let status = RegistrationStatus::parse(&record.status)
+    let state = crate::registration::state_of(record)
         .ok_or_else(|| ApiError::internal(format!("stored registration status {:?} is unknown", record.status)))?;
-    let state = DeviceRegistrationState {
-        registration_id: record.registration_id.clone(),
-        created_date_time_utc: Some(timestamp(record.created_at)),
-        assigned_hub: record.assigned_hub.clone(),
-        device_id: record.device_id.clone(),
-        status,
-        substatus: record.substatus.clone(),
-        error_code: record.error_code.and_then(|c| u32::try_from(c).ok()),
-        error_message: record.error_message.clone(),
-        last_updated_date_time_utc: Some(timestamp(record.updated_at)),
-        etag: Some(record.etag.clone()),
-        payload: record.payload.clone(),
-        symmetric_key: None,
-    };
     serde_json::to_value(state).map_err(ApiError::internal)
 }
 

@@ -603,17 +603,38 @@ fn enrollment_keys(enrollment: &EnrollmentRecord) -> Vec<SymmetricKey> {
     [&enrollment.primary_key, &enrollment.secondary_key].into_iter().flatten().cloned().collect()
 }
 
+/// A registration record as both APIs show it (`DeviceRegistrationState`); `None` if its status is unknown.
+pub fn state_of(record: &RegistrationRecord) -> Option<DeviceRegistrationResult> {
+    Some(DeviceRegistrationResult {
+        registration_id: record.registration_id.clone(),
+        created_date_time_utc: Some(timestamp(record.created_at)),
+        assigned_hub: record.assigned_hub.clone(),
+        device_id: record.device_id.clone(),
+        status: RegistrationStatus::parse(&record.status)?,
+        substatus: record.substatus.clone(),
+        error_code: record.error_code.and_then(|c| u32::try_from(c).ok()),
+        error_message: record.error_message.clone(),
+        last_updated_date_time_utc: Some(timestamp(record.updated_at)),
+        etag: Some(record.etag.clone()),
+        payload: record.payload.clone(),
+        symmetric_key: None,
+    })
+}
+
 /// The device's view of its registration (`DeviceRegistrationResult`, §1.4).
 fn result_of(record: &RegistrationRecord, group_id: Option<&str>) -> DeviceRegistrationResult {
-    let status = RegistrationStatus::parse(&record.status).unwrap_or(RegistrationStatus::Failed);
-    if status == RegistrationStatus::Disabled {
+    match state_of(record) {
         // Azure answers a disabled registration with its id and status only.
-        return DeviceRegistrationResult {
+        Some(state) if state.status != RegistrationStatus::Disabled => DeviceRegistrationResult {
+            symmetric_key: Some(SymmetricKeyRegistrationResult { enrollment_group_id: group_id.map(str::to_owned) }),
+            ..state
+        },
+        state => DeviceRegistrationResult {
             registration_id: record.registration_id.clone(),
             created_date_time_utc: None,
             assigned_hub: None,
             device_id: None,
-            status,
+            status: state.map_or(RegistrationStatus::Failed, |s| s.status),
             substatus: None,
             error_code: None,
             error_message: None,
@@ -621,20 +642,6 @@ fn result_of(record: &RegistrationRecord, group_id: Option<&str>) -> DeviceRegis
             etag: None,
             payload: None,
             symmetric_key: None,
-        };
-    }
-    DeviceRegistrationResult {
-        registration_id: record.registration_id.clone(),
-        created_date_time_utc: Some(timestamp(record.created_at)),
-        assigned_hub: record.assigned_hub.clone(),
-        device_id: record.device_id.clone(),
-        status,
-        substatus: record.substatus.clone(),
-        error_code: record.error_code.and_then(|c| u32::try_from(c).ok()),
-        error_message: record.error_message.clone(),
-        last_updated_date_time_utc: Some(timestamp(record.updated_at)),
-        etag: Some(record.etag.clone()),
-        payload: record.payload.clone(),
-        symmetric_key: Some(SymmetricKeyRegistrationResult { enrollment_group_id: group_id.map(str::to_owned) }),
+        },
     }
 }
