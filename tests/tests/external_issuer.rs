@@ -211,8 +211,9 @@ async fn external_issuer_refuses_everything_else() {
     assert_eq!(get_audit(&server, &recently_expired).await.status(), 200, "expired 30 s ago is within the leeway");
 
     let mut refused: Vec<(&str, String)> = Vec::new();
-    // Signed by the data dir's development key: admin-token without issuer flags still signs with it.
-    refused.push(("development key", zerotouch_tests::admin_token(&server.data_dir, &["--role", "owner"]).unwrap()));
+    // No development key exists beside an external issuer, so no development token can be minted at all.
+    assert!(!server.data_dir.join("token-signing.key").exists(), "a development key was created beside the issuer");
+    assert!(zerotouch_tests::admin_token(&server.data_dir, &["--role", "owner"]).is_err());
     let hs256 = EncodingKey::from_secret(&issuer.rsa_public_pem()).unwrap();
     let oct_secret = EncodingKey::from_secret(OCT_SECRET).unwrap();
     refused.push(("HS256 with the RSA public key", sign(Algorithm::HS256, "rsa-1", &hs256, &good)));

@@ -164,11 +164,22 @@ fn generate_id_scope() -> String {
     format!("0ne{n:08X}")
 }
 
+/// What the data dir must provide.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs<'a> {
+    /// The names the server certificate must carry.
+    pub hostnames: &'a [String],
+    /// A configured id scope, which wins over the stored one.
+    pub id_scope: Option<&'a str>,
+    /// The operator provides the server certificate, so none is generated.
+    pub own_tls: bool,
+    /// Admin tokens are signed with the development key (no external issuer), so it must exist.
+    pub development_tokens: bool,
+}
+
 /// Opens the data dir, creating whatever a development install lacks.
-///
-/// `hostnames` are the names the server certificate must carry; `id_scope` a configured scope that wins over the
-/// stored one; `own_tls` says the operator provides the server certificate, so none is generated.
-pub fn prepare(path: &Path, hostnames: &[String], id_scope: Option<&str>, own_tls: bool) -> anyhow::Result<DataDir> {
+pub fn prepare(path: &Path, needs: &Needs<'_>) -> anyhow::Result<DataDir> {
+    let Needs { hostnames, id_scope, own_tls, development_tokens } = *needs;
     fs::create_dir_all(path).with_context(|| format!("--data-dir: cannot create {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("--data-dir: cannot restrict {}", path.display()))?;
@@ -192,7 +203,7 @@ pub fn prepare(path: &Path, hostnames: &[String], id_scope: Option<&str>, own_tl
         write_public(&path.join(files::TRUST_BUNDLE), bundle.as_bytes())?;
         created.push("trust bundle");
     }
-    if !path.join(files::TOKEN_KEY).exists() {
+    if development_tokens && !path.join(files::TOKEN_KEY).exists() {
         generate_token_key(path)?;
         created.push("development token-signing key");
     }
@@ -215,11 +226,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn dev(names: &[String]) -> Needs<'_> {
+        Needs { hostnames: names, id_scope: None, own_tls: false, development_tokens: true }
+    }
+
     #[test]
     fn first_start_creates_everything_and_a_restart_reuses_it() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["localhost".to_owned()];
-        let first = prepare(dir.path(), &names, None, false).unwrap();
+        let first = prepare(dir.path(), &dev(&names)).unwrap();
         assert!(first.created.contains(&"development root CA"));
         assert!(first.id_scope.starts_with("0ne") && first.id_scope.len() == 11);
         for name in PRIVATE_FILES {
@@ -227,7 +242,7 @@ mod tests {
             assert_eq!(mode, 0o600, "{name}");
         }
         let root = fs::read(dir.path().join(files::ROOT_CERT)).unwrap();
-        let second = prepare(dir.path(), &names, None, false).unwrap();
+        let second = prepare(dir.path(), &dev(&names)).unwrap();
         assert!(second.created.is_empty(), "{:?}", second.created);
         assert_eq!(second.id_scope, first.id_scope);
         assert_eq!(fs::read(dir.path().join(files::ROOT_CERT)).unwrap(), root);
@@ -236,19 +251,27 @@ mod tests {
     #[test]
     fn new_hostnames_reissue_the_server_certificate_under_the_same_root() {
         let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path(), &["localhost".to_owned()], None, false).unwrap();
+        prepare(dir.path(), &dev(&["localhost".to_owned()])).unwrap();
         let root = fs::read(dir.path().join(files::ROOT_CERT)).unwrap();
-        let again = prepare(dir.path(), &["localhost".to_owned(), "dps.example".to_owned()], None, false).unwrap();
+        let again = prepare(dir.path(), &dev(&["localhost".to_owned(), "dps.example".to_owned()])).unwrap();
         assert_eq!(again.created, vec!["server TLS certificate"]);
         assert_eq!(fs::read(dir.path().join(files::ROOT_CERT)).unwrap(), root);
     }
 
     #[test]
+    fn no_development_token_key_with_an_external_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_owned()];
+        prepare(dir.path(), &Needs { development_tokens: false, ..dev(&names) }).unwrap();
+        assert!(!dir.path().join(files::TOKEN_KEY).exists());
+    }
+
+    #[test]
     fn a_readable_key_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path(), &["localhost".to_owned()], None, false).unwrap();
+        prepare(dir.path(), &dev(&["localhost".to_owned()])).unwrap();
         fs::set_permissions(dir.path().join(files::TOKEN_KEY), fs::Permissions::from_mode(0o644)).unwrap();
-        let err = prepare(dir.path(), &["localhost".to_owned()], None, false).unwrap_err();
+        let err = prepare(dir.path(), &dev(&["localhost".to_owned()])).unwrap_err();
         assert!(err.to_string().contains("token-signing.key"), "{err}");
         assert!(err.to_string().contains("0644"), "{err}");
     }

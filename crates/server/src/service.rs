@@ -133,8 +133,15 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 /// `zerotouch serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(&args)?;
-    let data =
-        data_dir::prepare(&config.data_dir, &config.hostnames, config.id_scope.as_deref(), config.tls_files.is_some())?;
+    let data = data_dir::prepare(
+        &config.data_dir,
+        &data_dir::Needs {
+            hostnames: &config.hostnames,
+            id_scope: config.id_scope.as_deref(),
+            own_tls: config.tls_files.is_some(),
+            development_tokens: config.auth.issuer == TokenIssuer::Development,
+        },
+    )?;
     let store = connect(&config.database_url).await?;
     if config.no_migrate {
         if !store.is_ready().await.unwrap_or(false) {
