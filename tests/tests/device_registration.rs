@@ -1266,13 +1266,19 @@ async fn polling_limit_per_device(backend: Backend) {
     let register = Call::register(&server, "Busy-Dev", Some(&busy)).send(&server).await;
     assert_azure_error(&register, 429, 429001);
 
-    // Another device is unaffected.
+    // Another device is unaffected, even by a flood of requests with bad credentials under its id: those are
+    // refused (401) without using up the device's own budget.
+    let forged = token(&server, "Calm-Dev", &new_key());
+    for _ in 0..8 {
+        let reply = Call::register(&server, "Calm-Dev", Some(&forged)).send(&server).await;
+        assert_azure_error(&reply, 401, 401002);
+    }
     let done = provision(&server, "Calm-Dev", &token(&server, "Calm-Dev", &calm_key)).await;
     assert_assigned(&done, "Calm-Dev", "hub-limits.example.com", "Calm-Dev", "initialAssignment");
 }
 
 /// Under the default limit of 5 requests per 10 s, a device's sixth request gets 429 429001 with `Retry-After`;
-/// another device registers normally.
+/// another device registers normally, even after requests with bad credentials under its id.
 #[tokio::test]
 async fn polling_limit_per_device_sqlite() {
     polling_limit_per_device(Backend::Sqlite).await;

@@ -111,6 +111,8 @@ pub struct Store {
     /// Reads outside transactions: on SQLite a pool of read-only connections beside the single writer (WAL lets
     /// them read while it writes); on PostgreSQL the same pool as `db`.
     read: DatabaseConnection,
+    /// Whether `read` is a pool of its own (to be closed apart).
+    separate_reader: bool,
     backend: Backend,
     /// Counts this process's changes to hubs and enrollment groups, so that callers caching them can tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -146,7 +148,10 @@ impl Store {
             }
         }
         let db = Database::connect(options.clone()).await?;
+        // An in-memory SQLite database exists once per pool: its reads must use the writer's pool.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let read = match backend {
+            Backend::Sqlite if in_memory => db.clone(),
             Backend::Sqlite => {
                 options.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
                     o.read_only(true)
@@ -158,7 +163,13 @@ impl Store {
             }
             Backend::Postgres => db.clone(),
         };
-        Ok(Self { db, read, backend, reference_changes: Default::default() })
+        Ok(Self {
+            db,
+            read,
+            backend,
+            separate_reader: backend == Backend::Sqlite && !in_memory,
+            reference_changes: Default::default(),
+        })
     }
 
     /// How many changes this process made to hubs and enrollment groups (a cache of them is stale when it moved;
@@ -190,7 +201,7 @@ impl Store {
 
     /// Closes the pool.
     pub async fn close(self) -> Result<(), StoreError> {
-        if self.backend == Backend::Sqlite {
+        if self.separate_reader {
             self.read.close().await?;
         }
         self.db.close().await?;

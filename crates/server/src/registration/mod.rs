@@ -135,15 +135,17 @@ pub struct RegistrationService {
     limits: DeviceLimits,
     http: reqwest::Client,
     reference: Mutex<Option<Reference>>,
-    /// SHA-256 of (registration key, Authorization value) of tokens verified recently, and until when. A poll
+    /// SHA-256 of (id scope, registration key, Authorization value) of tokens verified recently, and until when. A poll
     /// with the same token then needs no enrollment lookup; it can only read the device's own operations.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
-fn token_digest(registration_key: &str, evidence: &Evidence) -> Option<[u8; 32]> {
-    let Evidence::Sas(header) = evidence else { return None };
+fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
+    let Evidence::Sas(header) = &device.evidence else { return None };
     let digest = Sha256::new()
-        .chain_update(registration_key.as_bytes())
+        .chain_update(device.id_scope.to_ascii_lowercase().as_bytes())
+        .chain_update([0u8])
+        .chain_update(device.registration_id.key().as_bytes())
         .chain_update([0u8])
         .chain_update(header.as_bytes())
         .finalize();
@@ -191,7 +193,7 @@ impl RegistrationService {
     }
 
     fn remember_verified(&self, device: &DeviceRequest, token_expiry: u64) {
-        let Some(digest) = token_digest(&device.registration_id.key(), &device.evidence) else { return };
+        let Some(digest) = token_digest(device) else { return };
         let left = Duration::from_secs(token_expiry.saturating_sub(now_secs()));
         let Ok(mut verified) = self.verified.lock() else { return };
         if verified.len() >= VERIFIED_MAX {
@@ -205,7 +207,7 @@ impl RegistrationService {
     }
 
     fn recently_verified(&self, device: &DeviceRequest) -> bool {
-        let Some(digest) = token_digest(&device.registration_id.key(), &device.evidence) else { return false };
+        let Some(digest) = token_digest(device) else { return false };
         self.verified.lock().is_ok_and(|v| v.get(&digest).is_some_and(|until| *until > Instant::now()))
     }
 
@@ -219,9 +221,16 @@ impl RegistrationService {
     }
 
     /// Refuses the request (401002 to the device) and audits why.
+    ///
+    /// Refusals of one registration id are audited as often as its requests are allowed (`--device-rate-limit`);
+    /// beyond that they are only logged, so that a flood of bad credentials cannot fill the audit log or hold the
+    /// database writer.
     async fn refuse(&self, device: &DeviceRequest, action: &str, reason: &str) -> ApiError {
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
-        if let Err(e) = self.store.audit_refused_device(device.registration_id.as_str(), action, reason).await {
+        let bucket = format!("refused\0{}", device.registration_id.key());
+        if self.limits.admit(&bucket).is_ok()
+            && let Err(e) = self.store.audit_refused_device(device.registration_id.as_str(), action, reason).await
+        {
             tracing::error!("cannot audit a refused device request: {e}");
         }
         ApiError::DeviceUnauthorized
@@ -288,7 +297,6 @@ impl RegistrationService {
     pub async fn register(&self, request: RegistrationRequest) -> Result<RegistrationOperationStatus, ApiError> {
         let device = &request.device;
         let key = device.registration_id.key();
-        self.limits.admit(&key).map_err(Self::throttled)?;
         let _slot = self.limits.enter().ok_or(Self::throttled(RetryAfter(Duration::from_secs(1))))?;
         if let Some(body_id) = request.body.registration_id.as_deref().filter(|id| !id.is_empty())
             && !body_id.eq_ignore_ascii_case(device.registration_id.as_str())
@@ -299,6 +307,8 @@ impl RegistrationService {
             )));
         }
         let matched = self.authenticate(device, "register").await?;
+        // Counted once the device proved who it is: requests with bad credentials must not use up its budget.
+        self.limits.admit(&key).map_err(Self::throttled)?;
         let policy: Policy = serde_json::from_value(matched.enrollment.document.clone()).map_err(|e| {
             ApiError::internal(format!(
                 "stored {} {:?} cannot be read: {e}",
@@ -541,10 +551,10 @@ impl RegistrationService {
         operation_id: &str,
     ) -> Result<RegistrationOperationStatus, ApiError> {
         let key = device.registration_id.key();
-        self.limits.admit(&key).map_err(Self::throttled)?;
         if !self.recently_verified(&device) {
             self.authenticate(&device, "poll").await?;
         }
+        self.limits.admit(&key).map_err(Self::throttled)?;
         let not_found = || ApiError::RegistrationNotFound(format!("operation {operation_id:?}"));
         let operation = match self.store.operation(&key, operation_id).await {
             Ok(operation) => operation,
@@ -567,8 +577,8 @@ impl RegistrationService {
     /// A device registration status lookup: the device's current registration.
     pub async fn status(&self, device: DeviceRequest) -> Result<DeviceRegistrationResult, ApiError> {
         let key = device.registration_id.key();
-        self.limits.admit(&key).map_err(Self::throttled)?;
         let matched = self.authenticate(&device, "statusLookup").await?;
+        self.limits.admit(&key).map_err(Self::throttled)?;
         let record = match self.store.registration(&key).await {
             Ok(record) => record,
             Err(StoreError::NotFound) => {
