@@ -16,17 +16,5 @@ pub enum BulkMode {
     Delete,
 }
 
-impl BulkMode {
-    /// The audit action of an item in this mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::UpdateIfMatchETag => "updateIfMatchETag",
-            Self::Delete => "delete",
-        }
-    }
-}
-
 /// Most items a bulk call takes.
 pub const MAX_BULK_ITEMS: usize = 10_000;

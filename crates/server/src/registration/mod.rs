@@ -211,11 +211,6 @@ impl RegistrationService {
         self.verified.lock().is_ok_and(|v| v.get(&digest).is_some_and(|until| *until > Instant::now()))
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &RegistrationSettings {
-        &self.settings
-    }
-
     fn throttled(RetryAfter(wait): RetryAfter) -> ApiError {
         ApiError::Throttled { retry_after: wait.as_secs().max(1) }
     }
