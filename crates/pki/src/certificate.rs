@@ -1,0 +1,165 @@
+//! Reading certificates: strict DER parsing shared by every check in this crate, fingerprints, the subject CN.
+//!
+//! "Strict" means: no trailing bytes, no duplicate extensions, no known extension whose content fails to parse.
+//! Everything else in the crate parses through [`parse`], so a malformed certificate is refused in one place.
+
+use sha1::Digest as _;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::X509Name;
+
+/// The longest subject CN accepted (X.520 `ub-common-name`; also Azure's limit for X.509 registration ids, §4).
+pub const MAX_COMMON_NAME_CHARS: usize = 64;
+
+/// Why a certificate's subject CN could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// The bytes are not one DER X.509 certificate.
+    #[error("not a valid DER X.509 certificate: {0}")]
+    Malformed(String),
+    /// The subject has no CN.
+    #[error("the certificate's subject has no common name (CN)")]
+    NoCommonName,
+    /// The subject has more than one CN.
+    #[error("the certificate's subject has {0} common names (CN); exactly one is required")]
+    SeveralCommonNames(usize),
+    /// The CN is not a text string type.
+    #[error("the certificate's subject common name (CN) is not a text string")]
+    CommonNameNotText,
+    /// The CN is longer than [`MAX_COMMON_NAME_CHARS`].
+    #[error("the certificate's subject common name (CN) has {0} characters; at most 64 are allowed")]
+    CommonNameTooLong(usize),
+}
+
+/// Parses one DER certificate strictly; the error text says what is wrong.
+pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes follow the certificate", rest.len()));
+    }
+    cert.extensions_map().map_err(|_| "an extension appears twice".to_owned())?;
+    for ext in cert.extensions() {
+        if let ParsedExtension::ParseError { error } = ext.parsed_extension() {
+            return Err(format!("its {} extension is malformed: {error}", extension_name(&ext.oid)));
+        }
+    }
+    Ok(cert)
+}
+
+/// A readable name for an extension OID (`basicConstraints`, or the dotted OID when unknown).
+pub(crate) fn extension_name(oid: &x509_parser::der_parser::oid::Oid<'_>) -> String {
+    x509_parser::objects::oid2sn(oid, x509_parser::objects::oid_registry())
+        .map(str::to_owned)
+        .unwrap_or_else(|_| oid.to_id_string())
+}
+
+/// The subject's single CN, as text.
+pub(crate) fn common_name(name: &X509Name<'_>) -> Result<String, CertificateError> {
+    let names: Vec<_> = name.iter_common_name().collect();
+    match names.as_slice() {
+        [] => Err(CertificateError::NoCommonName),
+        [one] => one.as_str().map(str::to_owned).map_err(|_| CertificateError::CommonNameNotText),
+        several => Err(CertificateError::SeveralCommonNames(several.len())),
+    }
+}
+
+/// The certificate's subject, as `CN=..., O=...` for messages.
+pub(crate) fn subject_text(cert: &X509Certificate<'_>) -> String {
+    cert.subject().to_string()
+}
+
+/// A point in time from a certificate, as an `OffsetDateTime`.
+pub(crate) fn time_of(time: x509_parser::time::ASN1Time) -> OffsetDateTime {
+    time.to_datetime()
+}
+
+/// RFC 3339 text of a time, for messages.
+pub(crate) fn rfc3339(time: &OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| time.to_string())
+}
+
+/// The subject CN of a DER certificate: exactly one, a text string, at most 64 characters (§4: the registration
+/// id of an X.509 device).
+pub fn subject_cn(der: &[u8]) -> Result<String, CertificateError> {
+    let cert = parse(der).map_err(CertificateError::Malformed)?;
+    let cn = common_name(cert.subject())?;
+    let chars = cn.chars().count();
+    if chars > MAX_COMMON_NAME_CHARS {
+        return Err(CertificateError::CommonNameTooLong(chars));
+    }
+    Ok(cn)
+}
+
+/// SHA-256 of the bytes (of a DER certificate: its SHA-256 thumbprint).
+pub fn sha256(der: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(der).into()
+}
+
+/// SHA-256 thumbprint of a DER certificate, lower-case hex.
+pub fn thumbprint_sha256_hex(der: &[u8]) -> String {
+    hex::encode(sha256(der))
+}
+
+/// SHA-1 thumbprint of a DER certificate, lower-case hex. Azure shows thumbprints in upper case; compare them
+/// without regard to case (§4: individual X.509 enrollments match device certificates by thumbprint).
+pub fn thumbprint_sha1_hex(der: &[u8]) -> String {
+    hex::encode(sha1::Sha1::digest(der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    fn cert_with_subject(entries: &[(DnType, &str)]) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (ty, value) in entries {
+            params.distinguished_name.push(ty.clone(), *value);
+        }
+        params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn subject_cn_reads_exactly_one_cn_of_at_most_64_characters() {
+        assert_eq!(subject_cn(&cert_with_subject(&[(DnType::CommonName, "device-1")])).unwrap(), "device-1");
+        let long = "x".repeat(65);
+        assert_eq!(
+            subject_cn(&cert_with_subject(&[(DnType::CommonName, &long)])).unwrap_err(),
+            CertificateError::CommonNameTooLong(65)
+        );
+        let just = "é".repeat(64);
+        assert_eq!(subject_cn(&cert_with_subject(&[(DnType::CommonName, &just)])).unwrap(), just);
+        assert_eq!(
+            subject_cn(&cert_with_subject(&[(DnType::OrganizationName, "org")])).unwrap_err(),
+            CertificateError::NoCommonName
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_never_a_panic() {
+        let good = cert_with_subject(&[(DnType::CommonName, "device-1")]);
+        assert!(matches!(subject_cn(b""), Err(CertificateError::Malformed(_))));
+        assert!(matches!(subject_cn(&good[..good.len() - 1]), Err(CertificateError::Malformed(_))));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(subject_cn(&trailing).unwrap_err().to_string().contains("1 bytes follow"));
+    }
+
+    #[test]
+    fn thumbprints_are_hashes_of_the_der() {
+        // Known answers: SHA-1 and SHA-256 of "abc" (FIPS 180-2, appendix A / B).
+        assert_eq!(thumbprint_sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(thumbprint_sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hex::encode(sha256(b"abc")), thumbprint_sha256_hex(b"abc"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = subject_cn(&bytes);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Chain verification for X.509 attestation: the server takes the client chain from the TLS handshake unverified
+//! and judges it here, against one candidate trust anchor at a time (an enrolled CA, tried in the order of
+//! `azure-dps-wire.md` §4).
+//!
+//! The checks follow RFC 5280 §6.1 for what devices and CAs use: signatures along the path (with accepted
+//! algorithms only), validity at `now` of every certificate including the anchor, `basicConstraints` CA:true on
+//! every CA, `keyCertSign` wherever a CA carries `keyUsage` (§6.1.4 (n): absent means unrestricted), path length
+//! constraints, no critical extension we do not understand, and a device certificate that is not a CA and, if it
+//! restricts its extended key usage, allows TLS client authentication. Names chain by exact DER equality of
+//! issuer and subject (as webpki does).
+
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::oid_registry::{
+    OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
+};
+
+use crate::certificate::{self, extension_name, rfc3339, subject_text, time_of};
+
+/// The most certificates a path may have, device certificate and anchor included.
+pub const MAX_CHAIN_LENGTH: usize = 8;
+
+/// Why a certificate chain was refused. `certificate` fields name the certificate by role and subject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A certificate is not valid DER.
+    #[error("{certificate} is not a valid DER X.509 certificate: {reason}")]
+    Malformed {
+        /// Which certificate.
+        certificate: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate's validity ended before `now`.
+    #[error("{certificate} expired at {}", rfc3339(not_after))]
+    Expired {
+        /// Which certificate.
+        certificate: String,
+        /// The end of its validity.
+        not_after: OffsetDateTime,
+    },
+    /// A certificate's validity starts after `now`.
+    #[error("{certificate} is not valid before {}", rfc3339(not_before))]
+    NotYetValid {
+        /// Which certificate.
+        certificate: String,
+        /// The start of its validity.
+        not_before: OffsetDateTime,
+    },
+    /// The path does not lead to the trust anchor: a certificate's issuer is neither the anchor nor presented.
+    #[error(
+        "the chain does not lead to this certificate authority: the issuer \"{issuer}\" of {certificate} is neither \
+         the trusted CA nor among the presented certificates"
+    )]
+    UnknownCa {
+        /// The certificate whose issuer was not found.
+        certificate: String,
+        /// That issuer's name.
+        issuer: String,
+    },
+    /// A certificate names an issuer whose key did not make its signature.
+    #[error("the signature of {certificate} does not verify under the key of {issuer}")]
+    BadSignature {
+        /// The certificate whose signature failed.
+        certificate: String,
+        /// The certificate whose key was tried.
+        issuer: String,
+    },
+    /// A signature algorithm we do not accept (SHA-1, MD5, unknown).
+    #[error("{certificate} is signed with an algorithm that is not accepted ({algorithm})")]
+    UnsupportedSignatureAlgorithm {
+        /// Which certificate.
+        certificate: String,
+        /// The algorithm's OID.
+        algorithm: String,
+    },
+    /// A certificate that signs others lacks `basicConstraints` CA:true.
+    #[error("{certificate} is not a CA certificate (basicConstraints CA:true is missing)")]
+    NotACa {
+        /// Which certificate.
+        certificate: String,
+    },
+    /// A CA certificate's key usage does not include `keyCertSign`.
+    #[error("{certificate} may not sign certificates (its keyUsage lacks keyCertSign)")]
+    NoKeyCertSign {
+        /// Which certificate.
+        certificate: String,
+    },
+    /// A CA certificate's `pathLenConstraint` is smaller than the number of CAs below it.
+    #[error("{certificate} allows {path_len} intermediate CA certificate(s) below it; the chain has {below}")]
+    PathLenExceeded {
+        /// Which certificate.
+        certificate: String,
+        /// Its `pathLenConstraint`.
+        path_len: u32,
+        /// The intermediate CAs below it in the path.
+        below: usize,
+    },
+    /// The device certificate is a CA certificate.
+    #[error("{certificate} is a CA certificate (basicConstraints CA:true), not a device certificate")]
+    LeafIsCa {
+        /// Which certificate.
+        certificate: String,
+    },
+    /// The device certificate restricts its use and TLS client authentication is not among its uses.
+    #[error("{certificate} is not for TLS client authentication (its extendedKeyUsage lacks clientAuth)")]
+    NotForClientAuth {
+        /// Which certificate.
+        certificate: String,
+    },
+    /// A critical extension this verifier does not process (e.g. name constraints).
+    #[error("{certificate} has a critical {extension} extension, which is not supported")]
+    UnsupportedCriticalExtension {
+        /// Which certificate.
+        certificate: String,
+        /// The extension's name or OID.
+        extension: String,
+    },
+    /// The path is longer than [`MAX_CHAIN_LENGTH`].
+    #[error("the chain has more than {MAX_CHAIN_LENGTH} certificates")]
+    TooLong,
+}
+
+/// A chain that verified: the path from the device certificate to the anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    /// DER certificates, the device certificate first, the trust anchor last.
+    pub path: Vec<Vec<u8>>,
+    /// The end of the device certificate's validity.
+    pub leaf_not_after: OffsetDateTime,
+}
+
+/// The role of a certificate in a path, for messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role {
+    /// The device (end-entity) certificate.
+    Device,
+    /// An intermediate the device presented.
+    Presented,
+    /// The trust anchor (an enrolled CA).
+    Anchor,
+    /// The issuing CA certificate (first of an issuing CA chain).
+    IssuingCa,
+    /// A CA above the issuing CA in its chain.
+    Superior,
+}
+
+/// "`<role>` \"`<subject>`\"": how error messages name a certificate.
+pub(crate) fn describe(role: Role, cert: &X509Certificate<'_>) -> String {
+    let role = match role {
+        Role::Device => "the device certificate",
+        Role::Presented => "the presented intermediate certificate",
+        Role::Anchor => "the trusted CA certificate",
+        Role::IssuingCa => "the issuing CA certificate",
+        Role::Superior => "the CA certificate",
+    };
+    format!("{role} \"{}\"", subject_text(cert))
+}
+
+/// Parses a certificate of a path, naming it by role (and position) if it is malformed.
+pub(crate) fn parse_as<'a>(der: &'a [u8], what: String) -> Result<X509Certificate<'a>, ChainError> {
+    certificate::parse(der).map_err(|reason| ChainError::Malformed { certificate: what, reason })
+}
+
+/// `now` lies within the certificate's validity.
+pub(crate) fn check_validity(cert: &X509Certificate<'_>, name: &str, now: OffsetDateTime) -> Result<(), ChainError> {
+    let not_before = time_of(cert.validity().not_before);
+    let not_after = time_of(cert.validity().not_after);
+    if now < not_before {
+        return Err(ChainError::NotYetValid { certificate: name.to_owned(), not_before });
+    }
+    if now > not_after {
+        return Err(ChainError::Expired { certificate: name.to_owned(), not_after });
+    }
+    Ok(())
+}
+
+/// The certificate is a CA allowed to sign certificates, with `cas_below` intermediate CAs under it in the path.
+pub(crate) fn check_ca(cert: &X509Certificate<'_>, name: &str, cas_below: usize) -> Result<(), ChainError> {
+    let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value.clone());
+    let Some(constraints) = constraints.filter(|bc| bc.ca) else {
+        return Err(ChainError::NotACa { certificate: name.to_owned() });
+    };
+    if let Some(usage) = cert.key_usage().ok().flatten()
+        && !usage.value.key_cert_sign()
+    {
+        return Err(ChainError::NoKeyCertSign { certificate: name.to_owned() });
+    }
+    if let Some(path_len) = constraints.path_len_constraint
+        && usize::try_from(path_len).is_ok_and(|allowed| cas_below > allowed)
+    {
+        return Err(ChainError::PathLenExceeded { certificate: name.to_owned(), path_len, below: cas_below });
+    }
+    Ok(())
+}
+
+/// Every critical extension is one we process.
+pub(crate) fn check_critical_extensions(cert: &X509Certificate<'_>, name: &str) -> Result<(), ChainError> {
+    for ext in cert.extensions().iter().filter(|ext| ext.critical) {
+        let understood = matches!(
+            ext.parsed_extension(),
+            ParsedExtension::BasicConstraints(_)
+                | ParsedExtension::KeyUsage(_)
+                | ParsedExtension::ExtendedKeyUsage(_)
+                | ParsedExtension::SubjectAlternativeName(_)
+                | ParsedExtension::SubjectKeyIdentifier(_)
+                | ParsedExtension::AuthorityKeyIdentifier(_)
+        );
+        if !understood {
+            return Err(ChainError::UnsupportedCriticalExtension {
+                certificate: name.to_owned(),
+                extension: extension_name(&ext.oid),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The signature algorithm is one we accept (no SHA-1, no MD5).
+pub(crate) fn accepted_signature_algorithm(oid: &x509_parser::der_parser::oid::Oid<'_>) -> bool {
+    [
+        OID_SIG_ECDSA_WITH_SHA256,
+        OID_SIG_ECDSA_WITH_SHA384,
+        OID_PKCS1_SHA256WITHRSA,
+        OID_PKCS1_SHA384WITHRSA,
+        OID_PKCS1_SHA512WITHRSA,
+        OID_PKCS1_RSASSAPSS,
+        OID_SIG_ED25519,
+    ]
+    .contains(oid)
+}
+
+/// `child`'s signature verifies under `parent`'s key, with an accepted algorithm.
+pub(crate) fn check_signed_by(
+    child: &X509Certificate<'_>,
+    child_name: &str,
+    parent: &X509Certificate<'_>,
+    parent_name: &str,
+) -> Result<(), ChainError> {
+    if !accepted_signature_algorithm(&child.signature_algorithm.algorithm) {
+        return Err(ChainError::UnsupportedSignatureAlgorithm {
+            certificate: child_name.to_owned(),
+            algorithm: child.signature_algorithm.algorithm.to_id_string(),
+        });
+    }
+    child
+        .verify_signature(Some(parent.public_key()))
+        .map_err(|_| ChainError::BadSignature { certificate: child_name.to_owned(), issuer: parent_name.to_owned() })
+}
+
+/// `issuer` of `child` is `parent`'s subject, byte for byte.
+pub(crate) fn names_issuer(child: &X509Certificate<'_>, parent: &X509Certificate<'_>) -> bool {
+    child.issuer().as_raw() == parent.subject().as_raw()
+}
+
+/// Verifies a device's chain against one trust anchor.
+///
+/// `leaf` is the device certificate, `presented_intermediates` what else the device sent (any order; extra
+/// certificates are ignored; a presented copy of the anchor is never trusted, the given `anchor` is), `anchor` the
+/// enrolled CA certificate (root or intermediate) tried now. The path ends at the first certificate issued by the
+/// anchor; the anchor itself must be a CA valid at `now`.
+pub fn verify_chain(
+    leaf: &[u8],
+    presented_intermediates: &[Vec<u8>],
+    anchor: &[u8],
+    now: OffsetDateTime,
+) -> Result<VerifiedChain, ChainError> {
+    let leaf_cert = parse_as(leaf, "the device certificate".to_owned())?;
+    let anchor_cert = parse_as(anchor, "the trusted CA certificate".to_owned())?;
+    let presented = presented_intermediates
+        .iter()
+        .enumerate()
+        .map(|(i, der)| parse_as(der, format!("presented certificate {}", i + 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let leaf_name = describe(Role::Device, &leaf_cert);
+    check_critical_extensions(&leaf_cert, &leaf_name)?;
+    if leaf_cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca) {
+        return Err(ChainError::LeafIsCa { certificate: leaf_name });
+    }
+    if let Some(eku) = leaf_cert.extended_key_usage().ok().flatten()
+        && !(eku.value.client_auth || eku.value.any)
+    {
+        return Err(ChainError::NotForClientAuth { certificate: leaf_name });
+    }
+    check_validity(&leaf_cert, &leaf_name, now)?;
+
+    // Build the path upwards: the anchor wins whenever it is named as issuer; otherwise a presented certificate of
+    // that name whose key made the signature.
+    let anchor_name = describe(Role::Anchor, &anchor_cert);
+    let mut path: Vec<usize> = Vec::new(); // indexes into `presented`
+    loop {
+        if path.len() + 2 > MAX_CHAIN_LENGTH {
+            return Err(ChainError::TooLong);
+        }
+        let (current, current_name) = match path.last() {
+            None => (&leaf_cert, leaf_name.clone()),
+            Some(&i) => (&presented[i], describe(Role::Presented, &presented[i])),
+        };
+        if names_issuer(current, &anchor_cert) {
+            check_signed_by(current, &current_name, &anchor_cert, &anchor_name)?;
+            break;
+        }
+        let candidates: Vec<usize> =
+            (0..presented.len()).filter(|i| !path.contains(i) && names_issuer(current, &presented[*i])).collect();
+        let mut first_error = None;
+        let mut found = None;
+        for i in candidates {
+            match check_signed_by(current, &current_name, &presented[i], &describe(Role::Presented, &presented[i])) {
+                Ok(()) => {
+                    found = Some(i);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (found, first_error) {
+            (Some(i), _) => path.push(i),
+            (None, Some(error)) => return Err(error),
+            (None, None) => {
+                return Err(ChainError::UnknownCa { certificate: current_name, issuer: current.issuer().to_string() });
+            }
+        }
+    }
+
+    // Every CA in the path: a CA, allowed to sign, within its path length, understood, and valid now.
+    for (below, &i) in path.iter().enumerate() {
+        let cert = &presented[i];
+        let name = describe(Role::Presented, cert);
+        check_critical_extensions(cert, &name)?;
+        check_ca(cert, &name, below)?;
+        check_validity(cert, &name, now)?;
+    }
+    check_critical_extensions(&anchor_cert, &anchor_name)?;
+    check_ca(&anchor_cert, &anchor_name, path.len())?;
+    check_validity(&anchor_cert, &anchor_name, now)?;
+
+    let mut ders = Vec::with_capacity(path.len() + 2);
+    ders.push(leaf.to_vec());
+    ders.extend(path.iter().map(|&i| presented_intermediates[i].clone()));
+    ders.push(anchor.to_vec());
+    Ok(VerifiedChain { path: ders, leaf_not_after: time_of(leaf_cert.validity().not_after) })
+}

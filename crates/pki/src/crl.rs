@@ -1,0 +1,94 @@
+//! Certificate revocation lists of an issuing CA (RFC 5280 §5; issue #4 §5): CRL number, thisUpdate and
+//! nextUpdate, the AKI of the issuing CA, and one entry per revoked serial with its reason.
+
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams};
+use time::OffsetDateTime;
+
+use crate::ca::{IssuingCa, whole_seconds};
+use crate::serial::Serial;
+
+/// Why a certificate was revoked (RFC 5280 §5.3.1 reason codes we use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    /// No reason given.
+    Unspecified,
+    /// The device key is known or suspected to be compromised.
+    KeyCompromise,
+    /// The device moved to another owner or purpose.
+    AffiliationChanged,
+    /// Replaced by a newer certificate.
+    Superseded,
+    /// The device is retired (disabled or deleted).
+    CessationOfOperation,
+    /// The device's right to the certificate was withdrawn.
+    PrivilegeWithdrawn,
+}
+
+impl RevocationReason {
+    fn to_rcgen(self) -> rcgen::RevocationReason {
+        match self {
+            Self::Unspecified => rcgen::RevocationReason::Unspecified,
+            Self::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            Self::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            Self::Superseded => rcgen::RevocationReason::Superseded,
+            Self::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+            Self::PrivilegeWithdrawn => rcgen::RevocationReason::PrivilegeWithdrawn,
+        }
+    }
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Its serial number.
+    pub serial: Serial,
+    /// When it was revoked.
+    pub revoked_at: OffsetDateTime,
+    /// Why.
+    pub reason: RevocationReason,
+}
+
+/// Why a CRL could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrlError {
+    /// nextUpdate is not after thisUpdate.
+    #[error("the CRL's nextUpdate must be after its thisUpdate")]
+    NextUpdateNotAfterThisUpdate,
+    /// CRL generation failed.
+    #[error("CRL generation failed: {0}")]
+    Generation(String),
+}
+
+/// A DER CRL signed by the issuing CA, listing `entries`, numbered `crl_number` (callers keep it increasing).
+pub fn crl(
+    ca: &IssuingCa,
+    entries: &[Revoked],
+    crl_number: u64,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<Vec<u8>, CrlError> {
+    let (this_update, next_update) = (whole_seconds(this_update), whole_seconds(next_update));
+    if next_update <= this_update {
+        return Err(CrlError::NextUpdateNotAfterThisUpdate);
+    }
+    let number = crl_number.to_be_bytes();
+    let first = number.iter().position(|b| *b != 0).unwrap_or(number.len() - 1);
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&number[first..]),
+        issuing_distribution_point: None,
+        revoked_certs: entries
+            .iter()
+            .map(|entry| RevokedCertParams {
+                serial_number: entry.serial.to_rcgen(),
+                revocation_time: whole_seconds(entry.revoked_at),
+                reason_code: Some(entry.reason.to_rcgen()),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::PreSpecified(ca.key_identifier().to_vec()),
+    };
+    let list = params.signed_by(ca.issuer()).map_err(|e| CrlError::Generation(e.to_string()))?;
+    Ok(list.der().to_vec())
+}

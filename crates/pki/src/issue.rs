@@ -1,0 +1,159 @@
+//! Issuing device (operational) certificates from checked CSRs, under the device profile of issue #4 §2.
+//!
+//! Profile: subject CN = device id (nothing else in the subject), extendedKeyUsage clientAuth, keyUsage
+//! digitalSignature (critical), basicConstraints CA:false (critical), a random positive 16-byte serial, AKI = the
+//! issuing CA's SKI, SKI of the device key (truncated SHA-256, RFC 7093 method 1), one CRL distribution point,
+//! validity from `now - 5 min` to `now + validity_days` (never past the issuing CA), signed with the CA key's
+//! algorithm (P-256: ecdsa-with-SHA256, P-384: ecdsa-with-SHA384, RSA-3072: sha256WithRSAEncryption).
+
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::ca::{BACKDATE, IssuingCa, whole_seconds};
+use crate::certificate::{MAX_COMMON_NAME_CHARS, thumbprint_sha256_hex};
+use crate::csr::CheckedCsr;
+use crate::serial;
+
+/// Shortest validity a profile may set, in days.
+pub const MIN_VALIDITY_DAYS: u32 = 1;
+/// Longest validity a profile may set, in days (the CA/Browser Forum's former TLS maximum).
+pub const MAX_VALIDITY_DAYS: u32 = 397;
+/// Validity when an enrollment sets none (issue #4 §2).
+pub const DEFAULT_VALIDITY_DAYS: u32 = 30;
+/// Longest CRL distribution point URL accepted.
+const MAX_URL_LEN: usize = 2048;
+
+/// Why a profile or an issuance was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    /// `validity_days` is outside 1-397.
+    #[error("validityDays must be between {MIN_VALIDITY_DAYS} and {MAX_VALIDITY_DAYS} (got {0})")]
+    InvalidValidity(u32),
+    /// The CRL URL is not an absolute http(s) URL of printable ASCII.
+    #[error("the CRL distribution point must be an http:// or https:// URL of printable ASCII (got \"{0}\")")]
+    InvalidCrlUrl(String),
+    /// The device id cannot be a subject CN.
+    #[error("the device id must have 1-{MAX_COMMON_NAME_CHARS} characters to be a certificate subject (got {0})")]
+    InvalidDeviceId(usize),
+    /// The issuing CA is not valid at `now`.
+    #[error("{ca} is not valid at {now} (valid {not_before} to {not_after})")]
+    CaNotValid {
+        /// The issuing CA.
+        ca: String,
+        /// The time of issuance.
+        now: String,
+        /// Start of the CA's validity.
+        not_before: String,
+        /// End of the CA's validity.
+        not_after: String,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generation(String),
+}
+
+/// The device certificate profile: where the CRL is, and how long certificates live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    crl_url: String,
+    validity_days: u32,
+}
+
+impl Profile {
+    /// A profile; `validity_days` must be 1-397 and `crl_url` an http(s) URL.
+    pub fn new(crl_url: impl Into<String>, validity_days: u32) -> Result<Self, IssueError> {
+        let crl_url = crl_url.into();
+        if !(MIN_VALIDITY_DAYS..=MAX_VALIDITY_DAYS).contains(&validity_days) {
+            return Err(IssueError::InvalidValidity(validity_days));
+        }
+        let scheme_ok = ["http://", "https://"].iter().any(|scheme| {
+            crl_url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) && crl_url.len() > scheme.len()
+        });
+        if !scheme_ok || crl_url.len() > MAX_URL_LEN || !crl_url.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(IssueError::InvalidCrlUrl(crl_url.chars().take(200).collect()));
+        }
+        Ok(Self { crl_url, validity_days })
+    }
+
+    /// The CRL distribution point URL.
+    pub fn crl_url(&self) -> &str {
+        &self.crl_url
+    }
+
+    /// The validity in days.
+    pub fn validity_days(&self) -> u32 {
+        self.validity_days
+    }
+}
+
+/// A certificate just issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The device certificate, DER.
+    pub der: Vec<u8>,
+    /// The chain for `issuedCertificateChain` (§8): the device certificate, the issuing CA, ..., the root.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The serial number, lower-case hex.
+    pub serial_hex: String,
+    /// Start of validity (as in the certificate).
+    pub not_before: OffsetDateTime,
+    /// End of validity (as in the certificate).
+    pub not_after: OffsetDateTime,
+    /// SHA-256 of the DER, lower-case hex.
+    pub sha256_thumbprint: String,
+}
+
+/// Issues a device certificate for a checked CSR (see the module comment for the profile). The CSR's subject is
+/// not copied: the certificate's subject is `CN=<device_id>`.
+pub fn issue(
+    ca: &IssuingCa,
+    csr: &CheckedCsr,
+    device_id: &str,
+    profile: &Profile,
+    now: OffsetDateTime,
+) -> Result<IssuedCertificate, IssueError> {
+    let chars = device_id.chars().count();
+    if !(1..=MAX_COMMON_NAME_CHARS).contains(&chars) {
+        return Err(IssueError::InvalidDeviceId(chars));
+    }
+    let now = whole_seconds(now);
+    if now < ca.not_before() || now >= ca.not_after() {
+        return Err(IssueError::CaNotValid {
+            ca: ca.describe().to_owned(),
+            now: crate::certificate::rfc3339(&now),
+            not_before: crate::certificate::rfc3339(&ca.not_before()),
+            not_after: crate::certificate::rfc3339(&ca.not_after()),
+        });
+    }
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(csr.public_key_der())
+        .map_err(|e| IssueError::Generation(e.to_string()))?;
+
+    let serial = serial::random();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, device_id);
+    params.serial_number = Some(serial.to_rcgen());
+    params.not_before = now - BACKDATE;
+    params.not_after = (now + Duration::days(i64::from(profile.validity_days))).min(ca.not_after());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![profile.crl_url.clone()] }];
+    params.use_authority_key_identifier_extension = true;
+
+    let certificate = params.signed_by(&public_key, ca.issuer()).map_err(|e| IssueError::Generation(e.to_string()))?;
+    let der = certificate.der().to_vec();
+    let mut chain_der = Vec::with_capacity(ca.chain_der().len() + 1);
+    chain_der.push(der.clone());
+    chain_der.extend(ca.chain_der().iter().cloned());
+    Ok(IssuedCertificate {
+        sha256_thumbprint: thumbprint_sha256_hex(&der),
+        serial_hex: serial.to_hex(),
+        not_before: params.not_before,
+        not_after: params.not_after,
+        chain_der,
+        der,
+    })
+}
