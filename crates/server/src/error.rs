@@ -98,7 +98,10 @@ impl ApiError {
                 Self::PreconditionFailed(format!("If-Match does not match the current etag of {resource}"))
             }
             StoreError::Conflict(why) => Self::Conflict(format!("{resource}: {why}")),
-            StoreError::UnsupportedUrl | StoreError::Corrupt(_) | StoreError::Database(_) => Self::internal(err),
+            StoreError::UnsupportedUrl
+            | StoreError::Corrupt(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Database(_) => Self::internal(err),
         }
     }
 

@@ -67,11 +67,17 @@ fn active(actor: &Actor, at: DateTime<Utc>, change: &Change<'_>) -> audit_event:
     }
 }
 
-/// Appends events for `changes`, in batches the databases' parameter limits allow.
+/// Appends events for `changes`, all made by `actor`.
 pub(crate) async fn record(db: &impl ConnectionTrait, actor: &Actor, changes: &[Change<'_>]) -> Result<(), StoreError> {
+    let changes: Vec<(&Actor, Change<'_>)> = changes.iter().map(|c| (actor, c.clone())).collect();
+    record_by(db, &changes).await
+}
+
+/// Appends events for `changes`, each with its actor, in batches the databases' parameter limits allow.
+pub(crate) async fn record_by(db: &impl ConnectionTrait, changes: &[(&Actor, Change<'_>)]) -> Result<(), StoreError> {
     let at = crate::now();
     for chunk in changes.chunks(1000) {
-        Entity::insert_many(chunk.iter().map(|c| active(actor, at, c))).exec(db).await?;
+        Entity::insert_many(chunk.iter().map(|(actor, c)| active(actor, at, c))).exec_without_returning(db).await?;
     }
     Ok(())
 }

@@ -18,6 +18,9 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A part of the store cannot take requests (it stopped with the runtime).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),

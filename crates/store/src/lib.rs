@@ -28,7 +28,7 @@ pub use audit::{AuditFilter, AuditRecord};
 pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
 pub use error::StoreError;
 pub use hub::{HubInput, HubRecord};
-pub use registration::{OperationRecord, RegistrationOutcome, RegistrationRecord};
+pub use registration::{OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,8 @@ pub struct Store {
     /// Whether `read` is a pool of its own (to be closed apart).
     separate_reader: bool,
     backend: Backend,
+    /// Writes registration attempts in batches.
+    registrations: registration::RegistrationWriter,
     /// Counts this process's changes to hubs and enrollment groups, so that callers caching them can tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -122,7 +124,8 @@ pub struct Store {
 pub const MAX_PAGE_SIZE: u64 = 1000;
 
 impl Store {
-    /// Connects to `url` (`sqlite://FILE?mode=rwc` or `postgres://...`).
+    /// Connects to `url` (`sqlite://FILE?mode=rwc` or `postgres://...`); must run inside a Tokio runtime, where
+    /// the registration writer task starts.
     ///
     /// SQLite runs in WAL mode with one pooled writer connection: SQLite has one writer at a time anyway, and a
     /// single writer avoids `database is locked` errors between this process's own transactions. Reads go to a
@@ -164,6 +167,7 @@ impl Store {
             Backend::Postgres => db.clone(),
         };
         Ok(Self {
+            registrations: registration::RegistrationWriter::start(db.clone()),
             db,
             read,
             backend,

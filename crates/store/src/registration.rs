@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, TryInsertResult,
 };
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, Change};
 use crate::entity::operation;
@@ -234,58 +236,188 @@ pub struct RegistrationOutcome {
     pub detail: String,
 }
 
+/// Renders an operation's result from the registration state as written.
+pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> Value + Send + Sync>;
+
+/// One registration attempt waiting for the writer, and where its result goes.
+struct Pending {
+    outcome: RegistrationOutcome,
+    snapshot: Snapshot,
+    reply: oneshot::Sender<Result<(RegistrationRecord, OperationRecord), StoreError>>,
+}
+
+/// Most attempts written in one transaction (well within both databases' limits on bound parameters).
+const MAX_BATCH: usize = 256;
+
+/// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
+/// all of them (group commit). A registration costs a few SQL statements per *batch* instead of five per device,
+/// which is what lets one SQLite writer or one PostgreSQL round trip serve thousands of devices a second.
+#[derive(Clone)]
+pub(crate) struct RegistrationWriter {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for RegistrationWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationWriter").field("capacity", &self.queue.capacity()).finish()
+    }
+}
+
+impl RegistrationWriter {
+    /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped.
+    pub(crate) fn start(db: DatabaseConnection) -> Self {
+        let (queue, mut receiver) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                write_batch(&db, std::mem::take(&mut batch)).await;
+            }
+        });
+        Self { queue }
+    }
+}
+
+/// Writes a batch in one transaction; if that transaction fails as a whole, writes each attempt alone, so that one
+/// attempt's failure (say, its group deleted meanwhile) is that attempt's answer only.
+async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+    let results = match write_together(db, &batch).await {
+        Ok(results) => results,
+        Err(e) if batch.len() == 1 => vec![Err(e)],
+        Err(_) => {
+            let mut results = Vec::with_capacity(batch.len());
+            for pending in &batch {
+                let mut one = write_together(db, std::slice::from_ref(pending)).await.unwrap_or_else(|e| vec![Err(e)]);
+                results.push(one.pop().unwrap_or_else(|| Err(StoreError::Conflict("nothing was written".into()))));
+            }
+            results
+        }
+    };
+    for (pending, result) in batch.into_iter().zip(results) {
+        // The caller may have gone (its client disconnected); what was written stays written.
+        let _ = pending.reply.send(result);
+    }
+}
+
+/// One transaction for `batch`: new states in one multi-row insert that skips keys written meanwhile, changed
+/// states each guarded by its etag, then the operations and audit events of the attempts that won, in one insert
+/// each. Attempts that lost a race get [`StoreError::Conflict`].
+async fn write_together(
+    db: &DatabaseConnection,
+    batch: &[Pending],
+) -> Result<Vec<Result<(RegistrationRecord, OperationRecord), StoreError>>, StoreError> {
+    let txn = db.begin().await?;
+    let now = crate::now();
+    let mut records: Vec<RegistrationRecord> = batch
+        .iter()
+        .map(|p| {
+            let mut record = p.outcome.record.clone();
+            record.etag = crate::new_etag();
+            record.updated_at = now;
+            // An update keeps the state's creation time as given (at the precision both databases store).
+            record.created_at =
+                if p.outcome.expected_etag.is_none() { now } else { record.created_at.trunc_subsecs(6) };
+            record
+        })
+        .collect();
+
+    // New states: the first attempt for a key wins (within the batch and against the table).
+    let mut won = vec![false; batch.len()];
+    let mut seen = std::collections::HashSet::new();
+    let inserts: Vec<usize> = (0..batch.len())
+        .filter(|&i| batch[i].outcome.expected_etag.is_none() && seen.insert(records[i].key.clone()))
+        .collect();
+    if !inserts.is_empty() {
+        let inserted = Entity::insert_many(inserts.iter().map(|&i| to_active(&records[i])))
+            .on_conflict_do_nothing()
+            .exec_with_returning_keys(&txn)
+            .await?;
+        let inserted: std::collections::HashSet<String> = match inserted {
+            TryInsertResult::Inserted(keys) => keys.into_iter().collect(),
+            TryInsertResult::Empty | TryInsertResult::Conflicted => Default::default(),
+        };
+        for &i in &inserts {
+            won[i] = inserted.contains(&records[i].key);
+        }
+    }
+    // Changed states: each guarded by the etag its decision was made on.
+    for (i, pending) in batch.iter().enumerate() {
+        let Some(expected) = &pending.outcome.expected_etag else { continue };
+        let result = Entity::update_many()
+            .set(to_active(&records[i]))
+            .filter(Column::Key.eq(records[i].key.clone()))
+            .filter(Column::Etag.eq(expected.clone()))
+            .exec(&txn)
+            .await?;
+        won[i] = result.rows_affected == 1;
+    }
+
+    let mut operations = Vec::with_capacity(batch.len());
+    for (i, pending) in batch.iter().enumerate() {
+        let mut operation = pending.outcome.operation.clone();
+        operation.created_at = now;
+        operation.updated_at = now;
+        operation.result = won[i].then(|| (pending.snapshot)(&records[i]));
+        operations.push(operation);
+    }
+    let winners: Vec<usize> = (0..batch.len()).filter(|&i| won[i]).collect();
+    if !winners.is_empty() {
+        operation::Entity::insert_many(winners.iter().map(|&i| operation_active(&operations[i])))
+            .exec_without_returning(&txn)
+            .await?;
+        let actors: Vec<Actor> = winners
+            .iter()
+            .map(|&i| Actor { subject: format!("device:{}", records[i].registration_id), role: "device".into() })
+            .collect();
+        let changes: Vec<(&Actor, Change<'_>)> = winners
+            .iter()
+            .zip(&actors)
+            .map(|(&i, actor)| {
+                let change = Change {
+                    action: "register",
+                    resource_type: "registration",
+                    resource_id: &records[i].registration_id,
+                    etag_before: batch[i].outcome.expected_etag.as_deref(),
+                    etag_after: Some(&records[i].etag),
+                    detail: Some(&batch[i].outcome.detail),
+                };
+                (actor, change)
+            })
+            .collect();
+        audit::record_by(&txn, &changes).await?;
+    }
+    txn.commit().await?;
+
+    let results = records
+        .drain(..)
+        .zip(operations)
+        .zip(won)
+        .map(|((record, operation), won)| {
+            if won {
+                Ok((record, operation))
+            } else {
+                Err(StoreError::Conflict("the registration changed concurrently".into()))
+            }
+        })
+        .collect();
+    Ok(results)
+}
+
 impl Store {
-    /// Writes a registration attempt in one transaction: the state (guarded by `expected_etag`), the operation
-    /// and the audit event. A concurrent attempt that changed the state first makes this one a
-    /// [`StoreError::Conflict`]; the caller decides again on the new state.
+    /// Writes a registration attempt: the state (guarded by `expected_etag`), the operation and the audit event,
+    /// in one transaction (shared with the attempts of other devices arriving meanwhile). A concurrent attempt that
+    /// changed the state first makes this one a [`StoreError::Conflict`]; the caller decides again on the new
+    /// state.
     ///
     /// `snapshot` renders the operation's result from the state as written (with its etag and times).
     pub async fn commit_registration(
         &self,
         outcome: RegistrationOutcome,
-        snapshot: impl FnOnce(&RegistrationRecord) -> Value,
+        snapshot: Snapshot,
     ) -> Result<(RegistrationRecord, OperationRecord), StoreError> {
-        let RegistrationOutcome { mut record, expected_etag, mut operation, detail } = outcome;
-        let txn = self.db.begin().await?;
-        let now = crate::now();
-        record.etag = crate::new_etag();
-        record.updated_at = now;
-        match &expected_etag {
-            None => {
-                record.created_at = now;
-                Entity::insert(to_active(&record))
-                    .exec_without_returning(&txn)
-                    .await
-                    .map_err(|e| StoreError::from_insert(e, "the registration"))?;
-            }
-            Some(expected) => {
-                let result = Entity::update_many()
-                    .set(to_active(&record))
-                    .filter(Column::Key.eq(record.key.clone()))
-                    .filter(Column::Etag.eq(expected.clone()))
-                    .exec(&txn)
-                    .await?;
-                if result.rows_affected != 1 {
-                    return Err(StoreError::Conflict("the registration changed concurrently".into()));
-                }
-            }
-        }
-        operation.created_at = now;
-        operation.updated_at = now;
-        operation.result = Some(snapshot(&record));
-        operation::Entity::insert(operation_active(&operation)).exec_without_returning(&txn).await?;
-        let actor = Actor { subject: format!("device:{}", record.registration_id), role: "device".into() };
-        let change = Change {
-            action: "register",
-            resource_type: "registration",
-            resource_id: &record.registration_id,
-            etag_before: expected_etag.as_deref(),
-            etag_after: Some(&record.etag),
-            detail: Some(&detail),
-        };
-        audit::record(&txn, &actor, &[change]).await?;
-        txn.commit().await?;
-        Ok((record, operation))
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        self.registrations.queue.send(Pending { outcome, snapshot, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.

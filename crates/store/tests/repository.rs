@@ -1047,3 +1047,124 @@ async fn concurrent_if_match_updates_have_one_winner(store: &Store) {
     assert_eq!(events[1].etag_after.as_deref(), Some(stored.etag.as_str()));
 }
 both!(concurrent_if_match_updates_have_one_winner);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Registration attempts (written in batches)
+// ---------------------------------------------------------------------------------------------------------------
+
+fn attempt(id: &str, expected_etag: Option<&str>, operation_id: &str) -> zerotouch_store::RegistrationOutcome {
+    let record = registration(id, None);
+    zerotouch_store::RegistrationOutcome {
+        operation: zerotouch_store::OperationRecord {
+            id: operation_id.to_owned(),
+            registration_key: record.key.clone(),
+            status: "assigned".into(),
+            error_code: None,
+            error_message: None,
+            result: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        },
+        record,
+        expected_etag: expected_etag.map(str::to_owned),
+        detail: format!("assigned {id}"),
+    }
+}
+
+fn snapshot() -> zerotouch_store::Snapshot {
+    Box::new(|r: &RegistrationRecord| json!({"registrationId": r.registration_id, "etag": r.etag}))
+}
+
+/// Many devices registering at once, some of them racing themselves: every device ends with one state; exactly one
+/// of the racing first registrations and one of the racing re-registrations (same expected etag) wins; winners have
+/// their operation (with the snapshot of the state as written) and one audit event, losers neither.
+async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
+    const DEVICES: usize = 120;
+    const RACERS: usize = 8;
+    let barrier = Arc::new(tokio::sync::Barrier::new(DEVICES + 2 * RACERS));
+    let mut tasks = Vec::new();
+    let spawn = |outcome: zerotouch_store::RegistrationOutcome, barrier: Arc<tokio::sync::Barrier>| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            barrier.wait().await;
+            store.commit_registration(outcome, snapshot()).await
+        })
+    };
+    let existing = store.save_registration(registration("Known", None)).await.unwrap();
+    for i in 0..DEVICES {
+        tasks.push(("single", spawn(attempt(&format!("Dev-{i}"), None, &format!("op-dev-{i}")), barrier.clone())));
+    }
+    for n in 0..RACERS {
+        tasks.push(("new", spawn(attempt("Racer", None, &format!("op-racer-{n}")), barrier.clone())));
+        let mut again = attempt("Known", Some(&existing.etag), &format!("op-known-{n}"));
+        again.record.created_at = existing.created_at;
+        tasks.push(("known", spawn(again, barrier.clone())));
+    }
+    let mut won: HashMap<&str, Vec<(RegistrationRecord, zerotouch_store::OperationRecord)>> = HashMap::new();
+    for (group, task) in tasks {
+        match task.await.unwrap() {
+            Ok(result) => won.entry(group).or_default().push(result),
+            Err(err) => {
+                assert!(group != "single", "a device without a rival cannot lose: {err:?}");
+                assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+            }
+        }
+    }
+    assert_eq!(won["single"].len(), DEVICES);
+    assert_eq!(won["new"].len(), 1, "one first registration of Racer wins");
+    assert_eq!(won["known"].len(), 1, "one re-registration of Known wins");
+    for (record, operation) in won.values().flatten() {
+        assert_eq!(&store.registration(&record.key).await.unwrap(), record, "what was returned is what is stored");
+        let stored = store.operation(&record.key, &operation.id).await.unwrap();
+        assert_eq!(stored.result, Some(json!({"registrationId": record.registration_id, "etag": record.etag})));
+        let registers: Vec<AuditRecord> = audit_of(store, "registration", &record.registration_id)
+            .await
+            .into_iter()
+            .filter(|e| e.action == "register")
+            .collect();
+        assert_eq!(registers.len(), 1, "one audit event for {}", record.registration_id);
+        assert_eq!(registers[0].etag_after.as_deref(), Some(record.etag.as_str()));
+        assert_eq!(registers[0].actor.subject, format!("device:{}", record.registration_id));
+        assert_eq!(registers[0].detail.as_deref(), Some(format!("assigned {}", record.registration_id).as_str()));
+    }
+    let known = &won["known"][0].0;
+    assert_eq!(known.created_at, existing.created_at, "a re-registration keeps created_at");
+    for n in 0..RACERS {
+        for (key, id) in [("racer", format!("op-racer-{n}")), ("known", format!("op-known-{n}"))] {
+            let found = store.operation(key, &id).await.is_ok();
+            let winner = won.values().flatten().any(|(_, op)| op.id == id);
+            assert_eq!(found, winner, "operation {id} exists exactly when its attempt won");
+        }
+    }
+}
+both!(concurrent_registration_attempts_have_one_winner_each);
+
+/// An attempt that cannot be written (its operation id is taken) fails alone: the attempts written beside it are
+/// stored, and nothing of it is (no state, no audit event).
+async fn a_failing_attempt_fails_alone(store: &Store) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(3));
+    let tasks: Vec<_> = [("First", "op-taken"), ("Second", "op-taken"), ("Third", "op-free")]
+        .into_iter()
+        .map(|(id, op)| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (id, store.commit_registration(attempt(id, None, op), snapshot()).await)
+            })
+        })
+        .collect();
+    let mut outcomes = HashMap::new();
+    for task in tasks {
+        let (id, result) = task.await.unwrap();
+        outcomes.insert(id, result);
+    }
+    assert!(outcomes["Third"].is_ok(), "{:?}", outcomes["Third"]);
+    let taken: Vec<&str> = ["First", "Second"].into_iter().filter(|id| outcomes[id].is_ok()).collect();
+    assert_eq!(taken.len(), 1, "one of the two attempts sharing an operation id is written");
+    let loser = if taken[0] == "First" { "Second" } else { "First" };
+    assert!(matches!(outcomes[loser], Err(StoreError::Database(_))), "{:?}", outcomes[loser]);
+    assert!(matches!(store.registration(&key(loser)).await, Err(StoreError::NotFound)), "no half-written state");
+    assert!(audit_of(store, "registration", loser).await.is_empty(), "no audit event for what was not written");
+    assert!(store.registration("third").await.is_ok());
+}
+both!(a_failing_attempt_fails_alone);

@@ -313,15 +313,23 @@ impl RegistrationService {
         })?;
         let hubs = self.reference().await?.hubs;
 
-        // A concurrent registration of the same device may change its state between our read and our write;
-        // then decide again on the new state (allocation is deterministic, so the outcome agrees).
+        // The first attempt supposes a device new to us and skips reading its state, unless a webhook is to see
+        // the device's current hub: a device that has a state loses the insert to it and decides again on it, as
+        // does one whose state a concurrent registration changed between our read and our write (allocation is
+        // deterministic, so the outcome agrees).
         let mut webhook_answer = None;
+        let mut read_state = policy.allocation_policy == Some(AllocationPolicy::Custom);
         for _ in 0..16 {
-            let current = match self.store.registration(&key).await {
-                Ok(record) => Some(record),
-                Err(StoreError::NotFound) => None,
-                Err(e) => return Err(ApiError::internal(e)),
+            let current = if read_state {
+                match self.store.registration(&key).await {
+                    Ok(record) => Some(record),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => return Err(ApiError::internal(e)),
+                }
+            } else {
+                None
             };
+            read_state = true;
             let decision = self.decide(&request, &matched, &policy, &hubs, current.as_ref(), &mut webhook_answer).await;
             let operation_status = decision.status;
             let group_id = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
@@ -357,8 +365,9 @@ impl RegistrationService {
                 operation,
                 detail: decision.detail.clone(),
             };
-            let snapshot =
-                |r: &RegistrationRecord| serde_json::to_value(result_of(r, group_id.as_deref())).unwrap_or(Value::Null);
+            let snapshot: zerotouch_store::Snapshot = Box::new(move |r: &RegistrationRecord| {
+                serde_json::to_value(result_of(r, group_id.as_deref())).unwrap_or(Value::Null)
+            });
             match self.store.commit_registration(outcome, snapshot).await {
                 Ok((_, operation)) => {
                     return Ok(RegistrationOperationStatus {
