@@ -404,3 +404,74 @@ pub fn issuing_ca_under(
 pub(crate) fn whole_seconds(now: OffsetDateTime) -> OffsetDateTime {
     now.replace_nanosecond(0).unwrap_or(now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(unix: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(unix).unwrap()
+    }
+
+    #[test]
+    fn the_development_hierarchy_is_a_root_and_a_pathlen_0_issuing_ca() {
+        let now = at(1_750_000_000);
+        let (root, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        assert_eq!(ca.chain_der().len(), 2);
+        assert_eq!(ca.root_der(), root.certificate_der());
+        let ica = certificate::parse(ca.certificate_der()).unwrap();
+        let bc = ica.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && bc.value.ca && bc.value.path_len_constraint == Some(0));
+        let usage = ica.key_usage().unwrap().unwrap().value;
+        assert!(usage.key_cert_sign() && usage.crl_sign());
+        assert_eq!(ca.not_after(), now + Duration::days(i64::from(DEVELOPMENT_ISSUING_CA_DAYS)));
+        let root_cert = certificate::parse(root.certificate_der()).unwrap();
+        assert_eq!(time_of(root_cert.validity().not_after), now + Duration::days(3650));
+        // The root key still signs: a second issuing CA under the same root.
+        let second = issuing_ca_under(&root, KeyAlgorithm::EcdsaP384, "second", now, 10).unwrap();
+        assert_eq!(second.root_der(), root.certificate_der());
+        assert_eq!(second.key_algorithm(), KeyAlgorithm::EcdsaP384);
+    }
+
+    #[test]
+    fn a_ca_csr_signed_by_a_root_becomes_an_issuing_ca_and_mistakes_are_refused() {
+        let now = at(1_750_000_000);
+        let root = RootCa::generate(KeyAlgorithm::EcdsaP384, "root", now, 100).unwrap();
+        let key = CaKey::generate(KeyAlgorithm::Rsa3072).unwrap();
+        let csr = ca_csr(&key, "Issuing CA").unwrap();
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+        let cert = root.sign_ca_csr(csr.as_bytes(), now, 1000).unwrap();
+        // Never past the root.
+        let parsed = certificate::parse(&cert).unwrap();
+        assert_eq!(time_of(parsed.validity().not_after), now + Duration::days(100));
+        let chain = vec![cert.clone(), root.certificate_der().to_vec()];
+        let ca = IssuingCa::new(key, &chain, now).unwrap();
+        assert_eq!(ca.key_algorithm(), KeyAlgorithm::Rsa3072);
+        assert!(format!("{ca:?}").contains("CaKey(RSA-3072, ..)"));
+
+        let reversed = vec![root.certificate_der().to_vec(), cert.clone()];
+        let other = CaKey::generate(KeyAlgorithm::EcdsaP384).unwrap();
+        assert!(matches!(IssuingCa::new(other, &reversed, now), Err(CaError::KeyMismatch { .. })));
+        assert!(matches!(ca_csr(ca.key(), ""), Err(CaError::InvalidCommonName(0))));
+        assert!(matches!(root.sign_ca_csr(b"garbage", now, 10), Err(CaError::Csr(CsrError::Malformed(_)))));
+        assert!(matches!(root.sign_ca_csr(csr.as_bytes(), now, 0), Err(CaError::InvalidValidity(0))));
+        let err = IssuingCa::new(CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap(), &[vec![1, 2]], now).unwrap_err();
+        assert!(err.to_string().contains("certificate 1 of the chain"), "{err}");
+    }
+
+    #[test]
+    fn a_root_is_checked_against_its_key() {
+        let now = at(1_750_000_000);
+        let root = RootCa::generate(KeyAlgorithm::EcdsaP256, "root", now, 10).unwrap();
+        let other = CaKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let err = RootCa::from_parts(other, root.certificate_der().to_vec(), now).unwrap_err();
+        assert!(matches!(err, CaError::KeyMismatch { .. }));
+        let err = RootCa::generate(KeyAlgorithm::EcdsaP256, "root", now, 0).unwrap_err();
+        assert_eq!(err, CaError::InvalidValidity(0));
+        let later = now + Duration::days(11);
+        let pem = root.key().to_encrypted_pem_with_iterations(&crate::key::Passphrase::new("p").unwrap(), 1).unwrap();
+        let key = CaKey::from_encrypted_pem(&pem, &crate::key::Passphrase::new("p").unwrap()).unwrap();
+        let err = RootCa::from_parts(key, root.certificate_der().to_vec(), later).unwrap_err();
+        assert!(matches!(err, CaError::Chain(ChainError::Expired { .. })), "{err}");
+    }
+}

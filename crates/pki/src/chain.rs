@@ -345,3 +345,88 @@ pub fn verify_chain(
     ders.push(anchor.to_vec());
     Ok(VerifiedChain { path: ders, leaf_not_after: time_of(leaf_cert.validity().not_after) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    fn at(unix: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(unix).unwrap()
+    }
+
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+    }
+
+    /// A root and `depth` intermediates under it; returns the DERs (root first) and the last issuer.
+    fn ladder(
+        depth: usize,
+        edit_last: impl FnOnce(&mut CertificateParams),
+    ) -> (Vec<Vec<u8>>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params("root");
+        let mut ders = vec![params.self_signed(&key).unwrap().der().to_vec()];
+        let mut issuer = Issuer::new(params, key);
+        let mut edit_last = Some(edit_last);
+        for i in 0..depth {
+            let key = KeyPair::generate().unwrap();
+            let mut params = ca_params(&format!("int {i}"));
+            if i + 1 == depth
+                && let Some(edit) = edit_last.take()
+            {
+                edit(&mut params);
+            }
+            ders.push(params.signed_by(&key, &issuer).unwrap().der().to_vec());
+            issuer = Issuer::new(params, key);
+        }
+        (ders, issuer)
+    }
+
+    fn leaf(issuer: &Issuer<'static, KeyPair>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "device");
+        params.signed_by(&KeyPair::generate().unwrap(), issuer).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn paths_longer_than_the_limit_are_refused() {
+        let now = at(1_750_000_000);
+        let (ders, issuer) = ladder(MAX_CHAIN_LENGTH - 1, |_| {});
+        let presented: Vec<Vec<u8>> = ders[1..].iter().rev().cloned().collect();
+        assert_eq!(verify_chain(&leaf(&issuer), &presented, &ders[0], now).unwrap_err(), ChainError::TooLong);
+        let (ders, issuer) = ladder(MAX_CHAIN_LENGTH - 2, |_| {});
+        let presented: Vec<Vec<u8>> = ders[1..].to_vec();
+        let verified = verify_chain(&leaf(&issuer), &presented, &ders[0], now).unwrap();
+        assert_eq!(verified.path.len(), MAX_CHAIN_LENGTH);
+    }
+
+    #[test]
+    fn unknown_critical_extensions_are_refused_by_name() {
+        let now = at(1_750_000_000);
+        let (ders, issuer) = ladder(1, |params| {
+            let mut ext = rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4, 5], vec![0x05, 0x00]);
+            ext.set_criticality(true);
+            params.custom_extensions.push(ext);
+        });
+        let err = verify_chain(&leaf(&issuer), &ders[1..], &ders[0], now).unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::UnsupportedCriticalExtension {
+                certificate: "the presented intermediate certificate \"CN=int 0\"".to_owned(),
+                extension: "1.2.3.4.5".to_owned()
+            }
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let now = at(1_750_000_000);
+            let _ = verify_chain(&bytes, std::slice::from_ref(&bytes), &bytes, now);
+        }
+    }
+}

@@ -92,3 +92,51 @@ pub fn crl(
     let list = params.signed_by(ca.issuer()).map_err(|e| CrlError::Generation(e.to_string()))?;
     Ok(list.der().to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::development_hierarchy;
+    use crate::key::KeyAlgorithm;
+    use time::Duration;
+    use x509_parser::prelude::FromDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+
+    #[test]
+    fn the_crl_lists_entries_with_reasons_and_is_signed_by_the_issuing_ca() {
+        let now = OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+        let (_, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        let entries = vec![
+            Revoked {
+                serial: Serial::from_hex("4a0b").unwrap(),
+                revoked_at: now,
+                reason: RevocationReason::Superseded,
+            },
+            Revoked {
+                serial: Serial::from_hex("7f").unwrap(),
+                revoked_at: now,
+                reason: RevocationReason::KeyCompromise,
+            },
+        ];
+        let der = crl(&ca, &entries, 258, now, now + Duration::days(1)).unwrap();
+        let (rest, list) = CertificateRevocationList::from_der(&der).unwrap();
+        assert!(rest.is_empty());
+        let ica = crate::certificate::parse(ca.certificate_der()).unwrap();
+        list.verify_signature(ica.public_key()).unwrap();
+        assert_eq!(list.issuer().as_raw(), ica.subject().as_raw());
+        assert_eq!(list.crl_number().map(|n| n.to_string()), Some("258".to_owned()));
+        assert_eq!(list.next_update().map(|t| t.to_datetime()), Some(now + Duration::days(1)));
+        let serials: Vec<String> = list.iter_revoked_certificates().map(|r| hex::encode(r.raw_serial())).collect();
+        assert_eq!(serials, ["4a0b", "7f"]);
+        let reasons: Vec<u8> =
+            list.iter_revoked_certificates().filter_map(|r| r.reason_code().map(|(_, code)| code.0)).collect();
+        assert_eq!(reasons, [4, 1]);
+    }
+
+    #[test]
+    fn next_update_must_follow_this_update() {
+        let now = OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+        let (_, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        assert_eq!(crl(&ca, &[], 1, now, now).unwrap_err(), CrlError::NextUpdateNotAfterThisUpdate);
+    }
+}

@@ -257,3 +257,119 @@ pub(crate) fn parse_ca_csr(bytes: &[u8]) -> Result<CaRequest, CsrError> {
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
     Ok(CaRequest { spki_der: csr.certification_request_info.subject_pki.raw.to_vec(), common_name })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, SanType};
+
+    fn csr_with(
+        alg: &'static rcgen::SignatureAlgorithm,
+        cns: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        for cn in cns {
+            params.distinguished_name.push(DnType::CommonName, *cn);
+        }
+        edit(&mut params);
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn p256(cns: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
+        csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, cns, edit)
+    }
+
+    #[test]
+    fn a_plain_request_is_accepted_with_its_key() {
+        let der = p256(&["dev"], |_| {});
+        let checked = check_csr(&der, "dev", &KeyPolicy::default()).unwrap();
+        assert_eq!(checked.key_type(), DeviceKeyType::EcdsaP256);
+        let csr = parse_request(&der).unwrap();
+        assert_eq!(checked.public_key_der(), csr.certification_request_info.subject_pki.raw);
+        let p384 = csr_with(&rcgen::PKCS_ECDSA_P384_SHA384, &["dev"], |_| {});
+        assert_eq!(check_csr(&p384, "dev", &KeyPolicy::default()).unwrap().key_type(), DeviceKeyType::EcdsaP384);
+    }
+
+    #[test]
+    fn other_key_types_are_refused_by_name() {
+        let ed = csr_with(&rcgen::PKCS_ED25519, &["dev"], |_| {});
+        let err = check_csr(&ed, "dev", &KeyPolicy { allow_rsa: true }).unwrap_err();
+        assert!(matches!(&err, CsrError::KeyTypeRefused { refused, .. } if refused.contains("1.3.101.112")), "{err}");
+        let p521 = csr_with(&rcgen::PKCS_ECDSA_P521_SHA512, &["dev"], |_| {});
+        let err = check_csr(&p521, "dev", &KeyPolicy::default()).unwrap_err();
+        assert!(matches!(&err, CsrError::KeyTypeRefused { refused, .. } if refused.contains("1.3.132.0.35")), "{err}");
+    }
+
+    #[test]
+    fn the_cn_must_be_the_registration_id_exactly() {
+        let policy = KeyPolicy::default();
+        let err = check_csr(&p256(&["Dev"], |_| {}), "dev", &policy).unwrap_err();
+        assert_eq!(
+            err,
+            CsrError::CommonNameMismatch { found: "\"Dev\"".to_owned(), registration_id: "dev".to_owned() }
+        );
+        let err = check_csr(&p256(&[], |_| {}), "dev", &policy).unwrap_err();
+        assert!(err.to_string().contains("(none)"), "{err}");
+    }
+
+    #[test]
+    fn extensions_beyond_the_profile_are_refused_by_name() {
+        let policy = KeyPolicy::default();
+        type Edit = Box<dyn FnOnce(&mut CertificateParams)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (Box::new(|p| p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained)), "basicConstraints CA:true"),
+            (Box::new(|p| p.subject_alt_names = vec![SanType::DnsName("dev".try_into().unwrap())]), "subjectAltName"),
+            (Box::new(|p| p.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment]), "Key Encipherment"),
+            (Box::new(|p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning]), "codeSigning"),
+            (
+                Box::new(|p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![1, 2, 3, 4])]),
+                "1.2.3.4",
+            ),
+        ];
+        for (edit, named) in cases {
+            let err = check_csr(&p256(&["dev"], edit), "dev", &policy).unwrap_err();
+            assert!(
+                matches!(err, CsrError::ExtensionRefused { .. }) && err.to_string().contains(named),
+                "{named}: {err}"
+            );
+        }
+        let exact = p256(&["dev"], |p| {
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        assert!(check_csr(&exact, "dev", &policy).is_ok());
+    }
+
+    #[test]
+    fn rsa_modulus_sizes_are_counted_in_bits() {
+        assert_eq!(modulus_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(modulus_bits(&[0x01, 0x00]), 9);
+        assert_eq!(modulus_bits(&[0x00]), 0);
+        assert_eq!(modulus_bits(&[]), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = check_csr(&bytes, "dev", &KeyPolicy { allow_rsa: true });
+            let _ = parse_ca_csr(&bytes);
+        }
+
+        #[test]
+        fn corrupting_any_byte_of_a_good_csr_never_passes_with_another_key(index in 0usize..200, flip in 1u8..=255) {
+            let der = p256(&["dev"], |_| {});
+            let mut bad = der.clone();
+            let i = index % bad.len();
+            bad[i] ^= flip;
+            if let Ok(checked) = check_csr(&bad, "dev", &KeyPolicy::default()) {
+                // Only encodings that mean the same request may survive (e.g. a flipped unused bit).
+                let original = check_csr(&der, "dev", &KeyPolicy::default()).unwrap();
+                proptest::prop_assert_eq!(checked.public_key_der(), original.public_key_der());
+            }
+        }
+    }
+}

@@ -40,3 +40,20 @@ pub fn certs_only_pkcs7(certificates: &[Vec<u8>]) -> Result<Vec<u8>, Pkcs7Error>
     let message = ContentInfo::try_from(parsed).map_err(|e| Pkcs7Error::Encoding(e.to_string()))?;
     message.to_der().map_err(|e| Pkcs7Error::Encoding(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certs_only_refuses_nothing_and_garbage_and_holds_each_certificate() {
+        assert_eq!(certs_only_pkcs7(&[]).unwrap_err(), Pkcs7Error::Empty);
+        assert!(matches!(certs_only_pkcs7(&[vec![1, 2, 3]]), Err(Pkcs7Error::Malformed { index: 1, .. })));
+        let cert = rcgen::CertificateParams::default().self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let der = certs_only_pkcs7(&[cert.der().to_vec()]).unwrap();
+        // ContentInfo with contentType signedData (1.2.840.113549.1.7.2), and the certificate inside.
+        let signed_data_oid = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+        assert!(der.windows(signed_data_oid.len()).any(|w| w == signed_data_oid));
+        assert!(der.windows(cert.der().len()).any(|w| w == cert.der().as_ref()));
+    }
+}

@@ -157,3 +157,127 @@ pub fn issue(
         der,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::development_hierarchy;
+    use crate::certificate::time_of;
+    use crate::csr::{KeyPolicy, check_csr};
+    use crate::key::KeyAlgorithm;
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    use x509_parser::oid_registry::{
+        OID_PKCS1_SHA256WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_X509_EXT_KEY_USAGE,
+    };
+
+    fn at(unix: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(unix).unwrap()
+    }
+
+    fn device_csr(cn: &str) -> CheckedCsr {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let csr = params.serialize_request(&key).unwrap();
+        check_csr(csr.der(), cn, &KeyPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn issued_certificates_carry_exactly_the_profile() {
+        let now = at(1_750_000_000) + Duration::nanoseconds(123);
+        for (algorithm, signature) in [
+            (KeyAlgorithm::EcdsaP256, OID_SIG_ECDSA_WITH_SHA256),
+            (KeyAlgorithm::EcdsaP384, OID_SIG_ECDSA_WITH_SHA384),
+            (KeyAlgorithm::Rsa3072, OID_PKCS1_SHA256WITHRSA),
+        ] {
+            let (_, ca) = development_hierarchy(algorithm, now).unwrap();
+            let csr = device_csr("reg-1");
+            let profile = Profile::new("http://crl.example/ica.crl", 45).unwrap();
+            let issued = issue(&ca, &csr, "device-1", &profile, now).unwrap();
+            let cert = crate::certificate::parse(&issued.der).unwrap();
+
+            assert_eq!(cert.signature_algorithm.algorithm, signature, "{algorithm}");
+            assert_eq!(cert.subject().to_string(), "CN=device-1");
+            assert_eq!(
+                cert.issuer().as_raw(),
+                crate::certificate::parse(ca.certificate_der()).unwrap().subject().as_raw()
+            );
+            assert_eq!(cert.public_key().raw, csr.public_key_der());
+            let serial = cert.raw_serial();
+            assert_eq!(serial.len(), 16);
+            assert!(serial[0] & 0x80 == 0 && serial[0] != 0);
+            assert_eq!(hex::encode(serial), issued.serial_hex);
+            assert_eq!(time_of(cert.validity().not_before), at(1_750_000_000) - Duration::minutes(5));
+            assert_eq!(time_of(cert.validity().not_after), at(1_750_000_000) + Duration::days(45));
+            assert_eq!(
+                (issued.not_before, issued.not_after),
+                (time_of(cert.validity().not_before), time_of(cert.validity().not_after))
+            );
+            assert_eq!(issued.sha256_thumbprint, crate::certificate::thumbprint_sha256_hex(&issued.der));
+            assert_eq!(issued.chain_der.len(), 3);
+            assert_eq!(issued.chain_der[0], issued.der);
+            assert_eq!(&issued.chain_der[1..], ca.chain_der());
+
+            let mut seen = Vec::new();
+            for ext in cert.extensions() {
+                seen.push(crate::certificate::extension_name(&ext.oid));
+                match ext.parsed_extension() {
+                    ParsedExtension::KeyUsage(usage) => {
+                        assert!(ext.critical);
+                        assert_eq!(usage.flags, 1, "digitalSignature only");
+                    }
+                    ParsedExtension::ExtendedKeyUsage(eku) => {
+                        assert!(eku.client_auth && !eku.server_auth && !eku.any && eku.other.is_empty());
+                    }
+                    ParsedExtension::BasicConstraints(bc) => assert!(ext.critical && !bc.ca),
+                    ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                        assert_eq!(aki.key_identifier.as_ref().unwrap().0, ca.key_identifier());
+                    }
+                    ParsedExtension::SubjectKeyIdentifier(ski) => assert_ne!(ski.0, ca.key_identifier()),
+                    ParsedExtension::CRLDistributionPoints(points) => {
+                        let [point] = points.points.as_slice() else { panic!("one distribution point") };
+                        let Some(DistributionPointName::FullName(names)) = &point.distribution_point else {
+                            panic!("a full name")
+                        };
+                        assert_eq!(names.as_slice(), [GeneralName::URI("http://crl.example/ica.crl")]);
+                    }
+                    other => panic!("unexpected extension {other:?}"),
+                }
+            }
+            seen.sort();
+            assert_eq!(seen.len(), 6, "{seen:?}");
+            assert!(cert.get_extension_unique(&OID_X509_EXT_KEY_USAGE).unwrap().is_some());
+            crate::chain::verify_chain(&issued.der, &issued.chain_der[1..2], ca.root_der(), now).unwrap();
+        }
+    }
+
+    #[test]
+    fn validity_never_outlives_the_issuing_ca() {
+        let now = at(1_750_000_000);
+        let (_, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        let late = ca.not_after() - Duration::days(3);
+        let issued = issue(&ca, &device_csr("d"), "d", &Profile::new("http://c/x", 30).unwrap(), late).unwrap();
+        assert_eq!(issued.not_after, ca.not_after());
+    }
+
+    #[test]
+    fn issuance_refuses_bad_profiles_ids_and_an_invalid_ca() {
+        assert_eq!(Profile::new("http://c/x", 0).unwrap_err(), IssueError::InvalidValidity(0));
+        assert_eq!(Profile::new("http://c/x", 398).unwrap_err(), IssueError::InvalidValidity(398));
+        assert!(Profile::new("http://c/x", 1).is_ok() && Profile::new("https://c/x", 397).is_ok());
+        for url in ["ftp://c/x", "http://", "c/x", "http://c/a b", "http://c/é", ""] {
+            assert!(matches!(Profile::new(url, 30), Err(IssueError::InvalidCrlUrl(_))), "{url}");
+        }
+        let now = at(1_750_000_000);
+        let (_, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        let profile = Profile::new("http://c/x", 30).unwrap();
+        let csr = device_csr("d");
+        assert_eq!(issue(&ca, &csr, "", &profile, now).unwrap_err(), IssueError::InvalidDeviceId(0));
+        assert_eq!(issue(&ca, &csr, &"x".repeat(65), &profile, now).unwrap_err(), IssueError::InvalidDeviceId(65));
+        let err = issue(&ca, &csr, "d", &profile, ca.not_after() + Duration::seconds(1)).unwrap_err();
+        assert!(matches!(err, IssueError::CaNotValid { .. }), "{err}");
+        assert!(err.to_string().contains("zerotouch development issuing CA"), "{err}");
+        assert!(matches!(issue(&ca, &csr, "d", &profile, now - Duration::days(1)), Err(IssueError::CaNotValid { .. })));
+    }
+}

@@ -135,6 +135,9 @@ fn openssl_csrs_are_refused_for_each_reason_with_a_precise_error() {
     assert!(matches!(err, CsrError::CommonNameMismatch { .. }));
     assert_eq!(err.to_string(), "the CSR's subject common name \"someone-else\" is not the registration id \"dev\"");
 
+    let twice = s.csr("twice", "ec:P-256", "/CN=dev/CN=dev", &[]);
+    let err = check_csr(&twice, "dev", &strict).unwrap_err();
+    assert!(matches!(&err, CsrError::CommonNameMismatch { found, .. } if found == "(2 CNs)"), "{err}");
     let mut corrupted = s.csr("good", "ec:P-256", "/CN=dev", &[]);
     let last = corrupted.len() - 1;
     corrupted[last] ^= 0x01;
