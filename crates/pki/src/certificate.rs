@@ -158,7 +158,9 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        fn parsing_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
             let _ = subject_cn(&bytes);
         }
     }
