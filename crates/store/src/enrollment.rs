@@ -3,6 +3,10 @@
 //! [`EnrollmentTable`] is implemented for both tables by a macro, and every operation is written once over it.
 //! Writes are guarded by the etag read in the same transaction (`UPDATE ... WHERE key = ? AND etag = ?`), so a
 //! concurrent writer on another connection or replica turns into a conflict rather than a lost update.
+//!
+//! Retiring an enrollment (deleting it, or writing it `disabled`, alone or in bulk) revokes the certificates of
+//! the devices it covers in the same transaction ([`revoke_retired`]): for an individual enrollment the
+//! registration with its id, for a group every registration made through it.
 
 use std::collections::HashMap;
 
@@ -11,9 +15,10 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::Value;
 use zerotouch_wire::SymmetricKey;
 use zerotouch_wire::bulk::BulkMode;
-use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment};
+use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment, ProvisioningStatus};
 
 use crate::audit::{self, Change};
+use crate::certificate::{self, Revoking};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
 /// An enrollment or enrollment group as stored.
@@ -229,6 +234,29 @@ macro_rules! with_table {
     };
 }
 
+/// Revokes (`cessationOfOperation`), in the caller's transaction, the certificates of the devices that the
+/// enrollments `keys` of `kind` cover; they are being deleted or disabled.
+async fn revoke_retired(
+    db: &impl ConnectionTrait,
+    kind: EnrollmentKind,
+    keys: &[String],
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let scope = match kind {
+        EnrollmentKind::Individual => Revoking::Registrations(keys),
+        EnrollmentKind::Group => Revoking::Groups(keys),
+    };
+    certificate::revoke(db, scope, certificate::CESSATION_OF_OPERATION, actor).await?;
+    Ok(())
+}
+
+fn is_disabled(record: &EnrollmentRecord) -> bool {
+    record.provisioning_status == ProvisioningStatus::Disabled.as_str()
+}
+
 /// One item of a bulk call, already checked.
 #[derive(Debug, Clone)]
 pub struct BulkItem {
@@ -266,11 +294,11 @@ async fn put<T: EnrollmentTable>(
         return Err(StoreError::PreconditionFailed);
     }
     let now = crate::now();
-    let (record, created) = match existing {
+    let (record, old_etag) = match existing {
         None => {
             let record = EnrollmentRecord::new(enrollment, crate::new_etag(), now, now);
             T::insert_many(&txn, std::slice::from_ref(&record)).await?;
-            (record, true)
+            (record, None)
         }
         Some(old) => {
             let mut enrollment = enrollment;
@@ -279,38 +307,27 @@ async fn put<T: EnrollmentTable>(
             if !T::replace_if(&txn, &record, &old.etag).await? {
                 return Err(StoreError::Conflict(format!("{} changed concurrently; retry", kind.noun())));
             }
-            audit::record(
-                &txn,
-                actor,
-                &[Change {
-                    action: "update",
-                    resource_type: resource_type(kind),
-                    resource_id: &record.id,
-                    etag_before: Some(&old.etag),
-                    etag_after: Some(&record.etag),
-                    detail: None,
-                }],
-            )
-            .await?;
-            txn.commit().await?;
-            return Ok((record, false));
+            (record, Some(old.etag))
         }
     };
     audit::record(
         &txn,
         actor,
         &[Change {
-            action: "create",
+            action: if old_etag.is_some() { "update" } else { "create" },
             resource_type: resource_type(kind),
             resource_id: &record.id,
-            etag_before: None,
+            etag_before: old_etag.as_deref(),
             etag_after: Some(&record.etag),
             detail: None,
         }],
     )
     .await?;
+    if is_disabled(&record) {
+        revoke_retired(&txn, kind, std::slice::from_ref(&record.key), actor).await?;
+    }
     txn.commit().await?;
-    Ok((record, created))
+    Ok((record, old_etag.is_none()))
 }
 
 async fn delete<T: EnrollmentTable>(
@@ -341,6 +358,7 @@ async fn delete<T: EnrollmentTable>(
         }],
     )
     .await?;
+    revoke_retired(&txn, kind, std::slice::from_ref(&existing.key), actor).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -434,6 +452,14 @@ async fn bulk<T: EnrollmentTable>(
         }))
         .collect();
     audit::record(&txn, actor, &changes).await?;
+    let retired: Vec<String> = inserts
+        .iter()
+        .chain(replaces.iter().map(|(_, r)| r))
+        .filter(|r| is_disabled(r))
+        .chain(&deletes)
+        .map(|r| r.key.clone())
+        .collect();
+    revoke_retired(&txn, kind, &retired, actor).await?;
     txn.commit().await?;
     failures.sort_by_key(|(index, _)| *index);
     Ok(failures)
@@ -460,7 +486,8 @@ impl Store {
         with_table!(kind, T => T::find(&self.read, key).await?.ok_or(StoreError::NotFound))
     }
 
-    /// Creates or replaces an enrollment under `precondition`; returns the record and whether it was created.
+    /// Creates or replaces an enrollment under `precondition`; returns the record and whether it was created. A
+    /// `disabled` enrollment revokes the certificates of the devices it covers, in the same transaction.
     pub async fn put_enrollment(
         &self,
         kind: EnrollmentKind,
@@ -473,7 +500,8 @@ impl Store {
         result
     }
 
-    /// Deletes an enrollment under `precondition`.
+    /// Deletes an enrollment under `precondition`, revoking the certificates of the devices it covers in the same
+    /// transaction.
     pub async fn delete_enrollment(
         &self,
         kind: EnrollmentKind,
@@ -501,6 +529,7 @@ impl Store {
     /// Applies a bulk call in one transaction; returns the items that failed, by index, in order.
     ///
     /// Items that fail are reported and skipped; the others are applied together. A database failure applies none.
+    /// Deleted and `disabled` items revoke the certificates of the devices they cover, as single writes do.
     pub async fn bulk_enrollments(
         &self,
         kind: EnrollmentKind,

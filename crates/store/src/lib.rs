@@ -7,12 +7,15 @@
 #![deny(missing_docs)]
 
 mod audit;
+mod certificate;
+mod certificate_authority;
 mod enrollment;
 // sea-orm derives generate `pub` items inside these crate-private modules.
 #[allow(unreachable_pub)]
 mod entity;
 mod error;
 mod hub;
+mod issuing_ca;
 mod registration;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -25,9 +28,12 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use zerotouch_migrations::{Migrator, MigratorTrait};
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use certificate::{CertificateFilter, CertificateRecord, CertificateStatus, RevokedCertificate};
+pub use certificate_authority::{CertificateAuthorityInput, CertificateAuthorityRecord};
 pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
 pub use error::StoreError;
 pub use hub::{HubInput, HubRecord};
+pub use issuing_ca::{CrlState, EncryptedKeyPem, IssuingCaRecord, IssuingCaStatus, NewIssuingCa};
 pub use registration::{OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
 
 /// Which database engine a store runs on.
@@ -116,7 +122,8 @@ pub struct Store {
     backend: Backend,
     /// Writes registration attempts in batches.
     registrations: registration::RegistrationWriter,
-    /// Counts this process's changes to hubs and enrollment groups, so that callers caching them can tell.
+    /// Counts this process's changes to hubs, enrollment groups and customer CAs, so that callers caching them can
+    /// tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -176,7 +183,7 @@ impl Store {
         })
     }
 
-    /// How many changes this process made to hubs and enrollment groups (a cache of them is stale when it moved;
+    /// How many changes this process made to hubs, enrollment groups and customer CAs (a cache of them is stale when it moved;
     /// changes made by other replicas are not counted, so such a cache also needs a short lifetime).
     pub fn reference_changes(&self) -> u64 {
         self.reference_changes.load(std::sync::atomic::Ordering::Acquire)
@@ -215,7 +222,12 @@ impl Store {
 
 /// The current time, at the microsecond precision both databases keep.
 pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    at_store_precision(Utc::now())
+}
+
+/// `at` at the microsecond precision both databases keep, so that a record returned is the record stored.
+pub(crate) fn at_store_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
 }
 
 /// A fresh etag: 96 random bits, base64url.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, Change};
+use crate::certificate::{self as certificates, CertificateRecord, CertificateStatus, Revoking};
 use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
 use crate::{Actor, Page, Precondition, Store, StoreError};
@@ -127,7 +128,8 @@ impl Store {
         Ok(record)
     }
 
-    /// Deletes a registration state (and its operations) under `precondition`.
+    /// Deletes a registration state (and its operations) under `precondition`, and revokes its certificates
+    /// (`cessationOfOperation`) in the same transaction.
     pub async fn delete_registration(
         &self,
         key: &str,
@@ -151,6 +153,15 @@ impl Store {
         if result.rows_affected != 1 {
             return Err(StoreError::Conflict("the registration changed concurrently; retry".into()));
         }
+        // After the guarded delete: an attempt of this device still in flight now loses (its etag is gone), so no
+        // certificate can be issued to it after this revocation.
+        certificates::revoke(
+            &txn,
+            Revoking::Registrations(&[key.to_owned()]),
+            certificates::CESSATION_OF_OPERATION,
+            actor,
+        )
+        .await?;
         let change = Change {
             action: "delete",
             resource_type: "registration",
@@ -234,6 +245,10 @@ pub struct RegistrationOutcome {
     pub operation: OperationRecord,
     /// What the audit event says happened.
     pub detail: String,
+    /// The certificate issued in this attempt, if any: stored `active` (its registration key, status and times
+    /// set by the store) only if the attempt wins, after the registration's previous active certificates are
+    /// marked `superseded`, in the same transaction.
+    pub certificate: Option<CertificateRecord>,
 }
 
 /// Renders an operation's result from the registration state as written.
@@ -360,6 +375,21 @@ async fn write_together(
         operations.push(operation);
     }
     let winners: Vec<usize> = (0..batch.len()).filter(|&i| won[i]).collect();
+    // At most one attempt per registration wins (a new state is inserted once; an update needs the etag the
+    // first winner just replaced), so each registration gets at most one new active certificate.
+    let issued: Vec<CertificateRecord> = winners
+        .iter()
+        .filter_map(|&i| {
+            let mut certificate = certificates::normalized(batch[i].outcome.certificate.clone()?);
+            certificate.registration_key = records[i].key.clone();
+            certificate.status = CertificateStatus::Active;
+            certificate.revoked_at = None;
+            certificate.revocation_reason = None;
+            certificate.created_at = now;
+            Some(certificate)
+        })
+        .collect();
+    certificates::supersede_and_insert(&txn, &issued).await?;
     if !winners.is_empty() {
         operation::Entity::insert_many(winners.iter().map(|&i| operation_active(&operations[i])))
             .exec_without_returning(&txn)

@@ -1068,6 +1068,7 @@ fn attempt(id: &str, expected_etag: Option<&str>, operation_id: &str) -> zerotou
         record,
         expected_etag: expected_etag.map(str::to_owned),
         detail: format!("assigned {id}"),
+        certificate: None,
     }
 }
 

@@ -364,6 +364,7 @@ impl RegistrationService {
                 expected_etag: current.as_ref().map(|c| c.etag.clone()),
                 operation,
                 detail: decision.detail.clone(),
+                certificate: None,
             };
             let snapshot: zerotouch_store::Snapshot = Box::new(move |r: &RegistrationRecord| {
                 serde_json::to_value(result_of(r, group_id.as_deref())).unwrap_or(Value::Null)

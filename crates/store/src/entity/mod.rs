@@ -1,7 +1,10 @@
 //! sea-orm entities, one module per table.
 
 pub(crate) mod audit_event;
+pub(crate) mod certificate;
+pub(crate) mod certificate_authority;
 pub(crate) mod hub;
+pub(crate) mod issuing_ca;
 pub(crate) mod operation;
 pub(crate) mod registration;
 
