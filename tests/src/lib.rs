@@ -187,7 +187,7 @@ impl Server {
     /// The secrets this server's logs must not contain: the base64 lines of its private key files and the
     /// tokens minted for it. Every test that starts a server checks them when the server is dropped.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = ["root-ca.key", "server.key", "token-signing.key"]
+        let mut secrets: Vec<String> = ["root-ca.key", "server.key", "token-signing.key", "ca-passphrase"]
             .iter()
             .filter_map(|name| std::fs::read_to_string(self.data_dir.join(name)).ok())
             .flat_map(|pem| {

@@ -108,6 +108,42 @@ pub fn thumbprint_sha1_hex(der: &[u8]) -> String {
     hex::encode(sha1::Sha1::digest(der))
 }
 
+/// What a registration result shows of a certificate (Azure's `X509CertificateInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateDetails {
+    /// The subject's distinguished name (`CN=..., O=...`).
+    pub subject: String,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// The serial number, lower-case hex.
+    pub serial_hex: String,
+    /// The X.509 version (3 for v3).
+    pub version: u32,
+    /// SHA-1 thumbprint, lower-case hex.
+    pub sha1_hex: String,
+    /// SHA-256 thumbprint, lower-case hex.
+    pub sha256_hex: String,
+}
+
+/// Reads the details of a DER certificate.
+pub fn details(der: &[u8]) -> Result<CertificateDetails, CertificateError> {
+    let cert = parse(der).map_err(CertificateError::Malformed)?;
+    Ok(CertificateDetails {
+        subject: subject_text(&cert),
+        issuer: cert.issuer().to_string(),
+        not_before: time_of(cert.validity().not_before),
+        not_after: time_of(cert.validity().not_after),
+        serial_hex: hex::encode(cert.raw_serial()),
+        version: cert.version().0 + 1,
+        sha1_hex: thumbprint_sha1_hex(der),
+        sha256_hex: thumbprint_sha256_hex(der),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +172,28 @@ mod tests {
             subject_cn(&cert_with_subject(&[(DnType::OrganizationName, "org")])).unwrap_err(),
             CertificateError::NoCommonName
         );
+    }
+
+    #[test]
+    fn details_read_subject_issuer_serial_validity_and_thumbprints() {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "device-9");
+        params.distinguished_name.push(DnType::OrganizationName, "Acme");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xcd]));
+        params.not_before = OffsetDateTime::from_unix_timestamp(1_767_323_045).unwrap();
+        params.not_after = OffsetDateTime::from_unix_timestamp(1_798_859_045).unwrap();
+        let der = params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec();
+        let d = details(&der).unwrap();
+        assert_eq!(d.subject, "CN=device-9, O=Acme");
+        assert_eq!(d.issuer, d.subject, "self-signed");
+        assert_eq!(d.serial_hex, "01abcd");
+        assert_eq!(d.version, 3);
+        assert_eq!(d.not_before.unix_timestamp(), 1_767_323_045);
+        assert_eq!(d.not_after.unix_timestamp(), 1_798_859_045);
+        assert_eq!(d.sha256_hex, thumbprint_sha256_hex(&der));
+        assert_eq!(d.sha1_hex, thumbprint_sha1_hex(&der));
+        assert!(details(&der[..der.len() - 1]).is_err());
     }
 
     #[test]

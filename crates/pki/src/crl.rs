@@ -25,6 +25,33 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
+    /// Every reason.
+    pub const ALL: [RevocationReason; 6] = [
+        Self::Unspecified,
+        Self::KeyCompromise,
+        Self::AffiliationChanged,
+        Self::Superseded,
+        Self::CessationOfOperation,
+        Self::PrivilegeWithdrawn,
+    ];
+
+    /// The RFC 5280 name, as the API and the database use it (`keyCompromise`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "keyCompromise",
+            Self::AffiliationChanged => "affiliationChanged",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessationOfOperation",
+            Self::PrivilegeWithdrawn => "privilegeWithdrawn",
+        }
+    }
+
+    /// Parses [`RevocationReason::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     fn to_rcgen(self) -> rcgen::RevocationReason {
         match self {
             Self::Unspecified => rcgen::RevocationReason::Unspecified,
@@ -91,6 +118,22 @@ pub fn crl(
     };
     let list = params.signed_by(ca.issuer()).map_err(|e| CrlError::Generation(e.to_string()))?;
     Ok(list.der().to_vec())
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    #[test]
+    fn reason_names_round_trip() {
+        for reason in RevocationReason::ALL {
+            assert_eq!(RevocationReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(RevocationReason::parse("KeyCompromise"), None, "names are exact");
+        for algorithm in crate::KeyAlgorithm::ALL {
+            assert_eq!(crate::KeyAlgorithm::parse(algorithm.as_str()), Some(algorithm));
+        }
+    }
 }
 
 #[cfg(test)]

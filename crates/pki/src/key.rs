@@ -48,6 +48,23 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
+    /// Every algorithm, in the order the API lists them.
+    pub const ALL: [KeyAlgorithm; 3] = [Self::EcdsaP256, Self::EcdsaP384, Self::Rsa3072];
+
+    /// The name used in the API and the database (`ecdsaP256`, `ecdsaP384`, `rsa3072`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsaP256",
+            Self::EcdsaP384 => "ecdsaP384",
+            Self::Rsa3072 => "rsa3072",
+        }
+    }
+
+    /// Parses [`KeyAlgorithm::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     /// The rcgen signature algorithm a key of this type signs with.
     pub(crate) fn signature_algorithm(self) -> &'static rcgen::SignatureAlgorithm {
         match self {

@@ -20,7 +20,9 @@ pub mod pop;
 pub mod serial;
 
 pub use ca::{CaError, IssuingCa, RootCa, ca_csr, development_hierarchy, issuing_ca_under};
-pub use certificate::{CertificateError, sha256, subject_cn, thumbprint_sha1_hex, thumbprint_sha256_hex};
+pub use certificate::{
+    CertificateDetails, CertificateError, details, sha256, subject_cn, thumbprint_sha1_hex, thumbprint_sha256_hex,
+};
 pub use chain::{ChainError, VerifiedChain, verify_chain};
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};

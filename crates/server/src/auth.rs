@@ -351,6 +351,14 @@ impl Permission for HubWrite {
     const WHAT: &'static str = "change hubs";
 }
 
+/// Manage the PKI: issuing CAs (create, upload chains, activate, delete) and uploaded certificate authorities.
+#[derive(Debug)]
+pub struct PkiWrite;
+impl Permission for PkiWrite {
+    const NEEDS: Role = Role::Owner;
+    const WHAT: &'static str = "manage issuing CAs and certificate authorities";
+}
+
 /// A caller whose token verified and whose role includes `P`.
 #[derive(Debug)]
 pub struct Caller<P> {

@@ -103,6 +103,17 @@ pub struct ServeArgs {
     /// Registrations in flight at once before devices get 429 [default: 1024].
     #[arg(long, env = "ZEROTOUCH_DEVICE_MAX_IN_FLIGHT")]
     pub device_max_in_flight: Option<usize>,
+    /// File holding the passphrase that encrypts the issuing CAs' private keys at rest [default: the
+    /// ZEROTOUCH_CA_PASSPHRASE environment variable, else DATA_DIR/ca-passphrase, generated on first start].
+    #[arg(long, env = "ZEROTOUCH_CA_PASSPHRASE_FILE", value_name = "FILE")]
+    pub ca_passphrase_file: Option<PathBuf>,
+    /// Base URL of the CRLs named in issued certificates; a CRL is at BASE/{issuingCA}
+    /// [default: https://FIRST-HOSTNAME:DEVICE-PORT/pki/crl].
+    #[arg(long, env = "ZEROTOUCH_CRL_URL", value_name = "URL")]
+    pub crl_url: Option<String>,
+    /// How long after its expiry an operational certificate may still renew itself [default: 0s, off].
+    #[arg(long, env = "ZEROTOUCH_RENEWAL_GRACE", value_parser = humantime::parse_duration)]
+    pub renewal_grace: Option<Duration>,
 }
 
 /// Parses `N/DURATION` (`5/10s`).
@@ -177,6 +188,12 @@ struct FileSettings {
     jwks_url: Option<String>,
     #[serde(alias = "jwt-role-claim")]
     jwt_role_claim: Option<String>,
+    #[serde(alias = "ca-passphrase-file")]
+    ca_passphrase_file: Option<PathBuf>,
+    #[serde(alias = "crl-url")]
+    crl_url: Option<String>,
+    #[serde(alias = "renewal-grace", default, with = "humantime_serde_opt")]
+    renewal_grace: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -256,7 +273,28 @@ pub struct Config {
     pub device_rate_limit: (u32, Duration),
     /// Registrations in flight at once.
     pub device_max_in_flight: usize,
+    /// Where the CA key passphrase comes from.
+    pub ca_passphrase: PassphraseSource,
+    /// Base URL of the CRLs named in issued certificates (`None`: derived from the first host name and the
+    /// device port).
+    pub crl_url: Option<String>,
+    /// How long after expiry an operational certificate may renew.
+    pub renewal_grace: Duration,
 }
+
+/// Where the passphrase encrypting the CA keys comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassphraseSource {
+    /// A file named by the operator.
+    File(PathBuf),
+    /// The `ZEROTOUCH_CA_PASSPHRASE` environment variable (read when the service starts).
+    Environment,
+    /// `ca-passphrase` in the data dir, generated on first start.
+    DataDir,
+}
+
+/// The environment variable that may hold the CA key passphrase itself.
+pub const CA_PASSPHRASE_ENV: &str = "ZEROTOUCH_CA_PASSPHRASE";
 
 /// Default development issuer name, in tokens from `zerotouch admin-token`.
 pub const DEV_ISSUER: &str = "zerotouch-dev";
@@ -401,6 +439,19 @@ impl Config {
                 Some(n) => n,
                 None => 1024,
             },
+            ca_passphrase: match args.ca_passphrase_file.clone().or_else(|| file.ca_passphrase_file.clone()) {
+                Some(path) => PassphraseSource::File(path),
+                None if std::env::var_os(CA_PASSPHRASE_ENV).is_some() => PassphraseSource::Environment,
+                None => PassphraseSource::DataDir,
+            },
+            crl_url: match args.crl_url.clone().or_else(|| file.crl_url.clone()) {
+                Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                    Some(url.trim_end_matches('/').to_owned())
+                }
+                Some(url) => bail!("--crl-url: {url:?} is not an http(s) URL"),
+                None => None,
+            },
+            renewal_grace: args.renewal_grace.or(file.renewal_grace).unwrap_or(Duration::ZERO),
         })
     }
 }

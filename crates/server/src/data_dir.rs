@@ -36,10 +36,12 @@ pub mod files {
     pub const TOKEN_PUBLIC_KEY: &str = "token-signing.pub.pem";
     /// The names the server certificate was issued for (one per line).
     pub const SERVER_NAMES: &str = "server-names";
+    /// The passphrase encrypting the issuing CAs' keys in the database (0600), unless the operator gives one.
+    pub const CA_PASSPHRASE: &str = "ca-passphrase";
 }
 
 /// Private key files: created 0600, refused when group- or world-readable.
-const PRIVATE_FILES: [&str; 3] = [files::ROOT_KEY, files::SERVER_KEY, files::TOKEN_KEY];
+const PRIVATE_FILES: [&str; 4] = [files::ROOT_KEY, files::SERVER_KEY, files::TOKEN_KEY, files::CA_PASSPHRASE];
 
 /// What the data dir holds, as the service uses it.
 #[derive(Debug)]
@@ -175,11 +177,13 @@ pub struct Needs<'a> {
     pub own_tls: bool,
     /// Admin tokens are signed with the development key (no external issuer), so it must exist.
     pub development_tokens: bool,
+    /// The CA key passphrase is kept in the data dir (the operator gives none), so it must exist.
+    pub ca_passphrase: bool,
 }
 
 /// Opens the data dir, creating whatever a development install lacks.
 pub fn prepare(path: &Path, needs: &Needs<'_>) -> anyhow::Result<DataDir> {
-    let Needs { hostnames, id_scope, own_tls, development_tokens } = *needs;
+    let Needs { hostnames, id_scope, own_tls, development_tokens, ca_passphrase } = *needs;
     fs::create_dir_all(path).with_context(|| format!("--data-dir: cannot create {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("--data-dir: cannot restrict {}", path.display()))?;
@@ -207,6 +211,11 @@ pub fn prepare(path: &Path, needs: &Needs<'_>) -> anyhow::Result<DataDir> {
         generate_token_key(path)?;
         created.push("development token-signing key");
     }
+    if ca_passphrase && !path.join(files::CA_PASSPHRASE).exists() {
+        let passphrase = zerotouch_pki::Passphrase::generate();
+        write_private(&path.join(files::CA_PASSPHRASE), format!("{}\n", passphrase.expose()).as_bytes())?;
+        created.push("CA key passphrase");
+    }
     let id_scope = match (id_scope, fs::read_to_string(path.join(files::ID_SCOPE)).ok()) {
         (Some(configured), _) => configured.to_owned(),
         (None, Some(stored)) => stored.trim().to_owned(),
@@ -227,7 +236,7 @@ mod tests {
     use super::*;
 
     fn dev(names: &[String]) -> Needs<'_> {
-        Needs { hostnames: names, id_scope: None, own_tls: false, development_tokens: true }
+        Needs { hostnames: names, id_scope: None, own_tls: false, development_tokens: true, ca_passphrase: true }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use zerotouch_wire::registration::RegistrationStatus;
 use crate::error::ApiError;
 use crate::registration::{DeviceRequest, Evidence, RegistrationRequest, RegistrationService};
 use crate::request::{BODY_LIMIT, MaybeJson};
+use crate::service::PeerCertificates;
 
 /// Seconds a device is told to wait before polling. Registrations complete before the 202 is sent, so the first
 /// poll normally finds the result.
@@ -60,10 +61,11 @@ async fn alive() -> HttpResponse {
 fn device_request(req: &HttpRequest, id_scope: String, registration_id: &str) -> Result<DeviceRequest, ApiError> {
     let registration_id = RegistrationId::try_from(registration_id)
         .map_err(|e| ApiError::InvalidId(format!("registrationId in the path: {e}")))?;
+    let certificates = || req.conn_data::<PeerCertificates>().map(|c| Evidence::Certificates(c.0.clone()));
     let evidence = match req.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
         Some(Ok(value)) => Evidence::Sas(value.to_owned()),
         // A header that is not text is no credential at all.
-        Some(Err(_)) | None => Evidence::None,
+        Some(Err(_)) | None => certificates().unwrap_or(Evidence::None),
     };
     Ok(DeviceRequest { id_scope, registration_id, evidence })
 }

@@ -55,6 +55,20 @@ pub enum ApiError {
     /// A conflicting write.
     #[error("{0}")]
     Conflict(String),
+    /// Device API: the CSR cannot be used; why.
+    #[error("the CSR is refused: {0}")]
+    CsrRefused(String),
+    /// No issuing CA is active.
+    #[error("no issuing CA is active")]
+    NoIssuingCa,
+    /// Device API: the device's certificate or chain is refused, with the code that says why.
+    #[error("{message}")]
+    DeviceCertificate {
+        /// One of the 4010xx certificate codes.
+        code: ErrorCode,
+        /// What is wrong, naming the certificate.
+        message: String,
+    },
     /// `If-Match` failed.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -127,6 +141,13 @@ impl ApiError {
                 format!("the route does not take this method; it takes {}", allow.join(", ")),
             ),
             Self::Conflict(m) => (ErrorCode::Conflict, m.clone()),
+            Self::CsrRefused(m) => (ErrorCode::CsrRefused, format!("the CSR is refused: {m}")),
+            Self::NoIssuingCa => (
+                ErrorCode::NoIssuingCa,
+                "no issuing CA is active: an administrator must activate one (POST /pki/issuingCAs/{name}/activate)"
+                    .into(),
+            ),
+            Self::DeviceCertificate { code, message } => (*code, message.clone()),
             Self::PreconditionFailed(m) => (ErrorCode::PreconditionFailed, m.clone()),
             Self::PayloadTooLarge(limit) => {
                 (ErrorCode::PayloadTooLarge, format!("the body is larger than the {limit} bytes this route takes"))

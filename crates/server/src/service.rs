@@ -8,12 +8,18 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use zeroize::Zeroizing;
+use zerotouch_pki::Passphrase;
 use zerotouch_store::Store;
 
 use crate::auth::Verifier;
-use crate::config::{AdminTokenArgs, CommonConfig, Config, ServeArgs, SettingArgs, TokenIssuer, redact_url};
+use crate::config::{
+    AdminTokenArgs, CA_PASSPHRASE_ENV, CommonConfig, Config, PassphraseSource, ServeArgs, SettingArgs, TokenIssuer,
+    redact_url,
+};
 use crate::data_dir::{self, files};
 use crate::metrics::{Listener, Metrics};
+use crate::pki::Pki;
 use crate::registration::limits::DeviceLimits;
 use crate::registration::{RegistrationService, RegistrationSettings};
 
@@ -26,6 +32,8 @@ pub struct AdminState {
     pub verifier: Arc<Verifier>,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// The managed CA.
+    pub pki: Arc<Pki>,
 }
 
 /// Builds the admin API server on an already-bound listener (tests bind port 0).
@@ -38,9 +46,11 @@ pub fn admin_server(
     let store = web::Data::new(state.store);
     let verifier = web::Data::from(state.verifier);
     let metrics = web::Data::new(state.metrics);
+    let pki = web::Data::from(state.pki);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(store.clone())
+            .app_data(pki.clone())
             .app_data(verifier.clone())
             .app_data(metrics.clone())
             .app_data(web::Data::new(Listener("service")))
@@ -54,6 +64,24 @@ pub fn admin_server(
     .listen_rustls_0_23(listener, (*tls).clone())?
     .run();
     Ok(server)
+}
+
+/// The certificate chain a device presented in its TLS handshake (DER, its own certificate first). The
+/// handshake proved the device holds that certificate's key; the chain itself is judged by the registration
+/// service.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>);
+
+/// Every device connection: no Nagle, and the client's certificates kept for the requests on it.
+fn device_connection(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    no_delay(connection, data);
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(tls) = connection.downcast_ref::<Tls>()
+        && let Some(chain) = tls.get_ref().1.peer_certificates()
+        && !chain.is_empty()
+    {
+        data.insert(PeerCertificates(chain.iter().map(|c| c.to_vec()).collect()));
+    }
 }
 
 /// Turns Nagle's algorithm off on every accepted connection. Without this, a response written after a small
@@ -77,21 +105,26 @@ pub fn device_server(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     service: Arc<RegistrationService>,
+    pki: Arc<Pki>,
     metrics: Metrics,
     shutdown_timeout: Duration,
 ) -> anyhow::Result<Server> {
     let service = web::Data::from(service);
+    let pki = web::Data::from(pki);
     let metrics = web::Data::new(metrics);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(service.clone())
+            .app_data(pki.clone())
             .app_data(metrics.clone())
             .app_data(web::Data::new(Listener("device")))
             .app_data(path_errors())
             .wrap(from_fn(crate::metrics::observe))
+            .configure(crate::est::configure_est)
+            .configure(crate::est::configure_public)
             .configure(crate::device::configure)
     })
-    .on_connect(no_delay)
+    .on_connect(device_connection)
     .disable_signals()
     .backlog(4096)
     .max_connection_rate(1024)
@@ -140,6 +173,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             id_scope: config.id_scope.as_deref(),
             own_tls: config.tls_files.is_some(),
             development_tokens: config.auth.issuer == TokenIssuer::Development,
+            ca_passphrase: config.ca_passphrase == PassphraseSource::DataDir,
         },
     )?;
     let store = connect(&config.database_url).await?;
@@ -186,10 +220,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("zerotouch: admin API     https://{service_addr}");
     println!("zerotouch: device API    https://{device_addr}");
 
+    let crl_url = config.crl_url.clone().unwrap_or_else(|| {
+        let host = config.hostnames.first().map_or("localhost", String::as_str);
+        format!("https://{host}:{}/pki/crl", device_addr.port())
+    });
+    let pki = Arc::new(Pki::new(
+        store.clone(),
+        read_passphrase(&config.ca_passphrase, &data)?,
+        crl_url,
+        config.renewal_grace,
+    ));
+    // A development install (admin tokens from the development key) issues under its development root at once;
+    // a production one waits for an issuing CA signed offline (POST /pki/issuingCAs).
+    let development = config.auth.issuer == TokenIssuer::Development;
+    if development && (!config.no_migrate || store.is_ready().await.unwrap_or(false)) {
+        let root_key = Zeroizing::new(std::fs::read_to_string(data.file(files::ROOT_KEY))?);
+        let root_cert = std::fs::read_to_string(data.file(files::ROOT_CERT))?;
+        if pki.ensure_development_ca(&root_cert, &root_key).await.context("creating the development issuing CA")? {
+            println!("zerotouch: created the development issuing CA under the development root");
+        }
+    }
+
     let metrics = Metrics::new()?;
     let (count, window) = config.device_rate_limit;
     let registrations = Arc::new(RegistrationService::new(
         store.clone(),
+        pki.clone(),
         RegistrationSettings {
             id_scope: data.id_scope.clone(),
             sas_clock_skew: config.sas_clock_skew,
@@ -198,9 +254,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         DeviceLimits::new(count, window, config.device_max_in_flight),
     )?);
     let expiry = tokio::spawn(Arc::clone(&registrations).expire_operations());
-    let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone() };
+    let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone() };
     let admin = admin_server(listener, tls, state, config.shutdown_timeout)?;
-    let device = device_server(device_listener, device_tls, registrations, metrics, config.shutdown_timeout)?;
+    let device =
+        device_server(device_listener, device_tls, registrations, pki.clone(), metrics, config.shutdown_timeout)?;
     let handles = [admin.handle(), device.handle()];
     tokio::spawn(async move {
         match shutdown_signal().await {
@@ -218,6 +275,36 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The passphrase encrypting the CA keys, from where the configuration says.
+fn read_passphrase(source: &PassphraseSource, data: &data_dir::DataDir) -> anyhow::Result<Passphrase> {
+    let (text, origin) = match source {
+        PassphraseSource::File(path) => (
+            Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--ca-passphrase-file: cannot read {}", path.display()))?,
+            ),
+            "--ca-passphrase-file",
+        ),
+        PassphraseSource::Environment => (
+            Zeroizing::new(
+                std::env::var(CA_PASSPHRASE_ENV).with_context(|| format!("{CA_PASSPHRASE_ENV} is not text"))?,
+            ),
+            CA_PASSPHRASE_ENV,
+        ),
+        PassphraseSource::DataDir => {
+            let path = data.file(files::CA_PASSPHRASE);
+            (
+                Zeroizing::new(
+                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                files::CA_PASSPHRASE,
+            )
+        }
+    };
+    // A trailing newline is how editors and `echo` end a file; it is not part of the passphrase.
+    Passphrase::new(text.trim_end_matches(['\r', '\n'])).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
 }
 
 /// `zerotouch migrate`.

@@ -251,6 +251,38 @@ pub struct EnrollmentSettings {
     /// Azure's credential policy name (2025-07-01-preview); kept as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_policy_name: Option<String>,
+    /// Our extension: how operational certificates are issued to the enrollment's devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_policy: Option<CertificatePolicy>,
+}
+
+/// Our extension of enrollments and groups: the operational certificates their devices get from a CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificatePolicy {
+    /// Days an issued certificate is valid (1-397; 30 when absent).
+    #[serde(default = "CertificatePolicy::default_validity_days")]
+    pub validity_days: u32,
+    /// Whether RSA keys (2048 bits or more) are accepted besides ECDSA P-256 and P-384.
+    #[serde(default)]
+    pub allow_rsa: bool,
+}
+
+impl CertificatePolicy {
+    /// Validity when the enrollment sets none.
+    pub const DEFAULT_VALIDITY_DAYS: u32 = 30;
+    /// Longest validity (the CA/Browser Forum's limit, which device fleets tend to follow too).
+    pub const MAX_VALIDITY_DAYS: u32 = 397;
+
+    fn default_validity_days() -> u32 {
+        Self::DEFAULT_VALIDITY_DAYS
+    }
+}
+
+impl Default for CertificatePolicy {
+    fn default() -> Self {
+        Self { validity_days: Self::DEFAULT_VALIDITY_DAYS, allow_rsa: false }
+    }
 }
 
 /// An individual enrollment, as the service shows it.
@@ -318,6 +350,8 @@ macro_rules! document_input {
             custom_allocation_definition: Option<CustomAllocationDefinition>,
             #[serde(default)]
             credential_policy_name: Option<String>,
+            #[serde(default)]
+            certificate_policy: Option<CertificatePolicy>,
         }
 
         impl $name {
@@ -338,6 +372,7 @@ macro_rules! document_input {
                     iot_hubs,
                     custom_allocation_definition,
                     credential_policy_name,
+                    certificate_policy,
                 } = self;
                 let settings = EnrollmentSettings {
                     attestation,
@@ -353,6 +388,7 @@ macro_rules! document_input {
                     iot_hubs,
                     custom_allocation_definition,
                     credential_policy_name,
+                    certificate_policy,
                 };
                 (($($field),*), settings)
             }
@@ -493,6 +529,14 @@ pub fn normalize(
 
     let (primary_key, secondary_key, generated_keys) = check_attestation(kind, &mut settings.attestation)?;
     let named_hubs = check_allocation(&settings)?;
+    if let Some(policy) = &settings.certificate_policy
+        && !(1..=CertificatePolicy::MAX_VALIDITY_DAYS).contains(&policy.validity_days)
+    {
+        return Err(FieldError::new(
+            "certificatePolicy.validityDays",
+            format!("{} is outside 1-{}", policy.validity_days, CertificatePolicy::MAX_VALIDITY_DAYS),
+        ));
+    }
 
     settings.etag = None;
     settings.created_date_time_utc = None;

@@ -49,11 +49,32 @@ pub enum ErrorCode {
     CustomAllocationFailed,
     /// Registration outcome: no linked hub to assign.
     NoHubAvailable,
+    /// Device API: the CSR cannot be used (malformed, bad signature, CN other than the registration id, a key
+    /// type the enrollment does not allow, or extensions beyond the profile).
+    CsrRefused,
+    /// No issuing CA is active, so no certificate can be issued.
+    NoIssuingCa,
+    /// Device API: the device's certificate (or one in its chain) has expired.
+    CertificateExpired,
+    /// Device API: the device's certificate (or one in its chain) is not valid yet.
+    CertificateNotYetValid,
+    /// Device API: the device's chain leads to no CA of an enrollment (nor to an issuing CA of ours).
+    UnknownCertificateAuthority,
+    /// Device API: the chain leads to an uploaded CA whose proof of possession is not done.
+    CertificateAuthorityNotVerified,
+    /// Device API: the chain is invalid (a signature, a CA without CA rights or keyCertSign, a path too long, a
+    /// leaf not for client authentication).
+    InvalidCertificateChain,
+    /// Device API: the operational certificate was revoked.
+    CertificateRevoked,
+    /// Device API: the operational certificate was superseded and has expired, or expired beyond the renewal
+    /// grace period.
+    CertificateNotRenewable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 30] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -75,6 +96,15 @@ impl ErrorCode {
         Self::Throttled,
         Self::CustomAllocationFailed,
         Self::NoHubAvailable,
+        Self::CsrRefused,
+        Self::NoIssuingCa,
+        Self::CertificateExpired,
+        Self::CertificateNotYetValid,
+        Self::UnknownCertificateAuthority,
+        Self::CertificateAuthorityNotVerified,
+        Self::InvalidCertificateChain,
+        Self::CertificateRevoked,
+        Self::CertificateNotRenewable,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -101,6 +131,15 @@ impl ErrorCode {
             Self::Throttled => 429001,
             Self::CustomAllocationFailed => 400207,
             Self::NoHubAvailable => 400208,
+            Self::CsrRefused => 400210,
+            Self::NoIssuingCa => 503002,
+            Self::CertificateExpired => 401010,
+            Self::CertificateNotYetValid => 401011,
+            Self::UnknownCertificateAuthority => 401012,
+            Self::CertificateAuthorityNotVerified => 401013,
+            Self::InvalidCertificateChain => 401014,
+            Self::CertificateRevoked => 401015,
+            Self::CertificateNotRenewable => 401016,
         }
     }
 

@@ -48,6 +48,43 @@ pub struct SymmetricKeyRegistrationResult {
     pub enrollment_group_id: Option<String>,
 }
 
+/// `X509CertificateInfo` (§1.4): what a registration result says about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509CertificateInfo {
+    /// The subject's distinguished name.
+    pub subject_name: String,
+    /// SHA-1 thumbprint, upper-case hex (as Azure shows it).
+    pub sha1_thumbprint: String,
+    /// SHA-256 thumbprint, upper-case hex.
+    pub sha256_thumbprint: String,
+    /// The issuer's distinguished name.
+    pub issuer_name: String,
+    /// Start of validity.
+    pub not_before_utc: String,
+    /// End of validity.
+    pub not_after_utc: String,
+    /// The serial number, upper-case hex.
+    pub serial_number: String,
+    /// The X.509 version (3 for v3).
+    pub version: u32,
+}
+
+/// `x509` in a registration result: the device certificate, and the group and CA it matched.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509RegistrationResult {
+    /// The device's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_info: Option<X509CertificateInfo>,
+    /// The enrollment group the device registered through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+    /// The group's CA certificate the device's chain ended at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_certificate_info: Option<X509CertificateInfo>,
+}
+
 /// The registration state of one device: `DeviceRegistrationState` of the service API, and (with `symmetricKey`)
 /// `DeviceRegistrationResult` of the device API, which share their fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,4 +124,11 @@ pub struct DeviceRegistrationState {
     /// Device API only: present for symmetric-key devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
+    /// Device API only: present for X.509 devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509RegistrationResult>,
+    /// Device API only, register operations only: the certificate issued from the device's CSR, base64 DER, leaf
+    /// first, then the issuing CA(s), then the root (§8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_certificate_chain: Option<Vec<String>>,
 }

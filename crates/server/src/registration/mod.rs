@@ -9,11 +9,13 @@
 pub mod allocation;
 pub mod limits;
 pub mod webhook;
+pub mod x509;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use serde::Deserialize;
@@ -24,11 +26,14 @@ use zerotouch_wire::RegistrationId;
 use zerotouch_wire::device::{
     DeviceRegistration, DeviceRegistrationResult, RegistrationOperationStatus, SymmetricKeyRegistrationResult,
 };
-use zerotouch_wire::enrollment::{AllocationPolicy, CustomAllocationDefinition, EnrollmentKind, ReprovisionPolicy};
-use zerotouch_wire::registration::RegistrationStatus;
+use zerotouch_wire::enrollment::{
+    AllocationPolicy, CertificatePolicy, CustomAllocationDefinition, EnrollmentKind, ReprovisionPolicy,
+};
+use zerotouch_wire::registration::{RegistrationStatus, X509RegistrationResult};
 use zerotouch_wire::{ErrorCode, SymmetricKey};
 
 use crate::error::ApiError;
+use crate::pki::Pki;
 use limits::{DeviceLimits, RetryAfter};
 
 /// Settings of the registration service.
@@ -47,6 +52,9 @@ pub struct RegistrationSettings {
 pub enum Evidence {
     /// An `Authorization: SharedAccessSignature ...` value (or MQTT password).
     Sas(String),
+    /// The certificate chain the device presented in the TLS handshake (DER, its own certificate first), which
+    /// proved it holds the first one's key.
+    Certificates(Vec<Vec<u8>>),
     /// Nothing.
     None,
 }
@@ -75,6 +83,10 @@ pub struct RegistrationRequest {
 struct Matched {
     kind: EnrollmentKind,
     enrollment: EnrollmentRecord,
+    /// For a device that presented a certificate: what its registration result says about it.
+    x509: Option<X509RegistrationResult>,
+    /// The device presented an operational certificate of ours (it renews).
+    operational: bool,
 }
 
 /// The allocation settings of a stored enrollment document.
@@ -95,6 +107,8 @@ struct Policy {
     initial_twin: Option<Value>,
     #[serde(default)]
     custom_allocation_definition: Option<CustomAllocationDefinition>,
+    #[serde(default)]
+    certificate_policy: Option<CertificatePolicy>,
 }
 
 /// What allocation decided, before it is written.
@@ -118,6 +132,7 @@ struct Reference {
     generation: u64,
     hubs: Arc<Vec<zerotouch_store::HubRecord>>,
     groups: Arc<Vec<EnrollmentRecord>>,
+    x509_groups: Arc<Vec<x509::X509Group>>,
 }
 
 /// How long hubs and groups read from the database are reused.
@@ -131,6 +146,7 @@ const VERIFIED_MAX: usize = 100_000;
 #[derive(Debug)]
 pub struct RegistrationService {
     store: Store,
+    pki: Arc<Pki>,
     settings: RegistrationSettings,
     limits: DeviceLimits,
     http: reqwest::Client,
@@ -141,6 +157,7 @@ pub struct RegistrationService {
 }
 
 fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
+    // A certificate is proved anew by every TLS handshake; only tokens are remembered.
     let Evidence::Sas(header) = &device.evidence else { return None };
     let digest = Sha256::new()
         .chain_update(device.id_scope.to_ascii_lowercase().as_bytes())
@@ -167,9 +184,22 @@ fn new_operation_id() -> String {
 
 impl RegistrationService {
     /// A service over `store`.
-    pub fn new(store: Store, settings: RegistrationSettings, limits: DeviceLimits) -> anyhow::Result<Self> {
+    pub fn new(
+        store: Store,
+        pki: Arc<Pki>,
+        settings: RegistrationSettings,
+        limits: DeviceLimits,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(webhook::TIMEOUT).build()?;
-        Ok(Self { store, settings, limits, http, reference: Mutex::new(None), verified: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            store,
+            pki,
+            settings,
+            limits,
+            http,
+            reference: Mutex::new(None),
+            verified: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The linked hubs and the symmetric-key groups, from the cache when it is fresh.
@@ -184,8 +214,28 @@ impl RegistrationService {
         }
         let hubs = self.store.list_hubs().await.map_err(ApiError::internal)?;
         let groups = self.store.groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
-        let reference =
-            Reference { read_at: Instant::now(), generation, hubs: Arc::new(hubs), groups: Arc::new(groups) };
+        let x509_groups = self.store.groups_by_attestation("x509").await.map_err(ApiError::internal)?;
+        let authorities = self.store.all_certificate_authorities().await.map_err(ApiError::internal)?;
+        let x509_groups = x509_groups
+            .into_iter()
+            .map(|group| {
+                let anchors = x509::group_anchors(&group, |name| {
+                    let key = name.to_ascii_lowercase();
+                    authorities
+                        .iter()
+                        .find(|ca| ca.key == key)
+                        .map(|ca| x509::Anchor { der: ca.certificate_der.clone(), verified: ca.verified })
+                });
+                x509::X509Group { group, anchors }
+            })
+            .collect();
+        let reference = Reference {
+            read_at: Instant::now(),
+            generation,
+            hubs: Arc::new(hubs),
+            groups: Arc::new(groups),
+            x509_groups: Arc::new(x509_groups),
+        };
         if let Ok(mut cached) = self.reference.lock() {
             *cached = Some(reference.clone());
         }
@@ -221,6 +271,11 @@ impl RegistrationService {
     /// beyond that they are only logged, so that a flood of bad credentials cannot fill the audit log or hold the
     /// database writer.
     async fn refuse(&self, device: &DeviceRequest, action: &str, reason: &str) -> ApiError {
+        self.refuse_as(device, action, reason, ApiError::DeviceUnauthorized).await
+    }
+
+    /// Refuses the request with `error` and audits `reason` (at most at the device's request rate, as above).
+    async fn refuse_as(&self, device: &DeviceRequest, action: &str, reason: &str, error: ApiError) -> ApiError {
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
         let bucket = format!("refused\0{}", device.registration_id.key());
         if self.limits.admit(&bucket).is_ok()
@@ -228,7 +283,167 @@ impl RegistrationService {
         {
             tracing::error!("cannot audit a refused device request: {e}");
         }
-        ApiError::DeviceUnauthorized
+        error
+    }
+
+    /// Refuses with a certificate error, whose message is also the audited reason.
+    async fn refuse_certificate(&self, device: &DeviceRequest, action: &str, error: ApiError) -> ApiError {
+        let reason = format!("x509: {error}");
+        self.refuse_as(device, action, &reason, error).await
+    }
+
+    /// X.509 attestation (§4): an operational certificate of ours (the device renews), else the individual
+    /// enrollment whose device certificate it is, else the group whose CA sits closest to the device certificate
+    /// in its chain.
+    async fn authenticate_x509(
+        &self,
+        device: &DeviceRequest,
+        action: &str,
+        chain: &[Vec<u8>],
+    ) -> Result<Matched, ApiError> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(self.refuse(device, action, "no certificate").await);
+        };
+        let cn = match zerotouch_pki::subject_cn(leaf) {
+            Ok(cn) => cn,
+            Err(e) => return Err(self.refuse(device, action, &format!("x509: {e}")).await),
+        };
+        if !cn.eq_ignore_ascii_case(device.registration_id.as_str()) {
+            let reason = format!("x509: the certificate's CN {cn:?} is not the registration id");
+            return Err(self.refuse(device, action, &reason).await);
+        }
+        let key = device.registration_id.key();
+        let now = time::OffsetDateTime::now_utc();
+        let certificate_info = x509::info(leaf);
+
+        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+            Ok(issued) => return self.authenticate_operational(device, action, leaf, issued, now).await,
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+        match self.store.enrollment(EnrollmentKind::Individual, &key).await {
+            Ok(enrollment) => {
+                if enrollment.attestation_type != "x509" {
+                    let reason = format!("x509: the enrollment attests by {}", enrollment.attestation_type);
+                    return Err(self.refuse(device, action, &reason).await);
+                }
+                if !x509::individual_matches(&enrollment, leaf) {
+                    let reason = "x509: the certificate is neither of the enrollment's device certificates";
+                    return Err(self.refuse(device, action, reason).await);
+                }
+                if let Err(e) = x509::check_validity(leaf, now) {
+                    return Err(self.refuse_certificate(device, action, e).await);
+                }
+                let x509 = X509RegistrationResult { certificate_info, ..Default::default() };
+                return Ok(Matched {
+                    kind: EnrollmentKind::Individual,
+                    enrollment,
+                    x509: Some(x509),
+                    operational: false,
+                });
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+        let reference = self.reference().await?;
+        match x509::match_group(leaf, intermediates, &reference.x509_groups, now) {
+            Ok((index, anchor)) => {
+                let group = reference.x509_groups[index].group.clone();
+                let x509 = X509RegistrationResult {
+                    certificate_info,
+                    enrollment_group_id: Some(group.id.clone()),
+                    signing_certificate_info: x509::info(&anchor.der),
+                };
+                Ok(Matched { kind: EnrollmentKind::Group, enrollment: group, x509: Some(x509), operational: false })
+            }
+            Err(e) => Err(self.refuse_certificate(device, action, e).await),
+        }
+    }
+
+    /// A device presenting an operational certificate we issued: it renews (or registers again) if the
+    /// certificate is its own, not revoked, still valid (or expired within the renewal grace, unless superseded),
+    /// and its issuing CA is still trusted. The enrollment is the one the device registered through.
+    async fn authenticate_operational(
+        &self,
+        device: &DeviceRequest,
+        action: &str,
+        leaf: &[u8],
+        issued: zerotouch_store::CertificateRecord,
+        now: time::OffsetDateTime,
+    ) -> Result<Matched, ApiError> {
+        let key = device.registration_id.key();
+        let refused = |code: ErrorCode, message: String| ApiError::DeviceCertificate { code, message };
+        if issued.registration_key != key {
+            return Err(self.refuse(device, action, "x509: an operational certificate of another device").await);
+        }
+        if issued.status == zerotouch_store::CertificateStatus::Revoked {
+            let error = refused(
+                ErrorCode::CertificateRevoked,
+                format!("the operational certificate {} was revoked", issued.serial),
+            );
+            return Err(self.refuse_certificate(device, action, error).await);
+        }
+        let Some(ca) = self.pki.by_name(&issued.issuing_ca).await? else {
+            let error = refused(
+                ErrorCode::UnknownCertificateAuthority,
+                format!("the issuing CA {:?} of this certificate is no longer trusted", issued.issuing_ca),
+            );
+            return Err(self.refuse_certificate(device, action, error).await);
+        };
+        let not_after = time::OffsetDateTime::from_unix_timestamp(issued.not_after.timestamp())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let mut checked_at = now;
+        if now > not_after {
+            let grace = time::Duration::try_from(self.pki.renewal_grace()).unwrap_or(time::Duration::ZERO);
+            let error = if issued.status == zerotouch_store::CertificateStatus::Superseded {
+                Some(refused(
+                    ErrorCode::CertificateNotRenewable,
+                    format!("the operational certificate {} was superseded and has expired", issued.serial),
+                ))
+            } else if now - not_after > grace {
+                Some(refused(
+                    ErrorCode::CertificateExpired,
+                    format!(
+                        "the operational certificate {} expired at {not_after} (renewal grace: {} s)",
+                        issued.serial,
+                        grace.whole_seconds()
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some(error) = error {
+                return Err(self.refuse_certificate(device, action, error).await);
+            }
+            checked_at = not_after - time::Duration::SECOND;
+        }
+        if let Err(e) = zerotouch_pki::verify_chain(leaf, &[], ca.ca.certificate_der(), checked_at) {
+            return Err(self.refuse_certificate(device, action, x509::refusal(&e)).await);
+        }
+        let registration = match self.store.registration(&key).await {
+            Ok(registration) => registration,
+            Err(StoreError::NotFound) => {
+                return Err(self.refuse(device, action, "x509: the device's registration was deleted").await);
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        let (kind, enrollment_key) = match &registration.enrollment_group_key {
+            Some(group) => (EnrollmentKind::Group, group.clone()),
+            None => (EnrollmentKind::Individual, key.clone()),
+        };
+        let enrollment = match self.store.enrollment(kind, &enrollment_key).await {
+            Ok(enrollment) => enrollment,
+            Err(StoreError::NotFound) => {
+                return Err(self.refuse(device, action, "x509: the device's enrollment was deleted").await);
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        let x509 = X509RegistrationResult {
+            certificate_info: x509::info(leaf),
+            enrollment_group_id: (kind == EnrollmentKind::Group).then(|| enrollment.id.clone()),
+            signing_certificate_info: x509::info(ca.ca.certificate_der()),
+        };
+        Ok(Matched { kind, enrollment, x509: Some(x509), operational: true })
     }
 
     /// Finds the enrollment whose key verifies the device's token: its individual enrollment if it has one,
@@ -237,8 +452,10 @@ impl RegistrationService {
         if !device.id_scope.eq_ignore_ascii_case(&self.settings.id_scope) {
             return Err(self.refuse(device, action, "the id scope is not this service's").await);
         }
-        let Evidence::Sas(header) = &device.evidence else {
-            return Err(self.refuse(device, action, "no credentials").await);
+        let header = match &device.evidence {
+            Evidence::Sas(header) => header,
+            Evidence::Certificates(chain) => return self.authenticate_x509(device, action, chain).await,
+            Evidence::None => return Err(self.refuse(device, action, "no credentials").await),
         };
         let token = match sas::parse(header) {
             Ok(token) => token,
@@ -260,7 +477,7 @@ impl RegistrationService {
                 return match sas::verify(&token, &expected, &keys) {
                     Ok(_) => {
                         self.remember_verified(device, token.expiry);
-                        Ok(Matched { kind: EnrollmentKind::Individual, enrollment })
+                        Ok(Matched { kind: EnrollmentKind::Individual, enrollment, x509: None, operational: false })
                     }
                     Err(e) => Err(self.refuse(device, action, &format!("sas: {e}")).await),
                 };
@@ -280,7 +497,12 @@ impl RegistrationService {
             match sas::verify(&token, &expected, &keys) {
                 Ok(_) => {
                     self.remember_verified(device, token.expiry);
-                    return Ok(Matched { kind: EnrollmentKind::Group, enrollment: group.clone() });
+                    return Ok(Matched {
+                        kind: EnrollmentKind::Group,
+                        enrollment: group.clone(),
+                        x509: None,
+                        operational: false,
+                    });
                 }
                 Err(e) => last_error = e,
             }
@@ -311,6 +533,11 @@ impl RegistrationService {
                 matched.enrollment.id
             ))
         })?;
+        let certificate_policy = policy.certificate_policy.unwrap_or_default();
+        let csr = match request.body.csr.as_deref().filter(|csr| !csr.trim().is_empty()) {
+            Some(csr) => Some(Pki::check_csr(csr, device.registration_id.as_str(), &certificate_policy)?),
+            None => None,
+        };
         let hubs = self.reference().await?.hubs;
 
         // The first attempt supposes a device new to us and skips reading its state, unless a webhook is to see
@@ -333,6 +560,13 @@ impl RegistrationService {
             let decision = self.decide(&request, &matched, &policy, &hubs, current.as_ref(), &mut webhook_answer).await;
             let operation_status = decision.status;
             let group_id = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
+            // A certificate only for a device that is assigned: a failed or disabled registration gets none.
+            let issued = match (&csr, &decision.device_id, decision.status) {
+                (Some(csr), Some(device_id), RegistrationStatus::Assigned) => {
+                    Some(self.pki.issue(csr, device_id, &certificate_policy).await?)
+                }
+                _ => None,
+            };
             let record = RegistrationRecord {
                 key: key.clone(),
                 registration_id: device.registration_id.as_str().to_owned(),
@@ -359,15 +593,40 @@ impl RegistrationService {
                 created_at: chrono::Utc::now(),
                 updated_at: chrono::Utc::now(),
             };
+            let certificate = issued.as_ref().map(|(ca, issued)| zerotouch_store::CertificateRecord {
+                serial: issued.serial_hex.clone(),
+                registration_key: key.clone(),
+                device_id: decision.device_id.clone().unwrap_or_default(),
+                issuing_ca: ca.name.clone(),
+                not_before: crate::pki::to_chrono(issued.not_before),
+                not_after: crate::pki::to_chrono(issued.not_after),
+                status: zerotouch_store::CertificateStatus::Active,
+                thumbprint_sha256: issued.sha256_thumbprint.clone(),
+                revoked_at: None,
+                revocation_reason: None,
+                created_at: chrono::Utc::now(),
+            });
+            let detail = match &certificate {
+                Some(c) => format!("{}; certificate {} issued by {}", decision.detail, c.serial, c.issuing_ca),
+                None => decision.detail.clone(),
+            };
             let outcome = RegistrationOutcome {
                 record,
                 expected_etag: current.as_ref().map(|c| c.etag.clone()),
                 operation,
-                detail: decision.detail.clone(),
-                certificate: None,
+                detail,
+                certificate,
             };
+            let x509 = matched.x509.clone();
+            let chain: Option<Vec<String>> = issued.as_ref().map(|(_, issued)| {
+                issued.chain_der.iter().map(|der| base64::engine::general_purpose::STANDARD.encode(der)).collect()
+            });
             let snapshot: zerotouch_store::Snapshot = Box::new(move |r: &RegistrationRecord| {
-                serde_json::to_value(result_of(r, group_id.as_deref())).unwrap_or(Value::Null)
+                let result = DeviceRegistrationResult {
+                    issued_certificate_chain: chain.clone(),
+                    ..result_of(r, group_id.as_deref(), x509.clone())
+                };
+                serde_json::to_value(result).unwrap_or(Value::Null)
             });
             match self.store.commit_registration(outcome, snapshot).await {
                 Ok((_, operation)) => {
@@ -549,6 +808,73 @@ impl RegistrationService {
         json!({ enrollment_field: enrollment, "deviceRuntimeContext": context, "linkedHubs": linked })
     }
 
+    /// The id scope devices use.
+    pub fn id_scope(&self) -> &str {
+        &self.settings.id_scope
+    }
+
+    /// EST enrollment (RFC 7030): a device authenticated by its certificate gets an operational certificate from
+    /// a CSR (DER PKCS#10) and keeps its registration (device id, hub). `renewal` (simplereenroll) takes only an
+    /// operational certificate of ours; simpleenroll takes that or a device certificate of an X.509 enrollment.
+    /// Returns the chain, the new certificate first.
+    pub async fn enroll_certificate(
+        &self,
+        device: DeviceRequest,
+        csr: &[u8],
+        renewal: bool,
+    ) -> Result<Vec<Vec<u8>>, ApiError> {
+        let action = if renewal { "simplereenroll" } else { "simpleenroll" };
+        let key = device.registration_id.key();
+        let _slot = self.limits.enter().ok_or(Self::throttled(RetryAfter(Duration::from_secs(1))))?;
+        let matched = self.authenticate(&device, action).await?;
+        self.limits.admit(&key).map_err(Self::throttled)?;
+        if renewal && !matched.operational {
+            let reason = "simplereenroll renews an operational certificate; this is another certificate";
+            return Err(self.refuse(&device, action, reason).await);
+        }
+        if matched.enrollment.provisioning_status == "disabled" {
+            let reason = format!("the {} is disabled", matched.kind.noun());
+            return Err(self.refuse(&device, action, &reason).await);
+        }
+        let policy: Policy = serde_json::from_value(matched.enrollment.document.clone())
+            .map_err(|e| ApiError::internal(format!("stored enrollment {:?}: {e}", matched.enrollment.id)))?;
+        let certificate_policy = policy.certificate_policy.unwrap_or_default();
+        let csr = zerotouch_pki::check_csr(
+            csr,
+            device.registration_id.as_str(),
+            &zerotouch_pki::KeyPolicy { allow_rsa: certificate_policy.allow_rsa },
+        )
+        .map_err(|e| ApiError::CsrRefused(e.to_string()))?;
+        let device_id = match self.store.registration(&key).await {
+            Ok(registration) => registration.device_id,
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        let device_id = device_id
+            .or_else(|| policy.device_id.clone().filter(|_| matched.kind == EnrollmentKind::Individual))
+            .unwrap_or_else(|| device.registration_id.as_str().to_owned());
+        let (ca, issued) = self.pki.issue(&csr, &device_id, &certificate_policy).await?;
+        let record = zerotouch_store::CertificateRecord {
+            serial: issued.serial_hex.clone(),
+            registration_key: key.clone(),
+            device_id,
+            issuing_ca: ca.name.clone(),
+            not_before: crate::pki::to_chrono(issued.not_before),
+            not_after: crate::pki::to_chrono(issued.not_after),
+            status: zerotouch_store::CertificateStatus::Active,
+            thumbprint_sha256: issued.sha256_thumbprint.clone(),
+            revoked_at: None,
+            revocation_reason: None,
+            created_at: chrono::Utc::now(),
+        };
+        let actor = zerotouch_store::Actor {
+            subject: format!("device:{}", device.registration_id.as_str()),
+            role: "device".into(),
+        };
+        self.store.record_certificate(record, action, &actor).await.map_err(ApiError::internal)?;
+        Ok(issued.chain_der)
+    }
+
     /// An operation poll: 200 with the result once terminal, or still assigning.
     pub async fn operation(
         &self,
@@ -595,7 +921,7 @@ impl RegistrationService {
             Err(e) => return Err(ApiError::internal(e)),
         };
         let group = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
-        Ok(result_of(&record, group.as_deref()))
+        Ok(result_of(&record, group.as_deref(), matched.x509))
     }
 
     /// Removes operations older than the TTL, every minute, for as long as the process runs.
@@ -633,16 +959,28 @@ pub fn state_of(record: &RegistrationRecord) -> Option<DeviceRegistrationResult>
         etag: Some(record.etag.clone()),
         payload: record.payload.clone(),
         symmetric_key: None,
+        x509: None,
+        issued_certificate_chain: None,
     })
 }
 
-/// The device's view of its registration (`DeviceRegistrationResult`, §1.4).
-fn result_of(record: &RegistrationRecord, group_id: Option<&str>) -> DeviceRegistrationResult {
+/// The device's view of its registration (`DeviceRegistrationResult`, §1.4): with `x509` for a device that
+/// presented a certificate, else with `symmetricKey`.
+fn result_of(
+    record: &RegistrationRecord,
+    group_id: Option<&str>,
+    x509: Option<X509RegistrationResult>,
+) -> DeviceRegistrationResult {
     match state_of(record) {
         // Azure answers a disabled registration with its id and status only.
-        Some(state) if state.status != RegistrationStatus::Disabled => DeviceRegistrationResult {
-            symmetric_key: Some(SymmetricKeyRegistrationResult { enrollment_group_id: group_id.map(str::to_owned) }),
-            ..state
+        Some(state) if state.status != RegistrationStatus::Disabled => match x509 {
+            Some(x509) => DeviceRegistrationResult { x509: Some(x509), ..state },
+            None => DeviceRegistrationResult {
+                symmetric_key: Some(SymmetricKeyRegistrationResult {
+                    enrollment_group_id: group_id.map(str::to_owned),
+                }),
+                ..state
+            },
         },
         state => DeviceRegistrationResult {
             registration_id: record.registration_id.clone(),
@@ -657,6 +995,8 @@ fn result_of(record: &RegistrationRecord, group_id: Option<&str>) -> DeviceRegis
             etag: None,
             payload: None,
             symmetric_key: None,
+            x509: None,
+            issued_certificate_chain: None,
         },
     }
 }

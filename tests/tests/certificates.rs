@@ -1,0 +1,521 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Operational certificates and X.509 attestation, with the independent clients of issue #4: `openssl` makes every
+//! key, CSR and factory certificate and checks every certificate and CRL the service issues; `curl` is the X.509
+//! device (`--cert/--key`) for registration and for EST renewal.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use zerotouch_attest::sas;
+use zerotouch_tests::{Backend, Options, Server};
+
+const API: &str = "api-version=2025-07-01-preview";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tools
+
+/// Runs `openssl` in `dir`; panics with its stderr when it fails. Returns stdout.
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Whether `openssl` succeeds, and what it printed (stdout and stderr).
+fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// An EC key (`curve`: prime256v1 or secp384r1) and a CSR for `cn`, made by openssl; returns (key file, base64
+/// DER CSR as §8 wants it).
+fn key_and_csr(dir: &Path, name: &str, cn: &str, curve: &str) -> (PathBuf, String) {
+    let key = format!("{name}.key");
+    openssl(dir, &["ecparam", "-name", curve, "-genkey", "-noout", "-out", &key]);
+    let csr = format!("{name}.csr.der");
+    openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-outform", "DER", "-out", &csr]);
+    (dir.join(key), STANDARD.encode(std::fs::read(dir.join(csr)).unwrap()))
+}
+
+/// Extensions of a CA certificate and of a device certificate, as openssl `-extfile`s.
+const CA_EXTENSIONS: &str = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
+                             subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
+const DEVICE_EXTENSIONS: &str = "basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\n\
+                                 extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
+
+/// A P-256 key `{name}.key` and a certificate `{name}.pem` for `cn`, made by openssl with `extensions`: signed by
+/// the CA files `{issuer}.pem`/`{issuer}.key`, or self-signed when `issuer` is `None`. Valid 30 days.
+fn make_certificate(dir: &Path, name: &str, cn: &str, issuer: Option<&str>, extensions: &str) {
+    let (key, csr, ext, pem) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
+    openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]);
+    let mut args = vec!["x509", "-req", "-in", &csr, "-days", "30", "-extfile", &ext, "-out", &pem];
+    let (issuer_pem, issuer_key) = issuer.map(|i| (format!("{i}.pem"), format!("{i}.key"))).unzip();
+    match (&issuer_pem, &issuer_key) {
+        (Some(ca), Some(ca_key)) => args.extend(["-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]),
+        _ => args.extend(["-key", &key]),
+    }
+    openssl(dir, &args);
+}
+
+/// A CA `{name}.pem`/`{name}.key` (CN = name), self-signed when `issuer` is `None`.
+fn make_ca(dir: &Path, name: &str, issuer: Option<&str>) {
+    make_certificate(dir, name, name, issuer, CA_EXTENSIONS);
+}
+
+/// A device certificate `{name}.pem`/`{name}.key` for `cn` (v3, clientAuth) signed by the CA `issuer`.
+fn make_device(dir: &Path, name: &str, cn: &str, issuer: &str) {
+    make_certificate(dir, name, cn, Some(issuer), DEVICE_EXTENSIONS);
+}
+
+/// Writes base64 DER certificates as one PEM file.
+fn write_pem_chain(path: &Path, chain: &[Value]) {
+    let mut pem = String::new();
+    for cert in chain {
+        let b64 = cert.as_str().unwrap();
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    std::fs::write(path, pem).unwrap();
+}
+
+/// `curl` as a device with a client certificate (`cert` may hold the chain after the leaf): status and body.
+fn curl(
+    server: &Server,
+    method: &str,
+    path: &str,
+    cert: &Path,
+    key: &Path,
+    body: &str,
+    content_type: &str,
+) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(server.data_dir.join("trust-bundle.pem"))
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["-X", method, "-H", &format!("Content-Type: {content_type}"), "--data-binary", body])
+        .args(["-w", "\n%{http_code}", &server.device(path)])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "curl {path}: {}{text}", String::from_utf8_lossy(&output.stderr));
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
+/// Registers with curl and a client certificate, then polls until done; returns the final operation.
+fn curl_register(server: &Server, id: &str, cert: &Path, key: &Path, body: Value) -> (u16, Value) {
+    let path = format!("/{}/registrations/{id}/register?{API}", server.id_scope);
+    let (status, text) = curl(server, "PUT", &path, cert, key, &body.to_string(), "application/json");
+    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status != 202 {
+        return (status, reply);
+    }
+    let operation = reply["operationId"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = format!("/{}/registrations/{id}/operations/{operation}?{API}", server.id_scope);
+        let (status, text) = curl(server, "GET", &path, cert, key, "", "application/json");
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        if status != 202 {
+            return (status, reply);
+        }
+        assert!(Instant::now() < deadline, "the operation did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The admin API as an owner.
+struct Admin<'a> {
+    server: &'a Server,
+    token: String,
+}
+
+impl<'a> Admin<'a> {
+    fn new(server: &'a Server) -> Self {
+        Self { server, token: server.token("owner").unwrap() }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.server.client.request(method, self.server.url(path)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.send(method.clone(), path, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {body}");
+        body
+    }
+
+    async fn hub(&self, host: &str) {
+        let body = json!({"hostName": host, "kind": "none", "allocationWeight": 1, "applyAllocationPolicy": true});
+        self.ok(reqwest::Method::PUT, &format!("/hubs/{host}"), Some(body)).await;
+    }
+}
+
+/// Registers a symmetric-key device with SAS and `body`, polls to the end; (status of the final answer, body).
+async fn sas_register(server: &Server, id: &str, key: &[u8], body: Value) -> (u16, Value) {
+    let sr = format!("{}%2Fregistrations%2F{id}", server.id_scope);
+    let token = sas::sign(&sr, now() + 3600, key, None);
+    let url = server.device(&format!("/{}/registrations/{id}/register?{API}", server.id_scope));
+    let response = server.client.put(url).header("Authorization", &token).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let reply: Value = response.json().await.unwrap();
+    if status != 202 {
+        return (status, reply);
+    }
+    let operation = reply["operationId"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = server.device(&format!("/{}/registrations/{id}/operations/{operation}?{API}", server.id_scope));
+        let response = server.client.get(url).header("Authorization", &token).send().await.unwrap();
+        let status = response.status().as_u16();
+        let reply: Value = response.json().await.unwrap();
+        if status != 202 {
+            return (status, reply);
+        }
+        assert!(Instant::now() < deadline, "the operation did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fetches the trust bundle (public, no token) into `dir/bundle.pem`.
+async fn fetch_bundle(server: &Server, dir: &Path) -> PathBuf {
+    let pem = server.client.get(server.url("/pki/trustBundle")).send().await.unwrap().text().await.unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    let path = dir.join("bundle.pem");
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+fn start_options() -> Options {
+    Options { args: vec!["--device-rate-limit".into(), "100/10s".into()], ..Default::default() }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Issuance from a CSR, renewal, revocation
+
+/// A symmetric-key device sends an openssl CSR with register and gets a chain that openssl verifies against the
+/// trust bundle, with the profile of issue #4 and the enrollment's validity; it renews by registering again with
+/// its operational certificate (curl) and by EST simplereenroll; after revocation neither works and the CRL lists
+/// the serials.
+async fn issuance_renewal_and_revocation(backend: Backend) {
+    let server = Server::start_with(backend, start_options()).await.unwrap();
+    let admin = Admin::new(&server);
+    admin.hub("hub-a.example.com").await;
+    let key = [7u8; 32];
+    let enrollment = json!({
+        "registrationId": "Sensor-1",
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([8u8; 32])}},
+        "certificatePolicy": {"validityDays": 10},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollments/Sensor-1", Some(enrollment)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // First registration with a P-256 CSR.
+    let (device_key, csr) = key_and_csr(d, "first", "Sensor-1", "prime256v1");
+    let (status, op) = sas_register(&server, "Sensor-1", &key, json!({"registrationId": "Sensor-1", "csr": csr})).await;
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+    let chain = op["registrationState"]["issuedCertificateChain"].as_array().expect("issuedCertificateChain").clone();
+    assert_eq!(chain.len(), 3, "leaf, issuing CA, root: {op}");
+    write_pem_chain(&d.join("leaf.pem"), &chain[..1]);
+    write_pem_chain(&d.join("ica.pem"), &chain[1..2]);
+    write_pem_chain(&d.join("first-chain.pem"), &chain);
+    let bundle = fetch_bundle(&server, d).await;
+    let verified = openssl(
+        d,
+        &["verify", "-CAfile", bundle.to_str().unwrap(), "-untrusted", "ica.pem", "-purpose", "sslclient", "leaf.pem"],
+    );
+    assert!(verified.contains("leaf.pem: OK"), "{verified}");
+    let text = openssl(d, &["x509", "-in", "leaf.pem", "-noout", "-text"]);
+    assert!(text.contains("Subject: CN = Sensor-1"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("CRL Distribution Points"), "{text}");
+    assert!(openssl_try(d, &["x509", "-in", "leaf.pem", "-noout", "-checkend", &(9 * 86400).to_string()]).0);
+    assert!(
+        !openssl_try(d, &["x509", "-in", "leaf.pem", "-noout", "-checkend", &(11 * 86400).to_string()]).0,
+        "validityDays 10"
+    );
+    let first_serial = openssl(d, &["x509", "-in", "leaf.pem", "-noout", "-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    // The status lookup never carries the chain (§8).
+    let sr = format!("{}%2Fregistrations%2FSensor-1", server.id_scope);
+    let token = sas::sign(&sr, now() + 3600, &key, None);
+    let lookup: Value = server
+        .client
+        .post(server.device(&format!("/{}/registrations/Sensor-1?{API}", server.id_scope)))
+        .header("Authorization", &token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lookup["status"], "assigned", "{lookup}");
+    assert!(lookup.get("issuedCertificateChain").is_none(), "{lookup}");
+
+    // Renewal by registering again with the operational certificate (no SAS), a P-384 key this time.
+    let (_, csr2) = key_and_csr(d, "second", "Sensor-1", "secp384r1");
+    let (status, op) =
+        curl_register(&server, "Sensor-1", &d.join("first-chain.pem"), &device_key, json!({"csr": csr2}));
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["registrationState"]["assignedHub"], "hub-a.example.com", "keeps its hub: {op}");
+    assert_eq!(op["registrationState"]["deviceId"], "Sensor-1");
+    assert!(op["registrationState"]["x509"]["certificateInfo"]["sha256Thumbprint"].is_string(), "{op}");
+    let chain2 = op["registrationState"]["issuedCertificateChain"].as_array().unwrap().clone();
+    write_pem_chain(&d.join("second-chain.pem"), &chain2);
+    write_pem_chain(&d.join("second-leaf.pem"), &chain2[..1]);
+    let text = openssl(d, &["x509", "-in", "second-leaf.pem", "-noout", "-text"]);
+    assert!(text.contains("NIST CURVE: P-384"), "{text}");
+
+    // EST renewal with curl, authenticated by the second certificate.
+    let (_, csr3) = key_and_csr(d, "third", "Sensor-1", "prime256v1");
+    let (status, pkcs7) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &d.join("second-chain.pem"),
+        &d.join("second.key"),
+        &csr3,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 200, "{pkcs7}");
+    std::fs::write(d.join("third.p7.b64"), &pkcs7).unwrap();
+    openssl(d, &["base64", "-d", "-in", "third.p7.b64", "-out", "third.p7"]);
+    let printed = openssl(d, &["pkcs7", "-inform", "DER", "-in", "third.p7", "-print_certs"]);
+    assert!(printed.contains("subject=CN = Sensor-1"), "{printed}");
+    let (status, cacerts) = curl(
+        &server,
+        "GET",
+        "/.well-known/est/cacerts",
+        &d.join("second-chain.pem"),
+        &d.join("second.key"),
+        "",
+        "text/plain",
+    );
+    assert_eq!(status, 200);
+    std::fs::write(d.join("ca.p7.b64"), &cacerts).unwrap();
+    openssl(d, &["base64", "-d", "-in", "ca.p7.b64", "-out", "ca.p7"]);
+    assert_eq!(openssl(d, &["pkcs7", "-inform", "DER", "-in", "ca.p7", "-print_certs"]).matches("subject=").count(), 2);
+
+    // The first certificate was superseded by the second: it still works while valid (not revoked).
+    // Revocation: every active certificate of the device, then neither renewal path works.
+    let revoked = admin
+        .ok(reqwest::Method::POST, "/registrations/Sensor-1/revoke", Some(json!({"reason": "keyCompromise"})))
+        .await;
+    assert!(!revoked["revoked"].as_array().unwrap().is_empty(), "{revoked}");
+    let (_, csr4) = key_and_csr(d, "fourth", "Sensor-1", "prime256v1");
+    let (status, body) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &d.join("second-chain.pem"),
+        &d.join("second.key"),
+        &csr4,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["errorCode"], 401015, "{body}");
+
+    // The CRL (DER, as relying parties fetch it) lists the revoked serial, verified by the issuing CA.
+    let crl = server.client.get(server.device("/pki/crl/development")).send().await.unwrap().bytes().await.unwrap();
+    std::fs::write(d.join("crl.der"), &crl).unwrap();
+    let crl_text = openssl(d, &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text", "-CAfile", "ica.pem"]);
+    let second_serial = openssl(d, &["x509", "-in", "second-leaf.pem", "-noout", "-serial"])
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned();
+    assert!(crl_text.to_ascii_lowercase().contains(&second_serial.to_ascii_lowercase()), "{crl_text}");
+    assert!(crl_text.contains("Key Compromise"), "{crl_text}");
+    assert_ne!(first_serial, second_serial.to_ascii_lowercase());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_renewal_and_revocation_sqlite() {
+    issuance_renewal_and_revocation(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_renewal_and_revocation_postgres() {
+    issuance_renewal_and_revocation(Backend::Postgres).await;
+}
+
+/// Every CSR the profile refuses gets 400210 naming the problem, and nothing is written: no registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_csrs_leave_nothing_written() {
+    let server = Server::start_with(Backend::Sqlite, start_options()).await.unwrap();
+    let admin = Admin::new(&server);
+    admin.hub("hub-a.example.com").await;
+    let key = [9u8; 32];
+    let doc = json!({
+        "registrationId": "Meter-1",
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([1u8; 32])}},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollments/Meter-1", Some(doc)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, other_cn) = key_and_csr(d, "other", "Meter-2", "prime256v1");
+    openssl(d, &["genrsa", "-out", "rsa1024.key", "1024"]);
+    openssl(
+        d,
+        &["req", "-new", "-key", "rsa1024.key", "-subj", "/CN=Meter-1", "-outform", "DER", "-out", "rsa1024.der"],
+    );
+    let rsa1024 = STANDARD.encode(std::fs::read(d.join("rsa1024.der")).unwrap());
+    let (_, good) = key_and_csr(d, "good", "Meter-1", "prime256v1");
+    let mut corrupt = STANDARD.decode(&good).unwrap();
+    let last = corrupt.len() - 3;
+    corrupt[last] ^= 0x55;
+    let cases = [
+        ("another CN", other_cn, "Meter-2"),
+        ("RSA-1024", rsa1024, "RSA"),
+        ("a bad signature", STANDARD.encode(&corrupt), "signature"),
+        ("not base64", "@@@".to_owned(), "base64"),
+    ];
+    for (what, csr, word) in cases {
+        let (status, body) = sas_register(&server, "Meter-1", &key, json!({"csr": csr})).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["errorCode"], 400210, "{what}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(word), "{what}: {body}");
+    }
+    let (status, body) = admin.send(reqwest::Method::GET, "/registrations/Meter-1", None).await;
+    assert_eq!(status, 404, "no registration was written: {body}");
+    // The good CSR then works.
+    let (status, op) = sas_register(&server, "Meter-1", &key, json!({"csr": good})).await;
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// X.509 attestation
+
+/// X.509 devices register with curl: an individual enrollment (its certificate by thumbprint, a deviceId), a group
+/// by the CA nearest the leaf in the chain the device sends; refused: an unknown CA (401012), a chain to a CA
+/// whose proof of possession is not done (401013), a certificate of another device's enrollment (401002); a
+/// disabled group answers `disabled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_devices_register_with_curl() {
+    let server = Server::start_with(Backend::Sqlite, start_options()).await.unwrap();
+    let admin = Admin::new(&server);
+    admin.hub("hub-a.example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "factory-root", None);
+    make_ca(d, "factory-ica", Some("factory-root"));
+    make_ca(d, "line-ica", Some("factory-root"));
+    make_ca(d, "stranger-root", None);
+    let pem = |name: &str| std::fs::read_to_string(d.join(format!("{name}.pem"))).unwrap();
+
+    // Individual: a self-contained device certificate, matched by thumbprint.
+    make_device(d, "solo", "solo-1", "factory-ica");
+    let doc = json!({
+        "registrationId": "solo-1", "deviceId": "solo-device",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem("solo")}}}},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollments/solo-1", Some(doc)).await;
+    let (status, op) = curl_register(&server, "solo-1", &d.join("solo.pem"), &d.join("solo.key"), json!({}));
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+    assert_eq!(op["registrationState"]["deviceId"], "solo-device");
+    let info = &op["registrationState"]["x509"]["certificateInfo"];
+    let fingerprint = openssl(d, &["x509", "-in", "solo.pem", "-noout", "-fingerprint", "-sha256"]);
+    assert_eq!(
+        fingerprint.trim().rsplit('=').next().unwrap().replace(':', ""),
+        info["sha256Thumbprint"].as_str().unwrap(),
+        "{op}"
+    );
+
+    // Group by the factory intermediate; the device sends leaf + intermediate; with a CSR it gets a certificate.
+    std::fs::write(d.join("line-chain-unused"), "").unwrap();
+    let group = json!({
+        "enrollmentGroupId": "factory",
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": pem("factory-ica")}}}},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollmentGroups/factory", Some(group)).await;
+    make_device(d, "g1", "widget-1", "factory-ica");
+    std::fs::write(d.join("g1-chain.pem"), pem("g1") + &pem("factory-ica")).unwrap();
+    let (_, csr) = key_and_csr(d, "g1-op", "widget-1", "prime256v1");
+    let (status, op) =
+        curl_register(&server, "widget-1", &d.join("g1-chain.pem"), &d.join("g1.key"), json!({"csr": csr}));
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["status"], "assigned", "{op}");
+    assert_eq!(op["registrationState"]["x509"]["enrollmentGroupId"], "factory", "{op}");
+    assert!(
+        op["registrationState"]["x509"]["signingCertificateInfo"]["subjectName"]
+            .as_str()
+            .unwrap()
+            .contains("factory-ica")
+    );
+    assert_eq!(op["registrationState"]["issuedCertificateChain"].as_array().unwrap().len(), 3);
+
+    // A chain to a CA no enrollment names.
+    make_device(d, "lost", "lost-1", "stranger-root");
+    let (status, body) = curl_register(&server, "lost-1", &d.join("lost.pem"), &d.join("lost.key"), json!({}));
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401012)), "{body}");
+
+    // Another device's certificate under its own registration id: the CN must be the registration id.
+    let (status, body) = curl_register(&server, "widget-2", &d.join("g1-chain.pem"), &d.join("g1.key"), json!({}));
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401002)), "{body}");
+
+    // A group by an uploaded CA: refused until proof of possession, then accepted.
+    let (status, body) = admin
+        .send(reqwest::Method::PUT, "/certificateAuthorities/line", Some(json!({"certificate": pem("line-ica")})))
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let group = json!({
+        "enrollmentGroupId": "line",
+        "attestation": {"type": "x509", "x509": {"caReferences": {"primary": "line"}}},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollmentGroups/line", Some(group)).await;
+    make_device(d, "l1", "gadget-1", "line-ica");
+    std::fs::write(d.join("l1-chain.pem"), pem("l1") + &pem("line-ica")).unwrap();
+    let (status, body) = curl_register(&server, "gadget-1", &d.join("l1-chain.pem"), &d.join("l1.key"), json!({}));
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401013)), "{body}");
+    let code = admin.ok(reqwest::Method::POST, "/certificateAuthorities/line/verificationCode", None).await;
+    let code = code["verificationCode"].as_str().unwrap().to_owned();
+    make_device(d, "proof", &code, "line-ica");
+    admin
+        .ok(reqwest::Method::POST, "/certificateAuthorities/line/verify", Some(json!({"certificate": pem("proof")})))
+        .await;
+    // Groups and CAs are cached for up to two seconds.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, op) = curl_register(&server, "gadget-1", &d.join("l1-chain.pem"), &d.join("l1.key"), json!({}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+
+    // A disabled group: the device learns it is disabled.
+    let mut group = admin.ok(reqwest::Method::GET, "/enrollmentGroups/factory", None).await;
+    group["provisioningStatus"] = json!("disabled");
+    admin.ok(reqwest::Method::PUT, "/enrollmentGroups/factory", Some(group)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    make_device(d, "g2", "widget-2", "factory-ica");
+    std::fs::write(d.join("g2-chain.pem"), pem("g2") + &pem("factory-ica")).unwrap();
+    let (status, op) = curl_register(&server, "widget-2", &d.join("g2-chain.pem"), &d.join("g2.key"), json!({}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("disabled")), "{op}");
+}
