@@ -243,6 +243,27 @@ impl Pki {
         Err(ApiError::Conflict(format!("the CRL of {name:?} is changing; retry")))
     }
 
+    /// Reissues every CA's CRL when it is stale or a day old, every hour, for as long as the process runs (so a
+    /// CRL is reissued at least daily even when nobody fetches it, and never outlives its nextUpdate).
+    pub async fn refresh_crls(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let cas = match self.cas().await {
+                Ok(cas) => cas,
+                Err(e) => {
+                    tracing::warn!("cannot list issuing CAs to refresh their CRLs: {e}");
+                    continue;
+                }
+            };
+            for ca in cas.iter() {
+                if let Err(e) = self.crl(&ca.name).await {
+                    tracing::warn!("cannot refresh the CRL of issuing CA {:?}: {e}", ca.name);
+                }
+            }
+        }
+    }
+
     /// What devices and hubs trust: every certificate of every issuing CA's chain (roots and intermediates), PEM.
     pub async fn trust_bundle(&self) -> Result<String, ApiError> {
         let mut seen = Vec::new();

@@ -254,6 +254,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         DeviceLimits::new(count, window, config.device_max_in_flight),
     )?);
     let expiry = tokio::spawn(Arc::clone(&registrations).expire_operations());
+    let crls = tokio::spawn(Arc::clone(&pki).refresh_crls());
     let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone() };
     let admin = admin_server(listener, tls, state, config.shutdown_timeout)?;
     let device =
@@ -272,6 +273,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     admin.context("admin API server")?;
     device.context("device API server")?;
     expiry.abort();
+    crls.abort();
     store.close().await?;
     tracing::info!("stopped");
     Ok(())

@@ -170,6 +170,14 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
+    fn every_code_is_documented() {
+        let doc = include_str!("../../../docs/error-codes.md");
+        for code in ErrorCode::ALL {
+            assert!(doc.contains(&format!("| {} |", code.number())), "{code:?} is missing from docs/error-codes.md");
+        }
+    }
+
+    #[test]
     fn codes_are_unique_and_map_to_their_status() {
         let numbers: HashSet<u32> = ErrorCode::ALL.iter().map(|c| c.number()).collect();
         assert_eq!(numbers.len(), ErrorCode::ALL.len());
