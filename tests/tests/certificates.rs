@@ -519,3 +519,156 @@ async fn x509_devices_register_with_curl() {
     let (status, op) = curl_register(&server, "widget-2", &d.join("g2-chain.pem"), &d.join("g2.key"), json!({}));
     assert_eq!((status, op["status"].as_str()), (200, Some("disabled")), "{op}");
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rotation, expiry, disabled devices
+
+/// Signs `{name}.csr.pem` (a CA CSR from the service) with the openssl root `root` into `{name}.pem`.
+fn sign_ca_csr(dir: &Path, name: &str, root: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), CA_EXTENSIONS).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr.pem"),
+            "-CA",
+            &format!("{root}.pem"),
+            "-CAkey",
+            &format!("{root}.key"),
+            "-CAcreateserial",
+            "-days",
+            "60",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// Rotation (issue #4): a certificate issued under the development CA; a second issuing CA made by the service,
+/// signed by an openssl root, uploaded and activated; the old certificate still renews (EST), and the new
+/// certificate comes from the second CA; the trust bundle holds both roots; the first CA's CRL is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_old_certificates_renewing() {
+    let server = Server::start_with(Backend::Sqlite, start_options()).await.unwrap();
+    let admin = Admin::new(&server);
+    admin.hub("hub-a.example.com").await;
+    let key = [5u8; 32];
+    let doc = json!({
+        "registrationId": "Rotor-1",
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([6u8; 32])}},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollments/Rotor-1", Some(doc)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (device_key, csr) = key_and_csr(d, "one", "Rotor-1", "prime256v1");
+    let (status, op) = sas_register(&server, "Rotor-1", &key, json!({"csr": csr})).await;
+    assert_eq!(status, 200, "{op}");
+    write_pem_chain(&d.join("one-chain.pem"), op["registrationState"]["issuedCertificateChain"].as_array().unwrap());
+
+    make_ca(d, "offline-root", None);
+    let created = admin
+        .ok(reqwest::Method::POST, "/pki/issuingCAs", Some(json!({"name": "ca-2", "keyAlgorithm": "ecdsaP384"})))
+        .await;
+    std::fs::write(d.join("ca-2.csr.pem"), created["csr"].as_str().unwrap()).unwrap();
+    sign_ca_csr(d, "ca-2", "offline-root");
+    let chain = std::fs::read_to_string(d.join("ca-2.pem")).unwrap()
+        + &std::fs::read_to_string(d.join("offline-root.pem")).unwrap();
+    admin.ok(reqwest::Method::PUT, "/pki/issuingCAs/ca-2", Some(json!({"certificateChain": chain}))).await;
+    admin.ok(reqwest::Method::POST, "/pki/issuingCAs/ca-2/activate", None).await;
+    let listed = admin.ok(reqwest::Method::GET, "/pki/issuingCAs", None).await;
+    let active: Vec<&str> = listed
+        .as_array()
+        .or_else(|| listed["value"].as_array())
+        .or_else(|| listed["items"].as_array())
+        .unwrap()
+        .iter()
+        .filter(|ca| ca["status"] == "active")
+        .map(|ca| ca["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(active, ["ca-2"], "{listed}");
+
+    // The old certificate (development CA) renews by EST; the new one comes from ca-2.
+    let (_, csr2) = key_and_csr(d, "two", "Rotor-1", "prime256v1");
+    let (status, pkcs7) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &d.join("one-chain.pem"),
+        &device_key,
+        &csr2,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 200, "{pkcs7}");
+    std::fs::write(d.join("two.p7.b64"), &pkcs7).unwrap();
+    openssl(d, &["base64", "-d", "-in", "two.p7.b64", "-out", "two.p7"]);
+    openssl(d, &["pkcs7", "-inform", "DER", "-in", "two.p7", "-print_certs", "-out", "two.pem"]);
+    let issuer = openssl(d, &["x509", "-in", "two.pem", "-noout", "-issuer"]);
+    assert!(issuer.contains("zerotouch issuing CA ca-2"), "{issuer}");
+    let bundle = fetch_bundle(&server, d).await;
+    let verified = openssl(d, &["verify", "-CAfile", bundle.to_str().unwrap(), "-untrusted", "ca-2.pem", "two.pem"]);
+    assert!(verified.contains("OK"), "{verified}");
+    let bundle_text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(bundle_text.matches("BEGIN CERTIFICATE").count() >= 4, "both chains: {bundle_text}");
+    let crl = server.client.get(server.device("/pki/crl/development")).send().await.unwrap();
+    assert_eq!(crl.status().as_u16(), 200, "the retired CA's CRL is still served");
+}
+
+/// An expired factory certificate is refused with 401010; after its enrollment is disabled, a device's operational
+/// certificate is revoked and can no longer renew (401015).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_disabled_devices_are_refused() {
+    let server = Server::start_with(Backend::Sqlite, start_options()).await.unwrap();
+    let admin = Admin::new(&server);
+    admin.hub("hub-a.example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "plant-root", None);
+    let group = json!({
+        "enrollmentGroupId": "plant",
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": std::fs::read_to_string(d.join("plant-root.pem")).unwrap()}}}},
+    });
+    admin.ok(reqwest::Method::PUT, "/enrollmentGroups/plant", Some(group)).await;
+
+    // An expired device certificate, signed by the plant root's key (rcgen: openssl 3.0 cannot back-date).
+    openssl(d, &["pkcs8", "-topk8", "-nocrypt", "-in", "plant-root.key", "-out", "plant-root.p8"]);
+    let root_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(d.join("plant-root.p8")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(d.join("plant-root.pem")).unwrap(), root_key).unwrap();
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "old-1");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.signed_by(&device_key, &issuer).unwrap();
+    std::fs::write(d.join("old.pem"), cert.pem()).unwrap();
+    std::fs::write(d.join("old.key"), device_key.serialize_pem()).unwrap();
+    let (status, body) = curl_register(&server, "old-1", &d.join("old.pem"), &d.join("old.key"), json!({}));
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401010)), "{body}");
+
+    // A device of the group gets an operational certificate; the group is disabled; renewal is refused.
+    make_device(d, "p1", "press-1", "plant-root");
+    let (op_key, csr) = key_and_csr(d, "p1-op", "press-1", "prime256v1");
+    let (status, op) = curl_register(&server, "press-1", &d.join("p1.pem"), &d.join("p1.key"), json!({"csr": csr}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+    write_pem_chain(&d.join("p1-op-chain.pem"), op["registrationState"]["issuedCertificateChain"].as_array().unwrap());
+    let mut group = admin.ok(reqwest::Method::GET, "/enrollmentGroups/plant", None).await;
+    group["provisioningStatus"] = json!("disabled");
+    admin.ok(reqwest::Method::PUT, "/enrollmentGroups/plant", Some(group)).await;
+    let (_, csr2) = key_and_csr(d, "p1-op2", "press-1", "prime256v1");
+    let (status, body) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &d.join("p1-op-chain.pem"),
+        &op_key,
+        &csr2,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["errorCode"], 401015, "{body}");
+}

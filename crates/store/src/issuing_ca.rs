@@ -245,6 +245,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
+        self.note_reference_change();
         Ok(record)
     }
 
@@ -321,6 +322,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
+        self.note_reference_change();
         record.chain_pem = Some(chain_pem);
         record.not_after = Some(not_after);
         record.crl.stale = true;
@@ -395,6 +397,7 @@ impl Store {
         });
         audit::record(&txn, actor, &changes).await?;
         txn.commit().await?;
+        self.note_reference_change();
         record.status = IssuingCaStatus::Active;
         record.etag = etag;
         record.updated_at = now;
@@ -485,6 +488,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
+        self.note_reference_change();
         Ok(())
     }
 }

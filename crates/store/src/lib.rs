@@ -183,8 +183,9 @@ impl Store {
         })
     }
 
-    /// How many changes this process made to hubs, enrollment groups and customer CAs (a cache of them is stale when it moved;
-    /// changes made by other replicas are not counted, so such a cache also needs a short lifetime).
+    /// How many changes this process made to hubs, enrollment groups, customer CAs and issuing CAs (a cache of them
+    /// is stale when it moved; changes made by other replicas are not counted, so such a cache also needs a short
+    /// lifetime).
     pub fn reference_changes(&self) -> u64 {
         self.reference_changes.load(std::sync::atomic::Ordering::Acquire)
     }
