@@ -163,9 +163,10 @@ impl<'a> Api<'a> {
     }
 
     /// Follows `x-ms-continuation` from the first page to the last; checks the paging headers of every page and
-    /// returns the pages. `GET /audit` pages; every other listing is a `POST .../query`.
+    /// returns the pages. Queries (`POST .../query`) page, and so do `GET /audit`, `GET /pki/certificates` and
+    /// `GET /certificateAuthorities`.
     async fn pages(&self, path: &str, body: Option<&Value>, page_size: u64, item_type: &str) -> Vec<Vec<Value>> {
-        let method = if path == "/audit" { Method::GET } else { Method::POST };
+        let method = if path.ends_with("/query") { Method::POST } else { Method::GET };
         let mut pages = Vec::new();
         let mut continuation: Option<String> = None;
         loop {
@@ -897,7 +898,10 @@ async fn every_route_round_trips(backend: Backend) {
     store.close().await.unwrap();
     expect_resource(api.get("/registrations/tour-device").await).await;
     assert_eq!(api.all("/registrations/tour-2/query", None, "deviceRegistration").await.len(), 1);
+    let (_, revoked) = expect_json(api.post("/registrations/tour-device/revoke", Some(&json!({}))).await, 200).await;
+    assert_eq!(revoked, json!({"revoked": []}), "it was never issued a certificate");
     assert_eq!(api.delete("/registrations/tour-device", Some(&saved.etag)).await.status(), 204);
+    pki_tour(&server, &api).await;
     assert!(!api.all("/audit", None, "auditEvent").await.is_empty());
     assert_eq!(api.delete("/hubs/tour.example.com", Some(&hub_etag)).await.status(), 204);
 
@@ -914,6 +918,60 @@ async fn every_route_round_trips(backend: Backend) {
         }
     }
     assert!(missing.is_empty(), "routes without a 2xx: {missing:#?}\n{metrics}");
+}
+
+/// The managed CA's routes, once each: an issuing CA signed by a root made here and activated (and a spare one
+/// deleted), a customer CA proven and deleted, the fleet view, and the public trust bundle and CRL.
+async fn pki_tour(server: &Server, api: &Api<'_>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+    }
+
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca_params("Tour Root").self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(ca_params("Tour Root"), &root_key);
+    let (_, created) = expect_json(api.post("/pki/issuingCAs", Some(&json!({"name": "tour-ca"}))).await, 201).await;
+    let mut csr = CertificateSigningRequestParams::from_pem(created["csr"].as_str().unwrap()).unwrap();
+    csr.params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    csr.params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let chain = format!("{}{}", csr.signed_by(&root_issuer).unwrap().pem(), root.pem());
+    expect_resource(api.put("/pki/issuingCAs/tour-ca", &json!({"certificateChain": chain})).await).await;
+    expect_resource(api.get("/pki/issuingCAs/tour-ca").await).await;
+    expect_json(api.get("/pki/issuingCAs").await, 200).await;
+    expect_resource(api.post("/pki/issuingCAs/tour-ca/activate", None).await).await;
+    let (_, spare) = expect_json(api.post("/pki/issuingCAs", Some(&json!({"name": "tour-spare"}))).await, 201).await;
+    assert_eq!(api.delete("/pki/issuingCAs/tour-spare", spare["etag"].as_str()).await.status(), 204);
+    api.all("/pki/certificates", None, "certificate").await;
+
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params("Tour Factory CA").self_signed(&ca_key).unwrap();
+    let ca_issuer = Issuer::new(ca_params("Tour Factory CA"), &ca_key);
+    let path = "/certificateAuthorities/tour-factory";
+    let (_, _) = expect_json(api.put(path, &json!({"certificate": ca.pem()})).await, 201).await;
+    expect_resource(api.get(path).await).await;
+    assert_eq!(api.all("/certificateAuthorities", None, "certificateAuthority").await.len(), 1);
+    let (_, code) = expect_json(api.post(&format!("{path}/verificationCode"), None).await, 200).await;
+    let mut proof = CertificateParams::default();
+    proof.distinguished_name = DistinguishedName::new();
+    proof.distinguished_name.push(DnType::CommonName, code["verificationCode"].as_str().unwrap());
+    let proof = proof.signed_by(&KeyPair::generate().unwrap(), &ca_issuer).unwrap();
+    let (verified, etag) =
+        expect_resource(api.post(&format!("{path}/verify"), Some(&json!({"certificate": proof.pem()}))).await).await;
+    assert_eq!(verified["isVerified"], true);
+    assert_eq!(api.delete(path, Some(&etag)).await.status(), 204);
+
+    for public in ["/pki/trustBundle", "/pki/crl/development"] {
+        assert_eq!(server.client.get(server.url(public)).send().await.unwrap().status(), 200, "{public}");
+    }
 }
 
 /// Each method of each admin route answers a 2xx in a short tour (checked against the route table through the

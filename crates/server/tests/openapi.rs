@@ -10,8 +10,8 @@ use zerotouch_wire::ErrorCode;
 /// The operations a path item can hold (OpenAPI 3.1 §4.8.9).
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
-/// The routes that need no token.
-const UNAUTHENTICATED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// The routes that need no token: the health routes and the public PKI documents.
+const UNAUTHENTICATED: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/pki/crl/{issuingCA}", "/pki/trustBundle"];
 
 fn spec() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.yaml");
@@ -104,7 +104,8 @@ fn every_operation_is_fully_described() {
     }
 }
 
-/// Bearer JWTs guard every route but the health routes, which say so with `security: []`.
+/// Bearer JWTs guard every route but the health routes and the public PKI documents, which say so with
+/// `security: []`.
 #[test]
 fn the_health_routes_alone_need_no_token() {
     let spec = spec();

@@ -1,13 +1,18 @@
-//! The admin (service) API: enrollments, enrollment groups, registrations, hubs, audit, health and metrics.
+//! The admin (service) API: enrollments, enrollment groups, registrations, hubs, the managed CA (`/pki`),
+//! certificate authorities, audit, health and metrics.
 //!
 //! Shapes follow the DPS service API (`azure-dps-wire.md` §6). Every route is declared once, in [`routes!`],
 //! which both registers it with actix and lists it in [`ROUTES`], the table a test compares with `openapi.yaml`.
+//! The public PKI documents (CRLs, trust bundle) are served by [`crate::est::configure_public`] on both listeners;
+//! the table lists them too, and a unit test checks that they are the ones that module serves.
 //! Handlers stay thin: parse the path and body, call the store, render the answer.
 
 mod audit;
+mod certificate_authorities;
 mod enrollments;
 mod health;
 mod hubs;
+mod pki;
 mod registrations;
 
 use actix_web::http::Method;
@@ -15,11 +20,18 @@ use actix_web::web;
 
 use enrollments::{Group, Individual};
 
-/// Declares the routes: `"/path" => { METHOD: handler, ... }`.
+/// Declares the routes: `"/path" => { METHOD: handler, ... }`, then, after `served by <configure fn>:`, the
+/// routes that function registers (listed in [`ROUTES`], registered by it).
 macro_rules! routes {
-    ($($path:literal => { $($method:ident : $handler:expr),+ $(,)? }),+ $(,)?) => {
+    (
+        $($path:literal => { $($method:ident : $handler:expr),+ $(,)? }),+ $(,)?;
+        served by $configure:path : { $($served:literal => [$($served_method:ident),+]),+ $(,)? } $(,)?
+    ) => {
         /// Every route of the admin API: path template and the methods it takes.
-        pub const ROUTES: &[(&str, &[&str])] = &[$(($path, &[$(stringify!($method)),+])),+];
+        pub const ROUTES: &[(&str, &[&str])] = &[
+            $(($path, &[$(stringify!($method)),+]),)+
+            $(($served, &[$(stringify!($served_method)),+]),)+
+        ];
 
         /// Registers every route, with 405 for other methods and 404 for other paths.
         pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -30,6 +42,7 @@ macro_rules! routes {
                         .default_service(web::to(|| crate::error::method_not_allowed(&[$(stringify!($method)),+]))),
                 );
             )+
+            $configure(cfg);
             cfg.default_service(web::to(crate::error::route_not_found));
         }
     };
@@ -61,15 +74,48 @@ routes! {
         DELETE: registrations::delete,
     },
     "/registrations/{enrollmentGroupId}/query" => { POST: registrations::query },
+    "/registrations/{registrationId}/revoke" => { POST: registrations::revoke },
     "/hubs" => { GET: hubs::list },
     "/hubs/{hostName}" => { GET: hubs::get, PUT: hubs::put, DELETE: hubs::delete },
+    "/pki/issuingCAs" => { GET: pki::list, POST: pki::create },
+    "/pki/issuingCAs/{name}" => { GET: pki::get, PUT: pki::upload_chain, DELETE: pki::delete },
+    "/pki/issuingCAs/{name}/activate" => { POST: pki::activate },
+    "/pki/certificates" => { GET: pki::certificates },
+    "/certificateAuthorities" => { GET: certificate_authorities::list },
+    "/certificateAuthorities/{name}" => {
+        GET: certificate_authorities::get,
+        PUT: certificate_authorities::put,
+        DELETE: certificate_authorities::delete,
+    },
+    "/certificateAuthorities/{name}/verificationCode" => { POST: certificate_authorities::verification_code },
+    "/certificateAuthorities/{name}/verify" => { POST: certificate_authorities::verify },
     "/audit" => { GET: audit::list },
     "/healthz" => { GET: health::alive },
     "/readyz" => { GET: health::ready },
-    "/metrics" => { GET: health::metrics },
+    "/metrics" => { GET: health::metrics };
+    served by crate::est::configure_public: {
+        "/pki/crl/{issuingCA}" => [GET],
+        "/pki/trustBundle" => [GET],
+    },
 }
 
 /// Timestamps as the API shows them.
 fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     zerotouch_wire::format_timestamp(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    /// The routes the table says `est::configure_public` serves are the public ones that module declares.
+    #[test]
+    fn the_public_pki_routes_are_the_ones_est_serves() {
+        for path in ["/pki/crl/{issuingCA}", "/pki/trustBundle"] {
+            let ours = ROUTES.iter().find(|(p, _)| *p == path).map(|(_, m)| *m);
+            let theirs = crate::est::ROUTES.iter().find(|(p, _)| *p == path).map(|(_, m)| *m);
+            assert!(ours.is_some(), "{path} is not in admin::ROUTES");
+            assert_eq!(ours, theirs, "{path}");
+        }
+    }
 }

@@ -1,9 +1,12 @@
-//! `/registrations`: device registration states (read and delete; devices write them by registering).
+//! `/registrations`: device registration states (read and delete; devices write them by registering), and the
+//! revocation of a device's certificates (issue #4 §5).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zerotouch_pki::RevocationReason;
 use zerotouch_store::{RegistrationRecord, Store};
-use zerotouch_wire::enrollment::EnrollmentKind;
+use zerotouch_wire::enrollment::{EnrollmentKind, FieldError};
 use zerotouch_wire::{EnrollmentGroupId, RegistrationId};
 
 use crate::auth::{Caller, EnrollmentWrite, Read};
@@ -71,4 +74,54 @@ pub(super) async fn query(
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render).collect::<Result<Vec<_>, _>>()?;
     Ok(request::page_response(items, page.next, "deviceRegistration", &paging))
+}
+
+/// The body of `POST /registrations/{registrationId}/revoke` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    reason: Option<String>,
+}
+
+fn revocation_reason(name: Option<&str>) -> Result<RevocationReason, FieldError> {
+    let Some(name) = name else { return Ok(RevocationReason::Unspecified) };
+    RevocationReason::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = RevocationReason::ALL.iter().map(|r| r.as_str()).collect();
+        FieldError::new("reason", format!("{name:?} is not one of {}", known.join(", ")))
+    })
+}
+
+/// `POST /registrations/{registrationId}/revoke`: revokes every certificate of the device that is neither revoked
+/// nor expired (its issuing CAs' CRLs list them from the next fetch on); answers their serial numbers.
+pub(super) async fn revoke(
+    caller: Caller<EnrollmentWrite>,
+    store: web::Data<Store>,
+    id: web::Path<String>,
+    body: MaybeJson<BODY_LIMIT>,
+) -> Result<HttpResponse, ApiError> {
+    let key = parse_id(&id)?.key();
+    let body: RevokeBody = body.0.map(zerotouch_wire::field::decode).transpose()?.unwrap_or_default();
+    let reason = revocation_reason(body.reason.as_deref())?;
+    store.registration(&key).await.map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
+    let revoked = store
+        .revoke_certificates_of_registration(&key, reason.as_str(), &caller.actor())
+        .await
+        .map_err(ApiError::internal)?;
+    let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
+    Ok(HttpResponse::Ok().json(json!({ "revoked": serials })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn revocation_reasons_default_to_unspecified_and_unknown_ones_are_named() {
+        assert_eq!(revocation_reason(None).unwrap(), RevocationReason::Unspecified);
+        assert_eq!(revocation_reason(Some("keyCompromise")).unwrap(), RevocationReason::KeyCompromise);
+        let e = revocation_reason(Some("KeyCompromise")).unwrap_err();
+        assert_eq!(e.field, "reason");
+        assert!(e.problem.contains("keyCompromise") && e.problem.contains("privilegeWithdrawn"), "{e}");
+    }
 }
