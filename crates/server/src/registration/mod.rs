@@ -138,6 +138,18 @@ struct Reference {
 /// How long hubs and groups read from the database are reused.
 pub const REFERENCE_TTL: Duration = Duration::from_secs(2);
 
+/// How long this replica answers polls of a finished operation it wrote from memory, and how many it keeps.
+const FINISHED_TTL: Duration = Duration::from_secs(30);
+const FINISHED_MAX: usize = 100_000;
+
+/// A finished operation this replica wrote: whose it is, when it was written, and the answer.
+#[derive(Debug, Clone)]
+struct Finished {
+    registration_key: String,
+    written: Instant,
+    answer: RegistrationOperationStatus,
+}
+
 /// How long a verified token spares a poll the enrollment lookup (never beyond the token's own expiry).
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
 const VERIFIED_MAX: usize = 100_000;
@@ -154,6 +166,11 @@ pub struct RegistrationService {
     /// SHA-256 of (id scope, registration key, Authorization value) of tokens verified recently, and until when. A poll
     /// with the same token then needs no enrollment lookup; it can only read the device's own operations.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Operations this replica wrote in a terminal state, by id, so that a device's first poll (which normally
+    /// follows its register within milliseconds) needs no database read. A terminal operation never changes, so
+    /// this cannot disagree with the database, except that a registration deleted in the last
+    /// [`FINISHED_TTL`] still answers its operation. Other replicas read the database.
+    finished: Mutex<HashMap<String, Finished>>,
 }
 
 fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
@@ -199,6 +216,7 @@ impl RegistrationService {
             http,
             reference: Mutex::new(None),
             verified: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashMap::new()),
         })
     }
 
@@ -259,6 +277,32 @@ impl RegistrationService {
     fn recently_verified(&self, device: &DeviceRequest) -> bool {
         let Some(digest) = token_digest(device) else { return false };
         self.verified.lock().is_ok_and(|v| v.get(&digest).is_some_and(|until| *until > Instant::now()))
+    }
+
+    fn remember_finished(&self, operation: &OperationRecord) {
+        let Some(status) = RegistrationStatus::parse(&operation.status).filter(|s| *s != RegistrationStatus::Assigning)
+        else {
+            return;
+        };
+        let registration_state = operation.result.clone().and_then(|r| serde_json::from_value(r).ok());
+        let answer = RegistrationOperationStatus { operation_id: operation.id.clone(), status, registration_state };
+        let Ok(mut finished) = self.finished.lock() else { return };
+        if finished.len() >= FINISHED_MAX {
+            finished.retain(|_, f| f.written.elapsed() < FINISHED_TTL);
+            if finished.len() >= FINISHED_MAX {
+                finished.clear();
+            }
+        }
+        let entry = Finished { registration_key: operation.registration_key.clone(), written: Instant::now(), answer };
+        finished.insert(operation.id.clone(), entry);
+    }
+
+    /// A finished operation of `registration_key` from memory, while it is young enough (see `finished`).
+    fn recently_finished(&self, registration_key: &str, operation_id: &str) -> Option<RegistrationOperationStatus> {
+        let finished = self.finished.lock().ok()?;
+        let entry = finished.get(operation_id)?;
+        let young = entry.written.elapsed() < FINISHED_TTL.min(self.settings.operation_ttl);
+        (young && entry.registration_key == registration_key).then(|| entry.answer.clone())
     }
 
     fn throttled(RetryAfter(wait): RetryAfter) -> ApiError {
@@ -630,6 +674,7 @@ impl RegistrationService {
             });
             match self.store.commit_registration(outcome, snapshot).await {
                 Ok((_, operation)) => {
+                    self.remember_finished(&operation);
                     return Ok(RegistrationOperationStatus {
                         operation_id: operation.id,
                         status: RegistrationStatus::Assigning,
@@ -886,6 +931,9 @@ impl RegistrationService {
             self.authenticate(&device, "poll").await?;
         }
         self.limits.admit(&key).map_err(Self::throttled)?;
+        if let Some(answer) = self.recently_finished(&key, operation_id) {
+            return Ok(answer);
+        }
         let not_found = || ApiError::RegistrationNotFound(format!("operation {operation_id:?}"));
         let operation = match self.store.operation(&key, operation_id).await {
             Ok(operation) => operation,
