@@ -475,6 +475,37 @@ async fn x509_devices_register_with_curl() {
     );
     assert_eq!(op["registrationState"]["issuedCertificateChain"].as_array().unwrap().len(), 3);
 
+    // EST simpleenroll with the factory certificate: a certificate for the same device, from our issuing CA.
+    let (_, est_csr) = key_and_csr(d, "g1-est", "widget-1", "prime256v1");
+    let (status, pkcs7) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &d.join("g1-chain.pem"),
+        &d.join("g1.key"),
+        &est_csr,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 200, "{pkcs7}");
+    std::fs::write(d.join("g1-est.p7.b64"), &pkcs7).unwrap();
+    openssl(d, &["base64", "-d", "-in", "g1-est.p7.b64", "-out", "g1-est.p7"]);
+    let printed = openssl(d, &["pkcs7", "-inform", "DER", "-in", "g1-est.p7", "-print_certs"]);
+    assert!(
+        printed.contains("subject=CN = widget-1") && printed.contains("issuer=CN = zerotouch development issuing CA"),
+        "{printed}"
+    );
+    // simplereenroll takes only an operational certificate, not the factory one.
+    let (status, body) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &d.join("g1-chain.pem"),
+        &d.join("g1.key"),
+        &est_csr,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 401, "{body}");
+
     // A chain to a CA no enrollment names.
     make_device(d, "lost", "lost-1", "stranger-root");
     let (status, body) = curl_register(&server, "lost-1", &d.join("lost.pem"), &d.join("lost.key"), json!({}));
