@@ -1,5 +1,7 @@
 //! Simulated devices: each opens its own new TLS connection, registers with a SAS token, and polls until its
 //! registration is terminal; and the machine's ceiling, new TLS handshakes each followed by one `GET /healthz`.
+//! A device may carry a CSR (base64 DER PKCS#10, CN = its registration id) in its register body; then it counts
+//! as assigned only when the answer holds the issued certificate chain.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,11 +28,24 @@ pub(crate) struct Target {
     pub(crate) id_scope: String,
 }
 
-/// A device's identity: registration id and the key it signs with.
+/// A device's identity: registration id and the key it signs with, and the CSR it sends when it has one.
 #[derive(Debug, Clone)]
 pub(crate) struct Device {
     registration_id: String,
     key: Vec<u8>,
+    csr: Option<String>,
+}
+
+impl Device {
+    /// The registration id (the CN its CSR must carry).
+    pub(crate) fn registration_id(&self) -> &str {
+        &self.registration_id
+    }
+
+    /// This device, sending `csr` (base64 DER PKCS#10) in its register body.
+    pub(crate) fn with_csr(self, csr: String) -> Self {
+        Self { csr: Some(csr), ..self }
+    }
 }
 
 /// What a run measured.
@@ -47,7 +62,7 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    fn collect(outcomes: Vec<Result<Duration, String>>, elapsed: Duration) -> Self {
+    pub(crate) fn collect(outcomes: Vec<Result<Duration, String>>, elapsed: Duration) -> Self {
         let mut report = Self { assigned: 0, elapsed, latencies: Vec::new(), errors: BTreeMap::new() };
         for outcome in outcomes {
             match outcome {
@@ -78,20 +93,24 @@ impl Report {
 
     /// One line for logs and BENCHMARKS.md.
     pub(crate) fn summary(&self) -> String {
-        let errors = if self.errors.is_empty() {
-            "none".to_owned()
-        } else {
-            self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
-        };
         format!(
-            "assigned={} devices_per_s={:.0} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1} errors=[{errors}]",
+            "assigned={} devices_per_s={:.0} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1} errors=[{}]",
             self.assigned,
             self.rate(),
             self.quantile_ms(0.5),
             self.quantile_ms(0.9),
             self.quantile_ms(0.99),
             self.quantile_ms(1.0),
+            self.errors_text(),
         )
+    }
+
+    /// The failures by kind (`none` when there were none).
+    pub(crate) fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "none".to_owned();
+        }
+        self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -117,6 +136,35 @@ fn fresh_client(tls: &rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// The symmetric key of the group the odd-numbered devices belong to.
+fn group_key() -> Vec<u8> {
+    (0..32u8).map(|b| b.wrapping_mul(7).wrapping_add(3)).collect()
+}
+
+/// The registration id of device `i` under `prefix`.
+pub(crate) fn prepared_id(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:07}")
+}
+
+/// The devices [`enroll`] creates for `prefix` and `count`, with their keys, without creating anything.
+pub(crate) fn prepared(prefix: &str, count: usize) -> Vec<Device> {
+    let group_key = group_key();
+    (0..count)
+        .map(|i| {
+            let registration_id = prepared_id(prefix, i);
+            let key = if i % 2 == 1 {
+                zerotouch_attest::sas::derive_device_key(&group_key, &registration_id).to_vec()
+            } else {
+                let mut key = vec![0u8; 32];
+                key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                key[8..16].copy_from_slice(b"loadgen!");
+                key
+            };
+            Device { registration_id, key, csr: None }
+        })
+        .collect()
+}
+
 /// Creates `count` enrollments: even-numbered devices get individual enrollments, odd-numbered ones belong to one
 /// symmetric-key group (their keys derived from the group key); links three hubs if the server has none.
 /// Returns the devices.
@@ -139,7 +187,7 @@ pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyho
             }
         }
     }
-    let group_key: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(7).wrapping_add(3)).collect();
+    let group_key = group_key();
     let group_id = format!("{prefix}-group");
     let group = json!({
         "enrollmentGroupId": group_id,
@@ -154,20 +202,7 @@ pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyho
     if !response.status().is_success() {
         bail!("cannot create the enrollment group: {} {}", response.status(), response.text().await?);
     }
-    let devices: Vec<Device> = (0..count)
-        .map(|i| {
-            let registration_id = format!("{prefix}-{i:07}");
-            let key = if i % 2 == 1 {
-                zerotouch_attest::sas::derive_device_key(&group_key, &registration_id).to_vec()
-            } else {
-                let mut key = vec![0u8; 32];
-                key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                key[8..16].copy_from_slice(b"loadgen!");
-                key
-            };
-            Device { registration_id, key }
-        })
-        .collect();
+    let devices = prepared(prefix, count);
     let individual: Vec<&Device> = devices.iter().step_by(2).collect();
     for chunk in individual.chunks(1000) {
         let items: Vec<Value> = chunk
@@ -211,10 +246,14 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
     let describe = |status: reqwest::StatusCode, body: &Value| {
         format!("http {} errorCode {}", status.as_u16(), body.get("errorCode").unwrap_or(&Value::Null))
     };
+    let mut body = json!({"registrationId": device.registration_id});
+    if let Some(csr) = &device.csr {
+        body["csr"] = json!(csr);
+    }
     let response = client
         .put(format!("{base}/register?api-version=2021-06-01"))
         .header("Authorization", &token)
-        .json(&json!({"registrationId": device.registration_id}))
+        .json(&body)
         .send()
         .await
         .map_err(|e| format!("register: {}", if e.is_timeout() { "timeout" } else { "connection" }))?;
@@ -234,7 +273,14 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
         let status = response.status();
         let body: Value = response.json().await.map_err(|_| format!("http {} (not JSON)", status.as_u16()))?;
         match (status.as_u16(), body["status"].as_str()) {
-            (200, Some("assigned")) => return Ok(started.elapsed()),
+            (200, Some("assigned")) => {
+                let issued =
+                    body["registrationState"]["issuedCertificateChain"].as_array().is_some_and(|c| !c.is_empty());
+                if device.csr.is_some() && !issued {
+                    return Err("assigned without issuedCertificateChain".into());
+                }
+                return Ok(started.elapsed());
+            }
             (200, Some(other)) => {
                 let code = &body["registrationState"]["errorCode"];
                 return Err(format!("status {other} {code}"));

@@ -6,9 +6,13 @@
 //!   and runs N devices at concurrency C, each on its own new TLS connection: register, poll until assigned.
 //!   Reports devices/s, latency to assigned (p50/p90/p99/max) and every error by code.
 //! - `bench-devices`: starts a fresh service per backend and runs the TLS-handshake ceiling and `devices`.
+//! - `bench-issuance`: CSR-to-certificate issuance over HTTPS, ours (EST `simpleenroll`, persisted) against cfssl's
+//!   `/api/v1/cfssl/sign` on the same CSRs in the same run; and registration with a CSR per device next to
+//!   registration without one.
 
 mod bulk;
 mod devices;
+mod issuance;
 
 use std::time::Duration;
 
@@ -102,6 +106,28 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Fresh services per run: certificates from CSRs, ours (EST) against cfssl (`cfssl` on PATH, or `CFSSL_BIN`),
+    /// then registrations with and without a CSR.
+    BenchIssuance {
+        /// Which databases ours runs on.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["sqlite", "postgres"])]
+        backend: Vec<BackendArg>,
+        /// CSRs (P-256) each issuer signs per run.
+        #[arg(long, default_value_t = 20_000)]
+        csrs: usize,
+        /// Devices per registration run, with and without CSR (0 skips them).
+        #[arg(long, default_value_t = 20_000)]
+        devices: usize,
+        /// Connections (issuance) and devices in flight (registration).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// cfssl configurations: nothing kept (its default), or each certificate in its SQLite certdb.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["memory", "sqlite"])]
+        cfssl: Vec<issuance::CfsslStore>,
+    },
 }
 
 async fn bench_devices_once(
@@ -170,6 +196,17 @@ async fn main() -> anyhow::Result<()> {
                     rate / ceiling.max(1.0)
                 );
             }
+        }
+        Command::BenchIssuance { backend, csrs, devices: count, concurrency, runs, cfssl } => {
+            let settings = issuance::Settings {
+                backends: backend.into_iter().map(Backend::from).collect(),
+                csrs,
+                devices: count,
+                concurrency,
+                runs,
+                cfssl,
+            };
+            issuance::bench(&settings).await?;
         }
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
