@@ -388,40 +388,6 @@ impl Store {
         Ok(revoked.pop())
     }
 
-    /// Stores a certificate issued outside a registration attempt (EST enrollment and re-enrollment): the
-    /// registration's `active` certificates become `superseded`, this one is inserted `active`, and `action` is
-    /// audited for `actor`, in one transaction. The registration's row, if there is one, is locked first, so a
-    /// concurrent [`Store::delete_registration`] either waits and then revokes this certificate, or has already
-    /// deleted it. Returns the certificate as stored.
-    pub async fn record_certificate(
-        &self,
-        certificate: CertificateRecord,
-        action: &str,
-        actor: &Actor,
-    ) -> Result<CertificateRecord, StoreError> {
-        use sea_orm::TransactionTrait;
-        let mut certificate = normalized(certificate);
-        certificate.status = CertificateStatus::Active;
-        certificate.revoked_at = None;
-        certificate.revocation_reason = None;
-        certificate.created_at = crate::now();
-        let txn = self.db.begin().await?;
-        registration::Entity::find_by_id(certificate.registration_key.clone()).lock_exclusive().one(&txn).await?;
-        supersede_and_insert(&txn, std::slice::from_ref(&certificate)).await?;
-        let detail = format!("registration {}", certificate.registration_key);
-        let change = Change {
-            action,
-            resource_type: "certificate",
-            resource_id: &certificate.serial,
-            etag_before: None,
-            etag_after: None,
-            detail: Some(&detail),
-        };
-        audit::record(&txn, actor, &[change]).await?;
-        txn.commit().await?;
-        Ok(certificate)
-    }
-
     /// Revokes every certificate of a registration (canonical id) that is neither revoked nor expired; returns
     /// what it revoked (nothing, if there was nothing to revoke).
     pub async fn revoke_certificates_of_registration(

@@ -261,6 +261,20 @@ struct Pending {
     reply: oneshot::Sender<Result<(RegistrationRecord, OperationRecord), StoreError>>,
 }
 
+/// A certificate issued outside a registration (EST), waiting for the writer.
+struct PendingCertificate {
+    certificate: CertificateRecord,
+    action: String,
+    actor: Actor,
+    reply: oneshot::Sender<Result<CertificateRecord, StoreError>>,
+}
+
+/// What the writer writes.
+enum Work {
+    Register(Box<Pending>),
+    Certificate(Box<PendingCertificate>),
+}
+
 /// Most attempts written in one transaction (well within both databases' limits on bound parameters).
 const MAX_BATCH: usize = 256;
 
@@ -269,7 +283,7 @@ const MAX_BATCH: usize = 256;
 /// which is what lets one SQLite writer or one PostgreSQL round trip serve thousands of devices a second.
 #[derive(Clone)]
 pub(crate) struct RegistrationWriter {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Work>,
 }
 
 impl std::fmt::Debug for RegistrationWriter {
@@ -281,7 +295,7 @@ impl std::fmt::Debug for RegistrationWriter {
 impl RegistrationWriter {
     /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped.
     pub(crate) fn start(db: DatabaseConnection) -> Self {
-        let (queue, mut receiver) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -294,24 +308,50 @@ impl RegistrationWriter {
 
 /// Writes a batch in one transaction; if that transaction fails as a whole, writes each attempt alone, so that one
 /// attempt's failure (say, its group deleted meanwhile) is that attempt's answer only.
-async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
-    let results = match write_together(db, &batch).await {
+async fn write_batch(db: &DatabaseConnection, work: Vec<Work>) {
+    let (mut batch, mut certificates) = (Vec::new(), Vec::new());
+    for item in work {
+        match item {
+            Work::Register(pending) => batch.push(*pending),
+            Work::Certificate(pending) => certificates.push(*pending),
+        }
+    }
+    let nothing = || StoreError::Conflict("nothing was written".into());
+    let (results, issued) = match write_together(db, &batch, &certificates).await {
         Ok(results) => results,
-        Err(e) if batch.len() == 1 => vec![Err(e)],
-        Err(_) => {
+        Err(_) if batch.len() + certificates.len() > 1 => {
             let mut results = Vec::with_capacity(batch.len());
             for pending in &batch {
-                let mut one = write_together(db, std::slice::from_ref(pending)).await.unwrap_or_else(|e| vec![Err(e)]);
-                results.push(one.pop().unwrap_or_else(|| Err(StoreError::Conflict("nothing was written".into()))));
+                let one = write_together(db, std::slice::from_ref(pending), &[]).await;
+                results.push(one.map_or_else(Err, |(mut r, _)| r.pop().unwrap_or_else(|| Err(nothing()))));
             }
-            results
+            let mut issued = Vec::with_capacity(certificates.len());
+            for pending in &certificates {
+                let one = write_together(db, &[], std::slice::from_ref(pending)).await;
+                issued.push(one.map_or_else(Err, |(_, mut c)| c.pop().unwrap_or_else(|| Err(nothing()))));
+            }
+            (results, issued)
+        }
+        Err(e) => {
+            // One item: its answer is the error.
+            let message = e.to_string();
+            let mut e = Some(e);
+            let mut next = || e.take().unwrap_or_else(|| StoreError::Conflict(message.clone()));
+            (batch.iter().map(|_| Err(next())).collect(), certificates.iter().map(|_| Err(next())).collect())
         }
     };
+    // The callers may have gone (their clients disconnected); what was written stays written.
     for (pending, result) in batch.into_iter().zip(results) {
-        // The caller may have gone (its client disconnected); what was written stays written.
+        let _ = pending.reply.send(result);
+    }
+    for (pending, result) in certificates.into_iter().zip(issued) {
         let _ = pending.reply.send(result);
     }
 }
+
+/// What one transaction answers: per registration attempt, and per certificate issued outside a registration.
+type Written =
+    (Vec<Result<(RegistrationRecord, OperationRecord), StoreError>>, Vec<Result<CertificateRecord, StoreError>>);
 
 /// One transaction for `batch`: new states in one multi-row insert that skips keys written meanwhile, changed
 /// states each guarded by its etag, then the operations and audit events of the attempts that won, in one insert
@@ -319,7 +359,8 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
 async fn write_together(
     db: &DatabaseConnection,
     batch: &[Pending],
-) -> Result<Vec<Result<(RegistrationRecord, OperationRecord), StoreError>>, StoreError> {
+    certificates_alone: &[PendingCertificate],
+) -> Result<Written, StoreError> {
     let txn = db.begin().await?;
     let now = crate::now();
     let mut records: Vec<RegistrationRecord> = batch
@@ -377,19 +418,50 @@ async fn write_together(
     let winners: Vec<usize> = (0..batch.len()).filter(|&i| won[i]).collect();
     // At most one attempt per registration wins (a new state is inserted once; an update needs the etag the
     // first winner just replaced), so each registration gets at most one new active certificate.
-    let issued: Vec<CertificateRecord> = winners
+    let fresh = |certificate: CertificateRecord| {
+        let mut certificate = certificates::normalized(certificate);
+        certificate.status = CertificateStatus::Active;
+        certificate.revoked_at = None;
+        certificate.revocation_reason = None;
+        certificate.created_at = now;
+        certificate
+    };
+    let mut issued: Vec<CertificateRecord> = winners
         .iter()
         .filter_map(|&i| {
-            let mut certificate = certificates::normalized(batch[i].outcome.certificate.clone()?);
+            let mut certificate = fresh(batch[i].outcome.certificate.clone()?);
             certificate.registration_key = records[i].key.clone();
-            certificate.status = CertificateStatus::Active;
-            certificate.revoked_at = None;
-            certificate.revocation_reason = None;
-            certificate.created_at = now;
             Some(certificate)
         })
         .collect();
+    let alone: Vec<CertificateRecord> = certificates_alone.iter().map(|p| fresh(p.certificate.clone())).collect();
+    if !alone.is_empty() {
+        // Ordered against a concurrent delete of the registration, which revokes what it finds.
+        let keys: Vec<String> = alone.iter().map(|c| c.registration_key.clone()).collect();
+        registration::Entity::find().filter(Column::Key.is_in(keys)).lock_exclusive().all(&txn).await?;
+    }
+    issued.extend(alone.iter().cloned());
     certificates::supersede_and_insert(&txn, &issued).await?;
+    if !alone.is_empty() {
+        let details: Vec<String> = alone.iter().map(|c| format!("registration {}", c.registration_key)).collect();
+        let changes: Vec<(&Actor, Change<'_>)> = certificates_alone
+            .iter()
+            .zip(&alone)
+            .zip(&details)
+            .map(|((pending, certificate), detail)| {
+                let change = Change {
+                    action: &pending.action,
+                    resource_type: "certificate",
+                    resource_id: &certificate.serial,
+                    etag_before: None,
+                    etag_after: None,
+                    detail: Some(detail),
+                };
+                (&pending.actor, change)
+            })
+            .collect();
+        audit::record_by(&txn, &changes).await?;
+    }
     if !winners.is_empty() {
         operation::Entity::insert_many(winners.iter().map(|&i| operation_active(&operations[i])))
             .exec_without_returning(&txn)
@@ -429,7 +501,7 @@ async fn write_together(
             }
         })
         .collect();
-    Ok(results)
+    Ok((results, alone.into_iter().map(Ok).collect()))
 }
 
 impl Store {
@@ -446,7 +518,27 @@ impl Store {
     ) -> Result<(RegistrationRecord, OperationRecord), StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        self.registrations.queue.send(Pending { outcome, snapshot, reply }).await.map_err(|_| stopped())?;
+        self.registrations
+            .queue
+            .send(Work::Register(Pending { outcome, snapshot, reply }))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Records a certificate issued outside a registration (EST) for the registration it names: the device's
+    /// previous active certificate becomes superseded, in the same transaction, with an audit event (`action`).
+    /// Written in batches with the registration attempts (see [`Store::commit_registration`]).
+    pub async fn record_certificate(
+        &self,
+        certificate: CertificateRecord,
+        action: &str,
+        actor: &Actor,
+    ) -> Result<CertificateRecord, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
+        self.registrations.queue.send(Work::Certificate(Box::new(pending))).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
