@@ -1,0 +1,109 @@
+//! The device identity an adapter creates on a hub: id, credential, enabled flag, initial twin.
+
+use zerotouch_wire::SymmetricKey;
+
+/// Longest device id accepted (Azure IoT Hub's limit).
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// A device id as hubs see it: 1-128 ASCII characters, letters, digits and `-._:@!()=,'*?$`.
+///
+/// Never contains `/`, `+`, `#` or `%`, so it can stand inside an MQTT topic and a dynamic-security ACL without
+/// widening it (no topic level separator, no wildcard, no `%c`/`%u` substitution), and inside a URL path segment
+/// (percent-encoded where needed by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceId(String);
+
+/// Why a device id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceIdError {
+    /// Empty or longer than [`MAX_DEVICE_ID_LEN`].
+    #[error("a device id must have 1-{MAX_DEVICE_ID_LEN} characters")]
+    Length,
+    /// Holds a character outside the allowed set.
+    #[error("a device id may hold only ASCII letters, digits and -._:@!()=,'*?$")]
+    Character,
+}
+
+impl DeviceId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for DeviceId {
+    type Error = DeviceIdError;
+
+    fn try_from(text: &str) -> Result<Self, Self::Error> {
+        if text.is_empty() || text.len() > MAX_DEVICE_ID_LEN {
+            return Err(DeviceIdError::Length);
+        }
+        if !text.chars().all(|c| c.is_ascii_alphanumeric() || "-._:@!()=,'*?$".contains(c)) {
+            return Err(DeviceIdError::Character);
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the device authenticates to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An X.509 certificate (the operational certificate zerotouch issued).
+    Certificate {
+        /// The certificate's subject common name (on Mosquitto: the username, which must equal the device id).
+        subject_cn: String,
+        /// Hex SHA-256 of the certificate's DER.
+        thumbprint: String,
+    },
+    /// A symmetric key (redacted in `Debug`, zeroized on drop).
+    SymmetricKey(SymmetricKey),
+}
+
+/// A device identity to create or update on a hub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceIdentity {
+    /// The device id on the hub.
+    pub device_id: DeviceId,
+    /// How the device authenticates.
+    pub credential: Credential,
+    /// Whether the device may connect (a disabled identity is kept but cut off).
+    pub enabled: bool,
+    /// Initial twin or tags, for hubs that have such a thing (Mosquitto has none and ignores it).
+    pub initial_twin: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids that could widen an MQTT topic or ACL are refused; ordinary ones pass.
+    #[test]
+    fn device_ids() {
+        for good in ["dev-1", "a", "thermostat.1:x@y", &"x".repeat(128)] {
+            assert!(DeviceId::try_from(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a/b", "a+", "#", "%c", "a b", "é", &"x".repeat(129)] {
+            assert!(DeviceId::try_from(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A symmetric-key credential never shows its key in `Debug`.
+    #[test]
+    fn key_is_redacted() {
+        let key = SymmetricKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhM=").unwrap();
+        let identity = DeviceIdentity {
+            device_id: DeviceId::try_from("d").unwrap(),
+            credential: Credential::SymmetricKey(key),
+            enabled: true,
+            initial_twin: None,
+        };
+        let text = format!("{identity:?}");
+        assert!(!text.contains("AAECAwQF"), "{text}");
+    }
+}

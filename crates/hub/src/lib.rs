@@ -1,0 +1,69 @@
+//! Downstream hub adapters: create, update, disable and delete device identities on the hubs devices are assigned
+//! to (Mosquitto with dynamic security, a signed webhook), behind one object-safe trait.
+//!
+//! Every adapter operation is idempotent: creating an identity that exists updates it, disabling or deleting one
+//! that does not exist succeeds. Failures are [`HubError::Unavailable`] (the hub could not be reached or did not
+//! answer in time: retry later) or [`HubError::Rejected`] (the hub refused the request: retrying the same request
+//! will not help). Secrets (device keys, admin passwords, webhook secrets) are held in types that redact `Debug`
+//! and zeroize on drop, and no adapter logs them.
+//!
+//! # Mosquitto (kind `mosquitto`)
+//! [`MosquittoAdapter`] manages a Mosquitto 2 broker through its dynamic-security plugin, over one MQTT admin
+//! connection (`$CONTROL/dynamic-security/v1`), reconnecting when it drops. Each device becomes a dynsec client
+//! named by its device id, holding one role `zt-device-{deviceId}` whose ACLs allow exactly:
+//! publishing under `devices/{deviceId}/#`, subscribing to (and receiving) `devices/{deviceId}/commands/#`. The
+//! role also denies publishing, subscribing and receiving on `#` at a lower priority, so the device can do nothing
+//! else whatever the broker's default ACL access says.
+//! - **Certificate devices** connect to a TLS listener with `require_certificate true` and
+//!   `use_identity_as_username true`, so their username is their certificate's CN, which must equal the device
+//!   id. The dynsec client gets a random password nobody knows, so the identity cannot log in on a password
+//!   listener (and a device key it had before stops working).
+//!   Dynamic security does not authenticate certificate identities: a certificate the broker's CA signed connects
+//!   whether or not a dynsec client exists, and `disableClient` does not stop it. Disabling a device therefore
+//!   also takes its role away (it can still open a connection but publish and subscribe nothing), and deleting it
+//!   deletes the client and the role. Keeping revoked certificates off the broker altogether needs the listener's
+//!   `crlfile` (read at broker start only).
+//! - **Symmetric-key devices** log in with username = device id and password = their device key (base64). This is
+//!   the weaker option: the broker holds a (salted, hashed) copy of a long-lived secret, and the key travels to the
+//!   broker on every connection (TLS protects it on the wire only if the listener uses TLS).
+//!
+//! # Webhook (kind `webhook`)
+//! [`WebhookAdapter`] sends a JSON device document to `{url}/devices/{deviceId}`:
+//!
+//! | operation | method | body |
+//! |---|---|---|
+//! | create or update | `POST` | `{"operation": "upsert", "deviceId", "enabled", "credential", "initialTwin"?}` |
+//! | disable | `PUT` | `{"operation": "disable", "deviceId", "enabled": false}` |
+//! | delete | `DELETE` | `{"operation": "delete", "deviceId"}` |
+//!
+//! `credential` is `{"type": "x509", "subjectName": CN, "thumbprint": hex SHA-256}` or
+//! `{"type": "symmetricKey", "key": base64}`. Every request carries
+//!
+//! ```text
+//! X-Zerotouch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+//! ```
+//!
+//! where `<body>` is the exact request body. A receiver should recompute the MAC over the raw body, compare it in
+//! constant time, reject a `t` more than 5 minutes away from its clock (replays), and check that `deviceId` and
+//! `operation` in the body match the path and method (the signature does not cover the URL). A `2xx` answer is
+//! success, and so is `404` to a `DELETE`; `5xx`, `408`, `429`, timeouts and connection failures are
+//! [`HubError::Unavailable`]; any other answer (redirects are not followed) is [`HubError::Rejected`]. The URL must
+//! be `https`, except that plain `http` is allowed to a loopback address (`localhost`, `127.0.0.0/8`, `::1`), for a
+//! receiver on the same host.
+#![forbid(unsafe_code, unused_must_use)]
+#![deny(missing_docs)]
+
+pub mod adapter;
+pub mod device;
+pub mod error;
+pub mod mosquitto;
+pub mod secret;
+mod tls;
+pub mod webhook;
+
+pub use adapter::{HubAdapter, adapter_for};
+pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity};
+pub use error::{HubError, Operation, SettingsError};
+pub use mosquitto::{MosquittoAdapter, MosquittoSettings};
+pub use secret::Secret;
+pub use webhook::{WebhookAdapter, WebhookSettings};

@@ -1,0 +1,287 @@
+//! A webhook hub: signed JSON device documents sent by HTTPS to a platform without an adapter of its own (the
+//! format and the signature are in the crate docs).
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::adapter::HubAdapter;
+use crate::device::{Credential, DeviceId, DeviceIdentity};
+use crate::error::{HubError, Operation, SettingsError};
+use crate::secret::Secret;
+
+/// The header that carries the signature.
+pub const SIGNATURE_HEADER: &str = "X-Zerotouch-Signature";
+/// Default time a request may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest shared secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The settings of a `webhook` hub (JSON, camelCase).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Base URL; requests go to `{url}/devices/{deviceId}`. `https`, or `http` to a loopback address only.
+    pub url: String,
+    /// The shared HMAC secret (at least 16 bytes).
+    pub secret: Secret,
+    /// PEM CA certificate(s) to verify the receiver with; the platform's roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// How long a request may take, in milliseconds (default 5000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A webhook receiver (hub kind `webhook`).
+pub struct WebhookAdapter {
+    hub: String,
+    base: Url,
+    secret: Secret,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for WebhookAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookAdapter")
+            .field("hub", &self.hub)
+            .field("url", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The value of [`SIGNATURE_HEADER`] for `body` sent at `timestamp` (unix seconds).
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", hex::encode(mac(secret, timestamp, body)))
+}
+
+/// HMAC-SHA256(secret, "<timestamp>.<body>").
+pub fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => return [0; 32],
+    };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+impl WebhookAdapter {
+    /// An adapter for the receiver named `hub`.
+    pub fn new(hub: &str, settings: WebhookSettings) -> Result<Self, SettingsError> {
+        let invalid_url = |reason: &str| SettingsError::Invalid { setting: "url", reason: reason.into() };
+        let mut base = Url::parse(settings.url.trim()).map_err(|e| invalid_url(&e.to_string()))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if is_loopback(&base) => {}
+            "http" => return Err(invalid_url("must be https (plain http only to a loopback address)")),
+            _ => return Err(invalid_url("must be an https URL")),
+        }
+        if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
+            return Err(invalid_url("must have no query, fragment or credentials"));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        if settings.secret.expose().len() < MIN_SECRET_LEN {
+            return Err(SettingsError::Invalid {
+                setting: "secret",
+                reason: format!("must have at least {MIN_SECRET_LEN} bytes"),
+            });
+        }
+        let timeout = match settings.timeout_ms {
+            Some(0) => return Err(SettingsError::Invalid { setting: "timeoutMs", reason: "must be positive".into() }),
+            Some(ms) => Duration::from_millis(ms),
+            None => DEFAULT_TIMEOUT,
+        };
+        let tls = crate::tls::client_config("ca", settings.ca.as_deref())?;
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| SettingsError::Invalid { setting: "url", reason: format!("HTTP client: {e}") })?;
+        Ok(Self { hub: hub.to_owned(), base, secret: settings.secret, client })
+    }
+
+    fn device_url(&self, id: &DeviceId) -> Result<Url, String> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| "the URL cannot take a path".to_owned())?
+            .pop_if_empty()
+            .extend(["devices", id.as_str()]);
+        Ok(url)
+    }
+
+    fn unavailable(&self, operation: &Operation, reason: String) -> HubError {
+        HubError::Unavailable { hub: self.hub.clone(), operation: operation.clone(), reason }
+    }
+
+    fn rejected(&self, operation: &Operation, reason: String) -> HubError {
+        HubError::Rejected { hub: self.hub.clone(), operation: operation.clone(), reason }
+    }
+
+    async fn send(
+        &self,
+        operation: Operation,
+        method: Method,
+        id: &DeviceId,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<(), HubError> {
+        let url = self.device_url(id).map_err(|reason| self.rejected(&operation, reason))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let signature = signature(self.secret.expose().as_bytes(), now, &body);
+        let is_delete = method == Method::DELETE;
+        let response = self
+            .client
+            .request(method.clone(), url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| self.unavailable(&operation, describe(&e)))?;
+        let status = response.status();
+        if status.is_success() || (is_delete && status == StatusCode::NOT_FOUND) {
+            return Ok(());
+        }
+        let detail = response.text().await.unwrap_or_default();
+        let detail: String = detail.chars().filter(|c| !c.is_control()).take(200).collect();
+        let reason = format!("{method} answered {status}{}{detail}", if detail.is_empty() { "" } else { ": " });
+        if retryable(status) {
+            Err(self.unavailable(&operation, reason))
+        } else {
+            Err(self.rejected(&operation, reason))
+        }
+    }
+}
+
+/// Statuses worth retrying: server errors, request timeout, too many requests.
+fn retryable(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// A transport failure in words, without the URL's query (there is none) or any header.
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut text = format!("{kind}: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn to_body(value: &serde_json::Value) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(value.to_string().into_bytes())
+}
+
+#[async_trait]
+impl HubAdapter for WebhookAdapter {
+    fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    async fn upsert_device(&self, identity: &DeviceIdentity) -> Result<(), HubError> {
+        let credential = match &identity.credential {
+            Credential::Certificate { subject_cn, thumbprint } => {
+                json!({"type": "x509", "subjectName": subject_cn, "thumbprint": thumbprint})
+            }
+            Credential::SymmetricKey(key) => json!({"type": "symmetricKey", "key": key.to_base64().as_str()}),
+        };
+        let mut document = json!({
+            "operation": "upsert",
+            "deviceId": identity.device_id.as_str(),
+            "enabled": identity.enabled,
+            "credential": credential,
+        });
+        if let (Some(twin), Some(map)) = (&identity.initial_twin, document.as_object_mut()) {
+            map.insert("initialTwin".into(), twin.clone());
+        }
+        let body = to_body(&document);
+        self.send(Operation::Upsert(identity.device_id.clone()), Method::POST, &identity.device_id, body).await
+    }
+
+    async fn disable_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
+        let body = to_body(&json!({"operation": "disable", "deviceId": device_id.as_str(), "enabled": false}));
+        self.send(Operation::Disable(device_id.clone()), Method::PUT, device_id, body).await
+    }
+
+    async fn delete_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
+        let body = to_body(&json!({"operation": "delete", "deviceId": device_id.as_str()}));
+        self.send(Operation::Delete(device_id.clone()), Method::DELETE, device_id, body).await
+    }
+
+    /// `GET {url}/health`: any answer but a `5xx` (or `408`/`429`) means the receiver is reachable.
+    async fn health(&self) -> Result<(), HubError> {
+        let operation = Operation::Health;
+        let url = self.base.join("health").map_err(|e| self.rejected(&operation, e.to_string()))?;
+        let response = self.client.get(url).send().await.map_err(|e| self.unavailable(&operation, describe(&e)))?;
+        let status = response.status();
+        if retryable(status) {
+            return Err(self.unavailable(&operation, format!("GET health answered {status}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> WebhookSettings {
+        WebhookSettings { url: url.into(), secret: Secret::new("0123456789abcdef"), ca: None, timeout_ms: None }
+    }
+
+    /// Known answer: HMAC-SHA256 over "<t>.<body>", computed independently with
+    /// `printf '1700000000.{}' | openssl dgst -sha256 -hmac 0123456789abcdef`.
+    #[test]
+    fn signature_known_answer() {
+        assert_eq!(
+            signature(b"0123456789abcdef", 1_700_000_000, b"{}"),
+            "t=1700000000,v1=e4f8e2ecae2295b2ddb2f0b5584c8275e226c0ebe9b3b819e70156bb67122e3e"
+        );
+    }
+
+    /// Plain http only to loopback; https anywhere; device URLs append `devices/{id}`.
+    #[tokio::test]
+    async fn url_rules() {
+        assert!(WebhookAdapter::new("h", settings("http://example.com/hook")).is_err());
+        assert!(WebhookAdapter::new("h", settings("ftp://127.0.0.1/")).is_err());
+        let adapter = WebhookAdapter::new("h", settings("http://127.0.0.1:9/hook")).unwrap();
+        let id = DeviceId::try_from("dev-1").unwrap();
+        assert_eq!(adapter.device_url(&id).unwrap().as_str(), "http://127.0.0.1:9/hook/devices/dev-1");
+        assert!(WebhookAdapter::new("h", settings("http://[::1]:9")).is_ok());
+        assert!(WebhookAdapter::new("h", settings("https://example.com")).is_ok());
+        let mut short = settings("https://example.com");
+        short.secret = Secret::new("short");
+        assert!(WebhookAdapter::new("h", short).is_err());
+    }
+}
