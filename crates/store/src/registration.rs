@@ -520,7 +520,7 @@ impl Store {
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
         self.registrations
             .queue
-            .send(Work::Register(Pending { outcome, snapshot, reply }))
+            .send(Work::Register(Box::new(Pending { outcome, snapshot, reply })))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
