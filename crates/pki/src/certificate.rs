@@ -132,8 +132,13 @@ pub struct CertificateDetails {
 /// Reads the details of a DER certificate.
 pub fn details(der: &[u8]) -> Result<CertificateDetails, CertificateError> {
     let cert = parse(der).map_err(CertificateError::Malformed)?;
-    Ok(CertificateDetails {
-        subject: subject_text(&cert),
+    Ok(details_of(&cert, der))
+}
+
+/// The details of `cert`, parsed from `der`.
+pub(crate) fn details_of(cert: &X509Certificate<'_>, der: &[u8]) -> CertificateDetails {
+    CertificateDetails {
+        subject: subject_text(cert),
         issuer: cert.issuer().to_string(),
         not_before: time_of(cert.validity().not_before),
         not_after: time_of(cert.validity().not_after),
@@ -141,7 +146,7 @@ pub fn details(der: &[u8]) -> Result<CertificateDetails, CertificateError> {
         version: cert.version().0 + 1,
         sha1_hex: thumbprint_sha1_hex(der),
         sha256_hex: thumbprint_sha256_hex(der),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! constraints, no critical extension we do not understand, and a device certificate that is not a CA and, if it
 //! restricts its extended key usage, allows TLS client authentication. Names chain by exact DER equality of
 //! issuer and subject (as webpki does).
+//!
+//! [`check_ca_certificate`] applies the same checks to one CA certificate on its own, for an admin who uploads a
+//! trust anchor: refused at upload for the reason a chain would be refused later.
 
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -17,7 +20,7 @@ use x509_parser::oid_registry::{
     OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
 };
 
-use crate::certificate::{self, extension_name, rfc3339, subject_text, time_of};
+use crate::certificate::{self, CertificateDetails, details_of, extension_name, rfc3339, subject_text, time_of};
 
 /// The most certificates a path may have, device certificate and anchor included.
 pub const MAX_CHAIN_LENGTH: usize = 8;
@@ -145,6 +148,8 @@ pub(crate) enum Role {
     IssuingCa,
     /// A CA above the issuing CA in its chain.
     Superior,
+    /// A CA certificate judged on its own ([`check_ca_certificate`]).
+    Ca,
 }
 
 /// "`<role>` \"`<subject>`\"": how error messages name a certificate.
@@ -154,7 +159,7 @@ pub(crate) fn describe(role: Role, cert: &X509Certificate<'_>) -> String {
         Role::Presented => "the presented intermediate certificate",
         Role::Anchor => "the trusted CA certificate",
         Role::IssuingCa => "the issuing CA certificate",
-        Role::Superior => "the CA certificate",
+        Role::Superior | Role::Ca => "the CA certificate",
     };
     format!("{role} \"{}\"", subject_text(cert))
 }
@@ -253,6 +258,24 @@ pub(crate) fn check_signed_by(
 /// `issuer` of `child` is `parent`'s subject, byte for byte.
 pub(crate) fn names_issuer(child: &X509Certificate<'_>, parent: &X509Certificate<'_>) -> bool {
     child.issuer().as_raw() == parent.subject().as_raw()
+}
+
+/// Checks a CA certificate on its own, as a trust anchor to be (an uploaded certificate authority), and returns its
+/// details.
+///
+/// The certificate must parse strictly ([`ChainError::Malformed`]), carry no critical extension we do not process
+/// ([`ChainError::UnsupportedCriticalExtension`]), have `basicConstraints` CA:true ([`ChainError::NotACa`]) and,
+/// when it has `keyUsage`, `keyCertSign` ([`ChainError::NoKeyCertSign`]), and be valid at `now`
+/// ([`ChainError::NotYetValid`], [`ChainError::Expired`]): exactly what [`verify_chain`] requires of an anchor,
+/// which it checks again at each use. Its signature is not checked (an intermediate CA's issuer is not given), nor
+/// is `pathLenConstraint` (which limits the CAs below it, unknown until a chain is presented).
+pub fn check_ca_certificate(der: &[u8], now: OffsetDateTime) -> Result<CertificateDetails, ChainError> {
+    let cert = parse_as(der, "the CA certificate".to_owned())?;
+    let name = describe(Role::Ca, &cert);
+    check_critical_extensions(&cert, &name)?;
+    check_ca(&cert, &name, 0)?;
+    check_validity(&cert, &name, now)?;
+    Ok(details_of(&cert, der))
 }
 
 /// Verifies a device's chain against one trust anchor.
@@ -422,7 +445,107 @@ mod tests {
         );
     }
 
+    /// A self-signed certificate `CN=factory` valid from 1,700,000,000 to 1,800,000,000 (Unix time), edited by
+    /// `edit`.
+    fn lone_ca(edit: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
+        let mut params = ca_params("factory");
+        params.not_before = at(1_700_000_000);
+        params.not_after = at(1_800_000_000);
+        edit(&mut params);
+        params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
+    }
+
+    const FACTORY: &str = "the CA certificate \"CN=factory\"";
+
+    #[test]
+    fn a_ca_certificate_passes_with_its_details() {
+        use rcgen::KeyUsagePurpose::{CrlSign, DigitalSignature, KeyCertSign};
+        let now = at(1_750_000_000);
+        let der = lone_ca(|_| {});
+        let details = check_ca_certificate(&der, now).unwrap();
+        assert_eq!(details, certificate::details(&der).unwrap());
+        assert_eq!(details.subject, "CN=factory");
+        // keyUsage with keyCertSign, and a path length constraint, are fine; so are both ends of the validity.
+        let der = lone_ca(|p| {
+            p.key_usages = vec![KeyCertSign, CrlSign, DigitalSignature];
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        });
+        check_ca_certificate(&der, now).unwrap();
+        check_ca_certificate(&der, at(1_700_000_000)).unwrap();
+        check_ca_certificate(&der, at(1_800_000_000)).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_that_is_no_ca_is_refused() {
+        let now = at(1_750_000_000);
+        let not_ca = ChainError::NotACa { certificate: FACTORY.to_owned() };
+        // No basicConstraints at all, CA:false, and "no CA" stated explicitly.
+        for is_ca in [IsCa::NoCa, IsCa::ExplicitNoCa] {
+            let der = lone_ca(|p| p.is_ca = is_ca);
+            assert_eq!(check_ca_certificate(&der, now).unwrap_err(), not_ca);
+        }
+    }
+
+    #[test]
+    fn a_ca_whose_key_usage_lacks_key_cert_sign_is_refused() {
+        use rcgen::KeyUsagePurpose::{CrlSign, DigitalSignature};
+        let now = at(1_750_000_000);
+        let der = lone_ca(|p| p.key_usages = vec![DigitalSignature, CrlSign]);
+        let err = check_ca_certificate(&der, now).unwrap_err();
+        assert_eq!(err, ChainError::NoKeyCertSign { certificate: FACTORY.to_owned() });
+        assert!(err.to_string().contains("keyCertSign"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_outside_its_validity_is_refused() {
+        let der = lone_ca(|_| {});
+        assert_eq!(
+            check_ca_certificate(&der, at(1_800_000_001)).unwrap_err(),
+            ChainError::Expired { certificate: FACTORY.to_owned(), not_after: at(1_800_000_000) }
+        );
+        assert_eq!(
+            check_ca_certificate(&der, at(1_699_999_999)).unwrap_err(),
+            ChainError::NotYetValid { certificate: FACTORY.to_owned(), not_before: at(1_700_000_000) }
+        );
+    }
+
+    #[test]
+    fn a_ca_with_an_unknown_critical_extension_is_refused() {
+        let der = lone_ca(|p| {
+            let mut ext = rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4, 5], vec![0x05, 0x00]);
+            ext.set_criticality(true);
+            p.custom_extensions.push(ext);
+        });
+        assert_eq!(
+            check_ca_certificate(&der, at(1_750_000_000)).unwrap_err(),
+            ChainError::UnsupportedCriticalExtension { certificate: FACTORY.to_owned(), extension: "1.2.3.4.5".into() }
+        );
+    }
+
+    #[test]
+    fn malformed_ca_certificates_are_refused_strictly() {
+        let now = at(1_750_000_000);
+        let der = lone_ca(|_| {});
+        let malformed = |bytes: &[u8]| match check_ca_certificate(bytes, now) {
+            Err(ChainError::Malformed { certificate, reason }) => {
+                assert_eq!(certificate, "the CA certificate");
+                reason
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        };
+        malformed(b"");
+        malformed(&der[..der.len() - 1]);
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(malformed(&trailing).contains("1 bytes follow"));
+    }
+
     proptest::proptest! {
+        #[test]
+        fn check_ca_certificate_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = check_ca_certificate(&bytes, at(1_750_000_000));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
             let now = at(1_750_000_000);

@@ -23,7 +23,7 @@ pub use ca::{CaError, IssuingCa, RootCa, ca_csr, development_hierarchy, issuing_
 pub use certificate::{
     CertificateDetails, CertificateError, details, sha256, subject_cn, thumbprint_sha1_hex, thumbprint_sha256_hex,
 };
-pub use chain::{ChainError, VerifiedChain, verify_chain};
+pub use chain::{ChainError, VerifiedChain, check_ca_certificate, verify_chain};
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
 pub use est::{Pkcs7Error, certs_only_pkcs7};

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
-use zerotouch_pki::{ChainError, ProofError};
+use zerotouch_pki::ProofError;
 use zerotouch_store::{CertificateAuthorityInput, CertificateAuthorityRecord, Store, StoreError};
 use zerotouch_wire::enrollment::FieldError;
 
@@ -89,40 +89,14 @@ fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, FieldError> {
         .map_err(|_| FieldError::new(field, "is neither a PEM certificate nor base64 DER"))
 }
 
-/// What the store keeps of a CA certificate, after checking that it is a CA certificate valid now.
-///
-/// "A CA certificate" is decided by `zerotouch_pki::verify_chain`, which refuses a CA certificate as a device
-/// certificate (`LeafIsCa`): the one public check of `basicConstraints` CA:true in the pki crate, and it parses
-/// strictly and refuses unknown critical extensions first. Chain verification at registration checks the anchor
-/// again (CA, keyCertSign, validity), so this check is for the admin's early feedback.
+/// What the store keeps of a CA certificate, after checking that it is a CA certificate allowed to sign
+/// certificates and valid now (`zerotouch_pki::check_ca_certificate`: strict parsing, no unknown critical
+/// extension, `basicConstraints` CA:true, `keyCertSign` when `keyUsage` is present, validity). Chain verification
+/// at registration checks the anchor again, so this check is the admin's early, precise refusal of a certificate
+/// that could never verify a device.
 fn ca_input(key: String, name: &str, der: Vec<u8>, now: OffsetDateTime) -> Result<CertificateAuthorityInput, ApiError> {
-    let field = "certificate";
-    let details = zerotouch_pki::details(&der).map_err(|e| FieldError::new(field, e.to_string()))?;
-    match zerotouch_pki::verify_chain(&der, &[], &der, now) {
-        Err(ChainError::LeafIsCa { .. }) => {}
-        Err(e @ (ChainError::Malformed { .. } | ChainError::UnsupportedCriticalExtension { .. })) => {
-            return Err(FieldError::new(field, e.to_string()).into());
-        }
-        _ => {
-            return Err(FieldError::new(
-                field,
-                format!("\"{}\" is not a CA certificate (basicConstraints CA:true is missing)", details.subject),
-            )
-            .into());
-        }
-    }
-    if now < details.not_before || now > details.not_after {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "\"{}\" is not valid now (valid from {} to {})",
-                details.subject,
-                pki_time(details.not_before),
-                pki_time(details.not_after)
-            ),
-        )
-        .into());
-    }
+    let details =
+        zerotouch_pki::check_ca_certificate(&der, now).map_err(|e| FieldError::new("certificate", e.to_string()))?;
     Ok(CertificateAuthorityInput {
         key,
         name: name.to_owned(),
@@ -131,10 +105,6 @@ fn ca_input(key: String, name: &str, der: Vec<u8>, now: OffsetDateTime) -> Resul
         not_after: crate::pki::to_chrono(details.not_after),
         certificate_der: der,
     })
-}
-
-fn pki_time(at: OffsetDateTime) -> String {
-    timestamp(crate::pki::to_chrono(at))
 }
 
 /// The body of `PUT /certificateAuthorities/{name}`. The read-only fields of the resource are accepted and
@@ -318,15 +288,20 @@ pub(super) async fn verify(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
     fn certificate(ca: bool, days: (i64, i64)) -> Vec<u8> {
+        certificate_with(ca, days, Vec::new())
+    }
+
+    fn certificate_with(ca: bool, days: (i64, i64), key_usages: Vec<KeyUsagePurpose>) -> Vec<u8> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "Acme factory CA");
         if ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         }
+        params.key_usages = key_usages;
         params.not_before = OffsetDateTime::now_utc() + time::Duration::days(days.0);
         params.not_after = OffsetDateTime::now_utc() + time::Duration::days(days.1);
         params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
@@ -360,12 +335,20 @@ mod tests {
     }
 
     #[test]
-    fn non_ca_expired_and_future_certificates_are_refused() {
+    fn non_ca_expired_future_and_non_signing_certificates_are_refused() {
         let now = OffsetDateTime::now_utc();
-        assert!(problem(ca_input("a".into(), "a", certificate(false, (-1, 30)), now)).contains("not a CA"));
-        assert!(problem(ca_input("a".into(), "a", certificate(true, (-30, -1)), now)).contains("not valid now"));
-        assert!(problem(ca_input("a".into(), "a", certificate(true, (1, 30)), now)).contains("not valid now"));
-        assert!(!problem(ca_input("a".into(), "a", vec![0x30, 0x03, 1, 2, 3], now)).is_empty());
+        let refused = |der: Vec<u8>| problem(ca_input("a".into(), "a", der, now));
+        assert!(refused(certificate(false, (-1, 30))).contains("not a CA"));
+        assert!(refused(certificate(true, (-30, -1))).contains("expired at"));
+        assert!(refused(certificate(true, (1, 30))).contains("not valid before"));
+        assert!(refused(vec![0x30, 0x03, 1, 2, 3]).contains("not a valid DER X.509 certificate"));
+        let no_key_cert_sign =
+            certificate_with(true, (-1, 30), vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign]);
+        let message = refused(no_key_cert_sign);
+        assert!(message.contains("\"CN=Acme factory CA\" may not sign certificates"), "{message}");
+        assert!(message.contains("keyCertSign"), "{message}");
+        let signing = certificate_with(true, (-1, 30), vec![KeyUsagePurpose::KeyCertSign]);
+        ca_input("a".into(), "a", signing, now).unwrap();
     }
 
     #[test]
