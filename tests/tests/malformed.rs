@@ -5,7 +5,10 @@
 //! the id in the path, the body, a header, the method; then several things at once. Each answer must be a 4xx
 //! Azure error (`errorCode` / 1000 = HTTP status, `trackingId`, `message`, `timestampUtc`, `x-ms-error-code`) whose
 //! message names what is wrong, and afterwards the service must still be healthy, unchanged, and serve the very
-//! requests the faults were made from. Separately, a service that handled keys and tokens every way it can must
+//! requests the faults were made from. The PKI routes get the same treatment: their seeded resources (an issuing CA
+//! whose CSR an in-test root signs, an uploaded certificate authority with an outstanding verification code and a
+//! proof of possession for it) make every base request valid, and the faults break the certificate bodies too
+//! (wrong JSON types, unknown fields, text that is not PEM, certificates of the wrong kind, oversize). Separately, a service that handled keys and tokens every way it can must
 //! never have written one of them, nor a private key, to its log.
 //!
 //! Two known gaps: heads that actix-http refuses before routing (here: more than 96 headers) get a bodiless 431;
@@ -34,6 +37,12 @@ const BULK_BODY_LIMIT: usize = 16 * 1024 * 1024;
 const SEED_ENROLLMENT: &str = "seed-dev";
 const SEED_GROUP: &str = "seed-group";
 const SEED_HUB: &str = "hub-1.example.com";
+/// A pending issuing CA: the chain upload (base request) makes it ready, and the DELETE removes it.
+const SEED_ISSUING_CA: &str = "seed-ca";
+/// The development install's issuing CA (active): activation and CRLs aim at it.
+const ACTIVE_ISSUING_CA: &str = "development";
+/// An uploaded certificate authority with an outstanding verification code.
+const SEED_CA: &str = "seed-factory";
 
 // ---------------------------------------------------------------------------------------------------------------
 // What each route takes
@@ -73,14 +82,21 @@ enum IdKind {
     Registration,
     Group,
     Host,
+    /// `/pki/issuingCAs/{name}`, `/pki/crl/{issuingCA}`.
+    IssuingCa,
+    /// `/certificateAuthorities/{name}`.
+    CertificateAuthority,
 }
 
 impl IdKind {
+    /// What the message of an invalid id names.
     fn field(self) -> &'static str {
         match self {
             Self::Registration => "registrationId",
             Self::Group => "enrollmentGroupId",
             Self::Host => "hostName",
+            Self::IssuingCa => "issuing CA name",
+            Self::CertificateAuthority => "certificate authority name",
         }
     }
 }
@@ -91,7 +107,8 @@ enum Need {
     Nothing,
     Read,
     Write,
-    Hub,
+    /// Hubs and the PKI.
+    Owner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +118,28 @@ enum BodyKind {
     Hub,
     Bulk(Kind),
     Query(Kind),
-    /// Any JSON, or none (`POST /registrations/{id}/query`).
+    /// Any JSON, or none (`POST /registrations/{id}/query`, `POST .../verificationCode`).
     AnyJson,
+    /// `POST /pki/issuingCAs`: name, key algorithm, common name.
+    NewIssuingCa,
+    /// `PUT /pki/issuingCAs/{name}`: `{"certificateChain": PEM}`, or the PEM itself under its media type.
+    Chain,
+    /// `PUT /certificateAuthorities/{name}`: `{"certificate": PEM or base64 DER}`.
+    CaCertificate,
+    /// `POST /certificateAuthorities/{name}/verify`: the proof of possession.
+    Proof,
+    /// `POST /registrations/{id}/revoke`: an optional `{"reason": ...}`.
+    Revoke,
+}
+
+/// What a route reads from the query string and how it checks its continuation tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueryKind {
+    None,
+    /// `GET /audit`: `from`, `to`; continuation tokens are event ids.
+    Audit,
+    /// `GET /pki/certificates`: `expiringWithin`, `status`; continuation tokens are certificate cursors.
+    Certificates,
 }
 
 /// One method of one route, and what the generator must know to break it.
@@ -115,61 +152,71 @@ struct Op {
     body: BodyKind,
     if_match: bool,
     paging: bool,
-    audit_query: bool,
+    query: QueryKind,
 }
 
 /// What `method` on `template` takes; `None` for a route this test does not know yet.
 fn op(template: &'static str, method: &str) -> Option<Op> {
     use BodyKind as B;
+    use IdKind::{CertificateAuthority as Ca, Group as GroupId, Host, IssuingCa, Registration as RegId};
     use Kind::{Group as G, Individual as I};
-    let (id, need, body, if_match, paging, audit_query) = match (template, method) {
-        ("/enrollments", "POST") => (None, Need::Write, B::Bulk(I), false, false, false),
-        ("/enrollments/query", "POST") => (None, Need::Read, B::Query(I), false, true, false),
-        ("/enrollments/{registrationId}", "GET") => {
-            (Some(IdKind::Registration), Need::Read, B::None, false, false, false)
-        }
-        ("/enrollments/{registrationId}", "PUT") => {
-            (Some(IdKind::Registration), Need::Write, B::Enrollment(I), true, false, false)
-        }
-        ("/enrollments/{registrationId}", "DELETE") => {
-            (Some(IdKind::Registration), Need::Write, B::None, true, false, false)
-        }
+    use QueryKind as Q;
+    let (id, need, body, if_match, paging, query) = match (template, method) {
+        ("/enrollments", "POST") => (None, Need::Write, B::Bulk(I), false, false, Q::None),
+        ("/enrollments/query", "POST") => (None, Need::Read, B::Query(I), false, true, Q::None),
+        ("/enrollments/{registrationId}", "GET") => (Some(RegId), Need::Read, B::None, false, false, Q::None),
+        ("/enrollments/{registrationId}", "PUT") => (Some(RegId), Need::Write, B::Enrollment(I), true, false, Q::None),
+        ("/enrollments/{registrationId}", "DELETE") => (Some(RegId), Need::Write, B::None, true, false, Q::None),
         ("/enrollments/{registrationId}/attestationmechanism", "POST") => {
-            (Some(IdKind::Registration), Need::Write, B::None, false, false, false)
+            (Some(RegId), Need::Write, B::None, false, false, Q::None)
         }
-        ("/enrollmentGroups", "POST") => (None, Need::Write, B::Bulk(G), false, false, false),
-        ("/enrollmentGroups/query", "POST") => (None, Need::Read, B::Query(G), false, true, false),
-        ("/enrollmentGroups/{enrollmentGroupId}", "GET") => {
-            (Some(IdKind::Group), Need::Read, B::None, false, false, false)
-        }
+        ("/enrollmentGroups", "POST") => (None, Need::Write, B::Bulk(G), false, false, Q::None),
+        ("/enrollmentGroups/query", "POST") => (None, Need::Read, B::Query(G), false, true, Q::None),
+        ("/enrollmentGroups/{enrollmentGroupId}", "GET") => (Some(GroupId), Need::Read, B::None, false, false, Q::None),
         ("/enrollmentGroups/{enrollmentGroupId}", "PUT") => {
-            (Some(IdKind::Group), Need::Write, B::Enrollment(G), true, false, false)
+            (Some(GroupId), Need::Write, B::Enrollment(G), true, false, Q::None)
         }
         ("/enrollmentGroups/{enrollmentGroupId}", "DELETE") => {
-            (Some(IdKind::Group), Need::Write, B::None, true, false, false)
+            (Some(GroupId), Need::Write, B::None, true, false, Q::None)
         }
         ("/enrollmentGroups/{enrollmentGroupId}/attestationmechanism", "POST") => {
-            (Some(IdKind::Group), Need::Write, B::None, false, false, false)
+            (Some(GroupId), Need::Write, B::None, false, false, Q::None)
         }
-        ("/registrations/{registrationId}", "GET") => {
-            (Some(IdKind::Registration), Need::Read, B::None, false, false, false)
-        }
-        ("/registrations/{registrationId}", "DELETE") => {
-            (Some(IdKind::Registration), Need::Write, B::None, true, false, false)
-        }
+        ("/registrations/{registrationId}", "GET") => (Some(RegId), Need::Read, B::None, false, false, Q::None),
+        ("/registrations/{registrationId}", "DELETE") => (Some(RegId), Need::Write, B::None, true, false, Q::None),
         ("/registrations/{enrollmentGroupId}/query", "POST") => {
-            (Some(IdKind::Group), Need::Read, B::AnyJson, false, true, false)
+            (Some(GroupId), Need::Read, B::AnyJson, false, true, Q::None)
         }
-        ("/hubs", "GET") => (None, Need::Read, B::None, false, false, false),
-        ("/hubs/{hostName}", "GET") => (Some(IdKind::Host), Need::Read, B::None, false, false, false),
-        ("/hubs/{hostName}", "PUT") => (Some(IdKind::Host), Need::Hub, B::Hub, true, false, false),
-        ("/hubs/{hostName}", "DELETE") => (Some(IdKind::Host), Need::Hub, B::None, true, false, false),
-        ("/audit", "GET") => (None, Need::Read, B::None, false, true, true),
-        ("/healthz" | "/readyz" | "/metrics", "GET") => (None, Need::Nothing, B::None, false, false, false),
+        ("/registrations/{registrationId}/revoke", "POST") => {
+            (Some(RegId), Need::Write, B::Revoke, false, false, Q::None)
+        }
+        ("/hubs", "GET") => (None, Need::Read, B::None, false, false, Q::None),
+        ("/hubs/{hostName}", "GET") => (Some(Host), Need::Read, B::None, false, false, Q::None),
+        ("/hubs/{hostName}", "PUT") => (Some(Host), Need::Owner, B::Hub, true, false, Q::None),
+        ("/hubs/{hostName}", "DELETE") => (Some(Host), Need::Owner, B::None, true, false, Q::None),
+        ("/pki/issuingCAs", "GET") => (None, Need::Read, B::None, false, false, Q::None),
+        ("/pki/issuingCAs", "POST") => (None, Need::Owner, B::NewIssuingCa, false, false, Q::None),
+        ("/pki/issuingCAs/{name}", "GET") => (Some(IssuingCa), Need::Read, B::None, false, false, Q::None),
+        ("/pki/issuingCAs/{name}", "PUT") => (Some(IssuingCa), Need::Owner, B::Chain, true, false, Q::None),
+        ("/pki/issuingCAs/{name}", "DELETE") => (Some(IssuingCa), Need::Owner, B::None, true, false, Q::None),
+        ("/pki/issuingCAs/{name}/activate", "POST") => (Some(IssuingCa), Need::Owner, B::None, true, false, Q::None),
+        ("/pki/certificates", "GET") => (None, Need::Read, B::None, false, true, Q::Certificates),
+        ("/pki/crl/{issuingCA}", "GET") => (Some(IssuingCa), Need::Nothing, B::None, false, false, Q::None),
+        ("/pki/trustBundle", "GET") => (None, Need::Nothing, B::None, false, false, Q::None),
+        ("/certificateAuthorities", "GET") => (None, Need::Read, B::None, false, true, Q::None),
+        ("/certificateAuthorities/{name}", "GET") => (Some(Ca), Need::Read, B::None, false, false, Q::None),
+        ("/certificateAuthorities/{name}", "PUT") => (Some(Ca), Need::Owner, B::CaCertificate, true, false, Q::None),
+        ("/certificateAuthorities/{name}", "DELETE") => (Some(Ca), Need::Owner, B::None, true, false, Q::None),
+        ("/certificateAuthorities/{name}/verificationCode", "POST") => {
+            (Some(Ca), Need::Owner, B::AnyJson, true, false, Q::None)
+        }
+        ("/certificateAuthorities/{name}/verify", "POST") => (Some(Ca), Need::Owner, B::Proof, false, false, Q::None),
+        ("/audit", "GET") => (None, Need::Read, B::None, false, true, Q::Audit),
+        ("/healthz" | "/readyz" | "/metrics", "GET") => (None, Need::Nothing, B::None, false, false, Q::None),
         _ => return None,
     };
     let method = Method::from_bytes(method.as_bytes()).ok()?;
-    Some(Op { method, template, id, need, body, if_match, paging, audit_query })
+    Some(Op { method, template, id, need, body, if_match, paging, query })
 }
 
 /// Every (route, method) of the admin API; panics on one the generator does not know.
@@ -195,15 +242,28 @@ fn fill(template: &str, segment: &str) -> String {
     }
 }
 
-/// The id a valid request uses: a fresh one for PUT (a create), else the seeded resource.
+/// The seeded resource a template's id segment names (for requests that are not creates).
+fn seeded_id(template: &str) -> &'static str {
+    match template {
+        t if t.contains("{hostName}") => SEED_HUB,
+        t if t.contains("{enrollmentGroupId}") => SEED_GROUP,
+        // Activation and CRLs need a CA with a chain: the active development CA.
+        t if t.ends_with("/activate") || t.contains("{issuingCA}") => ACTIVE_ISSUING_CA,
+        t if t.starts_with("/pki/issuingCAs/") => SEED_ISSUING_CA,
+        t if t.starts_with("/certificateAuthorities/") => SEED_CA,
+        _ => SEED_ENROLLMENT,
+    }
+}
+
+/// The id a valid request uses: a fresh one for a PUT that creates, else the seeded resource.
 fn base_id(op: &Op, n: usize) -> Option<String> {
     let id = op.id?;
-    Some(match (id, op.method == Method::PUT) {
+    // `PUT /pki/issuingCAs/{name}` uploads a chain to an existing CA: it creates nothing.
+    let creates = op.method == Method::PUT && id != IdKind::IssuingCa;
+    Some(match (id, creates) {
         (IdKind::Host, true) => format!("mal-{n}.example.com"),
         (_, true) => format!("mal-{n}"),
-        (IdKind::Registration, false) => SEED_ENROLLMENT.to_owned(),
-        (IdKind::Group, false) => SEED_GROUP.to_owned(),
-        (IdKind::Host, false) => SEED_HUB.to_owned(),
+        (_, false) => seeded_id(op.template).to_owned(),
     })
 }
 
@@ -240,8 +300,16 @@ fn query_doc(kind: Kind) -> Value {
     json!({"query": format!("SELECT * FROM {}", kind.collection())})
 }
 
+fn new_issuing_ca_doc(n: usize) -> Value {
+    json!({"name": format!("mal-{n}"), "keyAlgorithm": "ecdsaP256", "commonName": format!("Malformed {n}")})
+}
+
+fn revoke_doc() -> Value {
+    json!({"reason": "keyCompromise"})
+}
+
 /// The valid body of `op` for the resource `id`.
-fn base_body(op: &Op, id: Option<&str>, n: usize) -> Option<Value> {
+fn base_body(op: &Op, id: Option<&str>, n: usize, pki: &PkiMaterial) -> Option<Value> {
     let id = id.unwrap_or_default();
     match op.body {
         BodyKind::None | BodyKind::AnyJson => None,
@@ -249,6 +317,93 @@ fn base_body(op: &Op, id: Option<&str>, n: usize) -> Option<Value> {
         BodyKind::Hub => Some(hub_doc(id)),
         BodyKind::Bulk(kind) => Some(bulk_doc(kind, n)),
         BodyKind::Query(kind) => Some(query_doc(kind)),
+        BodyKind::NewIssuingCa => Some(new_issuing_ca_doc(n)),
+        BodyKind::Chain => Some(json!({"certificateChain": pki.chain})),
+        BodyKind::CaCertificate => Some(json!({"certificate": pki.factory})),
+        BodyKind::Proof => Some(json!({"certificate": pki.proof})),
+        BodyKind::Revoke => Some(revoke_doc()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Certificates (rcgen), for the PKI routes
+
+/// The certificates (PEM) the seeded PKI resources are made of, and certificates of the wrong kind for the faults.
+struct PkiMaterial {
+    /// The seeded issuing CA's certificate (its CSR signed by `root`), then the root: a valid chain upload.
+    chain: String,
+    /// The root alone: a chain that is not for the seeded CA's key.
+    root: String,
+    /// The uploaded certificate authority (a self-signed CA).
+    factory: String,
+    /// The proof of possession for the seeded certificate authority's outstanding code.
+    proof: String,
+    /// A certificate with the code as CN, signed by another key than the factory's.
+    impostor_proof: String,
+    /// A device certificate signed by the factory: not a CA, and its CN is not the code.
+    device: String,
+    /// A CA certificate whose keyUsage lacks keyCertSign.
+    no_key_cert_sign: String,
+    /// An expired CA certificate.
+    expired: String,
+}
+
+fn ca_params(cn: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params
+}
+
+/// A self-signed CA: its PEM and its issuer.
+fn self_signed_ca(params: rcgen::CertificateParams) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (pem, rcgen::Issuer::new(params, key))
+}
+
+/// An end-entity certificate for `cn` (a fresh key) signed by `issuer`.
+fn end_entity(cn: &str, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.signed_by(&rcgen::KeyPair::generate().unwrap(), issuer).unwrap().pem()
+}
+
+/// Seeds the PKI resources the faults aim at: the pending issuing CA [`SEED_ISSUING_CA`] (its CSR signed here by
+/// an in-test root) and the certificate authority [`SEED_CA`] with an outstanding verification code; returns the
+/// certificates the base requests and the faults use.
+async fn seed_pki(server: &Server, owner: &str) -> PkiMaterial {
+    let created =
+        ok(server, &simple(Method::POST, "/pki/issuingCAs", owner, Some(json!({"name": SEED_ISSUING_CA})))).await;
+    let (root, root_issuer) = self_signed_ca(ca_params("Malformed test root"));
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(created["csr"].as_str().unwrap()).unwrap();
+    csr.params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    csr.params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let chain = format!("{}{root}", csr.signed_by(&root_issuer).unwrap().pem());
+
+    let (factory, factory_issuer) = self_signed_ca(ca_params("Malformed factory CA"));
+    let path = format!("/certificateAuthorities/{SEED_CA}");
+    ok(server, &simple(Method::PUT, &path, owner, Some(json!({"certificate": factory})))).await;
+    let code = ok(server, &simple(Method::POST, &format!("{path}/verificationCode"), owner, None)).await;
+    let code = code["verificationCode"].as_str().unwrap();
+    let (_, impostor) = self_signed_ca(ca_params("Malformed factory CA"));
+    let mut no_key_cert_sign = ca_params("CA without keyCertSign");
+    no_key_cert_sign.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::CrlSign];
+    let mut expired = ca_params("Expired CA");
+    expired.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    expired.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    PkiMaterial {
+        chain,
+        root,
+        proof: end_entity(code, &factory_issuer),
+        impostor_proof: end_entity(code, &impostor),
+        device: end_entity("device-1", &factory_issuer),
+        factory,
+        no_key_cert_sign: self_signed_ca(no_key_cert_sign).0,
+        expired: self_signed_ca(expired).0,
     }
 }
 
@@ -315,6 +470,7 @@ const UNAUTHENTICATED: u32 = 401_001;
 const FORBIDDEN: u32 = 403_001;
 const ROUTE_NOT_FOUND: u32 = 404_001;
 const NOT_FOUND: u32 = 404_202;
+const CONFLICT: u32 = 409_001;
 const METHOD_NOT_ALLOWED: u32 = 405_001;
 const PRECONDITION_FAILED: u32 = 412_001;
 const PAYLOAD_TOO_LARGE: u32 = 413_001;
@@ -329,6 +485,8 @@ enum Change {
     Id(String),
     /// The body bytes.
     Body(Vec<u8>),
+    /// The body bytes under this `Content-Type`.
+    Typed(HeaderValue, Vec<u8>),
     /// A header (`Content-Type` replaces the JSON one).
     Header(HeaderName, HeaderValue),
     /// The query string, with its `?`.
@@ -372,6 +530,10 @@ impl Request {
                 self.body = Some(body.clone());
                 self.content_type.get_or_insert(HeaderValue::from_static("application/json"));
             }
+            Change::Typed(content_type, body) => {
+                self.body = Some(body.clone());
+                self.content_type = Some(content_type.clone());
+            }
             Change::Header(name, value) if name == CONTENT_TYPE => self.content_type = Some(value.clone()),
             Change::Header(name, value) => self.headers.push((name.clone(), value.clone())),
             Change::Query(query) => self.query = query.clone(),
@@ -384,9 +546,9 @@ fn bearer(token: &str) -> HeaderValue {
 }
 
 /// The valid request of `op` that the faults start from (owner token, seeded or fresh id, valid body).
-fn base_request(op: &Op, tokens: &Tokens, n: usize) -> Request {
+fn base_request(op: &Op, tokens: &Tokens, n: usize, pki: &PkiMaterial) -> Request {
     let id = base_id(op, n);
-    let body = base_body(op, id.as_deref(), n).map(|b| serde_json::to_vec(&b).unwrap());
+    let body = base_body(op, id.as_deref(), n, pki).map(|b| serde_json::to_vec(&b).unwrap());
     Request {
         method: op.method.clone(),
         template: op.template.to_owned(),
@@ -540,7 +702,7 @@ fn token_faults(op: &Op, tokens: &Tokens) -> Vec<Fault> {
     if op.need >= Need::Write {
         faults.push(fault("reader token", Change::Auth(Some(bearer(&tokens.reader))), Expect::code(FORBIDDEN, "role")));
     }
-    if op.need >= Need::Hub {
+    if op.need >= Need::Owner {
         faults.push(fault(
             "operator token",
             Change::Auth(Some(bearer(&tokens.operator))),
@@ -593,15 +755,28 @@ fn id_faults(op: &Op, n: usize) -> Vec<Fault> {
                 faults.push(invalid(what, host));
             }
         }
-        IdKind::Registration | IdKind::Group => {
+        IdKind::Registration | IdKind::Group | IdKind::IssuingCa | IdKind::CertificateAuthority => {
             for (what, id) in [("at sign", "a@b"), ("tilde", "~a"), ("semicolon", "a;b"), ("slash-like", "a%E2%88%95b")]
             {
                 faults.push(invalid(what, id.into()));
             }
         }
     }
-    // A valid id of nothing: the GET, DELETE and POST routes answer 404 (a PUT would create it).
-    if op.method != Method::PUT {
+    if kind == IdKind::IssuingCa {
+        // Issuing CA names are the lower-case spelling of a DNS label.
+        for (what, id) in [
+            ("upper case", "Seed-CA".to_owned()),
+            ("dot", "a.b".into()),
+            ("underscore", "a_b".into()),
+            ("leading dash", "-a".into()),
+            ("65 characters", "x".repeat(65)),
+        ] {
+            faults.push(invalid(what, id));
+        }
+    }
+    // A valid id of nothing: the GET, DELETE and POST routes answer 404, and so does the chain upload (a PUT
+    // elsewhere would create it).
+    if op.method != Method::PUT || kind == IdKind::IssuingCa {
         let absent = match kind {
             IdKind::Host => format!("absent-{n}.example.com"),
             _ => format!("absent-{n}"),
@@ -943,15 +1118,204 @@ fn query_faults(kind: Kind) -> Vec<Fault> {
     .collect()
 }
 
-fn body_faults(op: &Op, id: Option<&str>, n: usize, rng: &mut StdRng) -> Vec<Fault> {
+/// `doc` with one field changed (or removed) per case, each refused with 400002 naming `fragment`.
+fn field_faults(doc: &Value, cases: Vec<(&str, Option<Value>, &str)>) -> Vec<Fault> {
+    cases
+        .into_iter()
+        .map(|(path, value, fragment)| {
+            let what = match &value {
+                Some(v) => format!("{path} = {}", truncate(&v.to_string(), 60)),
+                None => format!("{path} missing"),
+            };
+            fault(what, Change::Body(body_bytes(&with(doc, path, value))), Expect::code(INVALID_FIELD, fragment))
+        })
+        .collect()
+}
+
+/// Bodies of the wrong JSON type where an object is expected.
+fn body_type_faults(doc: &Value) -> Vec<Fault> {
+    let mut faults: Vec<Fault> =
+        [("null", json!(null)), ("number", json!(5)), ("string", json!("doc")), ("true", json!(true))]
+            .into_iter()
+            .map(|(what, value)| {
+                fault(
+                    format!("body is {what}"),
+                    Change::Body(body_bytes(&value)),
+                    Expect::code(INVALID_FIELD, "(body)"),
+                )
+            })
+            .collect();
+    faults.push(fault("body is an array", Change::Body(body_bytes(&json!([doc]))), Expect::code(INVALID_FIELD, "")));
+    faults
+}
+
+/// Values of the wrong JSON type for a string field.
+fn not_strings() -> Vec<Value> {
+    vec![json!(5), json!(null), json!([]), json!({}), json!(true), json!(["x"])]
+}
+
+fn new_issuing_ca_faults(n: usize) -> Vec<Fault> {
+    let doc = new_issuing_ca_doc(n);
+    let mut cases: Vec<(&str, Option<Value>, &str)> = vec![("name", None, "name")];
+    for value in not_strings()
+        .into_iter()
+        .chain(["", "Bad Name", "UPPER", "-lead", "a.b", "a_b", "dévice", &"x".repeat(65)].map(|s| json!(s)))
+    {
+        cases.push(("name", Some(value), "name"));
+    }
+    for value in [json!(5), json!([]), json!(""), json!("dsa"), json!("P-256"), json!("EcdsaP256"), json!("rsa1024")] {
+        cases.push(("keyAlgorithm", Some(value), "keyAlgorithm"));
+    }
+    for value in [json!(5), json!([]), json!({}), json!(""), json!("  "), json!("x".repeat(65))] {
+        cases.push(("commonName", Some(value), "commonName"));
+    }
+    cases.push(("colour", Some(json!("red")), "colour"));
+    cases.push(("Name", Some(json!("mal-x")), "Name"));
+    let mut faults = field_faults(&doc, cases);
+    for existing in [SEED_ISSUING_CA, ACTIVE_ISSUING_CA] {
+        let body = with(&doc, "name", Some(json!(existing)));
+        faults.push(fault(
+            format!("name of the existing issuing CA {existing}"),
+            Change::Body(body_bytes(&body)),
+            Expect::code(CONFLICT, "already exists"),
+        ));
+    }
+    faults.extend(body_type_faults(&doc));
+    faults
+}
+
+/// A PEM block that is not a certificate inside.
+const GARBAGE_PEM: &str = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+
+/// The chain upload, as JSON and as raw PEM.
+fn chain_faults(pki: &PkiMaterial, rng: &mut StdRng) -> Vec<Fault> {
+    let field = "certificateChain";
+    let doc = json!({field: pki.chain});
+    let reversed = {
+        let (issuing, root) = pki.chain.split_at(pki.chain.find(&pki.root).unwrap());
+        format!("{root}{issuing}")
+    };
+    let mut cases: Vec<(&str, Option<Value>, &str)> = vec![(field, None, field)];
+    for value in not_strings() {
+        cases.push((field, Some(value), field));
+    }
+    for (text, fragment) in [
+        ("".to_owned(), field),
+        ("not PEM".to_owned(), field),
+        (GARBAGE_PEM.to_owned(), field),
+        ("x".repeat(90_000), field),
+        (pki.root.clone(), "not for this CA key"),
+        (pki.factory.clone(), "not for this CA key"),
+        (reversed, field),
+        (pki.chain.replace("CERTIFICATE", "PRIVATE KEY"), field),
+    ] {
+        cases.push((field, Some(json!(text)), fragment));
+    }
+    cases.push(("colour", Some(json!(1)), "colour"));
+    cases.push(("CertificateChain", Some(json!(pki.chain)), "CertificateChain"));
+    let mut faults = field_faults(&doc, cases);
+    faults.extend(body_type_faults(&doc));
+    // The same chain faults as the raw PEM body.
+    let pem = HeaderValue::from_static("application/x-pem-file");
+    let mut random = vec![0u8; rng.random_range(1..2000)];
+    rng.fill(&mut random[..]);
+    random.insert(0, 0xff);
+    for (what, body) in [
+        ("empty PEM body", Vec::new()),
+        ("PEM body that is not PEM", b"not PEM".to_vec()),
+        ("PEM body with a block that is no certificate", GARBAGE_PEM.as_bytes().to_vec()),
+        ("PEM body that is not UTF-8", random),
+        ("PEM body that is the JSON document", body_bytes(&doc)),
+        ("PEM body with the root alone", pki.root.clone().into_bytes()),
+    ] {
+        faults.push(fault(what, Change::Typed(pem.clone(), body), Expect::code(INVALID_FIELD, field)));
+    }
+    let mut big = pki.chain.clone().into_bytes();
+    big.resize(BODY_LIMIT + 1 + rng.random_range(0..2000), b'\n');
+    faults.push(fault(
+        format!("{} bytes of PEM", big.len()),
+        Change::Typed(pem, big),
+        Expect::code(PAYLOAD_TOO_LARGE, "bytes"),
+    ));
+    faults
+}
+
+/// Certificates that are not one valid certificate of the right kind, in `{"certificate": ...}`; `proof` picks the
+/// verify body's refusals (a certificate that is not the proof) over the upload's (a certificate that is no CA).
+fn certificate_faults(pki: &PkiMaterial, proof: bool) -> Vec<Fault> {
+    let field = "certificate";
+    let doc = json!({field: if proof { &pki.proof } else { &pki.factory }});
+    let mut cases: Vec<(&str, Option<Value>, &str)> = vec![(field, None, field)];
+    for value in not_strings() {
+        cases.push((field, Some(value), field));
+    }
+    let two = format!("{}{}", pki.factory, pki.proof);
+    let mut texts = vec![
+        ("".to_owned(), field),
+        ("not base64!".to_owned(), field),
+        ("bm90IGEgY2VydGlmaWNhdGU=".to_owned(), field),
+        (GARBAGE_PEM.to_owned(), field),
+        ("x".repeat(90_000), field),
+        (two, "exactly one"),
+        (pki.chain.clone(), "exactly one"),
+        (pki.factory.replace("CERTIFICATE", "PRIVATE KEY"), field),
+    ];
+    if proof {
+        texts.push((pki.factory.clone(), "verification code"));
+        texts.push((pki.device.clone(), "verification code"));
+        texts.push((pki.impostor_proof.clone(), "not signed by the CA"));
+    } else {
+        texts.push((pki.device.clone(), "not a CA"));
+        texts.push((pki.no_key_cert_sign.clone(), "keyCertSign"));
+        texts.push((pki.expired.clone(), "expired"));
+    }
+    for (text, fragment) in texts {
+        cases.push((field, Some(json!(text)), fragment));
+    }
+    cases.push(("colour", Some(json!(1)), "colour"));
+    cases.push(("Certificate", Some(json!(pki.factory)), "Certificate"));
+    if proof {
+        // The upload takes the resource's read-only fields back; the proof takes nothing but the certificate.
+        cases.push(("name", Some(json!(SEED_CA)), "name"));
+    }
+    let mut faults = field_faults(&doc, cases);
+    faults.extend(body_type_faults(&doc));
+    faults
+}
+
+fn revoke_faults() -> Vec<Fault> {
+    let doc = revoke_doc();
+    let mut cases: Vec<(&str, Option<Value>, &str)> = Vec::new();
+    for value in [json!(5), json!([]), json!({}), json!(true), json!(""), json!("stolen"), json!("KeyCompromise")] {
+        cases.push(("reason", Some(value), "reason"));
+    }
+    cases.push(("colour", Some(json!(1)), "colour"));
+    cases.push(("Reason", Some(json!("keyCompromise")), "Reason"));
+    let mut faults = field_faults(&doc, cases);
+    faults.extend(body_type_faults(&doc));
+    faults
+}
+
+fn body_faults(op: &Op, id: Option<&str>, n: usize, pki: &PkiMaterial, rng: &mut StdRng) -> Vec<Fault> {
     let id = id.unwrap_or_default();
-    let (mut faults, base, limit, required) = match op.body {
+    // Routes that take any JSON or none are broken from a query document.
+    let base = match base_body(op, Some(id), n, pki) {
+        Some(base) => base,
+        None if op.body == BodyKind::AnyJson => query_doc(Kind::Individual),
+        None => return Vec::new(),
+    };
+    let (mut faults, limit, required) = match op.body {
         BodyKind::None => return Vec::new(),
-        BodyKind::Enrollment(kind) => (enrollment_faults(kind, id), enrollment_doc(kind, id), BODY_LIMIT, true),
-        BodyKind::Hub => (hub_faults(id), hub_doc(id), BODY_LIMIT, true),
-        BodyKind::Bulk(kind) => (bulk_faults(kind, n), bulk_doc(kind, n), BULK_BODY_LIMIT, true),
-        BodyKind::Query(kind) => (query_faults(kind), query_doc(kind), BODY_LIMIT, false),
-        BodyKind::AnyJson => (Vec::new(), query_doc(Kind::Individual), BODY_LIMIT, false),
+        BodyKind::Enrollment(kind) => (enrollment_faults(kind, id), BODY_LIMIT, true),
+        BodyKind::Hub => (hub_faults(id), BODY_LIMIT, true),
+        BodyKind::Bulk(kind) => (bulk_faults(kind, n), BULK_BODY_LIMIT, true),
+        BodyKind::Query(kind) => (query_faults(kind), BODY_LIMIT, false),
+        BodyKind::AnyJson => (Vec::new(), BODY_LIMIT, false),
+        BodyKind::NewIssuingCa => (new_issuing_ca_faults(n), BODY_LIMIT, true),
+        BodyKind::Chain => (chain_faults(pki, rng), BODY_LIMIT, true),
+        BodyKind::CaCertificate => (certificate_faults(pki, false), BODY_LIMIT, true),
+        BodyKind::Proof => (certificate_faults(pki, true), BODY_LIMIT, true),
+        BodyKind::Revoke => (revoke_faults(), BODY_LIMIT, false),
     };
     faults.extend(syntax_faults(&base, limit, required, rng));
     faults
@@ -1035,8 +1399,8 @@ fn header_faults(op: &Op, rng: &mut StdRng) -> Vec<Fault> {
             token.insert(rng.random_range(0..token.len()), *b"!*%$#@".choose(rng).unwrap_or(&b'!') as char);
             tokens.push(token);
         }
-        if op.audit_query {
-            // Decodes, but not to an audit event id.
+        if op.query != QueryKind::None {
+            // Decodes, but not to an audit event id or a certificate cursor.
             tokens.push(URL_SAFE_NO_PAD.encode("zzz"));
         }
         for text in tokens {
@@ -1049,7 +1413,19 @@ fn header_faults(op: &Op, rng: &mut StdRng) -> Vec<Fault> {
         let bytes = HeaderValue::from_bytes(b"abc\xff").unwrap();
         faults.push(fault("non-ASCII x-ms-continuation", Change::Header(continuation, bytes), bad_token()));
     }
-    if op.audit_query {
+    if op.query == QueryKind::Certificates {
+        for (name, texts) in [
+            ("expiringWithin", &["soon", "-1d", "", "7", "7x", "%ZZ", "1.5.3d", "99999999999999999999d"][..]),
+            ("status", &["expired", "Active", "", "%ZZ", "active,revoked"][..]),
+        ] {
+            for text in texts {
+                let query = format!("?{name}={text}");
+                let expect = Expect::code(INVALID_HEADER, &format!("{name}:"));
+                faults.push(fault(format!("certificates {query}"), Change::Query(query.clone()), expect));
+            }
+        }
+    }
+    if op.query == QueryKind::Audit {
         for name in ["from", "to"] {
             for text in [
                 "yesterday",
@@ -1071,14 +1447,7 @@ fn header_faults(op: &Op, rng: &mut StdRng) -> Vec<Fault> {
 
 /// Methods a route does not take: 405 whatever else the request holds.
 fn method_faults(template: &'static str, methods: &[&str], tokens: &Tokens, rng: &mut StdRng) -> Vec<Case> {
-    let path = fill(
-        template,
-        match template {
-            t if t.contains("{hostName}") => SEED_HUB,
-            t if t.contains("{enrollmentGroupId}") => SEED_GROUP,
-            _ => SEED_ENROLLMENT,
-        },
-    );
+    let path = fill(template, seeded_id(template));
     let mut cases = Vec::new();
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND", "FOO"] {
         if methods.contains(&method) {
@@ -1145,6 +1514,27 @@ fn unknown_path_cases(tokens: &Tokens, rng: &mut StdRng) -> Vec<Case> {
         "/devices/x/registrations",
         "/0ne00000000/registrations/dev-1/register",
         "/0ne00000000/registrations/dev-1/operations/op-1",
+        "/registrations/x/revoke/y",
+        "/registrations//revoke",
+        "/pki",
+        "/pki/",
+        "/pki/issuingCAs/",
+        "/pki/issuingCAs/x/y",
+        "/pki/issuingCAs/x/activate/y",
+        "/pki/issuingCAs//activate",
+        "/pki/IssuingCAs",
+        "/pki/certificates/",
+        "/pki/certificates/x",
+        "/pki/crl",
+        "/pki/crl/",
+        "/pki/crl/x/y",
+        "/pki/trustBundle/",
+        "/pki/trustbundle",
+        "/certificateAuthorities/",
+        "/certificateAuthorities/x/y",
+        "/certificateAuthorities/x/verify/y",
+        "/certificateAuthorities/x/verificationcode",
+        "/certificateAuthorities//verify",
     ]
     .iter()
     .map(|p| (*p).to_owned())
@@ -1185,16 +1575,16 @@ fn unknown_path_cases(tokens: &Tokens, rng: &mut StdRng) -> Vec<Case> {
 }
 
 /// Every malformed request, in a seeded random order.
-fn generate(tokens: &Tokens, rng: &mut StdRng) -> Vec<Case> {
+fn generate(tokens: &Tokens, pki: &PkiMaterial, rng: &mut StdRng) -> Vec<Case> {
     let ops = ops();
     let mut cases = Vec::new();
     let mut per_op: Vec<(usize, Vec<Vec<Fault>>)> = Vec::new();
     for (n, op) in ops.iter().enumerate() {
-        let base = base_request(op, tokens, n);
+        let base = base_request(op, tokens, n, pki);
         let kinds = [
             (Category::Token, token_faults(op, tokens)),
             (Category::PathId, id_faults(op, n)),
-            (Category::Body, body_faults(op, base.id.as_deref(), n, rng)),
+            (Category::Body, body_faults(op, base.id.as_deref(), n, pki, rng)),
             (Category::Header, header_faults(op, rng)),
         ];
         let mut applicable = Vec::new();
@@ -1215,7 +1605,7 @@ fn generate(tokens: &Tokens, rng: &mut StdRng) -> Vec<Case> {
     for _ in 0..300 {
         let (n, kinds) = combinable.choose(rng).copied().unwrap();
         let op = &ops[*n];
-        let mut request = base_request(op, tokens, *n);
+        let mut request = base_request(op, tokens, *n, pki);
         let mut picked: Vec<&Vec<Fault>> = kinds.iter().collect();
         picked.shuffle(rng);
         picked.truncate(rng.random_range(2..=picked.len().min(4)));
@@ -1390,10 +1780,14 @@ async fn malformed_requests_get_4xx_azure_errors_and_the_server_stays_healthy(ba
     ok(&server, &simple(Method::PUT, &format!("/enrollments/{SEED_ENROLLMENT}"), &owner, Some(doc))).await;
     let doc = enrollment_doc(Kind::Group, SEED_GROUP);
     ok(&server, &simple(Method::PUT, &format!("/enrollmentGroups/{SEED_GROUP}"), &owner, Some(doc))).await;
+    let pki = seed_pki(&server, &owner).await;
     let seeded = [
         format!("/hubs/{SEED_HUB}"),
         format!("/enrollments/{SEED_ENROLLMENT}"),
         format!("/enrollmentGroups/{SEED_GROUP}"),
+        format!("/pki/issuingCAs/{SEED_ISSUING_CA}"),
+        format!("/pki/issuingCAs/{ACTIVE_ISSUING_CA}"),
+        format!("/certificateAuthorities/{SEED_CA}"),
     ];
     let mut etags = Vec::new();
     for path in &seeded {
@@ -1402,7 +1796,7 @@ async fn malformed_requests_get_4xx_azure_errors_and_the_server_stays_healthy(ba
 
     let seed = std::env::var("MALFORMED_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
     let mut rng = StdRng::seed_from_u64(seed);
-    let cases = generate(&tokens, &mut rng);
+    let cases = generate(&tokens, &pki, &mut rng);
     let mut counts: BTreeMap<Category, usize> = BTreeMap::new();
     let mut failures = Vec::new();
     for case in &cases {
@@ -1459,6 +1853,15 @@ async fn malformed_requests_get_4xx_azure_errors_and_the_server_stays_healthy(ba
     for (path, before) in seeded.iter().zip(&etags) {
         assert_eq!(&etag(&server, &owner, path).await, before, "{path} changed");
     }
+    let names = |items: &Value, field: &str| -> Vec<String> {
+        items.as_array().unwrap().iter().map(|i| format!("{} {}", i["name"], i[field])).collect()
+    };
+    let issuing = ok(&server, &simple(Method::GET, "/pki/issuingCAs", &owner, None)).await;
+    assert_eq!(names(&issuing, "status"), [r#""development" "active""#, r#""seed-ca" "pending""#]);
+    let cas = ok(&server, &simple(Method::GET, "/certificateAuthorities", &owner, None)).await;
+    assert_eq!(names(&cas, "isVerified"), [r#""seed-factory" false"#]);
+    let certificates = ok(&server, &simple(Method::GET, "/pki/certificates", &owner, None)).await;
+    assert_eq!(certificates, json!([]));
     let keys = ok(
         &server,
         &simple(Method::POST, &format!("/enrollments/{SEED_ENROLLMENT}/attestationmechanism"), &owner, None),
@@ -1470,12 +1873,18 @@ async fn malformed_requests_get_4xx_azure_errors_and_the_server_stays_healthy(ba
     )
     .await;
 
-    // The requests the faults were made from are valid: each fault alone made its request fail.
+    // The requests the faults were made from are valid: each fault alone made its request fail. A new
+    // verification code would void the proof, so it is asked for after the proof is checked.
     let mut deletes = Vec::new();
+    let mut later = Vec::new();
     for (n, op) in ops().iter().enumerate() {
-        let request = base_request(op, &tokens, n);
+        let request = base_request(op, &tokens, n, &pki);
         if op.method == Method::DELETE {
             deletes.push((op.clone(), request));
+            continue;
+        }
+        if op.template.ends_with("/verificationCode") {
+            later.push(request);
             continue;
         }
         if op.template.starts_with("/registrations/{registrationId}") {
@@ -1485,9 +1894,15 @@ async fn malformed_requests_get_4xx_azure_errors_and_the_server_stays_healthy(ba
             continue;
         }
         let answer = ok(&server, &request).await;
-        if let BodyKind::Bulk(_) = op.body {
-            assert_eq!(answer["isSuccessful"], true, "{answer}");
+        match op.body {
+            BodyKind::Bulk(_) => assert_eq!(answer["isSuccessful"], true, "{answer}"),
+            BodyKind::Chain => assert_eq!(answer["status"], "ready", "{answer}"),
+            BodyKind::Proof => assert_eq!(answer["isVerified"], true, "{answer}"),
+            _ => {}
         }
+    }
+    for request in later {
+        ok(&server, &request).await;
     }
     // A valid PUT still works, also over a seeded resource with its etag.
     let mut put = simple(
