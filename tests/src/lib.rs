@@ -265,6 +265,83 @@ impl Drop for Server {
     }
 }
 
+/// A caller of the admin API with one token: the requests end-to-end tests send, as an operator's scripts would.
+///
+/// A request that cannot be sent at all panics (the test fails there); the answer, whatever its status, is the
+/// caller's to check.
+#[derive(Debug)]
+pub struct Api<'a> {
+    server: &'a Server,
+    token: String,
+}
+
+#[allow(clippy::unwrap_used, reason = "a test helper: a request that cannot be sent fails the test")]
+impl<'a> Api<'a> {
+    /// A caller with a development token for `role` (see [`Server::token`]).
+    pub fn new(server: &'a Server, role: &str) -> Self {
+        Self::with_token(server, server.token(role).unwrap())
+    }
+
+    /// A caller with `token`.
+    pub fn with_token(server: &'a Server, token: String) -> Self {
+        Self { server, token }
+    }
+
+    /// The caller's bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A request to an admin API path with the caller's token, to add headers or a body to.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.server.client.request(method, self.server.url(path)).bearer_auth(&self.token)
+    }
+
+    /// Sends `method` to `path` with an optional JSON body and an optional `If-Match` (`*` as is, an etag quoted).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        if_match: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(etag) = if_match {
+            let tag = if etag == "*" { etag.to_owned() } else { format!("\"{etag}\"") };
+            request = request.header("If-Match", tag);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// `POST path`, with a JSON body or none.
+    pub async fn post(&self, path: &str, body: Option<&serde_json::Value>) -> reqwest::Response {
+        self.send(reqwest::Method::POST, path, body, None).await
+    }
+
+    /// `PUT path` with a JSON body and no `If-Match`.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.send(reqwest::Method::PUT, path, Some(body), None).await
+    }
+
+    /// `PUT path` with a JSON body under `If-Match: "etag"` (or `*`).
+    pub async fn put_if_match(&self, path: &str, body: &serde_json::Value, etag: &str) -> reqwest::Response {
+        self.send(reqwest::Method::PUT, path, Some(body), Some(etag)).await
+    }
+
+    /// `DELETE path`, under `If-Match` when an etag is given.
+    pub async fn delete(&self, path: &str, if_match: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::DELETE, path, None, if_match).await
+    }
+}
+
 /// Runs `zerotouch admin-token --data-dir DIR ARGS...` and returns the token.
 pub fn admin_token(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(binary()?).arg("admin-token").arg("--data-dir").arg(data_dir).args(args).output()?;

@@ -14,10 +14,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::HeaderMap;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use zerotouch_store::{RegistrationRecord, Store};
-use zerotouch_tests::{Backend, Server};
+use zerotouch_tests::{Api, Backend, Server};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -101,51 +101,16 @@ async fn expect_error(response: Response, status: u16, code: u64) -> Value {
     body
 }
 
-/// A caller of the admin API with one token.
-struct Api<'a> {
-    server: &'a Server,
-    token: String,
+/// The enrollment and paging calls these scenarios make, on top of the kit's [`Api`].
+trait Calls {
+    async fn bulk(&self, kind: Kind, mode: &str, items: Vec<Value>) -> Value;
+    async fn keys(&self, kind: Kind, id: &str) -> (String, String);
+    async fn pages(&self, path: &str, body: Option<&Value>, page_size: u64, item_type: &str) -> Vec<Vec<Value>>;
+    async fn all(&self, path: &str, body: Option<&Value>, item_type: &str) -> Vec<Value>;
+    async fn all_ids(&self, kind: Kind) -> Vec<String>;
 }
 
-impl<'a> Api<'a> {
-    fn new(server: &'a Server, role: &str) -> Self {
-        Self { server, token: server.token(role).unwrap() }
-    }
-
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.server.client.request(method, self.server.url(path)).bearer_auth(&self.token)
-    }
-
-    async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path).send().await.unwrap()
-    }
-
-    async fn put(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::PUT, path).json(body).send().await.unwrap()
-    }
-
-    /// PUT with `If-Match: "etag"` (or `*`).
-    async fn put_if_match(&self, path: &str, body: &Value, etag: &str) -> Response {
-        let tag = if etag == "*" { etag.to_owned() } else { format!("\"{etag}\"") };
-        self.request(Method::PUT, path).header("If-Match", tag).json(body).send().await.unwrap()
-    }
-
-    async fn delete(&self, path: &str, if_match: Option<&str>) -> Response {
-        let mut request = self.request(Method::DELETE, path);
-        if let Some(etag) = if_match {
-            request = request.header("If-Match", format!("\"{etag}\""));
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, body: Option<&Value>) -> Response {
-        let mut request = self.request(Method::POST, path);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        request.send().await.unwrap()
-    }
-
+impl Calls for Api<'_> {
     /// A bulk call; asserts the 200 and returns the body.
     async fn bulk(&self, kind: Kind, mode: &str, items: Vec<Value>) -> Value {
         let body = json!({ "mode": mode, kind.collection(): items });
@@ -741,14 +706,11 @@ fn find_event<'e>(events: &'e [Value], action: &str, resource_type: &str, resour
 
 async fn audit_lists_changes(backend: Backend) {
     let server = Server::start(backend).await.unwrap();
-    let alice = Api {
-        server: &server,
-        token: zerotouch_tests::admin_token(&server.data_dir, &["--role", "operator", "--subject", "alice"]).unwrap(),
+    let token = |role: &str, subject: &str| {
+        zerotouch_tests::admin_token(&server.data_dir, &["--role", role, "--subject", subject]).unwrap()
     };
-    let olivia = Api {
-        server: &server,
-        token: zerotouch_tests::admin_token(&server.data_dir, &["--role", "owner", "--subject", "olivia"]).unwrap(),
-    };
+    let alice = Api::with_token(&server, token("operator", "alice"));
+    let olivia = Api::with_token(&server, token("owner", "olivia"));
     let enrollment = Kind::Individual;
 
     let (given_primary, given_secondary) = (random_key(32), random_key(32));
@@ -803,7 +765,7 @@ async fn audit_lists_changes(backend: Backend) {
     for secret in [&given_primary, &given_secondary, &generated.0, &generated.1, &group_keys.0, &group_keys.1] {
         assert!(!text.contains(secret.as_str()), "a key is in the audit log");
     }
-    assert!(!text.contains(&alice.token) && !text.contains(&olivia.token));
+    assert!(!text.contains(alice.token()) && !text.contains(olivia.token()));
 
     // from/to split the log at `middle`: `from` is inclusive, `to` exclusive.
     let filtered = |query: Vec<(&'static str, String)>| {

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::HeaderMap;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
-use zerotouch_tests::{Backend, Options, Server};
+use zerotouch_tests::{Api, Backend, Options, Server};
 
 const FORBIDDEN: u64 = 403_001;
 const INVALID_FIELD: u64 = 400_002;
@@ -139,45 +139,6 @@ async fn expect_error(response: Response, code: u64, fragment: &str) -> String {
     message
 }
 
-/// A caller of the admin API with one token.
-struct Api<'a> {
-    server: &'a Server,
-    token: String,
-}
-
-impl<'a> Api<'a> {
-    fn new(server: &'a Server, role: &str) -> Self {
-        Self { server, token: server.token(role).unwrap() }
-    }
-
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.server.client.request(method, self.server.url(path)).bearer_auth(&self.token)
-    }
-
-    async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path).send().await.unwrap()
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Option<Value>, if_match: Option<&str>) -> Response {
-        let mut request = self.request(method, path);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        if let Some(etag) = if_match {
-            request = request.header("If-Match", format!("\"{etag}\""));
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Response {
-        self.send(Method::POST, path, Some(body), None).await
-    }
-
-    async fn put(&self, path: &str, body: Value, if_match: Option<&str>) -> Response {
-        self.send(Method::PUT, path, Some(body), if_match).await
-    }
-}
-
 /// The issuing CAs by name: (name, status).
 async fn issuing_cas(api: &Api<'_>) -> Vec<(String, String)> {
     let (_, list) = expect_json(api.get("/pki/issuingCAs").await, 200).await;
@@ -218,7 +179,7 @@ async fn production_flow(backend: Backend) {
     assert_eq!(issuing_cas(&api).await, [("development".to_owned(), "active".to_owned())]);
 
     // Create: a pending CA with a CSR, never a key.
-    let created = expect_resource(api.post("/pki/issuingCAs", json!({"name": "ca-2026"})).await, 201).await;
+    let created = expect_resource(api.post("/pki/issuingCAs", Some(&json!({"name": "ca-2026"}))).await, 201).await;
     assert_eq!(created["status"], "pending", "{created}");
     assert_eq!(created["keyAlgorithm"], "ecdsaP256", "the default: {created}");
     assert!(created.get("certificateChain").is_none() && created.get("notAfterUtc").is_none(), "{created}");
@@ -230,7 +191,7 @@ async fn production_flow(backend: Backend) {
     let p384 = expect_resource(
         api.post(
             "/pki/issuingCAs",
-            json!({"name": "ca-p384", "keyAlgorithm": "ecdsaP384", "commonName": "Acme P-384"}),
+            Some(&json!({"name": "ca-p384", "keyAlgorithm": "ecdsaP384", "commonName": "Acme P-384"})),
         )
         .await,
         201,
@@ -239,17 +200,22 @@ async fn production_flow(backend: Backend) {
     std::fs::write(d.join("p384.csr"), p384["csr"].as_str().unwrap()).unwrap();
     let csr = openssl(d, &["req", "-in", "p384.csr", "-noout", "-verify", "-text"]);
     assert!(csr.contains("NIST CURVE: P-384") && csr.contains("CN = Acme P-384"), "{csr}");
-    expect_error(api.post("/pki/issuingCAs", json!({"name": "ca-2026"})).await, CONFLICT, "already exists").await;
-    expect_error(api.post("/pki/issuingCAs", json!({"name": "x", "colour": "red"})).await, INVALID_FIELD, "colour")
+    expect_error(api.post("/pki/issuingCAs", Some(&json!({"name": "ca-2026"}))).await, CONFLICT, "already exists")
         .await;
     expect_error(
-        api.post("/pki/issuingCAs", json!({"name": "x", "keyAlgorithm": "dsa"})).await,
+        api.post("/pki/issuingCAs", Some(&json!({"name": "x", "colour": "red"}))).await,
+        INVALID_FIELD,
+        "colour",
+    )
+    .await;
+    expect_error(
+        api.post("/pki/issuingCAs", Some(&json!({"name": "x", "keyAlgorithm": "dsa"}))).await,
         INVALID_FIELD,
         "keyAlgorithm",
     )
     .await;
-    expect_error(api.post("/pki/issuingCAs", json!({"name": "Bad Name"})).await, INVALID_FIELD, "name").await;
-    expect_error(api.post("/pki/issuingCAs/ca-2026/activate", json!({})).await, CONFLICT, "pending").await;
+    expect_error(api.post("/pki/issuingCAs", Some(&json!({"name": "Bad Name"}))).await, INVALID_FIELD, "name").await;
+    expect_error(api.post("/pki/issuingCAs/ca-2026/activate", Some(&json!({}))).await, CONFLICT, "pending").await;
     let fetched = expect_resource(api.get("/pki/issuingCAs/ca-2026").await, 200).await;
     assert_eq!(fetched, created);
     expect_error(api.get("/pki/issuingCAs/nope").await, NOT_FOUND, "nope").await;
@@ -264,16 +230,16 @@ async fn production_flow(backend: Backend) {
     openssl_sign(d, "other.csr", "root", "other.pem", true);
     let foreign = format!("{}{}", read(d, "other.pem"), read(d, "root.pem"));
     let path = "/pki/issuingCAs/ca-2026";
-    expect_error(api.put(path, json!({"certificateChain": foreign}), None).await, INVALID_FIELD, "not for this CA key")
+    expect_error(api.put(path, &json!({"certificateChain": foreign})).await, INVALID_FIELD, "not for this CA key")
         .await;
     let reversed = format!("{}{}", read(d, "root.pem"), read(d, "ca-2026.pem"));
-    expect_error(api.put(path, json!({"certificateChain": reversed}), None).await, INVALID_FIELD, "certificateChain")
+    expect_error(api.put(path, &json!({"certificateChain": reversed})).await, INVALID_FIELD, "certificateChain").await;
+    expect_error(api.put_if_match(path, &json!({"certificateChain": chain}), "stale").await, PRECONDITION_FAILED, "")
         .await;
-    expect_error(api.put(path, json!({"certificateChain": chain}), Some("stale")).await, PRECONDITION_FAILED, "").await;
 
     // Upload under the etag read at creation: ready, with the chain and its expiry.
     let ready = expect_resource(
-        api.put(path, json!({"certificateChain": chain}), Some(created["etag"].as_str().unwrap())).await,
+        api.put_if_match(path, &json!({"certificateChain": chain}), created["etag"].as_str().unwrap()).await,
         200,
     )
     .await;
@@ -292,7 +258,7 @@ async fn production_flow(backend: Backend) {
     assert_eq!(again["status"], "ready");
     let mut document = again.clone();
     document["certificateChain"] = json!(chain);
-    expect_resource(api.put(path, document, Some(again["etag"].as_str().unwrap())).await, 200).await;
+    expect_resource(api.put_if_match(path, &document, again["etag"].as_str().unwrap()).await, 200).await;
 
     // A ready CA verifies: the trust bundle carries its root, and openssl verifies the CA against the bundle.
     let root = pem_bodies(&read(d, "root.pem")).remove(0);
@@ -302,14 +268,14 @@ async fn production_flow(backend: Backend) {
     assert!(verified.contains("ca-2026.pem: OK"), "{verified}");
 
     // Activation moves `active`: exactly one CA is active, the development CA is ready.
-    let active = expect_resource(api.post("/pki/issuingCAs/ca-2026/activate", json!({})).await, 200).await;
+    let active = expect_resource(api.post("/pki/issuingCAs/ca-2026/activate", Some(&json!({}))).await, 200).await;
     assert_eq!(active["status"], "active", "{active}");
     let cas = issuing_cas(&api).await;
     assert_eq!(cas.iter().filter(|(_, status)| status == "active").count(), 1, "{cas:?}");
     assert!(
         cas.contains(&("ca-2026".into(), "active".into())) && cas.contains(&("development".into(), "ready".into()))
     );
-    let again = expect_resource(api.post("/pki/issuingCAs/ca-2026/activate", json!({})).await, 200).await;
+    let again = expect_resource(api.post("/pki/issuingCAs/ca-2026/activate", Some(&json!({}))).await, 200).await;
     assert_eq!(again["status"], "active", "activating the active CA changes nothing");
 
     // Its CRL is signed by it: openssl verifies it under the uploaded chain.
@@ -320,10 +286,10 @@ async fn production_flow(backend: Backend) {
     assert!(crl.contains("Issuer: CN = zerotouch issuing CA ca-2026") && crl.contains("X509v3 CRL Number"), "{crl}");
 
     // Deletion: never the active CA; a pending one goes, under If-Match.
-    expect_error(api.send(Method::DELETE, path, None, None).await, CONFLICT, "active").await;
-    let stale = api.send(Method::DELETE, "/pki/issuingCAs/ca-p384", None, Some("stale")).await;
+    expect_error(api.delete(path, None).await, CONFLICT, "active").await;
+    let stale = api.delete("/pki/issuingCAs/ca-p384", Some("stale")).await;
     expect_error(stale, PRECONDITION_FAILED, "").await;
-    let deleted = api.send(Method::DELETE, "/pki/issuingCAs/ca-p384", None, Some(p384["etag"].as_str().unwrap())).await;
+    let deleted = api.delete("/pki/issuingCAs/ca-p384", Some(p384["etag"].as_str().unwrap())).await;
     assert_eq!(deleted.status(), 204);
     expect_error(api.get("/pki/issuingCAs/ca-p384").await, NOT_FOUND, "ca-p384").await;
 }
@@ -362,7 +328,7 @@ async fn proof_of_possession(backend: Backend) {
     openssl_root(d, "impostor", "Acme factory CA");
     let path = "/certificateAuthorities/Acme-Factory";
 
-    let created = expect_resource(api.put(path, json!({"certificate": read(d, "factory.pem")}), None).await, 201).await;
+    let created = expect_resource(api.put(path, &json!({"certificate": read(d, "factory.pem")})).await, 201).await;
     assert_eq!(created["name"], "Acme-Factory");
     assert_eq!(created["isVerified"], false);
     assert_eq!(created["subject"], "CN=Acme factory CA", "{created}");
@@ -377,10 +343,12 @@ async fn proof_of_possession(backend: Backend) {
     // Nothing to verify against before a code is issued.
     let early = proof(d, "early", "anything", "factory");
     let verify = "/certificateAuthorities/acme-factory/verify";
-    expect_error(api.post(verify, json!({"certificate": early})).await, INVALID_FIELD, "no verification code").await;
+    expect_error(api.post(verify, Some(&json!({"certificate": early}))).await, INVALID_FIELD, "no verification code")
+        .await;
 
     let (_, first) =
-        expect_json(api.post("/certificateAuthorities/acme-factory/verificationCode", json!({})).await, 200).await;
+        expect_json(api.post("/certificateAuthorities/acme-factory/verificationCode", Some(&json!({}))).await, 200)
+            .await;
     let code = first["verificationCode"].as_str().unwrap().to_owned();
     let expires = chrono::DateTime::parse_from_rfc3339(first["expiresDateTimeUtc"].as_str().unwrap()).unwrap();
     let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
@@ -388,17 +356,23 @@ async fn proof_of_possession(backend: Backend) {
 
     // Refused: another CN, another signer.
     let wrong_code = proof(d, "wrong-code", "NOT-THE-CODE", "factory");
-    expect_error(api.post(verify, json!({"certificate": wrong_code})).await, INVALID_FIELD, "verification code").await;
-    let wrong_signer = proof(d, "wrong-signer", &code, "impostor");
-    expect_error(api.post(verify, json!({"certificate": wrong_signer})).await, INVALID_FIELD, "not signed by the CA")
+    expect_error(api.post(verify, Some(&json!({"certificate": wrong_code}))).await, INVALID_FIELD, "verification code")
         .await;
+    let wrong_signer = proof(d, "wrong-signer", &code, "impostor");
+    expect_error(
+        api.post(verify, Some(&json!({"certificate": wrong_signer}))).await,
+        INVALID_FIELD,
+        "not signed by the CA",
+    )
+    .await;
     // A new code replaces the old one: a proof for the old code no longer verifies.
     let (_, second) =
-        expect_json(api.post("/certificateAuthorities/acme-factory/verificationCode", json!({})).await, 200).await;
+        expect_json(api.post("/certificateAuthorities/acme-factory/verificationCode", Some(&json!({}))).await, 200)
+            .await;
     let code2 = second["verificationCode"].as_str().unwrap().to_owned();
     assert_ne!(code, code2);
     let old = proof(d, "old", &code, "factory");
-    expect_error(api.post(verify, json!({"certificate": old})).await, INVALID_FIELD, "verification code").await;
+    expect_error(api.post(verify, Some(&json!({"certificate": old}))).await, INVALID_FIELD, "verification code").await;
     let still = expect_resource(api.get(path).await, 200).await;
     assert_eq!(still["isVerified"], false);
 
@@ -406,33 +380,66 @@ async fn proof_of_possession(backend: Backend) {
     proof(d, "good", &code2, "factory");
     openssl(d, &["x509", "-in", "good.pem", "-outform", "DER", "-out", "good.der"]);
     let good = STANDARD.encode(std::fs::read(d.join("good.der")).unwrap());
-    let verified = expect_resource(api.post(verify, json!({"certificate": good})).await, 200).await;
+    let verified = expect_resource(api.post(verify, Some(&json!({"certificate": good}))).await, 200).await;
     assert_eq!(verified["isVerified"], true, "{verified}");
-    expect_error(api.post(verify, json!({"certificate": good})).await, INVALID_FIELD, "no verification code").await;
+    expect_error(api.post(verify, Some(&json!({"certificate": good}))).await, INVALID_FIELD, "no verification code")
+        .await;
 
     // Sending the same certificate back keeps the verification; another certificate resets it.
-    let same =
-        expect_resource(api.put(path, verified.clone(), Some(verified["etag"].as_str().unwrap())).await, 200).await;
+    let same = expect_resource(api.put_if_match(path, &verified, verified["etag"].as_str().unwrap()).await, 200).await;
     assert_eq!(same["isVerified"], true, "{same}");
     openssl(d, &["x509", "-in", "impostor.pem", "-outform", "DER", "-out", "impostor.der"]);
     let other = STANDARD.encode(std::fs::read(d.join("impostor.der")).unwrap());
-    expect_error(api.put(path, json!({"certificate": other}), Some("stale")).await, PRECONDITION_FAILED, "").await;
-    let replaced =
-        expect_resource(api.put(path, json!({"certificate": other}), Some(same["etag"].as_str().unwrap())).await, 200)
-            .await;
+    expect_error(api.put_if_match(path, &json!({"certificate": other}), "stale").await, PRECONDITION_FAILED, "").await;
+    let replaced = expect_resource(
+        api.put_if_match(path, &json!({"certificate": other}), same["etag"].as_str().unwrap()).await,
+        200,
+    )
+    .await;
     assert_eq!(replaced["isVerified"], false, "{replaced}");
 
-    // Not a CA (openssl x509 -req without extensions), not a certificate, unknown fields: refused.
-    expect_error(api.put(path, json!({"certificate": read(d, "good.pem")}), None).await, INVALID_FIELD, "not a CA")
-        .await;
+    // Not a CA (openssl x509 -req without extensions), a CA whose keyUsage lacks keyCertSign (it could never
+    // verify a device), not a certificate, unknown fields: refused at upload, naming what is wrong.
+    expect_error(api.put(path, &json!({"certificate": read(d, "good.pem")})).await, INVALID_FIELD, "not a CA").await;
+    openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "no-sign.key"]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "no-sign.key",
+            "-subj",
+            "/CN=Acme CRL signer",
+            "-days",
+            "30",
+            "-out",
+            "no-sign.pem",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,digitalSignature,cRLSign",
+        ],
+    );
+    let text = openssl(d, &["x509", "-in", "no-sign.pem", "-noout", "-text"]);
+    assert!(text.contains("CA:TRUE") && text.contains("CRL Sign") && !text.contains("Certificate Sign"), "{text}");
+    let message = expect_error(
+        api.put("/certificateAuthorities/no-sign", &json!({"certificate": read(d, "no-sign.pem")})).await,
+        INVALID_FIELD,
+        "keyCertSign",
+    )
+    .await;
+    assert!(message.contains("\"CN=Acme CRL signer\" may not sign certificates"), "{message}");
+    expect_error(api.get("/certificateAuthorities/no-sign").await, NOT_FOUND, "no-sign").await;
     expect_error(
-        api.put(path, json!({"certificate": "bm90IGEgY2VydGlmaWNhdGU="}), None).await,
+        api.put(path, &json!({"certificate": "bm90IGEgY2VydGlmaWNhdGU="})).await,
         INVALID_FIELD,
         "certificate",
     )
     .await;
     expect_error(
-        api.put(path, json!({"certificate": read(d, "factory.pem"), "colour": 1}), None).await,
+        api.put(path, &json!({"certificate": read(d, "factory.pem"), "colour": 1})).await,
         INVALID_FIELD,
         "colour",
     )
@@ -440,7 +447,7 @@ async fn proof_of_possession(backend: Backend) {
 
     // Listing pages through every CA once; deletion under If-Match.
     expect_resource(
-        api.put("/certificateAuthorities/second", json!({"certificate": read(d, "factory.pem")}), None).await,
+        api.put("/certificateAuthorities/second", &json!({"certificate": read(d, "factory.pem")})).await,
         201,
     )
     .await;
@@ -463,7 +470,7 @@ async fn proof_of_possession(backend: Backend) {
     .await;
     assert!(headers.get("x-ms-continuation").is_none());
     assert_eq!((page1[0]["name"].as_str(), page2[0]["name"].as_str()), (Some("Acme-Factory"), Some("second")));
-    let gone = api.send(Method::DELETE, path, None, Some(replaced["etag"].as_str().unwrap())).await;
+    let gone = api.delete(path, Some(replaced["etag"].as_str().unwrap())).await;
     assert_eq!(gone.status(), 204);
     expect_error(api.get(path).await, NOT_FOUND, "Acme-Factory").await;
 }
@@ -535,12 +542,12 @@ async fn revocation_and_fleet_view(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let hub = json!({"hostName": "hub.example.com", "kind": "none"});
-    expect_resource(api.put("/hubs/hub.example.com", hub, None).await, 200).await;
+    expect_resource(api.put("/hubs/hub.example.com", &hub).await, 200).await;
     let key = [9u8; 32];
     for id in ["meter-1", "meter-2"] {
         let keys = json!({"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode(key)});
         let enrollment = json!({"registrationId": id, "attestation": {"type": "symmetricKey", "symmetricKey": keys}});
-        expect_resource(api.put(&format!("/enrollments/{id}"), enrollment, None).await, 200).await;
+        expect_resource(api.put(&format!("/enrollments/{id}"), &enrollment).await, 200).await;
     }
     let serial1 = register_with_csr(&server, d, "meter-1", &key).await;
     let serial2 = register_with_csr(&server, d, "meter-2", &key).await;
@@ -586,13 +593,18 @@ async fn revocation_and_fleet_view(backend: Backend) {
     expect_error(bad, INVALID_HEADER, "x-ms-continuation").await;
 
     // Revocation.
-    expect_error(api.post("/registrations/meter-1/revoke", json!({"reason": "stolen"})).await, INVALID_FIELD, "reason")
-        .await;
-    expect_error(api.post("/registrations/nobody/revoke", json!({})).await, NOT_FOUND, "nobody").await;
+    expect_error(
+        api.post("/registrations/meter-1/revoke", Some(&json!({"reason": "stolen"}))).await,
+        INVALID_FIELD,
+        "reason",
+    )
+    .await;
+    expect_error(api.post("/registrations/nobody/revoke", Some(&json!({}))).await, NOT_FOUND, "nobody").await;
     let (_, revoked) =
-        expect_json(api.post("/registrations/Meter-1/revoke", json!({"reason": "keyCompromise"})).await, 200).await;
+        expect_json(api.post("/registrations/Meter-1/revoke", Some(&json!({"reason": "keyCompromise"}))).await, 200)
+            .await;
     assert_eq!(revoked, json!({"revoked": [serial1]}));
-    let (_, again) = expect_json(api.post("/registrations/meter-1/revoke", json!({})).await, 200).await;
+    let (_, again) = expect_json(api.post("/registrations/meter-1/revoke", Some(&json!({}))).await, 200).await;
     assert_eq!(again, json!({"revoked": []}), "nothing left to revoke");
     let (_, listed) = expect_json(api.get("/pki/certificates?status=revoked").await, 200).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
@@ -680,29 +692,26 @@ async fn roles(backend: Backend) {
     let new_ca = json!({"name": "ca-roles"});
 
     for api in [&reader, &operator] {
-        expect_error(api.post("/pki/issuingCAs", new_ca.clone()).await, FORBIDDEN, "issuing CAs").await;
-        expect_error(
-            api.put("/pki/issuingCAs/development", json!({"certificateChain": ""}), None).await,
-            FORBIDDEN,
-            "",
-        )
-        .await;
-        expect_error(api.post("/pki/issuingCAs/development/activate", json!({})).await, FORBIDDEN, "").await;
-        expect_error(api.send(Method::DELETE, "/pki/issuingCAs/development", None, None).await, FORBIDDEN, "").await;
-        expect_error(api.put("/certificateAuthorities/ca", ca.clone(), None).await, FORBIDDEN, "").await;
-        expect_error(api.post("/certificateAuthorities/ca/verificationCode", json!({})).await, FORBIDDEN, "").await;
-        expect_error(api.post("/certificateAuthorities/ca/verify", ca.clone()).await, FORBIDDEN, "").await;
-        expect_error(api.send(Method::DELETE, "/certificateAuthorities/ca", None, None).await, FORBIDDEN, "").await;
+        expect_error(api.post("/pki/issuingCAs", Some(&new_ca)).await, FORBIDDEN, "issuing CAs").await;
+        expect_error(api.put("/pki/issuingCAs/development", &json!({"certificateChain": ""})).await, FORBIDDEN, "")
+            .await;
+        expect_error(api.post("/pki/issuingCAs/development/activate", Some(&json!({}))).await, FORBIDDEN, "").await;
+        expect_error(api.delete("/pki/issuingCAs/development", None).await, FORBIDDEN, "").await;
+        expect_error(api.put("/certificateAuthorities/ca", &ca).await, FORBIDDEN, "").await;
+        expect_error(api.post("/certificateAuthorities/ca/verificationCode", Some(&json!({}))).await, FORBIDDEN, "")
+            .await;
+        expect_error(api.post("/certificateAuthorities/ca/verify", Some(&ca)).await, FORBIDDEN, "").await;
+        expect_error(api.delete("/certificateAuthorities/ca", None).await, FORBIDDEN, "").await;
     }
-    expect_error(reader.post("/registrations/dev-1/revoke", json!({})).await, FORBIDDEN, "").await;
+    expect_error(reader.post("/registrations/dev-1/revoke", Some(&json!({}))).await, FORBIDDEN, "").await;
     // An operator may revoke (here: a registration that does not exist).
-    expect_error(operator.post("/registrations/dev-1/revoke", json!({})).await, NOT_FOUND, "dev-1").await;
+    expect_error(operator.post("/registrations/dev-1/revoke", Some(&json!({}))).await, NOT_FOUND, "dev-1").await;
 
     // Readers read.
     expect_json(reader.get("/pki/issuingCAs").await, 200).await;
     expect_resource(reader.get("/pki/issuingCAs/development").await, 200).await;
     expect_json(reader.get("/pki/certificates").await, 200).await;
-    expect_resource(owner.put("/certificateAuthorities/ca", ca, None).await, 201).await;
+    expect_resource(owner.put("/certificateAuthorities/ca", &ca).await, 201).await;
     expect_json(reader.get("/certificateAuthorities").await, 200).await;
     expect_resource(reader.get("/certificateAuthorities/ca").await, 200).await;
 
