@@ -127,6 +127,9 @@ pub struct Store {
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Registration writer tasks on PostgreSQL (each holds one of the pool's connections while it writes a batch).
+const POSTGRES_WRITERS: usize = 8;
+
 /// Most rows a listing returns per page.
 pub const MAX_PAGE_SIZE: u64 = 1000;
 
@@ -174,7 +177,13 @@ impl Store {
             Backend::Postgres => db.clone(),
         };
         Ok(Self {
-            registrations: registration::RegistrationWriter::start(db.clone()),
+            registrations: registration::RegistrationWriter::start(
+                db.clone(),
+                match backend {
+                    Backend::Sqlite => 1,
+                    Backend::Postgres => POSTGRES_WRITERS,
+                },
+            ),
             db,
             read,
             backend,

@@ -283,26 +283,47 @@ const MAX_BATCH: usize = 256;
 /// which is what lets one SQLite writer or one PostgreSQL round trip serve thousands of devices a second.
 #[derive(Clone)]
 pub(crate) struct RegistrationWriter {
-    queue: mpsc::Sender<Work>,
+    /// One queue per writer task; a registration id always goes to the same one, so that one device's attempts
+    /// are written in order and never contend with each other across transactions.
+    queues: Vec<mpsc::Sender<Work>>,
 }
 
 impl std::fmt::Debug for RegistrationWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrationWriter").field("capacity", &self.queue.capacity()).finish()
+        f.debug_struct("RegistrationWriter").field("writers", &self.queues.len()).finish()
     }
 }
 
 impl RegistrationWriter {
-    /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped.
-    pub(crate) fn start(db: DatabaseConnection) -> Self {
-        let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                write_batch(&db, std::mem::take(&mut batch)).await;
-            }
-        });
-        Self { queue }
+    /// Starts `writers` writer tasks on the current runtime; they end when the last store holding them is dropped.
+    /// SQLite has one writer connection, so one task. On PostgreSQL a batch's time is mostly the wait for its
+    /// commit to reach the disk, during which the server can flush other transactions' commits with it; so
+    /// several writers commit batches side by side.
+    pub(crate) fn start(db: DatabaseConnection, writers: usize) -> Self {
+        let queues = (0..writers.max(1))
+            .map(|_| {
+                let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut batch = Vec::with_capacity(MAX_BATCH);
+                    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                        write_batch(&db, std::mem::take(&mut batch)).await;
+                    }
+                });
+                queue
+            })
+            .collect();
+        Self { queues }
+    }
+
+    /// Queues `work` for the writer of `registration_key`.
+    async fn send(&self, registration_key: &str, work: Work) -> Result<(), StoreError> {
+        use std::hash::{Hash, Hasher};
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        registration_key.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % self.queues.len().max(1) as u64).unwrap_or(0);
+        self.queues.get(index).ok_or_else(stopped)?.send(work).await.map_err(|_| stopped())
     }
 }
 
@@ -518,11 +539,8 @@ impl Store {
     ) -> Result<(RegistrationRecord, OperationRecord), StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        self.registrations
-            .queue
-            .send(Work::Register(Box::new(Pending { outcome, snapshot, reply })))
-            .await
-            .map_err(|_| stopped())?;
+        let key = outcome.record.key.clone();
+        self.registrations.send(&key, Work::Register(Box::new(Pending { outcome, snapshot, reply }))).await?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -538,7 +556,8 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
         let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
-        self.registrations.queue.send(Work::Certificate(Box::new(pending))).await.map_err(|_| stopped())?;
+        let key = pending.certificate.registration_key.clone();
+        self.registrations.send(&key, Work::Certificate(Box::new(pending))).await?;
         answer.await.map_err(|_| stopped())?
     }
 
