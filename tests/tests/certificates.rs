@@ -452,6 +452,32 @@ async fn x509_devices_register_with_curl() {
         "{op}"
     );
 
+    // Its operational certificate names the device id (solo-device), not the registration id, and still renews.
+    let (solo_op_key, csr) = key_and_csr(d, "solo-op", "solo-1", "prime256v1");
+    let (status, op) = curl_register(&server, "solo-1", &d.join("solo.pem"), &d.join("solo.key"), json!({"csr": csr}));
+    assert_eq!(status, 200, "{op}");
+    write_pem_chain(
+        &d.join("solo-op-chain.pem"),
+        op["registrationState"]["issuedCertificateChain"].as_array().unwrap(),
+    );
+    let subject = openssl(d, &["x509", "-in", "solo-op-chain.pem", "-noout", "-subject"]);
+    assert!(subject.contains("CN = solo-device"), "{subject}");
+    let (_, csr) = key_and_csr(d, "solo-op2", "solo-1", "prime256v1");
+    let (status, op) =
+        curl_register(&server, "solo-1", &d.join("solo-op-chain.pem"), &solo_op_key, json!({"csr": csr}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+    let (_, csr) = key_and_csr(d, "solo-op3", "solo-1", "prime256v1");
+    let (status, body) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simplereenroll",
+        &d.join("solo-op-chain.pem"),
+        &solo_op_key,
+        &csr,
+        "application/pkcs10",
+    );
+    assert_eq!(status, 200, "EST finds the registration by the certificate, not its CN: {body}");
+
     // Group by the factory intermediate; the device sends leaf + intermediate; with a CSR it gets a certificate.
     std::fs::write(d.join("line-chain-unused"), "").unwrap();
     let group = json!({

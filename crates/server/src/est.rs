@@ -7,7 +7,9 @@
 //! - `GET /pki/crl/{issuingCA}` and `GET /pki/trustBundle`: public (signed, or public keys only), so that hubs and
 //!   relying parties can fetch them from the port devices reach; the admin API serves the same documents.
 //!
-//! EST clients identify themselves only by their TLS certificate: the registration id is its subject CN.
+//! EST clients identify themselves only by their TLS certificate: the registration id is the one an operational
+//! certificate of ours was issued to, else the certificate's subject CN. EST issues to devices that have
+//! registered (`assigned`), so that every certificate belongs to a registration revocation can find.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -112,8 +114,13 @@ async fn enroll(
     let Some(PeerCertificates(chain)) = req.conn_data::<PeerCertificates>().cloned() else {
         return Err(ApiError::DeviceUnauthorized);
     };
-    let cn = chain.first().and_then(|leaf| zerotouch_pki::subject_cn(leaf).ok()).ok_or(ApiError::DeviceUnauthorized)?;
-    let registration_id = RegistrationId::try_from(cn.as_str()).map_err(|_| ApiError::DeviceUnauthorized)?;
+    let leaf = chain.first().ok_or(ApiError::DeviceUnauthorized)?;
+    let registration_id = match service.registration_of_certificate(leaf).await? {
+        Some(key) => key,
+        None => zerotouch_pki::subject_cn(leaf).map_err(|_| ApiError::DeviceUnauthorized)?,
+    };
+    let registration_id =
+        RegistrationId::try_from(registration_id.as_str()).map_err(|_| ApiError::DeviceUnauthorized)?;
     let csr = zerotouch_pki::decode_est_base64(&body)
         .map_err(|_| ApiError::CsrRefused("the body is not base64 DER PKCS#10 (RFC 7030 §4.2)".into()))?;
     let device = DeviceRequest {

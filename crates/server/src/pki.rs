@@ -191,8 +191,13 @@ impl Pki {
         let ca = self.active().await?;
         let profile = Profile::new(format!("{}/{}", self.crl_url, ca.name), policy.validity_days)
             .map_err(|e| ApiError::internal(format!("certificate profile: {e}")))?;
-        let issued = zerotouch_pki::issue(&ca.ca, csr, device_id, &profile, now())
-            .map_err(|e| ApiError::internal(format!("issuing CA {:?}: {e}", ca.name)))?;
+        let issued = zerotouch_pki::issue(&ca.ca, csr, device_id, &profile, now()).map_err(|e| match e {
+            // Registration and device ids take 128 characters; a certificate's CN only 64.
+            zerotouch_pki::IssueError::InvalidDeviceId(chars) => ApiError::CsrRefused(format!(
+                "the device id {device_id:?} has {chars} characters; a certificate's subject CN takes 1-64"
+            )),
+            e => ApiError::internal(format!("issuing CA {:?}: {e}", ca.name)),
+        })?;
         Ok((ca, issued))
     }
 

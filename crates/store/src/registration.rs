@@ -462,6 +462,14 @@ async fn write_together(
         registration::Entity::find().filter(Column::Key.is_in(keys)).lock_exclusive().all(&txn).await?;
     }
     issued.extend(alone.iter().cloned());
+    // Two certificates for one registration in one batch (a retried EST call, or EST beside a register): the last
+    // one is the active one, the earlier ones are stored superseded, so a registration keeps one active certificate.
+    let mut latest = std::collections::HashSet::new();
+    for certificate in issued.iter_mut().rev() {
+        if !latest.insert(certificate.registration_key.clone()) {
+            certificate.status = CertificateStatus::Superseded;
+        }
+    }
     certificates::supersede_and_insert(&txn, &issued).await?;
     if !alone.is_empty() {
         let details: Vec<String> = alone.iter().map(|c| format!("registration {}", c.registration_key)).collect();

@@ -348,6 +348,26 @@ impl RegistrationService {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(self.refuse(device, action, "no certificate").await);
         };
+        if chain.len() > zerotouch_pki::chain::MAX_CHAIN_LENGTH {
+            let error = ApiError::DeviceCertificate {
+                code: ErrorCode::InvalidCertificateChain,
+                message: format!(
+                    "the device sent {} certificates; a chain has at most {}",
+                    chain.len(),
+                    zerotouch_pki::chain::MAX_CHAIN_LENGTH
+                ),
+            };
+            return Err(self.refuse_certificate(device, action, error).await);
+        }
+        let key = device.registration_id.key();
+        let now = time::OffsetDateTime::now_utc();
+        // An operational certificate of ours names its device id, which may differ from the registration id; it is
+        // bound to its registration by the certificate record instead.
+        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+            Ok(issued) => return self.authenticate_operational(device, action, leaf, issued, now).await,
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(ApiError::internal(e)),
+        }
         let cn = match zerotouch_pki::subject_cn(leaf) {
             Ok(cn) => cn,
             Err(e) => return Err(self.refuse(device, action, &format!("x509: {e}")).await),
@@ -356,15 +376,7 @@ impl RegistrationService {
             let reason = format!("x509: the certificate's CN {cn:?} is not the registration id");
             return Err(self.refuse(device, action, &reason).await);
         }
-        let key = device.registration_id.key();
-        let now = time::OffsetDateTime::now_utc();
         let certificate_info = x509::info(leaf);
-
-        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
-            Ok(issued) => return self.authenticate_operational(device, action, leaf, issued, now).await,
-            Err(StoreError::NotFound) => {}
-            Err(e) => return Err(ApiError::internal(e)),
-        }
         match self.store.enrollment(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type != "x509" {
@@ -585,11 +597,11 @@ impl RegistrationService {
         let hubs = self.reference().await?.hubs;
 
         // The first attempt supposes a device new to us and skips reading its state, unless a webhook is to see
-        // the device's current hub: a device that has a state loses the insert to it and decides again on it, as
+        // the device's current hub or the device renews an operational certificate (its state must still exist): a device that has a state loses the insert to it and decides again on it, as
         // does one whose state a concurrent registration changed between our read and our write (allocation is
         // deterministic, so the outcome agrees).
         let mut webhook_answer = None;
-        let mut read_state = policy.allocation_policy == Some(AllocationPolicy::Custom);
+        let mut read_state = policy.allocation_policy == Some(AllocationPolicy::Custom) || matched.operational;
         for _ in 0..16 {
             let current = if read_state {
                 match self.store.registration(&key).await {
@@ -853,6 +865,22 @@ impl RegistrationService {
         json!({ enrollment_field: enrollment, "deviceRuntimeContext": context, "linkedHubs": linked })
     }
 
+    /// The registration an operational certificate of ours was issued to (its CN is the device id, which may
+    /// differ from the registration id), if `leaf` is one.
+    pub async fn registration_of_certificate(&self, leaf: &[u8]) -> Result<Option<String>, ApiError> {
+        let key = match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+            Ok(issued) => issued.registration_key,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
+        match self.store.registration(&key).await {
+            Ok(registration) => Ok(Some(registration.registration_id)),
+            Err(StoreError::NotFound) => Ok(Some(key)),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    }
+
     /// The id scope devices use.
     pub fn id_scope(&self) -> &str {
         &self.settings.id_scope
@@ -861,7 +889,7 @@ impl RegistrationService {
     /// EST enrollment (RFC 7030): a device authenticated by its certificate gets an operational certificate from
     /// a CSR (DER PKCS#10) and keeps its registration (device id, hub). `renewal` (simplereenroll) takes only an
     /// operational certificate of ours; simpleenroll takes that or a device certificate of an X.509 enrollment.
-    /// Returns the chain, the new certificate first.
+    /// Returns the chain, the new certificate first. The device must have an `assigned` registration.
     pub async fn enroll_certificate(
         &self,
         device: DeviceRequest,
@@ -890,14 +918,16 @@ impl RegistrationService {
             &zerotouch_pki::KeyPolicy { allow_rsa: certificate_policy.allow_rsa },
         )
         .map_err(|e| ApiError::CsrRefused(e.to_string()))?;
+        // A certificate belongs to a registration (which revocation finds it by): the device registers first.
         let device_id = match self.store.registration(&key).await {
-            Ok(registration) => registration.device_id,
-            Err(StoreError::NotFound) => None,
+            Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => registration.device_id,
+            Ok(_) | Err(StoreError::NotFound) => {
+                let reason = "EST issues to assigned devices only: the device must register first";
+                return Err(self.refuse(&device, action, reason).await);
+            }
             Err(e) => return Err(ApiError::internal(e)),
         };
-        let device_id = device_id
-            .or_else(|| policy.device_id.clone().filter(|_| matched.kind == EnrollmentKind::Individual))
-            .unwrap_or_else(|| device.registration_id.as_str().to_owned());
+        let device_id = device_id.unwrap_or_else(|| device.registration_id.as_str().to_owned());
         let (ca, issued) = self.pki.issue(&csr, &device_id, &certificate_policy).await?;
         let record = zerotouch_store::CertificateRecord {
             serial: issued.serial_hex.clone(),
