@@ -182,6 +182,14 @@ pub(crate) fn check_validity(cert: &X509Certificate<'_>, name: &str, now: Offset
     Ok(())
 }
 
+/// Parses a device certificate strictly and checks that `now` lies within its validity (for a certificate trusted
+/// by thumbprint, whose chain is not walked).
+pub fn check_certificate_validity(der: &[u8], now: OffsetDateTime) -> Result<(), ChainError> {
+    let name = "the device certificate";
+    let cert = parse_as(der, name.to_owned())?;
+    check_validity(&cert, &format!("{name} ({})", subject_text(&cert)), now)
+}
+
 /// The certificate is a CA allowed to sign certificates, with `cas_below` intermediate CAs under it in the path.
 pub(crate) fn check_ca(cert: &X509Certificate<'_>, name: &str, cas_below: usize) -> Result<(), ChainError> {
     let constraints = cert.basic_constraints().ok().flatten().map(|bc| bc.value.clone());
@@ -425,6 +433,20 @@ mod tests {
         let presented: Vec<Vec<u8>> = ders[1..].to_vec();
         let verified = verify_chain(&leaf(&issuer), &presented, &ders[0], now).unwrap();
         assert_eq!(verified.path.len(), MAX_CHAIN_LENGTH);
+    }
+
+    #[test]
+    fn a_certificate_trusted_by_thumbprint_is_checked_for_validity_alone() {
+        let (_, issuer) = ladder(0, |_| {});
+        let der = leaf(&issuer);
+        let cert = certificate::parse(&der).unwrap();
+        let (not_before, not_after) = (time_of(cert.validity().not_before), time_of(cert.validity().not_after));
+        assert_eq!(check_certificate_validity(&der, not_before + time::Duration::SECOND), Ok(()));
+        let early = check_certificate_validity(&der, not_before - time::Duration::SECOND).unwrap_err();
+        assert!(matches!(&early, ChainError::NotYetValid { certificate, .. } if certificate.contains("CN=device")));
+        let late = check_certificate_validity(&der, not_after + time::Duration::SECOND).unwrap_err();
+        assert!(matches!(&late, ChainError::Expired { certificate, .. } if certificate.contains("device certificate")));
+        assert!(matches!(check_certificate_validity(&der[1..], not_before), Err(ChainError::Malformed { .. })));
     }
 
     #[test]

@@ -23,12 +23,15 @@ pub use ca::{CaError, IssuingCa, RootCa, ca_csr, development_hierarchy, issuing_
 pub use certificate::{
     CertificateDetails, CertificateError, details, sha256, subject_cn, thumbprint_sha1_hex, thumbprint_sha256_hex,
 };
-pub use chain::{ChainError, VerifiedChain, check_ca_certificate, verify_chain};
+pub use chain::{ChainError, VerifiedChain, check_ca_certificate, check_certificate_validity, verify_chain};
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
 pub use est::{Pkcs7Error, certs_only_pkcs7};
 pub use issue::{IssueError, IssuedCertificate, Profile, issue};
 pub use key::{CaKey, KeyAlgorithm, KeyError, Passphrase};
-pub use pem::{certificate_pem, certificates_from_pem, crl_pem, decode_est_base64, est_base64, trust_bundle_pem};
+pub use pem::{
+    certificate_from_text, certificate_pem, certificates_from_pem, crl_pem, decode_est_base64, est_base64,
+    trust_bundle_pem,
+};
 pub use pop::{ProofError, verification_code, verify_proof_of_possession};
 pub use serial::{Serial, SerialError};

@@ -57,6 +57,20 @@ pub fn decode_est_base64(text: &[u8]) -> Result<Vec<u8>, String> {
     STANDARD.decode(compact).map_err(|e| format!("the body is not base64: {e}"))
 }
 
+/// The one certificate of a text that is either PEM (exactly one `CERTIFICATE` block) or base64 DER (whitespace
+/// ignored), as admins and enrollment documents give certificates.
+pub fn certificate_from_text(text: &str) -> Result<Vec<u8>, String> {
+    if text.contains("-----BEGIN") {
+        let mut certificates = certificates_from_pem(text)?;
+        if certificates.len() != 1 {
+            return Err(format!("holds {} certificates; give exactly one", certificates.len()));
+        }
+        return Ok(certificates.remove(0));
+    }
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD.decode(compact).map_err(|_| "is neither a PEM certificate nor base64 DER".to_owned())
+}
+
 /// The DER certificates of PEM text, in order. Anything but `CERTIFICATE` blocks is an error.
 pub fn certificates_from_pem(text: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut certificates = Vec::new();
@@ -91,6 +105,21 @@ pub(crate) fn decode_one(text: &str, label: &str) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_certificate_text_is_one_pem_block_or_base64_der() {
+        let der = rcgen::CertificateParams::default()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec();
+        let pem = certificate_pem(&der);
+        assert_eq!(certificate_from_text(&pem).unwrap(), der);
+        assert_eq!(certificate_from_text(&format!(" {}\n", STANDARD.encode(&der))).unwrap(), der);
+        assert!(certificate_from_text(&format!("{pem}{pem}")).unwrap_err().contains("exactly one"));
+        assert!(certificate_from_text("not base64!").unwrap_err().contains("neither"));
+    }
+
     use super::*;
 
     #[test]

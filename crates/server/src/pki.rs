@@ -61,7 +61,8 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-fn to_time(at: chrono::DateTime<chrono::Utc>) -> OffsetDateTime {
+/// A stored time as a certificate time.
+pub fn to_time(at: chrono::DateTime<chrono::Utc>) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(at.timestamp()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 

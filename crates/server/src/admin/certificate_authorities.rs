@@ -6,7 +6,6 @@
 //! `POST .../verify` checks it. Replacing the certificate resets the verification (the store guarantees it).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -74,19 +73,9 @@ fn describe(name: &str) -> String {
     format!("certificate authority {name:?}")
 }
 
-/// Reads a certificate given as PEM (one `CERTIFICATE` block) or as base64 DER; `field` names it in errors.
+/// The one certificate of a body field (PEM or base64 DER).
 fn certificate_der(text: &str, field: &str) -> Result<Vec<u8>, FieldError> {
-    if text.contains("-----BEGIN") {
-        let mut certificates = zerotouch_pki::certificates_from_pem(text).map_err(|e| FieldError::new(field, e))?;
-        if certificates.len() != 1 {
-            return Err(FieldError::new(field, format!("holds {} certificates; give exactly one", certificates.len())));
-        }
-        return Ok(certificates.remove(0));
-    }
-    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .map_err(|_| FieldError::new(field, "is neither a PEM certificate nor base64 DER"))
+    zerotouch_pki::certificate_from_text(text).map_err(|e| FieldError::new(field, e))
 }
 
 /// What the store keeps of a CA certificate, after checking that it is a CA certificate allowed to sign
@@ -356,7 +345,7 @@ mod tests {
         let der = certificate(true, (-1, 30));
         let pem = zerotouch_pki::certificate_pem(&der);
         assert_eq!(certificate_der(&pem, "certificate").unwrap(), der);
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der);
         assert_eq!(certificate_der(&format!(" {b64}\n"), "certificate").unwrap(), der);
         assert!(certificate_der(&format!("{pem}{pem}"), "certificate").unwrap_err().problem.contains("exactly one"));
         assert!(certificate_der("not base64!", "certificate").is_err());

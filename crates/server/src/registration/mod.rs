@@ -446,8 +446,7 @@ impl RegistrationService {
             );
             return Err(self.refuse_certificate(device, action, error).await);
         };
-        let not_after = time::OffsetDateTime::from_unix_timestamp(issued.not_after.timestamp())
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let not_after = crate::pki::to_time(issued.not_after);
         let mut checked_at = now;
         if now > not_after {
             let grace = time::Duration::try_from(self.pki.renewal_grace()).unwrap_or(time::Duration::ZERO);
@@ -649,18 +648,8 @@ impl RegistrationService {
                 created_at: chrono::Utc::now(),
                 updated_at: chrono::Utc::now(),
             };
-            let certificate = issued.as_ref().map(|(ca, issued)| zerotouch_store::CertificateRecord {
-                serial: issued.serial_hex.clone(),
-                registration_key: key.clone(),
-                device_id: decision.device_id.clone().unwrap_or_default(),
-                issuing_ca: ca.name.clone(),
-                not_before: crate::pki::to_chrono(issued.not_before),
-                not_after: crate::pki::to_chrono(issued.not_after),
-                status: zerotouch_store::CertificateStatus::Active,
-                thumbprint_sha256: issued.sha256_thumbprint.clone(),
-                revoked_at: None,
-                revocation_reason: None,
-                created_at: chrono::Utc::now(),
+            let certificate = issued.as_ref().map(|(ca, issued)| {
+                certificate_record(&key, decision.device_id.clone().unwrap_or_default(), &ca.name, issued)
             });
             let detail = match &certificate {
                 Some(c) => format!("{}; certificate {} issued by {}", decision.detail, c.serial, c.issuing_ca),
@@ -929,19 +918,7 @@ impl RegistrationService {
         };
         let device_id = device_id.unwrap_or_else(|| device.registration_id.as_str().to_owned());
         let (ca, issued) = self.pki.issue(&csr, &device_id, &certificate_policy).await?;
-        let record = zerotouch_store::CertificateRecord {
-            serial: issued.serial_hex.clone(),
-            registration_key: key.clone(),
-            device_id,
-            issuing_ca: ca.name.clone(),
-            not_before: crate::pki::to_chrono(issued.not_before),
-            not_after: crate::pki::to_chrono(issued.not_after),
-            status: zerotouch_store::CertificateStatus::Active,
-            thumbprint_sha256: issued.sha256_thumbprint.clone(),
-            revoked_at: None,
-            revocation_reason: None,
-            created_at: chrono::Utc::now(),
-        };
+        let record = certificate_record(&key, device_id, &ca.name, &issued);
         let actor = zerotouch_store::Actor {
             subject: format!("device:{}", device.registration_id.as_str()),
             role: "device".into(),
@@ -1014,6 +991,28 @@ impl RegistrationService {
                 Err(e) => tracing::warn!("cannot expire registration operations: {e}"),
             }
         }
+    }
+}
+
+/// What the store keeps of a certificate issued to the registration `key` (the writer sets its status and time).
+fn certificate_record(
+    key: &str,
+    device_id: String,
+    issuing_ca: &str,
+    issued: &zerotouch_pki::IssuedCertificate,
+) -> zerotouch_store::CertificateRecord {
+    zerotouch_store::CertificateRecord {
+        serial: issued.serial_hex.clone(),
+        registration_key: key.to_owned(),
+        device_id,
+        issuing_ca: issuing_ca.to_owned(),
+        not_before: crate::pki::to_chrono(issued.not_before),
+        not_after: crate::pki::to_chrono(issued.not_after),
+        status: zerotouch_store::CertificateStatus::Active,
+        thumbprint_sha256: issued.sha256_thumbprint.clone(),
+        revoked_at: None,
+        revocation_reason: None,
+        created_at: chrono::Utc::now(),
     }
 }
 

@@ -5,7 +5,6 @@
 //! thumbprint), then the enrollment group whose CA sits closest to the leaf in the device's chain ("the first
 //! intermediate, and so on down to the root"). Every chain check is `zerotouch_pki::verify_chain`.
 
-use base64::Engine;
 use time::OffsetDateTime;
 use zerotouch_pki::{CertificateDetails, ChainError};
 use zerotouch_store::EnrollmentRecord;
@@ -36,11 +35,7 @@ pub struct X509Group {
 /// A certificate's `X509CertificateInfo` (§1.4); upper-case hex as Azure shows it.
 pub fn info(der: &[u8]) -> Option<X509CertificateInfo> {
     let d: CertificateDetails = zerotouch_pki::details(der).ok()?;
-    let at = |t: OffsetDateTime| {
-        chrono::DateTime::from_timestamp(t.unix_timestamp(), 0)
-            .map(zerotouch_wire::format_timestamp)
-            .unwrap_or_default()
-    };
+    let at = |t: OffsetDateTime| zerotouch_wire::format_timestamp(crate::pki::to_chrono(t));
     Some(X509CertificateInfo {
         subject_name: d.subject,
         sha1_thumbprint: d.sha1_hex.to_ascii_uppercase(),
@@ -51,16 +46,6 @@ pub fn info(der: &[u8]) -> Option<X509CertificateInfo> {
         serial_number: d.serial_hex.to_ascii_uppercase(),
         version: d.version,
     })
-}
-
-/// The DER of a certificate given as PEM or base64 DER (as enrollments hold them).
-pub fn certificate_der(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if text.starts_with("-----BEGIN") {
-        return zerotouch_pki::certificates_from_pem(text).ok()?.into_iter().next();
-    }
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(compact).ok()
 }
 
 /// The X.509 attestation of a stored enrollment document.
@@ -74,7 +59,7 @@ fn certificates(pair: Option<&zerotouch_wire::enrollment::X509Certificates>) -> 
     [&pair.primary, &pair.secondary]
         .into_iter()
         .flatten()
-        .filter_map(|c: &X509CertificateWithInfo| c.certificate.as_deref().and_then(certificate_der))
+        .filter_map(|c: &X509CertificateWithInfo| zerotouch_pki::certificate_from_text(c.certificate.as_deref()?).ok())
         .collect()
 }
 
@@ -108,23 +93,7 @@ pub fn refusal(error: &ChainError) -> ApiError {
 
 /// Checks the validity period of a device certificate matched by thumbprint (an individual enrollment's).
 pub fn check_validity(leaf: &[u8], now: OffsetDateTime) -> Result<(), ApiError> {
-    let d = zerotouch_pki::details(leaf).map_err(|e| ApiError::DeviceCertificate {
-        code: ErrorCode::InvalidCertificateChain,
-        message: format!("the device certificate cannot be read: {e}"),
-    })?;
-    if now < d.not_before {
-        return Err(ApiError::DeviceCertificate {
-            code: ErrorCode::CertificateNotYetValid,
-            message: format!("the device certificate ({}) is not valid before {}", d.subject, d.not_before),
-        });
-    }
-    if now > d.not_after {
-        return Err(ApiError::DeviceCertificate {
-            code: ErrorCode::CertificateExpired,
-            message: format!("the device certificate ({}) expired at {}", d.subject, d.not_after),
-        });
-    }
-    Ok(())
+    zerotouch_pki::check_certificate_validity(leaf, now).map_err(|e| refusal(&e))
 }
 
 /// The group (index into `groups`) and anchor whose CA sits closest to the leaf in a chain that verifies; else
