@@ -10,6 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub mod device;
+pub mod mosquitto;
 pub use zerotouch_store::Backend;
 use zerotouch_store::test_support::TestDatabase;
 

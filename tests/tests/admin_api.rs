@@ -846,6 +846,9 @@ async fn every_route_round_trips(backend: Backend) {
     // One successful call of every route.
     let (_, hub_etag) = expect_resource(api.put("/hubs/tour.example.com", &hub("tour.example.com", None)).await).await;
     expect_resource(api.get("/hubs/tour.example.com").await).await;
+    let (_, status) = expect_json(api.get("/hubs/tour.example.com/status").await, 200).await;
+    assert_eq!(status["health"]["status"], "notApplicable", "{status}");
+    assert_eq!(status["backlog"]["depth"], 0, "{status}");
     expect_json(api.get("/hubs").await, 200).await;
     for kind in [Kind::Individual, Kind::Group] {
         let (_, etag) = expect_resource(api.put(&kind.path("tour-1"), &kind.doc("tour-1")).await).await;

@@ -5,41 +5,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
+use zerotouch_tests::device::{API, key_and_csr, now, openssl, sas_register};
 use zerotouch_tests::{Backend, Options, Server};
-
-const API: &str = "api-version=2025-07-01-preview";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
-
-/// Runs `openssl` in `dir`; panics with its stderr when it fails. Returns stdout.
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Whether `openssl` succeeds, and what it printed (stdout and stderr).
 fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
     let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
-}
-
-/// An EC key (`curve`: prime256v1 or secp384r1) and a CSR for `cn`, made by openssl; returns (key file, base64
-/// DER CSR as §8 wants it).
-fn key_and_csr(dir: &Path, name: &str, cn: &str, curve: &str) -> (PathBuf, String) {
-    let key = format!("{name}.key");
-    openssl(dir, &["ecparam", "-name", curve, "-genkey", "-noout", "-out", &key]);
-    let csr = format!("{name}.csr.der");
-    openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-outform", "DER", "-out", &csr]);
-    (dir.join(key), STANDARD.encode(std::fs::read(dir.join(csr)).unwrap()))
 }
 
 /// Extensions of a CA certificate and of a device certificate, as openssl `-extfile`s.
@@ -139,10 +121,6 @@ fn curl_register(server: &Server, id: &str, cert: &Path, key: &Path, body: Value
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
 /// The admin API as an owner.
 struct Admin<'a> {
     server: &'a Server,
@@ -174,32 +152,6 @@ impl<'a> Admin<'a> {
     async fn hub(&self, host: &str) {
         let body = json!({"hostName": host, "kind": "none", "allocationWeight": 1, "applyAllocationPolicy": true});
         self.ok(reqwest::Method::PUT, &format!("/hubs/{host}"), Some(body)).await;
-    }
-}
-
-/// Registers a symmetric-key device with SAS and `body`, polls to the end; (status of the final answer, body).
-async fn sas_register(server: &Server, id: &str, key: &[u8], body: Value) -> (u16, Value) {
-    let sr = format!("{}%2Fregistrations%2F{id}", server.id_scope);
-    let token = sas::sign(&sr, now() + 3600, key, None);
-    let url = server.device(&format!("/{}/registrations/{id}/register?{API}", server.id_scope));
-    let response = server.client.put(url).header("Authorization", &token).json(&body).send().await.unwrap();
-    let status = response.status().as_u16();
-    let reply: Value = response.json().await.unwrap();
-    if status != 202 {
-        return (status, reply);
-    }
-    let operation = reply["operationId"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = server.device(&format!("/{}/registrations/{id}/operations/{operation}?{API}", server.id_scope));
-        let response = server.client.get(url).header("Authorization", &token).send().await.unwrap();
-        let status = response.status().as_u16();
-        let reply: Value = response.json().await.unwrap();
-        if status != 202 {
-            return (status, reply);
-        }
-        assert!(Instant::now() < deadline, "the operation did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

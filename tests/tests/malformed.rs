@@ -194,6 +194,7 @@ fn op(template: &'static str, method: &str) -> Option<Op> {
         ("/hubs/{hostName}", "GET") => (Some(Host), Need::Read, B::None, false, false, Q::None),
         ("/hubs/{hostName}", "PUT") => (Some(Host), Need::Owner, B::Hub, true, false, Q::None),
         ("/hubs/{hostName}", "DELETE") => (Some(Host), Need::Owner, B::None, true, false, Q::None),
+        ("/hubs/{hostName}/status", "GET") => (Some(Host), Need::Read, B::None, false, false, Q::None),
         ("/pki/issuingCAs", "GET") => (None, Need::Read, B::None, false, false, Q::None),
         ("/pki/issuingCAs", "POST") => (None, Need::Owner, B::NewIssuingCa, false, false, Q::None),
         ("/pki/issuingCAs/{name}", "GET") => (Some(IssuingCa), Need::Read, B::None, false, false, Q::None),
@@ -1032,7 +1033,10 @@ fn hub_faults(host: &str) -> Vec<Fault> {
     field("etag", Some(json!(5)));
     field("createdDateTimeUtc", Some(json!(5)));
     field("lastUpdatedDateTimeUtc", Some(json!({})));
-    field("settings", Some(json!({})));
+    // A hub of kind none takes no settings; settings are an object.
+    for value in [json!("x"), json!(5), json!([]), json!({"host": "broker.example.com"})] {
+        field("settings", Some(value));
+    }
     for (what, value) in [("null", json!(null)), ("number", json!(5))] {
         faults.push(fault(
             format!("body is {what}"),

@@ -28,6 +28,9 @@ pub trait HubAdapter: Send + Sync {
     async fn health(&self) -> Result<(), HubError>;
 }
 
+/// The settings that hold secrets (of any kind): write-only in the admin API, never logged.
+pub const SECRET_SETTINGS: &[&str] = &["password", "secret"];
+
 /// The adapter for a hub of `kind` (`mosquitto`, `webhook`) named `hub`, from its settings JSON.
 ///
 /// Must be called inside a Tokio runtime (the Mosquitto adapter starts its connection task).

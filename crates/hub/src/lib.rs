@@ -61,7 +61,7 @@ pub mod secret;
 mod tls;
 pub mod webhook;
 
-pub use adapter::{HubAdapter, adapter_for};
+pub use adapter::{HubAdapter, SECRET_SETTINGS, adapter_for};
 pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity};
 pub use error::{HubError, Operation, SettingsError};
 pub use mosquitto::{MosquittoAdapter, MosquittoSettings};

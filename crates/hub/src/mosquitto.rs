@@ -1,8 +1,9 @@
 //! Mosquitto 2 with the dynamic-security plugin: device identities as dynsec clients and roles, managed over one
 //! MQTT admin connection (see the crate docs for what each device may do).
 //!
-//! Each operation is one message on `$CONTROL/dynamic-security/v1` holding all its commands (the plugin runs them
-//! in order, in the broker's main loop, so no client message is handled half-way through), each command tagged
+//! Each operation is one message on `$CONTROL/dynamic-security/v1` holding its commands (the plugin runs them in
+//! order, in the broker's main loop, so no client message is handled half-way through); an upsert is two when the
+//! identity exists already (create, then modify to bring it in line). Each command is tagged
 //! with `correlationData` = `<request uuid>:<index>`; the plugin answers with one message on
 //! `$CONTROL/dynamic-security/v1/response` whose `responses` carry the same tags. Every response's `error` is
 //! checked; the errors that only say the state is already what the operation wants ("Role already exists",
@@ -117,7 +118,8 @@ impl MosquittoAdapter {
         Ok(Self { hub: hub.to_owned(), link: Arc::new(link), timeout })
     }
 
-    async fn run(&self, operation: Operation, commands: Vec<Command>) -> Result<(), HubError> {
+    /// Sends `commands` in one request; returns how many of them met a tolerated error.
+    async fn run(&self, operation: Operation, commands: Vec<Command>) -> Result<usize, HubError> {
         let responses = self.link.execute(&commands, self.timeout).await.map_err(|reason| HubError::Unavailable {
             hub: self.hub.clone(),
             operation: operation.clone(),
@@ -160,14 +162,22 @@ impl HubAdapter for MosquittoAdapter {
         let role = role_name(id);
         let acls = role_acls(id);
         let roles = if identity.enabled { json!([{"rolename": role}]) } else { json!([]) };
-        let commands = vec![
+        // The plugin rewrites its whole configuration file after every change, so a new device costs two changes
+        // (role, client) rather than five; only an identity that exists already is brought in line by modify.
+        let create = vec![
             Command::new(json!({"command": "createRole", "rolename": role, "acls": acls}), Tolerate::AlreadyExists),
-            Command::new(json!({"command": "modifyRole", "rolename": role, "acls": acls}), Tolerate::Nothing),
             Command::secret(
                 json!({"command": "createClient", "username": id.as_str(), "password": password.expose(),
                        "roles": roles}),
                 Tolerate::AlreadyExists,
             ),
+        ];
+        let existed = self.run(operation.clone(), create).await?;
+        if existed == 0 && identity.enabled {
+            return Ok(());
+        }
+        let modify = vec![
+            Command::new(json!({"command": "modifyRole", "rolename": role, "acls": acls}), Tolerate::Nothing),
             Command::secret(
                 json!({"command": "modifyClient", "username": id.as_str(), "password": password.expose(),
                        "roles": roles}),
@@ -179,7 +189,7 @@ impl HubAdapter for MosquittoAdapter {
                 Tolerate::Nothing,
             ),
         ];
-        self.run(operation, commands).await
+        self.run(operation, modify).await.map(drop)
     }
 
     async fn disable_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
@@ -192,7 +202,7 @@ impl HubAdapter for MosquittoAdapter {
                 Tolerate::NotFound,
             ),
         ];
-        self.run(Operation::Disable(device_id.clone()), commands).await
+        self.run(Operation::Disable(device_id.clone()), commands).await.map(drop)
     }
 
     async fn delete_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
@@ -200,11 +210,11 @@ impl HubAdapter for MosquittoAdapter {
             Command::new(json!({"command": "deleteClient", "username": device_id.as_str()}), Tolerate::NotFound),
             Command::new(json!({"command": "deleteRole", "rolename": role_name(device_id)}), Tolerate::NotFound),
         ];
-        self.run(Operation::Delete(device_id.clone()), commands).await
+        self.run(Operation::Delete(device_id.clone()), commands).await.map(drop)
     }
 
     async fn health(&self) -> Result<(), HubError> {
         let commands = vec![Command::new(json!({"command": "getDefaultACLAccess"}), Tolerate::Nothing)];
-        self.run(Operation::Health, commands).await
+        self.run(Operation::Health, commands).await.map(drop)
     }
 }

@@ -74,7 +74,7 @@ fn sub_once(broker: &Broker, cert: &std::path::Path, key: &std::path::Path, topi
     let out = std::process::Command::new(support::require_program("mosquitto_sub"))
         .args(["-h", "127.0.0.1", "-p", &broker.cert_port.to_string()])
         .arg("--cafile")
-        .arg(broker.dir.path().join("ca.pem"))
+        .arg(broker.dir().join("ca.pem"))
         .arg("--cert")
         .arg(cert)
         .arg("--key")

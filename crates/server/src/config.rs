@@ -114,6 +114,20 @@ pub struct ServeArgs {
     /// How long after its expiry an operational certificate may still renew itself [default: 0s, off].
     #[arg(long, env = "ZEROTOUCH_RENEWAL_GRACE", value_parser = humantime::parse_duration)]
     pub renewal_grace: Option<Duration>,
+    /// How long a registration waits for its hub before answering (the outbox worker carries on) [default: 2s].
+    #[arg(long, env = "ZEROTOUCH_HUB_INLINE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub hub_inline_timeout: Option<Duration>,
+    /// How long a registration may wait for its hub before it fails with 400209 [default: 10m].
+    #[arg(long, env = "ZEROTOUCH_HUB_DEADLINE", value_parser = humantime::parse_duration)]
+    pub hub_deadline: Option<Duration>,
+}
+
+/// `value` if it is more than zero.
+fn positive(setting: &str, value: Duration) -> anyhow::Result<Duration> {
+    if value.is_zero() {
+        bail!("{setting} must be more than zero");
+    }
+    Ok(value)
 }
 
 /// Parses `N/DURATION` (`5/10s`).
@@ -194,6 +208,10 @@ struct FileSettings {
     crl_url: Option<String>,
     #[serde(alias = "renewal-grace", default, with = "humantime_serde_opt")]
     renewal_grace: Option<Duration>,
+    #[serde(alias = "hub-inline-timeout", default, with = "humantime_serde_opt")]
+    hub_inline_timeout: Option<Duration>,
+    #[serde(alias = "hub-deadline", default, with = "humantime_serde_opt")]
+    hub_deadline: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -280,6 +298,10 @@ pub struct Config {
     pub crl_url: Option<String>,
     /// How long after expiry an operational certificate may renew.
     pub renewal_grace: Duration,
+    /// How long a registration waits for its hub before answering.
+    pub hub_inline_timeout: Duration,
+    /// How long a registration may wait for its hub before it fails.
+    pub hub_deadline: Duration,
 }
 
 /// Where the passphrase encrypting the CA keys comes from.
@@ -452,6 +474,14 @@ impl Config {
                 None => None,
             },
             renewal_grace: args.renewal_grace.or(file.renewal_grace).unwrap_or(Duration::ZERO),
+            hub_inline_timeout: positive(
+                "--hub-inline-timeout",
+                args.hub_inline_timeout.or(file.hub_inline_timeout).unwrap_or(Duration::from_secs(2)),
+            )?,
+            hub_deadline: positive(
+                "--hub-deadline",
+                args.hub_deadline.or(file.hub_deadline).unwrap_or(Duration::from_secs(600)),
+            )?,
         })
     }
 }

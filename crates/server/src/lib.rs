@@ -9,6 +9,7 @@ pub mod data_dir;
 pub mod device;
 pub mod error;
 pub mod est;
+pub mod hubs;
 pub mod metrics;
 pub mod pki;
 pub mod registration;

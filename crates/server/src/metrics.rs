@@ -6,7 +6,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The service's metrics registry.
 #[derive(Debug, Clone)]
@@ -14,6 +16,10 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    hub_queue_depth: IntGaugeVec,
+    hub_oldest_job_age: GaugeVec,
+    hub_attempts: IntCounterVec,
+    hub_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -33,8 +39,28 @@ impl Metrics {
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let hub_queue_depth = IntGaugeVec::new(
+            Opts::new("zerotouch_hub_queue_depth", "Hub jobs waiting (outbox), by hub; read every 5 s"),
+            &["hub"],
+        )?;
+        let hub_oldest_job_age = GaugeVec::new(
+            Opts::new("zerotouch_hub_oldest_job_age_seconds", "Age of the oldest waiting hub job, by hub"),
+            &["hub"],
+        )?;
+        let hub_attempts = IntCounterVec::new(
+            Opts::new("zerotouch_hub_attempts_total", "Hub job deliveries tried by this replica, by hub and action"),
+            &["hub", "action"],
+        )?;
+        let hub_failures = IntCounterVec::new(
+            Opts::new("zerotouch_hub_failures_total", "Hub job deliveries that failed, by hub and action"),
+            &["hub", "action"],
+        )?;
         registry.register(Box::new(info))?;
-        Ok(Self { registry, requests, latency })
+        registry.register(Box::new(hub_queue_depth.clone()))?;
+        registry.register(Box::new(hub_oldest_job_age.clone()))?;
+        registry.register(Box::new(hub_attempts.clone()))?;
+        registry.register(Box::new(hub_failures.clone()))?;
+        Ok(Self { registry, requests, latency, hub_queue_depth, hub_oldest_job_age, hub_attempts, hub_failures })
     }
 
     /// The text exposition of every metric.
@@ -44,6 +70,22 @@ impl Metrics {
             tracing::warn!("metrics encoding failed: {e}");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Counts a delivery of a hub job.
+    pub fn hub_attempt(&self, hub: &str, action: &str) {
+        self.hub_attempts.with_label_values(&[hub, action]).inc();
+    }
+
+    /// Counts a failed delivery of a hub job.
+    pub fn hub_failure(&self, hub: &str, action: &str) {
+        self.hub_failures.with_label_values(&[hub, action]).inc();
+    }
+
+    /// Sets a hub's backlog.
+    pub fn hub_backlog(&self, hub: &str, depth: u64, oldest_age_seconds: f64) {
+        self.hub_queue_depth.with_label_values(&[hub]).set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.hub_oldest_job_age.with_label_values(&[hub]).set(oldest_age_seconds);
     }
 
     fn observe(&self, listener: &str, route: &str, method: &str, status: u16, started: Instant) {

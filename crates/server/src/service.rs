@@ -18,6 +18,7 @@ use crate::config::{
     redact_url,
 };
 use crate::data_dir::{self, files};
+use crate::hubs::{HubSettings, Hubs};
 use crate::metrics::{Listener, Metrics};
 use crate::pki::Pki;
 use crate::registration::limits::DeviceLimits;
@@ -34,6 +35,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// The managed CA.
     pub pki: Arc<Pki>,
+    /// The hubs' adapters and the outbox.
+    pub hubs: Arc<Hubs>,
 }
 
 /// Builds the admin API server on an already-bound listener (tests bind port 0).
@@ -47,10 +50,12 @@ pub fn admin_server(
     let verifier = web::Data::from(state.verifier);
     let metrics = web::Data::new(state.metrics);
     let pki = web::Data::from(state.pki);
+    let hubs = web::Data::from(state.hubs);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(store.clone())
             .app_data(pki.clone())
+            .app_data(hubs.clone())
             .app_data(verifier.clone())
             .app_data(metrics.clone())
             .app_data(web::Data::new(Listener("service")))
@@ -242,10 +247,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new()?;
+    let hubs = Arc::new(Hubs::new(
+        store.clone(),
+        HubSettings { inline_timeout: config.hub_inline_timeout, deadline: config.hub_deadline },
+        metrics.clone(),
+    ));
     let (count, window) = config.device_rate_limit;
     let registrations = Arc::new(RegistrationService::new(
         store.clone(),
         pki.clone(),
+        hubs.clone(),
         RegistrationSettings {
             id_scope: data.id_scope.clone(),
             sas_clock_skew: config.sas_clock_skew,
@@ -255,7 +266,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?);
     let expiry = tokio::spawn(Arc::clone(&registrations).expire_operations());
     let crls = tokio::spawn(Arc::clone(&pki).refresh_crls());
-    let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone() };
+    let outbox = tokio::spawn(Arc::clone(&hubs).run_worker());
+    let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs };
     let admin = admin_server(listener, tls, state, config.shutdown_timeout)?;
     let device =
         device_server(device_listener, device_tls, registrations, pki.clone(), metrics, config.shutdown_timeout)?;
@@ -273,6 +285,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     admin.context("admin API server")?;
     device.context("device API server")?;
     expiry.abort();
+    outbox.abort();
     crls.abort();
     store.close().await?;
     tracing::info!("stopped");

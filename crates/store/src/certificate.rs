@@ -380,10 +380,16 @@ impl Store {
         use sea_orm::TransactionTrait;
         let serial = serial.to_ascii_lowercase();
         let txn = self.db.begin().await?;
-        if Entity::find_by_id(serial.clone()).one(&txn).await?.is_none() {
+        let Some(certificate) = Entity::find_by_id(serial.clone()).one(&txn).await? else {
             return Err(StoreError::NotFound);
-        }
+        };
         let mut revoked = revoke(&txn, Revoking::Serial(&serial), reason, actor).await?;
+        // The device's current credential on its hub: the hub must stop taking it.
+        if !revoked.is_empty() && certificate.status == CertificateStatus::Active.as_str() {
+            let keys = [certificate.registration_key];
+            crate::hub_job::retire(&txn, crate::hub_job::Retiring::Registrations(&keys), crate::HubAction::Disable)
+                .await?;
+        }
         txn.commit().await?;
         Ok(revoked.pop())
     }
@@ -398,7 +404,9 @@ impl Store {
     ) -> Result<Vec<CertificateRecord>, StoreError> {
         use sea_orm::TransactionTrait;
         let txn = self.db.begin().await?;
-        let revoked = revoke(&txn, Revoking::Registrations(&[registration_key.to_owned()]), reason, actor).await?;
+        let keys = [registration_key.to_owned()];
+        let revoked = revoke(&txn, Revoking::Registrations(&keys), reason, actor).await?;
+        crate::hub_job::retire(&txn, crate::hub_job::Retiring::Registrations(&keys), crate::HubAction::Disable).await?;
         txn.commit().await?;
         Ok(revoked)
     }

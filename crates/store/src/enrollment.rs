@@ -19,6 +19,7 @@ use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment, Provision
 
 use crate::audit::{self, Change};
 use crate::certificate::{self, Revoking};
+use crate::hub_job::{self, HubAction, Retiring};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
 /// An enrollment or enrollment group as stored.
@@ -235,7 +236,8 @@ macro_rules! with_table {
 }
 
 /// Revokes (`cessationOfOperation`), in the caller's transaction, the certificates of the devices that the
-/// enrollments `keys` of `kind` cover; they are being deleted or disabled.
+/// enrollments `keys` of `kind` cover, and queues the disabling of their hub identities; they are being deleted or
+/// disabled.
 async fn revoke_retired(
     db: &impl ConnectionTrait,
     kind: EnrollmentKind,
@@ -245,11 +247,12 @@ async fn revoke_retired(
     if keys.is_empty() {
         return Ok(());
     }
-    let scope = match kind {
-        EnrollmentKind::Individual => Revoking::Registrations(keys),
-        EnrollmentKind::Group => Revoking::Groups(keys),
+    let (scope, retiring) = match kind {
+        EnrollmentKind::Individual => (Revoking::Registrations(keys), Retiring::Registrations(keys)),
+        EnrollmentKind::Group => (Revoking::Groups(keys), Retiring::Groups(keys)),
     };
     certificate::revoke(db, scope, certificate::CESSATION_OF_OPERATION, actor).await?;
+    hub_job::retire(db, retiring, HubAction::Disable).await?;
     Ok(())
 }
 

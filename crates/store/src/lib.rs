@@ -15,6 +15,7 @@ mod enrollment;
 mod entity;
 mod error;
 mod hub;
+mod hub_job;
 mod issuing_ca;
 mod registration;
 #[cfg(feature = "test-support")]
@@ -33,8 +34,9 @@ pub use certificate_authority::{CertificateAuthorityInput, CertificateAuthorityR
 pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
 pub use error::StoreError;
 pub use hub::{HubInput, HubRecord};
+pub use hub_job::{HubAction, HubBacklog, HubJobOutcome, HubJobRecord, NO_ADAPTER, NewHubJob};
 pub use issuing_ca::{CrlState, EncryptedKeyPem, IssuingCaRecord, IssuingCaStatus, NewIssuingCa};
-pub use registration::{OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
+pub use registration::{Committed, OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

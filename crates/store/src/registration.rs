@@ -141,6 +141,13 @@ impl Store {
         if !precondition.allows(Some(&existing.etag)) {
             return Err(StoreError::PreconditionFailed);
         }
+        // While the state still says which hub the device is on.
+        crate::hub_job::retire(
+            &txn,
+            crate::hub_job::Retiring::Registrations(&[key.to_owned()]),
+            crate::HubAction::Delete,
+        )
+        .await?;
         crate::entity::operation::Entity::delete_many()
             .filter(crate::entity::operation::Column::RegistrationKey.eq(key))
             .exec(&txn)
@@ -249,7 +256,14 @@ pub struct RegistrationOutcome {
     /// set by the store) only if the attempt wins, after the registration's previous active certificates are
     /// marked `superseded`, in the same transaction.
     pub certificate: Option<CertificateRecord>,
+    /// The hub job that registers the device on its hub, if the hub has an adapter: written only if the attempt
+    /// wins, in the same transaction. The state is then written `assigning` and becomes `assigned` when the job
+    /// succeeds.
+    pub hub_job: Option<crate::NewHubJob>,
 }
+
+/// What a winning registration attempt wrote: the state, the operation, and its hub job.
+pub type Committed = (RegistrationRecord, OperationRecord, Option<crate::HubJobRecord>);
 
 /// Renders an operation's result from the registration state as written.
 pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> Value + Send + Sync>;
@@ -258,7 +272,7 @@ pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> Value + Send + Sync>;
 struct Pending {
     outcome: RegistrationOutcome,
     snapshot: Snapshot,
-    reply: oneshot::Sender<Result<(RegistrationRecord, OperationRecord), StoreError>>,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
 }
 
 /// A certificate issued outside a registration (EST), waiting for the writer.
@@ -371,8 +385,7 @@ async fn write_batch(db: &DatabaseConnection, work: Vec<Work>) {
 }
 
 /// What one transaction answers: per registration attempt, and per certificate issued outside a registration.
-type Written =
-    (Vec<Result<(RegistrationRecord, OperationRecord), StoreError>>, Vec<Result<CertificateRecord, StoreError>>);
+type Written = (Vec<Result<Committed, StoreError>>, Vec<Result<CertificateRecord, StoreError>>);
 
 /// One transaction for `batch`: new states in one multi-row insert that skips keys written meanwhile, changed
 /// states each guarded by its etag, then the operations and audit events of the attempts that won, in one insert
@@ -516,6 +529,18 @@ async fn write_together(
             .collect();
         audit::record_by(&txn, &changes).await?;
     }
+    let jobs: Vec<(&crate::NewHubJob, &str, &str, &str)> = winners
+        .iter()
+        .filter_map(|&i| {
+            let job = batch[i].outcome.hub_job.as_ref()?;
+            Some((job, records[i].key.as_str(), operations[i].id.as_str(), records[i].etag.as_str()))
+        })
+        .collect();
+    let mut jobs: std::collections::HashMap<String, crate::HubJobRecord> = crate::hub_job::insert_upserts(&txn, jobs)
+        .await?
+        .into_iter()
+        .map(|j| (j.registration_key.clone(), j))
+        .collect();
     txn.commit().await?;
 
     let results = records
@@ -524,7 +549,8 @@ async fn write_together(
         .zip(won)
         .map(|((record, operation), won)| {
             if won {
-                Ok((record, operation))
+                let job = jobs.remove(&record.key);
+                Ok((record, operation, job))
             } else {
                 Err(StoreError::Conflict("the registration changed concurrently".into()))
             }
@@ -544,7 +570,7 @@ impl Store {
         &self,
         outcome: RegistrationOutcome,
         snapshot: Snapshot,
-    ) -> Result<(RegistrationRecord, OperationRecord), StoreError> {
+    ) -> Result<Committed, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
         let key = outcome.record.key.clone();

@@ -157,6 +157,7 @@ fn attempt(
         record,
         expected_etag: expected_etag.map(str::to_owned),
         certificate,
+        hub_job: None,
     }
 }
 

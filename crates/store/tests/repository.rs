@@ -1069,6 +1069,7 @@ fn attempt(id: &str, expected_etag: Option<&str>, operation_id: &str) -> zerotou
         expected_etag: expected_etag.map(str::to_owned),
         detail: format!("assigned {id}"),
         certificate: None,
+        hub_job: None,
     }
 }
 
@@ -1104,7 +1105,7 @@ async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
     let mut won: HashMap<&str, Vec<(RegistrationRecord, zerotouch_store::OperationRecord)>> = HashMap::new();
     for (group, task) in tasks {
         match task.await.unwrap() {
-            Ok(result) => won.entry(group).or_default().push(result),
+            Ok((record, operation, _)) => won.entry(group).or_default().push((record, operation)),
             Err(err) => {
                 assert!(group != "single", "a device without a rival cannot lose: {err:?}");
                 assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");

@@ -49,6 +49,9 @@ pub enum ErrorCode {
     CustomAllocationFailed,
     /// Registration outcome: no linked hub to assign.
     NoHubAvailable,
+    /// Registration outcome: the assigned hub did not take the device (refused it, or stayed unreachable past the
+    /// deadline).
+    HubRegistrationFailed,
     /// Device API: the CSR cannot be used (malformed, bad signature, CN other than the registration id, a key
     /// type the enrollment does not allow, or extensions beyond the profile).
     CsrRefused,
@@ -74,7 +77,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -96,6 +99,7 @@ impl ErrorCode {
         Self::Throttled,
         Self::CustomAllocationFailed,
         Self::NoHubAvailable,
+        Self::HubRegistrationFailed,
         Self::CsrRefused,
         Self::NoIssuingCa,
         Self::CertificateExpired,
@@ -131,6 +135,7 @@ impl ErrorCode {
             Self::Throttled => 429001,
             Self::CustomAllocationFailed => 400207,
             Self::NoHubAvailable => 400208,
+            Self::HubRegistrationFailed => 400209,
             Self::CsrRefused => 400210,
             Self::NoIssuingCa => 503002,
             Self::CertificateExpired => 401010,

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub enum HubKind {
     /// Assignments are recorded; the hub itself is not called.
     None,
+    /// A Mosquitto 2 broker with the dynamic-security plugin.
+    Mosquitto,
+    /// A receiver of signed HTTPS requests.
+    Webhook,
 }
 
 impl HubKind {
@@ -15,6 +19,8 @@ impl HubKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
+            Self::Mosquitto => "mosquitto",
+            Self::Webhook => "webhook",
         }
     }
 
@@ -22,6 +28,8 @@ impl HubKind {
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "none" => Some(Self::None),
+            "mosquitto" => Some(Self::Mosquitto),
+            "webhook" => Some(Self::Webhook),
             _ => None,
         }
     }
@@ -48,6 +56,10 @@ pub struct Hub {
     /// Whether allocation may pick this hub for enrollments that list no hubs (default true).
     #[serde(default)]
     pub apply_allocation_policy: Option<bool>,
+    /// The adapter's settings (kind-specific; none for `none`). Secrets (`password`, `secret`) are write-only:
+    /// never returned, and kept when a later write leaves them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
     /// Read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,

@@ -84,11 +84,13 @@ impl Responses {
     }
 }
 
-/// Checks every response against its command; the first error not tolerated, as text.
-pub(crate) fn check(commands: &[Command], responses: &[Response]) -> Result<(), String> {
+/// Checks every response against its command: how many errors were tolerated, or the first error not
+/// tolerated, as text.
+pub(crate) fn check(commands: &[Command], responses: &[Response]) -> Result<usize, String> {
     if responses.len() != commands.len() {
         return Err(format!("the broker answered {} of {} commands", responses.len(), commands.len()));
     }
+    let mut tolerated_errors = 0;
     for (command, response) in commands.iter().zip(responses) {
         if response.command != command.name() {
             return Err(format!("the broker answered {:?} to {:?}", response.command, command.name()));
@@ -103,8 +105,9 @@ pub(crate) fn check(commands: &[Command], responses: &[Response]) -> Result<(), 
         if !tolerated {
             return Err(format!("{}: {error}", command.name()));
         }
+        tolerated_errors += 1;
     }
-    Ok(())
+    Ok(tolerated_errors)
 }
 
 #[cfg(test)]
@@ -141,7 +144,7 @@ mod tests {
         };
         let ok =
             [response("createRole", Some("Role already exists")), response("deleteClient", Some("Client not found"))];
-        assert_eq!(check(&commands, &ok), Ok(()));
+        assert_eq!(check(&commands, &ok), Ok(2));
         let bad = [response("createRole", Some("Not authorized")), response("deleteClient", None)];
         assert_eq!(check(&commands, &bad), Err("createRole: Not authorized".into()));
         assert!(check(&commands, &ok[..1]).is_err());

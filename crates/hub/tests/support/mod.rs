@@ -1,12 +1,12 @@
-//! Test support: a real Mosquitto 2 broker with dynamic security on free loopback ports, test certificates, and
-//! the real `mosquitto_pub`/`mosquitto_sub` clients.
+//! Test support: a real Mosquitto 2 broker with dynamic security on free loopback ports, its own test CA, and
+//! the real `mosquitto_pub`/`mosquitto_sub` clients (the process and client helpers are the end-to-end kit's,
+//! `zerotouch_tests::mosquitto`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -23,22 +23,6 @@ const PLUGIN_CANDIDATES: &[&str] = &[
     "/usr/local/lib/mosquitto_dynamic_security.so",
 ];
 
-/// Finds a program on PATH (or /usr/sbin, where Debian puts `mosquitto`), failing the test with an install hint.
-pub fn require_program(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "`{name}` is not installed; these tests need a real Mosquitto 2: apt-get install mosquitto mosquitto-clients"
-    )
-}
-
 /// Finds the dynamic-security plugin shipped with the `mosquitto` package.
 pub fn require_plugin() -> PathBuf {
     PLUGIN_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(|| {
@@ -47,11 +31,6 @@ pub fn require_plugin() -> PathBuf {
              apt-get install mosquitto"
         )
     })
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A test CA and the certificates it signs.
@@ -104,16 +83,17 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+use zerotouch_tests::mosquitto::{BrokerAdmin, BrokerProcess, DeviceLogin, publish};
+pub use zerotouch_tests::mosquitto::{Published, Subscriber, free_port, program as require_program};
+
 /// A running broker: admin listener (plain, loopback), password listener (TLS), certificate listener (TLS with
-/// client certificates, identity as username). Killed on drop.
+/// client certificates, identity as username).
 pub struct Broker {
-    pub dir: tempfile::TempDir,
+    pub process: BrokerProcess,
     pub ca: TestCa,
-    pub admin_port: u16,
+    pub admin: BrokerAdmin,
     pub password_port: u16,
     pub cert_port: u16,
-    pub config: String,
-    child: Option<Child>,
 }
 
 impl Broker {
@@ -124,21 +104,15 @@ impl Broker {
 
     /// Like [`Broker::start`], with the admin listener on `admin_port`.
     pub fn start_on(admin_port: u16) -> Self {
-        let mosquitto_ctrl = require_program("mosquitto_ctrl");
-        require_program("mosquitto");
-        require_program("mosquitto_pub");
-        require_program("mosquitto_sub");
         let plugin = require_plugin();
-        let dir = tempfile::tempdir().unwrap();
-        // The broker drops to user `mosquitto` when started as root: it must read its files and write dynsec's.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = BrokerProcess::directory();
         let ca = TestCa::new("zerotouch test CA");
         let (server_cert, server_key) = ca.server();
         write(dir.path(), "ca.pem", &ca.pem);
         write(dir.path(), "server.pem", &server_cert);
         write(dir.path(), "server.key", &server_key);
         let dynsec = dir.path().join("dynamic-security.json");
-        let init = Command::new(&mosquitto_ctrl)
+        let init = Command::new(require_program("mosquitto_ctrl"))
             .args(["dynsec", "init"])
             .arg(&dynsec)
             .args(["admin", ADMIN_PASSWORD])
@@ -181,58 +155,31 @@ use_identity_as_username true
             plugin = plugin.display()
         );
         let config_path = write(dir.path(), "mosquitto.conf", &config);
-        let mut broker = Self { dir, ca, admin_port, password_port, cert_port, config, child: None };
-        broker.spawn(&config_path);
-        broker
+        let process = BrokerProcess::start(dir, config_path, vec![admin_port, password_port, cert_port]);
+        let admin = BrokerAdmin { port: admin_port, username: "admin".into(), password: ADMIN_PASSWORD.into() };
+        Self { process, ca, admin, password_port, cert_port }
     }
 
-    fn spawn(&mut self, config_path: &Path) {
-        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(require_program("mosquitto"))
-            .arg("-c")
-            .arg(config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [self.admin_port, self.password_port, self.cert_port] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                    panic!("mosquitto exited ({status}):\n{}", self.log());
-                }
-                assert!(Instant::now() < deadline, "mosquitto did not listen on {port}:\n{}", self.log());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+    /// The broker's files.
+    pub fn dir(&self) -> &Path {
+        self.process.dir.path()
     }
 
     /// Stops the broker (its dynsec file stays).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
     /// Starts the stopped broker again on the same ports with the same dynsec file.
     pub fn restart(&mut self) {
-        self.stop();
-        let config_path = self.dir.path().join("mosquitto.conf");
-        self.spawn(&config_path);
-    }
-
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        self.process.restart();
     }
 
     /// The adapter settings for this broker's admin listener.
     pub fn settings(&self) -> serde_json::Value {
         serde_json::json!({
             "host": "127.0.0.1",
-            "port": self.admin_port,
+            "port": self.admin.port,
             "username": "admin",
             "password": ADMIN_PASSWORD,
             "timeoutMs": 3000,
@@ -242,136 +189,34 @@ use_identity_as_username true
     /// Writes a client certificate for `cn` into the broker's dir: (cert path, key path, thumbprint).
     pub fn client_cert(&self, cn: &str) -> (PathBuf, PathBuf, String) {
         let (cert, key, thumbprint) = self.ca.client(cn);
-        let cert = write(self.dir.path(), &format!("{cn}.pem"), &cert);
-        let key = write(self.dir.path(), &format!("{cn}.key"), &key);
+        let cert = write(self.dir(), &format!("{cn}.pem"), &cert);
+        let key = write(self.dir(), &format!("{cn}.key"), &key);
         (cert, key, thumbprint)
     }
 
-    /// `mosquitto_ctrl dynsec ARGS...` as the admin, its stdout.
+    /// `mosquitto_ctrl dynsec ARGS...` as the admin, its output.
     pub fn ctrl(&self, args: &[&str]) -> String {
-        let out = Command::new(require_program("mosquitto_ctrl"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.admin_port.to_string(),
-                "-u",
-                "admin",
-                "-P",
-                ADMIN_PASSWORD,
-                "dynsec",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        self.admin.ctrl(args)
     }
 
-    /// Subscribes as the admin (whose role may subscribe to `#`) to `topic` with the real `mosquitto_sub`.
+    /// Subscribes as the admin to `topic` with the real `mosquitto_sub`.
     pub fn subscribe(&self, topic: &str) -> Subscriber {
-        let out_path = self.dir.path().join(format!("sub-{}.out", uuid::Uuid::new_v4().simple()));
-        let out = std::fs::File::create(&out_path).unwrap();
-        let child = Command::new(require_program("mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &self.admin_port.to_string(), "-u", "admin", "-P", ADMIN_PASSWORD])
-            .args(["-t", topic, "-v", "-q", "1", "-d"])
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let subscriber = Subscriber { child, out_path };
-        subscriber.wait_for("SUBACK", Duration::from_secs(5));
-        subscriber
+        self.admin.subscribe(self.dir(), topic)
     }
 
     /// Publishes with the real `mosquitto_pub` as a certificate device (QoS 1, MQTT 5).
     pub fn publish_with_cert(&self, cert: &Path, key: &Path, topic: &str, message: &str) -> Published {
-        let out = Command::new(require_program("mosquitto_pub"))
-            .args(["-h", "127.0.0.1", "-p", &self.cert_port.to_string()])
-            .arg("--cafile")
-            .arg(self.dir.path().join("ca.pem"))
-            .arg("--cert")
-            .arg(cert)
-            .arg("--key")
-            .arg(key)
-            .args(["-t", topic, "-m", message, "-q", "1", "-V", "mqttv5", "-d"])
-            .output()
-            .unwrap();
-        Published::from(out)
+        publish(self.cert_port, &self.dir().join("ca.pem"), DeviceLogin::Certificate(cert, key), topic, message)
     }
 
     /// Publishes with the real `mosquitto_pub` as a key device (`-u id -P key`, TLS, QoS 1, MQTT 5).
     pub fn publish_with_password(&self, username: &str, password: &str, topic: &str, message: &str) -> Published {
-        let out = Command::new(require_program("mosquitto_pub"))
-            .args(["-h", "127.0.0.1", "-p", &self.password_port.to_string()])
-            .arg("--cafile")
-            .arg(self.dir.path().join("ca.pem"))
-            .args(["-u", username, "-P", password])
-            .args(["-t", topic, "-m", message, "-q", "1", "-V", "mqttv5", "-d"])
-            .output()
-            .unwrap();
-        Published::from(out)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// What `mosquitto_pub` did.
-#[derive(Debug)]
-pub struct Published {
-    pub success: bool,
-    pub output: String,
-}
-
-impl From<std::process::Output> for Published {
-    fn from(out: std::process::Output) -> Self {
-        let output = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        Self { success: out.status.success(), output }
-    }
-}
-
-impl Published {
-    /// The broker accepted the connection (CONNACK success).
-    pub fn connected(&self) -> bool {
-        self.output.contains("received CONNACK (0)")
-    }
-}
-
-/// A running `mosquitto_sub`. Killed on drop.
-pub struct Subscriber {
-    child: Child,
-    out_path: PathBuf,
-}
-
-impl Subscriber {
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.out_path).unwrap_or_default()
-    }
-
-    /// Waits until the output contains `needle`; whether it did.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.output().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Whether a message `payload` on `topic` arrived within `timeout`.
-    pub fn received(&self, topic: &str, payload: &str, timeout: Duration) -> bool {
-        self.wait_for(&format!("{topic} {payload}"), timeout)
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        publish(
+            self.password_port,
+            &self.dir().join("ca.pem"),
+            DeviceLogin::Password(username, password),
+            topic,
+            message,
+        )
     }
 }

@@ -15,9 +15,19 @@ use crate::request::{self, BODY_LIMIT, Json};
 fn render(record: &HubRecord) -> Result<Value, ApiError> {
     let kind = HubKind::parse(&record.hub.kind)
         .ok_or_else(|| ApiError::internal(format!("stored hub kind {:?} is unknown", record.hub.kind)))?;
+    // Secrets are write-only.
+    let settings = match &record.hub.settings {
+        Value::Object(fields) if !fields.is_empty() => {
+            let mut fields = fields.clone();
+            fields.retain(|name, _| !zerotouch_hub::SECRET_SETTINGS.contains(&name.as_str()));
+            Some(Value::Object(fields))
+        }
+        _ => None,
+    };
     let hub = Hub {
         host_name: record.hub.host_name.clone(),
         kind,
+        settings,
         allocation_weight: Some(record.hub.allocation_weight),
         apply_allocation_policy: Some(record.hub.apply_allocation_policy),
         etag: Some(record.etag.clone()),
@@ -81,18 +91,51 @@ pub(super) async fn put(
         )
         .into());
     }
+    let settings = settings_of(&store, &host, &hub).await?;
     let input = HubInput {
         host_name: host.as_str().to_owned(),
         kind: hub.kind.as_str().to_owned(),
         allocation_weight: weight,
         apply_allocation_policy: hub.apply_allocation_policy.unwrap_or(true),
-        settings: Value::Object(Default::default()),
+        settings,
     };
     let (record, _created) = store
         .put_hub(input, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
+}
+
+/// The settings to store for `hub`: checked by building its adapter (which does not contact the hub); secrets
+/// left out are kept from the hub's current settings if its kind is unchanged.
+async fn settings_of(store: &Store, host: &HubHostName, hub: &Hub) -> Result<Value, ApiError> {
+    let settings = hub.settings.clone().unwrap_or_else(|| Value::Object(Default::default()));
+    let Value::Object(mut fields) = settings else {
+        return Err(FieldError::new("settings", "must be a JSON object").into());
+    };
+    if hub.kind == HubKind::None {
+        if !fields.is_empty() {
+            return Err(FieldError::new("settings", "a hub of kind none takes no settings").into());
+        }
+        return Ok(Value::Object(fields));
+    }
+    match store.hub(host.as_str()).await {
+        Ok(current) if current.hub.kind == hub.kind.as_str() => {
+            if let Value::Object(stored) = current.hub.settings {
+                for name in zerotouch_hub::SECRET_SETTINGS {
+                    if let (false, Some(secret)) = (fields.contains_key(*name), stored.get(*name)) {
+                        fields.insert((*name).to_owned(), secret.clone());
+                    }
+                }
+            }
+        }
+        Ok(_) | Err(zerotouch_store::StoreError::NotFound) => {}
+        Err(e) => return Err(ApiError::internal(e)),
+    }
+    let settings = Value::Object(fields);
+    zerotouch_hub::adapter_for(hub.kind.as_str(), host.as_str(), &settings)
+        .map_err(|e| FieldError::new("settings", e.to_string()))?;
+    Ok(settings)
 }
 
 /// `DELETE /hubs/{hostName}`, under `If-Match` (owners only).
@@ -109,4 +152,15 @@ pub(super) async fn delete(
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /hubs/{hostName}/status`: the hub's health (its adapter's health check) and its outbox backlog.
+pub(super) async fn status(
+    _caller: Caller<Read>,
+    hubs: web::Data<crate::hubs::Hubs>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let host = parse_name(&name)?;
+    let status = hubs.status(host.as_str()).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    Ok(HttpResponse::Ok().json(status))
 }

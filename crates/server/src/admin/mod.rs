@@ -77,6 +77,7 @@ routes! {
     "/registrations/{registrationId}/revoke" => { POST: registrations::revoke },
     "/hubs" => { GET: hubs::list },
     "/hubs/{hostName}" => { GET: hubs::get, PUT: hubs::put, DELETE: hubs::delete },
+    "/hubs/{hostName}/status" => { GET: hubs::status },
     "/pki/issuingCAs" => { GET: pki::list, POST: pki::create },
     "/pki/issuingCAs/{name}" => { GET: pki::get, PUT: pki::upload_chain, DELETE: pki::delete },
     "/pki/issuingCAs/{name}/activate" => { POST: pki::activate },

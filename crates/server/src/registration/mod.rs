@@ -33,6 +33,7 @@ use zerotouch_wire::registration::{RegistrationStatus, X509RegistrationResult};
 use zerotouch_wire::{ErrorCode, SymmetricKey};
 
 use crate::error::ApiError;
+use crate::hubs::{CredentialRef, Hubs};
 use crate::pki::Pki;
 use limits::{DeviceLimits, RetryAfter};
 
@@ -159,6 +160,7 @@ const VERIFIED_MAX: usize = 100_000;
 pub struct RegistrationService {
     store: Store,
     pki: Arc<Pki>,
+    hubs: Arc<Hubs>,
     settings: RegistrationSettings,
     limits: DeviceLimits,
     http: reqwest::Client,
@@ -204,6 +206,7 @@ impl RegistrationService {
     pub fn new(
         store: Store,
         pki: Arc<Pki>,
+        hubs: Arc<Hubs>,
         settings: RegistrationSettings,
         limits: DeviceLimits,
     ) -> anyhow::Result<Self> {
@@ -211,6 +214,7 @@ impl RegistrationService {
         Ok(Self {
             store,
             pki,
+            hubs,
             settings,
             limits,
             http,
@@ -613,7 +617,6 @@ impl RegistrationService {
             };
             read_state = true;
             let decision = self.decide(&request, &matched, &policy, &hubs, current.as_ref(), &mut webhook_answer).await;
-            let operation_status = decision.status;
             let group_id = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
             // A certificate only for a device that is assigned: a failed or disabled registration gets none.
             let issued = match (&csr, &decision.device_id, decision.status) {
@@ -622,13 +625,16 @@ impl RegistrationService {
                 }
                 _ => None,
             };
+            // A hub with an adapter learns of the device through the outbox; until it has, the device is assigning.
+            let hub_job = self.hub_job(&hubs, &decision, current.as_ref(), issued.as_ref(), device);
+            let written_status = if hub_job.is_some() { RegistrationStatus::Assigning } else { decision.status };
             let record = RegistrationRecord {
                 key: key.clone(),
                 registration_id: device.registration_id.as_str().to_owned(),
                 enrollment_group_key: (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.key.clone()),
                 device_id: decision.device_id.clone(),
                 assigned_hub: decision.hub.clone(),
-                status: decision.status.as_str().to_owned(),
+                status: written_status.as_str().to_owned(),
                 substatus: decision.substatus.clone(),
                 error_code: decision.error.as_ref().and_then(|(c, _)| i32::try_from(c.number()).ok()),
                 error_message: decision.error.as_ref().map(|(_, m)| m.clone()),
@@ -641,7 +647,7 @@ impl RegistrationService {
             let operation = OperationRecord {
                 id: new_operation_id(),
                 registration_key: key.clone(),
-                status: operation_status.as_str().to_owned(),
+                status: written_status.as_str().to_owned(),
                 error_code: record.error_code,
                 error_message: record.error_message.clone(),
                 result: None,
@@ -661,6 +667,7 @@ impl RegistrationService {
                 operation,
                 detail,
                 certificate,
+                hub_job,
             };
             let x509 = matched.x509.clone();
             let chain: Option<Vec<String>> = issued.as_ref().map(|(_, issued)| {
@@ -674,8 +681,12 @@ impl RegistrationService {
                 serde_json::to_value(result).unwrap_or(Value::Null)
             });
             match self.store.commit_registration(outcome, snapshot).await {
-                Ok((_, operation)) => {
-                    self.remember_finished(&operation);
+                Ok((_, operation, hub_job)) => {
+                    let settled = match &hub_job {
+                        Some(job) => self.hubs.deliver_inline(job).await,
+                        None => None,
+                    };
+                    self.remember_finished(settled.as_ref().unwrap_or(&operation));
                     return Ok(RegistrationOperationStatus {
                         operation_id: operation.id,
                         status: RegistrationStatus::Assigning,
@@ -687,6 +698,55 @@ impl RegistrationService {
             }
         }
         Err(ApiError::Conflict("the registration is changing concurrently; retry".into()))
+    }
+
+    /// The outbox job that puts an assigned device on its hub, if the hub has an adapter. The device's credential
+    /// there is the certificate issued now, else the certificate it authenticated with, else its symmetric key; the
+    /// identity it leaves (another hub, or another device id) is deleted once the new one exists.
+    fn hub_job(
+        &self,
+        hubs: &[zerotouch_store::HubRecord],
+        decision: &Decision,
+        current: Option<&RegistrationRecord>,
+        issued: Option<&(Arc<crate::pki::LoadedCa>, zerotouch_pki::IssuedCertificate)>,
+        device: &DeviceRequest,
+    ) -> Option<zerotouch_store::NewHubJob> {
+        if decision.status != RegistrationStatus::Assigned {
+            return None;
+        }
+        let (hub, device_id) = (decision.hub.as_ref()?, decision.device_id.as_ref()?);
+        let record = hubs.iter().find(|h| &h.hub.host_name == hub)?;
+        if record.hub.kind == zerotouch_store::NO_ADAPTER {
+            return None;
+        }
+        let presented = match &device.evidence {
+            Evidence::Certificates(chain) => chain.first(),
+            _ => None,
+        };
+        let credential = match (issued, presented) {
+            (Some((_, issued)), _) => issued.chain_der.first().map(|leaf| CredentialRef::X509 {
+                subject_name: device_id.clone(),
+                thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
+            }),
+            (None, Some(leaf)) => zerotouch_pki::subject_cn(leaf).ok().map(|cn| CredentialRef::X509 {
+                subject_name: cn,
+                thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
+            }),
+            (None, None) => Some(CredentialRef::SymmetricKey),
+        }?;
+        let previous = current
+            .and_then(|c| c.assigned_hub.clone().zip(c.device_id.clone()))
+            .filter(|(old_hub, old_device)| old_hub != hub || old_device != device_id);
+        let settings = self.hubs.settings();
+        Some(zerotouch_store::NewHubJob {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            hub: hub.clone(),
+            device_id: device_id.clone(),
+            document: crate::hubs::upsert_document(&credential, decision.initial_twin.as_ref()),
+            deadline_at: chrono::Utc::now() + chrono::Duration::from_std(settings.deadline).unwrap_or_default(),
+            inline_lease: settings.inline_timeout + Duration::from_secs(30),
+            previous,
+        })
     }
 
     /// Allocates the device and decides its new state.

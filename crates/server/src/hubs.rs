@@ -1,0 +1,415 @@
+//! Delivery of the hub outbox: the adapter of each hub (rebuilt when the hub's settings change), the delivery of
+//! one job (inline, right after the registration that wrote it, or by the worker), backoff, the deadline, and the
+//! hub metrics.
+//!
+//! Every replica runs one worker ([`Hubs::run_worker`]). It claims due jobs from the database (other replicas'
+//! claims are skipped), delivers them side by side, and records each outcome; a job whose delivery fails is
+//! retried with exponential backoff and jitter, and an upsert a registration waits for fails that registration
+//! (400209) when the hub refuses it or its deadline passes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError};
+use zerotouch_store::{HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
+use zerotouch_wire::enrollment::EnrollmentKind;
+use zerotouch_wire::{ErrorCode, SymmetricKey};
+
+use crate::metrics::Metrics;
+
+/// Settings of hub delivery.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// How long a registration waits for its hub before answering `assigning` (the worker carries on).
+    pub inline_timeout: Duration,
+    /// How long a registration may wait for its hub before it fails with 400209.
+    pub deadline: Duration,
+}
+
+/// Longest wait between two attempts of one job.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// First wait after a failed attempt.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a worker holds the jobs it claimed (well beyond an adapter's timeout).
+const LEASE: Duration = Duration::from_secs(60);
+/// Jobs claimed at once.
+const CLAIM_BATCH: u64 = 256;
+/// How long an adapter built from a hub's settings is used before the settings are read again.
+const ADAPTER_TTL: Duration = Duration::from_secs(2);
+/// How often the worker looks for due jobs when nothing wakes it.
+const POLL: Duration = Duration::from_secs(1);
+/// Deliveries to one hub at once, per replica. A broker works through its admin requests one at a time: more in
+/// flight only queue there, past the adapter's timeout, and come back as retries of work the broker still does.
+const PER_HUB_CONCURRENCY: usize = 4;
+
+/// What an upsert job stores of the identity to create (the credential; never a secret).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum CredentialRef {
+    /// The device's certificate (an operational certificate of ours, or its own X.509 certificate).
+    #[serde(rename = "x509", rename_all = "camelCase")]
+    X509 {
+        /// Its subject CN.
+        subject_name: String,
+        /// Hex SHA-256 of its DER.
+        thumbprint: String,
+    },
+    /// The device's symmetric key, read from its enrollment when the job is delivered.
+    #[serde(rename = "symmetricKey")]
+    SymmetricKey,
+}
+
+/// The document of an upsert job.
+pub fn upsert_document(credential: &CredentialRef, initial_twin: Option<&Value>) -> Value {
+    json!({ "credential": credential, "initialTwin": initial_twin })
+}
+
+struct CachedAdapter {
+    etag: String,
+    checked: Instant,
+    adapter: Arc<dyn HubAdapter>,
+}
+
+/// The hubs' adapters and the outbox delivery.
+pub struct Hubs {
+    store: Store,
+    settings: HubSettings,
+    metrics: Metrics,
+    adapters: tokio::sync::Mutex<HashMap<String, CachedAdapter>>,
+    /// Deliveries in flight, per hub.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    wake: tokio::sync::Notify,
+    /// The backlog as last read by the worker, for the metrics.
+    last_backlog: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Hubs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hubs").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// Why a job cannot be delivered.
+enum Undeliverable {
+    /// Try again later.
+    Retry(String),
+    /// Trying again will not help.
+    Refused(String),
+    /// Nothing to do (the hub is gone, so there is no identity to disable or delete).
+    Moot,
+}
+
+impl From<HubError> for Undeliverable {
+    fn from(e: HubError) -> Self {
+        if e.is_retryable() { Self::Retry(e.to_string()) } else { Self::Refused(e.to_string()) }
+    }
+}
+
+impl Hubs {
+    /// Delivery over `store`.
+    pub fn new(store: Store, settings: HubSettings, metrics: Metrics) -> Self {
+        Self {
+            store,
+            settings,
+            metrics,
+            adapters: Default::default(),
+            in_flight: Default::default(),
+            wake: Default::default(),
+            last_backlog: Default::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// The adapter of `hub` (`None`: the hub is gone or has no adapter).
+    async fn adapter(&self, hub: &str) -> Result<Option<Arc<dyn HubAdapter>>, Undeliverable> {
+        let mut adapters = self.adapters.lock().await;
+        if let Some(cached) = adapters.get(hub).filter(|c| c.checked.elapsed() < ADAPTER_TTL) {
+            return Ok(Some(cached.adapter.clone()));
+        }
+        let record = match self.store.hub(hub).await {
+            Ok(record) => record,
+            Err(StoreError::NotFound) => {
+                adapters.remove(hub);
+                return Ok(None);
+            }
+            Err(e) => return Err(Undeliverable::Retry(format!("reading hub {hub}: {e}"))),
+        };
+        if record.hub.kind == zerotouch_store::NO_ADAPTER {
+            adapters.remove(hub);
+            return Ok(None);
+        }
+        if let Some(cached) = adapters.get_mut(hub).filter(|c| c.etag == record.etag) {
+            cached.checked = Instant::now();
+            return Ok(Some(cached.adapter.clone()));
+        }
+        let adapter: Arc<dyn HubAdapter> = zerotouch_hub::adapter_for(&record.hub.kind, hub, &record.hub.settings)
+            .map_err(|e| Undeliverable::Refused(format!("hub {hub}: {e}")))?
+            .into();
+        adapters.insert(
+            hub.to_owned(),
+            CachedAdapter { etag: record.etag.clone(), checked: Instant::now(), adapter: adapter.clone() },
+        );
+        Ok(Some(adapter))
+    }
+
+    /// The symmetric key of the device of `registration_key`: its individual enrollment's primary key, or the key
+    /// derived from its group's primary key.
+    async fn device_key(&self, registration_key: &str) -> Result<SymmetricKey, Undeliverable> {
+        let retry = |e: StoreError| Undeliverable::Retry(format!("reading the device's enrollment: {e}"));
+        let registration = self.store.registration(registration_key).await.map_err(retry)?;
+        let gone = || Undeliverable::Refused("the device's enrollment has no symmetric key".into());
+        match &registration.enrollment_group_key {
+            Some(group) => {
+                let group = self.store.enrollment(EnrollmentKind::Group, group).await.map_err(retry)?;
+                let key = group.primary_key.ok_or_else(gone)?;
+                let derived =
+                    zerotouch_attest::sas::derive_device_key(key.expose_bytes(), &registration.registration_id);
+                SymmetricKey::from_base64(&base64::engine::general_purpose::STANDARD.encode(derived.as_slice()))
+                    .map_err(|e| Undeliverable::Refused(format!("derived key: {e}")))
+            }
+            None => {
+                let enrollment =
+                    self.store.enrollment(EnrollmentKind::Individual, registration_key).await.map_err(retry)?;
+                enrollment.primary_key.ok_or_else(gone)
+            }
+        }
+    }
+
+    /// Runs `job` against its hub.
+    async fn run(&self, job: &HubJobRecord) -> Result<(), Undeliverable> {
+        let Some(adapter) = self.adapter(&job.hub).await? else {
+            return match job.action {
+                HubAction::Upsert => Err(Undeliverable::Refused(format!("hub {} no longer exists", job.hub))),
+                HubAction::Disable | HubAction::Delete => Err(Undeliverable::Moot),
+            };
+        };
+        let device_id = DeviceId::try_from(job.device_id.as_str())
+            .map_err(|e| Undeliverable::Refused(format!("device id {:?}: {e}", job.device_id)))?;
+        match job.action {
+            HubAction::Upsert => {
+                let document = job.document.clone().unwrap_or(Value::Null);
+                let credential: CredentialRef = serde_json::from_value(document["credential"].clone())
+                    .map_err(|e| Undeliverable::Refused(format!("stored hub job {}: {e}", job.id)))?;
+                let credential = match credential {
+                    CredentialRef::X509 { subject_name, thumbprint } => {
+                        Credential::Certificate { subject_cn: subject_name, thumbprint }
+                    }
+                    CredentialRef::SymmetricKey => {
+                        Credential::SymmetricKey(self.device_key(&job.registration_key).await?)
+                    }
+                };
+                let initial_twin = document.get("initialTwin").filter(|t| !t.is_null()).cloned();
+                let identity = DeviceIdentity { device_id, credential, enabled: true, initial_twin };
+                adapter.upsert_device(&identity).await?;
+            }
+            HubAction::Disable => adapter.disable_device(&device_id).await?,
+            HubAction::Delete => adapter.delete_device(&device_id).await?,
+        }
+        Ok(())
+    }
+
+    /// Delivers `job` once and records the outcome; returns the registration operation it settled, if any.
+    async fn deliver(&self, job: &HubJobRecord, timeout: Duration) -> Option<OperationRecord> {
+        let action = job.action.as_str();
+        self.metrics.hub_attempt(&job.hub, action);
+        let slots = match self.in_flight.lock() {
+            Ok(mut in_flight) => in_flight
+                .entry(job.hub.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_HUB_CONCURRENCY)))
+                .clone(),
+            Err(_) => Arc::new(tokio::sync::Semaphore::new(PER_HUB_CONCURRENCY)),
+        };
+        let attempt = async {
+            let _slot = slots.acquire().await;
+            self.run(job).await
+        };
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                Err(Undeliverable::Retry(format!("hub {}: no answer within {} ms", job.hub, timeout.as_millis())))
+            }
+        };
+        let outcome = match result {
+            Ok(()) | Err(Undeliverable::Moot) => HubJobOutcome::Done,
+            Err(Undeliverable::Refused(reason)) => {
+                self.metrics.hub_failure(&job.hub, action);
+                self.after_failure(job, reason, false)
+            }
+            Err(Undeliverable::Retry(reason)) => {
+                self.metrics.hub_failure(&job.hub, action);
+                self.after_failure(job, reason, true)
+            }
+        };
+        if let HubJobOutcome::Fail { message, .. } = &outcome {
+            tracing::warn!(hub = %job.hub, device = %job.device_id, "hub registration failed: {message}");
+        }
+        match self.store.finish_hub_job(job, &outcome).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                // The lease runs out and the worker delivers the job again (every hub operation is idempotent).
+                tracing::warn!(hub = %job.hub, "cannot record the hub job's outcome: {e}");
+                None
+            }
+        }
+    }
+
+    /// What happens after a failed attempt: a retry after a backoff, or for an upsert a registration waits for,
+    /// failure once the hub refused it or the deadline passed. Retirements (disable, delete) are retried until
+    /// they succeed: a hub must not keep a retired device.
+    fn after_failure(&self, job: &HubJobRecord, reason: String, retryable: bool) -> HubJobOutcome {
+        let now = chrono::Utc::now();
+        let waits = job.action == HubAction::Upsert && job.operation_id.is_some();
+        let past_deadline = job.deadline_at.is_some_and(|deadline| now >= deadline);
+        if waits && (past_deadline || !retryable) {
+            let number = i32::try_from(ErrorCode::HubRegistrationFailed.number()).unwrap_or_default();
+            return HubJobOutcome::Fail {
+                error_code: number,
+                message: format!("hub {} did not take the device: {reason}", job.hub),
+            };
+        }
+        let mut delay = backoff(job.attempts);
+        if let Some(deadline) = job.deadline_at.filter(|_| waits) {
+            // One last attempt at the deadline.
+            delay = delay.min((deadline - now).to_std().unwrap_or_default());
+        }
+        let next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        HubJobOutcome::Retry { error: reason, next_attempt_at }
+    }
+
+    /// Delivers the job a registration just wrote, within the inline timeout, if the registration holds it
+    /// (otherwise an older job of the device on that hub runs first, and the worker takes this one after it).
+    /// Returns the settled operation when the hub answered either way.
+    pub async fn deliver_inline(&self, job: &HubJobRecord) -> Option<OperationRecord> {
+        if job.claimed_until.is_none() {
+            self.wake.notify_one();
+            return None;
+        }
+        let settled = self.deliver(job, self.settings.inline_timeout).await;
+        if settled.is_none() {
+            self.wake.notify_one();
+        }
+        settled
+    }
+
+    /// The worker: claims due jobs and delivers them, for as long as the process runs.
+    pub async fn run_worker(self: Arc<Self>) {
+        let mut backlog_read = Instant::now() - Duration::from_secs(60);
+        loop {
+            if backlog_read.elapsed() >= Duration::from_secs(5) {
+                self.refresh_backlog_metrics().await;
+                backlog_read = Instant::now();
+            }
+            let jobs = match self.store.claim_hub_jobs(CLAIM_BATCH, LEASE).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!("cannot claim hub jobs: {e}");
+                    Vec::new()
+                }
+            };
+            if jobs.is_empty() {
+                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+                continue;
+            }
+            let adapter_timeout = Duration::from_secs(30);
+            let deliveries = jobs.iter().map(|job| self.deliver(job, adapter_timeout));
+            futures_util::future::join_all(deliveries).await;
+        }
+    }
+
+    /// Reads the backlog of every hub into the metrics.
+    async fn refresh_backlog_metrics(&self) {
+        let backlogs = match self.store.hub_backlogs().await {
+            Ok(backlogs) => backlogs,
+            Err(e) => {
+                tracing::warn!("cannot read the hub backlog: {e}");
+                return;
+            }
+        };
+        let now = chrono::Utc::now();
+        let Ok(mut seen) = self.last_backlog.lock() else { return };
+        // Hubs whose backlog emptied read zero.
+        for hub in seen.iter().filter(|h| !backlogs.contains_key(*h)) {
+            self.metrics.hub_backlog(hub, 0, 0.0);
+        }
+        for (hub, backlog) in &backlogs {
+            let age = backlog.oldest.map_or(0.0, |oldest| (now - oldest).num_milliseconds().max(0) as f64 / 1000.0);
+            self.metrics.hub_backlog(hub, backlog.depth, age);
+        }
+        *seen = backlogs.into_keys().collect();
+    }
+
+    /// `GET /hubs/{hostName}/status`: the hub's health (its adapter's health check, within 5 s) and backlog.
+    pub async fn status(&self, hub: &str) -> Result<Value, StoreError> {
+        let record = self.store.hub(hub).await?;
+        let backlog = self.store.hub_backlogs().await?.remove(hub).unwrap_or_default();
+        let health = match self.adapter(hub).await {
+            Ok(None) => json!({"status": "notApplicable", "detail": "hubs of kind none are not called"}),
+            Err(Undeliverable::Refused(reason) | Undeliverable::Retry(reason)) => {
+                json!({"status": "unhealthy", "detail": reason})
+            }
+            Err(Undeliverable::Moot) => json!({"status": "unknown"}),
+            Ok(Some(adapter)) => match tokio::time::timeout(Duration::from_secs(5), adapter.health()).await {
+                Ok(Ok(())) => json!({"status": "healthy"}),
+                Ok(Err(e)) => json!({"status": "unhealthy", "detail": e.to_string()}),
+                Err(_) => json!({"status": "unhealthy", "detail": "no answer within 5 s"}),
+            },
+        };
+        let now = chrono::Utc::now();
+        Ok(json!({
+            "hostName": record.hub.host_name,
+            "kind": record.hub.kind,
+            "health": health,
+            "backlog": {
+                "depth": backlog.depth,
+                "retrying": backlog.retrying,
+                "oldestJobAgeSeconds": backlog.oldest.map(|o| (now - o).num_seconds().max(0)),
+                "lastError": backlog.last_error,
+            },
+        }))
+    }
+}
+
+/// The wait before attempt `attempts + 1`: 1 s doubling per attempt up to 5 minutes, then a random share of it
+/// between a half and the whole (jitter, so that jobs failed together do not retry together).
+fn backoff(attempts: u32) -> Duration {
+    let full = FIRST_BACKOFF.saturating_mul(1u32 << attempts.min(16)).min(MAX_BACKOFF);
+    full.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempts in 0..40 {
+            let full = FIRST_BACKOFF.saturating_mul(1u32 << attempts.min(16)).min(MAX_BACKOFF);
+            let wait = backoff(attempts);
+            assert!(wait >= full / 2 && wait <= full, "{attempts}: {wait:?} of {full:?}");
+        }
+        assert!(backoff(30) <= MAX_BACKOFF);
+        assert!(backoff(0) <= FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn credential_documents_round_trip() {
+        for credential in [
+            CredentialRef::X509 { subject_name: "dev-1".into(), thumbprint: "ab".repeat(32) },
+            CredentialRef::SymmetricKey,
+        ] {
+            let document = upsert_document(&credential, None);
+            let back: CredentialRef = serde_json::from_value(document["credential"].clone()).unwrap();
+            assert_eq!(back, credential);
+        }
+        let document = upsert_document(&CredentialRef::SymmetricKey, None);
+        assert_eq!(document["credential"], json!({"type": "symmetricKey"}));
+    }
+}

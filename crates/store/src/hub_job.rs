@@ -1,0 +1,546 @@
+//! The hub outbox: the changes downstream hubs still have to learn, written in the transaction of the change that
+//! causes them, claimed by workers, and deleted once the hub has them.
+//!
+//! - A registration assigned to a hub with an adapter writes an `upsert` job with its state (`assigning`); the
+//!   job's success makes the registration and its operation `assigned` ([`Store::finish_hub_job`]), and only then
+//!   queues the `delete` of the device's identity on the hub it leaves (create there first, then remove here).
+//!   An upsert past its deadline, or refused by the hub, makes them `failed` instead.
+//! - Retiring a device queues a job for the hub it is on: `disable` when its enrollment is disabled or deleted or
+//!   its certificates are revoked, `delete` when its registration is deleted. These jobs never expire: a hub must
+//!   not keep a retired device.
+//! - Jobs of one device on one hub run one at a time, in creation order, so a later change is never overtaken
+//!   by an earlier one; a job claimed by a worker is leased (`claimed_until`) and taken again if the worker dies.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
+};
+use serde_json::Value;
+
+use crate::entity::hub_job::{self, Column, Entity};
+use crate::entity::{hub, operation, registration};
+use crate::{Store, StoreError};
+
+/// What a job asks of the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubAction {
+    /// Create or update the device's identity (enabled).
+    Upsert,
+    /// Cut the device off, keeping its identity.
+    Disable,
+    /// Remove the device's identity.
+    Delete,
+}
+
+impl HubAction {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upsert => "upsert",
+            Self::Disable => "disable",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "upsert" => Some(Self::Upsert),
+            "disable" => Some(Self::Disable),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// The hub kind whose hubs have no adapter (assignments are only recorded).
+pub const NO_ADAPTER: &str = "none";
+
+/// An upsert job a registration attempt writes with its state (see [`crate::RegistrationOutcome::hub_job`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewHubJob {
+    /// The job id (a fresh random id).
+    pub id: String,
+    /// The hub the device is assigned to.
+    pub hub: String,
+    /// The device id there.
+    pub device_id: String,
+    /// The identity to create: credential and initial twin, as the delivering code reads it.
+    pub document: Value,
+    /// When the registration gives up on the hub and fails.
+    pub deadline_at: DateTime<Utc>,
+    /// How long the attempt that writes it keeps it to deliver it at once (nobody else takes it meanwhile).
+    pub inline_lease: std::time::Duration,
+    /// The hub and device id the device leaves, whose identity is deleted once this job succeeds.
+    pub previous: Option<(String, String)>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubJobRecord {
+    /// The job id.
+    pub id: String,
+    /// The hub.
+    pub hub: String,
+    /// The device id on the hub.
+    pub device_id: String,
+    /// The registration (canonical id) the job belongs to.
+    pub registration_key: String,
+    /// What to do.
+    pub action: HubAction,
+    /// For upserts: the identity to create.
+    pub document: Option<Value>,
+    /// For upserts: the registration operation that waits for the job.
+    pub operation_id: Option<String>,
+    /// For upserts: the registration state's etag when the job was written (a newer state has its own job).
+    pub registration_etag: Option<String>,
+    /// For upserts: where the device's identity is deleted once the job succeeds.
+    pub previous: Option<(String, String)>,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+    /// Why the last delivery failed.
+    pub last_error: Option<String>,
+    /// When the job is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Until when a worker (or the registration that wrote it) holds it.
+    pub claimed_until: Option<DateTime<Utc>>,
+    /// For upserts: when the registration fails if the hub still does not have the device.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// When the job was written.
+    pub created_at: DateTime<Utc>,
+}
+
+fn to_record(m: hub_job::Model) -> Result<HubJobRecord, StoreError> {
+    let action = HubAction::parse(&m.action)
+        .ok_or_else(|| StoreError::Corrupt(format!("hub job {} has the action {:?}", m.id, m.action)))?;
+    Ok(HubJobRecord {
+        id: m.id,
+        hub: m.hub,
+        device_id: m.device_id,
+        registration_key: m.registration_key,
+        action,
+        document: m.document,
+        operation_id: m.operation_id,
+        registration_etag: m.registration_etag,
+        previous: m.previous_hub.zip(m.previous_device_id),
+        attempts: u32::try_from(m.attempts).unwrap_or(0),
+        last_error: m.last_error,
+        next_attempt_at: m.next_attempt_at,
+        claimed_until: m.claimed_until,
+        deadline_at: m.deadline_at,
+        created_at: m.created_at,
+    })
+}
+
+fn to_active(r: &HubJobRecord) -> hub_job::ActiveModel {
+    let (previous_hub, previous_device_id) = r.previous.clone().unzip();
+    hub_job::ActiveModel {
+        id: Set(r.id.clone()),
+        hub: Set(r.hub.clone()),
+        device_id: Set(r.device_id.clone()),
+        registration_key: Set(r.registration_key.clone()),
+        action: Set(r.action.as_str().to_owned()),
+        document: Set(r.document.clone()),
+        operation_id: Set(r.operation_id.clone()),
+        registration_etag: Set(r.registration_etag.clone()),
+        previous_hub: Set(previous_hub),
+        previous_device_id: Set(previous_device_id),
+        attempts: Set(i32::try_from(r.attempts).unwrap_or(i32::MAX)),
+        last_error: Set(r.last_error.clone()),
+        next_attempt_at: Set(r.next_attempt_at),
+        claimed_until: Set(r.claimed_until),
+        deadline_at: Set(r.deadline_at.map(crate::at_store_precision)),
+        created_at: Set(r.created_at),
+    }
+}
+
+/// A job with nothing tried yet, due now.
+fn fresh_job(id: String, hub: String, device_id: String, registration_key: String, action: HubAction) -> HubJobRecord {
+    let now = crate::now();
+    HubJobRecord {
+        id,
+        hub,
+        device_id,
+        registration_key,
+        action,
+        document: None,
+        operation_id: None,
+        registration_etag: None,
+        previous: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: now,
+        claimed_until: None,
+        deadline_at: None,
+        created_at: now,
+    }
+}
+
+fn new_job_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// For the registration writer: the upsert jobs of the attempts that won (`(job, registration key, operation id,
+/// new registration etag)`). A job whose device already has an older job on that hub waits its turn (it is not
+/// claimed for inline delivery). Returns the jobs as written.
+pub(crate) async fn insert_upserts(
+    db: &impl ConnectionTrait,
+    jobs: Vec<(&NewHubJob, &str, &str, &str)>,
+) -> Result<Vec<HubJobRecord>, StoreError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = crate::now();
+    let mut busy = std::collections::HashSet::new();
+    for chunk in jobs.chunks(500) {
+        let mut condition = sea_orm::Condition::any();
+        for (job, ..) in chunk {
+            condition = condition.add(
+                sea_orm::Condition::all()
+                    .add(Column::Hub.eq(job.hub.clone()))
+                    .add(Column::DeviceId.eq(job.device_id.clone())),
+            );
+        }
+        let rows: Vec<(String, String)> = Entity::find()
+            .select_only()
+            .column(Column::Hub)
+            .column(Column::DeviceId)
+            .filter(condition)
+            .into_tuple()
+            .all(db)
+            .await?;
+        busy.extend(rows);
+    }
+    let records: Vec<HubJobRecord> = jobs
+        .into_iter()
+        .map(|(job, registration_key, operation_id, etag)| {
+            let waits = !busy.insert((job.hub.clone(), job.device_id.clone()));
+            let lease = chrono::Duration::from_std(job.inline_lease).unwrap_or_default();
+            HubJobRecord {
+                document: Some(job.document.clone()),
+                operation_id: Some(operation_id.to_owned()),
+                registration_etag: Some(etag.to_owned()),
+                previous: job.previous.clone(),
+                claimed_until: (!waits).then(|| now + lease),
+                deadline_at: Some(crate::at_store_precision(job.deadline_at)),
+                ..fresh_job(
+                    job.id.clone(),
+                    job.hub.clone(),
+                    job.device_id.clone(),
+                    registration_key.to_owned(),
+                    HubAction::Upsert,
+                )
+            }
+        })
+        .collect();
+    for chunk in records.chunks(500) {
+        Entity::insert_many(chunk.iter().map(to_active)).exec_without_returning(db).await?;
+    }
+    Ok(records)
+}
+
+/// Whose hub identities a retirement concerns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Retiring<'a> {
+    /// These registrations (canonical ids).
+    Registrations(&'a [String]),
+    /// Every registration made through these enrollment groups (canonical ids).
+    Groups(&'a [String]),
+}
+
+/// Queues, in the caller's transaction, `action` for the hub identity of every registration in `scope` that is
+/// assigned (or being assigned) to a hub with an adapter. Must run while the registrations still exist.
+pub(crate) async fn retire(
+    db: &impl ConnectionTrait,
+    scope: Retiring<'_>,
+    action: HubAction,
+) -> Result<(), StoreError> {
+    let (column, keys) = match scope {
+        Retiring::Registrations(keys) => (registration::Column::Key, keys),
+        Retiring::Groups(keys) => (registration::Column::EnrollmentGroupKey, keys),
+    };
+    let adapter_hubs = Query::select()
+        .column(hub::Column::HostName)
+        .from(hub::Entity)
+        .and_where(hub::Column::Kind.ne(NO_ADAPTER))
+        .to_owned();
+    for chunk in keys.chunks(1000) {
+        let rows: Vec<(String, Option<String>, Option<String>)> = registration::Entity::find()
+            .select_only()
+            .column(registration::Column::Key)
+            .column(registration::Column::AssignedHub)
+            .column(registration::Column::DeviceId)
+            .filter(column.is_in(chunk.iter().cloned()))
+            .filter(registration::Column::AssignedHub.in_subquery(adapter_hubs.clone()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        let jobs: Vec<HubJobRecord> = rows
+            .into_iter()
+            .filter_map(|(key, hub, device_id)| Some(fresh_job(new_job_id(), hub?, device_id?, key, action)))
+            .collect();
+        if !jobs.is_empty() {
+            Entity::insert_many(jobs.iter().map(to_active)).exec_without_returning(db).await?;
+        }
+    }
+    Ok(())
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubJobOutcome {
+    /// The hub has the change.
+    Done,
+    /// Try again at `next_attempt_at`.
+    Retry {
+        /// Why this attempt failed.
+        error: String,
+        /// When to try again.
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// Give up: the job is dropped and the registration waiting for it (if any) fails with `error_code`.
+    Fail {
+        /// The registration's error code.
+        error_code: i32,
+        /// Why, in words.
+        message: String,
+    },
+}
+
+/// One hub's backlog.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HubBacklog {
+    /// Jobs waiting (including ones being delivered).
+    pub depth: u64,
+    /// When the oldest waiting job was written.
+    pub oldest: Option<DateTime<Utc>>,
+    /// Jobs that failed at least once.
+    pub retrying: u64,
+    /// The last error of the most recently failed job.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct BacklogRow {
+    hub: String,
+    depth: i64,
+    oldest: Option<DateTime<Utc>>,
+    retrying: i64,
+}
+
+/// Writes the result of an upsert into a registration operation's stored result (the registration state as the
+/// device sees it): `status`, `etag`, `lastUpdatedDateTimeUtc`, and on failure `errorCode`/`errorMessage` with
+/// the assignment removed.
+fn settle_result(
+    result: Option<Value>,
+    status: &str,
+    etag: &str,
+    at: DateTime<Utc>,
+    error: Option<(i32, &str)>,
+) -> Option<Value> {
+    let Some(Value::Object(mut fields)) = result else { return result };
+    fields.insert("status".into(), Value::from(status));
+    fields.insert("etag".into(), Value::from(etag));
+    fields.insert("lastUpdatedDateTimeUtc".into(), Value::from(zerotouch_wire::format_timestamp(at)));
+    if let Some((code, message)) = error {
+        for assigned in ["assignedHub", "deviceId", "substatus", "issuedCertificateChain", "payload"] {
+            fields.remove(assigned);
+        }
+        fields.insert("errorCode".into(), Value::from(code));
+        fields.insert("errorMessage".into(), Value::from(message));
+    }
+    Some(Value::Object(fields))
+}
+
+impl Store {
+    /// Claims up to `limit` due jobs for `lease` (each the oldest job of its device on its hub, so one device's
+    /// jobs run in order); on PostgreSQL, rows other replicas are claiming are skipped.
+    pub async fn claim_hub_jobs(
+        &self,
+        limit: u64,
+        lease: std::time::Duration,
+    ) -> Result<Vec<HubJobRecord>, StoreError> {
+        let now = crate::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let txn = self.db.begin().await?;
+        let backend = txn.get_database_backend();
+        let sql = format!(
+            "SELECT j.id FROM hub_jobs j WHERE j.next_attempt_at <= $1 AND (j.claimed_until IS NULL OR \
+             j.claimed_until < $1) AND NOT EXISTS (SELECT 1 FROM hub_jobs e WHERE e.hub = j.hub AND e.device_id = \
+             j.device_id AND (e.created_at < j.created_at OR (e.created_at = j.created_at AND e.id < j.id))) \
+             ORDER BY j.next_attempt_at LIMIT {limit}{}",
+            if backend == DbBackend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" }
+        );
+        let sql = if backend == DbBackend::Sqlite { sql.replace('$', "?") } else { sql };
+        let ids: Vec<String> = txn
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, [now.into()]))
+            .await?
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Entity::update_many()
+            .col_expr(Column::ClaimedUntil, Expr::value(until))
+            .filter(Column::Id.is_in(ids.clone()))
+            .exec(&txn)
+            .await?;
+        let jobs = Entity::find().filter(Column::Id.is_in(ids)).all(&txn).await?;
+        txn.commit().await?;
+        jobs.into_iter().map(|m| to_record(hub_job::Model { claimed_until: Some(until), ..m })).collect()
+    }
+
+    /// Records how the delivery of `job` ended. `Done` deletes the job and, for an upsert a registration waits
+    /// for, makes the registration and its operation `assigned` (unless the registration changed since: its newer
+    /// state has its own job) and queues the deletion of the identity the device left behind; `Fail` deletes the
+    /// job and fails them; `Retry` releases the job until its next attempt. All in one transaction.
+    ///
+    /// Returns the operation it settled, if any.
+    pub async fn finish_hub_job(
+        &self,
+        job: &HubJobRecord,
+        outcome: &HubJobOutcome,
+    ) -> Result<Option<crate::OperationRecord>, StoreError> {
+        let txn = self.db.begin().await?;
+        let now = crate::now();
+        match outcome {
+            HubJobOutcome::Retry { error, next_attempt_at } => {
+                Entity::update_many()
+                    .col_expr(
+                        Column::Attempts,
+                        Expr::value(i32::try_from(job.attempts.saturating_add(1)).unwrap_or(i32::MAX)),
+                    )
+                    .col_expr(Column::LastError, Expr::value(error.clone()))
+                    .col_expr(Column::NextAttemptAt, Expr::value(crate::at_store_precision(*next_attempt_at)))
+                    .col_expr(Column::ClaimedUntil, Expr::value(Option::<DateTime<Utc>>::None))
+                    .filter(Column::Id.eq(job.id.clone()))
+                    .exec(&txn)
+                    .await?;
+                txn.commit().await?;
+                return Ok(None);
+            }
+            HubJobOutcome::Done | HubJobOutcome::Fail { .. } => {}
+        }
+        let deleted = Entity::delete_many().filter(Column::Id.eq(job.id.clone())).exec(&txn).await?;
+        if deleted.rows_affected == 0 {
+            // Finished already (by another worker after our lease ran out).
+            return Ok(None);
+        }
+        let mut settled = None;
+        if let (Some(operation_id), Some(etag)) = (&job.operation_id, &job.registration_etag) {
+            let new_etag = crate::new_etag();
+            let (status, error) = match outcome {
+                HubJobOutcome::Fail { error_code, message } => ("failed", Some((*error_code, message.as_str()))),
+                _ => ("assigned", None),
+            };
+            let mut update = registration::Entity::update_many()
+                .col_expr(registration::Column::Status, Expr::value(status))
+                .col_expr(registration::Column::Etag, Expr::value(new_etag.clone()))
+                .col_expr(registration::Column::UpdatedAt, Expr::value(now));
+            if let Some((code, message)) = error {
+                update = update
+                    .col_expr(registration::Column::ErrorCode, Expr::value(code))
+                    .col_expr(registration::Column::ErrorMessage, Expr::value(message))
+                    .col_expr(registration::Column::AssignedHub, Expr::value(Option::<String>::None))
+                    .col_expr(registration::Column::DeviceId, Expr::value(Option::<String>::None))
+                    .col_expr(registration::Column::Substatus, Expr::value(Option::<String>::None));
+            }
+            let updated = update
+                .filter(registration::Column::Key.eq(job.registration_key.clone()))
+                .filter(registration::Column::Etag.eq(etag.clone()))
+                .exec(&txn)
+                .await?;
+            if updated.rows_affected == 1 {
+                if let Some(stored) = operation::Entity::find_by_id(operation_id.clone()).one(&txn).await? {
+                    let result = settle_result(stored.result, status, &new_etag, now, error);
+                    operation::Entity::update_many()
+                        .col_expr(operation::Column::Status, Expr::value(status))
+                        .col_expr(operation::Column::ErrorCode, Expr::value(error.map(|(c, _)| c)))
+                        .col_expr(operation::Column::ErrorMessage, Expr::value(error.map(|(_, m)| m.to_owned())))
+                        .col_expr(operation::Column::Result, Expr::value(result.clone()))
+                        .col_expr(operation::Column::UpdatedAt, Expr::value(now))
+                        .filter(operation::Column::Id.eq(operation_id.clone()))
+                        .exec(&txn)
+                        .await?;
+                    settled = Some(crate::OperationRecord {
+                        id: stored.id,
+                        registration_key: stored.registration_key,
+                        status: status.to_owned(),
+                        error_code: error.map(|(c, _)| c),
+                        error_message: error.map(|(_, m)| m.to_owned()),
+                        result,
+                        created_at: stored.created_at,
+                        updated_at: now,
+                    });
+                }
+                if let (HubJobOutcome::Done, Some((hub, device_id))) = (outcome, &job.previous) {
+                    let leaving = fresh_job(
+                        new_job_id(),
+                        hub.clone(),
+                        device_id.clone(),
+                        job.registration_key.clone(),
+                        HubAction::Delete,
+                    );
+                    // Only if the old hub still has an adapter.
+                    let adapter =
+                        hub::Entity::find_by_id(hub.clone()).one(&txn).await?.is_some_and(|h| h.kind != NO_ADAPTER);
+                    if adapter {
+                        Entity::insert(to_active(&leaving)).exec_without_returning(&txn).await?;
+                    }
+                }
+            }
+        }
+        txn.commit().await?;
+        Ok(settled)
+    }
+
+    /// The backlog of every hub that has one, by hub.
+    pub async fn hub_backlogs(&self) -> Result<std::collections::BTreeMap<String, HubBacklog>, StoreError> {
+        let backend = self.read.get_database_backend();
+        let rows = BacklogRow::find_by_statement(Statement::from_string(
+            backend,
+            "SELECT hub, COUNT(*) AS depth, MIN(created_at) AS oldest, \
+             CAST(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS BIGINT) AS retrying FROM hub_jobs GROUP BY hub",
+        ))
+        .all(&self.read)
+        .await?;
+        let mut backlogs = std::collections::BTreeMap::new();
+        for row in rows {
+            let last_error = Entity::find()
+                .select_only()
+                .column(Column::LastError)
+                .filter(Column::Hub.eq(row.hub.clone()))
+                .filter(Column::LastError.is_not_null())
+                .order_by_desc(Column::NextAttemptAt)
+                .into_tuple::<Option<String>>()
+                .one(&self.read)
+                .await?
+                .flatten();
+            backlogs.insert(
+                row.hub,
+                HubBacklog {
+                    depth: u64::try_from(row.depth).unwrap_or(0),
+                    oldest: row.oldest,
+                    retrying: u64::try_from(row.retrying).unwrap_or(0),
+                    last_error,
+                },
+            );
+        }
+        Ok(backlogs)
+    }
+
+    /// The jobs waiting for one device's registration (canonical id), oldest first.
+    pub async fn hub_jobs_of_registration(&self, registration_key: &str) -> Result<Vec<HubJobRecord>, StoreError> {
+        Entity::find()
+            .filter(Column::RegistrationKey.eq(registration_key))
+            .order_by_asc(Column::CreatedAt)
+            .all(&self.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+}

@@ -1,0 +1,270 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Downstream hubs (issue #5) against real Mosquitto brokers set up as `docs/hubs/mosquitto.md` says, with the
+//! real `mosquitto_pub`/`mosquitto_sub` as devices and subscriber, and a real HTTPS webhook receiver.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use zerotouch_tests::device::{key_and_csr, sas_poll, sas_register, sas_register_start};
+use zerotouch_tests::mosquitto::{Broker, Subscriber};
+use zerotouch_tests::{Api, Backend, Options, Server};
+
+async fn start(backend: Backend, extra: &[&str]) -> Server {
+    let mut args: Vec<String> = vec!["--device-rate-limit".into(), "1000/10s".into()];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Server::start_with(backend, Options { args, ..Default::default() }).await.unwrap()
+}
+
+async fn ok(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// Links `broker` as the guide's step 4 says; checks that the password is not shown and the hub is healthy.
+async fn link(api: &Api<'_>, broker: &Broker) {
+    let host = &broker.host_name;
+    let stored = ok(api.put(&format!("/hubs/{host}"), &broker.hub_document()).await).await;
+    assert_eq!(stored["kind"], "mosquitto");
+    assert_eq!(stored["settings"]["port"], broker.admin.port);
+    assert!(stored["settings"].get("password").is_none(), "the admin password is write-only: {stored}");
+    let got = ok(api.get(&format!("/hubs/{host}")).await).await;
+    assert!(!got.to_string().contains("CHANGE-ME"), "{got}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = ok(api.get(&format!("/hubs/{host}/status")).await).await;
+        if status["health"]["status"] == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{host} never became healthy: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `host` has no outbox job left.
+async fn drained(api: &Api<'_>, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = ok(api.get(&format!("/hubs/{host}/status")).await).await;
+        if status["backlog"]["depth"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{host} kept a backlog: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn individual(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
+    json!({
+        "registrationId": id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([9u8; 32])}},
+        "iotHubs": [hub],
+        "allocationPolicy": "static",
+        "provisioningStatus": status,
+    })
+}
+
+/// Writes the leaf of an issued chain (base64 DER, leaf first) as PEM.
+fn write_leaf(dir: &Path, name: &str, chain: &Value) -> PathBuf {
+    let der = STANDARD.decode(chain[0].as_str().unwrap()).unwrap();
+    let body = STANDARD.encode(der);
+    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n")))
+        .unwrap();
+    path
+}
+
+/// Registers `id` with a fresh CSR; returns (certificate file, key file) once it is assigned to `hub`.
+async fn register_with_csr(
+    server: &Server,
+    dir: &Path,
+    id: &str,
+    key: &[u8],
+    hub: &str,
+    round: u32,
+) -> (PathBuf, PathBuf) {
+    let (key_file, csr) = key_and_csr(dir, &format!("{id}-{round}"), id, "prime256v1");
+    let (status, done) = sas_register(server, id, key, json!({"registrationId": id, "csr": csr})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "assigned", "{done}");
+    assert_eq!(done["registrationState"]["assignedHub"], hub, "{done}");
+    let cert = write_leaf(dir, &format!("{id}-{round}"), &done["registrationState"]["issuedCertificateChain"]);
+    (cert, key_file)
+}
+
+fn heard(subscriber: &Subscriber, message: &str) -> bool {
+    subscriber.wait_for(message, Duration::from_secs(3))
+}
+
+/// Two brokers: a certificate device and a key device land on broker A and talk only under their own topics;
+/// broker B does not take them; disabling in zerotouch cuts them off, re-enabling (and registering again) brings
+/// them back; reprovisioning to B moves the certificate device; deleting its registration removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_reach_their_broker_and_follow_zerotouch() {
+    let server = start(Backend::Sqlite, &[]).await;
+    let api = Api::new(&server, "owner");
+    let a = Broker::start(&server, "mqtt-a.example.com");
+    let b = Broker::start(&server, "mqtt-b.example.com");
+    link(&api, &a).await;
+    link(&api, &b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (meter_key, sensor_key) = ([1u8; 32], [2u8; 32]);
+    ok(api.put("/enrollments/meter-1", &individual("meter-1", &meter_key, &a.host_name, "enabled")).await).await;
+    ok(api.put("/enrollments/sensor-1", &individual("sensor-1", &sensor_key, &a.host_name, "enabled")).await).await;
+
+    // A certificate device: registered on A by the time the device learns it is assigned.
+    let (cert, key) = register_with_csr(&server, dir.path(), "meter-1", &meter_key, &a.host_name, 1).await;
+    assert!(a.clients().contains(&"meter-1".to_owned()), "{:?}", a.clients());
+    let on_a = a.subscribe("devices/#");
+    let own = a.publish_with_cert(&cert, &key, "devices/meter-1/telemetry", "meter-own-1");
+    assert!(own.accepted(), "{own:?}\n{}", a.log());
+    assert!(heard(&on_a, "meter-own-1"), "{}", on_a.output());
+    let other = a.publish_with_cert(&cert, &key, "devices/sensor-1/telemetry", "meter-foreign-1");
+    assert!(!heard(&on_a, "meter-foreign-1"), "another device's topic must be denied: {other:?}");
+    // Broker B has no such client: nothing the device sends there reaches anyone.
+    let on_b = b.subscribe("devices/#");
+    let stray = b.publish_with_cert(&cert, &key, "devices/meter-1/telemetry", "meter-on-b-1");
+    assert!(!heard(&on_b, "meter-on-b-1"), "broker B must not take the device: {stray:?}");
+    assert!(!b.clients().contains(&"meter-1".to_owned()));
+
+    // A symmetric-key device without a certificate: username and password on A's password listener.
+    let (status, done) = sas_register(&server, "sensor-1", &sensor_key, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    let password = STANDARD.encode(sensor_key);
+    let own = a.publish_with_password("sensor-1", &password, "devices/sensor-1/telemetry", "sensor-own-1");
+    assert!(own.accepted(), "{own:?}");
+    assert!(heard(&on_a, "sensor-own-1"));
+    let refused = b.publish_with_password("sensor-1", &password, "devices/sensor-1/telemetry", "sensor-on-b-1");
+    assert!(!refused.success, "broker B must refuse the key device: {refused:?}");
+    let wrong = a.publish_with_password("sensor-1", &STANDARD.encode([7u8; 32]), "devices/sensor-1/x", "wrong-key");
+    assert!(!wrong.success, "a wrong key must be refused: {wrong:?}");
+
+    // Disable both in zerotouch: the key device is refused at CONNECT, the certificate device can send nothing.
+    let meter = ok(api.get("/enrollments/meter-1").await).await;
+    let mut disabled = individual("meter-1", &meter_key, &a.host_name, "disabled");
+    disabled["etag"] = meter["etag"].clone();
+    ok(api.put("/enrollments/meter-1", &disabled).await).await;
+    ok(api.put("/enrollments/sensor-1", &individual("sensor-1", &sensor_key, &a.host_name, "disabled")).await).await;
+    drained(&api, &a.host_name).await;
+    let refused = a.publish_with_password("sensor-1", &password, "devices/sensor-1/telemetry", "sensor-disabled");
+    assert!(!refused.success, "a disabled key device must be refused: {refused:?}");
+    let cut_off = a.publish_with_cert(&cert, &key, "devices/meter-1/telemetry", "meter-disabled");
+    assert!(!heard(&on_a, "meter-disabled"), "a disabled certificate device must send nothing: {cut_off:?}");
+
+    // Re-enable: the devices register again (the certificate device's old certificate was revoked) and are back.
+    ok(api.put("/enrollments/sensor-1", &individual("sensor-1", &sensor_key, &a.host_name, "enabled")).await).await;
+    ok(api.put("/enrollments/meter-1", &individual("meter-1", &meter_key, &a.host_name, "enabled")).await).await;
+    let (status, done) = sas_register(&server, "sensor-1", &sensor_key, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    let back = a.publish_with_password("sensor-1", &password, "devices/sensor-1/telemetry", "sensor-back");
+    assert!(back.accepted() && heard(&on_a, "sensor-back"), "{back:?}");
+    let (cert, key) = register_with_csr(&server, dir.path(), "meter-1", &meter_key, &a.host_name, 2).await;
+    let back = a.publish_with_cert(&cert, &key, "devices/meter-1/telemetry", "meter-back");
+    assert!(back.accepted() && heard(&on_a, "meter-back"), "{back:?}");
+
+    // Reprovision the certificate device from A to B: on B first, then gone from A.
+    ok(api.put("/enrollments/meter-1", &individual("meter-1", &meter_key, &b.host_name, "enabled")).await).await;
+    let (cert, key) = register_with_csr(&server, dir.path(), "meter-1", &meter_key, &b.host_name, 3).await;
+    let moved = b.publish_with_cert(&cert, &key, "devices/meter-1/telemetry", "meter-on-b-2");
+    assert!(moved.accepted() && heard(&on_b, "meter-on-b-2"), "{moved:?}");
+    drained(&api, &a.host_name).await;
+    assert!(!a.clients().contains(&"meter-1".to_owned()), "{:?}", a.clients());
+    let left = a.publish_with_cert(&cert, &key, "devices/meter-1/telemetry", "meter-left-a");
+    assert!(!heard(&on_a, "meter-left-a"), "broker A must no longer take the device: {left:?}");
+
+    // Deleting the registration deletes the identity.
+    let registration = ok(api.get("/registrations/meter-1").await).await;
+    let etag = registration["etag"].as_str().unwrap().to_owned();
+    assert_eq!(api.delete("/registrations/meter-1", Some(&etag)).await.status(), 204);
+    drained(&api, &b.host_name).await;
+    assert!(!b.clients().contains(&"meter-1".to_owned()), "{:?}", b.clients());
+    server.assert_no_secret_in_logs();
+    assert!(!server.logs().contains("CHANGE-ME-admin-password"), "the broker's admin password reached a log");
+}
+
+/// 1,000 devices register while their broker is down: they stay `assigning` (no failure, nothing lost); when the
+/// broker is back every one becomes `assigned` and exists exactly once on the broker.
+async fn broker_down_storm(backend: Backend) {
+    let server = start(backend, &["--hub-inline-timeout", "300ms"]).await;
+    let api = Api::new(&server, "owner");
+    let mut broker = Broker::start(&server, "mqtt-storm.example.com");
+    link(&api, &broker).await;
+    let group_key = [5u8; 32];
+    let group = json!({
+        "enrollmentGroupId": "storm",
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key), "secondaryKey": STANDARD.encode([6u8; 32])}},
+        "iotHubs": [broker.host_name],
+        "allocationPolicy": "static",
+    });
+    ok(api.put("/enrollmentGroups/storm", &group).await).await;
+    broker.process.stop();
+
+    const DEVICES: usize = 1000;
+    let ids: Vec<String> = (0..DEVICES).map(|n| format!("storm-{n:04}")).collect();
+    let keys: Vec<Vec<u8>> =
+        ids.iter().map(|id| zerotouch_attest::sas::derive_device_key(&group_key, id).to_vec()).collect();
+    let server_ref = &server;
+    let operations: Vec<String> = futures_util::stream::iter(ids.iter().zip(&keys))
+        .map(|(id, key)| async move {
+            sas_register_start(server_ref, id, key, &json!({})).await.unwrap_or_else(|e| panic!("{id}: {e:?}"))
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    for (n, ((id, key), operation)) in ids.iter().zip(&keys).zip(&operations).enumerate().step_by(97) {
+        let (status, body) = sas_poll(&server, id, key, operation).await;
+        assert_eq!(status, 202, "device {n} must stay assigning while the broker is down: {body}");
+    }
+    let status = ok(api.get(&format!("/hubs/{}/status", broker.host_name)).await).await;
+    assert_eq!(status["health"]["status"], "unhealthy", "{status}");
+    assert_eq!(status["backlog"]["depth"], DEVICES, "{status}");
+
+    broker.process.restart();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for ((id, key), operation) in ids.iter().zip(&keys).zip(&operations) {
+        loop {
+            let (status, body) = sas_poll(&server, id, key, operation).await;
+            if status == 200 {
+                assert_eq!(body["status"], "assigned", "{body}");
+                assert_eq!(body["registrationState"]["assignedHub"], broker.host_name.as_str());
+                break;
+            }
+            assert_eq!(status, 202, "{body}");
+            if Instant::now() > deadline {
+                let status = ok(api.get(&format!("/hubs/{}/status", broker.host_name)).await).await;
+                let log = broker.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!("{id} was not assigned within 2 minutes of the broker's return: {status}\n{tail:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    drained(&api, &broker.host_name).await;
+    let mut clients = broker.clients();
+    clients.retain(|c| c.starts_with("storm-"));
+    let total = clients.len();
+    clients.sort();
+    clients.dedup();
+    assert_eq!((total, clients.len()), (DEVICES, DEVICES), "each device exactly once on the broker");
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("zerotouch_hub_failures_total{action=\"upsert\",hub=\"mqtt-storm.example.com\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_storm_sqlite() {
+    broker_down_storm(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_storm_postgres() {
+    broker_down_storm(Backend::Postgres).await;
+}
