@@ -316,9 +316,10 @@ fn localize(text: &str, dir: &Path, ports: &Ports, server: &Server) -> String {
         .replace("mosquitto_ctrl ", &format!("{} ", program("mosquitto_ctrl").display()))
 }
 
-/// A TLS certificate for the broker (`certs/broker.pem` and `.key`, for 127.0.0.1 and localhost) from a CA made
+/// A TLS server certificate (`certs/broker.pem` and `.key` in `dir`, for 127.0.0.1 and localhost) from a CA made
 /// here with openssl; returns the CA's file.
-fn make_server_certificate(dir: &Path) -> PathBuf {
+pub fn make_server_certificate(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
     let ext = "basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n\
                subjectAltName=IP:127.0.0.1,DNS:localhost\n";
     std::fs::write(dir.join("server.ext"), ext).unwrap();

@@ -10,7 +10,8 @@ use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use zerotouch_tests::device::{key_and_csr, sas_poll, sas_register, sas_register_start};
-use zerotouch_tests::mosquitto::{Broker, Subscriber};
+use zerotouch_tests::mosquitto::{Broker, Subscriber, make_server_certificate};
+use zerotouch_tests::webhook::Receiver;
 use zerotouch_tests::{Api, Backend, Options, Server};
 
 async fn start(backend: Backend, extra: &[&str]) -> Server {
@@ -267,4 +268,88 @@ async fn broker_down_storm_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_storm_postgres() {
     broker_down_storm(Backend::Postgres).await;
+}
+
+const HOOK_SECRET: &str = "a-webhook-secret-for-the-e2e-test";
+
+/// A webhook hub: a real HTTPS receiver sees each device's create (with its certificate's thumbprint, or its
+/// key), its disable and its delete, every one signed; a receiver that refuses a device fails its registration
+/// at once with 400209, one that keeps failing fails it at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receiver_sees_every_change() {
+    let server = start(Backend::Sqlite, &["--hub-deadline", "3s"]).await;
+    let api = Api::new(&server, "owner");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_server_certificate(dir.path());
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let receiver = Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), HOOK_SECRET);
+    let hub = json!({
+        "hostName": "hooks.example.com",
+        "kind": "webhook",
+        "settings": {"url": receiver.url, "secret": HOOK_SECRET, "ca": std::fs::read_to_string(&ca).unwrap(), "timeoutMs": 1000},
+    });
+    let stored = ok(api.put("/hubs/hooks.example.com", &hub).await).await;
+    assert!(stored["settings"].get("secret").is_none(), "the webhook secret is write-only: {stored}");
+    // Written again without the secret: it is kept.
+    let mut again = hub.clone();
+    again["settings"].as_object_mut().unwrap().remove("secret");
+    ok(api.put("/hubs/hooks.example.com", &again).await).await;
+    let status = ok(api.get("/hubs/hooks.example.com/status").await).await;
+    assert_eq!(status["health"]["status"], "healthy", "{status}");
+
+    let keys: Vec<(&str, [u8; 32])> =
+        vec![("hooked-1", [11; 32]), ("hooked-2", [12; 32]), ("bad-400", [13; 32]), ("fail-500", [14; 32])];
+    for (id, key) in &keys {
+        ok(api.put(&format!("/enrollments/{id}"), &individual(id, key, "hooks.example.com", "enabled")).await).await;
+    }
+    let (cert, _) = register_with_csr(&server, dir.path(), "hooked-1", &keys[0].1, "hooks.example.com", 1).await;
+    let (status, done) = sas_register(&server, "hooked-2", &keys[1].1, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    let seen = receiver.seen.lock().unwrap().clone();
+    assert_eq!(receiver.summary(), [("POST".into(), "hooked-1".into()), ("POST".into(), "hooked-2".into())]);
+    let der = zerotouch_tests::device::openssl(
+        dir.path(),
+        &["x509", "-in", cert.to_str().unwrap(), "-outform", "DER", "-out", "leaf.der"],
+    );
+    assert!(der.is_empty());
+    let thumbprint = zerotouch_tests::device::openssl(dir.path(), &["dgst", "-sha256", "-r", "leaf.der"]);
+    let thumbprint = thumbprint.split_whitespace().next().unwrap();
+    assert_eq!(seen[0].2["credential"], json!({"type": "x509", "subjectName": "hooked-1", "thumbprint": thumbprint}));
+    assert_eq!(seen[0].2["enabled"], true);
+    assert_eq!(seen[1].2["credential"], json!({"type": "symmetricKey", "key": STANDARD.encode(keys[1].1)}));
+
+    // Disable one, delete the other's registration: the receiver hears both.
+    ok(api.put("/enrollments/hooked-1", &individual("hooked-1", &keys[0].1, "hooks.example.com", "disabled")).await)
+        .await;
+    let registration = ok(api.get("/registrations/hooked-2").await).await;
+    let etag = registration["etag"].as_str().unwrap().to_owned();
+    assert_eq!(api.delete("/registrations/hooked-2", Some(&etag)).await.status(), 204);
+    drained(&api, "hooks.example.com").await;
+    let summary = receiver.summary();
+    assert_eq!(&summary[2..], [("PUT".into(), "hooked-1".into()), ("DELETE".into(), "hooked-2".into())]);
+    assert_eq!(
+        receiver.seen.lock().unwrap()[2].2,
+        json!({"operation": "disable", "deviceId": "hooked-1", "enabled": false})
+    );
+
+    // Refused by the receiver: failed at once, with the receiver's reason.
+    let (status, done) = sas_register(&server, "bad-400", &keys[2].1, json!({})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["registrationState"]["errorCode"], 400209, "{done}");
+    let message = done["registrationState"]["errorMessage"].as_str().unwrap();
+    assert!(message.contains("hooks.example.com") && message.contains("no such device model"), "{message}");
+    assert!(done["registrationState"].get("assignedHub").is_none(), "{done}");
+    // Unavailable until the deadline (3 s here): failed then, and nothing left in the outbox.
+    let started = Instant::now();
+    let (status, done) = sas_register(&server, "fail-500", &keys[3].1, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("failed")), "{done}");
+    assert_eq!(done["registrationState"]["errorCode"], 400209, "{done}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "failed before the deadline: {:?}", started.elapsed());
+    let state = ok(api.get("/registrations/fail-500").await).await;
+    assert_eq!(state["status"], "failed", "{state}");
+    drained(&api, "hooks.example.com").await;
+    server.assert_no_secret_in_logs();
+    assert!(!server.logs().contains(HOOK_SECRET), "the webhook secret reached a log");
+    receiver.stop().await;
 }

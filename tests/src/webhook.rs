@@ -1,0 +1,128 @@
+//! A real HTTPS receiver for webhook hubs (actix-web, rustls), written from the documented format rather than from
+//! the adapter's code: it checks `X-Zerotouch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
+//! in constant time, rejects a `t` more than 5 minutes away, checks that the body's `deviceId` and `operation`
+//! match the path and method, and records every request it accepts.
+//!
+//! Some device ids make it misbehave, for tests of failure handling: `fail-500` (503), `bad-400` (400),
+//! `moved` (302), `slow` (answers after 3 s), `gone` (404 to a DELETE).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+
+/// One request the receiver accepted: method, device id from the path, body.
+pub type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// A running receiver; stop it with [`Receiver::stop`].
+pub struct Receiver {
+    /// The base URL to configure (`https://localhost:PORT/hook`).
+    pub url: String,
+    /// What it accepted, in order.
+    pub seen: Seen,
+    handle: actix_web::dev::ServerHandle,
+}
+
+struct Secret(Vec<u8>);
+
+fn verify(secret: &[u8], request: &HttpRequest, body: &[u8]) -> Result<(), &'static str> {
+    let header =
+        request.headers().get("X-Zerotouch-Signature").ok_or("no signature")?.to_str().map_err(|_| "bad header")?;
+    let (t, v1) = header.split_once(",v1=").ok_or("bad header")?;
+    let t: u64 = t.strip_prefix("t=").ok_or("bad header")?.parse().map_err(|_| "bad t")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    if now.abs_diff(t) > 300 {
+        return Err("stale");
+    }
+    let given = hex::decode(v1).map_err(|_| "bad hex")?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).map_err(|_| "bad key")?;
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&given).map_err(|_| "bad signature")
+}
+
+async fn device(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    seen: web::Data<Seen>,
+    secret: web::Data<Secret>,
+) -> HttpResponse {
+    if let Err(why) = verify(&secret.0, &request, &body) {
+        return HttpResponse::Unauthorized().body(why);
+    }
+    let id = path.into_inner();
+    let Ok(document) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::BadRequest().body("not json");
+    };
+    let method = request.method().as_str().to_owned();
+    let operation = match method.as_str() {
+        "POST" => "upsert",
+        "PUT" => "disable",
+        _ => "delete",
+    };
+    if document["deviceId"] != id.as_str() || document["operation"] != operation {
+        return HttpResponse::BadRequest().body("body does not match the request");
+    }
+    match id.as_str() {
+        "fail-500" => return HttpResponse::ServiceUnavailable().finish(),
+        "bad-400" => return HttpResponse::BadRequest().body("no such device model"),
+        "moved" => return HttpResponse::Found().insert_header(("Location", "/elsewhere")).finish(),
+        "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "gone" if method == "DELETE" => return HttpResponse::NotFound().finish(),
+        _ => {}
+    }
+    seen.lock().unwrap().push((method, id, document));
+    HttpResponse::NoContent().finish()
+}
+
+impl Receiver {
+    /// Starts a receiver on a free loopback port with the TLS certificate and key (PEM) given, checking signatures
+    /// with `secret`. Must run inside an actix or Tokio runtime.
+    pub fn start(cert_pem: &str, key_pem: &str, secret: &str) -> Self {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes()).unwrap().unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let seen: Seen = Arc::default();
+        let data = web::Data::new(Arc::clone(&seen));
+        let secret = web::Data::new(Secret(secret.as_bytes().to_vec()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(secret.clone())
+                .route("/hook/devices/{id}", web::post().to(device))
+                .route("/hook/devices/{id}", web::put().to(device))
+                .route("/hook/devices/{id}", web::delete().to(device))
+                .route("/hook/health", web::get().to(HttpResponse::Ok))
+        })
+        .workers(1)
+        .listen_rustls_0_23(listener, config)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self { url: format!("https://localhost:{port}/hook"), seen, handle }
+    }
+
+    /// (method, device id) of every accepted request, in order.
+    pub fn summary(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().iter().map(|(m, i, _)| (m.clone(), i.clone())).collect()
+    }
+
+    /// Stops it.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
