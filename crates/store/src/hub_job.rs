@@ -364,33 +364,28 @@ impl Store {
     ) -> Result<Vec<HubJobRecord>, StoreError> {
         let now = crate::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let txn = self.db.begin().await?;
-        let backend = txn.get_database_backend();
+        let backend = self.db.get_database_backend();
+        // One statement: atomic on both engines, and on SQLite a write from its start (a read that later writes
+        // can meet another process's writer and fail instead of waiting).
         let sql = format!(
-            "SELECT j.id FROM hub_jobs j WHERE j.next_attempt_at <= $1 AND (j.claimed_until IS NULL OR \
-             j.claimed_until < $1) AND NOT EXISTS (SELECT 1 FROM hub_jobs e WHERE e.hub = j.hub AND e.device_id = \
-             j.device_id AND (e.created_at < j.created_at OR (e.created_at = j.created_at AND e.id < j.id))) \
-             ORDER BY j.next_attempt_at LIMIT {limit}{}",
+            "UPDATE hub_jobs SET claimed_until = $2 WHERE id IN (SELECT j.id FROM hub_jobs j WHERE \
+             j.next_attempt_at <= $1 AND (j.claimed_until IS NULL OR j.claimed_until < $1) AND NOT EXISTS \
+             (SELECT 1 FROM hub_jobs e WHERE e.hub = j.hub AND e.device_id = j.device_id AND (e.created_at < \
+             j.created_at OR (e.created_at = j.created_at AND e.id < j.id))) ORDER BY j.next_attempt_at LIMIT {limit}{}) \
+             RETURNING *",
             if backend == DbBackend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" }
         );
         let sql = if backend == DbBackend::Sqlite { sql.replace('$', "?") } else { sql };
-        let ids: Vec<String> = txn
-            .query_all_raw(Statement::from_sql_and_values(backend, sql, [now.into()]))
+        let statement = Statement::from_sql_and_values(backend, sql, [now.into(), until.into()]);
+        let mut jobs: Vec<HubJobRecord> = Entity::find()
+            .from_raw_sql(statement)
+            .all(&self.db)
             .await?
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(0))
+            .into_iter()
+            .map(to_record)
             .collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        Entity::update_many()
-            .col_expr(Column::ClaimedUntil, Expr::value(until))
-            .filter(Column::Id.is_in(ids.clone()))
-            .exec(&txn)
-            .await?;
-        let jobs = Entity::find().filter(Column::Id.is_in(ids)).all(&txn).await?;
-        txn.commit().await?;
-        jobs.into_iter().map(|m| to_record(hub_job::Model { claimed_until: Some(until), ..m })).collect()
+        jobs.sort_by_key(|j| j.next_attempt_at);
+        Ok(jobs)
     }
 
     /// Records how the delivery of `job` ended. `Done` deletes the job and, for an upsert a registration waits

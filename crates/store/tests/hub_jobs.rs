@@ -1,0 +1,234 @@
+//! The hub outbox against real databases: jobs written with registrations, settled in one transaction, run in
+//! order per device and hub, claimed by one replica at a time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use zerotouch_store::test_support::TestDatabase;
+use zerotouch_store::{
+    Actor, Backend, HubAction, HubInput, HubJobOutcome, HubJobRecord, NewHubJob, OperationRecord, Precondition,
+    RegistrationOutcome, RegistrationRecord, Store,
+};
+
+fn actor() -> Actor {
+    Actor { subject: "alice".into(), role: "admin".into() }
+}
+
+async fn hub(store: &Store, host: &str, kind: &str) {
+    let input = HubInput {
+        host_name: host.into(),
+        kind: kind.into(),
+        allocation_weight: 100,
+        apply_allocation_policy: true,
+        settings: json!({}),
+    };
+    store.put_hub(input, &Precondition::None, &actor()).await.unwrap();
+}
+
+/// A registration attempt of `id` assigning it to `hub` (state `assigning`), with its upsert job; `previous` is
+/// where it leaves; `lease` how long the attempt keeps the job for inline delivery.
+fn attempt(
+    id: &str,
+    hub: &str,
+    expected_etag: Option<&str>,
+    previous: Option<&str>,
+    lease: Duration,
+) -> RegistrationOutcome {
+    let now = Utc::now();
+    let record = RegistrationRecord {
+        key: id.to_owned(),
+        registration_id: id.to_owned(),
+        enrollment_group_key: None,
+        device_id: Some(id.to_owned()),
+        assigned_hub: Some(hub.to_owned()),
+        status: "assigning".into(),
+        substatus: Some("initialAssignment".into()),
+        error_code: None,
+        error_message: None,
+        payload: None,
+        initial_twin: None,
+        etag: String::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    RegistrationOutcome {
+        operation: OperationRecord {
+            id: format!("op-{id}-{}", uuid::Uuid::new_v4().simple()),
+            registration_key: id.to_owned(),
+            status: "assigning".into(),
+            error_code: None,
+            error_message: None,
+            result: None,
+            created_at: now,
+            updated_at: now,
+        },
+        record,
+        expected_etag: expected_etag.map(str::to_owned),
+        detail: format!("assigning {id} to {hub}"),
+        certificate: None,
+        hub_job: Some(NewHubJob {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            hub: hub.to_owned(),
+            device_id: id.to_owned(),
+            document: json!({"credential": {"type": "symmetricKey"}}),
+            deadline_at: now + chrono::Duration::minutes(10),
+            inline_lease: lease,
+            previous: previous.map(|p| (p.to_owned(), id.to_owned())),
+        }),
+    }
+}
+
+fn snapshot() -> zerotouch_store::Snapshot {
+    Box::new(
+        |r: &RegistrationRecord| json!({"registrationId": r.registration_id, "status": r.status, "assignedHub": r.assigned_hub}),
+    )
+}
+
+async fn commit(store: &Store, outcome: RegistrationOutcome) -> (RegistrationRecord, OperationRecord, HubJobRecord) {
+    let (record, operation, job) = store.commit_registration(outcome, snapshot()).await.unwrap();
+    (record, operation, job.expect("the attempt wrote its hub job"))
+}
+
+/// Claims until nothing is due (waiting out leases of zero).
+async fn claim(store: &Store) -> Vec<HubJobRecord> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.claim_hub_jobs(100, Duration::from_secs(60)).await.unwrap()
+}
+
+async fn both<F, Fut>(scenario: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (_db, store) = TestDatabase::store(backend).await.unwrap();
+        scenario(store).await;
+    }
+}
+
+/// The job a registration writes is held for its inline delivery; its success makes the registration and the
+/// operation `assigned` (the operation's result too), and a move to another hub then queues the old identity's
+/// deletion; a failure makes them `failed` with the code and no assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_settle_registrations() {
+    both(|store| async move {
+        hub(&store, "a.example.com", "mosquitto").await;
+        hub(&store, "b.example.com", "webhook").await;
+        let (record, operation, job) =
+            commit(&store, attempt("dev-1", "a.example.com", None, None, Duration::from_secs(30))).await;
+        assert_eq!((record.status.as_str(), operation.status.as_str()), ("assigning", "assigning"));
+        assert!(job.claimed_until.is_some(), "held for the inline delivery");
+        assert!(claim(&store).await.is_empty(), "nobody else takes a job being delivered inline");
+
+        let settled = store.finish_hub_job(&job, &HubJobOutcome::Done).await.unwrap().expect("the operation settles");
+        assert_eq!(settled.status, "assigned");
+        let result = settled.result.unwrap();
+        assert_eq!(
+            (result["status"].as_str(), result["assignedHub"].as_str()),
+            (Some("assigned"), Some("a.example.com"))
+        );
+        let now = store.registration("dev-1").await.unwrap();
+        assert_eq!(now.status, "assigned");
+        assert_eq!(result["etag"], now.etag.as_str());
+        assert_eq!(store.operation("dev-1", &operation.id).await.unwrap().status, "assigned");
+        assert!(store.hub_jobs_of_registration("dev-1").await.unwrap().is_empty());
+
+        // Moved to B: created there first; A's deletion is queued only when B has it.
+        let (_, _, job) =
+            commit(&store, attempt("dev-1", "b.example.com", Some(&now.etag), Some("a.example.com"), Duration::ZERO))
+                .await;
+        assert_eq!(store.hub_jobs_of_registration("dev-1").await.unwrap().len(), 1);
+        let claimed = claim(&store).await;
+        assert_eq!(claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [job.id.as_str()]);
+        store.finish_hub_job(&claimed[0], &HubJobOutcome::Done).await.unwrap();
+        let next = claim(&store).await;
+        assert_eq!(next.len(), 1);
+        assert_eq!(
+            (next[0].hub.as_str(), next[0].action, next[0].device_id.as_str()),
+            ("a.example.com", HubAction::Delete, "dev-1")
+        );
+        assert_eq!(store.registration("dev-1").await.unwrap().assigned_hub.as_deref(), Some("b.example.com"));
+
+        // Refused: failed, with the code, and no hub.
+        let (_, operation, job) =
+            commit(&store, attempt("dev-2", "a.example.com", None, None, Duration::from_secs(30))).await;
+        let failure =
+            HubJobOutcome::Fail { error_code: 400209, message: "hub a.example.com did not take the device: no".into() };
+        let settled = store.finish_hub_job(&job, &failure).await.unwrap().unwrap();
+        assert_eq!(settled.status, "failed");
+        assert_eq!(settled.error_code, Some(400209));
+        let result = settled.result.unwrap();
+        assert_eq!(result["errorCode"], 400209);
+        assert!(result.get("assignedHub").is_none(), "{result}");
+        let failed = store.registration("dev-2").await.unwrap();
+        assert_eq!((failed.status.as_str(), failed.assigned_hub.as_deref()), ("failed", None));
+        assert_eq!(store.operation("dev-2", &operation.id).await.unwrap().status, "failed");
+    })
+    .await;
+}
+
+/// One device's jobs on one hub run one at a time, oldest first: a delete queued behind a retried upsert waits
+/// for it; an upsert whose registration changed meanwhile does not settle the newer state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_device_runs_in_order() {
+    both(|store| async move {
+        hub(&store, "a.example.com", "mosquitto").await;
+        let (_, _, upsert) =
+            commit(&store, attempt("dev-3", "a.example.com", None, None, Duration::from_secs(30))).await;
+        let state = store.registration("dev-3").await.unwrap();
+        store.delete_registration("dev-3", &Precondition::IfMatch(vec![state.etag]), &actor()).await.unwrap();
+        assert!(claim(&store).await.is_empty(), "the delete waits for the upsert being delivered");
+
+        let retry = HubJobOutcome::Retry { error: "broker down".into(), next_attempt_at: Utc::now() };
+        store.finish_hub_job(&upsert, &retry).await.unwrap();
+        let claimed = claim(&store).await;
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        assert_eq!(
+            (claimed[0].action, claimed[0].attempts, claimed[0].last_error.as_deref()),
+            (HubAction::Upsert, 1, Some("broker down"))
+        );
+        let backlog = store.hub_backlogs().await.unwrap();
+        assert_eq!((backlog["a.example.com"].depth, backlog["a.example.com"].retrying), (2, 1));
+
+        assert!(
+            store.finish_hub_job(&claimed[0], &HubJobOutcome::Done).await.unwrap().is_none(),
+            "the registration is gone"
+        );
+        let claimed = claim(&store).await;
+        assert_eq!(claimed.iter().map(|j| j.action).collect::<Vec<_>>(), [HubAction::Delete]);
+        store.finish_hub_job(&claimed[0], &HubJobOutcome::Done).await.unwrap();
+        assert!(store.hub_backlogs().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+/// Two replicas (two connection pools on one database) claiming side by side never take the same job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_never_claim_the_same_job() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (db, first) = TestDatabase::store(backend).await.unwrap();
+        let second = Store::connect(&db.url).await.unwrap();
+        hub(&first, "a.example.com", "mosquitto").await;
+        for n in 0..200 {
+            commit(&first, attempt(&format!("dev-{n:03}"), "a.example.com", None, None, Duration::ZERO)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let take = |store: Store| async move {
+            let mut taken = Vec::new();
+            loop {
+                let jobs = store.claim_hub_jobs(16, Duration::from_secs(60)).await.unwrap();
+                if jobs.is_empty() {
+                    return taken;
+                }
+                taken.extend(jobs.into_iter().map(|j| j.id));
+            }
+        };
+        let (a, b) = tokio::join!(tokio::spawn(take(first.clone())), tokio::spawn(take(second.clone())));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let all: HashSet<&String> = a.iter().chain(&b).collect();
+        assert_eq!((a.len() + b.len(), all.len()), (200, 200), "{backend:?}: every job claimed exactly once");
+    }
+}
