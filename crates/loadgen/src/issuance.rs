@@ -37,7 +37,7 @@ const SAMPLE_EVERY: usize = 50;
 #[derive(Debug, Clone)]
 pub(crate) struct Csr {
     cn: String,
-    der: Vec<u8>,
+    pub(crate) der: Vec<u8>,
     pem: String,
     spki: Vec<u8>,
 }

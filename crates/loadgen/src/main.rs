@@ -12,6 +12,7 @@
 
 mod bulk;
 mod devices;
+mod hubs;
 mod issuance;
 
 use std::time::Duration;
@@ -100,6 +101,22 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         devices: usize,
         /// Devices (and handshakes) in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runs per backend (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Fresh services per run: devices with CSRs registered onto a real Mosquitto broker (dynsec identity before
+    /// `assigned`) against the same devices on a hub of kind `none`.
+    BenchHubs {
+        /// Which databases to measure.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["sqlite", "postgres"])]
+        backend: Vec<BackendArg>,
+        /// Devices per run.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Devices in flight.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Runs per backend (the median is reported).
@@ -196,6 +213,10 @@ async fn main() -> anyhow::Result<()> {
                     rate / ceiling.max(1.0)
                 );
             }
+        }
+        Command::BenchHubs { backend, devices: count, concurrency, runs } => {
+            let backends: Vec<Backend> = backend.into_iter().map(Backend::from).collect();
+            hubs::bench(&backends, count, concurrency, runs).await?;
         }
         Command::BenchIssuance { backend, csrs, devices: count, concurrency, runs, cfssl } => {
             let settings = issuance::Settings {
