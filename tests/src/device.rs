@@ -81,3 +81,30 @@ pub async fn sas_register(server: &Server, id: &str, key: &[u8], body: Value) ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `curl` as a device with a client certificate (`cert` may hold the chain after the leaf): status and body.
+pub fn curl(
+    server: &Server,
+    method: &str,
+    path: &str,
+    cert: &Path,
+    key: &Path,
+    body: &str,
+    content_type: &str,
+) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(server.data_dir.join("trust-bundle.pem"))
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["-X", method, "-H", &format!("Content-Type: {content_type}"), "--data-binary", body])
+        .args(["-w", "\n%{http_code}", &server.device(path)])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "curl {path}: {}{text}", String::from_utf8_lossy(&output.stderr));
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}

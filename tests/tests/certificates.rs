@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
-use zerotouch_tests::device::{API, key_and_csr, now, openssl, sas_register};
+use zerotouch_tests::device::{API, curl, key_and_csr, now, openssl, sas_register};
 use zerotouch_tests::{Backend, Options, Server};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -70,33 +70,6 @@ fn write_pem_chain(path: &Path, chain: &[Value]) {
         pem.push_str("-----END CERTIFICATE-----\n");
     }
     std::fs::write(path, pem).unwrap();
-}
-
-/// `curl` as a device with a client certificate (`cert` may hold the chain after the leaf): status and body.
-fn curl(
-    server: &Server,
-    method: &str,
-    path: &str,
-    cert: &Path,
-    key: &Path,
-    body: &str,
-    content_type: &str,
-) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(server.data_dir.join("trust-bundle.pem"))
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key)
-        .args(["-X", method, "-H", &format!("Content-Type: {content_type}"), "--data-binary", body])
-        .args(["-w", "\n%{http_code}", &server.device(path)])
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "curl {path}: {}{text}", String::from_utf8_lossy(&output.stderr));
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.trim().parse().unwrap(), body.to_owned())
 }
 
 /// Registers with curl and a client certificate, then polls until done; returns the final operation.

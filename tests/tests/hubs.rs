@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use zerotouch_tests::device::{key_and_csr, sas_poll, sas_register, sas_register_start};
+use zerotouch_tests::device::{curl, key_and_csr, sas_poll, sas_register, sas_register_start};
 use zerotouch_tests::mosquitto::{Broker, Subscriber, make_server_certificate};
 use zerotouch_tests::webhook::Receiver;
 use zerotouch_tests::{Api, Backend, Options, Server};
@@ -302,7 +302,8 @@ async fn webhook_receiver_sees_every_change() {
     for (id, key) in &keys {
         ok(api.put(&format!("/enrollments/{id}"), &individual(id, key, "hooks.example.com", "enabled")).await).await;
     }
-    let (cert, _) = register_with_csr(&server, dir.path(), "hooked-1", &keys[0].1, "hooks.example.com", 1).await;
+    let (cert, first_key) =
+        register_with_csr(&server, dir.path(), "hooked-1", &keys[0].1, "hooks.example.com", 1).await;
     let (status, done) = sas_register(&server, "hooked-2", &keys[1].1, json!({})).await;
     assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
     let seen = receiver.seen.lock().unwrap().clone();
@@ -318,6 +319,20 @@ async fn webhook_receiver_sees_every_change() {
     assert_eq!(seen[0].2["enabled"], true);
     assert_eq!(seen[1].2["credential"], json!({"type": "symmetricKey", "key": STANDARD.encode(keys[1].1)}));
 
+    // EST renewal (simplereenroll with the operational certificate, curl as the device): the hub gets the new
+    // certificate's thumbprint.
+    let (_, csr) = key_and_csr(dir.path(), "hooked-1-renewed", "hooked-1", "prime256v1");
+    let est = "/.well-known/est/simplereenroll";
+    let (status, body) = curl(&server, "POST", est, &cert, &first_key, &csr, "application/pkcs10");
+    assert_eq!(status, 200, "{body}");
+    drained(&api, "hooks.example.com").await;
+    let renewed = receiver.seen.lock().unwrap().clone();
+    assert_eq!(renewed.len(), 3, "{:?}", receiver.summary());
+    assert_eq!((renewed[2].0.as_str(), renewed[2].1.as_str()), ("POST", "hooked-1"));
+    let new_thumbprint = renewed[2].2["credential"]["thumbprint"].as_str().unwrap().to_owned();
+    assert_ne!(new_thumbprint, thumbprint, "the renewed certificate is another one");
+    assert_eq!(renewed[2].2["credential"]["subjectName"], "hooked-1");
+
     // Disable one, delete the other's registration: the receiver hears both.
     ok(api.put("/enrollments/hooked-1", &individual("hooked-1", &keys[0].1, "hooks.example.com", "disabled")).await)
         .await;
@@ -326,9 +341,9 @@ async fn webhook_receiver_sees_every_change() {
     assert_eq!(api.delete("/registrations/hooked-2", Some(&etag)).await.status(), 204);
     drained(&api, "hooks.example.com").await;
     let summary = receiver.summary();
-    assert_eq!(&summary[2..], [("PUT".into(), "hooked-1".into()), ("DELETE".into(), "hooked-2".into())]);
+    assert_eq!(&summary[3..], [("PUT".into(), "hooked-1".into()), ("DELETE".into(), "hooked-2".into())]);
     assert_eq!(
-        receiver.seen.lock().unwrap()[2].2,
+        receiver.seen.lock().unwrap()[3].2,
         json!({"operation": "disable", "deviceId": "hooked-1", "enabled": false})
     );
 

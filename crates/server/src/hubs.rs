@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError};
-use zerotouch_store::{HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
+use zerotouch_store::{CredentialRef, HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::{ErrorCode, SymmetricKey};
 
@@ -45,28 +44,6 @@ const POLL: Duration = Duration::from_secs(1);
 /// Deliveries to one hub at once, per replica. A broker works through its admin requests one at a time: more in
 /// flight only queue there, past the adapter's timeout, and come back as retries of work the broker still does.
 const PER_HUB_CONCURRENCY: usize = 4;
-
-/// What an upsert job stores of the identity to create (the credential; never a secret).
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", tag = "type")]
-pub enum CredentialRef {
-    /// The device's certificate (an operational certificate of ours, or its own X.509 certificate).
-    #[serde(rename = "x509", rename_all = "camelCase")]
-    X509 {
-        /// Its subject CN.
-        subject_name: String,
-        /// Hex SHA-256 of its DER.
-        thumbprint: String,
-    },
-    /// The device's symmetric key, read from its enrollment when the job is delivered.
-    #[serde(rename = "symmetricKey")]
-    SymmetricKey,
-}
-
-/// The document of an upsert job.
-pub fn upsert_document(credential: &CredentialRef, initial_twin: Option<&Value>) -> Value {
-    json!({ "credential": credential, "initialTwin": initial_twin })
-}
 
 struct CachedAdapter {
     etag: String,
@@ -187,7 +164,9 @@ impl Hubs {
     async fn run(&self, job: &HubJobRecord) -> Result<(), Undeliverable> {
         let Some(adapter) = self.adapter(&job.hub).await? else {
             return match job.action {
-                HubAction::Upsert => Err(Undeliverable::Refused(format!("hub {} no longer exists", job.hub))),
+                HubAction::Upsert => {
+                    Err(Undeliverable::Refused(format!("hub {} no longer exists or has kind none", job.hub)))
+                }
                 HubAction::Disable | HubAction::Delete => Err(Undeliverable::Moot),
             };
         };
@@ -196,7 +175,7 @@ impl Hubs {
         match job.action {
             HubAction::Upsert => {
                 let document = job.document.clone().unwrap_or(Value::Null);
-                let credential: CredentialRef = serde_json::from_value(document["credential"].clone())
+                let credential = CredentialRef::of_document(&document)
                     .map_err(|e| Undeliverable::Refused(format!("stored hub job {}: {e}", job.id)))?;
                 let credential = match credential {
                     CredentialRef::X509 { subject_name, thumbprint } => {
@@ -397,19 +376,5 @@ mod tests {
         }
         assert!(backoff(30) <= MAX_BACKOFF);
         assert!(backoff(0) <= FIRST_BACKOFF);
-    }
-
-    #[test]
-    fn credential_documents_round_trip() {
-        for credential in [
-            CredentialRef::X509 { subject_name: "dev-1".into(), thumbprint: "ab".repeat(32) },
-            CredentialRef::SymmetricKey,
-        ] {
-            let document = upsert_document(&credential, None);
-            let back: CredentialRef = serde_json::from_value(document["credential"].clone()).unwrap();
-            assert_eq!(back, credential);
-        }
-        let document = upsert_document(&CredentialRef::SymmetricKey, None);
-        assert_eq!(document["credential"], json!({"type": "symmetricKey"}));
     }
 }

@@ -17,6 +17,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
     QuerySelect, Statement, TransactionTrait,
 };
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::entity::hub_job::{self, Column, Entity};
@@ -52,6 +53,35 @@ impl HubAction {
             "delete" => Some(Self::Delete),
             _ => None,
         }
+    }
+}
+
+/// What an upsert job stores of the identity to create: a reference to the credential, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "type")]
+pub enum CredentialRef {
+    /// The device's certificate (an operational certificate of ours, or its own X.509 certificate).
+    #[serde(rename = "x509", rename_all = "camelCase")]
+    X509 {
+        /// Its subject CN.
+        subject_name: String,
+        /// Hex SHA-256 of its DER.
+        thumbprint: String,
+    },
+    /// The device's symmetric key, read from its enrollment when the job is delivered.
+    #[serde(rename = "symmetricKey")]
+    SymmetricKey,
+}
+
+impl CredentialRef {
+    /// The document of an upsert job: the credential and the initial twin.
+    pub fn document(&self, initial_twin: Option<&Value>) -> Value {
+        serde_json::json!({ "credential": self, "initialTwin": initial_twin })
+    }
+
+    /// The credential of an upsert job's document.
+    pub fn of_document(document: &Value) -> Result<Self, serde_json::Error> {
+        Self::deserialize(document.get("credential").unwrap_or(&Value::Null))
     }
 }
 
@@ -92,7 +122,7 @@ pub struct HubJobRecord {
     pub action: HubAction,
     /// For upserts: the identity to create.
     pub document: Option<Value>,
-    /// For upserts: the registration operation that waits for the job.
+    /// For upserts a registration waits for: its operation (none for a credential update after an EST renewal).
     pub operation_id: Option<String>,
     /// For upserts: the registration state's etag when the job was written (a newer state has its own job).
     pub registration_etag: Option<String>,
@@ -239,6 +269,53 @@ pub(crate) async fn insert_upserts(
         Entity::insert_many(chunk.iter().map(to_active)).exec_without_returning(db).await?;
     }
     Ok(records)
+}
+
+/// For the registration writer: certificates issued outside a registration (EST renewals) change the device's
+/// credential, so each one assigned to a hub with an adapter gets an upsert job with the new certificate (run in
+/// order after the device's earlier jobs on that hub).
+pub(crate) async fn queue_credential_updates(
+    db: &impl ConnectionTrait,
+    certificates: &[crate::CertificateRecord],
+) -> Result<(), StoreError> {
+    if certificates.is_empty() {
+        return Ok(());
+    }
+    let adapter_hubs = Query::select()
+        .column(hub::Column::HostName)
+        .from(hub::Entity)
+        .and_where(hub::Column::Kind.ne(NO_ADAPTER))
+        .to_owned();
+    let keys: Vec<String> = certificates.iter().map(|c| c.registration_key.clone()).collect();
+    let rows: Vec<(String, Option<String>, Option<String>)> = registration::Entity::find()
+        .select_only()
+        .column(registration::Column::Key)
+        .column(registration::Column::AssignedHub)
+        .column(registration::Column::DeviceId)
+        .filter(registration::Column::Key.is_in(keys))
+        .filter(registration::Column::Status.eq("assigned"))
+        .filter(registration::Column::AssignedHub.in_subquery(adapter_hubs))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let jobs: Vec<HubJobRecord> = rows
+        .into_iter()
+        .filter_map(|(key, hub, device_id)| {
+            let certificate = certificates.iter().rev().find(|c| c.registration_key == key)?;
+            let credential = CredentialRef::X509 {
+                subject_name: certificate.device_id.clone(),
+                thumbprint: certificate.thumbprint_sha256.clone(),
+            };
+            Some(HubJobRecord {
+                document: Some(credential.document(None)),
+                ..fresh_job(new_job_id(), hub?, device_id?, key, HubAction::Upsert)
+            })
+        })
+        .collect();
+    if !jobs.is_empty() {
+        Entity::insert_many(jobs.iter().map(to_active)).exec_without_returning(db).await?;
+    }
+    Ok(())
 }
 
 /// Whose hub identities a retirement concerns.
@@ -537,5 +614,37 @@ impl Store {
             .into_iter()
             .map(to_record)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential survives the job document, and the document holds no key.
+    #[test]
+    fn credential_documents_round_trip() {
+        for credential in [
+            CredentialRef::X509 { subject_name: "dev-1".into(), thumbprint: "ab".repeat(32) },
+            CredentialRef::SymmetricKey,
+        ] {
+            let document = credential.document(Some(&serde_json::json!({"tags": {"site": "x"}})));
+            assert_eq!(CredentialRef::of_document(&document).unwrap(), credential);
+            assert_eq!(document["initialTwin"]["tags"]["site"], "x");
+        }
+        let document = CredentialRef::SymmetricKey.document(None);
+        assert_eq!(document["credential"], serde_json::json!({"type": "symmetricKey"}));
+        let x509 = CredentialRef::X509 { subject_name: "d".into(), thumbprint: "00".into() }.document(None);
+        assert_eq!(x509["credential"], serde_json::json!({"type": "x509", "subjectName": "d", "thumbprint": "00"}));
+        assert!(CredentialRef::of_document(&serde_json::json!({})).is_err());
+    }
+
+    /// Actions round-trip through their stored names.
+    #[test]
+    fn actions_parse_their_names() {
+        for action in [HubAction::Upsert, HubAction::Disable, HubAction::Delete] {
+            assert_eq!(HubAction::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(HubAction::parse("remove"), None);
     }
 }

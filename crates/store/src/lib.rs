@@ -34,7 +34,7 @@ pub use certificate_authority::{CertificateAuthorityInput, CertificateAuthorityR
 pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
 pub use error::StoreError;
 pub use hub::{HubInput, HubRecord};
-pub use hub_job::{HubAction, HubBacklog, HubJobOutcome, HubJobRecord, NO_ADAPTER, NewHubJob};
+pub use hub_job::{CredentialRef, HubAction, HubBacklog, HubJobOutcome, HubJobRecord, NO_ADAPTER, NewHubJob};
 pub use issuing_ca::{CrlState, EncryptedKeyPem, IssuingCaRecord, IssuingCaStatus, NewIssuingCa};
 pub use registration::{Committed, OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
 

@@ -484,6 +484,7 @@ async fn write_together(
         }
     }
     certificates::supersede_and_insert(&txn, &issued).await?;
+    crate::hub_job::queue_credential_updates(&txn, &alone).await?;
     if !alone.is_empty() {
         let details: Vec<String> = alone.iter().map(|c| format!("registration {}", c.registration_key)).collect();
         let changes: Vec<(&Actor, Change<'_>)> = certificates_alone

@@ -33,7 +33,7 @@ use zerotouch_wire::registration::{RegistrationStatus, X509RegistrationResult};
 use zerotouch_wire::{ErrorCode, SymmetricKey};
 
 use crate::error::ApiError;
-use crate::hubs::{CredentialRef, Hubs};
+use crate::hubs::Hubs;
 use crate::pki::Pki;
 use limits::{DeviceLimits, RetryAfter};
 
@@ -724,15 +724,15 @@ impl RegistrationService {
             _ => None,
         };
         let credential = match (issued, presented) {
-            (Some((_, issued)), _) => issued.chain_der.first().map(|leaf| CredentialRef::X509 {
+            (Some((_, issued)), _) => issued.chain_der.first().map(|leaf| zerotouch_store::CredentialRef::X509 {
                 subject_name: device_id.clone(),
                 thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
             }),
-            (None, Some(leaf)) => zerotouch_pki::subject_cn(leaf).ok().map(|cn| CredentialRef::X509 {
+            (None, Some(leaf)) => zerotouch_pki::subject_cn(leaf).ok().map(|cn| zerotouch_store::CredentialRef::X509 {
                 subject_name: cn,
                 thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
             }),
-            (None, None) => Some(CredentialRef::SymmetricKey),
+            (None, None) => Some(zerotouch_store::CredentialRef::SymmetricKey),
         }?;
         let previous = current
             .and_then(|c| c.assigned_hub.clone().zip(c.device_id.clone()))
@@ -742,7 +742,7 @@ impl RegistrationService {
             id: uuid::Uuid::new_v4().simple().to_string(),
             hub: hub.clone(),
             device_id: device_id.clone(),
-            document: crate::hubs::upsert_document(&credential, decision.initial_twin.as_ref()),
+            document: credential.document(decision.initial_twin.as_ref()),
             deadline_at: chrono::Utc::now() + chrono::Duration::from_std(settings.deadline).unwrap_or_default(),
             inline_lease: settings.inline_timeout + Duration::from_secs(30),
             previous,
