@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod est;
 pub mod metrics;
+pub mod mqtt;
 pub mod pki;
 pub mod registration;
 pub mod request;
