@@ -16,6 +16,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tls::install_crypto_provider();
     let filter = EnvFilter::try_from_env("ZEROTOUCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // ntex-mqtt traces whole packets (Debug of a CONNECT holds its password, a SAS token): never below info.
+    let filter = match "ntex_mqtt=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
