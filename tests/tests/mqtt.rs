@@ -184,7 +184,8 @@ async fn username_variants_connect_and_register() {
 }
 
 /// `$rid` comes back verbatim and first, with `retry-after` after it; a QoS 0 register with an empty payload is
-/// answered; the QoS 0 subscription gets its answers at QoS 0; the poll's payload is ignored.
+/// answered; the QoS 0 subscription gets its answers at QoS 0; the poll's payload is ignored; requests that are
+/// not DPS's get the Azure error body; the metrics count every request.
 #[tokio::test]
 async fn rid_is_echoed_and_qos0_empty_payloads_are_answered() {
     let server = Server::start(Backend::Sqlite).await.unwrap();
@@ -227,6 +228,15 @@ async fn rid_is_echoed_and_qos0_empty_payloads_are_answered() {
     assert_eq!((response.status, response.body["errorCode"].as_u64()), (400, Some(400005)), "{response:?}");
     let response = device.request(&format!("{REGISTER_TOPIC}?$rid=x3"), QoS::AtLeastOnce, b"{not json".to_vec()).await;
     assert_eq!((response.status, response.body["errorCode"].as_u64()), (400, Some(400001)), "{response:?}");
+
+    // The requests are counted in the service's metrics, by kind and status.
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for (route, status) in
+        [("register", "202"), ("operationStatus", "200"), ("(unmatched)", "404"), ("register", "400")]
+    {
+        let series = format!("listener=\"mqtt\",method=\"PUBLISH\",route=\"{route}\",status=\"{status}\"");
+        assert!(metrics.contains(&series), "no {series} in the metrics:\n{metrics}");
+    }
 }
 
 /// A wrong key is refused at CONNACK ("bad username or password") and audited like an HTTPS refusal; no
@@ -411,4 +421,28 @@ async fn malformed_and_oversized_packets_close_only_their_connection() {
         bystander.request(&format!("{REGISTER_TOPIC}?$rid=near"), QoS::AtLeastOnce, vec![b'x'; 90 * 1024]).await;
     assert_eq!((response.status, response.body["errorCode"].as_u64()), (400, Some(400001)));
     assert!(server.logs().contains("zerotouch: MQTT device"));
+}
+
+/// With `--mqtt-max-connections 1`, a second device is answered "server unavailable" while the first is
+/// connected, and connects once the first has gone.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_until_one_closes() {
+    let options = Options { args: vec!["--mqtt-max-connections".into(), "1".into()], ..Default::default() };
+    let server = Server::start_with(Backend::Sqlite, options).await.unwrap();
+    let (first, second) = ("mqtt-limit-1", "mqtt-limit-2");
+    let (first_key, second_key) = (enroll(&server, first).await, enroll(&server, second).await);
+    let mut holder = connect_device(&server, first, &first_key).await;
+    let username = format_username(&server.id_scope, second, "2019-03-31", None);
+    let refused = connect(&server, second, &username, &token(&server, second, &second_key)).await.err();
+    assert_eq!(refused, Some(ConnectReturnCode::ServiceUnavailable));
+    holder.client.disconnect().await.unwrap();
+    while holder.events.poll().await.is_ok() {}
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match connect(&server, second, &username, &token(&server, second, &second_key)).await {
+            Ok(_) => break,
+            Err(code) => assert!(tokio::time::Instant::now() < deadline, "still refused: {code:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -70,7 +70,7 @@ pub struct ServeArgs {
     /// MQTT device endpoint address [default: 0.0.0.0:8883].
     #[arg(long, env = "ZEROTOUCH_MQTT_LISTEN", value_name = "ADDR")]
     pub mqtt_listen: Option<SocketAddr>,
-    /// MQTT connections open at once; more wait in the listen backlog [default: 10000].
+    /// MQTT connections open at once; a CONNECT beyond them is answered "server unavailable" [default: 10000].
     #[arg(long, env = "ZEROTOUCH_MQTT_MAX_CONNECTIONS", value_name = "N")]
     pub mqtt_max_connections: Option<usize>,
     /// HTTPS admin API address [default: 127.0.0.1:8444].

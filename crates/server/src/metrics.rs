@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests by route, method and status, and their latency.
+//! Prometheus metrics: requests by route, method and status, and their latency (HTTP listeners and the MQTT
+//! endpoint).
 
 use std::time::Instant;
 
@@ -44,6 +45,12 @@ impl Metrics {
             tracing::warn!("metrics encoding failed: {e}");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Counts and times a request of the MQTT endpoint: listener `mqtt`, method `PUBLISH`, the request's kind as
+    /// its route (`register`, `operationStatus`, `(unmatched)`), and the status its response topic carries.
+    pub fn observe_mqtt(&self, route: &str, status: u16, started: Instant) {
+        self.observe("mqtt", route, "PUBLISH", status, started);
     }
 
     fn observe(&self, listener: &str, route: &str, method: &str, status: u16, started: Instant) {

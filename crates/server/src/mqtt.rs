@@ -10,7 +10,7 @@
 //! TOOLCHAIN.md), which runs its own runtime: the endpoint lives on its own thread with ntex worker threads,
 //! and calls the registration service from there as actix workers do from theirs.
 //!
-//! Limits: `--mqtt-max-connections` connections at once, the TLS handshake and the CONNECT each within
+//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), the TLS handshake and the CONNECT each within
 //! [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS message limit, §10), keep-alive as MQTT
 //! says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1 (a QoS 2 publish closes the
 //! connection, as DPS offers none). A malformed or oversized packet closes its own connection and nothing else.
@@ -18,20 +18,22 @@
 use std::cell::Cell;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{chain_factory, fn_factory_with_config, fn_service};
 use ntex::time::{Millis, Seconds};
 use ntex::util::{ByteString, Bytes};
-use ntex_mqtt::{MqttError, MqttServiceConfig, QoS, v3};
+use ntex_mqtt::{Control, MqttError, MqttServiceConfig, QoS, v3};
 use ntex_tls::rustls::{PeerCertChain, TlsAcceptor};
 use zerotouch_wire::mqtt::{RESPONSE_FILTER, Request, TopicError, Username, response_topic, rid_of};
 use zerotouch_wire::registration::RegistrationStatus;
 
 use crate::device::{RETRY_AFTER_SECS, registration_body};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::registration::{DeviceRequest, Evidence, RegistrationRequest, RegistrationService};
 
 /// Largest packet a device may send: the DPS message limit (`azure-dps-wire.md` §10: 96 KB).
@@ -54,8 +56,24 @@ pub struct MqttSettings {
 
 /// The running endpoint: its own thread and ntex runtime.
 pub struct MqttEndpoint {
-    server: ntex::server::Server,
+    stopper: MqttStopper,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
+    shutdown_timeout: Duration,
+}
+
+/// Stops the endpoint, once: ntex's server takes one stop command, and a second one would wait forever.
+#[derive(Clone)]
+pub struct MqttStopper(Arc<std::sync::Mutex<Option<ntex::server::Server>>>);
+
+impl MqttStopper {
+    /// Stops accepting and lets open connections finish (up to the shutdown timeout); returns when that is done,
+    /// or at once if the endpoint is already stopping.
+    pub async fn stop(&self) {
+        let server = self.0.lock().ok().and_then(|mut server| server.take());
+        if let Some(server) = server {
+            server.stop(true).await;
+        }
+    }
 }
 
 impl std::fmt::Debug for MqttEndpoint {
@@ -71,9 +89,11 @@ impl MqttEndpoint {
         listener: TcpListener,
         tls: &rustls::ServerConfig,
         service: Arc<RegistrationService>,
+        metrics: Metrics,
         settings: MqttSettings,
     ) -> anyhow::Result<Self> {
         listener.set_nonblocking(true).context("--mqtt-listen: cannot make the socket non-blocking")?;
+        let shutdown_timeout = settings.shutdown_timeout;
         let mut tls = tls.clone();
         // The device listener offers h2 and http/1.1; an MQTT client that offers its own ALPN must not fail on it.
         tls.alpn_protocols.clear();
@@ -82,7 +102,7 @@ impl MqttEndpoint {
         let thread = std::thread::Builder::new().name("mqtt".into()).spawn(move || {
             ntex::rt::System::build().name("mqtt").disable_signals().build(ntex::rt::DefaultRuntime).block_on(
                 async move {
-                    let server = match build(listener, tls, service, &settings) {
+                    let server = match build(listener, tls, service, metrics, &settings) {
                         Ok(server) => server,
                         Err(e) => {
                             let _ = started.send(Err(e));
@@ -95,22 +115,30 @@ impl MqttEndpoint {
             )
         })?;
         let server = server.recv().context("the MQTT endpoint did not start")?.context("--mqtt-listen")?;
-        Ok(Self { server, thread })
+        Ok(Self { stopper: MqttStopper(Arc::new(std::sync::Mutex::new(Some(server)))), thread, shutdown_timeout })
     }
 
-    /// A handle that stops the endpoint (`stop(true)`: gracefully) from any thread.
-    pub fn handle(&self) -> ntex::server::Server {
-        self.server.clone()
+    /// What stops the endpoint (gracefully), from any thread.
+    pub fn stopper(&self) -> MqttStopper {
+        self.stopper.clone()
     }
 
-    /// Stops accepting, lets open connections finish (up to the shutdown timeout), and waits for the thread.
+    /// Stops the endpoint (unless a stopper did already) and waits for its thread: at most the shutdown timeout
+    /// and 5 s more, after which the process exits without it (a stuck ntex timer was once seen to hold it).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.server.stop(true).await;
-        let thread = self.thread;
-        match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(result)) => result.context("MQTT endpoint"),
-            Ok(Err(_)) => anyhow::bail!("the MQTT endpoint's thread panicked"),
-            Err(e) => anyhow::bail!("cannot wait for the MQTT endpoint: {e}"),
+        let Self { stopper, thread, shutdown_timeout } = self;
+        let stopped = async move {
+            stopper.stop().await;
+            tokio::task::spawn_blocking(move || thread.join()).await
+        };
+        match tokio::time::timeout(shutdown_timeout + Duration::from_secs(5), stopped).await {
+            Ok(Ok(Ok(result))) => result.context("MQTT endpoint"),
+            Ok(Ok(Err(_))) => anyhow::bail!("the MQTT endpoint's thread panicked"),
+            Ok(Err(e)) => anyhow::bail!("cannot wait for the MQTT endpoint: {e}"),
+            Err(_) => {
+                tracing::warn!("the MQTT endpoint did not stop within the shutdown timeout; leaving it behind");
+                Ok(())
+            }
         }
     }
 }
@@ -119,9 +147,11 @@ fn build(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     service: Arc<RegistrationService>,
+    metrics: Metrics,
     settings: &MqttSettings,
 ) -> std::io::Result<ntex::server::Server> {
     let workers = settings.workers.max(1);
+    let slots = Arc::new(Slots { open: AtomicUsize::new(0), max: settings.max_connections });
     let config = SharedCfg::new("MQTT")
         .add(
             MqttServiceConfig::new()
@@ -134,24 +164,33 @@ fn build(
         .add(ntex_tls::TlsConfig::new().set_handshake_timeout(Seconds(CONNECT_TIMEOUT.as_secs() as u16)));
     Ok(ntex::server::build()
         .workers(workers)
-        .maxconn(settings.max_connections.div_ceil(workers).max(1))
         .backlog(4096)
         .disable_signals()
         .shutdown_timeout(Millis(u32::try_from(settings.shutdown_timeout.as_millis()).unwrap_or(u32::MAX)))
         .listen("mqtt", listener, async move |_| {
-            let (on_connect, on_publish) = (service.clone(), service.clone());
-            let server = v3::MqttServer::new(fn_service(move |handshake| connect(handshake, on_connect.clone())))
-                .protocol(fn_factory_with_config(async |session: v3::Session<Device>| {
-                    Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
-                }))
-                .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
-                    let service = on_publish.clone();
-                    async move {
-                        Ok::<_, ConnectionError>(fn_service(move |publish| {
-                            request(session.clone(), service.clone(), publish)
+            let (on_connect, on_publish, metrics, slots) =
+                (service.clone(), service.clone(), metrics.clone(), slots.clone());
+            let server =
+                v3::MqttServer::new(fn_service(move |handshake| connect(handshake, on_connect.clone(), slots.clone())))
+                    .control(fn_factory_with_config(async |_: v3::Session<Device>| {
+                        Ok::<_, ConnectionError>(fn_service(async |control: Control<ConnectionError>| {
+                            if let Control::Stop(reason) = &control {
+                                tracing::debug!("MQTT connection ends: {reason:?}");
+                            }
+                            Ok::<_, ConnectionError>(None)
                         }))
-                    }
-                }));
+                    }))
+                    .protocol(fn_factory_with_config(async |session: v3::Session<Device>| {
+                        Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
+                    }))
+                    .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
+                        let (service, metrics) = (on_publish.clone(), metrics.clone());
+                        async move {
+                            Ok::<_, ConnectionError>(fn_service(move |publish| {
+                                request(session.clone(), service.clone(), metrics.clone(), publish)
+                            }))
+                        }
+                    }));
             chain_factory(TlsAcceptor::new(tls.clone()))
                 .map_err(|e| MqttError::Service(ConnectionError(format!("TLS: {e}"))))
                 .and_then(ntex_mqtt::MqttServer::new().v3(server))
@@ -176,8 +215,37 @@ impl From<()> for ConnectionError {
     }
 }
 
+/// The connections open at once (`--mqtt-max-connections`), counted from their CONNECT.
+///
+/// Counted here rather than by ntex's per-worker `maxconn`, which was seen not to resume accepting after a
+/// connection at the limit closed; a device beyond the limit gets CONNACK "server unavailable" at once and
+/// retries, instead of waiting unanswered in the listen backlog.
+struct Slots {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One open connection's place in [`Slots`], given back when the connection ends.
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        let taken =
+            self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < self.max).then_some(open + 1));
+        taken.is_ok().then(|| Slot(Arc::clone(self)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One authenticated device connection.
 struct Device {
+    /// Its place among the open connections.
+    _slot: Slot,
     /// Who the CONNECT proved the device to be; every request on the connection is made as it.
     request: DeviceRequest,
     /// The QoS granted to its `$dps/registrations/res/#` subscription, if it made one.
@@ -193,7 +261,12 @@ struct Device {
 async fn connect(
     handshake: v3::Handshake,
     service: Arc<RegistrationService>,
+    slots: Arc<Slots>,
 ) -> Result<v3::HandshakeAck<Device>, ConnectionError> {
+    let Some(slot) = slots.take() else {
+        tracing::info!(max = slots.max, "MQTT connection refused: --mqtt-max-connections are open");
+        return Ok(handshake.service_unavailable());
+    };
     let packet = handshake.packet();
     let username = match packet.username.as_deref().map(Username::parse) {
         Some(Ok(username)) => username,
@@ -229,7 +302,7 @@ async fn connect(
     match service.authenticate_connection(&device).await {
         Ok(()) => {
             tracing::debug!(registration_id = device.registration_id.as_str(), "MQTT device connected");
-            let state = Device { request: device, subscription: Cell::new(None), pending: Cell::new(0) };
+            let state = Device { _slot: slot, request: device, subscription: Cell::new(None), pending: Cell::new(0) };
             Ok(handshake.ack(state, false))
         }
         Err(ApiError::Internal(cause)) => {
@@ -283,23 +356,33 @@ async fn control(
 async fn request(
     session: v3::Session<Device>,
     service: Arc<RegistrationService>,
+    metrics: Metrics,
     publish: v3::Publish,
 ) -> Result<(), ConnectionError> {
+    let started = Instant::now();
     let topic = publish.publish_topic().to_owned();
     let payload = publish.read_all().await.map_err(|e| ConnectionError(format!("payload: {e:?}")))?;
+    let parsed = Request::parse(&topic);
+    let route = match &parsed {
+        Ok(Request::Register { .. }) => "register",
+        Ok(Request::OperationStatus { .. }) => "operationStatus",
+        Err(_) => "(unmatched)",
+    };
     if session.pending.get() >= MAX_PENDING_PER_CONNECTION {
         let reply = Reply::error(&ApiError::Throttled { retry_after: 1 });
+        metrics.observe_mqtt(route, reply.status, started);
         ntex::rt::spawn(respond(session, rid_of(&topic).to_owned(), reply));
         return Ok(());
     }
     session.pending.set(session.pending.get() + 1);
     ntex::rt::spawn(async move {
         let rid = rid_of(&topic).to_owned();
-        let reply = match answer(&session, &service, &topic, &payload).await {
+        let reply = match answer(&session, &service, parsed, &payload).await {
             Ok(reply) => reply,
             Err(e) => Reply::error(&e),
         };
         session.pending.set(session.pending.get().saturating_sub(1));
+        metrics.observe_mqtt(route, reply.status, started);
         respond(session, rid, reply).await;
     });
     Ok(())
@@ -338,10 +421,10 @@ impl Reply {
 async fn answer(
     session: &v3::Session<Device>,
     service: &RegistrationService,
-    topic: &str,
+    parsed: Result<Request, TopicError>,
     payload: &[u8],
 ) -> Result<Reply, ApiError> {
-    let request = Request::parse(topic).map_err(|e| match e {
+    let request = parsed.map_err(|e| match e {
         TopicError::Unknown => ApiError::RouteNotFound,
         TopicError::MissingRid | TopicError::MissingOperationId => ApiError::InvalidHeader(format!("topic: {e}")),
     })?;

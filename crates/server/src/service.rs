@@ -265,6 +265,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_listener,
         &device_tls,
         registrations.clone(),
+        metrics.clone(),
         crate::mqtt::MqttSettings {
             max_connections: config.mqtt_max_connections,
             workers: std::thread::available_parallelism().map_or(2, usize::from),
@@ -274,14 +275,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let device =
         device_server(device_listener, device_tls, registrations, pki.clone(), metrics, config.shutdown_timeout)?;
     let handles = [admin.handle(), device.handle()];
-    let mqtt_handle = mqtt.handle();
+    let mqtt_stopper = mqtt.stopper();
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!("{signal}: finishing in-flight requests, then stopping"),
             Err(e) => tracing::error!("cannot listen for signals: {e}"),
         }
         let [admin, device] = handles;
-        tokio::join!(admin.stop(true), device.stop(true), mqtt_handle.stop(true));
+        tokio::join!(admin.stop(true), device.stop(true), mqtt_stopper.stop());
     });
     let (admin, device) = tokio::join!(admin, device);
     mqtt.stop().await?;
