@@ -10,10 +10,11 @@
 //! TOOLCHAIN.md), which runs its own runtime: the endpoint lives on its own thread with ntex worker threads,
 //! and calls the registration service from there as actix workers do from theirs.
 //!
-//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), the TLS handshake and the CONNECT each within
-//! [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS message limit, §10), keep-alive as MQTT
-//! says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1 (a QoS 2 publish closes the
-//! connection, as DPS offers none). A malformed or oversized packet closes its own connection and nothing else.
+//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), the TLS
+//! handshake and the CONNECT each within [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS
+//! message limit, §10), keep-alive as MQTT says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1
+//! (a QoS 2 publish closes the connection, as DPS offers none). A malformed or oversized packet closes its own
+//! connection and nothing else.
 
 use std::cell::Cell;
 use std::net::TcpListener;
