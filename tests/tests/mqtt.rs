@@ -326,15 +326,20 @@ async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net:
     connector.connect(name, tcp).await.unwrap()
 }
 
-/// Encodes an MQTT 3.1.1 CONNECT packet (client id, username, password).
+/// Encodes an MQTT 3.1.1 CONNECT packet (client id, username, password; keep-alive 60 s).
 fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    connect_packet_with_keep_alive(client_id, username, password, 60)
+}
+
+/// Encodes an MQTT 3.1.1 CONNECT packet with a keep-alive of `keep_alive` seconds.
+fn connect_packet_with_keep_alive(client_id: &str, username: &str, password: &str, keep_alive: u8) -> Vec<u8> {
     let field = |text: &str| {
         let mut out = u16::try_from(text.len()).unwrap().to_be_bytes().to_vec();
         out.extend_from_slice(text.as_bytes());
         out
     };
     let mut body = field("MQTT");
-    body.extend_from_slice(&[4, 0b1100_0010, 0, 60]);
+    body.extend_from_slice(&[4, 0b1100_0010, 0, keep_alive]);
     body.extend(field(client_id));
     body.extend(field(username));
     body.extend(field(password));
@@ -445,4 +450,36 @@ async fn connections_beyond_the_limit_are_refused_until_one_closes() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A client that asks for a keep-alive of 1 s and then sends nothing is disconnected after 1.5 times that (MQTT
+/// 3.1.1 §3.1.2.10), well before the 10 s CONNECT timeout.
+#[tokio::test]
+async fn keep_alive_is_enforced() {
+    let server = Server::start(Backend::Sqlite).await.unwrap();
+    let id = "mqtt-keepalive-1";
+    let key = enroll(&server, id).await;
+    let username = format_username(&server.id_scope, id, "2019-03-31", None);
+    let mut stream = raw_tls(&server).await;
+    stream.write_all(&connect_packet_with_keep_alive(id, &username, &token(&server, id, &key), 1)).await.unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    let started = std::time::Instant::now();
+    assert!(closed_by_peer(&mut stream).await, "an idle connection stays open");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed only after {:?}", started.elapsed());
+}
+
+/// SIGTERM with a device connected: the service stops within its shutdown timeout and exits 0.
+#[tokio::test]
+async fn sigterm_with_a_device_connected_exits_zero() {
+    let mut server = Server::start(Backend::Sqlite).await.unwrap();
+    let id = "mqtt-shutdown-1";
+    let key = enroll(&server, id).await;
+    let mut device = connect_device(&server, id, &key).await;
+    assert_eq!(device.register(Vec::new()).await.body["status"], "assigned");
+    let started = std::time::Instant::now();
+    let status = server.stop().unwrap();
+    assert!(status.success(), "exit status {status}:\n{}", server.logs());
+    assert!(started.elapsed() < Duration::from_secs(15), "stopping took {:?}", started.elapsed());
 }
