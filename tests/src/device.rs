@@ -12,6 +12,7 @@ use serde_json::Value;
 use zerotouch_attest::sas;
 
 use crate::Server;
+use crate::openssl::openssl;
 
 /// The api-version the helpers send.
 pub const API: &str = "api-version=2025-07-01-preview";
@@ -19,13 +20,6 @@ pub const API: &str = "api-version=2025-07-01-preview";
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-}
-
-/// Runs `openssl` in `dir`; panics with its stderr when it fails. Returns stdout.
-pub fn openssl(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// An EC key (`curve`: prime256v1 or secp384r1) and a CSR for `cn`, made by openssl; returns (key file, base64

@@ -17,6 +17,8 @@ pub mod webhook;
 pub use zerotouch_store::Backend;
 use zerotouch_store::test_support::TestDatabase;
 
+pub mod openssl;
+
 /// Both database backends, for tests that run on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
@@ -66,6 +68,8 @@ pub struct Server {
     pub admin_url: String,
     /// `https://127.0.0.1:PORT` of the device API.
     pub device_url: String,
+    /// `127.0.0.1:PORT` of the MQTT device endpoint (MQTT over TLS).
+    pub mqtt_addr: std::net::SocketAddr,
     /// The id scope devices use.
     pub id_scope: String,
     /// A client that trusts the data dir's trust bundle.
@@ -125,6 +129,7 @@ impl Server {
             database_url,
             admin_url: String::new(),
             device_url: String::new(),
+            mqtt_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             id_scope: String::new(),
             client: reqwest::Client::new(),
             log_dir,
@@ -144,11 +149,18 @@ impl Server {
             }
             let stdout = read_lossy(&self.log_dir.join("stdout"));
             let line = |prefix: &str| stdout.lines().find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().to_owned());
-            if let (Some(admin), Some(device), Some(scope)) =
-                (line("zerotouch: admin API"), line("zerotouch: device API"), line("zerotouch: id scope"))
-            {
+            if let (Some(admin), Some(device), Some(mqtt), Some(scope)) = (
+                line("zerotouch: admin API"),
+                line("zerotouch: device API"),
+                line("zerotouch: MQTT device"),
+                line("zerotouch: id scope"),
+            ) {
                 self.admin_url = admin;
                 self.device_url = device;
+                self.mqtt_addr = mqtt
+                    .trim_start_matches("mqtts://")
+                    .parse()
+                    .with_context(|| format!("the MQTT address {mqtt:?} is not an address"))?;
                 self.id_scope = scope;
                 break;
             }

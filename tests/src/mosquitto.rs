@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Server;
-use crate::device::openssl;
+use crate::openssl::openssl;
 
 /// The page the broker is set up from.
 pub const GUIDE: &str = include_str!("../../docs/hubs/mosquitto.md");

@@ -11,7 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
-use zerotouch_tests::device::{API, curl, key_and_csr, now, openssl, sas_register};
+use zerotouch_tests::device::{API, curl, key_and_csr, now, sas_register};
+use zerotouch_tests::openssl::{CA_EXTENSIONS, make_ca, make_device, openssl};
 use zerotouch_tests::{Backend, Options, Server};
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -22,39 +23,6 @@ fn openssl_try(dir: &Path, args: &[&str]) -> (bool, String) {
     let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
-}
-
-/// Extensions of a CA certificate and of a device certificate, as openssl `-extfile`s.
-const CA_EXTENSIONS: &str = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
-                             subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
-const DEVICE_EXTENSIONS: &str = "basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\n\
-                                 extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
-
-/// A P-256 key `{name}.key` and a certificate `{name}.pem` for `cn`, made by openssl with `extensions`: signed by
-/// the CA files `{issuer}.pem`/`{issuer}.key`, or self-signed when `issuer` is `None`. Valid 30 days.
-fn make_certificate(dir: &Path, name: &str, cn: &str, issuer: Option<&str>, extensions: &str) {
-    let (key, csr, ext, pem) =
-        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
-    std::fs::write(dir.join(&ext), extensions).unwrap();
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
-    openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]);
-    let mut args = vec!["x509", "-req", "-in", &csr, "-days", "30", "-extfile", &ext, "-out", &pem];
-    let (issuer_pem, issuer_key) = issuer.map(|i| (format!("{i}.pem"), format!("{i}.key"))).unzip();
-    match (&issuer_pem, &issuer_key) {
-        (Some(ca), Some(ca_key)) => args.extend(["-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]),
-        _ => args.extend(["-key", &key]),
-    }
-    openssl(dir, &args);
-}
-
-/// A CA `{name}.pem`/`{name}.key` (CN = name), self-signed when `issuer` is `None`.
-fn make_ca(dir: &Path, name: &str, issuer: Option<&str>) {
-    make_certificate(dir, name, name, issuer, CA_EXTENSIONS);
-}
-
-/// A device certificate `{name}.pem`/`{name}.key` for `cn` (v3, clientAuth) signed by the CA `issuer`.
-fn make_device(dir: &Path, name: &str, cn: &str, issuer: &str) {
-    make_certificate(dir, name, cn, Some(issuer), DEVICE_EXTENSIONS);
 }
 
 /// Writes base64 DER certificates as one PEM file.

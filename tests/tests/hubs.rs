@@ -308,12 +308,12 @@ async fn webhook_receiver_sees_every_change() {
     assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
     let seen = receiver.seen.lock().unwrap().clone();
     assert_eq!(receiver.summary(), [("POST".into(), "hooked-1".into()), ("POST".into(), "hooked-2".into())]);
-    let der = zerotouch_tests::device::openssl(
+    let der = zerotouch_tests::openssl::openssl(
         dir.path(),
         &["x509", "-in", cert.to_str().unwrap(), "-outform", "DER", "-out", "leaf.der"],
     );
     assert!(der.is_empty());
-    let thumbprint = zerotouch_tests::device::openssl(dir.path(), &["dgst", "-sha256", "-r", "leaf.der"]);
+    let thumbprint = zerotouch_tests::openssl::openssl(dir.path(), &["dgst", "-sha256", "-r", "leaf.der"]);
     let thumbprint = thumbprint.split_whitespace().next().unwrap();
     assert_eq!(seen[0].2["credential"], json!({"type": "x509", "subjectName": "hooked-1", "thumbprint": thumbprint}));
     assert_eq!(seen[0].2["enabled"], true);

@@ -26,6 +26,8 @@ pub(crate) struct Target {
     pub(crate) trust_bundle: Vec<u8>,
     /// The id scope.
     pub(crate) id_scope: String,
+    /// `host:port` of the MQTT device endpoint, for the MQTT mode.
+    pub(crate) mqtt_addr: Option<std::net::SocketAddr>,
 }
 
 /// A device's identity: registration id and the key it signs with, and the CSR it sends when it has one.
@@ -40,6 +42,11 @@ impl Device {
     /// The registration id (the CN its CSR must carry).
     pub(crate) fn registration_id(&self) -> &str {
         &self.registration_id
+    }
+
+    /// The CSR it sends, if any.
+    pub(crate) fn csr(&self) -> Option<&str> {
+        self.csr.as_deref()
     }
 
     /// This device, sending `csr` (base64 DER PKCS#10) in its register body.
@@ -116,7 +123,7 @@ impl Report {
 
 /// A rustls client configuration trusting `bundle`, with session resumption off so every connection does a
 /// full handshake, as a device on its first boot does.
-fn tls_config(bundle: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+pub(crate) fn tls_config(bundle: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &bundle[..]) {
         roots.add(cert?)?;
@@ -229,7 +236,8 @@ pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyho
     Ok(devices)
 }
 
-fn sas_token(target: &Target, device: &Device) -> String {
+/// The device's SAS token (C SDK style: `sr` percent-encoded, `skn=registration`), valid an hour.
+pub(crate) fn sas_token(target: &Target, device: &Device) -> String {
     let resource = format!("{}/registrations/{}", target.id_scope, device.registration_id);
     let encoded: String =
         percent_encoding::utf8_percent_encode(&resource, percent_encoding::NON_ALPHANUMERIC).collect();
@@ -345,5 +353,6 @@ pub(crate) fn target_of(server: &zerotouch_tests::Server, token: String) -> anyh
         token,
         trust_bundle,
         id_scope: server.id_scope.clone(),
+        mqtt_addr: Some(server.mqtt_addr),
     })
 }

@@ -5,7 +5,9 @@
 //! - `devices`: against a running server, creates N enrollments (half individual, half one symmetric-key group)
 //!   and runs N devices at concurrency C, each on its own new TLS connection: register, poll until assigned.
 //!   Reports devices/s, latency to assigned (p50/p90/p99/max) and every error by code.
-//! - `bench-devices`: starts a fresh service per backend and runs the TLS-handshake ceiling and `devices`.
+//!   With `--transport mqtt` the devices provision over the MQTT endpoint instead (`mqtt.rs`).
+//! - `bench-devices`: starts a fresh service per backend and runs the TLS-handshake ceiling and `devices`, over
+//!   HTTPS and over MQTT in the same run (other devices, same server), side by side.
 //! - `bench-issuance`: CSR-to-certificate issuance over HTTPS, ours (EST `simpleenroll`, persisted) against cfssl's
 //!   `/api/v1/cfssl/sign` on the same CSRs in the same run; and registration with a CSR per device next to
 //!   registration without one.
@@ -14,6 +16,7 @@ mod bulk;
 mod devices;
 mod hubs;
 mod issuance;
+mod mqtt;
 
 use std::time::Duration;
 
@@ -40,6 +43,15 @@ impl From<BackendArg> for Backend {
             BackendArg::Postgres => Backend::Postgres,
         }
     }
+}
+
+/// How simulated devices reach the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    /// The HTTPS device API.
+    Https,
+    /// The MQTT device endpoint.
+    Mqtt,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +103,12 @@ enum Command {
         /// Registration id prefix (new enrollments are created under it).
         #[arg(long, default_value = "loadgen")]
         prefix: String,
+        /// HTTPS (the device API at --device-url) or MQTT (the endpoint at --mqtt-addr).
+        #[arg(long, value_enum, default_value = "https")]
+        transport: TransportArg,
+        /// The MQTT endpoint, e.g. 127.0.0.1:8883 (for --transport mqtt).
+        #[arg(long)]
+        mqtt_addr: Option<std::net::SocketAddr>,
     },
     /// Fresh service per backend: TLS-handshake ceiling, then simulated devices.
     BenchDevices {
@@ -106,6 +124,9 @@ enum Command {
         /// Runs per backend (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Transports measured in each run, on the same server with their own devices.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["https", "mqtt"])]
+        transport: Vec<TransportArg>,
     },
     /// Fresh services per run: devices with CSRs registered onto a real Mosquitto broker (dynsec identity before
     /// `assigned`) against the same devices on a hub of kind `none`.
@@ -147,11 +168,13 @@ enum Command {
     },
 }
 
+/// One run of `bench-devices`: the ceiling, then each transport with its own devices; their reports in order.
 async fn bench_devices_once(
     backend: Backend,
     count: usize,
     concurrency: usize,
-) -> anyhow::Result<(f64, devices::Report)> {
+    transports: &[TransportArg],
+) -> anyhow::Result<(f64, Vec<devices::Report>)> {
     let options = Options {
         env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
         args: vec!["--device-max-in-flight".into(), "4096".into()],
@@ -159,12 +182,31 @@ async fn bench_devices_once(
     };
     let server = Server::start_with(backend, options).await?;
     let target = devices::target_of(&server, server.token("owner")?)?;
-    let enrolled = devices::enroll(&target, "bench", count).await?;
+    let mut enrolled = Vec::new();
+    for transport in transports {
+        enrolled.push(devices::enroll(&target, &format!("bench-{transport:?}").to_lowercase(), count).await?);
+    }
     let ceiling = devices::handshake_ceiling(&target, count, concurrency).await?;
     println!("  {backend:?}: TLS handshake + GET /healthz: {}", ceiling.summary());
-    let report = devices::run(&target, &enrolled, concurrency).await?;
-    println!("  {backend:?}: devices: {}", report.summary());
-    Ok((ceiling.rate(), report))
+    let mut reports = Vec::new();
+    for (transport, devices) in transports.iter().zip(&enrolled) {
+        let report = run_devices(&target, devices, concurrency, *transport).await?;
+        println!("  {backend:?}: devices over {transport:?}: {}", report.summary());
+        reports.push(report);
+    }
+    Ok((ceiling.rate(), reports))
+}
+
+async fn run_devices(
+    target: &devices::Target,
+    enrolled: &[devices::Device],
+    concurrency: usize,
+    transport: TransportArg,
+) -> anyhow::Result<devices::Report> {
+    match transport {
+        TransportArg::Https => devices::run(target, enrolled, concurrency).await,
+        TransportArg::Mqtt => mqtt::run(target, enrolled, concurrency).await,
+    }
 }
 
 #[tokio::main]
@@ -186,32 +228,47 @@ async fn main() -> anyhow::Result<()> {
             devices: count,
             concurrency,
             prefix,
+            transport,
+            mqtt_addr,
         } => {
-            let target =
-                devices::Target { device_url, admin_url, token, trust_bundle: std::fs::read(&trust_bundle)?, id_scope };
+            let trust_bundle = std::fs::read(&trust_bundle)?;
+            let target = devices::Target { device_url, admin_url, token, trust_bundle, id_scope, mqtt_addr };
             let enrolled = devices::enroll(&target, &prefix, count).await?;
-            let report = devices::run(&target, &enrolled, concurrency).await?;
-            println!("RESULT devices={count} concurrency={concurrency} {}", report.summary());
+            let report = run_devices(&target, &enrolled, concurrency, transport).await?;
+            println!("RESULT transport={transport:?} devices={count} concurrency={concurrency} {}", report.summary());
         }
-        Command::BenchDevices { backend, devices: count, concurrency, runs } => {
+        Command::BenchDevices { backend, devices: count, concurrency, runs, transport } => {
             for backend in backend {
                 let backend = Backend::from(backend);
-                let mut rates = Vec::new();
                 let mut ceilings = Vec::new();
-                let mut p99s = Vec::new();
+                let mut rates = vec![Vec::new(); transport.len()];
+                let mut p99s = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
-                    let (ceiling, report) = bench_devices_once(backend, count, concurrency).await?;
-                    println!("  {backend:?}: run {run}: ratio to ceiling {:.2}", report.rate() / ceiling.max(1.0));
-                    rates.push(report.rate());
+                    let (ceiling, reports) = bench_devices_once(backend, count, concurrency, &transport).await?;
+                    for (i, report) in reports.iter().enumerate() {
+                        println!(
+                            "  {backend:?}: run {run}: {:?} ratio to ceiling {:.2}",
+                            transport[i],
+                            report.rate() / ceiling.max(1.0)
+                        );
+                        rates[i].push(report.rate());
+                        p99s[i].push(report.quantile_ms(0.99));
+                    }
                     ceilings.push(ceiling);
-                    p99s.push(report.quantile_ms(0.99));
                 }
-                let (rate, ceiling, p99) = (bulk::median(rates), bulk::median(ceilings), bulk::median(p99s));
-                println!(
-                    "RESULT backend={backend:?} devices={count} concurrency={concurrency} median_devices_per_s={rate:.0} \
-                     median_handshakes_per_s={ceiling:.0} ratio={:.2} median_p99_ms={p99:.1}",
-                    rate / ceiling.max(1.0)
+                let ceiling = bulk::median(ceilings);
+                let mut line = format!(
+                    "RESULT backend={backend:?} devices={count} concurrency={concurrency} median_handshakes_per_s={ceiling:.0}"
                 );
+                for (i, transport) in transport.iter().enumerate() {
+                    let name = format!("{transport:?}").to_lowercase();
+                    let (rate, p99) = (bulk::median(rates[i].clone()), bulk::median(p99s[i].clone()));
+                    line.push_str(&format!(
+                        " {name}_median_devices_per_s={rate:.0} {name}_ratio={:.2} {name}_median_p99_ms={p99:.1}",
+                        rate / ceiling.max(1.0)
+                    ));
+                }
+                println!("{line}");
             }
         }
         Command::BenchHubs { backend, devices: count, concurrency, runs } => {

@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// MQTT device endpoint address [default: 0.0.0.0:8883].
     #[arg(long, env = "ZEROTOUCH_MQTT_LISTEN", value_name = "ADDR")]
     pub mqtt_listen: Option<SocketAddr>,
+    /// MQTT connections open at once; a CONNECT beyond them is answered "server unavailable" [default: 10000].
+    #[arg(long, env = "ZEROTOUCH_MQTT_MAX_CONNECTIONS", value_name = "N")]
+    pub mqtt_max_connections: Option<usize>,
     /// HTTPS admin API address [default: 127.0.0.1:8444].
     #[arg(long, env = "ZEROTOUCH_SERVICE_LISTEN", value_name = "ADDR")]
     pub service_listen: Option<SocketAddr>,
@@ -170,6 +173,8 @@ struct FileSettings {
     device_listen: Option<SocketAddr>,
     #[serde(alias = "mqtt-listen")]
     mqtt_listen: Option<SocketAddr>,
+    #[serde(alias = "mqtt-max-connections")]
+    mqtt_max_connections: Option<usize>,
     #[serde(alias = "service-listen")]
     service_listen: Option<SocketAddr>,
     #[serde(alias = "hostnames")]
@@ -269,6 +274,8 @@ pub struct Config {
     pub device_listen: SocketAddr,
     /// MQTT device endpoint address.
     pub mqtt_listen: SocketAddr,
+    /// MQTT connections open at once.
+    pub mqtt_max_connections: usize,
     /// HTTPS admin API address.
     pub service_listen: SocketAddr,
     /// Names of the generated server certificate.
@@ -438,6 +445,11 @@ impl Config {
             mqtt_listen: match args.mqtt_listen.or(file.mqtt_listen) {
                 Some(a) => a,
                 None => default_addr("0.0.0.0:8883")?,
+            },
+            mqtt_max_connections: match args.mqtt_max_connections.or(file.mqtt_max_connections) {
+                Some(0) => bail!("--mqtt-max-connections: must be at least 1"),
+                Some(n) => n,
+                None => 10_000,
             },
             service_listen: match args.service_listen.or(file.service_listen) {
                 Some(a) => a,

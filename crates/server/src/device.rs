@@ -18,7 +18,7 @@ use crate::service::PeerCertificates;
 
 /// Seconds a device is told to wait before polling. Registrations complete before the 202 is sent, so the first
 /// poll normally finds the result.
-const RETRY_AFTER_SECS: &str = "1";
+pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
 /// Every route of the device API: path template and methods.
 pub const ROUTES: &[(&str, &[&str])] = &[
@@ -70,8 +70,9 @@ fn device_request(req: &HttpRequest, id_scope: String, registration_id: &str) ->
     Ok(DeviceRequest { id_scope, registration_id, evidence })
 }
 
-fn registration_body(body: MaybeJson<BODY_LIMIT>) -> Result<DeviceRegistration, ApiError> {
-    match body.0 {
+/// A register (or status lookup) body: empty, `null` or a `DeviceRegistration` (§1.3).
+pub(crate) fn registration_body(body: Option<serde_json::Value>) -> Result<DeviceRegistration, ApiError> {
+    match body {
         None | Some(serde_json::Value::Null) => Ok(DeviceRegistration::default()),
         Some(value) => Ok(zerotouch_wire::field::decode(value)?),
     }
@@ -86,11 +87,11 @@ async fn register(
 ) -> Result<HttpResponse, ApiError> {
     let (id_scope, registration_id) = path.into_inner();
     let device = device_request(&req, id_scope, &registration_id)?;
-    let body = registration_body(body)?;
+    let body = registration_body(body.0)?;
     let location = format!("/{}/registrations/{}/operations/", device.id_scope, device.registration_id.as_str());
     let operation = service.register(RegistrationRequest { device, body }).await?;
     Ok(HttpResponse::Accepted()
-        .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS))
+        .insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()))
         .insert_header((header::LOCATION, format!("{location}{}", operation.operation_id)))
         .json(operation))
 }
@@ -105,7 +106,7 @@ async fn operation(
     let device = device_request(&req, id_scope, &registration_id)?;
     let operation = service.operation(device, &operation_id).await?;
     Ok(if operation.status == RegistrationStatus::Assigning {
-        HttpResponse::Accepted().insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS)).json(operation)
+        HttpResponse::Accepted().insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())).json(operation)
     } else {
         HttpResponse::Ok().json(operation)
     })
@@ -120,7 +121,7 @@ async fn status(
 ) -> Result<HttpResponse, ApiError> {
     let (id_scope, registration_id) = path.into_inner();
     let device = device_request(&req, id_scope, &registration_id)?;
-    let body = registration_body(body)?;
+    let body = registration_body(body.0)?;
     if body.csr.is_some() {
         // §1.1: a CSR belongs to register, not to the status lookup.
         return Err(ApiError::InvalidField(zerotouch_wire::field::FieldError::new(

@@ -90,6 +90,9 @@ pub enum ApiError {
     /// Device API: no such registration or operation for this device.
     #[error("{0} not found")]
     RegistrationNotFound(String),
+    /// Device API over MQTT: a register asked for TPM attestation, which MQTT does not offer.
+    #[error("TPM attestation over MQTT")]
+    TpmOverMqtt,
     /// Too many requests; retry after this many seconds.
     #[error("throttled")]
     Throttled {
@@ -159,6 +162,10 @@ impl ApiError {
             Self::Internal(_) => (ErrorCode::Internal, "internal error; quote the trackingId to the operator".into()),
             Self::DeviceUnauthorized => (ErrorCode::DeviceUnauthorized, "Unauthorized".into()),
             Self::RegistrationNotFound(what) => (ErrorCode::RegistrationNotFound, format!("{what} does not exist")),
+            Self::TpmOverMqtt => (
+                ErrorCode::TpmNotSupportedOverMqtt,
+                "TPM attestation is not available over MQTT (as with Azure DPS); register over HTTPS".into(),
+            ),
             Self::Throttled { retry_after } => (
                 ErrorCode::Throttled,
                 format!("Operations are being throttled for this device; retry after {retry_after} s"),
@@ -177,19 +184,25 @@ pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
 }
 
-/// Builds the Azure error answer for `code` and `message`, logging it under a fresh tracking id.
-pub fn error_response(code: ErrorCode, message: String, cause: Option<&str>) -> HttpResponse {
+/// The Azure error body for `code` and `message`, logged under a fresh tracking id (with `cause`, if internal).
+/// Every protocol's answer is built from it (HTTPS here, MQTT in `mqtt`).
+pub fn error_body(code: ErrorCode, message: String, cause: Option<&str>) -> ErrorBody {
     let tracking_id = uuid::Uuid::new_v4().to_string();
     match cause {
         Some(cause) => tracing::error!(tracking_id, error_code = code.number(), "{cause}"),
         None => tracing::debug!(tracking_id, error_code = code.number(), "{message}"),
     }
-    let body = ErrorBody {
+    ErrorBody {
         error_code: code.number(),
         tracking_id,
         message,
         timestamp_utc: zerotouch_wire::format_timestamp(chrono::Utc::now()),
-    };
+    }
+}
+
+/// Builds the Azure error answer for `code` and `message`, logging it under a fresh tracking id.
+pub fn error_response(code: ErrorCode, message: String, cause: Option<&str>) -> HttpResponse {
+    let body = error_body(code, message, cause);
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
     builder.insert_header(("x-ms-error-code", code.number().to_string()));

@@ -11,6 +11,7 @@ pub mod error;
 pub mod est;
 pub mod hubs;
 pub mod metrics;
+pub mod mqtt;
 pub mod pki;
 pub mod registration;
 pub mod request;

@@ -16,6 +16,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tls::install_crypto_provider();
     let filter = EnvFilter::try_from_env("ZEROTOUCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The MQTT endpoint's ntex crates: never below info. ntex-mqtt traces whole packets (the Debug of a CONNECT
+    // holds its password, a SAS token), and ntex's debug lines (per worker and connection) are noise here.
+    let verbose = filter.max_level_hint().is_none_or(|level| level > tracing_subscriber::filter::LevelFilter::INFO);
+    let filter = match "ntex=info".parse() {
+        Ok(directive) if verbose => filter.add_directive(directive),
+        _ => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

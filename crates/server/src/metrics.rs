@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests by route, method and status, and their latency.
+//! Prometheus metrics: requests by route, method and status, and their latency (HTTP listeners and the MQTT
+//! endpoint).
 
 use std::time::Instant;
 
@@ -86,6 +87,12 @@ impl Metrics {
     pub fn hub_backlog(&self, hub: &str, depth: u64, oldest_age_seconds: f64) {
         self.hub_queue_depth.with_label_values(&[hub]).set(i64::try_from(depth).unwrap_or(i64::MAX));
         self.hub_oldest_job_age.with_label_values(&[hub]).set(oldest_age_seconds);
+    }
+
+    /// Counts and times a request of the MQTT endpoint: listener `mqtt`, method `PUBLISH`, the request's kind as
+    /// its route (`register`, `operationStatus`, `(unmatched)`), and the status its response topic carries.
+    pub fn observe_mqtt(&self, route: &str, status: u16, started: Instant) {
+        self.observe("mqtt", route, "PUBLISH", status, started);
     }
 
     fn observe(&self, listener: &str, route: &str, method: &str, status: u16, started: Instant) {

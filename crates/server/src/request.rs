@@ -53,10 +53,15 @@ async fn read_json(headers: HeaderMap, mut payload: Payload, limit: usize) -> Re
         }
         body.extend_from_slice(&chunk);
     }
+    parse_json(&body)
+}
+
+/// A body as JSON; `None` when it is empty or only whitespace (MQTT devices send `" "` or nothing, §5).
+pub fn parse_json(body: &[u8]) -> Result<Option<Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&body)
+    serde_json::from_slice(body)
         .map(Some)
         .map_err(|e| ApiError::MalformedBody(format!("the body is not valid JSON: {e}")))
 }

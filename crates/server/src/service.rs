@@ -204,6 +204,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let device_listener = TcpListener::bind(config.device_listen)
         .with_context(|| format!("--device-listen: cannot listen on {}", config.device_listen))?;
     let device_addr = device_listener.local_addr()?;
+    let mqtt_listener = TcpListener::bind(config.mqtt_listen)
+        .with_context(|| format!("--mqtt-listen: cannot listen on {}", config.mqtt_listen))?;
+    let mqtt_addr = mqtt_listener.local_addr()?;
 
     let dir = data.path.display();
     if !data.created.is_empty() {
@@ -224,6 +227,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("zerotouch: admin API     https://{service_addr}");
     println!("zerotouch: device API    https://{device_addr}");
+    println!("zerotouch: MQTT device   mqtts://{mqtt_addr}");
 
     let crl_url = config.crl_url.clone().unwrap_or_else(|| {
         let host = config.hostnames.first().map_or("localhost", String::as_str);
@@ -269,19 +273,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let outbox = tokio::spawn(Arc::clone(&hubs).run_worker());
     let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs };
     let admin = admin_server(listener, tls, state, config.shutdown_timeout)?;
+    let mqtt = crate::mqtt::MqttEndpoint::start(
+        mqtt_listener,
+        &device_tls,
+        registrations.clone(),
+        metrics.clone(),
+        crate::mqtt::MqttSettings {
+            max_connections: config.mqtt_max_connections,
+            workers: std::thread::available_parallelism().map_or(2, usize::from),
+            shutdown_timeout: config.shutdown_timeout,
+        },
+    )?;
     let device =
         device_server(device_listener, device_tls, registrations, pki.clone(), metrics, config.shutdown_timeout)?;
     let handles = [admin.handle(), device.handle()];
+    let mqtt_stopper = mqtt.stopper();
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!("{signal}: finishing in-flight requests, then stopping"),
             Err(e) => tracing::error!("cannot listen for signals: {e}"),
         }
-        for handle in handles {
-            handle.stop(true).await;
-        }
+        let [admin, device] = handles;
+        tokio::join!(admin.stop(true), device.stop(true), mqtt_stopper.stop());
     });
     let (admin, device) = tokio::join!(admin, device);
+    mqtt.stop().await?;
     admin.context("admin API server")?;
     device.context("device API server")?;
     expiry.abort();

@@ -73,11 +73,13 @@ pub enum ErrorCode {
     /// Device API: the operational certificate was superseded and has expired, or expired beyond the renewal
     /// grace period.
     CertificateNotRenewable,
+    /// Device API: TPM attestation was asked for over MQTT, which offers none (as with Azure DPS).
+    TpmNotSupportedOverMqtt,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -109,6 +111,7 @@ impl ErrorCode {
         Self::InvalidCertificateChain,
         Self::CertificateRevoked,
         Self::CertificateNotRenewable,
+        Self::TpmNotSupportedOverMqtt,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -145,6 +148,7 @@ impl ErrorCode {
             Self::InvalidCertificateChain => 401014,
             Self::CertificateRevoked => 401015,
             Self::CertificateNotRenewable => 401016,
+            Self::TpmNotSupportedOverMqtt => 400211,
         }
     }
 

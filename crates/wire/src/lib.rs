@@ -13,6 +13,7 @@ pub mod error;
 pub mod field;
 pub mod hub;
 pub mod id;
+pub mod mqtt;
 pub mod query;
 pub mod registration;
 pub mod secret;

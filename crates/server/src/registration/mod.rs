@@ -7,6 +7,7 @@
 //! The endpoints only translate their protocol into a [`RegistrationRequest`] and the answers back.
 
 pub mod allocation;
+pub mod connection;
 pub mod limits;
 pub mod webhook;
 pub mod x509;

@@ -1,0 +1,132 @@
+//! Simulated devices over the MQTT endpoint (`azure-dps-wire.md` §5), as the Azure device SDKs provision: each
+//! opens its own new TLS connection (no session resumption), CONNECTs with its SAS token, subscribes to
+//! `$dps/registrations/res/#`, publishes register, then polls the operation until it is terminal. Same devices,
+//! same report as the HTTPS mode in `devices.rs`, so the two can be compared in one run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use serde_json::{Value, json};
+use zerotouch_wire::mqtt::{
+    OPERATION_STATUS_TOPIC, REGISTER_TOPIC, RESPONSE_FILTER, format_username, parse_response_topic,
+};
+
+use crate::devices::{Device, Report, Target};
+
+/// How long one device may take end to end.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A device's MQTT session: its client and the event loop that drives the connection.
+struct Session {
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl Session {
+    /// The next event; a connection error is the device's failure.
+    async fn next(&mut self) -> Result<Event, String> {
+        self.events.poll().await.map_err(|e| match e {
+            ConnectionError::ConnectionRefused(code) => format!("connack {code:?}"),
+            ConnectionError::Io(_) | ConnectionError::Tls(_) => "connection".to_owned(),
+            other => format!("mqtt: {other}"),
+        })
+    }
+
+    /// Publishes `payload` to `topic` and waits for the answer: status and body.
+    async fn request(&mut self, topic: String, payload: Vec<u8>) -> Result<(u16, Value), String> {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|e| format!("publish: {e}"))?;
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) = self.next().await? {
+                let (status, _, _) = parse_response_topic(&publish.topic).ok_or("not a response topic")?;
+                let body = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
+                return Ok((status, body));
+            }
+        }
+    }
+}
+
+fn describe(status: u16, body: &Value) -> String {
+    format!("mqtt {status} errorCode {}", body.get("errorCode").unwrap_or(&Value::Null))
+}
+
+/// One device's life over MQTT. Returns the time to `assigned`.
+async fn provision(
+    target: &Target,
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    device: &Device,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let id = device.registration_id();
+    let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    let username = format_username(&target.id_scope, id, "2019-03-31", Some("zerotouch-loadgen"));
+    options.set_credentials(username, crate::devices::sas_token(target, device));
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+    let (client, events) = AsyncClient::new(options, 8);
+    let mut session = Session { client, events };
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = session.next().await? {
+            break;
+        }
+    }
+    session.client.subscribe(RESPONSE_FILTER, QoS::AtLeastOnce).await.map_err(|e| format!("subscribe: {e}"))?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = session.next().await? {
+            break;
+        }
+    }
+    let mut body = json!({"registrationId": id});
+    if let Some(csr) = device.csr() {
+        body["csr"] = json!(csr);
+    }
+    let (status, answer) = session.request(format!("{REGISTER_TOPIC}?$rid=1"), body.to_string().into_bytes()).await?;
+    if status != 202 {
+        return Err(describe(status, &answer));
+    }
+    let operation = answer["operationId"].as_str().ok_or("no operationId")?.to_owned();
+    for rid in 2..100 {
+        let topic = format!("{OPERATION_STATUS_TOPIC}?$rid={rid}&operationId={operation}");
+        let (status, answer) = session.request(topic, Vec::new()).await?;
+        match (status, answer["status"].as_str()) {
+            (200, Some("assigned")) => {
+                let issued =
+                    answer["registrationState"]["issuedCertificateChain"].as_array().is_some_and(|c| !c.is_empty());
+                if device.csr().is_some() && !issued {
+                    return Err("assigned without issuedCertificateChain".into());
+                }
+                let elapsed = started.elapsed();
+                let _ = session.client.try_disconnect();
+                return Ok(elapsed);
+            }
+            (200, Some(other)) => return Err(format!("status {other} {}", answer["registrationState"]["errorCode"])),
+            (202, _) => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => return Err(describe(status, &answer)),
+        }
+    }
+    Err("never assigned".into())
+}
+
+/// Runs `devices` over MQTT at `concurrency`, each on its own new TLS connection.
+pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize) -> anyhow::Result<Report> {
+    let addr = target.mqtt_addr.ok_or_else(|| anyhow::anyhow!("no MQTT address (--mqtt-addr)"))?;
+    let tls = Arc::new(crate::devices::tls_config(&target.trust_bundle)?);
+    let started = Instant::now();
+    let outcomes: Vec<Result<Duration, String>> = futures_util::stream::iter(devices)
+        .map(|device| {
+            let tls = Arc::clone(&tls);
+            async move {
+                match tokio::time::timeout(DEVICE_TIMEOUT, provision(target, addr, &tls, device)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err("timeout".into()),
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    Ok(Report::collect(outcomes, started.elapsed()))
+}
