@@ -59,11 +59,19 @@ async fn once(
         bail!("prepared devices do not match the enrollments");
     }
     let report = devices::run(&target, devices, concurrency).await?;
+    if !report.errors.is_empty() {
+        println!("  errors: {}", report.errors_text());
+    }
     if let Some(broker) = &broker {
         let clients = broker.clients();
         let on_broker = clients.iter().filter(|c| c.starts_with(prefix)).count();
         if on_broker != report.assigned {
-            bail!("{} devices assigned but {on_broker} identities on the broker", report.assigned);
+            let sample: Vec<&String> = clients.iter().take(5).collect();
+            bail!(
+                "{} devices assigned but {on_broker} identities on the broker (of {}: {sample:?})",
+                report.assigned,
+                clients.len()
+            );
         }
     }
     Ok(report)
