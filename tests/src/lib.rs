@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 pub use zerotouch_store::Backend;
 use zerotouch_store::test_support::TestDatabase;
 
+pub mod swtpm;
+
 /// Both database backends, for tests that run on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 

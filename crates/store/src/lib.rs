@@ -19,6 +19,7 @@ mod issuing_ca;
 mod registration;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod tpm;
 
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ pub use error::StoreError;
 pub use hub::{HubInput, HubRecord};
 pub use issuing_ca::{CrlState, EncryptedKeyPem, IssuingCaRecord, IssuingCaStatus, NewIssuingCa};
 pub use registration::{OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
+pub use tpm::TpmChallengeRecord;
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,11 +70,16 @@ pub enum ErrorCode {
     /// Device API: the operational certificate was superseded and has expired, or expired beyond the renewal
     /// grace period.
     CertificateNotRenewable,
+    /// Device API, TPM: the register body's endorsement or storage root key is missing, malformed, not a key the
+    /// activation can use, or (the SRK) not the one enrolled.
+    TpmKeyRefused,
+    /// Device API, TPM groups: the EK certificate is not DER, or its public key is not the endorsement key sent.
+    EndorsementKeyCertificateMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -105,6 +110,8 @@ impl ErrorCode {
         Self::InvalidCertificateChain,
         Self::CertificateRevoked,
         Self::CertificateNotRenewable,
+        Self::TpmKeyRefused,
+        Self::EndorsementKeyCertificateMismatch,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -140,6 +147,8 @@ impl ErrorCode {
             Self::InvalidCertificateChain => 401014,
             Self::CertificateRevoked => 401015,
             Self::CertificateNotRenewable => 401016,
+            Self::TpmKeyRefused => 400211,
+            Self::EndorsementKeyCertificateMismatch => 401017,
         }
     }
 
