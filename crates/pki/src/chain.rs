@@ -477,6 +477,31 @@ mod tests {
         params.signed_by(&KeyPair::generate().unwrap(), issuer).unwrap().der().to_vec()
     }
 
+    /// EK certificates are judged for endorsement: tcg-kp-EKCertificate (2.23.133.8.1) passes, and such a
+    /// certificate cannot pass as a device (client authentication) certificate; a clientAuth certificate cannot
+    /// pass as an EK certificate. No extended key usage means unrestricted, for both.
+    #[test]
+    fn endorsement_and_client_auth_purposes_are_kept_apart() {
+        use rcgen::ExtendedKeyUsagePurpose;
+        let now = at(1_750_000_000);
+        let (ders, issuer) = ladder(1, |_| {});
+        let with_eku = |purpose: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::default();
+            params.extended_key_usages = vec![purpose];
+            params.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap().der().to_vec()
+        };
+        let ek = with_eku(ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 1]));
+        let presented = vec![ders[1].clone()];
+        assert!(verify_endorsement_chain(&ek, &presented, &ders[0], now).is_ok());
+        assert!(matches!(verify_chain(&ek, &presented, &ders[0], now), Err(ChainError::NotForClientAuth { .. })));
+        let client = with_eku(ExtendedKeyUsagePurpose::ClientAuth);
+        assert!(matches!(
+            verify_endorsement_chain(&client, &presented, &ders[0], now),
+            Err(ChainError::NotForEndorsement { .. })
+        ));
+        assert!(verify_endorsement_chain(&leaf(&issuer), &presented, &ders[0], now).is_ok());
+    }
+
     #[test]
     fn paths_longer_than_the_limit_are_refused() {
         let now = at(1_750_000_000);
