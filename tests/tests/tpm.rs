@@ -322,3 +322,138 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
 fn foreign_root_pem(tpm: &Swtpm) -> String {
     std::fs::read_to_string(tpm.file("ca").join("swtpm-localca-rootca-cert.pem")).unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The device agent (crates/agent, tss-esapi) on swtpm
+
+/// Runs `zerotouch-agent ARGS...`; its status, stdout as JSON (Null if not JSON) and stderr.
+fn agent(args: &[&str]) -> (bool, Value, String) {
+    let output = std::process::Command::new(zerotouch_tests::agent_binary().unwrap()).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (
+        output.status.success(),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `zerotouch-agent provision` against `server` with the TPM `tpm`, and extra arguments.
+fn agent_provision(server: &Server, tpm: &Swtpm, id: &str, extra: &[&str]) -> (bool, Value, String) {
+    let trust = server.data_dir.join("trust-bundle.pem");
+    let tcti = tpm.tcti();
+    let mut args = vec![
+        "provision",
+        "--tpm",
+        &tcti,
+        "--url",
+        &server.device_url,
+        "--id-scope",
+        &server.id_scope,
+        "--registration-id",
+        id,
+        "--trust-bundle",
+        trust.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    agent(&args)
+}
+
+/// Nothing transient is left in the TPM (swtpm has no resource manager: the agent must flush what it loads).
+fn assert_nothing_transient_left(tpm: &Swtpm) {
+    for kind in ["handles-transient", "handles-loaded-session"] {
+        let listing = String::from_utf8(tpm.tool("tpm2_getcap", &[kind]).unwrap()).unwrap();
+        assert!(listing.trim().is_empty(), "{kind} left in the TPM: {listing}");
+    }
+}
+
+/// The agent on an empty TPM: `keys` creates and persists the EK and SRK and prints them; the admin enrolls the EK;
+/// `provision` with a CSR runs both legs with the key inside the TPM, and prints the assigned operation with the
+/// hub and an operational certificate for the registration id. The imported key stays at 0x81000100 and no
+/// transient object or session is left behind.
+#[tokio::test]
+async fn agent_provisions_a_tpm_device_with_a_certificate() {
+    let tpm = Swtpm::start().unwrap();
+    let (ok, keys, stderr) = agent(&["keys", "--tpm", &tpm.tcti()]);
+    assert!(ok, "agent keys: {stderr}");
+    assert!(tpm.has_persistent("0x81010001").unwrap() && tpm.has_persistent("0x81000001").unwrap());
+    // The same keys as tpm2-tools reads from the persistent handles.
+    assert_eq!(keys["endorsementKey"], tpm.public_base64("0x81010001").unwrap());
+    assert_eq!(keys["storageRootKey"], tpm.public_base64("0x81000001").unwrap());
+
+    let server = start(Backend::Sqlite, &[]).await;
+    link_hub(&server).await;
+    let enrollment = json!({"registrationId": "agent-dev-1", "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}}, "iotHubs": [HUB]});
+    admin(&server, Method::PUT, "/enrollments/agent-dev-1", enrollment).await;
+
+    let key = tpm.file("device.key");
+    let csr = tpm.file("device.csr");
+    let openssl = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=agent-dev-1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .args(["-outform", "DER", "-out"])
+        .arg(&csr)
+        .output()
+        .unwrap();
+    assert!(openssl.status.success(), "{}", String::from_utf8_lossy(&openssl.stderr));
+
+    let started = Instant::now();
+    let (ok, done, stderr) = agent_provision(&server, &tpm, "agent-dev-1", &["--csr", csr.to_str().unwrap()]);
+    assert!(ok, "agent provision: {stderr}\n{done}");
+    eprintln!("agent provision took {:?}", started.elapsed());
+    assert_eq!(done["status"], "assigned", "{done}");
+    let state = &done["registrationState"];
+    assert_eq!(state["assignedHub"], HUB, "{done}");
+    let chain = state["issuedCertificateChain"].as_array().expect("issuedCertificateChain");
+    assert!(chain.len() >= 2, "{done}");
+    let leaf = STANDARD.decode(chain[0].as_str().unwrap()).unwrap();
+    std::fs::write(tpm.file("leaf.der"), &leaf).unwrap();
+    let subject = std::process::Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-subject", "-in"])
+        .arg(tpm.file("leaf.der"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&subject.stdout).contains("agent-dev-1"), "{subject:?}");
+    assert!(tpm.has_persistent("0x81000100").unwrap(), "the hub key is kept at 0x81000100");
+    assert_nothing_transient_left(&tpm);
+
+    // Provisioning again (a new first leg, a new blob) works on the same TPM, replacing the kept key.
+    let (ok, done, stderr) = agent_provision(&server, &tpm, "agent-dev-1", &[]);
+    assert!(ok, "second provision: {stderr}\n{done}");
+    assert_nothing_transient_left(&tpm);
+}
+
+/// The agent on a TPM manufactured with an EK certificate registers through a TPM enrollment group, sending the
+/// certificate from NV; without a group that lists its CA it is refused and exits non-zero.
+#[tokio::test]
+async fn agent_provisions_through_a_tpm_group() {
+    let tpm = Swtpm::manufactured(None).unwrap();
+    let server = start(Backend::Postgres, &[]).await;
+    link_hub(&server).await;
+
+    let (ok, _, stderr) = agent_provision(&server, &tpm, "agent-group-1", &["--ek-certificate"]);
+    assert!(!ok, "no group lists the CA yet");
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let read = |name: &str| std::fs::read_to_string(tpm.file("ca").join(name)).unwrap();
+    let group = json!({
+        "enrollmentGroupId": "agent-factory",
+        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [read("issuercert.pem")]}},
+        "iotHubs": [HUB],
+    });
+    admin(&server, Method::PUT, "/enrollmentGroups/agent-factory", group).await;
+    let (ok, done, stderr) = agent_provision(&server, &tpm, "agent-group-1", &["--ek-certificate"]);
+    assert!(ok, "agent provision: {stderr}\n{done}");
+    assert_eq!(done["registrationState"]["assignedHub"], HUB, "{done}");
+    assert_nothing_transient_left(&tpm);
+}
