@@ -1,4 +1,5 @@
-//! TPM attestation (issue #7): the HMAC key of each device's pending TPM challenge (`azure-dps-wire.md` §3.1).
+//! TPM attestation (issue #7): the HMAC key of each device's pending TPM challenge (`azure-dps-wire.md` §3.1), and
+//! which TPM a registration id of a TPM enrollment group belongs to.
 //!
 //! The first leg of a TPM registration answers an activation blob carrying a fresh key; the second leg, which any
 //! replica may serve, signs its SAS token with that key. So the key lives here, one row per registration id (a new
@@ -31,6 +32,16 @@ enum TpmChallenges {
     CreatedAt,
 }
 
+/// A TPM group admits any TPM of its manufacturers under any registration id; the first TPM to register an id
+/// keeps it (`tpm_bindings`), so that another TPM of the group cannot take over that device's registration.
+#[derive(DeriveIden)]
+enum TpmBindings {
+    Table,
+    RegistrationKey,
+    EndorsementKey,
+    CreatedAt,
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -59,10 +70,21 @@ impl MigrationTrait for Migration {
                     .col(TpmChallenges::ExpiresAt)
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(TpmBindings::Table)
+                    .col(string(TpmBindings::RegistrationKey).primary_key())
+                    .col(text(TpmBindings::EndorsementKey))
+                    .col(timestamp_with_time_zone(TpmBindings::CreatedAt))
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table(TpmBindings::Table).to_owned()).await?;
         manager.drop_table(Table::drop().table(TpmChallenges::Table).to_owned()).await
     }
 }

@@ -290,6 +290,12 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
     let listed = admin(&server, Method::POST, "/registrations/tpm-factory/query", Value::Null).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
+    // A registration id of the group stays with the TPM that registered it: the sibling cannot take it over.
+    let reply =
+        register(&server, "factory-1", &with_cert("factory-1", &sibling_ek, &sibling_srk, &sibling_certificate), None)
+            .await;
+    assert_refused(&reply, 401, 401002);
+
     // A TPM from a CA the group does not list. Every swtpm local CA is named "swtpm-localca", so the path finds the
     // listed CA by name and its key refuses the signature (401014); a CA of another name answers 401012 (below).
     let reply =

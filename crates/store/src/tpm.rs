@@ -1,5 +1,6 @@
 //! Pending TPM challenges: the HMAC key each device's last TPM first leg delivered, so that any replica can verify
 //! its second leg (`azure-dps-wire.md` §3.1). One row per registration id; a new challenge replaces the old one.
+//! And the TPM each registration id of a TPM group is bound to (the first to register it).
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
@@ -106,6 +107,26 @@ impl Store {
     pub async fn tpm_challenge(&self, registration_key: &str) -> Result<TpmChallengeRecord, StoreError> {
         let model = Entity::find_by_id(registration_key.to_owned()).one(&self.db).await?;
         to_record(model.ok_or(StoreError::NotFound)?)
+    }
+
+    /// The EK (base64 `TPM2B_PUBLIC`) a registration id is bound to, if any.
+    pub async fn tpm_binding(&self, registration_key: &str) -> Result<Option<String>, StoreError> {
+        let model = crate::entity::tpm_binding::Entity::find_by_id(registration_key.to_owned()).one(&self.db).await?;
+        Ok(model.map(|m| m.endorsement_key))
+    }
+
+    /// Binds a registration id to an EK unless it is bound already; returns the EK it is bound to now (the given
+    /// one, or the earlier one: the caller compares).
+    pub async fn bind_tpm(&self, registration_key: &str, endorsement_key: &str) -> Result<String, StoreError> {
+        use crate::entity::tpm_binding;
+        let model = tpm_binding::ActiveModel {
+            registration_key: Set(registration_key.to_owned()),
+            endorsement_key: Set(endorsement_key.to_owned()),
+            created_at: Set(crate::now()),
+        };
+        // A conflict (the id is bound already) is not an error: the binding read next decides.
+        tpm_binding::Entity::insert(model).on_conflict_do_nothing().exec(&self.db).await?;
+        self.tpm_binding(registration_key).await?.ok_or(StoreError::NotFound)
     }
 
     /// Marks the challenge `id` of the device used by a register, if it is still pending, unused and unexpired;

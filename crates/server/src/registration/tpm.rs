@@ -10,6 +10,10 @@
 //!    register (then the polls that follow, until it expires); the `assigned` answer carries
 //!    `registrationState.tpm.authenticationKey`, a second blob with the device's hub key (§3.1 step 4).
 //!
+//! A TPM group admits any TPM whose EK certificate chains to its manufacturer CAs, under the registration id the
+//! device chooses; the first TPM to register an id keeps it (`tpm_bindings`), so that another TPM of the same
+//! manufacturer cannot take over a device's registration.
+//!
 //! The blob itself is built by the pure `zerotouch-tpm` crate; here are only the lookups and the bookkeeping.
 
 use base64::Engine;
@@ -121,7 +125,14 @@ impl RegistrationService {
                 (EnrollmentKind::Individual, enrollment)
             }
             Err(StoreError::NotFound) => {
-                (EnrollmentKind::Group, self.tpm_group(device, &ek, tpm.endorsement_key_certificate.as_deref()).await?)
+                let group = self.tpm_group(device, &ek, tpm.endorsement_key_certificate.as_deref()).await?;
+                if let Some(bound) = self.store.tpm_binding(&key).await.map_err(ApiError::internal)?
+                    && !Public::from_base64(&bound).is_ok_and(|bound| bound.same_key(&ek))
+                {
+                    let reason = "tpm: the registration id belongs to another TPM of the group";
+                    return Err(self.refuse(device, FIRST_LEG, reason).await);
+                }
+                (EnrollmentKind::Group, group)
             }
             Err(e) => return Err(ApiError::internal(e)),
         };
@@ -239,6 +250,15 @@ impl RegistrationService {
                 let reason = "tpm: this activation blob's key already served a register (or was just replaced); \
                               the device must start again without a token";
                 return Err(self.refuse(device, action, reason).await);
+            }
+            // A group admits any TPM of its manufacturers: the first to register an id keeps it.
+            if challenge.enrollment_kind == EnrollmentKind::Group {
+                let bound = self.store.bind_tpm(&key, &challenge.endorsement_key).await.map_err(ApiError::internal)?;
+                let challenged = Public::from_base64(&challenge.endorsement_key).ok();
+                if !Public::from_base64(&bound).is_ok_and(|bound| challenged.is_some_and(|ek| bound.same_key(&ek))) {
+                    let reason = "tpm: the registration id belongs to another TPM of the group";
+                    return Err(self.refuse(device, action, reason).await);
+                }
             }
             Some(hub_key_result(&challenge)?)
         } else {

@@ -7,6 +7,7 @@ pub(crate) mod hub;
 pub(crate) mod issuing_ca;
 pub(crate) mod operation;
 pub(crate) mod registration;
+pub(crate) mod tpm_binding;
 pub(crate) mod tpm_challenge;
 
 /// Defines the entity of an enrollment table; both enrollment tables have this shape.
