@@ -12,7 +12,7 @@ use tss_esapi::Context;
 use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
 use tss_esapi::abstraction::ek;
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
+use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{AsymmetricAlgorithm, HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
@@ -20,8 +20,8 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Data, Digest, EncryptedSecret, IdObject, MaxBuffer, Nonce, Private, Public, PublicBuilder, PublicKeyRsa,
-    PublicRsaParametersBuilder, RsaExponent, SymmetricDefinition, SymmetricDefinitionObject,
+    CapabilityData, Data, Digest, EncryptedSecret, IdObject, MaxBuffer, Nonce, Private, Public, PublicBuilder,
+    PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -96,10 +96,17 @@ impl Tpm {
         Ok(Self { context })
     }
 
-    /// The object at a persistent handle, if there is one.
+    /// The object at a persistent handle, if there is one (asked with GetCapability first: probing a missing handle
+    /// with ReadPublic makes tpm2-tss log errors).
     fn persistent_object(&mut self, handle: u32) -> anyhow::Result<Option<ObjectHandle>> {
+        let (data, _) =
+            self.context.execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, handle, 1))?;
+        let present = matches!(&data, CapabilityData::Handles(list) if list.iter().any(|h| u32::from(*h) == handle));
+        if !present {
+            return Ok(None);
+        }
         let handle = TpmHandle::Persistent(persistent(handle)?);
-        Ok(self.context.execute_without_session(|ctx| ctx.tr_from_tpm_public(handle)).ok())
+        Ok(Some(self.context.execute_without_session(|ctx| ctx.tr_from_tpm_public(handle))?))
     }
 
     /// Persists a transient object at `handle` and flushes the transient copy.
