@@ -157,6 +157,13 @@ async fn tpm_tools_device_registers_by_its_endorsement_key(backend: Backend) {
 
     let registration = admin(&server, Method::GET, "/registrations/Tpm-Dev-1", Value::Null).await;
     assert_eq!(registration["status"], "assigned", "{registration}");
+    // The status lookup with the same token: the device's registration, without a symmetricKey section.
+    let url = server.device(&format!("/{}/registrations/Tpm-Dev-1?{API}", server.id_scope));
+    let response = server.client.post(url).header("Authorization", &auth).json(&body).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let lookup: Value = response.json().await.unwrap();
+    assert_eq!((lookup["status"].as_str(), lookup["assignedHub"].as_str()), (Some("assigned"), Some(HUB)), "{lookup}");
+    assert!(lookup.get("symmetricKey").is_none(), "{lookup}");
     assert!(!server.logs().contains(&auth), "the TPM's SAS token reached the logs");
 }
 

@@ -1003,7 +1003,8 @@ impl RegistrationService {
             Err(e) => return Err(ApiError::internal(e)),
         };
         let group = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
-        Ok(result_of(&record, group.as_deref(), matched.x509))
+        let result = result_of(&record, group.as_deref(), matched.x509);
+        Ok(tpm::without_symmetric_key(result, &matched.enrollment))
     }
 
     /// Removes operations older than the TTL, every minute, for as long as the process runs.

@@ -310,3 +310,15 @@ pub(super) fn with_tpm(
         _ => result,
     }
 }
+
+/// A TPM device's status lookup: no `symmetricKey` (it has none), and no new blob either.
+pub(super) fn without_symmetric_key(
+    result: zerotouch_wire::device::DeviceRegistrationResult,
+    enrollment: &EnrollmentRecord,
+) -> zerotouch_wire::device::DeviceRegistrationResult {
+    if enrollment.attestation_type == "tpm" {
+        zerotouch_wire::device::DeviceRegistrationResult { symmetric_key: None, ..result }
+    } else {
+        result
+    }
+}
