@@ -217,8 +217,18 @@ async fn tpm_refusals() {
     let forged = token(&server, "tpm-refused", |_| vec![7; 32]);
     assert_refused(&register(&server, "tpm-refused", &body, Some(&forged)).await, 401, 401002);
     let old = second_leg_token(&server, &tpm, "tpm-refused", &body).await;
-    let current = second_leg_token(&server, &tpm, "tpm-refused", &body).await;
+    // A newer first leg replaces the blob of the old token.
+    second_leg_token(&server, &tpm, "tpm-refused", &body).await;
     assert_refused(&register(&server, "tpm-refused", &body, Some(&old)).await, 401, 401002);
+
+    // A token of a blob made before the enrollment was given another EK is refused.
+    let before_change = second_leg_token(&server, &tpm, "tpm-refused", &body).await;
+    let changed = json!({"registrationId": "tpm-refused", "attestation": {"type": "tpm", "tpm": {"endorsementKey": other_ek}}, "iotHubs": [HUB]});
+    admin(&server, Method::PUT, "/enrollments/tpm-refused", changed).await;
+    assert_refused(&register(&server, "tpm-refused", &body, Some(&before_change)).await, 401, 401002);
+    let restored = json!({"registrationId": "tpm-refused", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek, "storageRootKey": srk}}, "iotHubs": [HUB]});
+    admin(&server, Method::PUT, "/enrollments/tpm-refused", restored).await;
+    let current = second_leg_token(&server, &tpm, "tpm-refused", &body).await;
 
     // The current token registers once; replayed, it is refused.
     let reply = register(&server, "tpm-refused", &body, Some(&current)).await;
@@ -228,6 +238,7 @@ async fn tpm_refusals() {
     let audit = admin(&server, Method::GET, "/audit", Value::Null).await.to_string();
     assert!(audit.contains("already served a register"), "the replay is audited: {audit}");
     assert!(audit.contains("the endorsement key is not the enrolled one"), "{audit}");
+    assert!(audit.contains("names another endorsement key since the first leg"), "{audit}");
 }
 
 /// A second leg after the key of its blob expired (`--tpm-challenge-ttl`) is refused, although the TPM signed it

@@ -245,6 +245,14 @@ impl RegistrationService {
             }
             Err(e) => return Err(ApiError::internal(e)),
         };
+        // An individual enrollment may have been given another EK since the first leg.
+        if challenge.enrollment_kind == EnrollmentKind::Individual {
+            let challenged = Public::from_base64(&challenge.endorsement_key).ok();
+            if !enrolled_key(&enrollment, false).is_some_and(|ek| challenged.is_some_and(|c| ek.same_key(&c))) {
+                let reason = "tpm: the enrollment names another endorsement key since the first leg";
+                return Err(self.refuse(device, action, reason).await);
+            }
+        }
         let tpm = if action == "register" {
             if !self.store.use_tpm_challenge(&key, &challenge.id).await.map_err(ApiError::internal)? {
                 let reason = "tpm: this activation blob's key already served a register (or was just replaced); \
