@@ -481,3 +481,28 @@ async fn agent_provisions_through_a_tpm_group() {
     assert_eq!(done["registrationState"]["assignedHub"], HUB, "{done}");
     assert_nothing_transient_left(&tpm);
 }
+
+/// Two replicas on one PostgreSQL database: the first leg on one, the second leg and the poll on the other. The
+/// challenge lives in the database, not in a replica's memory.
+#[tokio::test]
+async fn tpm_second_leg_on_another_replica() {
+    let tpm = Swtpm::start().unwrap();
+    let (ek, srk) = tpm.provision_keys().unwrap();
+    let first = start(Backend::Postgres, &[]).await;
+    let options = Options {
+        database_url: Some(first.database_url.clone()),
+        args: vec!["--id-scope".into(), first.id_scope.clone(), "--device-rate-limit".into(), "100/10s".into()],
+        ..Default::default()
+    };
+    let second = Server::start_with(Backend::Postgres, options).await.unwrap();
+    link_hub(&first).await;
+    let enrollment = json!({"registrationId": "tpm-replicas", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}}, "iotHubs": [HUB]});
+    admin(&first, Method::PUT, "/enrollments/tpm-replicas", enrollment).await;
+
+    let body = tpm_body("tpm-replicas", &ek, &srk);
+    let auth = second_leg_token(&first, &tpm, "tpm-replicas", &body).await;
+    let reply = register(&second, "tpm-replicas", &body, Some(&auth)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let done = poll(&first, "tpm-replicas", reply.body["operationId"].as_str().unwrap(), &auth).await;
+    assert_eq!(done["status"], "assigned", "{done}");
+}
