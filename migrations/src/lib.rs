@@ -12,6 +12,7 @@ mod m20261128_000001_create_core_tables;
 mod m20261129_000001_add_registration_details;
 mod m20261130_000001_create_pki_tables;
 mod m20261201_000001_create_hub_jobs;
+mod m20261202_000001_create_tpm_challenges;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_add_registration_details::Migration),
             Box::new(m20261130_000001_create_pki_tables::Migration),
             Box::new(m20261201_000001_create_hub_jobs::Migration),
+            Box::new(m20261202_000001_create_tpm_challenges::Migration),
         ]
     }
 }

@@ -18,6 +18,7 @@ pub use zerotouch_store::Backend;
 use zerotouch_store::test_support::TestDatabase;
 
 pub mod openssl;
+pub mod swtpm;
 
 /// Both database backends, for tests that run on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
@@ -29,17 +30,26 @@ pub fn init() {
 
 /// The `zerotouch` binary of this build (`ZEROTOUCH_BIN`, else beside the running executable or its parent dir).
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("ZEROTOUCH_BIN") {
+    built_binary("zerotouch", "ZEROTOUCH_BIN")
+}
+
+/// The `zerotouch-agent` binary of this build (`ZEROTOUCH_AGENT_BIN`, else as [`binary`]).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    built_binary("zerotouch-agent", "ZEROTOUCH_AGENT_BIN")
+}
+
+fn built_binary(name: &str, variable: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var(variable) {
         return Ok(PathBuf::from(path));
     }
     // Test executables live in target/<profile>/deps, other tools in target/<profile>.
     let exe = std::env::current_exe()?;
-    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("zerotouch")).collect();
+    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join(name)).collect();
     candidates
         .iter()
         .find(|bin| bin.is_file())
         .cloned()
-        .with_context(|| format!("no zerotouch binary at {candidates:?}; build it with `cargo build --bin zerotouch`"))
+        .with_context(|| format!("no {name} binary at {candidates:?}; build it with `cargo build --bin {name}`"))
 }
 
 /// How to start a server.

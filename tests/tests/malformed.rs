@@ -903,11 +903,9 @@ fn enrollment_faults(kind: Kind, id: &str) -> Vec<Fault> {
     attestation(json!({"type": "symmetricKey", "tpm": {}}), "attestation.tpm");
     attestation(json!({"type": "symmetricKey", "x509": {}}), "attestation.x509");
     attestation(json!({"type": "symmetricKey", "bogus": 1}), "bogus");
-    attestation(json!({"type": "tpm"}), if group { "attestation.type" } else { "attestation.tpm" });
-    attestation(
-        json!({"type": "tpm", "tpm": {"endorsementKey": "!!"}}),
-        if group { "attestation.type" } else { "attestation.tpm.endorsementKey" },
-    );
+    attestation(json!({"type": "tpm"}), "attestation.tpm");
+    attestation(json!({"type": "tpm", "tpm": {"endorsementKey": "!!"}}), "attestation.tpm.endorsementKey");
+    attestation(json!({"type": "tpm", "tpm": {"endorsementKey": "AQID"}}), "attestation.tpm.endorsementKey");
     attestation(json!({"type": "tpm", "tpm": {"endorsementKey": 5}}), "attestation.tpm.endorsementKey");
     attestation(json!({"type": "x509"}), "attestation.x509");
     attestation(

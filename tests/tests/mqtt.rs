@@ -291,7 +291,7 @@ async fn refused_credentials_are_refused_at_connack_and_audited() {
 }
 
 /// A CSR in the register payload issues a certificate (leaf first, then the issuing CA and the root); a `tpm`
-/// body is refused with 400211, since MQTT offers no TPM attestation.
+/// body is refused with 400212, since MQTT offers no TPM attestation.
 #[tokio::test]
 async fn csr_issues_a_certificate_and_tpm_is_refused() {
     let server = Server::start(Backend::Sqlite).await.unwrap();
@@ -314,7 +314,7 @@ async fn csr_issues_a_certificate_and_tpm_is_refused() {
     let tpm = json!({"registrationId": id, "tpm": {"endorsementKey": "AAAA", "storageRootKey": "AAAA"}});
     let response =
         device.request(&format!("{REGISTER_TOPIC}?$rid=t"), QoS::AtLeastOnce, serde_json::to_vec(&tpm).unwrap()).await;
-    assert_eq!((response.status, response.body["errorCode"].as_u64()), (400, Some(400211)), "{response:?}");
+    assert_eq!((response.status, response.body["errorCode"].as_u64()), (400, Some(400212)), "{response:?}");
     assert!(response.body["message"].as_str().unwrap().contains("HTTPS"), "{response:?}");
 }
 

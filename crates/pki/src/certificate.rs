@@ -92,6 +92,28 @@ pub fn subject_cn(der: &[u8]) -> Result<String, CertificateError> {
     Ok(cn)
 }
 
+/// An RSA public key: modulus and exponent, big-endian, without leading zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsaPublicKey {
+    /// The modulus.
+    pub modulus: Vec<u8>,
+    /// The public exponent.
+    pub exponent: Vec<u8>,
+}
+
+/// The RSA public key of a DER certificate; `None` for other key types. A TPM's EK certificate carries the EK
+/// this way (TCG EK Credential Profile).
+pub fn rsa_public_key(der: &[u8]) -> Result<Option<RsaPublicKey>, CertificateError> {
+    let cert = parse(der).map_err(CertificateError::Malformed)?;
+    let strip = |bytes: &[u8]| bytes[bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len())..].to_vec();
+    Ok(match cert.public_key().parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+            Some(RsaPublicKey { modulus: strip(rsa.modulus), exponent: strip(rsa.exponent) })
+        }
+        _ => None,
+    })
+}
+
 /// SHA-256 of the bytes (of a DER certificate: its SHA-256 thumbprint).
 pub fn sha256(der: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(der).into()

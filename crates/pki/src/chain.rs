@@ -113,6 +113,12 @@ pub enum ChainError {
         /// Which certificate.
         certificate: String,
     },
+    /// The EK certificate restricts its use and the TCG EK certificate purpose (2.23.133.8.1) is not among them.
+    #[error("{certificate} is not an EK certificate (its extendedKeyUsage lacks tcg-kp-EKCertificate)")]
+    NotForEndorsement {
+        /// Which certificate.
+        certificate: String,
+    },
     /// A critical extension this verifier does not process (e.g. name constraints).
     #[error("{certificate} has a critical {extension} extension, which is not supported")]
     UnsupportedCriticalExtension {
@@ -286,6 +292,31 @@ pub fn check_ca_certificate(der: &[u8], now: OffsetDateTime) -> Result<Certifica
     Ok(details_of(&cert, der))
 }
 
+/// What the first certificate of a chain must be for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A device certificate: TLS client authentication.
+    ClientAuth,
+    /// A TPM endorsement key certificate (TCG EK Credential Profile §3.2.16: EKU tcg-kp-EKCertificate).
+    Endorsement,
+}
+
+/// The OID of tcg-kp-EKCertificate.
+const TCG_KP_EK_CERTIFICATE: &[u64] = &[2, 23, 133, 8, 1];
+
+/// Verifies a TPM's endorsement key certificate against one TPM manufacturer CA, as [`verify_chain`] does for
+/// device certificates, except that the certificate must be for endorsement, not client authentication (when it
+/// restricts its extended key usage at all). `ek_certificate` is the EK certificate; `intermediates` the other
+/// certificates that may complete the path (e.g. the manufacturer's intermediate CAs).
+pub fn verify_endorsement_chain(
+    ek_certificate: &[u8],
+    intermediates: &[Vec<u8>],
+    anchor: &[u8],
+    now: OffsetDateTime,
+) -> Result<VerifiedChain, ChainError> {
+    verify_path(ek_certificate, intermediates, anchor, now, Purpose::Endorsement)
+}
+
 /// Verifies a device's chain against one trust anchor.
 ///
 /// `leaf` is the device certificate, `presented_intermediates` what else the device sent (any order; extra
@@ -297,6 +328,16 @@ pub fn verify_chain(
     presented_intermediates: &[Vec<u8>],
     anchor: &[u8],
     now: OffsetDateTime,
+) -> Result<VerifiedChain, ChainError> {
+    verify_path(leaf, presented_intermediates, anchor, now, Purpose::ClientAuth)
+}
+
+fn verify_path(
+    leaf: &[u8],
+    presented_intermediates: &[Vec<u8>],
+    anchor: &[u8],
+    now: OffsetDateTime,
+    purpose: Purpose,
 ) -> Result<VerifiedChain, ChainError> {
     let leaf_cert = parse_as(leaf, "the device certificate".to_owned())?;
     let anchor_cert = parse_as(anchor, "the trusted CA certificate".to_owned())?;
@@ -311,10 +352,23 @@ pub fn verify_chain(
     if leaf_cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca) {
         return Err(ChainError::LeafIsCa { certificate: leaf_name });
     }
-    if let Some(eku) = leaf_cert.extended_key_usage().ok().flatten()
-        && !(eku.value.client_auth || eku.value.any)
-    {
-        return Err(ChainError::NotForClientAuth { certificate: leaf_name });
+    if let Some(eku) = leaf_cert.extended_key_usage().ok().flatten() {
+        match purpose {
+            Purpose::ClientAuth if !(eku.value.client_auth || eku.value.any) => {
+                return Err(ChainError::NotForClientAuth { certificate: leaf_name });
+            }
+            Purpose::Endorsement
+                if !(eku.value.any
+                    || eku
+                        .value
+                        .other
+                        .iter()
+                        .any(|oid| oid.iter().is_some_and(|arcs| arcs.eq(TCG_KP_EK_CERTIFICATE.iter().copied())))) =>
+            {
+                return Err(ChainError::NotForEndorsement { certificate: leaf_name });
+            }
+            _ => {}
+        }
     }
     check_validity(&leaf_cert, &leaf_name, now)?;
 
@@ -421,6 +475,31 @@ mod tests {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, "device");
         params.signed_by(&KeyPair::generate().unwrap(), issuer).unwrap().der().to_vec()
+    }
+
+    /// EK certificates are judged for endorsement: tcg-kp-EKCertificate (2.23.133.8.1) passes, and such a
+    /// certificate cannot pass as a device (client authentication) certificate; a clientAuth certificate cannot
+    /// pass as an EK certificate. No extended key usage means unrestricted, for both.
+    #[test]
+    fn endorsement_and_client_auth_purposes_are_kept_apart() {
+        use rcgen::ExtendedKeyUsagePurpose;
+        let now = at(1_750_000_000);
+        let (ders, issuer) = ladder(1, |_| {});
+        let with_eku = |purpose: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::default();
+            params.extended_key_usages = vec![purpose];
+            params.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap().der().to_vec()
+        };
+        let ek = with_eku(ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 1]));
+        let presented = vec![ders[1].clone()];
+        assert!(verify_endorsement_chain(&ek, &presented, &ders[0], now).is_ok());
+        assert!(matches!(verify_chain(&ek, &presented, &ders[0], now), Err(ChainError::NotForClientAuth { .. })));
+        let client = with_eku(ExtendedKeyUsagePurpose::ClientAuth);
+        assert!(matches!(
+            verify_endorsement_chain(&client, &presented, &ders[0], now),
+            Err(ChainError::NotForEndorsement { .. })
+        ));
+        assert!(verify_endorsement_chain(&leaf(&issuer), &presented, &ders[0], now).is_ok());
     }
 
     #[test]

@@ -21,9 +21,12 @@ pub mod serial;
 
 pub use ca::{CaError, IssuingCa, RootCa, ca_csr, development_hierarchy, issuing_ca_under};
 pub use certificate::{
-    CertificateDetails, CertificateError, details, sha256, subject_cn, thumbprint_sha1_hex, thumbprint_sha256_hex,
+    CertificateDetails, CertificateError, RsaPublicKey, details, rsa_public_key, sha256, subject_cn,
+    thumbprint_sha1_hex, thumbprint_sha256_hex,
 };
-pub use chain::{ChainError, VerifiedChain, check_ca_certificate, check_certificate_validity, verify_chain};
+pub use chain::{
+    ChainError, VerifiedChain, check_ca_certificate, check_certificate_validity, verify_chain, verify_endorsement_chain,
+};
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
 pub use est::{Pkcs7Error, certs_only_pkcs7};

@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// How long a registration operation can be polled before it expires [default: 24h].
     #[arg(long, env = "ZEROTOUCH_OPERATION_TTL", value_parser = humantime::parse_duration)]
     pub operation_ttl: Option<Duration>,
+    /// How long the key of a TPM activation blob authenticates its device's second leg [default: 10m].
+    #[arg(long, env = "ZEROTOUCH_TPM_CHALLENGE_TTL", value_parser = humantime::parse_duration)]
+    pub tpm_challenge_ttl: Option<Duration>,
     /// Requests one device may make per window, as N/DURATION [default: 5/10s, as Azure].
     #[arg(long, env = "ZEROTOUCH_DEVICE_RATE_LIMIT", value_parser = parse_rate)]
     pub device_rate_limit: Option<(u32, Duration)>,
@@ -193,6 +196,8 @@ struct FileSettings {
     sas_clock_skew: Option<Duration>,
     #[serde(alias = "operation-ttl", default, with = "humantime_serde_opt")]
     operation_ttl: Option<Duration>,
+    #[serde(alias = "tpm-challenge-ttl", default, with = "humantime_serde_opt")]
+    tpm_challenge_ttl: Option<Duration>,
     #[serde(alias = "device-rate-limit")]
     device_rate_limit: Option<String>,
     #[serde(alias = "device-max-in-flight")]
@@ -294,6 +299,8 @@ pub struct Config {
     pub sas_clock_skew: Duration,
     /// How long operations can be polled.
     pub operation_ttl: Duration,
+    /// How long a TPM challenge's key is valid.
+    pub tpm_challenge_ttl: Duration,
     /// Requests per window per device.
     pub device_rate_limit: (u32, Duration),
     /// Registrations in flight at once.
@@ -463,6 +470,7 @@ impl Config {
             auth,
             sas_clock_skew: args.sas_clock_skew.or(file.sas_clock_skew).unwrap_or(Duration::from_secs(300)),
             operation_ttl: args.operation_ttl.or(file.operation_ttl).unwrap_or(Duration::from_secs(24 * 3600)),
+            tpm_challenge_ttl: args.tpm_challenge_ttl.or(file.tpm_challenge_ttl).unwrap_or(Duration::from_secs(600)),
             device_rate_limit: match (args.device_rate_limit, &file.device_rate_limit) {
                 (Some(rate), _) => rate,
                 (None, Some(text)) => parse_rate(text).map_err(|e| anyhow::anyhow!("device_rate_limit: {e}"))?,

@@ -93,6 +93,15 @@ pub enum ApiError {
     /// Device API over MQTT: a register asked for TPM attestation, which MQTT does not offer.
     #[error("TPM attestation over MQTT")]
     TpmOverMqtt,
+    /// Device API, TPM first leg (`azure-dps-wire.md` §3.1): 401 with the activation blob, not an error body.
+    #[error("TPM challenge")]
+    TpmChallenge {
+        /// Base64 of the activation blob.
+        authentication_key: String,
+    },
+    /// Device API, TPM: the endorsement or storage root key in the body cannot be used; why.
+    #[error("{0}")]
+    TpmKey(String),
     /// Too many requests; retry after this many seconds.
     #[error("throttled")]
     Throttled {
@@ -161,6 +170,10 @@ impl ApiError {
             Self::NotReady(m) => (ErrorCode::NotReady, format!("not ready: {m}")),
             Self::Internal(_) => (ErrorCode::Internal, "internal error; quote the trackingId to the operator".into()),
             Self::DeviceUnauthorized => (ErrorCode::DeviceUnauthorized, "Unauthorized".into()),
+            Self::TpmChallenge { .. } => {
+                (ErrorCode::DeviceUnauthorized, crate::registration::tpm::CHALLENGE_MESSAGE.into())
+            }
+            Self::TpmKey(m) => (ErrorCode::TpmKeyRefused, m.clone()),
             Self::RegistrationNotFound(what) => (ErrorCode::RegistrationNotFound, format!("{what} does not exist")),
             Self::TpmOverMqtt => (
                 ErrorCode::TpmNotSupportedOverMqtt,
@@ -234,6 +247,13 @@ impl ResponseError for ApiError {
             return response;
         }
         match self {
+            Self::TpmChallenge { authentication_key } => {
+                HttpResponse::Unauthorized().json(zerotouch_wire::device::TpmChallenge {
+                    message,
+                    authentication_key: authentication_key.clone(),
+                    key_name: "registration".into(),
+                })
+            }
             Self::Internal(cause) => error_response(code, message, Some(cause)),
             Self::Unauthenticated(why) => {
                 tracing::info!("admin request refused: {why}");

@@ -142,7 +142,13 @@ impl Hubs {
     async fn device_key(&self, registration_key: &str) -> Result<SymmetricKey, Undeliverable> {
         let retry = |e: StoreError| Undeliverable::Retry(format!("reading the device's enrollment: {e}"));
         let registration = self.store.registration(registration_key).await.map_err(retry)?;
-        let gone = || Undeliverable::Refused("the device's enrollment has no symmetric key".into());
+        let gone = || {
+            Undeliverable::Refused(
+                "the device has no credential the hub can take: no certificate, and its enrollment has no symmetric \
+                 key (a TPM device needs a CSR to get an operational certificate for its hub)"
+                    .into(),
+            )
+        };
         match &registration.enrollment_group_key {
             Some(group) => {
                 let group = self.store.enrollment(EnrollmentKind::Group, group).await.map_err(retry)?;

@@ -265,6 +265,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             id_scope: data.id_scope.clone(),
             sas_clock_skew: config.sas_clock_skew,
             operation_ttl: config.operation_ttl,
+            tpm_challenge_ttl: config.tpm_challenge_ttl,
         },
         DeviceLimits::new(count, window, config.device_max_in_flight),
     )?);

@@ -20,6 +20,7 @@ mod issuing_ca;
 mod registration;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod tpm;
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub use hub::{HubInput, HubRecord};
 pub use hub_job::{CredentialRef, HubAction, HubBacklog, HubJobOutcome, HubJobRecord, NO_ADAPTER, NewHubJob};
 pub use issuing_ca::{CrlState, EncryptedKeyPem, IssuingCaRecord, IssuingCaStatus, NewIssuingCa};
 pub use registration::{Committed, OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
+pub use tpm::TpmChallengeRecord;
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -57,7 +57,8 @@ pub struct AttestationMechanism {
     pub symmetric_key: Option<SymmetricKeyAttestation>,
 }
 
-/// TPM attestation: base64 of the marshaled `TPM2B_PUBLIC` of the EK (and SRK).
+/// TPM attestation: base64 of the marshaled `TPM2B_PUBLIC` of the EK (and SRK) of an individual enrollment; or,
+/// for an enrollment group (our extension), the TPM manufacturer CAs its devices' EK certificates chain to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TpmAttestation {
@@ -67,6 +68,10 @@ pub struct TpmAttestation {
     /// The storage root key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_root_key: Option<String>,
+    /// Enrollment groups only (our extension): the TPM manufacturer CA certificates (PEM or base64 DER, roots or
+    /// intermediates) that a device's EK certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer_certificates: Option<Vec<String>>,
 }
 
 /// X.509 attestation: device certificates (individual) or signing certificates / CA references (groups).
@@ -609,18 +614,11 @@ fn check_attestation(kind: EnrollmentKind, attestation: &mut AttestationMechanis
         AttestationType::Tpm => {
             only(attestation.x509.is_some(), "x509")?;
             only(attestation.symmetric_key.is_some(), "symmetricKey")?;
-            if kind == EnrollmentKind::Group {
-                return Err(FieldError::new(
-                    "attestation.type",
-                    "TPM enrollment groups are not supported yet; enroll TPM devices individually",
-                ));
-            }
             let tpm = attestation
                 .tpm
                 .as_ref()
                 .ok_or_else(|| FieldError::new("attestation.tpm", "required when attestation.type is \"tpm\""))?;
-            check_base64(tpm.endorsement_key.as_deref(), "attestation.tpm.endorsementKey", true)?;
-            check_base64(tpm.storage_root_key.as_deref(), "attestation.tpm.storageRootKey", false)?;
+            check_tpm(kind, tpm)?;
             Ok((None, None, (false, false)))
         }
         AttestationType::X509 => {
@@ -646,6 +644,52 @@ fn check_base64(value: Option<&str>, field: &str, required: bool) -> Result<(), 
             Ok(_) => Err(FieldError::new(field, "must not be empty")),
             Err(_) => Err(FieldError::new(field, "is not valid base64")),
         },
+    }
+}
+
+/// An individual TPM enrollment names its EK (and may name its SRK), each a `TPM2B_PUBLIC` the activation can use;
+/// a TPM group names manufacturer CAs instead (its devices present EK certificates).
+fn check_tpm(kind: EnrollmentKind, tpm: &TpmAttestation) -> Result<(), FieldError> {
+    let key = |text: Option<&str>, field: &str, role: &str, required: bool| -> Result<(), FieldError> {
+        check_base64(text, field, required)?;
+        let Some(text) = text else { return Ok(()) };
+        let public = zerotouch_tpm::Public::from_base64(text).map_err(|e| FieldError::new(field, e.to_string()))?;
+        public.check_activation_key(role).map_err(|e| FieldError::new(field, e.to_string()))
+    };
+    match kind {
+        EnrollmentKind::Individual => {
+            if tpm.manufacturer_certificates.is_some() {
+                return Err(FieldError::new(
+                    "attestation.tpm.manufacturerCertificates",
+                    "only enrollment groups take manufacturer CAs; an individual enrollment names its endorsementKey",
+                ));
+            }
+            key(tpm.endorsement_key.as_deref(), "attestation.tpm.endorsementKey", "endorsement key", true)?;
+            key(tpm.storage_root_key.as_deref(), "attestation.tpm.storageRootKey", "storage root key", false)
+        }
+        EnrollmentKind::Group => {
+            for (field, present) in
+                [("endorsementKey", tpm.endorsement_key.is_some()), ("storageRootKey", tpm.storage_root_key.is_some())]
+            {
+                if present {
+                    return Err(FieldError::new(
+                        format!("attestation.tpm.{field}"),
+                        "an enrollment group takes manufacturerCertificates; its devices send their own keys",
+                    ));
+                }
+            }
+            let field = "attestation.tpm.manufacturerCertificates";
+            let certificates = tpm.manufacturer_certificates.as_deref().unwrap_or_default();
+            if certificates.is_empty() {
+                return Err(FieldError::new(field, "required: at least one TPM manufacturer CA certificate"));
+            }
+            for (i, text) in certificates.iter().enumerate() {
+                if !is_certificate_text(text) {
+                    return Err(FieldError::new(format!("{field}[{i}]"), "is not a PEM or base64 DER certificate"));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -698,10 +742,21 @@ fn check_x509(kind: EnrollmentKind, x509: &mut X509Attestation) -> Result<(), Fi
 
 /// Checks that the text is a PEM certificate or base64 DER; `info` is read-only and dropped.
 fn check_certificate_text(cert: &mut X509CertificateWithInfo, field: &str) -> Result<(), FieldError> {
-    use base64::Engine;
     cert.info = None;
     let text =
-        cert.certificate.as_deref().ok_or_else(|| FieldError::new(format!("{field}.certificate"), "required"))?.trim();
+        cert.certificate.as_deref().ok_or_else(|| FieldError::new(format!("{field}.certificate"), "required"))?;
+    if is_certificate_text(text) {
+        Ok(())
+    } else {
+        Err(FieldError::new(format!("{field}.certificate"), "is not a PEM or base64 DER certificate"))
+    }
+}
+
+/// Whether `text` is a PEM certificate or the base64 of a DER one (its outer SEQUENCE; the service parses it in
+/// full where it is used).
+fn is_certificate_text(text: &str) -> bool {
+    use base64::Engine;
+    let text = text.trim();
     let body: String = match text.strip_prefix("-----BEGIN CERTIFICATE-----") {
         Some(rest) => rest
             .split("-----END CERTIFICATE-----")
@@ -712,11 +767,8 @@ fn check_certificate_text(cert: &mut X509CertificateWithInfo, field: &str) -> Re
             .collect(),
         None => text.to_owned(),
     };
-    match base64::engine::general_purpose::STANDARD.decode(body) {
-        // A DER certificate is a SEQUENCE.
-        Ok(der) if der.first() == Some(&0x30) => Ok(()),
-        _ => Err(FieldError::new(format!("{field}.certificate"), "is not a PEM or base64 DER certificate")),
-    }
+    // A DER certificate is a SEQUENCE.
+    base64::engine::general_purpose::STANDARD.decode(body).is_ok_and(|der| der.first() == Some(&0x30))
 }
 
 /// Checks allocation settings and returns the canonical names of the hubs the document names.
@@ -874,12 +926,27 @@ mod tests {
         assert_eq!(err.field, "registrationId");
     }
 
+    /// The EK of the swtpm in `tpm-activation-vector.md` (base64 TPM2B_PUBLIC).
+    const EK: &str = "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEAvQUIS0ZIopBRgZp/xQbv3g1IEjMcvcJKcl6A02DRuO9N2xTwADMmdHSBtiZYuf+gFX+j51goWbgy866DAC5JTMAITowMbFUdPByW5+eZse+40pAnurf/ORl9R2g9u3WzfvNCFMWX55Sr2of4A+QInfgB7ccbF+bXskBclQmacvH14KVqNaxzet4VM5DHVdncqbapSsSzbZvDCGeQHIaGQZB/QphQkeBoHiNUyGDwwKSO+qAqZXtcgWUTa4RZc4K0hU798OAw71jAbngEN02GY+8pr6Y6WHpWzgMXUHFJz3JI6x1Ly31Y8ZIbZByafa0YiV0voScY1JztVH64MA01fw==";
+
     #[test]
     fn attestation_must_match_its_type() {
         let doc = individual(json!({"attestation": {"type": "tpm"}}));
         assert_eq!(normalize(EnrollmentKind::Individual, doc, None).unwrap_err().field, "attestation.tpm");
         let doc = individual(json!({"attestation": {"type": "tpm", "tpm": {"endorsementKey": "AQID"}}}));
+        let err = normalize(EnrollmentKind::Individual, doc, None).unwrap_err();
+        assert_eq!(err.field, "attestation.tpm.endorsementKey");
+        assert!(err.to_string().contains("TPM2B_PUBLIC"), "{err}");
+        let doc = individual(json!({"attestation": {"type": "tpm", "tpm": {"endorsementKey": EK}}}));
         assert!(normalize(EnrollmentKind::Individual, doc, None).is_ok());
+        let doc = json!({"enrollmentGroupId": "g", "attestation": {"type": "tpm", "tpm": {"endorsementKey": EK}}});
+        let err = normalize(EnrollmentKind::Group, doc, None).unwrap_err();
+        assert_eq!(err.field, "attestation.tpm.endorsementKey");
+        let doc = json!({"enrollmentGroupId": "g", "attestation": {"type": "tpm", "tpm": {}}});
+        let err = normalize(EnrollmentKind::Group, doc, None).unwrap_err();
+        assert_eq!(err.field, "attestation.tpm.manufacturerCertificates");
+        let doc = json!({"enrollmentGroupId": "g", "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": ["MAE="]}}});
+        assert!(normalize(EnrollmentKind::Group, doc, None).is_ok());
         let doc = individual(json!({"attestation": {"type": "symmetricKey", "x509": {}}}));
         assert_eq!(normalize(EnrollmentKind::Individual, doc, None).unwrap_err().field, "attestation.x509");
         let doc = individual(json!({"attestation": {"type": "none"}}));

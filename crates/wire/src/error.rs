@@ -75,11 +75,16 @@ pub enum ErrorCode {
     CertificateNotRenewable,
     /// Device API: TPM attestation was asked for over MQTT, which offers none (as with Azure DPS).
     TpmNotSupportedOverMqtt,
+    /// Device API, TPM: the register body's endorsement or storage root key is missing, malformed, not a key the
+    /// activation can use, or (the SRK) not the one enrolled.
+    TpmKeyRefused,
+    /// Device API, TPM groups: the EK certificate is not DER, or its public key is not the endorsement key sent.
+    EndorsementKeyCertificateMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -112,6 +117,8 @@ impl ErrorCode {
         Self::CertificateRevoked,
         Self::CertificateNotRenewable,
         Self::TpmNotSupportedOverMqtt,
+        Self::TpmKeyRefused,
+        Self::EndorsementKeyCertificateMismatch,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -148,7 +155,9 @@ impl ErrorCode {
             Self::InvalidCertificateChain => 401014,
             Self::CertificateRevoked => 401015,
             Self::CertificateNotRenewable => 401016,
-            Self::TpmNotSupportedOverMqtt => 400211,
+            Self::TpmNotSupportedOverMqtt => 400212,
+            Self::TpmKeyRefused => 400211,
+            Self::EndorsementKeyCertificateMismatch => 401017,
         }
     }
 

@@ -48,6 +48,14 @@ pub struct SymmetricKeyRegistrationResult {
     pub enrollment_group_id: Option<String>,
 }
 
+/// `TpmRegistrationResult`: what an `assigned` TPM device imports next (§3.1, step 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmRegistrationResult {
+    /// Base64 of an activation blob carrying the device's hub key.
+    pub authentication_key: String,
+}
+
 /// `X509CertificateInfo` (§1.4): what a registration result says about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -127,6 +135,9 @@ pub struct DeviceRegistrationState {
     /// Device API only: present for X.509 devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509RegistrationResult>,
+    /// TPM devices: the activation blob of the device's hub key (§3.1 step 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmRegistrationResult>,
     /// Device API only, register operations only: the certificate issued from the device's CSR, base64 DER, leaf
     /// first, then the issuing CA(s), then the root (§8).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,14 @@ impl SymmetricKey {
         Self(bytes)
     }
 
+    /// A fresh random key of `len` bytes (16-64), e.g. the 32-byte key of a TPM challenge (`azure-dps-wire.md`
+    /// §3.3); other lengths are clamped into that range.
+    pub fn generate_len(len: usize) -> Self {
+        let mut bytes = Zeroizing::new(vec![0u8; len.clamp(MIN_KEY_BYTES, MAX_KEY_BYTES)]);
+        rand::rng().fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
     /// Parses the base64 text of a key and checks its length.
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
         let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| KeyError::NotBase64)?);

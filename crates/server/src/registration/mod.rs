@@ -9,6 +9,7 @@
 pub mod allocation;
 pub mod connection;
 pub mod limits;
+pub mod tpm;
 pub mod webhook;
 pub mod x509;
 
@@ -47,6 +48,8 @@ pub struct RegistrationSettings {
     pub sas_clock_skew: Duration,
     /// How long operations can be polled.
     pub operation_ttl: Duration,
+    /// How long the key of a TPM activation blob authenticates its device (§3.1).
+    pub tpm_challenge_ttl: Duration,
 }
 
 /// How a device proves who it is.
@@ -89,6 +92,8 @@ struct Matched {
     x509: Option<X509RegistrationResult>,
     /// The device presented an operational certificate of ours (it renews).
     operational: bool,
+    /// A TPM device's register: the blob of its hub key, for the result (§3.1 step 4).
+    tpm: Option<zerotouch_wire::registration::TpmRegistrationResult>,
 }
 
 /// The allocation settings of a stored enrollment document.
@@ -401,6 +406,7 @@ impl RegistrationService {
                     enrollment,
                     x509: Some(x509),
                     operational: false,
+                    tpm: None,
                 });
             }
             Err(StoreError::NotFound) => {}
@@ -415,7 +421,13 @@ impl RegistrationService {
                     enrollment_group_id: Some(group.id.clone()),
                     signing_certificate_info: x509::info(&anchor.der),
                 };
-                Ok(Matched { kind: EnrollmentKind::Group, enrollment: group, x509: Some(x509), operational: false })
+                Ok(Matched {
+                    kind: EnrollmentKind::Group,
+                    enrollment: group,
+                    x509: Some(x509),
+                    operational: false,
+                    tpm: None,
+                })
             }
             Err(e) => Err(self.refuse_certificate(device, action, e).await),
         }
@@ -503,7 +515,7 @@ impl RegistrationService {
             enrollment_group_id: (kind == EnrollmentKind::Group).then(|| enrollment.id.clone()),
             signing_certificate_info: x509::info(ca.ca.certificate_der()),
         };
-        Ok(Matched { kind, enrollment, x509: Some(x509), operational: true })
+        Ok(Matched { kind, enrollment, x509: Some(x509), operational: true, tpm: None })
     }
 
     /// Finds the enrollment whose key verifies the device's token: its individual enrollment if it has one,
@@ -528,6 +540,9 @@ impl RegistrationService {
 
         match self.store.enrollment(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
+                if enrollment.attestation_type == "tpm" {
+                    return self.authenticate_tpm_individual(device, action, &token, &expected).await;
+                }
                 let keys = enrollment_keys(&enrollment);
                 if keys.is_empty() {
                     let reason = format!("the enrollment attests by {}", enrollment.attestation_type);
@@ -537,7 +552,13 @@ impl RegistrationService {
                 return match sas::verify(&token, &expected, &keys) {
                     Ok(_) => {
                         self.remember_verified(device, token.expiry);
-                        Ok(Matched { kind: EnrollmentKind::Individual, enrollment, x509: None, operational: false })
+                        Ok(Matched {
+                            kind: EnrollmentKind::Individual,
+                            enrollment,
+                            x509: None,
+                            operational: false,
+                            tpm: None,
+                        })
                     }
                     Err(e) => Err(self.refuse(device, action, &format!("sas: {e}")).await),
                 };
@@ -562,10 +583,14 @@ impl RegistrationService {
                         enrollment: group.clone(),
                         x509: None,
                         operational: false,
+                        tpm: None,
                     });
                 }
                 Err(e) => last_error = e,
             }
+        }
+        if let Some(matched) = self.authenticate_tpm(device, action, &token, &expected).await? {
+            return Ok(matched);
         }
         Err(self.refuse(device, action, &format!("no enrollment verifies the token (sas: {last_error})")).await)
     }
@@ -583,6 +608,7 @@ impl RegistrationService {
                 format!("{body_id:?} differs from the registration id in the URL"),
             )));
         }
+        self.tpm_first_leg(&request).await?;
         let matched = self.authenticate(device, "register").await?;
         // Counted once the device proved who it is: requests with bad credentials must not use up its budget.
         self.limits.admit(&key).map_err(Self::throttled)?;
@@ -671,13 +697,14 @@ impl RegistrationService {
                 hub_job,
             };
             let x509 = matched.x509.clone();
+            let tpm_result = matched.tpm.clone();
             let chain: Option<Vec<String>> = issued.as_ref().map(|(_, issued)| {
                 issued.chain_der.iter().map(|der| base64::engine::general_purpose::STANDARD.encode(der)).collect()
             });
             let snapshot: zerotouch_store::Snapshot = Box::new(move |r: &RegistrationRecord| {
                 let result = DeviceRegistrationResult {
                     issued_certificate_chain: chain.clone(),
-                    ..result_of(r, group_id.as_deref(), x509.clone())
+                    ..tpm::with_tpm(result_of(r, group_id.as_deref(), x509.clone()), tpm_result.as_ref())
                 };
                 serde_json::to_value(result).unwrap_or(Value::Null)
             });
@@ -1037,7 +1064,8 @@ impl RegistrationService {
             Err(e) => return Err(ApiError::internal(e)),
         };
         let group = (matched.kind == EnrollmentKind::Group).then(|| matched.enrollment.id.clone());
-        Ok(result_of(&record, group.as_deref(), matched.x509))
+        let result = result_of(&record, group.as_deref(), matched.x509);
+        Ok(tpm::without_symmetric_key(result, &matched.enrollment))
     }
 
     /// Removes operations older than the TTL, every minute, for as long as the process runs.
@@ -1098,6 +1126,7 @@ pub fn state_of(record: &RegistrationRecord) -> Option<DeviceRegistrationResult>
         payload: record.payload.clone(),
         symmetric_key: None,
         x509: None,
+        tpm: None,
         issued_certificate_chain: None,
     })
 }
@@ -1134,6 +1163,7 @@ fn result_of(
             payload: None,
             symmetric_key: None,
             x509: None,
+            tpm: None,
             issued_certificate_chain: None,
         },
     }

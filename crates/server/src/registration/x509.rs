@@ -104,12 +104,27 @@ pub fn match_group<'a>(
     groups: &'a [X509Group],
     now: OffsetDateTime,
 ) -> Result<(usize, &'a Anchor), ApiError> {
+    match_group_by(leaf, intermediates, groups, now, zerotouch_pki::verify_chain)
+}
+
+/// A chain check: (leaf, intermediates, anchor, now), as `zerotouch_pki::verify_chain`.
+pub type ChainCheck = fn(&[u8], &[Vec<u8>], &[u8], OffsetDateTime) -> Result<zerotouch_pki::VerifiedChain, ChainError>;
+
+/// [`match_group`] with another chain check (TPM groups judge EK certificates with
+/// `zerotouch_pki::verify_endorsement_chain`).
+pub fn match_group_by<'a>(
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    groups: &'a [X509Group],
+    now: OffsetDateTime,
+    verify: ChainCheck,
+) -> Result<(usize, &'a Anchor), ApiError> {
     let mut best: Option<(usize, usize, &Anchor)> = None;
     let mut unverified = false;
     let mut first_error: Option<ChainError> = None;
     for (index, group) in groups.iter().enumerate() {
         for anchor in &group.anchors {
-            match zerotouch_pki::verify_chain(leaf, intermediates, &anchor.der, now) {
+            match verify(leaf, intermediates, &anchor.der, now) {
                 Ok(chain) if anchor.verified => {
                     let depth = chain.path.len();
                     if best.is_none_or(|(d, _, _)| depth < d) {

@@ -8,6 +8,8 @@ pub(crate) mod hub_job;
 pub(crate) mod issuing_ca;
 pub(crate) mod operation;
 pub(crate) mod registration;
+pub(crate) mod tpm_binding;
+pub(crate) mod tpm_challenge;
 
 /// Defines the entity of an enrollment table; both enrollment tables have this shape.
 macro_rules! enrollment_entity {

@@ -1,0 +1,26 @@
+//! The device side of zerotouch: provisions a device over the Azure DPS-compatible HTTPS API, proving its identity
+//! with a TPM 2.0 (`azure-dps-wire.md` §3).
+//!
+//! The protocol ([`provision`]) is written against one narrow trait, [`DeviceTpm`]; the real TPM behind it (tss-esapi
+//! 7, feature `tpm`) is [`tpm::Tpm`]. Nothing here keeps a key outside the TPM: the DPS key and the hub key are
+//! imported into it and used there.
+#![forbid(unsafe_code, unused_must_use)]
+#![deny(missing_docs)]
+
+pub mod provision;
+#[cfg(feature = "tpm")]
+pub mod tpm;
+
+/// What provisioning needs of a TPM.
+pub trait DeviceTpm {
+    /// The EK and SRK, each the marshalled `TPM2B_PUBLIC`, read from their persistent handles (created and
+    /// persisted there first if the TPM has none).
+    fn keys(&mut self) -> anyhow::Result<(Vec<u8>, Vec<u8>)>;
+    /// The EK certificate (DER) from the TPM's NV, if the manufacturer put one there.
+    fn ek_certificate(&mut self) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Imports the key an activation blob carries (ActivateCredential, Import, Load) and keeps it at the device's
+    /// persistent key handle, replacing the key there.
+    fn import_key(&mut self, blob: &[u8]) -> anyhow::Result<()>;
+    /// HMAC-SHA256 of `message` with the imported key, computed inside the TPM.
+    fn sign(&mut self, message: &[u8]) -> anyhow::Result<Vec<u8>>;
+}
