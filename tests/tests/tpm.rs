@@ -506,3 +506,46 @@ async fn tpm_second_leg_on_another_replica() {
     let done = poll(&first, "tpm-replicas", reply.body["operationId"].as_str().unwrap(), &auth).await;
     assert_eq!(done["status"], "assigned", "{done}");
 }
+
+/// A TPM device assigned to a hub with an adapter (a webhook receiver here) is created there with the hub key its
+/// answer delivers: the key the receiver gets computes the same HMAC as the key the device's TPM unwrapped.
+#[tokio::test]
+async fn tpm_device_hub_gets_the_key_its_tpm_holds() {
+    use hmac::Mac;
+    let tpm = Swtpm::start().unwrap();
+    let (ek, srk) = tpm.provision_keys().unwrap();
+    let server = start(Backend::Sqlite, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = zerotouch_tests::mosquitto::make_server_certificate(dir.path());
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let secret = "a-webhook-secret-for-the-tpm-test";
+    let receiver = zerotouch_tests::webhook::Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), secret);
+    let hub = json!({"hostName": "hooks.example.com", "kind": "webhook",
+                     "settings": {"url": receiver.url, "secret": secret, "ca": std::fs::read_to_string(&ca).unwrap()}});
+    admin(&server, Method::PUT, "/hubs/hooks.example.com", hub).await;
+    let enrollment = json!({"registrationId": "Tpm-Hub-1", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}},
+                            "iotHubs": ["hooks.example.com"]});
+    admin(&server, Method::PUT, "/enrollments/Tpm-Hub-1", enrollment).await;
+
+    let body = tpm_body("Tpm-Hub-1", &ek, &srk);
+    let auth = second_leg_token(&server, &tpm, "Tpm-Hub-1", &body).await;
+    let reply = register(&server, "Tpm-Hub-1", &body, Some(&auth)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let operation = reply.body["operationId"].as_str().unwrap().to_owned();
+    let done = poll(&server, "Tpm-Hub-1", &operation, &auth).await;
+    assert_eq!(done["status"], "assigned", "{done}");
+    let hub_blob = STANDARD.decode(done["registrationState"]["tpm"]["authenticationKey"].as_str().unwrap()).unwrap();
+    let hub_key = tpm.activate(&hub_blob).unwrap();
+    let in_tpm = tpm.hmac(&hub_key, b"hub").unwrap();
+
+    let seen = receiver.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), ("POST", "Tpm-Hub-1"));
+    assert_eq!(seen[0].2["credential"]["type"], "symmetricKey", "{}", seen[0].2);
+    let key = STANDARD.decode(seen[0].2["credential"]["key"].as_str().unwrap()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(b"hub");
+    assert_eq!(mac.finalize().into_bytes().to_vec(), in_tpm, "the hub's key is the one in the TPM");
+    assert!(!server.logs().contains(seen[0].2["credential"]["key"].as_str().unwrap()), "the hub key reached a log");
+    receiver.stop().await;
+}

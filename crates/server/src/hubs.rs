@@ -190,6 +190,7 @@ impl Hubs {
                     CredentialRef::SymmetricKey => {
                         Credential::SymmetricKey(self.device_key(&job.registration_key).await?)
                     }
+                    CredentialRef::HubKey { key } => Credential::SymmetricKey(key),
                 };
                 let initial_twin = document.get("initialTwin").filter(|t| !t.is_null()).cloned();
                 let identity = DeviceIdentity { device_id, credential, enabled: true, initial_twin };

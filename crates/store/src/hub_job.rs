@@ -56,7 +56,8 @@ impl HubAction {
     }
 }
 
-/// What an upsert job stores of the identity to create: a reference to the credential, never a secret.
+/// What an upsert job stores of the identity to create: a reference to the credential; a secret only where nothing
+/// else holds it (a TPM device's hub key).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "type")]
 pub enum CredentialRef {
@@ -71,6 +72,13 @@ pub enum CredentialRef {
     /// The device's symmetric key, read from its enrollment when the job is delivered.
     #[serde(rename = "symmetricKey")]
     SymmetricKey,
+    /// A key made for the hub alone (a TPM device's hub key, which only its TPM and the hub hold): kept in the job
+    /// until the hub has it, as the enrollment has no copy.
+    #[serde(rename = "hubKey")]
+    HubKey {
+        /// The key (base64 in the document; redacted in `Debug`).
+        key: zerotouch_wire::SymmetricKey,
+    },
 }
 
 impl CredentialRef {
@@ -637,6 +645,12 @@ mod tests {
         let x509 = CredentialRef::X509 { subject_name: "d".into(), thumbprint: "00".into() }.document(None);
         assert_eq!(x509["credential"], serde_json::json!({"type": "x509", "subjectName": "d", "thumbprint": "00"}));
         assert!(CredentialRef::of_document(&serde_json::json!({})).is_err());
+        let key = zerotouch_wire::SymmetricKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhM=").unwrap();
+        let hub_key = CredentialRef::HubKey { key };
+        let document = hub_key.document(None);
+        assert_eq!(document["credential"]["type"], "hubKey");
+        assert_eq!(CredentialRef::of_document(&document).unwrap(), hub_key);
+        assert!(!format!("{hub_key:?}").contains("AAECAwQF"), "a hub key is redacted in Debug");
     }
 
     /// Actions round-trip through their stored names.

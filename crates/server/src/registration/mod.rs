@@ -93,7 +93,7 @@ struct Matched {
     /// The device presented an operational certificate of ours (it renews).
     operational: bool,
     /// A TPM device's register: the blob of its hub key, for the result (§3.1 step 4).
-    tpm: Option<zerotouch_wire::registration::TpmRegistrationResult>,
+    tpm: Option<tpm::TpmOutcome>,
 }
 
 /// The allocation settings of a stored enrollment document.
@@ -653,7 +653,7 @@ impl RegistrationService {
                 _ => None,
             };
             // A hub with an adapter learns of the device through the outbox; until it has, the device is assigning.
-            let hub_job = self.hub_job(&hubs, &decision, current.as_ref(), issued.as_ref(), device);
+            let hub_job = self.hub_job(&hubs, &decision, current.as_ref(), issued.as_ref(), device, &matched);
             let written_status = if hub_job.is_some() { RegistrationStatus::Assigning } else { decision.status };
             let record = RegistrationRecord {
                 key: key.clone(),
@@ -697,7 +697,7 @@ impl RegistrationService {
                 hub_job,
             };
             let x509 = matched.x509.clone();
-            let tpm_result = matched.tpm.clone();
+            let tpm_result = matched.tpm.as_ref().map(|t| t.result.clone());
             let chain: Option<Vec<String>> = issued.as_ref().map(|(_, issued)| {
                 issued.chain_der.iter().map(|der| base64::engine::general_purpose::STANDARD.encode(der)).collect()
             });
@@ -738,6 +738,7 @@ impl RegistrationService {
         current: Option<&RegistrationRecord>,
         issued: Option<&(Arc<crate::pki::LoadedCa>, zerotouch_pki::IssuedCertificate)>,
         device: &DeviceRequest,
+        matched: &Matched,
     ) -> Option<zerotouch_store::NewHubJob> {
         if decision.status != RegistrationStatus::Assigned {
             return None;
@@ -760,7 +761,11 @@ impl RegistrationService {
                 subject_name: cn,
                 thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
             }),
-            (None, None) => Some(zerotouch_store::CredentialRef::SymmetricKey),
+            // A TPM device: the hub key the answer delivers into its TPM.
+            (None, None) => Some(match &matched.tpm {
+                Some(tpm) => zerotouch_store::CredentialRef::HubKey { key: tpm.hub_key.clone() },
+                None => zerotouch_store::CredentialRef::SymmetricKey,
+            }),
         }?;
         let previous = current
             .and_then(|c| c.assigned_hub.clone().zip(c.device_id.clone()))

@@ -295,15 +295,23 @@ impl RegistrationService {
     }
 }
 
-/// The blob of a new hub key for the TPM the challenge was made for (§3.1 step 4).
-///
-/// The key itself is not kept yet: registering it with the hub is the hub adapter's part (issue #5).
-fn hub_key_result(challenge: &TpmChallengeRecord) -> Result<TpmRegistrationResult, ApiError> {
+/// What a TPM device's register carries past authentication: the blob of its new hub key for the answer, and the key
+/// itself for the hub (a symmetric-key identity there, as Azure DPS registers TPM devices on IoT Hub).
+#[derive(Debug, Clone)]
+pub struct TpmOutcome {
+    /// `registrationState.tpm`: the hub key's activation blob.
+    pub result: TpmRegistrationResult,
+    /// The hub key (redacted, zeroized).
+    pub hub_key: SymmetricKey,
+}
+
+/// A new hub key for the TPM the challenge was made for, and its blob (§3.1 step 4).
+fn hub_key_result(challenge: &TpmChallengeRecord) -> Result<TpmOutcome, ApiError> {
     let stored = |text: &str| Public::from_base64(text).map_err(|e| ApiError::internal(format!("stored TPM key {e}")));
     let (ek, srk) = (stored(&challenge.endorsement_key)?, stored(&challenge.storage_root_key)?);
     let hub_key = SymmetricKey::generate_len(KEY_BYTES);
     let blob = zerotouch_tpm::build_activation_blob(&ek, &srk, hub_key.expose_bytes()).map_err(ApiError::internal)?;
-    Ok(TpmRegistrationResult { authentication_key: blob.to_base64() })
+    Ok(TpmOutcome { result: TpmRegistrationResult { authentication_key: blob.to_base64() }, hub_key })
 }
 
 /// A device's registration result as a TPM device sees it: `tpm` instead of `symmetricKey`.
