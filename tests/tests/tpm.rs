@@ -519,7 +519,8 @@ async fn tpm_device_hub_gets_the_key_its_tpm_holds() {
     let ca = zerotouch_tests::mosquitto::make_server_certificate(dir.path());
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     let secret = "a-webhook-secret-for-the-tpm-test";
-    let receiver = zerotouch_tests::webhook::Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), secret);
+    let receiver =
+        zerotouch_tests::webhook::Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), secret);
     let hub = json!({"hostName": "hooks.example.com", "kind": "webhook",
                      "settings": {"url": receiver.url, "secret": secret, "ca": std::fs::read_to_string(&ca).unwrap()}});
     admin(&server, Method::PUT, "/hubs/hooks.example.com", hub).await;

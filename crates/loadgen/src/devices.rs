@@ -271,7 +271,11 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
         return Err(describe(status, &body));
     }
     let operation = body["operationId"].as_str().ok_or("no operationId")?.to_owned();
-    for _ in 0..100 {
+    // Polls soon (the service normally has the answer at once), then less often while the device is assigning (a
+    // hub with an adapter may take a while), until the service's own deadline for hubs has long passed.
+    let mut wait = Duration::from_millis(20);
+    let give_up = Instant::now() + Duration::from_secs(15 * 60);
+    while Instant::now() < give_up {
         let response = client
             .get(format!("{base}/operations/{operation}?api-version=2021-06-01"))
             .header("Authorization", &token)
@@ -294,8 +298,8 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
                 return Err(format!("status {other} {code}"));
             }
             (202, _) => {
-                let wait = body.get("retryAfter").and_then(Value::as_u64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(wait.max(20))).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
             }
             _ => return Err(describe(status, &body)),
         }
