@@ -474,9 +474,9 @@ impl Store {
     }
 
     /// Records how the delivery of `job` ended. `Done` deletes the job and, for an upsert a registration waits
-    /// for, makes the registration and its operation `assigned` (unless the registration changed since: its newer
-    /// state has its own job) and queues the deletion of the identity the device left behind; `Fail` deletes the
-    /// job and fails them; `Retry` releases the job until its next attempt. All in one transaction.
+    /// for, makes its operation `assigned`, and the registration too unless it changed since (its newer state has
+    /// its own job), in which case the identity the device left behind is deleted by that newer job; `Fail` deletes
+    /// the job and fails them likewise; `Retry` releases the job until its next attempt. All in one transaction.
     ///
     /// Returns the operation it settled, if any.
     pub async fn finish_hub_job(
@@ -533,29 +533,37 @@ impl Store {
                 .filter(registration::Column::Etag.eq(etag.clone()))
                 .exec(&txn)
                 .await?;
-            if updated.rows_affected == 1 {
-                if let Some(stored) = operation::Entity::find_by_id(operation_id.clone()).one(&txn).await? {
-                    let result = settle_result(stored.result, status, &new_etag, now, error);
-                    operation::Entity::update_many()
-                        .col_expr(operation::Column::Status, Expr::value(status))
-                        .col_expr(operation::Column::ErrorCode, Expr::value(error.map(|(c, _)| c)))
-                        .col_expr(operation::Column::ErrorMessage, Expr::value(error.map(|(_, m)| m.to_owned())))
-                        .col_expr(operation::Column::Result, Expr::value(result.clone()))
-                        .col_expr(operation::Column::UpdatedAt, Expr::value(now))
-                        .filter(operation::Column::Id.eq(operation_id.clone()))
-                        .exec(&txn)
-                        .await?;
-                    settled = Some(crate::OperationRecord {
-                        id: stored.id,
-                        registration_key: stored.registration_key,
-                        status: status.to_owned(),
-                        error_code: error.map(|(c, _)| c),
-                        error_message: error.map(|(_, m)| m.to_owned()),
-                        result,
-                        created_at: stored.created_at,
-                        updated_at: now,
-                    });
-                }
+            let current = updated.rows_affected == 1;
+            // The operation this job settles, whether or not a newer attempt changed the registration since (that
+            // attempt has its own job and operation; this device's poll must still end).
+            let waiting = operation::Entity::find_by_id(operation_id.clone())
+                .filter(operation::Column::Status.eq("assigning"))
+                .one(&txn)
+                .await?;
+            if let Some(stored) = waiting {
+                let etag = if current { new_etag.as_str() } else { etag.as_str() };
+                let result = settle_result(stored.result, status, etag, now, error);
+                operation::Entity::update_many()
+                    .col_expr(operation::Column::Status, Expr::value(status))
+                    .col_expr(operation::Column::ErrorCode, Expr::value(error.map(|(c, _)| c)))
+                    .col_expr(operation::Column::ErrorMessage, Expr::value(error.map(|(_, m)| m.to_owned())))
+                    .col_expr(operation::Column::Result, Expr::value(result.clone()))
+                    .col_expr(operation::Column::UpdatedAt, Expr::value(now))
+                    .filter(operation::Column::Id.eq(operation_id.clone()))
+                    .exec(&txn)
+                    .await?;
+                settled = Some(crate::OperationRecord {
+                    id: stored.id,
+                    registration_key: stored.registration_key,
+                    status: status.to_owned(),
+                    error_code: error.map(|(c, _)| c),
+                    error_message: error.map(|(_, m)| m.to_owned()),
+                    result,
+                    created_at: stored.created_at,
+                    updated_at: now,
+                });
+            }
+            if current {
                 if let (HubJobOutcome::Done, Some((hub, device_id))) = (outcome, &job.previous) {
                     let leaving = fresh_job(
                         new_job_id(),

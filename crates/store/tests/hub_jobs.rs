@@ -232,3 +232,31 @@ async fn replicas_never_claim_the_same_job() {
         assert_eq!((a.len() + b.len(), all.len()), (200, 200), "{backend:?}: every job claimed exactly once");
     }
 }
+
+/// A device that registers again before its hub has it (an SDK retrying): each attempt's operation ends when its
+/// own job does, and the registration follows the newest attempt only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_waiting_operation_ends() {
+    both(|store| async move {
+        hub(&store, "a.example.com", "mosquitto").await;
+        let (first, first_op, first_job) =
+            commit(&store, attempt("dev-9", "a.example.com", None, None, Duration::ZERO)).await;
+        let mut again = attempt("dev-9", "a.example.com", Some(&first.etag), None, Duration::ZERO);
+        again.record.created_at = first.created_at;
+        let (second, second_op, second_job) = commit(&store, again).await;
+
+        let settled = store.finish_hub_job(&first_job, &HubJobOutcome::Done).await.unwrap().unwrap();
+        assert_eq!((settled.id.as_str(), settled.status.as_str()), (first_op.id.as_str(), "assigned"));
+        let state = store.registration("dev-9").await.unwrap();
+        assert_eq!(
+            (state.status.as_str(), state.etag.as_str()),
+            ("assigning", second.etag.as_str()),
+            "the newer attempt governs"
+        );
+
+        store.finish_hub_job(&second_job, &HubJobOutcome::Done).await.unwrap();
+        assert_eq!(store.operation("dev-9", &second_op.id).await.unwrap().status, "assigned");
+        assert_eq!(store.registration("dev-9").await.unwrap().status, "assigned");
+    })
+    .await;
+}
