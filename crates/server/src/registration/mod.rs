@@ -729,8 +729,9 @@ impl RegistrationService {
     }
 
     /// The outbox job that puts an assigned device on its hub, if the hub has an adapter. The device's credential
-    /// there is the certificate issued now, else the certificate it authenticated with, else its symmetric key; the
-    /// identity it leaves (another hub, or another device id) is deleted once the new one exists.
+    /// there is the certificate issued now, else the certificate it authenticated with, else its symmetric key (for a
+    /// TPM device, the hub key its answer carries); the identity it leaves (another hub, or another device id) is
+    /// deleted once the new one exists.
     fn hub_job(
         &self,
         hubs: &[zerotouch_store::HubRecord],
@@ -757,8 +758,10 @@ impl RegistrationService {
                 subject_name: device_id.clone(),
                 thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
             }),
-            (None, Some(leaf)) => zerotouch_pki::subject_cn(leaf).ok().map(|cn| zerotouch_store::CredentialRef::X509 {
-                subject_name: cn,
+            // Authentication read this CN already (it is the registration id).
+            (None, Some(leaf)) => Some(zerotouch_store::CredentialRef::X509 {
+                subject_name: zerotouch_pki::subject_cn(leaf)
+                    .unwrap_or_else(|_| device.registration_id.as_str().to_owned()),
                 thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
             }),
             // A TPM device: the hub key the answer delivers into its TPM.
