@@ -563,21 +563,19 @@ impl Store {
                     updated_at: now,
                 });
             }
-            if current {
-                if let (HubJobOutcome::Done, Some((hub, device_id))) = (outcome, &job.previous) {
-                    let leaving = fresh_job(
-                        new_job_id(),
-                        hub.clone(),
-                        device_id.clone(),
-                        job.registration_key.clone(),
-                        HubAction::Delete,
-                    );
-                    // Only if the old hub still has an adapter.
-                    let adapter =
-                        hub::Entity::find_by_id(hub.clone()).one(&txn).await?.is_some_and(|h| h.kind != NO_ADAPTER);
-                    if adapter {
-                        Entity::insert(to_active(&leaving)).exec_without_returning(&txn).await?;
-                    }
+            if current && let (HubJobOutcome::Done, Some((hub, device_id))) = (outcome, &job.previous) {
+                let leaving = fresh_job(
+                    new_job_id(),
+                    hub.clone(),
+                    device_id.clone(),
+                    job.registration_key.clone(),
+                    HubAction::Delete,
+                );
+                // Only if the old hub still has an adapter.
+                let adapter =
+                    hub::Entity::find_by_id(hub.clone()).one(&txn).await?.is_some_and(|h| h.kind != NO_ADAPTER);
+                if adapter {
+                    Entity::insert(to_active(&leaving)).exec_without_returning(&txn).await?;
                 }
             }
         }
