@@ -8,23 +8,10 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use zerotouch_tests::mosquitto::Broker;
-use zerotouch_tests::{Backend, Options, Server};
+use zerotouch_tests::{Backend, Server};
 
 use crate::devices::{self, Report};
 use crate::issuance::generate_csrs;
-
-fn options() -> Options {
-    Options {
-        env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
-        args: vec![
-            "--device-max-in-flight".into(),
-            "4096".into(),
-            "--device-rate-limit".into(),
-            "1000000000/1s".into(),
-        ],
-        ..Default::default()
-    }
-}
 
 /// One run: a fresh server (and, with `mosquitto`, a fresh broker linked as its only hub), `devices` enrolled
 /// and registered at `concurrency`. Checks that the broker holds exactly one identity per device.
@@ -35,7 +22,7 @@ async fn once(
     concurrency: usize,
     mosquitto: bool,
 ) -> anyhow::Result<Report> {
-    let server = Server::start_with(backend, options()).await?;
+    let server = Server::start_with(backend, crate::issuance::server_options()).await?;
     let token = server.token("owner")?;
     let target = devices::target_of(&server, token)?;
     let broker = if mosquitto {

@@ -503,7 +503,8 @@ pub(crate) struct Settings {
     pub(crate) cfssl: Vec<CfsslStore>,
 }
 
-fn server_options() -> Options {
+/// A fresh service for a benchmark run: quiet logs, no per-device or in-flight limit that could throttle the load.
+pub(crate) fn server_options() -> Options {
     Options {
         env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
         args: vec![

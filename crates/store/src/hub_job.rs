@@ -289,11 +289,7 @@ pub(crate) async fn queue_credential_updates(
     if certificates.is_empty() {
         return Ok(());
     }
-    let adapter_hubs = Query::select()
-        .column(hub::Column::HostName)
-        .from(hub::Entity)
-        .and_where(hub::Column::Kind.ne(NO_ADAPTER))
-        .to_owned();
+    let adapter_hubs = adapter_hubs();
     let keys: Vec<String> = certificates.iter().map(|c| c.registration_key.clone()).collect();
     let rows: Vec<(String, Option<String>, Option<String>)> = registration::Entity::find()
         .select_only()
@@ -326,6 +322,15 @@ pub(crate) async fn queue_credential_updates(
     Ok(())
 }
 
+/// The host names of the hubs with an adapter (a subquery).
+fn adapter_hubs() -> sea_orm::sea_query::SelectStatement {
+    Query::select()
+        .column(hub::Column::HostName)
+        .from(hub::Entity)
+        .and_where(hub::Column::Kind.ne(NO_ADAPTER))
+        .to_owned()
+}
+
 /// Whose hub identities a retirement concerns.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Retiring<'a> {
@@ -346,11 +351,7 @@ pub(crate) async fn retire(
         Retiring::Registrations(keys) => (registration::Column::Key, keys),
         Retiring::Groups(keys) => (registration::Column::EnrollmentGroupKey, keys),
     };
-    let adapter_hubs = Query::select()
-        .column(hub::Column::HostName)
-        .from(hub::Entity)
-        .and_where(hub::Column::Kind.ne(NO_ADAPTER))
-        .to_owned();
+    let adapter_hubs = adapter_hubs();
     for chunk in keys.chunks(1000) {
         let rows: Vec<(String, Option<String>, Option<String>)> = registration::Entity::find()
             .select_only()
