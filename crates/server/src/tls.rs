@@ -17,7 +17,7 @@ pub fn install_crypto_provider() {
 /// Reads a PEM certificate chain and its private key into a server configuration (no client certificates).
 pub fn server_config(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let (chain, key) = read_identity(cert_path, key_path)?;
-    build(ServerConfig::builder_with_protocol_versions(PROTOCOLS).with_no_client_auth(), chain, key)
+    build(builder()?.with_no_client_auth(), chain, key)
 }
 
 /// The device listener's configuration: client certificates requested, not required, their chain left to the
@@ -25,10 +25,23 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<Se
 pub fn device_server_config(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let (chain, key) = read_identity(cert_path, key_path)?;
     let verifier = Arc::new(client_auth::ChainJudgedByApplication::new());
-    build(ServerConfig::builder_with_protocol_versions(PROTOCOLS).with_client_cert_verifier(verifier), chain, key)
+    build(builder()?.with_client_cert_verifier(verifier), chain, key)
 }
 
 const PROTOCOLS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// aws-lc-rs's default suites, AES-128-GCM first in each TLS version (see `ignore_client_order` in [`build`]).
+fn builder() -> anyhow::Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>> {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as suite, default_provider};
+    let preferred = [
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ];
+    let mut provider = default_provider();
+    provider.cipher_suites.sort_by_key(|s| !preferred.contains(s));
+    Ok(ServerConfig::builder_with_provider(Arc::new(provider)).with_protocol_versions(PROTOCOLS)?)
+}
 
 fn build(
     builder: rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>,
@@ -37,6 +50,9 @@ fn build(
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let mut config = builder.with_single_cert(chain, key).context("the server certificate and key do not match")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order, not the client's: most clients (OpenSSL, rustls) offer AES-256/SHA-384 first, whose handshake
+    // hashing costs several times AES-128/SHA-256's on CPUs with SHA extensions, for no security that matters here.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -138,6 +154,51 @@ pub mod client_auth {
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.algorithms.supported_schemes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that offers AES-256/SHA-384 first (as rustls and OpenSSL clients do) gets AES-128/SHA-256 in TLS
+    /// 1.3 and in TLS 1.2.
+    #[test]
+    fn the_server_chooses_aes_128_whatever_the_client_prefers() {
+        install_crypto_provider();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+        let server_key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = build(builder().unwrap().with_no_client_auth(), vec![cert.der().clone()], server_key).unwrap();
+        for (version, expected) in [
+            (&rustls::version::TLS13, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            (&rustls::version::TLS12, rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        ] {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert.der().clone()).unwrap();
+            let client_config = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            assert_eq!(
+                client_config.crypto_provider().cipher_suites[0].suite(),
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+                "the client offers AES-256 first"
+            );
+            let mut client =
+                rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap()).unwrap();
+            let mut server = rustls::ServerConnection::new(Arc::clone(&server)).unwrap();
+            while client.is_handshaking() || server.is_handshaking() {
+                let mut buffer = Vec::new();
+                client.write_tls(&mut buffer).unwrap();
+                server.read_tls(&mut buffer.as_slice()).unwrap();
+                server.process_new_packets().unwrap();
+                buffer.clear();
+                server.write_tls(&mut buffer).unwrap();
+                client.read_tls(&mut buffer.as_slice()).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            assert_eq!(server.negotiated_cipher_suite().map(|s| s.suite()), Some(expected));
         }
     }
 }
