@@ -49,8 +49,15 @@ impl TestDatabase {
                 let admin = Database::connect(admin_url.as_str()).await?;
                 admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
                 admin.close().await?;
-                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
-                Ok(Self { url: format!("{base}/{name}"), backend, name, _dir: None })
+                // The same server and options (`?sslmode=...`), another database.
+                let (location, options) =
+                    admin_url.split_once('?').map_or((admin_url.as_str(), None), |(l, o)| (l, Some(o)));
+                let base = location.rsplit_once('/').map_or(location, |(base, _)| base);
+                let url = match options {
+                    Some(options) => format!("{base}/{name}?{options}"),
+                    None => format!("{base}/{name}"),
+                };
+                Ok(Self { url, backend, name, _dir: None })
             }
         }
     }

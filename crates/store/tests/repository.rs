@@ -173,7 +173,7 @@ fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
         error_code: None,
         error_message: None,
         payload: Some(json!({"room": 7})),
-        initial_twin: None,
+        initial_twin: Some(json!({"tags": {"floor": 3}})),
         etag: String::new(),
         created_at: Utc::now(),
         updated_at: Utc::now(),
