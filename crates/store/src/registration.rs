@@ -408,7 +408,7 @@ async fn write_together(
             record
         })
         .collect();
-    if certificates_alone.is_empty() && first_registrations_only(db, batch) {
+    if certificates_alone.is_empty() && first_registrations_only(batch) {
         return write_first_registrations(db, batch, records, now).await;
     }
     let txn = db.begin().await?;
@@ -563,42 +563,41 @@ async fn write_together(
     Ok((results, alone.into_iter().map(Ok).collect()))
 }
 
-/// Whether `batch` can go through [`write_first_registrations`]: on PostgreSQL, first registrations of distinct
-/// devices, none with a certificate or a hub job (the common case under load).
-fn first_registrations_only(db: &DatabaseConnection, batch: &[Pending]) -> bool {
+/// Whether `batch` can go through [`write_first_registrations`]: first registrations of distinct devices, none
+/// with a certificate or a hub job (the common case under load).
+fn first_registrations_only(batch: &[Pending]) -> bool {
     let mut keys = std::collections::HashSet::new();
-    db.get_database_backend() == DbBackend::Postgres
-        && batch.iter().all(|p| {
-            let outcome = &p.outcome;
-            outcome.expected_etag.is_none()
-                && outcome.certificate.is_none()
-                && outcome.hub_job.is_none()
-                && keys.insert(outcome.record.key.as_str())
-        })
+    batch.iter().all(|p| {
+        let outcome = &p.outcome;
+        outcome.expected_etag.is_none()
+            && outcome.certificate.is_none()
+            && outcome.hub_job.is_none()
+            && keys.insert(outcome.record.key.as_str())
+    })
 }
 
-/// [`write_first_registrations`]' statement: the batch arrives as one JSON array; the states whose key is new are
-/// inserted, and the operations and audit events of exactly those. Its text never changes, so each connection
-/// prepares it once.
-const FIRST_REGISTRATIONS: &str = r#"
+/// [`write_first_registrations`] on PostgreSQL: the batch arrives as one JSON array (JSON columns as text); the
+/// states whose key is new are inserted, and the operations and audit events of exactly those, in one statement.
+/// Its text never changes, so each connection prepares it once.
+const FIRST_REGISTRATIONS_POSTGRES: &str = r#"
 WITH attempt AS (
     SELECT * FROM jsonb_to_recordset($1) AS a(
         n integer, key varchar, registration_id varchar, enrollment_group_key varchar, device_id varchar,
         assigned_hub varchar, status varchar, substatus varchar, error_code integer, error_message text,
-        payload json, initial_twin json, etag varchar, at timestamptz, detail text,
+        payload text, initial_twin text, etag varchar, at timestamptz, detail text,
         operation_id varchar, operation_status varchar, operation_error_code integer, operation_error_message text,
-        result json)
+        result text)
 ), state AS (
     INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id, assigned_hub, status,
         substatus, error_code, error_message, payload, initial_twin, etag, created_at, updated_at)
     SELECT key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus, error_code,
-        error_message, payload, initial_twin, etag, at, at
+        error_message, payload::json, initial_twin::json, etag, at, at
     FROM attempt ORDER BY n
     ON CONFLICT (key) DO NOTHING
     RETURNING key
 ), operation AS (
     INSERT INTO operations (id, registration_key, status, error_code, error_message, result, created_at, updated_at)
-    SELECT operation_id, key, operation_status, operation_error_code, operation_error_message, result, at, at
+    SELECT operation_id, key, operation_status, operation_error_code, operation_error_message, result::json, at, at
     FROM attempt WHERE key IN (SELECT key FROM state)
 ), event AS (
     INSERT INTO audit_events (at, actor, role, action, resource_type, resource_id, etag_before, etag_after, detail)
@@ -608,8 +607,35 @@ WITH attempt AS (
 )
 SELECT key FROM state"#;
 
-/// Writes a batch of first registrations (see [`first_registrations_only`]) as one statement: one round trip
-/// instead of five, and no explicit transaction (a statement is atomic). Same rows as [`write_together`] writes.
+/// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
+/// CTEs). An attempt won if the state now carries its etag (etags are random and new per attempt).
+const FIRST_REGISTRATIONS_SQLITE: &str = r#"
+BEGIN;
+INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus,
+    error_code, error_message, payload, initial_twin, etag, created_at, updated_at)
+SELECT value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
+    value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
+    value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'at'
+FROM json_each(?1) WHERE true
+ON CONFLICT (key) DO NOTHING;
+CREATE TEMP TABLE IF NOT EXISTS won_attempt (n INTEGER PRIMARY KEY, attempt TEXT NOT NULL);
+DELETE FROM temp.won_attempt;
+INSERT INTO temp.won_attempt (n, attempt)
+SELECT a.value->>'n', a.value FROM json_each(?1) AS a
+JOIN registrations AS r ON r.key = a.value->>'key' AND r.etag = a.value->>'etag';
+INSERT INTO operations (id, registration_key, status, error_code, error_message, result, created_at, updated_at)
+SELECT attempt->>'operation_id', attempt->>'key', attempt->>'operation_status', attempt->>'operation_error_code',
+    attempt->>'operation_error_message', attempt->>'result', attempt->>'at', attempt->>'at'
+FROM temp.won_attempt ORDER BY n;
+INSERT INTO audit_events (at, actor, role, action, resource_type, resource_id, etag_before, etag_after, detail)
+SELECT attempt->>'at', 'device:' || (attempt->>'registration_id'), 'device', 'register', 'registration',
+    attempt->>'registration_id', NULL, attempt->>'etag', attempt->>'detail'
+FROM temp.won_attempt ORDER BY n;
+SELECT attempt->>'key' AS key FROM temp.won_attempt;
+COMMIT;"#;
+
+/// Writes a batch of first registrations (see [`first_registrations_only`]) in one round trip instead of five:
+/// one statement on PostgreSQL (atomic by itself), one script on SQLite. Same rows as [`write_together`] writes.
 async fn write_first_registrations(
     db: &DatabaseConnection,
     batch: &[Pending],
@@ -626,6 +652,10 @@ async fn write_first_registrations(
             ..pending.outcome.operation.clone()
         })
         .collect();
+    // Timestamps as sqlx writes them on SQLite (whose comparisons are textual), which PostgreSQL reads as well;
+    // JSON columns as text.
+    let at = now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    let text = |value: &Option<Value>| value.as_ref().map(Value::to_string);
     let attempts: Vec<Value> = batch
         .iter()
         .zip(records.iter().zip(&operations))
@@ -642,24 +672,35 @@ async fn write_first_registrations(
                 "substatus": record.substatus,
                 "error_code": record.error_code,
                 "error_message": record.error_message,
-                "payload": record.payload,
-                "initial_twin": record.initial_twin,
+                "payload": text(&record.payload),
+                "initial_twin": text(&record.initial_twin),
                 "etag": record.etag,
-                "at": now,
+                "at": at,
                 "detail": pending.outcome.detail,
                 "operation_id": operation.id,
                 "operation_status": operation.status,
                 "operation_error_code": operation.error_code,
                 "operation_error_message": operation.error_message,
-                "result": operation.result,
+                "result": text(&operation.result),
             })
         })
         .collect();
-    let statement =
-        Statement::from_sql_and_values(DbBackend::Postgres, FIRST_REGISTRATIONS, [Value::Array(attempts).into()]);
-    let inserted = db
-        .query_all_raw(statement)
-        .await?
+    let backend = db.get_database_backend();
+    let (sql, attempts) = match backend {
+        DbBackend::Sqlite => (FIRST_REGISTRATIONS_SQLITE, Value::Array(attempts).to_string().into()),
+        _ => (FIRST_REGISTRATIONS_POSTGRES, Value::Array(attempts).into()),
+    };
+    let rows = match db.query_all_raw(Statement::from_sql_and_values(backend, sql, [attempts])).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // The script stopped inside its transaction.
+            if backend == DbBackend::Sqlite {
+                let _ = db.execute_unprepared("ROLLBACK").await;
+            }
+            return Err(e.into());
+        }
+    };
+    let inserted = rows
         .iter()
         .map(|row| row.try_get::<String>("", "key"))
         .collect::<Result<std::collections::HashSet<String>, _>>()?;
