@@ -307,45 +307,61 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
     Err("never assigned".into())
 }
 
-/// Runs `devices` at `concurrency`, each on its own new TLS connection.
-pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize) -> anyhow::Result<Report> {
-    let tls = Arc::new(tls_config(&target.trust_bundle)?);
+/// Runs `work` on every item, `concurrency` at a time, each as a task of its own (as independent devices are, so
+/// that a device and its connection run on one worker thread); returns the outcomes and the wall time.
+pub(crate) async fn each_as_task<I, F, Fut>(
+    items: I,
+    concurrency: usize,
+    work: F,
+) -> (Vec<Result<Duration, String>>, Duration)
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<Duration, String>> + Send + 'static,
+{
     let started = Instant::now();
-    let outcomes: Vec<Result<Duration, String>> = futures_util::stream::iter(devices)
-        .map(|device| {
-            let tls = Arc::clone(&tls);
-            async move { provision(target, &tls, device).await }
+    let outcomes = futures_util::stream::iter(items)
+        .map(|item| {
+            let task = tokio::spawn(work(item));
+            async move { task.await.unwrap_or_else(|e| Err(format!("task: {e}"))) }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    Ok(Report::collect(outcomes, started.elapsed()))
+    (outcomes, started.elapsed())
+}
+
+/// Runs `devices` at `concurrency`, each on its own new TLS connection.
+pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize) -> anyhow::Result<Report> {
+    let tls = Arc::new(tls_config(&target.trust_bundle)?);
+    let target = Arc::new(target.clone());
+    let (outcomes, elapsed) = each_as_task(devices.iter().cloned(), concurrency, |device| {
+        let (target, tls) = (Arc::clone(&target), Arc::clone(&tls));
+        async move { provision(&target, &tls, &device).await }
+    })
+    .await;
+    Ok(Report::collect(outcomes, elapsed))
 }
 
 /// The ceiling: `count` new TLS connections, each with one `GET /healthz` on the device listener.
 pub(crate) async fn handshake_ceiling(target: &Target, count: usize, concurrency: usize) -> anyhow::Result<Report> {
     let tls = Arc::new(tls_config(&target.trust_bundle)?);
-    let url = format!("{}/healthz", target.device_url);
-    let started = Instant::now();
-    let outcomes: Vec<Result<Duration, String>> = futures_util::stream::iter(0..count)
-        .map(|_| {
-            let tls = Arc::clone(&tls);
-            let url = url.clone();
-            async move {
-                let begun = Instant::now();
-                let client = fresh_client(&tls).map_err(|e| e.to_string())?;
-                let response = client.get(&url).send().await.map_err(|_| "connection".to_owned())?;
-                if !response.status().is_success() {
-                    return Err(format!("http {}", response.status().as_u16()));
-                }
-                response.bytes().await.map_err(|_| "read".to_owned())?;
-                Ok(begun.elapsed())
+    let url = Arc::new(format!("{}/healthz", target.device_url));
+    let (outcomes, elapsed) = each_as_task(0..count, concurrency, |_| {
+        let (tls, url) = (Arc::clone(&tls), Arc::clone(&url));
+        async move {
+            let begun = Instant::now();
+            let client = fresh_client(&tls).map_err(|e| e.to_string())?;
+            let response = client.get(url.as_str()).send().await.map_err(|_| "connection".to_owned())?;
+            if !response.status().is_success() {
+                return Err(format!("http {}", response.status().as_u16()));
             }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    Ok(Report::collect(outcomes, started.elapsed()))
+            response.bytes().await.map_err(|_| "read".to_owned())?;
+            Ok(begun.elapsed())
+        }
+    })
+    .await;
+    Ok(Report::collect(outcomes, elapsed))
 }
 
 /// Reads a target from a started test-kit server.

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use serde_json::{Value, json};
 use zerotouch_wire::mqtt::{
@@ -114,19 +113,16 @@ async fn provision(
 pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize) -> anyhow::Result<Report> {
     let addr = target.mqtt_addr.ok_or_else(|| anyhow::anyhow!("no MQTT address (--mqtt-addr)"))?;
     let tls = Arc::new(crate::devices::tls_config(&target.trust_bundle)?);
-    let started = Instant::now();
-    let outcomes: Vec<Result<Duration, String>> = futures_util::stream::iter(devices)
-        .map(|device| {
-            let tls = Arc::clone(&tls);
-            async move {
-                match tokio::time::timeout(DEVICE_TIMEOUT, provision(target, addr, &tls, device)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err("timeout".into()),
-                }
+    let target = Arc::new(target.clone());
+    let (outcomes, elapsed) = crate::devices::each_as_task(devices.iter().cloned(), concurrency, |device| {
+        let (target, tls) = (Arc::clone(&target), Arc::clone(&tls));
+        async move {
+            match tokio::time::timeout(DEVICE_TIMEOUT, provision(&target, addr, &tls, &device)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err("timeout".into()),
             }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    Ok(Report::collect(outcomes, started.elapsed()))
+        }
+    })
+    .await;
+    Ok(Report::collect(outcomes, elapsed))
 }
