@@ -129,6 +129,35 @@ pub struct Store {
     /// Counts this process's changes to hubs, enrollment groups and customer CAs, so that callers caching them can
     /// tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Held by every clone; background tasks of this store stop once the last clone is gone.
+    _alive: std::sync::Arc<()>,
+}
+
+/// WAL pages after which SQLite's writer checkpoints by itself (its default is 1,000): only when the checkpointer
+/// falls far behind.
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "10000";
+
+/// How often the checkpointer copies SQLite's WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Checkpoints SQLite's WAL from a connection of its own, so that the writer, which by default checkpoints inside
+/// the commit that crosses 1,000 pages, never stalls every registration queued behind it. A passive checkpoint
+/// waits for no reader or writer. Stops when `alive` is gone.
+fn start_checkpointer(db: DatabaseConnection, alive: std::sync::Weak<()>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if alive.strong_count() == 0 {
+                break;
+            }
+            if let Err(e) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+                tracing::warn!("cannot checkpoint the SQLite WAL: {e}");
+            }
+        }
+        let _ = db.close().await;
+    });
 }
 
 /// Registration writer tasks on PostgreSQL (each holds one of the pool's connections while it writes a batch).
@@ -154,6 +183,8 @@ impl Store {
             Backend::Sqlite => {
                 options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
                     o.create_if_missing(true)
+                        // The checkpointer keeps the WAL short; the writer checkpoints only if it falls far behind.
+                        .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
                         .journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal)
                         .foreign_keys(true)
@@ -167,6 +198,16 @@ impl Store {
         let db = Database::connect(options.clone()).await?;
         // An in-memory SQLite database exists once per pool: its reads must use the writer's pool.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let alive = std::sync::Arc::new(());
+        if backend == Backend::Sqlite && !in_memory {
+            let mut options = ConnectOptions::new(url.to_owned());
+            options
+                .sqlx_logging(false)
+                .max_connections(1)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(Duration::from_secs(10)));
+            start_checkpointer(Database::connect(options).await?, std::sync::Arc::downgrade(&alive));
+        }
         let read = match backend {
             Backend::Sqlite if in_memory => db.clone(),
             Backend::Sqlite => {
@@ -193,6 +234,7 @@ impl Store {
             backend,
             separate_reader: backend == Backend::Sqlite && !in_memory,
             reference_changes: Default::default(),
+            _alive: alive,
         })
     }
 
