@@ -172,12 +172,8 @@ pub(crate) fn prepared(prefix: &str, count: usize) -> Vec<Device> {
         .collect()
 }
 
-/// Creates `count` enrollments: even-numbered devices get individual enrollments, odd-numbered ones belong to one
-/// symmetric-key group (their keys derived from the group key); links three hubs if the server has none.
-/// Returns the devices.
-pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyhow::Result<Vec<Device>> {
-    let admin = reqwest::Client::builder().use_preconfigured_tls(tls_config(&target.trust_bundle)?).build()?;
-    // Allocation needs hubs: link three (kind `none`) when the server has none.
+/// Allocation needs hubs: links three (kind `none`, weights 100, 200 and 300) when the server has none.
+pub(crate) async fn link_hubs(admin: &reqwest::Client, target: &Target, prefix: &str) -> anyhow::Result<()> {
     let hubs: Value =
         admin.get(format!("{}/hubs", target.admin_url)).bearer_auth(&target.token).send().await?.json().await?;
     if hubs.as_array().is_some_and(Vec::is_empty) {
@@ -194,6 +190,44 @@ pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyho
             }
         }
     }
+    Ok(())
+}
+
+/// Registers a device that authenticates by the certificate its `client` presents, and polls until its
+/// registration is `assigned`.
+pub(crate) async fn register_x509(
+    client: &reqwest::Client,
+    target: &Target,
+    registration_id: &str,
+) -> anyhow::Result<()> {
+    let base = format!("{}/{}/registrations/{registration_id}", target.device_url, target.id_scope);
+    let body: Value = client
+        .put(format!("{base}/register?api-version=2021-06-01"))
+        .json(&json!({"registrationId": registration_id}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let operation = body["operationId"].as_str().context("no operationId")?.to_owned();
+    for _ in 0..100 {
+        let body: Value =
+            client.get(format!("{base}/operations/{operation}?api-version=2021-06-01")).send().await?.json().await?;
+        match body["status"].as_str() {
+            Some("assigned") => return Ok(()),
+            Some("assigning") => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => bail!("{registration_id} did not register: {body}"),
+        }
+    }
+    bail!("{registration_id} stayed assigning")
+}
+
+/// Creates `count` enrollments: even-numbered devices get individual enrollments, odd-numbered ones belong to one
+/// symmetric-key group (their keys derived from the group key); links three hubs if the server has none.
+/// Returns the devices.
+pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyhow::Result<Vec<Device>> {
+    let admin = reqwest::Client::builder().use_preconfigured_tls(tls_config(&target.trust_bundle)?).build()?;
+    link_hubs(&admin, target, prefix).await?;
     let group_key = group_key();
     let group_id = format!("{prefix}-group");
     let group = json!({

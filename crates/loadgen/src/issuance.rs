@@ -270,6 +270,11 @@ async fn est_run(server: &Server, fleet: &EstFleet, csrs: &Arc<Vec<Csr>>) -> any
             keep_alive_client(tls)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // EST issues to assigned devices: each device registers first, with its certificate.
+    devices::link_hubs(&server.client, &target, "loadgen-est").await?;
+    for (w, client) in clients.iter().enumerate() {
+        devices::register_x509(client, &target, &est_device_id(w)).await?;
+    }
     let url = Arc::new(format!("{}/.well-known/est/simpleenroll", target.device_url));
     let run = drive(clients, Arc::clone(csrs), move |client, csrs, i| {
         let url = Arc::clone(&url);
