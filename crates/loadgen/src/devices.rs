@@ -121,6 +121,28 @@ impl Report {
     }
 }
 
+/// The runs of a benchmark that had errors. Their figures do not count: the benchmark prints everything, then
+/// fails, so that a broken run cannot pass for a slow one.
+#[derive(Debug, Default)]
+pub(crate) struct Failures(Vec<String>);
+
+impl Failures {
+    /// Notes `report` of the run described by `what` if it had errors.
+    pub(crate) fn note(&mut self, what: impl std::fmt::Display, report: &Report) {
+        if !report.errors.is_empty() {
+            self.0.push(format!("{what}: {}", report.errors_text()));
+        }
+    }
+
+    /// An error naming every run that had errors, if any did.
+    pub(crate) fn check(self) -> anyhow::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        bail!("runs with errors (their figures do not count):\n  {}", self.0.join("\n  "))
+    }
+}
+
 /// A rustls client configuration trusting `bundle`, with session resumption off so every connection does a
 /// full handshake, as a device on its first boot does.
 pub(crate) fn tls_config(bundle: &[u8]) -> anyhow::Result<rustls::ClientConfig> {

@@ -46,9 +46,6 @@ async fn once(
         bail!("prepared devices do not match the enrollments");
     }
     let report = devices::run(&target, devices, concurrency).await?;
-    if !report.errors.is_empty() {
-        println!("  errors: {}", report.errors_text());
-    }
     if let Some(broker) = &broker {
         // The plugin's own file (rewritten after every change): `mosquitto_ctrl listClients` times out on a broker
         // this size.
@@ -82,6 +79,7 @@ pub(crate) async fn bench(backends: &[Backend], count: usize, concurrency: usize
             .map(|(device, csr)| device.with_csr(STANDARD.encode(&csr.der)))
             .collect(),
     );
+    let mut failures = devices::Failures::default();
     for &backend in backends {
         let (mut none, mut mqtt) = (Vec::new(), Vec::new());
         for run in 1..=runs {
@@ -89,6 +87,8 @@ pub(crate) async fn bench(backends: &[Backend], count: usize, concurrency: usize
             println!("  {backend:?}: run {run}: hub none: {}", without.summary());
             let with = once(backend, &prepared, prefix, concurrency, true).await?;
             println!("  {backend:?}: run {run}: hub mosquitto: {}", with.summary());
+            failures.note(format!("{backend:?} run {run} with hub none"), &without);
+            failures.note(format!("{backend:?} run {run} with Mosquitto"), &with);
             none.push(without);
             mqtt.push(with);
         }
@@ -110,5 +110,5 @@ pub(crate) async fn bench(backends: &[Backend], count: usize, concurrency: usize
             median(&mqtt, &rate) / median(&none, &rate).max(f64::EPSILON),
         );
     }
-    Ok(())
+    failures.check()
 }

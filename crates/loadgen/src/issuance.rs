@@ -609,6 +609,7 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
     let mut cfssl: BTreeMap<&str, Series> = BTreeMap::new();
     let mut ours: BTreeMap<String, Series> = BTreeMap::new();
     let mut registrations: BTreeMap<String, (Series, Series)> = BTreeMap::new();
+    let mut failures = devices::Failures::default();
     for run in 1..=settings.runs {
         for &store in &settings.cfssl {
             let name = match store {
@@ -621,6 +622,7 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
                 "  cfssl ({name}, https): run {run}: {} (sample of {checked} checked)",
                 line(&result.report, "certificates")
             );
+            failures.note(format!("cfssl ({name}) run {run}"), &result.report);
             cfssl.entry(name).or_default().push(&result.report);
         }
         for &backend in &settings.backends {
@@ -631,6 +633,7 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
                 "  zerotouch EST ({backend:?}, https): run {run}: {} (sample of {checked} checked)",
                 line(&result.report, "certificates")
             );
+            failures.note(format!("EST on {backend:?} run {run}"), &result.report);
             ours.entry(format!("{backend:?}")).or_default().push(&result.report);
             drop(server);
             if settings.devices > 0 {
@@ -638,6 +641,8 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
                 println!("  {backend:?}: run {run}: registration without CSR: {}", without.summary());
                 let with = registration_once(backend, &with_csr, csr_prefix, c).await?;
                 println!("  {backend:?}: run {run}: registration with CSR: {}", with.summary());
+                failures.note(format!("registration without CSR on {backend:?} run {run}"), &without);
+                failures.note(format!("registration with CSR on {backend:?} run {run}"), &with);
                 let entry = registrations.entry(format!("{backend:?}")).or_default();
                 entry.0.push(&without);
                 entry.1.push(&with);
@@ -672,5 +677,5 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
             with.rate() / without.rate().max(f64::EPSILON)
         );
     }
-    Ok(())
+    failures.check()
 }

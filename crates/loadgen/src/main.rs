@@ -174,6 +174,7 @@ async fn bench_devices_once(
     count: usize,
     concurrency: usize,
     transports: &[TransportArg],
+    failures: &mut devices::Failures,
 ) -> anyhow::Result<(f64, Vec<devices::Report>)> {
     let options = Options {
         env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
@@ -188,6 +189,7 @@ async fn bench_devices_once(
     }
     let ceiling = devices::handshake_ceiling(&target, count, concurrency).await?;
     println!("  {backend:?}: TLS handshake + GET /healthz: {}", ceiling.summary());
+    failures.note(format!("{backend:?} TLS ceiling"), &ceiling);
     let mut reports = Vec::new();
     for (transport, devices) in transports.iter().zip(&enrolled) {
         let report = run_devices(&target, devices, concurrency, *transport).await?;
@@ -238,14 +240,17 @@ async fn main() -> anyhow::Result<()> {
             println!("RESULT transport={transport:?} devices={count} concurrency={concurrency} {}", report.summary());
         }
         Command::BenchDevices { backend, devices: count, concurrency, runs, transport } => {
+            let mut failures = devices::Failures::default();
             for backend in backend {
                 let backend = Backend::from(backend);
                 let mut ceilings = Vec::new();
                 let mut rates = vec![Vec::new(); transport.len()];
                 let mut p99s = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
-                    let (ceiling, reports) = bench_devices_once(backend, count, concurrency, &transport).await?;
+                    let (ceiling, reports) =
+                        bench_devices_once(backend, count, concurrency, &transport, &mut failures).await?;
                     for (i, report) in reports.iter().enumerate() {
+                        failures.note(format!("{backend:?} run {run} over {:?}", transport[i]), report);
                         println!(
                             "  {backend:?}: run {run}: {:?} ratio to ceiling {:.2}",
                             transport[i],
@@ -270,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 println!("{line}");
             }
+            failures.check()?;
         }
         Command::BenchHubs { backend, devices: count, concurrency, runs } => {
             let backends: Vec<Backend> = backend.into_iter().map(Backend::from).collect();
