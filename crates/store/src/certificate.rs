@@ -283,17 +283,16 @@ fn parse_cursor(token: &str) -> Result<(DateTime<Utc>, String), StoreError> {
 impl Store {
     /// The certificate with this SHA-256 thumbprint (hex, either case).
     pub async fn certificate_by_thumbprint(&self, sha256_hex: &str) -> Result<CertificateRecord, StoreError> {
-        let row = Entity::find()
-            .filter(Column::ThumbprintSha256.eq(sha256_hex.to_ascii_lowercase()))
-            .one(&self.read)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let select = Entity::find().filter(Column::ThumbprintSha256.eq(sha256_hex.to_ascii_lowercase()));
+        let row = crate::unique(select, &self.read).await?.ok_or(StoreError::NotFound)?;
         to_record(row)
     }
 
     /// The certificate with this serial (hex, either case).
     pub async fn certificate(&self, serial: &str) -> Result<CertificateRecord, StoreError> {
-        let row = Entity::find_by_id(serial.to_ascii_lowercase()).one(&self.read).await?.ok_or(StoreError::NotFound)?;
+        let row = crate::unique(Entity::find_by_id(serial.to_ascii_lowercase()), &self.read)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         to_record(row)
     }
 

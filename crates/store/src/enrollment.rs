@@ -136,8 +136,7 @@ macro_rules! enrollment_table {
         impl EnrollmentTable for $table {
             async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
                 use sea_orm::EntityTrait;
-                crate::entity::$module::Entity::find_by_id(key.to_owned())
-                    .one(db)
+                crate::unique(crate::entity::$module::Entity::find_by_id(key.to_owned()), db)
                     .await?
                     .map(Self::to_record)
                     .transpose()

@@ -276,6 +276,16 @@ impl Store {
     }
 }
 
+/// The row a query on a primary or unique key finds, if any. sea-orm's `.one()` binds its `LIMIT 1` as a
+/// parameter, and SQLite re-prepares a statement each time such a parameter is bound (its plan may depend on the
+/// value): a third of the SQLite readers' CPU went to re-preparing the lookups every device makes.
+pub(crate) async fn unique<E: sea_orm::EntityTrait>(
+    select: sea_orm::Select<E>,
+    db: &impl ConnectionTrait,
+) -> Result<Option<E::Model>, sea_orm::DbErr> {
+    Ok(select.all(db).await?.into_iter().next())
+}
+
 /// The current time, at the microsecond precision both databases keep.
 pub(crate) fn now() -> DateTime<Utc> {
     at_store_precision(Utc::now())

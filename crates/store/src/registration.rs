@@ -86,7 +86,7 @@ fn to_active(r: &RegistrationRecord) -> registration::ActiveModel {
 }
 
 async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<RegistrationRecord>, StoreError> {
-    Ok(Entity::find_by_id(key.to_owned()).one(db).await?.map(to_record))
+    Ok(crate::unique(Entity::find_by_id(key.to_owned()), db).await?.map(to_record))
 }
 
 impl Store {
@@ -756,11 +756,9 @@ impl Store {
 
     /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
     pub async fn operation(&self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
-        let model = operation::Entity::find_by_id(id.to_owned())
-            .filter(operation::Column::RegistrationKey.eq(registration_key))
-            .one(&self.read)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let select = operation::Entity::find_by_id(id.to_owned())
+            .filter(operation::Column::RegistrationKey.eq(registration_key));
+        let model = crate::unique(select, &self.read).await?.ok_or(StoreError::NotFound)?;
         Ok(OperationRecord {
             id: model.id,
             registration_key: model.registration_key,
