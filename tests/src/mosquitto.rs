@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Server;
-use crate::openssl::openssl;
+use crate::openssl::{make_ca, make_certificate};
 
 /// The page the broker is set up from.
 pub const GUIDE: &str = include_str!("../../docs/hubs/mosquitto.md");
@@ -320,48 +320,10 @@ fn localize(text: &str, dir: &Path, ports: &Ports, server: &Server) -> String {
 /// here with openssl; returns the CA's file.
 pub fn make_server_certificate(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("certs")).unwrap();
+    make_ca(dir, "server-ca", None);
     let ext = "basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n\
                subjectAltName=IP:127.0.0.1,DNS:localhost\n";
-    std::fs::write(dir.join("server.ext"), ext).unwrap();
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server-ca.key"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "server-ca.key",
-            "-subj",
-            "/CN=broker test CA",
-            "-days",
-            "2",
-            "-out",
-            "server-ca.pem",
-        ],
-    );
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "certs/broker.key"]);
-    openssl(dir, &["req", "-new", "-key", "certs/broker.key", "-subj", "/CN=localhost", "-out", "broker.csr"]);
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "broker.csr",
-            "-CA",
-            "server-ca.pem",
-            "-CAkey",
-            "server-ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "certs/broker.pem",
-        ],
-    );
+    make_certificate(dir, "certs/broker", "localhost", Some("server-ca"), ext);
     for file in ["certs/broker.key", "certs/broker.pem"] {
         std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
     }

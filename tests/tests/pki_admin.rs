@@ -7,7 +7,6 @@
 //! its own server (fresh data dir and database).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -16,6 +15,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
+use zerotouch_tests::openssl::openssl;
 use zerotouch_tests::{Api, Backend, Options, Server};
 
 const FORBIDDEN: u64 = 403_001;
@@ -27,13 +27,6 @@ const PRECONDITION_FAILED: u64 = 412_001;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
-
-/// Runs `openssl` in `dir`; panics with its stderr when it fails. Returns stdout.
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The extensions of a CA certificate, for `openssl x509 -req -extfile`.
 const CA_EXTENSIONS: &str = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n\

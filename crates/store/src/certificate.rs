@@ -379,7 +379,7 @@ impl Store {
         use sea_orm::TransactionTrait;
         let serial = serial.to_ascii_lowercase();
         let txn = self.db.begin().await?;
-        let Some(certificate) = Entity::find_by_id(serial.clone()).one(&txn).await? else {
+        let Some(certificate) = crate::unique(Entity::find_by_id(serial.clone()), &txn).await? else {
             return Err(StoreError::NotFound);
         };
         let mut revoked = revoke(&txn, Revoking::Serial(&serial), reason, actor).await?;

@@ -98,7 +98,7 @@ fn to_active(r: &CertificateAuthorityRecord) -> certificate_authority::ActiveMod
 }
 
 async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<CertificateAuthorityRecord>, StoreError> {
-    Ok(Entity::find_by_id(key.to_owned()).one(db).await?.map(to_record))
+    Ok(crate::unique(Entity::find_by_id(key.to_owned()), db).await?.map(to_record))
 }
 
 /// Replaces the row of `record` if its etag is still `expected_etag`; returns whether it did.

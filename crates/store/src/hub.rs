@@ -65,7 +65,7 @@ fn to_active(r: &HubRecord) -> hub::ActiveModel {
 }
 
 async fn find(db: &impl ConnectionTrait, host_name: &str) -> Result<Option<HubRecord>, StoreError> {
-    Ok(Entity::find_by_id(host_name.to_owned()).one(db).await?.map(to_record))
+    Ok(crate::unique(Entity::find_by_id(host_name.to_owned()), db).await?.map(to_record))
 }
 
 impl Store {

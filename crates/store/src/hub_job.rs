@@ -537,10 +537,9 @@ impl Store {
             let current = updated.rows_affected == 1;
             // The operation this job settles, whether or not a newer attempt changed the registration since (that
             // attempt has its own job and operation; this device's poll must still end).
-            let waiting = operation::Entity::find_by_id(operation_id.clone())
-                .filter(operation::Column::Status.eq("assigning"))
-                .one(&txn)
-                .await?;
+            let waiting =
+                operation::Entity::find_by_id(operation_id.clone()).filter(operation::Column::Status.eq("assigning"));
+            let waiting = crate::unique(waiting, &txn).await?;
             if let Some(stored) = waiting {
                 let etag = if current { new_etag.as_str() } else { etag.as_str() };
                 let result = settle_result(stored.result, status, etag, now, error);
@@ -573,8 +572,9 @@ impl Store {
                     HubAction::Delete,
                 );
                 // Only if the old hub still has an adapter.
-                let adapter =
-                    hub::Entity::find_by_id(hub.clone()).one(&txn).await?.is_some_and(|h| h.kind != NO_ADAPTER);
+                let adapter = crate::unique(hub::Entity::find_by_id(hub.clone()), &txn)
+                    .await?
+                    .is_some_and(|h| h.kind != NO_ADAPTER);
                 if adapter {
                     Entity::insert(to_active(&leaving)).exec_without_returning(&txn).await?;
                 }

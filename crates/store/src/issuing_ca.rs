@@ -155,7 +155,7 @@ fn to_record(m: issuing_ca::Model) -> Result<IssuingCaRecord, StoreError> {
 }
 
 async fn find(db: &impl ConnectionTrait, name: &str) -> Result<Option<IssuingCaRecord>, StoreError> {
-    Entity::find_by_id(name.to_owned()).one(db).await?.map(to_record).transpose()
+    crate::unique(Entity::find_by_id(name.to_owned()), db).await?.map(to_record).transpose()
 }
 
 /// Applies `change` (only its `Set` columns) to the CA `name` if its etag is still `expected_etag`, with a fresh
@@ -261,12 +261,9 @@ impl Store {
 
     /// The issuing CA that issues, if one is active.
     pub async fn active_issuing_ca(&self) -> Result<Option<IssuingCaRecord>, StoreError> {
-        Entity::find()
-            .filter(Column::Status.eq(IssuingCaStatus::Active.as_str()))
-            .one(&self.read)
-            .await?
-            .map(to_record)
-            .transpose()
+        // At most one row: a unique partial index allows one active issuing CA.
+        let active = Entity::find().filter(Column::Status.eq(IssuingCaStatus::Active.as_str()));
+        crate::unique(active, &self.read).await?.map(to_record).transpose()
     }
 
     /// The encrypted private key of an issuing CA. The only way the key leaves the store; callers must not log
@@ -357,7 +354,8 @@ impl Store {
         }
         let now = crate::now();
         let mut changes = Vec::new();
-        let current = Entity::find().filter(Column::Status.eq(IssuingCaStatus::Active.as_str())).one(&txn).await?;
+        let current =
+            crate::unique(Entity::find().filter(Column::Status.eq(IssuingCaStatus::Active.as_str())), &txn).await?;
         let demoted = match current {
             Some(current) => {
                 let change = issuing_ca::ActiveModel {

@@ -105,13 +105,15 @@ impl Store {
 
     /// The device's pending challenge (expired or not: the caller judges).
     pub async fn tpm_challenge(&self, registration_key: &str) -> Result<TpmChallengeRecord, StoreError> {
-        let model = Entity::find_by_id(registration_key.to_owned()).one(&self.db).await?;
+        let model = crate::unique(Entity::find_by_id(registration_key.to_owned()), &self.db).await?;
         to_record(model.ok_or(StoreError::NotFound)?)
     }
 
     /// The EK (base64 `TPM2B_PUBLIC`) a registration id is bound to, if any.
     pub async fn tpm_binding(&self, registration_key: &str) -> Result<Option<String>, StoreError> {
-        let model = crate::entity::tpm_binding::Entity::find_by_id(registration_key.to_owned()).one(&self.db).await?;
+        let model =
+            crate::unique(crate::entity::tpm_binding::Entity::find_by_id(registration_key.to_owned()), &self.db)
+                .await?;
         Ok(model.map(|m| m.endorsement_key))
     }
 
