@@ -160,11 +160,6 @@ fn start_checkpointer(db: DatabaseConnection, alive: std::sync::Weak<()>) {
     });
 }
 
-/// Registration writer tasks on PostgreSQL (each holds one of the pool's connections while it writes a batch). With
-/// first registrations written in one statement, four measured better than two or eight (batches large enough to
-/// share commits, enough of them to overlap their commits' waits).
-const POSTGRES_WRITERS: usize = 4;
-
 /// Most rows a listing returns per page.
 pub const MAX_PAGE_SIZE: u64 = 1000;
 
@@ -224,13 +219,7 @@ impl Store {
             Backend::Postgres => db.clone(),
         };
         Ok(Self {
-            registrations: registration::RegistrationWriter::start(
-                db.clone(),
-                match backend {
-                    Backend::Sqlite => 1,
-                    Backend::Postgres => POSTGRES_WRITERS,
-                },
-            ),
+            registrations: registration::RegistrationWriter::start(db.clone()),
             db,
             read,
             backend,

@@ -1,5 +1,7 @@
 //! Device registration states (one per registration id) and their operations.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -292,52 +294,54 @@ enum Work {
 /// Most attempts written in one transaction (well within both databases' limits on bound parameters).
 const MAX_BATCH: usize = 256;
 
+/// How long the writer, while busy, waits for more attempts before it writes a batch. Every transaction costs the
+/// database a commit (SQLite writes each page the batch touched to its WAL; PostgreSQL flushes its WAL), however few
+/// attempts it carries: waiting a millisecond under load cut the database's CPU per device by a fifth to a third.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// The writer counts as busy when its last batch ended this recently; an attempt arriving at an idle writer is
+/// written at once.
+const BUSY_WITHIN: Duration = Duration::from_millis(20);
+
 /// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
 /// all of them (group commit). A registration costs a few SQL statements per *batch* instead of five per device,
-/// which is what lets one SQLite writer or one PostgreSQL round trip serve thousands of devices a second.
-#[derive(Clone)]
+/// which is what lets one SQLite writer or one PostgreSQL connection serve thousands of devices a second.
+///
+/// There is one writer task on both databases. SQLite has one writer anyway. On PostgreSQL, one writer whose batches
+/// gather the attempts that arrive during a commit measured cheaper for the database per device (and faster) than
+/// two or four writers with smaller batches. One writer also writes each device's attempts in order, so they never
+/// contend with each other across transactions.
+#[derive(Debug, Clone)]
 pub(crate) struct RegistrationWriter {
-    /// One queue per writer task; a registration id always goes to the same one, so that one device's attempts
-    /// are written in order and never contend with each other across transactions.
-    queues: Vec<mpsc::Sender<Work>>,
-}
-
-impl std::fmt::Debug for RegistrationWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrationWriter").field("writers", &self.queues.len()).finish()
-    }
+    queue: mpsc::Sender<Work>,
 }
 
 impl RegistrationWriter {
-    /// Starts `writers` writer tasks on the current runtime; they end when the last store holding them is dropped.
-    /// SQLite has one writer connection, so one task. On PostgreSQL a batch's time is mostly the wait for its
-    /// commit to reach the disk, during which the server can flush other transactions' commits with it; so
-    /// several writers commit batches side by side.
-    pub(crate) fn start(db: DatabaseConnection, writers: usize) -> Self {
-        let queues = (0..writers.max(1))
-            .map(|_| {
-                let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
-                let db = db.clone();
-                tokio::spawn(async move {
-                    let mut batch = Vec::with_capacity(MAX_BATCH);
-                    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                        write_batch(&db, std::mem::take(&mut batch)).await;
+    /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped.
+    pub(crate) fn start(db: DatabaseConnection) -> Self {
+        let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut last_written: Option<Instant> = None;
+            while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                if batch.len() < MAX_BATCH && last_written.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
+                    tokio::time::sleep(LINGER).await;
+                    while batch.len() < MAX_BATCH {
+                        let Ok(work) = receiver.try_recv() else { break };
+                        batch.push(work);
                     }
-                });
-                queue
-            })
-            .collect();
-        Self { queues }
+                }
+                write_batch(&db, std::mem::take(&mut batch)).await;
+                last_written = Some(Instant::now());
+            }
+        });
+        Self { queue }
     }
 
-    /// Queues `work` for the writer of `registration_key`.
-    async fn send(&self, registration_key: &str, work: Work) -> Result<(), StoreError> {
-        use std::hash::{Hash, Hasher};
+    /// Queues `work` for the writer.
+    async fn send(&self, work: Work) -> Result<(), StoreError> {
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        registration_key.hash(&mut hasher);
-        let index = usize::try_from(hasher.finish() % self.queues.len().max(1) as u64).unwrap_or(0);
-        self.queues.get(index).ok_or_else(stopped)?.send(work).await.map_err(|_| stopped())
+        self.queue.send(work).await.map_err(|_| stopped())
     }
 }
 
@@ -732,8 +736,7 @@ impl Store {
     ) -> Result<Committed, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        let key = outcome.record.key.clone();
-        self.registrations.send(&key, Work::Register(Box::new(Pending { outcome, snapshot, reply }))).await?;
+        self.registrations.send(Work::Register(Box::new(Pending { outcome, snapshot, reply }))).await?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -749,8 +752,7 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
         let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
-        let key = pending.certificate.registration_key.clone();
-        self.registrations.send(&key, Work::Certificate(Box::new(pending))).await?;
+        self.registrations.send(Work::Certificate(Box::new(pending))).await?;
         answer.await.map_err(|_| stopped())?
     }
 

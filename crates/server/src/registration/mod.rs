@@ -171,6 +171,8 @@ pub struct RegistrationService {
     limits: DeviceLimits,
     http: reqwest::Client,
     reference: Mutex<Option<Reference>>,
+    /// Held by the one request reading the reference again (see [`RegistrationService::reference`]).
+    reading_reference: tokio::sync::Mutex<()>,
     /// SHA-256 of (id scope, registration key, Authorization value) of tokens verified recently, and until when. A poll
     /// with the same token then needs no enrollment lookup; it can only read the device's own operations.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
@@ -225,20 +227,42 @@ impl RegistrationService {
             limits,
             http,
             reference: Mutex::new(None),
+            reading_reference: tokio::sync::Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The cached reference, if any.
+    fn cached_reference(&self) -> Option<Reference> {
+        self.reference.lock().ok().and_then(|cached| cached.clone())
+    }
+
     /// The linked hubs and the symmetric-key groups, from the cache when it is fresh.
+    ///
+    /// One request at a time reads them again (every registration needs them; under load, dozens would otherwise
+    /// read them at once whenever the cache expires, and stall the database). While it does, requests keep the
+    /// reading that has only aged; after a change made through this process, they wait for the new reading.
     async fn reference(&self) -> Result<Reference, ApiError> {
         let generation = self.store.reference_changes();
-        if let Ok(cached) = self.reference.lock()
-            && let Some(reference) = cached.as_ref()
-            && reference.generation == generation
+        let cached = self.cached_reference().filter(|r| r.generation == generation);
+        if let Some(reference) = &cached
             && reference.read_at.elapsed() < REFERENCE_TTL
         {
             return Ok(reference.clone());
+        }
+        let _reading = match (self.reading_reference.try_lock(), cached) {
+            (Ok(reading), _) => reading,
+            (Err(_), Some(aged)) => return Ok(aged),
+            (Err(_), None) => self.reading_reference.lock().await,
+        };
+        // Another request may have read them while this one waited.
+        let generation = self.store.reference_changes();
+        if let Some(reference) = self.cached_reference()
+            && reference.generation == generation
+            && reference.read_at.elapsed() < REFERENCE_TTL
+        {
+            return Ok(reference);
         }
         let hubs = self.store.list_hubs().await.map_err(ApiError::internal)?;
         let groups = self.store.groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
