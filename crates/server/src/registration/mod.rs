@@ -132,7 +132,7 @@ struct Decision {
 
 /// Hubs and symmetric-key groups, read together and kept briefly: every registration needs them, and they change
 /// rarely. A change made through this process invalidates them at once; one made on another replica is seen
-/// within [`REFERENCE_TTL`].
+/// within [`REFERENCE_TTL`] and the time of one read.
 #[derive(Debug, Clone)]
 struct Reference {
     read_at: Instant,
@@ -180,7 +180,11 @@ pub struct RegistrationService {
     /// follows its register within milliseconds) needs no database read. A terminal operation never changes, so
     /// this cannot disagree with the database, except that a registration deleted in the last
     /// [`FINISHED_TTL`] still answers its operation. Other replicas read the database.
-    finished: Mutex<HashMap<String, Finished>>,
+    ///
+    /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under this lock, held up
+    /// every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
+    /// doublings).
+    finished: Mutex<HashMap<String, Box<Finished>>>,
 }
 
 fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
@@ -328,7 +332,7 @@ impl RegistrationService {
             }
         }
         let entry = Finished { registration_key: operation.registration_key.clone(), written: Instant::now(), answer };
-        finished.insert(operation.id.clone(), entry);
+        finished.insert(operation.id.clone(), Box::new(entry));
     }
 
     /// A finished operation of `registration_key` from memory, while it is young enough (see `finished`).
