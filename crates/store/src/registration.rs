@@ -612,7 +612,9 @@ WITH attempt AS (
 SELECT key FROM state"#;
 
 /// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
-/// CTEs). An attempt won if the state now carries its etag (etags are random and new per attempt).
+/// CTEs). An attempt won if the state now carries its etag (etags are random and new per attempt). `jsonb_each`
+/// hands each attempt on in SQLite's binary JSON, which `->>` reads directly; with `json_each` every `->>`
+/// parsed the attempt's text again (a tenth of the service's CPU under load).
 const FIRST_REGISTRATIONS_SQLITE: &str = r#"
 BEGIN;
 INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus,
@@ -620,12 +622,12 @@ INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id
 SELECT value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
     value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
     value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'at'
-FROM json_each(?1) WHERE true
+FROM jsonb_each(?1) WHERE true
 ON CONFLICT (key) DO NOTHING;
-CREATE TEMP TABLE IF NOT EXISTS won_attempt (n INTEGER PRIMARY KEY, attempt TEXT NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS won_attempt (n INTEGER PRIMARY KEY, attempt BLOB NOT NULL);
 DELETE FROM temp.won_attempt;
 INSERT INTO temp.won_attempt (n, attempt)
-SELECT a.value->>'n', a.value FROM json_each(?1) AS a
+SELECT a.value->>'n', a.value FROM jsonb_each(?1) AS a
 JOIN registrations AS r ON r.key = a.value->>'key' AND r.etag = a.value->>'etag';
 INSERT INTO operations (id, registration_key, status, error_code, error_message, result, created_at, updated_at)
 SELECT attempt->>'operation_id', attempt->>'key', attempt->>'operation_status', attempt->>'operation_error_code',
