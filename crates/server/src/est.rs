@@ -13,11 +13,10 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use zerotouch_wire::RegistrationId;
 
 use crate::error::ApiError;
 use crate::pki::Pki;
-use crate::registration::{DeviceRequest, Evidence, RegistrationService};
+use crate::registration::RegistrationService;
 use crate::service::PeerCertificates;
 
 /// Largest CSR body accepted (base64 of a PKCS#10 with an RSA-4096 key stays well below this).
@@ -114,21 +113,10 @@ async fn enroll(
     let Some(PeerCertificates(chain)) = req.conn_data::<PeerCertificates>().cloned() else {
         return Err(ApiError::DeviceUnauthorized);
     };
-    let leaf = chain.first().ok_or(ApiError::DeviceUnauthorized)?;
-    let registration_id = match service.registration_of_certificate(leaf).await? {
-        Some(key) => key,
-        None => zerotouch_pki::subject_cn(leaf).map_err(|_| ApiError::DeviceUnauthorized)?,
-    };
-    let registration_id =
-        RegistrationId::try_from(registration_id.as_str()).map_err(|_| ApiError::DeviceUnauthorized)?;
+    let (device, known) = service.est_device(chain).await?;
     let csr = zerotouch_pki::decode_est_base64(&body)
         .map_err(|_| ApiError::CsrRefused("the body is not base64 DER PKCS#10 (RFC 7030 §4.2)".into()))?;
-    let device = DeviceRequest {
-        id_scope: service.id_scope().to_owned(),
-        registration_id,
-        evidence: Evidence::Certificates(chain),
-    };
-    let issued = service.enroll_certificate(device, &csr, renewal).await?;
+    let issued = service.enroll_certificate(device, known, &csr, renewal).await?;
     // RFC 7030 §4.2.3: the issued certificate (the client already has, or fetches, the CA certificates).
     pkcs7_response(&issued[..1])
 }

@@ -96,6 +96,14 @@ struct Matched {
     tpm: Option<tpm::TpmOutcome>,
 }
 
+/// What an EST request's certificate told before authentication (see [`RegistrationService::est_device`]): the
+/// operational certificate of ours it is, if any, and that certificate's registration, if it still exists.
+#[derive(Debug, Clone, Default)]
+pub struct KnownCertificate {
+    issued: Option<zerotouch_store::CertificateRecord>,
+    registration: Option<RegistrationRecord>,
+}
+
 /// The allocation settings of a stored enrollment document.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -377,11 +385,14 @@ impl RegistrationService {
     /// X.509 attestation (§4): an operational certificate of ours (the device renews), else the individual
     /// enrollment whose device certificate it is, else the group whose CA sits closest to the device certificate
     /// in its chain.
+    ///
+    /// `known`: what the caller already read about the leaf (EST), else it is read here.
     async fn authenticate_x509(
         &self,
         device: &DeviceRequest,
         action: &str,
         chain: &[Vec<u8>],
+        known: Option<KnownCertificate>,
     ) -> Result<Matched, ApiError> {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(self.refuse(device, action, "no certificate").await);
@@ -401,10 +412,12 @@ impl RegistrationService {
         let now = time::OffsetDateTime::now_utc();
         // An operational certificate of ours names its device id, which may differ from the registration id; it is
         // bound to its registration by the certificate record instead.
-        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
-            Ok(issued) => return self.authenticate_operational(device, action, leaf, issued, now).await,
-            Err(StoreError::NotFound) => {}
-            Err(e) => return Err(ApiError::internal(e)),
+        let known = match known {
+            Some(known) => known,
+            None => KnownCertificate { issued: self.issued_certificate(leaf).await?, registration: None },
+        };
+        if let Some(issued) = known.issued {
+            return self.authenticate_operational(device, action, leaf, issued, known.registration, now).await;
         }
         let cn = match zerotouch_pki::subject_cn(leaf) {
             Ok(cn) => cn,
@@ -470,6 +483,7 @@ impl RegistrationService {
         action: &str,
         leaf: &[u8],
         issued: zerotouch_store::CertificateRecord,
+        registration: Option<RegistrationRecord>,
         now: time::OffsetDateTime,
     ) -> Result<Matched, ApiError> {
         let key = device.registration_id.key();
@@ -520,12 +534,15 @@ impl RegistrationService {
         if let Err(e) = zerotouch_pki::verify_chain(leaf, &[], ca.ca.certificate_der(), checked_at) {
             return Err(self.refuse_certificate(device, action, x509::refusal(&e)).await);
         }
-        let registration = match self.store.registration(&key).await {
-            Ok(registration) => registration,
-            Err(StoreError::NotFound) => {
-                return Err(self.refuse(device, action, "x509: the device's registration was deleted").await);
-            }
-            Err(e) => return Err(ApiError::internal(e)),
+        let registration = match registration {
+            Some(registration) => registration,
+            None => match self.store.registration(&key).await {
+                Ok(registration) => registration,
+                Err(StoreError::NotFound) => {
+                    return Err(self.refuse(device, action, "x509: the device's registration was deleted").await);
+                }
+                Err(e) => return Err(ApiError::internal(e)),
+            },
         };
         let (kind, enrollment_key) = match &registration.enrollment_group_key {
             Some(group) => (EnrollmentKind::Group, group.clone()),
@@ -554,7 +571,7 @@ impl RegistrationService {
         }
         let header = match &device.evidence {
             Evidence::Sas(header) => header,
-            Evidence::Certificates(chain) => return self.authenticate_x509(device, action, chain).await,
+            Evidence::Certificates(chain) => return self.authenticate_x509(device, action, chain, None).await,
             Evidence::None => return Err(self.refuse(device, action, "no credentials").await),
         };
         let token = match sas::parse(header) {
@@ -978,25 +995,39 @@ impl RegistrationService {
         json!({ enrollment_field: enrollment, "deviceRuntimeContext": context, "linkedHubs": linked })
     }
 
-    /// The registration an operational certificate of ours was issued to (its CN is the device id, which may
-    /// differ from the registration id), if `leaf` is one.
-    pub async fn registration_of_certificate(&self, leaf: &[u8]) -> Result<Option<String>, ApiError> {
-        let key = match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
-            Ok(issued) => issued.registration_key,
-            Err(StoreError::NotFound) => return Ok(None),
-            Err(e) => return Err(ApiError::internal(e)),
-        };
-        // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
-        match self.store.registration(&key).await {
-            Ok(registration) => Ok(Some(registration.registration_id)),
-            Err(StoreError::NotFound) => Ok(Some(key)),
+    /// The operational certificate of ours `leaf` is, if it is one.
+    async fn issued_certificate(&self, leaf: &[u8]) -> Result<Option<zerotouch_store::CertificateRecord>, ApiError> {
+        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+            Ok(issued) => Ok(Some(issued)),
+            Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(ApiError::internal(e)),
         }
     }
 
-    /// The id scope devices use.
-    pub fn id_scope(&self) -> &str {
-        &self.settings.id_scope
+    /// Who an EST client is, from its TLS certificate chain (leaf first): the registration an operational
+    /// certificate of ours was issued to (its CN is the device id, which may differ from the registration id),
+    /// else the certificate's subject CN. Returns the device request and what was read on the way, which
+    /// [`RegistrationService::enroll_certificate`] then does not read again.
+    pub async fn est_device(&self, chain: Vec<Vec<u8>>) -> Result<(DeviceRequest, KnownCertificate), ApiError> {
+        let leaf = chain.first().ok_or(ApiError::DeviceUnauthorized)?;
+        let issued = self.issued_certificate(leaf).await?;
+        let (registration_id, registration) = match &issued {
+            // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
+            Some(issued) => match self.store.registration(&issued.registration_key).await {
+                Ok(registration) => (registration.registration_id.clone(), Some(registration)),
+                Err(StoreError::NotFound) => (issued.registration_key.clone(), None),
+                Err(e) => return Err(ApiError::internal(e)),
+            },
+            None => (zerotouch_pki::subject_cn(leaf).map_err(|_| ApiError::DeviceUnauthorized)?, None),
+        };
+        let registration_id =
+            RegistrationId::try_from(registration_id.as_str()).map_err(|_| ApiError::DeviceUnauthorized)?;
+        let device = DeviceRequest {
+            id_scope: self.settings.id_scope.clone(),
+            registration_id,
+            evidence: Evidence::Certificates(chain),
+        };
+        Ok((device, KnownCertificate { issued, registration }))
     }
 
     /// EST enrollment (RFC 7030): a device authenticated by its certificate gets an operational certificate from
@@ -1006,13 +1037,18 @@ impl RegistrationService {
     pub async fn enroll_certificate(
         &self,
         device: DeviceRequest,
+        known: KnownCertificate,
         csr: &[u8],
         renewal: bool,
     ) -> Result<Vec<Vec<u8>>, ApiError> {
         let action = if renewal { "simplereenroll" } else { "simpleenroll" };
         let key = device.registration_id.key();
         let _slot = self.limits.enter().ok_or(Self::throttled(RetryAfter(Duration::from_secs(1))))?;
-        let matched = self.authenticate(&device, action).await?;
+        let Evidence::Certificates(chain) = &device.evidence else {
+            return Err(self.refuse(&device, action, "no certificate").await);
+        };
+        let registration = known.registration.clone();
+        let matched = self.authenticate_x509(&device, action, chain, Some(known)).await?;
         self.limits.admit(&key).map_err(Self::throttled)?;
         if renewal && !matched.operational {
             let reason = "simplereenroll renews an operational certificate; this is another certificate";
@@ -1032,7 +1068,11 @@ impl RegistrationService {
         )
         .map_err(|e| ApiError::CsrRefused(e.to_string()))?;
         // A certificate belongs to a registration (which revocation finds it by): the device registers first.
-        let device_id = match self.store.registration(&key).await {
+        let registration = match registration {
+            Some(registration) => Ok(registration),
+            None => self.store.registration(&key).await,
+        };
+        let device_id = match registration {
             Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => registration.device_id,
             Ok(_) | Err(StoreError::NotFound) => {
                 let reason = "EST issues to assigned devices only: the device must register first";
