@@ -98,7 +98,7 @@ struct Matched {
 
 /// What an EST request's certificate told before authentication (see [`RegistrationService::est_device`]): the
 /// operational certificate of ours it is, if any, and that certificate's registration, if it still exists.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct KnownCertificate {
     issued: Option<zerotouch_store::CertificateRecord>,
     registration: Option<RegistrationRecord>,
