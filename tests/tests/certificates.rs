@@ -429,6 +429,17 @@ async fn x509_devices_register_with_curl() {
     make_device(d, "lost", "lost-1", "stranger-root");
     let (status, body) = curl_register(&server, "lost-1", &d.join("lost.pem"), &d.join("lost.key"), json!({}));
     assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401012)), "{body}");
+    // EST authenticates before it reads the body: that device's garbage is refused as unauthenticated, not as a CSR.
+    let (status, body) = curl(
+        &server,
+        "POST",
+        "/.well-known/est/simpleenroll",
+        &d.join("lost.pem"),
+        &d.join("lost.key"),
+        "@@@",
+        "application/pkcs10",
+    );
+    assert_eq!(status, 401, "{body}");
 
     // Another device's certificate under its own registration id: the CN must be the registration id.
     let (status, body) = curl_register(&server, "widget-2", &d.join("g1-chain.pem"), &d.join("g1.key"), json!({}));

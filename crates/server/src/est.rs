@@ -109,14 +109,11 @@ async fn enroll(
     if body.len() > CSR_BODY_LIMIT {
         return Err(ApiError::PayloadTooLarge(CSR_BODY_LIMIT));
     }
-    // EST authenticates by the TLS client certificate; its subject CN is the registration id.
+    // EST authenticates by the TLS client certificate alone (see `RegistrationService::enroll_certificate`).
     let Some(PeerCertificates(chain)) = req.conn_data::<PeerCertificates>().cloned() else {
         return Err(ApiError::DeviceUnauthorized);
     };
-    let (device, known) = service.est_device(chain).await?;
-    let csr = zerotouch_pki::decode_est_base64(&body)
-        .map_err(|_| ApiError::CsrRefused("the body is not base64 DER PKCS#10 (RFC 7030 §4.2)".into()))?;
-    let issued = service.enroll_certificate(device, known, &csr, renewal).await?;
+    let issued = service.enroll_certificate(chain, &body, renewal).await?;
     // RFC 7030 §4.2.3: the issued certificate (the client already has, or fetches, the CA certificates).
     pkcs7_response(&issued[..1])
 }

@@ -99,7 +99,7 @@ struct Matched {
 /// What an EST request's certificate told before authentication (see [`RegistrationService::est_device`]): the
 /// operational certificate of ours it is, if any, and that certificate's registration, if it still exists.
 #[derive(Debug)]
-pub struct KnownCertificate {
+struct KnownCertificate {
     issued: Option<zerotouch_store::CertificateRecord>,
     registration: Option<RegistrationRecord>,
 }
@@ -1007,8 +1007,8 @@ impl RegistrationService {
     /// Who an EST client is, from its TLS certificate chain (leaf first): the registration an operational
     /// certificate of ours was issued to (its CN is the device id, which may differ from the registration id),
     /// else the certificate's subject CN. Returns the device request and what was read on the way, which
-    /// [`RegistrationService::enroll_certificate`] then does not read again.
-    pub async fn est_device(&self, chain: Vec<Vec<u8>>) -> Result<(DeviceRequest, KnownCertificate), ApiError> {
+    /// authentication then does not read again.
+    async fn est_device(&self, chain: Vec<Vec<u8>>) -> Result<(DeviceRequest, KnownCertificate), ApiError> {
         let leaf = chain.first().ok_or(ApiError::DeviceUnauthorized)?;
         let issued = self.issued_certificate(leaf).await?;
         let (registration_id, registration) = match &issued {
@@ -1030,20 +1030,21 @@ impl RegistrationService {
         Ok((device, KnownCertificate { issued, registration }))
     }
 
-    /// EST enrollment (RFC 7030): a device authenticated by its certificate gets an operational certificate from
-    /// a CSR (DER PKCS#10) and keeps its registration (device id, hub). `renewal` (simplereenroll) takes only an
-    /// operational certificate of ours; simpleenroll takes that or a device certificate of an X.509 enrollment.
-    /// Returns the chain, the new certificate first. The device must have an `assigned` registration.
+    /// EST enrollment (RFC 7030): a device authenticated by its TLS certificate `chain` (leaf first) gets an
+    /// operational certificate from `body` (base64 DER PKCS#10, decoded only once the device is authenticated) and
+    /// keeps its registration (device id, hub). `renewal` (simplereenroll) takes only an operational certificate of
+    /// ours; simpleenroll takes that or a device certificate of an X.509 enrollment. Returns the chain, the new
+    /// certificate first. The device must have an `assigned` registration.
     pub async fn enroll_certificate(
         &self,
-        device: DeviceRequest,
-        known: KnownCertificate,
-        csr: &[u8],
+        chain: Vec<Vec<u8>>,
+        body: &[u8],
         renewal: bool,
     ) -> Result<Vec<Vec<u8>>, ApiError> {
         let action = if renewal { "simplereenroll" } else { "simpleenroll" };
-        let key = device.registration_id.key();
         let _slot = self.limits.enter().ok_or(Self::throttled(RetryAfter(Duration::from_secs(1))))?;
+        let (device, known) = self.est_device(chain).await?;
+        let key = device.registration_id.key();
         let Evidence::Certificates(chain) = &device.evidence else {
             return Err(self.refuse(&device, action, "no certificate").await);
         };
@@ -1061,8 +1062,10 @@ impl RegistrationService {
         let policy: Policy = serde_json::from_value(matched.enrollment.document.clone())
             .map_err(|e| ApiError::internal(format!("stored enrollment {:?}: {e}", matched.enrollment.id)))?;
         let certificate_policy = policy.certificate_policy.unwrap_or_default();
+        let csr = zerotouch_pki::decode_est_base64(body)
+            .map_err(|_| ApiError::CsrRefused("the body is not base64 DER PKCS#10 (RFC 7030 §4.2)".into()))?;
         let csr = zerotouch_pki::check_csr(
-            csr,
+            &csr,
             device.registration_id.as_str(),
             &zerotouch_pki::KeyPolicy { allow_rsa: certificate_policy.allow_rsa },
         )
