@@ -11,14 +11,16 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 use zerotouch_wire::SymmetricKey;
 use zerotouch_wire::bulk::BulkMode;
 use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment, ProvisioningStatus};
 
 use crate::audit::{self, Change};
 use crate::certificate::{self, Revoking};
+use crate::held::{HeldConnection, Sql, next_batch};
 use crate::hub_job::{self, HubAction, Retiring};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
@@ -465,6 +467,80 @@ async fn bulk<T: EnrollmentTable>(
     txn.commit().await?;
     failures.sort_by_key(|(index, _)| *index);
     Ok(failures)
+}
+
+/// Most keys one [`IndividualReader`] query carries.
+const MAX_LOOKUPS: usize = 256;
+
+/// Individual enrollments by key: the keys arrive as one JSON array of strings.
+const INDIVIDUALS_BY_KEY: Sql = Sql {
+    postgres: "SELECT * FROM individual_enrollments WHERE key = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    sqlite: "SELECT * FROM individual_enrollments WHERE key IN (SELECT value FROM json_each(?1))",
+};
+
+/// A device's lookup of its individual enrollment, waiting for the reader.
+struct Lookup {
+    key: String,
+    reply: oneshot::Sender<Result<Option<EnrollmentRecord>, StoreError>>,
+}
+
+/// Reads the individual enrollments of authenticating devices: every device reads one, the busiest read of the
+/// service. The keys asked for while a query is in flight go together in the next query, on a connection the reader
+/// holds ([`HeldConnection`]): one round trip for a batch of devices instead of two for each.
+#[derive(Debug, Clone)]
+pub(crate) struct IndividualReader {
+    queue: mpsc::Sender<Lookup>,
+}
+
+impl IndividualReader {
+    /// Starts the reader task on the current runtime, reading from `pool` (keeping a connection of it if `keep`,
+    /// see [`HeldConnection::new`]); it ends when the last store holding it is dropped or the pool is closed.
+    pub(crate) fn start(pool: sea_orm::DatabaseConnection, keep: bool) -> Self {
+        let (queue, mut receiver) = mpsc::channel::<Lookup>(4 * MAX_LOOKUPS);
+        tokio::spawn(async move {
+            let mut connection = HeldConnection::new(pool, keep);
+            let closed = connection.closed();
+            tokio::pin!(closed);
+            let mut batch = Vec::with_capacity(MAX_LOOKUPS);
+            while next_batch(&mut receiver, &mut batch, MAX_LOOKUPS, &mut closed).await {
+                let keys: Value = batch.iter().map(|lookup| Value::from(lookup.key.as_str())).collect();
+                let found = connection.fetch_all(INDIVIDUALS_BY_KEY, &keys).await.and_then(|rows| {
+                    rows.iter()
+                        .map(|row| {
+                            let model = crate::entity::individual_enrollment::Model::from_query_result(row, "")?;
+                            Ok((model.key.clone(), model))
+                        })
+                        .collect::<Result<HashMap<_, _>, StoreError>>()
+                });
+                match found {
+                    Ok(found) => {
+                        for lookup in batch.drain(..) {
+                            let record = found.get(&lookup.key).cloned().map(IndividualTable::to_record).transpose();
+                            let _ = lookup.reply.send(record);
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for lookup in batch.drain(..) {
+                            let _ = lookup.reply.send(Err(StoreError::Unavailable(message.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+}
+
+impl Store {
+    /// Reads the individual enrollment `key` for a device authenticating ([`NotFound`](StoreError::NotFound) if
+    /// there is none). The same answer as [`Store::enrollment`], read together with other devices' lookups.
+    pub async fn individual_enrollment(&self, key: &str) -> Result<EnrollmentRecord, StoreError> {
+        let stopped = || StoreError::Unavailable("the enrollment reader has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.individuals.queue.send(Lookup { key: key.to_owned(), reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())??.ok_or(StoreError::NotFound)
+    }
 }
 
 impl Store {

@@ -14,6 +14,7 @@ mod enrollment;
 #[allow(unreachable_pub)]
 mod entity;
 mod error;
+mod held;
 mod hub;
 mod hub_job;
 mod issuing_ca;
@@ -126,6 +127,8 @@ pub struct Store {
     backend: Backend,
     /// Writes registration attempts in batches.
     registrations: registration::RegistrationWriter,
+    /// Reads devices' individual enrollments in batches.
+    individuals: enrollment::IndividualReader,
     /// Counts this process's changes to hubs, enrollment groups and customer CAs, so that callers caching them can
     /// tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -173,9 +176,10 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let backend = Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl)?;
         let mut options = ConnectOptions::new(url.to_owned());
-        // No ping before every use of a pooled connection: it doubles the round trips of short queries, and a
-        // dead connection fails the query, which the caller sees as an error like any other.
-        options.sqlx_logging(false).connect_timeout(Duration::from_secs(10)).test_before_acquire(false);
+        // A pooled connection is checked before each use, so that a dead one (say, PostgreSQL restarted) is replaced
+        // instead of failing a request. The check is a round trip; the hot paths (devices' enrollment lookups, the
+        // registration writer) keep connections of their own and skip it (`held`).
+        options.sqlx_logging(false).connect_timeout(Duration::from_secs(10)).test_before_acquire(true);
         match backend {
             Backend::Sqlite => {
                 options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
@@ -219,7 +223,10 @@ impl Store {
             Backend::Postgres => db.clone(),
         };
         Ok(Self {
-            registrations: registration::RegistrationWriter::start(db.clone()),
+            // SQLite's writer pool is its one write connection, which admin writes and the writer's own transactions
+            // take as well: the writer cannot keep it.
+            registrations: registration::RegistrationWriter::start(db.clone(), backend == Backend::Postgres),
+            individuals: enrollment::IndividualReader::start(read.clone(), !in_memory),
             db,
             read,
             backend,

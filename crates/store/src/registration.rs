@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, TransactionTrait, TryInsertResult,
+    QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -14,6 +14,7 @@ use crate::audit::{self, Change};
 use crate::certificate::{self as certificates, CertificateRecord, CertificateStatus, Revoking};
 use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
+use crate::held::{HeldConnection, Sql, next_batch};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
 /// A device's registration state as stored.
@@ -317,13 +318,17 @@ pub(crate) struct RegistrationWriter {
 }
 
 impl RegistrationWriter {
-    /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped.
-    pub(crate) fn start(db: DatabaseConnection) -> Self {
+    /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped or `db` is
+    /// closed. Batches of first registrations go through a [`HeldConnection`] of `db`, kept if `keep`.
+    pub(crate) fn start(db: DatabaseConnection, keep: bool) -> Self {
         let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
         tokio::spawn(async move {
+            let mut held = HeldConnection::new(db.clone(), keep);
+            let closed = held.closed();
+            tokio::pin!(closed);
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut last_written: Option<Instant> = None;
-            while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            while next_batch(&mut receiver, &mut batch, MAX_BATCH, &mut closed).await {
                 if batch.len() < MAX_BATCH && last_written.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
                     tokio::time::sleep(LINGER).await;
                     while batch.len() < MAX_BATCH {
@@ -331,7 +336,7 @@ impl RegistrationWriter {
                         batch.push(work);
                     }
                 }
-                write_batch(&db, std::mem::take(&mut batch)).await;
+                write_batch(&db, &mut held, std::mem::take(&mut batch)).await;
                 last_written = Some(Instant::now());
             }
         });
@@ -347,7 +352,7 @@ impl RegistrationWriter {
 
 /// Writes a batch in one transaction; if that transaction fails as a whole, writes each attempt alone, so that one
 /// attempt's failure (say, its group deleted meanwhile) is that attempt's answer only.
-async fn write_batch(db: &DatabaseConnection, work: Vec<Work>) {
+async fn write_batch(db: &DatabaseConnection, held: &mut HeldConnection, work: Vec<Work>) {
     let (mut batch, mut certificates) = (Vec::new(), Vec::new());
     for item in work {
         match item {
@@ -356,17 +361,17 @@ async fn write_batch(db: &DatabaseConnection, work: Vec<Work>) {
         }
     }
     let nothing = || StoreError::Conflict("nothing was written".into());
-    let (results, issued) = match write_together(db, &batch, &certificates).await {
+    let (results, issued) = match write_together(db, held, &batch, &certificates).await {
         Ok(results) => results,
         Err(_) if batch.len() + certificates.len() > 1 => {
             let mut results = Vec::with_capacity(batch.len());
             for pending in &batch {
-                let one = write_together(db, std::slice::from_ref(pending), &[]).await;
+                let one = write_together(db, held, std::slice::from_ref(pending), &[]).await;
                 results.push(one.map_or_else(Err, |(mut r, _)| r.pop().unwrap_or_else(|| Err(nothing()))));
             }
             let mut issued = Vec::with_capacity(certificates.len());
             for pending in &certificates {
-                let one = write_together(db, &[], std::slice::from_ref(pending)).await;
+                let one = write_together(db, held, &[], std::slice::from_ref(pending)).await;
                 issued.push(one.map_or_else(Err, |(_, mut c)| c.pop().unwrap_or_else(|| Err(nothing()))));
             }
             (results, issued)
@@ -396,6 +401,7 @@ type Written = (Vec<Result<Committed, StoreError>>, Vec<Result<CertificateRecord
 /// each. Attempts that lost a race get [`StoreError::Conflict`].
 async fn write_together(
     db: &DatabaseConnection,
+    held: &mut HeldConnection,
     batch: &[Pending],
     certificates_alone: &[PendingCertificate],
 ) -> Result<Written, StoreError> {
@@ -413,7 +419,7 @@ async fn write_together(
         })
         .collect();
     if certificates_alone.is_empty() && first_registrations_only(batch) {
-        return write_first_registrations(db, batch, records, now).await;
+        return write_first_registrations(db, held, batch, records, now).await;
     }
     let txn = db.begin().await?;
 
@@ -611,6 +617,9 @@ WITH attempt AS (
 )
 SELECT key FROM state"#;
 
+/// [`write_first_registrations`]'s statement on each database.
+const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: FIRST_REGISTRATIONS_SQLITE };
+
 /// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
 /// CTEs). An attempt won if the state now carries its etag (etags are random and new per attempt). `jsonb_each`
 /// hands each attempt on in SQLite's binary JSON, which `->>` reads directly; with `json_each` every `->>`
@@ -644,6 +653,7 @@ COMMIT;"#;
 /// one statement on PostgreSQL (atomic by itself), one script on SQLite. Same rows as [`write_together`] writes.
 async fn write_first_registrations(
     db: &DatabaseConnection,
+    held: &mut HeldConnection,
     batch: &[Pending],
     records: Vec<RegistrationRecord>,
     now: DateTime<Utc>,
@@ -691,19 +701,14 @@ async fn write_first_registrations(
             })
         })
         .collect();
-    let backend = db.get_database_backend();
-    let (sql, attempts) = match backend {
-        DbBackend::Sqlite => (FIRST_REGISTRATIONS_SQLITE, Value::Array(attempts).to_string().into()),
-        _ => (FIRST_REGISTRATIONS_POSTGRES, Value::Array(attempts).into()),
-    };
-    let rows = match db.query_all_raw(Statement::from_sql_and_values(backend, sql, [attempts])).await {
+    let rows = match held.fetch_all(FIRST_REGISTRATIONS, &Value::Array(attempts)).await {
         Ok(rows) => rows,
         Err(e) => {
             // The script stopped inside its transaction.
-            if backend == DbBackend::Sqlite {
+            if db.get_database_backend() == DbBackend::Sqlite {
                 let _ = db.execute_unprepared("ROLLBACK").await;
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     let inserted = rows

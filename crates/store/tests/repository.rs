@@ -418,6 +418,99 @@ async fn ids_are_case_insensitive(store: &Store) {
 }
 both!(ids_are_case_insensitive);
 
+/// Devices looking up their individual enrollments all at once (the lookups are read together, in batches): each
+/// gets its own enrollment exactly as stored, keys included; an id with no individual enrollment (an unknown one, or
+/// a group's) is not found. Duplicates in one batch (a device registering twice at once) each get the answer.
+async fn concurrent_device_lookups_each_find_their_own_enrollment(store: &Store) {
+    const ENROLLED: usize = 40;
+    let mut expected = HashMap::new();
+    for i in 0..ENROLLED {
+        let record = put_new(store, EnrollmentKind::Individual, &format!("Lookup-{i}")).await;
+        assert!(record.primary_key.is_some(), "a symmetric-key enrollment gets keys");
+        expected.insert(record.key.clone(), record);
+    }
+    put_new(store, EnrollmentKind::Group, "Lookup-group").await;
+    let mut keys: Vec<String> = expected.keys().cloned().collect();
+    keys.extend(expected.keys().cloned());
+    keys.extend((0..ENROLLED).map(|i| format!("lookup-unknown-{i}")));
+    keys.push("lookup-group".into());
+    let barrier = Arc::new(tokio::sync::Barrier::new(keys.len()));
+    let tasks: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let found = store.individual_enrollment(&key).await;
+                (key, found)
+            })
+        })
+        .collect();
+    let mut found_count = 0;
+    for task in tasks {
+        let (key, found) = task.await.unwrap();
+        match expected.get(&key) {
+            Some(record) => {
+                assert_eq!(&found.unwrap(), record, "{key}");
+                found_count += 1;
+            }
+            None => assert!(matches!(found, Err(StoreError::NotFound)), "{key}: {found:?}"),
+        }
+    }
+    assert_eq!(found_count, 2 * ENROLLED);
+}
+both!(concurrent_device_lookups_each_find_their_own_enrollment);
+
+/// Closing the store returns promptly although its device lookups and its registration writer keep connections
+/// (closing a pool waits for every connection taken from it); afterwards both refuse work instead of hanging.
+async fn close_returns_although_connections_are_kept(store: &Store) {
+    let record = put_new(store, EnrollmentKind::Individual, "Kept").await;
+    assert_eq!(store.individual_enrollment("kept").await.unwrap(), record);
+    store.commit_registration(attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
+    let closing = tokio::time::timeout(Duration::from_secs(10), store.clone().close()).await;
+    closing.expect("close returns").expect("close succeeds");
+    let lookup = tokio::time::timeout(Duration::from_secs(10), store.individual_enrollment("kept")).await;
+    assert!(lookup.expect("a lookup after close returns").is_err());
+    let write = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.commit_registration(attempt("Late", None, "op-late"), snapshot()),
+    )
+    .await;
+    assert!(write.expect("a write after close returns").is_err());
+}
+both!(close_returns_although_connections_are_kept);
+
+/// PostgreSQL's server processes terminated under the store (as by a restarted or failed-over server): the next
+/// device lookup and the next registration write, which run on connections the store keeps, still succeed, and so
+/// does the next read through the pool (whose connections are checked before use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kept_connections_recover_from_terminated_server_processes() {
+    use sea_orm::ConnectionTrait;
+    let (db, store) = TestDatabase::store(zerotouch_store::Backend::Postgres).await.unwrap();
+    let record = put_new(&store, EnrollmentKind::Individual, "Survivor").await;
+    assert_eq!(store.individual_enrollment("survivor").await.unwrap(), record);
+    store.commit_registration(attempt("Before", None, "op-before"), snapshot()).await.unwrap();
+
+    let admin = sea_orm::Database::connect(db.url.as_str()).await.unwrap();
+    let terminated = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert!(terminated >= 2, "the lookup's and the writer's connections were terminated ({terminated})");
+    admin.close().await.unwrap();
+
+    assert_eq!(store.individual_enrollment("survivor").await.unwrap(), record);
+    let (written, _, _) = store.commit_registration(attempt("After", None, "op-after"), snapshot()).await.unwrap();
+    assert_eq!(store.registration("after").await.unwrap(), written);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Enrollments: listing and bulk
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,139 @@
+//! A connection kept by one of the store's hot paths instead of borrowed from the pool for each query.
+//!
+//! sqlx checks a pooled connection every time it goes back to the pool: on PostgreSQL that is a round trip (the
+//! server process wakes for a `Sync` and answers it), on SQLite a hop to the connection's worker thread. For a short
+//! query that doubles the work of both sides. A task that runs one query after another (the lookups of devices'
+//! enrollments, the registration writer) keeps its connection and skips the check.
+//!
+//! A held connection can die under its holder (a restarted PostgreSQL, a terminated server process); a query that
+//! fails for that reason is tried once more on a fresh connection from the pool, so the holder's callers see the
+//! same behaviour as with pooled connections. Closing the pool waits for every connection taken from it, so a holder
+//! drops its connection once [`HeldConnection::closed`] resolves.
+
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, Postgres, Sqlite};
+use sea_orm::{DatabaseConnection, DbErr, QueryResult, RuntimeErr};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::StoreError;
+
+/// One statement in each database's dialect, taking one parameter: a JSON value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sql {
+    /// PostgreSQL's text (`$1`, bound as `jsonb`).
+    pub(crate) postgres: &'static str,
+    /// SQLite's text (`?1`, bound as JSON text).
+    pub(crate) sqlite: &'static str,
+}
+
+enum Connection {
+    Postgres(PoolConnection<Postgres>),
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+/// A connection taken from `pool` on first use and kept until a query on it fails.
+pub(crate) struct HeldConnection {
+    pool: DatabaseConnection,
+    connection: Option<Connection>,
+    keep: bool,
+}
+
+impl std::fmt::Debug for HeldConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldConnection").field("held", &self.connection.is_some()).finish()
+    }
+}
+
+impl HeldConnection {
+    /// A holder that takes its connection from `pool`. With `keep` false it gives the connection back after each
+    /// query, for a pool whose one connection others need as well (an in-memory SQLite database).
+    pub(crate) fn new(pool: DatabaseConnection, keep: bool) -> Self {
+        Self { pool, connection: None, keep }
+    }
+
+    /// Runs `sql` with `argument` and returns its rows. A failed query drops the connection; if the connection was
+    /// lost, the query runs once more on a fresh one.
+    pub(crate) async fn fetch_all(&mut self, sql: Sql, argument: &Value) -> Result<Vec<QueryResult>, StoreError> {
+        let mut retried = false;
+        loop {
+            let connection = match self.connection.as_mut() {
+                Some(connection) => connection,
+                None => self.connection.insert(self.acquire().await?),
+            };
+            let result = match connection {
+                Connection::Postgres(c) => sqlx::query(sql.postgres)
+                    .bind(sqlx::types::Json(argument))
+                    .fetch_all(&mut **c)
+                    .await
+                    .map(|rows| rows.into_iter().map(QueryResult::from).collect()),
+                Connection::Sqlite(c) => sqlx::query(sql.sqlite)
+                    .bind(argument.to_string())
+                    .fetch_all(&mut **c)
+                    .await
+                    .map(|rows| rows.into_iter().map(QueryResult::from).collect()),
+            };
+            match result {
+                Ok(rows) => {
+                    if !self.keep {
+                        self.connection = None;
+                    }
+                    return Ok(rows);
+                }
+                Err(e) => {
+                    // Whatever went wrong, the connection's state is unknown: the next query starts on a fresh one.
+                    self.connection = None;
+                    if retried || !connection_lost(&e) {
+                        return Err(DbErr::Query(RuntimeErr::SqlxError(e.into())).into());
+                    }
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// Resolves once the pool is closed. The holder must then drop its connection: closing a pool waits for every
+    /// connection taken from it.
+    pub(crate) fn closed(&self) -> sqlx::pool::CloseEvent {
+        match self.pool.get_database_backend() {
+            sea_orm::DbBackend::Postgres => self.pool.get_postgres_connection_pool().close_event(),
+            _ => self.pool.get_sqlite_connection_pool().close_event(),
+        }
+    }
+
+    async fn acquire(&self) -> Result<Connection, StoreError> {
+        let lost = |e: sqlx::Error| StoreError::from(DbErr::Conn(RuntimeErr::SqlxError(e.into())));
+        match self.pool.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                Ok(Connection::Postgres(self.pool.get_postgres_connection_pool().acquire().await.map_err(lost)?))
+            }
+            _ => Ok(Connection::Sqlite(self.pool.get_sqlite_connection_pool().acquire().await.map_err(lost)?)),
+        }
+    }
+}
+
+/// Whether `e` says the connection is gone (rather than the statement failing on a live one): an I/O or protocol
+/// failure, or PostgreSQL's classes 08 (connection exception) and 57 (operator intervention, such as a server
+/// process terminated or the server shutting down).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
+}
+
+/// Waits for the next items of `queue`, at most `max` of them, into `batch`. False once the queue is closed (the last
+/// sender is gone) or the pool is (`closed`, see [`HeldConnection::closed`]).
+pub(crate) async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    closed: &mut std::pin::Pin<&mut sqlx::pool::CloseEvent>,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = closed.as_mut() => false,
+        received = queue.recv_many(batch, max) => received > 0,
+    }
+}
