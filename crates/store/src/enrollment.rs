@@ -19,8 +19,9 @@ use zerotouch_wire::bulk::BulkMode;
 use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment, ProvisioningStatus};
 
 use crate::audit::{self, Change};
+use crate::batch::Batches;
 use crate::certificate::{self, Revoking};
-use crate::held::{HeldConnection, Sql, next_batch};
+use crate::held::{HeldConnection, Sql};
 use crate::hub_job::{self, HubAction, Retiring};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
@@ -485,8 +486,9 @@ struct Lookup {
 }
 
 /// Reads the individual enrollments of authenticating devices: every device reads one, the busiest read of the
-/// service. The keys asked for while a query is in flight go together in the next query, on a connection the reader
-/// holds ([`HeldConnection`]): one round trip for a batch of devices instead of two for each.
+/// service. The keys asked for while a query is in flight (and, while busy, within a millisecond more: see
+/// [`Batches`]) go together in the next query, on a connection the reader holds ([`HeldConnection`]): one round trip
+/// for a batch of devices instead of two for each.
 #[derive(Debug, Clone)]
 pub(crate) struct IndividualReader {
     queue: mpsc::Sender<Lookup>,
@@ -496,13 +498,14 @@ impl IndividualReader {
     /// Starts the reader task on the current runtime, reading from `pool` (keeping a connection of it if `keep`,
     /// see [`HeldConnection::new`]); it ends when the last store holding it is dropped or the pool is closed.
     pub(crate) fn start(pool: sea_orm::DatabaseConnection, keep: bool) -> Self {
-        let (queue, mut receiver) = mpsc::channel::<Lookup>(4 * MAX_LOOKUPS);
+        let (queue, receiver) = mpsc::channel::<Lookup>(4 * MAX_LOOKUPS);
         tokio::spawn(async move {
             let mut connection = HeldConnection::new(pool, keep);
             let closed = connection.closed();
             tokio::pin!(closed);
+            let mut batches = Batches::new(receiver, MAX_LOOKUPS);
             let mut batch = Vec::with_capacity(MAX_LOOKUPS);
-            while next_batch(&mut receiver, &mut batch, MAX_LOOKUPS, &mut closed).await {
+            while batches.next(&mut batch, &mut closed).await {
                 let keys: Value = batch.iter().map(|lookup| Value::from(lookup.key.as_str())).collect();
                 let found = connection.fetch_all(INDIVIDUALS_BY_KEY, &keys).await.and_then(|rows| {
                     rows.iter()
@@ -512,6 +515,7 @@ impl IndividualReader {
                         })
                         .collect::<Result<HashMap<_, _>, StoreError>>()
                 });
+                batches.done();
                 match found {
                     Ok(found) => {
                         for lookup in batch.drain(..) {

@@ -14,7 +14,6 @@ use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, Postgres, Sqlite};
 use sea_orm::{DatabaseConnection, DbErr, QueryResult, RuntimeErr};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use crate::StoreError;
 
@@ -120,20 +119,5 @@ fn connection_lost(e: &sqlx::Error) -> bool {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
         _ => false,
-    }
-}
-
-/// Waits for the next items of `queue`, at most `max` of them, into `batch`. False once the queue is closed (the last
-/// sender is gone) or the pool is (`closed`, see [`HeldConnection::closed`]).
-pub(crate) async fn next_batch<T>(
-    queue: &mut mpsc::Receiver<T>,
-    batch: &mut Vec<T>,
-    max: usize,
-    closed: &mut std::pin::Pin<&mut sqlx::pool::CloseEvent>,
-) -> bool {
-    tokio::select! {
-        biased;
-        () = closed.as_mut() => false,
-        received = queue.recv_many(batch, max) => received > 0,
     }
 }

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod audit;
+mod batch;
 mod certificate;
 mod certificate_authority;
 mod enrollment;

@@ -1,7 +1,5 @@
 //! Device registration states (one per registration id) and their operations.
 
-use std::time::{Duration, Instant};
-
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -11,10 +9,11 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{self, Change};
+use crate::batch::Batches;
 use crate::certificate::{self as certificates, CertificateRecord, CertificateStatus, Revoking};
 use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
-use crate::held::{HeldConnection, Sql, next_batch};
+use crate::held::{HeldConnection, Sql};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
 /// A device's registration state as stored.
@@ -295,17 +294,8 @@ enum Work {
 /// Most attempts written in one transaction (well within both databases' limits on bound parameters).
 const MAX_BATCH: usize = 256;
 
-/// How long the writer, while busy, waits for more attempts before it writes a batch. Every transaction costs the
-/// database a commit (SQLite writes each page the batch touched to its WAL; PostgreSQL flushes its WAL), however few
-/// attempts it carries: waiting a millisecond under load cut the database's CPU per device by a fifth to a third.
-const LINGER: Duration = Duration::from_millis(1);
-
-/// The writer counts as busy when its last batch ended this recently; an attempt arriving at an idle writer is
-/// written at once.
-const BUSY_WITHIN: Duration = Duration::from_millis(20);
-
 /// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
-/// all of them (group commit). A registration costs a few SQL statements per *batch* instead of five per device,
+/// all of them, with those arriving within a millisecond more while busy (group commit, see [`Batches`]). A registration costs a few SQL statements per *batch* instead of five per device,
 /// which is what lets one SQLite writer or one PostgreSQL connection serve thousands of devices a second.
 ///
 /// There is one writer task on both databases. SQLite has one writer anyway. On PostgreSQL, one writer whose batches
@@ -321,23 +311,16 @@ impl RegistrationWriter {
     /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped or `db` is
     /// closed. Batches of first registrations go through a [`HeldConnection`] of `db`, kept if `keep`.
     pub(crate) fn start(db: DatabaseConnection, keep: bool) -> Self {
-        let (queue, mut receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
+        let (queue, receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
         tokio::spawn(async move {
             let mut held = HeldConnection::new(db.clone(), keep);
             let closed = held.closed();
             tokio::pin!(closed);
+            let mut batches = Batches::new(receiver, MAX_BATCH);
             let mut batch = Vec::with_capacity(MAX_BATCH);
-            let mut last_written: Option<Instant> = None;
-            while next_batch(&mut receiver, &mut batch, MAX_BATCH, &mut closed).await {
-                if batch.len() < MAX_BATCH && last_written.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
-                    tokio::time::sleep(LINGER).await;
-                    while batch.len() < MAX_BATCH {
-                        let Ok(work) = receiver.try_recv() else { break };
-                        batch.push(work);
-                    }
-                }
+            while batches.next(&mut batch, &mut closed).await {
                 write_batch(&db, &mut held, std::mem::take(&mut batch)).await;
-                last_written = Some(Instant::now());
+                batches.done();
             }
         });
         Self { queue }
