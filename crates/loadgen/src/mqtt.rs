@@ -65,7 +65,10 @@ async fn provision(
     options.set_credentials(username, crate::devices::sas_token(target, device));
     options.set_keep_alive(Duration::from_secs(60));
     options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
-    let (client, events) = AsyncClient::new(options, 8);
+    let (client, mut events) = AsyncClient::new(options, 8);
+    // Nagle's algorithm off, as the HTTPS devices' client has it (rumqttc leaves it on): otherwise a publish written
+    // while the previous segment waits for the server's delayed ACK waits up to 40 ms, a cost of the client.
+    events.network_options.set_tcp_nodelay(true);
     let mut session = Session { client, events };
     loop {
         if let Event::Incoming(Packet::ConnAck(_)) = session.next().await? {

@@ -66,6 +66,9 @@ impl Link {
         }
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         eventloop.network_options.set_connection_timeout(timeout.as_secs().max(1));
+        // rumqttc leaves Nagle's algorithm on: a command published while the previous segment waits for the broker's
+        // delayed ACK would wait up to 40 ms with it.
+        eventloop.network_options.set_tcp_nodelay(true);
         let (state_tx, state) = watch::channel(State::Connecting);
         let pending: Pending = Arc::default();
         let task = runtime.spawn(drive(hub.to_owned(), client.clone(), eventloop, state_tx, Arc::clone(&pending)));
