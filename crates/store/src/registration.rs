@@ -295,8 +295,9 @@ enum Work {
 const MAX_BATCH: usize = 256;
 
 /// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
-/// all of them, with those arriving within a millisecond more while busy (group commit, see [`Batches`]). A registration costs a few SQL statements per *batch* instead of five per device,
-/// which is what lets one SQLite writer or one PostgreSQL connection serve thousands of devices a second.
+/// all of them, with those arriving within a millisecond more while busy (group commit, see [`Batches`]). A
+/// registration costs a few SQL statements per *batch* instead of five per device, which is what lets one SQLite
+/// writer or one PostgreSQL connection serve thousands of devices a second.
 ///
 /// There is one writer task on both databases. SQLite has one writer anyway. On PostgreSQL, one writer whose batches
 /// gather the attempts that arrive during a commit measured cheaper for the database per device (and faster) than
