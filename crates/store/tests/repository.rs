@@ -482,7 +482,7 @@ both!(close_returns_although_connections_are_kept);
 
 /// PostgreSQL's server processes terminated under the store (as by a restarted or failed-over server): the next
 /// device lookup and the next registration write, which run on connections the store keeps, still succeed, and so
-/// does the next read through the pool (whose connections are checked before use).
+/// does the next read through the pool (whose connections are checked before use once idle for a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kept_connections_recover_from_terminated_server_processes() {
     use sea_orm::ConnectionTrait;
@@ -508,6 +508,8 @@ async fn kept_connections_recover_from_terminated_server_processes() {
 
     assert_eq!(store.individual_enrollment("survivor").await.unwrap(), record);
     let (written, _, _) = store.commit_registration(attempt("After", None, "op-after"), snapshot()).await.unwrap();
+    // Pooled connections are checked once idle for a while (as they are after a restart that takes that long).
+    tokio::time::sleep(zerotouch_store::POOLED_CHECK_AFTER_IDLE + Duration::from_millis(200)).await;
     assert_eq!(store.registration("after").await.unwrap(), written);
 }
 
