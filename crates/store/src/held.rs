@@ -100,16 +100,54 @@ impl HeldConnection {
         }
     }
 
+    /// A connection from the pool; one to be kept is checked first: the pool checks only connections idle for a
+    /// while, and after the server restarted its idle connections are as dead as the one just dropped. A dead one is
+    /// closed and the next taken, at most [`ACQUIRE_ATTEMPTS`] times.
     async fn acquire(&self) -> Result<Connection, StoreError> {
         let lost = |e: sqlx::Error| StoreError::from(DbErr::Conn(RuntimeErr::SqlxError(e.into())));
-        match self.pool.get_database_backend() {
-            sea_orm::DbBackend::Postgres => {
-                Ok(Connection::Postgres(self.pool.get_postgres_connection_pool().acquire().await.map_err(lost)?))
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let checked = match self.pool.get_database_backend() {
+                sea_orm::DbBackend::Postgres => {
+                    let connection = self.pool.get_postgres_connection_pool().acquire().await.map_err(lost)?;
+                    live(connection, self.keep).await.map(Connection::Postgres)
+                }
+                _ => {
+                    let connection = self.pool.get_sqlite_connection_pool().acquire().await.map_err(lost)?;
+                    live(connection, self.keep).await.map(Connection::Sqlite)
+                }
+            };
+            match checked {
+                Ok(connection) => return Ok(connection),
+                Err(e) if attempts >= ACQUIRE_ATTEMPTS => return Err(lost(e)),
+                Err(_) => continue,
             }
-            _ => Ok(Connection::Sqlite(self.pool.get_sqlite_connection_pool().acquire().await.map_err(lost)?)),
         }
     }
 }
+
+/// `connection` if it answers a ping (or is not to be kept: borrowed for one query, it is checked as the pool checks
+/// any); else it is closed (and leaves the pool).
+async fn live<DB: sqlx::Database>(
+    mut connection: PoolConnection<DB>,
+    kept: bool,
+) -> Result<PoolConnection<DB>, sqlx::Error> {
+    use sqlx::Connection as _;
+    if !kept {
+        return Ok(connection);
+    }
+    match connection.ping().await {
+        Ok(()) => Ok(connection),
+        Err(e) => {
+            let _ = connection.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// How many pooled connections [`HeldConnection`] tries before it gives up: more than a pool holds.
+const ACQUIRE_ATTEMPTS: usize = 20;
 
 /// Whether `e` says the connection is gone (rather than the statement failing on a live one): an I/O or protocol
 /// failure, or PostgreSQL's classes 08 (connection exception) and 57 (operator intervention, such as a server
