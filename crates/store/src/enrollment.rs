@@ -536,14 +536,13 @@ impl IndividualReader {
     }
 }
 
-impl Store {
-    /// Reads the individual enrollment `key` for a device authenticating ([`NotFound`](StoreError::NotFound) if
-    /// there is none). The same answer as [`Store::enrollment`], read together with other devices' lookups.
-    pub async fn individual_enrollment(&self, key: &str) -> Result<EnrollmentRecord, StoreError> {
+impl IndividualReader {
+    /// The individual enrollment `key`, if any, read together with the other lookups queued meanwhile.
+    async fn read(&self, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
         let stopped = || StoreError::Unavailable("the enrollment reader has stopped".into());
         let (reply, answer) = oneshot::channel();
-        self.individuals.queue.send(Lookup { key: key.to_owned(), reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())??.ok_or(StoreError::NotFound)
+        self.queue.send(Lookup { key: key.to_owned(), reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -563,9 +562,14 @@ impl Store {
             .collect()
     }
 
-    /// Reads one enrollment of `kind` by its canonical key.
+    /// Reads one enrollment of `kind` by its canonical key. Individual enrollments, which every authenticating
+    /// device reads, go through the [`IndividualReader`] (in batches, on a kept connection).
     pub async fn enrollment(&self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
-        with_table!(kind, T => T::find(&self.read, key).await?.ok_or(StoreError::NotFound))
+        let found = match kind {
+            EnrollmentKind::Individual => self.individuals.read(key).await?,
+            EnrollmentKind::Group => GroupTable::find(&self.read, key).await?,
+        };
+        found.ok_or(StoreError::NotFound)
     }
 
     /// Creates or replaces an enrollment under `precondition`; returns the record and whether it was created. A

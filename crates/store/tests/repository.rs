@@ -441,7 +441,7 @@ async fn concurrent_device_lookups_each_find_their_own_enrollment(store: &Store)
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                let found = store.individual_enrollment(&key).await;
+                let found = store.enrollment(EnrollmentKind::Individual, &key).await;
                 (key, found)
             })
         })
@@ -465,11 +465,12 @@ both!(concurrent_device_lookups_each_find_their_own_enrollment);
 /// (closing a pool waits for every connection taken from it); afterwards both refuse work instead of hanging.
 async fn close_returns_although_connections_are_kept(store: &Store) {
     let record = put_new(store, EnrollmentKind::Individual, "Kept").await;
-    assert_eq!(store.individual_enrollment("kept").await.unwrap(), record);
+    assert_eq!(store.enrollment(EnrollmentKind::Individual, "kept").await.unwrap(), record);
     store.commit_registration(attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
     let closing = tokio::time::timeout(Duration::from_secs(10), store.clone().close()).await;
     closing.expect("close returns").expect("close succeeds");
-    let lookup = tokio::time::timeout(Duration::from_secs(10), store.individual_enrollment("kept")).await;
+    let lookup =
+        tokio::time::timeout(Duration::from_secs(10), store.enrollment(EnrollmentKind::Individual, "kept")).await;
     assert!(lookup.expect("a lookup after close returns").is_err());
     let write = tokio::time::timeout(
         Duration::from_secs(10),
@@ -488,7 +489,7 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     use sea_orm::ConnectionTrait;
     let (db, store) = TestDatabase::store(zerotouch_store::Backend::Postgres).await.unwrap();
     let record = put_new(&store, EnrollmentKind::Individual, "Survivor").await;
-    assert_eq!(store.individual_enrollment("survivor").await.unwrap(), record);
+    assert_eq!(store.enrollment(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
     store.commit_registration(attempt("Before", None, "op-before"), snapshot()).await.unwrap();
 
     let admin = sea_orm::Database::connect(db.url.as_str()).await.unwrap();
@@ -506,7 +507,7 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     assert!(terminated >= 2, "the lookup's and the writer's connections were terminated ({terminated})");
     admin.close().await.unwrap();
 
-    assert_eq!(store.individual_enrollment("survivor").await.unwrap(), record);
+    assert_eq!(store.enrollment(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
     let (written, _, _) = store.commit_registration(attempt("After", None, "op-after"), snapshot()).await.unwrap();
     // Pooled connections are checked once idle for a while (as they are after a restart that takes that long).
     tokio::time::sleep(zerotouch_store::POOLED_CHECK_AFTER_IDLE + Duration::from_millis(200)).await;

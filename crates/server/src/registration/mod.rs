@@ -428,7 +428,7 @@ impl RegistrationService {
             return Err(self.refuse(device, action, &reason).await);
         }
         let certificate_info = x509::info(leaf);
-        match self.store.individual_enrollment(&key).await {
+        match self.store.enrollment(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type != "x509" {
                     let reason = format!("x509: the enrollment attests by {}", enrollment.attestation_type);
@@ -583,7 +583,7 @@ impl RegistrationService {
             sas::Expectation { resource: &resource, now: now_secs(), skew: self.settings.sas_clock_skew.as_secs() };
         let key = device.registration_id.key();
 
-        match self.store.individual_enrollment(&key).await {
+        match self.store.enrollment(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type == "tpm" {
                     return self.authenticate_tpm_individual(device, action, &token, &expected).await;

@@ -105,7 +105,7 @@ impl RegistrationService {
         let ek = body_key(tpm.endorsement_key.as_deref(), "tpm.endorsementKey", "endorsement key")?;
         let srk = body_key(tpm.storage_root_key.as_deref(), "tpm.storageRootKey", "storage root key")?;
 
-        let (kind, enrollment) = match self.store.individual_enrollment(&key).await {
+        let (kind, enrollment) = match self.store.enrollment(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type != "tpm" {
                     let reason = format!("tpm: the enrollment attests by {}", enrollment.attestation_type);
