@@ -1,0 +1,226 @@
+//! CSR-to-certificate issuance over HTTPS, ours (EST `simpleenroll`, every certificate persisted with its audit
+//! event) side by side with cfssl's `/api/v1/cfssl/sign` on the same CSRs, with a CA key of the same type
+//! (ECDSA P-256); and registration with a CSR per device next to registration without one (issue #4).
+//!
+//! Both issuers get the same client: C workers, each on its own keep-alive HTTPS connection, sending its share
+//! of the N requests one after the other. For EST each connection authenticates with its own device certificate
+//! of one X.509 enrollment group, and the CSRs it sends carry that device's CN (RFC 7030 §3.3.2: the client
+//! certificate identifies the requester). CSRs, keys and certificates are all made before the clock starts. A
+//! sample of the answers is checked after the clock stops: a certificate with the CSR's key and CN, the clientAuth
+//! EKU, signed by the issuer's CA.
+//!
+//! The submodules: `credentials` (the CSRs, CAs and device certificates, all made before the clock starts),
+//! `run` (the client both issuers share, and the check of a sample of the answers), `est` (ours) and `cfssl`
+//! (the baseline). This module holds the benchmark itself: its settings, the runs and the `RESULT` lines.
+
+mod cfssl;
+mod credentials;
+mod est;
+mod run;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use zerotouch_tests::{Backend, Options, Server};
+
+use crate::bulk::median;
+use crate::devices::{self, Report};
+
+pub(crate) use cfssl::CfsslStore;
+pub(crate) use credentials::{Csr, EstFleet, est_device_id, generate_csrs};
+
+use cfssl::Cfssl;
+use est::est_run;
+
+/// What `bench-issuance` measures.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// The databases ours runs on.
+    pub(crate) backends: Vec<Backend>,
+    /// CSRs signed per issuer and run.
+    pub(crate) csrs: usize,
+    /// Devices per registration run (0: no registration runs).
+    pub(crate) devices: usize,
+    /// Connections (EST, cfssl) and devices in flight (registration).
+    pub(crate) concurrency: usize,
+    /// Runs (medians reported).
+    pub(crate) runs: usize,
+    /// cfssl configurations to compare with.
+    pub(crate) cfssl: Vec<CfsslStore>,
+}
+
+/// A fresh service for a benchmark run: quiet logs, no per-device or in-flight limit that could throttle the load.
+pub(crate) fn server_options() -> Options {
+    Options {
+        env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
+        args: vec![
+            "--device-max-in-flight".into(),
+            "4096".into(),
+            // One device certificate per connection sends N / C requests: no per-device limit may throttle it.
+            "--device-rate-limit".into(),
+            "1000000000/1s".into(),
+        ],
+        ..Default::default()
+    }
+}
+
+fn line(report: &Report, noun: &str) -> String {
+    format!(
+        "{noun}={} per_s={:.0} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} errors=[{}]",
+        report.assigned,
+        report.rate(),
+        report.quantile_ms(0.5),
+        report.quantile_ms(0.99),
+        report.quantile_ms(1.0),
+        report.errors_text(),
+    )
+}
+
+/// Medians of the runs of one configuration.
+#[derive(Debug, Default)]
+struct Series {
+    rates: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+    errors: usize,
+}
+
+impl Series {
+    fn push(&mut self, report: &Report) {
+        self.rates.push(report.rate());
+        self.p50s.push(report.quantile_ms(0.5));
+        self.p99s.push(report.quantile_ms(0.99));
+        self.errors += report.errors.values().sum::<usize>();
+    }
+
+    fn rate(&self) -> f64 {
+        median(self.rates.clone())
+    }
+
+    fn text(&self) -> String {
+        let runs = self.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "median_per_s={:.0} median_p50_ms={:.1} median_p99_ms={:.1} errors={} runs=[{runs}]",
+            self.rate(),
+            median(self.p50s.clone()),
+            median(self.p99s.clone()),
+            self.errors
+        )
+    }
+}
+
+async fn registration_once(
+    backend: Backend,
+    devices: &[devices::Device],
+    prefix: &str,
+    concurrency: usize,
+) -> anyhow::Result<Report> {
+    let server = Server::start_with(backend, server_options()).await?;
+    let target = devices::target_of(&server, server.token("owner")?)?;
+    let enrolled = devices::enroll(&target, prefix, devices.len()).await?;
+    // `enroll` derives the same ids and keys for the same prefix: the prepared devices (with CSRs) match.
+    if enrolled.iter().zip(devices).any(|(a, b)| a.registration_id() != b.registration_id()) {
+        bail!("prepared devices do not match the enrollments");
+    }
+    devices::run(&target, devices, concurrency).await
+}
+
+/// Runs the whole benchmark and prints a `RESULT` line per configuration.
+pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
+    let c = settings.concurrency.max(1);
+    let began = Instant::now();
+    let csrs = Arc::new(generate_csrs(settings.csrs, |i| est_device_id(i % c))?);
+    let fleet = EstFleet::generate(c)?;
+    // Registration: the same ids `devices::enroll` makes, each with a CSR for its own registration id.
+    let plain_prefix = "bench";
+    let csr_prefix = "bench-csr";
+    let plain: Vec<devices::Device> = devices::prepared(plain_prefix, settings.devices);
+    let reg_csrs = generate_csrs(settings.devices, |i| devices::prepared_id(csr_prefix, i))?;
+    let with_csr: Vec<devices::Device> = devices::prepared(csr_prefix, settings.devices)
+        .into_iter()
+        .zip(&reg_csrs)
+        .map(|(device, csr)| device.with_csr(STANDARD.encode(&csr.der)))
+        .collect();
+    println!(
+        "  prepared {} P-256 CSRs, {c} EST device certificates and {} registration CSRs in {:.1} s (not timed)",
+        settings.csrs,
+        settings.devices,
+        began.elapsed().as_secs_f64()
+    );
+    let mut cfssl: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut ours: BTreeMap<String, Series> = BTreeMap::new();
+    let mut registrations: BTreeMap<String, (Series, Series)> = BTreeMap::new();
+    let mut failures = devices::Failures::default();
+    for run in 1..=settings.runs {
+        for &store in &settings.cfssl {
+            let name = match store {
+                CfsslStore::Memory => "memory",
+                CfsslStore::Sqlite => "sqlite",
+            };
+            let server = Cfssl::start(store).await.with_context(|| format!("cfssl ({name})"))?;
+            let (result, checked) = server.run(&csrs, c).await.with_context(|| format!("cfssl ({name}), run {run}"))?;
+            println!(
+                "  cfssl ({name}, https): run {run}: {} (sample of {checked} checked)",
+                line(&result.report, "certificates")
+            );
+            failures.note(format!("cfssl ({name}) run {run}"), &result.report);
+            cfssl.entry(name).or_default().push(&result.report);
+        }
+        for &backend in &settings.backends {
+            let server = Server::start_with(backend, server_options()).await?;
+            let (result, checked) =
+                est_run(&server, &fleet, &csrs).await.with_context(|| format!("EST on {backend:?}, run {run}"))?;
+            println!(
+                "  zerotouch EST ({backend:?}, https): run {run}: {} (sample of {checked} checked)",
+                line(&result.report, "certificates")
+            );
+            failures.note(format!("EST on {backend:?} run {run}"), &result.report);
+            ours.entry(format!("{backend:?}")).or_default().push(&result.report);
+            drop(server);
+            if settings.devices > 0 {
+                let without = registration_once(backend, &plain, plain_prefix, c).await?;
+                println!("  {backend:?}: run {run}: registration without CSR: {}", without.summary());
+                let with = registration_once(backend, &with_csr, csr_prefix, c).await?;
+                println!("  {backend:?}: run {run}: registration with CSR: {}", with.summary());
+                failures.note(format!("registration without CSR on {backend:?} run {run}"), &without);
+                failures.note(format!("registration with CSR on {backend:?} run {run}"), &with);
+                let entry = registrations.entry(format!("{backend:?}")).or_default();
+                entry.0.push(&without);
+                entry.1.push(&with);
+            }
+        }
+    }
+    let n = settings.csrs;
+    for (name, series) in &cfssl {
+        println!(
+            "RESULT issuance issuer=cfssl store={name} transport=https csrs={n} concurrency={c} {}",
+            series.text()
+        );
+    }
+    for (backend, series) in &ours {
+        let ratios: String = cfssl
+            .iter()
+            .map(|(name, baseline)| {
+                format!(" ratio_vs_cfssl_{name}={:.1}", series.rate() / baseline.rate().max(f64::EPSILON))
+            })
+            .collect();
+        println!(
+            "RESULT issuance issuer=zerotouch backend={backend} transport=https-est csrs={n} concurrency={c} {}{ratios}",
+            series.text()
+        );
+    }
+    for (backend, (without, with)) in &registrations {
+        println!(
+            "RESULT registration backend={backend} devices={} concurrency={c} with_csr: {} | without_csr: {} | ratio={:.2}",
+            settings.devices,
+            with.text(),
+            without.text(),
+            with.rate() / without.rate().max(f64::EPSILON)
+        );
+    }
+    failures.check()
+}
