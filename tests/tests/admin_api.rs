@@ -5,7 +5,7 @@
 //! Together they cover: enrollments and enrollment groups (PUT/GET/DELETE, keys, etags and `If-Match`, ids that
 //! differ only in case), paging with continuation tokens, bulk calls in every mode with per-item errors, hubs,
 //! registration states, the audit log, and the probes and metrics; `every_route_round_trips` checks, from the
-//! service's own request counters, that each route of `zerotouch_server::admin::ROUTES` answered a 2xx.
+//! service's own request counters, that each route of `zerotouch_server::http::admin::ROUTES` answered a 2xx.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -874,7 +874,7 @@ async fn every_route_round_trips(backend: Backend) {
     let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let answered = answered(&metrics);
     let mut missing = Vec::new();
-    for (route, methods) in zerotouch_server::admin::ROUTES {
+    for (route, methods) in zerotouch_server::http::admin::ROUTES {
         for method in *methods {
             let statuses = answered.get(&((*route).to_owned(), (*method).to_owned()));
             if !statuses.is_some_and(|s| s.iter().any(|status| status.starts_with('2'))) {

@@ -1,6 +1,6 @@
 //! Malformed admin requests, and secrets in the log.
 //!
-//! A seeded generator takes every route of the admin API (`zerotouch_server::admin::ROUTES`, so a new route fails
+//! A seeded generator takes every route of the admin API (`zerotouch_server::http::admin::ROUTES`, so a new route fails
 //! the test until the generator knows it) and breaks one thing at a time in an otherwise valid request: the token,
 //! the id in the path, the body, a header, the method; then several things at once. Each answer must be a 4xx
 //! Azure error (`errorCode` / 1000 = HTTP status, `trackingId`, `message`, `timestampUtc`, `x-ms-error-code`) whose
@@ -223,7 +223,7 @@ fn op(template: &'static str, method: &str) -> Option<Op> {
 /// Every (route, method) of the admin API; panics on one the generator does not know.
 fn ops() -> Vec<Op> {
     let mut ops = Vec::new();
-    for (template, methods) in zerotouch_server::admin::ROUTES {
+    for (template, methods) in zerotouch_server::http::admin::ROUTES {
         for method in *methods {
             ops.push(
                 op(template, method).unwrap_or_else(|| {
@@ -1631,7 +1631,7 @@ fn generate(tokens: &Tokens, pki: &PkiMaterial, rng: &mut StdRng) -> Vec<Case> {
             expect: Expect::any_4xx(),
         });
     }
-    for (template, methods) in zerotouch_server::admin::ROUTES {
+    for (template, methods) in zerotouch_server::http::admin::ROUTES {
         cases.extend(method_faults(template, methods, tokens, rng));
     }
     cases.extend(unknown_path_cases(tokens, rng));

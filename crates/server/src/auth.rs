@@ -22,7 +22,7 @@ use serde_json::Value;
 use zerotouch_store::Actor;
 
 use crate::config::{AuthConfig, DEV_ISSUER, JwksSource, TokenIssuer};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 60;

@@ -18,6 +18,8 @@ use zerotouch_store::{CredentialRef, HubAction, HubJobOutcome, HubJobRecord, Ope
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::{ErrorCode, SymmetricKey};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::metrics::Metrics;
 
 /// Settings of hub delivery.
@@ -285,10 +287,11 @@ impl Hubs {
         settled
     }
 
-    /// The worker: claims due jobs and delivers them, for as long as the process runs.
-    pub async fn run_worker(self: Arc<Self>) {
+    /// The worker: claims due jobs and delivers them, until `shutdown` is cancelled (deliveries under way finish
+    /// first; a job not taken up again stays leased and is retried after its lease).
+    pub async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backlog_read = Instant::now() - Duration::from_secs(60);
-        loop {
+        while !shutdown.is_cancelled() {
             if backlog_read.elapsed() >= Duration::from_secs(5) {
                 self.refresh_backlog_metrics().await;
                 backlog_read = Instant::now();
@@ -301,7 +304,10 @@ impl Hubs {
                 }
             };
             if jobs.is_empty() {
-                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(POLL, self.wake.notified()) => {}
+                    () = shutdown.cancelled() => {}
+                }
                 continue;
             }
             let adapter_timeout = Duration::from_secs(30);

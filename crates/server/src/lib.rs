@@ -1,19 +1,20 @@
-//! The zerotouch service: configuration, trust material, TLS, the admin API and its authentication, the device
-//! API and the registration service behind it, metrics.
+//! The zerotouch service: configuration, trust material, TLS, the registration service and the managed CA, the
+//! hub outbox, and their transports (HTTPS admin and device APIs, the MQTT device endpoint), metrics.
+//!
+//! Module map (see `docs/architecture.md`): [`registration`] is the domain (a pipeline of small stages, one
+//! error); [`http`] and [`mqtt`] only translate protocols into its calls and its errors back; [`pki`] and
+//! [`hubs`] are the managed CA and the outbox; [`service`] starts and stops everything.
 #![forbid(unsafe_code, unused_must_use)]
 
-pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod data_dir;
-pub mod device;
-pub mod error;
-pub mod est;
+pub mod http;
 pub mod hubs;
+pub mod internal;
 pub mod metrics;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
-pub mod request;
 pub mod service;
 pub mod tls;

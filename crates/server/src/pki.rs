@@ -13,7 +13,60 @@ use zerotouch_pki::{CaKey, CheckedCsr, IssuedCertificate, IssuingCa, KeyAlgorith
 use zerotouch_store::{Actor, IssuingCaRecord, IssuingCaStatus, NewIssuingCa, Store, StoreError};
 use zerotouch_wire::enrollment::CertificatePolicy;
 
-use crate::error::ApiError;
+use zerotouch_wire::field::FieldError;
+
+use crate::internal::InternalError;
+
+/// Everything the managed CA's operations can fail with. The admin API and the registration service each map it
+/// to their own error.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// No issuing CA is active.
+    #[error("no issuing CA is active")]
+    NoIssuingCa,
+    /// A device's CSR cannot be used; why.
+    #[error("the CSR is refused: {0}")]
+    CsrRefused(String),
+    /// An issuing CA name is not valid; why.
+    #[error("{0}")]
+    InvalidName(String),
+    /// A field of an admin request (common name, certificate chain) cannot be used.
+    #[error("{0}")]
+    InvalidField(#[from] FieldError),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A concurrent change got there first.
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` does not match the current etag.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Something broke inside.
+    #[error(transparent)]
+    Internal(#[from] InternalError),
+}
+
+impl PkiError {
+    fn internal(doing: impl Into<String>, cause: impl Into<crate::internal::Cause>) -> Self {
+        Self::Internal(InternalError::new(doing, cause))
+    }
+
+    /// Maps a store error about `resource` (e.g. `issuing CA "ca-1"`).
+    pub fn from_store(err: StoreError, resource: &str) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound(resource.to_owned()),
+            StoreError::PreconditionFailed => {
+                Self::PreconditionFailed(format!("If-Match does not match the current etag of {resource}"))
+            }
+            StoreError::Conflict(why) => Self::Conflict(format!("{resource}: {why}")),
+            e @ (StoreError::UnsupportedUrl
+            | StoreError::Corrupt(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Database(_)) => Self::internal(format!("reading or writing {resource}"), e),
+        }
+    }
+}
 
 /// How long the list of issuing CAs read from the database is reused (a change made through this process is
 /// seen at once; one made on another replica within this time).
@@ -72,7 +125,7 @@ pub fn to_chrono(at: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Checks an issuing CA name: 1-64 of lower-case letters, digits and `-`.
-pub fn check_ca_name(name: &str) -> Result<(), ApiError> {
+pub fn check_ca_name(name: &str) -> Result<(), PkiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -80,7 +133,7 @@ pub fn check_ca_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::InvalidId(format!(
+        Err(PkiError::InvalidName(format!(
             "issuing CA name {name:?}: use 1-64 of a-z, 0-9 and '-', not starting with '-'"
         )))
     }
@@ -112,7 +165,7 @@ impl Pki {
     }
 
     /// The issuing CAs that have a chain (active first), from the cache when it is fresh.
-    pub async fn cas(&self) -> Result<Arc<Vec<Arc<LoadedCa>>>, ApiError> {
+    pub async fn cas(&self) -> Result<Arc<Vec<Arc<LoadedCa>>>, PkiError> {
         if let Some(cas) = self.cached() {
             return Ok(cas);
         }
@@ -122,7 +175,8 @@ impl Pki {
         }
         let generation = self.store.reference_changes();
         let previous = self.loaded.lock().map(|l| l.cas.clone()).unwrap_or_default();
-        let records = self.store.list_issuing_cas().await.map_err(ApiError::internal)?;
+        let records =
+            self.store.list_issuing_cas().await.map_err(|e| PkiError::internal("listing the issuing CAs", e))?;
         let mut cas = Vec::new();
         for record in records.into_iter().filter(|r| r.chain_pem.is_some() && r.status != IssuingCaStatus::Pending) {
             let active = record.status == IssuingCaStatus::Active;
@@ -163,23 +217,23 @@ impl Pki {
     }
 
     /// The active issuing CA.
-    pub async fn active(&self) -> Result<Arc<LoadedCa>, ApiError> {
-        self.cas().await?.iter().find(|c| c.active).cloned().ok_or(ApiError::NoIssuingCa)
+    pub async fn active(&self) -> Result<Arc<LoadedCa>, PkiError> {
+        self.cas().await?.iter().find(|c| c.active).cloned().ok_or(PkiError::NoIssuingCa)
     }
 
     /// The issuing CA called `name`, if it has a chain.
-    pub async fn by_name(&self, name: &str) -> Result<Option<Arc<LoadedCa>>, ApiError> {
+    pub async fn by_name(&self, name: &str) -> Result<Option<Arc<LoadedCa>>, PkiError> {
         Ok(self.cas().await?.iter().find(|c| c.name == name).cloned())
     }
 
     /// Decodes and checks a device's CSR (base64 DER PKCS#10) against its registration id and the enrollment's
     /// policy.
-    pub fn check_csr(csr: &str, registration_id: &str, policy: &CertificatePolicy) -> Result<CheckedCsr, ApiError> {
+    pub fn check_csr(csr: &str, registration_id: &str, policy: &CertificatePolicy) -> Result<CheckedCsr, PkiError> {
         let der = base64::engine::general_purpose::STANDARD.decode(csr.trim()).map_err(|_| {
-            ApiError::CsrRefused("csr is not base64 (send base64 DER PKCS#10, without PEM headers)".into())
+            PkiError::CsrRefused("csr is not base64 (send base64 DER PKCS#10, without PEM headers)".into())
         })?;
         zerotouch_pki::check_csr(&der, registration_id, &KeyPolicy { allow_rsa: policy.allow_rsa })
-            .map_err(|e| ApiError::CsrRefused(e.to_string()))
+            .map_err(|e| PkiError::CsrRefused(e.to_string()))
     }
 
     /// Issues a certificate for `device_id` from a checked CSR, under the active CA.
@@ -188,29 +242,29 @@ impl Pki {
         csr: &CheckedCsr,
         device_id: &str,
         policy: &CertificatePolicy,
-    ) -> Result<(Arc<LoadedCa>, IssuedCertificate), ApiError> {
+    ) -> Result<(Arc<LoadedCa>, IssuedCertificate), PkiError> {
         let ca = self.active().await?;
         let profile = Profile::new(format!("{}/{}", self.crl_url, ca.name), policy.validity_days)
-            .map_err(|e| ApiError::internal(format!("certificate profile: {e}")))?;
+            .map_err(|e| PkiError::internal("building the certificate profile", e))?;
         let issued = zerotouch_pki::issue(&ca.ca, csr, device_id, &profile, now()).map_err(|e| match e {
             // Registration and device ids take 128 characters; a certificate's CN only 64.
-            zerotouch_pki::IssueError::InvalidDeviceId(chars) => ApiError::CsrRefused(format!(
+            zerotouch_pki::IssueError::InvalidDeviceId(chars) => PkiError::CsrRefused(format!(
                 "the device id {device_id:?} has {chars} characters; a certificate's subject CN takes 1-64"
             )),
-            e => ApiError::internal(format!("issuing CA {:?}: {e}", ca.name)),
+            e => PkiError::internal(format!("issuing under CA {:?}", ca.name), e),
         })?;
         Ok((ca, issued))
     }
 
     /// The CRL of issuing CA `name` (DER), reissued when a certificate was revoked since the last one, or when the
     /// last one is a day old.
-    pub async fn crl(&self, name: &str) -> Result<Vec<u8>, ApiError> {
+    pub async fn crl(&self, name: &str) -> Result<Vec<u8>, PkiError> {
         for _ in 0..4 {
             let record = self
                 .store
                 .issuing_ca(name)
                 .await
-                .map_err(|e| ApiError::from_store(e, &format!("issuing CA {name:?}")))?;
+                .map_err(|e| PkiError::from_store(e, &format!("issuing CA {name:?}")))?;
             let state = record.crl;
             let fresh = state
                 .this_update
@@ -221,8 +275,12 @@ impl Pki {
             let ca = self
                 .by_name(name)
                 .await?
-                .ok_or_else(|| ApiError::NotFound(format!("a certificate chain of issuing CA {name:?}")))?;
-            let revoked = self.store.revoked_certificates(name).await.map_err(ApiError::internal)?;
+                .ok_or_else(|| PkiError::NotFound(format!("a certificate chain of issuing CA {name:?}")))?;
+            let revoked = self
+                .store
+                .revoked_certificates(name)
+                .await
+                .map_err(|e| PkiError::internal("reading revoked certificates", e))?;
             let entries = revoked
                 .iter()
                 .filter_map(|r| {
@@ -238,23 +296,26 @@ impl Pki {
             let next_update = this_update + CRL_VALIDITY;
             let number = u64::try_from(state.number).unwrap_or(0) + 1;
             let der = zerotouch_pki::crl(&ca.ca, &entries, number, this_update, next_update)
-                .map_err(|e| ApiError::internal(format!("CRL of {name:?}: {e}")))?;
+                .map_err(|e| PkiError::internal(format!("signing the CRL of {name:?}"), e))?;
             match self.store.save_crl(name, &state, der.clone(), to_chrono(this_update), to_chrono(next_update)).await {
                 Ok(_) => return Ok(der),
                 // Another request or replica reissued it first: serve theirs.
                 Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(ApiError::internal(e)),
+                Err(e) => return Err(PkiError::internal(format!("saving the CRL of {name:?}"), e)),
             }
         }
-        Err(ApiError::Conflict(format!("the CRL of {name:?} is changing; retry")))
+        Err(PkiError::Conflict(format!("the CRL of {name:?} is changing; retry")))
     }
 
-    /// Reissues every CA's CRL when it is stale or a day old, every hour, for as long as the process runs (so a
-    /// CRL is reissued at least daily even when nobody fetches it, and never outlives its nextUpdate).
-    pub async fn refresh_crls(self: Arc<Self>) {
+    /// Reissues every CA's CRL when it is stale or a day old, every hour, until `shutdown` is cancelled (so a CRL
+    /// is reissued at least daily even when nobody fetches it, and never outlives its nextUpdate).
+    pub async fn refresh_crls(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
             let cas = match self.cas().await {
                 Ok(cas) => cas,
                 Err(e) => {
@@ -271,7 +332,7 @@ impl Pki {
     }
 
     /// What devices and hubs trust: every certificate of every issuing CA's chain (roots and intermediates), PEM.
-    pub async fn trust_bundle(&self) -> Result<String, ApiError> {
+    pub async fn trust_bundle(&self) -> Result<String, PkiError> {
         let mut seen = Vec::new();
         for ca in self.cas().await?.iter() {
             for der in ca.ca.chain_der() {
@@ -290,19 +351,20 @@ impl Pki {
         algorithm: KeyAlgorithm,
         common_name: &str,
         actor: &Actor,
-    ) -> Result<IssuingCaRecord, ApiError> {
+    ) -> Result<IssuingCaRecord, PkiError> {
         check_ca_name(name)?;
         let passphrase = self.passphrase.clone();
         let common_name = common_name.to_owned();
-        let (encrypted, csr) = tokio::task::spawn_blocking(move || -> Result<(String, String), ApiError> {
-            let key = CaKey::generate(algorithm).map_err(ApiError::internal)?;
-            let csr = zerotouch_pki::ca_csr(&key, &common_name).map_err(|e| {
-                ApiError::InvalidField(zerotouch_wire::field::FieldError::new("commonName", e.to_string()))
-            })?;
-            Ok((key.to_encrypted_pem(&passphrase).map_err(ApiError::internal)?, csr))
+        let (encrypted, csr) = tokio::task::spawn_blocking(move || -> Result<(String, String), PkiError> {
+            let key = CaKey::generate(algorithm).map_err(|e| PkiError::internal("generating the CA key", e))?;
+            let csr =
+                zerotouch_pki::ca_csr(&key, &common_name).map_err(|e| FieldError::new("commonName", e.to_string()))?;
+            let encrypted =
+                key.to_encrypted_pem(&passphrase).map_err(|e| PkiError::internal("encrypting the CA key", e))?;
+            Ok((encrypted, csr))
         })
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(|e| PkiError::internal("creating the CA key", e))??;
         let new = NewIssuingCa {
             name: name.to_owned(),
             key_algorithm: algorithm.as_str().to_owned(),
@@ -312,7 +374,7 @@ impl Pki {
         self.store
             .create_issuing_ca(new, actor)
             .await
-            .map_err(|e| ApiError::from_store(e, &format!("issuing CA {name:?}")))
+            .map_err(|e| PkiError::from_store(e, &format!("issuing CA {name:?}")))
     }
 
     /// Checks an uploaded chain against the CA's key and stores it (the CA becomes `ready`).
@@ -322,26 +384,26 @@ impl Pki {
         chain_pem: &str,
         precondition: &zerotouch_store::Precondition,
         actor: &Actor,
-    ) -> Result<IssuingCaRecord, ApiError> {
+    ) -> Result<IssuingCaRecord, PkiError> {
         let resource = format!("issuing CA {name:?}");
         let encrypted = zeroize::Zeroizing::new(
-            self.store.issuing_ca_key(name).await.map_err(|e| ApiError::from_store(e, &resource))?.as_str().to_owned(),
+            self.store.issuing_ca_key(name).await.map_err(|e| PkiError::from_store(e, &resource))?.as_str().to_owned(),
         );
         let passphrase = self.passphrase.clone();
         let chain = chain_pem.to_owned();
-        let ca = tokio::task::spawn_blocking(move || -> Result<IssuingCa, ApiError> {
-            let key = CaKey::from_encrypted_pem(&encrypted, &passphrase).map_err(ApiError::internal)?;
-            IssuingCa::from_pem_chain(key, &chain, now()).map_err(|e| {
-                ApiError::InvalidField(zerotouch_wire::field::FieldError::new("(certificate chain)", e.to_string()))
-            })
+        let ca = tokio::task::spawn_blocking(move || -> Result<IssuingCa, PkiError> {
+            let key = CaKey::from_encrypted_pem(&encrypted, &passphrase)
+                .map_err(|e| PkiError::internal("decrypting the CA key", e))?;
+            Ok(IssuingCa::from_pem_chain(key, &chain, now())
+                .map_err(|e| FieldError::new("(certificate chain)", e.to_string()))?)
         })
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(|e| PkiError::internal("checking the certificate chain", e))??;
         let normalized = zerotouch_pki::trust_bundle_pem(ca.chain_der());
         self.store
             .upload_issuing_ca_chain(name, normalized, to_chrono(ca.not_after()), precondition, actor)
             .await
-            .map_err(|e| ApiError::from_store(e, &resource))
+            .map_err(|e| PkiError::from_store(e, &resource))
     }
 
     /// On a development install (a development root in the data dir and no issuing CA yet): creates the

@@ -2,12 +2,9 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 use zerotouch_pki::Passphrase;
 use zerotouch_store::Store;
@@ -18,126 +15,12 @@ use crate::config::{
     redact_url,
 };
 use crate::data_dir::{self, files};
+use crate::http::{AdminState, admin_server, device_server};
 use crate::hubs::{HubSettings, Hubs};
-use crate::metrics::{Listener, Metrics};
+use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::registration::limits::DeviceLimits;
 use crate::registration::{RegistrationService, RegistrationSettings};
-
-/// What every admin request handler may use.
-#[derive(Clone)]
-pub struct AdminState {
-    /// The database.
-    pub store: Store,
-    /// The admin-token verifier.
-    pub verifier: Arc<Verifier>,
-    /// The metrics registry.
-    pub metrics: Metrics,
-    /// The managed CA.
-    pub pki: Arc<Pki>,
-    /// The hubs' adapters and the outbox.
-    pub hubs: Arc<Hubs>,
-}
-
-/// Builds the admin API server on an already-bound listener (tests bind port 0).
-pub fn admin_server(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    state: AdminState,
-    shutdown_timeout: Duration,
-) -> anyhow::Result<Server> {
-    let store = web::Data::new(state.store);
-    let verifier = web::Data::from(state.verifier);
-    let metrics = web::Data::new(state.metrics);
-    let pki = web::Data::from(state.pki);
-    let hubs = web::Data::from(state.hubs);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(store.clone())
-            .app_data(pki.clone())
-            .app_data(hubs.clone())
-            .app_data(verifier.clone())
-            .app_data(metrics.clone())
-            .app_data(web::Data::new(Listener("service")))
-            .app_data(path_errors())
-            .wrap(from_fn(crate::metrics::observe))
-            .configure(crate::admin::configure)
-    })
-    .on_connect(no_delay)
-    .disable_signals()
-    .shutdown_timeout(shutdown_timeout.as_secs())
-    .listen_rustls_0_23(listener, (*tls).clone())?
-    .run();
-    Ok(server)
-}
-
-/// The certificate chain a device presented in its TLS handshake (DER, its own certificate first). The
-/// handshake proved the device holds that certificate's key; the chain itself is judged by the registration
-/// service.
-#[derive(Debug, Clone)]
-pub struct PeerCertificates(pub Vec<Vec<u8>>);
-
-/// Every device connection: no Nagle, and the client's certificates kept for the requests on it.
-fn device_connection(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-    no_delay(connection, data);
-    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
-    if let Some(tls) = connection.downcast_ref::<Tls>()
-        && let Some(chain) = tls.get_ref().1.peer_certificates()
-        && !chain.is_empty()
-    {
-        data.insert(PeerCertificates(chain.iter().map(|c| c.to_vec()).collect()));
-    }
-}
-
-/// Turns Nagle's algorithm off on every accepted connection. Without this, a response written after a small
-/// TLS record (rustls sends session tickets right after the handshake) waits for the client's delayed ACK: 40 ms
-/// added to a request that takes two.
-fn no_delay(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
-    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
-    if let Some(tls) = connection.downcast_ref::<Tls>()
-        && let Err(e) = tls.get_ref().0.set_nodelay(true)
-    {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
-}
-
-fn path_errors() -> web::PathConfig {
-    web::PathConfig::default().error_handler(|e, _| crate::error::ApiError::InvalidId(format!("path: {e}")).into())
-}
-
-/// Builds the HTTPS device API server on an already-bound listener.
-pub fn device_server(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    service: Arc<RegistrationService>,
-    pki: Arc<Pki>,
-    metrics: Metrics,
-    shutdown_timeout: Duration,
-) -> anyhow::Result<Server> {
-    let service = web::Data::from(service);
-    let pki = web::Data::from(pki);
-    let metrics = web::Data::new(metrics);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(service.clone())
-            .app_data(pki.clone())
-            .app_data(metrics.clone())
-            .app_data(web::Data::new(Listener("device")))
-            .app_data(path_errors())
-            .wrap(from_fn(crate::metrics::observe))
-            .configure(crate::est::configure_est)
-            .configure(crate::est::configure_public)
-            .configure(crate::device::configure)
-    })
-    .on_connect(device_connection)
-    .disable_signals()
-    .backlog(4096)
-    .max_connection_rate(1024)
-    .shutdown_timeout(shutdown_timeout.as_secs())
-    .listen_rustls_0_23(listener, (*tls).clone())?
-    .run();
-    Ok(server)
-}
 
 async fn connect(database_url: &str) -> anyhow::Result<Store> {
     let store = Store::connect(database_url)
@@ -157,20 +40,65 @@ async fn connect(database_url: &str) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    let (mut term, mut int) = match signals {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot listen for signals: {e}");
+            return;
+        }
+    };
+    let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    })
+        () = shutdown.cancelled() => return,
+    };
+    tracing::info!("{signal}: finishing in-flight requests, then stopping");
+    shutdown.cancel();
 }
 
-/// `zerotouch serve`.
+/// The service's listeners, bound before it starts (tests bind port 0 and read the addresses back).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The admin API.
+    pub admin: TcpListener,
+    /// The HTTPS device API (and EST).
+    pub device: TcpListener,
+    /// The MQTT device endpoint.
+    pub mqtt: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |address: std::net::SocketAddr, flag: &str| {
+            TcpListener::bind(address).with_context(|| format!("{flag}: cannot listen on {address}"))
+        };
+        Ok(Self {
+            admin: bind(config.service_listen, "--service-listen")?,
+            device: bind(config.device_listen, "--device-listen")?,
+            mqtt: bind(config.mqtt_listen, "--mqtt-listen")?,
+        })
+    }
+}
+
+/// `zerotouch serve`: runs the service on the configured addresses until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(&args)?;
+    let listeners = Listeners::bind(&config)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run(&config, listeners, shutdown).await
+}
+
+/// Runs the whole service on bound `listeners` until `shutdown` is cancelled (or a server stops by itself): the
+/// data dir and the database are prepared, the servers and background tasks started, and what runs where is
+/// printed. On shutdown the servers stop accepting and finish their requests (up to `--shutdown-timeout`), the
+/// background tasks stop at their next step, and the database is closed.
+pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data = data_dir::prepare(
         &config.data_dir,
         &data_dir::Needs {
@@ -181,16 +109,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ca_passphrase: config.ca_passphrase == PassphraseSource::DataDir,
         },
     )?;
-    let store = connect(&config.database_url).await?;
-    if config.no_migrate {
-        if !store.is_ready().await.unwrap_or(false) {
-            tracing::warn!(
-                "--no-migrate: the schema is not current; /readyz answers 503 until `zerotouch migrate` runs"
-            );
-        }
-    } else {
-        store.migrate().await.context("applying database migrations")?;
-    }
+    let store = open(config).await?;
     let verifier = Verifier::new(&config.auth, &data.path).await?;
     let (cert, key) = match &config.tls_files {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -198,57 +117,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let tls = crate::tls::server_config(&cert, &key)?;
     let device_tls = crate::tls::device_server_config(&cert, &key)?;
-    let listener = TcpListener::bind(config.service_listen)
-        .with_context(|| format!("--service-listen: cannot listen on {}", config.service_listen))?;
-    let service_addr = listener.local_addr()?;
-    let device_listener = TcpListener::bind(config.device_listen)
-        .with_context(|| format!("--device-listen: cannot listen on {}", config.device_listen))?;
-    let device_addr = device_listener.local_addr()?;
-    let mqtt_listener = TcpListener::bind(config.mqtt_listen)
-        .with_context(|| format!("--mqtt-listen: cannot listen on {}", config.mqtt_listen))?;
-    let mqtt_addr = mqtt_listener.local_addr()?;
-
-    let dir = data.path.display();
-    if !data.created.is_empty() {
-        println!("zerotouch: created in {dir}: {}", data.created.join(", "));
-    }
-    println!("zerotouch: data dir      {dir}");
-    println!("zerotouch: database      {}", redact_url(&config.database_url));
-    println!("zerotouch: id scope      {}", data.id_scope);
-    println!("zerotouch: trust bundle  {}", data.file(files::TRUST_BUNDLE).display());
-    println!("zerotouch: root CA       {}", data.file(files::ROOT_CERT).display());
-    println!("zerotouch: server cert   {}", cert.display());
-    match &config.auth.issuer {
-        TokenIssuer::Development => println!(
-            "zerotouch: token key     {} (zerotouch admin-token --data-dir {dir})",
-            data.file(files::TOKEN_KEY).display()
-        ),
-        TokenIssuer::External { issuer, .. } => println!("zerotouch: token issuer  {issuer}"),
-    }
-    println!("zerotouch: admin API     https://{service_addr}");
-    println!("zerotouch: device API    https://{device_addr}");
-    println!("zerotouch: MQTT device   mqtts://{mqtt_addr}");
-
-    let crl_url = config.crl_url.clone().unwrap_or_else(|| {
-        let host = config.hostnames.first().map_or("localhost", String::as_str);
-        format!("https://{host}:{}/pki/crl", device_addr.port())
-    });
-    let pki = Arc::new(Pki::new(
-        store.clone(),
-        read_passphrase(&config.ca_passphrase, &data)?,
-        crl_url,
-        config.renewal_grace,
-    ));
-    // A development install (admin tokens from the development key) issues under its development root at once;
-    // a production one waits for an issuing CA signed offline (POST /pki/issuingCAs).
-    let development = config.auth.issuer == TokenIssuer::Development;
-    if development && (!config.no_migrate || store.is_ready().await.unwrap_or(false)) {
-        let root_key = Zeroizing::new(std::fs::read_to_string(data.file(files::ROOT_KEY))?);
-        let root_cert = std::fs::read_to_string(data.file(files::ROOT_CERT))?;
-        if pki.ensure_development_ca(&root_cert, &root_key).await.context("creating the development issuing CA")? {
-            println!("zerotouch: created the development issuing CA under the development root");
-        }
-    }
+    let device_addr = listeners.device.local_addr()?;
+    announce(config, &data, &cert, &listeners)?;
+    let pki = Arc::new(start_pki(config, &data, &store, device_addr.port()).await?);
 
     let metrics = Metrics::new()?;
     let hubs = Arc::new(Hubs::new(
@@ -269,13 +140,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         DeviceLimits::new(count, window, config.device_max_in_flight),
     )?);
-    let expiry = tokio::spawn(Arc::clone(&registrations).expire_operations());
-    let crls = tokio::spawn(Arc::clone(&pki).refresh_crls());
-    let outbox = tokio::spawn(Arc::clone(&hubs).run_worker());
+    let tasks = [
+        tokio::spawn(Arc::clone(&registrations).expire_operations(shutdown.clone())),
+        tokio::spawn(Arc::clone(&pki).refresh_crls(shutdown.clone())),
+        tokio::spawn(Arc::clone(&hubs).run_worker(shutdown.clone())),
+    ];
     let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs };
-    let admin = admin_server(listener, tls, state, config.shutdown_timeout)?;
+    let admin = admin_server(listeners.admin, tls, state, config.shutdown_timeout)?;
     let mqtt = crate::mqtt::MqttEndpoint::start(
-        mqtt_listener,
+        listeners.mqtt,
         &device_tls,
         registrations.clone(),
         metrics.clone(),
@@ -285,28 +158,94 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             shutdown_timeout: config.shutdown_timeout,
         },
     )?;
-    let device =
-        device_server(device_listener, device_tls, registrations, pki.clone(), metrics, config.shutdown_timeout)?;
-    let handles = [admin.handle(), device.handle()];
-    let mqtt_stopper = mqtt.stopper();
+    let device = device_server(listeners.device, device_tls, registrations, pki, metrics, config.shutdown_timeout)?;
+    let (admin_handle, device_handle, mqtt_stopper) = (admin.handle(), device.handle(), mqtt.stopper());
+    let stopping = shutdown.clone();
     tokio::spawn(async move {
-        match shutdown_signal().await {
-            Ok(signal) => tracing::info!("{signal}: finishing in-flight requests, then stopping"),
-            Err(e) => tracing::error!("cannot listen for signals: {e}"),
-        }
-        let [admin, device] = handles;
-        tokio::join!(admin.stop(true), device.stop(true), mqtt_stopper.stop());
+        stopping.cancelled().await;
+        tokio::join!(admin_handle.stop(true), device_handle.stop(true), mqtt_stopper.stop());
     });
     let (admin, device) = tokio::join!(admin, device);
+    // A server that stopped by itself stops everything else too.
+    shutdown.cancel();
     mqtt.stop().await?;
     admin.context("admin API server")?;
     device.context("device API server")?;
-    expiry.abort();
-    outbox.abort();
-    crls.abort();
+    for task in tasks {
+        match tokio::time::timeout(config.shutdown_timeout, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("a background task failed: {e}"),
+            Err(_) => tracing::warn!("a background task did not stop within the shutdown timeout; leaving it"),
+        }
+    }
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the database and migrates it (unless `--no-migrate`).
+async fn open(config: &Config) -> anyhow::Result<Store> {
+    let store = connect(&config.database_url).await?;
+    if config.no_migrate {
+        if !store.is_ready().await.unwrap_or(false) {
+            tracing::warn!(
+                "--no-migrate: the schema is not current; /readyz answers 503 until `zerotouch migrate` runs"
+            );
+        }
+    } else {
+        store.migrate().await.context("applying database migrations")?;
+    }
+    Ok(store)
+}
+
+/// Prints what runs where, for the operator.
+fn announce(
+    config: &Config,
+    data: &data_dir::DataDir,
+    cert: &std::path::Path,
+    listeners: &Listeners,
+) -> anyhow::Result<()> {
+    let dir = data.path.display();
+    if !data.created.is_empty() {
+        println!("zerotouch: created in {dir}: {}", data.created.join(", "));
+    }
+    println!("zerotouch: data dir      {dir}");
+    println!("zerotouch: database      {}", redact_url(&config.database_url));
+    println!("zerotouch: id scope      {}", data.id_scope);
+    println!("zerotouch: trust bundle  {}", data.file(files::TRUST_BUNDLE).display());
+    println!("zerotouch: root CA       {}", data.file(files::ROOT_CERT).display());
+    println!("zerotouch: server cert   {}", cert.display());
+    match &config.auth.issuer {
+        TokenIssuer::Development => println!(
+            "zerotouch: token key     {} (zerotouch admin-token --data-dir {dir})",
+            data.file(files::TOKEN_KEY).display()
+        ),
+        TokenIssuer::External { issuer, .. } => println!("zerotouch: token issuer  {issuer}"),
+    }
+    println!("zerotouch: admin API     https://{}", listeners.admin.local_addr()?);
+    println!("zerotouch: device API    https://{}", listeners.device.local_addr()?);
+    println!("zerotouch: MQTT device   mqtts://{}", listeners.mqtt.local_addr()?);
+    Ok(())
+}
+
+/// The managed CA. A development install (admin tokens from the development key) issues under its development
+/// root at once; a production one waits for an issuing CA signed offline (POST /pki/issuingCAs).
+async fn start_pki(config: &Config, data: &data_dir::DataDir, store: &Store, device_port: u16) -> anyhow::Result<Pki> {
+    let crl_url = config.crl_url.clone().unwrap_or_else(|| {
+        let host = config.hostnames.first().map_or("localhost", String::as_str);
+        format!("https://{host}:{device_port}/pki/crl")
+    });
+    let passphrase = read_passphrase(&config.ca_passphrase, data)?;
+    let pki = Pki::new(store.clone(), passphrase, crl_url, config.renewal_grace);
+    let development = config.auth.issuer == TokenIssuer::Development;
+    if development && (!config.no_migrate || store.is_ready().await.unwrap_or(false)) {
+        let root_key = Zeroizing::new(std::fs::read_to_string(data.file(files::ROOT_KEY))?);
+        let root_cert = std::fs::read_to_string(data.file(files::ROOT_CERT))?;
+        if pki.ensure_development_ca(&root_cert, &root_key).await.context("creating the development issuing CA")? {
+            println!("zerotouch: created the development issuing CA under the development root");
+        }
+    }
+    Ok(pki)
 }
 
 /// The passphrase encrypting the CA keys, from where the configuration says.

@@ -8,6 +8,12 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
+/// The certificate chain a device presented in its TLS handshake (DER, its own certificate first), as the HTTPS
+/// listener keeps it for the requests of the connection. The handshake proved the device holds that certificate's
+/// key; the chain itself is judged by the registration service.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>);
+
 /// Installs the process-wide crypto provider (aws-lc-rs). Two providers are compiled in (sqlx brings ring), so
 /// rustls cannot pick one by itself; every binary and test harness calls this first.
 pub fn install_crypto_provider() {

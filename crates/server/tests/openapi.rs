@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use zerotouch_server::admin::ROUTES;
+use zerotouch_server::http::admin::ROUTES;
 use zerotouch_wire::ErrorCode;
 
 /// The operations a path item can hold (OpenAPI 3.1 §4.8.9).

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::error::RegistrationError;
+
 /// The limits of one replica.
 #[derive(Debug)]
 pub struct DeviceLimits {
@@ -23,6 +25,16 @@ pub struct DeviceLimits {
 /// How long a throttled device should wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    /// The wait when every in-flight slot is taken.
+    pub const BUSY: Self = Self(Duration::from_secs(1));
+
+    /// The refusal that tells the device to wait (whole seconds, at least one).
+    pub fn refusal(self) -> RegistrationError {
+        RegistrationError::Throttled { retry_after: self.0.as_secs().max(1) }
+    }
+}
 
 const SWEEP_AT: usize = 100_000;
 

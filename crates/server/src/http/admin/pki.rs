@@ -20,9 +20,9 @@ use zerotouch_wire::enrollment::FieldError;
 
 use super::timestamp;
 use crate::auth::{Caller, PkiWrite, Read};
-use crate::error::ApiError;
-use crate::pki::Pki;
-use crate::request::{self, BODY_LIMIT, Json};
+use crate::http::error::ApiError;
+use crate::http::request::{self, BODY_LIMIT, Json};
+use crate::pki::{Pki, PkiError};
 
 /// The media type of a PEM certificate chain sent as the raw body of `PUT /pki/issuingCAs/{name}`.
 const PEM_FILE: &str = "application/x-pem-file";
@@ -103,8 +103,8 @@ pub(super) async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body: NewIssuingCaBody = zerotouch_wire::field::decode(body.0)?;
     crate::pki::check_ca_name(&body.name).map_err(|e| match e {
-        ApiError::InvalidId(why) => FieldError::new("name", why).into(),
-        other => other,
+        PkiError::InvalidName(why) => ApiError::from(FieldError::new("name", why)),
+        other => other.into(),
     })?;
     let algorithm = key_algorithm(body.key_algorithm.as_deref())?;
     let common_name = body.common_name.unwrap_or_else(|| format!("zerotouch issuing CA {}", body.name));
@@ -205,8 +205,8 @@ pub(super) async fn upload_chain(
     let chain = read_chain(&req, payload).await?;
     let record = pki.upload_chain(&name, &chain, &precondition, &caller.actor()).await.map_err(|e| match e {
         // The pki module names the field by what it holds; the API names it by the field the client sent.
-        ApiError::InvalidField(e) => FieldError::new("certificateChain", e.problem).into(),
-        other => other,
+        PkiError::InvalidField(e) => ApiError::from(FieldError::new("certificateChain", e.problem)),
+        other => other.into(),
     })?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }

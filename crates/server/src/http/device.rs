@@ -1,4 +1,4 @@
-//! The HTTPS device API (`azure-dps-wire.md` §1): register, operation status, registration status lookup.
+//! The HTTPS device API (`docs/protocol/device-api.md` §1): register, operation status, registration status lookup.
 //!
 //! Thin: each handler turns the request into a [`DeviceRequest`] and calls the [`RegistrationService`], which the
 //! MQTT endpoint shares. Accepted on purpose (§1.8, §11): any `api-version` (or none), unknown query parameters,
@@ -8,17 +8,13 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use zerotouch_wire::RegistrationId;
-use zerotouch_wire::device::DeviceRegistration;
 use zerotouch_wire::registration::RegistrationStatus;
 
-use crate::error::ApiError;
+use super::error::{self, ApiError};
+use super::request::{BODY_LIMIT, MaybeJson};
+use crate::registration::request::{RETRY_AFTER_SECS, registration_body};
 use crate::registration::{DeviceRequest, Evidence, RegistrationRequest, RegistrationService};
-use crate::request::{BODY_LIMIT, MaybeJson};
-use crate::service::PeerCertificates;
-
-/// Seconds a device is told to wait before polling. Registrations complete before the 202 is sent, so the first
-/// poll normally finds the result.
-pub(crate) const RETRY_AFTER_SECS: u64 = 1;
+use crate::tls::PeerCertificates;
 
 /// Every route of the device API: path template and methods.
 pub const ROUTES: &[(&str, &[&str])] = &[
@@ -33,25 +29,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/{idScope}/registrations/{registrationId}/register")
             .route(web::put().to(register))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["PUT"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["PUT"]))),
     )
     .service(
         web::resource("/{idScope}/registrations/{registrationId}/operations/{operationId}")
             .route(web::get().to(operation))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["GET"]))),
     )
     .service(
         web::resource("/{idScope}/registrations/{registrationId}")
             .route(web::post().to(status))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["POST"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["POST"]))),
     )
     // Liveness on the device port too, for load balancers that probe the port they forward.
     .service(
         web::resource("/healthz")
             .route(web::get().to(alive))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["GET"]))),
     )
-    .default_service(web::to(crate::error::route_not_found));
+    .default_service(web::to(error::route_not_found));
 }
 
 async fn alive() -> HttpResponse {
@@ -70,14 +66,6 @@ fn device_request(req: &HttpRequest, id_scope: String, registration_id: &str) ->
     Ok(DeviceRequest { id_scope, registration_id, evidence })
 }
 
-/// A register (or status lookup) body: empty, `null` or a `DeviceRegistration` (§1.3).
-pub(crate) fn registration_body(body: Option<serde_json::Value>) -> Result<DeviceRegistration, ApiError> {
-    match body {
-        None | Some(serde_json::Value::Null) => Ok(DeviceRegistration::default()),
-        Some(value) => Ok(zerotouch_wire::field::decode(value)?),
-    }
-}
-
 /// `PUT /{idScope}/registrations/{registrationId}/register`: 202 `assigning` with `Retry-After` and `Location`.
 async fn register(
     req: HttpRequest,
@@ -87,7 +75,7 @@ async fn register(
 ) -> Result<HttpResponse, ApiError> {
     let (id_scope, registration_id) = path.into_inner();
     let device = device_request(&req, id_scope, &registration_id)?;
-    let body = registration_body(body.0)?;
+    let body = registration_body(body.0).map_err(ApiError::InvalidField)?;
     let location = format!("/{}/registrations/{}/operations/", device.id_scope, device.registration_id.as_str());
     let operation = service.register(RegistrationRequest { device, body }).await?;
     Ok(HttpResponse::Accepted()
@@ -121,13 +109,11 @@ async fn status(
 ) -> Result<HttpResponse, ApiError> {
     let (id_scope, registration_id) = path.into_inner();
     let device = device_request(&req, id_scope, &registration_id)?;
-    let body = registration_body(body.0)?;
+    let body = registration_body(body.0).map_err(ApiError::InvalidField)?;
     if body.csr.is_some() {
         // §1.1: a CSR belongs to register, not to the status lookup.
-        return Err(ApiError::InvalidField(zerotouch_wire::field::FieldError::new(
-            "csr",
-            "is not accepted by the status lookup; send it with register",
-        )));
+        let problem = "is not accepted by the status lookup; send it with register";
+        return Err(ApiError::InvalidField(zerotouch_wire::field::FieldError::new("csr", problem)));
     }
     Ok(HttpResponse::Ok().json(service.status(device).await?))
 }

@@ -1,20 +1,22 @@
-//! The MQTT device endpoint (`azure-dps-wire.md` §5): MQTT 3.1.1 over TLS with Azure DPS's topics, on the same
+//! The MQTT device endpoint (`docs/protocol/device-api.md` §5): MQTT 3.1.1 over TLS with Azure DPS's topics, on the same
 //! [`RegistrationService`] as the HTTPS device API.
 //!
-//! Thin, like `device.rs`: CONNECT becomes a [`DeviceRequest`] (id scope and registration id from the username,
+//! Thin, like `http::device`: CONNECT becomes a [`DeviceRequest`] (id scope and registration id from the username,
 //! evidence from the password, a SAS token, or else the TLS client chain) that the service authenticates before
 //! the CONNACK; each PUBLISH becomes a register or operation call; the answer, or the Azure error body, is
 //! published back on `$dps/registrations/res/{status}/?$rid={rid}`. Nothing here decides who may register.
 //!
 //! The protocol comes from ntex-mqtt (a maintained MQTT server library that serves the Python SDK here, see
-//! TOOLCHAIN.md), which runs its own runtime: the endpoint lives on its own thread with ntex worker threads,
+//! `docs/dependencies.md`), which runs its own runtime: the endpoint lives on its own thread with ntex worker threads,
 //! and calls the registration service from there as actix workers do from theirs.
 //!
 //! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), the TLS
 //! handshake and the CONNECT each within [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS
 //! message limit, §10), keep-alive as MQTT says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1
 //! (a QoS 2 publish closes the connection, as DPS offers none). A malformed or oversized packet closes its own
-//! connection and nothing else.
+//! connection and nothing else. How errors become answers and CONNACKs is decided in [`reply`].
+
+pub mod reply;
 
 use std::cell::Cell;
 use std::net::TcpListener;
@@ -32,12 +34,12 @@ use ntex_tls::rustls::{PeerCertChain, TlsAcceptor};
 use zerotouch_wire::mqtt::{RESPONSE_FILTER, Request, TopicError, Username, response_topic, rid_of};
 use zerotouch_wire::registration::RegistrationStatus;
 
-use crate::device::{RETRY_AFTER_SECS, registration_body};
-use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::registration::{DeviceRequest, Evidence, RegistrationRequest, RegistrationService};
+use crate::registration::request::{RETRY_AFTER_SECS, parse_json, registration_body};
+use crate::registration::{DeviceRequest, Evidence, RegistrationError, RegistrationRequest, RegistrationService};
+use reply::{ConnectRefusal, Reply, RequestError};
 
-/// Largest packet a device may send: the DPS message limit (`azure-dps-wire.md` §10: 96 KB).
+/// Largest packet a device may send: the DPS message limit (`docs/protocol/device-api.md` §10: 96 KB).
 pub const MAX_PACKET_SIZE: u32 = 96 * 1024;
 /// How long the TLS handshake, and then the CONNECT packet, may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -306,13 +308,11 @@ async fn connect(
             let state = Device { _slot: slot, request: device, subscription: Cell::new(None), pending: Cell::new(0) };
             Ok(handshake.ack(state, false))
         }
-        Err(ApiError::Internal(cause)) => {
-            tracing::error!("MQTT CONNECT: {cause}");
-            Ok(handshake.service_unavailable())
-        }
-        Err(ApiError::Throttled { .. }) => Ok(handshake.service_unavailable()),
-        Err(_) if by_token => Ok(handshake.bad_username_or_pwd()),
-        Err(_) => Ok(handshake.not_authorized()),
+        Err(error) => Ok(match reply::connect_refusal(&error, by_token) {
+            ConnectRefusal::ServiceUnavailable => handshake.service_unavailable(),
+            ConnectRefusal::BadUsernameOrPassword => handshake.bad_username_or_pwd(),
+            ConnectRefusal::NotAuthorized => handshake.not_authorized(),
+        }),
     }
 }
 
@@ -370,7 +370,7 @@ async fn request(
         Err(_) => "(unmatched)",
     };
     if session.pending.get() >= MAX_PENDING_PER_CONNECTION {
-        let reply = Reply::error(&ApiError::Throttled { retry_after: 1 });
+        let reply = Reply::error(&RegistrationError::Throttled { retry_after: 1 }.into());
         metrics.observe_mqtt(route, reply.status, started);
         ntex::rt::spawn(respond(session, rid_of(&topic).to_owned(), reply));
         return Ok(());
@@ -389,51 +389,18 @@ async fn request(
     Ok(())
 }
 
-/// What a request is answered with: the HTTP status the topic carries, the body, `retry-after`.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-    retry_after: Option<u64>,
-}
-
-impl Reply {
-    fn json(status: u16, body: &impl serde::Serialize, retry_after: Option<u64>) -> Result<Self, ApiError> {
-        let body = serde_json::to_vec(body).map_err(ApiError::internal)?;
-        Ok(Self { status, body, retry_after })
-    }
-
-    /// The Azure error body (§1.7) with the status of its code, as the HTTPS API answers it.
-    fn error(error: &ApiError) -> Self {
-        let (code, message) = error.code_and_message();
-        let cause = match error {
-            ApiError::Internal(cause) => Some(cause.as_str()),
-            _ => None,
-        };
-        let retry_after = match error {
-            ApiError::Throttled { retry_after } => Some(*retry_after),
-            _ => None,
-        };
-        let body = crate::error::error_body(code, message, cause);
-        Self { status: code.http_status(), body: serde_json::to_vec(&body).unwrap_or_default(), retry_after }
-    }
-}
-
 /// Runs one request on the registration service.
 async fn answer(
     session: &v3::Session<Device>,
     service: &RegistrationService,
     parsed: Result<Request, TopicError>,
     payload: &[u8],
-) -> Result<Reply, ApiError> {
-    let request = parsed.map_err(|e| match e {
-        TopicError::Unknown => ApiError::RouteNotFound,
-        TopicError::MissingRid | TopicError::MissingOperationId => ApiError::InvalidHeader(format!("topic: {e}")),
-    })?;
-    match request {
+) -> Result<Reply, RequestError> {
+    match parsed? {
         Request::Register { .. } => {
-            let body = registration_body(crate::request::parse_json(payload)?)?;
+            let body = registration_body(parse_json(payload)?)?;
             if body.tpm.is_some() {
-                return Err(ApiError::TpmOverMqtt);
+                return Err(RequestError::TpmOverMqtt);
             }
             let operation = service.register(RegistrationRequest { device: session.request.clone(), body }).await?;
             Reply::json(202, &operation, Some(RETRY_AFTER_SECS))

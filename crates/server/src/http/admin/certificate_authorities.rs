@@ -15,8 +15,8 @@ use zerotouch_wire::enrollment::FieldError;
 
 use super::timestamp;
 use crate::auth::{Caller, PkiWrite, Read};
-use crate::error::ApiError;
-use crate::request::{self, BODY_LIMIT, Json, MaybeJson};
+use crate::http::error::ApiError;
+use crate::http::request::{self, BODY_LIMIT, Json, MaybeJson};
 
 /// How long a verification code is accepted.
 const CODE_VALIDITY: chrono::TimeDelta = chrono::TimeDelta::hours(1);

@@ -14,10 +14,10 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::error::ApiError;
+use super::error::{self, ApiError};
 use crate::pki::Pki;
-use crate::registration::RegistrationService;
-use crate::service::PeerCertificates;
+use crate::registration::{RegistrationError, RegistrationService};
+use crate::tls::PeerCertificates;
 
 /// Largest CSR body accepted (base64 of a PKCS#10 with an RSA-4096 key stays well below this).
 pub const CSR_BODY_LIMIT: usize = 16 * 1024;
@@ -38,17 +38,17 @@ pub fn configure_est(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/.well-known/est/cacerts")
             .route(web::get().to(cacerts))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["GET"]))),
     )
     .service(
         web::resource("/.well-known/est/simpleenroll")
             .route(web::post().to(simpleenroll))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["POST"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["POST"]))),
     )
     .service(
         web::resource("/.well-known/est/simplereenroll")
             .route(web::post().to(simplereenroll))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["POST"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["POST"]))),
     );
 }
 
@@ -57,17 +57,18 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/pki/crl/{issuingCA}")
             .route(web::get().to(crl))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["GET"]))),
     )
     .service(
         web::resource("/pki/trustBundle")
             .route(web::get().to(trust_bundle))
-            .default_service(web::to(|| crate::error::method_not_allowed(&["GET"]))),
+            .default_service(web::to(|| error::method_not_allowed(&["GET"]))),
     );
 }
 
 fn pkcs7_response(certificates: &[Vec<u8>]) -> Result<HttpResponse, ApiError> {
-    let pkcs7 = zerotouch_pki::certs_only_pkcs7(certificates).map_err(ApiError::internal)?;
+    let pkcs7 = zerotouch_pki::certs_only_pkcs7(certificates)
+        .map_err(|e| ApiError::Internal(crate::internal::InternalError::new("encoding PKCS#7", e)))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, PKCS7_CERTS_ONLY))
         .insert_header(("Content-Transfer-Encoding", "base64"))
@@ -111,7 +112,7 @@ async fn enroll(
     }
     // EST authenticates by the TLS client certificate alone (see `RegistrationService::enroll_certificate`).
     let Some(PeerCertificates(chain)) = req.conn_data::<PeerCertificates>().cloned() else {
-        return Err(ApiError::DeviceUnauthorized);
+        return Err(RegistrationError::Unauthorized.into());
     };
     let issued = service.enroll_certificate(chain, &body, renewal).await?;
     // RFC 7030 §4.2.3: the issued certificate (the client already has, or fetches, the CA certificates).

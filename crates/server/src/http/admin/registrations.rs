@@ -10,11 +10,11 @@ use zerotouch_wire::enrollment::{EnrollmentKind, FieldError};
 use zerotouch_wire::{EnrollmentGroupId, RegistrationId};
 
 use crate::auth::{Caller, EnrollmentWrite, Read};
-use crate::error::ApiError;
-use crate::request::{self, BODY_LIMIT, MaybeJson};
+use crate::http::error::ApiError;
+use crate::http::request::{self, BODY_LIMIT, MaybeJson};
 
 fn render(record: &RegistrationRecord) -> Result<Value, ApiError> {
-    let state = crate::registration::state_of(record)
+    let state = crate::registration::result::state_of(record)
         .ok_or_else(|| ApiError::internal(format!("stored registration status {:?} is unknown", record.status)))?;
     serde_json::to_value(state).map_err(ApiError::internal)
 }

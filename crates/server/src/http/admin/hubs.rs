@@ -9,8 +9,8 @@ use zerotouch_wire::hub::{DEFAULT_WEIGHT, Hub, HubKind, MAX_WEIGHT, MIN_WEIGHT};
 
 use super::timestamp;
 use crate::auth::{Caller, HubWrite, Read};
-use crate::error::ApiError;
-use crate::request::{self, BODY_LIMIT, Json};
+use crate::http::error::ApiError;
+use crate::http::request::{self, BODY_LIMIT, Json};
 
 fn render(record: &HubRecord) -> Result<Value, ApiError> {
     let kind = HubKind::parse(&record.hub.kind)

@@ -9,8 +9,8 @@ use zerotouch_wire::enrollment::{self, EnrollmentKind, FieldError, NormalizedEnr
 
 use super::timestamp;
 use crate::auth::{Caller, EnrollmentWrite, Read};
-use crate::error::ApiError;
-use crate::request::{self, BODY_LIMIT, BULK_BODY_LIMIT, Json, MaybeJson};
+use crate::http::error::ApiError;
+use crate::http::request::{self, BODY_LIMIT, BULK_BODY_LIMIT, Json, MaybeJson};
 
 /// Which enrollment kind a route serves.
 pub(super) trait Kind: 'static {

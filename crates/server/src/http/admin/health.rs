@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, web};
 use zerotouch_store::Store;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 
 /// The process is alive.

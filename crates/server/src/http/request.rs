@@ -10,7 +10,7 @@ use futures_util::future::LocalBoxFuture;
 use serde_json::Value;
 use zerotouch_store::Precondition;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// Largest body of an ordinary admin request (the DPS message limit).
 pub const BODY_LIMIT: usize = 96 * 1024;
@@ -53,17 +53,7 @@ async fn read_json(headers: HeaderMap, mut payload: Payload, limit: usize) -> Re
         }
         body.extend_from_slice(&chunk);
     }
-    parse_json(&body)
-}
-
-/// A body as JSON; `None` when it is empty or only whitespace (MQTT devices send `" "` or nothing, §5).
-pub fn parse_json(body: &[u8]) -> Result<Option<Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| ApiError::MalformedBody(format!("the body is not valid JSON: {e}")))
+    crate::registration::request::parse_json(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))
 }
 
 impl<const LIMIT: usize> FromRequest for MaybeJson<LIMIT> {

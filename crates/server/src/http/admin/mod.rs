@@ -3,7 +3,7 @@
 //!
 //! Shapes follow the DPS service API (`azure-dps-wire.md` §6). Every route is declared once, in [`routes!`],
 //! which both registers it with actix and lists it in [`ROUTES`], the table a test compares with `openapi.yaml`.
-//! The public PKI documents (CRLs, trust bundle) are served by [`crate::est::configure_public`] on both listeners;
+//! The public PKI documents (CRLs, trust bundle) are served by [`crate::http::est::configure_public`] on both listeners;
 //! the table lists them too, and a unit test checks that they are the ones that module serves.
 //! Handlers stay thin: parse the path and body, call the store, render the answer.
 
@@ -39,11 +39,11 @@ macro_rules! routes {
                 cfg.service(
                     web::resource($path)
                         $(.route(web::method(Method::$method).to($handler)))+
-                        .default_service(web::to(|| crate::error::method_not_allowed(&[$(stringify!($method)),+]))),
+                        .default_service(web::to(|| crate::http::error::method_not_allowed(&[$(stringify!($method)),+]))),
                 );
             )+
             $configure(cfg);
-            cfg.default_service(web::to(crate::error::route_not_found));
+            cfg.default_service(web::to(crate::http::error::route_not_found));
         }
     };
 }
@@ -94,7 +94,7 @@ routes! {
     "/healthz" => { GET: health::alive },
     "/readyz" => { GET: health::ready },
     "/metrics" => { GET: health::metrics };
-    served by crate::est::configure_public: {
+    served by crate::http::est::configure_public: {
         "/pki/crl/{issuingCA}" => [GET],
         "/pki/trustBundle" => [GET],
     },
@@ -114,7 +114,7 @@ mod tests {
     fn the_public_pki_routes_are_the_ones_est_serves() {
         for path in ["/pki/crl/{issuingCA}", "/pki/trustBundle"] {
             let ours = ROUTES.iter().find(|(p, _)| *p == path).map(|(_, m)| *m);
-            let theirs = crate::est::ROUTES.iter().find(|(p, _)| *p == path).map(|(_, m)| *m);
+            let theirs = crate::http::est::ROUTES.iter().find(|(p, _)| *p == path).map(|(_, m)| *m);
             assert!(ours.is_some(), "{path} is not in admin::ROUTES");
             assert_eq!(ours, theirs, "{path}");
         }

@@ -2,17 +2,25 @@
 //!
 //! Client errors name the field, header or resource at fault. Authentication failures all read the same to the
 //! client; the reason goes to the log. Internal errors answer a bare "internal error" with a tracking id, and
-//! the log line carries the same id with the whole cause.
+//! the log line carries the same id with the whole cause chain.
+//!
+//! [`ApiError`] is the HTTP error of both listeners: the admin API's own failures, the request-shape failures
+//! both share, the managed CA's ([`PkiError`], mapped by `From`), and the registration service's
+//! ([`RegistrationError`], mapped by [`device_response`] in one exhaustive match).
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use zerotouch_store::StoreError;
 use zerotouch_wire::enrollment::FieldError;
 use zerotouch_wire::{ErrorBody, ErrorCode};
 
 use crate::auth::{Role, TokenError};
+use crate::internal::InternalError;
+use crate::pki::PkiError;
+use crate::registration::RegistrationError;
 
-/// Everything an admin request can fail with.
+/// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not JSON of the expected shape.
@@ -55,20 +63,9 @@ pub enum ApiError {
     /// A conflicting write.
     #[error("{0}")]
     Conflict(String),
-    /// Device API: the CSR cannot be used; why.
-    #[error("the CSR is refused: {0}")]
-    CsrRefused(String),
     /// No issuing CA is active.
     #[error("no issuing CA is active")]
     NoIssuingCa,
-    /// Device API: the device's certificate or chain is refused, with the code that says why.
-    #[error("{message}")]
-    DeviceCertificate {
-        /// One of the 4010xx certificate codes.
-        code: ErrorCode,
-        /// What is wrong, naming the certificate.
-        message: String,
-    },
     /// `If-Match` failed.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -82,38 +79,17 @@ pub enum ApiError {
     #[error("not ready: {0}")]
     NotReady(String),
     /// Something broke inside.
-    #[error("internal: {0}")]
-    Internal(String),
-    /// Device API: the credentials were refused (the reason is logged and audited, never sent).
-    #[error("device unauthorized")]
-    DeviceUnauthorized,
-    /// Device API: no such registration or operation for this device.
-    #[error("{0} not found")]
-    RegistrationNotFound(String),
-    /// Device API over MQTT: a register asked for TPM attestation, which MQTT does not offer.
-    #[error("TPM attestation over MQTT")]
-    TpmOverMqtt,
-    /// Device API, TPM first leg (`azure-dps-wire.md` §3.1): 401 with the activation blob, not an error body.
-    #[error("TPM challenge")]
-    TpmChallenge {
-        /// Base64 of the activation blob.
-        authentication_key: String,
-    },
-    /// Device API, TPM: the endorsement or storage root key in the body cannot be used; why.
-    #[error("{0}")]
-    TpmKey(String),
-    /// Too many requests; retry after this many seconds.
-    #[error("throttled")]
-    Throttled {
-        /// Seconds to wait.
-        retry_after: u64,
-    },
+    #[error("internal: {}", .0.chain())]
+    Internal(InternalError),
+    /// The device API: the registration service refused or failed.
+    #[error(transparent)]
+    Device(#[from] RegistrationError),
 }
 
 impl ApiError {
     /// An internal error with its cause (logged, not sent).
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        Self::Internal(cause.to_string())
+        Self::Internal(InternalError::bare(cause.to_string()))
     }
 
     /// Maps a store error about `resource` (e.g. `enrollment "dev-1"`).
@@ -153,13 +129,11 @@ impl ApiError {
                 format!("the route does not take this method; it takes {}", allow.join(", ")),
             ),
             Self::Conflict(m) => (ErrorCode::Conflict, m.clone()),
-            Self::CsrRefused(m) => (ErrorCode::CsrRefused, format!("the CSR is refused: {m}")),
             Self::NoIssuingCa => (
                 ErrorCode::NoIssuingCa,
                 "no issuing CA is active: an administrator must activate one (POST /pki/issuingCAs/{name}/activate)"
                     .into(),
             ),
-            Self::DeviceCertificate { code, message } => (*code, message.clone()),
             Self::PreconditionFailed(m) => (ErrorCode::PreconditionFailed, m.clone()),
             Self::PayloadTooLarge(limit) => {
                 (ErrorCode::PayloadTooLarge, format!("the body is larger than the {limit} bytes this route takes"))
@@ -169,20 +143,7 @@ impl ApiError {
             }
             Self::NotReady(m) => (ErrorCode::NotReady, format!("not ready: {m}")),
             Self::Internal(_) => (ErrorCode::Internal, "internal error; quote the trackingId to the operator".into()),
-            Self::DeviceUnauthorized => (ErrorCode::DeviceUnauthorized, "Unauthorized".into()),
-            Self::TpmChallenge { .. } => {
-                (ErrorCode::DeviceUnauthorized, crate::registration::tpm::CHALLENGE_MESSAGE.into())
-            }
-            Self::TpmKey(m) => (ErrorCode::TpmKeyRefused, m.clone()),
-            Self::RegistrationNotFound(what) => (ErrorCode::RegistrationNotFound, format!("{what} does not exist")),
-            Self::TpmOverMqtt => (
-                ErrorCode::TpmNotSupportedOverMqtt,
-                "TPM attestation is not available over MQTT (as with Azure DPS); register over HTTPS".into(),
-            ),
-            Self::Throttled { retry_after } => (
-                ErrorCode::Throttled,
-                format!("Operations are being throttled for this device; retry after {retry_after} s"),
-            ),
+            Self::Device(e) => e.code_and_message(),
         }
     }
 }
@@ -197,12 +158,12 @@ pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
 }
 
-/// The Azure error body for `code` and `message`, logged under a fresh tracking id (with `cause`, if internal).
-/// Every protocol's answer is built from it (HTTPS here, MQTT in `mqtt`).
-pub fn error_body(code: ErrorCode, message: String, cause: Option<&str>) -> ErrorBody {
+/// The Azure error body for `code` and `message`, logged under a fresh tracking id (with `cause`, the whole chain,
+/// if internal). Every protocol's answer is built from it (HTTPS here, MQTT in `mqtt::reply`).
+pub fn error_body(code: ErrorCode, message: String, cause: Option<&InternalError>) -> ErrorBody {
     let tracking_id = uuid::Uuid::new_v4().to_string();
     match cause {
-        Some(cause) => tracing::error!(tracking_id, error_code = code.number(), "{cause}"),
+        Some(cause) => tracing::error!(tracking_id, error_code = code.number(), "{}", cause.chain()),
         None => tracing::debug!(tracking_id, error_code = code.number(), "{message}"),
     }
     ErrorBody {
@@ -214,7 +175,7 @@ pub fn error_body(code: ErrorCode, message: String, cause: Option<&str>) -> Erro
 }
 
 /// Builds the Azure error answer for `code` and `message`, logging it under a fresh tracking id.
-pub fn error_response(code: ErrorCode, message: String, cause: Option<&str>) -> HttpResponse {
+pub fn error_response(code: ErrorCode, message: String, cause: Option<&InternalError>) -> HttpResponse {
     let body = error_body(code, message, cause);
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
@@ -225,6 +186,58 @@ pub fn error_response(code: ErrorCode, message: String, cause: Option<&str>) -> 
     builder.json(body)
 }
 
+/// `response` with the header `name: value`.
+fn with_header(mut response: HttpResponse, name: header::HeaderName, value: &str) -> HttpResponse {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// The HTTPS answer to a registration service error: every variant decided here, with no wildcard, as
+/// `mqtt::reply` decides it for MQTT.
+pub fn device_response(error: &RegistrationError) -> HttpResponse {
+    let (code, message) = error.code_and_message();
+    match error {
+        // The first leg of a TPM registration: 401 with the activation blob, not an error body (§3.1).
+        RegistrationError::TpmChallenge { authentication_key } => {
+            HttpResponse::Unauthorized().json(zerotouch_wire::device::TpmChallenge {
+                message,
+                authentication_key: authentication_key.clone(),
+                key_name: "registration".into(),
+            })
+        }
+        RegistrationError::Throttled { retry_after } => {
+            with_header(error_response(code, message, None), header::RETRY_AFTER, &retry_after.to_string())
+        }
+        RegistrationError::Internal(cause) => error_response(code, message, Some(cause)),
+        RegistrationError::InvalidField(_)
+        | RegistrationError::Unauthorized
+        | RegistrationError::Certificate { .. }
+        | RegistrationError::CsrRefused(_)
+        | RegistrationError::NoIssuingCa
+        | RegistrationError::TpmKey(_)
+        | RegistrationError::NotFound(_)
+        | RegistrationError::Conflict(_) => error_response(code, message, None),
+    }
+}
+
+impl From<PkiError> for ApiError {
+    fn from(error: PkiError) -> Self {
+        match error {
+            PkiError::NoIssuingCa => Self::NoIssuingCa,
+            PkiError::InvalidName(why) => Self::InvalidId(why),
+            PkiError::InvalidField(field) => Self::InvalidField(field),
+            PkiError::NotFound(what) => Self::NotFound(what),
+            PkiError::Conflict(why) => Self::Conflict(why),
+            PkiError::PreconditionFailed(why) => Self::PreconditionFailed(why),
+            PkiError::Internal(cause) => Self::Internal(cause),
+            // The admin API's CA operations check no device CSR.
+            e @ PkiError::CsrRefused(_) => Self::Internal(InternalError::new("an admin request of the managed CA", e)),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.code_and_message().0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -232,29 +245,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (code, message) = self.code_and_message();
-        if let Self::MethodNotAllowed(allow) = self {
-            let mut response = error_response(code, message, None);
-            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow.join(", ")) {
-                response.headers_mut().insert(actix_web::http::header::ALLOW, value);
-            }
-            return response;
-        }
-        if let Self::Throttled { retry_after } = self {
-            let mut response = error_response(code, message, None);
-            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&retry_after.to_string()) {
-                response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
-            }
-            return response;
-        }
         match self {
-            Self::TpmChallenge { authentication_key } => {
-                HttpResponse::Unauthorized().json(zerotouch_wire::device::TpmChallenge {
-                    message,
-                    authentication_key: authentication_key.clone(),
-                    key_name: "registration".into(),
-                })
+            Self::MethodNotAllowed(allow) => {
+                with_header(error_response(code, message, None), header::ALLOW, &allow.join(", "))
             }
             Self::Internal(cause) => error_response(code, message, Some(cause)),
+            Self::Device(error) => device_response(error),
             Self::Unauthenticated(why) => {
                 tracing::info!("admin request refused: {why}");
                 error_response(code, message, None)

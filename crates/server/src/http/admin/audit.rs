@@ -9,8 +9,8 @@ use zerotouch_wire::audit::AuditEvent;
 
 use super::timestamp;
 use crate::auth::{Caller, Read};
-use crate::error::ApiError;
-use crate::request;
+use crate::http::error::ApiError;
+use crate::http::request;
 
 fn time_parameter(query: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(raw) = query.get(name) else { return Ok(None) };

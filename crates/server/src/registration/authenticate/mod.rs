@@ -1,0 +1,116 @@
+//! Authentication: which enrollment a device is, proved by what it brings (`docs/protocol/device-api.md` §2-§4).
+//!
+//! - a SAS token ([`sas`]): its individual enrollment's key, else a symmetric-key group's derived key, else the
+//!   key of its pending TPM challenge;
+//! - a TLS client certificate chain ([`x509`]): an operational certificate of ours (renewal), else its
+//!   individual enrollment's device certificate, else the group whose CA sits nearest the leaf;
+//! - nothing, with TPM keys in a register's body ([`tpm`]): the first leg of a TPM registration, answered with
+//!   a challenge.
+//!
+//! Every refusal answers the device the same vague 401 (or the certificate code that names the problem with its
+//! own certificate), and audits why; see [`RegistrationService::refuse`].
+
+pub mod sas;
+pub mod tpm;
+pub mod x509;
+
+use std::sync::Arc;
+
+use zerotouch_store::StoreError;
+use zerotouch_wire::enrollment::EnrollmentKind;
+use zerotouch_wire::registration::X509RegistrationResult;
+
+use super::RegistrationService;
+use super::enrollment::Enrollment;
+use super::error::RegistrationError;
+use super::request::{Action, DeviceRequest, Evidence};
+
+/// Who a device proved to be.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The enrollment it matched.
+    pub enrollment: Arc<Enrollment>,
+    /// For a device that presented a certificate: what its registration result says about it.
+    pub x509: Option<X509RegistrationResult>,
+    /// The device presented an operational certificate of ours (it renews).
+    pub operational: bool,
+    /// A TPM device's register: the blob of its new hub key, for the result (§3.1 step 4).
+    pub tpm: Option<tpm::TpmOutcome>,
+}
+
+impl Authenticated {
+    fn by(enrollment: Arc<Enrollment>) -> Self {
+        Self { enrollment, x509: None, operational: false, tpm: None }
+    }
+}
+
+impl RegistrationService {
+    /// Authenticates a device by its evidence.
+    pub(super) async fn authenticate(
+        &self,
+        device: &DeviceRequest,
+        action: Action,
+    ) -> Result<Authenticated, RegistrationError> {
+        if !device.id_scope.eq_ignore_ascii_case(&self.settings.id_scope) {
+            return Err(self.refuse(device, action, "the id scope is not this service's").await);
+        }
+        match &device.evidence {
+            Evidence::Sas(header) => self.authenticate_sas(device, action, header).await,
+            Evidence::Certificates(chain) => self.authenticate_x509(device, action, chain, None).await,
+            Evidence::None => Err(self.refuse(device, action, "no credentials").await),
+        }
+    }
+
+    /// The enrollment of `kind` and `key`, typed; `None` if there is none.
+    pub(super) async fn enrollment(
+        &self,
+        kind: EnrollmentKind,
+        key: &str,
+    ) -> Result<Option<Enrollment>, RegistrationError> {
+        match self.store.enrollment(kind, key).await {
+            Ok(record) => Ok(Some(Enrollment::parse(kind, record)?)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(RegistrationError::internal(format!("reading {} {key:?}", kind.noun()), e)),
+        }
+    }
+
+    /// Refuses the request (401002 to the device) and audits why.
+    ///
+    /// Refusals of one registration id are audited as often as its requests are allowed (`--device-rate-limit`);
+    /// beyond that they are only logged, so that a flood of bad credentials cannot fill the audit log or hold the
+    /// database writer.
+    pub(super) async fn refuse(&self, device: &DeviceRequest, action: Action, reason: &str) -> RegistrationError {
+        self.refuse_as(device, action, reason, RegistrationError::Unauthorized).await
+    }
+
+    /// Refuses the request with `error` and audits `reason` (at most at the device's request rate, as above).
+    pub(super) async fn refuse_as(
+        &self,
+        device: &DeviceRequest,
+        action: Action,
+        reason: &str,
+        error: RegistrationError,
+    ) -> RegistrationError {
+        let action = action.as_str();
+        tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
+        let bucket = format!("refused\0{}", device.registration_id.key());
+        if self.limits.admit(&bucket).is_ok()
+            && let Err(e) = self.store.audit_refused_device(device.registration_id.as_str(), action, reason).await
+        {
+            tracing::error!("cannot audit a refused device request: {e}");
+        }
+        error
+    }
+
+    /// Refuses with a certificate error, whose message is also the audited reason (prefixed with `what`).
+    pub(super) async fn refuse_certificate(
+        &self,
+        device: &DeviceRequest,
+        action: Action,
+        what: &str,
+        error: RegistrationError,
+    ) -> RegistrationError {
+        let reason = format!("{what}: {error}");
+        self.refuse_as(device, action, &reason, error).await
+    }
+}

@@ -1,0 +1,326 @@
+//! X.509 attestation (`docs/protocol/device-api.md` §4): which enrollment a device's certificate chain matches.
+//!
+//! The chain comes unjudged from the TLS handshake (which did prove that the device holds the leaf's key). Order:
+//! an operational certificate we issued (renewal), then the individual enrollment of the leaf's CN (matched by
+//! thumbprint), then the enrollment group whose CA sits closest to the leaf in the device's chain ("the first
+//! intermediate, and so on down to the root"). Every chain check is `zerotouch_pki::verify_chain`.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use zerotouch_pki::{CertificateDetails, ChainError};
+use zerotouch_store::{CertificateRecord, CertificateStatus, RegistrationRecord, StoreError};
+use zerotouch_wire::ErrorCode;
+use zerotouch_wire::enrollment::{EnrollmentKind, X509Attestation, X509CertificateWithInfo, X509Certificates};
+use zerotouch_wire::registration::{X509CertificateInfo, X509RegistrationResult};
+
+use super::super::RegistrationService;
+use super::super::enrollment::{Attestation, Enrollment};
+use super::super::error::{RegistrationError, internal};
+use super::super::request::{Action, DeviceRequest};
+use super::Authenticated;
+
+/// A CA a device chain may end at: a group's signing certificate, or an uploaded CA it references.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    /// The CA certificate, DER.
+    pub der: Vec<u8>,
+    /// Whether it may be used: signing certificates are, uploaded CAs once their proof of possession is done.
+    pub verified: bool,
+}
+
+/// An enrollment group with the CAs its devices' chains may end at.
+#[derive(Debug, Clone)]
+pub struct X509Group {
+    /// The group.
+    pub group: Arc<Enrollment>,
+    /// Its CAs, primary first.
+    pub anchors: Vec<Anchor>,
+}
+
+/// What was already read about a presented certificate (EST reads it to find the registration id): the
+/// operational certificate of ours it is, if any, and that certificate's registration, if it still exists.
+#[derive(Debug)]
+pub struct KnownCertificate {
+    /// Our record of the certificate.
+    pub issued: Option<CertificateRecord>,
+    /// The registration it was issued to.
+    pub registration: Option<RegistrationRecord>,
+}
+
+/// A certificate's `X509CertificateInfo` (§1.4); upper-case hex as Azure shows it.
+pub fn info(der: &[u8]) -> Option<X509CertificateInfo> {
+    let d: CertificateDetails = zerotouch_pki::details(der).ok()?;
+    let at = |t: OffsetDateTime| zerotouch_wire::format_timestamp(crate::pki::to_chrono(t));
+    Some(X509CertificateInfo {
+        subject_name: d.subject,
+        sha1_thumbprint: d.sha1_hex.to_ascii_uppercase(),
+        sha256_thumbprint: d.sha256_hex.to_ascii_uppercase(),
+        issuer_name: d.issuer,
+        not_before_utc: at(d.not_before),
+        not_after_utc: at(d.not_after),
+        serial_number: d.serial_hex.to_ascii_uppercase(),
+        version: d.version,
+    })
+}
+
+fn certificates(pair: Option<&X509Certificates>) -> Vec<Vec<u8>> {
+    let Some(pair) = pair else { return Vec::new() };
+    [&pair.primary, &pair.secondary]
+        .into_iter()
+        .flatten()
+        .filter_map(|c: &X509CertificateWithInfo| zerotouch_pki::certificate_from_text(c.certificate.as_deref()?).ok())
+        .collect()
+}
+
+/// Whether `leaf` is one of the device certificates of an individual X.509 enrollment (by SHA-256 thumbprint).
+pub fn individual_matches(attestation: &X509Attestation, leaf: &[u8]) -> bool {
+    let leaf = zerotouch_pki::sha256(leaf);
+    certificates(attestation.client_certificates.as_ref()).iter().any(|c| zerotouch_pki::sha256(c) == leaf)
+}
+
+/// The anchors of an X.509 group: its signing certificates, or the uploaded CAs its `caReferences` name (looked
+/// up by `ca`, which answers the CA's certificate and whether it is verified).
+pub fn group_anchors(attestation: &X509Attestation, ca: impl Fn(&str) -> Option<Anchor>) -> Vec<Anchor> {
+    if let Some(refs) = &attestation.ca_references {
+        return [&refs.primary, &refs.secondary].into_iter().flatten().filter_map(|name| ca(name)).collect();
+    }
+    certificates(attestation.signing_certificates.as_ref())
+        .into_iter()
+        .map(|der| Anchor { der, verified: true })
+        .collect()
+}
+
+/// The refusal for a chain error, with its documented code.
+pub fn refusal(error: &ChainError) -> RegistrationError {
+    let code = match error {
+        ChainError::Expired { .. } => ErrorCode::CertificateExpired,
+        ChainError::NotYetValid { .. } => ErrorCode::CertificateNotYetValid,
+        ChainError::UnknownCa { .. } => ErrorCode::UnknownCertificateAuthority,
+        _ => ErrorCode::InvalidCertificateChain,
+    };
+    RegistrationError::Certificate { code, message: error.to_string() }
+}
+
+/// A chain check: (leaf, intermediates, anchor, now), as `zerotouch_pki::verify_chain`.
+pub type ChainCheck = fn(&[u8], &[Vec<u8>], &[u8], OffsetDateTime) -> Result<zerotouch_pki::VerifiedChain, ChainError>;
+
+/// The group (index into `groups`) and anchor whose CA sits closest to the leaf in a chain that `verify` accepts
+/// (`zerotouch_pki::verify_chain` for device certificates, `verify_endorsement_chain` for TPM EK certificates);
+/// else the most telling refusal: a chain error met on the way to some anchor, an unverified CA, or an unknown CA.
+pub fn match_group<'a>(
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    groups: &'a [X509Group],
+    now: OffsetDateTime,
+    verify: ChainCheck,
+) -> Result<(usize, &'a Anchor), RegistrationError> {
+    let mut best: Option<(usize, usize, &Anchor)> = None;
+    let mut unverified = false;
+    let mut first_error: Option<ChainError> = None;
+    for (index, group) in groups.iter().enumerate() {
+        for anchor in &group.anchors {
+            match verify(leaf, intermediates, &anchor.der, now) {
+                Ok(chain) if anchor.verified => {
+                    let depth = chain.path.len();
+                    if best.is_none_or(|(d, _, _)| depth < d) {
+                        best = Some((depth, index, anchor));
+                    }
+                }
+                Ok(_) => unverified = true,
+                Err(ChainError::UnknownCa { .. }) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    if let Some((_, index, anchor)) = best {
+        return Ok((index, anchor));
+    }
+    if let Some(error) = first_error {
+        return Err(refusal(&error));
+    }
+    if unverified {
+        return Err(RegistrationError::Certificate {
+            code: ErrorCode::CertificateAuthorityNotVerified,
+            message: "the device's chain leads to an uploaded certificate authority whose proof of possession is not \
+                      done (POST /certificateAuthorities/{name}/verificationCode, then .../verify)"
+                .into(),
+        });
+    }
+    Err(RegistrationError::Certificate {
+        code: ErrorCode::UnknownCertificateAuthority,
+        message: "the device's certificate chain leads to no certificate authority of an enrollment".into(),
+    })
+}
+
+impl RegistrationService {
+    /// The operational certificate of ours `leaf` is, if it is one.
+    pub(in super::super) async fn issued_certificate(
+        &self,
+        leaf: &[u8],
+    ) -> Result<Option<CertificateRecord>, RegistrationError> {
+        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+            Ok(issued) => Ok(Some(issued)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(RegistrationError::internal("looking up a presented certificate", e)),
+        }
+    }
+
+    /// X.509 attestation: an operational certificate of ours (the device renews), else the individual enrollment
+    /// whose device certificate it is, else the group whose CA sits closest to the device certificate in its
+    /// chain.
+    ///
+    /// `known`: what the caller already read about the leaf (EST), else it is read here.
+    pub(in super::super) async fn authenticate_x509(
+        &self,
+        device: &DeviceRequest,
+        action: Action,
+        chain: &[Vec<u8>],
+        known: Option<KnownCertificate>,
+    ) -> Result<Authenticated, RegistrationError> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(self.refuse(device, action, "no certificate").await);
+        };
+        if chain.len() > zerotouch_pki::chain::MAX_CHAIN_LENGTH {
+            let error = RegistrationError::Certificate {
+                code: ErrorCode::InvalidCertificateChain,
+                message: format!(
+                    "the device sent {} certificates; a chain has at most {}",
+                    chain.len(),
+                    zerotouch_pki::chain::MAX_CHAIN_LENGTH
+                ),
+            };
+            return Err(self.refuse_certificate(device, action, "x509", error).await);
+        }
+        let now = OffsetDateTime::now_utc();
+        // An operational certificate of ours names its device id, which may differ from the registration id; it is
+        // bound to its registration by the certificate record instead.
+        let known = match known {
+            Some(known) => known,
+            None => KnownCertificate { issued: self.issued_certificate(leaf).await?, registration: None },
+        };
+        if let Some(issued) = known.issued {
+            return self.authenticate_operational(device, action, leaf, issued, known.registration, now).await;
+        }
+        let cn = match zerotouch_pki::subject_cn(leaf) {
+            Ok(cn) => cn,
+            Err(e) => return Err(self.refuse(device, action, &format!("x509: {e}")).await),
+        };
+        if !cn.eq_ignore_ascii_case(device.registration_id.as_str()) {
+            let reason = format!("x509: the certificate's CN {cn:?} is not the registration id");
+            return Err(self.refuse(device, action, &reason).await);
+        }
+        let certificate_info = info(leaf);
+        if let Some(enrollment) = self.enrollment(EnrollmentKind::Individual, &device.registration_id.key()).await? {
+            let Attestation::X509(attestation) = &enrollment.attestation else {
+                let reason = format!("x509: the enrollment attests by {}", enrollment.attestation.name());
+                return Err(self.refuse(device, action, &reason).await);
+            };
+            if !individual_matches(attestation, leaf) {
+                let reason = "x509: the certificate is neither of the enrollment's device certificates";
+                return Err(self.refuse(device, action, reason).await);
+            }
+            if let Err(e) = zerotouch_pki::check_certificate_validity(leaf, now) {
+                return Err(self.refuse_certificate(device, action, "x509", refusal(&e)).await);
+            }
+            let x509 = X509RegistrationResult { certificate_info, ..Default::default() };
+            return Ok(Authenticated { x509: Some(x509), ..Authenticated::by(Arc::new(enrollment)) });
+        }
+        let reference = self.caches.reference(&self.store).await?;
+        match match_group(leaf, intermediates, &reference.x509_groups, now, zerotouch_pki::verify_chain) {
+            Ok((index, anchor)) => {
+                let group = Arc::clone(&reference.x509_groups[index].group);
+                let x509 = X509RegistrationResult {
+                    certificate_info,
+                    enrollment_group_id: Some(group.id().to_owned()),
+                    signing_certificate_info: info(&anchor.der),
+                };
+                Ok(Authenticated { x509: Some(x509), ..Authenticated::by(group) })
+            }
+            Err(e) => Err(self.refuse_certificate(device, action, "x509", e).await),
+        }
+    }
+
+    /// A device presenting an operational certificate we issued: it renews (or registers again) if the
+    /// certificate is its own, not revoked, still valid (or expired within the renewal grace, unless superseded),
+    /// and its issuing CA is still trusted. The enrollment is the one the device registered through.
+    async fn authenticate_operational(
+        &self,
+        device: &DeviceRequest,
+        action: Action,
+        leaf: &[u8],
+        issued: CertificateRecord,
+        registration: Option<RegistrationRecord>,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, RegistrationError> {
+        let key = device.registration_id.key();
+        let refused = |code: ErrorCode, message: String| RegistrationError::Certificate { code, message };
+        if issued.registration_key != key {
+            return Err(self.refuse(device, action, "x509: an operational certificate of another device").await);
+        }
+        if issued.status == CertificateStatus::Revoked {
+            let message = format!("the operational certificate {} was revoked", issued.serial);
+            let error = refused(ErrorCode::CertificateRevoked, message);
+            return Err(self.refuse_certificate(device, action, "x509", error).await);
+        }
+        let Some(ca) = self.pki.by_name(&issued.issuing_ca).await? else {
+            let message = format!("the issuing CA {:?} of this certificate is no longer trusted", issued.issuing_ca);
+            let error = refused(ErrorCode::UnknownCertificateAuthority, message);
+            return Err(self.refuse_certificate(device, action, "x509", error).await);
+        };
+        let not_after = crate::pki::to_time(issued.not_after);
+        let mut checked_at = now;
+        if now > not_after {
+            let grace = time::Duration::try_from(self.pki.renewal_grace()).unwrap_or(time::Duration::ZERO);
+            let error = if issued.status == CertificateStatus::Superseded {
+                Some(refused(
+                    ErrorCode::CertificateNotRenewable,
+                    format!("the operational certificate {} was superseded and has expired", issued.serial),
+                ))
+            } else if now - not_after > grace {
+                Some(refused(
+                    ErrorCode::CertificateExpired,
+                    format!(
+                        "the operational certificate {} expired at {not_after} (renewal grace: {} s)",
+                        issued.serial,
+                        grace.whole_seconds()
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some(error) = error {
+                return Err(self.refuse_certificate(device, action, "x509", error).await);
+            }
+            checked_at = not_after - time::Duration::SECOND;
+        }
+        if let Err(e) = zerotouch_pki::verify_chain(leaf, &[], ca.ca.certificate_der(), checked_at) {
+            return Err(self.refuse_certificate(device, action, "x509", refusal(&e)).await);
+        }
+        let registration = match registration {
+            Some(registration) => registration,
+            None => match self.store.registration(&key).await {
+                Ok(registration) => registration,
+                Err(StoreError::NotFound) => {
+                    return Err(self.refuse(device, action, "x509: the device's registration was deleted").await);
+                }
+                Err(e) => return Err(internal("reading the device's registration")(e)),
+            },
+        };
+        let (kind, enrollment_key) = match &registration.enrollment_group_key {
+            Some(group) => (EnrollmentKind::Group, group.clone()),
+            None => (EnrollmentKind::Individual, key),
+        };
+        let Some(enrollment) = self.enrollment(kind, &enrollment_key).await? else {
+            return Err(self.refuse(device, action, "x509: the device's enrollment was deleted").await);
+        };
+        let x509 = X509RegistrationResult {
+            certificate_info: info(leaf),
+            enrollment_group_id: enrollment.group_id().map(str::to_owned),
+            signing_certificate_info: info(ca.ca.certificate_der()),
+        };
+        Ok(Authenticated { x509: Some(x509), operational: true, ..Authenticated::by(Arc::new(enrollment)) })
+    }
+}

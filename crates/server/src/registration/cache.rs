@@ -1,0 +1,265 @@
+//! The registration service's three caches, each bounded, each short-lived, none deciding anything the database
+//! would decide differently for long:
+//!
+//! - **Reference** ([`Reference`]): the hubs and the symmetric-key and X.509 enrollment groups (parsed, with
+//!   their CA anchors), which every registration needs and which change rarely. Reused for at most
+//!   [`REFERENCE_TTL`]; a change made through this process ([`Store::reference_changes`]) invalidates it at once,
+//!   one made on another replica is seen within the TTL. One entry.
+//! - **Verified tokens**: the SHA-256 of (id scope, registration id, `Authorization` value) of SAS tokens that
+//!   verified, so that a device's polls skip the enrollment lookup for up to [`VERIFIED_TTL`] (never past the
+//!   token's expiry). A poll can only read the device's own operations. At most [`VERIFIED_MAX`] entries.
+//! - **Finished operations**: operations this replica wrote in a terminal state, so that a device's first poll,
+//!   which normally follows its register within milliseconds, needs no database read. A terminal operation never
+//!   changes, so this cannot disagree with the database, except that a registration deleted in the last
+//!   [`FINISHED_TTL`] still answers its operation. At most [`FINISHED_MAX`] entries.
+//!
+//! A full table is swept of expired entries, and cleared if that is not enough: the bound holds whatever a
+//! stranger sends, and the worst case is a database read the cache would have saved.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use zerotouch_store::{EnrollmentRecord, HubRecord, OperationRecord, Store};
+use zerotouch_wire::device::RegistrationOperationStatus;
+use zerotouch_wire::enrollment::EnrollmentKind;
+use zerotouch_wire::registration::RegistrationStatus;
+
+use super::authenticate::x509::{self, Anchor, X509Group};
+use super::enrollment::{Attestation, Enrollment};
+use super::error::{RegistrationError, internal};
+use super::request::{DeviceRequest, Evidence};
+
+/// How long hubs and groups read from the database are reused.
+pub const REFERENCE_TTL: Duration = Duration::from_secs(2);
+/// How long a verified token spares a poll the enrollment lookup (never beyond the token's own expiry).
+pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Most verified tokens kept.
+pub const VERIFIED_MAX: usize = 100_000;
+/// How long this replica answers polls of a finished operation it wrote from memory.
+pub const FINISHED_TTL: Duration = Duration::from_secs(30);
+/// Most finished operations kept.
+pub const FINISHED_MAX: usize = 100_000;
+
+/// Hubs and groups, read together.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    read_at: Instant,
+    generation: u64,
+    /// Every hub.
+    pub hubs: Arc<Vec<HubRecord>>,
+    /// The symmetric-key enrollment groups.
+    pub symmetric_key_groups: Arc<Vec<Arc<Enrollment>>>,
+    /// The X.509 enrollment groups with their anchors.
+    pub x509_groups: Arc<Vec<X509Group>>,
+}
+
+/// A finished operation this replica wrote: whose it is, when it was written, and the answer.
+#[derive(Debug, Clone)]
+struct Finished {
+    registration_key: String,
+    written: Instant,
+    answer: RegistrationOperationStatus,
+}
+
+/// The caches of one registration service.
+#[derive(Debug, Default)]
+pub struct Caches {
+    reference: Mutex<Option<Reference>>,
+    /// Held by the one request reading the reference again (see [`Caches::reference`]).
+    reading_reference: tokio::sync::Mutex<()>,
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under this lock, held
+    /// up every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
+    /// doublings).
+    finished: Mutex<HashMap<String, Box<Finished>>>,
+}
+
+/// Parses the groups of one attestation, leaving out (and logging) one that cannot be read, so that one broken
+/// record does not stop every other group's devices.
+fn parse_groups(records: Vec<EnrollmentRecord>) -> Vec<Arc<Enrollment>> {
+    records
+        .into_iter()
+        .filter_map(|record| match Enrollment::parse(EnrollmentKind::Group, record) {
+            Ok(group) => Some(Arc::new(group)),
+            Err(e) => {
+                tracing::error!("enrollment group left out of authentication: {}", e.chain());
+                None
+            }
+        })
+        .collect()
+}
+
+/// Makes room in a table of at most `max` entries: drops the expired ones, and everything if that is not enough.
+fn make_room<V>(table: &mut HashMap<impl std::hash::Hash + Eq, V>, max: usize, live: impl Fn(&V) -> bool) {
+    if table.len() >= max {
+        table.retain(|_, v| live(v));
+        if table.len() >= max {
+            table.clear();
+        }
+    }
+}
+
+impl Caches {
+    fn cached_reference(&self) -> Option<Reference> {
+        self.reference.lock().ok().and_then(|cached| cached.clone())
+    }
+
+    /// The hubs and groups, from the cache when it is fresh.
+    ///
+    /// One request at a time reads them again (every registration needs them; under load, dozens would otherwise
+    /// read them at once whenever the cache expires, and stall the database). While it does, requests keep the
+    /// reading that has only aged; after a change made through this process, they wait for the new reading.
+    pub async fn reference(&self, store: &Store) -> Result<Reference, RegistrationError> {
+        let fresh = |r: &Reference, generation| r.generation == generation && r.read_at.elapsed() < REFERENCE_TTL;
+        let generation = store.reference_changes();
+        let cached = self.cached_reference().filter(|r| r.generation == generation);
+        if let Some(reference) = cached.as_ref().filter(|r| fresh(r, generation)) {
+            return Ok(reference.clone());
+        }
+        let _reading = match (self.reading_reference.try_lock(), cached) {
+            (Ok(reading), _) => reading,
+            (Err(_), Some(aged)) => return Ok(aged),
+            (Err(_), None) => self.reading_reference.lock().await,
+        };
+        // Another request may have read them while this one waited.
+        let generation = store.reference_changes();
+        if let Some(reference) = self.cached_reference().filter(|r| fresh(r, generation)) {
+            return Ok(reference);
+        }
+        let hubs = store.list_hubs().await.map_err(internal("reading the hubs"))?;
+        let symmetric_key_groups =
+            store.groups_by_attestation("symmetricKey").await.map_err(internal("reading the symmetric-key groups"))?;
+        let x509_groups = store.groups_by_attestation("x509").await.map_err(internal("reading the X.509 groups"))?;
+        let authorities =
+            store.all_certificate_authorities().await.map_err(internal("reading the certificate authorities"))?;
+        let x509_groups = parse_groups(x509_groups)
+            .into_iter()
+            .map(|group| {
+                let Attestation::X509(attestation) = &group.attestation else {
+                    return X509Group { group, anchors: Vec::new() };
+                };
+                let anchors = x509::group_anchors(attestation, |name| {
+                    let key = name.to_ascii_lowercase();
+                    authorities
+                        .iter()
+                        .find(|ca| ca.key == key)
+                        .map(|ca| Anchor { der: ca.certificate_der.clone(), verified: ca.verified })
+                });
+                X509Group { group, anchors }
+            })
+            .collect();
+        let reference = Reference {
+            read_at: Instant::now(),
+            generation,
+            hubs: Arc::new(hubs),
+            symmetric_key_groups: Arc::new(parse_groups(symmetric_key_groups)),
+            x509_groups: Arc::new(x509_groups),
+        };
+        if let Ok(mut cached) = self.reference.lock() {
+            *cached = Some(reference.clone());
+        }
+        Ok(reference)
+    }
+
+    /// Remembers that the device's token verified; it expires at `token_expiry` (Unix seconds) at the latest.
+    pub fn remember_verified(&self, device: &DeviceRequest, token_expiry: u64) {
+        let Some(digest) = token_digest(device) else { return };
+        let now_secs = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let left = Duration::from_secs(token_expiry.saturating_sub(now_secs));
+        let Ok(mut verified) = self.verified.lock() else { return };
+        let now = Instant::now();
+        make_room(&mut verified, VERIFIED_MAX, |until| *until > now);
+        verified.insert(digest, now + left.min(VERIFIED_TTL));
+    }
+
+    /// Whether the device's token verified recently.
+    pub fn recently_verified(&self, device: &DeviceRequest) -> bool {
+        let Some(digest) = token_digest(device) else { return false };
+        self.verified.lock().is_ok_and(|v| v.get(&digest).is_some_and(|until| *until > Instant::now()))
+    }
+
+    /// Remembers an operation this replica wrote, if it is finished (not `assigning`).
+    pub fn remember_finished(&self, operation: &OperationRecord) {
+        let Some(status) = RegistrationStatus::parse(&operation.status).filter(|s| *s != RegistrationStatus::Assigning)
+        else {
+            return;
+        };
+        let registration_state = operation.result.clone().and_then(|r| serde_json::from_value(r).ok());
+        let answer = RegistrationOperationStatus { operation_id: operation.id.clone(), status, registration_state };
+        let Ok(mut finished) = self.finished.lock() else { return };
+        make_room(&mut finished, FINISHED_MAX, |f| f.written.elapsed() < FINISHED_TTL);
+        let entry = Finished { registration_key: operation.registration_key.clone(), written: Instant::now(), answer };
+        finished.insert(operation.id.clone(), Box::new(entry));
+    }
+
+    /// A finished operation of `registration_key` from memory, while it is younger than [`FINISHED_TTL`] and
+    /// `operation_ttl`.
+    pub fn recently_finished(
+        &self,
+        registration_key: &str,
+        operation_id: &str,
+        operation_ttl: Duration,
+    ) -> Option<RegistrationOperationStatus> {
+        let finished = self.finished.lock().ok()?;
+        let entry = finished.get(operation_id)?;
+        let young = entry.written.elapsed() < FINISHED_TTL.min(operation_ttl);
+        (young && entry.registration_key == registration_key).then(|| entry.answer.clone())
+    }
+}
+
+fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
+    // A certificate is proved anew by every TLS handshake; only tokens are remembered.
+    let Evidence::Sas(header) = &device.evidence else { return None };
+    let digest = Sha256::new()
+        .chain_update(device.id_scope.to_ascii_lowercase().as_bytes())
+        .chain_update([0u8])
+        .chain_update(device.registration_id.key().as_bytes())
+        .chain_update([0u8])
+        .chain_update(header.as_bytes())
+        .finalize();
+    Some(digest.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_table_drops_expired_entries_first_and_everything_if_it_must() {
+        let mut table: HashMap<u32, bool> = (0..4).map(|i| (i, i % 2 == 0)).collect();
+        make_room(&mut table, 4, |live| *live);
+        assert_eq!(table.len(), 2, "the expired half is dropped");
+        let mut all_live: HashMap<u32, bool> = (0..4).map(|i| (i, true)).collect();
+        make_room(&mut all_live, 4, |live| *live);
+        assert!(all_live.is_empty(), "the bound holds even when nothing has expired");
+        let mut small: HashMap<u32, bool> = (0..3).map(|i| (i, false)).collect();
+        make_room(&mut small, 4, |live| *live);
+        assert_eq!(small.len(), 3, "below the bound nothing is dropped");
+    }
+
+    fn device(registration_id: &str, evidence: Evidence) -> DeviceRequest {
+        DeviceRequest {
+            id_scope: "0ne00000001".into(),
+            registration_id: zerotouch_wire::RegistrationId::try_from(registration_id).unwrap(),
+            evidence,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_for_its_device_only_and_never_past_its_expiry() {
+        let caches = Caches::default();
+        let later = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 3600;
+        let token = Evidence::Sas("SharedAccessSignature sr=x&sig=y&se=1".into());
+        caches.remember_verified(&device("dev-1", token.clone()), later);
+        assert!(caches.recently_verified(&device("DEV-1", token.clone())), "ids are case-insensitive");
+        assert!(!caches.recently_verified(&device("dev-2", token.clone())));
+        assert!(!caches.recently_verified(&device("dev-1", Evidence::Sas("another".into()))));
+        caches.remember_verified(&device("dev-3", token.clone()), 0);
+        assert!(!caches.recently_verified(&device("dev-3", token)), "an expired token is not remembered");
+        caches.remember_verified(&device("dev-4", Evidence::Certificates(vec![vec![1]])), later);
+        assert!(!caches.recently_verified(&device("dev-4", Evidence::Certificates(vec![vec![1]]))));
+    }
+}

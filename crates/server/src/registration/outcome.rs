@@ -1,0 +1,167 @@
+//! The outcome write: a [`Decision`] becomes the registration state, the operation (with the answer the device's
+//! polls read), the issued certificate, the audit event and, for a hub with an adapter, the outbox job that puts
+//! the device there. The store writes them in one transaction, batched with other devices' attempts; this module
+//! only builds them, without I/O.
+
+use base64::Engine;
+use serde_json::Value;
+use zerotouch_store::{
+    CredentialRef, HubRecord, NO_ADAPTER, NewHubJob, OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot,
+};
+use zerotouch_wire::device::DeviceRegistrationResult;
+use zerotouch_wire::registration::RegistrationStatus;
+
+use super::authenticate::Authenticated;
+use super::decide::Decision;
+use super::issue::{self, Issued};
+use super::request::{DeviceRequest, Evidence};
+use super::result;
+use crate::hubs::HubSettings;
+
+/// Everything one registration attempt writes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The device.
+    pub device: &'a DeviceRequest,
+    /// Who it proved to be.
+    pub authenticated: &'a Authenticated,
+    /// Its registration as read before deciding (`None`: supposed new).
+    pub current: Option<&'a RegistrationRecord>,
+    /// What was decided.
+    pub decision: &'a Decision,
+    /// The certificate issued now, if any.
+    pub issued: Option<&'a Issued>,
+    /// Every hub.
+    pub hubs: &'a [HubRecord],
+    /// The outbox's settings (deadline, inline delivery time).
+    pub hub_settings: &'a HubSettings,
+}
+
+/// Operation ids look like Azure's (`4.{16 hex}.{uuid}`, only `[A-Za-z0-9.-]`, §1.4).
+fn new_operation_id() -> String {
+    format!("4.{:016x}.{}", rand::random::<u64>(), uuid::Uuid::new_v4())
+}
+
+/// The write of one attempt, and how its operation's answer is rendered from the state the store writes.
+pub fn outcome(attempt: Attempt<'_>) -> (RegistrationOutcome, Snapshot) {
+    let Attempt { device, authenticated, current, decision, issued, .. } = attempt;
+    let key = device.registration_id.key();
+    let enrollment = &authenticated.enrollment;
+    let assignment = decision.assignment();
+    let hub_job = hub_job(attempt);
+    // A hub with an adapter learns of the device through the outbox; until it has, the device is assigning.
+    let written_status = if hub_job.is_some() { RegistrationStatus::Assigning } else { decision.status() };
+    let (error_code, error_message) = match decision {
+        Decision::Failed { code, message } => (i32::try_from(code.number()).ok(), Some(message.clone())),
+        Decision::Disabled | Decision::Assigned(_) => (None, None),
+    };
+    let now = chrono::Utc::now();
+    let record = RegistrationRecord {
+        key: key.clone(),
+        registration_id: device.registration_id.as_str().to_owned(),
+        enrollment_group_key: enrollment.group_id().map(|_| enrollment.key().to_owned()),
+        device_id: assignment.map(|a| a.device_id.clone()),
+        assigned_hub: assignment.map(|a| a.hub.clone()),
+        status: written_status.as_str().to_owned(),
+        substatus: assignment.map(|a| a.substatus.clone()),
+        error_code,
+        error_message: error_message.clone(),
+        payload: assignment.and_then(|a| a.payload.clone()),
+        initial_twin: assignment.and_then(|a| a.initial_twin.clone()),
+        etag: String::new(),
+        created_at: current.map_or(now, |c| c.created_at),
+        updated_at: now,
+    };
+    let operation = OperationRecord {
+        id: new_operation_id(),
+        registration_key: key.clone(),
+        status: written_status.as_str().to_owned(),
+        error_code,
+        error_message,
+        result: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let certificate = issued.map(|issued| {
+        issue::certificate_record(&key, assignment.map(|a| a.device_id.clone()).unwrap_or_default(), issued)
+    });
+    let detail = decision.detail(enrollment.noun());
+    let detail = match &certificate {
+        Some(c) => format!("{detail}; certificate {} issued by {}", c.serial, c.issuing_ca),
+        None => detail,
+    };
+    let outcome = RegistrationOutcome {
+        record,
+        expected_etag: current.map(|c| c.etag.clone()),
+        operation,
+        detail,
+        certificate,
+        hub_job,
+    };
+    (outcome, snapshot(authenticated, issued))
+}
+
+/// Renders the device's answer from the state as the store writes it.
+fn snapshot(authenticated: &Authenticated, issued: Option<&Issued>) -> Snapshot {
+    let group_id = authenticated.enrollment.group_id().map(str::to_owned);
+    let x509 = authenticated.x509.clone();
+    let tpm = authenticated.tpm.as_ref().map(|t| t.result.clone());
+    let chain: Option<Vec<String>> = issued.map(|(_, issued)| {
+        issued.chain_der.iter().map(|der| base64::engine::general_purpose::STANDARD.encode(der)).collect()
+    });
+    Box::new(move |record: &RegistrationRecord| {
+        let result = DeviceRegistrationResult {
+            issued_certificate_chain: chain.clone(),
+            ..result::with_tpm(result::result_of(record, group_id.as_deref(), x509.clone()), tpm.as_ref())
+        };
+        serde_json::to_value(result).unwrap_or(Value::Null)
+    })
+}
+
+/// The outbox job that puts an assigned device on its hub, if the hub has an adapter. The device's credential
+/// there is the certificate issued now, else the certificate it authenticated with, else its symmetric key (for a
+/// TPM device, the hub key its answer carries); the identity it leaves (another hub, or another device id) is
+/// deleted once the new one exists.
+fn hub_job(attempt: Attempt<'_>) -> Option<NewHubJob> {
+    let assignment = attempt.decision.assignment()?;
+    let (hub, device_id) = (&assignment.hub, &assignment.device_id);
+    let record = attempt.hubs.iter().find(|h| &h.hub.host_name == hub)?;
+    if record.hub.kind == NO_ADAPTER {
+        return None;
+    }
+    let presented = match &attempt.device.evidence {
+        Evidence::Certificates(chain) => chain.first(),
+        Evidence::Sas(_) | Evidence::None => None,
+    };
+    let credential = match (attempt.issued, presented) {
+        (Some((_, issued)), _) => issued.chain_der.first().map(|leaf| CredentialRef::X509 {
+            subject_name: device_id.clone(),
+            thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
+        }),
+        // Authentication read this CN already (it is the registration id).
+        (None, Some(leaf)) => Some(CredentialRef::X509 {
+            subject_name: zerotouch_pki::subject_cn(leaf)
+                .unwrap_or_else(|_| attempt.device.registration_id.as_str().to_owned()),
+            thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
+        }),
+        // A TPM device: the hub key the answer delivers into its TPM.
+        (None, None) => Some(match &attempt.authenticated.tpm {
+            Some(tpm) => CredentialRef::HubKey { key: tpm.hub_key.clone() },
+            None => CredentialRef::SymmetricKey,
+        }),
+    }?;
+    let previous = attempt
+        .current
+        .and_then(|c| c.assigned_hub.clone().zip(c.device_id.clone()))
+        .filter(|(old_hub, old_device)| old_hub != hub || old_device != device_id);
+    let settings = attempt.hub_settings;
+    Some(NewHubJob {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        hub: hub.clone(),
+        device_id: device_id.clone(),
+        document: credential.document(assignment.initial_twin.as_ref()),
+        deadline_at: chrono::Utc::now() + chrono::Duration::from_std(settings.deadline).unwrap_or_default(),
+        inline_lease: settings.inline_timeout + std::time::Duration::from_secs(30),
+        previous,
+    })
+}
