@@ -3,7 +3,7 @@
 //! A shipped migration is never edited; a change to the schema is a new file
 //! (`mYYYYMMDD_HHMMSS_<verb>_<noun>.rs`) with `up` and `down`. The same migrations run on SQLite and PostgreSQL.
 #![forbid(unsafe_code)]
-// sea-orm-migration's trait uses `SchemaManager` with an elided lifetime (see TOOLCHAIN.md).
+// sea-orm-migration's trait uses `SchemaManager` with an elided lifetime (see docs/dependencies.md).
 #![allow(elided_lifetimes_in_paths)]
 
 pub use sea_orm_migration::prelude::*;

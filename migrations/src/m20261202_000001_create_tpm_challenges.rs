@@ -1,4 +1,4 @@
-//! TPM attestation (issue #7): the HMAC key of each device's pending TPM challenge (`azure-dps-wire.md` §3.1), and
+//! TPM attestation (issue #7): the HMAC key of each device's pending TPM challenge (`docs/protocol/device-api.md` §3.1), and
 //! which TPM a registration id of a TPM enrollment group belongs to.
 //!
 //! The first leg of a TPM registration answers an activation blob carrying a fresh key; the second leg, which any

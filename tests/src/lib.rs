@@ -23,7 +23,7 @@ pub mod swtpm;
 /// Both database backends, for tests that run on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
-/// Installs the rustls crypto provider (see TOOLCHAIN.md: two providers are compiled in).
+/// Installs the rustls crypto provider (see docs/dependencies.md: two providers are compiled in).
 pub fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

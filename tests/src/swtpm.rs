@@ -205,7 +205,7 @@ impl Swtpm {
         Ok(bytes.get(..len).context("the EK certificate in NV is cut short")?.to_vec())
     }
 
-    /// The device side of an activation blob (`azure-dps-wire.md` §3.3), with tpm2-tools only:
+    /// The device side of an activation blob (`docs/protocol/device-api.md` §3.3), with tpm2-tools only:
     /// ActivateCredential (EK under a PolicySecret(endorsement) session), Import and Load under the SRK. Returns
     /// the context file of the loaded HMAC key (a transient object: [`Swtpm::hmac`] flushes it).
     pub fn activate(&self, blob: &[u8]) -> anyhow::Result<String> {

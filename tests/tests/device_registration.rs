@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Device registration over HTTPS, as real devices do it (`azure-dps-wire.md` §1, §2, §6, §7, §11).
+//! Device registration over HTTPS, as real devices do it (`docs/protocol/device-api.md` §1, §2, §6, §7, §11).
 //!
 //! Every device here is a plain reqwest client that builds its SAS token the way one of the real SDKs does, sends
 //! `PUT {scope}/registrations/{id}/register`, then polls `GET .../operations/{operationId}` until it gets a 200,

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The MQTT device endpoint (`azure-dps-wire.md` §5) as a device sees it, with rumqttc as the MQTT client and
+//! The MQTT device endpoint (`docs/protocol/device-api.md` §5) as a device sees it, with rumqttc as the MQTT client and
 //! raw TLS sockets for what no client library sends (malformed and oversized packets).
 //!
 //! Each test starts its own server on free ports (the endpoint on `127.0.0.1:0`); the Python SDK, which

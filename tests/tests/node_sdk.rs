@@ -4,7 +4,7 @@
 //!
 //! The SDK hard-codes port 443, so the service's device API listens on 127.0.0.1:443 here, and the device trusts the
 //! data dir's trust bundle through `NODE_EXTRA_CA_CERTS`. It signs its SAS token the Node way (`sr` not
-//! URL-encoded, `skn=registration`, `azure-dps-wire.md` §2.1, §9). Only one process can hold port 443, so one test
+//! URL-encoded, `skn=registration`, `docs/protocol/device-api.md` §2.1, §9). Only one process can hold port 443, so one test
 //! runs both backends one after the other (and `.config/nextest.toml` keeps fixed-port tests apart).
 //!
 //! The SDK is installed by `./scripts/test` (`npm ci --prefix tests/node`); without it this test fails, it does

@@ -4,7 +4,7 @@
 //! certificates made by openssl), a custom payload the allocation webhook reads and answers, and a disabled
 //! enrollment, which the SDK reports as it does against Azure.
 //!
-//! The SDK hard-codes port 8883 (`azure-dps-wire.md` §9), so the endpoint listens on 127.0.0.1:8883 and
+//! The SDK hard-codes port 8883 (`docs/protocol/device-api.md` §9), so the endpoint listens on 127.0.0.1:8883 and
 //! `.config/nextest.toml` runs these tests one at a time. It checks the host name (`localhost`, in the generated
 //! server certificate) and speaks TLS 1.2 only. The virtualenv is made by `./scripts/test`; without it these
 //! tests fail, saying what to run, they do not skip.

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! TPM attestation end to end (`azure-dps-wire.md` §3), against real TPMs: swtpm instances each test starts, and
+//! TPM attestation end to end (`docs/protocol/device-api.md` §3), against real TPMs: swtpm instances each test starts, and
 //! tpm2-tools as the device side, an implementation independent of ours. The server gets the raw EK and SRK, answers
 //! the raw activation blob, and must accept the SAS the TPM signs with the key it unwrapped.
 

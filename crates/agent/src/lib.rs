@@ -1,5 +1,5 @@
 //! The device side of zerotouch: provisions a device over the Azure DPS-compatible HTTPS API, proving its identity
-//! with a TPM 2.0 (`azure-dps-wire.md` §3).
+//! with a TPM 2.0 (`docs/protocol/device-api.md` §3).
 //!
 //! The protocol ([`provision`]) is written against one narrow trait, [`DeviceTpm`]; the real TPM behind it (tss-esapi
 //! 7, feature `tpm`) is [`tpm::Tpm`]. Nothing here keeps a key outside the TPM: the DPS key and the hub key are

@@ -1,4 +1,4 @@
-//! TPM provisioning over HTTPS (`azure-dps-wire.md` §3.1): the first leg without a token answers 401 with an
+//! TPM provisioning over HTTPS (`docs/protocol/device-api.md` §3.1): the first leg without a token answers 401 with an
 //! activation blob; the TPM imports its key and signs the SAS token of the second leg; the operation is polled to
 //! its end; an `assigned` answer's hub-key blob is imported the same way.
 
@@ -170,7 +170,7 @@ mod tests {
             api_version: API_VERSION.into(),
             deadline: Duration::from_secs(1),
         };
-        // The message of the known-answer vector in tpm-activation-vector.md.
+        // The message of the known-answer vector in docs/protocol/tpm-activation.md.
         assert_eq!(resource(&target), "0ne00000001%2Fregistrations%2Fkat-device");
     }
 }

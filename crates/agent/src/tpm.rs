@@ -1,6 +1,6 @@
 //! The device's TPM, through tss-esapi 7 (ESAPI over tpm2-tss 3.x; tss-esapi 8 needs tpm2-tss 4.1.3).
 //!
-//! Handles as the Azure C SDK uses them (`azure-dps-wire.md` §3.2): the EK at 0x81010001 (standard RSA-2048 EK
+//! Handles as the Azure C SDK uses them (`docs/protocol/device-api.md` §3.2): the EK at 0x81010001 (standard RSA-2048 EK
 //! template, created and persisted when missing), the SRK at 0x81000001 (RSA-2048 restricted decryption key,
 //! AES-128-CFB, noDA), and the imported DPS / hub key at 0x81000100. swtpm has no resource manager, so every
 //! transient object and session made here is flushed before the call that made it returns, on errors too.

@@ -1,4 +1,4 @@
-//! Shared access signature tokens of the DPS device API (`azure-dps-wire.md` §2.1, §2.2).
+//! Shared access signature tokens of the DPS device API (`docs/protocol/device-api.md` §2.1, §2.2).
 //!
 //! `SharedAccessSignature sr={resource}&sig={signature}&se={expiry}[&skn=registration]`, fields in any order.
 //! Real clients disagree on how they encode `sr` (Python `%2F`, C `%2f`, Node unencoded, IoT Edge lower-cased with

@@ -1,4 +1,4 @@
-//! Simulated devices over the MQTT endpoint (`azure-dps-wire.md` §5), as the Azure device SDKs provision: each
+//! Simulated devices over the MQTT endpoint (`docs/protocol/device-api.md` §5), as the Azure device SDKs provision: each
 //! opens its own new TLS connection (no session resumption), CONNECTs with its SAS token, subscribes to
 //! `$dps/registrations/res/#`, publishes register, then polls the operation until it is terminal. Same devices,
 //! same report as the HTTPS mode in `devices.rs`, so the two can be compared in one run.

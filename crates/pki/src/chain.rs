@@ -1,6 +1,6 @@
 //! Chain verification for X.509 attestation: the server takes the client chain from the TLS handshake unverified
 //! and judges it here, against one candidate trust anchor at a time (an enrolled CA, tried in the order of
-//! `azure-dps-wire.md` §4).
+//! `docs/protocol/device-api.md` §4).
 //!
 //! The checks follow RFC 5280 §6.1 for what devices and CAs use: signatures along the path (with accepted
 //! algorithms only), validity at `now` of every certificate including the anchor, `basicConstraints` CA:true on

@@ -1,4 +1,4 @@
-//! CSR checks for device issuance (issue #4 §2; `azure-dps-wire.md` §8: base64 DER PKCS#10, CN equal to the
+//! CSR checks for device issuance (issue #4 §2; `docs/protocol/device-api.md` §8: base64 DER PKCS#10, CN equal to the
 //! registration id).
 //!
 //! [`check_csr`] is the gate: a [`CheckedCsr`] exists only for a request whose structure parses, whose key type the

@@ -1,4 +1,4 @@
-//! Proof of possession for uploaded CAs (issue #4 §3, `azure-dps-wire.md` §4): the admin gets a random code and
+//! Proof of possession for uploaded CAs (issue #4 §3, `docs/protocol/device-api.md` §4): the admin gets a random code and
 //! proves control of the CA key with a certificate whose subject CN is that code, signed by the CA.
 
 use rand::RngCore;

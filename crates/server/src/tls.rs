@@ -87,7 +87,7 @@ pub mod client_auth {
     //!
     //! Devices with a symmetric key or a TPM connect without a certificate; X.509 devices present chains that end
     //! at customer CAs enrolled at run time, which a fixed root list in the TLS layer cannot know
-    //! (`azure-dps-wire.md` §4). So the chain is **not** judged here: the registration service judges it
+    //! (`docs/protocol/device-api.md` §4). So the chain is **not** judged here: the registration service judges it
     //! against the enrollments. What this verifier still does is check the handshake signature, which proves the
     //! client holds the certificate's private key; without that check any client could replay any certificate.
 

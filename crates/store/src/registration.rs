@@ -39,7 +39,7 @@ pub struct RegistrationRecord {
     pub error_message: Option<String>,
     /// The custom allocation payload.
     pub payload: Option<Value>,
-    /// The twin the hub should apply (from the enrollment or the webhook, per `azure-dps-wire.md` §7).
+    /// The twin the hub should apply (from the enrollment or the webhook, per `docs/protocol/device-api.md` §7).
     pub initial_twin: Option<Value>,
     /// The current etag.
     pub etag: String,

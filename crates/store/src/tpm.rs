@@ -1,5 +1,5 @@
 //! Pending TPM challenges: the HMAC key each device's last TPM first leg delivered, so that any replica can verify
-//! its second leg (`azure-dps-wire.md` §3.1). One row per registration id; a new challenge replaces the old one.
+//! its second leg (`docs/protocol/device-api.md` §3.1). One row per registration id; a new challenge replaces the old one.
 //! And the TPM each registration id of a TPM group is bound to (the first to register it).
 
 use chrono::{DateTime, Utc};

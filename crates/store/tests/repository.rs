@@ -382,7 +382,7 @@ async fn symmetric_keys_round_trip_outside_the_document(store: &Store) {
 }
 both!(symmetric_keys_round_trip_outside_the_document);
 
-/// An EK (base64 TPM2B_PUBLIC) of a swtpm instance, from `tpm-activation-vector.md`.
+/// An EK (base64 TPM2B_PUBLIC) of a swtpm instance, from `docs/protocol/tpm-activation.md`.
 const EK: &str = "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEAvQUIS0ZIopBRgZp/xQbv3g1IEjMcvcJKcl6A02DRuO9N2xTwADMmdHSBtiZYuf+gFX+j51goWbgy866DAC5JTMAITowMbFUdPByW5+eZse+40pAnurf/ORl9R2g9u3WzfvNCFMWX55Sr2of4A+QInfgB7ccbF+bXskBclQmacvH14KVqNaxzet4VM5DHVdncqbapSsSzbZvDCGeQHIaGQZB/QphQkeBoHiNUyGDwwKSO+qAqZXtcgWUTa4RZc4K0hU798OAw71jAbngEN02GY+8pr6Y6WHpWzgMXUHFJz3JI6x1Ly31Y8ZIbZByafa0YiV0voScY1JztVH64MA01fw==";
 
 /// Ids differing only in case ("Dev-A", "dev-a") are one record: the second put updates it, lists show one row,

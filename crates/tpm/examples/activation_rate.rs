@@ -1,5 +1,5 @@
 //! How many activation blobs one core builds per second (issue #7's target: 5,000): each with fresh random
-//! secrets, for the EK and SRK of `tpm-activation-vector.md`. `cargo run --release --example activation_rate [SECONDS]`.
+//! secrets, for the EK and SRK of `docs/protocol/tpm-activation.md`. `cargo run --release --example activation_rate [SECONDS]`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};

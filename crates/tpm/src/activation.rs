@@ -1,5 +1,5 @@
-//! The activation blob of TPM attestation (`azure-dps-wire.md` §3.3, every loose point pinned down in
-//! `tpm-activation-vector.md`), built in software: the server needs no TPM.
+//! The activation blob of TPM attestation (`docs/protocol/device-api.md` §3.3, every loose point pinned down in
+//! `docs/protocol/tpm-activation.md`), built in software: the server needs no TPM.
 //!
 //! The blob carries an HMAC key that only the TPM holding the device's EK and SRK can load:
 //! ```text
@@ -286,7 +286,7 @@ mod tests {
         Sha256::digest(s.as_bytes()).into()
     }
 
-    /// The known-answer vector of `tpm-activation-vector.md`: every random input fixed as SHA-256 of a string. The
+    /// The known-answer vector of `docs/protocol/tpm-activation.md`: every random input fixed as SHA-256 of a string. The
     /// vector activated on swtpm 0.7.1 (ActivateCredential, Import, Load, then TPM2_HMAC equal to the software
     /// HMAC) and was re-derived independently with tpm2-pytss. OAEP is randomized here, so fields 2 and 4 are
     /// compared by size; the swtpm end-to-end tests prove they decrypt.

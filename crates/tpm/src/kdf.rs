@@ -10,7 +10,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// `KDFa(SHA-256, key, label, context_u, context_v, bits)`: the concatenation of
 /// `HMAC-SHA256(key, counter(u32, from 1) || label || 0x00 || context_u || context_v || bits(u32))`, cut to
 /// `bits / 8` bytes. `label` is given without its terminating zero, which is added here (the TPM's "STORAGE" and
-/// "INTEGRITY" labels are followed by one 0x00 in the input; `tpm-activation-vector.md`, point 2).
+/// "INTEGRITY" labels are followed by one 0x00 in the input; `docs/protocol/tpm-activation.md`, point 2).
 ///
 /// `bits` must be a multiple of 8 (the TPM only asks for whole bytes); the output has `bits / 8` bytes.
 pub fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u32) -> Zeroizing<Vec<u8>> {
@@ -42,7 +42,7 @@ mod tests {
         hex::decode(s).unwrap()
     }
 
-    /// Known answers from `tpm-activation-vector.md` (measured against swtpm 0.7.1): the credential's symmetric and
+    /// Known answers from `docs/protocol/tpm-activation.md` (measured against swtpm 0.7.1): the credential's symmetric and
     /// HMAC keys derived from `credential_seed = SHA-256("kat-credential-seed")` and Name(SRK) of that vector.
     #[test]
     fn matches_the_activation_vector() {

@@ -1,5 +1,5 @@
 //! `TPM2B_PUBLIC` (TPM 2.0 Part 2 §12.2): the public area of a TPM object as devices send their EK and SRK
-//! (`azure-dps-wire.md` §3.2: base64 of the marshalled `TPM2B_PUBLIC`), and its TPM name.
+//! (`docs/protocol/device-api.md` §3.2: base64 of the marshalled `TPM2B_PUBLIC`), and its TPM name.
 //!
 //! Parsing accepts RSA, ECC, keyed-hash and symmetric objects and refuses anything malformed, with trailing bytes,
 //! or with an algorithm it does not know. What the activation blob needs of an EK and an SRK (RSA-2048 restricted
@@ -311,7 +311,7 @@ impl Public {
     }
 
     /// Whether `other` is the same key (same type and key material), whatever its attributes or policy: how an
-    /// enrollment's EK is matched with the one a device sends (`azure-dps-wire.md` §3.2 recommendation).
+    /// enrollment's EK is matched with the one a device sends (`docs/protocol/device-api.md` §3.2 recommendation).
     pub fn same_key(&self, other: &Public) -> bool {
         match (&self.key, &other.key) {
             (PublicKey::Rsa { modulus: a, exponent: ea, .. }, PublicKey::Rsa { modulus: b, exponent: eb, .. }) => {
@@ -324,7 +324,7 @@ impl Public {
         }
     }
 
-    /// Checks that this key can protect an activation blob (`azure-dps-wire.md` §3.2, §3.3): an RSA-2048 restricted
+    /// Checks that this key can protect an activation blob (`docs/protocol/device-api.md` §3.2, §3.3): an RSA-2048 restricted
     /// decryption key with a SHA-256 name and AES-128-CFB as its symmetric algorithm, as both the EK and the SRK of
     /// every Azure device SDK are. `role` ("endorsement key", "storage root key") names it in the error.
     ///
@@ -367,7 +367,7 @@ fn strip_zeros(bytes: &[u8]) -> &[u8] {
 pub(crate) mod tests {
     use super::*;
 
-    /// The EK of the swtpm instance in `tpm-activation-vector.md` (TPM2B_PUBLIC, 316 bytes; the standard RSA-2048
+    /// The EK of the swtpm instance in `docs/protocol/tpm-activation.md` (TPM2B_PUBLIC, 316 bytes; the standard RSA-2048
     /// EK template, authPolicy = PolicySecret(TPM_RH_ENDORSEMENT)).
     pub(crate) const VECTOR_EK: &str = concat!(
         "013a0001000b000300b20020837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa00060080004300100800000000000100bd05084b",
@@ -393,7 +393,7 @@ pub(crate) mod tests {
         Public::parse(&hex::decode(VECTOR_SRK).unwrap()).unwrap()
     }
 
-    /// The names of `tpm-activation-vector.md` ("Intermediates"), which tpm2-tools computed for that swtpm.
+    /// The names of `docs/protocol/tpm-activation.md` ("Intermediates"), which tpm2-tools computed for that swtpm.
     #[test]
     fn names_match_the_vector() {
         assert_eq!(hex::encode(srk().name()), "000bda9e1d1058e1a85dbaac057a48e1ef773101097c04b4b57aff63d29b508c7762");

@@ -1,4 +1,4 @@
-//! Bulk enrollment operations (`azure-dps-wire.md` §6 `RunBulkOperation`), without Azure's 10-item limit.
+//! Bulk enrollment operations (`docs/protocol/device-api.md` §6 `RunBulkOperation`), without Azure's 10-item limit.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The device registration API's bodies (`azure-dps-wire.md` §1.3, §1.4).
+//! The device registration API's bodies (`docs/protocol/device-api.md` §1.3, §1.4).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

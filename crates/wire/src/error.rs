@@ -1,4 +1,4 @@
-//! The Azure error body (`azure-dps-wire.md` §1.7) and the stable numeric codes the service answers.
+//! The Azure error body (`docs/protocol/device-api.md` §1.7) and the stable numeric codes the service answers.
 //!
 //! The convention is Azure's: HTTP status = errorCode / 1000. Every code is listed in `docs/error-codes.md`.
 

@@ -1,6 +1,6 @@
 //! Identifiers that validate on construction, so an invalid id cannot travel past the edge.
 //!
-//! Registration ids and enrollment group ids follow `azure-dps-wire.md` §1.3: at most 128 characters of ASCII
+//! Registration ids and enrollment group ids follow `docs/protocol/device-api.md` §1.3: at most 128 characters of ASCII
 //! letters, digits and `-._:`, compared case-insensitively. Hub host names are DNS names with an optional port.
 
 use std::fmt;

@@ -1,7 +1,7 @@
 //! Azure DPS-compatible wire types: identifiers, service-API documents, error bodies and codes (pure, no I/O).
 //!
 //! Everything a client sends or receives is typed here, once, so that the server, the agent, the load generator
-//! and the tests agree on the JSON byte for byte. Shapes follow `azure-dps-wire.md` §1.7 and §6.
+//! and the tests agree on the JSON byte for byte. Shapes follow `docs/protocol/device-api.md` §1.7 and §6.
 #![forbid(unsafe_code, unused_must_use)]
 #![deny(missing_docs)]
 

@@ -1,4 +1,4 @@
-//! The MQTT device API's CONNECT username and topics (`azure-dps-wire.md` §5), parsed and formatted.
+//! The MQTT device API's CONNECT username and topics (`docs/protocol/device-api.md` §5), parsed and formatted.
 //!
 //! Pure: the server's MQTT endpoint uses these to translate MQTT into registration requests, and the load
 //! generator and tests use them to speak as devices do. What the SDKs send, and what they parse back, is pinned

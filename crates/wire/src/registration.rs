@@ -1,4 +1,4 @@
-//! A device's registration state (`DeviceRegistrationState`, `azure-dps-wire.md` §1.4 and §6).
+//! A device's registration state (`DeviceRegistrationState`, `docs/protocol/device-api.md` §1.4 and §6).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -39,7 +39,7 @@ impl SymmetricKey {
         Self(bytes)
     }
 
-    /// A fresh random key of `len` bytes (16-64), e.g. the 32-byte key of a TPM challenge (`azure-dps-wire.md`
+    /// A fresh random key of `len` bytes (16-64), e.g. the 32-byte key of a TPM challenge (`docs/protocol/device-api.md`
     /// §3.3); other lengths are clamped into that range.
     pub fn generate_len(len: usize) -> Self {
         let mut bytes = Zeroizing::new(vec![0u8; len.clamp(MIN_KEY_BYTES, MAX_KEY_BYTES)]);

@@ -1,4 +1,4 @@
-//! Individual enrollments and enrollment groups in the DPS service-API shape (`azure-dps-wire.md` §6).
+//! Individual enrollments and enrollment groups in the DPS service-API shape (`docs/protocol/device-api.md` §6).
 //!
 //! A document arrives as [`IndividualEnrollment`] / [`EnrollmentGroup`] (unknown fields refused, so a typo is an
 //! error rather than a silently ignored setting), is checked and completed by `normalize`, and is stored without

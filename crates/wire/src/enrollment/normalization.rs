@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(err.field, "registrationId");
     }
 
-    /// The EK of the swtpm in `tpm-activation-vector.md` (base64 TPM2B_PUBLIC).
+    /// The EK of the swtpm in `docs/protocol/tpm-activation.md` (base64 TPM2B_PUBLIC).
     const EK: &str = "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEAvQUIS0ZIopBRgZp/xQbv3g1IEjMcvcJKcl6A02DRuO9N2xTwADMmdHSBtiZYuf+gFX+j51goWbgy866DAC5JTMAITowMbFUdPByW5+eZse+40pAnurf/ORl9R2g9u3WzfvNCFMWX55Sr2of4A+QInfgB7ccbF+bXskBclQmacvH14KVqNaxzet4VM5DHVdncqbapSsSzbZvDCGeQHIaGQZB/QphQkeBoHiNUyGDwwKSO+qAqZXtcgWUTa4RZc4K0hU798OAw71jAbngEN02GY+8pr6Y6WHpWzgMXUHFJz3JI6x1Ly31Y8ZIbZByafa0YiV0voScY1JztVH64MA01fw==";
 
     #[test]

@@ -77,7 +77,7 @@ pub struct DeviceCapabilities {
     pub iot_edge: bool,
 }
 
-/// The custom allocation webhook (`azure-dps-wire.md` §7).
+/// The custom allocation webhook (`docs/protocol/device-api.md` §7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CustomAllocationDefinition {

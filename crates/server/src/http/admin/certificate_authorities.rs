@@ -1,4 +1,4 @@
-//! `/certificateAuthorities` (issue #4 §3; Azure's "certificates" of DPS, `azure-dps-wire.md` §4): customer CAs
+//! `/certificateAuthorities` (issue #4 §3; Azure's "certificates" of DPS, `docs/protocol/device-api.md` §4): customer CAs
 //! that X.509 enrollment groups name in `caReferences`, usable only after proof of possession of their key.
 //!
 //! Proof of possession: `POST .../verificationCode` answers a random code (valid [`CODE_VALIDITY`]; a new one

@@ -1,7 +1,7 @@
 //! The admin (service) API: enrollments, enrollment groups, registrations, hubs, the managed CA (`/pki`),
 //! certificate authorities, audit, health and metrics.
 //!
-//! Shapes follow the DPS service API (`azure-dps-wire.md` §6). Every route is declared once, in [`routes!`],
+//! Shapes follow the DPS service API (`docs/protocol/device-api.md` §6). Every route is declared once, in [`routes!`],
 //! which both registers it with actix and lists it in [`ROUTES`], the table a test compares with `openapi.yaml`.
 //! The public PKI documents (CRLs, trust bundle) are served by [`crate::http::est::configure_public`] on both listeners;
 //! the table lists them too, and a unit test checks that they are the ones that module serves.
