@@ -122,7 +122,7 @@ impl Pki {
         }
         let generation = self.store.reference_changes();
         let previous = self.loaded.lock().map(|l| l.cas.clone()).unwrap_or_default();
-        let records = self.store.list_issuing_cas().await.map_err(ApiError::internal)?;
+        let records = self.store.issuing_cas().list().await.map_err(ApiError::internal)?;
         let mut cas = Vec::new();
         for record in records.into_iter().filter(|r| r.chain_pem.is_some() && r.status != IssuingCaStatus::Pending) {
             let active = record.status == IssuingCaStatus::Active;
@@ -147,7 +147,7 @@ impl Pki {
     /// Decrypts the key of `record` (off the request threads: key derivation is slow on purpose) and checks it
     /// against the chain.
     async fn load(&self, record: &IssuingCaRecord) -> anyhow::Result<IssuingCa> {
-        let encrypted = zeroize::Zeroizing::new(self.store.issuing_ca_key(&record.name).await?.as_str().to_owned());
+        let encrypted = zeroize::Zeroizing::new(self.store.issuing_cas().key(&record.name).await?.as_str().to_owned());
         let chain = record.chain_pem.clone().unwrap_or_default();
         let passphrase = self.passphrase.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<IssuingCa> {
@@ -208,7 +208,8 @@ impl Pki {
         for _ in 0..4 {
             let record = self
                 .store
-                .issuing_ca(name)
+                .issuing_cas()
+                .get(name)
                 .await
                 .map_err(|e| ApiError::from_store(e, &format!("issuing CA {name:?}")))?;
             let state = record.crl;
@@ -222,7 +223,7 @@ impl Pki {
                 .by_name(name)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("a certificate chain of issuing CA {name:?}")))?;
-            let revoked = self.store.revoked_certificates(name).await.map_err(ApiError::internal)?;
+            let revoked = self.store.certificates().revoked(name).await.map_err(ApiError::internal)?;
             let entries = revoked
                 .iter()
                 .filter_map(|r| {
@@ -239,7 +240,12 @@ impl Pki {
             let number = u64::try_from(state.number).unwrap_or(0) + 1;
             let der = zerotouch_pki::crl(&ca.ca, &entries, number, this_update, next_update)
                 .map_err(|e| ApiError::internal(format!("CRL of {name:?}: {e}")))?;
-            match self.store.save_crl(name, &state, der.clone(), to_chrono(this_update), to_chrono(next_update)).await {
+            match self
+                .store
+                .issuing_cas()
+                .save_crl(name, &state, der.clone(), to_chrono(this_update), to_chrono(next_update))
+                .await
+            {
                 Ok(_) => return Ok(der),
                 // Another request or replica reissued it first: serve theirs.
                 Err(StoreError::Conflict(_)) => continue,
@@ -310,7 +316,8 @@ impl Pki {
             csr_pem: csr,
         };
         self.store
-            .create_issuing_ca(new, actor)
+            .issuing_cas()
+            .create(new, actor)
             .await
             .map_err(|e| ApiError::from_store(e, &format!("issuing CA {name:?}")))
     }
@@ -325,7 +332,13 @@ impl Pki {
     ) -> Result<IssuingCaRecord, ApiError> {
         let resource = format!("issuing CA {name:?}");
         let encrypted = zeroize::Zeroizing::new(
-            self.store.issuing_ca_key(name).await.map_err(|e| ApiError::from_store(e, &resource))?.as_str().to_owned(),
+            self.store
+                .issuing_cas()
+                .key(name)
+                .await
+                .map_err(|e| ApiError::from_store(e, &resource))?
+                .as_str()
+                .to_owned(),
         );
         let passphrase = self.passphrase.clone();
         let chain = chain_pem.to_owned();
@@ -339,7 +352,8 @@ impl Pki {
         .map_err(ApiError::internal)??;
         let normalized = zerotouch_pki::trust_bundle_pem(ca.chain_der());
         self.store
-            .upload_issuing_ca_chain(name, normalized, to_chrono(ca.not_after()), precondition, actor)
+            .issuing_cas()
+            .upload_chain(name, normalized, to_chrono(ca.not_after()), precondition, actor)
             .await
             .map_err(|e| ApiError::from_store(e, &resource))
     }
@@ -347,7 +361,7 @@ impl Pki {
     /// On a development install (a development root in the data dir and no issuing CA yet): creates the
     /// `development` issuing CA under that root and activates it.
     pub async fn ensure_development_ca(&self, root_cert_pem: &str, root_key_pem: &str) -> anyhow::Result<bool> {
-        if !self.store.list_issuing_cas().await?.is_empty() {
+        if !self.store.issuing_cas().list().await?.is_empty() {
             return Ok(false);
         }
         let actor = Actor { subject: "zerotouch:development-install".into(), role: "owner".into() };
@@ -379,7 +393,7 @@ impl Pki {
             encrypted_key: zerotouch_store::EncryptedKeyPem::new(encrypted),
             csr_pem: csr,
         };
-        match self.store.create_issuing_ca(new, &actor).await {
+        match self.store.issuing_cas().create(new, &actor).await {
             Ok(_) => {}
             // Another replica made it at the same moment.
             Err(StoreError::Conflict(_)) => return Ok(false),
@@ -392,8 +406,8 @@ impl Pki {
             .transpose()?
             .unwrap_or_default();
         let none = zerotouch_store::Precondition::None;
-        self.store.upload_issuing_ca_chain(DEVELOPMENT_CA, chain, not_after, &none, &actor).await?;
-        self.store.activate_issuing_ca(DEVELOPMENT_CA, &none, &actor).await?;
+        self.store.issuing_cas().upload_chain(DEVELOPMENT_CA, chain, not_after, &none, &actor).await?;
+        self.store.issuing_cas().activate(DEVELOPMENT_CA, &none, &actor).await?;
         Ok(true)
     }
 }

@@ -33,7 +33,7 @@ pub(super) async fn list(
         return Err(ApiError::InvalidHeader("x-ms-continuation: not a token this service issued".into()));
     }
     let page =
-        store.list_audit(&filter, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
+        store.audit().list(&filter, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
     let items = page
         .items
         .into_iter()

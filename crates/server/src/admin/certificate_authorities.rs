@@ -135,7 +135,8 @@ pub(super) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let paging = request::paging(&req)?;
     let page = store
-        .list_certificate_authorities(paging.after.as_deref(), paging.max_items)
+        .certificate_authorities()
+        .list(paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render).collect::<Result<Vec<_>, _>>()?;
@@ -149,7 +150,8 @@ pub(super) async fn get(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_name(&name)?;
-    let record = store.certificate_authority(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let record =
+        store.certificate_authorities().get(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -168,7 +170,8 @@ pub(super) async fn put(
     let der = certificate_der(&body.certificate, "certificate")?;
     let input = ca_input(key, &name, der, OffsetDateTime::now_utc())?;
     let (record, created) = store
-        .put_certificate_authority(input, &precondition, &caller.actor())
+        .certificate_authorities()
+        .put(input, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     let status = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
@@ -185,7 +188,8 @@ pub(super) async fn delete(
     let key = parse_name(&name)?;
     let precondition = request::precondition(&req)?;
     store
-        .delete_certificate_authority(&key, &precondition, &caller.actor())
+        .certificate_authorities()
+        .delete(&key, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(HttpResponse::NoContent().finish())
@@ -215,6 +219,7 @@ pub(super) async fn verification_code(
     let code = zerotouch_pki::verification_code();
     let expires = chrono::Utc::now() + CODE_VALIDITY;
     let record = store
+        .certificate_authorities()
         .set_verification_code(&key, &code, expires, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
@@ -238,7 +243,8 @@ pub(super) async fn verify(
     let key = parse_name(&name)?;
     let body: VerifyBody = zerotouch_wire::field::decode(body.0)?;
     let proof = certificate_der(&body.certificate, "certificate")?;
-    let record = store.certificate_authority(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let record =
+        store.certificate_authorities().get(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     let code = match (&record.verification_code, record.verification_code_expires_at) {
         (None, _) => {
             return Err(FieldError::new(
@@ -265,7 +271,7 @@ pub(super) async fn verify(
         }
     })?;
     let record =
-        store.mark_certificate_authority_verified(&key, &code, &caller.actor()).await.map_err(|e| match e {
+        store.certificate_authorities().mark_verified(&key, &code, &caller.actor()).await.map_err(|e| match e {
             // The code was replaced, used or expired between the read above and this write.
             StoreError::Conflict(why) => FieldError::new("certificate", why).into(),
             other => ApiError::from_store(other, &describe(&name)),

@@ -60,7 +60,7 @@ fn render(record: &EnrollmentRecord, with_keys: bool) -> Value {
 
 /// Refuses documents that name hubs that are not linked.
 async fn check_hubs(store: &Store, named: &[String]) -> Result<(), ApiError> {
-    let unknown = store.unknown_hubs(named).await.map_err(ApiError::internal)?;
+    let unknown = store.hubs().unknown(named).await.map_err(ApiError::internal)?;
     match unknown.first() {
         None => Ok(()),
         Some(hub) => Err(ApiError::InvalidField(FieldError::new(
@@ -77,7 +77,8 @@ pub(super) async fn get<K: Kind>(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
-    let record = store.enrollment(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    let record =
+        store.enrollments().get(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
 }
 
@@ -94,7 +95,8 @@ pub(super) async fn put<K: Kind>(
     let normalized = enrollment::normalize(K::KIND, body.0, Some(&id))?;
     check_hubs(&store, &normalized.named_hubs).await?;
     let (record, _created) = store
-        .put_enrollment(K::KIND, normalized, &precondition, &caller.actor())
+        .enrollments()
+        .put(K::KIND, normalized, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
@@ -110,7 +112,8 @@ pub(super) async fn delete<K: Kind>(
     let key = parse_id::<K>(&id)?;
     let precondition = request::precondition(&req)?;
     store
-        .delete_enrollment(K::KIND, &key, &precondition, &caller.actor())
+        .enrollments()
+        .delete(K::KIND, &key, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
     Ok(HttpResponse::NoContent().finish())
@@ -123,8 +126,9 @@ pub(super) async fn attestation_mechanism<K: Kind>(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
-    let record = store.enrollment(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
-    store.audit_key_read(K::KIND, &record, &caller.actor()).await.map_err(ApiError::internal)?;
+    let record =
+        store.enrollments().get(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    store.enrollments().audit_key_read(K::KIND, &record, &caller.actor()).await.map_err(ApiError::internal)?;
     let attestation = render(&record, true).get("attestation").cloned().unwrap_or(Value::Null);
     Ok(HttpResponse::Ok().json(attestation))
 }
@@ -144,8 +148,11 @@ pub(super) async fn query<K: Kind>(
             .map_err(|e| ApiError::InvalidQuery(format!("query: {e}")))?;
     }
     let paging = request::paging(&req)?;
-    let page =
-        store.list_enrollments(K::KIND, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
+    let page = store
+        .enrollments()
+        .list(K::KIND, paging.after.as_deref(), paging.max_items)
+        .await
+        .map_err(ApiError::internal)?;
     let items = page.items.iter().map(|r| render(r, false)).collect();
     Ok(request::page_response(items, page.next, K::KIND.item_type(), &paging))
 }
@@ -223,7 +230,7 @@ pub(super) async fn bulk<K: Kind>(
         parsed.iter().filter_map(|i| i.enrollment.as_ref()).flat_map(|e| e.named_hubs.iter().cloned()).collect();
     named.sort();
     named.dedup();
-    let unknown = store.unknown_hubs(&named).await.map_err(ApiError::internal)?;
+    let unknown = store.hubs().unknown(&named).await.map_err(ApiError::internal)?;
     let mut items = Vec::with_capacity(parsed.len());
     for item in parsed {
         let missing = item.enrollment.as_ref().and_then(|e| e.named_hubs.iter().find(|h| unknown.contains(h)));
@@ -245,7 +252,7 @@ pub(super) async fn bulk<K: Kind>(
         .iter()
         .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
         .collect();
-    let failures = store.bulk_enrollments(kind, mode, items, &caller.actor()).await.map_err(|e| match e {
+    let failures = store.enrollments().bulk(kind, mode, items, &caller.actor()).await.map_err(|e| match e {
         zerotouch_store::StoreError::Conflict(why) => ApiError::Conflict(why),
         other => ApiError::internal(other),
     })?;

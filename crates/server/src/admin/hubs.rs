@@ -47,7 +47,7 @@ fn describe(name: &str) -> String {
 
 /// `GET /hubs`.
 pub(super) async fn list(_caller: Caller<Read>, store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    let hubs = store.list_hubs().await.map_err(ApiError::internal)?;
+    let hubs = store.hubs().list().await.map_err(ApiError::internal)?;
     let items = hubs.iter().map(render).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(items))
 }
@@ -59,7 +59,7 @@ pub(super) async fn get(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let host = parse_name(&name)?;
-    let record = store.hub(host.as_str()).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let record = store.hubs().get(host.as_str()).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -100,7 +100,8 @@ pub(super) async fn put(
         settings,
     };
     let (record, _created) = store
-        .put_hub(input, &precondition, &caller.actor())
+        .hubs()
+        .put(input, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
@@ -119,7 +120,7 @@ async fn settings_of(store: &Store, host: &HubHostName, hub: &Hub) -> Result<Val
         }
         return Ok(Value::Object(fields));
     }
-    match store.hub(host.as_str()).await {
+    match store.hubs().get(host.as_str()).await {
         Ok(current) if current.hub.kind == hub.kind.as_str() => {
             if let Value::Object(stored) = current.hub.settings {
                 for name in zerotouch_hub::SECRET_SETTINGS {
@@ -148,7 +149,8 @@ pub(super) async fn delete(
     let host = parse_name(&name)?;
     let precondition = request::precondition(&req)?;
     store
-        .delete_hub(host.as_str(), &precondition, &caller.actor())
+        .hubs()
+        .delete(host.as_str(), &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(HttpResponse::NoContent().finish())

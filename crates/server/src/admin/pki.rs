@@ -90,7 +90,7 @@ fn key_algorithm(name: Option<&str>) -> Result<KeyAlgorithm, FieldError> {
 
 /// `GET /pki/issuingCAs`: every issuing CA, by name.
 pub(super) async fn list(_caller: Caller<Read>, store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    let cas = store.list_issuing_cas().await.map_err(ApiError::internal)?;
+    let cas = store.issuing_cas().list().await.map_err(ApiError::internal)?;
     let items = cas.iter().map(render).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(items))
 }
@@ -124,7 +124,7 @@ pub(super) async fn get(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     crate::pki::check_ca_name(&name)?;
-    let record = store.issuing_ca(&name).await.map_err(|e| from_store(e, &name))?;
+    let record = store.issuing_cas().get(&name).await.map_err(|e| from_store(e, &name))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -222,7 +222,7 @@ pub(super) async fn activate(
     crate::pki::check_ca_name(&name)?;
     let precondition = request::precondition(&req)?;
     let record =
-        store.activate_issuing_ca(&name, &precondition, &caller.actor()).await.map_err(|e| from_store(e, &name))?;
+        store.issuing_cas().activate(&name, &precondition, &caller.actor()).await.map_err(|e| from_store(e, &name))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -235,7 +235,7 @@ pub(super) async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     crate::pki::check_ca_name(&name)?;
     let precondition = request::precondition(&req)?;
-    store.delete_issuing_ca(&name, &precondition, &caller.actor()).await.map_err(|e| from_store(e, &name))?;
+    store.issuing_cas().delete(&name, &precondition, &caller.actor()).await.map_err(|e| from_store(e, &name))?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -325,7 +325,8 @@ pub(super) async fn certificates(
         return Err(ApiError::InvalidHeader("x-ms-continuation: not a token this service issued".into()));
     }
     let page = store
-        .list_certificates(&filter, paging.after.as_deref(), paging.max_items)
+        .certificates()
+        .list(&filter, paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render_certificate).collect::<Result<Vec<_>, _>>()?;

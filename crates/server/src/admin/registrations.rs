@@ -31,7 +31,8 @@ pub(super) async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id(&id)?.key();
     let record = store
-        .registration(&key)
+        .registrations()
+        .get(&key)
         .await
         .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
@@ -47,7 +48,8 @@ pub(super) async fn delete(
     let key = parse_id(&id)?.key();
     let precondition = request::precondition(&req)?;
     store
-        .delete_registration(&key, &precondition, &caller.actor())
+        .registrations()
+        .delete(&key, &precondition, &caller.actor())
         .await
         .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
     Ok(HttpResponse::NoContent().finish())
@@ -64,12 +66,14 @@ pub(super) async fn query(
     let group = EnrollmentGroupId::try_from(id.as_str())
         .map_err(|e| ApiError::InvalidId(format!("enrollmentGroupId in the path: {e}")))?;
     store
-        .enrollment(EnrollmentKind::Group, &group.key())
+        .enrollments()
+        .get(EnrollmentKind::Group, &group.key())
         .await
         .map_err(|e| ApiError::from_store(e, &format!("enrollment group {:?}", id.as_str())))?;
     let paging = request::paging(&req)?;
     let page = store
-        .list_group_registrations(&group.key(), paging.after.as_deref(), paging.max_items)
+        .registrations()
+        .list_of_group(&group.key(), paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render).collect::<Result<Vec<_>, _>>()?;
@@ -102,9 +106,14 @@ pub(super) async fn revoke(
     let key = parse_id(&id)?.key();
     let body: RevokeBody = body.0.map(zerotouch_wire::field::decode).transpose()?.unwrap_or_default();
     let reason = revocation_reason(body.reason.as_deref())?;
-    store.registration(&key).await.map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
+    store
+        .registrations()
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
     let revoked = store
-        .revoke_certificates_of_registration(&key, reason.as_str(), &caller.actor())
+        .certificates()
+        .revoke_of_registration(&key, reason.as_str(), &caller.actor())
         .await
         .map_err(ApiError::internal)?;
     let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();

@@ -276,10 +276,11 @@ impl RegistrationService {
         {
             return Ok(reference);
         }
-        let hubs = self.store.list_hubs().await.map_err(ApiError::internal)?;
-        let groups = self.store.groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
-        let x509_groups = self.store.groups_by_attestation("x509").await.map_err(ApiError::internal)?;
-        let authorities = self.store.all_certificate_authorities().await.map_err(ApiError::internal)?;
+        let hubs = self.store.hubs().list().await.map_err(ApiError::internal)?;
+        let groups =
+            self.store.enrollments().groups_by_attestation("symmetricKey").await.map_err(ApiError::internal)?;
+        let x509_groups = self.store.enrollments().groups_by_attestation("x509").await.map_err(ApiError::internal)?;
+        let authorities = self.store.certificate_authorities().all().await.map_err(ApiError::internal)?;
         let x509_groups = x509_groups
             .into_iter()
             .map(|group| {
@@ -369,7 +370,8 @@ impl RegistrationService {
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
         let bucket = format!("refused\0{}", device.registration_id.key());
         if self.limits.admit(&bucket).is_ok()
-            && let Err(e) = self.store.audit_refused_device(device.registration_id.as_str(), action, reason).await
+            && let Err(e) =
+                self.store.registrations().audit_refused_device(device.registration_id.as_str(), action, reason).await
         {
             tracing::error!("cannot audit a refused device request: {e}");
         }
@@ -428,7 +430,7 @@ impl RegistrationService {
             return Err(self.refuse(device, action, &reason).await);
         }
         let certificate_info = x509::info(leaf);
-        match self.store.enrollment(EnrollmentKind::Individual, &key).await {
+        match self.store.enrollments().get(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type != "x509" {
                     let reason = format!("x509: the enrollment attests by {}", enrollment.attestation_type);
@@ -536,7 +538,7 @@ impl RegistrationService {
         }
         let registration = match registration {
             Some(registration) => registration,
-            None => match self.store.registration(&key).await {
+            None => match self.store.registrations().get(&key).await {
                 Ok(registration) => registration,
                 Err(StoreError::NotFound) => {
                     return Err(self.refuse(device, action, "x509: the device's registration was deleted").await);
@@ -548,7 +550,7 @@ impl RegistrationService {
             Some(group) => (EnrollmentKind::Group, group.clone()),
             None => (EnrollmentKind::Individual, key.clone()),
         };
-        let enrollment = match self.store.enrollment(kind, &enrollment_key).await {
+        let enrollment = match self.store.enrollments().get(kind, &enrollment_key).await {
             Ok(enrollment) => enrollment,
             Err(StoreError::NotFound) => {
                 return Err(self.refuse(device, action, "x509: the device's enrollment was deleted").await);
@@ -583,7 +585,7 @@ impl RegistrationService {
             sas::Expectation { resource: &resource, now: now_secs(), skew: self.settings.sas_clock_skew.as_secs() };
         let key = device.registration_id.key();
 
-        match self.store.enrollment(EnrollmentKind::Individual, &key).await {
+        match self.store.enrollments().get(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type == "tpm" {
                     return self.authenticate_tpm_individual(device, action, &token, &expected).await;
@@ -679,7 +681,7 @@ impl RegistrationService {
         let mut read_state = policy.allocation_policy == Some(AllocationPolicy::Custom) || matched.operational;
         for _ in 0..16 {
             let current = if read_state {
-                match self.store.registration(&key).await {
+                match self.store.registrations().get(&key).await {
                     Ok(record) => Some(record),
                     Err(StoreError::NotFound) => None,
                     Err(e) => return Err(ApiError::internal(e)),
@@ -753,7 +755,7 @@ impl RegistrationService {
                 };
                 serde_json::to_value(result).unwrap_or(Value::Null)
             });
-            match self.store.commit_registration(outcome, snapshot).await {
+            match self.store.registrations().commit(outcome, snapshot).await {
                 Ok((_, operation, hub_job)) => {
                     let settled = match &hub_job {
                         Some(job) => self.hubs.deliver_inline(job).await,
@@ -997,7 +999,7 @@ impl RegistrationService {
 
     /// The operational certificate of ours `leaf` is, if it is one.
     async fn issued_certificate(&self, leaf: &[u8]) -> Result<Option<zerotouch_store::CertificateRecord>, ApiError> {
-        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+        match self.store.certificates().by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
             Ok(issued) => Ok(Some(issued)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(ApiError::internal(e)),
@@ -1013,7 +1015,7 @@ impl RegistrationService {
         let issued = self.issued_certificate(leaf).await?;
         let (registration_id, registration) = match &issued {
             // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
-            Some(issued) => match self.store.registration(&issued.registration_key).await {
+            Some(issued) => match self.store.registrations().get(&issued.registration_key).await {
                 Ok(registration) => (registration.registration_id.clone(), Some(registration)),
                 Err(StoreError::NotFound) => (issued.registration_key.clone(), None),
                 Err(e) => return Err(ApiError::internal(e)),
@@ -1073,7 +1075,7 @@ impl RegistrationService {
         // A certificate belongs to a registration (which revocation finds it by): the device registers first.
         let registration = match registration {
             Some(registration) => Ok(registration),
-            None => self.store.registration(&key).await,
+            None => self.store.registrations().get(&key).await,
         };
         let device_id = match registration {
             Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => registration.device_id,
@@ -1090,7 +1092,7 @@ impl RegistrationService {
             subject: format!("device:{}", device.registration_id.as_str()),
             role: "device".into(),
         };
-        self.store.record_certificate(record, action, &actor).await.map_err(ApiError::internal)?;
+        self.store.registrations().record_certificate(record, action, &actor).await.map_err(ApiError::internal)?;
         Ok(issued.chain_der)
     }
 
@@ -1109,7 +1111,7 @@ impl RegistrationService {
             return Ok(answer);
         }
         let not_found = || ApiError::RegistrationNotFound(format!("operation {operation_id:?}"));
-        let operation = match self.store.operation(&key, operation_id).await {
+        let operation = match self.store.registrations().operation(&key, operation_id).await {
             Ok(operation) => operation,
             Err(StoreError::NotFound) => return Err(not_found()),
             Err(e) => return Err(ApiError::internal(e)),
@@ -1132,7 +1134,7 @@ impl RegistrationService {
         let key = device.registration_id.key();
         let matched = self.authenticate(&device, "statusLookup").await?;
         self.limits.admit(&key).map_err(Self::throttled)?;
-        let record = match self.store.registration(&key).await {
+        let record = match self.store.registrations().get(&key).await {
             Ok(record) => record,
             Err(StoreError::NotFound) => {
                 return Err(ApiError::RegistrationNotFound(format!(
@@ -1153,7 +1155,7 @@ impl RegistrationService {
         loop {
             tick.tick().await;
             let Ok(ttl) = chrono::Duration::from_std(self.settings.operation_ttl) else { return };
-            match self.store.delete_operations_before(chrono::Utc::now() - ttl).await {
+            match self.store.registrations().delete_operations_before(chrono::Utc::now() - ttl).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("expired {n} registration operations"),
                 Err(e) => tracing::warn!("cannot expire registration operations: {e}"),

@@ -105,7 +105,7 @@ impl RegistrationService {
         let ek = body_key(tpm.endorsement_key.as_deref(), "tpm.endorsementKey", "endorsement key")?;
         let srk = body_key(tpm.storage_root_key.as_deref(), "tpm.storageRootKey", "storage root key")?;
 
-        let (kind, enrollment) = match self.store.enrollment(EnrollmentKind::Individual, &key).await {
+        let (kind, enrollment) = match self.store.enrollments().get(EnrollmentKind::Individual, &key).await {
             Ok(enrollment) => {
                 if enrollment.attestation_type != "tpm" {
                     let reason = format!("tpm: the enrollment attests by {}", enrollment.attestation_type);
@@ -126,7 +126,7 @@ impl RegistrationService {
             }
             Err(StoreError::NotFound) => {
                 let group = self.tpm_group(device, &ek, tpm.endorsement_key_certificate.as_deref()).await?;
-                if let Some(bound) = self.store.tpm_binding(&key).await.map_err(ApiError::internal)?
+                if let Some(bound) = self.store.tpm().binding(&key).await.map_err(ApiError::internal)?
                     && !Public::from_base64(&bound).is_ok_and(|bound| bound.same_key(&ek))
                 {
                     let reason = "tpm: the registration id belongs to another TPM of the group";
@@ -154,7 +154,7 @@ impl RegistrationService {
             used_at: None,
             created_at: now,
         };
-        self.store.put_tpm_challenge(&challenge).await.map_err(ApiError::internal)?;
+        self.store.tpm().put_challenge(&challenge).await.map_err(ApiError::internal)?;
         tracing::info!(
             registration_id = device.registration_id.as_str(),
             enrollment = enrollment.id,
@@ -185,7 +185,7 @@ impl RegistrationService {
         if let Err(error) = check_certificate_key(&der, ek) {
             return Err(refuse_certificate(error).await);
         }
-        let groups = self.store.groups_by_attestation("tpm").await.map_err(ApiError::internal)?;
+        let groups = self.store.enrollments().groups_by_attestation("tpm").await.map_err(ApiError::internal)?;
         let groups: Vec<x509::X509Group> = groups
             .into_iter()
             .map(|group| {
@@ -224,7 +224,7 @@ impl RegistrationService {
         expected: &sas::Expectation<'_>,
     ) -> Result<Option<Matched>, ApiError> {
         let key = device.registration_id.key();
-        let challenge = match self.store.tpm_challenge(&key).await {
+        let challenge = match self.store.tpm().challenge(&key).await {
             Ok(challenge) => challenge,
             Err(StoreError::NotFound) => return Ok(None),
             Err(e) => return Err(ApiError::internal(e)),
@@ -237,7 +237,8 @@ impl RegistrationService {
             let reason = format!("tpm: {e} with the key of the device's latest activation blob");
             return Err(self.refuse(device, action, &reason).await);
         }
-        let enrollment = match self.store.enrollment(challenge.enrollment_kind, &challenge.enrollment_key).await {
+        let enrollment = match self.store.enrollments().get(challenge.enrollment_kind, &challenge.enrollment_key).await
+        {
             Ok(enrollment) if enrollment.attestation_type == "tpm" => enrollment,
             Ok(_) | Err(StoreError::NotFound) => {
                 let reason = "tpm: the enrollment of the challenge was deleted or changed its attestation";
@@ -254,14 +255,15 @@ impl RegistrationService {
             }
         }
         let tpm = if action == "register" {
-            if !self.store.use_tpm_challenge(&key, &challenge.id).await.map_err(ApiError::internal)? {
+            if !self.store.tpm().use_challenge(&key, &challenge.id).await.map_err(ApiError::internal)? {
                 let reason = "tpm: this activation blob's key already served a register (or was just replaced); \
                               the device must start again without a token";
                 return Err(self.refuse(device, action, reason).await);
             }
             // A group admits any TPM of its manufacturers: the first to register an id keeps it.
             if challenge.enrollment_kind == EnrollmentKind::Group {
-                let bound = self.store.bind_tpm(&key, &challenge.endorsement_key).await.map_err(ApiError::internal)?;
+                let bound =
+                    self.store.tpm().bind(&key, &challenge.endorsement_key).await.map_err(ApiError::internal)?;
                 let challenged = Public::from_base64(&challenge.endorsement_key).ok();
                 if !Public::from_base64(&bound).is_ok_and(|bound| challenged.is_some_and(|ek| bound.same_key(&ek))) {
                     let reason = "tpm: the registration id belongs to another TPM of the group";
