@@ -174,6 +174,7 @@ pub(crate) async fn supersede_and_insert(
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Revoking<'a> {
     /// One certificate, whatever its expiry.
+    #[cfg(feature = "test-support")]
     Serial(&'a str),
     /// The unexpired certificates of these registrations (canonical ids).
     Registrations(&'a [String]),
@@ -194,6 +195,7 @@ pub(crate) async fn revoke(
         Column::Status.is_in([CertificateStatus::Active.as_str(), CertificateStatus::Superseded.as_str()]);
     let mut conditions = Vec::new();
     match scope {
+        #[cfg(feature = "test-support")]
         Revoking::Serial(serial) => conditions.push(Condition::all().add(Column::Serial.eq(serial))),
         Revoking::Registrations(keys) => {
             for chunk in keys.chunks(CHUNK) {
@@ -296,6 +298,7 @@ impl<'a> CertificateReader<'a> {
     }
 
     /// The certificate with this serial (hex, either case).
+    #[cfg(feature = "test-support")]
     pub async fn get(self, serial: &str) -> Result<CertificateRecord, StoreError> {
         let row = crate::unique(Entity::find_by_id(serial.to_ascii_lowercase()), &self.store.read)
             .await?
@@ -304,6 +307,7 @@ impl<'a> CertificateReader<'a> {
     }
 
     /// Every certificate issued to a registration (canonical id), oldest first.
+    #[cfg(feature = "test-support")]
     pub async fn of_registration(self, registration_key: &str) -> Result<Vec<CertificateRecord>, StoreError> {
         Entity::find()
             .filter(Column::RegistrationKey.eq(registration_key))
@@ -379,6 +383,7 @@ impl<'a> CertificateReader<'a> {
 impl<'a> Certificates<'a> {
     /// Revokes one certificate (`reason`: an RFC 5280 reason name); returns it as revoked, or `None` if it was
     /// revoked already (nothing changes). [`StoreError::NotFound`] if there is no such serial.
+    #[cfg(feature = "test-support")]
     pub async fn revoke(
         self,
         serial: &str,

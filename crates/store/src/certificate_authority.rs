@@ -157,6 +157,7 @@ impl<'a> CertificateAuthorityReader<'a> {
     }
 
     /// Every verified customer CA, by canonical name (what X.509 group matching may trust).
+    #[cfg(feature = "test-support")]
     pub async fn verified(self) -> Result<Vec<CertificateAuthorityRecord>, StoreError> {
         Ok(Entity::find()
             .filter(Column::Verified.eq(true))

@@ -621,6 +621,7 @@ impl<'a> HubJobs<'a> {
     }
 
     /// The jobs waiting for one device's registration (canonical id), oldest first.
+    #[cfg(feature = "test-support")]
     pub async fn of_registration(self, registration_key: &str) -> Result<Vec<HubJobRecord>, StoreError> {
         Entity::find()
             .filter(Column::RegistrationKey.eq(registration_key))

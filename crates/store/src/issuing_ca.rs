@@ -212,6 +212,7 @@ impl<'a> IssuingCaReader<'a> {
     }
 
     /// The issuing CA that issues, if one is active.
+    #[cfg(feature = "test-support")]
     pub async fn active(self) -> Result<Option<IssuingCaRecord>, StoreError> {
         // At most one row: a unique partial index allows one active issuing CA.
         let active = Entity::find().filter(Column::Status.eq(IssuingCaStatus::Active.as_str()));

@@ -148,6 +148,7 @@ impl<'a> RegistrationReader<'a> {
 
 impl<'a> Registrations<'a> {
     /// Writes a registration state (insert or replace by key); returns it with a fresh etag.
+    #[cfg(feature = "test-support")]
     pub async fn save(self, mut record: RegistrationRecord) -> Result<RegistrationRecord, StoreError> {
         let txn = self.store.db.begin().await?;
         let existing = find(&txn, &record.key).await?;
