@@ -341,6 +341,11 @@ impl Store {
         Ok(Migrator::get_pending_migrations(&self.db).await?.is_empty())
     }
 
+    /// A handle that can tell whether the store is ready, and nothing else (for `/readyz`).
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.clone())
+    }
+
     /// Enrollments and enrollment groups.
     pub fn enrollments(&self) -> Enrollments<'_> {
         Enrollments::new(self)
@@ -393,6 +398,17 @@ impl Store {
         }
         self.db.close().await?;
         Ok(())
+    }
+}
+
+/// Whether the store is ready: the one thing `/readyz`, which takes no token, may ask of it.
+#[derive(Debug, Clone)]
+pub struct Readiness(Store);
+
+impl Readiness {
+    /// Whether the database answers and no migration is pending.
+    pub async fn is_ready(&self) -> Result<bool, StoreError> {
+        self.0.is_ready().await
     }
 }
 
