@@ -644,11 +644,12 @@ async fn registrations_round_trip(backend: Backend) {
     let store = Store::connect(&server.database_url).await.unwrap();
     let mut etags = BTreeMap::new();
     for i in 0..5 {
-        let saved = store.save_registration(registration(&format!("Sensor-{i}"), Some("factory-line"))).await.unwrap();
+        let saved =
+            store.registrations().save(registration(&format!("Sensor-{i}"), Some("factory-line"))).await.unwrap();
         etags.insert(saved.registration_id, saved.etag);
     }
-    store.save_registration(registration("Stranger-1", Some("other-line"))).await.unwrap();
-    store.save_registration(registration("Loner-1", None)).await.unwrap();
+    store.registrations().save(registration("Stranger-1", Some("other-line"))).await.unwrap();
+    store.registrations().save(registration("Loner-1", None)).await.unwrap();
     store.close().await.unwrap();
 
     let (state, etag) = expect_resource(api.get("/registrations/sensor-0").await).await;
@@ -859,7 +860,7 @@ async fn every_route_round_trips(backend: Backend) {
         assert_eq!(api.delete(&kind.path("tour-1"), Some(&etag)).await.status(), 204);
     }
     let store = Store::connect(&server.database_url).await.unwrap();
-    let saved = store.save_registration(registration("tour-device", Some("tour-2"))).await.unwrap();
+    let saved = store.registrations().save(registration("tour-device", Some("tour-2"))).await.unwrap();
     store.close().await.unwrap();
     expect_resource(api.get("/registrations/tour-device").await).await;
     assert_eq!(api.all("/registrations/tour-2/query", None, "deviceRegistration").await.len(), 1);

@@ -113,7 +113,7 @@ impl Hubs {
         if let Some(cached) = adapters.get(hub).filter(|c| c.checked.elapsed() < ADAPTER_TTL) {
             return Ok(Some(cached.adapter.clone()));
         }
-        let record = match self.store.hub(hub).await {
+        let record = match self.store.hubs().get(hub).await {
             Ok(record) => record,
             Err(StoreError::NotFound) => {
                 adapters.remove(hub);
@@ -143,7 +143,7 @@ impl Hubs {
     /// derived from its group's primary key.
     async fn device_key(&self, registration_key: &str) -> Result<SymmetricKey, Undeliverable> {
         let retry = |e: StoreError| Undeliverable::Retry(format!("reading the device's enrollment: {e}"));
-        let registration = self.store.registration(registration_key).await.map_err(retry)?;
+        let registration = self.store.registrations().get(registration_key).await.map_err(retry)?;
         let gone = || {
             Undeliverable::Refused(
                 "the device has no credential the hub can take: no certificate, and its enrollment has no symmetric \
@@ -153,7 +153,7 @@ impl Hubs {
         };
         match &registration.enrollment_group_key {
             Some(group) => {
-                let group = self.store.enrollment(EnrollmentKind::Group, group).await.map_err(retry)?;
+                let group = self.store.enrollments().get(EnrollmentKind::Group, group).await.map_err(retry)?;
                 let key = group.primary_key.ok_or_else(gone)?;
                 let derived =
                     zerotouch_attest::sas::derive_device_key(key.expose_bytes(), &registration.registration_id);
@@ -162,7 +162,7 @@ impl Hubs {
             }
             None => {
                 let enrollment =
-                    self.store.enrollment(EnrollmentKind::Individual, registration_key).await.map_err(retry)?;
+                    self.store.enrollments().get(EnrollmentKind::Individual, registration_key).await.map_err(retry)?;
                 enrollment.primary_key.ok_or_else(gone)
             }
         }
@@ -239,7 +239,7 @@ impl Hubs {
         if let HubJobOutcome::Fail { message, .. } = &outcome {
             tracing::warn!(hub = %job.hub, device = %job.device_id, "hub registration failed: {message}");
         }
-        match self.store.finish_hub_job(job, &outcome).await {
+        match self.store.hub_jobs().finish(job, &outcome).await {
             Ok(settled) => settled,
             Err(e) => {
                 // The lease runs out and the worker delivers the job again (every hub operation is idempotent).
@@ -296,7 +296,7 @@ impl Hubs {
                 self.refresh_backlog_metrics().await;
                 backlog_read = Instant::now();
             }
-            let jobs = match self.store.claim_hub_jobs(CLAIM_BATCH, LEASE).await {
+            let jobs = match self.store.hub_jobs().claim(CLAIM_BATCH, LEASE).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!("cannot claim hub jobs: {e}");
@@ -318,7 +318,7 @@ impl Hubs {
 
     /// Reads the backlog of every hub into the metrics.
     async fn refresh_backlog_metrics(&self) {
-        let backlogs = match self.store.hub_backlogs().await {
+        let backlogs = match self.store.hub_jobs().backlogs().await {
             Ok(backlogs) => backlogs,
             Err(e) => {
                 tracing::warn!("cannot read the hub backlog: {e}");
@@ -340,8 +340,8 @@ impl Hubs {
 
     /// `GET /hubs/{hostName}/status`: the hub's health (its adapter's health check, within 5 s) and backlog.
     pub async fn status(&self, hub: &str) -> Result<Value, StoreError> {
-        let record = self.store.hub(hub).await?;
-        let backlog = self.store.hub_backlogs().await?.remove(hub).unwrap_or_default();
+        let record = self.store.hubs().get(hub).await?;
+        let backlog = self.store.hub_jobs().backlogs().await?.remove(hub).unwrap_or_default();
         let health = match self.adapter(hub).await {
             Ok(None) => json!({"status": "notApplicable", "detail": "hubs of kind none are not called"}),
             Err(Undeliverable::Refused(reason) | Undeliverable::Retry(reason)) => {

@@ -176,7 +176,7 @@ impl Pki {
         let generation = self.store.reference_changes();
         let previous = self.loaded.lock().map(|l| l.cas.clone()).unwrap_or_default();
         let records =
-            self.store.list_issuing_cas().await.map_err(|e| PkiError::internal("listing the issuing CAs", e))?;
+            self.store.issuing_cas().list().await.map_err(|e| PkiError::internal("listing the issuing CAs", e))?;
         let mut cas = Vec::new();
         for record in records.into_iter().filter(|r| r.chain_pem.is_some() && r.status != IssuingCaStatus::Pending) {
             let active = record.status == IssuingCaStatus::Active;
@@ -201,7 +201,7 @@ impl Pki {
     /// Decrypts the key of `record` (off the request threads: key derivation is slow on purpose) and checks it
     /// against the chain.
     async fn load(&self, record: &IssuingCaRecord) -> anyhow::Result<IssuingCa> {
-        let encrypted = zeroize::Zeroizing::new(self.store.issuing_ca_key(&record.name).await?.as_str().to_owned());
+        let encrypted = zeroize::Zeroizing::new(self.store.issuing_cas().key(&record.name).await?.as_str().to_owned());
         let chain = record.chain_pem.clone().unwrap_or_default();
         let passphrase = self.passphrase.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<IssuingCa> {
@@ -262,7 +262,8 @@ impl Pki {
         for _ in 0..4 {
             let record = self
                 .store
-                .issuing_ca(name)
+                .issuing_cas()
+                .get(name)
                 .await
                 .map_err(|e| PkiError::from_store(e, &format!("issuing CA {name:?}")))?;
             let state = record.crl;
@@ -278,7 +279,8 @@ impl Pki {
                 .ok_or_else(|| PkiError::NotFound(format!("a certificate chain of issuing CA {name:?}")))?;
             let revoked = self
                 .store
-                .revoked_certificates(name)
+                .certificates()
+                .revoked(name)
                 .await
                 .map_err(|e| PkiError::internal("reading revoked certificates", e))?;
             let entries = revoked
@@ -297,7 +299,12 @@ impl Pki {
             let number = u64::try_from(state.number).unwrap_or(0) + 1;
             let der = zerotouch_pki::crl(&ca.ca, &entries, number, this_update, next_update)
                 .map_err(|e| PkiError::internal(format!("signing the CRL of {name:?}"), e))?;
-            match self.store.save_crl(name, &state, der.clone(), to_chrono(this_update), to_chrono(next_update)).await {
+            match self
+                .store
+                .issuing_cas()
+                .save_crl(name, &state, der.clone(), to_chrono(this_update), to_chrono(next_update))
+                .await
+            {
                 Ok(_) => return Ok(der),
                 // Another request or replica reissued it first: serve theirs.
                 Err(StoreError::Conflict(_)) => continue,
@@ -372,7 +379,8 @@ impl Pki {
             csr_pem: csr,
         };
         self.store
-            .create_issuing_ca(new, actor)
+            .issuing_cas()
+            .create(new, actor)
             .await
             .map_err(|e| PkiError::from_store(e, &format!("issuing CA {name:?}")))
     }
@@ -387,7 +395,13 @@ impl Pki {
     ) -> Result<IssuingCaRecord, PkiError> {
         let resource = format!("issuing CA {name:?}");
         let encrypted = zeroize::Zeroizing::new(
-            self.store.issuing_ca_key(name).await.map_err(|e| PkiError::from_store(e, &resource))?.as_str().to_owned(),
+            self.store
+                .issuing_cas()
+                .key(name)
+                .await
+                .map_err(|e| PkiError::from_store(e, &resource))?
+                .as_str()
+                .to_owned(),
         );
         let passphrase = self.passphrase.clone();
         let chain = chain_pem.to_owned();
@@ -401,7 +415,8 @@ impl Pki {
         .map_err(|e| PkiError::internal("checking the certificate chain", e))??;
         let normalized = zerotouch_pki::trust_bundle_pem(ca.chain_der());
         self.store
-            .upload_issuing_ca_chain(name, normalized, to_chrono(ca.not_after()), precondition, actor)
+            .issuing_cas()
+            .upload_chain(name, normalized, to_chrono(ca.not_after()), precondition, actor)
             .await
             .map_err(|e| PkiError::from_store(e, &resource))
     }
@@ -409,7 +424,7 @@ impl Pki {
     /// On a development install (a development root in the data dir and no issuing CA yet): creates the
     /// `development` issuing CA under that root and activates it.
     pub async fn ensure_development_ca(&self, root_cert_pem: &str, root_key_pem: &str) -> anyhow::Result<bool> {
-        if !self.store.list_issuing_cas().await?.is_empty() {
+        if !self.store.issuing_cas().list().await?.is_empty() {
             return Ok(false);
         }
         let actor = Actor { subject: "zerotouch:development-install".into(), role: "owner".into() };
@@ -441,7 +456,7 @@ impl Pki {
             encrypted_key: zerotouch_store::EncryptedKeyPem::new(encrypted),
             csr_pem: csr,
         };
-        match self.store.create_issuing_ca(new, &actor).await {
+        match self.store.issuing_cas().create(new, &actor).await {
             Ok(_) => {}
             // Another replica made it at the same moment.
             Err(StoreError::Conflict(_)) => return Ok(false),
@@ -454,8 +469,8 @@ impl Pki {
             .transpose()?
             .unwrap_or_default();
         let none = zerotouch_store::Precondition::None;
-        self.store.upload_issuing_ca_chain(DEVELOPMENT_CA, chain, not_after, &none, &actor).await?;
-        self.store.activate_issuing_ca(DEVELOPMENT_CA, &none, &actor).await?;
+        self.store.issuing_cas().upload_chain(DEVELOPMENT_CA, chain, not_after, &none, &actor).await?;
+        self.store.issuing_cas().activate(DEVELOPMENT_CA, &none, &actor).await?;
         Ok(true)
     }
 }

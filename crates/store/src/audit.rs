@@ -7,7 +7,7 @@ use sea_orm::{
 };
 
 use crate::entity::audit_event::{self, Column, Entity};
-use crate::{Actor, Page, Store, StoreError};
+use crate::{Actor, Page, StoreError};
 
 /// One change to record: what happened to which resource, and its etag before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +82,15 @@ pub(crate) async fn record_by(db: &impl ConnectionTrait, changes: &[(&Actor, Cha
     Ok(())
 }
 
-impl Store {
+repository! {
+    /// The audit log.
+    AuditLog
+}
+
+impl<'a> AuditLog<'a> {
     /// Lists audit events in the order they happened, `limit` at a time, starting after `after`.
-    pub async fn list_audit(
-        &self,
+    pub async fn list(
+        self,
         filter: &AuditFilter,
         after: Option<&str>,
         limit: u64,
@@ -102,7 +107,7 @@ impl Store {
             query = query.filter(Column::At.lt(to));
         }
         let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let rows = query.order_by_asc(Column::Id).limit(limit + 1).all(&self.read).await?;
+        let rows = query.order_by_asc(Column::Id).limit(limit + 1).all(&self.store.read).await?;
         let page = Page::from_overfetch(rows, limit, |r| r.id.to_string());
         let items = page
             .items

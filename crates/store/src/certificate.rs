@@ -20,7 +20,7 @@ use sea_orm::{
 use crate::audit::{self, Change};
 use crate::entity::certificate::{self, Column, Entity};
 use crate::entity::registration;
-use crate::{Actor, Page, Store, StoreError};
+use crate::{Actor, Page, StoreError};
 
 /// The revocation reason of the changes that retire a device (RFC 5280 §5.3.1 `cessationOfOperation`).
 pub(crate) const CESSATION_OF_OPERATION: &str = "cessationOfOperation";
@@ -174,6 +174,7 @@ pub(crate) async fn supersede_and_insert(
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Revoking<'a> {
     /// One certificate, whatever its expiry.
+    #[cfg(feature = "test-support")]
     Serial(&'a str),
     /// The unexpired certificates of these registrations (canonical ids).
     Registrations(&'a [String]),
@@ -194,6 +195,7 @@ pub(crate) async fn revoke(
         Column::Status.is_in([CertificateStatus::Active.as_str(), CertificateStatus::Superseded.as_str()]);
     let mut conditions = Vec::new();
     match scope {
+        #[cfg(feature = "test-support")]
         Revoking::Serial(serial) => conditions.push(Condition::all().add(Column::Serial.eq(serial))),
         Revoking::Registrations(keys) => {
             for chunk in keys.chunks(CHUNK) {
@@ -280,29 +282,38 @@ fn parse_cursor(token: &str) -> Result<(DateTime<Utc>, String), StoreError> {
     Ok((at, serial.to_owned()))
 }
 
-impl Store {
+repository_with_reader! {
+    /// The certificates the managed CA issued: reads (through [`CertificateReader`]) and revocations.
+    Certificates,
+    /// The certificates the managed CA issued, read-only.
+    CertificateReader
+}
+
+impl<'a> CertificateReader<'a> {
     /// The certificate with this SHA-256 thumbprint (hex, either case).
-    pub async fn certificate_by_thumbprint(&self, sha256_hex: &str) -> Result<CertificateRecord, StoreError> {
+    pub async fn by_thumbprint(self, sha256_hex: &str) -> Result<CertificateRecord, StoreError> {
         let select = Entity::find().filter(Column::ThumbprintSha256.eq(sha256_hex.to_ascii_lowercase()));
-        let row = crate::unique(select, &self.read).await?.ok_or(StoreError::NotFound)?;
+        let row = crate::unique(select, &self.store.read).await?.ok_or(StoreError::NotFound)?;
         to_record(row)
     }
 
     /// The certificate with this serial (hex, either case).
-    pub async fn certificate(&self, serial: &str) -> Result<CertificateRecord, StoreError> {
-        let row = crate::unique(Entity::find_by_id(serial.to_ascii_lowercase()), &self.read)
+    #[cfg(feature = "test-support")]
+    pub async fn get(self, serial: &str) -> Result<CertificateRecord, StoreError> {
+        let row = crate::unique(Entity::find_by_id(serial.to_ascii_lowercase()), &self.store.read)
             .await?
             .ok_or(StoreError::NotFound)?;
         to_record(row)
     }
 
     /// Every certificate issued to a registration (canonical id), oldest first.
-    pub async fn certificates_of(&self, registration_key: &str) -> Result<Vec<CertificateRecord>, StoreError> {
+    #[cfg(feature = "test-support")]
+    pub async fn of_registration(self, registration_key: &str) -> Result<Vec<CertificateRecord>, StoreError> {
         Entity::find()
             .filter(Column::RegistrationKey.eq(registration_key))
             .order_by_asc(Column::NotBefore)
             .order_by_asc(Column::Serial)
-            .all(&self.read)
+            .all(&self.store.read)
             .await?
             .into_iter()
             .map(to_record)
@@ -312,8 +323,8 @@ impl Store {
     /// Lists certificates by expiry (then serial), `limit` at a time, after the continuation token `after`. The
     /// order is total and does not change as certificates are revoked or superseded, so paging returns each
     /// certificate at most once (and every one that matched throughout, once).
-    pub async fn list_certificates(
-        &self,
+    pub async fn list(
+        self,
         filter: &CertificateFilter,
         after: Option<&str>,
         limit: u64,
@@ -338,7 +349,7 @@ impl Store {
             .order_by_asc(Column::NotAfter)
             .order_by_asc(Column::Serial)
             .limit(limit + 1)
-            .all(&self.read)
+            .all(&self.store.read)
             .await?
             .into_iter()
             .map(to_record)
@@ -348,13 +359,13 @@ impl Store {
 
     /// The revoked certificates of an issuing CA that have not expired yet (an expired certificate may leave the
     /// CRL, RFC 5280 §3.3), by serial: what its CRL lists. Read it *after* the CA's [`crate::CrlState`].
-    pub async fn revoked_certificates(&self, issuing_ca: &str) -> Result<Vec<RevokedCertificate>, StoreError> {
+    pub async fn revoked(self, issuing_ca: &str) -> Result<Vec<RevokedCertificate>, StoreError> {
         let rows = Entity::find()
             .filter(Column::IssuingCa.eq(issuing_ca))
             .filter(Column::Status.eq(CertificateStatus::Revoked.as_str()))
             .filter(Column::NotAfter.gt(crate::now()))
             .order_by_asc(Column::Serial)
-            .all(&self.read)
+            .all(&self.store.read)
             .await?;
         rows.into_iter()
             .map(|m| {
@@ -367,18 +378,21 @@ impl Store {
             })
             .collect()
     }
+}
 
+impl<'a> Certificates<'a> {
     /// Revokes one certificate (`reason`: an RFC 5280 reason name); returns it as revoked, or `None` if it was
     /// revoked already (nothing changes). [`StoreError::NotFound`] if there is no such serial.
-    pub async fn revoke_certificate(
-        &self,
+    #[cfg(feature = "test-support")]
+    pub async fn revoke(
+        self,
         serial: &str,
         reason: &str,
         actor: &Actor,
     ) -> Result<Option<CertificateRecord>, StoreError> {
         use sea_orm::TransactionTrait;
         let serial = serial.to_ascii_lowercase();
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let Some(certificate) = crate::unique(Entity::find_by_id(serial.clone()), &txn).await? else {
             return Err(StoreError::NotFound);
         };
@@ -395,14 +409,14 @@ impl Store {
 
     /// Revokes every certificate of a registration (canonical id) that is neither revoked nor expired; returns
     /// what it revoked (nothing, if there was nothing to revoke).
-    pub async fn revoke_certificates_of_registration(
-        &self,
+    pub async fn revoke_of_registration(
+        self,
         registration_key: &str,
         reason: &str,
         actor: &Actor,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
         use sea_orm::TransactionTrait;
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let keys = [registration_key.to_owned()];
         let revoked = revoke(&txn, Revoking::Registrations(&keys), reason, actor).await?;
         crate::hub_job::retire(&txn, crate::hub_job::Retiring::Registrations(&keys), crate::HubAction::Disable).await?;

@@ -13,7 +13,7 @@ use sea_orm::{Condition, TransactionTrait};
 
 use crate::audit::{self, Change};
 use crate::entity::certificate_authority::{self, Column, Entity};
-use crate::{Actor, Page, Precondition, Store, StoreError};
+use crate::{Actor, Page, Precondition, StoreError};
 
 const RESOURCE_TYPE: &str = "certificateAuthority";
 
@@ -120,18 +120,68 @@ fn changed_concurrently() -> StoreError {
     StoreError::Conflict("the certificate authority changed concurrently; retry".into())
 }
 
-impl Store {
+repository_with_reader! {
+    /// Uploaded customer CAs: reads (through [`CertificateAuthorityReader`]) and writes.
+    CertificateAuthorities,
+    /// Uploaded customer CAs, read-only.
+    CertificateAuthorityReader
+}
+
+impl<'a> CertificateAuthorityReader<'a> {
+    /// Reads one customer CA by its canonical name.
+    pub async fn get(self, key: &str) -> Result<CertificateAuthorityRecord, StoreError> {
+        find(&self.store.read, key).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Lists customer CAs by canonical name, `limit` at a time, after the continuation token `after`.
+    pub async fn list(self, after: Option<&str>, limit: u64) -> Result<Page<CertificateAuthorityRecord>, StoreError> {
+        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
+        let mut query = Entity::find();
+        if let Some(after) = after {
+            query = query.filter(Column::Key.gt(after));
+        }
+        let rows: Vec<CertificateAuthorityRecord> = query
+            .order_by_asc(Column::Key)
+            .limit(limit + 1)
+            .all(&self.store.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect();
+        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
+    }
+
+    /// Every customer CA, by canonical name (X.509 group matching tells an unverified CA from an unknown one).
+    pub async fn all(self) -> Result<Vec<CertificateAuthorityRecord>, StoreError> {
+        Ok(Entity::find().order_by_asc(Column::Key).all(&self.store.read).await?.into_iter().map(to_record).collect())
+    }
+
+    /// Every verified customer CA, by canonical name (what X.509 group matching may trust).
+    #[cfg(feature = "test-support")]
+    pub async fn verified(self) -> Result<Vec<CertificateAuthorityRecord>, StoreError> {
+        Ok(Entity::find()
+            .filter(Column::Verified.eq(true))
+            .order_by_asc(Column::Key)
+            .all(&self.store.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect())
+    }
+}
+
+impl<'a> CertificateAuthorities<'a> {
     /// Creates or replaces a customer CA under `precondition`; returns the record and whether it was created.
     /// A different certificate (by thumbprint) resets `verified` and drops the outstanding code.
-    pub async fn put_certificate_authority(
-        &self,
+    pub async fn put(
+        self,
         mut input: CertificateAuthorityInput,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(CertificateAuthorityRecord, bool), StoreError> {
         input.thumbprint_sha256.make_ascii_lowercase();
         input.not_after = crate::at_store_precision(input.not_after);
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, &input.key).await?;
         if !precondition.allows(existing.as_ref().map(|e| e.etag.as_str())) {
             return Err(StoreError::PreconditionFailed);
@@ -182,62 +232,13 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok((record, existing.is_none()))
     }
 
-    /// Reads one customer CA by its canonical name.
-    pub async fn certificate_authority(&self, key: &str) -> Result<CertificateAuthorityRecord, StoreError> {
-        find(&self.read, key).await?.ok_or(StoreError::NotFound)
-    }
-
-    /// Lists customer CAs by canonical name, `limit` at a time, after the continuation token `after`.
-    pub async fn list_certificate_authorities(
-        &self,
-        after: Option<&str>,
-        limit: u64,
-    ) -> Result<Page<CertificateAuthorityRecord>, StoreError> {
-        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let mut query = Entity::find();
-        if let Some(after) = after {
-            query = query.filter(Column::Key.gt(after));
-        }
-        let rows: Vec<CertificateAuthorityRecord> = query
-            .order_by_asc(Column::Key)
-            .limit(limit + 1)
-            .all(&self.read)
-            .await?
-            .into_iter()
-            .map(to_record)
-            .collect();
-        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
-    }
-
-    /// Every customer CA, by canonical name (X.509 group matching tells an unverified CA from an unknown one).
-    pub async fn all_certificate_authorities(&self) -> Result<Vec<CertificateAuthorityRecord>, StoreError> {
-        Ok(Entity::find().order_by_asc(Column::Key).all(&self.read).await?.into_iter().map(to_record).collect())
-    }
-
-    /// Every verified customer CA, by canonical name (what X.509 group matching may trust).
-    pub async fn verified_certificate_authorities(&self) -> Result<Vec<CertificateAuthorityRecord>, StoreError> {
-        Ok(Entity::find()
-            .filter(Column::Verified.eq(true))
-            .order_by_asc(Column::Key)
-            .all(&self.read)
-            .await?
-            .into_iter()
-            .map(to_record)
-            .collect())
-    }
-
     /// Deletes a customer CA under `precondition`.
-    pub async fn delete_certificate_authority(
-        &self,
-        key: &str,
-        precondition: &Precondition,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
+    pub async fn delete(self, key: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, key).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&existing.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -260,21 +261,21 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok(())
     }
 
     /// Issues a verification code (made by the caller) for proof of possession, replacing any outstanding one,
     /// under `precondition`. The code is not written to the audit log.
     pub async fn set_verification_code(
-        &self,
+        self,
         key: &str,
         code: &str,
         expires_at: DateTime<Utc>,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<CertificateAuthorityRecord, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let old = find(&txn, key).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&old.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -299,7 +300,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok(record)
     }
 
@@ -307,13 +308,13 @@ impl Store {
     /// Succeeds only if `code` is still the outstanding, unexpired code (compare-and-swap in the database); then
     /// the code is used up. Otherwise [`StoreError::Conflict`], saying whether no code is outstanding, the code
     /// expired, or it is not the current one.
-    pub async fn mark_certificate_authority_verified(
-        &self,
+    pub async fn mark_verified(
+        self,
         key: &str,
         code: &str,
         actor: &Actor,
     ) -> Result<CertificateAuthorityRecord, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let old = find(&txn, key).await?.ok_or(StoreError::NotFound)?;
         let now = crate::now();
         let etag = crate::new_etag();
@@ -355,7 +356,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok(record)
     }
 }

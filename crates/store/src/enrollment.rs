@@ -546,16 +546,23 @@ impl IndividualReader {
     }
 }
 
-impl Store {
+repository_with_reader! {
+    /// Enrollments and enrollment groups: reads (through [`EnrollmentReader`]) and writes.
+    Enrollments,
+    /// Enrollments and enrollment groups, read-only.
+    EnrollmentReader
+}
+
+impl<'a> EnrollmentReader<'a> {
     /// Every enrollment group whose attestation is `attestation_type`, by key (for symmetric-key devices, whose
     /// group is known only by the key their token verifies with).
-    pub async fn groups_by_attestation(&self, attestation_type: &str) -> Result<Vec<EnrollmentRecord>, StoreError> {
+    pub async fn groups_by_attestation(self, attestation_type: &str) -> Result<Vec<EnrollmentRecord>, StoreError> {
         use crate::entity::enrollment_group::{Column, Entity};
         use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
         Entity::find()
             .filter(Column::AttestationType.eq(attestation_type))
             .order_by_asc(Column::Key)
-            .all(&self.read)
+            .all(&self.store.read)
             .await?
             .into_iter()
             .map(GroupTable::to_record)
@@ -564,79 +571,81 @@ impl Store {
 
     /// Reads one enrollment of `kind` by its canonical key. Individual enrollments, which every authenticating
     /// device reads, go through the [`IndividualReader`] (in batches, on a kept connection).
-    pub async fn enrollment(&self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
+    pub async fn get(self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
         let found = match kind {
-            EnrollmentKind::Individual => self.individuals.read(key).await?,
-            EnrollmentKind::Group => GroupTable::find(&self.read, key).await?,
+            EnrollmentKind::Individual => self.store.individuals.read(key).await?,
+            EnrollmentKind::Group => GroupTable::find(&self.store.read, key).await?,
         };
         found.ok_or(StoreError::NotFound)
     }
 
+    /// Lists enrollments in key order, `limit` at a time, after the continuation token `after`.
+    pub async fn list(
+        self,
+        kind: EnrollmentKind,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Page<EnrollmentRecord>, StoreError> {
+        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
+        let rows = with_table!(kind, T => T::page_after(&self.store.read, after, limit + 1).await?);
+        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
+    }
+}
+
+impl<'a> Enrollments<'a> {
     /// Creates or replaces an enrollment under `precondition`; returns the record and whether it was created. A
     /// `disabled` enrollment revokes the certificates of the devices it covers, in the same transaction.
-    pub async fn put_enrollment(
-        &self,
+    pub async fn put(
+        self,
         kind: EnrollmentKind,
         enrollment: NormalizedEnrollment,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(EnrollmentRecord, bool), StoreError> {
-        let result = with_table!(kind, T => put::<T>(self, kind, enrollment, precondition, actor).await);
+        let result = with_table!(kind, T => put::<T>(self.store, kind, enrollment, precondition, actor).await);
         self.note_group_change(kind, result.is_ok());
         result
     }
 
     /// Deletes an enrollment under `precondition`, revoking the certificates of the devices it covers in the same
     /// transaction.
-    pub async fn delete_enrollment(
-        &self,
+    pub async fn delete(
+        self,
         kind: EnrollmentKind,
         key: &str,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(), StoreError> {
-        let result = with_table!(kind, T => delete::<T>(self, kind, key, precondition, actor).await);
+        let result = with_table!(kind, T => delete::<T>(self.store, kind, key, precondition, actor).await);
         self.note_group_change(kind, result.is_ok());
         result
-    }
-
-    /// Lists enrollments in key order, `limit` at a time, after the continuation token `after`.
-    pub async fn list_enrollments(
-        &self,
-        kind: EnrollmentKind,
-        after: Option<&str>,
-        limit: u64,
-    ) -> Result<Page<EnrollmentRecord>, StoreError> {
-        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let rows = with_table!(kind, T => T::page_after(&self.read, after, limit + 1).await?);
-        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 
     /// Applies a bulk call in one transaction; returns the items that failed, by index, in order.
     ///
     /// Items that fail are reported and skipped; the others are applied together. A database failure applies none.
     /// Deleted and `disabled` items revoke the certificates of the devices they cover, as single writes do.
-    pub async fn bulk_enrollments(
-        &self,
+    pub async fn bulk(
+        self,
         kind: EnrollmentKind,
         mode: BulkMode,
         items: Vec<BulkItem>,
         actor: &Actor,
     ) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
-        let result = with_table!(kind, T => bulk::<T>(self, kind, mode, items, actor).await);
+        let result = with_table!(kind, T => bulk::<T>(self.store, kind, mode, items, actor).await);
         self.note_group_change(kind, result.is_ok());
         result
     }
 
-    fn note_group_change(&self, kind: EnrollmentKind, changed: bool) {
+    fn note_group_change(self, kind: EnrollmentKind, changed: bool) {
         if changed && kind == EnrollmentKind::Group {
-            self.note_reference_change();
+            self.store.note_reference_change();
         }
     }
 
     /// Records that `actor` read the keys of an enrollment (the `attestationmechanism` call).
     pub async fn audit_key_read(
-        &self,
+        self,
         kind: EnrollmentKind,
         record: &EnrollmentRecord,
         actor: &Actor,
@@ -649,6 +658,6 @@ impl Store {
             etag_after: Some(&record.etag),
             detail: None,
         };
-        audit::record(&self.db, actor, &[change]).await
+        audit::record(&self.store.db, actor, &[change]).await
     }
 }

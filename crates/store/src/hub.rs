@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::audit::{self, Change};
 use crate::entity::hub::{self, Column, Entity};
-use crate::{Actor, Precondition, Store, StoreError};
+use crate::{Actor, Precondition, StoreError};
 
 /// A hub to create or replace.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,40 +68,55 @@ async fn find(db: &impl ConnectionTrait, host_name: &str) -> Result<Option<HubRe
     Ok(crate::unique(Entity::find_by_id(host_name.to_owned()), db).await?.map(to_record))
 }
 
-impl Store {
+repository_with_reader! {
+    /// The linked hubs: reads (through [`HubReader`]) and writes.
+    Hubs,
+    /// The linked hubs, read-only.
+    HubReader
+}
+
+impl<'a> HubReader<'a> {
     /// Reads one hub.
-    pub async fn hub(&self, host_name: &str) -> Result<HubRecord, StoreError> {
-        find(&self.read, host_name).await?.ok_or(StoreError::NotFound)
+    pub async fn get(self, host_name: &str) -> Result<HubRecord, StoreError> {
+        find(&self.store.read, host_name).await?.ok_or(StoreError::NotFound)
     }
 
     /// Lists every hub, by host name.
-    pub async fn list_hubs(&self) -> Result<Vec<HubRecord>, StoreError> {
-        Ok(Entity::find().order_by_asc(Column::HostName).all(&self.read).await?.into_iter().map(to_record).collect())
+    pub async fn list(self) -> Result<Vec<HubRecord>, StoreError> {
+        Ok(Entity::find()
+            .order_by_asc(Column::HostName)
+            .all(&self.store.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect())
     }
 
     /// Which of `host_names` are not linked hubs.
-    pub async fn unknown_hubs(&self, host_names: &[String]) -> Result<Vec<String>, StoreError> {
+    pub async fn unknown(self, host_names: &[String]) -> Result<Vec<String>, StoreError> {
         if host_names.is_empty() {
             return Ok(Vec::new());
         }
         let known: Vec<String> = Entity::find()
             .filter(Column::HostName.is_in(host_names.iter().cloned()))
-            .all(&self.read)
+            .all(&self.store.read)
             .await?
             .into_iter()
             .map(|m| m.host_name)
             .collect();
         Ok(host_names.iter().filter(|h| !known.contains(h)).cloned().collect())
     }
+}
 
+impl<'a> Hubs<'a> {
     /// Creates or replaces a hub under `precondition`; returns the record and whether it was created.
-    pub async fn put_hub(
-        &self,
+    pub async fn put(
+        self,
         input: HubInput,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(HubRecord, bool), StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, &input.host_name).await?;
         if !precondition.allows(existing.as_ref().map(|e| e.etag.as_str())) {
             return Err(StoreError::PreconditionFailed);
@@ -138,18 +153,13 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok((record, existing.is_none()))
     }
 
     /// Deletes a hub under `precondition`.
-    pub async fn delete_hub(
-        &self,
-        host_name: &str,
-        precondition: &Precondition,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
+    pub async fn delete(self, host_name: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, host_name).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&existing.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -172,7 +182,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! causes them, claimed by workers, and deleted once the hub has them.
 //!
 //! - A registration assigned to a hub with an adapter writes an `upsert` job with its state (`assigning`); the
-//!   job's success makes the registration and its operation `assigned` ([`Store::finish_hub_job`]), and only then
+//!   job's success makes the registration and its operation `assigned` ([`HubJobs::finish`]), and only then
 //!   queues the `delete` of the device's identity on the hub it leaves (create there first, then remove here).
 //!   An upsert past its deadline, or refused by the hub, makes them `failed` instead.
 //! - Retiring a device queues a job for the hub it is on: `disable` when its enrollment is disabled or deleted or
@@ -20,9 +20,9 @@ use sea_orm::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::StoreError;
 use crate::entity::hub_job::{self, Column, Entity};
 use crate::entity::{hub, operation, registration};
-use crate::{Store, StoreError};
 
 /// What a job asks of the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,17 +440,18 @@ fn settle_result(
     Some(Value::Object(fields))
 }
 
-impl Store {
+repository! {
+    /// The hub outbox: claiming, finishing and measuring the jobs that deliver device identities to hubs.
+    HubJobs
+}
+
+impl<'a> HubJobs<'a> {
     /// Claims up to `limit` due jobs for `lease` (each the oldest job of its device on its hub, so one device's
     /// jobs run in order); on PostgreSQL, rows other replicas are claiming are skipped.
-    pub async fn claim_hub_jobs(
-        &self,
-        limit: u64,
-        lease: std::time::Duration,
-    ) -> Result<Vec<HubJobRecord>, StoreError> {
+    pub async fn claim(self, limit: u64, lease: std::time::Duration) -> Result<Vec<HubJobRecord>, StoreError> {
         let now = crate::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let backend = self.db.get_database_backend();
+        let backend = self.store.db.get_database_backend();
         // One statement: atomic on both engines, and on SQLite a write from its start (a read that later writes
         // can meet another process's writer and fail instead of waiting).
         let sql = format!(
@@ -465,7 +466,7 @@ impl Store {
         let statement = Statement::from_sql_and_values(backend, sql, [now.into(), until.into()]);
         let mut jobs: Vec<HubJobRecord> = Entity::find()
             .from_raw_sql(statement)
-            .all(&self.db)
+            .all(&self.store.db)
             .await?
             .into_iter()
             .map(to_record)
@@ -480,12 +481,12 @@ impl Store {
     /// the job and fails them likewise; `Retry` releases the job until its next attempt. All in one transaction.
     ///
     /// Returns the operation it settled, if any.
-    pub async fn finish_hub_job(
-        &self,
+    pub async fn finish(
+        self,
         job: &HubJobRecord,
         outcome: &HubJobOutcome,
     ) -> Result<Option<crate::OperationRecord>, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let now = crate::now();
         match outcome {
             HubJobOutcome::Retry { error, next_attempt_at } => {
@@ -585,14 +586,14 @@ impl Store {
     }
 
     /// The backlog of every hub that has one, by hub.
-    pub async fn hub_backlogs(&self) -> Result<std::collections::BTreeMap<String, HubBacklog>, StoreError> {
-        let backend = self.read.get_database_backend();
+    pub async fn backlogs(self) -> Result<std::collections::BTreeMap<String, HubBacklog>, StoreError> {
+        let backend = self.store.read.get_database_backend();
         let rows = BacklogRow::find_by_statement(Statement::from_string(
             backend,
             "SELECT hub, COUNT(*) AS depth, MIN(created_at) AS oldest, \
              CAST(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS BIGINT) AS retrying FROM hub_jobs GROUP BY hub",
         ))
-        .all(&self.read)
+        .all(&self.store.read)
         .await?;
         let mut backlogs = std::collections::BTreeMap::new();
         for row in rows {
@@ -603,7 +604,7 @@ impl Store {
                 .filter(Column::LastError.is_not_null())
                 .order_by_desc(Column::NextAttemptAt)
                 .into_tuple::<Option<String>>()
-                .one(&self.read)
+                .one(&self.store.read)
                 .await?
                 .flatten();
             backlogs.insert(
@@ -620,11 +621,12 @@ impl Store {
     }
 
     /// The jobs waiting for one device's registration (canonical id), oldest first.
-    pub async fn hub_jobs_of_registration(&self, registration_key: &str) -> Result<Vec<HubJobRecord>, StoreError> {
+    #[cfg(feature = "test-support")]
+    pub async fn of_registration(self, registration_key: &str) -> Result<Vec<HubJobRecord>, StoreError> {
         Entity::find()
             .filter(Column::RegistrationKey.eq(registration_key))
             .order_by_asc(Column::CreatedAt)
-            .all(&self.read)
+            .all(&self.store.read)
             .await?
             .into_iter()
             .map(to_record)

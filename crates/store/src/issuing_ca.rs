@@ -3,9 +3,9 @@
 //!
 //! Guarantees:
 //! - At most one issuing CA is `active`. The database enforces it (a unique partial index on `status` where it is
-//!   `active`), and [`Store::activate_issuing_ca`] demotes the current one and promotes the new one in one
+//!   `active`), and [`IssuingCas::activate`] demotes the current one and promotes the new one in one
 //!   transaction, so a concurrent activation loses with [`StoreError::Conflict`] instead of making two.
-//! - The encrypted private key is returned only by [`Store::issuing_ca_key`]; [`IssuingCaRecord`] (what listings
+//! - The encrypted private key is returned only by [`IssuingCas::key`]; [`IssuingCaRecord`] (what listings
 //!   and the admin API see) does not carry it, and it is never written to the audit log.
 //! - CRLs are saved by compare-and-swap on the CRL number and on the revocation revision (bumped by every
 //!   transaction that revokes a certificate of the CA), so neither a concurrent CRL writer nor a revocation that
@@ -19,7 +19,7 @@ use sea_orm::{
 
 use crate::audit::{self, Change};
 use crate::entity::issuing_ca::{self, Column, Entity};
-use crate::{Actor, Precondition, Store, StoreError};
+use crate::{Actor, Precondition, StoreError};
 
 const RESOURCE_TYPE: &str = "issuingCA";
 
@@ -193,10 +193,37 @@ fn changed_concurrently(name: &str) -> StoreError {
     StoreError::Conflict(format!("issuing CA {name:?} changed concurrently; retry"))
 }
 
-impl Store {
+repository_with_reader! {
+    /// The managed CA's issuing CAs: reads (through [`IssuingCaReader`]), writes, and their encrypted keys.
+    IssuingCas,
+    /// The managed CA's issuing CAs, read-only and without their keys.
+    IssuingCaReader
+}
+
+impl<'a> IssuingCaReader<'a> {
+    /// Reads one issuing CA (without its key).
+    pub async fn get(self, name: &str) -> Result<IssuingCaRecord, StoreError> {
+        find(&self.store.read, name).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Lists every issuing CA by name (without keys).
+    pub async fn list(self) -> Result<Vec<IssuingCaRecord>, StoreError> {
+        Entity::find().order_by_asc(Column::Name).all(&self.store.read).await?.into_iter().map(to_record).collect()
+    }
+
+    /// The issuing CA that issues, if one is active.
+    #[cfg(feature = "test-support")]
+    pub async fn active(self) -> Result<Option<IssuingCaRecord>, StoreError> {
+        // At most one row: a unique partial index allows one active issuing CA.
+        let active = Entity::find().filter(Column::Status.eq(IssuingCaStatus::Active.as_str()));
+        crate::unique(active, &self.store.read).await?.map(to_record).transpose()
+    }
+}
+
+impl<'a> IssuingCas<'a> {
     /// Creates a pending issuing CA (key and CSR, no chain); [`StoreError::Conflict`] if the name is taken.
-    pub async fn create_issuing_ca(&self, new: NewIssuingCa, actor: &Actor) -> Result<IssuingCaRecord, StoreError> {
-        let txn = self.db.begin().await?;
+    pub async fn create(self, new: NewIssuingCa, actor: &Actor) -> Result<IssuingCaRecord, StoreError> {
+        let txn = self.store.db.begin().await?;
         if find(&txn, &new.name).await?.is_some() {
             return Err(StoreError::Conflict(format!("issuing CA {:?} already exists", new.name)));
         }
@@ -245,35 +272,18 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok(record)
-    }
-
-    /// Reads one issuing CA (without its key).
-    pub async fn issuing_ca(&self, name: &str) -> Result<IssuingCaRecord, StoreError> {
-        find(&self.read, name).await?.ok_or(StoreError::NotFound)
-    }
-
-    /// Lists every issuing CA by name (without keys).
-    pub async fn list_issuing_cas(&self) -> Result<Vec<IssuingCaRecord>, StoreError> {
-        Entity::find().order_by_asc(Column::Name).all(&self.read).await?.into_iter().map(to_record).collect()
-    }
-
-    /// The issuing CA that issues, if one is active.
-    pub async fn active_issuing_ca(&self) -> Result<Option<IssuingCaRecord>, StoreError> {
-        // At most one row: a unique partial index allows one active issuing CA.
-        let active = Entity::find().filter(Column::Status.eq(IssuingCaStatus::Active.as_str()));
-        crate::unique(active, &self.read).await?.map(to_record).transpose()
     }
 
     /// The encrypted private key of an issuing CA. The only way the key leaves the store; callers must not log
     /// or return it.
-    pub async fn issuing_ca_key(&self, name: &str) -> Result<EncryptedKeyPem, StoreError> {
+    pub async fn key(self, name: &str) -> Result<EncryptedKeyPem, StoreError> {
         let key: Option<String> = Entity::find_by_id(name.to_owned())
             .select_only()
             .column(Column::EncryptedKey)
             .into_tuple()
-            .one(&self.read)
+            .one(&self.store.read)
             .await?;
         key.map(EncryptedKeyPem).ok_or(StoreError::NotFound)
     }
@@ -281,15 +291,15 @@ impl Store {
     /// Stores the certificate chain of an issuing CA (checked by the caller against its key): a pending CA becomes
     /// `ready`; a ready or active one keeps its status and gets the new chain. Marks its CRL stale (the CRL's
     /// issuer is the uploaded certificate).
-    pub async fn upload_issuing_ca_chain(
-        &self,
+    pub async fn upload_chain(
+        self,
         name: &str,
         chain_pem: String,
         not_after: DateTime<Utc>,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<IssuingCaRecord, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let mut record = find(&txn, name).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&record.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -319,7 +329,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         record.chain_pem = Some(chain_pem);
         record.not_after = Some(not_after);
         record.crl.stale = true;
@@ -332,13 +342,13 @@ impl Store {
     /// `ready` (it keeps verifying), this one becomes `active`. Only a `ready` CA can be activated (a pending one
     /// has no chain: [`StoreError::Conflict`]); activating the active one changes nothing. A concurrent activation
     /// of another CA makes one of the two a [`StoreError::Conflict`].
-    pub async fn activate_issuing_ca(
-        &self,
+    pub async fn activate(
+        self,
         name: &str,
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<IssuingCaRecord, StoreError> {
-        let txn = self.db.begin().await?;
+        let txn = self.store.db.begin().await?;
         let mut record = find(&txn, name).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&record.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -395,7 +405,7 @@ impl Store {
         });
         audit::record(&txn, actor, &changes).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         record.status = IssuingCaStatus::Active;
         record.etag = etag;
         record.updated_at = now;
@@ -407,7 +417,7 @@ impl Store {
     /// saved, or a certificate of this CA was revoked, since `based_on` was read: [`StoreError::Conflict`]
     /// (rebuild from a fresh read). Not an admin change: not audited, and the CA's etag stays.
     pub async fn save_crl(
-        &self,
+        self,
         name: &str,
         based_on: &CrlState,
         der: Vec<u8>,
@@ -435,12 +445,12 @@ impl Store {
             .filter(Column::Name.eq(name))
             .filter(Column::CrlNumber.eq(based_on.number))
             .filter(Column::CrlRevision.eq(based_on.revision))
-            .exec(&self.db)
+            .exec(&self.store.db)
             .await?;
         if result.rows_affected == 1 {
             return Ok(saved);
         }
-        match find(&self.db, name).await? {
+        match find(&self.store.db, name).await? {
             None => Err(StoreError::NotFound),
             Some(current) => Err(StoreError::Conflict(format!(
                 "the CRL of issuing CA {name:?} changed since it was read (number {} -> {}, revision {} -> {}); \
@@ -452,13 +462,8 @@ impl Store {
 
     /// Deletes an issuing CA under `precondition`; the active one cannot be deleted ([`StoreError::Conflict`]:
     /// activate another first). The certificates it issued stay on record.
-    pub async fn delete_issuing_ca(
-        &self,
-        name: &str,
-        precondition: &Precondition,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
+    pub async fn delete(self, name: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, name).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&existing.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -486,7 +491,7 @@ impl Store {
         };
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
-        self.note_reference_change();
+        self.store.note_reference_change();
         Ok(())
     }
 }

@@ -5,6 +5,67 @@
 //! by the resource's etag, so that concurrent writers (several requests, several replicas) cannot lose updates.
 #![forbid(unsafe_code, unused_must_use)]
 #![deny(missing_docs)]
+//!
+//! [`Store`] holds the connections and their lifecycle; each concern is a repository it hands out
+//! ([`Store::enrollments`], [`Store::registrations`], ...), a borrowed handle that costs nothing to make. A
+//! concern an admin reader may see comes in two parts: a `…Reader` with the reads, and the repository with the
+//! writes, which dereferences to its reader. The admin API hands a reader to a caller allowed only to read, so
+//! the type says what a handler can do.
+
+/// Declares a repository: a borrowed handle on the [`Store`] for one concern.
+macro_rules! repository {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name<'a> {
+            store: &'a crate::Store,
+        }
+
+        impl<'a> $name<'a> {
+            pub(crate) fn new(store: &'a crate::Store) -> Self {
+                Self { store }
+            }
+        }
+    };
+}
+
+/// Declares a repository whose reads are a type of their own (`$reader`), which the repository dereferences to,
+/// so that a caller allowed only to read can be given the reads alone.
+macro_rules! repository_with_reader {
+    ($(#[$doc:meta])* $name:ident, $(#[$reader_doc:meta])* $reader:ident) => {
+        $(#[$reader_doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $reader<'a> {
+            store: &'a crate::Store,
+        }
+
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name<'a> {
+            store: &'a crate::Store,
+            reader: $reader<'a>,
+        }
+
+        impl<'a> $name<'a> {
+            pub(crate) fn new(store: &'a crate::Store) -> Self {
+                Self { store, reader: $reader { store } }
+            }
+
+            /// The reads alone.
+            pub fn reader(self) -> $reader<'a> {
+                self.reader
+            }
+        }
+
+        impl<'a> std::ops::Deref for $name<'a> {
+            type Target = $reader<'a>;
+
+            fn deref(&self) -> &$reader<'a> {
+                &self.reader
+            }
+        }
+    };
+}
 
 mod audit;
 mod batch;
@@ -31,16 +92,24 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use zerotouch_migrations::{Migrator, MigratorTrait};
 
-pub use audit::{AuditFilter, AuditRecord};
-pub use certificate::{CertificateFilter, CertificateRecord, CertificateStatus, RevokedCertificate};
-pub use certificate_authority::{CertificateAuthorityInput, CertificateAuthorityRecord};
-pub use enrollment::{BulkFailure, BulkItem, EnrollmentRecord};
+pub use audit::{AuditFilter, AuditLog, AuditRecord};
+pub use certificate::{
+    CertificateFilter, CertificateReader, CertificateRecord, CertificateStatus, Certificates, RevokedCertificate,
+};
+pub use certificate_authority::{
+    CertificateAuthorities, CertificateAuthorityInput, CertificateAuthorityReader, CertificateAuthorityRecord,
+};
+pub use enrollment::{BulkFailure, BulkItem, EnrollmentReader, EnrollmentRecord, Enrollments};
 pub use error::StoreError;
-pub use hub::{HubInput, HubRecord};
-pub use hub_job::{CredentialRef, HubAction, HubBacklog, HubJobOutcome, HubJobRecord, NO_ADAPTER, NewHubJob};
-pub use issuing_ca::{CrlState, EncryptedKeyPem, IssuingCaRecord, IssuingCaStatus, NewIssuingCa};
-pub use registration::{Committed, OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot};
-pub use tpm::TpmChallengeRecord;
+pub use hub::{HubInput, HubReader, HubRecord, Hubs};
+pub use hub_job::{CredentialRef, HubAction, HubBacklog, HubJobOutcome, HubJobRecord, HubJobs, NO_ADAPTER, NewHubJob};
+pub use issuing_ca::{
+    CrlState, EncryptedKeyPem, IssuingCaReader, IssuingCaRecord, IssuingCaStatus, IssuingCas, NewIssuingCa,
+};
+pub use registration::{
+    Committed, OperationRecord, RegistrationOutcome, RegistrationReader, RegistrationRecord, Registrations, Snapshot,
+};
+pub use tpm::{Tpm, TpmChallengeRecord};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +184,7 @@ impl<T> Page<T> {
     }
 }
 
-/// The database, with the repositories as methods.
+/// The database: its connections and their lifecycle, and the repositories of its concerns.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// Writes and transactions.
@@ -272,6 +341,56 @@ impl Store {
         Ok(Migrator::get_pending_migrations(&self.db).await?.is_empty())
     }
 
+    /// A handle that can tell whether the store is ready, and nothing else (for `/readyz`).
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.clone())
+    }
+
+    /// Enrollments and enrollment groups.
+    pub fn enrollments(&self) -> Enrollments<'_> {
+        Enrollments::new(self)
+    }
+
+    /// Device registration states, their operations, and refused device requests.
+    pub fn registrations(&self) -> Registrations<'_> {
+        Registrations::new(self)
+    }
+
+    /// The linked hubs.
+    pub fn hubs(&self) -> Hubs<'_> {
+        Hubs::new(self)
+    }
+
+    /// The hub outbox: jobs delivering device identities to hubs.
+    pub fn hub_jobs(&self) -> HubJobs<'_> {
+        HubJobs::new(self)
+    }
+
+    /// The certificates the managed CA issued.
+    pub fn certificates(&self) -> Certificates<'_> {
+        Certificates::new(self)
+    }
+
+    /// The managed CA's issuing CAs (keys, chains, CRLs).
+    pub fn issuing_cas(&self) -> IssuingCas<'_> {
+        IssuingCas::new(self)
+    }
+
+    /// Uploaded customer certificate authorities (X.509 group trust anchors).
+    pub fn certificate_authorities(&self) -> CertificateAuthorities<'_> {
+        CertificateAuthorities::new(self)
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> AuditLog<'_> {
+        AuditLog::new(self)
+    }
+
+    /// TPM activation challenges and EK bindings.
+    pub fn tpm(&self) -> Tpm<'_> {
+        Tpm::new(self)
+    }
+
     /// Closes the pool.
     pub async fn close(self) -> Result<(), StoreError> {
         if self.separate_reader {
@@ -279,6 +398,17 @@ impl Store {
         }
         self.db.close().await?;
         Ok(())
+    }
+}
+
+/// Whether the store is ready: the one thing `/readyz`, which takes no token, may ask of it.
+#[derive(Debug, Clone)]
+pub struct Readiness(Store);
+
+impl Readiness {
+    /// Whether the database answers and no migration is pending.
+    pub async fn is_ready(&self) -> Result<bool, StoreError> {
+        self.0.is_ready().await
     }
 }
 

@@ -14,7 +14,7 @@ use crate::certificate::{self as certificates, CertificateRecord, CertificateSta
 use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
 use crate::held::{HeldConnection, Sql};
-use crate::{Actor, Page, Precondition, Store, StoreError};
+use crate::{Actor, Page, Precondition, StoreError};
 
 /// A device's registration state as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,15 +91,66 @@ async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<Registratio
     Ok(crate::unique(Entity::find_by_id(key.to_owned()), db).await?.map(to_record))
 }
 
-impl Store {
+repository_with_reader! {
+    /// Device registration states and operations: reads (through [`RegistrationReader`]), the registration
+    /// writer's batched attempts, deletes, and the audit of refused device requests.
+    Registrations,
+    /// Device registration states and operations, read-only.
+    RegistrationReader
+}
+
+impl<'a> RegistrationReader<'a> {
     /// Reads one registration state.
-    pub async fn registration(&self, key: &str) -> Result<RegistrationRecord, StoreError> {
-        find(&self.read, key).await?.ok_or(StoreError::NotFound)
+    pub async fn get(self, key: &str) -> Result<RegistrationRecord, StoreError> {
+        find(&self.store.read, key).await?.ok_or(StoreError::NotFound)
     }
 
+    /// Lists the registrations of an enrollment group in key order, `limit` at a time.
+    pub async fn list_of_group(
+        self,
+        group_key: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Page<RegistrationRecord>, StoreError> {
+        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
+        let mut query = Entity::find().filter(Column::EnrollmentGroupKey.eq(group_key));
+        if let Some(after) = after {
+            query = query.filter(Column::Key.gt(after));
+        }
+        let rows: Vec<RegistrationRecord> = query
+            .order_by_asc(Column::Key)
+            .limit(limit + 1)
+            .all(&self.store.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect();
+        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
+    }
+
+    /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
+    pub async fn operation(self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
+        let select = operation::Entity::find_by_id(id.to_owned())
+            .filter(operation::Column::RegistrationKey.eq(registration_key));
+        let model = crate::unique(select, &self.store.read).await?.ok_or(StoreError::NotFound)?;
+        Ok(OperationRecord {
+            id: model.id,
+            registration_key: model.registration_key,
+            status: model.status,
+            error_code: model.error_code,
+            error_message: model.error_message,
+            result: model.result,
+            created_at: model.created_at,
+            updated_at: model.updated_at,
+        })
+    }
+}
+
+impl<'a> Registrations<'a> {
     /// Writes a registration state (insert or replace by key); returns it with a fresh etag.
-    pub async fn save_registration(&self, mut record: RegistrationRecord) -> Result<RegistrationRecord, StoreError> {
-        let txn = self.db.begin().await?;
+    #[cfg(feature = "test-support")]
+    pub async fn save(self, mut record: RegistrationRecord) -> Result<RegistrationRecord, StoreError> {
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, &record.key).await?;
         record.etag = crate::new_etag();
         record.updated_at = crate::now();
@@ -132,13 +183,8 @@ impl Store {
 
     /// Deletes a registration state (and its operations) under `precondition`, and revokes its certificates
     /// (`cessationOfOperation`) in the same transaction.
-    pub async fn delete_registration(
-        &self,
-        key: &str,
-        precondition: &Precondition,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
+    pub async fn delete(self, key: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
+        let txn = self.store.db.begin().await?;
         let existing = find(&txn, key).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&existing.etag)) {
             return Err(StoreError::PreconditionFailed);
@@ -184,27 +230,61 @@ impl Store {
         Ok(())
     }
 
-    /// Lists the registrations of an enrollment group in key order, `limit` at a time.
-    pub async fn list_group_registrations(
-        &self,
-        group_key: &str,
-        after: Option<&str>,
-        limit: u64,
-    ) -> Result<Page<RegistrationRecord>, StoreError> {
-        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let mut query = Entity::find().filter(Column::EnrollmentGroupKey.eq(group_key));
-        if let Some(after) = after {
-            query = query.filter(Column::Key.gt(after));
-        }
-        let rows: Vec<RegistrationRecord> = query
-            .order_by_asc(Column::Key)
-            .limit(limit + 1)
-            .all(&self.read)
-            .await?
-            .into_iter()
-            .map(to_record)
-            .collect();
-        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
+    /// Writes a registration attempt: the state (guarded by `expected_etag`), the operation and the audit event,
+    /// in one transaction (shared with the attempts of other devices arriving meanwhile). A concurrent attempt that
+    /// changed the state first makes this one a [`StoreError::Conflict`]; the caller decides again on the new
+    /// state.
+    ///
+    /// `snapshot` renders the operation's result from the state as written (with its etag and times).
+    pub async fn commit(self, outcome: RegistrationOutcome, snapshot: Snapshot) -> Result<Committed, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        self.store.registrations.send(Work::Register(Box::new(Pending { outcome, snapshot, reply }))).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Records a certificate issued outside a registration (EST) for the registration it names: the device's
+    /// previous active certificate becomes superseded, in the same transaction, with an audit event (`action`).
+    /// Written in batches with the registration attempts (see [`Registrations::commit`]).
+    pub async fn record_certificate(
+        self,
+        certificate: CertificateRecord,
+        action: &str,
+        actor: &Actor,
+    ) -> Result<CertificateRecord, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
+        self.store.registrations.send(Work::Certificate(Box::new(pending))).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Deletes operations created before `cutoff`; returns how many.
+    pub async fn delete_operations_before(self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = operation::Entity::delete_many()
+            .filter(operation::Column::CreatedAt.lt(cutoff))
+            .exec(&self.store.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Records a refused device request (bad credentials, unknown device, ...) with its reason.
+    pub async fn audit_refused_device(
+        self,
+        registration_id: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let actor = Actor { subject: format!("device:{registration_id}"), role: "device".into() };
+        let change = Change {
+            action,
+            resource_type: "registration",
+            resource_id: registration_id,
+            etag_before: None,
+            etag_after: None,
+            detail: Some(reason),
+        };
+        audit::record(&self.store.db, &actor, &[change]).await
     }
 }
 
@@ -711,82 +791,4 @@ async fn write_first_registrations(
         })
         .collect();
     Ok((results, Vec::new()))
-}
-
-impl Store {
-    /// Writes a registration attempt: the state (guarded by `expected_etag`), the operation and the audit event,
-    /// in one transaction (shared with the attempts of other devices arriving meanwhile). A concurrent attempt that
-    /// changed the state first makes this one a [`StoreError::Conflict`]; the caller decides again on the new
-    /// state.
-    ///
-    /// `snapshot` renders the operation's result from the state as written (with its etag and times).
-    pub async fn commit_registration(
-        &self,
-        outcome: RegistrationOutcome,
-        snapshot: Snapshot,
-    ) -> Result<Committed, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        self.registrations.send(Work::Register(Box::new(Pending { outcome, snapshot, reply }))).await?;
-        answer.await.map_err(|_| stopped())?
-    }
-
-    /// Records a certificate issued outside a registration (EST) for the registration it names: the device's
-    /// previous active certificate becomes superseded, in the same transaction, with an audit event (`action`).
-    /// Written in batches with the registration attempts (see [`Store::commit_registration`]).
-    pub async fn record_certificate(
-        &self,
-        certificate: CertificateRecord,
-        action: &str,
-        actor: &Actor,
-    ) -> Result<CertificateRecord, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
-        self.registrations.send(Work::Certificate(Box::new(pending))).await?;
-        answer.await.map_err(|_| stopped())?
-    }
-
-    /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
-    pub async fn operation(&self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
-        let select = operation::Entity::find_by_id(id.to_owned())
-            .filter(operation::Column::RegistrationKey.eq(registration_key));
-        let model = crate::unique(select, &self.read).await?.ok_or(StoreError::NotFound)?;
-        Ok(OperationRecord {
-            id: model.id,
-            registration_key: model.registration_key,
-            status: model.status,
-            error_code: model.error_code,
-            error_message: model.error_message,
-            result: model.result,
-            created_at: model.created_at,
-            updated_at: model.updated_at,
-        })
-    }
-
-    /// Deletes operations created before `cutoff`; returns how many.
-    pub async fn delete_operations_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        let result =
-            operation::Entity::delete_many().filter(operation::Column::CreatedAt.lt(cutoff)).exec(&self.db).await?;
-        Ok(result.rows_affected)
-    }
-
-    /// Records a refused device request (bad credentials, unknown device, ...) with its reason.
-    pub async fn audit_refused_device(
-        &self,
-        registration_id: &str,
-        action: &str,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let actor = Actor { subject: format!("device:{registration_id}"), role: "device".into() };
-        let change = Change {
-            action,
-            resource_type: "registration",
-            resource_id: registration_id,
-            etag_before: None,
-            etag_after: None,
-            detail: Some(reason),
-        };
-        audit::record(&self.db, &actor, &[change]).await
-    }
 }

@@ -8,8 +8,8 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use zerotouch_wire::SymmetricKey;
 use zerotouch_wire::enrollment::EnrollmentKind;
 
+use crate::StoreError;
 use crate::entity::tpm_challenge::{self, Column, Entity};
-use crate::{Store, StoreError};
 
 /// A pending TPM challenge.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,11 +65,16 @@ fn to_record(m: tpm_challenge::Model) -> Result<TpmChallengeRecord, StoreError> 
     })
 }
 
-impl Store {
+repository! {
+    /// TPM activation challenges and the EK each TPM group registration id is bound to.
+    Tpm
+}
+
+impl<'a> Tpm<'a> {
     /// Stores `challenge` as the device's pending one, replacing any earlier one (whose tokens then stop
     /// verifying), and removes every expired challenge.
-    pub async fn put_tpm_challenge(&self, challenge: &TpmChallengeRecord) -> Result<(), StoreError> {
-        Entity::delete_many().filter(Column::ExpiresAt.lt(crate::now())).exec(&self.db).await?;
+    pub async fn put_challenge(self, challenge: &TpmChallengeRecord) -> Result<(), StoreError> {
+        Entity::delete_many().filter(Column::ExpiresAt.lt(crate::now())).exec(&self.store.db).await?;
         let model = tpm_challenge::ActiveModel {
             registration_key: Set(challenge.registration_key.clone()),
             id: Set(challenge.id.clone()),
@@ -98,28 +103,28 @@ impl Store {
                     ])
                     .to_owned(),
             )
-            .exec(&self.db)
+            .exec(&self.store.db)
             .await?;
         Ok(())
     }
 
     /// The device's pending challenge (expired or not: the caller judges).
-    pub async fn tpm_challenge(&self, registration_key: &str) -> Result<TpmChallengeRecord, StoreError> {
-        let model = crate::unique(Entity::find_by_id(registration_key.to_owned()), &self.db).await?;
+    pub async fn challenge(self, registration_key: &str) -> Result<TpmChallengeRecord, StoreError> {
+        let model = crate::unique(Entity::find_by_id(registration_key.to_owned()), &self.store.db).await?;
         to_record(model.ok_or(StoreError::NotFound)?)
     }
 
     /// The EK (base64 `TPM2B_PUBLIC`) a registration id is bound to, if any.
-    pub async fn tpm_binding(&self, registration_key: &str) -> Result<Option<String>, StoreError> {
+    pub async fn binding(self, registration_key: &str) -> Result<Option<String>, StoreError> {
         let model =
-            crate::unique(crate::entity::tpm_binding::Entity::find_by_id(registration_key.to_owned()), &self.db)
+            crate::unique(crate::entity::tpm_binding::Entity::find_by_id(registration_key.to_owned()), &self.store.db)
                 .await?;
         Ok(model.map(|m| m.endorsement_key))
     }
 
     /// Binds a registration id to an EK unless it is bound already; returns the EK it is bound to now (the given
     /// one, or the earlier one: the caller compares).
-    pub async fn bind_tpm(&self, registration_key: &str, endorsement_key: &str) -> Result<String, StoreError> {
+    pub async fn bind(self, registration_key: &str, endorsement_key: &str) -> Result<String, StoreError> {
         use crate::entity::tpm_binding;
         let model = tpm_binding::ActiveModel {
             registration_key: Set(registration_key.to_owned()),
@@ -127,14 +132,14 @@ impl Store {
             created_at: Set(crate::now()),
         };
         // A conflict (the id is bound already) is not an error: the binding read next decides.
-        tpm_binding::Entity::insert(model).on_conflict_do_nothing().exec(&self.db).await?;
-        self.tpm_binding(registration_key).await?.ok_or(StoreError::NotFound)
+        tpm_binding::Entity::insert(model).on_conflict_do_nothing().exec(&self.store.db).await?;
+        self.binding(registration_key).await?.ok_or(StoreError::NotFound)
     }
 
     /// Marks the challenge `id` of the device used by a register, if it is still pending, unused and unexpired;
     /// `false` if another register used it first, or it was replaced or expired meanwhile (one atomic update, so
     /// two replicas cannot both use it).
-    pub async fn use_tpm_challenge(&self, registration_key: &str, id: &str) -> Result<bool, StoreError> {
+    pub async fn use_challenge(self, registration_key: &str, id: &str) -> Result<bool, StoreError> {
         let now = crate::now();
         let result = Entity::update_many()
             .col_expr(Column::UsedAt, sea_orm::sea_query::Expr::value(now))
@@ -142,7 +147,7 @@ impl Store {
             .filter(Column::Id.eq(id))
             .filter(Column::UsedAt.is_null())
             .filter(Column::ExpiresAt.gt(now))
-            .exec(&self.db)
+            .exec(&self.store.db)
             .await?;
         Ok(result.rows_affected == 1)
     }

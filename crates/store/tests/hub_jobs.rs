@@ -25,7 +25,7 @@ async fn hub(store: &Store, host: &str, kind: &str) {
         apply_allocation_policy: true,
         settings: json!({}),
     };
-    store.put_hub(input, &Precondition::None, &actor()).await.unwrap();
+    store.hubs().put(input, &Precondition::None, &actor()).await.unwrap();
 }
 
 /// A registration attempt of `id` assigning it to `hub` (state `assigning`), with its upsert job; `previous` is
@@ -88,14 +88,14 @@ fn snapshot() -> zerotouch_store::Snapshot {
 }
 
 async fn commit(store: &Store, outcome: RegistrationOutcome) -> (RegistrationRecord, OperationRecord, HubJobRecord) {
-    let (record, operation, job) = store.commit_registration(outcome, snapshot()).await.unwrap();
+    let (record, operation, job) = store.registrations().commit(outcome, snapshot()).await.unwrap();
     (record, operation, job.expect("the attempt wrote its hub job"))
 }
 
 /// Claims until nothing is due (waiting out leases of zero).
 async fn claim(store: &Store) -> Vec<HubJobRecord> {
     tokio::time::sleep(Duration::from_millis(5)).await;
-    store.claim_hub_jobs(100, Duration::from_secs(60)).await.unwrap()
+    store.hub_jobs().claim(100, Duration::from_secs(60)).await.unwrap()
 }
 
 async fn both<F, Fut>(scenario: F)
@@ -123,49 +123,50 @@ async fn jobs_settle_registrations() {
         assert!(job.claimed_until.is_some(), "held for the inline delivery");
         assert!(claim(&store).await.is_empty(), "nobody else takes a job being delivered inline");
 
-        let settled = store.finish_hub_job(&job, &HubJobOutcome::Done).await.unwrap().expect("the operation settles");
+        let settled =
+            store.hub_jobs().finish(&job, &HubJobOutcome::Done).await.unwrap().expect("the operation settles");
         assert_eq!(settled.status, "assigned");
         let result = settled.result.unwrap();
         assert_eq!(
             (result["status"].as_str(), result["assignedHub"].as_str()),
             (Some("assigned"), Some("a.example.com"))
         );
-        let now = store.registration("dev-1").await.unwrap();
+        let now = store.registrations().get("dev-1").await.unwrap();
         assert_eq!(now.status, "assigned");
         assert_eq!(result["etag"], now.etag.as_str());
-        assert_eq!(store.operation("dev-1", &operation.id).await.unwrap().status, "assigned");
-        assert!(store.hub_jobs_of_registration("dev-1").await.unwrap().is_empty());
+        assert_eq!(store.registrations().operation("dev-1", &operation.id).await.unwrap().status, "assigned");
+        assert!(store.hub_jobs().of_registration("dev-1").await.unwrap().is_empty());
 
         // Moved to B: created there first; A's deletion is queued only when B has it.
         let (_, _, job) =
             commit(&store, attempt("dev-1", "b.example.com", Some(&now.etag), Some("a.example.com"), Duration::ZERO))
                 .await;
-        assert_eq!(store.hub_jobs_of_registration("dev-1").await.unwrap().len(), 1);
+        assert_eq!(store.hub_jobs().of_registration("dev-1").await.unwrap().len(), 1);
         let claimed = claim(&store).await;
         assert_eq!(claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [job.id.as_str()]);
-        store.finish_hub_job(&claimed[0], &HubJobOutcome::Done).await.unwrap();
+        store.hub_jobs().finish(&claimed[0], &HubJobOutcome::Done).await.unwrap();
         let next = claim(&store).await;
         assert_eq!(next.len(), 1);
         assert_eq!(
             (next[0].hub.as_str(), next[0].action, next[0].device_id.as_str()),
             ("a.example.com", HubAction::Delete, "dev-1")
         );
-        assert_eq!(store.registration("dev-1").await.unwrap().assigned_hub.as_deref(), Some("b.example.com"));
+        assert_eq!(store.registrations().get("dev-1").await.unwrap().assigned_hub.as_deref(), Some("b.example.com"));
 
         // Refused: failed, with the code, and no hub.
         let (_, operation, job) =
             commit(&store, attempt("dev-2", "a.example.com", None, None, Duration::from_secs(30))).await;
         let failure =
             HubJobOutcome::Fail { error_code: 400209, message: "hub a.example.com did not take the device: no".into() };
-        let settled = store.finish_hub_job(&job, &failure).await.unwrap().unwrap();
+        let settled = store.hub_jobs().finish(&job, &failure).await.unwrap().unwrap();
         assert_eq!(settled.status, "failed");
         assert_eq!(settled.error_code, Some(400209));
         let result = settled.result.unwrap();
         assert_eq!(result["errorCode"], 400209);
         assert!(result.get("assignedHub").is_none(), "{result}");
-        let failed = store.registration("dev-2").await.unwrap();
+        let failed = store.registrations().get("dev-2").await.unwrap();
         assert_eq!((failed.status.as_str(), failed.assigned_hub.as_deref()), ("failed", None));
-        assert_eq!(store.operation("dev-2", &operation.id).await.unwrap().status, "failed");
+        assert_eq!(store.registrations().operation("dev-2", &operation.id).await.unwrap().status, "failed");
     })
     .await;
 }
@@ -178,29 +179,29 @@ async fn one_device_runs_in_order() {
         hub(&store, "a.example.com", "mosquitto").await;
         let (_, _, upsert) =
             commit(&store, attempt("dev-3", "a.example.com", None, None, Duration::from_secs(30))).await;
-        let state = store.registration("dev-3").await.unwrap();
-        store.delete_registration("dev-3", &Precondition::IfMatch(vec![state.etag]), &actor()).await.unwrap();
+        let state = store.registrations().get("dev-3").await.unwrap();
+        store.registrations().delete("dev-3", &Precondition::IfMatch(vec![state.etag]), &actor()).await.unwrap();
         assert!(claim(&store).await.is_empty(), "the delete waits for the upsert being delivered");
 
         let retry = HubJobOutcome::Retry { error: "broker down".into(), next_attempt_at: Utc::now() };
-        store.finish_hub_job(&upsert, &retry).await.unwrap();
+        store.hub_jobs().finish(&upsert, &retry).await.unwrap();
         let claimed = claim(&store).await;
         assert_eq!(claimed.len(), 1, "{claimed:?}");
         assert_eq!(
             (claimed[0].action, claimed[0].attempts, claimed[0].last_error.as_deref()),
             (HubAction::Upsert, 1, Some("broker down"))
         );
-        let backlog = store.hub_backlogs().await.unwrap();
+        let backlog = store.hub_jobs().backlogs().await.unwrap();
         assert_eq!((backlog["a.example.com"].depth, backlog["a.example.com"].retrying), (2, 1));
 
         assert!(
-            store.finish_hub_job(&claimed[0], &HubJobOutcome::Done).await.unwrap().is_none(),
+            store.hub_jobs().finish(&claimed[0], &HubJobOutcome::Done).await.unwrap().is_none(),
             "the registration is gone"
         );
         let claimed = claim(&store).await;
         assert_eq!(claimed.iter().map(|j| j.action).collect::<Vec<_>>(), [HubAction::Delete]);
-        store.finish_hub_job(&claimed[0], &HubJobOutcome::Done).await.unwrap();
-        assert!(store.hub_backlogs().await.unwrap().is_empty());
+        store.hub_jobs().finish(&claimed[0], &HubJobOutcome::Done).await.unwrap();
+        assert!(store.hub_jobs().backlogs().await.unwrap().is_empty());
     })
     .await;
 }
@@ -219,7 +220,7 @@ async fn replicas_never_claim_the_same_job() {
         let take = |store: Store| async move {
             let mut taken = Vec::new();
             loop {
-                let jobs = store.claim_hub_jobs(16, Duration::from_secs(60)).await.unwrap();
+                let jobs = store.hub_jobs().claim(16, Duration::from_secs(60)).await.unwrap();
                 if jobs.is_empty() {
                     return taken;
                 }
@@ -245,18 +246,18 @@ async fn every_waiting_operation_ends() {
         again.record.created_at = first.created_at;
         let (second, second_op, second_job) = commit(&store, again).await;
 
-        let settled = store.finish_hub_job(&first_job, &HubJobOutcome::Done).await.unwrap().unwrap();
+        let settled = store.hub_jobs().finish(&first_job, &HubJobOutcome::Done).await.unwrap().unwrap();
         assert_eq!((settled.id.as_str(), settled.status.as_str()), (first_op.id.as_str(), "assigned"));
-        let state = store.registration("dev-9").await.unwrap();
+        let state = store.registrations().get("dev-9").await.unwrap();
         assert_eq!(
             (state.status.as_str(), state.etag.as_str()),
             ("assigning", second.etag.as_str()),
             "the newer attempt governs"
         );
 
-        store.finish_hub_job(&second_job, &HubJobOutcome::Done).await.unwrap();
-        assert_eq!(store.operation("dev-9", &second_op.id).await.unwrap().status, "assigned");
-        assert_eq!(store.registration("dev-9").await.unwrap().status, "assigned");
+        store.hub_jobs().finish(&second_job, &HubJobOutcome::Done).await.unwrap();
+        assert_eq!(store.registrations().operation("dev-9", &second_op.id).await.unwrap().status, "assigned");
+        assert_eq!(store.registrations().get("dev-9").await.unwrap().status, "assigned");
     })
     .await;
 }

@@ -62,7 +62,7 @@ async fn all_audit(store: &Store) -> Vec<AuditRecord> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_audit(&AuditFilter::default(), after.as_deref(), 1000).await.unwrap();
+        let page = store.audit().list(&AuditFilter::default(), after.as_deref(), 1000).await.unwrap();
         out.extend(page.items);
         match page.next {
             Some(next) => after = Some(next),
@@ -86,10 +86,10 @@ fn new_ca(name: &str) -> NewIssuingCa {
 
 /// An issuing CA with its chain uploaded (`ready`).
 async fn ready_ca(store: &Store, name: &str) {
-    store.create_issuing_ca(new_ca(name), &actor()).await.unwrap();
+    store.issuing_cas().create(new_ca(name), &actor()).await.unwrap();
     let chain = format!("-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n");
     let not_after = Utc::now() + Duration::days(365);
-    let ca = store.upload_issuing_ca_chain(name, chain, not_after, &Precondition::None, &actor()).await.unwrap();
+    let ca = store.issuing_cas().upload_chain(name, chain, not_after, &Precondition::None, &actor()).await.unwrap();
     assert_eq!(ca.status, IssuingCaStatus::Ready);
 }
 
@@ -167,14 +167,14 @@ fn snapshot() -> Snapshot {
 
 /// Registers `id` (new, or again on its current state) with `certificate`; returns the state written.
 async fn register(store: &Store, id: &str, group: Option<&str>, cert: Option<CertificateRecord>) -> RegistrationRecord {
-    let current = store.registration(&id.to_ascii_lowercase()).await.ok();
+    let current = store.registrations().get(&id.to_ascii_lowercase()).await.ok();
     let mut record = registration(id, group);
     if let Some(current) = &current {
         record.created_at = current.created_at;
     }
     let op = format!("op-{}", uuid::Uuid::new_v4().simple());
     let outcome = attempt(record, current.as_ref().map(|c| c.etag.as_str()), &op, cert);
-    store.commit_registration(outcome, snapshot()).await.unwrap().0
+    store.registrations().commit(outcome, snapshot()).await.unwrap().0
 }
 
 fn statuses(certs: &[CertificateRecord]) -> HashMap<String, CertificateStatus> {
@@ -196,7 +196,7 @@ fn enrollment(kind: EnrollmentKind, id: &str, disabled: bool) -> NormalizedEnrol
 
 /// Creates or replaces an enrollment of `kind`, enabled or disabled, as the test's admin.
 async fn put_enrollment(store: &Store, kind: EnrollmentKind, id: &str, disabled: bool) {
-    store.put_enrollment(kind, enrollment(kind, id, disabled), &Precondition::None, &actor()).await.unwrap();
+    store.enrollments().put(kind, enrollment(kind, id, disabled), &Precondition::None, &actor()).await.unwrap();
 }
 
 fn customer_ca(name: &str, tag: &str) -> CertificateAuthorityInput {
@@ -224,7 +224,7 @@ async fn race_activations(store: &Store, names: &[String]) -> usize {
             let (store, barrier, name) = (store.clone(), barrier.clone(), name.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.activate_issuing_ca(&name, &Precondition::None, &actor()).await
+                store.issuing_cas().activate(&name, &Precondition::None, &actor()).await
             })
         })
         .collect();
@@ -239,11 +239,11 @@ async fn race_activations(store: &Store, names: &[String]) -> usize {
         }
     }
     assert!(won >= 1, "some activation succeeds");
-    let all = store.list_issuing_cas().await.unwrap();
+    let all = store.issuing_cas().list().await.unwrap();
     let active: Vec<&str> =
         all.iter().filter(|c| c.status == IssuingCaStatus::Active).map(|c| c.name.as_str()).collect();
     assert_eq!(active.len(), 1, "exactly one active issuing CA: {active:?}");
-    assert_eq!(store.active_issuing_ca().await.unwrap().unwrap().name, active[0]);
+    assert_eq!(store.issuing_cas().active().await.unwrap().unwrap().name, active[0]);
     won
 }
 
@@ -284,7 +284,7 @@ async fn the_database_refuses_a_second_active_issuing_ca(backend: Backend) {
     let (db, store) = TestDatabase::store(backend).await.unwrap();
     ready_ca(&store, "one").await;
     ready_ca(&store, "two").await;
-    store.activate_issuing_ca("one", &Precondition::None, &actor()).await.unwrap();
+    store.issuing_cas().activate("one", &Precondition::None, &actor()).await.unwrap();
     let raw = Database::connect(db.url.as_str()).await.unwrap();
     let err = raw
         .execute_unprepared("UPDATE issuing_cas SET status = 'active' WHERE name = 'two'")
@@ -317,62 +317,68 @@ mod the_database_refuses_a_second_active_issuing_ca {
 /// ready, activation demotes the previous active one, the active one cannot be deleted, the key comes only from
 /// `issuing_ca_key` and never reaches the audit log; names are unique and preconditions hold.
 async fn issuing_ca_lifecycle(store: &Store) {
-    let created = store.create_issuing_ca(new_ca("first"), &actor()).await.unwrap();
+    let created = store.issuing_cas().create(new_ca("first"), &actor()).await.unwrap();
     assert_eq!(created.status, IssuingCaStatus::Pending);
     assert_eq!(created.chain_pem, None);
     assert!(!format!("{created:?}").contains("KEY-MATERIAL"), "the record does not carry the key");
     assert!(!format!("{:?}", new_ca("x").encrypted_key).contains("KEY-MATERIAL"), "Debug of the key is redacted");
-    assert_eq!(store.issuing_ca("first").await.unwrap(), created);
-    assert!(matches!(store.create_issuing_ca(new_ca("first"), &actor()).await, Err(StoreError::Conflict(_))));
-    assert_eq!(store.issuing_ca_key("first").await.unwrap().as_str(), KEY_PEM.replace("TEST", "first"));
-    assert!(matches!(store.issuing_ca_key("nope").await, Err(StoreError::NotFound)));
+    assert_eq!(store.issuing_cas().get("first").await.unwrap(), created);
+    assert!(matches!(store.issuing_cas().create(new_ca("first"), &actor()).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.issuing_cas().key("first").await.unwrap().as_str(), KEY_PEM.replace("TEST", "first"));
+    assert!(matches!(store.issuing_cas().key("nope").await, Err(StoreError::NotFound)));
 
-    match store.activate_issuing_ca("first", &Precondition::None, &actor()).await {
+    match store.issuing_cas().activate("first", &Precondition::None, &actor()).await {
         Err(StoreError::Conflict(message)) => assert!(message.contains("pending"), "{message}"),
         other => panic!("activating a pending CA: {other:?}"),
     }
-    assert_eq!(store.issuing_ca("first").await.unwrap().status, IssuingCaStatus::Pending, "nothing changed");
-    assert_eq!(store.active_issuing_ca().await.unwrap(), None);
+    assert_eq!(store.issuing_cas().get("first").await.unwrap().status, IssuingCaStatus::Pending, "nothing changed");
+    assert_eq!(store.issuing_cas().active().await.unwrap(), None);
 
     let stale = if_match("not-the-etag");
     let not_after = Utc::now() + Duration::days(30);
     assert!(matches!(
-        store.upload_issuing_ca_chain("first", "chain".into(), not_after, &stale, &actor()).await,
+        store.issuing_cas().upload_chain("first", "chain".into(), not_after, &stale, &actor()).await,
         Err(StoreError::PreconditionFailed)
     ));
     let ready = store
-        .upload_issuing_ca_chain("first", "chain-1".into(), not_after, &if_match(&created.etag), &actor())
+        .issuing_cas()
+        .upload_chain("first", "chain-1".into(), not_after, &if_match(&created.etag), &actor())
         .await
         .unwrap();
     assert_eq!(ready.status, IssuingCaStatus::Ready);
     assert_eq!(ready.chain_pem.as_deref(), Some("chain-1"));
     assert!(ready.crl.stale, "a CA with a chain needs a CRL");
-    assert_eq!(store.issuing_ca("first").await.unwrap(), ready, "what was returned is what is stored");
+    assert_eq!(store.issuing_cas().get("first").await.unwrap(), ready, "what was returned is what is stored");
 
-    let active = store.activate_issuing_ca("first", &if_match(&ready.etag), &actor()).await.unwrap();
+    let active = store.issuing_cas().activate("first", &if_match(&ready.etag), &actor()).await.unwrap();
     assert_eq!(active.status, IssuingCaStatus::Active);
-    let again = store.activate_issuing_ca("first", &Precondition::None, &actor()).await.unwrap();
+    let again = store.issuing_cas().activate("first", &Precondition::None, &actor()).await.unwrap();
     assert_eq!(again, active, "activating the active CA changes nothing");
     // A new chain for the active CA keeps it active.
     let rechained = store
-        .upload_issuing_ca_chain("first", "chain-2".into(), not_after, &Precondition::None, &actor())
+        .issuing_cas()
+        .upload_chain("first", "chain-2".into(), not_after, &Precondition::None, &actor())
         .await
         .unwrap();
     assert_eq!(rechained.status, IssuingCaStatus::Active);
 
     ready_ca(store, "second").await;
-    store.activate_issuing_ca("second", &Precondition::None, &actor()).await.unwrap();
-    assert_eq!(store.issuing_ca("first").await.unwrap().status, IssuingCaStatus::Ready, "demoted, still trusted");
-    assert_eq!(store.active_issuing_ca().await.unwrap().unwrap().name, "second");
-    let names: Vec<String> = store.list_issuing_cas().await.unwrap().into_iter().map(|c| c.name).collect();
+    store.issuing_cas().activate("second", &Precondition::None, &actor()).await.unwrap();
+    assert_eq!(
+        store.issuing_cas().get("first").await.unwrap().status,
+        IssuingCaStatus::Ready,
+        "demoted, still trusted"
+    );
+    assert_eq!(store.issuing_cas().active().await.unwrap().unwrap().name, "second");
+    let names: Vec<String> = store.issuing_cas().list().await.unwrap().into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["first", "second"]);
 
-    match store.delete_issuing_ca("second", &Precondition::None, &actor()).await {
+    match store.issuing_cas().delete("second", &Precondition::None, &actor()).await {
         Err(StoreError::Conflict(message)) => assert!(message.contains("active"), "{message}"),
         other => panic!("deleting the active CA: {other:?}"),
     }
-    store.delete_issuing_ca("first", &Precondition::None, &actor()).await.unwrap();
-    assert!(matches!(store.issuing_ca("first").await, Err(StoreError::NotFound)));
+    store.issuing_cas().delete("first", &Precondition::None, &actor()).await.unwrap();
+    assert!(matches!(store.issuing_cas().get("first").await, Err(StoreError::NotFound)));
 
     let events = audit_of(store, "issuingCA").await;
     let actions: Vec<(&str, &str)> = events.iter().map(|e| (e.resource_id.as_str(), e.action.as_str())).collect();
@@ -400,7 +406,7 @@ both!(issuing_ca_lifecycle);
 /// cleared); a save against a state read before a revocation loses, so the revocation cannot be left out.
 async fn crl_saves_compare_and_swap(store: &Store) {
     ready_ca(store, "ca").await;
-    let state = store.issuing_ca("ca").await.unwrap().crl;
+    let state = store.issuing_cas().get("ca").await.unwrap().crl;
     assert_eq!((state.number, state.der.clone(), state.stale), (0, None, true));
 
     const WRITERS: usize = 8;
@@ -411,7 +417,7 @@ async fn crl_saves_compare_and_swap(store: &Store) {
             tokio::spawn(async move {
                 barrier.wait().await;
                 let now = Utc::now();
-                (n, store.save_crl("ca", &state, vec![n as u8; 4], now, now + Duration::days(1)).await)
+                (n, store.issuing_cas().save_crl("ca", &state, vec![n as u8; 4], now, now + Duration::days(1)).await)
             })
         })
         .collect();
@@ -424,7 +430,7 @@ async fn crl_saves_compare_and_swap(store: &Store) {
     }
     assert_eq!(winners.len(), 1, "one CRL save wins");
     let (n, saved) = &winners[0];
-    let stored = store.issuing_ca("ca").await.unwrap();
+    let stored = store.issuing_cas().get("ca").await.unwrap();
     assert_eq!(&stored.crl, saved);
     assert_eq!(stored.crl.number, 1);
     assert_eq!(stored.crl.der, Some(vec![*n as u8; 4]));
@@ -433,25 +439,25 @@ async fn crl_saves_compare_and_swap(store: &Store) {
     // A revocation committed after the state was read: the CRL built on that state is refused.
     let before = stored.crl.clone();
     register(store, "Dev", None, Some(certificate("Dev", "ca", "dev-1", 30))).await;
-    let revoked = store.revoke_certificates_of_registration("dev", "keyCompromise", &actor()).await.unwrap();
+    let revoked = store.certificates().revoke_of_registration("dev", "keyCompromise", &actor()).await.unwrap();
     assert_eq!(revoked.len(), 1);
     let now = Utc::now();
     assert!(matches!(
-        store.save_crl("ca", &before, vec![9], now, now + Duration::days(1)).await,
+        store.issuing_cas().save_crl("ca", &before, vec![9], now, now + Duration::days(1)).await,
         Err(StoreError::Conflict(_))
     ));
-    let fresh = store.issuing_ca("ca").await.unwrap().crl;
+    let fresh = store.issuing_cas().get("ca").await.unwrap().crl;
     assert!(fresh.stale);
     assert_eq!(fresh.number, 1, "the number moves only with a saved CRL");
-    let listed = store.revoked_certificates("ca").await.unwrap();
+    let listed = store.certificates().revoked("ca").await.unwrap();
     assert_eq!(listed.len(), 1);
-    let etag = store.issuing_ca("ca").await.unwrap().etag;
-    let saved = store.save_crl("ca", &fresh, vec![10], now, now + Duration::days(1)).await.unwrap();
+    let etag = store.issuing_cas().get("ca").await.unwrap().etag;
+    let saved = store.issuing_cas().save_crl("ca", &fresh, vec![10], now, now + Duration::days(1)).await.unwrap();
     assert_eq!((saved.number, saved.stale), (2, false));
-    assert_eq!(store.issuing_ca("ca").await.unwrap().crl, saved);
-    assert!(matches!(store.save_crl("nope", &fresh, vec![], now, now).await, Err(StoreError::NotFound)));
+    assert_eq!(store.issuing_cas().get("ca").await.unwrap().crl, saved);
+    assert!(matches!(store.issuing_cas().save_crl("nope", &fresh, vec![], now, now).await, Err(StoreError::NotFound)));
     // The CRL is not part of the admin resource: saving it leaves the etag alone (an If-Match stays valid).
-    assert_eq!(store.issuing_ca("ca").await.unwrap().etag, etag);
+    assert_eq!(store.issuing_cas().get("ca").await.unwrap().etag, etag);
 }
 both!(crl_saves_compare_and_swap);
 
@@ -463,61 +469,68 @@ both!(crl_saves_compare_and_swap);
 /// keeps them; only verified CAs are offered for matching; names are case-insensitive; everything is audited.
 async fn replacing_a_customer_ca_resets_verification(store: &Store) {
     let (created, new) =
-        store.put_certificate_authority(customer_ca("Acme", "one"), &Precondition::None, &actor()).await.unwrap();
+        store.certificate_authorities().put(customer_ca("Acme", "one"), &Precondition::None, &actor()).await.unwrap();
     assert!(new);
     assert!(!created.verified);
-    assert_eq!(store.certificate_authority("acme").await.unwrap(), created);
+    assert_eq!(store.certificate_authorities().get("acme").await.unwrap(), created);
     let expires = Utc::now() + Duration::hours(1);
-    let coded =
-        store.set_verification_code("acme", "code-1", expires, &if_match(&created.etag), &actor()).await.unwrap();
-    let verified = store.mark_certificate_authority_verified("acme", "code-1", &actor()).await.unwrap();
+    let coded = store
+        .certificate_authorities()
+        .set_verification_code("acme", "code-1", expires, &if_match(&created.etag), &actor())
+        .await
+        .unwrap();
+    let verified = store.certificate_authorities().mark_verified("acme", "code-1", &actor()).await.unwrap();
     assert!(verified.verified);
     assert_eq!(verified.verification_code, None, "the code is used up");
     assert_ne!(verified.etag, coded.etag);
-    assert_eq!(store.certificate_authority("acme").await.unwrap(), verified);
+    assert_eq!(store.certificate_authorities().get("acme").await.unwrap(), verified);
     let offered: Vec<String> =
-        store.verified_certificate_authorities().await.unwrap().into_iter().map(|c| c.key).collect();
+        store.certificate_authorities().verified().await.unwrap().into_iter().map(|c| c.key).collect();
     assert_eq!(offered, ["acme"]);
 
     // The same certificate again (another spelling of the name): still verified.
-    let (same, new) =
-        store.put_certificate_authority(customer_ca("ACME", "one"), &if_match(&verified.etag), &actor()).await.unwrap();
+    let (same, new) = store
+        .certificate_authorities()
+        .put(customer_ca("ACME", "one"), &if_match(&verified.etag), &actor())
+        .await
+        .unwrap();
     assert!(!new);
     assert!(same.verified);
     assert_eq!(same.name, "ACME");
     assert_eq!(same.created_at, created.created_at);
 
     // An outstanding code, then another certificate: verification and code are gone.
-    store.set_verification_code("acme", "code-2", expires, &Precondition::None, &actor()).await.unwrap();
+    store
+        .certificate_authorities()
+        .set_verification_code("acme", "code-2", expires, &Precondition::None, &actor())
+        .await
+        .unwrap();
     let (replaced, _) =
-        store.put_certificate_authority(customer_ca("Acme", "two"), &Precondition::None, &actor()).await.unwrap();
+        store.certificate_authorities().put(customer_ca("Acme", "two"), &Precondition::None, &actor()).await.unwrap();
     assert!(!replaced.verified);
     assert_eq!((replaced.verification_code, replaced.verification_code_expires_at), (None, None));
-    assert!(store.verified_certificate_authorities().await.unwrap().is_empty());
+    assert!(store.certificate_authorities().verified().await.unwrap().is_empty());
     assert!(matches!(
-        store.mark_certificate_authority_verified("acme", "code-2", &actor()).await,
+        store.certificate_authorities().mark_verified("acme", "code-2", &actor()).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(store.all_certificate_authorities().await.unwrap().len(), 1);
+    assert_eq!(store.certificate_authorities().all().await.unwrap().len(), 1);
 
     assert!(matches!(
-        store.put_certificate_authority(customer_ca("Acme", "three"), &if_match("old"), &actor()).await,
+        store.certificate_authorities().put(customer_ca("Acme", "three"), &if_match("old"), &actor()).await,
         Err(StoreError::PreconditionFailed)
     ));
     for i in 0..5 {
         store
-            .put_certificate_authority(
-                customer_ca(&format!("Ca-{i}"), &format!("ca-{i}")),
-                &Precondition::None,
-                &actor(),
-            )
+            .certificate_authorities()
+            .put(customer_ca(&format!("Ca-{i}"), &format!("ca-{i}")), &Precondition::None, &actor())
             .await
             .unwrap();
     }
     let mut keys = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list_certificate_authorities(after.as_deref(), 2).await.unwrap();
+        let page = store.certificate_authorities().list(after.as_deref(), 2).await.unwrap();
         keys.extend(page.items.into_iter().map(|c| c.key));
         match page.next {
             Some(next) => after = Some(next),
@@ -525,10 +538,10 @@ async fn replacing_a_customer_ca_resets_verification(store: &Store) {
         }
     }
     assert_eq!(keys, ["acme", "ca-0", "ca-1", "ca-2", "ca-3", "ca-4"]);
-    store.delete_certificate_authority("ca-0", &Precondition::None, &actor()).await.unwrap();
-    assert!(matches!(store.certificate_authority("ca-0").await, Err(StoreError::NotFound)));
+    store.certificate_authorities().delete("ca-0", &Precondition::None, &actor()).await.unwrap();
+    assert!(matches!(store.certificate_authorities().get("ca-0").await, Err(StoreError::NotFound)));
     assert!(matches!(
-        store.delete_certificate_authority("ca-0", &Precondition::None, &actor()).await,
+        store.certificate_authorities().delete("ca-0", &Precondition::None, &actor()).await,
         Err(StoreError::NotFound)
     ));
 
@@ -557,33 +570,46 @@ both!(replacing_a_customer_ca_resets_verification);
 /// a code for a CA without one all fail with Conflict and change nothing; of concurrent verifications with the
 /// right code, one succeeds.
 async fn a_stale_verification_code_cannot_verify(store: &Store) {
-    store.put_certificate_authority(customer_ca("Ca", "ca"), &Precondition::None, &actor()).await.unwrap();
+    store.certificate_authorities().put(customer_ca("Ca", "ca"), &Precondition::None, &actor()).await.unwrap();
     let conflict = |result: Result<_, StoreError>, what: &str| match result {
         Err(StoreError::Conflict(message)) => assert!(message.contains(what), "{message}"),
         other => panic!("expected a conflict about {what}: {other:?}"),
     };
-    conflict(store.mark_certificate_authority_verified("ca", "any", &actor()).await, "no verification code");
+    conflict(store.certificate_authorities().mark_verified("ca", "any", &actor()).await, "no verification code");
     let later = Utc::now() + Duration::hours(1);
-    store.set_verification_code("ca", "first", later, &Precondition::None, &actor()).await.unwrap();
-    store.set_verification_code("ca", "second", later, &Precondition::None, &actor()).await.unwrap();
-    conflict(store.mark_certificate_authority_verified("ca", "first", &actor()).await, "not the current one");
-    assert!(!store.certificate_authority("ca").await.unwrap().verified);
+    store
+        .certificate_authorities()
+        .set_verification_code("ca", "first", later, &Precondition::None, &actor())
+        .await
+        .unwrap();
+    store
+        .certificate_authorities()
+        .set_verification_code("ca", "second", later, &Precondition::None, &actor())
+        .await
+        .unwrap();
+    conflict(store.certificate_authorities().mark_verified("ca", "first", &actor()).await, "not the current one");
+    assert!(!store.certificate_authorities().get("ca").await.unwrap().verified);
 
     store
+        .certificate_authorities()
         .set_verification_code("ca", "old", Utc::now() - Duration::seconds(1), &Precondition::None, &actor())
         .await
         .unwrap();
-    conflict(store.mark_certificate_authority_verified("ca", "old", &actor()).await, "expired");
-    assert!(!store.certificate_authority("ca").await.unwrap().verified);
+    conflict(store.certificate_authorities().mark_verified("ca", "old", &actor()).await, "expired");
+    assert!(!store.certificate_authorities().get("ca").await.unwrap().verified);
 
-    store.set_verification_code("ca", "right", later, &Precondition::None, &actor()).await.unwrap();
+    store
+        .certificate_authorities()
+        .set_verification_code("ca", "right", later, &Precondition::None, &actor())
+        .await
+        .unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(4));
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.mark_certificate_authority_verified("ca", "right", &actor()).await
+                store.certificate_authorities().mark_verified("ca", "right", &actor()).await
             })
         })
         .collect();
@@ -598,11 +624,11 @@ async fn a_stale_verification_code_cannot_verify(store: &Store) {
         }
     }
     assert_eq!(ok, 1, "a code verifies once");
-    assert!(store.certificate_authority("ca").await.unwrap().verified);
+    assert!(store.certificate_authorities().get("ca").await.unwrap().verified);
     let verifies = audit_of(store, "certificateAuthority").await.into_iter().filter(|e| e.action == "verify").count();
     assert_eq!(verifies, 1);
     assert!(matches!(
-        store.mark_certificate_authority_verified("missing", "right", &actor()).await,
+        store.certificate_authorities().mark_verified("missing", "right", &actor()).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -619,13 +645,13 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
     ready_ca(store, "ca").await;
     register(store, "Other", None, Some(certificate("Other", "ca", "other", 30))).await;
     let first = register(store, "Dev", None, Some(certificate("Dev", "ca", "first", 30))).await;
-    let stored = store.certificates_of("dev").await.unwrap();
+    let stored = store.certificates().of_registration("dev").await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].status, CertificateStatus::Active);
     assert_eq!(stored[0].registration_key, "dev");
-    assert_eq!(store.certificate_by_thumbprint(&stored[0].thumbprint_sha256).await.unwrap(), stored[0]);
+    assert_eq!(store.certificates().by_thumbprint(&stored[0].thumbprint_sha256).await.unwrap(), stored[0]);
     assert_eq!(
-        store.certificate_by_thumbprint(&stored[0].thumbprint_sha256.to_ascii_uppercase()).await.unwrap(),
+        store.certificates().by_thumbprint(&stored[0].thumbprint_sha256.to_ascii_uppercase()).await.unwrap(),
         stored[0]
     );
 
@@ -645,7 +671,7 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
             );
             tokio::spawn(async move {
                 barrier.wait().await;
-                (n, store.commit_registration(outcome, snapshot()).await)
+                (n, store.registrations().commit(outcome, snapshot()).await)
             })
         })
         .collect();
@@ -660,14 +686,14 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
     let winner = winners[0];
     for n in 0..RACERS {
         let thumbprint = certificate("Dev", "ca", &format!("race-{n}"), 30).thumbprint_sha256;
-        let found = store.certificate_by_thumbprint(&thumbprint).await;
+        let found = store.certificates().by_thumbprint(&thumbprint).await;
         if n == winner {
             assert_eq!(found.unwrap().status, CertificateStatus::Active);
         } else {
             assert!(matches!(found, Err(StoreError::NotFound)), "a losing attempt wrote no certificate");
         }
     }
-    let dev = store.certificates_of("dev").await.unwrap();
+    let dev = store.certificates().of_registration("dev").await.unwrap();
     assert_eq!(dev.len(), 2);
     let by_serial = statuses(&dev);
     assert_eq!(by_serial[&certificate("Dev", "ca", "first", 30).serial], CertificateStatus::Superseded);
@@ -675,12 +701,16 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
 
     // Registering again without a certificate keeps the active one.
     register(store, "Dev", None, None).await;
-    assert_eq!(statuses(&store.certificates_of("dev").await.unwrap()), by_serial);
-    assert_eq!(store.certificates_of("other").await.unwrap()[0].status, CertificateStatus::Active);
+    assert_eq!(statuses(&store.certificates().of_registration("dev").await.unwrap()), by_serial);
+    assert_eq!(store.certificates().of_registration("other").await.unwrap()[0].status, CertificateStatus::Active);
 
     // EST re-enrollment outside a registration attempt supersedes the same way, and is audited.
-    let est = store.record_certificate(certificate("Dev", "ca", "est", 30), "simplereenroll", &actor()).await.unwrap();
-    let dev = store.certificates_of("dev").await.unwrap();
+    let est = store
+        .registrations()
+        .record_certificate(certificate("Dev", "ca", "est", 30), "simplereenroll", &actor())
+        .await
+        .unwrap();
+    let dev = store.certificates().of_registration("dev").await.unwrap();
     assert_eq!(
         dev.iter().filter(|c| c.status == CertificateStatus::Active).map(|c| &c.serial).collect::<Vec<_>>(),
         [&est.serial]
@@ -707,7 +737,7 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
             attempt(registration(&id, None), None, &format!("op-batch-{i}"), Some(certificate(&id, "ca", &id, 30)));
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            store.commit_registration(outcome, snapshot()).await
+            store.registrations().commit(outcome, snapshot()).await
         }));
     }
     // Same serial and thumbprint as Taken's certificate: this attempt must fail alone.
@@ -716,21 +746,21 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
         let (store, barrier) = (store.clone(), barrier.clone());
         tokio::spawn(async move {
             barrier.wait().await;
-            store.commit_registration(clash, snapshot()).await
+            store.registrations().commit(clash, snapshot()).await
         })
     };
     for task in tasks {
         task.await.unwrap().unwrap();
     }
     assert!(clash_task.await.unwrap().is_err());
-    assert!(matches!(store.registration("clash").await, Err(StoreError::NotFound)), "no half-written attempt");
-    assert!(store.certificates_of("clash").await.unwrap().is_empty());
+    assert!(matches!(store.registrations().get("clash").await, Err(StoreError::NotFound)), "no half-written attempt");
+    assert!(store.certificates().of_registration("clash").await.unwrap().is_empty());
     for i in 0..DEVICES {
-        let certs = store.certificates_of(&format!("batch-{i}")).await.unwrap();
+        let certs = store.certificates().of_registration(&format!("batch-{i}")).await.unwrap();
         assert_eq!(certs.len(), 1);
         assert_eq!(certs[0].status, CertificateStatus::Active);
     }
-    assert_eq!(store.certificates_of("taken").await.unwrap()[0].registration_key, "taken");
+    assert_eq!(store.certificates().of_registration("taken").await.unwrap()[0].registration_key, "taken");
 }
 both!(batched_issuance_writes_each_winner_once);
 
@@ -761,7 +791,7 @@ async fn device_with_certificates(store: &Store, id: &str, group: Option<&str>, 
 async fn revoked_serials(store: &Store, devices: &[&Device]) -> HashSet<String> {
     let mut out = HashSet::new();
     for device in devices {
-        for c in store.certificates_of(&device.key).await.unwrap() {
+        for c in store.certificates().of_registration(&device.key).await.unwrap() {
             if c.status == CertificateStatus::Revoked {
                 assert!(c.revoked_at.is_some());
                 assert!(c.revocation_reason.is_some());
@@ -774,10 +804,10 @@ async fn revoked_serials(store: &Store, devices: &[&Device]) -> HashSet<String> 
 
 /// Saves a CRL so that the next check of `stale` sees only what comes after.
 async fn refresh_crl(store: &Store, ca: &str) {
-    let state = store.issuing_ca(ca).await.unwrap().crl;
+    let state = store.issuing_cas().get(ca).await.unwrap().crl;
     let now = Utc::now();
-    store.save_crl(ca, &state, vec![1], now, now + Duration::days(1)).await.unwrap();
-    assert!(!store.issuing_ca(ca).await.unwrap().crl.stale);
+    store.issuing_cas().save_crl(ca, &state, vec![1], now, now + Duration::days(1)).await.unwrap();
+    assert!(!store.issuing_cas().get(ca).await.unwrap().crl.stale);
 }
 
 /// Each change that retires devices revokes exactly their unexpired certificates (active and superseded, not the
@@ -808,7 +838,7 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
         }
         assert_eq!(&revoked_serials(store, &all).await, expected, "after {step}");
         for ca in ["ca-a", "ca-b"] {
-            assert_eq!(store.issuing_ca(ca).await.unwrap().crl.stale, cas.contains(&ca), "{ca} after {step}");
+            assert_eq!(store.issuing_cas().get(ca).await.unwrap().crl.stale, cas.contains(&ca), "{ca} after {step}");
             refresh_crl(store, ca).await;
         }
     };
@@ -816,8 +846,8 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     refresh_crl(store, "ca-b").await;
 
     // Deleting G1's registration: only G1's, on ca-a.
-    let g1_state = store.registration("g1").await.unwrap();
-    store.delete_registration("g1", &if_match(&g1_state.etag), &actor).await.unwrap();
+    let g1_state = store.registrations().get("g1").await.unwrap();
+    store.registrations().delete("g1", &if_match(&g1_state.etag), &actor).await.unwrap();
     check("deleting registration G1", &[&g1], &["ca-a"], &mut expected).await;
 
     // Disabling group G: G2 (G1's are revoked already), not H1.
@@ -828,11 +858,11 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     check("writing group G disabled again", &[], &[], &mut expected).await;
 
     // Deleting individual enrollment I.
-    store.delete_enrollment(EnrollmentKind::Individual, "ind-i", &Precondition::None, &actor).await.unwrap();
+    store.enrollments().delete(EnrollmentKind::Individual, "ind-i", &Precondition::None, &actor).await.unwrap();
     check("deleting enrollment I", &[&i], &["ca-a"], &mut expected).await;
 
     // Deleting group H.
-    store.delete_enrollment(EnrollmentKind::Group, "group-h", &Precondition::None, &actor).await.unwrap();
+    store.enrollments().delete(EnrollmentKind::Group, "group-h", &Precondition::None, &actor).await.unwrap();
     check("deleting group H", &[&h1], &["ca-a"], &mut expected).await;
 
     // Bulk: J disabled by an update, K deleted.
@@ -842,20 +872,26 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
         enrollment: Some(enrollment(EnrollmentKind::Individual, "Ind-J", true)),
         etag: None,
     }];
-    let failures = store.bulk_enrollments(EnrollmentKind::Individual, BulkMode::Update, items, &actor).await.unwrap();
+    let failures = store.enrollments().bulk(EnrollmentKind::Individual, BulkMode::Update, items, &actor).await.unwrap();
     assert!(failures.is_empty());
     check("bulk-disabling J", &[&j], &["ca-a"], &mut expected).await;
     let items = vec![BulkItem { index: 0, key: "ind-k".into(), enrollment: None, etag: None }];
-    let failures = store.bulk_enrollments(EnrollmentKind::Individual, BulkMode::Delete, items, &actor).await.unwrap();
+    let failures = store.enrollments().bulk(EnrollmentKind::Individual, BulkMode::Delete, items, &actor).await.unwrap();
     assert!(failures.is_empty());
     check("bulk-deleting K", &[&k], &["ca-b"], &mut expected).await;
 
     // Every device is retired; the expired certificates were left alone; the reasons are cessationOfOperation.
     for device in all {
-        let expired =
-            store.certificates_of(&device.key).await.unwrap().into_iter().find(|c| c.serial == device.expired).unwrap();
+        let expired = store
+            .certificates()
+            .of_registration(&device.key)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.serial == device.expired)
+            .unwrap();
         assert_eq!(expired.status, CertificateStatus::Superseded, "an expired certificate is not revoked");
-        for c in store.certificates_of(&device.key).await.unwrap() {
+        for c in store.certificates().of_registration(&device.key).await.unwrap() {
             if c.status == CertificateStatus::Revoked {
                 assert_eq!(c.revocation_reason.as_deref(), Some("cessationOfOperation"));
             }
@@ -872,7 +908,7 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     // The CRLs list exactly the revoked, unexpired certificates of their CA.
     for ca in ["ca-a", "ca-b"] {
         let listed: HashSet<String> =
-            store.revoked_certificates(ca).await.unwrap().into_iter().map(|r| r.serial).collect();
+            store.certificates().revoked(ca).await.unwrap().into_iter().map(|r| r.serial).collect();
         let mine: HashSet<String> = expected
             .iter()
             .filter(|s| {
@@ -886,10 +922,10 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     }
 
     // Revoking what is revoked changes nothing.
-    assert_eq!(store.revoke_certificate(&g1.live[1], "keyCompromise", &actor).await.unwrap(), None);
-    assert!(store.revoke_certificates_of_registration("g1", "keyCompromise", &actor).await.unwrap().is_empty());
-    assert!(!store.issuing_ca("ca-a").await.unwrap().crl.stale);
-    assert!(matches!(store.revoke_certificate("00ff", "keyCompromise", &actor).await, Err(StoreError::NotFound)));
+    assert_eq!(store.certificates().revoke(&g1.live[1], "keyCompromise", &actor).await.unwrap(), None);
+    assert!(store.certificates().revoke_of_registration("g1", "keyCompromise", &actor).await.unwrap().is_empty());
+    assert!(!store.issuing_cas().get("ca-a").await.unwrap().crl.stale);
+    assert!(matches!(store.certificates().revoke("00ff", "keyCompromise", &actor).await, Err(StoreError::NotFound)));
 }
 both!(revocation_hooks_revoke_exactly_the_devices_concerned);
 
@@ -906,7 +942,7 @@ async fn revoking_one_certificate_is_idempotent(store: &Store) {
             let (store, barrier, serial) = (store.clone(), barrier.clone(), cert.serial.to_ascii_uppercase());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.revoke_certificate(&serial, "keyCompromise", &actor()).await
+                store.certificates().revoke(&serial, "keyCompromise", &actor()).await
             })
         })
         .collect();
@@ -917,13 +953,13 @@ async fn revoking_one_certificate_is_idempotent(store: &Store) {
         }
     }
     assert_eq!(revoked.len(), 1, "revoked once");
-    let stored = store.certificate(&cert.serial).await.unwrap();
+    let stored = store.certificates().get(&cert.serial).await.unwrap();
     assert_eq!(stored, revoked[0]);
     assert_eq!(stored.revocation_reason.as_deref(), Some("keyCompromise"));
-    assert!(store.issuing_ca("ca").await.unwrap().crl.stale);
+    assert!(store.issuing_cas().get("ca").await.unwrap().crl.stale);
     let events = audit_of(store, "certificate").await;
     assert_eq!(events.len(), 1);
-    let listed = store.revoked_certificates("ca").await.unwrap();
+    let listed = store.certificates().revoked("ca").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].serial.as_str(), listed[0].reason.as_str()), (cert.serial.as_str(), "keyCompromise"));
     assert_eq!(Some(listed[0].revoked_at), stored.revoked_at);
@@ -961,12 +997,12 @@ async fn certificates_page_by_expiry_once_each(store: &Store) {
     let mut after: Option<String> = None;
     let mut pages = 0;
     loop {
-        let page = store.list_certificates(&filter, after.as_deref(), 3).await.unwrap();
+        let page = store.certificates().list(&filter, after.as_deref(), 3).await.unwrap();
         pages += 1;
         assert!(page.items.len() <= 3);
         // Revoking between pages changes statuses, not the order.
         if let Some(first) = page.items.first() {
-            store.revoke_certificate(&first.serial, "unspecified", &actor()).await.unwrap();
+            store.certificates().revoke(&first.serial, "unspecified", &actor()).await.unwrap();
         }
         seen.extend(page.items.into_iter().map(|c| c.serial));
         match page.next {
@@ -978,11 +1014,11 @@ async fn certificates_page_by_expiry_once_each(store: &Store) {
     assert_eq!(pages, 10);
 
     let active = CertificateFilter { expiring_before: Some(cutoff), status: Some(CertificateStatus::Active) };
-    let page = store.list_certificates(&active, None, 1000).await.unwrap();
+    let page = store.certificates().list(&active, None, 1000).await.unwrap();
     assert_eq!(page.items.len(), 28 - 10);
     assert!(page.items.iter().all(|c| c.status == CertificateStatus::Active));
-    assert!(matches!(store.list_certificates(&filter, Some("garbage"), 3).await, Err(StoreError::Corrupt(_))));
-    let everything = store.list_certificates(&CertificateFilter::default(), None, 1000).await.unwrap();
+    assert!(matches!(store.certificates().list(&filter, Some("garbage"), 3).await, Err(StoreError::Corrupt(_))));
+    let everything = store.certificates().list(&CertificateFilter::default(), None, 1000).await.unwrap();
     assert_eq!(everything.items.len(), 40);
     assert_eq!(everything.next, None);
 }

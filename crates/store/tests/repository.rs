@@ -91,7 +91,7 @@ fn individual(id: &str) -> NormalizedEnrollment {
 
 async fn put_new(store: &Store, kind: EnrollmentKind, id: &str) -> EnrollmentRecord {
     let (record, created) =
-        store.put_enrollment(kind, enrollment(kind, id), &Precondition::None, &actor()).await.unwrap();
+        store.enrollments().put(kind, enrollment(kind, id), &Precondition::None, &actor()).await.unwrap();
     assert!(created, "{id} should be new");
     record
 }
@@ -101,7 +101,7 @@ async fn all_audit(store: &Store, filter: &AuditFilter) -> Vec<AuditRecord> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_audit(filter, after.as_deref(), 1000).await.unwrap();
+        let page = store.audit().list(filter, after.as_deref(), 1000).await.unwrap();
         out.extend(page.items);
         match page.next {
             Some(next) => after = Some(next),
@@ -125,7 +125,7 @@ async fn all_enrollments(store: &Store, kind: EnrollmentKind, limit: u64) -> (Ve
     let mut sizes = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list_enrollments(kind, after.as_deref(), limit).await.unwrap();
+        let page = store.enrollments().list(kind, after.as_deref(), limit).await.unwrap();
         sizes.push(page.items.len());
         if let Some(next) = &page.next {
             assert_eq!(Some(next), page.items.last().map(|r| &r.key), "next is the last key of the page");
@@ -208,7 +208,7 @@ both!(readiness_follows_migrations);
 async fn put_creates_then_updates(store: &Store) {
     for kind in KINDS {
         let (created, was_created) =
-            store.put_enrollment(kind, enrollment(kind, "Dev-1"), &Precondition::None, &actor()).await.unwrap();
+            store.enrollments().put(kind, enrollment(kind, "Dev-1"), &Precondition::None, &actor()).await.unwrap();
         assert!(was_created);
         assert_eq!(created.key, "dev-1");
         assert_eq!(created.id, "Dev-1");
@@ -216,22 +216,27 @@ async fn put_creates_then_updates(store: &Store) {
         assert_eq!(created.attestation_type, "symmetricKey");
         assert!(!created.etag.is_empty());
         assert_eq!(created.created_at, created.updated_at);
-        assert_eq!(store.enrollment(kind, "dev-1").await.unwrap(), created, "what put returns is what is stored");
+        assert_eq!(
+            store.enrollments().get(kind, "dev-1").await.unwrap(),
+            created,
+            "what put returns is what is stored"
+        );
 
         pause().await;
         let changed = enrollment_with(kind, "Dev-1", json!({"provisioningStatus": "disabled"}));
-        let (updated, was_created) = store.put_enrollment(kind, changed, &Precondition::None, &actor()).await.unwrap();
+        let (updated, was_created) =
+            store.enrollments().put(kind, changed, &Precondition::None, &actor()).await.unwrap();
         assert!(!was_created);
         assert_ne!(updated.etag, created.etag);
         assert_eq!(updated.created_at, created.created_at);
         assert!(updated.updated_at > created.updated_at);
         assert_eq!(updated.provisioning_status, "disabled");
         assert_eq!(updated.document["provisioningStatus"], "disabled");
-        assert_eq!(store.enrollment(kind, "dev-1").await.unwrap(), updated);
+        assert_eq!(store.enrollments().get(kind, "dev-1").await.unwrap(), updated);
 
         pause().await;
         let (again, was_created) =
-            store.put_enrollment(kind, enrollment(kind, "Dev-1"), &if_match(&updated.etag), &actor()).await.unwrap();
+            store.enrollments().put(kind, enrollment(kind, "Dev-1"), &if_match(&updated.etag), &actor()).await.unwrap();
         assert!(!was_created);
         assert_ne!(again.etag, updated.etag);
         assert_eq!(again.provisioning_status, "enabled");
@@ -241,15 +246,15 @@ async fn put_creates_then_updates(store: &Store) {
     // The two kinds live in separate tables.
     assert_eq!(enrollment_count(store, EnrollmentKind::Individual).await, 1);
     assert_eq!(enrollment_count(store, EnrollmentKind::Group).await, 1);
-    store.delete_enrollment(EnrollmentKind::Group, "dev-1", &Precondition::None, &actor()).await.unwrap();
-    assert!(store.enrollment(EnrollmentKind::Individual, "dev-1").await.is_ok());
+    store.enrollments().delete(EnrollmentKind::Group, "dev-1", &Precondition::None, &actor()).await.unwrap();
+    assert!(store.enrollments().get(EnrollmentKind::Individual, "dev-1").await.is_ok());
 }
 both!(put_creates_then_updates);
 
 /// Reading a missing enrollment is NotFound.
 async fn missing_enrollment_is_not_found(store: &Store) {
     for kind in KINDS {
-        let err = store.enrollment(kind, "nobody").await.unwrap_err();
+        let err = store.enrollments().get(kind, "nobody").await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound), "{err:?}");
     }
 }
@@ -263,18 +268,18 @@ async fn put_if_match_mismatch_changes_nothing(store: &Store) {
     let events_before = all_audit(store, &AuditFilter::default()).await;
 
     let changed = enrollment_with(kind, "Dev-1", json!({"provisioningStatus": "disabled"}));
-    let err = store.put_enrollment(kind, changed.clone(), &if_match("stale"), &actor()).await.unwrap_err();
+    let err = store.enrollments().put(kind, changed.clone(), &if_match("stale"), &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
-    assert_eq!(store.enrollment(kind, "dev-1").await.unwrap(), original);
+    assert_eq!(store.enrollments().get(kind, "dev-1").await.unwrap(), original);
     assert_eq!(all_audit(store, &AuditFilter::default()).await, events_before, "a refused write is not audited");
 
     let several = Precondition::IfMatch(vec!["stale".into(), original.etag.clone()]);
-    let (updated, created) = store.put_enrollment(kind, changed.clone(), &several, &actor()).await.unwrap();
+    let (updated, created) = store.enrollments().put(kind, changed.clone(), &several, &actor()).await.unwrap();
     assert!(!created);
     let (_, created) =
-        store.put_enrollment(kind, changed, &Precondition::IfMatch(vec!["*".into()]), &actor()).await.unwrap();
+        store.enrollments().put(kind, changed, &Precondition::IfMatch(vec!["*".into()]), &actor()).await.unwrap();
     assert!(!created);
-    let err = store.put_enrollment(kind, individual("Dev-1"), &if_match(&updated.etag), &actor()).await.unwrap_err();
+    let err = store.enrollments().put(kind, individual("Dev-1"), &if_match(&updated.etag), &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed), "an etag that was current once no longer is: {err:?}");
 }
 both!(put_if_match_mismatch_changes_nothing);
@@ -283,9 +288,10 @@ both!(put_if_match_mismatch_changes_nothing);
 async fn put_if_match_on_missing_is_precondition_failed(store: &Store) {
     for kind in KINDS {
         for precondition in [Precondition::IfMatch(vec!["*".into()]), if_match("whatever")] {
-            let err = store.put_enrollment(kind, enrollment(kind, "Ghost"), &precondition, &actor()).await.unwrap_err();
+            let err =
+                store.enrollments().put(kind, enrollment(kind, "Ghost"), &precondition, &actor()).await.unwrap_err();
             assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
-            assert!(matches!(store.enrollment(kind, "ghost").await, Err(StoreError::NotFound)));
+            assert!(matches!(store.enrollments().get(kind, "ghost").await, Err(StoreError::NotFound)));
         }
     }
     assert!(all_audit(store, &AuditFilter::default()).await.is_empty());
@@ -298,23 +304,23 @@ async fn delete_honours_preconditions(store: &Store) {
     for kind in KINDS {
         let record = put_new(store, kind, "Dev-1").await;
 
-        let err = store.delete_enrollment(kind, "dev-1", &if_match("wrong"), &actor()).await.unwrap_err();
+        let err = store.enrollments().delete(kind, "dev-1", &if_match("wrong"), &actor()).await.unwrap_err();
         assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
-        assert_eq!(store.enrollment(kind, "dev-1").await.unwrap(), record);
+        assert_eq!(store.enrollments().get(kind, "dev-1").await.unwrap(), record);
 
-        store.delete_enrollment(kind, "dev-1", &if_match(&record.etag), &actor()).await.unwrap();
-        assert!(matches!(store.enrollment(kind, "dev-1").await, Err(StoreError::NotFound)));
+        store.enrollments().delete(kind, "dev-1", &if_match(&record.etag), &actor()).await.unwrap();
+        assert!(matches!(store.enrollments().get(kind, "dev-1").await, Err(StoreError::NotFound)));
 
         for precondition in [Precondition::None, if_match(&record.etag), Precondition::IfMatch(vec!["*".into()])] {
-            let err = store.delete_enrollment(kind, "dev-1", &precondition, &actor()).await.unwrap_err();
+            let err = store.enrollments().delete(kind, "dev-1", &precondition, &actor()).await.unwrap_err();
             assert!(matches!(err, StoreError::NotFound), "{err:?}");
         }
 
         // Unconditional delete and `*` both work on an existing record.
         put_new(store, kind, "Dev-2").await;
-        store.delete_enrollment(kind, "dev-2", &Precondition::None, &actor()).await.unwrap();
+        store.enrollments().delete(kind, "dev-2", &Precondition::None, &actor()).await.unwrap();
         put_new(store, kind, "Dev-3").await;
-        store.delete_enrollment(kind, "dev-3", &Precondition::IfMatch(vec!["*".into()]), &actor()).await.unwrap();
+        store.enrollments().delete(kind, "dev-3", &Precondition::IfMatch(vec!["*".into()]), &actor()).await.unwrap();
         assert_eq!(enrollment_count(store, kind).await, 0);
 
         let deletes = audit_of(store, resource_type(kind), "dev-1").await;
@@ -335,34 +341,35 @@ async fn symmetric_keys_round_trip_outside_the_document(store: &Store) {
         let keys = json!({"attestation": {"type": "symmetricKey", "symmetricKey": {
             "primaryKey": primary_text, "secondaryKey": secondary_text}}});
         let (_, created) = store
-            .put_enrollment(kind, enrollment_with(kind, "Keyed", keys), &Precondition::None, &actor())
+            .enrollments()
+            .put(kind, enrollment_with(kind, "Keyed", keys), &Precondition::None, &actor())
             .await
             .unwrap();
         assert!(created);
 
-        let stored = store.enrollment(kind, "keyed").await.unwrap();
+        let stored = store.enrollments().get(kind, "keyed").await.unwrap();
         assert_eq!(stored.primary_key.as_ref(), Some(&primary));
         assert_eq!(stored.secondary_key.as_ref(), Some(&secondary));
         assert_eq!(stored.document["attestation"], json!({"type": "symmetricKey"}));
         let text = stored.document.to_string();
         assert!(!text.contains(&primary_text) && !text.contains(&secondary_text), "keys leaked into {text}");
-        let listed = store.list_enrollments(kind, None, 10).await.unwrap();
+        let listed = store.enrollments().list(kind, None, 10).await.unwrap();
         assert_eq!(listed.items[0].primary_key.as_ref(), Some(&primary));
 
         // An update that carries no keys (a document read with GET, which never shows them) keeps them.
         let (updated, created) =
-            store.put_enrollment(kind, enrollment(kind, "Keyed"), &Precondition::None, &actor()).await.unwrap();
+            store.enrollments().put(kind, enrollment(kind, "Keyed"), &Precondition::None, &actor()).await.unwrap();
         assert!(!created);
         assert_eq!(updated.primary_key.as_ref(), Some(&primary));
-        let stored = store.enrollment(kind, "keyed").await.unwrap();
+        let stored = store.enrollments().get(kind, "keyed").await.unwrap();
         assert_eq!((stored.primary_key.as_ref(), stored.secondary_key.as_ref()), (Some(&primary), Some(&secondary)));
 
         // Generated keys (none given, new enrollment) are stored and read back as well.
         let (fresh, _) =
-            store.put_enrollment(kind, enrollment(kind, "Fresh"), &Precondition::None, &actor()).await.unwrap();
+            store.enrollments().put(kind, enrollment(kind, "Fresh"), &Precondition::None, &actor()).await.unwrap();
         let generated = fresh.primary_key.clone().expect("a generated primary key");
         assert_ne!(generated, primary);
-        let stored = store.enrollment(kind, "fresh").await.unwrap();
+        let stored = store.enrollments().get(kind, "fresh").await.unwrap();
         assert_eq!(stored.primary_key, Some(generated));
         assert_eq!(stored.secondary_key, fresh.secondary_key);
         assert!(!stored.document.to_string().contains(generated_text(&stored).as_str()));
@@ -374,8 +381,8 @@ async fn symmetric_keys_round_trip_outside_the_document(store: &Store) {
         None,
     )
     .unwrap();
-    store.put_enrollment(EnrollmentKind::Individual, tpm, &Precondition::None, &actor()).await.unwrap();
-    let stored = store.enrollment(EnrollmentKind::Individual, "tpm-1").await.unwrap();
+    store.enrollments().put(EnrollmentKind::Individual, tpm, &Precondition::None, &actor()).await.unwrap();
+    let stored = store.enrollments().get(EnrollmentKind::Individual, "tpm-1").await.unwrap();
     assert_eq!(stored.attestation_type, "tpm");
     assert_eq!((stored.primary_key, stored.secondary_key), (None, None));
     assert_eq!(stored.document["attestation"]["tpm"]["endorsementKey"], EK);
@@ -393,18 +400,18 @@ async fn ids_are_case_insensitive(store: &Store) {
         assert_eq!(first.key, "dev-a");
 
         let (second, created) =
-            store.put_enrollment(kind, enrollment(kind, "dev-a"), &if_match(&first.etag), &actor()).await.unwrap();
+            store.enrollments().put(kind, enrollment(kind, "dev-a"), &if_match(&first.etag), &actor()).await.unwrap();
         assert!(!created, "same id in another case is the same record");
         assert_eq!(second.key, "dev-a");
         assert_eq!(second.id, "dev-a");
         assert_eq!(second.created_at, first.created_at);
 
         let (third, created) =
-            store.put_enrollment(kind, enrollment(kind, "DEV-A"), &Precondition::None, &actor()).await.unwrap();
+            store.enrollments().put(kind, enrollment(kind, "DEV-A"), &Precondition::None, &actor()).await.unwrap();
         assert!(!created);
         assert_eq!(third.id, "DEV-A");
 
-        let page = store.list_enrollments(kind, None, 10).await.unwrap();
+        let page = store.enrollments().list(kind, None, 10).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.items[0], third);
 
@@ -412,7 +419,7 @@ async fn ids_are_case_insensitive(store: &Store) {
         let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["create", "update", "update"]);
 
-        store.delete_enrollment(kind, "dev-a", &if_match(&third.etag), &actor()).await.unwrap();
+        store.enrollments().delete(kind, "dev-a", &if_match(&third.etag), &actor()).await.unwrap();
         assert_eq!(enrollment_count(store, kind).await, 0);
     }
 }
@@ -441,7 +448,7 @@ async fn concurrent_device_lookups_each_find_their_own_enrollment(store: &Store)
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                let found = store.enrollment(EnrollmentKind::Individual, &key).await;
+                let found = store.enrollments().get(EnrollmentKind::Individual, &key).await;
                 (key, found)
             })
         })
@@ -465,16 +472,17 @@ both!(concurrent_device_lookups_each_find_their_own_enrollment);
 /// (closing a pool waits for every connection taken from it); afterwards both refuse work instead of hanging.
 async fn close_returns_although_connections_are_kept(store: &Store) {
     let record = put_new(store, EnrollmentKind::Individual, "Kept").await;
-    assert_eq!(store.enrollment(EnrollmentKind::Individual, "kept").await.unwrap(), record);
-    store.commit_registration(attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
+    assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "kept").await.unwrap(), record);
+    store.registrations().commit(attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
     let closing = tokio::time::timeout(Duration::from_secs(10), store.clone().close()).await;
     closing.expect("close returns").expect("close succeeds");
     let lookup =
-        tokio::time::timeout(Duration::from_secs(10), store.enrollment(EnrollmentKind::Individual, "kept")).await;
+        tokio::time::timeout(Duration::from_secs(10), store.enrollments().get(EnrollmentKind::Individual, "kept"))
+            .await;
     assert!(lookup.expect("a lookup after close returns").is_err());
     let write = tokio::time::timeout(
         Duration::from_secs(10),
-        store.commit_registration(attempt("Late", None, "op-late"), snapshot()),
+        store.registrations().commit(attempt("Late", None, "op-late"), snapshot()),
     )
     .await;
     assert!(write.expect("a write after close returns").is_err());
@@ -489,8 +497,8 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     use sea_orm::ConnectionTrait;
     let (db, store) = TestDatabase::store(zerotouch_store::Backend::Postgres).await.unwrap();
     let record = put_new(&store, EnrollmentKind::Individual, "Survivor").await;
-    assert_eq!(store.enrollment(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
-    store.commit_registration(attempt("Before", None, "op-before"), snapshot()).await.unwrap();
+    assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
+    store.registrations().commit(attempt("Before", None, "op-before"), snapshot()).await.unwrap();
 
     let admin = sea_orm::Database::connect(db.url.as_str()).await.unwrap();
     let terminated = admin
@@ -507,11 +515,11 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     assert!(terminated >= 2, "the lookup's and the writer's connections were terminated ({terminated})");
     admin.close().await.unwrap();
 
-    assert_eq!(store.enrollment(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
-    let (written, _, _) = store.commit_registration(attempt("After", None, "op-after"), snapshot()).await.unwrap();
+    assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
+    let (written, _, _) = store.registrations().commit(attempt("After", None, "op-after"), snapshot()).await.unwrap();
     // Pooled connections are checked once idle for a while (as they are after a restart that takes that long).
     tokio::time::sleep(zerotouch_store::POOLED_CHECK_AFTER_IDLE + Duration::from_millis(200)).await;
-    assert_eq!(store.registration("after").await.unwrap(), written);
+    assert_eq!(store.registrations().get("after").await.unwrap(), written);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -524,7 +532,7 @@ async fn paging_returns_every_key_once_in_order(store: &Store) {
     const N: usize = 2500;
     let kind = EnrollmentKind::Individual;
     assert_eq!(
-        store.list_enrollments(kind, None, 1000).await.unwrap(),
+        store.enrollments().list(kind, None, 1000).await.unwrap(),
         zerotouch_store::Page { items: vec![], next: None }
     );
 
@@ -535,7 +543,7 @@ async fn paging_returns_every_key_once_in_order(store: &Store) {
             BulkItem { index, key: key(&id), enrollment: Some(individual(&id)), etag: None }
         })
         .collect();
-    let failures = store.bulk_enrollments(kind, BulkMode::Create, items, &actor()).await.unwrap();
+    let failures = store.enrollments().bulk(kind, BulkMode::Create, items, &actor()).await.unwrap();
     assert_eq!(failures, []);
 
     let (records, sizes) = all_enrollments(store, kind, 1000).await;
@@ -547,19 +555,19 @@ async fn paging_returns_every_key_once_in_order(store: &Store) {
     assert!(records.iter().all(|r| r.id.starts_with("Dev-")));
 
     // A listing that ends exactly on a page boundary still says there is no next page.
-    let last = store.list_enrollments(kind, Some("dev-01499"), 1000).await.unwrap();
+    let last = store.enrollments().list(kind, Some("dev-01499"), 1000).await.unwrap();
     assert_eq!(last.items.len(), 1000);
     assert_eq!(last.next, None);
 
     // Limits are clamped: 0 reads one row, anything above 1000 reads 1000.
-    let one = store.list_enrollments(kind, None, 0).await.unwrap();
+    let one = store.enrollments().list(kind, None, 0).await.unwrap();
     assert_eq!(one.items.len(), 1);
     assert_eq!(one.next.as_deref(), Some("dev-00000"));
-    let capped = store.list_enrollments(kind, None, 5000).await.unwrap();
+    let capped = store.enrollments().list(kind, None, 5000).await.unwrap();
     assert_eq!(capped.items.len(), 1000);
     assert_eq!(capped.next.as_deref(), Some("dev-00999"));
     // A token after the last key gives an empty last page.
-    let empty = store.list_enrollments(kind, Some("dev-02499"), 1000).await.unwrap();
+    let empty = store.enrollments().list(kind, Some("dev-02499"), 1000).await.unwrap();
     assert_eq!((empty.items.len(), empty.next), (0, None));
     assert_eq!(enrollment_count(store, EnrollmentKind::Group).await, 0);
 }
@@ -589,7 +597,7 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
             BulkItem { index, key: key(&item_id), enrollment: Some(individual(&item_id)), etag: None }
         })
         .collect();
-    let failures = store.bulk_enrollments(kind, BulkMode::Create, create_items, &actor()).await.unwrap();
+    let failures = store.enrollments().bulk(kind, BulkMode::Create, create_items, &actor()).await.unwrap();
     let indexes: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
     assert_eq!(indexes, [10, 250, 500, 750, 990]);
     assert!(failures.iter().all(|(_, f)| matches!(f, BulkFailure::Conflict(_))), "{failures:?}");
@@ -598,11 +606,15 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
     let (records, _) = all_enrollments(store, kind, 1000).await;
     assert_eq!(records.len(), 998);
     for old in &preexisting {
-        assert_eq!(&store.enrollment(kind, &old.key).await.unwrap(), old, "create mode leaves existing ids alone");
+        assert_eq!(
+            &store.enrollments().get(kind, &old.key).await.unwrap(),
+            old,
+            "create mode leaves existing ids alone"
+        );
     }
-    assert!(matches!(store.enrollment(kind, &key(&id(250))).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.enrollment(kind, &key(&id(750))).await, Err(StoreError::NotFound)));
-    assert_eq!(store.enrollment(kind, &key(&id(249))).await.unwrap().id, id(249), "the first occurrence wins");
+    assert!(matches!(store.enrollments().get(kind, &key(&id(250))).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.enrollments().get(kind, &key(&id(750))).await, Err(StoreError::NotFound)));
+    assert_eq!(store.enrollments().get(kind, &key(&id(249))).await.unwrap().id, id(249), "the first occurrence wins");
     let etags: HashMap<String, String> = records.iter().map(|r| (r.id.clone(), r.etag.clone())).collect();
     let events = all_audit(store, &AuditFilter::default()).await.split_off(audit_start);
     assert_eq!(events.len(), 995);
@@ -635,7 +647,7 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
         });
     }
     assert_eq!(update_items.len(), 1000);
-    let failures = store.bulk_enrollments(kind, BulkMode::UpdateIfMatchETag, update_items, &actor()).await.unwrap();
+    let failures = store.enrollments().bulk(kind, BulkMode::UpdateIfMatchETag, update_items, &actor()).await.unwrap();
     assert_eq!(failures, [1, 400, 997, 998, 999].map(|i| (i, BulkFailure::PreconditionFailed)));
 
     let (updated, _) = all_enrollments(store, kind, 1000).await;
@@ -676,7 +688,7 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
         .map(|(index, (key, etag))| BulkItem { index, key, enrollment: None, etag })
         .collect();
     assert_eq!(delete_items.len(), 1000);
-    let failures = store.bulk_enrollments(kind, BulkMode::Delete, delete_items, &actor()).await.unwrap();
+    let failures = store.enrollments().bulk(kind, BulkMode::Delete, delete_items, &actor()).await.unwrap();
     assert_eq!(
         failures,
         [(100, BulkFailure::NotFound), (400, BulkFailure::PreconditionFailed), (900, BulkFailure::NotFound)]
@@ -709,7 +721,7 @@ async fn bulk_update_mode_creates_or_replaces(store: &Store) {
         })
         .collect();
     items.push(BulkItem { index: 10, key: "group-x".into(), enrollment: None, etag: None });
-    let failures = store.bulk_enrollments(kind, BulkMode::Update, items, &actor()).await.unwrap();
+    let failures = store.enrollments().bulk(kind, BulkMode::Update, items, &actor()).await.unwrap();
     assert_eq!(failures, [(10, BulkFailure::NotFound)]);
 
     let (records, _) = all_enrollments(store, kind, 1000).await;
@@ -736,7 +748,7 @@ async fn bulk_update_mode_creates_or_replaces(store: &Store) {
 
     let events = all_audit(store, &AuditFilter::default()).await;
     let items = vec![BulkItem { index: 0, key: "nope".into(), enrollment: None, etag: None }];
-    let failures = store.bulk_enrollments(kind, BulkMode::Delete, items, &actor()).await.unwrap();
+    let failures = store.enrollments().bulk(kind, BulkMode::Delete, items, &actor()).await.unwrap();
     assert_eq!(failures, [(0, BulkFailure::NotFound)]);
     assert_eq!(all_audit(store, &AuditFilter::default()).await, events);
     assert_eq!(all_enrollments(store, kind, 1000).await.0, records);
@@ -753,12 +765,14 @@ both!(bulk_update_mode_creates_or_replaces);
 async fn every_change_is_audited(store: &Store) {
     let kind = EnrollmentKind::Individual;
     let bob = Actor { subject: "bob".into(), role: "operator".into() };
-    let (created, _) = store.put_enrollment(kind, individual("Dev-1"), &Precondition::None, &actor()).await.unwrap();
-    let (updated, _) = store.put_enrollment(kind, individual("Dev-1"), &if_match(&created.etag), &bob).await.unwrap();
-    store.audit_key_read(kind, &updated, &bob).await.unwrap();
-    store.delete_enrollment(kind, "dev-1", &if_match(&updated.etag), &actor()).await.unwrap();
+    let (created, _) = store.enrollments().put(kind, individual("Dev-1"), &Precondition::None, &actor()).await.unwrap();
+    let (updated, _) =
+        store.enrollments().put(kind, individual("Dev-1"), &if_match(&created.etag), &bob).await.unwrap();
+    store.enrollments().audit_key_read(kind, &updated, &bob).await.unwrap();
+    store.enrollments().delete(kind, "dev-1", &if_match(&updated.etag), &actor()).await.unwrap();
     let (group, _) = store
-        .put_enrollment(EnrollmentKind::Group, enrollment(EnrollmentKind::Group, "G-1"), &Precondition::None, &bob)
+        .enrollments()
+        .put(EnrollmentKind::Group, enrollment(EnrollmentKind::Group, "G-1"), &Precondition::None, &bob)
         .await
         .unwrap();
 
@@ -823,7 +837,7 @@ async fn audit_log_pages_and_filters_by_time(store: &Store) {
     let mut pages = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_audit(&AuditFilter::default(), after.as_deref(), 4).await.unwrap();
+        let page = store.audit().list(&AuditFilter::default(), after.as_deref(), 4).await.unwrap();
         pages.push(page.items.len());
         after = page.next.clone();
         if let Some(next) = &page.next {
@@ -837,9 +851,9 @@ async fn audit_log_pages_and_filters_by_time(store: &Store) {
     let all = all_audit(store, &AuditFilter::default()).await;
     assert_eq!(all.len(), 15);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-    let exactly = store.list_audit(&AuditFilter::default(), None, 15).await.unwrap();
+    let exactly = store.audit().list(&AuditFilter::default(), None, 15).await.unwrap();
     assert_eq!((exactly.items.len(), exactly.next), (15, None));
-    let tail = store.list_audit(&AuditFilter::default(), Some(&all[12].id.to_string()), 10).await.unwrap();
+    let tail = store.audit().list(&AuditFilter::default(), Some(&all[12].id.to_string()), 10).await.unwrap();
     assert_eq!(tail.items, all[13..]);
 
     let ids = |events: &[AuditRecord]| events.iter().map(|e| e.resource_id.clone()).collect::<Vec<_>>();
@@ -863,12 +877,12 @@ async fn audit_log_pages_and_filters_by_time(store: &Store) {
     assert!(!to_pivot.iter().any(|e| e.id == pivot.id));
 
     // Paging and a filter together.
-    let first = store.list_audit(&AuditFilter { from: Some(t1), to: None }, None, 6).await.unwrap();
+    let first = store.audit().list(&AuditFilter { from: Some(t1), to: None }, None, 6).await.unwrap();
     assert_eq!(first.items.len(), 6);
-    let second = store.list_audit(&AuditFilter { from: Some(t1), to: None }, first.next.as_deref(), 6).await.unwrap();
+    let second = store.audit().list(&AuditFilter { from: Some(t1), to: None }, first.next.as_deref(), 6).await.unwrap();
     assert_eq!((second.items.len(), second.next), (4, None));
 
-    let err = store.list_audit(&AuditFilter::default(), Some("not-a-number"), 10).await.unwrap_err();
+    let err = store.audit().list(&AuditFilter::default(), Some("not-a-number"), 10).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
 }
 both!(audit_log_pages_and_filters_by_time);
@@ -879,23 +893,25 @@ both!(audit_log_pages_and_filters_by_time);
 
 /// Hubs are created, read, listed by host name, replaced and deleted under If-Match preconditions, with audit.
 async fn hubs_crud_with_preconditions(store: &Store) {
-    assert!(store.list_hubs().await.unwrap().is_empty());
-    assert!(matches!(store.hub("hub-a.example.com").await, Err(StoreError::NotFound)));
+    assert!(store.hubs().list().await.unwrap().is_empty());
+    assert!(matches!(store.hubs().get("hub-a.example.com").await, Err(StoreError::NotFound)));
     let err = store
-        .put_hub(hub_input("hub-a.example.com", 1), &Precondition::IfMatch(vec!["*".into()]), &actor())
+        .hubs()
+        .put(hub_input("hub-a.example.com", 1), &Precondition::IfMatch(vec!["*".into()]), &actor())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
 
-    let (b, created) = store.put_hub(hub_input("hub-b.example.com", 10), &Precondition::None, &actor()).await.unwrap();
+    let (b, created) =
+        store.hubs().put(hub_input("hub-b.example.com", 10), &Precondition::None, &actor()).await.unwrap();
     assert!(created);
     let (a, created) =
-        store.put_hub(hub_input("hub-a.example.com", 1000), &Precondition::None, &actor()).await.unwrap();
+        store.hubs().put(hub_input("hub-a.example.com", 1000), &Precondition::None, &actor()).await.unwrap();
     assert!(created);
     assert_eq!(a.created_at, a.updated_at);
-    assert_eq!(store.hub("hub-a.example.com").await.unwrap(), a);
-    assert_eq!(store.hub("hub-b.example.com").await.unwrap(), b);
-    let listed: Vec<String> = store.list_hubs().await.unwrap().into_iter().map(|h| h.hub.host_name).collect();
+    assert_eq!(store.hubs().get("hub-a.example.com").await.unwrap(), a);
+    assert_eq!(store.hubs().get("hub-b.example.com").await.unwrap(), b);
+    let listed: Vec<String> = store.hubs().list().await.unwrap().into_iter().map(|h| h.hub.host_name).collect();
     assert_eq!(listed, ["hub-a.example.com", "hub-b.example.com"]);
 
     // Replace under the right etag; a wrong one is refused and changes nothing.
@@ -903,26 +919,26 @@ async fn hubs_crud_with_preconditions(store: &Store) {
     let mut changed = hub_input("hub-a.example.com", 7);
     changed.apply_allocation_policy = false;
     changed.settings = json!({"connectionString": "rotated"});
-    let err = store.put_hub(changed.clone(), &if_match("stale"), &actor()).await.unwrap_err();
+    let err = store.hubs().put(changed.clone(), &if_match("stale"), &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
-    assert_eq!(store.hub("hub-a.example.com").await.unwrap(), a);
-    let (a2, created) = store.put_hub(changed.clone(), &if_match(&a.etag), &actor()).await.unwrap();
+    assert_eq!(store.hubs().get("hub-a.example.com").await.unwrap(), a);
+    let (a2, created) = store.hubs().put(changed.clone(), &if_match(&a.etag), &actor()).await.unwrap();
     assert!(!created);
     assert_ne!(a2.etag, a.etag);
     assert_eq!(a2.created_at, a.created_at);
     assert!(a2.updated_at > a.updated_at);
     assert_eq!(a2.hub, changed);
-    assert_eq!(store.hub("hub-a.example.com").await.unwrap(), a2);
+    assert_eq!(store.hubs().get("hub-a.example.com").await.unwrap(), a2);
 
     // Delete: wrong etag refused, right etag works, then NotFound.
-    let err = store.delete_hub("hub-a.example.com", &if_match(&a.etag), &actor()).await.unwrap_err();
+    let err = store.hubs().delete("hub-a.example.com", &if_match(&a.etag), &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
-    store.delete_hub("hub-a.example.com", &if_match(&a2.etag), &actor()).await.unwrap();
-    assert!(matches!(store.hub("hub-a.example.com").await, Err(StoreError::NotFound)));
-    let err = store.delete_hub("hub-a.example.com", &Precondition::None, &actor()).await.unwrap_err();
+    store.hubs().delete("hub-a.example.com", &if_match(&a2.etag), &actor()).await.unwrap();
+    assert!(matches!(store.hubs().get("hub-a.example.com").await, Err(StoreError::NotFound)));
+    let err = store.hubs().delete("hub-a.example.com", &Precondition::None, &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
-    store.delete_hub("hub-b.example.com", &Precondition::IfMatch(vec!["*".into()]), &actor()).await.unwrap();
-    assert!(store.list_hubs().await.unwrap().is_empty());
+    store.hubs().delete("hub-b.example.com", &Precondition::IfMatch(vec!["*".into()]), &actor()).await.unwrap();
+    assert!(store.hubs().list().await.unwrap().is_empty());
 
     let events = audit_of(store, "hub", "hub-a.example.com").await;
     let summary: Vec<(&str, Option<&str>, Option<&str>)> =
@@ -941,19 +957,19 @@ both!(hubs_crud_with_preconditions);
 
 /// unknown_hubs names exactly the host names that are not linked, in the order asked.
 async fn unknown_hubs_lists_the_unlinked(store: &Store) {
-    assert_eq!(store.unknown_hubs(&[]).await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.hubs().unknown(&[]).await.unwrap(), Vec::<String>::new());
     let asked: Vec<String> =
         ["nope-1.example.com", "hub-a.example.com", "nope-2.example.com", "hub-b.example.com"].map(String::from).into();
-    assert_eq!(store.unknown_hubs(&asked).await.unwrap(), asked);
+    assert_eq!(store.hubs().unknown(&asked).await.unwrap(), asked);
 
     for host in ["hub-a.example.com", "hub-b.example.com", "hub-c.example.com"] {
-        store.put_hub(hub_input(host, 1), &Precondition::None, &actor()).await.unwrap();
+        store.hubs().put(hub_input(host, 1), &Precondition::None, &actor()).await.unwrap();
     }
-    assert_eq!(store.unknown_hubs(&asked).await.unwrap(), ["nope-1.example.com", "nope-2.example.com"]);
-    assert!(store.unknown_hubs(&asked[1..2]).await.unwrap().is_empty());
-    store.delete_hub("hub-b.example.com", &Precondition::None, &actor()).await.unwrap();
+    assert_eq!(store.hubs().unknown(&asked).await.unwrap(), ["nope-1.example.com", "nope-2.example.com"]);
+    assert!(store.hubs().unknown(&asked[1..2]).await.unwrap().is_empty());
+    store.hubs().delete("hub-b.example.com", &Precondition::None, &actor()).await.unwrap();
     assert_eq!(
-        store.unknown_hubs(&asked).await.unwrap(),
+        store.hubs().unknown(&asked).await.unwrap(),
         ["nope-1.example.com", "nope-2.example.com", "hub-b.example.com"]
     );
 }
@@ -966,11 +982,11 @@ both!(unknown_hubs_lists_the_unlinked);
 /// A registration state is inserted, then replaced with a fresh etag while its created_at is kept, and reads back
 /// exactly as save_registration returned it.
 async fn registrations_save_and_get(store: &Store) {
-    assert!(matches!(store.registration("dev-1").await, Err(StoreError::NotFound)));
-    let saved = store.save_registration(registration("Dev-1", Some("Group-1"))).await.unwrap();
+    assert!(matches!(store.registrations().get("dev-1").await, Err(StoreError::NotFound)));
+    let saved = store.registrations().save(registration("Dev-1", Some("Group-1"))).await.unwrap();
     assert!(!saved.etag.is_empty());
     assert_eq!(saved.key, "dev-1");
-    assert_eq!(store.registration("dev-1").await.unwrap(), saved, "what save returns is what is stored");
+    assert_eq!(store.registrations().get("dev-1").await.unwrap(), saved, "what save returns is what is stored");
 
     pause().await;
     let mut failed = registration("Dev-1", Some("Group-1"));
@@ -981,11 +997,11 @@ async fn registrations_save_and_get(store: &Store) {
     failed.error_code = Some(400_209);
     failed.error_message = Some("the webhook refused the device".into());
     failed.payload = None;
-    let resaved = store.save_registration(failed).await.unwrap();
+    let resaved = store.registrations().save(failed).await.unwrap();
     assert_ne!(resaved.etag, saved.etag);
     assert_eq!(resaved.created_at, saved.created_at, "created_at is kept on replace");
     assert!(resaved.updated_at > saved.updated_at);
-    assert_eq!(store.registration("dev-1").await.unwrap(), resaved);
+    assert_eq!(store.registrations().get("dev-1").await.unwrap(), resaved);
     assert_eq!(resaved.status, "failed");
     assert_eq!(resaved.error_code, Some(400_209));
     assert_eq!((resaved.assigned_hub, resaved.payload), (None, None));
@@ -995,16 +1011,16 @@ both!(registrations_save_and_get);
 /// The registrations of a group are listed in key order with paging, and only those of that group.
 async fn registrations_list_by_group_with_paging(store: &Store) {
     for i in (0..7).rev() {
-        store.save_registration(registration(&format!("Member-{i}"), Some("Group-2"))).await.unwrap();
+        store.registrations().save(registration(&format!("Member-{i}"), Some("Group-2"))).await.unwrap();
     }
-    store.save_registration(registration("Loner", None)).await.unwrap();
-    store.save_registration(registration("Other-1", Some("Group-3"))).await.unwrap();
+    store.registrations().save(registration("Loner", None)).await.unwrap();
+    store.registrations().save(registration("Other-1", Some("Group-3"))).await.unwrap();
 
     let mut keys = Vec::new();
     let mut sizes = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list_group_registrations("group-2", after.as_deref(), 3).await.unwrap();
+        let page = store.registrations().list_of_group("group-2", after.as_deref(), 3).await.unwrap();
         sizes.push(page.items.len());
         assert!(page.items.iter().all(|r| r.enrollment_group_key.as_deref() == Some("group-2")));
         keys.extend(page.items.iter().map(|r| r.key.clone()));
@@ -1016,10 +1032,10 @@ async fn registrations_list_by_group_with_paging(store: &Store) {
     assert_eq!(sizes, [3, 3, 1]);
     assert_eq!(keys, (0..7).map(|i| format!("member-{i}")).collect::<Vec<_>>());
 
-    let other = store.list_group_registrations("group-3", None, 1000).await.unwrap();
+    let other = store.registrations().list_of_group("group-3", None, 1000).await.unwrap();
     assert_eq!(other.items.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["other-1"]);
     assert_eq!(other.next, None);
-    let none = store.list_group_registrations("nobody", None, 1000).await.unwrap();
+    let none = store.registrations().list_of_group("nobody", None, 1000).await.unwrap();
     assert_eq!((none.items.len(), none.next), (0, None));
 }
 both!(registrations_list_by_group_with_paging);
@@ -1027,16 +1043,16 @@ both!(registrations_list_by_group_with_paging);
 /// Deleting a registration honours If-Match (wrong etag refused, right etag works, missing is NotFound) and is
 /// audited.
 async fn registrations_delete_with_preconditions(store: &Store) {
-    let saved = store.save_registration(registration("Dev-1", Some("Group-1"))).await.unwrap();
-    let err = store.delete_registration("dev-1", &if_match("wrong"), &actor()).await.unwrap_err();
+    let saved = store.registrations().save(registration("Dev-1", Some("Group-1"))).await.unwrap();
+    let err = store.registrations().delete("dev-1", &if_match("wrong"), &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::PreconditionFailed), "{err:?}");
-    assert_eq!(store.registration("dev-1").await.unwrap(), saved);
+    assert_eq!(store.registrations().get("dev-1").await.unwrap(), saved);
 
-    store.delete_registration("dev-1", &if_match(&saved.etag), &actor()).await.unwrap();
-    assert!(matches!(store.registration("dev-1").await, Err(StoreError::NotFound)));
-    let err = store.delete_registration("dev-1", &Precondition::None, &actor()).await.unwrap_err();
+    store.registrations().delete("dev-1", &if_match(&saved.etag), &actor()).await.unwrap();
+    assert!(matches!(store.registrations().get("dev-1").await, Err(StoreError::NotFound)));
+    let err = store.registrations().delete("dev-1", &Precondition::None, &actor()).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
-    assert!(store.list_group_registrations("group-1", None, 10).await.unwrap().items.is_empty());
+    assert!(store.registrations().list_of_group("group-1", None, 10).await.unwrap().items.is_empty());
 
     let deletes: Vec<AuditRecord> =
         audit_of(store, "registration", "Dev-1").await.into_iter().filter(|e| e.action == "delete").collect();
@@ -1045,9 +1061,9 @@ async fn registrations_delete_with_preconditions(store: &Store) {
     assert_eq!(deletes[0].etag_before.as_deref(), Some(saved.etag.as_str()));
     assert_eq!(deletes[0].etag_after, None);
 
-    let other = store.save_registration(registration("Dev-2", None)).await.unwrap();
-    store.delete_registration("dev-2", &Precondition::None, &actor()).await.unwrap();
-    assert!(matches!(store.registration(&other.key).await, Err(StoreError::NotFound)));
+    let other = store.registrations().save(registration("Dev-2", None)).await.unwrap();
+    store.registrations().delete("dev-2", &Precondition::None, &actor()).await.unwrap();
+    assert!(matches!(store.registrations().get(&other.key).await, Err(StoreError::NotFound)));
 }
 both!(registrations_delete_with_preconditions);
 
@@ -1074,7 +1090,7 @@ async fn concurrent_puts_of_a_new_id_stay_consistent(store: &Store) {
                 tokio::spawn(async move {
                     let doc = enrollment_with(kind, &id, json!({"optionalDeviceInformation": {"writer": n}}));
                     barrier.wait().await;
-                    store.put_enrollment(kind, doc, &Precondition::None, &writer(n)).await
+                    store.enrollments().put(kind, doc, &Precondition::None, &writer(n)).await
                 })
             })
             .collect();
@@ -1091,7 +1107,7 @@ async fn concurrent_puts_of_a_new_id_stay_consistent(store: &Store) {
         }
         assert_eq!(creates, 1, "exactly one writer creates {id}");
 
-        let stored = store.enrollment(kind, &key(&id)).await.unwrap();
+        let stored = store.enrollments().get(kind, &key(&id)).await.unwrap();
         let events = audit_of(store, "enrollment", &id).await;
         assert_eq!(events.len(), succeeded.len(), "one audit event per successful write");
         assert_eq!(events[0].action, "create");
@@ -1123,7 +1139,7 @@ async fn concurrent_if_match_updates_have_one_winner(store: &Store) {
             tokio::spawn(async move {
                 let doc = enrollment_with(kind, "Contended", json!({"optionalDeviceInformation": {"writer": n}}));
                 barrier.wait().await;
-                store.put_enrollment(kind, doc, &if_match(&etag), &writer(n)).await
+                store.enrollments().put(kind, doc, &if_match(&etag), &writer(n)).await
             })
         })
         .collect();
@@ -1138,7 +1154,7 @@ async fn concurrent_if_match_updates_have_one_winner(store: &Store) {
         }
     }
     assert_eq!(winners.len(), 1, "exactly one If-Match update wins");
-    let stored = store.enrollment(kind, "contended").await.unwrap();
+    let stored = store.enrollments().get(kind, "contended").await.unwrap();
     assert_eq!(stored, winners[0]);
     let events = audit_of(store, "enrollment", "Contended").await;
     assert_eq!(events.len(), 2);
@@ -1188,10 +1204,10 @@ async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
         let store = store.clone();
         tokio::spawn(async move {
             barrier.wait().await;
-            store.commit_registration(outcome, snapshot()).await
+            store.registrations().commit(outcome, snapshot()).await
         })
     };
-    let existing = store.save_registration(registration("Known", None)).await.unwrap();
+    let existing = store.registrations().save(registration("Known", None)).await.unwrap();
     for i in 0..DEVICES {
         tasks.push(("single", spawn(attempt(&format!("Dev-{i}"), None, &format!("op-dev-{i}")), barrier.clone())));
     }
@@ -1215,8 +1231,12 @@ async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
     assert_eq!(won["new"].len(), 1, "one first registration of Racer wins");
     assert_eq!(won["known"].len(), 1, "one re-registration of Known wins");
     for (record, operation) in won.values().flatten() {
-        assert_eq!(&store.registration(&record.key).await.unwrap(), record, "what was returned is what is stored");
-        let stored = store.operation(&record.key, &operation.id).await.unwrap();
+        assert_eq!(
+            &store.registrations().get(&record.key).await.unwrap(),
+            record,
+            "what was returned is what is stored"
+        );
+        let stored = store.registrations().operation(&record.key, &operation.id).await.unwrap();
         assert_eq!(stored.result, Some(json!({"registrationId": record.registration_id, "etag": record.etag})));
         let registers: Vec<AuditRecord> = audit_of(store, "registration", &record.registration_id)
             .await
@@ -1232,7 +1252,7 @@ async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
     assert_eq!(known.created_at, existing.created_at, "a re-registration keeps created_at");
     for n in 0..RACERS {
         for (key, id) in [("racer", format!("op-racer-{n}")), ("known", format!("op-known-{n}"))] {
-            let found = store.operation(key, &id).await.is_ok();
+            let found = store.registrations().operation(key, &id).await.is_ok();
             let winner = won.values().flatten().any(|(_, op)| op.id == id);
             assert_eq!(found, winner, "operation {id} exists exactly when its attempt won");
         }
@@ -1250,7 +1270,7 @@ async fn a_failing_attempt_fails_alone(store: &Store) {
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                (id, store.commit_registration(attempt(id, None, op), snapshot()).await)
+                (id, store.registrations().commit(attempt(id, None, op), snapshot()).await)
             })
         })
         .collect();
@@ -1264,8 +1284,8 @@ async fn a_failing_attempt_fails_alone(store: &Store) {
     assert_eq!(taken.len(), 1, "one of the two attempts sharing an operation id is written");
     let loser = if taken[0] == "First" { "Second" } else { "First" };
     assert!(matches!(outcomes[loser], Err(StoreError::Database(_))), "{:?}", outcomes[loser]);
-    assert!(matches!(store.registration(&key(loser)).await, Err(StoreError::NotFound)), "no half-written state");
+    assert!(matches!(store.registrations().get(&key(loser)).await, Err(StoreError::NotFound)), "no half-written state");
     assert!(audit_of(store, "registration", loser).await.is_empty(), "no audit event for what was not written");
-    assert!(store.registration("third").await.is_ok());
+    assert!(store.registrations().get("third").await.is_ok());
 }
 both!(a_failing_attempt_fails_alone);

@@ -27,21 +27,21 @@ fn challenge(id: &str, expires_in: Duration) -> TpmChallengeRecord {
 /// A challenge round-trips; a new one replaces it (the old id can no longer be used); of many concurrent registers
 /// exactly one uses it; an expired one cannot be used and is removed by the next put; a binding keeps its first EK.
 async fn challenges_and_bindings(store: Arc<Store>) {
-    assert!(matches!(store.tpm_challenge("dev-1").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.tpm().challenge("dev-1").await, Err(StoreError::NotFound)));
     let first = challenge("first", Duration::minutes(10));
-    store.put_tpm_challenge(&first).await.unwrap();
-    let read = store.tpm_challenge("dev-1").await.unwrap();
+    store.tpm().put_challenge(&first).await.unwrap();
+    let read = store.tpm().challenge("dev-1").await.unwrap();
     assert_eq!(
         (read.id.as_str(), read.enrollment_kind, read.hmac_key.clone()),
         ("first", EnrollmentKind::Group, first.hmac_key.clone())
     );
 
-    store.put_tpm_challenge(&challenge("second", Duration::minutes(10))).await.unwrap();
-    assert!(!store.use_tpm_challenge("dev-1", "first").await.unwrap(), "a replaced challenge");
+    store.tpm().put_challenge(&challenge("second", Duration::minutes(10))).await.unwrap();
+    assert!(!store.tpm().use_challenge("dev-1", "first").await.unwrap(), "a replaced challenge");
     let tries: Vec<_> = (0..8)
         .map(|_| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { store.use_tpm_challenge("dev-1", "second").await.unwrap() })
+            tokio::spawn(async move { store.tpm().use_challenge("dev-1", "second").await.unwrap() })
         })
         .collect();
     let mut used = 0;
@@ -49,18 +49,18 @@ async fn challenges_and_bindings(store: Arc<Store>) {
         used += usize::from(task.await.unwrap());
     }
     assert_eq!(used, 1, "exactly one register uses a challenge");
-    assert!(store.tpm_challenge("dev-1").await.unwrap().used_at.is_some());
+    assert!(store.tpm().challenge("dev-1").await.unwrap().used_at.is_some());
 
-    store.put_tpm_challenge(&challenge("late", -Duration::seconds(1))).await.unwrap();
-    assert!(!store.use_tpm_challenge("dev-1", "late").await.unwrap(), "an expired challenge");
+    store.tpm().put_challenge(&challenge("late", -Duration::seconds(1))).await.unwrap();
+    assert!(!store.tpm().use_challenge("dev-1", "late").await.unwrap(), "an expired challenge");
     let mut other = challenge("other", Duration::minutes(10));
     other.registration_key = "dev-2".into();
-    store.put_tpm_challenge(&other).await.unwrap();
-    assert!(matches!(store.tpm_challenge("dev-1").await, Err(StoreError::NotFound)), "expired ones are removed");
+    store.tpm().put_challenge(&other).await.unwrap();
+    assert!(matches!(store.tpm().challenge("dev-1").await, Err(StoreError::NotFound)), "expired ones are removed");
 
-    assert_eq!(store.tpm_binding("dev-1").await.unwrap(), None);
-    assert_eq!(store.bind_tpm("dev-1", "EK-A").await.unwrap(), "EK-A");
-    assert_eq!(store.bind_tpm("dev-1", "EK-B").await.unwrap(), "EK-A", "the first TPM keeps the id");
+    assert_eq!(store.tpm().binding("dev-1").await.unwrap(), None);
+    assert_eq!(store.tpm().bind("dev-1", "EK-A").await.unwrap(), "EK-A");
+    assert_eq!(store.tpm().bind("dev-1", "EK-B").await.unwrap(), "EK-A", "the first TPM keeps the id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,7 +15,7 @@ use zerotouch_store::StoreError;
 use zerotouch_wire::enrollment::FieldError;
 use zerotouch_wire::{ErrorBody, ErrorCode};
 
-use crate::auth::{Role, TokenError};
+use crate::auth::{AuthError, Role, TokenError};
 use crate::internal::InternalError;
 use crate::pki::PkiError;
 use crate::registration::RegistrationError;
@@ -219,6 +219,15 @@ pub fn device_response(error: &RegistrationError) -> HttpResponse {
         | RegistrationError::TpmKey(_)
         | RegistrationError::NotFound(_)
         | RegistrationError::Conflict(_) => error_response(code, message, None),
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unauthenticated(why) => Self::Unauthenticated(why),
+            AuthError::Forbidden { role, needs, what } => Self::Forbidden { role, needs, what },
+        }
     }
 }
 

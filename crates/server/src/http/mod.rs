@@ -46,7 +46,10 @@ pub fn admin_server(
     state: AdminState,
     shutdown_timeout: Duration,
 ) -> anyhow::Result<Server> {
-    let store = web::Data::new(state.store);
+    // Handlers reach the store only through their `Caller` (which opens the `AdminStore`), and `/readyz` only
+    // through `Readiness`: no handler takes the `Store` itself.
+    let readiness = web::Data::new(state.store.readiness());
+    let store = web::Data::new(crate::auth::AdminStore::new(state.store));
     let verifier = web::Data::from(state.verifier);
     let metrics = web::Data::new(state.metrics);
     let pki = web::Data::from(state.pki);
@@ -54,6 +57,7 @@ pub fn admin_server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(store.clone())
+            .app_data(readiness.clone())
             .app_data(pki.clone())
             .app_data(hubs.clone())
             .app_data(verifier.clone())

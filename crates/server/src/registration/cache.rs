@@ -128,12 +128,16 @@ impl Caches {
         if let Some(reference) = self.cached_reference().filter(|r| fresh(r, generation)) {
             return Ok(reference);
         }
-        let hubs = store.list_hubs().await.map_err(internal("reading the hubs"))?;
-        let symmetric_key_groups =
-            store.groups_by_attestation("symmetricKey").await.map_err(internal("reading the symmetric-key groups"))?;
-        let x509_groups = store.groups_by_attestation("x509").await.map_err(internal("reading the X.509 groups"))?;
+        let hubs = store.hubs().list().await.map_err(internal("reading the hubs"))?;
+        let symmetric_key_groups = store
+            .enrollments()
+            .groups_by_attestation("symmetricKey")
+            .await
+            .map_err(internal("reading the symmetric-key groups"))?;
+        let x509_groups =
+            store.enrollments().groups_by_attestation("x509").await.map_err(internal("reading the X.509 groups"))?;
         let authorities =
-            store.all_certificate_authorities().await.map_err(internal("reading the certificate authorities"))?;
+            store.certificate_authorities().all().await.map_err(internal("reading the certificate authorities"))?;
         let x509_groups = parse_groups(x509_groups)
             .into_iter()
             .map(|group| {

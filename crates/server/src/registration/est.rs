@@ -26,7 +26,7 @@ impl RegistrationService {
         let issued = self.issued_certificate(leaf).await?;
         let (registration_id, registration) = match &issued {
             // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
-            Some(issued) => match self.store.registration(&issued.registration_key).await {
+            Some(issued) => match self.store.registrations().get(&issued.registration_key).await {
                 Ok(registration) => (registration.registration_id.clone(), Some(registration)),
                 Err(StoreError::NotFound) => (issued.registration_key.clone(), None),
                 Err(e) => return Err(internal("reading the registration of a certificate")(e)),
@@ -77,7 +77,7 @@ impl RegistrationService {
         // A certificate belongs to a registration (which revocation finds it by): the device registers first.
         let registration = match registration {
             Some(registration) => Ok(registration),
-            None => self.store.registration(&key).await,
+            None => self.store.registrations().get(&key).await,
         };
         let device_id = match registration {
             Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => registration.device_id,
@@ -92,6 +92,7 @@ impl RegistrationService {
         let record = issue::certificate_record(&key, device_id, &issued);
         let actor = Actor { subject: format!("device:{}", device.registration_id.as_str()), role: "device".into() };
         self.store
+            .registrations()
             .record_certificate(record, action.as_str(), &actor)
             .await
             .map_err(internal("recording a certificate"))?;

@@ -138,7 +138,7 @@ impl RegistrationService {
                 hubs: &hubs,
                 hub_settings: self.hubs.settings(),
             });
-            match self.store.commit_registration(outcome, snapshot).await {
+            match self.store.registrations().commit(outcome, snapshot).await {
                 Ok((_, operation, hub_job)) => return Ok(self.deliver(operation, hub_job).await),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(internal("writing the registration")(e)),
@@ -149,7 +149,7 @@ impl RegistrationService {
 
     /// The device's registration, if it has one.
     async fn current_registration(&self, key: &str) -> Result<Option<RegistrationRecord>, RegistrationError> {
-        match self.store.registration(key).await {
+        match self.store.registrations().get(key).await {
             Ok(record) => Ok(Some(record)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(internal("reading the device's registration")(e)),
@@ -224,7 +224,7 @@ impl RegistrationService {
             return Ok(answer);
         }
         let not_found = || RegistrationError::NotFound(format!("operation {operation_id:?}"));
-        let operation = match self.store.operation(&key, operation_id).await {
+        let operation = match self.store.registrations().operation(&key, operation_id).await {
             Ok(operation) => operation,
             Err(StoreError::NotFound) => return Err(not_found()),
             Err(e) => return Err(internal("reading an operation")(e)),
@@ -276,7 +276,7 @@ impl RegistrationService {
                 () = shutdown.cancelled() => return,
             }
             let Ok(ttl) = chrono::Duration::from_std(self.settings.operation_ttl) else { return };
-            match self.store.delete_operations_before(chrono::Utc::now() - ttl).await {
+            match self.store.registrations().delete_operations_before(chrono::Utc::now() - ttl).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("expired {n} registration operations"),
                 Err(e) => tracing::warn!("cannot expire registration operations: {e}"),

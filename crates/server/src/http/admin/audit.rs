@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use zerotouch_store::{AuditFilter, Store};
+use zerotouch_store::AuditFilter;
 use zerotouch_wire::audit::AuditEvent;
 
 use super::timestamp;
@@ -20,11 +20,7 @@ fn time_parameter(query: &HashMap<String, String>, name: &str) -> Result<Option<
 }
 
 /// `GET /audit?from=...&to=...`: events at or after `from` and before `to`, oldest first.
-pub(super) async fn list(
-    _caller: Caller<Read>,
-    req: HttpRequest,
-    store: web::Data<Store>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn list(caller: Caller<Read>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidHeader(format!("query string: {e}")))?;
     let filter = AuditFilter { from: time_parameter(&query, "from")?, to: time_parameter(&query, "to")? };
@@ -33,7 +29,7 @@ pub(super) async fn list(
         return Err(ApiError::InvalidHeader("x-ms-continuation: not a token this service issued".into()));
     }
     let page =
-        store.list_audit(&filter, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
+        caller.audit().list(&filter, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
     let items = page
         .items
         .into_iter()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use zerotouch_pki::ProofError;
-use zerotouch_store::{CertificateAuthorityInput, CertificateAuthorityRecord, Store, StoreError};
+use zerotouch_store::{CertificateAuthorityInput, CertificateAuthorityRecord, StoreError};
 use zerotouch_wire::enrollment::FieldError;
 
 use super::timestamp;
@@ -128,14 +128,11 @@ struct VerifyBody {
 }
 
 /// `GET /certificateAuthorities`: paged, by canonical name.
-pub(super) async fn list(
-    _caller: Caller<Read>,
-    req: HttpRequest,
-    store: web::Data<Store>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn list(caller: Caller<Read>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let paging = request::paging(&req)?;
-    let page = store
-        .list_certificate_authorities(paging.after.as_deref(), paging.max_items)
+    let page = caller
+        .certificate_authorities()
+        .list(paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render).collect::<Result<Vec<_>, _>>()?;
@@ -143,13 +140,10 @@ pub(super) async fn list(
 }
 
 /// `GET /certificateAuthorities/{name}`.
-pub(super) async fn get(
-    _caller: Caller<Read>,
-    store: web::Data<Store>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get(caller: Caller<Read>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let key = parse_name(&name)?;
-    let record = store.certificate_authority(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let record =
+        caller.certificate_authorities().get(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -158,7 +152,6 @@ pub(super) async fn get(
 pub(super) async fn put(
     caller: Caller<PkiWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
     body: Json<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
@@ -167,8 +160,9 @@ pub(super) async fn put(
     let body: CertificateBody = zerotouch_wire::field::decode(body.0)?;
     let der = certificate_der(&body.certificate, "certificate")?;
     let input = ca_input(key, &name, der, OffsetDateTime::now_utc())?;
-    let (record, created) = store
-        .put_certificate_authority(input, &precondition, &caller.actor())
+    let (record, created) = caller
+        .certificate_authority_writer()
+        .put(input, &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     let status = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
@@ -179,13 +173,13 @@ pub(super) async fn put(
 pub(super) async fn delete(
     caller: Caller<PkiWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_name(&name)?;
     let precondition = request::precondition(&req)?;
-    store
-        .delete_certificate_authority(&key, &precondition, &caller.actor())
+    caller
+        .certificate_authority_writer()
+        .delete(&key, &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(HttpResponse::NoContent().finish())
@@ -206,7 +200,6 @@ struct VerificationCode<'a> {
 pub(super) async fn verification_code(
     caller: Caller<PkiWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
     _body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
@@ -214,8 +207,9 @@ pub(super) async fn verification_code(
     let precondition = request::precondition(&req)?;
     let code = zerotouch_pki::verification_code();
     let expires = chrono::Utc::now() + CODE_VALIDITY;
-    let record = store
-        .set_verification_code(&key, &code, expires, &precondition, &caller.actor())
+    let record = caller
+        .certificate_authority_writer()
+        .set_verification_code(&key, &code, expires, &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     let answer = VerificationCode {
@@ -231,14 +225,14 @@ pub(super) async fn verification_code(
 /// the outstanding code, signed by the CA's key) and marks the CA verified (owners only). The code is used up.
 pub(super) async fn verify(
     caller: Caller<PkiWrite>,
-    store: web::Data<Store>,
     name: web::Path<String>,
     body: Json<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_name(&name)?;
     let body: VerifyBody = zerotouch_wire::field::decode(body.0)?;
     let proof = certificate_der(&body.certificate, "certificate")?;
-    let record = store.certificate_authority(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let record =
+        caller.certificate_authorities().get(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     let code = match (&record.verification_code, record.verification_code_expires_at) {
         (None, _) => {
             return Err(FieldError::new(
@@ -264,12 +258,11 @@ pub(super) async fn verify(
             FieldError::new("certificate", e.to_string()).into()
         }
     })?;
-    let record =
-        store.mark_certificate_authority_verified(&key, &code, &caller.actor()).await.map_err(|e| match e {
-            // The code was replaced, used or expired between the read above and this write.
-            StoreError::Conflict(why) => FieldError::new("certificate", why).into(),
-            other => ApiError::from_store(other, &describe(&name)),
-        })?;
+    let record = caller.certificate_authority_writer().mark_verified(&key, &code).await.map_err(|e| match e {
+        // The code was replaced, used or expired between the read above and this write.
+        StoreError::Conflict(why) => FieldError::new("certificate", why).into(),
+        other => ApiError::from_store(other, &describe(&name)),
+    })?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
-use zerotouch_store::{BulkFailure, BulkItem, EnrollmentRecord, Store};
+use zerotouch_store::{BulkFailure, BulkItem, EnrollmentRecord, HubReader};
 use zerotouch_wire::ErrorCode;
 use zerotouch_wire::bulk::{BulkMode, MAX_BULK_ITEMS};
 use zerotouch_wire::enrollment::{self, EnrollmentKind, FieldError, NormalizedEnrollment};
@@ -59,8 +59,8 @@ fn render(record: &EnrollmentRecord, with_keys: bool) -> Value {
 }
 
 /// Refuses documents that name hubs that are not linked.
-async fn check_hubs(store: &Store, named: &[String]) -> Result<(), ApiError> {
-    let unknown = store.unknown_hubs(named).await.map_err(ApiError::internal)?;
+async fn check_hubs(hubs: HubReader<'_>, named: &[String]) -> Result<(), ApiError> {
+    let unknown = hubs.unknown(named).await.map_err(ApiError::internal)?;
     match unknown.first() {
         None => Ok(()),
         Some(hub) => Err(ApiError::InvalidField(FieldError::new(
@@ -71,13 +71,10 @@ async fn check_hubs(store: &Store, named: &[String]) -> Result<(), ApiError> {
 }
 
 /// `GET /{collection}/{id}`.
-pub(super) async fn get<K: Kind>(
-    _caller: Caller<Read>,
-    store: web::Data<Store>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get<K: Kind>(caller: Caller<Read>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
-    let record = store.enrollment(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    let record =
+        caller.enrollments().get(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
 }
 
@@ -85,16 +82,16 @@ pub(super) async fn get<K: Kind>(
 pub(super) async fn put<K: Kind>(
     caller: Caller<EnrollmentWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     id: web::Path<String>,
     body: Json<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     parse_id::<K>(&id)?;
     let precondition = request::precondition(&req)?;
     let normalized = enrollment::normalize(K::KIND, body.0, Some(&id))?;
-    check_hubs(&store, &normalized.named_hubs).await?;
-    let (record, _created) = store
-        .put_enrollment(K::KIND, normalized, &precondition, &caller.actor())
+    check_hubs(caller.hubs(), &normalized.named_hubs).await?;
+    let (record, _created) = caller
+        .enrollment_writer()
+        .put(K::KIND, normalized, &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
@@ -104,13 +101,13 @@ pub(super) async fn put<K: Kind>(
 pub(super) async fn delete<K: Kind>(
     caller: Caller<EnrollmentWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
     let precondition = request::precondition(&req)?;
-    store
-        .delete_enrollment(K::KIND, &key, &precondition, &caller.actor())
+    caller
+        .enrollment_writer()
+        .delete(K::KIND, &key, &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
     Ok(HttpResponse::NoContent().finish())
@@ -119,21 +116,20 @@ pub(super) async fn delete<K: Kind>(
 /// `POST /{collection}/{id}/attestationmechanism`: the attestation, keys included (audited).
 pub(super) async fn attestation_mechanism<K: Kind>(
     caller: Caller<EnrollmentWrite>,
-    store: web::Data<Store>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
-    let record = store.enrollment(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
-    store.audit_key_read(K::KIND, &record, &caller.actor()).await.map_err(ApiError::internal)?;
+    let record =
+        caller.enrollments().get(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
+    caller.enrollment_writer().audit_key_read(K::KIND, &record).await.map_err(ApiError::internal)?;
     let attestation = render(&record, true).get("attestation").cloned().unwrap_or(Value::Null);
     Ok(HttpResponse::Ok().json(attestation))
 }
 
 /// `POST /{collection}/query`: `SELECT * FROM {collection}`, paged.
 pub(super) async fn query<K: Kind>(
-    _caller: Caller<Read>,
+    caller: Caller<Read>,
     req: HttpRequest,
-    store: web::Data<Store>,
     body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(body) = body.0 {
@@ -144,8 +140,11 @@ pub(super) async fn query<K: Kind>(
             .map_err(|e| ApiError::InvalidQuery(format!("query: {e}")))?;
     }
     let paging = request::paging(&req)?;
-    let page =
-        store.list_enrollments(K::KIND, paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
+    let page = caller
+        .enrollments()
+        .list(K::KIND, paging.after.as_deref(), paging.max_items)
+        .await
+        .map_err(ApiError::internal)?;
     let items = page.items.iter().map(|r| render(r, false)).collect();
     Ok(request::page_response(items, page.next, K::KIND.item_type(), &paging))
 }
@@ -183,7 +182,6 @@ fn parse_item(kind: EnrollmentKind, mode: BulkMode, index: usize, item: Value) -
 /// `POST /{collection}`: a bulk call of up to 10,000 items; each failure is reported with its index.
 pub(super) async fn bulk<K: Kind>(
     caller: Caller<EnrollmentWrite>,
-    store: web::Data<Store>,
     body: Json<BULK_BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = K::KIND;
@@ -223,7 +221,7 @@ pub(super) async fn bulk<K: Kind>(
         parsed.iter().filter_map(|i| i.enrollment.as_ref()).flat_map(|e| e.named_hubs.iter().cloned()).collect();
     named.sort();
     named.dedup();
-    let unknown = store.unknown_hubs(&named).await.map_err(ApiError::internal)?;
+    let unknown = caller.hubs().unknown(&named).await.map_err(ApiError::internal)?;
     let mut items = Vec::with_capacity(parsed.len());
     for item in parsed {
         let missing = item.enrollment.as_ref().and_then(|e| e.named_hubs.iter().find(|h| unknown.contains(h)));
@@ -245,7 +243,7 @@ pub(super) async fn bulk<K: Kind>(
         .iter()
         .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
         .collect();
-    let failures = store.bulk_enrollments(kind, mode, items, &caller.actor()).await.map_err(|e| match e {
+    let failures = caller.enrollment_writer().bulk(kind, mode, items).await.map_err(|e| match e {
         zerotouch_store::StoreError::Conflict(why) => ApiError::Conflict(why),
         other => ApiError::internal(other),
     })?;

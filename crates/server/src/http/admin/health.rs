@@ -2,7 +2,7 @@
 //! These three need no token, so that probes and scrapers work without credentials.
 
 use actix_web::{HttpResponse, web};
-use zerotouch_store::Store;
+use zerotouch_store::Readiness;
 
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
@@ -13,8 +13,8 @@ pub(super) async fn alive() -> HttpResponse {
 }
 
 /// The database answers and its schema is current.
-pub(super) async fn ready(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    match store.is_ready().await {
+pub(super) async fn ready(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+    match readiness.is_ready().await {
         Ok(true) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))),
         Ok(false) => Err(ApiError::NotReady("database migrations are pending (run zerotouch migrate)".into())),
         Err(e) => {

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
-use zerotouch_store::{HubInput, HubRecord, Store};
+use zerotouch_store::{HubInput, HubReader, HubRecord};
 use zerotouch_wire::HubHostName;
 use zerotouch_wire::enrollment::FieldError;
 use zerotouch_wire::hub::{DEFAULT_WEIGHT, Hub, HubKind, MAX_WEIGHT, MIN_WEIGHT};
@@ -46,20 +46,16 @@ fn describe(name: &str) -> String {
 }
 
 /// `GET /hubs`.
-pub(super) async fn list(_caller: Caller<Read>, store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    let hubs = store.list_hubs().await.map_err(ApiError::internal)?;
+pub(super) async fn list(caller: Caller<Read>) -> Result<HttpResponse, ApiError> {
+    let hubs = caller.hubs().list().await.map_err(ApiError::internal)?;
     let items = hubs.iter().map(render).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(items))
 }
 
 /// `GET /hubs/{hostName}`.
-pub(super) async fn get(
-    _caller: Caller<Read>,
-    store: web::Data<Store>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get(caller: Caller<Read>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let host = parse_name(&name)?;
-    let record = store.hub(host.as_str()).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let record = caller.hubs().get(host.as_str()).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -67,7 +63,6 @@ pub(super) async fn get(
 pub(super) async fn put(
     caller: Caller<HubWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
     body: Json<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
@@ -91,7 +86,7 @@ pub(super) async fn put(
         )
         .into());
     }
-    let settings = settings_of(&store, &host, &hub).await?;
+    let settings = settings_of(caller.hubs(), &host, &hub).await?;
     let input = HubInput {
         host_name: host.as_str().to_owned(),
         kind: hub.kind.as_str().to_owned(),
@@ -99,16 +94,14 @@ pub(super) async fn put(
         apply_allocation_policy: hub.apply_allocation_policy.unwrap_or(true),
         settings,
     };
-    let (record, _created) = store
-        .put_hub(input, &precondition, &caller.actor())
-        .await
-        .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
+    let (record, _created) =
+        caller.hub_writer().put(input, &precondition).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
 /// The settings to store for `hub`: checked by building its adapter (which does not contact the hub); secrets
 /// left out are kept from the hub's current settings if its kind is unchanged.
-async fn settings_of(store: &Store, host: &HubHostName, hub: &Hub) -> Result<Value, ApiError> {
+async fn settings_of(hubs: HubReader<'_>, host: &HubHostName, hub: &Hub) -> Result<Value, ApiError> {
     let settings = hub.settings.clone().unwrap_or_else(|| Value::Object(Default::default()));
     let Value::Object(mut fields) = settings else {
         return Err(FieldError::new("settings", "must be a JSON object").into());
@@ -119,7 +112,7 @@ async fn settings_of(store: &Store, host: &HubHostName, hub: &Hub) -> Result<Val
         }
         return Ok(Value::Object(fields));
     }
-    match store.hub(host.as_str()).await {
+    match hubs.get(host.as_str()).await {
         Ok(current) if current.hub.kind == hub.kind.as_str() => {
             if let Value::Object(stored) = current.hub.settings {
                 for name in zerotouch_hub::SECRET_SETTINGS {
@@ -142,13 +135,13 @@ async fn settings_of(store: &Store, host: &HubHostName, hub: &Hub) -> Result<Val
 pub(super) async fn delete(
     caller: Caller<HubWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let host = parse_name(&name)?;
     let precondition = request::precondition(&req)?;
-    store
-        .delete_hub(host.as_str(), &precondition, &caller.actor())
+    caller
+        .hub_writer()
+        .delete(host.as_str(), &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(HttpResponse::NoContent().finish())

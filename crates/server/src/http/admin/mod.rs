@@ -16,7 +16,11 @@ mod pki;
 mod registrations;
 
 use actix_web::http::Method;
-use actix_web::web;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use futures_util::future::{Ready, ready};
+
+use super::error::ApiError;
+use crate::auth::{AdminStore, Caller, Permission, Verifier};
 
 use enrollments::{Group, Individual};
 
@@ -98,6 +102,23 @@ routes! {
         "/pki/crl/{issuingCA}" => [GET],
         "/pki/trustBundle" => [GET],
     },
+}
+
+/// The capability extractor: a handler taking a [`Caller<P>`] runs only for a bearer token that verifies and
+/// whose role includes `P` (401 or 403 otherwise), and reaches the store only through it.
+impl<P: Permission> FromRequest for Caller<P> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let verifier = req.app_data::<web::Data<Verifier>>();
+        let store = req.app_data::<web::Data<AdminStore>>();
+        let authorization = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        ready(match (verifier, store) {
+            (Some(verifier), Some(store)) => Caller::authorize(verifier, store, authorization).map_err(ApiError::from),
+            _ => Err(ApiError::internal("the admin App has no token verifier or store")),
+        })
+    }
 }
 
 /// Timestamps as the API shows them.

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zerotouch_pki::KeyAlgorithm;
-use zerotouch_store::{CertificateFilter, CertificateRecord, CertificateStatus, IssuingCaRecord, Store, StoreError};
+use zerotouch_store::{CertificateFilter, CertificateRecord, CertificateStatus, IssuingCaRecord, StoreError};
 use zerotouch_wire::enrollment::FieldError;
 
 use super::timestamp;
@@ -89,8 +89,8 @@ fn key_algorithm(name: Option<&str>) -> Result<KeyAlgorithm, FieldError> {
 }
 
 /// `GET /pki/issuingCAs`: every issuing CA, by name.
-pub(super) async fn list(_caller: Caller<Read>, store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
-    let cas = store.list_issuing_cas().await.map_err(ApiError::internal)?;
+pub(super) async fn list(caller: Caller<Read>) -> Result<HttpResponse, ApiError> {
+    let cas = caller.issuing_cas().list().await.map_err(ApiError::internal)?;
     let items = cas.iter().map(render).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(items))
 }
@@ -111,20 +111,16 @@ pub(super) async fn create(
     if common_name.trim().is_empty() {
         return Err(FieldError::new("commonName", "must not be empty").into());
     }
-    let record = pki.create_issuing_ca(&body.name, algorithm, &common_name, &caller.actor()).await?;
+    let record = pki.create_issuing_ca(&body.name, algorithm, &common_name, caller.actor()).await?;
     Ok(request::with_etag(HttpResponse::Created(), &record.etag)
         .insert_header((header::LOCATION, format!("/pki/issuingCAs/{}", record.name)))
         .json(render(&record)?))
 }
 
 /// `GET /pki/issuingCAs/{name}`.
-pub(super) async fn get(
-    _caller: Caller<Read>,
-    store: web::Data<Store>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get(caller: Caller<Read>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     crate::pki::check_ca_name(&name)?;
-    let record = store.issuing_ca(&name).await.map_err(|e| from_store(e, &name))?;
+    let record = caller.issuing_cas().get(&name).await.map_err(|e| from_store(e, &name))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -203,7 +199,7 @@ pub(super) async fn upload_chain(
     crate::pki::check_ca_name(&name)?;
     let precondition = request::precondition(&req)?;
     let chain = read_chain(&req, payload).await?;
-    let record = pki.upload_chain(&name, &chain, &precondition, &caller.actor()).await.map_err(|e| match e {
+    let record = pki.upload_chain(&name, &chain, &precondition, caller.actor()).await.map_err(|e| match e {
         // The pki module names the field by what it holds; the API names it by the field the client sent.
         PkiError::InvalidField(e) => ApiError::from(FieldError::new("certificateChain", e.problem)),
         other => other.into(),
@@ -216,13 +212,11 @@ pub(super) async fn upload_chain(
 pub(super) async fn activate(
     caller: Caller<PkiWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     crate::pki::check_ca_name(&name)?;
     let precondition = request::precondition(&req)?;
-    let record =
-        store.activate_issuing_ca(&name, &precondition, &caller.actor()).await.map_err(|e| from_store(e, &name))?;
+    let record = caller.issuing_ca_writer().activate(&name, &precondition).await.map_err(|e| from_store(e, &name))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
@@ -230,12 +224,11 @@ pub(super) async fn activate(
 pub(super) async fn delete(
     caller: Caller<PkiWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     crate::pki::check_ca_name(&name)?;
     let precondition = request::precondition(&req)?;
-    store.delete_issuing_ca(&name, &precondition, &caller.actor()).await.map_err(|e| from_store(e, &name))?;
+    caller.issuing_ca_writer().delete(&name, &precondition).await.map_err(|e| from_store(e, &name))?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -314,18 +307,15 @@ fn is_certificate_cursor(token: &str) -> bool {
 }
 
 /// `GET /pki/certificates`: the certificates we issued, soonest expiry first, paged.
-pub(super) async fn certificates(
-    _caller: Caller<Read>,
-    req: HttpRequest,
-    store: web::Data<Store>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn certificates(caller: Caller<Read>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let filter = certificate_filter(&req)?;
     let paging = request::paging(&req)?;
     if paging.after.as_deref().is_some_and(|a| !is_certificate_cursor(a)) {
         return Err(ApiError::InvalidHeader("x-ms-continuation: not a token this service issued".into()));
     }
-    let page = store
-        .list_certificates(&filter, paging.after.as_deref(), paging.max_items)
+    let page = caller
+        .certificates()
+        .list(&filter, paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render_certificate).collect::<Result<Vec<_>, _>>()?;

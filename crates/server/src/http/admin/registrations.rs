@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use zerotouch_pki::RevocationReason;
-use zerotouch_store::{RegistrationRecord, Store};
+use zerotouch_store::RegistrationRecord;
 use zerotouch_wire::enrollment::{EnrollmentKind, FieldError};
 use zerotouch_wire::{EnrollmentGroupId, RegistrationId};
 
@@ -24,14 +24,11 @@ fn parse_id(id: &str) -> Result<RegistrationId, ApiError> {
 }
 
 /// `GET /registrations/{registrationId}`.
-pub(super) async fn get(
-    _caller: Caller<Read>,
-    store: web::Data<Store>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get(caller: Caller<Read>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let key = parse_id(&id)?.key();
-    let record = store
-        .registration(&key)
+    let record = caller
+        .registrations()
+        .get(&key)
         .await
         .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
@@ -41,13 +38,13 @@ pub(super) async fn get(
 pub(super) async fn delete(
     caller: Caller<EnrollmentWrite>,
     req: HttpRequest,
-    store: web::Data<Store>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id(&id)?.key();
     let precondition = request::precondition(&req)?;
-    store
-        .delete_registration(&key, &precondition, &caller.actor())
+    caller
+        .registration_writer()
+        .delete(&key, &precondition)
         .await
         .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
     Ok(HttpResponse::NoContent().finish())
@@ -55,21 +52,22 @@ pub(super) async fn delete(
 
 /// `POST /registrations/{enrollmentGroupId}/query`: the registrations of a group, paged.
 pub(super) async fn query(
-    _caller: Caller<Read>,
+    caller: Caller<Read>,
     req: HttpRequest,
-    store: web::Data<Store>,
     id: web::Path<String>,
     _body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     let group = EnrollmentGroupId::try_from(id.as_str())
         .map_err(|e| ApiError::InvalidId(format!("enrollmentGroupId in the path: {e}")))?;
-    store
-        .enrollment(EnrollmentKind::Group, &group.key())
+    caller
+        .enrollments()
+        .get(EnrollmentKind::Group, &group.key())
         .await
         .map_err(|e| ApiError::from_store(e, &format!("enrollment group {:?}", id.as_str())))?;
     let paging = request::paging(&req)?;
-    let page = store
-        .list_group_registrations(&group.key(), paging.after.as_deref(), paging.max_items)
+    let page = caller
+        .registrations()
+        .list_of_group(&group.key(), paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
     let items = page.items.iter().map(render).collect::<Result<Vec<_>, _>>()?;
@@ -95,18 +93,19 @@ fn revocation_reason(name: Option<&str>) -> Result<RevocationReason, FieldError>
 /// nor expired (its issuing CAs' CRLs list them from the next fetch on); answers their serial numbers.
 pub(super) async fn revoke(
     caller: Caller<EnrollmentWrite>,
-    store: web::Data<Store>,
     id: web::Path<String>,
     body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id(&id)?.key();
     let body: RevokeBody = body.0.map(zerotouch_wire::field::decode).transpose()?.unwrap_or_default();
     let reason = revocation_reason(body.reason.as_deref())?;
-    store.registration(&key).await.map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
-    let revoked = store
-        .revoke_certificates_of_registration(&key, reason.as_str(), &caller.actor())
+    caller
+        .registrations()
+        .get(&key)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
+    let revoked =
+        caller.registration_writer().revoke_certificates(&key, reason.as_str()).await.map_err(ApiError::internal)?;
     let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
     Ok(HttpResponse::Ok().json(json!({ "revoked": serials })))
 }

@@ -67,7 +67,7 @@ impl RegistrationService {
         kind: EnrollmentKind,
         key: &str,
     ) -> Result<Option<Enrollment>, RegistrationError> {
-        match self.store.enrollment(kind, key).await {
+        match self.store.enrollments().get(kind, key).await {
             Ok(record) => Ok(Some(Enrollment::parse(kind, record)?)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(RegistrationError::internal(format!("reading {} {key:?}", kind.noun()), e)),
@@ -95,7 +95,8 @@ impl RegistrationService {
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
         let bucket = format!("refused\0{}", device.registration_id.key());
         if self.limits.admit(&bucket).is_ok()
-            && let Err(e) = self.store.audit_refused_device(device.registration_id.as_str(), action, reason).await
+            && let Err(e) =
+                self.store.registrations().audit_refused_device(device.registration_id.as_str(), action, reason).await
         {
             tracing::error!("cannot audit a refused device request: {e}");
         }

@@ -133,7 +133,7 @@ impl RegistrationService {
             }
             None => {
                 let group = self.tpm_group(device, &ek, tpm.endorsement_key_certificate.as_deref()).await?;
-                if let Some(bound) = self.store.tpm_binding(&key).await.map_err(internal("reading a TPM binding"))?
+                if let Some(bound) = self.store.tpm().binding(&key).await.map_err(internal("reading a TPM binding"))?
                     && !Public::from_base64(&bound).is_ok_and(|bound| bound.same_key(&ek))
                 {
                     let reason = "tpm: the registration id belongs to another TPM of the group";
@@ -160,7 +160,7 @@ impl RegistrationService {
             used_at: None,
             created_at: now,
         };
-        self.store.put_tpm_challenge(&challenge).await.map_err(internal("storing a TPM challenge"))?;
+        self.store.tpm().put_challenge(&challenge).await.map_err(internal("storing a TPM challenge"))?;
         tracing::info!(
             registration_id = device.registration_id.as_str(),
             enrollment = enrollment.id(),
@@ -188,7 +188,8 @@ impl RegistrationService {
         if let Err(error) = check_certificate_key(&der, ek) {
             return Err(self.refuse_certificate(device, FIRST_LEG, "tpm", error).await);
         }
-        let records = self.store.groups_by_attestation("tpm").await.map_err(internal("reading the TPM groups"))?;
+        let records =
+            self.store.enrollments().groups_by_attestation("tpm").await.map_err(internal("reading the TPM groups"))?;
         let mut groups = Vec::new();
         for record in records {
             let group = match Enrollment::parse(EnrollmentKind::Group, record) {
@@ -232,7 +233,7 @@ impl RegistrationService {
         expected: &sas::Expectation<'_>,
     ) -> Result<Option<Authenticated>, RegistrationError> {
         let key = device.registration_id.key();
-        let challenge = match self.store.tpm_challenge(&key).await {
+        let challenge = match self.store.tpm().challenge(&key).await {
             Ok(challenge) => challenge,
             Err(StoreError::NotFound) => return Ok(None),
             Err(e) => return Err(internal("reading a TPM challenge")(e)),
@@ -261,7 +262,7 @@ impl RegistrationService {
             }
         }
         let tpm = if action == Action::Register {
-            let used = self.store.use_tpm_challenge(&key, &challenge.id).await;
+            let used = self.store.tpm().use_challenge(&key, &challenge.id).await;
             if !used.map_err(internal("using a TPM challenge"))? {
                 let reason = "tpm: this activation blob's key already served a register (or was just replaced); \
                               the device must start again without a token";
@@ -269,7 +270,7 @@ impl RegistrationService {
             }
             // A group admits any TPM of its manufacturers: the first to register an id keeps it.
             if challenge.enrollment_kind == EnrollmentKind::Group {
-                let bound = self.store.bind_tpm(&key, &challenge.endorsement_key).await;
+                let bound = self.store.tpm().bind(&key, &challenge.endorsement_key).await;
                 let bound = bound.map_err(internal("binding a TPM to its registration id"))?;
                 let challenged = Public::from_base64(&challenge.endorsement_key).ok();
                 if !Public::from_base64(&bound).is_ok_and(|bound| challenged.is_some_and(|ek| bound.same_key(&ek))) {

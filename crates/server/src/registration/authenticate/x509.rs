@@ -161,7 +161,7 @@ impl RegistrationService {
         &self,
         leaf: &[u8],
     ) -> Result<Option<CertificateRecord>, RegistrationError> {
-        match self.store.certificate_by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+        match self.store.certificates().by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
             Ok(issued) => Ok(Some(issued)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(RegistrationError::internal("looking up a presented certificate", e)),
@@ -301,7 +301,7 @@ impl RegistrationService {
         }
         let registration = match registration {
             Some(registration) => registration,
-            None => match self.store.registration(&key).await {
+            None => match self.store.registrations().get(&key).await {
                 Ok(registration) => registration,
                 Err(StoreError::NotFound) => {
                     return Err(self.refuse(device, action, "x509: the device's registration was deleted").await);

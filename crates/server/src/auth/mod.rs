@@ -1,28 +1,27 @@
-//! Admin authentication: bearer JWTs, verified against pinned keys, mapped to a role.
-//!
-//! Authorization is a capability: a handler that changes enrollments takes a [`Caller<EnrollmentWrite>`], which
-//! only [`Caller::from_request`] can create, after the token verified and the role sufficed. A handler cannot
-//! forget the check, because without the argument it has no [`Actor`] to write the change with.
+//! Admin authentication: bearer JWTs, verified against pinned keys, mapped to a role; and authorization as a
+//! capability ([`caller`]).
 //!
 //! Every key is pinned to one algorithm (from the JWK's `alg`, else from its key type): a token whose header names
 //! another algorithm is refused, so there is no `none`, and no HS256 token "signed" with a public RSA key.
 //! `exp`, `iss` and `aud` are required, with at most 60 s of clock skew.
 
 use std::collections::HashSet;
-use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use anyhow::Context;
-use futures_util::future::{Ready, ready};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
-use zerotouch_store::Actor;
 
 use crate::config::{AuthConfig, DEV_ISSUER, JwksSource, TokenIssuer};
-use crate::http::error::ApiError;
+
+pub mod caller;
+
+pub use caller::{
+    AdminStore, AuthError, Caller, CertificateAuthorityWriter, EnrollmentWrite, EnrollmentWriter, HubWrite, HubWriter,
+    IssuingCaWriter, Permission, PkiWrite, Read, RegistrationWriter,
+};
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 60;
@@ -56,15 +55,6 @@ impl Role {
             _ => None,
         }
     }
-}
-
-/// Who a verified token speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The token's `sub`.
-    pub subject: String,
-    /// The highest role the token carries.
-    pub role: Role,
 }
 
 /// Why a token was refused (logged, never sent: the client sees one "unauthorized").
@@ -317,88 +307,6 @@ pub fn sign_development_token(
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(DEV_KID.into());
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
-}
-
-/// A permission a route needs; see the implementors.
-pub trait Permission {
-    /// The least role that has it.
-    const NEEDS: Role;
-    /// What it allows, for the 403 message.
-    const WHAT: &'static str;
-}
-
-/// Read enrollments, groups, registrations, hubs and the audit log.
-#[derive(Debug)]
-pub struct Read;
-impl Permission for Read {
-    const NEEDS: Role = Role::Reader;
-    const WHAT: &'static str = "read";
-}
-
-/// Change enrollments, enrollment groups and registrations, and read enrollment keys.
-#[derive(Debug)]
-pub struct EnrollmentWrite;
-impl Permission for EnrollmentWrite {
-    const NEEDS: Role = Role::Operator;
-    const WHAT: &'static str = "change enrollments, enrollment groups and registrations";
-}
-
-/// Change hubs.
-#[derive(Debug)]
-pub struct HubWrite;
-impl Permission for HubWrite {
-    const NEEDS: Role = Role::Owner;
-    const WHAT: &'static str = "change hubs";
-}
-
-/// Manage the PKI: issuing CAs (create, upload chains, activate, delete) and uploaded certificate authorities.
-#[derive(Debug)]
-pub struct PkiWrite;
-impl Permission for PkiWrite {
-    const NEEDS: Role = Role::Owner;
-    const WHAT: &'static str = "manage issuing CAs and certificate authorities";
-}
-
-/// A caller whose token verified and whose role includes `P`.
-#[derive(Debug)]
-pub struct Caller<P> {
-    principal: Principal,
-    _permission: PhantomData<P>,
-}
-
-impl<P> Caller<P> {
-    /// Who acts, for the audit log.
-    pub fn actor(&self) -> Actor {
-        Actor { subject: self.principal.subject.clone(), role: self.principal.role.as_str().to_owned() }
-    }
-}
-
-fn authorize<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, ApiError> {
-    let verifier =
-        req.app_data::<web::Data<Verifier>>().ok_or_else(|| ApiError::internal("no token verifier configured"))?;
-    let token = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthenticated(TokenError::Missing))?;
-    let (subject, role) = verifier.verify(token).map_err(ApiError::Unauthenticated)?;
-    match role {
-        Some(role) if role >= P::NEEDS => {
-            Ok(Caller { principal: Principal { subject, role }, _permission: PhantomData })
-        }
-        role => Err(ApiError::Forbidden { role: role.map_or("none", Role::as_str), needs: P::NEEDS, what: P::WHAT }),
-    }
-}
-
-impl<P: Permission> FromRequest for Caller<P> {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authorize::<P>(req))
-    }
 }
 
 #[cfg(test)]

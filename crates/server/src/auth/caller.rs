@@ -1,0 +1,345 @@
+//! Authorization as a capability that hands out the part of the store it allows (lldap's `get_admin_handler`): a
+//! handler that changes enrollments takes a [`Caller<EnrollmentWrite>`], which only [`Caller::authorize`] creates
+//! (called by the admin API's extractor), after the token verified and the role sufficed, and which alone gives
+//! the [`EnrollmentWriter`] (the writes, audited as the caller). Every caller gives read-only views
+//! ([`Caller::enrollments`], ...). The admin App registers the store only as an [`AdminStore`], which nothing but
+//! a `Caller` can open, so a handler without a `Caller` cannot reach the store at all, and one with a
+//! `Caller<Read>` cannot write.
+
+use std::marker::PhantomData;
+
+use actix_web::web;
+use zerotouch_store::{
+    Actor, AuditLog, BulkFailure, BulkItem, CertificateAuthorityInput, CertificateAuthorityReader,
+    CertificateAuthorityRecord, CertificateReader, CertificateRecord, EnrollmentReader, EnrollmentRecord, HubInput,
+    HubReader, HubRecord, IssuingCaReader, IssuingCaRecord, Precondition, RegistrationReader, Store, StoreError,
+};
+use zerotouch_wire::bulk::BulkMode;
+use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment};
+
+use super::{Role, TokenError, Verifier};
+
+/// A permission a route needs; see the implementors.
+pub trait Permission {
+    /// The least role that has it.
+    const NEEDS: Role;
+    /// What it allows, for the 403 message.
+    const WHAT: &'static str;
+}
+
+/// Read enrollments, groups, registrations, hubs and the audit log.
+#[derive(Debug)]
+pub struct Read;
+impl Permission for Read {
+    const NEEDS: Role = Role::Reader;
+    const WHAT: &'static str = "read";
+}
+
+/// Change enrollments, enrollment groups and registrations, and read enrollment keys.
+#[derive(Debug)]
+pub struct EnrollmentWrite;
+impl Permission for EnrollmentWrite {
+    const NEEDS: Role = Role::Operator;
+    const WHAT: &'static str = "change enrollments, enrollment groups and registrations";
+}
+
+/// Change hubs.
+#[derive(Debug)]
+pub struct HubWrite;
+impl Permission for HubWrite {
+    const NEEDS: Role = Role::Owner;
+    const WHAT: &'static str = "change hubs";
+}
+
+/// Manage the PKI: issuing CAs (create, upload chains, activate, delete) and uploaded certificate authorities.
+#[derive(Debug)]
+pub struct PkiWrite;
+impl Permission for PkiWrite {
+    const NEEDS: Role = Role::Owner;
+    const WHAT: &'static str = "manage issuing CAs and certificate authorities";
+}
+
+/// The store, registered for the admin App as this type so that only [`Caller`] can open it: it has no public
+/// way in, so a handler that takes it gains nothing.
+pub struct AdminStore(Store);
+
+impl AdminStore {
+    /// Wraps the store for the admin App.
+    pub fn new(store: Store) -> Self {
+        Self(store)
+    }
+}
+
+impl std::fmt::Debug for AdminStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminStore(..)")
+    }
+}
+
+/// A caller whose token verified and whose role includes `P`: the reads every role has, and the writes `P` allows.
+#[derive(Debug)]
+pub struct Caller<P> {
+    actor: Actor,
+    store: web::Data<AdminStore>,
+    _permission: PhantomData<P>,
+}
+
+impl<P> Caller<P> {
+    fn store(&self) -> &Store {
+        &self.store.0
+    }
+
+    /// Enrollments and enrollment groups, read-only.
+    pub fn enrollments(&self) -> EnrollmentReader<'_> {
+        self.store().enrollments().reader()
+    }
+
+    /// Registration states, read-only.
+    pub fn registrations(&self) -> RegistrationReader<'_> {
+        self.store().registrations().reader()
+    }
+
+    /// The linked hubs, read-only.
+    pub fn hubs(&self) -> HubReader<'_> {
+        self.store().hubs().reader()
+    }
+
+    /// The certificates issued, read-only.
+    pub fn certificates(&self) -> CertificateReader<'_> {
+        self.store().certificates().reader()
+    }
+
+    /// The issuing CAs, read-only and without their keys.
+    pub fn issuing_cas(&self) -> IssuingCaReader<'_> {
+        self.store().issuing_cas().reader()
+    }
+
+    /// Uploaded certificate authorities, read-only.
+    pub fn certificate_authorities(&self) -> CertificateAuthorityReader<'_> {
+        self.store().certificate_authorities().reader()
+    }
+
+    /// The audit log (which only reads).
+    pub fn audit(&self) -> AuditLog<'_> {
+        self.store().audit()
+    }
+
+    fn writer(&self) -> Writer<'_> {
+        Writer { store: self.store(), actor: &self.actor }
+    }
+}
+
+impl Caller<EnrollmentWrite> {
+    /// Changes to enrollments and enrollment groups, audited as this caller.
+    pub fn enrollment_writer(&self) -> EnrollmentWriter<'_> {
+        EnrollmentWriter(self.writer())
+    }
+
+    /// Changes to registrations (deletion, revocation), audited as this caller.
+    pub fn registration_writer(&self) -> RegistrationWriter<'_> {
+        RegistrationWriter(self.writer())
+    }
+}
+
+impl Caller<HubWrite> {
+    /// Changes to hubs, audited as this caller.
+    pub fn hub_writer(&self) -> HubWriter<'_> {
+        HubWriter(self.writer())
+    }
+}
+
+impl Caller<PkiWrite> {
+    /// Changes to issuing CAs made directly in the store, audited as this caller.
+    pub fn issuing_ca_writer(&self) -> IssuingCaWriter<'_> {
+        IssuingCaWriter(self.writer())
+    }
+
+    /// Changes to uploaded certificate authorities, audited as this caller.
+    pub fn certificate_authority_writer(&self) -> CertificateAuthorityWriter<'_> {
+        CertificateAuthorityWriter(self.writer())
+    }
+
+    /// Who acts, for the managed CA's writes ([`crate::pki::Pki`] takes it): only a caller allowed to manage the
+    /// PKI has one to give.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+}
+
+/// The store and the actor a write is audited as.
+#[derive(Debug, Clone, Copy)]
+struct Writer<'a> {
+    store: &'a Store,
+    actor: &'a Actor,
+}
+
+/// Changes to enrollments and enrollment groups (see [`zerotouch_store::Enrollments`]), as one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct EnrollmentWriter<'a>(Writer<'a>);
+
+impl EnrollmentWriter<'_> {
+    /// Creates or replaces an enrollment under `precondition` ([`zerotouch_store::Enrollments::put`]).
+    pub async fn put(
+        self,
+        kind: EnrollmentKind,
+        enrollment: NormalizedEnrollment,
+        precondition: &Precondition,
+    ) -> Result<(EnrollmentRecord, bool), StoreError> {
+        self.0.store.enrollments().put(kind, enrollment, precondition, self.0.actor).await
+    }
+
+    /// Deletes an enrollment under `precondition` ([`zerotouch_store::Enrollments::delete`]).
+    pub async fn delete(self, kind: EnrollmentKind, key: &str, precondition: &Precondition) -> Result<(), StoreError> {
+        self.0.store.enrollments().delete(kind, key, precondition, self.0.actor).await
+    }
+
+    /// Applies a bulk call ([`zerotouch_store::Enrollments::bulk`]).
+    pub async fn bulk(
+        self,
+        kind: EnrollmentKind,
+        mode: BulkMode,
+        items: Vec<BulkItem>,
+    ) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
+        self.0.store.enrollments().bulk(kind, mode, items, self.0.actor).await
+    }
+
+    /// Records that the caller read an enrollment's keys ([`zerotouch_store::Enrollments::audit_key_read`]).
+    pub async fn audit_key_read(self, kind: EnrollmentKind, record: &EnrollmentRecord) -> Result<(), StoreError> {
+        self.0.store.enrollments().audit_key_read(kind, record, self.0.actor).await
+    }
+}
+
+/// Changes to registrations, as one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrationWriter<'a>(Writer<'a>);
+
+impl RegistrationWriter<'_> {
+    /// Deletes a registration under `precondition`, revoking its certificates
+    /// ([`zerotouch_store::Registrations::delete`]).
+    pub async fn delete(self, key: &str, precondition: &Precondition) -> Result<(), StoreError> {
+        self.0.store.registrations().delete(key, precondition, self.0.actor).await
+    }
+
+    /// Revokes the registration's unexpired certificates
+    /// ([`zerotouch_store::Certificates::revoke_of_registration`]).
+    pub async fn revoke_certificates(self, key: &str, reason: &str) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.0.store.certificates().revoke_of_registration(key, reason, self.0.actor).await
+    }
+}
+
+/// Changes to hubs, as one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct HubWriter<'a>(Writer<'a>);
+
+impl HubWriter<'_> {
+    /// Creates or replaces a hub under `precondition` ([`zerotouch_store::Hubs::put`]).
+    pub async fn put(self, input: HubInput, precondition: &Precondition) -> Result<(HubRecord, bool), StoreError> {
+        self.0.store.hubs().put(input, precondition, self.0.actor).await
+    }
+
+    /// Deletes a hub under `precondition` ([`zerotouch_store::Hubs::delete`]).
+    pub async fn delete(self, host_name: &str, precondition: &Precondition) -> Result<(), StoreError> {
+        self.0.store.hubs().delete(host_name, precondition, self.0.actor).await
+    }
+}
+
+/// Changes to issuing CAs that need no key (creating one and uploading its chain go through [`crate::pki::Pki`]),
+/// as one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuingCaWriter<'a>(Writer<'a>);
+
+impl IssuingCaWriter<'_> {
+    /// Makes an issuing CA the active one ([`zerotouch_store::IssuingCas::activate`]).
+    pub async fn activate(self, name: &str, precondition: &Precondition) -> Result<IssuingCaRecord, StoreError> {
+        self.0.store.issuing_cas().activate(name, precondition, self.0.actor).await
+    }
+
+    /// Deletes an issuing CA that is not active ([`zerotouch_store::IssuingCas::delete`]).
+    pub async fn delete(self, name: &str, precondition: &Precondition) -> Result<(), StoreError> {
+        self.0.store.issuing_cas().delete(name, precondition, self.0.actor).await
+    }
+}
+
+/// Changes to uploaded certificate authorities, as one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateAuthorityWriter<'a>(Writer<'a>);
+
+impl CertificateAuthorityWriter<'_> {
+    /// Creates or replaces a customer CA ([`zerotouch_store::CertificateAuthorities::put`]).
+    pub async fn put(
+        self,
+        input: CertificateAuthorityInput,
+        precondition: &Precondition,
+    ) -> Result<(CertificateAuthorityRecord, bool), StoreError> {
+        self.0.store.certificate_authorities().put(input, precondition, self.0.actor).await
+    }
+
+    /// Deletes a customer CA ([`zerotouch_store::CertificateAuthorities::delete`]).
+    pub async fn delete(self, key: &str, precondition: &Precondition) -> Result<(), StoreError> {
+        self.0.store.certificate_authorities().delete(key, precondition, self.0.actor).await
+    }
+
+    /// Issues a verification code ([`zerotouch_store::CertificateAuthorities::set_verification_code`]).
+    pub async fn set_verification_code(
+        self,
+        key: &str,
+        code: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        precondition: &Precondition,
+    ) -> Result<CertificateAuthorityRecord, StoreError> {
+        self.0
+            .store
+            .certificate_authorities()
+            .set_verification_code(key, code, expires_at, precondition, self.0.actor)
+            .await
+    }
+
+    /// Marks a customer CA verified by `code` ([`zerotouch_store::CertificateAuthorities::mark_verified`]).
+    pub async fn mark_verified(self, key: &str, code: &str) -> Result<CertificateAuthorityRecord, StoreError> {
+        self.0.store.certificate_authorities().mark_verified(key, code, self.0.actor).await
+    }
+}
+
+/// Why a caller is refused (the HTTP transport maps it, `http::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No bearer token, or one that fails verification.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] TokenError),
+    /// The caller's role is not enough.
+    #[error("role {role} may not {what}")]
+    Forbidden {
+        /// The caller's role.
+        role: &'static str,
+        /// The role needed.
+        needs: Role,
+        /// What was attempted.
+        what: &'static str,
+    },
+}
+
+impl<P: Permission> Caller<P> {
+    /// The only way to a caller: the `Authorization` header's bearer token verifies and its role includes `P`.
+    /// The admin API's extractor (`http::admin`) calls it with the App's verifier and store.
+    pub fn authorize(
+        verifier: &Verifier,
+        store: &web::Data<AdminStore>,
+        authorization: Option<&str>,
+    ) -> Result<Self, AuthError> {
+        let token = authorization
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or(TokenError::Missing)?;
+        let (subject, role) = verifier.verify(token)?;
+        match role {
+            Some(role) if role >= P::NEEDS => Ok(Caller {
+                actor: Actor { subject, role: role.as_str().to_owned() },
+                store: store.clone(),
+                _permission: PhantomData,
+            }),
+            role => {
+                Err(AuthError::Forbidden { role: role.map_or("none", Role::as_str), needs: P::NEEDS, what: P::WHAT })
+            }
+        }
+    }
+}
