@@ -830,7 +830,7 @@ fn syntax_faults(base: &Value, limit: usize, body_required: bool, rng: &mut StdR
         nested(10_000, r#"{"a":"#, "1", "}").into_bytes(),
         "recursion limit",
     ));
-    let mut big = text.clone();
+    let mut big = text;
     big.resize(limit + 1 + rng.random_range(0..2000), b' ');
     faults.push(fault(format!("{} bytes", big.len()), Change::Body(big), Expect::code(PAYLOAD_TOO_LARGE, "bytes")));
     if body_required {
@@ -1051,7 +1051,7 @@ fn bulk_faults(kind: Kind, n: usize) -> Vec<Fault> {
     let collection = kind.collection();
     let mut faults = Vec::new();
     for (what, value) in [
-        ("array", json!([doc.clone()])),
+        ("array", json!([doc])),
         ("number", json!(5)),
         ("string", json!("create")),
         ("null", json!(null)),

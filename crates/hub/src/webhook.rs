@@ -65,10 +65,7 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 /// HMAC-SHA256(secret, "<timestamp>.<body>").
 pub fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> [u8; 32] {
     // HMAC takes keys of any length: this cannot fail.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => return [0; 32],
-    };
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret) else { return [0; 32] };
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);

@@ -239,7 +239,7 @@ async fn wrong_admin_password_is_reported_without_the_password() {
 async fn eventually<F, Fut>(mut check: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), HubError>>,
+    Fut: Future<Output = Result<(), HubError>>,
 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -373,7 +373,7 @@ pub(crate) async fn each_as_task<I, F, Fut>(
 where
     I: IntoIterator,
     F: Fn(I::Item) -> Fut,
-    Fut: std::future::Future<Output = Result<Duration, String>> + Send + 'static,
+    Fut: Future<Output = Result<Duration, String>> + Send + 'static,
 {
     let started = Instant::now();
     let outcomes = futures_util::stream::iter(items)

@@ -228,7 +228,7 @@ mod tests {
         let good = cert_with_subject(&[(DnType::CommonName, "device-1")]);
         assert!(matches!(subject_cn(b""), Err(CertificateError::Malformed(_))));
         assert!(matches!(subject_cn(&good[..good.len() - 1]), Err(CertificateError::Malformed(_))));
-        let mut trailing = good.clone();
+        let mut trailing = good;
         trailing.push(0);
         assert!(subject_cn(&trailing).unwrap_err().to_string().contains("1 bytes follow"));
     }

@@ -636,7 +636,7 @@ mod tests {
         };
         malformed(b"");
         malformed(&der[..der.len() - 1]);
-        let mut trailing = der.clone();
+        let mut trailing = der;
         trailing.push(0);
         assert!(malformed(&trailing).contains("1 bytes follow"));
     }

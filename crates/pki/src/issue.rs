@@ -214,7 +214,7 @@ mod tests {
                 (issued.not_before, issued.not_after),
                 (time_of(cert.validity().not_before), time_of(cert.validity().not_after))
             );
-            assert_eq!(issued.sha256_thumbprint, crate::certificate::thumbprint_sha256_hex(&issued.der));
+            assert_eq!(issued.sha256_thumbprint, thumbprint_sha256_hex(&issued.der));
             assert_eq!(issued.chain_der.len(), 3);
             assert_eq!(issued.chain_der[0], issued.der);
             assert_eq!(&issued.chain_der[1..], ca.chain_der());

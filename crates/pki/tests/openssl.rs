@@ -327,7 +327,7 @@ fn an_openssl_root_signs_our_ca_csr_and_the_chain_is_checked() {
     assert!(matches!(err, CaError::Chain(ChainError::BadSignature { .. })), "{err}");
     // A root of another name: out of order.
     s.root("root3", "/CN=Other Root", 3650, "ca");
-    assert!(matches!(IssuingCa::new(reload(), &[ica.clone(), s.der("root3")], now()), Err(CaError::OutOfOrder { .. })));
+    assert!(matches!(IssuingCa::new(reload(), &[ica, s.der("root3")], now()), Err(CaError::OutOfOrder { .. })));
 
     for (section, check) in [
         ("not_ca", "not a CA certificate"),
@@ -364,7 +364,7 @@ fn verify_chain_judges_openssl_made_chains() {
     assert!(matches!(err, ChainError::UnknownCa { .. }), "{err}");
     // An anchor with the right name but another key: bad signature (a presented copy is never trusted).
     s.root("impostor", "/CN=Customer Root", 3650, "ca");
-    let err = verify_chain(&leaf, &[int.clone(), root.clone()], &s.der("impostor"), now()).unwrap_err();
+    let err = verify_chain(&leaf, &[int, root.clone()], &s.der("impostor"), now()).unwrap_err();
     assert!(matches!(err, ChainError::BadSignature { .. }), "{err}");
 
     // Time: expired and not yet valid, naming the certificate; openssl -attime agrees.

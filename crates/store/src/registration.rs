@@ -196,10 +196,7 @@ impl<'a> Registrations<'a> {
             crate::HubAction::Delete,
         )
         .await?;
-        crate::entity::operation::Entity::delete_many()
-            .filter(crate::entity::operation::Column::RegistrationKey.eq(key))
-            .exec(&txn)
-            .await?;
+        operation::Entity::delete_many().filter(operation::Column::RegistrationKey.eq(key)).exec(&txn).await?;
         let result = Entity::delete_many()
             .filter(Column::Key.eq(key))
             .filter(Column::Etag.eq(existing.etag.clone()))
@@ -549,7 +546,7 @@ async fn write_together(
     if !alone.is_empty() {
         // Ordered against a concurrent delete of the registration, which revokes what it finds.
         let keys: Vec<String> = alone.iter().map(|c| c.registration_key.clone()).collect();
-        registration::Entity::find().filter(Column::Key.is_in(keys)).lock_exclusive().all(&txn).await?;
+        Entity::find().filter(Column::Key.is_in(keys)).lock_exclusive().all(&txn).await?;
     }
     issued.extend(alone.iter().cloned());
     // Two certificates for one registration in one batch (a retried EST call, or EST beside a register): the last

@@ -101,7 +101,7 @@ async fn claim(store: &Store) -> Vec<HubJobRecord> {
 async fn both<F, Fut>(scenario: F)
 where
     F: Fn(Store) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: Future<Output = ()>,
 {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let (_db, store) = TestDatabase::store(backend).await.unwrap();

@@ -974,7 +974,7 @@ both!(revoking_one_certificate_is_idempotent);
 /// with many certificates sharing one expiry and with revocations happening between pages; filters by status.
 async fn certificates_page_by_expiry_once_each(store: &Store) {
     ready_ca(store, "ca").await;
-    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 86_400, 0).unwrap();
+    let base = DateTime::from_timestamp(Utc::now().timestamp() + 86_400, 0).unwrap();
     let mut expiry: HashMap<String, DateTime<Utc>> = HashMap::new();
     for i in 0..40 {
         let id = format!("Fleet-{i}");

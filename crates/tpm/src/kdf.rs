@@ -46,7 +46,7 @@ mod tests {
     /// HMAC keys derived from `credential_seed = SHA-256("kat-credential-seed")` and Name(SRK) of that vector.
     #[test]
     fn matches_the_activation_vector() {
-        let seed = sha2::Sha256::digest(b"kat-credential-seed");
+        let seed = Sha256::digest(b"kat-credential-seed");
         let name_srk = h("000bda9e1d1058e1a85dbaac057a48e1ef773101097c04b4b57aff63d29b508c7762");
         assert_eq!(*kdfa(&seed, "STORAGE", &name_srk, &[], 128), h("d61e7ce2d0404caf7424350ba346152d"));
         assert_eq!(

@@ -436,7 +436,7 @@ pub(crate) mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(matches!(Public::parse(&longer), Err(KeyError::Malformed(_))));
-        let mut unknown = bytes.clone();
+        let mut unknown = bytes;
         unknown[2..4].copy_from_slice(&0x0099u16.to_be_bytes());
         assert!(matches!(Public::parse(&unknown), Err(KeyError::Unsupported(_))));
         assert_eq!(Public::from_base64("not base64!"), Err(KeyError::NotBase64));

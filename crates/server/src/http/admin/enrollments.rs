@@ -194,9 +194,8 @@ pub(super) async fn bulk<K: Kind>(
     let mode: BulkMode = zerotouch_wire::field::decode(body.remove("mode").unwrap_or(Value::Null)).map_err(|e| {
         FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
     })?;
-    let items = match body.remove(K::COLLECTION) {
-        Some(Value::Array(items)) => items,
-        _ => return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into()),
+    let Some(Value::Array(items)) = body.remove(K::COLLECTION) else {
+        return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into());
     };
     if let Some(unknown) = body.keys().next() {
         return Err(FieldError::new(unknown.as_str(), "unknown field").into());
