@@ -179,7 +179,7 @@ impl Enrollment {
         self.status == ProvisioningStatus::Disabled
     }
 
-    /// What the audit log calls it: `the enrollment "dev-1"` style nouns come from [`EnrollmentKind::noun`].
+    /// What messages and the audit log call its kind: `enrollment` or `enrollment group`.
     pub fn noun(&self) -> &'static str {
         self.kind.noun()
     }
