@@ -1,0 +1,173 @@
+//! The two enrollment tables (individual enrollments and enrollment groups) behind one trait, [`EnrollmentTable`],
+//! implemented for both by a macro, so that every enrollment operation is written once, generic over the table.
+
+use sea_orm::ConnectionTrait;
+use zerotouch_wire::SymmetricKey;
+
+use super::EnrollmentRecord;
+use crate::StoreError;
+
+/// The table operations every enrollment operation is written over.
+pub(crate) trait EnrollmentTable {
+    async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<EnrollmentRecord>, StoreError>;
+    async fn find_many(db: &impl ConnectionTrait, keys: &[String]) -> Result<Vec<EnrollmentRecord>, StoreError>;
+    async fn page_after(
+        db: &impl ConnectionTrait,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<EnrollmentRecord>, StoreError>;
+    async fn insert_many(db: &impl ConnectionTrait, records: &[EnrollmentRecord]) -> Result<(), StoreError>;
+    /// Replaces the row whose key and etag are `expected_etag`; returns whether it did.
+    async fn replace_if(
+        db: &impl ConnectionTrait,
+        record: &EnrollmentRecord,
+        expected_etag: &str,
+    ) -> Result<bool, StoreError>;
+    /// Deletes the row whose etag is `expected_etag`; returns whether it did.
+    async fn delete_if(db: &impl ConnectionTrait, key: &str, expected_etag: &str) -> Result<bool, StoreError>;
+}
+
+macro_rules! enrollment_table {
+    ($table:ident, $module:ident) => {
+        pub(crate) struct $table;
+
+        impl $table {
+            pub(super) fn to_record(m: crate::entity::$module::Model) -> Result<EnrollmentRecord, StoreError> {
+                let key = |text: Option<String>| {
+                    text.map(|t| SymmetricKey::from_base64(&t))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(format!("symmetric key of {:?}: {e}", m.key)))
+                };
+                Ok(EnrollmentRecord {
+                    primary_key: key(m.primary_symmetric_key.clone())?,
+                    secondary_key: key(m.secondary_symmetric_key.clone())?,
+                    key: m.key,
+                    id: m.id,
+                    attestation_type: m.attestation_type,
+                    provisioning_status: m.provisioning_status,
+                    document: m.document,
+                    etag: m.etag,
+                    created_at: m.created_at,
+                    updated_at: m.updated_at,
+                })
+            }
+
+            fn to_active(r: &EnrollmentRecord) -> crate::entity::$module::ActiveModel {
+                use sea_orm::ActiveValue::Set;
+                crate::entity::$module::ActiveModel {
+                    key: Set(r.key.clone()),
+                    id: Set(r.id.clone()),
+                    attestation_type: Set(r.attestation_type.clone()),
+                    provisioning_status: Set(r.provisioning_status.clone()),
+                    document: Set(r.document.clone()),
+                    primary_symmetric_key: Set(r.primary_key.as_ref().map(|k| k.to_base64().to_string())),
+                    secondary_symmetric_key: Set(r.secondary_key.as_ref().map(|k| k.to_base64().to_string())),
+                    etag: Set(r.etag.clone()),
+                    created_at: Set(r.created_at),
+                    updated_at: Set(r.updated_at),
+                }
+            }
+        }
+
+        impl EnrollmentTable for $table {
+            async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
+                use sea_orm::EntityTrait;
+                crate::unique(crate::entity::$module::Entity::find_by_id(key.to_owned()), db)
+                    .await?
+                    .map(Self::to_record)
+                    .transpose()
+            }
+
+            async fn find_many(
+                db: &impl ConnectionTrait,
+                keys: &[String],
+            ) -> Result<Vec<EnrollmentRecord>, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let mut out = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(1000) {
+                    let rows = Entity::find().filter(Column::Key.is_in(chunk.iter().cloned())).all(db).await?;
+                    for row in rows {
+                        out.push(Self::to_record(row)?);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn page_after(
+                db: &impl ConnectionTrait,
+                after: Option<&str>,
+                limit: u64,
+            ) -> Result<Vec<EnrollmentRecord>, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+                let mut query = Entity::find();
+                if let Some(after) = after {
+                    query = query.filter(Column::Key.gt(after));
+                }
+                query.order_by_asc(Column::Key).limit(limit).all(db).await?.into_iter().map(Self::to_record).collect()
+            }
+
+            async fn insert_many(db: &impl ConnectionTrait, records: &[EnrollmentRecord]) -> Result<(), StoreError> {
+                use sea_orm::EntityTrait;
+                // 10 columns per row: 1,000 rows (10,000 parameters) stay below SQLite's (32,766) and PostgreSQL's
+                // (65,535) parameter limits.
+                for chunk in records.chunks(1000) {
+                    crate::entity::$module::Entity::insert_many(chunk.iter().map(Self::to_active))
+                        .exec_without_returning(db)
+                        .await
+                        .map_err(|e| StoreError::from_insert(e, "an enrollment"))?;
+                }
+                Ok(())
+            }
+
+            async fn replace_if(
+                db: &impl ConnectionTrait,
+                record: &EnrollmentRecord,
+                expected_etag: &str,
+            ) -> Result<bool, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let result = Entity::update_many()
+                    .set(Self::to_active(record))
+                    .filter(Column::Key.eq(record.key.clone()))
+                    .filter(Column::Etag.eq(expected_etag))
+                    .exec(db)
+                    .await?;
+                Ok(result.rows_affected == 1)
+            }
+
+            async fn delete_if(db: &impl ConnectionTrait, key: &str, expected_etag: &str) -> Result<bool, StoreError> {
+                use crate::entity::$module::{Column, Entity};
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let result = Entity::delete_many()
+                    .filter(Column::Key.eq(key))
+                    .filter(Column::Etag.eq(expected_etag))
+                    .exec(db)
+                    .await?;
+                Ok(result.rows_affected == 1)
+            }
+        }
+    };
+}
+
+enrollment_table!(IndividualTable, individual_enrollment);
+enrollment_table!(GroupTable, enrollment_group);
+
+/// Runs `$body` with `$t` bound to the table of `$kind`.
+macro_rules! with_table {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            EnrollmentKind::Individual => {
+                type $t = IndividualTable;
+                $body
+            }
+            EnrollmentKind::Group => {
+                type $t = GroupTable;
+                $body
+            }
+        }
+    };
+}
+
+pub(super) use with_table;

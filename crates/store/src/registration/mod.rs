@@ -1,0 +1,357 @@
+//! Device registration states (one per registration id) and their operations.
+
+//!
+//! The records and the repository are here; [`writer`] writes registration attempts in batches (group commit), and
+//! [`first_registrations`] writes a batch of devices' first registrations in one round trip.
+
+mod first_registrations;
+mod writer;
+
+#[cfg(feature = "test-support")]
+use chrono::SubsecRound;
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::audit::{self, Change};
+use crate::certificate::{self as certificates, CertificateRecord, Revoking};
+use crate::entity::operation;
+use crate::entity::registration::{self, Column, Entity};
+use crate::{Actor, Page, Precondition, StoreError};
+
+pub(crate) use writer::RegistrationWriter;
+use writer::{Pending, PendingCertificate, Work};
+
+/// A device's registration state as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationRecord {
+    /// The canonical registration id.
+    pub key: String,
+    /// The registration id as the device spelled it.
+    pub registration_id: String,
+    /// The canonical id of the enrollment group the device registered through, if any.
+    pub enrollment_group_key: Option<String>,
+    /// The device id on the hub.
+    pub device_id: Option<String>,
+    /// The hub the device is assigned to.
+    pub assigned_hub: Option<String>,
+    /// `assigning`, `assigned`, `failed` or `disabled`.
+    pub status: String,
+    /// How the assignment came about.
+    pub substatus: Option<String>,
+    /// Why it failed.
+    pub error_code: Option<i32>,
+    /// Why it failed, in words.
+    pub error_message: Option<String>,
+    /// The custom allocation payload.
+    pub payload: Option<Value>,
+    /// The twin the hub should apply (from the enrollment or the webhook, per `docs/protocol/device-api.md` §7).
+    pub initial_twin: Option<Value>,
+    /// The current etag.
+    pub etag: String,
+    /// When the device first registered.
+    pub created_at: DateTime<Utc>,
+    /// When the state last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+fn to_record(m: registration::Model) -> RegistrationRecord {
+    RegistrationRecord {
+        key: m.key,
+        registration_id: m.registration_id,
+        enrollment_group_key: m.enrollment_group_key,
+        device_id: m.device_id,
+        assigned_hub: m.assigned_hub,
+        status: m.status,
+        substatus: m.substatus,
+        error_code: m.error_code,
+        error_message: m.error_message,
+        payload: m.payload,
+        initial_twin: m.initial_twin,
+        etag: m.etag,
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+    }
+}
+
+fn to_active(r: &RegistrationRecord) -> registration::ActiveModel {
+    registration::ActiveModel {
+        key: Set(r.key.clone()),
+        registration_id: Set(r.registration_id.clone()),
+        enrollment_group_key: Set(r.enrollment_group_key.clone()),
+        device_id: Set(r.device_id.clone()),
+        assigned_hub: Set(r.assigned_hub.clone()),
+        status: Set(r.status.clone()),
+        substatus: Set(r.substatus.clone()),
+        error_code: Set(r.error_code),
+        error_message: Set(r.error_message.clone()),
+        payload: Set(r.payload.clone()),
+        initial_twin: Set(r.initial_twin.clone()),
+        etag: Set(r.etag.clone()),
+        created_at: Set(r.created_at),
+        updated_at: Set(r.updated_at),
+    }
+}
+
+async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<RegistrationRecord>, StoreError> {
+    Ok(crate::unique(Entity::find_by_id(key.to_owned()), db).await?.map(to_record))
+}
+
+repository_with_reader! {
+    /// Device registration states and operations: reads (through [`RegistrationReader`]), the registration
+    /// writer's batched attempts, deletes, and the audit of refused device requests.
+    Registrations,
+    /// Device registration states and operations, read-only.
+    RegistrationReader
+}
+
+impl<'a> RegistrationReader<'a> {
+    /// Reads one registration state.
+    pub async fn get(self, key: &str) -> Result<RegistrationRecord, StoreError> {
+        find(&self.store.read, key).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Lists the registrations of an enrollment group in key order, `limit` at a time.
+    pub async fn list_of_group(
+        self,
+        group_key: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Page<RegistrationRecord>, StoreError> {
+        let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
+        let mut query = Entity::find().filter(Column::EnrollmentGroupKey.eq(group_key));
+        if let Some(after) = after {
+            query = query.filter(Column::Key.gt(after));
+        }
+        let rows: Vec<RegistrationRecord> = query
+            .order_by_asc(Column::Key)
+            .limit(limit + 1)
+            .all(&self.store.read)
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect();
+        Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
+    }
+
+    /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
+    pub async fn operation(self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
+        let select = operation::Entity::find_by_id(id.to_owned())
+            .filter(operation::Column::RegistrationKey.eq(registration_key));
+        let model = crate::unique(select, &self.store.read).await?.ok_or(StoreError::NotFound)?;
+        Ok(OperationRecord {
+            id: model.id,
+            registration_key: model.registration_key,
+            status: model.status,
+            error_code: model.error_code,
+            error_message: model.error_message,
+            result: model.result,
+            created_at: model.created_at,
+            updated_at: model.updated_at,
+        })
+    }
+}
+
+impl<'a> Registrations<'a> {
+    /// Writes a registration state (insert or replace by key); returns it with a fresh etag.
+    #[cfg(feature = "test-support")]
+    pub async fn save(self, mut record: RegistrationRecord) -> Result<RegistrationRecord, StoreError> {
+        let txn = self.store.db.begin().await?;
+        let existing = find(&txn, &record.key).await?;
+        record.etag = crate::new_etag();
+        record.updated_at = crate::now();
+        match existing {
+            None => {
+                // Keep what both databases keep (PostgreSQL stores microseconds), so the record returned is the
+                // record stored.
+                record.created_at = record.created_at.trunc_subsecs(6);
+                Entity::insert(to_active(&record))
+                    .exec_without_returning(&txn)
+                    .await
+                    .map_err(|e| StoreError::from_insert(e, "the registration"))?;
+            }
+            Some(old) => {
+                record.created_at = old.created_at;
+                let result = Entity::update_many()
+                    .set(to_active(&record))
+                    .filter(Column::Key.eq(record.key.clone()))
+                    .filter(Column::Etag.eq(old.etag))
+                    .exec(&txn)
+                    .await?;
+                if result.rows_affected != 1 {
+                    return Err(StoreError::Conflict("the registration changed concurrently; retry".into()));
+                }
+            }
+        }
+        txn.commit().await?;
+        Ok(record)
+    }
+
+    /// Deletes a registration state (and its operations) under `precondition`, and revokes its certificates
+    /// (`cessationOfOperation`) in the same transaction.
+    pub async fn delete(self, key: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
+        let txn = self.store.db.begin().await?;
+        let existing = find(&txn, key).await?.ok_or(StoreError::NotFound)?;
+        if !precondition.allows(Some(&existing.etag)) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        // While the state still says which hub the device is on.
+        crate::hub_job::retire(
+            &txn,
+            crate::hub_job::Retiring::Registrations(&[key.to_owned()]),
+            crate::HubAction::Delete,
+        )
+        .await?;
+        operation::Entity::delete_many().filter(operation::Column::RegistrationKey.eq(key)).exec(&txn).await?;
+        let result = Entity::delete_many()
+            .filter(Column::Key.eq(key))
+            .filter(Column::Etag.eq(existing.etag.clone()))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Err(StoreError::Conflict("the registration changed concurrently; retry".into()));
+        }
+        // After the guarded delete: an attempt of this device still in flight now loses (its etag is gone), so no
+        // certificate can be issued to it after this revocation.
+        certificates::revoke(
+            &txn,
+            Revoking::Registrations(&[key.to_owned()]),
+            certificates::CESSATION_OF_OPERATION,
+            actor,
+        )
+        .await?;
+        let change = Change {
+            action: "delete",
+            resource_type: "registration",
+            resource_id: &existing.registration_id,
+            etag_before: Some(&existing.etag),
+            etag_after: None,
+            detail: None,
+        };
+        audit::record(&txn, actor, &[change]).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Writes a registration attempt: the state (guarded by `expected_etag`), the operation and the audit event,
+    /// in one transaction (shared with the attempts of other devices arriving meanwhile). A concurrent attempt that
+    /// changed the state first makes this one a [`StoreError::Conflict`]; the caller decides again on the new
+    /// state.
+    ///
+    /// `snapshot` renders the operation's result from the state as written (with its etag and times).
+    pub async fn commit(self, outcome: RegistrationOutcome, snapshot: Snapshot) -> Result<Committed, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        self.store.registrations.send(Work::Register(Box::new(Pending { outcome, snapshot, reply }))).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Records a certificate issued outside a registration (EST) for the registration it names: the device's
+    /// previous active certificate becomes superseded, in the same transaction, with an audit event (`action`).
+    /// Written in batches with the registration attempts (see [`Registrations::commit`]).
+    pub async fn record_certificate(
+        self,
+        certificate: CertificateRecord,
+        action: &str,
+        actor: &Actor,
+    ) -> Result<CertificateRecord, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
+        let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
+        self.store.registrations.send(Work::Certificate(Box::new(pending))).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Deletes operations created before `cutoff`; returns how many.
+    pub async fn delete_operations_before(self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = operation::Entity::delete_many()
+            .filter(operation::Column::CreatedAt.lt(cutoff))
+            .exec(&self.store.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Records a refused device request (bad credentials, unknown device, ...) with its reason.
+    pub async fn audit_refused_device(
+        self,
+        registration_id: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let actor = Actor { subject: format!("device:{registration_id}"), role: "device".into() };
+        let change = Change {
+            action,
+            resource_type: "registration",
+            resource_id: registration_id,
+            etag_before: None,
+            etag_after: None,
+            detail: Some(reason),
+        };
+        audit::record(&self.store.db, &actor, &[change]).await
+    }
+}
+
+/// A registration operation (one per register call), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRecord {
+    /// The operation id.
+    pub id: String,
+    /// The canonical registration id it belongs to.
+    pub registration_key: String,
+    /// `assigning`, `assigned`, `failed` or `disabled`.
+    pub status: String,
+    /// Why it failed.
+    pub error_code: Option<i32>,
+    /// Why it failed, in words.
+    pub error_message: Option<String>,
+    /// The registration result the operation answers with (a snapshot taken when it was written).
+    pub result: Option<Value>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+fn operation_active(o: &OperationRecord) -> operation::ActiveModel {
+    operation::ActiveModel {
+        id: Set(o.id.clone()),
+        registration_key: Set(o.registration_key.clone()),
+        status: Set(o.status.clone()),
+        error_code: Set(o.error_code),
+        error_message: Set(o.error_message.clone()),
+        result: Set(o.result.clone()),
+        created_at: Set(o.created_at),
+        updated_at: Set(o.updated_at),
+    }
+}
+
+/// What a registration attempt writes: the device's new state, its operation, and the audit event.
+#[derive(Debug, Clone)]
+pub struct RegistrationOutcome {
+    /// The new registration state. The store sets its etag and `updated_at`, and `created_at` when it inserts;
+    /// on an update `created_at` is kept as given (copy it from the state the decision was made on).
+    pub record: RegistrationRecord,
+    /// The etag the state had when the decision was made (`None`: there was no state).
+    pub expected_etag: Option<String>,
+    /// The operation to create.
+    pub operation: OperationRecord,
+    /// What the audit event says happened.
+    pub detail: String,
+    /// The certificate issued in this attempt, if any: stored `active` (its registration key, status and times
+    /// set by the store) only if the attempt wins, after the registration's previous active certificates are
+    /// marked `superseded`, in the same transaction.
+    pub certificate: Option<CertificateRecord>,
+    /// The hub job that registers the device on its hub, if the hub has an adapter: written only if the attempt
+    /// wins, in the same transaction. The state is then written `assigning` and becomes `assigned` when the job
+    /// succeeds.
+    pub hub_job: Option<crate::NewHubJob>,
+}
+
+/// What a winning registration attempt wrote: the state, the operation, and its hub job.
+pub type Committed = (RegistrationRecord, OperationRecord, Option<crate::HubJobRecord>);
+
+/// Renders an operation's result from the registration state as written.
+pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> Value + Send + Sync>;
