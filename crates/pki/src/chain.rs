@@ -167,7 +167,8 @@ pub(crate) fn describe(role: Role, cert: &X509Certificate<'_>) -> String {
         Role::IssuingCa => "the issuing CA certificate",
         Role::Superior | Role::Ca => "the CA certificate",
     };
-    format!("{role} \"{}\"", subject_text(cert))
+    // The subject is the certificate maker's text: escaped, so that it cannot break a log line or the audit log.
+    format!("{role} \"{}\"", subject_text(cert).escape_debug())
 }
 
 /// Parses a certificate of a path, naming it by role (and position) if it is malformed.

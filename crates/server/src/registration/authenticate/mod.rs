@@ -14,6 +14,7 @@ pub mod sas;
 pub mod tpm;
 pub mod x509;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use zerotouch_store::StoreError;
@@ -92,11 +93,12 @@ impl RegistrationService {
         error: RegistrationError,
     ) -> RegistrationError {
         let action = action.as_str();
+        let reason = printable(reason);
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
         let bucket = format!("refused\0{}", device.registration_id.key());
         if self.limits.admit(&bucket).is_ok()
             && let Err(e) =
-                self.store.registrations().audit_refused_device(device.registration_id.as_str(), action, reason).await
+                self.store.registrations().audit_refused_device(device.registration_id.as_str(), action, &reason).await
         {
             tracing::error!("cannot audit a refused device request: {e}");
         }
@@ -113,5 +115,32 @@ impl RegistrationService {
     ) -> RegistrationError {
         let reason = format!("{what}: {error}");
         self.refuse_as(device, action, &reason, error).await
+    }
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`, ...): a refusal's reason quotes what the device
+/// sent (certificate subjects, token parts), which must not start a line of its own, or a terminal sequence, in
+/// the log or the audit log.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_kept() {
+        assert_eq!(
+            printable("the device certificate \"CN=dev-1, O=caf\u{e9}\""),
+            "the device certificate \"CN=dev-1, O=caf\u{e9}\""
+        );
+        assert_eq!(printable("O=evil\nFAKE\r\u{1b}[31m"), "O=evil\\nFAKE\\r\\u{1b}[31m");
+        assert!(!printable("a\u{0}b\u{7f}c").chars().any(char::is_control));
     }
 }

@@ -1,0 +1,81 @@
+//! Attacks on the device listener (issue #16), each performed against the real binary, each shown refused with
+//! nothing lost for the legitimate device. `docs/security.md` lists each threat, its control and the test here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use zerotouch_tests::device::{API, curl};
+use zerotouch_tests::{Api, Backend, Server};
+
+/// A CA (its PEM and issuer) and a device certificate under it for `cn`, with an organization name of the
+/// attacker's choosing and only `serverAuth` as its extended key usage, so that the chain reaches the enrolled CA
+/// and is then refused by name.
+fn crafted_device(dir: &Path, cn: &str, organization: &str) -> String {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "Security test factory CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut device = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    device.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    device.distinguished_name.push(rcgen::DnType::OrganizationName, organization);
+    device.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    std::fs::write(dir.join("device.pem"), device.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+    std::fs::write(dir.join("device.key"), key.serialize_pem()).unwrap();
+    ca_pem
+}
+
+/// Every audit event (one page is enough for these tests).
+async fn audit(api: &Api<'_>) -> Vec<Value> {
+    let response = api.request(reqwest::Method::GET, "/audit").header("x-ms-max-item-count", "1000").send().await;
+    let events: Value = response.unwrap().json().await.unwrap();
+    events.as_array().unwrap().clone()
+}
+
+/// Point 10: a certificate subject with a newline and a terminal escape cannot forge a log line or an audit
+/// record: the refusal's reason carries them escaped.
+#[tokio::test]
+async fn certificate_subjects_cannot_inject_log_lines() {
+    zerotouch_tests::init();
+    let server = Server::start(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let forged = "2026-12-05T00:00:00Z  INFO zerotouch: FORGED admin login accepted";
+    let ca = crafted_device(dir.path(), "inject-1", &format!("evil\n{forged}\u{1b}[2K"));
+    let api = Api::new(&server, "owner");
+    let group = json!({
+        "enrollmentGroupId": "factory",
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca}}}},
+    });
+    assert_eq!(api.put("/enrollmentGroups/factory", &group).await.status(), 200);
+
+    let path = format!("/{}/registrations/inject-1/register?{API}", server.id_scope);
+    let (status, body) = curl(
+        &server,
+        "PUT",
+        &path,
+        &dir.path().join("device.pem"),
+        &dir.path().join("device.key"),
+        "{}",
+        "application/json",
+    );
+    assert_eq!(status, 401, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errorCode"], 401014, "the chain is refused by name: {body}");
+
+    let logs = server.logs();
+    assert!(logs.contains("O=evil\\n2026-12-05T00:00:00Z"), "the refusal is logged, escaped: {logs}");
+    assert!(!logs.lines().any(|line| line.starts_with(forged)), "a forged line reached the log: {logs}");
+    assert!(!logs.contains('\u{1b}'), "a terminal escape reached the log");
+    let refusal = audit(&api)
+        .await
+        .into_iter()
+        .find(|e| e["resourceId"] == "inject-1" && e["action"] == "register")
+        .expect("the refusal is audited");
+    let detail = refusal["detail"].as_str().unwrap();
+    assert!(detail.contains("O=evil\\n2026-12-05T00:00:00Z"), "{detail}");
+    assert!(!detail.chars().any(char::is_control), "{detail:?}");
+}
