@@ -4,9 +4,12 @@
 
 use std::path::Path;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
-use zerotouch_tests::device::{API, curl};
-use zerotouch_tests::{Api, Backend, Server};
+use zerotouch_attest::sas;
+use zerotouch_tests::device::{API, curl, sas_register, sas_token};
+use zerotouch_tests::{Api, BACKENDS, Backend, Server};
 
 /// A CA (its PEM and issuer) and a device certificate under it for `cn`, with an organization name of the
 /// attacker's choosing and only `serverAuth` as its extended key usage, so that the chain reaches the enrolled CA
@@ -50,7 +53,7 @@ async fn certificate_subjects_cannot_inject_log_lines() {
         "enrollmentGroupId": "factory",
         "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca}}}},
     });
-    assert_eq!(api.put("/enrollmentGroups/factory", &group).await.status(), 200);
+    assert!(api.put("/enrollmentGroups/factory", &group).await.status().is_success());
 
     let path = format!("/{}/registrations/inject-1/register?{API}", server.id_scope);
     let (status, body) = curl(
@@ -78,4 +81,62 @@ async fn certificate_subjects_cannot_inject_log_lines() {
     let detail = refusal["detail"].as_str().unwrap();
     assert!(detail.contains("O=evil\\n2026-12-05T00:00:00Z"), "{detail}");
     assert!(!detail.chars().any(char::is_control), "{detail:?}");
+}
+
+/// A symmetric-key enrollment group with a fresh key; returns the key.
+async fn symmetric_group(api: &Api<'_>, id: &str) -> Vec<u8> {
+    let key: [u8; 32] = rand::random();
+    let group = json!({
+        "enrollmentGroupId": id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode(key)}},
+    });
+    let response = api.put(&format!("/enrollmentGroups/{id}"), &group).await;
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    key.to_vec()
+}
+
+/// Point 3: a registration belongs to the enrollment that created it. A device of another group (whose key
+/// derives a valid token for any id) can neither take it over nor read it; the owner keeps registering.
+#[tokio::test]
+async fn another_group_cannot_take_over_a_registration() {
+    zerotouch_tests::init();
+    for backend in BACKENDS {
+        let server = Server::start(backend).await.unwrap();
+        let api = Api::new(&server, "owner");
+        let hub =
+            json!({"hostName": "hub-a.example", "kind": "none", "allocationWeight": 1, "applyAllocationPolicy": true});
+        let linked = api.put("/hubs/hub-a.example", &hub).await;
+        assert!(linked.status().is_success(), "{}", linked.text().await.unwrap_or_default());
+        let owner_key = sas::derive_device_key(&symmetric_group(&api, "line-a").await, "sensor-1").to_vec();
+        let other_key = sas::derive_device_key(&symmetric_group(&api, "line-b").await, "sensor-1").to_vec();
+
+        let (status, owned) = sas_register(&server, "sensor-1", &owner_key, json!({})).await;
+        assert_eq!((status, owned["status"].as_str()), (200, Some("assigned")), "{owned}");
+        let before: Value = api.get("/registrations/sensor-1").await.json().await.unwrap();
+        assert_eq!(before["symmetricKey"]["enrollmentGroupId"], Value::Null, "{before}");
+
+        let (status, refused) = sas_register(&server, "sensor-1", &other_key, json!({})).await;
+        assert_eq!((status, refused["errorCode"].as_u64()), (401, Some(401002)), "{refused}");
+        let lookup = server
+            .client
+            .post(server.device(&format!("/{}/registrations/sensor-1?{API}", server.id_scope)))
+            .header("Authorization", sas_token(&server, "sensor-1", &other_key))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(lookup.status(), 401, "the other group's device cannot read the registration either");
+
+        let after: Value = api.get("/registrations/sensor-1").await.json().await.unwrap();
+        assert_eq!(after["etag"], before["etag"], "the registration is untouched: {after}");
+        let refusal = audit(&api).await.into_iter().find(|e| {
+            e["resourceId"] == "sensor-1"
+                && e["detail"].as_str().is_some_and(|d| d.contains("belongs to enrollment group"))
+        });
+        assert!(refusal.is_some(), "the takeover attempt is audited");
+
+        let (status, again) = sas_register(&server, "sensor-1", &owner_key, json!({})).await;
+        assert_eq!((status, again["status"].as_str()), (200, Some("assigned")), "the owner still registers: {again}");
+        assert_eq!(again["registrationState"]["symmetricKey"]["enrollmentGroupId"], "line-a", "{again}");
+    }
 }

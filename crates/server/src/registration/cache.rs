@@ -69,7 +69,8 @@ pub struct Caches {
     reference: Mutex<Option<Reference>>,
     /// Held by the one request reading the reference again (see [`Caches::reference`]).
     reading_reference: tokio::sync::Mutex<()>,
-    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Until when, and the budget of the enrollment the token verified with (see [`super::RegistrationService::admit`]).
+    verified: Mutex<HashMap<[u8; 32], (Instant, Arc<str>)>>,
     /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under this lock, held
     /// up every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
     /// doublings).
@@ -167,21 +168,23 @@ impl Caches {
         Ok(reference)
     }
 
-    /// Remembers that the device's token verified; it expires at `token_expiry` (Unix seconds) at the latest.
-    pub fn remember_verified(&self, device: &DeviceRequest, token_expiry: u64) {
+    /// Remembers that the device's token verified with the enrollment whose request budget is `budget`; it expires
+    /// at `token_expiry` (Unix seconds) at the latest.
+    pub fn remember_verified(&self, device: &DeviceRequest, token_expiry: u64, budget: &str) {
         let Some(digest) = token_digest(device) else { return };
         let now_secs = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let left = Duration::from_secs(token_expiry.saturating_sub(now_secs));
         let Ok(mut verified) = self.verified.lock() else { return };
         let now = Instant::now();
-        make_room(&mut verified, VERIFIED_MAX, |until| *until > now);
-        verified.insert(digest, now + left.min(VERIFIED_TTL));
+        make_room(&mut verified, VERIFIED_MAX, |(until, _)| *until > now);
+        verified.insert(digest, (now + left.min(VERIFIED_TTL), Arc::from(budget)));
     }
 
-    /// Whether the device's token verified recently.
-    pub fn recently_verified(&self, device: &DeviceRequest) -> bool {
-        let Some(digest) = token_digest(device) else { return false };
-        self.verified.lock().is_ok_and(|v| v.get(&digest).is_some_and(|until| *until > Instant::now()))
+    /// The request budget of the enrollment the device's token verified with recently, if it did.
+    pub fn recently_verified(&self, device: &DeviceRequest) -> Option<Arc<str>> {
+        let digest = token_digest(device)?;
+        let verified = self.verified.lock().ok()?;
+        verified.get(&digest).filter(|(until, _)| *until > Instant::now()).map(|(_, budget)| Arc::clone(budget))
     }
 
     /// Remembers an operation this replica wrote, if it is finished (not `assigning`).
@@ -257,13 +260,13 @@ mod tests {
         let caches = Caches::default();
         let later = u64::try_from(chrono::Utc::now().timestamp()).unwrap() + 3600;
         let token = Evidence::Sas("SharedAccessSignature sr=x&sig=y&se=1".into());
-        caches.remember_verified(&device("dev-1", token.clone()), later);
-        assert!(caches.recently_verified(&device("DEV-1", token.clone())), "ids are case-insensitive");
-        assert!(!caches.recently_verified(&device("dev-2", token.clone())));
-        assert!(!caches.recently_verified(&device("dev-1", Evidence::Sas("another".into()))));
-        caches.remember_verified(&device("dev-3", token.clone()), 0);
-        assert!(!caches.recently_verified(&device("dev-3", token)), "an expired token is not remembered");
-        caches.remember_verified(&device("dev-4", Evidence::Certificates(vec![vec![1]])), later);
-        assert!(!caches.recently_verified(&device("dev-4", Evidence::Certificates(vec![vec![1]]))));
+        caches.remember_verified(&device("dev-1", token.clone()), later, "budget-1");
+        assert_eq!(caches.recently_verified(&device("DEV-1", token.clone())).as_deref(), Some("budget-1"));
+        assert!(caches.recently_verified(&device("dev-2", token.clone())).is_none());
+        assert!(caches.recently_verified(&device("dev-1", Evidence::Sas("another".into()))).is_none());
+        caches.remember_verified(&device("dev-3", token.clone()), 0, "budget-3");
+        assert!(caches.recently_verified(&device("dev-3", token)).is_none(), "an expired token is not remembered");
+        caches.remember_verified(&device("dev-4", Evidence::Certificates(vec![vec![1]])), later, "budget-4");
+        assert!(caches.recently_verified(&device("dev-4", Evidence::Certificates(vec![vec![1]]))).is_none());
     }
 }

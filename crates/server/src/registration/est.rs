@@ -62,7 +62,7 @@ impl RegistrationService {
         };
         let registration = known.registration.clone();
         let authenticated = self.authenticate_x509(&device, action, chain, Some(known)).await?;
-        self.limits.admit(&key).map_err(RetryAfter::refusal)?;
+        self.limits.admit(&authenticated.budget(&device)).map_err(RetryAfter::refusal)?;
         if renewal && !authenticated.operational {
             let reason = "simplereenroll renews an operational certificate; this is another certificate";
             return Err(self.refuse(&device, action, reason).await);
@@ -79,6 +79,11 @@ impl RegistrationService {
             Some(registration) => Ok(registration),
             None => self.store.registrations().get(&key).await,
         };
+        if let Ok(registration) = &registration
+            && let Some(reason) = authenticated.refusal_for(registration)
+        {
+            return Err(self.refuse(&device, action, &reason).await);
+        }
         let device_id = match registration {
             Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => registration.device_id,
             Ok(_) | Err(StoreError::NotFound) => {

@@ -108,7 +108,7 @@ impl RegistrationService {
         self.tpm_first_leg(&request).await?;
         let authenticated = self.authenticate(device, Action::Register).await?;
         // Counted once the device proved who it is: requests with bad credentials must not use up its budget.
-        self.limits.admit(&key).map_err(RetryAfter::refusal)?;
+        self.limits.admit(&authenticated.budget(device)).map_err(RetryAfter::refusal)?;
         let enrollment = &authenticated.enrollment;
         let policy = &enrollment.certificate_policy;
         let csr = issue::checked_csr(request.body.csr.as_deref(), device.registration_id.as_str(), policy)?;
@@ -124,6 +124,9 @@ impl RegistrationService {
         for _ in 0..MAX_ATTEMPTS {
             let current = if read_state { self.current_registration(&key).await? } else { None };
             read_state = true;
+            if let Some(reason) = current.as_ref().and_then(|c| authenticated.refusal_for(c)) {
+                return Err(self.refuse(device, Action::Register, &reason).await);
+            }
             let decision = self.decision(&request, &authenticated, current.as_ref(), &hubs, &mut webhook_answer).await;
             let issued = match (&csr, decision.assignment()) {
                 (Some(csr), Some(assigned)) => Some(self.pki.issue(csr, &assigned.device_id, policy).await?),
@@ -216,10 +219,11 @@ impl RegistrationService {
         operation_id: &str,
     ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let key = device.registration_id.key();
-        if !self.caches.recently_verified(&device) {
-            self.authenticate(&device, Action::Poll).await?;
-        }
-        self.limits.admit(&key).map_err(RetryAfter::refusal)?;
+        let budget = match self.caches.recently_verified(&device) {
+            Some(budget) => budget.to_string(),
+            None => self.authenticate(&device, Action::Poll).await?.budget(&device),
+        };
+        self.limits.admit(&budget).map_err(RetryAfter::refusal)?;
         if let Some(answer) = self.caches.recently_finished(&key, operation_id, self.settings.operation_ttl) {
             return Ok(answer);
         }
@@ -250,10 +254,13 @@ impl RegistrationService {
     pub async fn status(&self, device: DeviceRequest) -> Result<DeviceRegistrationResult, RegistrationError> {
         let key = device.registration_id.key();
         let authenticated = self.authenticate(&device, Action::StatusLookup).await?;
-        self.limits.admit(&key).map_err(RetryAfter::refusal)?;
+        self.limits.admit(&authenticated.budget(&device)).map_err(RetryAfter::refusal)?;
         let Some(record) = self.current_registration(&key).await? else {
             return Err(RegistrationError::NotFound(format!("registration {:?}", device.registration_id.as_str())));
         };
+        if let Some(reason) = authenticated.refusal_for(&record) {
+            return Err(self.refuse(&device, Action::StatusLookup, &reason).await);
+        }
         let enrollment = &authenticated.enrollment;
         let shown = result::result_of(&record, enrollment.group_id(), authenticated.x509.clone());
         Ok(result::for_status_lookup(shown, enrollment))

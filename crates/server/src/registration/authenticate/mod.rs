@@ -17,7 +17,7 @@ pub mod x509;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use zerotouch_store::StoreError;
+use zerotouch_store::{RegistrationRecord, StoreError};
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::X509RegistrationResult;
 
@@ -42,6 +42,30 @@ pub struct Authenticated {
 impl Authenticated {
     fn by(enrollment: Arc<Enrollment>) -> Self {
         Self { enrollment, x509: None, operational: false, tpm: None }
+    }
+
+    /// The name of the device's request budget (`--device-rate-limit`): its registration id and the enrollment
+    /// it proved itself with, so that a device of another enrollment that can authenticate under the same id (a
+    /// group admits any id its key covers) cannot use up the legitimate device's requests.
+    pub fn budget(&self, device: &DeviceRequest) -> String {
+        format!("{}\0{}\0{}", device.registration_id.key(), self.enrollment.noun(), self.enrollment.key())
+    }
+
+    /// Why this device may not act on the registration `current`, if it may not: a registration belongs to the
+    /// enrollment that created it, so a device authenticated by another group (which admits any id its key or CA
+    /// covers) cannot take over, or read, a registration made through a different enrollment. An individual
+    /// enrollment, which an administrator creates for exactly this id, takes precedence (as in Azure DPS).
+    pub fn refusal_for(&self, current: &RegistrationRecord) -> Option<String> {
+        let group = self.enrollment.group_id()?;
+        match &current.enrollment_group_key {
+            Some(owner) if owner == self.enrollment.key() => None,
+            Some(owner) => Some(format!(
+                "the registration belongs to enrollment group {owner:?}; a device of group {group:?} cannot take it"
+            )),
+            None => Some(format!(
+                "the registration belongs to an individual enrollment; a device of group {group:?} cannot take it"
+            )),
+        }
     }
 }
 

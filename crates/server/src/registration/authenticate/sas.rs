@@ -56,8 +56,9 @@ impl RegistrationService {
             let keys: Vec<&[u8]> = keys.iter().map(|k| k.expose_bytes()).collect();
             return match sas::verify(&token, &expected, &keys) {
                 Ok(_) => {
-                    self.caches.remember_verified(device, token.expiry);
-                    Ok(Authenticated::by(Arc::new(enrollment)))
+                    let authenticated = Authenticated::by(Arc::new(enrollment));
+                    self.caches.remember_verified(device, token.expiry, &authenticated.budget(device));
+                    Ok(authenticated)
                 }
                 Err(e) => Err(self.refuse(device, action, &format!("sas: {e}")).await),
             };
@@ -74,8 +75,9 @@ impl RegistrationService {
             let derived: Vec<&[u8]> = derived.iter().map(|k| k.as_slice()).collect();
             match sas::verify(&token, &expected, &derived) {
                 Ok(_) => {
-                    self.caches.remember_verified(device, token.expiry);
-                    return Ok(Authenticated::by(Arc::clone(group)));
+                    let authenticated = Authenticated::by(Arc::clone(group));
+                    self.caches.remember_verified(device, token.expiry, &authenticated.budget(device));
+                    return Ok(authenticated);
                 }
                 Err(e) => last_error = e,
             }

@@ -282,8 +282,9 @@ impl RegistrationService {
         } else {
             None
         };
-        self.caches.remember_verified(device, token.expiry);
-        Ok(Some(Authenticated { tpm, ..Authenticated::by(Arc::new(enrollment)) }))
+        let authenticated = Authenticated { tpm, ..Authenticated::by(Arc::new(enrollment)) };
+        self.caches.remember_verified(device, token.expiry, &authenticated.budget(device));
+        Ok(Some(authenticated))
     }
 }
 
