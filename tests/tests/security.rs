@@ -140,3 +140,61 @@ async fn another_group_cannot_take_over_a_registration() {
         assert_eq!(again["registrationState"]["symmetricKey"]["enrollmentGroupId"], "line-a", "{again}");
     }
 }
+
+/// Point 8: a certificate's refusal does not tell whether its CN is an enrolled registration id. A certificate
+/// for an id that an individual X.509 enrollment names (but not this certificate), and one for an id nobody
+/// enrolled, are answered with the same status, code and message.
+#[tokio::test]
+async fn x509_refusals_do_not_tell_which_ids_are_enrolled() {
+    use zerotouch_tests::openssl::{DEVICE_EXTENSIONS, make_ca, make_certificate, make_device};
+    zerotouch_tests::init();
+    let server = Server::start(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "factory", None);
+    make_device(d, "enrolled", "enrolled-1", "factory");
+    let api = Api::new(&server, "owner");
+    let pem = std::fs::read_to_string(d.join("enrolled.pem")).unwrap();
+    let enrollment = json!({
+        "registrationId": "enrolled-1",
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}},
+    });
+    assert!(api.put("/enrollments/enrolled-1", &enrollment).await.status().is_success());
+    let sas_enrollment = json!({"registrationId": "keyed-1", "attestation": {"type": "symmetricKey"}});
+    assert!(api.put("/enrollments/keyed-1", &sas_enrollment).await.status().is_success());
+
+    let mut answers = Vec::new();
+    for id in ["enrolled-1", "keyed-1", "nobody-1"] {
+        // A self-made certificate for the id, as an attacker would present.
+        make_certificate(d, id, id, None, DEVICE_EXTENSIONS);
+        let path = format!("/{}/registrations/{id}/register?{API}", server.id_scope);
+        let (status, body) = curl(
+            &server,
+            "PUT",
+            &path,
+            &d.join(format!("{id}.pem")),
+            &d.join(format!("{id}.key")),
+            "{}",
+            "application/json",
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        answers.push((id, status, body["errorCode"].clone(), body["message"].clone()));
+    }
+    let (_, status, code, message) = &answers[2];
+    assert_eq!(*status, 401, "{answers:?}");
+    for (id, other_status, other_code, other_message) in &answers[..2] {
+        assert_eq!((other_status, other_code, other_message), (status, code, message), "{id}: {answers:?}");
+    }
+    // The enrolled device itself still registers.
+    let linked = api
+        .put(
+            "/hubs/hub-x.example",
+            &json!({"hostName": "hub-x.example", "kind": "none", "applyAllocationPolicy": true}),
+        )
+        .await;
+    assert!(linked.status().is_success());
+    let path = format!("/{}/registrations/enrolled-1/register?{API}", server.id_scope);
+    let (status, body) =
+        curl(&server, "PUT", &path, &d.join("enrolled.pem"), &d.join("enrolled.key"), "{}", "application/json");
+    assert_eq!(status, 202, "{body}");
+}

@@ -177,9 +177,11 @@ async fn tpm_tools_device_registers_by_its_endorsement_key_postgres() {
     tpm_tools_device_registers_by_its_endorsement_key(Backend::Postgres).await;
 }
 
-/// What must not work: an EK no enrollment names gets a 401 without a blob; a blob activated on another TPM fails
-/// in that TPM; a SAS forged with another key, a token from an older blob, and a second register with a used
-/// token are refused; a malformed EK and an SRK other than the enrolled one answer 400211.
+/// What must not work: an EK no enrollment names, and an id nobody enrolled, get a challenge-shaped 401 all the
+/// same (a blob for a key nothing keeps: first legs do not tell which ids are enrolled, issue #16), whose second
+/// leg fails; a blob activated on another TPM fails in that TPM; a repeated first leg answers the pending
+/// challenge instead of replacing it; a SAS forged with another key and a second register with a used token are
+/// refused; a malformed EK and an SRK other than the enrolled one answer 400211.
 #[tokio::test]
 async fn tpm_refusals() {
     let tpm = Swtpm::start().unwrap();
@@ -192,11 +194,15 @@ async fn tpm_refusals() {
     admin(&server, Method::PUT, "/enrollments/tpm-refused", enrollment).await;
     let body = tpm_body("tpm-refused", &ek, &srk);
 
-    // An EK nobody enrolled: the plain refusal, nothing to learn from it.
-    let reply = register(&server, "tpm-refused", &tpm_body("tpm-refused", &other_ek, &other_srk), None).await;
-    assert_refused(&reply, 401, 401002);
-    let reply = register(&server, "nobody", &tpm_body("nobody", &ek, &srk), None).await;
-    assert_refused(&reply, 401, 401002);
+    // An EK nobody enrolled for this id, and an id nobody enrolled: answered like an enrolled one, and the second
+    // leg of that answer fails as any bad token does.
+    let decoy =
+        challenge_blob(&register(&server, "tpm-refused", &tpm_body("tpm-refused", &other_ek, &other_srk), None).await);
+    let key = other.activate(&decoy).unwrap();
+    let decoy_token = token(&server, "tpm-refused", |message| other.hmac(&key, message).unwrap());
+    let other_body = tpm_body("tpm-refused", &other_ek, &other_srk);
+    assert_refused(&register(&server, "tpm-refused", &other_body, Some(&decoy_token)).await, 401, 401002);
+    challenge_blob(&register(&server, "nobody", &tpm_body("nobody", &ek, &srk), None).await);
 
     // Malformed or unusable keys, and an SRK other than the enrolled one.
     let reply = register(&server, "tpm-refused", &tpm_body("tpm-refused", "AQID", &srk), None).await;
@@ -213,13 +219,12 @@ async fn tpm_refusals() {
     let error = other.activate(&blob).unwrap_err().to_string();
     assert!(error.contains("tpm2_activatecredential"), "{error}");
 
-    // A forged SAS, then a token of a blob that a newer first leg replaced.
+    // A forged SAS is refused. A repeated first leg (the device retrying, or anyone who knows its public EK)
+    // answers the pending challenge: the same blob, not a new key that would void the device's.
     let forged = token(&server, "tpm-refused", |_| vec![7; 32]);
     assert_refused(&register(&server, "tpm-refused", &body, Some(&forged)).await, 401, 401002);
-    let old = second_leg_token(&server, &tpm, "tpm-refused", &body).await;
-    // A newer first leg replaces the blob of the old token.
-    second_leg_token(&server, &tpm, "tpm-refused", &body).await;
-    assert_refused(&register(&server, "tpm-refused", &body, Some(&old)).await, 401, 401002);
+    let again = challenge_blob(&register(&server, "tpm-refused", &body, None).await);
+    assert_eq!(again, blob, "a first leg does not replace the pending challenge");
 
     // A token of a blob made before the enrollment was given another EK is refused.
     let before_change = second_leg_token(&server, &tpm, "tpm-refused", &body).await;
@@ -309,10 +314,11 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
     // A registration id of the group stays with the TPM that registered it: the sibling cannot take it over.
+    // Its first leg is answered like any other (a blob for a key nothing keeps), and the refusal audited.
     let reply =
         register(&server, "factory-1", &with_cert("factory-1", &sibling_ek, &sibling_srk, &sibling_certificate), None)
             .await;
-    assert_refused(&reply, 401, 401002);
+    challenge_blob(&reply);
 
     // A TPM from a CA the group does not list. Every swtpm local CA is named "swtpm-localca", so the path finds the
     // listed CA by name and its key refuses the signature (401014); a CA of another name answers 401012 (below).
@@ -325,8 +331,7 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
     let reply =
         register(&server, "borrowed", &with_cert("borrowed", &stranger_ek, &stranger_srk, &certificate), None).await;
     assert_refused(&reply, 401, 401017);
-    let reply = register(&server, "bare", &tpm_body("bare", &ek, &srk), None).await;
-    assert_refused(&reply, 401, 401002);
+    challenge_blob(&register(&server, "bare", &tpm_body("bare", &ek, &srk), None).await);
     let reply = register(&server, "garbled", &with_cert("garbled", &ek, &srk, "AQID"), None).await;
     assert_refused(&reply, 401, 401017);
 
@@ -549,4 +554,43 @@ async fn tpm_device_hub_gets_the_key_its_tpm_holds() {
     assert_eq!(mac.finalize().into_bytes().to_vec(), in_tpm, "the hub's key is the one in the TPM");
     assert!(!server.logs().contains(seen[0].2["credential"]["key"].as_str().unwrap()), "the hub key reached a log");
     receiver.stop().await;
+}
+
+/// Issue #16 points 4 and 8: strangers' first legs for a device's id (with keys of their own, or with the device's
+/// public EK) neither use up its first-leg budget, nor replace its pending challenge, nor tell them which ids are
+/// enrolled: every one of them is answered with a challenge-shaped 401, and the device then registers at once.
+#[tokio::test]
+async fn strangers_first_legs_neither_lock_out_nor_replace_a_device() {
+    let tpm = Swtpm::start().unwrap();
+    let (ek, srk) = tpm.provision_keys().unwrap();
+    let stranger = Swtpm::start().unwrap();
+    let (stranger_ek, stranger_srk) = stranger.provision_keys().unwrap();
+    // The default per-device rate (5 requests per 10 s), which the strangers' first legs below exceed.
+    let server = Server::start(Backend::Sqlite).await.unwrap();
+    link_hub(&server).await;
+    let enrollment = json!({"registrationId": "tpm-target", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}}, "iotHubs": [HUB]});
+    admin(&server, Method::PUT, "/enrollments/tpm-target", enrollment).await;
+    let body = tpm_body("tpm-target", &ek, &srk);
+
+    // The device starts; then strangers send twice the per-device rate of first legs for its id (5 per 10 s by
+    // default): with their own TPM's keys, and with the device's own public EK and SRK.
+    let blob = challenge_blob(&register(&server, "tpm-target", &body, None).await);
+    for _ in 0..5 {
+        let theirs = register(&server, "tpm-target", &tpm_body("tpm-target", &stranger_ek, &stranger_srk), None).await;
+        challenge_blob(&theirs);
+        let replayed = challenge_blob(&register(&server, "tpm-target", &body, None).await);
+        assert_eq!(replayed, blob, "the device's pending challenge is kept");
+    }
+    // An id nobody enrolled answers the same way.
+    challenge_blob(&register(&server, "tpm-nobody", &tpm_body("tpm-nobody", &stranger_ek, &stranger_srk), None).await);
+
+    // The device finishes with the blob it got first.
+    let key = tpm.activate(&blob).unwrap();
+    let auth = token(&server, "tpm-target", |message| tpm.hmac(&key, message).unwrap());
+    let reply = register(&server, "tpm-target", &body, Some(&auth)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let done = poll(&server, "tpm-target", reply.body["operationId"].as_str().unwrap(), &auth).await;
+    assert_eq!(done["status"], "assigned", "{done}");
+    let audit = admin(&server, Method::GET, "/audit", Value::Null).await.to_string();
+    assert!(audit.contains("the endorsement key is not the enrolled one"), "the strangers are audited: {audit}");
 }

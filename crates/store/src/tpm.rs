@@ -1,5 +1,7 @@
 //! Pending TPM challenges: the HMAC key each device's last TPM first leg delivered, so that any replica can verify
-//! its second leg (`docs/protocol/device-api.md` §3.1). One row per registration id; a new challenge replaces the old one.
+//! its second leg (`docs/protocol/device-api.md` §3.1), and the blob that delivered it, so that a repeated first leg
+//! is answered with the pending challenge. One row per registration id; a challenge is replaced only once it was
+//! used or expired.
 //! And the TPM each registration id of a TPM group is bound to (the first to register it).
 
 use chrono::{DateTime, Utc};
@@ -34,6 +36,9 @@ pub struct TpmChallengeRecord {
     pub used_at: Option<DateTime<Utc>>,
     /// When it was issued.
     pub created_at: DateTime<Utc>,
+    /// The activation blob (base64) that delivered the key to the TPM; `None` for a challenge stored before the
+    /// blobs were kept.
+    pub blob: Option<String>,
 }
 
 fn kind_text(kind: EnrollmentKind) -> &'static str {
@@ -62,6 +67,7 @@ fn to_record(m: tpm_challenge::Model) -> Result<TpmChallengeRecord, StoreError> 
         expires_at: m.expires_at,
         used_at: m.used_at,
         created_at: m.created_at,
+        blob: m.blob,
     })
 }
 
@@ -86,6 +92,7 @@ impl<'a> Tpm<'a> {
             expires_at: Set(crate::at_store_precision(challenge.expires_at)),
             used_at: Set(challenge.used_at.map(crate::at_store_precision)),
             created_at: Set(crate::at_store_precision(challenge.created_at)),
+            blob: Set(challenge.blob.clone()),
         };
         Entity::insert(model)
             .on_conflict(
@@ -100,6 +107,7 @@ impl<'a> Tpm<'a> {
                         Column::ExpiresAt,
                         Column::UsedAt,
                         Column::CreatedAt,
+                        Column::Blob,
                     ])
                     .to_owned(),
             )

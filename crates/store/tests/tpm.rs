@@ -21,6 +21,7 @@ fn challenge(id: &str, expires_in: Duration) -> TpmChallengeRecord {
         expires_at: Utc::now() + expires_in,
         used_at: None,
         created_at: Utc::now(),
+        blob: Some("BLOB".into()),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The registration service's three caches, each bounded, each short-lived, none deciding anything the database
 //! would decide differently for long:
 //!
-//! - **Reference** ([`Reference`]): the hubs and the symmetric-key and X.509 enrollment groups (parsed, with
-//!   their CA anchors), which every registration needs and which change rarely. Reused for at most
+//! - **Reference** ([`Reference`]): the hubs and the symmetric-key, X.509 and TPM enrollment groups (parsed,
+//!   with their CA anchors), which every registration needs and which change rarely. Reused for at most
 //!   [`REFERENCE_TTL`]; a change made through this process ([`Store::reference_changes`]) invalidates it at once,
 //!   one made on another replica is seen within the TTL. One entry.
 //! - **Verified tokens**: the SHA-256 of (id scope, registration id, `Authorization` value) of SAS tokens that
@@ -26,6 +26,7 @@ use zerotouch_wire::device::RegistrationOperationStatus;
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 
+use super::RegistrationService;
 use super::authenticate::x509::{self, Anchor, X509Group};
 use super::enrollment::{Attestation, Enrollment};
 use super::error::{RegistrationError, internal};
@@ -53,7 +54,13 @@ pub struct Reference {
     pub symmetric_key_groups: Arc<Vec<Arc<Enrollment>>>,
     /// The X.509 enrollment groups with their anchors.
     pub x509_groups: Arc<Vec<X509Group>>,
+    /// The TPM enrollment groups with their manufacturer CAs.
+    pub tpm_groups: Arc<Vec<X509Group>>,
 }
+
+/// A token that verified: until when it spares the enrollment lookup, and the request budget of the enrollment it
+/// verified with (`Authenticated::budget`).
+type Verified = (Instant, Arc<str>);
 
 /// A finished operation this replica wrote: whose it is, when it was written, and the answer.
 #[derive(Debug, Clone)]
@@ -69,8 +76,7 @@ pub struct Caches {
     reference: Mutex<Option<Reference>>,
     /// Held by the one request reading the reference again (see [`Caches::reference`]).
     reading_reference: tokio::sync::Mutex<()>,
-    /// Until when, and the budget of the enrollment the token verified with (see [`super::RegistrationService::admit`]).
-    verified: Mutex<HashMap<[u8; 32], (Instant, Arc<str>)>>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
     /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under this lock, held
     /// up every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
     /// doublings).
@@ -137,6 +143,8 @@ impl Caches {
             .map_err(internal("reading the symmetric-key groups"))?;
         let x509_groups =
             store.enrollments().groups_by_attestation("x509").await.map_err(internal("reading the X.509 groups"))?;
+        let tpm_groups =
+            store.enrollments().groups_by_attestation("tpm").await.map_err(internal("reading the TPM groups"))?;
         let authorities =
             store.certificate_authorities().all().await.map_err(internal("reading the certificate authorities"))?;
         let x509_groups = parse_groups(x509_groups)
@@ -161,6 +169,12 @@ impl Caches {
             hubs: Arc::new(hubs),
             symmetric_key_groups: Arc::new(parse_groups(symmetric_key_groups)),
             x509_groups: Arc::new(x509_groups),
+            tpm_groups: Arc::new(
+                parse_groups(tpm_groups)
+                    .into_iter()
+                    .map(|group| X509Group { anchors: RegistrationService::tpm_group_anchors(&group), group })
+                    .collect(),
+            ),
         };
         if let Ok(mut cached) = self.reference.lock() {
             *cached = Some(reference.clone());

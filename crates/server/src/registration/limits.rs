@@ -20,7 +20,14 @@ pub struct DeviceLimits {
     window: Duration,
     windows: Mutex<HashMap<String, (Instant, u32)>>,
     in_flight: Arc<Semaphore>,
+    /// Tokens for TPM first legs, which strangers can send (see [`FIRST_LEGS_PER_SECOND`]), and when counted.
+    first_legs: Mutex<(f64, Instant)>,
 }
+
+/// TPM first legs this replica answers per second, over all devices (as many at once): each costs an activation
+/// blob (RSA-OAEP and key derivations, about a fifth of a millisecond) and database reads before anything is
+/// authenticated, so their rate is bounded whoever sends them. A legitimate fleet sends one per device.
+pub const FIRST_LEGS_PER_SECOND: f64 = 1000.0;
 
 /// How long a throttled device should wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +53,22 @@ impl DeviceLimits {
             window,
             windows: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            first_legs: Mutex::new((FIRST_LEGS_PER_SECOND, Instant::now())),
         }
+    }
+
+    /// Takes a token for one TPM first leg, or says how long to wait (see [`FIRST_LEGS_PER_SECOND`]).
+    pub fn first_leg(&self) -> Result<(), RetryAfter> {
+        let Ok(mut bucket) = self.first_legs.lock() else { return Ok(()) };
+        let (tokens, at) = &mut *bucket;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * FIRST_LEGS_PER_SECOND).min(FIRST_LEGS_PER_SECOND);
+        *at = now;
+        if *tokens < 1.0 {
+            return Err(RetryAfter(Duration::from_secs(1)));
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 
     /// Counts a request of `device` (canonical registration id); refuses it beyond the rate.
@@ -97,6 +119,14 @@ mod tests {
         assert!(limits.admit("a").is_err());
         std::thread::sleep(Duration::from_millis(25));
         assert!(limits.admit("a").is_ok());
+    }
+
+    #[test]
+    fn first_legs_are_bounded_over_all_devices() {
+        let limits = DeviceLimits::new(5, Duration::from_secs(10), 8);
+        let admitted = (0..3 * FIRST_LEGS_PER_SECOND as usize).filter(|_| limits.first_leg().is_ok()).count();
+        assert!(admitted >= FIRST_LEGS_PER_SECOND as usize, "a burst of one second's worth is admitted");
+        assert!(admitted < 2 * FIRST_LEGS_PER_SECOND as usize, "the rest is refused: {admitted}");
     }
 
     #[test]

@@ -107,8 +107,9 @@ impl RegistrationService {
         if !device.id_scope.eq_ignore_ascii_case(&self.settings.id_scope) {
             return Err(self.refuse(device, FIRST_LEG, "the id scope is not this service's").await);
         }
+        // Before any work: a bound on what strangers can make every replica do.
+        self.limits.first_leg().map_err(RetryAfter::refusal)?;
         let key = device.registration_id.key();
-        self.limits.admit(&first_leg_bucket(&key)).map_err(RetryAfter::refusal)?;
         let ek = body_key(tpm.endorsement_key.as_deref(), "tpm.endorsementKey", "endorsement key")?;
         let srk = body_key(tpm.storage_root_key.as_deref(), "tpm.storageRootKey", "storage root key")?;
 
@@ -116,11 +117,12 @@ impl RegistrationService {
             Some(enrollment) => {
                 if attestation(&enrollment).is_none() {
                     let reason = format!("tpm: the enrollment attests by {}", enrollment.attestation.name());
-                    return Err(self.refuse(device, FIRST_LEG, &reason).await);
+                    return Err(self.decoy(device, &reason, &ek, &srk).await);
                 }
                 if !enrolled_key(&enrollment, false).is_some_and(|enrolled| enrolled.same_key(&ek)) {
-                    let reason = "tpm: the endorsement key is not the enrolled one";
-                    return Err(self.refuse(device, FIRST_LEG, reason).await);
+                    return Err(self
+                        .decoy(device, "tpm: the endorsement key is not the enrolled one", &ek, &srk)
+                        .await);
                 }
                 if let Some(enrolled) = enrolled_key(&enrollment, true)
                     && !enrolled.same_key(&srk)
@@ -132,21 +134,44 @@ impl RegistrationService {
                 Arc::new(enrollment)
             }
             None => {
-                let group = self.tpm_group(device, &ek, tpm.endorsement_key_certificate.as_deref()).await?;
+                let group = self.tpm_group(device, &ek, &srk, tpm.endorsement_key_certificate.as_deref()).await?;
                 if let Some(bound) = self.store.tpm().binding(&key).await.map_err(internal("reading a TPM binding"))?
                     && !Public::from_base64(&bound).is_ok_and(|bound| bound.same_key(&ek))
                 {
                     let reason = "tpm: the registration id belongs to another TPM of the group";
-                    return Err(self.refuse(device, FIRST_LEG, reason).await);
+                    return Err(self.decoy(device, reason, &ek, &srk).await);
                 }
                 group
             }
         };
 
+        let (endorsement_key, storage_root_key) =
+            (STANDARD.encode(ek.tpm2b_bytes()), STANDARD.encode(srk.tpm2b_bytes()));
+        // A pending challenge stays until it is used or expires: the same TPM asking again gets the same blob, and a
+        // first leg from anyone else (an unauthenticated request) cannot replace it.
+        let now = chrono::Utc::now();
+        match self.store.tpm().challenge(&key).await {
+            Ok(pending) if pending.used_at.is_none() && pending.expires_at > now => {
+                let same = pending.endorsement_key == endorsement_key && pending.storage_root_key == storage_root_key;
+                match pending.blob {
+                    Some(blob) if same => return Err(RegistrationError::TpmChallenge { authentication_key: blob }),
+                    _ if same => {}
+                    _ => {
+                        let reason = "tpm: another TPM's challenge for this registration id is pending";
+                        return Err(self.decoy(device, reason, &ek, &srk).await);
+                    }
+                }
+            }
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(internal("reading a TPM challenge")(e)),
+        }
+        // Charged only now, for a challenge this TPM may have: first legs others send cannot use up the device's.
+        self.limits.admit(&first_leg_bucket(&key)).map_err(RetryAfter::refusal)?;
+
         let hmac_key = SymmetricKey::generate_len(KEY_BYTES);
         let blob = zerotouch_tpm::build_activation_blob(&ek, &srk, hmac_key.expose_bytes())
-            .map_err(|e| RegistrationError::TpmKey(e.to_string()))?;
-        let now = chrono::Utc::now();
+            .map_err(|e| RegistrationError::TpmKey(e.to_string()))?
+            .to_base64();
         let ttl = chrono::Duration::from_std(self.settings.tpm_challenge_ttl).unwrap_or(chrono::Duration::minutes(10));
         let challenge = TpmChallengeRecord {
             registration_key: key,
@@ -154,11 +179,12 @@ impl RegistrationService {
             enrollment_kind: enrollment.kind,
             enrollment_key: enrollment.key().to_owned(),
             hmac_key,
-            endorsement_key: STANDARD.encode(ek.tpm2b_bytes()),
-            storage_root_key: STANDARD.encode(srk.tpm2b_bytes()),
+            endorsement_key,
+            storage_root_key,
             expires_at: now + ttl,
             used_at: None,
             created_at: now,
+            blob: Some(blob.clone()),
         };
         self.store.tpm().put_challenge(&challenge).await.map_err(internal("storing a TPM challenge"))?;
         tracing::info!(
@@ -166,7 +192,20 @@ impl RegistrationService {
             enrollment = enrollment.id(),
             "TPM challenge issued"
         );
-        Err(RegistrationError::TpmChallenge { authentication_key: blob.to_base64() })
+        Err(RegistrationError::TpmChallenge { authentication_key: blob })
+    }
+
+    /// Refuses a first leg with an answer shaped like a challenge: a blob for a fresh key that nothing keeps, made
+    /// for the keys the device sent. An unenrolled id, a wrong EK and an id bound to another TPM then look the same
+    /// as an enrolled one to whoever asks (the second leg fails alike), so first legs do not tell which ids exist.
+    /// The reason is audited as every refusal's is.
+    async fn decoy(&self, device: &DeviceRequest, reason: &str, ek: &Public, srk: &Public) -> RegistrationError {
+        let key = SymmetricKey::generate_len(KEY_BYTES);
+        let error = match zerotouch_tpm::build_activation_blob(ek, srk, key.expose_bytes()) {
+            Ok(blob) => RegistrationError::TpmChallenge { authentication_key: blob.to_base64() },
+            Err(e) => RegistrationError::TpmKey(e.to_string()),
+        };
+        self.refuse_as(device, FIRST_LEG, reason, error).await
     }
 
     /// The TPM enrollment group whose manufacturer CA the EK certificate chains to (nearest to the certificate
@@ -175,11 +214,12 @@ impl RegistrationService {
         &self,
         device: &DeviceRequest,
         ek: &Public,
+        srk: &Public,
         certificate: Option<&str>,
     ) -> Result<Arc<Enrollment>, RegistrationError> {
         let Some(certificate) = certificate.filter(|c| !c.trim().is_empty()) else {
             let reason = "tpm: no enrollment names this endorsement key, and the device sent no EK certificate";
-            return Err(self.refuse(device, FIRST_LEG, reason).await);
+            return Err(self.decoy(device, reason, ek, srk).await);
         };
         let Ok(der) = STANDARD.decode(certificate.trim()) else {
             let error = mismatch("tpm.endorsementKeyCertificate is not base64".into());
@@ -188,31 +228,13 @@ impl RegistrationService {
         if let Err(error) = check_certificate_key(&der, ek) {
             return Err(self.refuse_certificate(device, FIRST_LEG, "tpm", error).await);
         }
-        let records =
-            self.store.enrollments().groups_by_attestation("tpm").await.map_err(internal("reading the TPM groups"))?;
-        let mut groups = Vec::new();
-        for record in records {
-            let group = match Enrollment::parse(EnrollmentKind::Group, record) {
-                Ok(group) => Arc::new(group),
-                Err(e) => {
-                    tracing::error!("TPM group left out of authentication: {}", e.chain());
-                    continue;
-                }
-            };
-            let anchors = attestation(&group)
-                .and_then(|tpm| tpm.manufacturer_certificates.as_deref())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|text| zerotouch_pki::certificate_from_text(text).ok())
-                .map(|der| x509::Anchor { der, verified: true })
-                .collect();
-            groups.push(x509::X509Group { group, anchors });
-        }
+        let reference = self.caches.reference(&self.store).await?;
+        let groups = &reference.tpm_groups;
         // Every manufacturer certificate may complete a path (a group lists its root and intermediates alike);
         // trust still comes only from the anchor a group lists.
         let intermediates: Vec<Vec<u8>> = groups.iter().flat_map(|g| g.anchors.iter().map(|a| a.der.clone())).collect();
         let now = time::OffsetDateTime::now_utc();
-        match x509::match_group(&der, &intermediates, &groups, now, zerotouch_pki::verify_endorsement_chain) {
+        match x509::match_group(&der, &intermediates, groups, now, zerotouch_pki::verify_endorsement_chain) {
             Ok((index, _)) => Ok(Arc::clone(&groups[index].group)),
             Err(RegistrationError::Certificate { code, message }) => {
                 let error = RegistrationError::Certificate { code, message: format!("the EK certificate: {message}") };
@@ -220,6 +242,17 @@ impl RegistrationService {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// The anchors of a TPM group: its manufacturer certificates (the reference cache parses them once).
+    pub(in super::super) fn tpm_group_anchors(group: &Enrollment) -> Vec<x509::Anchor> {
+        attestation(group)
+            .and_then(|tpm| tpm.manufacturer_certificates.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|text| zerotouch_pki::certificate_from_text(text).ok())
+            .map(|der| x509::Anchor { der, verified: true })
+            .collect()
     }
 
     /// The second leg (and the polls after it): a SAS token signed with the key of the device's pending TPM

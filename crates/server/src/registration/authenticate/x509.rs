@@ -213,14 +213,25 @@ impl RegistrationService {
             return Err(self.refuse(device, action, &reason).await);
         }
         let certificate_info = info(leaf);
+        let reference = self.caches.reference(&self.store).await?;
         if let Some(enrollment) = self.enrollment(EnrollmentKind::Individual, &device.registration_id.key()).await? {
-            let Attestation::X509(attestation) = &enrollment.attestation else {
-                let reason = format!("x509: the enrollment attests by {}", enrollment.attestation.name());
-                return Err(self.refuse(device, action, &reason).await);
+            let reason = match &enrollment.attestation {
+                Attestation::X509(attestation) if individual_matches(attestation, leaf) => None,
+                Attestation::X509(_) => {
+                    Some("x509: the certificate is neither of the enrollment's device certificates")
+                }
+                Attestation::SymmetricKey(_) => Some("x509: the enrollment attests by symmetricKey"),
+                Attestation::Tpm(_) => Some("x509: the enrollment attests by tpm"),
             };
-            if !individual_matches(attestation, leaf) {
-                let reason = "x509: the certificate is neither of the enrollment's device certificates";
-                return Err(self.refuse(device, action, reason).await);
+            if let Some(reason) = reason {
+                // Answered as an unenrolled id with this chain would be (the same group matching, the same
+                // answer), so that neither the code nor the time tells which registration ids are enrolled.
+                let error =
+                    match match_group(leaf, intermediates, &reference.x509_groups, now, zerotouch_pki::verify_chain) {
+                        Ok(_) => RegistrationError::Unauthorized,
+                        Err(unmatched) => unmatched,
+                    };
+                return Err(self.refuse_as(device, action, reason, error).await);
             }
             if let Err(e) = zerotouch_pki::check_certificate_validity(leaf, now) {
                 return Err(self.refuse_certificate(device, action, "x509", refusal(&e)).await);
@@ -228,7 +239,6 @@ impl RegistrationService {
             let x509 = X509RegistrationResult { certificate_info, ..Default::default() };
             return Ok(Authenticated { x509: Some(x509), ..Authenticated::by(Arc::new(enrollment)) });
         }
-        let reference = self.caches.reference(&self.store).await?;
         match match_group(leaf, intermediates, &reference.x509_groups, now, zerotouch_pki::verify_chain) {
             Ok((index, anchor)) => {
                 let group = Arc::clone(&reference.x509_groups[index].group);
