@@ -2,7 +2,7 @@
 //! would decide differently for long:
 //!
 //! - **Reference** ([`Reference`]): the hubs and the symmetric-key and X.509 enrollment groups (parsed, with
-//!   their CA anchors), which every registration needs and which change rarely. Reused for at most
+//!   their CA anchors parsed and indexed by subject for path searches), which every registration needs and which change rarely. Reused for at most
 //!   [`REFERENCE_TTL`]; a change made through this process ([`Store::reference_changes`]) invalidates it at once,
 //!   one made on another replica is seen within the TTL. One entry.
 //! - **Verified tokens**: the SHA-256 of (id scope, registration id, `Authorization` value) of SAS tokens that
@@ -26,7 +26,7 @@ use zerotouch_wire::device::RegistrationOperationStatus;
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 
-use super::authenticate::x509::{self, Anchor, X509Group};
+use super::authenticate::x509::{self, Anchor, GroupAnchors, X509Group};
 use super::enrollment::{Attestation, Enrollment};
 use super::error::{RegistrationError, internal};
 use super::request::{DeviceRequest, Evidence};
@@ -51,8 +51,8 @@ pub struct Reference {
     pub hubs: Arc<Vec<HubRecord>>,
     /// The symmetric-key enrollment groups.
     pub symmetric_key_groups: Arc<Vec<Arc<Enrollment>>>,
-    /// The X.509 enrollment groups with their anchors.
-    pub x509_groups: Arc<Vec<X509Group>>,
+    /// The X.509 enrollment groups with their anchors, parsed and indexed for path searches.
+    pub x509_groups: Arc<GroupAnchors>,
 }
 
 /// A finished operation this replica wrote: whose it is, when it was written, and the answer.
@@ -159,7 +159,7 @@ impl Caches {
             generation,
             hubs: Arc::new(hubs),
             symmetric_key_groups: Arc::new(parse_groups(symmetric_key_groups)),
-            x509_groups: Arc::new(x509_groups),
+            x509_groups: Arc::new(GroupAnchors::new(x509_groups)),
         };
         if let Ok(mut cached) = self.reference.lock() {
             *cached = Some(reference.clone());

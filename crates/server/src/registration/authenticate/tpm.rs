@@ -210,9 +210,9 @@ impl RegistrationService {
         }
         // Every manufacturer certificate may complete a path (a group lists its root and intermediates alike);
         // trust still comes only from the anchor a group lists.
-        let intermediates: Vec<Vec<u8>> = groups.iter().flat_map(|g| g.anchors.iter().map(|a| a.der.clone())).collect();
+        let groups = Arc::new(x509::GroupAnchors::completing_paths(groups));
         let now = time::OffsetDateTime::now_utc();
-        match x509::match_group(&der, &intermediates, &groups, now, zerotouch_pki::verify_endorsement_chain) {
+        match x509::match_group(&der, &[], &groups, now, zerotouch_pki::Purpose::Endorsement).await {
             Ok((index, _)) => Ok(Arc::clone(&groups[index].group)),
             Err(RegistrationError::Certificate { code, message }) => {
                 let error = RegistrationError::Certificate { code, message: format!("the EK certificate: {message}") };
