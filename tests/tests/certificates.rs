@@ -481,6 +481,122 @@ async fn x509_devices_register_with_curl() {
     assert_eq!((status, op["status"].as_str()), (200, Some("disabled")), "{op}");
 }
 
+/// Extensions of an attacker's CA certificate: a CA, without key identifiers (so that names alone link the chain
+/// and nothing spares the verifier a signature check).
+const HOSTILE_CA_EXTENSIONS: &str = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign\n\
+                                     subjectKeyIdentifier=none\nauthorityKeyIdentifier=none\n";
+/// Extensions of the attacker's device certificate: for TLS clients, without key identifiers.
+const HOSTILE_DEVICE_EXTENSIONS: &str = "basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\n\
+                                         extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=none\n\
+                                         authorityKeyIdentifier=none\n";
+
+/// An attacker's certificate `{name}.pem` for CN `cn` with the key `{key}.key`, signed by `{signer}.key` under the
+/// issuer name of `{issuer}.pem` (or self-signed by its own key when `issuer` is `None`), without key identifiers: a
+/// CA certificate, or the device certificate when `issuer` is given and `cn` starts with "hostile".
+fn hostile_certificate(d: &Path, name: &str, cn: &str, key: &str, issuer: Option<(&str, &str)>, serial: u32) {
+    let extensions = if cn.starts_with("hostile") { HOSTILE_DEVICE_EXTENSIONS } else { HOSTILE_CA_EXTENSIONS };
+    std::fs::write(d.join("hostile.ext"), extensions).unwrap();
+    let (csr, pem, key) = (format!("{name}.csr"), format!("{name}.pem"), format!("{key}.key"));
+    openssl(d, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]);
+    let serial = serial.to_string();
+    let mut args = vec!["x509", "-req", "-in", &csr, "-days", "30", "-extfile", "hostile.ext", "-set_serial", &serial];
+    let (issuer_pem, signer_key) = issuer.map(|(i, k)| (format!("{i}.pem"), format!("{k}.key"))).unzip();
+    match (&issuer_pem, &signer_key) {
+        (Some(ca), Some(ca_key)) => args.extend(["-CA", ca, "-CAkey", ca_key]),
+        _ => args.extend(["-key", &key]),
+    }
+    args.extend(["-out", &pem]);
+    openssl(d, &args);
+}
+
+/// Issue 16 point 6: before a device is authenticated, its chain is judged against every CA of every X.509 group,
+/// so an attacker chooses how many signatures the service checks. Against four groups, a device presents the
+/// longest chain allowed (a device certificate and seven CA certificates, all bearing the name of an enrolled CA,
+/// without key identifiers):
+/// - with RSA-8192 keys (each link verifies: the old search checked 1 + 3 x 7 = 22 signatures, 21 of them under
+///   RSA-8192 keys): refused with 401014, naming the key size, before any signature check;
+/// - with a different P-256 key per certificate, ordered so that at every level the certificate that verifies is
+///   tried last (the old search checked 1 + 3 x 28 = 85 signatures): refused with 401014 once the search has
+///   spent its 16 signature checks.
+/// Both answers come quickly, and a legitimate device of one of the groups still registers before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_chains_are_refused_before_costly_signature_checks() {
+    let server = Server::start_with(Backend::Sqlite, start_options()).await.unwrap();
+    let admin = Admin::new(&server);
+    admin.hub("hub-a.example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pem = |name: &str| std::fs::read_to_string(d.join(format!("{name}.pem"))).unwrap();
+    for i in 1..=4 {
+        make_ca(d, &format!("fleet-ca-{i}"), None);
+        let group = json!({
+            "enrollmentGroupId": format!("fleet-{i}"),
+            "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": pem(&format!("fleet-ca-{i}"))}}}},
+        });
+        admin.ok(reqwest::Method::PUT, &format!("/enrollmentGroups/fleet-{i}"), Some(group)).await;
+    }
+    make_device(d, "good", "good-1", "fleet-ca-2");
+    let (status, op) = curl_register(&server, "good-1", &d.join("good.pem"), &d.join("good.key"), json!({}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+    assert_eq!(op["registrationState"]["x509"]["enrollmentGroupId"], "fleet-2", "{op}");
+
+    // The device's own key, and the attacker's RSA-8192 key (one for every CA certificate: each link verifies).
+    openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "device.key"]);
+    openssl(d, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:8192", "-out", "big.key"]);
+    let mut chain = String::new();
+    for n in 1..=7 {
+        hostile_certificate(d, &format!("big-{n}"), "fleet-ca-1", "big", None, n);
+    }
+    hostile_certificate(d, "big-leaf", "hostile-1", "device", Some(("big-1", "big")), 100);
+    chain.push_str(&pem("big-leaf"));
+    for n in 1..=7 {
+        chain.push_str(&pem(&format!("big-{n}")));
+    }
+    std::fs::write(d.join("big-chain.pem"), chain).unwrap();
+    let started = Instant::now();
+    let (status, body) =
+        curl_register(&server, "hostile-1", &d.join("big-chain.pem"), &d.join("device.key"), json!({}));
+    let big_took = started.elapsed();
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401014)), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("RSA-8192") && message.contains("4096"), "{message}");
+
+    // Seven P-256 keys: k0 signs the first CA certificate, k(n-1) the n-th, k7 the device certificate; presented
+    // as device, 1, 2, ..., 7, the certificate that verifies is the last one tried at every level.
+    for n in 0..=7 {
+        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("k{n}.key")]);
+    }
+    hostile_certificate(d, "c0", "fleet-ca-1", "k0", None, 200);
+    for n in 1..=7 {
+        let previous = format!("c{}", n - 1);
+        let signer = format!("k{}", n - 1);
+        hostile_certificate(d, &format!("c{n}"), "fleet-ca-1", &format!("k{n}"), Some((&previous, &signer)), 200 + n);
+    }
+    hostile_certificate(d, "deep-leaf", "hostile-2", "device", Some(("c7", "k7")), 300);
+    let mut chain = pem("deep-leaf");
+    for n in 1..=7 {
+        chain.push_str(&pem(&format!("c{n}")));
+    }
+    std::fs::write(d.join("deep-chain.pem"), chain).unwrap();
+    let started = Instant::now();
+    let (status, body) =
+        curl_register(&server, "hostile-2", &d.join("deep-chain.pem"), &d.join("device.key"), json!({}));
+    let deep_took = started.elapsed();
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401014)), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("more than 16 signature checks"), "{message}");
+
+    // Quickly: each answer (a curl process, a TLS handshake and the request) within two seconds on a loaded CI.
+    for (what, took) in [("RSA-8192", big_took), ("deep", deep_took)] {
+        assert!(took < Duration::from_secs(2), "the {what} chain took {took:?}");
+    }
+    // The legitimate device of a group still registers.
+    make_device(d, "good2", "good-2", "fleet-ca-3");
+    let (status, op) = curl_register(&server, "good-2", &d.join("good2.pem"), &d.join("good2.key"), json!({}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+    assert_eq!(op["registrationState"]["x509"]["enrollmentGroupId"], "fleet-3", "{op}");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Rotation, expiry, disabled devices
 

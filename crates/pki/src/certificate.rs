@@ -171,6 +171,14 @@ pub(crate) fn details_of(cert: &X509Certificate<'_>, der: &[u8]) -> CertificateD
     }
 }
 
+/// Bits of a big-endian unsigned modulus, leading zeros ignored.
+pub(crate) fn modulus_bits(modulus: &[u8]) -> usize {
+    match modulus.iter().position(|b| *b != 0) {
+        Some(i) => (modulus.len() - i) * 8 - modulus[i].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIS
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use crate::certificate::{self, CertificateError, extension_name};
+use crate::certificate::{self, CertificateError, extension_name, modulus_bits};
 use crate::chain::accepted_signature_algorithm;
 use crate::pem;
 
@@ -114,14 +114,6 @@ fn verify_self_signature(csr: &X509CertificationRequest<'_>) -> Result<(), CsrEr
         return Err(CsrError::UnsupportedSignatureAlgorithm(csr.signature_algorithm.algorithm.to_id_string()));
     }
     csr.verify_signature().map_err(|_| CsrError::BadSignature)
-}
-
-/// Bits of a big-endian unsigned modulus, leading zeros ignored.
-fn modulus_bits(modulus: &[u8]) -> usize {
-    match modulus.iter().position(|b| *b != 0) {
-        Some(i) => (modulus.len() - i) * 8 - modulus[i].leading_zeros() as usize,
-        None => 0,
-    }
 }
 
 fn key_type(csr: &X509CertificationRequest<'_>, policy: &KeyPolicy) -> Result<DeviceKeyType, CsrError> {

@@ -248,7 +248,7 @@ mod tests {
             seen.sort();
             assert_eq!(seen.len(), 6, "{seen:?}");
             assert!(cert.get_extension_unique(&OID_X509_EXT_KEY_USAGE).unwrap().is_some());
-            crate::chain::verify_chain(&issued.der, &issued.chain_der[1..2], ca.root_der(), now).unwrap();
+            crate::path::verify_chain(&issued.der, &issued.chain_der[1..2], ca.root_der(), now).unwrap();
         }
     }
 

@@ -15,6 +15,7 @@ pub mod csr;
 pub mod est;
 pub mod issue;
 pub mod key;
+pub mod path;
 pub mod pem;
 pub mod pop;
 pub mod serial;
@@ -25,13 +26,15 @@ pub use certificate::{
     thumbprint_sha1_hex, thumbprint_sha256_hex,
 };
 pub use chain::{
-    ChainError, VerifiedChain, check_ca_certificate, check_certificate_validity, verify_chain, verify_endorsement_chain,
+    ChainError, MAX_RSA_BITS, MAX_SIGNATURE_CHECKS, Purpose, VerifiedChain, check_ca_certificate,
+    check_certificate_validity,
 };
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
 pub use est::{Pkcs7Error, certs_only_pkcs7};
 pub use issue::{IssueError, IssuedCertificate, Profile, issue};
 pub use key::{CaKey, KeyAlgorithm, KeyError, Passphrase};
+pub use path::{Choice, Judgement, Refusal, TrustAnchors, choose_anchor, verify_chain, verify_endorsement_chain};
 pub use pem::{
     certificate_from_text, certificate_pem, certificates_from_pem, crl_pem, decode_est_base64, est_base64,
     trust_bundle_pem,

@@ -2,7 +2,8 @@
 //! would decide differently for long:
 //!
 //! - **Reference** ([`Reference`]): the hubs and the symmetric-key, X.509 and TPM enrollment groups (parsed,
-//!   with their CA anchors), which every registration needs and which change rarely. Reused for at most
+//!   with their CA anchors parsed and indexed by subject for path searches), which every registration needs and
+//!   which change rarely. Reused for at most
 //!   [`REFERENCE_TTL`]; a change made through this process ([`Store::reference_changes`]) invalidates it at once,
 //!   one made on another replica is seen within the TTL. One entry.
 //! - **Verified tokens**: the SHA-256 of (id scope, registration id, `Authorization` value) of SAS tokens that
@@ -27,7 +28,7 @@ use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 
 use super::RegistrationService;
-use super::authenticate::x509::{self, Anchor, X509Group};
+use super::authenticate::x509::{self, Anchor, GroupAnchors, X509Group};
 use super::enrollment::{Attestation, Enrollment};
 use super::error::{RegistrationError, internal};
 use super::request::{DeviceRequest, Evidence};
@@ -52,10 +53,10 @@ pub struct Reference {
     pub hubs: Arc<Vec<HubRecord>>,
     /// The symmetric-key enrollment groups.
     pub symmetric_key_groups: Arc<Vec<Arc<Enrollment>>>,
-    /// The X.509 enrollment groups with their anchors.
-    pub x509_groups: Arc<Vec<X509Group>>,
-    /// The TPM enrollment groups with their manufacturer CAs.
-    pub tpm_groups: Arc<Vec<X509Group>>,
+    /// The X.509 enrollment groups with their anchors, parsed and indexed for path searches.
+    pub x509_groups: Arc<GroupAnchors>,
+    /// The TPM enrollment groups with their manufacturer CAs, which may also complete each other's paths.
+    pub tpm_groups: Arc<GroupAnchors>,
 }
 
 /// A token that verified: until when it spares the enrollment lookup, and the request budget of the enrollment it
@@ -168,13 +169,13 @@ impl Caches {
             generation,
             hubs: Arc::new(hubs),
             symmetric_key_groups: Arc::new(parse_groups(symmetric_key_groups)),
-            x509_groups: Arc::new(x509_groups),
-            tpm_groups: Arc::new(
+            x509_groups: Arc::new(GroupAnchors::new(x509_groups)),
+            tpm_groups: Arc::new(GroupAnchors::completing_paths(
                 parse_groups(tpm_groups)
                     .into_iter()
                     .map(|group| X509Group { anchors: RegistrationService::tpm_group_anchors(&group), group })
                     .collect(),
-            ),
+            )),
         };
         if let Ok(mut cached) = self.reference.lock() {
             *cached = Some(reference.clone());

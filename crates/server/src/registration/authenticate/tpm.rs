@@ -230,11 +230,8 @@ impl RegistrationService {
         }
         let reference = self.caches.reference(&self.store).await?;
         let groups = &reference.tpm_groups;
-        // Every manufacturer certificate may complete a path (a group lists its root and intermediates alike);
-        // trust still comes only from the anchor a group lists.
-        let intermediates: Vec<Vec<u8>> = groups.iter().flat_map(|g| g.anchors.iter().map(|a| a.der.clone())).collect();
         let now = time::OffsetDateTime::now_utc();
-        match x509::match_group(&der, &intermediates, groups, now, zerotouch_pki::verify_endorsement_chain) {
+        match x509::match_group(&der, &[], groups, now, zerotouch_pki::Purpose::Endorsement).await {
             Ok((index, _)) => Ok(Arc::clone(&groups[index].group)),
             Err(RegistrationError::Certificate { code, message }) => {
                 let error = RegistrationError::Certificate { code, message: format!("the EK certificate: {message}") };

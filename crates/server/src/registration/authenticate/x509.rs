@@ -3,12 +3,17 @@
 //! The chain comes unjudged from the TLS handshake (which did prove that the device holds the leaf's key). Order:
 //! an operational certificate we issued (renewal), then the individual enrollment of the leaf's CN (matched by
 //! thumbprint), then the enrollment group whose CA sits closest to the leaf in the device's chain ("the first
-//! intermediate, and so on down to the root"). Every chain check is `zerotouch_pki::verify_chain`.
+//! intermediate, and so on down to the root"). The group is found by one path search over every group's anchors
+//! (`zerotouch_pki::choose_anchor`, which bounds the signatures a chain may cost), run on the blocking pool with at
+//! most [`chain_searches_at_once`] searches at a time, so a flood of hostile chains neither stalls the async
+//! workers nor takes more than that many CPUs.
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock};
 
 use time::OffsetDateTime;
-use zerotouch_pki::{CertificateDetails, ChainError};
+use tokio::sync::Semaphore;
+use zerotouch_pki::{CertificateDetails, ChainError, Purpose, Refusal, TrustAnchors};
 use zerotouch_store::{CertificateRecord, CertificateStatus, RegistrationRecord, StoreError};
 use zerotouch_wire::ErrorCode;
 use zerotouch_wire::enrollment::{EnrollmentKind, X509Attestation, X509CertificateWithInfo, X509Certificates};
@@ -102,57 +107,97 @@ pub fn refusal(error: &ChainError) -> RegistrationError {
     RegistrationError::Certificate { code, message: error.to_string() }
 }
 
-/// A chain check: (leaf, intermediates, anchor, now), as `zerotouch_pki::verify_chain`.
-pub type ChainCheck = fn(&[u8], &[Vec<u8>], &[u8], OffsetDateTime) -> Result<zerotouch_pki::VerifiedChain, ChainError>;
+/// Groups with their anchors parsed and indexed once (per reading of the groups), for one path search per chain.
+/// Dereferences to the groups.
+#[derive(Debug, Default)]
+pub struct GroupAnchors {
+    groups: Vec<X509Group>,
+    anchors: TrustAnchors,
+    /// The (group, anchor) of each entry of `anchors`.
+    owners: Vec<(usize, usize)>,
+}
 
-/// The group (index into `groups`) and anchor whose CA sits closest to the leaf in a chain that `verify` accepts
-/// (`zerotouch_pki::verify_chain` for device certificates, `verify_endorsement_chain` for TPM EK certificates);
-/// else the most telling refusal: a chain error met on the way to some anchor, an unverified CA, or an unknown CA.
-pub fn match_group<'a>(
-    leaf: &[u8],
-    intermediates: &[Vec<u8>],
-    groups: &'a [X509Group],
-    now: OffsetDateTime,
-    verify: ChainCheck,
-) -> Result<(usize, &'a Anchor), RegistrationError> {
-    let mut best: Option<(usize, usize, &Anchor)> = None;
-    let mut unverified = false;
-    let mut first_error: Option<ChainError> = None;
-    for (index, group) in groups.iter().enumerate() {
-        for anchor in &group.anchors {
-            match verify(leaf, intermediates, &anchor.der, now) {
-                Ok(chain) if anchor.verified => {
-                    let depth = chain.path.len();
-                    if best.is_none_or(|(d, _, _)| depth < d) {
-                        best = Some((depth, index, anchor));
-                    }
-                }
-                Ok(_) => unverified = true,
-                Err(ChainError::UnknownCa { .. }) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+impl GroupAnchors {
+    /// X.509 groups: a path ends at an anchor, through the certificates the device presents.
+    pub fn new(groups: Vec<X509Group>) -> Self {
+        Self::index(groups, TrustAnchors::new())
+    }
+
+    /// TPM groups: every manufacturer certificate any group lists may also complete a path (a group lists its root
+    /// and intermediates alike, and the device sends only its EK certificate); trust still comes only from the
+    /// anchor a group lists.
+    pub fn completing_paths(groups: Vec<X509Group>) -> Self {
+        Self::index(groups, TrustAnchors::new().completing_paths())
+    }
+
+    fn index(groups: Vec<X509Group>, mut anchors: TrustAnchors) -> Self {
+        let mut owners = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            for (a, anchor) in group.anchors.iter().enumerate() {
+                anchors.push(&anchor.der, anchor.verified);
+                owners.push((g, a));
             }
         }
+        Self { groups, anchors, owners }
     }
-    if let Some((_, index, anchor)) = best {
-        return Ok((index, anchor));
+}
+
+impl Deref for GroupAnchors {
+    type Target = [X509Group];
+
+    fn deref(&self) -> &[X509Group] {
+        &self.groups
     }
-    if let Some(error) = first_error {
-        return Err(refusal(&error));
-    }
-    if unverified {
-        return Err(RegistrationError::Certificate {
+}
+
+/// How many chain searches may run at once: one per CPU. Each is bounded (`zerotouch_pki::MAX_SIGNATURE_CHECKS`
+/// signatures, RSA keys up to 4096 bits: a few milliseconds), so a device waits at most a few of them behind a
+/// flood of hostile chains, and the requests waiting are bounded by the registration in-flight cap.
+pub fn chain_searches_at_once() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// The permits of the chain searches (the CPUs they use are the process's, so the bound is too).
+static CHAIN_SEARCHES: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(chain_searches_at_once())));
+
+/// The group (index into `groups`) and anchor whose CA sits closest to the leaf in a chain that verifies
+/// (`purpose`: device certificates, or TPM EK certificates); else the most telling refusal: a chain error met on
+/// the way to some anchor, an unverified CA, or an unknown CA. The search runs on the blocking pool.
+pub async fn match_group<'a>(
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    groups: &'a Arc<GroupAnchors>,
+    now: OffsetDateTime,
+    purpose: Purpose,
+) -> Result<(usize, &'a Anchor), RegistrationError> {
+    let permit =
+        Arc::clone(&CHAIN_SEARCHES).acquire_owned().await.map_err(internal("waiting for a chain search slot"))?;
+    let (leaf, intermediates, shared) = (leaf.to_vec(), intermediates.to_vec(), Arc::clone(groups));
+    let judgement = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        zerotouch_pki::choose_anchor(&leaf, &intermediates, &shared.anchors, now, purpose)
+    })
+    .await
+    .map_err(internal("searching a certificate path"))?;
+    tracing::debug!(signature_checks = judgement.signature_checks, "certificate path searched");
+    match judgement.outcome {
+        Ok(choice) => {
+            let anchor =
+                groups.owners.get(choice.entry).and_then(|&(g, a)| Some((g, groups.groups.get(g)?.anchors.get(a)?)));
+            anchor.ok_or_else(|| RegistrationError::internal("finding the anchor a chain chose", "no such entry"))
+        }
+        Err(Refusal::Chain(error)) => Err(refusal(&error)),
+        Err(Refusal::NotVerified) => Err(RegistrationError::Certificate {
             code: ErrorCode::CertificateAuthorityNotVerified,
             message: "the device's chain leads to an uploaded certificate authority whose proof of possession is not \
                       done (POST /certificateAuthorities/{name}/verificationCode, then .../verify)"
                 .into(),
-        });
+        }),
+        Err(Refusal::NoAnchor) => Err(RegistrationError::Certificate {
+            code: ErrorCode::UnknownCertificateAuthority,
+            message: "the device's certificate chain leads to no certificate authority of an enrollment".into(),
+        }),
     }
-    Err(RegistrationError::Certificate {
-        code: ErrorCode::UnknownCertificateAuthority,
-        message: "the device's certificate chain leads to no certificate authority of an enrollment".into(),
-    })
 }
 
 impl RegistrationService {
@@ -227,7 +272,7 @@ impl RegistrationService {
                 // Answered as an unenrolled id with this chain would be (the same group matching, the same
                 // answer), so that neither the code nor the time tells which registration ids are enrolled.
                 let error =
-                    match match_group(leaf, intermediates, &reference.x509_groups, now, zerotouch_pki::verify_chain) {
+                    match match_group(leaf, intermediates, &reference.x509_groups, now, Purpose::ClientAuth).await {
                         Ok(_) => RegistrationError::Unauthorized,
                         Err(unmatched) => unmatched,
                     };
@@ -239,7 +284,7 @@ impl RegistrationService {
             let x509 = X509RegistrationResult { certificate_info, ..Default::default() };
             return Ok(Authenticated { x509: Some(x509), ..Authenticated::by(Arc::new(enrollment)) });
         }
-        match match_group(leaf, intermediates, &reference.x509_groups, now, zerotouch_pki::verify_chain) {
+        match match_group(leaf, intermediates, &reference.x509_groups, now, Purpose::ClientAuth).await {
             Ok((index, anchor)) => {
                 let group = Arc::clone(&reference.x509_groups[index].group);
                 let x509 = X509RegistrationResult {
