@@ -483,3 +483,52 @@ async fn sigterm_with_a_device_connected_exits_zero() {
     assert!(status.success(), "exit status {status}:\n{}", server.logs());
     assert!(started.elapsed() < Duration::from_secs(15), "stopping took {:?}", started.elapsed());
 }
+
+/// Polls the device's event loop until its connection fails (or `WAIT` passes); whether it did. Each call sees
+/// one connection end: rumqttc reconnects on the poll after.
+async fn closed_by_server(device: &mut Device) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, device.events.poll()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The attack: one credential opens connection after connection to hold every slot of `--mqtt-max-connections`
+/// (4 here), so that no other device gets in. Each connection beyond `--mqtt-max-connections-per-device` (2 by
+/// default) takes the place of the credential's oldest, which the server closes: the credential never holds more
+/// than 2, another device still connects and registers, and the credential's newest connection still works.
+#[tokio::test]
+async fn one_credential_cannot_hold_every_connection_slot() {
+    let args = ["--mqtt-max-connections", "4", "--device-rate-limit", "1000/10s"];
+    let options = Options { args: args.map(String::from).to_vec(), ..Default::default() };
+    let server = Server::start_with(Backend::Sqlite, options).await.unwrap();
+    let (hog, other) = ("mqtt-hog-1", "mqtt-hog-2");
+    let (hog_key, other_key) = (enroll(&server, hog).await, enroll(&server, other).await);
+
+    let mut open: Vec<Device> = Vec::new();
+    for n in 0..8 {
+        // Without the per-device limit the fifth CONNECT would be answered "server unavailable".
+        open.push(connect_device(&server, hog, &hog_key).await);
+        if open.len() > 2 {
+            let mut oldest = open.remove(0);
+            assert!(closed_by_server(&mut oldest).await, "connection {} of the credential stays open", n - 2);
+        }
+    }
+    assert!(server.logs().contains("a newer connection of the device took its place"));
+
+    let mut bystander = connect_device(&server, other, &other_key).await;
+    let response = bystander.register(Vec::new()).await;
+    assert_eq!(response.body["status"], "assigned", "the other device: {response:?}");
+    let mut newest = open.pop().unwrap();
+    let response = newest.register(Vec::new()).await;
+    assert_eq!(response.body["status"], "assigned", "the credential's newest connection: {response:?}");
+    // The other connection the credential kept is open too: it answers a poll.
+    let operation = response.body["operationId"].as_str().unwrap().to_owned();
+    let mut kept = open.pop().unwrap();
+    let topic = format!("{OPERATION_STATUS_TOPIC}?$rid=kept&operationId={operation}");
+    assert_eq!(kept.request(&topic, QoS::AtLeastOnce, Vec::new()).await.status, 200);
+}

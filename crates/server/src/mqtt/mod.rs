@@ -10,12 +10,15 @@
 //! `docs/dependencies.md`), which runs its own runtime: the endpoint lives on its own thread with ntex worker threads,
 //! and calls the registration service from there as actix workers do from theirs.
 //!
-//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), the TLS
-//! handshake and the CONNECT each within [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS
-//! message limit, §10), keep-alive as MQTT says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1
-//! (a QoS 2 publish closes the connection, as DPS offers none). A malformed or oversized packet closes its own
-//! connection and nothing else. How errors become answers and CONNACKs is decided in [`reply`].
+//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), of which one
+//! device holds at most `--mqtt-max-connections-per-device` (a newer one replaces its oldest, [`connections`]);
+//! the TLS handshake and the CONNECT each within
+//! [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS message limit, §10), keep-alive as MQTT
+//! says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1 (a QoS 2 publish closes the connection,
+//! as DPS offers none). A malformed or oversized packet closes its own connection and nothing else. How errors
+//! become answers and CONNACKs is decided in [`reply`].
 
+pub mod connections;
 pub mod reply;
 
 use std::cell::Cell;
@@ -31,12 +34,14 @@ use ntex::time::{Millis, Seconds};
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{Control, MqttError, MqttServiceConfig, QoS, v3};
 use ntex_tls::rustls::{PeerCertChain, TlsAcceptor};
+use tokio::sync::oneshot;
 use zerotouch_wire::mqtt::{RESPONSE_FILTER, Request, TopicError, Username, response_topic, rid_of};
 use zerotouch_wire::registration::RegistrationStatus;
 
 use crate::metrics::Metrics;
 use crate::registration::request::{RETRY_AFTER_SECS, parse_json, registration_body};
 use crate::registration::{DeviceRequest, Evidence, RegistrationError, RegistrationRequest, RegistrationService};
+use connections::{DeviceConnections, Lease};
 use reply::{ConnectRefusal, Reply, RequestError};
 
 /// Largest packet a device may send: the DPS message limit (`docs/protocol/device-api.md` §10: 96 KB).
@@ -51,6 +56,8 @@ const MAX_PENDING_PER_CONNECTION: usize = 8;
 pub struct MqttSettings {
     /// Connections at once, over all workers.
     pub max_connections: usize,
+    /// Connections one device (registration id) holds at once, over all workers; a newer one replaces its oldest.
+    pub max_connections_per_device: usize,
     /// Worker threads.
     pub workers: usize,
     /// How long open connections may finish their requests at shutdown.
@@ -155,6 +162,7 @@ fn build(
 ) -> std::io::Result<ntex::server::Server> {
     let workers = settings.workers.max(1);
     let slots = Arc::new(Slots { open: AtomicUsize::new(0), max: settings.max_connections });
+    let admission = Arc::new(Admission { slots, devices: DeviceConnections::new(settings.max_connections_per_device) });
     let config = SharedCfg::new("MQTT")
         .add(
             MqttServiceConfig::new()
@@ -171,29 +179,30 @@ fn build(
         .disable_signals()
         .shutdown_timeout(Millis(u32::try_from(settings.shutdown_timeout.as_millis()).unwrap_or(u32::MAX)))
         .listen("mqtt", listener, async move |_| {
-            let (on_connect, on_publish, metrics, slots) =
-                (service.clone(), service.clone(), metrics.clone(), slots.clone());
-            let server =
-                v3::MqttServer::new(fn_service(move |handshake| connect(handshake, on_connect.clone(), slots.clone())))
-                    .control(fn_factory_with_config(async |_: v3::Session<Device>| {
-                        Ok::<_, ConnectionError>(fn_service(async |control: Control<ConnectionError>| {
-                            if let Control::Stop(reason) = &control {
-                                tracing::debug!("MQTT connection ends: {reason:?}");
-                            }
-                            Ok::<_, ConnectionError>(None)
-                        }))
+            let (on_connect, on_publish, metrics, admission) =
+                (service.clone(), service.clone(), metrics.clone(), admission.clone());
+            let server = v3::MqttServer::new(fn_service(move |handshake| {
+                connect(handshake, on_connect.clone(), admission.clone())
+            }))
+            .control(fn_factory_with_config(async |_: v3::Session<Device>| {
+                Ok::<_, ConnectionError>(fn_service(async |control: Control<ConnectionError>| {
+                    if let Control::Stop(reason) = &control {
+                        tracing::debug!("MQTT connection ends: {reason:?}");
+                    }
+                    Ok::<_, ConnectionError>(None)
+                }))
+            }))
+            .protocol(fn_factory_with_config(async |session: v3::Session<Device>| {
+                Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
+            }))
+            .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
+                let (service, metrics) = (on_publish.clone(), metrics.clone());
+                async move {
+                    Ok::<_, ConnectionError>(fn_service(move |publish| {
+                        request(session.clone(), service.clone(), metrics.clone(), publish)
                     }))
-                    .protocol(fn_factory_with_config(async |session: v3::Session<Device>| {
-                        Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
-                    }))
-                    .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
-                        let (service, metrics) = (on_publish.clone(), metrics.clone());
-                        async move {
-                            Ok::<_, ConnectionError>(fn_service(move |publish| {
-                                request(session.clone(), service.clone(), metrics.clone(), publish)
-                            }))
-                        }
-                    }));
+                }
+            }));
             chain_factory(TlsAcceptor::new(tls.clone()))
                 .map_err(|e| MqttError::Service(ConnectionError(format!("TLS: {e}"))))
                 .and_then(ntex_mqtt::MqttServer::new().v3(server))
@@ -245,10 +254,20 @@ impl Drop for Slot {
     }
 }
 
+/// What decides whether a CONNECT becomes a connection: shared by all workers.
+struct Admission {
+    /// The connections open at once.
+    slots: Arc<Slots>,
+    /// The connections of each device.
+    devices: Arc<DeviceConnections>,
+}
+
 /// One authenticated device connection.
 struct Device {
     /// Its place among the open connections.
     _slot: Slot,
+    /// Its place among its device's connections.
+    _lease: Lease,
     /// Who the CONNECT proved the device to be; every request on the connection is made as it.
     request: DeviceRequest,
     /// The QoS granted to its `$dps/registrations/res/#` subscription, if it made one.
@@ -260,14 +279,15 @@ struct Device {
 /// CONNECT (§5): client id = registration id; username `{idScope}/registrations/{registrationId}/...`; password a
 /// SAS token, or none with a client certificate. The service authenticates the device as for a register and
 /// audits a refusal; refused credentials answer "bad username or password" (a token) or "not authorized" (a
-/// certificate, or nothing).
+/// certificate, or nothing). An accepted connection takes the place of its device's oldest one beyond
+/// `--mqtt-max-connections-per-device` ([`connections`]).
 async fn connect(
     handshake: v3::Handshake,
     service: Arc<RegistrationService>,
-    slots: Arc<Slots>,
+    admission: Arc<Admission>,
 ) -> Result<v3::HandshakeAck<Device>, ConnectionError> {
-    let Some(slot) = slots.take() else {
-        tracing::info!(max = slots.max, "MQTT connection refused: --mqtt-max-connections are open");
+    let Some(slot) = admission.slots.take() else {
+        tracing::info!(max = admission.slots.max, "MQTT connection refused: --mqtt-max-connections are open");
         return Ok(handshake.service_unavailable());
     };
     let packet = handshake.packet();
@@ -304,8 +324,17 @@ async fn connect(
     let device = DeviceRequest { id_scope: username.id_scope, registration_id: username.registration_id, evidence };
     match service.authenticate_connection(&device).await {
         Ok(()) => {
-            tracing::debug!(registration_id = device.registration_id.as_str(), "MQTT device connected");
-            let state = Device { _slot: slot, request: device, subscription: Cell::new(None), pending: Cell::new(0) };
+            let registration_id = device.registration_id.as_str();
+            let (lease, replaced) = admission.devices.open(device.registration_id.key());
+            ntex::rt::spawn(end_when_replaced(handshake.sink(), registration_id.to_owned(), replaced));
+            tracing::debug!(registration_id, "MQTT device connected");
+            let state = Device {
+                _slot: slot,
+                _lease: lease,
+                request: device,
+                subscription: Cell::new(None),
+                pending: Cell::new(0),
+            };
             Ok(handshake.ack(state, false))
         }
         Err(error) => Ok(match reply::connect_refusal(&error, by_token) {
@@ -313,6 +342,21 @@ async fn connect(
             ConnectRefusal::BadUsernameOrPassword => handshake.bad_username_or_pwd(),
             ConnectRefusal::NotAuthorized => handshake.not_authorized(),
         }),
+    }
+}
+
+/// Closes a connection when a newer connection of its device replaced it; returns when the connection has ended
+/// otherwise. Holds the connection's sink, never its session, so the session (and with it the lease that tells this
+/// task the connection ended) goes when the connection does.
+async fn end_when_replaced(sink: v3::MqttSink, registration_id: String, replaced: oneshot::Receiver<()>) {
+    // An error: the lease was dropped, the connection has ended.
+    if replaced.await.is_ok() && sink.is_open() {
+        tracing::info!(
+            registration_id,
+            "MQTT connection closed: a newer connection of the device took its place \
+             (--mqtt-max-connections-per-device)"
+        );
+        sink.close();
     }
 }
 
