@@ -1,5 +1,5 @@
-//! How many MQTT connections one device holds: so that one credential cannot hold every slot of
-//! `--mqtt-max-connections`.
+//! How many MQTT connections one device holds, and for how long: so that one credential cannot hold every slot
+//! of `--mqtt-max-connections`, and no connection outlives the credential it was opened with.
 //!
 //! - **Per device**: [`DeviceConnections`] counts the authenticated connections of each registration id over all
 //!   the endpoint's workers. A device that opens one more than `--mqtt-max-connections-per-device` keeps the new
@@ -12,14 +12,21 @@
 //! - **Memory**: an entry exists only for a connection that authenticated, and each such connection holds one of
 //!   the `--mqtt-max-connections` slots, so the map holds at most that many connections whatever strangers send.
 //!   An entry is removed when its connection ends, or when a newer connection of its device replaces it.
+//! - **Lifetime**: [`credential_expiry`] says when the credential stops authenticating: a SAS token at its `se` plus
+//!   `--sas-clock-skew` (the moment the service would refuse it, `zerotouch_attest::sas::verify`); a certificate at
+//!   the leaf's notAfter (plus `--renewal-grace` for an operational certificate that connected within its grace).
+//!   The endpoint closes the connection then and runs none of its requests after it.
 //!
-//! The decision is behind one short lock, and unit-tested without a network.
+//! The decisions here are pure or behind one short lock, and unit-tested without a network.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
+
+use crate::registration::Evidence;
 
 /// The authenticated MQTT connections of each device, over all the endpoint's workers.
 #[derive(Debug)]
@@ -105,6 +112,32 @@ impl Drop for Lease {
     }
 }
 
+/// When the credential a device connected with stops authenticating it, so its connection must end: a SAS token
+/// at `se` plus `sas_clock_skew`; a certificate chain at its leaf's notAfter, or, when that had already passed at
+/// `now` (an operational certificate renewing within its grace), at notAfter plus `renewal_grace`.
+///
+/// `None` if the evidence carries no time to read (no credential, or one that does not parse: authentication
+/// refuses those first). Only the leaf bounds a certificate connection: the intermediates a device sends are not
+/// all used (an operational certificate is checked against our CA alone), so their dates say nothing.
+pub fn credential_expiry(
+    evidence: &Evidence,
+    now: SystemTime,
+    sas_clock_skew: Duration,
+    renewal_grace: Duration,
+) -> Option<SystemTime> {
+    match evidence {
+        Evidence::Sas(header) => {
+            let token = zerotouch_attest::sas::parse(header).ok()?;
+            UNIX_EPOCH.checked_add(Duration::from_secs(token.expiry))?.checked_add(sas_clock_skew)
+        }
+        Evidence::Certificates(chain) => {
+            let not_after = SystemTime::from(zerotouch_pki::details(chain.first()?).ok()?.not_after);
+            if not_after > now { Some(not_after) } else { not_after.checked_add(renewal_grace) }
+        }
+        Evidence::None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -155,5 +188,33 @@ mod tests {
         let (_lease, mut notice) = connections.open("dev-1".into());
         assert_eq!(notice.try_recv(), Err(TryRecvError::Empty));
         assert_eq!(connections.held_by("dev-1"), 1);
+    }
+
+    #[test]
+    fn a_token_connection_ends_when_the_service_would_refuse_the_token() {
+        let token = zerotouch_attest::sas::sign("0ne00000001%2Fregistrations%2Fdev-1", 1_000, b"key", None);
+        let now = UNIX_EPOCH + Duration::from_secs(900);
+        let expiry = credential_expiry(&Evidence::Sas(token), now, Duration::from_secs(300), Duration::ZERO);
+        assert_eq!(expiry, Some(UNIX_EPOCH + Duration::from_secs(1_300)));
+        let garbage = Evidence::Sas("SharedAccessSignature se=soon".into());
+        assert_eq!(credential_expiry(&garbage, now, Duration::ZERO, Duration::ZERO), None);
+        assert_eq!(credential_expiry(&Evidence::None, now, Duration::ZERO, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_certificate_connection_ends_at_the_leaf_s_not_after_or_its_renewal_grace() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["dev-1".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_000).unwrap();
+        let leaf = params.self_signed(&key).unwrap().der().to_vec();
+        let chain = Evidence::Certificates(vec![leaf, b"not a certificate".to_vec()]);
+        let grace = Duration::from_secs(600);
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(credential_expiry(&chain, at(1_500), Duration::ZERO, grace), Some(at(2_000)));
+        assert_eq!(credential_expiry(&chain, at(2_100), Duration::ZERO, grace), Some(at(2_600)));
+        let broken = Evidence::Certificates(vec![b"not a certificate".to_vec()]);
+        assert_eq!(credential_expiry(&broken, at(1_500), Duration::ZERO, grace), None);
+        assert_eq!(credential_expiry(&Evidence::Certificates(Vec::new()), at(1_500), Duration::ZERO, grace), None);
     }
 }
