@@ -483,3 +483,121 @@ async fn sigterm_with_a_device_connected_exits_zero() {
     assert!(status.success(), "exit status {status}:\n{}", server.logs());
     assert!(started.elapsed() < Duration::from_secs(15), "stopping took {:?}", started.elapsed());
 }
+
+/// A SAS token for `id` that expires at `expiry` (Unix seconds).
+fn token_until(server: &Server, id: &str, key: &[u8], expiry: u64) -> String {
+    sas::sign(&format!("{}%2Fregistrations%2F{id}", server.id_scope), expiry, key, None)
+}
+
+/// Polls the device's event loop until its connection fails (or `WAIT` passes); whether it did. Each call sees
+/// one connection end: rumqttc reconnects on the poll after.
+async fn closed_by_server(device: &mut Device) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, device.events.poll()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The attack: one credential opens connection after connection to hold every slot of `--mqtt-max-connections`
+/// (4 here), so that no other device gets in. Each connection beyond `--mqtt-max-connections-per-device` (2 by
+/// default) takes the place of the credential's oldest, which the server closes: the credential never holds more
+/// than 2, another device still connects and registers, and the credential's newest connection still works.
+#[tokio::test]
+async fn one_credential_cannot_hold_every_connection_slot() {
+    let args = ["--mqtt-max-connections", "4", "--device-rate-limit", "1000/10s"];
+    let options = Options { args: args.map(String::from).to_vec(), ..Default::default() };
+    let server = Server::start_with(Backend::Sqlite, options).await.unwrap();
+    let (hog, other) = ("mqtt-hog-1", "mqtt-hog-2");
+    let (hog_key, other_key) = (enroll(&server, hog).await, enroll(&server, other).await);
+
+    let mut open: Vec<Device> = Vec::new();
+    for n in 0..8 {
+        // Without the per-device limit the fifth CONNECT would be answered "server unavailable".
+        open.push(connect_device(&server, hog, &hog_key).await);
+        if open.len() > 2 {
+            let mut oldest = open.remove(0);
+            assert!(closed_by_server(&mut oldest).await, "connection {} of the credential stays open", n - 2);
+        }
+    }
+    assert!(server.logs().contains("a newer connection of the device took its place"));
+
+    let mut bystander = connect_device(&server, other, &other_key).await;
+    let response = bystander.register(Vec::new()).await;
+    assert_eq!(response.body["status"], "assigned", "the other device: {response:?}");
+    let mut newest = open.pop().unwrap();
+    let response = newest.register(Vec::new()).await;
+    assert_eq!(response.body["status"], "assigned", "the credential's newest connection: {response:?}");
+    // The other connection the credential kept is open too: it answers a poll.
+    let operation = response.body["operationId"].as_str().unwrap().to_owned();
+    let mut kept = open.pop().unwrap();
+    let topic = format!("{OPERATION_STATUS_TOPIC}?$rid=kept&operationId={operation}");
+    assert_eq!(kept.request(&topic, QoS::AtLeastOnce, Vec::new()).await.status, 200);
+}
+
+/// The attack: a connection opened with a token that expires in a few seconds stays open to keep registering.
+/// The server closes it when the token stops authenticating (`se` plus `--sas-clock-skew`, 1 s here), not before;
+/// the token no longer connects, and a register published after the expiry is not run. Until then the device
+/// registers as usual.
+#[tokio::test]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let options = Options { args: vec!["--sas-clock-skew".into(), "1s".into()], ..Default::default() };
+    let server = Server::start_with(Backend::Sqlite, options).await.unwrap();
+    let (id, late) = ("mqtt-expiry-1", "mqtt-expiry-2");
+    let (key, late_key) = (enroll(&server, id).await, enroll(&server, late).await);
+    let skew = Duration::from_secs(1);
+
+    // rumqttc: registers while the token is valid, then is closed by the server, and the token is refused after.
+    let expiry = now() + 6;
+    let username = format_username(&server.id_scope, id, "2019-03-31", None);
+    let short = token_until(&server, id, &key, expiry);
+    let mut device = connect(&server, id, &username, &short).await.unwrap();
+    device.subscribe(QoS::AtLeastOnce).await;
+    assert_eq!(device.register(Vec::new()).await.body["status"], "assigned");
+    assert!(closed_by_server(&mut device).await, "the connection outlives its token");
+    let ends = UNIX_EPOCH + Duration::from_secs(expiry) + skew;
+    let closed = SystemTime::now();
+    assert!(closed >= ends, "closed {:?} before the token expired", ends.duration_since(closed).unwrap());
+    assert!(closed.duration_since(ends).unwrap() < Duration::from_secs(5), "closed late");
+    assert!(server.logs().contains("the credential it was opened with expired"));
+    assert_eq!(connect(&server, id, &username, &short).await.err(), Some(ConnectReturnCode::BadUserNamePassword));
+
+    // A raw client: connects and subscribes with a short token, and publishes a register once it has expired.
+    let expiry = now() + 4;
+    let username = format_username(&server.id_scope, late, "2019-03-31", None);
+    let mut stream = raw_tls(&server).await;
+    stream.write_all(&connect_packet(late, &username, &token_until(&server, late, &late_key, expiry))).await.unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    let mut subscribe = vec![0x82, 0x00, 0x00, 0x01];
+    subscribe.extend(u16::try_from(RESPONSE_FILTER.len()).unwrap().to_be_bytes());
+    subscribe.extend(RESPONSE_FILTER.as_bytes());
+    subscribe.push(1);
+    subscribe[1] = u8::try_from(subscribe.len() - 2).unwrap();
+    stream.write_all(&subscribe).await.unwrap();
+    let mut suback = [0u8; 5];
+    stream.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01], "SUBACK at QoS 1");
+    let ends = UNIX_EPOCH + Duration::from_secs(expiry) + skew;
+    while SystemTime::now() < ends {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let topic = format!("{REGISTER_TOPIC}?$rid=late");
+    let mut publish = vec![0x30];
+    publish.extend(remaining_length(2 + topic.len()));
+    publish.extend(u16::try_from(topic.len()).unwrap().to_be_bytes());
+    publish.extend(topic.as_bytes());
+    // The server may have closed the connection already; then the write fails, which is the point.
+    let _ = stream.write_all(&publish).await;
+    let _ = stream.flush().await;
+    let mut received = Vec::new();
+    // The end of the stream, with or without TLS close_notify.
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut received)).await.expect("the connection stays open");
+    assert!(received.is_empty(), "the server answered after the token expired: {received:?}");
+    let api = Api::new(&server, "owner");
+    assert_eq!(api.get(&format!("/registrations/{late}")).await.status(), 404, "the late register ran");
+}

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// MQTT connections open at once; a CONNECT beyond them is answered "server unavailable" [default: 10000].
     #[arg(long, env = "ZEROTOUCH_MQTT_MAX_CONNECTIONS", value_name = "N")]
     pub mqtt_max_connections: Option<usize>,
+    /// MQTT connections one device (registration id) may hold at once; a newer one closes its oldest
+    /// [default: 2].
+    #[arg(long, env = "ZEROTOUCH_MQTT_MAX_CONNECTIONS_PER_DEVICE", value_name = "N")]
+    pub mqtt_max_connections_per_device: Option<usize>,
     /// HTTPS admin API address [default: 127.0.0.1:8444].
     #[arg(long, env = "ZEROTOUCH_SERVICE_LISTEN", value_name = "ADDR")]
     pub service_listen: Option<SocketAddr>,
@@ -178,6 +182,8 @@ struct FileSettings {
     mqtt_listen: Option<SocketAddr>,
     #[serde(alias = "mqtt-max-connections")]
     mqtt_max_connections: Option<usize>,
+    #[serde(alias = "mqtt-max-connections-per-device")]
+    mqtt_max_connections_per_device: Option<usize>,
     #[serde(alias = "service-listen")]
     service_listen: Option<SocketAddr>,
     #[serde(alias = "hostnames")]
@@ -281,6 +287,8 @@ pub struct Config {
     pub mqtt_listen: SocketAddr,
     /// MQTT connections open at once.
     pub mqtt_max_connections: usize,
+    /// MQTT connections one device may hold at once.
+    pub mqtt_max_connections_per_device: usize,
     /// HTTPS admin API address.
     pub service_listen: SocketAddr,
     /// Names of the generated server certificate.
@@ -458,6 +466,15 @@ impl Config {
                 Some(n) => n,
                 None => 10_000,
             },
+            // A device needs one connection, and a second while it reconnects before the old one is gone.
+            mqtt_max_connections_per_device: match args
+                .mqtt_max_connections_per_device
+                .or(file.mqtt_max_connections_per_device)
+            {
+                Some(0) => bail!("--mqtt-max-connections-per-device: must be at least 1"),
+                Some(n) => n,
+                None => 2,
+            },
             service_listen: match args.service_listen.or(file.service_listen) {
                 Some(a) => a,
                 None => default_addr("127.0.0.1:8444")?,
@@ -582,6 +599,20 @@ mod tests {
         assert_eq!(config.device_rate_limit, (100, Duration::from_secs(1)));
         assert_eq!(config.operation_ttl, Duration::from_secs(3600));
         assert_eq!(config.sas_clock_skew, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn mqtt_connections_per_device_default_to_two_and_name_the_setting_when_zero() {
+        assert_eq!(Config::resolve(&serve(&[])).unwrap().mqtt_max_connections_per_device, 2);
+        let config = Config::resolve(&serve(&["--mqtt-max-connections-per-device", "1"])).unwrap();
+        assert_eq!(config.mqtt_max_connections_per_device, 1);
+        let err = Config::resolve(&serve(&["--mqtt-max-connections-per-device", "0"])).unwrap_err();
+        assert!(err.to_string().contains("--mqtt-max-connections-per-device"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "mqtt-max-connections-per-device = 3\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.mqtt_max_connections_per_device, 3);
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
         metrics.clone(),
         crate::mqtt::MqttSettings {
             max_connections: config.mqtt_max_connections,
+            max_connections_per_device: config.mqtt_max_connections_per_device,
+            sas_clock_skew: config.sas_clock_skew,
+            renewal_grace: config.renewal_grace,
             workers: std::thread::available_parallelism().map_or(2, usize::from),
             shutdown_timeout: config.shutdown_timeout,
         },

@@ -10,33 +10,39 @@
 //! `docs/dependencies.md`), which runs its own runtime: the endpoint lives on its own thread with ntex worker threads,
 //! and calls the registration service from there as actix workers do from theirs.
 //!
-//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), the TLS
-//! handshake and the CONNECT each within [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS
-//! message limit, §10), keep-alive as MQTT says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1
-//! (a QoS 2 publish closes the connection, as DPS offers none). A malformed or oversized packet closes its own
-//! connection and nothing else. How errors become answers and CONNACKs is decided in [`reply`].
+//! Limits: `--mqtt-max-connections` connections at once (beyond: CONNACK "server unavailable"), of which one
+//! device holds at most `--mqtt-max-connections-per-device` (a newer one replaces its oldest), each closed when
+//! the credential it was opened with expires ([`connections`]); the TLS handshake and the CONNECT each within
+//! [`CONNECT_TIMEOUT`], packets of at most [`MAX_PACKET_SIZE`] (the DPS message limit, §10), keep-alive as MQTT
+//! says (1.5 times the client's; 30 s when it asks for none), QoS 0 and 1 (a QoS 2 publish closes the connection,
+//! as DPS offers none). A malformed or oversized packet closes its own connection and nothing else. How errors
+//! become answers and CONNACKs is decided in [`reply`].
 
+pub mod connections;
 pub mod reply;
 
 use std::cell::Cell;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use futures_util::future::Either;
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{chain_factory, fn_factory_with_config, fn_service};
 use ntex::time::{Millis, Seconds};
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{Control, MqttError, MqttServiceConfig, QoS, v3};
 use ntex_tls::rustls::{PeerCertChain, TlsAcceptor};
+use tokio::sync::oneshot;
 use zerotouch_wire::mqtt::{RESPONSE_FILTER, Request, TopicError, Username, response_topic, rid_of};
 use zerotouch_wire::registration::RegistrationStatus;
 
 use crate::metrics::Metrics;
 use crate::registration::request::{RETRY_AFTER_SECS, parse_json, registration_body};
 use crate::registration::{DeviceRequest, Evidence, RegistrationError, RegistrationRequest, RegistrationService};
+use connections::{DeviceConnections, Lease, credential_expiry};
 use reply::{ConnectRefusal, Reply, RequestError};
 
 /// Largest packet a device may send: the DPS message limit (`docs/protocol/device-api.md` §10: 96 KB).
@@ -51,6 +57,12 @@ const MAX_PENDING_PER_CONNECTION: usize = 8;
 pub struct MqttSettings {
     /// Connections at once, over all workers.
     pub max_connections: usize,
+    /// Connections one device (registration id) holds at once, over all workers; a newer one replaces its oldest.
+    pub max_connections_per_device: usize,
+    /// How long after its `se` a SAS token still authenticates (`--sas-clock-skew`): its connection ends then.
+    pub sas_clock_skew: Duration,
+    /// How long after its notAfter an operational certificate still authenticates (`--renewal-grace`).
+    pub renewal_grace: Duration,
     /// Worker threads.
     pub workers: usize,
     /// How long open connections may finish their requests at shutdown.
@@ -155,6 +167,12 @@ fn build(
 ) -> std::io::Result<ntex::server::Server> {
     let workers = settings.workers.max(1);
     let slots = Arc::new(Slots { open: AtomicUsize::new(0), max: settings.max_connections });
+    let admission = Arc::new(Admission {
+        slots,
+        devices: DeviceConnections::new(settings.max_connections_per_device),
+        sas_clock_skew: settings.sas_clock_skew,
+        renewal_grace: settings.renewal_grace,
+    });
     let config = SharedCfg::new("MQTT")
         .add(
             MqttServiceConfig::new()
@@ -171,29 +189,30 @@ fn build(
         .disable_signals()
         .shutdown_timeout(Millis(u32::try_from(settings.shutdown_timeout.as_millis()).unwrap_or(u32::MAX)))
         .listen("mqtt", listener, async move |_| {
-            let (on_connect, on_publish, metrics, slots) =
-                (service.clone(), service.clone(), metrics.clone(), slots.clone());
-            let server =
-                v3::MqttServer::new(fn_service(move |handshake| connect(handshake, on_connect.clone(), slots.clone())))
-                    .control(fn_factory_with_config(async |_: v3::Session<Device>| {
-                        Ok::<_, ConnectionError>(fn_service(async |control: Control<ConnectionError>| {
-                            if let Control::Stop(reason) = &control {
-                                tracing::debug!("MQTT connection ends: {reason:?}");
-                            }
-                            Ok::<_, ConnectionError>(None)
-                        }))
+            let (on_connect, on_publish, metrics, admission) =
+                (service.clone(), service.clone(), metrics.clone(), admission.clone());
+            let server = v3::MqttServer::new(fn_service(move |handshake| {
+                connect(handshake, on_connect.clone(), admission.clone())
+            }))
+            .control(fn_factory_with_config(async |_: v3::Session<Device>| {
+                Ok::<_, ConnectionError>(fn_service(async |control: Control<ConnectionError>| {
+                    if let Control::Stop(reason) = &control {
+                        tracing::debug!("MQTT connection ends: {reason:?}");
+                    }
+                    Ok::<_, ConnectionError>(None)
+                }))
+            }))
+            .protocol(fn_factory_with_config(async |session: v3::Session<Device>| {
+                Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
+            }))
+            .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
+                let (service, metrics) = (on_publish.clone(), metrics.clone());
+                async move {
+                    Ok::<_, ConnectionError>(fn_service(move |publish| {
+                        request(session.clone(), service.clone(), metrics.clone(), publish)
                     }))
-                    .protocol(fn_factory_with_config(async |session: v3::Session<Device>| {
-                        Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
-                    }))
-                    .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
-                        let (service, metrics) = (on_publish.clone(), metrics.clone());
-                        async move {
-                            Ok::<_, ConnectionError>(fn_service(move |publish| {
-                                request(session.clone(), service.clone(), metrics.clone(), publish)
-                            }))
-                        }
-                    }));
+                }
+            }));
             chain_factory(TlsAcceptor::new(tls.clone()))
                 .map_err(|e| MqttError::Service(ConnectionError(format!("TLS: {e}"))))
                 .and_then(ntex_mqtt::MqttServer::new().v3(server))
@@ -245,10 +264,27 @@ impl Drop for Slot {
     }
 }
 
+/// What decides whether a CONNECT becomes a connection, and for how long: shared by all workers.
+struct Admission {
+    /// The connections open at once.
+    slots: Arc<Slots>,
+    /// The connections of each device.
+    devices: Arc<DeviceConnections>,
+    /// `--sas-clock-skew`, for when a token connection ends.
+    sas_clock_skew: Duration,
+    /// `--renewal-grace`, for when a renewing certificate connection ends.
+    renewal_grace: Duration,
+}
+
 /// One authenticated device connection.
 struct Device {
     /// Its place among the open connections.
     _slot: Slot,
+    /// Its place among its device's connections.
+    _lease: Lease,
+    /// When the credential it was opened with stops authenticating: the connection is closed then, and no
+    /// request of it runs after.
+    expires: Instant,
     /// Who the CONNECT proved the device to be; every request on the connection is made as it.
     request: DeviceRequest,
     /// The QoS granted to its `$dps/registrations/res/#` subscription, if it made one.
@@ -257,17 +293,25 @@ struct Device {
     pending: Cell<usize>,
 }
 
+impl Device {
+    /// Whether the connection's credential has expired: nothing of it may run any more.
+    fn expired(&self) -> bool {
+        Instant::now() >= self.expires
+    }
+}
+
 /// CONNECT (§5): client id = registration id; username `{idScope}/registrations/{registrationId}/...`; password a
 /// SAS token, or none with a client certificate. The service authenticates the device as for a register and
 /// audits a refusal; refused credentials answer "bad username or password" (a token) or "not authorized" (a
-/// certificate, or nothing).
+/// certificate, or nothing). An accepted connection takes the place of its device's oldest one beyond
+/// `--mqtt-max-connections-per-device`, and is closed when its credential expires ([`connections`]).
 async fn connect(
     handshake: v3::Handshake,
     service: Arc<RegistrationService>,
-    slots: Arc<Slots>,
+    admission: Arc<Admission>,
 ) -> Result<v3::HandshakeAck<Device>, ConnectionError> {
-    let Some(slot) = slots.take() else {
-        tracing::info!(max = slots.max, "MQTT connection refused: --mqtt-max-connections are open");
+    let Some(slot) = admission.slots.take() else {
+        tracing::info!(max = admission.slots.max, "MQTT connection refused: --mqtt-max-connections are open");
         return Ok(handshake.service_unavailable());
     };
     let packet = handshake.packet();
@@ -304,8 +348,27 @@ async fn connect(
     let device = DeviceRequest { id_scope: username.id_scope, registration_id: username.registration_id, evidence };
     match service.authenticate_connection(&device).await {
         Ok(()) => {
-            tracing::debug!(registration_id = device.registration_id.as_str(), "MQTT device connected");
-            let state = Device { _slot: slot, request: device, subscription: Cell::new(None), pending: Cell::new(0) };
+            let registration_id = device.registration_id.as_str();
+            let now = SystemTime::now();
+            let expiry = credential_expiry(&device.evidence, now, admission.sas_clock_skew, admission.renewal_grace);
+            let Some(lifetime) = expiry.and_then(|expiry| expiry.duration_since(now).ok()).filter(|t| !t.is_zero())
+            else {
+                // Authentication read the same credential, so this is a token expiring in this very moment.
+                tracing::info!(registration_id, "MQTT connection refused: its credential expires now");
+                return Ok(if by_token { handshake.bad_username_or_pwd() } else { handshake.not_authorized() });
+            };
+            let expires = Instant::now() + lifetime;
+            let (lease, replaced) = admission.devices.open(device.registration_id.key());
+            ntex::rt::spawn(end_in_time(handshake.sink(), registration_id.to_owned(), expires, replaced));
+            tracing::debug!(registration_id, lifetime_secs = lifetime.as_secs(), "MQTT device connected");
+            let state = Device {
+                _slot: slot,
+                _lease: lease,
+                expires,
+                request: device,
+                subscription: Cell::new(None),
+                pending: Cell::new(0),
+            };
             Ok(handshake.ack(state, false))
         }
         Err(error) => Ok(match reply::connect_refusal(&error, by_token) {
@@ -316,11 +379,63 @@ async fn connect(
     }
 }
 
+/// Closes a connection when its credential expires, or when a newer connection of its device replaced it; returns
+/// when the connection has ended otherwise. Holds the connection's sink, never its session, so the session (and
+/// with it the lease that tells this task the connection ended) goes when the connection does.
+async fn end_in_time(sink: v3::MqttSink, registration_id: String, expires: Instant, replaced: oneshot::Receiver<()>) {
+    let expiry = std::pin::pin!(sleep_until(expires));
+    let why = match futures_util::future::select(expiry, replaced).await {
+        Either::Left(((), _)) => "the credential it was opened with expired",
+        Either::Right((Ok(()), _)) => {
+            "a newer connection of the device took its place (--mqtt-max-connections-per-device)"
+        }
+        // The lease was dropped: the connection has ended.
+        Either::Right((Err(_), _)) => return,
+    };
+    if sink.is_open() {
+        tracing::info!(registration_id, "MQTT connection closed: {why}");
+        sink.close();
+    }
+}
+
+/// Sleeps until `deadline`, on ntex's timer. That timer is a wheel whose slots grow coarser with the distance (a
+/// one-hour sleep may end minutes late), so it sleeps three quarters of what remains at a time, and the last
+/// second at once: a connection ends within some tens of milliseconds of its deadline, never before it.
+async fn sleep_until(deadline: Instant) {
+    /// ntex's timer takes at most 2^32 ms; a far deadline is reached in steps of a day.
+    const LONGEST_STEP: Duration = Duration::from_secs(24 * 3600);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return;
+        }
+        let step = if remaining > Duration::from_secs(1) { remaining - remaining / 4 } else { remaining };
+        ntex::time::sleep(step.min(LONGEST_STEP)).await;
+    }
+}
+
+/// Closes a connection whose credential has expired (its timer may not have fired yet), before any packet of it is
+/// handled; whether it did.
+fn closed_if_expired(session: &v3::Session<Device>) -> bool {
+    if !session.expired() {
+        return false;
+    }
+    tracing::info!(
+        registration_id = session.request.registration_id.as_str(),
+        "MQTT packet not handled, connection closed: the credential it was opened with expired"
+    );
+    session.sink().close();
+    true
+}
+
 /// SUBSCRIBE, UNSUBSCRIBE, PING, DISCONNECT. Only `$dps/registrations/res/#` is granted, at QoS 1 at most (§5).
 async fn control(
     session: v3::Session<Device>,
     message: v3::ProtocolMessage,
 ) -> Result<v3::ProtocolMessageAck, ConnectionError> {
+    if closed_if_expired(&session) {
+        return Ok(message.disconnect());
+    }
     Ok(match message {
         v3::ProtocolMessage::Subscribe(mut subscribe) => {
             for mut subscription in subscribe.iter_mut() {
@@ -361,6 +476,9 @@ async fn request(
     publish: v3::Publish,
 ) -> Result<(), ConnectionError> {
     let started = Instant::now();
+    if closed_if_expired(&session) {
+        return Ok(());
+    }
     let topic = publish.publish_topic().to_owned();
     let payload = publish.read_all().await.map_err(|e| ConnectionError(format!("payload: {e:?}")))?;
     let parsed = Request::parse(&topic);
