@@ -35,6 +35,10 @@ pub enum SasError {
     /// `se` has passed (beyond the allowed clock skew).
     #[error("the token expired")]
     Expired,
+    /// `se` is further ahead than the longest lifetime allowed (beyond the allowed clock skew): a token that would
+    /// stay usable for too long if it leaked.
+    #[error("the token expires further ahead than the maximum lifetime allows")]
+    LifetimeTooLong,
     /// The signature does not verify with any of the keys.
     #[error("the signature does not verify")]
     BadSignature,
@@ -125,11 +129,17 @@ pub struct Expectation<'a> {
     pub resource: &'a str,
     /// Now, in seconds since the epoch.
     pub now: u64,
-    /// How far in the past `se` may be (clock skew allowance), in seconds.
+    /// How far in the past `se` may be (clock skew allowance), in seconds. The same allowance is added to
+    /// `max_lifetime`, for a device whose clock runs ahead.
     pub skew: u64,
+    /// How far ahead of `now` `se` may be (the longest lifetime a token may have), in seconds.
+    pub max_lifetime: u64,
 }
 
 /// Verifies `token` against `expected` with any of `keys`; returns the index of the key that verified.
+///
+/// `se` must lie in `now - skew < se <= now + max_lifetime + skew`: a token that expired is refused, and so is
+/// one signed to stay valid for longer than the service allows (a leaked token is then usable that long at most).
 ///
 /// The checks are all made whatever fails first, and the MAC comparison is constant-time, so the time taken
 /// does not reveal which check failed beyond what the error (which the device never sees) says.
@@ -140,6 +150,7 @@ pub fn verify(token: &SasToken<'_>, expected: &Expectation<'_>, keys: &[&[u8]]) 
         .unwrap_or(false);
     let key_name_ok = token.key_name.as_deref().is_none_or(|n| n.eq_ignore_ascii_case("registration"));
     let fresh = token.expiry.saturating_add(expected.skew) > expected.now;
+    let bounded = token.expiry <= expected.now.saturating_add(expected.max_lifetime).saturating_add(expected.skew);
     let message = format!("{}\n{}", token.raw_resource, token.raw_expiry);
     let mut verified = None;
     for (index, key) in keys.iter().enumerate() {
@@ -149,12 +160,13 @@ pub fn verify(token: &SasToken<'_>, expected: &Expectation<'_>, keys: &[&[u8]]) 
             verified = Some(index);
         }
     }
-    match (verified, resource_ok, key_name_ok, fresh) {
-        (_, false, _, _) => Err(SasError::WrongResource),
-        (_, _, false, _) => Err(SasError::WrongKeyName),
-        (_, _, _, false) => Err(SasError::Expired),
-        (None, _, _, _) => Err(SasError::BadSignature),
-        (Some(index), true, true, true) => Ok(index),
+    match (verified, resource_ok, key_name_ok, fresh, bounded) {
+        (_, false, _, _, _) => Err(SasError::WrongResource),
+        (_, _, false, _, _) => Err(SasError::WrongKeyName),
+        (_, _, _, false, _) => Err(SasError::Expired),
+        (_, _, _, _, false) => Err(SasError::LifetimeTooLong),
+        (None, _, _, _, _) => Err(SasError::BadSignature),
+        (Some(index), true, true, true, true) => Ok(index),
     }
 }
 
@@ -166,9 +178,10 @@ mod tests {
     const SCOPE: &str = "0ne00111111";
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
     const NOW: u64 = 1_800_000_000;
+    const DAY: u64 = 86_400;
 
     fn expect(resource: &str) -> Expectation<'_> {
-        Expectation { resource, now: NOW, skew: 300 }
+        Expectation { resource, now: NOW, skew: 300, max_lifetime: DAY }
     }
 
     /// A token as a given client style builds it: `sr` encoded its way, `skn` or not.
@@ -261,21 +274,81 @@ mod tests {
         }
     }
 
+    #[test]
+    fn lifetime_is_bounded_with_the_skew_for_clocks_running_ahead() {
+        let resource = format!("{SCOPE}/registrations/d");
+        let sr = format!("{SCOPE}%2Fregistrations%2Fd");
+        let check = |expiry: u64, expected: &Expectation<'_>| {
+            parse(&sign(&sr, expiry, KEY, None)).and_then(|t| verify(&t, expected, &[KEY]))
+        };
+        let expected = expect(&resource);
+        // Up to the lifetime, and the skew beyond it (a device clock up to 300 s ahead): accepted.
+        assert_eq!(check(NOW + DAY, &expected), Ok(0));
+        assert_eq!(check(NOW + DAY + 300, &expected), Ok(0));
+        // One second more, ten years, and the largest `se` there is: refused, however well signed.
+        assert_eq!(check(NOW + DAY + 301, &expected), Err(SasError::LifetimeTooLong));
+        assert_eq!(check(NOW + 10 * 365 * DAY, &expected), Err(SasError::LifetimeTooLong));
+        assert_eq!(check(u64::MAX, &expected), Err(SasError::LifetimeTooLong));
+        // The bound is the expectation's, and saturates rather than overflowing.
+        let hour = Expectation { max_lifetime: 3600, ..expected };
+        assert_eq!(check(NOW + 3600 + 300, &hour), Ok(0));
+        assert_eq!(check(NOW + 3601 + 300, &hour), Err(SasError::LifetimeTooLong));
+        let unbounded = Expectation { now: u64::MAX - 10, max_lifetime: u64::MAX, ..expected };
+        assert_eq!(check(u64::MAX, &unbounded), Ok(0));
+    }
+
+    #[test]
+    fn every_real_client_lifetime_fits_a_day() {
+        // The lifetimes the SDKs sign for (`docs/protocol/device-api.md` §2.1): IoT Edge 30 s, C SDK 2400 s,
+        // Python and Node 3600 s, C# one day (`ProvisioningSasBuilder`: `TimeSpan.FromDays(1)`).
+        let resource = format!("{SCOPE}/registrations/d");
+        let sr = format!("{SCOPE}%2Fregistrations%2Fd");
+        for lifetime in [30, 2400, 3600, DAY] {
+            // Signed by a device whose clock is right, and by one whose clock is 299 s ahead.
+            for ahead in [0, 299] {
+                let token = sign(&sr, NOW + ahead + lifetime, KEY, Some("registration"));
+                let verified = parse(&token).and_then(|t| verify(&t, &expect(&resource), &[KEY]));
+                assert_eq!(verified, Ok(0), "lifetime {lifetime} s, clock {ahead} s ahead");
+            }
+        }
+    }
+
+    #[test]
+    fn lifetime_is_reported_before_the_signature() {
+        // As for an expired token: the checks that need no key are reported first (the MAC is computed and
+        // compared either way), so the audit says what a device holding the key would have to change.
+        let resource = format!("{SCOPE}/registrations/d");
+        let header = sign(&format!("{SCOPE}%2Fregistrations%2Fd"), NOW + 2 * DAY, b"some other key", None);
+        let token = parse(&header).unwrap();
+        assert_eq!(verify(&token, &expect(&resource), &[KEY]), Err(SasError::LifetimeTooLong));
+    }
+
     proptest! {
         #[test]
         fn parse_and_verify_never_panic(header in "\\PC{0,300}") {
             if let Ok(token) = parse(&header) {
-                let _ = verify(&token, &Expectation { resource: "s/registrations/d", now: NOW, skew: 300 }, &[KEY]);
+                let _ = verify(&token, &Expectation { resource: "s/registrations/d", now: NOW, skew: 300, max_lifetime: DAY }, &[KEY]);
             }
         }
 
         #[test]
-        fn signed_tokens_round_trip(id in "[A-Za-z0-9._:-]{1,128}", ttl in 1u64..100_000) {
+        fn signed_tokens_round_trip(id in "[A-Za-z0-9._:-]{1,128}", ttl in 1u64..=DAY) {
             let resource = format!("{SCOPE}/registrations/{id}");
             let encoded: String = percent_encoding::utf8_percent_encode(&resource, percent_encoding::NON_ALPHANUMERIC).collect();
             let header = sign(&encoded, NOW + ttl, KEY, None);
             let token = parse(&header).unwrap();
             prop_assert_eq!(verify(&token, &expect(&resource), &[KEY]), Ok(0));
+        }
+
+        #[test]
+        fn no_token_outlives_the_bound(ahead in 0u64..u64::MAX, max_lifetime in 0u64..=10 * DAY, skew in 0u64..=3600) {
+            let resource = format!("{SCOPE}/registrations/d");
+            let expiry = NOW.saturating_add(ahead);
+            let header = sign(&format!("{SCOPE}%2Fregistrations%2Fd"), expiry, KEY, None);
+            let token = parse(&header).unwrap();
+            let expected = Expectation { resource: &resource, now: NOW, skew, max_lifetime };
+            let verified = verify(&token, &expected, &[KEY]);
+            prop_assert_eq!(verified.is_ok(), ahead <= max_lifetime + skew, "{:?}", verified);
         }
     }
 }

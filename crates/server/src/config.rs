@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// How far in the past a device's SAS token may have expired (clock skew) [default: 300s].
     #[arg(long, env = "ZEROTOUCH_SAS_CLOCK_SKEW", value_parser = humantime::parse_duration)]
     pub sas_clock_skew: Option<Duration>,
+    /// How far ahead a device's SAS token may expire (its longest lifetime, plus the clock skew) [default: 25h].
+    #[arg(long, env = "ZEROTOUCH_SAS_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    pub sas_max_lifetime: Option<Duration>,
     /// How long a registration operation can be polled before it expires [default: 24h].
     #[arg(long, env = "ZEROTOUCH_OPERATION_TTL", value_parser = humantime::parse_duration)]
     pub operation_ttl: Option<Duration>,
@@ -200,6 +203,8 @@ struct FileSettings {
     shutdown_timeout: Option<Duration>,
     #[serde(alias = "sas-clock-skew", default, with = "humantime_serde_opt")]
     sas_clock_skew: Option<Duration>,
+    #[serde(alias = "sas-max-lifetime", default, with = "humantime_serde_opt")]
+    sas_max_lifetime: Option<Duration>,
     #[serde(alias = "operation-ttl", default, with = "humantime_serde_opt")]
     operation_ttl: Option<Duration>,
     #[serde(alias = "tpm-challenge-ttl", default, with = "humantime_serde_opt")]
@@ -305,6 +310,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How far in the past a SAS token may have expired.
     pub sas_clock_skew: Duration,
+    /// How far ahead a SAS token may expire (besides the clock skew).
+    pub sas_max_lifetime: Duration,
     /// How long operations can be polled.
     pub operation_ttl: Duration,
     /// How long a TPM challenge's key is valid.
@@ -339,6 +346,11 @@ pub enum PassphraseSource {
 
 /// The environment variable that may hold the CA key passphrase itself.
 pub const CA_PASSPHRASE_ENV: &str = "ZEROTOUCH_CA_PASSPHRASE";
+
+/// The longest lifetime of a device's SAS token by default: the longest any Azure SDK signs for (the C# SDK, one
+/// day; the others an hour or less, `docs/protocol/device-api.md` §2.1) and an hour of margin for device clocks
+/// running ahead and tokens kept a while before they are sent.
+pub const DEFAULT_SAS_MAX_LIFETIME: Duration = Duration::from_secs(25 * 3600);
 
 /// Default development issuer name, in tokens from `zerotouch admin-token`.
 pub const DEV_ISSUER: &str = "zerotouch-dev";
@@ -486,6 +498,10 @@ impl Config {
             shutdown_timeout: args.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(Duration::from_secs(10)),
             auth,
             sas_clock_skew: args.sas_clock_skew.or(file.sas_clock_skew).unwrap_or(Duration::from_secs(300)),
+            sas_max_lifetime: positive(
+                "--sas-max-lifetime",
+                args.sas_max_lifetime.or(file.sas_max_lifetime).unwrap_or(DEFAULT_SAS_MAX_LIFETIME),
+            )?,
             operation_ttl: args.operation_ttl.or(file.operation_ttl).unwrap_or(Duration::from_secs(24 * 3600)),
             tpm_challenge_ttl: args.tpm_challenge_ttl.or(file.tpm_challenge_ttl).unwrap_or(Duration::from_secs(600)),
             device_rate_limit: match (args.device_rate_limit, &file.device_rate_limit) {
@@ -613,6 +629,21 @@ mod tests {
         std::fs::write(&file, "mqtt-max-connections-per-device = 3\n").unwrap();
         let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
         assert_eq!(config.mqtt_max_connections_per_device, 3);
+    }
+
+    #[test]
+    fn sas_max_lifetime_comes_from_flag_file_or_default_and_must_be_positive() {
+        assert_eq!(Config::resolve(&serve(&[])).unwrap().sas_max_lifetime, Duration::from_secs(25 * 3600));
+        let config = Config::resolve(&serve(&["--sas-max-lifetime", "2h"])).unwrap();
+        assert_eq!(config.sas_max_lifetime, Duration::from_secs(7200));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "sas-max-lifetime = \"90m\"\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.sas_max_lifetime, Duration::from_secs(5400));
+        let err = Config::resolve(&serve(&["--sas-max-lifetime", "0s"])).unwrap_err();
+        assert!(err.to_string().contains("--sas-max-lifetime"), "{err}");
+        assert!(Cli::try_parse_from(["zerotouch", "serve", "--sas-max-lifetime", "forever"]).is_err());
     }
 
     #[test]

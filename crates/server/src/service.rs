@@ -135,6 +135,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
         RegistrationSettings {
             id_scope: data.id_scope.clone(),
             sas_clock_skew: config.sas_clock_skew,
+            sas_max_lifetime: config.sas_max_lifetime,
             operation_ttl: config.operation_ttl,
             tpm_challenge_ttl: config.tpm_challenge_ttl,
         },

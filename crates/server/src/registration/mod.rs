@@ -57,6 +57,8 @@ pub struct RegistrationSettings {
     pub id_scope: String,
     /// How far in the past a SAS token's `se` may be.
     pub sas_clock_skew: Duration,
+    /// How far ahead of now a SAS token's `se` may be (besides the clock skew).
+    pub sas_max_lifetime: Duration,
     /// How long operations can be polled.
     pub operation_ttl: Duration,
     /// How long the key of a TPM activation blob authenticates its device (§3.1).

@@ -1,6 +1,7 @@
 //! SAS attestation (`docs/protocol/device-api.md` §2): the token verifies with the device's individual
 //! enrollment's key, else with the key a symmetric-key group derives for the device, else with the key of the
-//! device's pending TPM challenge. The HMAC is over the raw `sr` as sent, compared in constant time
+//! device's pending TPM challenge. The HMAC is over the raw `sr` as sent, compared in constant time, and `se` may
+//! neither have passed nor lie further ahead than `--sas-max-lifetime`, each beyond the clock skew
 //! (`zerotouch_attest::sas`).
 
 use std::sync::Arc;
@@ -32,8 +33,13 @@ impl RegistrationService {
             Err(e) => return Err(self.refuse(device, action, &format!("sas: {e}")).await),
         };
         let resource = format!("{}/registrations/{}", device.id_scope, device.registration_id.as_str());
-        let expected =
-            sas::Expectation { resource: &resource, now: now_secs(), skew: self.settings.sas_clock_skew.as_secs() };
+        // One expectation for every key tried below, the TPM challenge's included.
+        let expected = sas::Expectation {
+            resource: &resource,
+            now: now_secs(),
+            skew: self.settings.sas_clock_skew.as_secs(),
+            max_lifetime: self.settings.sas_max_lifetime.as_secs(),
+        };
 
         if let Some(enrollment) = self.enrollment(EnrollmentKind::Individual, &device.registration_id.key()).await? {
             let keys = match &enrollment.attestation {
