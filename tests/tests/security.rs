@@ -6,6 +6,7 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
 use zerotouch_tests::device::{API, curl, sas_register, sas_token};
@@ -197,4 +198,64 @@ async fn x509_refusals_do_not_tell_which_ids_are_enrolled() {
     let (status, body) =
         curl(&server, "PUT", &path, &d.join("enrolled.pem"), &d.join("enrolled.key"), "{}", "application/json");
     assert_eq!(status, 202, "{body}");
+}
+
+/// Point 5: refused requests with fresh registration ids (each its own per-id audit budget) write a bounded number
+/// of audit rows, however many a stranger sends; every one is still refused, and a legitimate device registers.
+#[tokio::test]
+async fn refusals_with_fresh_ids_write_a_bounded_number_of_audit_rows() {
+    zerotouch_tests::init();
+    let server = Server::start(Backend::Sqlite).await.unwrap();
+    let api = Api::new(&server, "owner");
+    let hub =
+        json!({"hostName": "hub-a.example", "kind": "none", "allocationWeight": 1, "applyAllocationPolicy": true});
+    assert!(api.put("/hubs/hub-a.example", &hub).await.status().is_success());
+    let group_key = symmetric_group(&api, "line-a").await;
+    let started = std::time::Instant::now();
+    let sent = 1500;
+    let requests = (0..sent).map(|i| {
+        let id = format!("fresh-{i}");
+        let token = sas_token(&server, &id, &[7u8; 32]);
+        let url = server.device(&format!("/{}/registrations/{id}/register?{API}", server.id_scope));
+        let request = server.client.put(url).header("Authorization", token).json(&json!({"registrationId": id}));
+        async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    });
+    let refused: Vec<u16> = futures_util::stream::iter(requests).buffer_unordered(32).collect().await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let answered: std::collections::BTreeSet<u16> = refused.iter().copied().collect();
+    assert!(answered.iter().all(|status| *status == 401 || *status == 429), "every request is refused: {answered:?}");
+    let audited = audit(&api).await.into_iter().filter(|e| e["action"] == "register").count();
+    let bound = (100.0 + 100.0 * elapsed.ceil()) as usize;
+    assert!(audited <= bound, "{audited} refusals audited in {elapsed:.1} s; at most {bound} may be");
+    assert!(audited > 0, "refusals are still audited, up to the bound");
+    let (status, done) =
+        sas_register(&server, "sensor-1", &sas::derive_device_key(&group_key, "sensor-1")[..], json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+}
+
+/// Point 5: audit events older than `--audit-retention` are deleted (at start, then every hour).
+#[tokio::test]
+async fn audit_events_older_than_the_retention_are_deleted() {
+    zerotouch_tests::init();
+    let mut first = Server::start(Backend::Sqlite).await.unwrap();
+    symmetric_group(&Api::new(&first, "owner"), "old-group").await;
+    assert!(audit(&Api::new(&first, "owner")).await.iter().any(|e| e["resourceId"] == "old-group"));
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    first.stop().unwrap();
+    // The same data dir and database, now with a retention the event has outlived.
+    let options = zerotouch_tests::Options {
+        data_dir: Some(first.data_dir.clone()),
+        database_url: Some(first.database_url.clone()),
+        args: vec!["--audit-retention".into(), "2s".into()],
+        ..Default::default()
+    };
+    let server = Server::start_with(Backend::Sqlite, options).await.unwrap();
+    let api = Api::new(&server, "owner");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while audit(&api).await.iter().any(|e| e["resourceId"] == "old-group") {
+        assert!(std::time::Instant::now() < deadline, "the old event outlived --audit-retention");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    symmetric_group(&api, "new-group").await;
+    assert!(audit(&api).await.iter().any(|e| e["resourceId"] == "new-group"), "new events are kept");
 }

@@ -107,6 +107,9 @@ pub struct ServeArgs {
     /// How long a registration operation can be polled before it expires [default: 24h].
     #[arg(long, env = "ZEROTOUCH_OPERATION_TTL", value_parser = humantime::parse_duration)]
     pub operation_ttl: Option<Duration>,
+    /// How long audit events are kept; older ones are deleted at start and every hour [default: 90days].
+    #[arg(long, env = "ZEROTOUCH_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
     /// How long the key of a TPM activation blob authenticates its device's second leg [default: 10m].
     #[arg(long, env = "ZEROTOUCH_TPM_CHALLENGE_TTL", value_parser = humantime::parse_duration)]
     pub tpm_challenge_ttl: Option<Duration>,
@@ -207,6 +210,8 @@ struct FileSettings {
     sas_max_lifetime: Option<Duration>,
     #[serde(alias = "operation-ttl", default, with = "humantime_serde_opt")]
     operation_ttl: Option<Duration>,
+    #[serde(alias = "audit-retention", default, with = "humantime_serde_opt")]
+    audit_retention: Option<Duration>,
     #[serde(alias = "tpm-challenge-ttl", default, with = "humantime_serde_opt")]
     tpm_challenge_ttl: Option<Duration>,
     #[serde(alias = "device-rate-limit")]
@@ -314,6 +319,8 @@ pub struct Config {
     pub sas_max_lifetime: Duration,
     /// How long operations can be polled.
     pub operation_ttl: Duration,
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
     /// How long a TPM challenge's key is valid.
     pub tpm_challenge_ttl: Duration,
     /// Requests per window per device.
@@ -503,6 +510,10 @@ impl Config {
                 args.sas_max_lifetime.or(file.sas_max_lifetime).unwrap_or(DEFAULT_SAS_MAX_LIFETIME),
             )?,
             operation_ttl: args.operation_ttl.or(file.operation_ttl).unwrap_or(Duration::from_secs(24 * 3600)),
+            audit_retention: args
+                .audit_retention
+                .or(file.audit_retention)
+                .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
             tpm_challenge_ttl: args.tpm_challenge_ttl.or(file.tpm_challenge_ttl).unwrap_or(Duration::from_secs(600)),
             device_rate_limit: match (args.device_rate_limit, &file.device_rate_limit) {
                 (Some(rate), _) => rate,

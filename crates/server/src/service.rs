@@ -145,6 +145,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
         tokio::spawn(Arc::clone(&registrations).expire_operations(shutdown.clone())),
         tokio::spawn(Arc::clone(&pki).refresh_crls(shutdown.clone())),
         tokio::spawn(Arc::clone(&hubs).run_worker(shutdown.clone())),
+        tokio::spawn(expire_audit(store.clone(), config.audit_retention, shutdown.clone())),
     ];
     let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs };
     let admin = admin_server(listeners.admin, tls, state, config.shutdown_timeout)?;
@@ -185,6 +186,23 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes audit events older than `retention`, at start and every hour, until `shutdown` is cancelled.
+async fn expire_audit(store: Store, retention: std::time::Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Ok(retention) = chrono::Duration::from_std(retention) else { return };
+        match store.audit().delete_before(chrono::Utc::now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deleted {n} audit events older than --audit-retention"),
+            Err(e) => tracing::warn!("cannot delete old audit events: {e}"),
+        }
+    }
 }
 
 /// Opens the database and migrates it (unless `--no-migrate`).

@@ -88,6 +88,12 @@ repository! {
 }
 
 impl<'a> AuditLog<'a> {
+    /// Deletes the events recorded before `cutoff` (`--audit-retention`); returns how many.
+    pub async fn delete_before(self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let deleted = Entity::delete_many().filter(Column::At.lt(cutoff)).exec(&self.store.db).await?;
+        Ok(deleted.rows_affected)
+    }
+
     /// Lists audit events in the order they happened, `limit` at a time, starting after `after`.
     pub async fn list(
         self,

@@ -22,6 +22,27 @@ pub struct DeviceLimits {
     in_flight: Arc<Semaphore>,
     /// Tokens for TPM first legs, which strangers can send (see [`FIRST_LEGS_PER_SECOND`]), and when counted.
     first_legs: Mutex<(f64, Instant)>,
+    /// Tokens for audit records of refused requests (see [`REFUSAL_AUDITS_PER_SECOND`]), and when counted.
+    refusal_audits: Mutex<(f64, Instant)>,
+}
+
+/// Refused device requests this replica writes to the audit log per second, over all registration ids (as many at
+/// once); beyond, refusals are only logged. Each refused request with a fresh registration id would otherwise write
+/// an audit row, so a stranger could fill the database at the rate it can send requests.
+pub const REFUSAL_AUDITS_PER_SECOND: f64 = 100.0;
+
+/// Takes a token from a bucket refilled at `rate` per second (holding at most `rate`); `false` when it is empty.
+fn take(bucket: &Mutex<(f64, Instant)>, rate: f64) -> bool {
+    let Ok(mut bucket) = bucket.lock() else { return true };
+    let (tokens, at) = &mut *bucket;
+    let now = Instant::now();
+    *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+    *at = now;
+    if *tokens < 1.0 {
+        return false;
+    }
+    *tokens -= 1.0;
+    true
 }
 
 /// TPM first legs this replica answers per second, over all devices (as many at once): each costs an activation
@@ -54,21 +75,18 @@ impl DeviceLimits {
             windows: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             first_legs: Mutex::new((FIRST_LEGS_PER_SECOND, Instant::now())),
+            refusal_audits: Mutex::new((REFUSAL_AUDITS_PER_SECOND, Instant::now())),
         }
+    }
+
+    /// Whether a refused request may be written to the audit log now (see [`REFUSAL_AUDITS_PER_SECOND`]).
+    pub fn audit_refusal(&self) -> bool {
+        take(&self.refusal_audits, REFUSAL_AUDITS_PER_SECOND)
     }
 
     /// Takes a token for one TPM first leg, or says how long to wait (see [`FIRST_LEGS_PER_SECOND`]).
     pub fn first_leg(&self) -> Result<(), RetryAfter> {
-        let Ok(mut bucket) = self.first_legs.lock() else { return Ok(()) };
-        let (tokens, at) = &mut *bucket;
-        let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * FIRST_LEGS_PER_SECOND).min(FIRST_LEGS_PER_SECOND);
-        *at = now;
-        if *tokens < 1.0 {
-            return Err(RetryAfter(Duration::from_secs(1)));
-        }
-        *tokens -= 1.0;
-        Ok(())
+        if take(&self.first_legs, FIRST_LEGS_PER_SECOND) { Ok(()) } else { Err(RetryAfter(Duration::from_secs(1))) }
     }
 
     /// Counts a request of `device` (canonical registration id); refuses it beyond the rate.

@@ -221,6 +221,7 @@ impl RegistrationService {
         operation_id: &str,
     ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let key = device.registration_id.key();
+        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
         let budget = match self.caches.recently_verified(&device) {
             Some(budget) => budget.to_string(),
             None => self.authenticate(&device, Action::Poll).await?.budget(&device),
@@ -255,6 +256,7 @@ impl RegistrationService {
     /// A device registration status lookup: the device's current registration.
     pub async fn status(&self, device: DeviceRequest) -> Result<DeviceRegistrationResult, RegistrationError> {
         let key = device.registration_id.key();
+        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
         let authenticated = self.authenticate(&device, Action::StatusLookup).await?;
         self.limits.admit(&authenticated.budget(&device)).map_err(RetryAfter::refusal)?;
         let Some(record) = self.current_registration(&key).await? else {
@@ -273,6 +275,7 @@ impl RegistrationService {
     /// refusal audited the same way (action `connect`). Writes nothing when the device passes; every later
     /// request on the connection is authenticated again by the call it makes.
     pub async fn authenticate_connection(&self, device: &DeviceRequest) -> Result<(), RegistrationError> {
+        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
         self.authenticate(device, Action::Connect).await.map(|_| ())
     }
 

@@ -101,8 +101,9 @@ impl RegistrationService {
 
     /// Refuses the request (401002 to the device) and audits why.
     ///
-    /// Refusals of one registration id are audited as often as its requests are allowed (`--device-rate-limit`);
-    /// beyond that they are only logged, so that a flood of bad credentials cannot fill the audit log or hold the
+    /// Refusals of one registration id are audited as often as its requests are allowed (`--device-rate-limit`),
+    /// and refusals of all ids at most [`super::limits::REFUSAL_AUDITS_PER_SECOND`]; beyond that they are only
+    /// logged, so that a flood of bad credentials (with fresh ids or not) cannot fill the audit log or hold the
     /// database writer.
     pub(super) async fn refuse(&self, device: &DeviceRequest, action: Action, reason: &str) -> RegistrationError {
         self.refuse_as(device, action, reason, RegistrationError::Unauthorized).await
@@ -119,8 +120,10 @@ impl RegistrationService {
         let action = action.as_str();
         let reason = printable(reason);
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
+        // Audited at most at the device's request rate per id, and at most REFUSAL_AUDITS_PER_SECOND over all ids.
         let bucket = format!("refused\0{}", device.registration_id.key());
         if self.limits.admit(&bucket).is_ok()
+            && self.limits.audit_refusal()
             && let Err(e) =
                 self.store.registrations().audit_refused_device(device.registration_id.as_str(), action, &reason).await
         {
