@@ -128,6 +128,27 @@ impl<'a> RegistrationReader<'a> {
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 
+    /// The registrations that hold any of `device_ids` (compared case-insensitively) on any hub, at most `limit`.
+    pub async fn holding_device_ids(
+        self,
+        device_ids: &[&str],
+        limit: u64,
+    ) -> Result<Vec<RegistrationRecord>, StoreError> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        use sea_orm::sea_query::{Expr, ExprTrait, Func};
+        let lowered: Vec<String> = device_ids.iter().map(|id| id.to_lowercase()).collect();
+        let rows = Entity::find()
+            .filter(Expr::expr(Func::lower(Expr::col(Column::DeviceId))).is_in(lowered))
+            .filter(Column::AssignedHub.is_not_null())
+            .order_by_asc(Column::Key)
+            .limit(limit)
+            .all(&self.store.read)
+            .await?;
+        Ok(rows.into_iter().map(to_record).collect())
+    }
+
     /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
     pub async fn operation(self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
         let select = operation::Entity::find_by_id(id.to_owned())
@@ -445,9 +466,10 @@ async fn write_batch(db: &DatabaseConnection, held: &mut HeldConnection, work: V
             (batch.iter().map(|_| Err(next())).collect(), certificates.iter().map(|_| Err(next())).collect())
         }
     };
-    // The callers may have gone (their clients disconnected); what was written stays written.
+    // The callers may have gone (their clients disconnected); what was written stays written. An attempt written
+    // alone that takes a device id another registration holds on its hub fails on the unique index: it learns so.
     for (pending, result) in batch.into_iter().zip(results) {
-        let _ = pending.reply.send(result);
+        let _ = pending.reply.send(result.map_err(StoreError::device_id_taken));
     }
     for (pending, result) in certificates.into_iter().zip(issued) {
         let _ = pending.reply.send(result);
