@@ -14,6 +14,7 @@ mod m20261130_000001_create_pki_tables;
 mod m20261201_000001_create_hub_jobs;
 mod m20261202_000001_create_tpm_challenges;
 mod m20261205_000001_add_tpm_challenge_blob;
+mod m20261205_011800_add_hub_device_id_index;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_create_hub_jobs::Migration),
             Box::new(m20261202_000001_create_tpm_challenges::Migration),
             Box::new(m20261205_000001_add_tpm_challenge_blob::Migration),
+            Box::new(m20261205_011800_add_hub_device_id_index::Migration),
         ]
     }
 }

@@ -368,3 +368,236 @@ async fn webhook_receiver_sees_every_change() {
     assert!(!server.logs().contains(HOOK_SECRET), "the webhook secret reached a log");
     receiver.stop().await;
 }
+
+/// `individual` naming the device id the hub gets.
+fn individual_as(id: &str, key: &[u8], hub: &str, device_id: &str) -> Value {
+    let mut enrollment = individual(id, key, hub, "enabled");
+    enrollment["deviceId"] = Value::from(device_id);
+    enrollment
+}
+
+/// Registers `id` (with a CSR when `csr` is set) and expects the registration to fail with `code`: no hub, no
+/// device id, no certificate, in the device's answer and in the admin API's registration state.
+async fn refused(server: &Server, api: &Api<'_>, dir: &Path, id: &str, key: &[u8], csr: bool, code: u32) -> String {
+    let body = if csr {
+        let (_, csr) = key_and_csr(dir, id, id, "prime256v1");
+        json!({"registrationId": id, "csr": csr})
+    } else {
+        json!({})
+    };
+    let (status, done) = sas_register(server, id, key, body).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("failed")), "{id}: {done}");
+    let state = &done["registrationState"];
+    assert_eq!(state["errorCode"], code, "{id}: {done}");
+    for absent in ["assignedHub", "deviceId", "issuedCertificateChain"] {
+        assert!(state.get(absent).is_none(), "{id}: {absent} in {done}");
+    }
+    let stored = ok(api.get(&format!("/registrations/{id}")).await).await;
+    assert_eq!((stored["status"].as_str(), &stored["errorCode"]), (Some("failed"), &json!(code)), "{stored}");
+    state["errorMessage"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Issue 16, point 1, against a real Mosquitto broker set up from the guide: a device id can no longer take over
+/// a hub account. Each attack is refused with its own code, and nothing is lost for legitimate devices (the admin
+/// connection keeps working, registered devices keep their identities, new devices still register):
+/// - an enrollment whose deviceId is the broker's admin user (in any case, with a CSR, through a group, or on
+///   another hub whose certificate the broker would still map to the admin) fails with 400213 and gets no
+///   certificate;
+/// - one whose deviceId is an operator's account on the broker fails with 400215, the account untouched; once the
+///   hub lists it in `reservedDeviceIds`, with 400213;
+/// - one whose deviceId another registration holds on the hub fails with 400214;
+/// - hub settings that would reserve a device id a registration holds are refused with 409002;
+/// - deleting or disabling a registration that (from before the fix) holds the admin's or an account's name
+///   leaves the broker's client alone.
+async fn hub_accounts_cannot_be_taken_over(backend: Backend) {
+    let server = start(backend, &[]).await;
+    let api = Api::new(&server, "owner");
+    let a = Broker::start(&server, "mqtt-guard.example.com");
+    link(&api, &a).await;
+    ok(api.put("/hubs/plain.example.com", &json!({"hostName": "plain.example.com", "kind": "none"})).await).await;
+    let admin = a.admin.username.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let key = [21u8; 32];
+    let admin_works = |when: &str| {
+        assert!(a.clients().contains(&admin), "{when}: the admin connection stopped working: {:?}", a.clients());
+    };
+
+    // A legitimate certificate device, before any attack.
+    ok(api.put("/enrollments/meter-1", &individual("meter-1", &key, &a.host_name, "enabled")).await).await;
+    let (cert, cert_key) = register_with_csr(&server, dir.path(), "meter-1", &key, &a.host_name, 1).await;
+    let on_a = a.subscribe("devices/#");
+
+    // The admin user as a device id, with a CSR: refused before any certificate or hub change.
+    let attacks = [
+        ("steal-admin", admin.clone(), a.host_name.clone()),
+        ("steal-admin-caps", admin.to_uppercase(), a.host_name.clone()),
+        ("steal-admin-elsewhere", admin.clone(), "plain.example.com".to_owned()),
+    ];
+    for (id, device_id, hub) in &attacks {
+        ok(api.put(&format!("/enrollments/{id}"), &individual_as(id, &key, hub, device_id)).await).await;
+        let message = refused(&server, &api, dir.path(), id, &key, true, 400213).await;
+        assert!(message.contains("reserved"), "{message}");
+    }
+    // Through a group: the registration id is the device id.
+    let group_key = [22u8; 32];
+    let group = json!({
+        "enrollmentGroupId": "fleet",
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key), "secondaryKey": STANDARD.encode([23u8; 32])}},
+        "iotHubs": [a.host_name],
+        "allocationPolicy": "static",
+    });
+    ok(api.put("/enrollmentGroups/fleet", &group).await).await;
+    let derived = zerotouch_attest::sas::derive_device_key(&group_key, &admin).to_vec();
+    refused(&server, &api, dir.path(), &admin, &derived, true, 400213).await;
+    let store = zerotouch_store::Store::connect(&server.database_url).await.unwrap();
+    for id in ["steal-admin", "steal-admin-caps", "steal-admin-elsewhere", admin.as_str()] {
+        let issued = store.certificates().of_registration(&id.to_lowercase()).await.unwrap();
+        assert!(issued.is_empty(), "a certificate was issued to {id}: {issued:?}");
+    }
+    admin_works("after the admin-name attacks");
+
+    // An operator's own account on the broker: zerotouch did not create it, so it is left alone.
+    a.admin.ctrl(&["createClient", "ops-console", "-p", "ops-password-123"]);
+    ok(api.put("/enrollments/steal-ops", &individual_as("steal-ops", &key, &a.host_name, "ops-console")).await).await;
+    let message = refused(&server, &api, dir.path(), "steal-ops", &key, false, 400215).await;
+    assert!(message.contains(&a.host_name) && message.contains("ops-console"), "{message}");
+    let account = a.publish_with_password("ops-console", "ops-password-123", "ops/x", "m");
+    assert!(account.connected(), "the operator's account lost its password: {account:?}");
+    // Listed as reserved, it is refused before the hub is asked, on any hub.
+    let mut document = a.hub_document();
+    document["settings"]["reservedDeviceIds"] = json!(["ops-console"]);
+    ok(api.put(&format!("/hubs/{}", a.host_name), &document).await).await;
+    let elsewhere = individual_as("steal-ops-2", &key, "plain.example.com", "ops-console");
+    ok(api.put("/enrollments/steal-ops-2", &elsewhere).await).await;
+    refused(&server, &api, dir.path(), "steal-ops-2", &key, true, 400213).await;
+
+    // Another registration's device id on the same hub.
+    ok(api.put("/enrollments/steal-meter", &individual_as("steal-meter", &key, &a.host_name, "METER-1")).await).await;
+    let message = refused(&server, &api, dir.path(), "steal-meter", &key, true, 400214).await;
+    assert!(message.contains(&a.host_name), "{message}");
+    let meter = ok(api.get("/registrations/meter-1").await).await;
+    assert_eq!((meter["status"].as_str(), meter["deviceId"].as_str()), (Some("assigned"), Some("meter-1")));
+    let own = a.publish_with_cert(&cert, &cert_key, "devices/meter-1/telemetry", "meter-still-here");
+    assert!(own.accepted() && heard(&on_a, "meter-still-here"), "{own:?}");
+
+    // Hub settings that would reserve a device id a registration holds.
+    let mut document = a.hub_document();
+    document["settings"]["reservedDeviceIds"] = json!(["ops-console", "Meter-1"]);
+    let response = api.put(&format!("/hubs/{}", a.host_name), &document).await;
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errorCode"], 409002, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("reservedDeviceIds") && message.contains("meter-1"), "{message}");
+    let mut other = a.hub_document();
+    other["hostName"] = Value::from("mqtt-other.example.com");
+    other["settings"]["username"] = Value::from("meter-1");
+    let response = api.put("/hubs/mqtt-other.example.com", &other).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errorCode"], 409002, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("settings.username"), "{body}");
+
+    // A database from before the fix, where registrations hold the admin's and the account's names: disabling
+    // and deleting them leaves the broker's clients alone.
+    let saved = |key: &str, device_id: &str| zerotouch_store::RegistrationRecord {
+        key: key.into(),
+        registration_id: key.into(),
+        enrollment_group_key: None,
+        device_id: Some(device_id.into()),
+        assigned_hub: Some(a.host_name.clone()),
+        status: "assigned".into(),
+        substatus: Some("initialAssignment".into()),
+        error_code: None,
+        error_message: None,
+        payload: None,
+        initial_twin: None,
+        etag: String::new(),
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    };
+    ok(api.put("/enrollments/legacy-ops", &individual("legacy-ops", &key, &a.host_name, "enabled")).await).await;
+    store.registrations().save(saved("legacy-ops", "ops-console")).await.unwrap();
+    store.registrations().save(saved("legacy-admin", &admin)).await.unwrap();
+    ok(api.put("/enrollments/legacy-ops", &individual("legacy-ops", &key, &a.host_name, "disabled")).await).await;
+    drained(&api, &a.host_name).await;
+    let account = a.publish_with_password("ops-console", "ops-password-123", "ops/x", "m");
+    assert!(account.connected(), "disabling the registration disabled the operator's account: {account:?}");
+    for id in ["legacy-ops", "legacy-admin"] {
+        let registration = ok(api.get(&format!("/registrations/{id}")).await).await;
+        let etag = registration["etag"].as_str().unwrap().to_owned();
+        assert_eq!(api.delete(&format!("/registrations/{id}"), Some(&etag)).await.status(), 204);
+    }
+    drained(&api, &a.host_name).await;
+    assert!(a.clients().contains(&"ops-console".to_owned()), "{:?}", a.clients());
+    admin_works("after deleting registrations that held the admin's name");
+    assert!(server.logs().contains("hub identity left alone"), "the refusals are logged");
+
+    // Legitimate devices still register, and the first one is still there.
+    ok(api.put("/enrollments/meter-2", &individual("meter-2", &[24u8; 32], &a.host_name, "enabled")).await).await;
+    let (cert2, key2) = register_with_csr(&server, dir.path(), "meter-2", &[24u8; 32], &a.host_name, 1).await;
+    let own = a.publish_with_cert(&cert2, &key2, "devices/meter-2/telemetry", "meter-2-here");
+    assert!(own.accepted() && heard(&on_a, "meter-2-here"), "{own:?}");
+    let status = ok(api.get(&format!("/hubs/{}/status", a.host_name)).await).await;
+    assert_eq!(status["health"]["status"], "healthy", "{status}");
+    assert!(a.clients().contains(&"meter-1".to_owned()), "{:?}", a.clients());
+    store.close().await.unwrap();
+    server.assert_no_secret_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_accounts_cannot_be_taken_over_sqlite() {
+    hub_accounts_cannot_be_taken_over(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_accounts_cannot_be_taken_over_postgres() {
+    hub_accounts_cannot_be_taken_over(Backend::Postgres).await;
+}
+
+/// Issue 16, point 1, on a webhook hub: two registrations cannot share a device id (the second, in any case,
+/// fails with 400214 and the receiver never hears of it), and once the holder's registration is deleted the id
+/// is free for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_device_ids_belong_to_one_registration() {
+    let server = start(Backend::Sqlite, &[]).await;
+    let api = Api::new(&server, "owner");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_server_certificate(dir.path());
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let receiver = Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), HOOK_SECRET);
+    let hub = json!({
+        "hostName": "hooks.example.com",
+        "kind": "webhook",
+        "settings": {"url": receiver.url, "secret": HOOK_SECRET, "ca": std::fs::read_to_string(&ca).unwrap()},
+    });
+    ok(api.put("/hubs/hooks.example.com", &hub).await).await;
+    let (first, second, third) = ([31u8; 32], [32u8; 32], [33u8; 32]);
+    ok(api.put("/enrollments/pump-7", &individual("pump-7", &first, "hooks.example.com", "enabled")).await).await;
+    ok(api.put("/enrollments/imposter", &individual_as("imposter", &second, "hooks.example.com", "pump-7")).await)
+        .await;
+    ok(api.put("/enrollments/imposter-2", &individual_as("imposter-2", &third, "hooks.example.com", "PUMP-7")).await)
+        .await;
+    let (status, done) = sas_register(&server, "pump-7", &first, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    refused(&server, &api, dir.path(), "imposter", &second, true, 400214).await;
+    refused(&server, &api, dir.path(), "imposter-2", &third, false, 400214).await;
+    drained(&api, "hooks.example.com").await;
+    assert_eq!(receiver.summary(), [("POST".into(), "pump-7".into())], "the receiver heard only the holder");
+    let seen = receiver.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].2["credential"]["key"], STANDARD.encode(first), "the holder's key, not an imposter's");
+
+    // The holder leaves; the id is free.
+    let registration = ok(api.get("/registrations/pump-7").await).await;
+    let etag = registration["etag"].as_str().unwrap().to_owned();
+    assert_eq!(api.delete("/registrations/pump-7", Some(&etag)).await.status(), 204);
+    let (status, done) = sas_register(&server, "imposter", &second, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    drained(&api, "hooks.example.com").await;
+    let mut summary = receiver.summary();
+    summary.sort();
+    assert_eq!(
+        summary,
+        [("DELETE".into(), "pump-7".into()), ("POST".into(), "pump-7".into()), ("POST".into(), "pump-7".into())]
+    );
+    receiver.stop().await;
+}

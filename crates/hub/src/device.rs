@@ -1,4 +1,4 @@
-//! The device identity an adapter creates on a hub: id, credential, enabled flag, initial twin.
+//! The device identity an adapter creates on a hub: id, owner, credential, enabled flag, initial twin.
 
 use zerotouch_wire::SymmetricKey;
 
@@ -51,6 +51,31 @@ impl std::fmt::Display for DeviceId {
     }
 }
 
+/// Whose identity it is: the registration (its canonical id) that put the device on the hub. Adapters that can
+/// label an identity (Mosquitto) write it into the identity's mark and change or remove only identities marked for
+/// the same registration, so that one registration can never take over another's identity, nor an account the
+/// hub's operator made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+impl Owner {
+    /// The owner named by a registration's canonical id.
+    pub fn registration(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+
+    /// The registration's canonical id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How the device authenticates to the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -70,6 +95,8 @@ pub enum Credential {
 pub struct DeviceIdentity {
     /// The device id on the hub.
     pub device_id: DeviceId,
+    /// The registration the identity belongs to.
+    pub owner: Owner,
     /// How the device authenticates.
     pub credential: Credential,
     /// Whether the device may connect (a disabled identity is kept but cut off).
@@ -99,6 +126,7 @@ mod tests {
         let key = SymmetricKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhM=").unwrap();
         let identity = DeviceIdentity {
             device_id: DeviceId::try_from("d").unwrap(),
+            owner: Owner::registration("d"),
             credential: Credential::SymmetricKey(key),
             enabled: true,
             initial_twin: None,

@@ -51,6 +51,18 @@ pub enum HubError {
         /// Why (never a secret).
         reason: String,
     },
+    /// The hub has an identity by that name that is not the owner's: one zerotouch did not create (an account of
+    /// the hub's operator, the hub's own admin user), or one another registration owns. The adapter left it
+    /// untouched; retrying will not help.
+    #[error("hub {hub}: {operation} refused: {reason}")]
+    NotManaged {
+        /// The hub's name.
+        hub: String,
+        /// What was attempted.
+        operation: Operation,
+        /// Whose identity it is, as far as the adapter can tell.
+        reason: String,
+    },
 }
 
 impl HubError {

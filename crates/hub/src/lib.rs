@@ -3,8 +3,8 @@
 //!
 //! Every adapter operation is idempotent: creating an identity that exists updates it, disabling or deleting one
 //! that does not exist succeeds. Failures are [`HubError::Unavailable`] (the hub could not be reached or did not
-//! answer in time: retry later) or [`HubError::Rejected`] (the hub refused the request: retrying the same request
-//! will not help). Secrets (device keys, admin passwords, webhook secrets) are held in types that redact `Debug`
+//! answer in time: retry later), [`HubError::Rejected`] (the hub refused the request: retrying the same request
+//! will not help) or [`HubError::NotManaged`] (the identity by that name is not the registration's to change). Secrets (device keys, admin passwords, webhook secrets) are held in types that redact `Debug`
 //! and zeroize on drop, and no adapter logs them.
 //!
 //! # Mosquitto (kind `mosquitto`)
@@ -26,6 +26,14 @@
 //! - **Symmetric-key devices** log in with username = device id and password = their device key (base64). This is
 //!   the weaker option: the broker holds a (salted, hashed) copy of a long-lived secret, and the key travels to the
 //!   broker on every connection (TLS protects it on the wire only if the listener uses TLS).
+//!
+//! - **Only zerotouch's identities are touched.** Each client zerotouch creates is marked (its `textdescription`
+//!   names the owning registration, [`Owner`]); an existing client is changed, disabled or deleted only when it
+//!   carries the same registration's mark (or looks exactly like a device of zerotouch 0.1.0), and never when it
+//!   is the adapter's own admin user. Anything else answers [`HubError::NotManaged`] and is left as it is.
+//! - **Reserved ids.** [`reserved_device_ids`] names the ids a hub keeps for itself (the admin user and the
+//!   `reservedDeviceIds` setting): the service gives them to no device on any hub, as a certificate named after an
+//!   account is that account on every `use_identity_as_username` listener that trusts the service's CA.
 //!
 //! # Webhook (kind `webhook`)
 //! [`WebhookAdapter`] sends a JSON device document to `{url}/devices/{deviceId}`:
@@ -61,8 +69,8 @@ pub mod secret;
 mod tls;
 pub mod webhook;
 
-pub use adapter::{HubAdapter, SECRET_SETTINGS, adapter_for};
-pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity};
+pub use adapter::{HubAdapter, SECRET_SETTINGS, adapter_for, reserved_device_ids};
+pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner};
 pub use error::{HubError, Operation, SettingsError};
 pub use mosquitto::{MosquittoAdapter, MosquittoSettings};
 pub use secret::Secret;

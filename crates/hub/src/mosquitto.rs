@@ -3,7 +3,19 @@
 //!
 //! Each operation is one message on `$CONTROL/dynamic-security/v1` holding its commands (the plugin runs them in
 //! order, in the broker's main loop, so no client message is handled half-way through); an upsert is two when the
-//! identity exists already (create, then modify to bring it in line). Each command is tagged
+//! identity exists already (read and create, then modify to bring it in line), a disable or delete is two (read,
+//! then change).
+//!
+//! **Only identities zerotouch made are touched.** Every client zerotouch creates carries a mark in its
+//! `textdescription`: [`MARK_PREFIX`] followed by the registration that owns it ([`crate::Owner`]). Before changing
+//! or removing a client that exists, the adapter reads it (`getClient`, in the same message as the creates) and
+//! goes on only when the mark names the same registration; an unmarked client (an account of the operator's, the
+//! admin user), or one marked for another registration, is left as it is and the operation answers
+//! [`HubError::NotManaged`]. Clients that zerotouch 0.1.0 created carry no mark; one is still recognised as ours
+//! when its only role is its `zt-device-{deviceId}` role (which only zerotouch hands out) and it is in no group, and
+//! the next upsert marks it. The adapter also refuses its own admin user as a device id outright, whatever the
+//! broker says. The read and the change are two messages, so an operator who changes the same client in between
+//! wins or loses that race; zerotouch itself never runs two operations on one device at once. Each command is tagged
 //! with `correlationData` = `<request uuid>:<index>`; the plugin answers with one message on
 //! `$CONTROL/dynamic-security/v1/response` whose `responses` carry the same tags. Every response's `error` is
 //! checked; the errors that only say the state is already what the operation wants ("Role already exists",
@@ -28,11 +40,20 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::adapter::HubAdapter;
-use crate::device::{Credential, DeviceId, DeviceIdentity};
+use crate::device::{Credential, DeviceId, DeviceIdentity, Owner};
 use crate::error::{HubError, Operation, SettingsError};
 use crate::secret::Secret;
-use command::{Command, Tolerate};
+use command::{Command, Response, Tolerate};
 use link::Link;
+
+/// The start of the `textdescription` mark of every client (and role) zerotouch creates; the owning registration's
+/// canonical id follows.
+pub const MARK_PREFIX: &str = "zerotouch device of registration ";
+
+/// The mark of an identity owned by `owner`.
+pub fn mark(owner: &Owner) -> String {
+    format!("{MARK_PREFIX}{owner}")
+}
 
 /// Default time to wait for the broker's answer (and for the admin connection to come up).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +76,11 @@ pub struct MosquittoSettings {
     /// How long to wait for an answer, in milliseconds (default 5000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// The broker's other accounts (services, operators): no device may get these ids, on any hub, since a
+    /// certificate named after an account is that account on a `use_identity_as_username` listener. The admin
+    /// user is always reserved.
+    #[serde(default)]
+    pub reserved_device_ids: Vec<String>,
 }
 
 /// TLS settings of the admin connection.
@@ -71,6 +97,8 @@ pub struct MosquittoAdapter {
     hub: String,
     link: Arc<Link>,
     timeout: Duration,
+    /// The admin user: never a device.
+    admin: String,
 }
 
 impl std::fmt::Debug for MosquittoAdapter {
@@ -114,23 +142,111 @@ impl MosquittoAdapter {
             Some(ms) => Duration::from_millis(ms),
             None => DEFAULT_TIMEOUT,
         };
+        if settings.username.trim().is_empty() {
+            return Err(SettingsError::Invalid { setting: "username", reason: "is empty".into() });
+        }
+        if let Some(empty) = settings.reserved_device_ids.iter().position(|id| id.trim().is_empty()) {
+            return Err(SettingsError::Invalid {
+                setting: "reservedDeviceIds",
+                reason: format!("entry {empty} is empty"),
+            });
+        }
         let link = Link::start(hub, &settings, timeout)?;
-        Ok(Self { hub: hub.to_owned(), link: Arc::new(link), timeout })
+        let admin = settings.username.trim().to_owned();
+        Ok(Self { hub: hub.to_owned(), link: Arc::new(link), timeout, admin })
     }
 
-    /// Sends `commands` in one request; returns how many of them met a tolerated error.
-    async fn run(&self, operation: Operation, commands: Vec<Command>) -> Result<usize, HubError> {
-        let responses = self.link.execute(&commands, self.timeout).await.map_err(|reason| HubError::Unavailable {
+    /// Sends `commands` in one request; returns the broker's answers, one per command (only tolerated errors).
+    async fn run(&self, operation: &Operation, commands: &[Command]) -> Result<Vec<Response>, HubError> {
+        let responses = self.link.execute(commands, self.timeout).await.map_err(|reason| HubError::Unavailable {
             hub: self.hub.clone(),
             operation: operation.clone(),
             reason,
         })?;
-        command::check(&commands, &responses).map_err(|reason| HubError::Rejected {
+        command::check(commands, &responses).map_err(|reason| HubError::Rejected {
             hub: self.hub.clone(),
-            operation,
+            operation: operation.clone(),
             reason,
-        })
+        })?;
+        Ok(responses)
     }
+
+    fn not_managed(&self, operation: &Operation, reason: String) -> HubError {
+        HubError::NotManaged { hub: self.hub.clone(), operation: operation.clone(), reason }
+    }
+
+    /// Refuses the admin user as a device id (before anything is sent).
+    fn refuse_admin(&self, device_id: &DeviceId, operation: &Operation) -> Result<(), HubError> {
+        if device_id.as_str().eq_ignore_ascii_case(&self.admin) {
+            return Err(self.not_managed(operation, "the device id is the hub's admin user".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads `device_id`'s client and decides whether `owner` may change it: `Ok(true)` it may, `Ok(false)` there
+    /// is no such client.
+    async fn owned(&self, device_id: &DeviceId, owner: &Owner, operation: &Operation) -> Result<bool, HubError> {
+        let read = [get_client(device_id)];
+        let answer = self.run(operation, &read).await?;
+        match ownership(device_id, owner, answer.first()) {
+            Ownership::Absent => Ok(false),
+            Ownership::Owned => Ok(true),
+            Ownership::Foreign(reason) => Err(self.not_managed(operation, reason)),
+        }
+    }
+}
+
+/// `getClient` for `device_id`, a missing client tolerated.
+fn get_client(device_id: &DeviceId) -> Command {
+    Command::new(json!({"command": "getClient", "username": device_id.as_str()}), Tolerate::NotFound)
+}
+
+/// Whose a client is, by its `getClient` answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Ownership {
+    /// No such client.
+    Absent,
+    /// The owner's: marked for it, or made by zerotouch 0.1.0 (unmarked, holding only its device role).
+    Owned,
+    /// Not the owner's, and why.
+    Foreign(String),
+}
+
+fn ownership(device_id: &DeviceId, owner: &Owner, answer: Option<&Response>) -> Ownership {
+    let Some(answer) = answer else { return Ownership::Foreign("the broker did not answer getClient".into()) };
+    if answer.error.is_some() {
+        return Ownership::Absent;
+    }
+    let client = answer.data.as_ref().and_then(|d| d.get("client"));
+    let Some(client) = client else { return Ownership::Foreign("the broker's getClient answer has no client".into()) };
+    let description = client.get("textdescription").and_then(serde_json::Value::as_str).unwrap_or_default();
+    if let Some(marked_for) = description.strip_prefix(MARK_PREFIX) {
+        return if marked_for == owner.as_str() {
+            Ownership::Owned
+        } else {
+            Ownership::Foreign(format!(
+                "client {device_id} belongs to another registration, which holds this device id on the hub"
+            ))
+        };
+    }
+    let names = |field: &str, key: &str| -> Vec<String> {
+        client
+            .get(field)
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|entry| entry.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned())
+            .collect()
+    };
+    let roles = names("roles", "rolename");
+    let groups = names("groups", "groupname");
+    if roles == [role_name(device_id)] && groups.is_empty() {
+        return Ownership::Owned;
+    }
+    Ownership::Foreign(format!(
+        "client {device_id} exists on the broker and zerotouch did not create it (it has no zerotouch mark): \
+         choose another device id, or delete that client if it is a stale device"
+    ))
 }
 
 #[async_trait]
@@ -142,6 +258,7 @@ impl HubAdapter for MosquittoAdapter {
     async fn upsert_device(&self, identity: &DeviceIdentity) -> Result<(), HubError> {
         let id = &identity.device_id;
         let operation = Operation::Upsert(id.clone());
+        self.refuse_admin(id, &operation)?;
         let password = match &identity.credential {
             Credential::Certificate { subject_cn, .. } => {
                 if subject_cn != id.as_str() {
@@ -161,26 +278,46 @@ impl HubAdapter for MosquittoAdapter {
         };
         let role = role_name(id);
         let acls = role_acls(id);
+        let mark = mark(&identity.owner);
         let roles = if identity.enabled { json!([{"rolename": role}]) } else { json!([]) };
         // The plugin rewrites its whole configuration file after every change, so a new device costs two changes
-        // (role, client) rather than five; only an identity that exists already is brought in line by modify.
-        let create = vec![
-            Command::new(json!({"command": "createRole", "rolename": role, "acls": acls}), Tolerate::AlreadyExists),
+        // (role, client) rather than five; only an identity that exists already is brought in line by modify,
+        // after the read in the same message showed that it is the owner's.
+        let create = [
+            get_client(id),
+            Command::new(
+                json!({"command": "createRole", "rolename": role, "textdescription": mark, "acls": acls}),
+                Tolerate::AlreadyExists,
+            ),
             Command::secret(
                 json!({"command": "createClient", "username": id.as_str(), "password": password.expose(),
-                       "roles": roles}),
+                       "textname": "zerotouch device", "textdescription": mark, "roles": roles}),
                 Tolerate::AlreadyExists,
             ),
         ];
-        let existed = self.run(operation.clone(), create).await?;
-        if existed == 0 && identity.enabled {
-            return Ok(());
+        let answers = self.run(&operation, &create).await?;
+        let created = |index: usize| answers.get(index).is_some_and(|a| a.error.is_none());
+        match ownership(id, &identity.owner, answers.first()) {
+            Ownership::Absent if created(1) && created(2) && identity.enabled => return Ok(()),
+            Ownership::Absent | Ownership::Owned => {}
+            Ownership::Foreign(reason) => {
+                if created(1) {
+                    // The role this request made for nobody; best effort (an unused role grants nothing).
+                    let cleanup =
+                        [Command::new(json!({"command": "deleteRole", "rolename": role}), Tolerate::NotFound)];
+                    let _ = self.run(&operation, &cleanup).await;
+                }
+                return Err(self.not_managed(&operation, reason));
+            }
         }
-        let modify = vec![
-            Command::new(json!({"command": "modifyRole", "rolename": role, "acls": acls}), Tolerate::Nothing),
+        let modify = [
+            Command::new(
+                json!({"command": "modifyRole", "rolename": role, "textdescription": mark, "acls": acls}),
+                Tolerate::Nothing,
+            ),
             Command::secret(
                 json!({"command": "modifyClient", "username": id.as_str(), "password": password.expose(),
-                       "roles": roles}),
+                       "textdescription": mark, "roles": roles}),
                 Tolerate::Nothing,
             ),
             Command::new(
@@ -189,32 +326,75 @@ impl HubAdapter for MosquittoAdapter {
                 Tolerate::Nothing,
             ),
         ];
-        self.run(operation, modify).await.map(drop)
+        self.run(&operation, &modify).await.map(drop)
     }
 
-    async fn disable_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
+    async fn disable_device(&self, device_id: &DeviceId, owner: &Owner) -> Result<(), HubError> {
+        let operation = Operation::Disable(device_id.clone());
+        self.refuse_admin(device_id, &operation)?;
+        if !self.owned(device_id, owner, &operation).await? {
+            return Ok(());
+        }
         // disableClient refuses password logins; taking the role away cuts off certificate clients too, which
         // dynsec does not authenticate (see the crate docs).
-        let commands = vec![
+        let commands = [
             Command::new(json!({"command": "disableClient", "username": device_id.as_str()}), Tolerate::NotFound),
             Command::new(
                 json!({"command": "modifyClient", "username": device_id.as_str(), "roles": []}),
                 Tolerate::NotFound,
             ),
         ];
-        self.run(Operation::Disable(device_id.clone()), commands).await.map(drop)
+        self.run(&operation, &commands).await.map(drop)
     }
 
-    async fn delete_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
-        let commands = vec![
+    async fn delete_device(&self, device_id: &DeviceId, owner: &Owner) -> Result<(), HubError> {
+        let operation = Operation::Delete(device_id.clone());
+        self.refuse_admin(device_id, &operation)?;
+        if !self.owned(device_id, owner, &operation).await? {
+            return Ok(());
+        }
+        let commands = [
             Command::new(json!({"command": "deleteClient", "username": device_id.as_str()}), Tolerate::NotFound),
             Command::new(json!({"command": "deleteRole", "rolename": role_name(device_id)}), Tolerate::NotFound),
         ];
-        self.run(Operation::Delete(device_id.clone()), commands).await.map(drop)
+        self.run(&operation, &commands).await.map(drop)
     }
 
     async fn health(&self) -> Result<(), HubError> {
-        let commands = vec![Command::new(json!({"command": "getDefaultACLAccess"}), Tolerate::Nothing)];
-        self.run(Operation::Health, commands).await.map(drop)
+        let commands = [Command::new(json!({"command": "getDefaultACLAccess"}), Tolerate::Nothing)];
+        self.run(&Operation::Health, &commands).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(data: Option<serde_json::Value>, error: Option<&str>) -> Response {
+        Response { command: "getClient".into(), error: error.map(Into::into), correlation_data: None, data }
+    }
+
+    /// A client is the owner's only when marked for it, or when it looks exactly like a device of 0.1.0; the
+    /// admin user, an operator's account and another registration's device are not.
+    #[test]
+    fn ownership_by_mark() {
+        let id = DeviceId::try_from("dev-1").unwrap();
+        let owner = Owner::registration("dev-1");
+        let client = |fields: serde_json::Value| answer(Some(json!({"client": fields})), None);
+        assert_eq!(ownership(&id, &owner, Some(&answer(None, Some("Client not found")))), Ownership::Absent);
+        let ours = client(json!({"username": "dev-1", "textdescription": mark(&owner), "roles": []}));
+        assert_eq!(ownership(&id, &owner, Some(&ours)), Ownership::Owned);
+        let legacy = client(json!({"username": "dev-1", "roles": [{"rolename": "zt-device-dev-1"}]}));
+        assert_eq!(ownership(&id, &owner, Some(&legacy)), Ownership::Owned);
+        let other = client(json!({"username": "dev-1", "textdescription": mark(&Owner::registration("x"))}));
+        assert!(matches!(ownership(&id, &owner, Some(&other)), Ownership::Foreign(_)));
+        let admin = client(json!({"username": "dev-1", "roles": [{"rolename": "admin"}]}));
+        assert!(matches!(ownership(&id, &owner, Some(&admin)), Ownership::Foreign(_)));
+        let grouped = client(json!({"username": "dev-1", "roles": [{"rolename": "zt-device-dev-1"}],
+                                    "groups": [{"groupname": "ops"}]}));
+        assert!(matches!(ownership(&id, &owner, Some(&grouped)), Ownership::Foreign(_)));
+        let bare = client(json!({"username": "dev-1"}));
+        assert!(matches!(ownership(&id, &owner, Some(&bare)), Ownership::Foreign(_)));
+        assert!(matches!(ownership(&id, &owner, None), Ownership::Foreign(_)));
     }
 }

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::adapter::HubAdapter;
-use crate::device::{Credential, DeviceId, DeviceIdentity};
+use crate::device::{Credential, DeviceId, DeviceIdentity, Owner};
 use crate::error::{HubError, Operation, SettingsError};
 use crate::secret::Secret;
 
@@ -226,12 +226,14 @@ impl HubAdapter for WebhookAdapter {
         self.send(Operation::Upsert(identity.device_id.clone()), Method::POST, &identity.device_id, body).await
     }
 
-    async fn disable_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
+    // A receiver cannot be asked who made an identity: the body is unchanged and the receiver keeps its own
+    // records; zerotouch gives one device id on a hub to one registration (the registrations' unique index).
+    async fn disable_device(&self, device_id: &DeviceId, _owner: &Owner) -> Result<(), HubError> {
         let body = to_body(&json!({"operation": "disable", "deviceId": device_id.as_str(), "enabled": false}));
         self.send(Operation::Disable(device_id.clone()), Method::PUT, device_id, body).await
     }
 
-    async fn delete_device(&self, device_id: &DeviceId) -> Result<(), HubError> {
+    async fn delete_device(&self, device_id: &DeviceId, _owner: &Owner) -> Result<(), HubError> {
         let body = to_body(&json!({"operation": "delete", "deviceId": device_id.as_str()}));
         self.send(Operation::Delete(device_id.clone()), Method::DELETE, device_id, body).await
     }

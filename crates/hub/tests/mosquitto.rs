@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::Broker;
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, adapter_for};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, adapter_for};
 use zerotouch_wire::SymmetricKey;
 
 const DELIVERY: Duration = Duration::from_secs(3);
@@ -21,9 +21,14 @@ fn id(text: &str) -> DeviceId {
     DeviceId::try_from(text).unwrap()
 }
 
+fn owner(registration: &str) -> Owner {
+    Owner::registration(registration)
+}
+
 fn cert_identity(device: &str, thumbprint: &str, enabled: bool) -> DeviceIdentity {
     DeviceIdentity {
         device_id: id(device),
+        owner: owner(device),
         credential: Credential::Certificate { subject_cn: device.into(), thumbprint: thumbprint.into() },
         enabled,
         initial_twin: None,
@@ -33,6 +38,7 @@ fn cert_identity(device: &str, thumbprint: &str, enabled: bool) -> DeviceIdentit
 fn key_identity(device: &str, key: &SymmetricKey, enabled: bool) -> DeviceIdentity {
     DeviceIdentity {
         device_id: id(device),
+        owner: owner(device),
         credential: Credential::SymmetricKey(key.clone()),
         enabled,
         initial_twin: None,
@@ -103,7 +109,7 @@ async fn key_device_disable_enable_delete() {
     let wrong = broker.publish_with_password("meter-7", "d3JvbmcgcGFzc3dvcmQ=", "devices/meter-7/telemetry", "k-wrong");
     assert!(!wrong.success && !wrong.connected(), "wrong key accepted: {wrong:?}");
 
-    hub.disable_device(&id("meter-7")).await.unwrap();
+    hub.disable_device(&id("meter-7"), &owner("meter-7")).await.unwrap();
     let disabled = broker.publish_with_password("meter-7", &password, "devices/meter-7/telemetry", "k2");
     assert!(!disabled.success && !disabled.connected(), "disabled device connected: {disabled:?}");
 
@@ -112,16 +118,16 @@ async fn key_device_disable_enable_delete() {
     assert!(again.success, "{again:?}");
     assert!(subscriber.received("devices/meter-7/telemetry", "k3", DELIVERY));
 
-    hub.delete_device(&id("meter-7")).await.unwrap();
+    hub.delete_device(&id("meter-7"), &owner("meter-7")).await.unwrap();
     let deleted = broker.publish_with_password("meter-7", &password, "devices/meter-7/telemetry", "k4");
     assert!(!deleted.success && !deleted.connected(), "deleted device connected: {deleted:?}");
     assert!(!subscriber.received("devices/meter-7/telemetry", "k2", NO_DELIVERY));
     assert!(!subscriber.output().contains("k4"));
     assert!(broker.ctrl(&["listRoles"]).lines().all(|l| !l.contains("zt-device-meter-7")));
 
-    hub.delete_device(&id("meter-7")).await.unwrap();
-    hub.disable_device(&id("never-existed")).await.unwrap();
-    hub.delete_device(&id("never-existed")).await.unwrap();
+    hub.delete_device(&id("meter-7"), &owner("meter-7")).await.unwrap();
+    hub.disable_device(&id("never-existed"), &owner("never-existed")).await.unwrap();
+    hub.delete_device(&id("never-existed"), &owner("never-existed")).await.unwrap();
 }
 
 /// A certificate device that is disabled or deleted can still open a TLS connection (dynamic security does not
@@ -141,7 +147,7 @@ async fn certificate_device_disabled_or_deleted_publishes_nothing() {
     assert!(ok.success, "{ok:?}");
     assert!(subscriber.received("devices/cam-3/telemetry", "c1", DELIVERY));
 
-    hub.disable_device(&id("cam-3")).await.unwrap();
+    hub.disable_device(&id("cam-3"), &owner("cam-3")).await.unwrap();
     let disabled = broker.publish_with_cert(&cert, &key, "devices/cam-3/telemetry", "c2");
     assert!(disabled.connected() && disabled.output.contains("PUBACK (Mid: 1, RC:135)"), "{disabled:?}");
 
@@ -149,12 +155,12 @@ async fn certificate_device_disabled_or_deleted_publishes_nothing() {
     broker.publish_with_cert(&cert, &key, "devices/cam-3/telemetry", "c3");
     assert!(subscriber.received("devices/cam-3/telemetry", "c3", DELIVERY));
 
-    hub.delete_device(&id("cam-3")).await.unwrap();
+    hub.delete_device(&id("cam-3"), &owner("cam-3")).await.unwrap();
     broker.publish_with_cert(&cert, &key, "devices/cam-3/telemetry", "c4");
     assert!(!subscriber.received("devices/cam-3/telemetry", "c4", NO_DELIVERY));
     let output = subscriber.output();
     assert!(!output.contains(" c0") && !output.contains(" c2"), "{output}");
-    hub.delete_device(&id("cam-3")).await.unwrap();
+    hub.delete_device(&id("cam-3"), &owner("cam-3")).await.unwrap();
 }
 
 /// Upserting twice leaves one client with one role and exactly the device's ACLs; switching a device from a
@@ -181,6 +187,7 @@ async fn upsert_is_idempotent_and_replaces_the_credential() {
 
     let mismatch = DeviceIdentity {
         device_id: id("gw-2"),
+        owner: owner("gw-2"),
         credential: Credential::Certificate { subject_cn: "someone-else".into(), thumbprint },
         enabled: true,
         initial_twin: None,
@@ -189,6 +196,68 @@ async fn upsert_is_idempotent_and_replaces_the_credential() {
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
     assert!(error.to_string().contains("broker-a") && error.to_string().contains("gw-2"), "{error}");
     hub.health().await.unwrap();
+}
+
+/// The adapter changes only identities it made for the same registration: an operator's account, the admin user
+/// and another registration's device are refused (`NotManaged`, naming the hub and the device) on upsert, disable
+/// and delete, and each keeps working afterwards; the admin connection keeps working throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_identities_are_left_alone() {
+    let broker = Broker::start();
+    let hub = adapter(&broker);
+    let created = broker.ctrl(&["createClient", "ops-console", "-p", "ops-password-123"]);
+    assert!(!created.to_lowercase().contains("error"), "{created}");
+    broker.ctrl(&["addClientRole", "ops-console", "admin"]);
+    let key = SymmetricKey::generate();
+    let not_managed = |result: Result<(), HubError>, what: &str| {
+        let error = result.unwrap_err();
+        assert!(matches!(error, HubError::NotManaged { .. }), "{what}: {error:?}");
+        assert!(!error.is_retryable(), "{what}");
+        assert!(error.to_string().contains("broker-a"), "{what}: {error}");
+    };
+    not_managed(hub.upsert_device(&key_identity("ops-console", &key, true)).await, "upsert of an account");
+    not_managed(hub.disable_device(&id("ops-console"), &owner("ops-console")).await, "disable of an account");
+    not_managed(hub.delete_device(&id("ops-console"), &owner("ops-console")).await, "delete of an account");
+    not_managed(hub.upsert_device(&key_identity("admin", &key, true)).await, "upsert of the admin");
+    not_managed(hub.upsert_device(&key_identity("ADMIN", &key, true)).await, "upsert of the admin, in capitals");
+    not_managed(hub.delete_device(&id("admin"), &owner("admin")).await, "delete of the admin");
+    not_managed(hub.disable_device(&id("admin"), &owner("admin")).await, "disable of the admin");
+    let account = broker.publish_with_password("ops-console", "ops-password-123", "ops/x", "still-mine");
+    assert!(account.connected(), "the operator's account must keep its password: {account:?}");
+    assert!(!broker.ctrl(&["listRoles"]).contains("zt-device-ops-console"), "no stray role is left");
+    hub.health().await.unwrap();
+
+    // Registration r-1 owns device dev-1; registration r-2 may not take, disable or delete it.
+    let mine = DeviceIdentity { owner: owner("r-1"), ..key_identity("dev-1", &key, true) };
+    hub.upsert_device(&mine).await.unwrap();
+    assert_eq!(description(&broker, "dev-1"), "zerotouch device of registration r-1");
+    let other_key = SymmetricKey::generate();
+    let theirs = DeviceIdentity { owner: owner("r-2"), ..key_identity("dev-1", &other_key, true) };
+    not_managed(hub.upsert_device(&theirs).await, "upsert of another registration's device");
+    not_managed(hub.disable_device(&id("dev-1"), &owner("r-2")).await, "disable of another registration's device");
+    not_managed(hub.delete_device(&id("dev-1"), &owner("r-2")).await, "delete of another registration's device");
+    let still = broker.publish_with_password("dev-1", &key.to_base64(), "devices/dev-1/x", "m");
+    assert!(still.success, "the owner's device keeps its key: {still:?}");
+    hub.upsert_device(&mine).await.unwrap();
+    hub.delete_device(&id("dev-1"), &owner("r-1")).await.unwrap();
+    assert!(!broker.ctrl(&["listClients"]).lines().any(|l| l.trim() == "dev-1"));
+
+    // A device made by zerotouch 0.1.0 (no mark, only its device role) is still ours, and gets the mark.
+    broker.ctrl(&["createRole", "zt-device-old-1"]);
+    broker.ctrl(&["createClient", "old-1", "-p", "old-password-123"]);
+    broker.ctrl(&["addClientRole", "old-1", "zt-device-old-1"]);
+    hub.upsert_device(&key_identity("old-1", &key, true)).await.unwrap();
+    assert_eq!(description(&broker, "old-1"), "zerotouch device of registration old-1");
+    hub.health().await.unwrap();
+}
+
+/// The `textdescription` of client `username`, from the plugin's file (`mosquitto_ctrl` 2.0 does not print it).
+fn description(broker: &Broker, username: &str) -> String {
+    let file = std::fs::read_to_string(broker.dir().join("dynamic-security.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let clients = config["clients"].as_array().unwrap();
+    let client = clients.iter().find(|c| c["username"] == username).unwrap();
+    client["textdescription"].as_str().unwrap_or_default().to_owned()
 }
 
 /// A broker that is down gives `Unavailable` (fast, naming the hub and operation); when it comes back, the
@@ -215,11 +284,11 @@ async fn broker_down_is_unavailable_and_the_adapter_reconnects() {
     hub.upsert_device(&key_identity("d1", &key, true)).await.unwrap();
 
     broker.stop();
-    let error = hub.delete_device(&id("d1")).await.unwrap_err();
+    let error = hub.delete_device(&id("d1"), &owner("d1")).await.unwrap_err();
     assert!(matches!(error, HubError::Unavailable { .. }), "{error:?}");
     broker.restart();
     eventually(|| hub.health()).await;
-    hub.delete_device(&id("d1")).await.unwrap();
+    hub.delete_device(&id("d1"), &owner("d1")).await.unwrap();
 }
 
 /// Wrong admin credentials give `Unavailable` with a message that points at them and never shows the password.

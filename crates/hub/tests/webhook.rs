@@ -4,7 +4,7 @@
 
 mod support;
 
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, adapter_for};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, adapter_for};
 use zerotouch_tests::webhook::Receiver;
 use zerotouch_wire::SymmetricKey;
 
@@ -27,9 +27,14 @@ fn id(text: &str) -> DeviceId {
     DeviceId::try_from(text).unwrap()
 }
 
+fn owner(registration: &str) -> Owner {
+    Owner::registration(registration)
+}
+
 fn identity(device: &str, credential: Credential) -> DeviceIdentity {
     DeviceIdentity {
         device_id: id(device),
+        owner: owner(device),
         credential,
         enabled: true,
         initial_twin: Some(serde_json::json!({"tags": {"site": "plant-4"}})),
@@ -47,10 +52,10 @@ async fn receiver_sees_signed_create_disable_delete() {
     hub.upsert_device(&identity("dev-1", cert)).await.unwrap();
     let key = SymmetricKey::generate();
     hub.upsert_device(&identity("dev-2", Credential::SymmetricKey(key.clone()))).await.unwrap();
-    hub.disable_device(&id("dev-1")).await.unwrap();
-    hub.delete_device(&id("dev-1")).await.unwrap();
-    hub.delete_device(&id("dev-1")).await.unwrap();
-    hub.delete_device(&id("gone")).await.unwrap();
+    hub.disable_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
+    hub.delete_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
+    hub.delete_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
+    hub.delete_device(&id("gone"), &owner("gone")).await.unwrap();
 
     let seen = server.seen.lock().unwrap().clone();
     let summary: Vec<(&str, &str)> = seen.iter().map(|(m, i, _)| (m.as_str(), i.as_str())).collect();
@@ -88,9 +93,9 @@ async fn failures_are_classified() {
     let error = hub.upsert_device(&identity("bad-400", key())).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
     assert!(error.to_string().contains("no such device model"), "{error}");
-    let error = hub.disable_device(&id("moved")).await.unwrap_err();
+    let error = hub.disable_device(&id("moved"), &owner("moved")).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
-    let error = hub.delete_device(&id("bad-400")).await.unwrap_err();
+    let error = hub.delete_device(&id("bad-400"), &owner("bad-400")).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
 
     let forged = adapter(&url, &ca, "some-other-secret-of-32-bytes-xy");
@@ -101,7 +106,7 @@ async fn failures_are_classified() {
 
     server.stop().await;
     let down = adapter(&format!("https://127.0.0.1:{}/hook", support::free_port()), &ca, SECRET);
-    let error = down.delete_device(&id("dev-9")).await.unwrap_err();
+    let error = down.delete_device(&id("dev-9"), &owner("dev-9")).await.unwrap_err();
     assert!(matches!(error, HubError::Unavailable { .. }), "{error:?}");
     assert!(matches!(down.health().await, Err(HubError::Unavailable { .. })));
 }

@@ -5,7 +5,8 @@
 //! Every replica runs one worker ([`Hubs::run_worker`]). It claims due jobs from the database (other replicas'
 //! claims are skipped), delivers them side by side, and records each outcome; a job whose delivery fails is
 //! retried with exponential backoff and jitter, and an upsert a registration waits for fails that registration
-//! (400209) when the hub refuses it or its deadline passes.
+//! (400209) when the hub refuses it or its deadline passes, or (400215) when the hub has an identity by that name
+//! that is not the registration's. A disable or delete that meets such an identity leaves it alone and is done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner};
 use zerotouch_store::{CredentialRef, HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::{ErrorCode, SymmetricKey};
@@ -78,13 +79,20 @@ enum Undeliverable {
     Retry(String),
     /// Trying again will not help.
     Refused(String),
+    /// The hub has an identity by that name that is not this registration's (an account of the hub's operator, its
+    /// admin user, another registration's device): the adapter left it alone.
+    NotManaged(String),
     /// Nothing to do (the hub is gone, so there is no identity to disable or delete).
     Moot,
 }
 
 impl From<HubError> for Undeliverable {
     fn from(e: HubError) -> Self {
-        if e.is_retryable() { Self::Retry(e.to_string()) } else { Self::Refused(e.to_string()) }
+        match e {
+            HubError::NotManaged { .. } => Self::NotManaged(e.to_string()),
+            HubError::Unavailable { .. } => Self::Retry(e.to_string()),
+            HubError::Rejected { .. } => Self::Refused(e.to_string()),
+        }
     }
 }
 
@@ -180,6 +188,7 @@ impl Hubs {
         };
         let device_id = DeviceId::try_from(job.device_id.as_str())
             .map_err(|e| Undeliverable::Refused(format!("device id {:?}: {e}", job.device_id)))?;
+        let owner = Owner::registration(&job.registration_key);
         match job.action {
             HubAction::Upsert => {
                 let document = job.document.clone().unwrap_or(Value::Null);
@@ -195,11 +204,11 @@ impl Hubs {
                     CredentialRef::HubKey { key } => Credential::SymmetricKey(key),
                 };
                 let initial_twin = document.get("initialTwin").filter(|t| !t.is_null()).cloned();
-                let identity = DeviceIdentity { device_id, credential, enabled: true, initial_twin };
+                let identity = DeviceIdentity { device_id, owner, credential, enabled: true, initial_twin };
                 adapter.upsert_device(&identity).await?;
             }
-            HubAction::Disable => adapter.disable_device(&device_id).await?,
-            HubAction::Delete => adapter.delete_device(&device_id).await?,
+            HubAction::Disable => adapter.disable_device(&device_id, &owner).await?,
+            HubAction::Delete => adapter.delete_device(&device_id, &owner).await?,
         }
         Ok(())
     }
@@ -229,11 +238,22 @@ impl Hubs {
             Ok(()) | Err(Undeliverable::Moot) => HubJobOutcome::Done,
             Err(Undeliverable::Refused(reason)) => {
                 self.metrics.hub_failure(&job.hub, action);
-                self.after_failure(job, reason, false)
+                self.after_failure(job, reason, false, ErrorCode::HubRegistrationFailed)
             }
             Err(Undeliverable::Retry(reason)) => {
                 self.metrics.hub_failure(&job.hub, action);
-                self.after_failure(job, reason, true)
+                self.after_failure(job, reason, true, ErrorCode::HubRegistrationFailed)
+            }
+            Err(Undeliverable::NotManaged(reason)) => {
+                self.metrics.hub_failure(&job.hub, action);
+                match job.action {
+                    HubAction::Upsert => self.after_failure(job, reason, false, ErrorCode::HubIdentityNotManaged),
+                    // Nothing of this registration's is there to retire; what is there is not ours to change.
+                    HubAction::Disable | HubAction::Delete => {
+                        tracing::warn!(hub = %job.hub, device = %job.device_id, "hub identity left alone: {reason}");
+                        HubJobOutcome::Done
+                    }
+                }
             }
         };
         if let HubJobOutcome::Fail { message, .. } = &outcome {
@@ -251,13 +271,13 @@ impl Hubs {
 
     /// What happens after a failed attempt: a retry after a backoff, or for an upsert a registration waits for,
     /// failure once the hub refused it or the deadline passed. Retirements (disable, delete) are retried until
-    /// they succeed: a hub must not keep a retired device.
-    fn after_failure(&self, job: &HubJobRecord, reason: String, retryable: bool) -> HubJobOutcome {
+    /// they succeed: a hub must not keep a retired device. `code` is what a failed registration says.
+    fn after_failure(&self, job: &HubJobRecord, reason: String, retryable: bool, code: ErrorCode) -> HubJobOutcome {
         let now = chrono::Utc::now();
         let waits = job.action == HubAction::Upsert && job.operation_id.is_some();
         let past_deadline = job.deadline_at.is_some_and(|deadline| now >= deadline);
         if waits && (past_deadline || !retryable) {
-            let number = i32::try_from(ErrorCode::HubRegistrationFailed.number()).unwrap_or_default();
+            let number = i32::try_from(code.number()).unwrap_or_default();
             return HubJobOutcome::Fail {
                 error_code: number,
                 message: format!("hub {} did not take the device: {reason}", job.hub),
@@ -344,7 +364,7 @@ impl Hubs {
         let backlog = self.store.hub_jobs().backlogs().await?.remove(hub).unwrap_or_default();
         let health = match self.adapter(hub).await {
             Ok(None) => json!({"status": "notApplicable", "detail": "hubs of kind none are not called"}),
-            Err(Undeliverable::Refused(reason) | Undeliverable::Retry(reason)) => {
+            Err(Undeliverable::Refused(reason) | Undeliverable::Retry(reason) | Undeliverable::NotManaged(reason)) => {
                 json!({"status": "unhealthy", "detail": reason})
             }
             Err(Undeliverable::Moot) => json!({"status": "unknown"}),

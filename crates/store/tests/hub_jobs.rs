@@ -261,3 +261,61 @@ async fn every_waiting_operation_ends() {
     })
     .await;
 }
+
+/// `attempt` of registration `id` taking the device id `device_id` on `hub`, with or without its hub job (without,
+/// a batch of first registrations takes the one-statement path).
+fn taking(id: &str, device_id: &str, hub: &str, with_job: bool) -> RegistrationOutcome {
+    let mut outcome = attempt(id, hub, None, None, Duration::ZERO);
+    outcome.record.device_id = Some(device_id.to_owned());
+    match (&mut outcome.hub_job, with_job) {
+        (Some(job), true) => job.device_id = device_id.to_owned(),
+        _ => outcome.hub_job = None,
+    }
+    outcome
+}
+
+/// One device id per hub (issue 16): a second registration taking a device id another holds on the same hub (in
+/// any case) is refused with `DeviceIdTaken`, on both write paths and when it arrives in one batch with innocent
+/// attempts (which are written); the same id on another hub is fine; the holders are found by their device id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_device_id_per_hub() {
+    both(|store| async move {
+        hub(&store, "a.example.com", "mosquitto").await;
+        hub(&store, "b.example.com", "webhook").await;
+        for with_job in [true, false] {
+            let (first, second, device) = if with_job { ("ra-1", "ra-2", "shared") } else { ("rb-1", "rb-2", "fast") };
+            store.registrations().commit(taking(first, device, "a.example.com", with_job), snapshot()).await.unwrap();
+            let refused = store
+                .registrations()
+                .commit(taking(second, &device.to_uppercase(), "a.example.com", with_job), snapshot())
+                .await;
+            assert!(matches!(refused, Err(zerotouch_store::StoreError::DeviceIdTaken)), "{with_job}: {refused:?}");
+            assert!(matches!(store.registrations().get(second).await, Err(zerotouch_store::StoreError::NotFound)));
+            store.registrations().commit(taking(second, device, "b.example.com", with_job), snapshot()).await.unwrap();
+        }
+        // In one batch with others: only the thief fails.
+        let tasks: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                let outcome = if n == 7 {
+                    taking("thief", "fast", "a.example.com", false)
+                } else {
+                    taking(&format!("rc-{n}"), &format!("own-{n}"), "a.example.com", false)
+                };
+                tokio::spawn(async move { store.registrations().commit(outcome, snapshot()).await })
+            })
+            .collect();
+        for (n, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            if n == 7 {
+                assert!(matches!(result, Err(zerotouch_store::StoreError::DeviceIdTaken)), "{result:?}");
+            } else {
+                assert!(result.is_ok(), "{n}: {result:?}");
+            }
+        }
+        let holders = store.registrations().holding_device_ids(&["SHARED", "nobody"], 10).await.unwrap();
+        let keys: Vec<&str> = holders.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["ra-1", "ra-2"], "ra-1 on hub a, ra-2 on hub b");
+    })
+    .await;
+}

@@ -80,11 +80,22 @@ pub enum ErrorCode {
     TpmKeyRefused,
     /// Device API, TPM groups: the EK certificate is not DER, or its public key is not the endorsement key sent.
     EndorsementKeyCertificateMismatch,
+    /// Registration outcome: the device id is reserved by a hub (a Mosquitto hub's admin user or one of its
+    /// `reservedDeviceIds`), which no device may have on any hub.
+    DeviceIdReserved,
+    /// Registration outcome: another registration holds this device id on the assigned hub.
+    DeviceIdTaken,
+    /// Registration outcome: the assigned hub has an identity by that name that zerotouch did not create, or that
+    /// another registration owns; it was left untouched.
+    HubIdentityNotManaged,
+    /// Admin API: a hub's settings would reserve a device id (its admin user, `reservedDeviceIds`) that a
+    /// registration holds.
+    ReservedDeviceIdInUse,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 38] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -119,6 +130,10 @@ impl ErrorCode {
         Self::TpmNotSupportedOverMqtt,
         Self::TpmKeyRefused,
         Self::EndorsementKeyCertificateMismatch,
+        Self::DeviceIdReserved,
+        Self::DeviceIdTaken,
+        Self::HubIdentityNotManaged,
+        Self::ReservedDeviceIdInUse,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -158,6 +173,10 @@ impl ErrorCode {
             Self::TpmNotSupportedOverMqtt => 400212,
             Self::TpmKeyRefused => 400211,
             Self::EndorsementKeyCertificateMismatch => 401017,
+            Self::DeviceIdReserved => 400213,
+            Self::DeviceIdTaken => 400214,
+            Self::HubIdentityNotManaged => 400215,
+            Self::ReservedDeviceIdInUse => 409002,
         }
     }
 

@@ -68,6 +68,9 @@ pub(crate) struct Response {
     pub(crate) error: Option<String>,
     #[serde(default, rename = "correlationData")]
     pub(crate) correlation_data: Option<String>,
+    /// What a `get...` command answers.
+    #[serde(default)]
+    pub(crate) data: Option<serde_json::Value>,
 }
 
 /// The plugin's answer message.
@@ -141,6 +144,7 @@ mod tests {
             command: command.into(),
             error: error.map(Into::into),
             correlation_data: None,
+            data: None,
         };
         let ok =
             [response("createRole", Some("Role already exists")), response("deleteClient", Some("Client not found"))];

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// A conflicting write.
     #[error("{0}")]
     Conflict(String),
+    /// A hub's settings would reserve a device id a registration holds; what and whose.
+    #[error("{0}")]
+    ReservedDeviceIdInUse(String),
     /// No issuing CA is active.
     #[error("no issuing CA is active")]
     NoIssuingCa,
@@ -100,6 +103,7 @@ impl ApiError {
                 Self::PreconditionFailed(format!("If-Match does not match the current etag of {resource}"))
             }
             StoreError::Conflict(why) => Self::Conflict(format!("{resource}: {why}")),
+            StoreError::DeviceIdTaken => Self::Conflict(format!("{resource}: {err}")),
             StoreError::UnsupportedUrl
             | StoreError::Corrupt(_)
             | StoreError::Unavailable(_)
@@ -129,6 +133,7 @@ impl ApiError {
                 format!("the route does not take this method; it takes {}", allow.join(", ")),
             ),
             Self::Conflict(m) => (ErrorCode::Conflict, m.clone()),
+            Self::ReservedDeviceIdInUse(m) => (ErrorCode::ReservedDeviceIdInUse, m.clone()),
             Self::NoIssuingCa => (
                 ErrorCode::NoIssuingCa,
                 "no issuing CA is active: an administrator must activate one (POST /pki/issuingCAs/{name}/activate)"

@@ -191,6 +191,13 @@ pub fn decide(facts: Facts<'_>) -> Result<Decision, WebhookCall> {
         facts.current.and_then(|c| c.initial_twin.clone())
     };
     let device_id = enrollment.device_id.clone().unwrap_or_else(|| facts.registration_id.as_str().to_owned());
+    if is_reserved(facts.hubs, &device_id) {
+        let message = format!(
+            "the device id {device_id:?} is reserved: it names an account of a linked hub (its admin user or one of \
+             its reservedDeviceIds), which no device may have on any hub"
+        );
+        return Ok(Decision::failed(ErrorCode::DeviceIdReserved, message));
+    }
     Ok(Decision::Assigned(Assignment {
         hub: reassigned.hub,
         device_id,
@@ -198,6 +205,29 @@ pub fn decide(facts: Facts<'_>) -> Result<Decision, WebhookCall> {
         payload,
         initial_twin,
     }))
+}
+
+/// Whether any hub reserves `device_id` (case-insensitively). Every hub's reserved ids count, not only the assigned
+/// hub's: a certificate named after a broker's account is that account on every broker that trusts our CA.
+fn is_reserved(hubs: &[HubRecord], device_id: &str) -> bool {
+    hubs.iter().any(|h| {
+        zerotouch_hub::reserved_device_ids(&h.hub.kind, &h.hub.settings)
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(device_id))
+    })
+}
+
+/// The failed decision of an attempt whose write the store refused because another registration holds the
+/// device id on the hub `assigned` names.
+pub fn device_id_taken(assigned: &Assignment) -> Decision {
+    Decision::failed(
+        ErrorCode::DeviceIdTaken,
+        format!(
+            "the device id {:?} is already held on hub {} by another registration: one device id belongs to one \
+             registration per hub",
+            assigned.device_id, assigned.hub
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -123,13 +123,19 @@ impl RegistrationService {
         // the webhook, whose first answer is kept, so the outcome agrees).
         let mut webhook_answer = None;
         let mut read_state = matches!(enrollment.allocation, Allocation::Custom(_)) || authenticated.operational;
+        // Set when the store refused the assignment because another registration holds the device id on the hub:
+        // the attempts after it write that failure instead (no certificate, no hub job).
+        let mut taken: Option<Decision> = None;
         for _ in 0..MAX_ATTEMPTS {
             let current = if read_state { self.current_registration(&key).await? } else { None };
             read_state = true;
             if let Some(reason) = current.as_ref().and_then(|c| authenticated.refusal_for(c)) {
                 return Err(self.refuse(device, Action::Register, &reason).await);
             }
-            let decision = self.decision(&request, &authenticated, current.as_ref(), &hubs, &mut webhook_answer).await;
+            let decision = match &taken {
+                Some(failed) => failed.clone(),
+                None => self.decision(&request, &authenticated, current.as_ref(), &hubs, &mut webhook_answer).await,
+            };
             let issued = match (&csr, decision.assignment()) {
                 (Some(csr), Some(assigned)) => Some(self.pki.issue(csr, &assigned.device_id, policy).await?),
                 _ => None,
@@ -146,6 +152,12 @@ impl RegistrationService {
             match self.store.registrations().commit(outcome, snapshot).await {
                 Ok((_, operation, hub_job)) => return Ok(self.deliver(operation, hub_job).await),
                 Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::DeviceIdTaken) => {
+                    taken = decision.assignment().map(decide::device_id_taken);
+                    if taken.is_none() {
+                        return Err(internal("writing the registration")(StoreError::DeviceIdTaken));
+                    }
+                }
                 Err(e) => return Err(internal("writing the registration")(e)),
             }
         }

@@ -137,6 +137,27 @@ impl<'a> RegistrationReader<'a> {
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 
+    /// The registrations that hold any of `device_ids` (compared case-insensitively) on any hub, at most `limit`.
+    pub async fn holding_device_ids(
+        self,
+        device_ids: &[&str],
+        limit: u64,
+    ) -> Result<Vec<RegistrationRecord>, StoreError> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        use sea_orm::sea_query::{Expr, ExprTrait, Func};
+        let lowered: Vec<String> = device_ids.iter().map(|id| id.to_lowercase()).collect();
+        let rows = Entity::find()
+            .filter(Expr::expr(Func::lower(Expr::col(Column::DeviceId))).is_in(lowered))
+            .filter(Column::AssignedHub.is_not_null())
+            .order_by_asc(Column::Key)
+            .limit(limit)
+            .all(&self.store.read)
+            .await?;
+        Ok(rows.into_iter().map(to_record).collect())
+    }
+
     /// Reads the operation `id` of the registration `registration_key`; another device's operation is not found.
     pub async fn operation(self, registration_key: &str, id: &str) -> Result<OperationRecord, StoreError> {
         let select = operation::Entity::find_by_id(id.to_owned())

@@ -117,8 +117,10 @@ async fn write_batch(db: &DatabaseConnection, held: &mut HeldConnection, work: V
         }
     };
     // The callers may have gone (their clients disconnected); what was written stays written.
+    // An attempt written alone that takes a device id another registration holds on its hub fails on the unique
+    // index: it learns so.
     for (pending, result) in batch.into_iter().zip(results) {
-        let _ = pending.reply.send(result);
+        let _ = pending.reply.send(result.map_err(StoreError::device_id_taken));
     }
     for (pending, result) in certificates.into_iter().zip(issued) {
         let _ = pending.reply.send(result);

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
-use zerotouch_store::{HubInput, HubReader, HubRecord};
+use zerotouch_store::{HubInput, HubReader, HubRecord, RegistrationReader};
 use zerotouch_wire::HubHostName;
 use zerotouch_wire::enrollment::FieldError;
 use zerotouch_wire::hub::{DEFAULT_WEIGHT, Hub, HubKind, MAX_WEIGHT, MIN_WEIGHT};
@@ -87,6 +87,7 @@ pub(super) async fn put(
         .into());
     }
     let settings = settings_of(caller.hubs(), &host, &hub).await?;
+    refuse_reserving_held_ids(caller.registrations(), hub.kind.as_str(), &settings).await?;
     let input = HubInput {
         host_name: host.as_str().to_owned(),
         kind: hub.kind.as_str().to_owned(),
@@ -129,6 +130,32 @@ async fn settings_of(hubs: HubReader<'_>, host: &HubHostName, hub: &Hub) -> Resu
     zerotouch_hub::adapter_for(hub.kind.as_str(), host.as_str(), &settings)
         .map_err(|e| FieldError::new("settings", e.to_string()))?;
     Ok(settings)
+}
+
+/// Refuses settings that reserve a device id (a Mosquitto hub's admin user, its `reservedDeviceIds`) a registration
+/// holds on any hub: reserved ids are reserved on every hub (see `zerotouch_hub::reserved_device_ids`), and a
+/// device that holds one would be, or could become, that account on the broker.
+async fn refuse_reserving_held_ids(
+    registrations: RegistrationReader<'_>,
+    kind: &str,
+    settings: &Value,
+) -> Result<(), ApiError> {
+    let reserved = zerotouch_hub::reserved_device_ids(kind, settings);
+    let holders = registrations.holding_device_ids(&reserved, 1).await.map_err(ApiError::internal)?;
+    let Some(holder) = holders.first() else { return Ok(()) };
+    let device_id = holder.device_id.as_deref().unwrap_or_default();
+    let setting =
+        if settings.get("username").and_then(Value::as_str).is_some_and(|u| u.trim().eq_ignore_ascii_case(device_id)) {
+            "settings.username"
+        } else {
+            "settings.reservedDeviceIds"
+        };
+    Err(ApiError::ReservedDeviceIdInUse(format!(
+        "{setting} reserves the device id {device_id:?}, which registration {:?} holds on hub {}: a device with \
+         this id would be that account on the broker; delete that registration or choose another account name",
+        holder.registration_id,
+        holder.assigned_hub.as_deref().unwrap_or_default()
+    )))
 }
 
 /// `DELETE /hubs/{hostName}`, under `If-Match` (owners only).

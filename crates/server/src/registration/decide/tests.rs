@@ -342,3 +342,34 @@ mod hashed_allocation {
         }
     }
 }
+
+/// A device id that any hub reserves (a Mosquitto hub's admin user, its reservedDeviceIds), in any case, fails
+/// with 400213 whichever hub the device is assigned to; other ids are assigned as before.
+#[test]
+fn reserved_device_ids_are_refused_on_every_hub() {
+    let mut broker = hub("mqtt.example.com", 100, false);
+    broker.hub.kind = "mosquitto".into();
+    broker.hub.settings = json!({"username": "zt-admin", "reservedDeviceIds": ["ops-console"]});
+    let hubs = [hub("plain.example.com", 100, true), broker];
+    for device_id in ["zt-admin", "ZT-Admin", "ops-console"] {
+        let e = enrollment(EnrollmentKind::Individual, json!({"deviceId": device_id}));
+        match run(&e, None, &hubs).unwrap() {
+            Decision::Failed { code, message } => {
+                assert_eq!(code, ErrorCode::DeviceIdReserved, "{device_id}");
+                assert!(message.contains(device_id) && message.contains("reserved"), "{message}");
+            }
+            other => panic!("{device_id}: {other:?}"),
+        }
+    }
+    let e = enrollment(EnrollmentKind::Individual, json!({"deviceId": "meter-1"}));
+    assert!(matches!(run(&e, None, &hubs).unwrap(), Decision::Assigned(a) if a.device_id == "meter-1"));
+    let taken = device_id_taken(&Assignment {
+        hub: "plain.example.com".into(),
+        device_id: "meter-1".into(),
+        substatus: substatus::INITIAL.into(),
+        payload: None,
+        initial_twin: None,
+    });
+    assert!(matches!(taken, Decision::Failed { code: ErrorCode::DeviceIdTaken, ref message }
+        if message.contains("meter-1") && message.contains("plain.example.com")));
+}
