@@ -12,7 +12,7 @@
 //! - **Finished operations**: operations this replica wrote in a terminal state, so that a device's first poll,
 //!   which normally follows its register within milliseconds, needs no database read. A terminal operation never
 //!   changes, so this cannot disagree with the database, except that a registration deleted in the last
-//!   [`FINISHED_TTL`] still answers its operation. At most [`FINISHED_MAX`] entries.
+//!   [`FINISHED_TTL`] still answers its operation. At most [`FINISHED_MAX`] entries and [`FINISHED_MAX_BYTES`].
 //!
 //! A full table is swept of expired entries, and cleared if that is not enough: the bound holds whatever a
 //! stranger sends, and the worst case is a database read the cache would have saved.
@@ -43,6 +43,9 @@ pub const VERIFIED_MAX: usize = 100_000;
 pub const FINISHED_TTL: Duration = Duration::from_secs(30);
 /// Most finished operations kept.
 pub const FINISHED_MAX: usize = 100_000;
+/// Most bytes of finished answers kept (an answer carries a certificate chain and up to 96 KB of webhook
+/// payload, so a count alone bounds nothing).
+pub const FINISHED_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Hubs and groups, read together.
 #[derive(Debug, Clone)]
@@ -69,6 +72,26 @@ struct Finished {
     registration_key: String,
     written: Instant,
     answer: RegistrationOperationStatus,
+    /// About how much memory the entry holds ([`approximate_size`]).
+    bytes: usize,
+}
+
+/// About how many bytes a JSON value holds: its strings, keys and numbers, plus a word per element.
+fn approximate_size(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    8 + match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(approximate_size).sum(),
+        Value::Object(fields) => fields.iter().map(|(key, field)| key.len() + approximate_size(field)).sum(),
+    }
+}
+
+/// Finished operations by id, and the bytes they hold.
+#[derive(Debug, Default)]
+struct FinishedTable {
+    entries: HashMap<String, Box<Finished>>,
+    bytes: usize,
 }
 
 /// The caches of one registration service.
@@ -81,7 +104,7 @@ pub struct Caches {
     /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under this lock, held
     /// up every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
     /// doublings).
-    finished: Mutex<HashMap<String, Box<Finished>>>,
+    finished: Mutex<FinishedTable>,
 }
 
 /// Parses the groups of one attestation, leaving out (and logging) one that cannot be read, so that one broken
@@ -210,10 +233,24 @@ impl Caches {
         };
         let registration_state = operation.result.clone().and_then(|r| serde_json::from_value(r).ok());
         let answer = RegistrationOperationStatus { operation_id: operation.id.clone(), status, registration_state };
+        let bytes = operation.id.len()
+            + operation.registration_key.len()
+            + operation.result.as_ref().map_or(0, approximate_size);
         let Ok(mut finished) = self.finished.lock() else { return };
-        make_room(&mut finished, FINISHED_MAX, |f| f.written.elapsed() < FINISHED_TTL);
-        let entry = Finished { registration_key: operation.registration_key.clone(), written: Instant::now(), answer };
-        finished.insert(operation.id.clone(), Box::new(entry));
+        let table = &mut *finished;
+        if table.entries.len() >= FINISHED_MAX || table.bytes + bytes > FINISHED_MAX_BYTES {
+            table.entries.retain(|_, f| f.written.elapsed() < FINISHED_TTL);
+            if table.entries.len() >= FINISHED_MAX || table.bytes + bytes > FINISHED_MAX_BYTES {
+                table.entries.clear();
+            }
+            table.bytes = table.entries.values().map(|f| f.bytes).sum();
+        }
+        let entry =
+            Finished { registration_key: operation.registration_key.clone(), written: Instant::now(), answer, bytes };
+        table.bytes += bytes;
+        if let Some(replaced) = table.entries.insert(operation.id.clone(), Box::new(entry)) {
+            table.bytes = table.bytes.saturating_sub(replaced.bytes);
+        }
     }
 
     /// A finished operation of `registration_key` from memory, while it is younger than [`FINISHED_TTL`] and
@@ -225,7 +262,7 @@ impl Caches {
         operation_ttl: Duration,
     ) -> Option<RegistrationOperationStatus> {
         let finished = self.finished.lock().ok()?;
-        let entry = finished.get(operation_id)?;
+        let entry = finished.entries.get(operation_id)?;
         let young = entry.written.elapsed() < FINISHED_TTL.min(operation_ttl);
         (young && entry.registration_key == registration_key).then(|| entry.answer.clone())
     }
@@ -248,6 +285,32 @@ fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn finished_answers_are_bounded_in_bytes_as_well_as_in_count() {
+        let caches = Caches::default();
+        let payload = "x".repeat(96 * 1024);
+        for i in 0..2 * FINISHED_MAX_BYTES / payload.len() {
+            let operation = OperationRecord {
+                id: format!("op-{i}"),
+                registration_key: format!("dev-{i}"),
+                status: "assigned".into(),
+                error_code: None,
+                error_message: None,
+                result: Some(
+                    serde_json::json!({"registrationId": format!("dev-{i}"), "status": "assigned", "payload": payload}),
+                ),
+                created_at: chrono::Utc::now(),
+                updated_at: chrono::Utc::now(),
+            };
+            caches.remember_finished(&operation);
+            let table = caches.finished.lock().unwrap();
+            assert!(table.bytes <= FINISHED_MAX_BYTES, "{} bytes after {i} answers", table.bytes);
+            assert_eq!(table.bytes, table.entries.values().map(|f| f.bytes).sum::<usize>());
+        }
+        let last = 2 * FINISHED_MAX_BYTES / payload.len() - 1;
+        assert!(caches.recently_finished(&format!("dev-{last}"), &format!("op-{last}"), FINISHED_TTL).is_some());
+    }
 
     #[test]
     fn a_full_table_drops_expired_entries_first_and_everything_if_it_must() {

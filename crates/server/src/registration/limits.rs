@@ -18,7 +18,7 @@ use super::error::RegistrationError;
 pub struct DeviceLimits {
     max_requests: u32,
     window: Duration,
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    windows: Mutex<Windows>,
     in_flight: Arc<Semaphore>,
     /// Tokens for TPM first legs, which strangers can send (see [`FIRST_LEGS_PER_SECOND`]), and when counted.
     first_legs: Mutex<(f64, Instant)>,
@@ -64,7 +64,21 @@ impl RetryAfter {
     }
 }
 
-const SWEEP_AT: usize = 100_000;
+/// Devices whose windows one generation of [`Windows`] tracks; a device beyond them is admitted untracked (the
+/// per-device rate protects this replica; it decides nothing else, and refusal audits have their own global bound).
+pub const MAX_TRACKED: usize = 100_000;
+
+/// The request windows of devices, in two generations, each as long as a window: a device asking again carries its
+/// window over from the previous generation; when the generations turn, the previous one is dropped whole, and
+/// every window in it has ended by then. No entry is ever swept one by one under the lock (which held up every
+/// request once a stranger's fresh ids had filled the table), and the memory is bounded by the ids seen within
+/// two windows, at most [`MAX_TRACKED`] per generation.
+#[derive(Debug)]
+struct Windows {
+    turned: Instant,
+    current: HashMap<String, (Instant, u32)>,
+    previous: HashMap<String, (Instant, u32)>,
+}
 
 impl DeviceLimits {
     /// `max_requests` per `window` per device, `max_in_flight` registrations at once.
@@ -72,7 +86,7 @@ impl DeviceLimits {
         Self {
             max_requests,
             window,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows { turned: Instant::now(), current: HashMap::new(), previous: HashMap::new() }),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             first_legs: Mutex::new((FIRST_LEGS_PER_SECOND, Instant::now())),
             refusal_audits: Mutex::new((REFUSAL_AUDITS_PER_SECOND, Instant::now())),
@@ -92,11 +106,20 @@ impl DeviceLimits {
     /// Counts a request of `device` (canonical registration id); refuses it beyond the rate.
     pub fn admit(&self, device: &str) -> Result<(), RetryAfter> {
         let now = Instant::now();
-        let Ok(mut windows) = self.windows.lock() else { return Ok(()) };
-        if windows.len() >= SWEEP_AT {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        let Ok(mut guard) = self.windows.lock() else { return Ok(()) };
+        let windows = &mut *guard;
+        if now.duration_since(windows.turned) >= self.window {
+            windows.previous = std::mem::take(&mut windows.current);
+            windows.turned = now;
         }
-        let (start, count) = windows.entry(device.to_owned()).or_insert((now, 0));
+        if !windows.current.contains_key(device) {
+            let carried = windows.previous.remove(device);
+            if windows.current.len() >= MAX_TRACKED {
+                return Ok(());
+            }
+            windows.current.insert(device.to_owned(), carried.unwrap_or((now, 0)));
+        }
+        let Some((start, count)) = windows.current.get_mut(device) else { return Ok(()) };
         if now.duration_since(*start) >= self.window {
             *start = now;
             *count = 0;
@@ -137,6 +160,24 @@ mod tests {
         assert!(limits.admit("a").is_err());
         std::thread::sleep(Duration::from_millis(25));
         assert!(limits.admit("a").is_ok());
+    }
+
+    #[test]
+    fn windows_outlive_a_turn_of_the_generations_and_old_ones_are_dropped_whole() {
+        let limits = DeviceLimits::new(2, Duration::from_millis(600), 8);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(limits.admit("a").is_ok());
+        assert!(limits.admit("a").is_ok());
+        for i in 0..1000 {
+            assert!(limits.admit(&format!("fresh-{i}")).is_ok());
+        }
+        // The generations turn at 600 ms; "a"'s window (400 to 1,000 ms) is carried over and still counts.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(limits.admit("a").is_err(), "a window begun in the previous generation still counts");
+        std::thread::sleep(Duration::from_millis(1300));
+        assert!(limits.admit("b").is_ok());
+        let windows = limits.windows.lock().unwrap();
+        assert!(windows.current.len() + windows.previous.len() <= 2, "the fresh ids were dropped whole");
     }
 
     #[test]
