@@ -386,48 +386,8 @@ pub(crate) fn check_leaf(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-    fn at(unix: i64) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(unix).unwrap()
-    }
-
-    fn ca_params(cn: &str) -> CertificateParams {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-    }
-
-    /// A root and `depth` intermediates under it; returns the DERs (root first) and the last issuer.
-    fn ladder(
-        depth: usize,
-        edit_last: impl FnOnce(&mut CertificateParams),
-    ) -> (Vec<Vec<u8>>, Issuer<'static, KeyPair>) {
-        let key = KeyPair::generate().unwrap();
-        let params = ca_params("root");
-        let mut ders = vec![params.self_signed(&key).unwrap().der().to_vec()];
-        let mut issuer = Issuer::new(params, key);
-        let mut edit_last = Some(edit_last);
-        for i in 0..depth {
-            let key = KeyPair::generate().unwrap();
-            let mut params = ca_params(&format!("int {i}"));
-            if i + 1 == depth
-                && let Some(edit) = edit_last.take()
-            {
-                edit(&mut params);
-            }
-            ders.push(params.signed_by(&key, &issuer).unwrap().der().to_vec());
-            issuer = Issuer::new(params, key);
-        }
-        (ders, issuer)
-    }
-
-    fn leaf(issuer: &Issuer<'static, KeyPair>) -> Vec<u8> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "device");
-        params.signed_by(&KeyPair::generate().unwrap(), issuer).unwrap().der().to_vec()
-    }
+    use crate::test_certificates::{at, ca_params, ladder, leaf};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
     #[test]
     fn a_certificate_trusted_by_thumbprint_is_checked_for_validity_alone() {

@@ -19,6 +19,8 @@ pub mod path;
 pub mod pem;
 pub mod pop;
 pub mod serial;
+#[cfg(test)]
+mod test_certificates;
 
 pub use ca::{CaError, IssuingCa, RootCa, ca_csr, development_hierarchy, issuing_ca_under};
 pub use certificate::{

@@ -2,24 +2,14 @@
 //! here as the reference model with a signature counter), and the bounds: the signature budget, the key size,
 //! key identifiers.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PublicKeyData, SignatureAlgorithm};
+use rcgen::{CertificateParams, DnType, Issuer, KeyPair, PublicKeyData, SignatureAlgorithm};
 
 use super::*;
 use crate::chain::names_issuer;
-
-fn at(unix: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(unix).unwrap()
-}
+use crate::test_certificates::{at, ca_params, ladder, leaf};
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
-}
-
-fn ca_params(cn: &str) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
 }
 
 /// A CA: its DER and its issuer.
@@ -439,33 +429,6 @@ fn anchors_complete_paths_when_asked() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // verify_chain and verify_endorsement_chain: the search with one anchor
-
-/// A root and `depth` intermediates under it; returns the DERs (root first) and the last issuer.
-fn ladder(depth: usize, edit_last: impl FnOnce(&mut CertificateParams)) -> (Vec<Vec<u8>>, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().unwrap();
-    let params = ca_params("root");
-    let mut ders = vec![params.self_signed(&key).unwrap().der().to_vec()];
-    let mut issuer = Issuer::new(params, key);
-    let mut edit_last = Some(edit_last);
-    for i in 0..depth {
-        let key = KeyPair::generate().unwrap();
-        let mut params = ca_params(&format!("int {i}"));
-        if i + 1 == depth
-            && let Some(edit) = edit_last.take()
-        {
-            edit(&mut params);
-        }
-        ders.push(params.signed_by(&key, &issuer).unwrap().der().to_vec());
-        issuer = Issuer::new(params, key);
-    }
-    (ders, issuer)
-}
-
-fn leaf(issuer: &Issuer<'static, KeyPair>) -> Vec<u8> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "device");
-    params.signed_by(&KeyPair::generate().unwrap(), issuer).unwrap().der().to_vec()
-}
 
 /// EK certificates are judged for endorsement: tcg-kp-EKCertificate (2.23.133.8.1) passes, and such a
 /// certificate cannot pass as a device (client authentication) certificate; a clientAuth certificate cannot
