@@ -1,5 +1,6 @@
 //! Allocation: which linked hub a device goes to, and what a known device's new registration does to its
-//! assignment (reprovisioning, `docs/protocol/device-api.md` §6 and §7). Pure: the caller brings the hubs and the state.
+//! assignment (reprovisioning, `docs/protocol/device-api.md` §6 and §7). Pure: the caller brings the hubs and the
+//! state.
 
 use sha2::{Digest, Sha256};
 use zerotouch_wire::enrollment::ReprovisionPolicy;

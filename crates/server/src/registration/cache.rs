@@ -27,7 +27,7 @@ use zerotouch_wire::device::RegistrationOperationStatus;
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 
-use super::RegistrationService;
+use super::authenticate::tpm;
 use super::authenticate::x509::{self, Anchor, GroupAnchors, X509Group};
 use super::enrollment::{Attestation, Enrollment};
 use super::error::{RegistrationError, internal};
@@ -196,7 +196,7 @@ impl Caches {
             tpm_groups: Arc::new(GroupAnchors::completing_paths(
                 parse_groups(tpm_groups)
                     .into_iter()
-                    .map(|group| X509Group { anchors: RegistrationService::tpm_group_anchors(&group), group })
+                    .map(|group| X509Group { anchors: tpm::group_anchors(&group), group })
                     .collect(),
             )),
         };

@@ -54,7 +54,7 @@ impl RegistrationService {
         renewal: bool,
     ) -> Result<Vec<Vec<u8>>, RegistrationError> {
         let action = if renewal { Action::SimpleReenroll } else { Action::SimpleEnroll };
-        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
+        let _slot = self.limits.slot()?;
         let (device, known) = self.est_device(chain).await?;
         let key = device.registration_id.key();
         let Evidence::Certificates(chain) = &device.evidence else {

@@ -136,6 +136,12 @@ impl DeviceLimits {
     pub fn enter(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.in_flight).try_acquire_owned().ok()
     }
+
+    /// A slot for one device request in flight (register, poll, status lookup, CONNECT, EST), or the refusal that
+    /// tells the device to come back when all are taken.
+    pub fn slot(&self) -> Result<OwnedSemaphorePermit, RegistrationError> {
+        self.enter().ok_or(RetryAfter::BUSY.refusal())
+    }
 }
 
 #[cfg(test)]

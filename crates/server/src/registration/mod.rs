@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use zerotouch_store::{HubJobRecord, OperationRecord, RegistrationRecord, Store, StoreError};
+use zerotouch_store::{HubJobRecord, HubRecord, OperationRecord, RegistrationRecord, Store, StoreError};
 use zerotouch_wire::ErrorCode;
 use zerotouch_wire::device::{DeviceRegistrationResult, RegistrationOperationStatus};
 use zerotouch_wire::field::FieldError;
@@ -48,7 +48,6 @@ pub use error::RegistrationError;
 use error::internal;
 use limits::{DeviceLimits, RetryAfter};
 pub use request::{Action, DeviceRequest, Evidence, RegistrationRequest};
-use zerotouch_store::HubRecord;
 
 /// Settings of the registration service.
 #[derive(Debug, Clone)]
@@ -100,7 +99,7 @@ impl RegistrationService {
     ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let device = &request.device;
         let key = device.registration_id.key();
-        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
+        let _slot = self.limits.slot()?;
         if let Some(body_id) = request.body.registration_id.as_deref().filter(|id| !id.is_empty())
             && !body_id.eq_ignore_ascii_case(device.registration_id.as_str())
         {
@@ -233,7 +232,7 @@ impl RegistrationService {
         operation_id: &str,
     ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let key = device.registration_id.key();
-        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
+        let _slot = self.limits.slot()?;
         let budget = match self.caches.recently_verified(&device) {
             Some(budget) => budget.to_string(),
             None => self.authenticate(&device, Action::Poll).await?.budget(&device),
@@ -268,7 +267,7 @@ impl RegistrationService {
     /// A device registration status lookup: the device's current registration.
     pub async fn status(&self, device: DeviceRequest) -> Result<DeviceRegistrationResult, RegistrationError> {
         let key = device.registration_id.key();
-        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
+        let _slot = self.limits.slot()?;
         let authenticated = self.authenticate(&device, Action::StatusLookup).await?;
         self.limits.admit(&authenticated.budget(&device)).map_err(RetryAfter::refusal)?;
         let Some(record) = self.current_registration(&key).await? else {
@@ -287,7 +286,7 @@ impl RegistrationService {
     /// refusal audited the same way (action `connect`). Writes nothing when the device passes; every later
     /// request on the connection is authenticated again by the call it makes.
     pub async fn authenticate_connection(&self, device: &DeviceRequest) -> Result<(), RegistrationError> {
-        let _slot = self.limits.enter().ok_or(RetryAfter::BUSY.refusal())?;
+        let _slot = self.limits.slot()?;
         self.authenticate(device, Action::Connect).await.map(|_| ())
     }
 

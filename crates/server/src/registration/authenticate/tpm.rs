@@ -97,6 +97,17 @@ fn check_certificate_key(der: &[u8], ek: &Public) -> Result<(), RegistrationErro
     Ok(())
 }
 
+/// The anchors of a TPM group: its manufacturer certificates (the reference cache parses them once).
+pub(in super::super) fn group_anchors(group: &Enrollment) -> Vec<x509::Anchor> {
+    attestation(group)
+        .and_then(|tpm| tpm.manufacturer_certificates.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|text| zerotouch_pki::certificate_from_text(text).ok())
+        .map(|der| x509::Anchor { der, verified: true })
+        .collect()
+}
+
 impl RegistrationService {
     /// The first leg of a TPM registration: a register without credentials whose body carries `tpm`. Does nothing
     /// (`Ok`) for every other request; otherwise always answers an error: the 401 challenge with its blob, a
@@ -239,17 +250,6 @@ impl RegistrationService {
             }
             Err(other) => Err(other),
         }
-    }
-
-    /// The anchors of a TPM group: its manufacturer certificates (the reference cache parses them once).
-    pub(in super::super) fn tpm_group_anchors(group: &Enrollment) -> Vec<x509::Anchor> {
-        attestation(group)
-            .and_then(|tpm| tpm.manufacturer_certificates.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|text| zerotouch_pki::certificate_from_text(text).ok())
-            .map(|der| x509::Anchor { der, verified: true })
-            .collect()
     }
 
     /// The second leg (and the polls after it): a SAS token signed with the key of the device's pending TPM
