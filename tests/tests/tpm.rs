@@ -270,7 +270,7 @@ async fn tpm_second_leg_after_expiry_is_refused() {
 
 /// A TPM enrollment group (our extension) lists the manufacturer's CAs; a device of that manufacturer sends its EK
 /// certificate (here written by `swtpm_setup --create-ek-cert`, signed by a local CA) and registers without an
-/// individual enrollment. An EK certificate from a CA the group does not list is refused (401012; 401014 when that
+/// individual enrollment (here under ids of its choosing: the group opts into `firstToClaim`). An EK certificate from a CA the group does not list is refused (401012; 401014 when that
 /// CA bears a listed CA's name), and one that is not the EK's (another TPM's certificate) answers 401017.
 #[tokio::test]
 async fn tpm_group_admits_devices_by_ek_certificate() {
@@ -289,7 +289,7 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
     let read = |name: &str| std::fs::read_to_string(tpm.file("ca").join(name)).unwrap();
     let group = json!({
         "enrollmentGroupId": "tpm-factory",
-        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [read("issuercert.pem"), read("swtpm-localca-rootca-cert.pem")]}},
+        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [read("issuercert.pem"), read("swtpm-localca-rootca-cert.pem")], "registrationIdPolicy": "firstToClaim"}},
         "iotHubs": [HUB],
     });
     admin(&server, Method::PUT, "/enrollmentGroups/tpm-factory", group).await;
@@ -339,12 +339,122 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
     let other_ca = foreign_root_pem(&stranger);
     let group = json!({
         "enrollmentGroupId": "tpm-factory",
-        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [other_ca]}},
+        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [other_ca], "registrationIdPolicy": "firstToClaim"}},
         "iotHubs": [HUB],
     });
     admin(&server, Method::PUT, "/enrollmentGroups/tpm-factory", group).await;
     let reply = register(&server, "factory-3", &with_cert("factory-3", &ek, &srk, &certificate), None).await;
     assert_refused(&reply, 401, 401012);
+}
+
+/// The SHA-256 (hex) of an EK's `TPM2B_PUBLIC` and the registration id the Azure device SDKs derive from it
+/// (lower-case RFC 4648 base32 of that hash, without `=`), computed apart from our code: `openssl dgst` and
+/// coreutils `base32` over the bytes.
+fn ek_hash_and_derived_id(tpm: &Swtpm, ek_base64: &str) -> (String, String) {
+    let file = tpm.file("ek-for-hash.pub");
+    std::fs::write(&file, STANDARD.decode(ek_base64).unwrap()).unwrap();
+    let sh = |script: &str| {
+        let output = std::process::Command::new("sh").arg("-c").arg(script).arg("sh").arg(&file).output().unwrap();
+        assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let hash = sh(r#"openssl dgst -sha256 -r "$1" | cut -d' ' -f1"#);
+    let derived = sh(r#"openssl dgst -sha256 -binary "$1" | base32 -w0 | tr -d = | tr A-Z a-z"#);
+    (hash, derived)
+}
+
+/// Point 3 of issue #16: a TPM group bounds which registration ids its TPMs may claim. By default a TPM of the
+/// listed manufacturers registers only under the id derived from its own EK, so it can claim neither an id of its
+/// choosing (squatting a device's future id) nor a sibling's; with an allow-list, only listed EKs register, under
+/// ids of their choosing. Every refused first leg is answered like a challenge (its second leg fails with 401002)
+/// and audited with the reason; the devices the policy admits register and stay registered.
+#[tokio::test]
+async fn tpm_group_bounds_the_ids_a_tpm_may_claim() {
+    let tpm = Swtpm::manufactured(None).unwrap();
+    let (ek, srk) = tpm.provision_keys().unwrap();
+    let sibling = Swtpm::manufactured(Some(&tpm.file("ca"))).unwrap();
+    let (sibling_ek, sibling_srk) = sibling.provision_keys().unwrap();
+    let (hash, derived) = ek_hash_and_derived_id(&tpm, &ek);
+    let (_, sibling_derived) = ek_hash_and_derived_id(&sibling, &sibling_ek);
+    let certificate = STANDARD.encode(tpm.ek_certificate().unwrap());
+    let sibling_certificate = STANDARD.encode(sibling.ek_certificate().unwrap());
+    let with_cert = |id: &str, ek: &str, srk: &str, cert: &str| json!({"registrationId": id, "tpm": {"endorsementKey": ek, "storageRootKey": srk, "endorsementKeyCertificate": cert}});
+
+    let server = start(Backend::Postgres, &[]).await;
+    link_hub(&server).await;
+    let issuer = std::fs::read_to_string(tpm.file("ca").join("issuercert.pem")).unwrap();
+    let group = json!({
+        "enrollmentGroupId": "tpm-line",
+        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [issuer]}},
+        "iotHubs": [HUB],
+    });
+    let stored = admin(&server, Method::PUT, "/enrollmentGroups/tpm-line", group).await;
+    assert_eq!(stored["attestation"]["tpm"]["registrationIdPolicy"], "derivedFromEndorsementKey", "{stored}");
+
+    // Each TPM registers under the id derived from its EK.
+    let registered = async |device: &Swtpm, id: &str, body: &Value| {
+        let auth = second_leg_token(&server, device, id, body).await;
+        let reply = register(&server, id, body, Some(&auth)).await;
+        assert_eq!(reply.status, 202, "{id}: {}", reply.body);
+        let done = poll(&server, id, reply.body["operationId"].as_str().unwrap(), &auth).await;
+        assert_eq!(done["status"], "assigned", "{done}");
+    };
+    registered(&tpm, &derived, &with_cert(&derived, &ek, &srk, &certificate)).await;
+    registered(
+        &sibling,
+        &sibling_derived,
+        &with_cert(&sibling_derived, &sibling_ek, &sibling_srk, &sibling_certificate),
+    )
+    .await;
+    let before = admin(&server, Method::GET, &format!("/registrations/{derived}"), Value::Null).await;
+
+    // The attacks: the sibling claims an id of its choosing, and the first TPM's id. Both first legs are answered
+    // with a blob the sibling can activate (nothing tells it the id is out of bounds), and the second legs fail.
+    for id in ["ceo-laptop", derived.as_str()] {
+        let body = with_cert(id, &sibling_ek, &sibling_srk, &sibling_certificate);
+        let auth = second_leg_token(&server, &sibling, id, &body).await;
+        assert_refused(&register(&server, id, &body, Some(&auth)).await, 401, 401002);
+    }
+    let after = admin(&server, Method::GET, &format!("/registrations/{derived}"), Value::Null).await;
+    assert_eq!(after, before, "the first TPM's registration is untouched");
+    let response = server
+        .client
+        .get(server.url("/registrations/ceo-laptop"))
+        .bearer_auth(server.token("owner").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404, "no registration was made for the squatted id");
+    let audit = admin(&server, Method::GET, "/audit", Value::Null).await.to_string();
+    assert!(audit.contains("only under the registration id derived from its endorsement key"), "{audit}");
+
+    // An allow-list of EK hashes (computed with openssl): the listed TPM registers under an id of its choosing, the
+    // sibling (a TPM of the same manufacturer, not listed) under none.
+    let group = json!({
+        "enrollmentGroupId": "tpm-line",
+        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [std::fs::read_to_string(tpm.file("ca").join("issuercert.pem")).unwrap()], "registrationIdPolicy": "endorsementKeyAllowList", "allowedEndorsementKeyHashes": [hash.to_ascii_uppercase()]}},
+        "iotHubs": [HUB],
+    });
+    let stored = admin(&server, Method::PUT, "/enrollmentGroups/tpm-line", group).await;
+    assert_eq!(stored["attestation"]["tpm"]["allowedEndorsementKeyHashes"], json!([hash]), "{stored}");
+    registered(&tpm, "line-7-gateway", &with_cert("line-7-gateway", &ek, &srk, &certificate)).await;
+    let body = with_cert("line-7-sensor", &sibling_ek, &sibling_srk, &sibling_certificate);
+    let auth = second_leg_token(&server, &sibling, "line-7-sensor", &body).await;
+    assert_refused(&register(&server, "line-7-sensor", &body, Some(&auth)).await, 401, 401002);
+    let audit = admin(&server, Method::GET, "/audit", Value::Null).await.to_string();
+    assert!(audit.contains("is not in the group's allow-list"), "{audit}");
+
+    // A policy tightened between the legs holds at the second: a challenge issued under the allow-list is refused
+    // once the group admits derived ids only.
+    let body = with_cert("line-7-camera", &ek, &srk, &certificate);
+    let auth = second_leg_token(&server, &tpm, "line-7-camera", &body).await;
+    let group = json!({
+        "enrollmentGroupId": "tpm-line",
+        "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": [std::fs::read_to_string(tpm.file("ca").join("issuercert.pem")).unwrap()]}},
+        "iotHubs": [HUB],
+    });
+    admin(&server, Method::PUT, "/enrollmentGroups/tpm-line", group).await;
+    assert_refused(&register(&server, "line-7-camera", &body, Some(&auth)).await, 401, 401002);
 }
 
 /// The root CA of another swtpm manufacturer ("swtpm-localca-rootca": not the issuer of any EK certificate).
@@ -367,7 +477,8 @@ fn agent(args: &[&str]) -> (bool, Value, String) {
 }
 
 /// `zerotouch-agent provision` against `server` with the TPM `tpm`, and extra arguments.
-fn agent_provision(server: &Server, tpm: &Swtpm, id: &str, extra: &[&str]) -> (bool, Value, String) {
+/// Without `id`, the agent derives the registration id from the TPM's EK.
+fn agent_provision(server: &Server, tpm: &Swtpm, id: Option<&str>, extra: &[&str]) -> (bool, Value, String) {
     let trust = server.data_dir.join("trust-bundle.pem");
     let tcti = tpm.tcti();
     let mut args = vec![
@@ -378,11 +489,12 @@ fn agent_provision(server: &Server, tpm: &Swtpm, id: &str, extra: &[&str]) -> (b
         &server.device_url,
         "--id-scope",
         &server.id_scope,
-        "--registration-id",
-        id,
         "--trust-bundle",
         trust.to_str().unwrap(),
     ];
+    if let Some(id) = id {
+        args.extend_from_slice(&["--registration-id", id]);
+    }
     args.extend_from_slice(extra);
     agent(&args)
 }
@@ -437,7 +549,7 @@ async fn agent_provisions_a_tpm_device_with_a_certificate() {
     assert!(openssl.status.success(), "{}", String::from_utf8_lossy(&openssl.stderr));
 
     let started = Instant::now();
-    let (ok, done, stderr) = agent_provision(&server, &tpm, "agent-dev-1", &["--csr", csr.to_str().unwrap()]);
+    let (ok, done, stderr) = agent_provision(&server, &tpm, Some("agent-dev-1"), &["--csr", csr.to_str().unwrap()]);
     assert!(ok, "agent provision: {stderr}\n{done}");
     eprintln!("agent provision took {:?}", started.elapsed());
     assert_eq!(done["status"], "assigned", "{done}");
@@ -457,20 +569,23 @@ async fn agent_provisions_a_tpm_device_with_a_certificate() {
     assert_nothing_transient_left(&tpm);
 
     // Provisioning again (a new first leg, a new blob) works on the same TPM, replacing the kept key.
-    let (ok, done, stderr) = agent_provision(&server, &tpm, "agent-dev-1", &[]);
+    let (ok, done, stderr) = agent_provision(&server, &tpm, Some("agent-dev-1"), &[]);
     assert!(ok, "second provision: {stderr}\n{done}");
     assert_nothing_transient_left(&tpm);
 }
 
 /// The agent on a TPM manufactured with an EK certificate registers through a TPM enrollment group, sending the
-/// certificate from NV; without a group that lists its CA it is refused and exits non-zero.
+/// certificate from NV, under the registration id it derives from the EK (computed here apart, with openssl and
+/// coreutils, as the Azure SDKs derive it); without a group that lists its CA it is refused and exits non-zero.
 #[tokio::test]
 async fn agent_provisions_through_a_tpm_group() {
     let tpm = Swtpm::manufactured(None).unwrap();
+    let (ek, _) = tpm.provision_keys().unwrap();
+    let (_, derived) = ek_hash_and_derived_id(&tpm, &ek);
     let server = start(Backend::Postgres, &[]).await;
     link_hub(&server).await;
 
-    let (ok, _, stderr) = agent_provision(&server, &tpm, "agent-group-1", &["--ek-certificate"]);
+    let (ok, _, stderr) = agent_provision(&server, &tpm, None, &["--ek-certificate"]);
     assert!(!ok, "no group lists the CA yet");
     assert!(stderr.contains("401"), "{stderr}");
 
@@ -481,9 +596,10 @@ async fn agent_provisions_through_a_tpm_group() {
         "iotHubs": [HUB],
     });
     admin(&server, Method::PUT, "/enrollmentGroups/agent-factory", group).await;
-    let (ok, done, stderr) = agent_provision(&server, &tpm, "agent-group-1", &["--ek-certificate"]);
+    let (ok, done, stderr) = agent_provision(&server, &tpm, None, &["--ek-certificate"]);
     assert!(ok, "agent provision: {stderr}\n{done}");
     assert_eq!(done["registrationState"]["assignedHub"], HUB, "{done}");
+    assert_eq!(done["registrationState"]["registrationId"], derived.as_str(), "{done}");
     assert_nothing_transient_left(&tpm);
 }
 

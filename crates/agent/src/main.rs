@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! zerotouch-agent provision --tpm swtpm:host=127.0.0.1,port=2321 --url https://dps.example.com:8443 \
-//!     --id-scope 0ne0000AAAA --registration-id my-device --trust-bundle trust-bundle.pem [--csr device.csr]
+//!     --id-scope 0ne0000AAAA [--registration-id my-device] --trust-bundle trust-bundle.pem [--csr device.csr]
 //! ```
 //! prints the final operation (`RegistrationOperationStatus`) as JSON and exits 0 when the device is assigned.
 
@@ -44,9 +44,10 @@ struct ProvisionArgs {
     /// The service's id scope.
     #[arg(long, env = "ZEROTOUCH_AGENT_ID_SCOPE")]
     id_scope: String,
-    /// The registration id.
+    /// The registration id. Without it, the id derived from the TPM's endorsement key, as the Azure device SDKs
+    /// derive it (what a TPM enrollment group admits by default).
     #[arg(long, env = "ZEROTOUCH_AGENT_REGISTRATION_ID")]
-    registration_id: String,
+    registration_id: Option<String>,
     /// PEM bundle of the CAs that may sign the service's certificate.
     #[arg(long, env = "ZEROTOUCH_AGENT_TRUST_BUNDLE")]
     trust_bundle: PathBuf,
@@ -114,10 +115,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = client(&args.trust_bundle)?;
     let mut tpm = open_tpm(&args.tpm)?;
+    let registration_id = match args.registration_id {
+        Some(id) => id,
+        None => {
+            let (ek, _) = tpm.keys()?;
+            zerotouch_tpm::Public::parse(&ek).context("the TPM's endorsement key")?.derived_registration_id()
+        }
+    };
     let target = zerotouch_agent::provision::Target {
         url: args.url,
         id_scope: args.id_scope,
-        registration_id: args.registration_id,
+        registration_id,
         api_version: args.api_version,
         deadline: args.timeout,
     };

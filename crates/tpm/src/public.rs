@@ -270,6 +270,19 @@ impl Public {
         crate::marshal::sized(&self.marshalled).unwrap_or_default()
     }
 
+    /// SHA-256 of the marshalled `TPM2B_PUBLIC`, exactly as the device sent it: what an allow-list of endorsement
+    /// keys names (`sha256sum` of the file `tpm2_readpublic -o` writes).
+    pub fn sha256(&self) -> [u8; 32] {
+        sha2::Sha256::digest(self.tpm2b_bytes()).into()
+    }
+
+    /// The registration id the Azure device SDKs derive from an endorsement key when none is configured: the
+    /// RFC 4648 base32 of [`Public::sha256`], lower case, without `=` padding (52 characters). A TPM group can
+    /// require it (`docs/security.md`), so that a TPM can claim one id only, and no other device's.
+    pub fn derived_registration_id(&self) -> String {
+        base32_lower(&self.sha256())
+    }
+
     /// `TPM_ALG_RSA`, `TPM_ALG_ECC`, ...
     pub fn object_type(&self) -> u16 {
         self.object_type
@@ -363,6 +376,26 @@ fn strip_zeros(bytes: &[u8]) -> &[u8] {
     &bytes[first..]
 }
 
+/// RFC 4648 base32 (alphabet `a-z2-7`, lower case), without padding.
+fn base32_lower(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut text = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let (mut buffer, mut bits) = (0u16, 0u32);
+    for byte in bytes {
+        buffer = (buffer << 8) | u16::from(*byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            text.push(char::from(ALPHABET[usize::from((buffer >> bits) & 31)]));
+        }
+        buffer &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        text.push(char::from(ALPHABET[usize::from((buffer << (5 - bits)) & 31)]));
+    }
+    text
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -413,6 +446,32 @@ pub(crate) mod tests {
         srk().check_activation_key("storage root key").unwrap();
         assert!(ek.same_key(&ek.clone()));
         assert!(!ek.same_key(&srk()));
+    }
+
+    /// RFC 4648 §10's base32 vectors, lower case and without padding.
+    #[test]
+    fn base32_matches_rfc_4648() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "my"),
+            ("fo", "mzxq"),
+            ("foo", "mzxw6"),
+            ("foob", "mzxw6yq"),
+            ("fooba", "mzxw6ytb"),
+            ("foobar", "mzxw6ytboi"),
+        ] {
+            assert_eq!(base32_lower(input.as_bytes()), expected, "{input:?}");
+        }
+    }
+
+    /// The derived id of the vector EK, computed apart from this code (Python's hashlib and base64.b32encode over
+    /// the TPM2B_PUBLIC bytes), as the Azure SDKs derive it.
+    #[test]
+    fn derived_registration_id_matches_the_azure_sdks() {
+        let ek = ek();
+        assert_eq!(hex::encode(ek.sha256()), "cec837b28cf706aff3a29095e9bc1c96a583003283edfa3cc981ee84c6c7db7d");
+        assert_eq!(ek.derived_registration_id(), "z3edpmum64dk745csck6tpa4s2sygabsqpw7upgjqhxijrwh3n6q");
+        assert_ne!(srk().derived_registration_id(), ek.derived_registration_id());
     }
 
     /// An EK is matched by its key, not its text: other attributes or policy around the same modulus still match.

@@ -69,6 +69,67 @@ pub struct TpmAttestation {
     /// intermediates) that a device's EK certificate must chain to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manufacturer_certificates: Option<Vec<String>>,
+    /// Enrollment groups only (our extension): which registration ids a TPM of the group may claim. Filled with
+    /// [`TpmRegistrationIdPolicy::DerivedFromEndorsementKey`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_id_policy: Option<TpmRegistrationIdPolicy>,
+    /// With [`TpmRegistrationIdPolicy::EndorsementKeyAllowList`] only: the SHA-256 (hex) of the `TPM2B_PUBLIC` of
+    /// each endorsement key the group admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_endorsement_key_hashes: Option<Vec<String>>,
+}
+
+/// Which registration ids a TPM of an enrollment group may claim (our extension). Whatever the policy, an id stays
+/// with the first TPM that registered it, and with the enrollment that created its registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TpmRegistrationIdPolicy {
+    /// Only the id derived from the device's endorsement key, as the Azure device SDKs derive it when none is
+    /// configured ([`zerotouch_tpm::Public::derived_registration_id`]): one id per TPM, and never another device's.
+    DerivedFromEndorsementKey,
+    /// Any id, for the TPMs whose endorsement key is listed in `allowedEndorsementKeyHashes`.
+    EndorsementKeyAllowList,
+    /// Any id no other TPM holds yet, for any TPM of the manufacturers: a TPM of the same make can claim an id before
+    /// its device does. Only where the ids are not known in advance and the manufacturers' TPMs are trusted.
+    FirstToClaim,
+}
+
+/// At most this many endorsement key hashes in a group's allow-list (about half the 96 KiB document limit). Larger
+/// fleets of known TPMs are enrolled individually (bulk import) or use derived registration ids.
+pub const MAX_ALLOWED_ENDORSEMENT_KEYS: usize = 1_000;
+
+impl TpmAttestation {
+    /// Whether a TPM group admits the TPM with endorsement key `ek` under `registration_id`; `Err` says why not.
+    /// The policy of a document without one is [`TpmRegistrationIdPolicy::DerivedFromEndorsementKey`].
+    pub fn admits(&self, registration_id: &str, ek: &zerotouch_tpm::Public) -> Result<(), String> {
+        match self.registration_id_policy.unwrap_or(TpmRegistrationIdPolicy::DerivedFromEndorsementKey) {
+            TpmRegistrationIdPolicy::DerivedFromEndorsementKey => {
+                let derived = ek.derived_registration_id();
+                if registration_id.eq_ignore_ascii_case(&derived) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the group admits a TPM only under the registration id derived from its endorsement key \
+                         ({derived})"
+                    ))
+                }
+            }
+            TpmRegistrationIdPolicy::EndorsementKeyAllowList => {
+                let hash = hex_lower(&ek.sha256());
+                let listed = self.allowed_endorsement_key_hashes.as_deref().unwrap_or_default();
+                if listed.iter().any(|allowed| allowed.eq_ignore_ascii_case(&hash)) {
+                    Ok(())
+                } else {
+                    Err(format!("the endorsement key (SHA-256 {hash}) is not in the group's allow-list"))
+                }
+            }
+            TpmRegistrationIdPolicy::FirstToClaim => Ok(()),
+        }
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// X.509 attestation: device certificates (individual) or signing certificates / CA references (groups).
@@ -170,7 +231,7 @@ pub(super) fn check_attestation(
             only(attestation.symmetric_key.is_some(), "symmetricKey")?;
             let tpm = attestation
                 .tpm
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| FieldError::new("attestation.tpm", "required when attestation.type is \"tpm\""))?;
             check_tpm(kind, tpm)?;
             Ok((None, None, (false, false)))
@@ -203,7 +264,7 @@ fn check_base64(value: Option<&str>, field: &str, required: bool) -> Result<(), 
 
 /// An individual TPM enrollment names its EK (and may name its SRK), each a `TPM2B_PUBLIC` the activation can use;
 /// a TPM group names manufacturer CAs instead (its devices present EK certificates).
-fn check_tpm(kind: EnrollmentKind, tpm: &TpmAttestation) -> Result<(), FieldError> {
+fn check_tpm(kind: EnrollmentKind, tpm: &mut TpmAttestation) -> Result<(), FieldError> {
     let key = |text: Option<&str>, field: &str, role: &str, required: bool| -> Result<(), FieldError> {
         check_base64(text, field, required)?;
         let Some(text) = text else { return Ok(()) };
@@ -212,11 +273,17 @@ fn check_tpm(kind: EnrollmentKind, tpm: &TpmAttestation) -> Result<(), FieldErro
     };
     match kind {
         EnrollmentKind::Individual => {
-            if tpm.manufacturer_certificates.is_some() {
-                return Err(FieldError::new(
-                    "attestation.tpm.manufacturerCertificates",
-                    "only enrollment groups take manufacturer CAs; an individual enrollment names its endorsementKey",
-                ));
+            for (field, present) in [
+                ("manufacturerCertificates", tpm.manufacturer_certificates.is_some()),
+                ("registrationIdPolicy", tpm.registration_id_policy.is_some()),
+                ("allowedEndorsementKeyHashes", tpm.allowed_endorsement_key_hashes.is_some()),
+            ] {
+                if present {
+                    return Err(FieldError::new(
+                        format!("attestation.tpm.{field}"),
+                        "only enrollment groups take it; an individual enrollment names its endorsementKey",
+                    ));
+                }
             }
             key(tpm.endorsement_key.as_deref(), "attestation.tpm.endorsementKey", "endorsement key", true)?;
             key(tpm.storage_root_key.as_deref(), "attestation.tpm.storageRootKey", "storage root key", false)
@@ -242,8 +309,43 @@ fn check_tpm(kind: EnrollmentKind, tpm: &TpmAttestation) -> Result<(), FieldErro
                     return Err(FieldError::new(format!("{field}[{i}]"), "is not a PEM or base64 DER certificate"));
                 }
             }
+            check_registration_id_policy(tpm)
+        }
+    }
+}
+
+/// A TPM group's registration id policy (filled in when absent) and its allow-list, which only
+/// `endorsementKeyAllowList` takes and requires: 1 to [`MAX_ALLOWED_ENDORSEMENT_KEYS`] SHA-256 hashes in hex, kept
+/// in lower case.
+fn check_registration_id_policy(tpm: &mut TpmAttestation) -> Result<(), FieldError> {
+    let field = "attestation.tpm.allowedEndorsementKeyHashes";
+    let policy = *tpm.registration_id_policy.get_or_insert(TpmRegistrationIdPolicy::DerivedFromEndorsementKey);
+    match (policy, tpm.allowed_endorsement_key_hashes.as_mut()) {
+        (TpmRegistrationIdPolicy::EndorsementKeyAllowList, None) => {
+            Err(FieldError::new(field, "required when registrationIdPolicy is \"endorsementKeyAllowList\""))
+        }
+        (TpmRegistrationIdPolicy::EndorsementKeyAllowList, Some(hashes)) => {
+            if hashes.is_empty() || hashes.len() > MAX_ALLOWED_ENDORSEMENT_KEYS {
+                return Err(FieldError::new(
+                    field,
+                    format!("must list 1 to {MAX_ALLOWED_ENDORSEMENT_KEYS} hashes; enroll more TPMs individually"),
+                ));
+            }
+            for (i, hash) in hashes.iter_mut().enumerate() {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(FieldError::new(
+                        format!("{field}[{i}]"),
+                        "is not a SHA-256 in hex (64 digits) of an endorsement key's TPM2B_PUBLIC",
+                    ));
+                }
+                hash.make_ascii_lowercase();
+            }
             Ok(())
         }
+        (_, Some(_)) => {
+            Err(FieldError::new(field, "only taken when registrationIdPolicy is \"endorsementKeyAllowList\""))
+        }
+        (_, None) => Ok(()),
     }
 }
 

@@ -17,8 +17,8 @@ mod settings;
 pub use crate::field::FieldError;
 
 pub use attestation::{
-    AttestationMechanism, AttestationType, SymmetricKeyAttestation, TpmAttestation, X509Attestation, X509CaReferences,
-    X509CertificateWithInfo, X509Certificates,
+    AttestationMechanism, AttestationType, MAX_ALLOWED_ENDORSEMENT_KEYS, SymmetricKeyAttestation, TpmAttestation,
+    TpmRegistrationIdPolicy, X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
 };
 pub use document::{EnrollmentGroup, EnrollmentKind, IndividualEnrollment, render};
 pub use normalization::{NormalizedEnrollment, normalize};

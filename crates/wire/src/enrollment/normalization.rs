@@ -332,7 +332,8 @@ mod tests {
         let err = normalize(EnrollmentKind::Group, doc, None).unwrap_err();
         assert_eq!(err.field, "attestation.tpm.manufacturerCertificates");
         let doc = json!({"enrollmentGroupId": "g", "attestation": {"type": "tpm", "tpm": {"manufacturerCertificates": ["MAE="]}}});
-        assert!(normalize(EnrollmentKind::Group, doc, None).is_ok());
+        let n = normalize(EnrollmentKind::Group, doc, None).unwrap();
+        assert_eq!(n.document["attestation"]["tpm"]["registrationIdPolicy"], "derivedFromEndorsementKey");
         let doc = individual(json!({"attestation": {"type": "symmetricKey", "x509": {}}}));
         assert_eq!(normalize(EnrollmentKind::Individual, doc, None).unwrap_err().field, "attestation.x509");
         let doc = individual(json!({"attestation": {"type": "none"}}));
@@ -346,6 +347,76 @@ mod tests {
         );
         let group = json!({"enrollmentGroupId": "g", "attestation": {"type": "x509", "x509": {"caReferences": {"primary": "factory-ca"}}}});
         assert!(normalize(EnrollmentKind::Group, group, None).is_ok());
+    }
+
+    /// A TPM group's registration id policy: filled in, its allow-list required with `endorsementKeyAllowList`
+    /// only, each entry a SHA-256 in hex (kept in lower case), and none of it in an individual enrollment.
+    #[test]
+    fn tpm_group_registration_id_policies_are_checked() {
+        let group = |tpm: Value| {
+            let mut tpm = tpm;
+            tpm["manufacturerCertificates"] = json!(["MAE="]);
+            normalize(
+                EnrollmentKind::Group,
+                json!({"enrollmentGroupId": "g", "attestation": {"type": "tpm", "tpm": tpm}}),
+                None,
+            )
+        };
+        let field = |result: Result<NormalizedEnrollment, FieldError>| result.unwrap_err().field;
+        let hash = "CEC837B28CF706AFF3A29095E9BC1C96A583003283EDFA3CC981EE84C6C7DB7D";
+        let n =
+            group(json!({"registrationIdPolicy": "endorsementKeyAllowList", "allowedEndorsementKeyHashes": [hash]}))
+                .unwrap();
+        assert_eq!(n.document["attestation"]["tpm"]["allowedEndorsementKeyHashes"], json!([hash.to_ascii_lowercase()]));
+        assert!(group(json!({"registrationIdPolicy": "firstToClaim"})).is_ok());
+        let allow_list = "attestation.tpm.allowedEndorsementKeyHashes";
+        assert_eq!(field(group(json!({"registrationIdPolicy": "endorsementKeyAllowList"}))), allow_list);
+        let empty = json!({"registrationIdPolicy": "endorsementKeyAllowList", "allowedEndorsementKeyHashes": []});
+        assert_eq!(field(group(empty)), allow_list);
+        let many = vec![hash; crate::enrollment::MAX_ALLOWED_ENDORSEMENT_KEYS + 1];
+        let many = json!({"registrationIdPolicy": "endorsementKeyAllowList", "allowedEndorsementKeyHashes": many});
+        assert_eq!(field(group(many)), allow_list);
+        for bad in ["", "abc", &hash[1..], &format!("{}g", &hash[1..])] {
+            let doc =
+                json!({"registrationIdPolicy": "endorsementKeyAllowList", "allowedEndorsementKeyHashes": [hash, bad]});
+            assert_eq!(field(group(doc)), format!("{allow_list}[1]"), "{bad:?}");
+        }
+        assert_eq!(field(group(json!({"allowedEndorsementKeyHashes": [hash]}))), allow_list);
+        assert!(group(json!({"registrationIdPolicy": "anyone"})).unwrap_err().problem.contains("anyone"));
+        let doc = individual(
+            json!({"attestation": {"type": "tpm", "tpm": {"endorsementKey": EK, "registrationIdPolicy": "firstToClaim"}}}),
+        );
+        assert_eq!(field(normalize(EnrollmentKind::Individual, doc, None)), "attestation.tpm.registrationIdPolicy");
+    }
+
+    /// What each policy admits, for the EK of `docs/protocol/tpm-activation.md`, whose derived id and hash were
+    /// computed apart from this code (Python's hashlib and base64).
+    #[test]
+    fn tpm_group_policies_admit_what_they_say() {
+        use crate::enrollment::{TpmAttestation, TpmRegistrationIdPolicy as Policy};
+        let ek = zerotouch_tpm::Public::from_base64(EK).unwrap();
+        let derived = "z3edpmum64dk745csck6tpa4s2sygabsqpw7upgjqhxijrwh3n6q";
+        let hash = "cec837b28cf706aff3a29095e9bc1c96a583003283edfa3cc981ee84c6c7db7d";
+        let with = |policy: Option<Policy>, hashes: Option<Vec<&str>>| TpmAttestation {
+            endorsement_key: None,
+            storage_root_key: None,
+            manufacturer_certificates: Some(vec!["MAE=".into()]),
+            registration_id_policy: policy,
+            allowed_endorsement_key_hashes: hashes.map(|h| h.into_iter().map(String::from).collect()),
+        };
+        for policy in [None, Some(Policy::DerivedFromEndorsementKey)] {
+            let tpm = with(policy, None);
+            assert!(tpm.admits(derived, &ek).is_ok());
+            assert!(tpm.admits(&derived.to_ascii_uppercase(), &ek).is_ok(), "ids compare without case");
+            let refused = tpm.admits("some-other-device", &ek).unwrap_err();
+            assert!(refused.contains(derived), "{refused}");
+        }
+        let listed = with(Some(Policy::EndorsementKeyAllowList), Some(vec!["00".repeat(32).as_str(), hash]));
+        assert!(listed.admits("any-id", &ek).is_ok());
+        let unlisted = with(Some(Policy::EndorsementKeyAllowList), Some(vec!["00".repeat(32).as_str()]));
+        assert!(unlisted.admits("any-id", &ek).unwrap_err().contains(hash));
+        assert!(with(Some(Policy::EndorsementKeyAllowList), None).admits(derived, &ek).is_err());
+        assert!(with(Some(Policy::FirstToClaim), None).admits("any-id", &ek).is_ok());
     }
 
     #[test]

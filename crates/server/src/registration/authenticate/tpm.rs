@@ -10,9 +10,10 @@
 //!    register (then the polls that follow, until it expires); the `assigned` answer carries
 //!    `registrationState.tpm.authenticationKey`, a second blob with the device's hub key (§3.1 step 4).
 //!
-//! A TPM group admits any TPM whose EK certificate chains to its manufacturer CAs, under the registration id the
-//! device chooses; the first TPM to register an id keeps it (`tpm_bindings`), so that another TPM of the same
-//! manufacturer cannot take over a device's registration.
+//! A TPM group admits a TPM whose EK certificate chains to its manufacturer CAs, under the registration ids its
+//! policy allows: by default only the id derived from the EK (as the Azure SDKs derive it), or any id for an
+//! allow-listed EK, or (opted into) any id. The first TPM to register an id keeps it (`tpm_bindings`), so that
+//! another TPM of the same manufacturer cannot take over a device's registration.
 //!
 //! The blob itself is built by the pure `zerotouch-tpm` crate; here are only the lookups and the bookkeeping.
 
@@ -97,6 +98,15 @@ fn check_certificate_key(der: &[u8], ek: &Public) -> Result<(), RegistrationErro
     Ok(())
 }
 
+/// Whether the TPM group admits the TPM with endorsement key `ek` under `registration_id` (its registration id
+/// policy, `docs/security.md`); `Err` says why not.
+fn group_admits(group: &Enrollment, registration_id: &str, ek: &Public) -> Result<(), String> {
+    match attestation(group) {
+        Some(tpm) => tpm.admits(registration_id, ek),
+        None => Err(format!("the group attests by {}", group.attestation.name())),
+    }
+}
+
 /// The anchors of a TPM group: its manufacturer certificates (the reference cache parses them once).
 pub(in super::super) fn group_anchors(group: &Enrollment) -> Vec<x509::Anchor> {
     attestation(group)
@@ -146,6 +156,9 @@ impl RegistrationService {
             }
             None => {
                 let group = self.tpm_group(device, &ek, &srk, tpm.endorsement_key_certificate.as_deref()).await?;
+                if let Err(why) = group_admits(&group, device.registration_id.as_str(), &ek) {
+                    return Err(self.decoy(device, &format!("tpm: {why}"), &ek, &srk).await);
+                }
                 if let Some(bound) = self.store.tpm().binding(&key).await.map_err(internal("reading a TPM binding"))?
                     && !Public::from_base64(&bound).is_ok_and(|bound| bound.same_key(&ek))
                 {
@@ -283,12 +296,21 @@ impl RegistrationService {
                 return Err(self.refuse(device, action, reason).await);
             }
         };
-        // An individual enrollment may have been given another EK since the first leg.
-        if challenge.enrollment_kind == EnrollmentKind::Individual {
-            let challenged = Public::from_base64(&challenge.endorsement_key).ok();
-            if !enrolled_key(&enrollment, false).is_some_and(|ek| challenged.is_some_and(|c| ek.same_key(&c))) {
-                let reason = "tpm: the enrollment names another endorsement key since the first leg";
-                return Err(self.refuse(device, action, reason).await);
+        // The enrollment may have changed since the first leg: an individual one may name another EK, a group
+        // another registration id policy.
+        let challenged =
+            Public::from_base64(&challenge.endorsement_key).map_err(internal("reading a stored TPM key"))?;
+        match challenge.enrollment_kind {
+            EnrollmentKind::Individual => {
+                if !enrolled_key(&enrollment, false).is_some_and(|ek| ek.same_key(&challenged)) {
+                    let reason = "tpm: the enrollment names another endorsement key since the first leg";
+                    return Err(self.refuse(device, action, reason).await);
+                }
+            }
+            EnrollmentKind::Group => {
+                if let Err(why) = group_admits(&enrollment, device.registration_id.as_str(), &challenged) {
+                    return Err(self.refuse(device, action, &format!("tpm: {why}")).await);
+                }
             }
         }
         let tpm = if action == Action::Register {
@@ -302,8 +324,7 @@ impl RegistrationService {
             if challenge.enrollment_kind == EnrollmentKind::Group {
                 let bound = self.store.tpm().bind(&key, &challenge.endorsement_key).await;
                 let bound = bound.map_err(internal("binding a TPM to its registration id"))?;
-                let challenged = Public::from_base64(&challenge.endorsement_key).ok();
-                if !Public::from_base64(&bound).is_ok_and(|bound| challenged.is_some_and(|ek| bound.same_key(&ek))) {
+                if !Public::from_base64(&bound).is_ok_and(|bound| bound.same_key(&challenged)) {
                     let reason = "tpm: the registration id belongs to another TPM of the group";
                     return Err(self.refuse(device, action, reason).await);
                 }
