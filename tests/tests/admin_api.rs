@@ -861,12 +861,24 @@ async fn every_route_round_trips(backend: Backend) {
     }
     let store = Store::connect(&server.database_url).await.unwrap();
     let saved = store.registrations().save(registration("tour-device", Some("tour-2"))).await.unwrap();
+    store.tpm().bind("tour-tpm", "AToAAQ==").await.unwrap();
     store.close().await.unwrap();
+    let bindings = api.all("/tpmBindings", None, "tpmBinding").await;
+    assert_eq!(
+        bindings,
+        [
+            json!({"registrationId": "tour-tpm", "endorsementKey": "AToAAQ==", "createdDateTimeUtc": bindings[0]["createdDateTimeUtc"]})
+        ]
+    );
+    assert_eq!(api.delete("/tpmBindings/tour-tpm", None).await.status(), 204);
     expect_resource(api.get("/registrations/tour-device").await).await;
     assert_eq!(api.all("/registrations/tour-2/query", None, "deviceRegistration").await.len(), 1);
     let (_, revoked) = expect_json(api.post("/registrations/tour-device/revoke", Some(&json!({}))).await, 200).await;
-    assert_eq!(revoked, json!({"revoked": []}), "it was never issued a certificate");
-    assert_eq!(api.delete("/registrations/tour-device", Some(&saved.etag)).await.status(), 204);
+    assert_eq!(revoked["revoked"], json!([]), "it was never issued a certificate: {revoked}");
+    let etag = revoked["etag"].as_str().expect("the registration's new etag");
+    assert_ne!(etag, saved.etag);
+    assert_eq!(api.delete("/registrations/tour-device", Some(&saved.etag)).await.status(), 412, "revoked since");
+    assert_eq!(api.delete("/registrations/tour-device", Some(etag)).await.status(), 204);
     pki_tour(&server, &api).await;
     assert!(!api.all("/audit", None, "auditEvent").await.is_empty());
     assert_eq!(api.delete("/hubs/tour.example.com", Some(&hub_etag)).await.status(), 204);

@@ -220,24 +220,41 @@ async fn issuance_renewal_and_revocation(backend: Backend) {
     openssl(d, &["base64", "-d", "-in", "ca.p7.b64", "-out", "ca.p7"]);
     assert_eq!(openssl(d, &["pkcs7", "-inform", "DER", "-in", "ca.p7", "-print_certs"]).matches("subject=").count(), 2);
 
-    // The first certificate was superseded by the second: it still works while valid (not revoked).
-    // Revocation: every active certificate of the device, then neither renewal path works.
+    // Issue #17: only the newest certificate authenticates. The first (superseded by the second) can no longer
+    // register, and the second (superseded by the third) can no longer renew over EST: a copy left behind or
+    // stolen mints nothing.
+    std::fs::write(d.join("third-chain.pem"), printed.as_bytes()).unwrap();
+    let (status, op) = curl_register(&server, "Sensor-1", &d.join("first-chain.pem"), &device_key, json!({}));
+    assert_eq!((status, &op["errorCode"]), (401, &json!(401016)), "{op}");
+    let (_, csr4) = key_and_csr(d, "fourth", "Sensor-1", "prime256v1");
+    let est_with = |chain: &str, key: &str| {
+        let (status, body) = curl(
+            &server,
+            "POST",
+            "/.well-known/est/simplereenroll",
+            &d.join(chain),
+            &d.join(key),
+            &csr4,
+            "application/pkcs10",
+        );
+        (status, serde_json::from_str::<Value>(&body).map(|b| b["errorCode"].clone()).unwrap_or(Value::Null))
+    };
+    assert_eq!(est_with("second-chain.pem", "second.key"), (401, json!(401016)));
+
+    // Revocation: every certificate of the device not revoked yet, under a new etag of the registration; then
+    // neither renewal path works, with any of them.
+    let before = admin.ok(reqwest::Method::GET, "/registrations/Sensor-1", None).await["etag"].clone();
     let revoked = admin
         .ok(reqwest::Method::POST, "/registrations/Sensor-1/revoke", Some(json!({"reason": "keyCompromise"})))
         .await;
-    assert!(!revoked["revoked"].as_array().unwrap().is_empty(), "{revoked}");
-    let (_, csr4) = key_and_csr(d, "fourth", "Sensor-1", "prime256v1");
-    let (status, body) = curl(
-        &server,
-        "POST",
-        "/.well-known/est/simplereenroll",
-        &d.join("second-chain.pem"),
-        &d.join("second.key"),
-        &csr4,
-        "application/pkcs10",
-    );
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["errorCode"], 401015, "{body}");
+    assert_eq!(revoked["revoked"].as_array().unwrap().len(), 3, "the superseded ones too: {revoked}");
+    let after = admin.ok(reqwest::Method::GET, "/registrations/Sensor-1", None).await["etag"].clone();
+    assert_ne!(after, before, "revoking gives the registration a new etag");
+    assert_eq!(revoked["etag"], after, "{revoked}");
+    assert_eq!(est_with("third-chain.pem", "third.key"), (401, json!(401015)));
+    assert_eq!(est_with("second-chain.pem", "second.key"), (401, json!(401015)));
+    let (status, op) = curl_register(&server, "Sensor-1", &d.join("third-chain.pem"), &d.join("third.key"), json!({}));
+    assert_eq!((status, &op["errorCode"]), (401, &json!(401015)), "{op}");
 
     // The CRL (DER, as relying parties fetch it) lists the revoked serial, verified by the issuing CA.
     let crl = server.client.get(server.device("/pki/crl/development")).send().await.unwrap().bytes().await.unwrap();
@@ -355,17 +372,21 @@ async fn x509_devices_register_with_curl() {
     );
     let subject = openssl(d, &["x509", "-in", "solo-op-chain.pem", "-noout", "-subject"]);
     assert!(subject.contains("CN = solo-device"), "{subject}");
-    let (_, csr) = key_and_csr(d, "solo-op2", "solo-1", "prime256v1");
+    let (solo_op2_key, csr) = key_and_csr(d, "solo-op2", "solo-1", "prime256v1");
     let (status, op) =
         curl_register(&server, "solo-1", &d.join("solo-op-chain.pem"), &solo_op_key, json!({"csr": csr}));
     assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+    write_pem_chain(
+        &d.join("solo-op2-chain.pem"),
+        op["registrationState"]["issuedCertificateChain"].as_array().unwrap(),
+    );
     let (_, csr) = key_and_csr(d, "solo-op3", "solo-1", "prime256v1");
     let (status, body) = curl(
         &server,
         "POST",
         "/.well-known/est/simplereenroll",
-        &d.join("solo-op-chain.pem"),
-        &solo_op_key,
+        &d.join("solo-op2-chain.pem"),
+        &solo_op2_key,
         &csr,
         "application/pkcs10",
     );

@@ -596,9 +596,10 @@ async fn revocation_and_fleet_view(backend: Backend) {
     let (_, revoked) =
         expect_json(api.post("/registrations/Meter-1/revoke", Some(&json!({"reason": "keyCompromise"}))).await, 200)
             .await;
-    assert_eq!(revoked, json!({"revoked": [serial1]}));
+    assert_eq!(revoked["revoked"], json!([serial1]), "{revoked}");
     let (_, again) = expect_json(api.post("/registrations/meter-1/revoke", Some(&json!({}))).await, 200).await;
-    assert_eq!(again, json!({"revoked": []}), "nothing left to revoke");
+    assert_eq!(again["revoked"], json!([]), "nothing left to revoke: {again}");
+    assert_ne!(again["etag"], revoked["etag"], "each revocation gives the registration a new etag");
     let (_, listed) = expect_json(api.get("/pki/certificates?status=revoked").await, 200).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["serialNumber"], serial1.as_str());

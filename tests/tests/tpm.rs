@@ -320,6 +320,26 @@ async fn tpm_group_admits_devices_by_ek_certificate() {
             .await;
     challenge_blob(&reply);
 
+    // Issue #17: the bindings are listed; deleting a registration releases its id (the sibling then registers it),
+    // and an admin releases a binding without touching the registration.
+    let bindings = admin(&server, Method::GET, "/tpmBindings", Value::Null).await;
+    let ids: Vec<&str> = bindings.as_array().unwrap().iter().map(|b| b["registrationId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["factory-1", "factory-2"], "{bindings}");
+    assert_eq!(bindings[0]["endorsementKey"], ek.as_str(), "{bindings}");
+    let token = server.token("owner").unwrap();
+    let delete = |path: &str| server.client.delete(server.url(path)).bearer_auth(&token).send();
+    assert_eq!(delete("/registrations/factory-1").await.unwrap().status().as_u16(), 204);
+    let body = with_cert("factory-1", &sibling_ek, &sibling_srk, &sibling_certificate);
+    let auth = second_leg_token(&server, &sibling, "factory-1", &body).await;
+    let reply = register(&server, "factory-1", &body, Some(&auth)).await;
+    assert_eq!(reply.status, 202, "the released id is the sibling's now: {}", reply.body);
+    assert_eq!(delete("/tpmBindings/factory-2").await.unwrap().status().as_u16(), 204);
+    assert_eq!(delete("/tpmBindings/factory-2").await.unwrap().status().as_u16(), 404);
+    admin(&server, Method::GET, "/registrations/factory-2", Value::Null).await;
+    let bindings = admin(&server, Method::GET, "/tpmBindings", Value::Null).await;
+    assert_eq!(bindings.as_array().map(Vec::len), Some(1), "{bindings}");
+    assert_eq!(bindings[0]["endorsementKey"], sibling_ek.as_str(), "{bindings}");
+
     // A TPM from a CA the group does not list. Every swtpm local CA is named "swtpm-localca", so the path finds the
     // listed CA by name and its key refuses the signature (401014); a CA of another name answers 401012 (below).
     let reply =

@@ -62,6 +62,7 @@ impl PkiError {
             StoreError::Conflict(why) => Self::Conflict(format!("{resource}: {why}")),
             e @ (StoreError::UnsupportedUrl
             | StoreError::DeviceIdTaken
+            | StoreError::NoLongerAuthorized(_)
             | StoreError::Corrupt(_)
             | StoreError::Unavailable(_)
             | StoreError::Database(_)) => Self::internal(format!("reading or writing {resource}"), e),

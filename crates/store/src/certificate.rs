@@ -176,9 +176,9 @@ pub(crate) enum Revoking<'a> {
     /// One certificate, whatever its expiry.
     #[cfg(feature = "test-support")]
     Serial(&'a str),
-    /// The unexpired certificates of these registrations (canonical ids).
+    /// The certificates of these registrations (canonical ids).
     Registrations(&'a [String]),
-    /// The unexpired certificates of every registration made through these enrollment groups (canonical ids).
+    /// The certificates of every registration made through these enrollment groups (canonical ids).
     Groups(&'a [String]),
 }
 
@@ -199,11 +199,7 @@ pub(crate) async fn revoke(
         Revoking::Serial(serial) => conditions.push(Condition::all().add(Column::Serial.eq(serial))),
         Revoking::Registrations(keys) => {
             for chunk in keys.chunks(CHUNK) {
-                conditions.push(
-                    Condition::all()
-                        .add(Column::RegistrationKey.is_in(chunk.iter().cloned()))
-                        .add(Column::NotAfter.gt(now)),
-                );
+                conditions.push(Condition::all().add(Column::RegistrationKey.is_in(chunk.iter().cloned())));
             }
         }
         Revoking::Groups(groups) => {
@@ -213,11 +209,7 @@ pub(crate) async fn revoke(
                     .from(registration::Entity)
                     .and_where(registration::Column::EnrollmentGroupKey.is_in(chunk.iter().cloned()))
                     .to_owned();
-                conditions.push(
-                    Condition::all()
-                        .add(Column::RegistrationKey.in_subquery(registrations))
-                        .add(Column::NotAfter.gt(now)),
-                );
+                conditions.push(Condition::all().add(Column::RegistrationKey.in_subquery(registrations)));
             }
         }
     }
@@ -407,20 +399,33 @@ impl<'a> Certificates<'a> {
         Ok(revoked.pop())
     }
 
-    /// Revokes every certificate of a registration (canonical id) that is neither revoked nor expired; returns
-    /// what it revoked (nothing, if there was nothing to revoke).
+    /// Revokes every certificate of a registration (canonical id) not revoked yet, expired ones included, and gives
+    /// the registration a new etag first, in one transaction: a registration attempt or EST enrollment decided on
+    /// the old state then loses, and one that locked the state first is committed before the revocation reads the
+    /// certificates, which then include its new one. Returns what it revoked (nothing, if there was nothing to
+    /// revoke) and the new etag ([`StoreError::NotFound`] if there is no such registration).
     pub async fn revoke_of_registration(
         self,
         registration_key: &str,
         reason: &str,
         actor: &Actor,
-    ) -> Result<Vec<CertificateRecord>, StoreError> {
+    ) -> Result<(Vec<CertificateRecord>, String), StoreError> {
         use sea_orm::TransactionTrait;
         let txn = self.store.db.begin().await?;
+        let etag = crate::new_etag();
+        let bumped = registration::Entity::update_many()
+            .col_expr(registration::Column::Etag, Expr::value(etag.clone()))
+            .col_expr(registration::Column::UpdatedAt, Expr::value(crate::now()))
+            .filter(registration::Column::Key.eq(registration_key))
+            .exec(&txn)
+            .await?;
+        if bumped.rows_affected != 1 {
+            return Err(StoreError::NotFound);
+        }
         let keys = [registration_key.to_owned()];
         let revoked = revoke(&txn, Revoking::Registrations(&keys), reason, actor).await?;
         crate::hub_job::retire(&txn, crate::hub_job::Retiring::Registrations(&keys), crate::HubAction::Disable).await?;
         txn.commit().await?;
-        Ok(revoked)
+        Ok((revoked, etag))
     }
 }

@@ -12,6 +12,11 @@ pub enum StoreError {
     /// A concurrent write won, or the resource already exists.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Checked again in the transaction that would write it, the decision no longer holds: the enrollment was
+    /// disabled or deleted, or the certificate the device authenticated with was revoked or superseded, after the
+    /// decision was made. The device is refused.
+    #[error("no longer authorized: {0}")]
+    NoLongerAuthorized(String),
     /// The database URL selects no supported engine.
     #[error("the database URL must start with sqlite: or postgres://")]
     UnsupportedUrl,

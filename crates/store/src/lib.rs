@@ -84,6 +84,7 @@ mod registration;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 mod tpm;
+mod tpm_binding;
 
 use std::time::Duration;
 
@@ -107,9 +108,11 @@ pub use issuing_ca::{
     CrlState, EncryptedKeyPem, IssuingCaReader, IssuingCaRecord, IssuingCaStatus, IssuingCas, NewIssuingCa,
 };
 pub use registration::{
-    Committed, OperationRecord, RegistrationOutcome, RegistrationReader, RegistrationRecord, Registrations, Snapshot,
+    CertificateGuard, Committed, OperationRecord, RegistrationOutcome, RegistrationReader, RegistrationRecord,
+    Registrations, Snapshot,
 };
 pub use tpm::{Tpm, TpmChallengeRecord};
+pub use tpm_binding::{TpmBindingReader, TpmBindingRecord, TpmBindings};
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +392,11 @@ impl Store {
     /// TPM activation challenges and EK bindings.
     pub fn tpm(&self) -> Tpm<'_> {
         Tpm::new(self)
+    }
+
+    /// The TPM bindings of TPM enrollment groups, for admins.
+    pub fn tpm_bindings(&self) -> TpmBindings<'_> {
+        TpmBindings::new(self)
     }
 
     /// Closes the pool.

@@ -90,3 +90,39 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// Writes a registration attempt as [`crate::Registrations::commit`] does, after making sure the enrollment it is
+/// written through exists, enabled (the writer refuses attempts whose enrollment is gone or disabled): for tests
+/// of the writer that are not about enrollments.
+pub async fn commit_enrolled(
+    store: &Store,
+    outcome: crate::RegistrationOutcome,
+    snapshot: crate::Snapshot,
+) -> Result<crate::Committed, StoreError> {
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    let record = &outcome.record;
+    let now = crate::now();
+    macro_rules! enroll {
+        ($entity:ident, $key:expr) => {{
+            use crate::entity::$entity::{ActiveModel, Entity};
+            let model = ActiveModel {
+                key: Set($key.to_owned()),
+                id: Set($key.to_owned()),
+                attestation_type: Set("symmetricKey".into()),
+                provisioning_status: Set("enabled".into()),
+                document: Set(serde_json::json!({})),
+                primary_symmetric_key: Set(None),
+                secondary_symmetric_key: Set(None),
+                etag: Set(crate::new_etag()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            Entity::insert(model).on_conflict_do_nothing().exec_without_returning(&store.db).await?;
+        }};
+    }
+    match &record.enrollment_group_key {
+        Some(group) => enroll!(enrollment_group, group),
+        None => enroll!(individual_enrollment, record.key),
+    }
+    store.registrations().commit(outcome, snapshot).await
+}

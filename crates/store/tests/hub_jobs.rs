@@ -69,6 +69,7 @@ fn attempt(
         expected_etag: expected_etag.map(str::to_owned),
         detail: format!("assigning {id} to {hub}"),
         certificate: None,
+        renewing: None,
         hub_job: Some(NewHubJob {
             id: uuid::Uuid::new_v4().simple().to_string(),
             hub: hub.to_owned(),
@@ -88,7 +89,8 @@ fn snapshot() -> zerotouch_store::Snapshot {
 }
 
 async fn commit(store: &Store, outcome: RegistrationOutcome) -> (RegistrationRecord, OperationRecord, HubJobRecord) {
-    let (record, operation, job) = store.registrations().commit(outcome, snapshot()).await.unwrap();
+    let (record, operation, job) =
+        zerotouch_store::test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap();
     (record, operation, job.expect("the attempt wrote its hub job"))
 }
 
@@ -284,14 +286,28 @@ async fn one_device_id_per_hub() {
         hub(&store, "b.example.com", "webhook").await;
         for with_job in [true, false] {
             let (first, second, device) = if with_job { ("ra-1", "ra-2", "shared") } else { ("rb-1", "rb-2", "fast") };
-            store.registrations().commit(taking(first, device, "a.example.com", with_job), snapshot()).await.unwrap();
-            let refused = store
-                .registrations()
-                .commit(taking(second, &device.to_uppercase(), "a.example.com", with_job), snapshot())
-                .await;
+            zerotouch_store::test_support::commit_enrolled(
+                &store,
+                taking(first, device, "a.example.com", with_job),
+                snapshot(),
+            )
+            .await
+            .unwrap();
+            let refused = zerotouch_store::test_support::commit_enrolled(
+                &store,
+                taking(second, &device.to_uppercase(), "a.example.com", with_job),
+                snapshot(),
+            )
+            .await;
             assert!(matches!(refused, Err(zerotouch_store::StoreError::DeviceIdTaken)), "{with_job}: {refused:?}");
             assert!(matches!(store.registrations().get(second).await, Err(zerotouch_store::StoreError::NotFound)));
-            store.registrations().commit(taking(second, device, "b.example.com", with_job), snapshot()).await.unwrap();
+            zerotouch_store::test_support::commit_enrolled(
+                &store,
+                taking(second, device, "b.example.com", with_job),
+                snapshot(),
+            )
+            .await
+            .unwrap();
         }
         // In one batch with others: only the thief fails.
         let tasks: Vec<_> = (0..20)
@@ -302,7 +318,9 @@ async fn one_device_id_per_hub() {
                 } else {
                     taking(&format!("rc-{n}"), &format!("own-{n}"), "a.example.com", false)
                 };
-                tokio::spawn(async move { store.registrations().commit(outcome, snapshot()).await })
+                tokio::spawn(async move {
+                    zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await
+                })
             })
             .collect();
         for (n, task) in tasks.into_iter().enumerate() {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use zerotouch_store::test_support::TestDatabase;
 use zerotouch_store::{
-    Actor, AuditFilter, AuditRecord, Backend, BulkItem, CertificateAuthorityInput, CertificateFilter,
+    Actor, AuditFilter, AuditRecord, Backend, BulkItem, CertificateAuthorityInput, CertificateFilter, CertificateGuard,
     CertificateRecord, CertificateStatus, EncryptedKeyPem, IssuingCaStatus, NewIssuingCa, OperationRecord,
     Precondition, RegistrationOutcome, RegistrationRecord, Snapshot, Store, StoreError,
 };
@@ -158,6 +158,7 @@ fn attempt(
         expected_etag: expected_etag.map(str::to_owned),
         certificate,
         hub_job: None,
+        renewing: None,
     }
 }
 
@@ -174,7 +175,12 @@ async fn register(store: &Store, id: &str, group: Option<&str>, cert: Option<Cer
     }
     let op = format!("op-{}", uuid::Uuid::new_v4().simple());
     let outcome = attempt(record, current.as_ref().map(|c| c.etag.as_str()), &op, cert);
-    store.registrations().commit(outcome, snapshot()).await.unwrap().0
+    zerotouch_store::test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap().0
+}
+
+/// What an EST enrollment of registration `key` relies on: its current etag.
+async fn guard(store: &Store, key: &str) -> CertificateGuard {
+    CertificateGuard { expected_etag: store.registrations().get(key).await.unwrap().etag, renewing: None }
 }
 
 fn statuses(certs: &[CertificateRecord]) -> HashMap<String, CertificateStatus> {
@@ -439,8 +445,11 @@ async fn crl_saves_compare_and_swap(store: &Store) {
     // A revocation committed after the state was read: the CRL built on that state is refused.
     let before = stored.crl.clone();
     register(store, "Dev", None, Some(certificate("Dev", "ca", "dev-1", 30))).await;
-    let revoked = store.certificates().revoke_of_registration("dev", "keyCompromise", &actor()).await.unwrap();
+    let before_revocation = store.registrations().get("dev").await.unwrap().etag;
+    let (revoked, etag) = store.certificates().revoke_of_registration("dev", "keyCompromise", &actor()).await.unwrap();
     assert_eq!(revoked.len(), 1);
+    assert_ne!(etag, before_revocation, "revoking gives the registration a new etag");
+    assert_eq!(store.registrations().get("dev").await.unwrap().etag, etag);
     let now = Utc::now();
     assert!(matches!(
         store.issuing_cas().save_crl("ca", &before, vec![9], now, now + Duration::days(1)).await,
@@ -671,7 +680,7 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
             );
             tokio::spawn(async move {
                 barrier.wait().await;
-                (n, store.registrations().commit(outcome, snapshot()).await)
+                (n, zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await)
             })
         })
         .collect();
@@ -707,7 +716,7 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
     // EST re-enrollment outside a registration attempt supersedes the same way, and is audited.
     let est = store
         .registrations()
-        .record_certificate(certificate("Dev", "ca", "est", 30), "simplereenroll", &actor())
+        .record_certificate(certificate("Dev", "ca", "est", 30), guard(store, "dev").await, "simplereenroll", &actor())
         .await
         .unwrap();
     let dev = store.certificates().of_registration("dev").await.unwrap();
@@ -720,6 +729,68 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
     assert_eq!((events[0].action.as_str(), events[0].resource_id.as_str()), ("simplereenroll", est.serial.as_str()));
 }
 both!(an_issued_certificate_supersedes_the_previous_one);
+
+/// Issue #17: what a registration or EST decision relied on is read again in the transaction that writes it. An
+/// attempt that assigns a device is refused (`NoLongerAuthorized`, nothing written) once its enrollment is disabled
+/// or deleted, in the one-round-trip batch of first registrations as in the general one; a state that grants
+/// nothing (`disabled`) is still written. A renewal is refused once the certificate it authenticated with is
+/// revoked or superseded; an EST certificate needs the registration's etag it was decided on.
+async fn decisions_are_checked_again_where_they_are_written(store: &Store) {
+    ready_ca(store, "ca").await;
+    fn refused<T>(result: Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::NoLongerAuthorized(_)))
+    }
+    let commit = |record: RegistrationRecord, etag: Option<String>, renewing: Option<String>, cert| {
+        let mut outcome = attempt(record, etag.as_deref(), &format!("op-{}", uuid::Uuid::new_v4().simple()), cert);
+        outcome.renewing = renewing;
+        store.registrations().commit(outcome, snapshot())
+    };
+
+    // First registrations: through a disabled group, through a deleted group, under a disabled individual
+    // enrollment, and (granting nothing) a `disabled` state.
+    put_enrollment(store, EnrollmentKind::Group, "Off", true).await;
+    put_enrollment(store, EnrollmentKind::Individual, "Ind-Off", true).await;
+    assert!(refused(commit(registration("G-1", Some("Off")), None, None, None).await));
+    assert!(refused(commit(registration("G-2", Some("Gone")), None, None, None).await));
+    assert!(refused(commit(registration("Ind-Off", None), None, None, None).await));
+    let mut disabled = registration("Ind-Off", None);
+    disabled.status = "disabled".into();
+    commit(disabled, None, None, None).await.unwrap();
+    for key in ["g-1", "g-2"] {
+        assert!(matches!(store.registrations().get(key).await, Err(StoreError::NotFound)), "{key} not written");
+    }
+
+    // A device with a certificate (the general path), then its enrollment disabled.
+    put_enrollment(store, EnrollmentKind::Individual, "Dev", false).await;
+    let first = certificate("Dev", "ca", "guard-1", 30);
+    let (state, _, _) = commit(registration("Dev", None), None, None, Some(first.clone())).await.unwrap();
+    // Renewing with the active certificate works; with it superseded (or revoked), it does not.
+    let second = certificate("Dev", "ca", "guard-2", 30);
+    let (state, _, _) =
+        commit(registration("Dev", None), Some(state.etag), Some(first.serial.clone()), Some(second.clone()))
+            .await
+            .unwrap();
+    let third = certificate("Dev", "ca", "guard-3", 30);
+    let stale = commit(registration("Dev", None), Some(state.etag.clone()), Some(first.serial.clone()), Some(third));
+    assert!(refused(stale.await), "renewing with a superseded certificate");
+    // EST: the etag it was decided on, and the certificate it authenticated with.
+    let admin = actor();
+    let est = |tag: &str, expected_etag: &str, renewing: &str| {
+        let guard = CertificateGuard { expected_etag: expected_etag.to_owned(), renewing: Some(renewing.to_owned()) };
+        store.registrations().record_certificate(certificate("Dev", "ca", tag, 30), guard, "simplereenroll", &admin)
+    };
+    assert!(matches!(est("guard-est-1", "old-etag", &second.serial).await, Err(StoreError::Conflict(_))));
+    assert!(refused(est("guard-est-2", &state.etag, &first.serial).await));
+    let (_, etag) = store.certificates().revoke_of_registration("dev", "keyCompromise", &actor()).await.unwrap();
+    assert!(refused(est("guard-est-3", &etag, &second.serial).await), "renewing with a revoked certificate");
+    put_enrollment(store, EnrollmentKind::Individual, "Dev", true).await;
+    let state = store.registrations().get("dev").await.unwrap();
+    assert!(refused(commit(registration("Dev", None), Some(state.etag), None, None).await), "enrollment disabled");
+    let serials: Vec<String> =
+        store.certificates().of_registration("dev").await.unwrap().into_iter().map(|c| c.serial).collect();
+    assert_eq!(serials.len(), 2, "only the two certificates written before: {serials:?}");
+}
+both!(decisions_are_checked_again_where_they_are_written);
 
 /// Many devices registering at once with certificates, in batches: each winner's certificate is stored, every
 /// registration ends with exactly one active certificate, and a batch with one attempt that cannot be written
@@ -737,7 +808,7 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
             attempt(registration(&id, None), None, &format!("op-batch-{i}"), Some(certificate(&id, "ca", &id, 30)));
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            store.registrations().commit(outcome, snapshot()).await
+            zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await
         }));
     }
     // Same serial and thumbprint as Taken's certificate: this attempt must fail alone.
@@ -746,7 +817,7 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
         let (store, barrier) = (store.clone(), barrier.clone());
         tokio::spawn(async move {
             barrier.wait().await;
-            store.registrations().commit(clash, snapshot()).await
+            zerotouch_store::test_support::commit_enrolled(&store, clash, snapshot()).await
         })
     };
     for task in tasks {
@@ -810,9 +881,9 @@ async fn refresh_crl(store: &Store, ca: &str) {
     assert!(!store.issuing_cas().get(ca).await.unwrap().crl.stale);
 }
 
-/// Each change that retires devices revokes exactly their unexpired certificates (active and superseded, not the
-/// expired one, not other devices'), with `cessationOfOperation`, in the same transaction; marks the issuing
-/// CA's CRL stale; audits one `revoke` per certificate with the admin as actor. Revocation is idempotent.
+/// Each change that retires devices revokes exactly their certificates (active, superseded and expired, not other
+/// devices'), with `cessationOfOperation`, in the same transaction; marks the issuing CA's CRL stale (which lists
+/// the unexpired ones); audits one `revoke` per certificate with the admin as actor. Revocation is idempotent.
 async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     ready_ca(store, "ca-a").await;
     ready_ca(store, "ca-b").await;
@@ -835,6 +906,7 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     let check = async |step: &str, retired: &[&Device], cas: &[&str], expected: &mut HashSet<String>| {
         for device in retired {
             expected.extend(device.live.iter().cloned());
+            expected.insert(device.expired.clone());
         }
         assert_eq!(&revoked_serials(store, &all).await, expected, "after {step}");
         for ca in ["ca-a", "ca-b"] {
@@ -880,7 +952,8 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
     assert!(failures.is_empty());
     check("bulk-deleting K", &[&k], &["ca-b"], &mut expected).await;
 
-    // Every device is retired; the expired certificates were left alone; the reasons are cessationOfOperation.
+    // Every device is retired, its expired certificate too (a renewal grace would take it); the reasons are
+    // cessationOfOperation.
     for device in all {
         let expired = store
             .certificates()
@@ -890,7 +963,7 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
             .into_iter()
             .find(|c| c.serial == device.expired)
             .unwrap();
-        assert_eq!(expired.status, CertificateStatus::Superseded, "an expired certificate is not revoked");
+        assert_eq!(expired.status, CertificateStatus::Revoked, "an expired certificate is revoked too");
         for c in store.certificates().of_registration(&device.key).await.unwrap() {
             if c.status == CertificateStatus::Revoked {
                 assert_eq!(c.revocation_reason.as_deref(), Some("cessationOfOperation"));
@@ -923,7 +996,11 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
 
     // Revoking what is revoked changes nothing.
     assert_eq!(store.certificates().revoke(&g1.live[1], "keyCompromise", &actor).await.unwrap(), None);
-    assert!(store.certificates().revoke_of_registration("g1", "keyCompromise", &actor).await.unwrap().is_empty());
+    assert!(matches!(
+        store.certificates().revoke_of_registration("g1", "keyCompromise", &actor).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.certificates().revoke_of_registration("g2", "keyCompromise", &actor).await.unwrap().0.is_empty());
     assert!(!store.issuing_cas().get("ca-a").await.unwrap().crl.stale);
     assert!(matches!(store.certificates().revoke("00ff", "keyCompromise", &actor).await, Err(StoreError::NotFound)));
 }

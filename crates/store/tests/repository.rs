@@ -473,7 +473,7 @@ both!(concurrent_device_lookups_each_find_their_own_enrollment);
 async fn close_returns_although_connections_are_kept(store: &Store) {
     let record = put_new(store, EnrollmentKind::Individual, "Kept").await;
     assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "kept").await.unwrap(), record);
-    store.registrations().commit(attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
+    zerotouch_store::test_support::commit_enrolled(store, attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
     let closing = tokio::time::timeout(Duration::from_secs(10), store.clone().close()).await;
     closing.expect("close returns").expect("close succeeds");
     let lookup =
@@ -482,7 +482,7 @@ async fn close_returns_although_connections_are_kept(store: &Store) {
     assert!(lookup.expect("a lookup after close returns").is_err());
     let write = tokio::time::timeout(
         Duration::from_secs(10),
-        store.registrations().commit(attempt("Late", None, "op-late"), snapshot()),
+        zerotouch_store::test_support::commit_enrolled(store, attempt("Late", None, "op-late"), snapshot()),
     )
     .await;
     assert!(write.expect("a write after close returns").is_err());
@@ -498,7 +498,9 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     let (db, store) = TestDatabase::store(zerotouch_store::Backend::Postgres).await.unwrap();
     let record = put_new(&store, EnrollmentKind::Individual, "Survivor").await;
     assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
-    store.registrations().commit(attempt("Before", None, "op-before"), snapshot()).await.unwrap();
+    zerotouch_store::test_support::commit_enrolled(&store, attempt("Before", None, "op-before"), snapshot())
+        .await
+        .unwrap();
 
     let admin = sea_orm::Database::connect(db.url.as_str()).await.unwrap();
     let terminated = admin
@@ -516,7 +518,10 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     admin.close().await.unwrap();
 
     assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
-    let (written, _, _) = store.registrations().commit(attempt("After", None, "op-after"), snapshot()).await.unwrap();
+    let (written, _, _) =
+        zerotouch_store::test_support::commit_enrolled(&store, attempt("After", None, "op-after"), snapshot())
+            .await
+            .unwrap();
     // Pooled connections are checked once idle for a while (as they are after a restart that takes that long).
     tokio::time::sleep(zerotouch_store::POOLED_CHECK_AFTER_IDLE + Duration::from_millis(200)).await;
     assert_eq!(store.registrations().get("after").await.unwrap(), written);
@@ -1185,6 +1190,7 @@ fn attempt(id: &str, expected_etag: Option<&str>, operation_id: &str) -> zerotou
         detail: format!("assigned {id}"),
         certificate: None,
         hub_job: None,
+        renewing: None,
     }
 }
 
@@ -1204,7 +1210,7 @@ async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
         let store = store.clone();
         tokio::spawn(async move {
             barrier.wait().await;
-            store.registrations().commit(outcome, snapshot()).await
+            zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await
         })
     };
     let existing = store.registrations().save(registration("Known", None)).await.unwrap();
@@ -1270,7 +1276,7 @@ async fn a_failing_attempt_fails_alone(store: &Store) {
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                (id, store.registrations().commit(attempt(id, None, op), snapshot()).await)
+                (id, zerotouch_store::test_support::commit_enrolled(&store, attempt(id, None, op), snapshot()).await)
             })
         })
         .collect();

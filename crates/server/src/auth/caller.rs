@@ -13,6 +13,7 @@ use zerotouch_store::{
     Actor, AuditLog, BulkFailure, BulkItem, CertificateAuthorityInput, CertificateAuthorityReader,
     CertificateAuthorityRecord, CertificateReader, CertificateRecord, EnrollmentReader, EnrollmentRecord, HubInput,
     HubReader, HubRecord, IssuingCaReader, IssuingCaRecord, Precondition, RegistrationReader, Store, StoreError,
+    TpmBindingReader,
 };
 use zerotouch_wire::bulk::BulkMode;
 use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment};
@@ -119,6 +120,11 @@ impl<P> Caller<P> {
         self.store().certificate_authorities().reader()
     }
 
+    /// The TPM bindings of TPM enrollment groups, read-only.
+    pub fn tpm_bindings(&self) -> TpmBindingReader<'_> {
+        self.store().tpm_bindings().reader()
+    }
+
     /// The audit log (which only reads).
     pub fn audit(&self) -> AuditLog<'_> {
         self.store().audit()
@@ -220,10 +226,19 @@ impl RegistrationWriter<'_> {
         self.0.store.registrations().delete(key, precondition, self.0.actor).await
     }
 
-    /// Revokes the registration's unexpired certificates
+    /// Revokes the registration's certificates and gives it a new etag, which it returns
     /// ([`zerotouch_store::Certificates::revoke_of_registration`]).
-    pub async fn revoke_certificates(self, key: &str, reason: &str) -> Result<Vec<CertificateRecord>, StoreError> {
+    pub async fn revoke_certificates(
+        self,
+        key: &str,
+        reason: &str,
+    ) -> Result<(Vec<CertificateRecord>, String), StoreError> {
         self.0.store.certificates().revoke_of_registration(key, reason, self.0.actor).await
+    }
+
+    /// Releases the TPM binding of a registration id ([`zerotouch_store::TpmBindings::release`]).
+    pub async fn release_tpm_binding(self, key: &str) -> Result<(), StoreError> {
+        self.0.store.tpm_bindings().release(key, self.0.actor).await
     }
 }
 

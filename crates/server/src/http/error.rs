@@ -103,7 +103,9 @@ impl ApiError {
                 Self::PreconditionFailed(format!("If-Match does not match the current etag of {resource}"))
             }
             StoreError::Conflict(why) => Self::Conflict(format!("{resource}: {why}")),
-            StoreError::DeviceIdTaken => Self::Conflict(format!("{resource}: {err}")),
+            StoreError::DeviceIdTaken | StoreError::NoLongerAuthorized(_) => {
+                Self::Conflict(format!("{resource}: {err}"))
+            }
             StoreError::UnsupportedUrl
             | StoreError::Corrupt(_)
             | StoreError::Unavailable(_)

@@ -5,7 +5,7 @@
 //! the certificate's subject CN. EST issues only to `assigned` registrations, so that every certificate belongs to
 //! a registration that revocation finds.
 
-use zerotouch_store::{Actor, StoreError};
+use zerotouch_store::{Actor, CertificateGuard, StoreError};
 use zerotouch_wire::RegistrationId;
 use zerotouch_wire::registration::RegistrationStatus;
 
@@ -63,7 +63,7 @@ impl RegistrationService {
         let registration = known.registration.clone();
         let authenticated = self.authenticate_x509(&device, action, chain, Some(known)).await?;
         self.limits.admit(&authenticated.budget(&device)).map_err(RetryAfter::refusal)?;
-        if renewal && !authenticated.operational {
+        if renewal && authenticated.operational.is_none() {
             let reason = "simplereenroll renews an operational certificate; this is another certificate";
             return Err(self.refuse(&device, action, reason).await);
         }
@@ -84,8 +84,10 @@ impl RegistrationService {
         {
             return Err(self.refuse(&device, action, &reason).await);
         }
-        let device_id = match registration {
-            Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => registration.device_id,
+        let (device_id, expected_etag) = match registration {
+            Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => {
+                (registration.device_id, registration.etag)
+            }
             Ok(_) | Err(StoreError::NotFound) => {
                 let reason = "EST issues to assigned devices only: the device must register first";
                 return Err(self.refuse(&device, action, reason).await);
@@ -96,11 +98,14 @@ impl RegistrationService {
         let issued = self.pki.issue(&csr, &device_id, policy).await?;
         let record = issue::certificate_record(&key, device_id, &issued);
         let actor = Actor { subject: format!("device:{}", device.registration_id.as_str()), role: "device".into() };
-        self.store
-            .registrations()
-            .record_certificate(record, action.as_str(), &actor)
-            .await
-            .map_err(internal("recording a certificate"))?;
-        Ok(issued.1.chain_der)
+        let guard = CertificateGuard { expected_etag, renewing: authenticated.operational.clone() };
+        match self.store.registrations().record_certificate(record, guard, action.as_str(), &actor).await {
+            Ok(_) => Ok(issued.1.chain_der),
+            // Revoked, disabled or renewed between the checks above and the write: the device is refused, and the
+            // certificate just signed is never handed out (nor stored, so nothing else can use it).
+            Err(StoreError::NoLongerAuthorized(reason)) => Err(self.refuse(&device, action, &reason).await),
+            Err(StoreError::Conflict(why)) => Err(RegistrationError::Conflict(format!("{why}; retry"))),
+            Err(e) => Err(internal("recording a certificate")(e)),
+        }
     }
 }

@@ -121,7 +121,8 @@ impl RegistrationService {
         // concurrent registration changed between our read and our write (the decision is deterministic but for
         // the webhook, whose first answer is kept, so the outcome agrees).
         let mut webhook_answer = None;
-        let mut read_state = matches!(enrollment.allocation, Allocation::Custom(_)) || authenticated.operational;
+        let mut read_state =
+            matches!(enrollment.allocation, Allocation::Custom(_)) || authenticated.operational.is_some();
         // Set when the store refused the assignment because another registration holds the device id on the hub:
         // the attempts after it write that failure instead (no certificate, no hub job).
         let mut taken: Option<Decision> = None;
@@ -151,6 +152,10 @@ impl RegistrationService {
             match self.store.registrations().commit(outcome, snapshot).await {
                 Ok((_, operation, hub_job)) => return Ok(self.deliver(operation, hub_job).await),
                 Err(StoreError::Conflict(_)) => continue,
+                // The enrollment was disabled or deleted, or the device's certificate revoked, after the decision.
+                Err(StoreError::NoLongerAuthorized(reason)) => {
+                    return Err(self.refuse(device, Action::Register, &reason).await);
+                }
                 Err(StoreError::DeviceIdTaken) => {
                     taken = decision.assignment().map(decide::device_id_taken);
                     if taken.is_none() {

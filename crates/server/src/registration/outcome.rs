@@ -97,6 +97,7 @@ pub fn outcome(attempt: Attempt<'_>) -> (RegistrationOutcome, Snapshot) {
         detail,
         certificate,
         hub_job,
+        renewing: authenticated.operational.clone(),
     };
     (outcome, snapshot(authenticated, issued))
 }

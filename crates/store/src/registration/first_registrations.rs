@@ -17,6 +17,7 @@ pub(super) fn first_registrations_only(batch: &[Pending]) -> bool {
     batch.iter().all(|p| {
         let outcome = &p.outcome;
         outcome.expected_etag.is_none()
+            && outcome.renewing.is_none()
             && outcome.certificate.is_none()
             && outcome.hub_job.is_none()
             && keys.insert(outcome.record.key.as_str())
@@ -24,22 +25,33 @@ pub(super) fn first_registrations_only(batch: &[Pending]) -> bool {
 }
 
 /// [`write_first_registrations`] on PostgreSQL: the batch arrives as one JSON array (JSON columns as text); the
-/// states whose key is new are inserted, and the operations and audit events of exactly those, in one statement.
+/// states whose key is new and whose enrollment is still enabled (for a state that assigns the device) are inserted, and the operations and audit events
+/// of exactly those, in one statement. The enrollment rows are read `FOR SHARE`: a concurrent disable or delete
+/// either commits first (and the attempt is not written) or waits for this statement, and then retires what it
+/// wrote.
 /// Its text never changes, so each connection prepares it once.
 const FIRST_REGISTRATIONS_POSTGRES: &str = r#"
-WITH attempt AS (
+WITH input AS (
     SELECT * FROM jsonb_to_recordset($1) AS a(
         n integer, key varchar, registration_id varchar, enrollment_group_key varchar, device_id varchar,
         assigned_hub varchar, status varchar, substatus varchar, error_code integer, error_message text,
         payload text, initial_twin text, etag varchar, at timestamptz, detail text,
         operation_id varchar, operation_status varchar, operation_error_code integer, operation_error_message text,
         result text)
+), attempt AS (
+    SELECT input.*, CASE WHEN status NOT IN ('assigned', 'assigning') THEN true
+        WHEN enrollment_group_key IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
+            WHERE e.key = input.key AND e.provisioning_status <> 'disabled' FOR SHARE)
+        ELSE EXISTS (SELECT 1 FROM enrollment_groups AS e
+            WHERE e.key = input.enrollment_group_key AND e.provisioning_status <> 'disabled' FOR SHARE)
+    END AS authorized
+    FROM input
 ), state AS (
     INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id, assigned_hub, status,
         substatus, error_code, error_message, payload, initial_twin, etag, created_at, updated_at)
     SELECT key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus, error_code,
         error_message, payload::json, initial_twin::json, etag, at, at
-    FROM attempt ORDER BY n
+    FROM attempt WHERE authorized ORDER BY n
     ON CONFLICT (key) DO NOTHING
     RETURNING key
 ), operation AS (
@@ -52,7 +64,7 @@ WITH attempt AS (
         detail
     FROM attempt WHERE key IN (SELECT key FROM state) ORDER BY n
 )
-SELECT key FROM state"#;
+SELECT key, key IN (SELECT key FROM state) AS won, authorized FROM attempt"#;
 
 /// [`write_first_registrations`]'s statement on each database.
 const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: FIRST_REGISTRATIONS_SQLITE };
@@ -68,7 +80,12 @@ INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id
 SELECT value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
     value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
     value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'at'
-FROM jsonb_each(?1) WHERE true
+FROM jsonb_each(?1) WHERE CASE WHEN value->>'status' NOT IN ('assigned', 'assigning') THEN true
+    WHEN value->>'enrollment_group_key' IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
+        WHERE e.key = value->>'key' AND e.provisioning_status <> 'disabled')
+    ELSE EXISTS (SELECT 1 FROM enrollment_groups AS e
+        WHERE e.key = value->>'enrollment_group_key' AND e.provisioning_status <> 'disabled')
+END
 ON CONFLICT (key) DO NOTHING;
 CREATE TEMP TABLE IF NOT EXISTS won_attempt (n INTEGER PRIMARY KEY, attempt BLOB NOT NULL);
 DELETE FROM temp.won_attempt;
@@ -83,8 +100,18 @@ INSERT INTO audit_events (at, actor, role, action, resource_type, resource_id, e
 SELECT attempt->>'at', 'device:' || (attempt->>'registration_id'), 'device', 'register', 'registration',
     attempt->>'registration_id', NULL, attempt->>'etag', attempt->>'detail'
 FROM temp.won_attempt ORDER BY n;
-SELECT attempt->>'key' AS key FROM temp.won_attempt;
+SELECT a.value->>'key' AS key, w.n IS NOT NULL AS won,
+CASE WHEN a.value->>'status' NOT IN ('assigned', 'assigning') THEN true
+    WHEN a.value->>'enrollment_group_key' IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
+        WHERE e.key = a.value->>'key' AND e.provisioning_status <> 'disabled')
+    ELSE EXISTS (SELECT 1 FROM enrollment_groups AS e
+        WHERE e.key = a.value->>'enrollment_group_key' AND e.provisioning_status <> 'disabled')
+END AS authorized
+FROM jsonb_each(?1) AS a LEFT JOIN temp.won_attempt AS w ON w.n = a.value->>'n' ORDER BY a.value->>'n';
 COMMIT;"#;
+
+/// Why an attempt whose enrollment changed after the decision is not written.
+pub(super) const DISABLED: &str = "the enrollment was disabled or deleted while the device registered";
 
 /// Writes a batch of first registrations (see [`first_registrations_only`]) in one round trip instead of five:
 /// one statement on PostgreSQL (atomic by itself), one script on SQLite. Same rows as
@@ -149,19 +176,18 @@ pub(super) async fn write_first_registrations(
             return Err(e);
         }
     };
-    let inserted = rows
-        .iter()
-        .map(|row| row.try_get::<String>("", "key"))
-        .collect::<Result<std::collections::HashSet<String>, _>>()?;
+    let mut fates = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key: String = row.try_get("", "key")?;
+        fates.insert(key, (row.try_get::<bool>("", "won")?, row.try_get::<bool>("", "authorized")?));
+    }
     let results = records
         .into_iter()
         .zip(operations)
-        .map(|(record, operation)| {
-            if inserted.contains(&record.key) {
-                Ok((record, operation, None))
-            } else {
-                Err(StoreError::Conflict("the registration changed concurrently".into()))
-            }
+        .map(|(record, operation)| match fates.get(&record.key) {
+            Some((true, _)) => Ok((record, operation, None)),
+            Some((false, false)) => Err(StoreError::NoLongerAuthorized(DISABLED.into())),
+            Some((false, true)) | None => Err(StoreError::Conflict("the registration changed concurrently".into())),
         })
         .collect();
     Ok((results, Vec::new()))

@@ -212,7 +212,7 @@ impl<'a> Registrations<'a> {
     }
 
     /// Deletes a registration state (and its operations) under `precondition`, and revokes its certificates
-    /// (`cessationOfOperation`) in the same transaction.
+    /// (`cessationOfOperation`) and releases its TPM binding in the same transaction.
     pub async fn delete(self, key: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
         let txn = self.store.db.begin().await?;
         let existing = find(&txn, key).await?.ok_or(StoreError::NotFound)?;
@@ -244,6 +244,8 @@ impl<'a> Registrations<'a> {
             actor,
         )
         .await?;
+        // A TPM group's id is free again with its registration.
+        crate::tpm_binding::release(&txn, key).await?;
         let change = Change {
             action: "delete",
             resource_type: "registration",
@@ -272,16 +274,20 @@ impl<'a> Registrations<'a> {
 
     /// Records a certificate issued outside a registration (EST) for the registration it names: the device's
     /// previous active certificate becomes superseded, in the same transaction, with an audit event (`action`).
-    /// Written in batches with the registration attempts (see [`Registrations::commit`]).
+    /// Written in batches with the registration attempts (see [`Registrations::commit`]), and only if the
+    /// registration still has `expected_etag` ([`StoreError::Conflict`]), its enrollment is still enabled and the
+    /// certificate `renewing` (the device authenticated with) is still its active one
+    /// ([`StoreError::NoLongerAuthorized`]).
     pub async fn record_certificate(
         self,
         certificate: CertificateRecord,
+        guard: CertificateGuard,
         action: &str,
         actor: &Actor,
     ) -> Result<CertificateRecord, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the registration writer has stopped".into());
-        let pending = PendingCertificate { certificate, action: action.to_owned(), actor: actor.clone(), reply };
+        let pending = PendingCertificate { certificate, guard, action: action.to_owned(), actor: actor.clone(), reply };
         self.store.registrations.send(Work::Certificate(Box::new(pending))).await?;
         answer.await.map_err(|_| stopped())?
     }
@@ -369,6 +375,19 @@ pub struct RegistrationOutcome {
     /// wins, in the same transaction. The state is then written `assigning` and becomes `assigned` when the job
     /// succeeds.
     pub hub_job: Option<crate::NewHubJob>,
+    /// The serial of the operational certificate the device authenticated with, if it renews with one: the attempt
+    /// is written only if that certificate is still the registration's active one (a concurrent revocation or
+    /// renewal wins), as it is only if the enrollment is still enabled.
+    pub renewing: Option<String>,
+}
+
+/// What must still hold when a certificate issued outside a registration (EST) is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateGuard {
+    /// The registration's etag when the certificate was decided on.
+    pub expected_etag: String,
+    /// The serial of the operational certificate the device authenticated with, if any.
+    pub renewing: Option<String>,
 }
 
 /// What a winning registration attempt wrote: the state, the operation, and its hub job.

@@ -28,6 +28,7 @@ pub(super) struct Pending {
 /// A certificate issued outside a registration (EST), waiting for the writer.
 pub(super) struct PendingCertificate {
     pub(super) certificate: CertificateRecord,
+    pub(super) guard: super::CertificateGuard,
     pub(super) action: String,
     pub(super) actor: Actor,
     pub(super) reply: oneshot::Sender<Result<CertificateRecord, StoreError>>,
@@ -157,11 +158,27 @@ pub(super) async fn write_together(
     }
     let txn = db.begin().await?;
 
+    // What the decisions relied on, read again under lock: the enrollment is still enabled, and a renewing
+    // device's certificate is still its registration's active one.
+    let attempts: Vec<Subject<'_>> = batch
+        .iter()
+        .zip(&records)
+        .map(|(p, r)| Subject {
+            key: &r.key,
+            group: r.enrollment_group_key.as_deref(),
+            renewing: p.outcome.renewing.as_deref(),
+            grants: matches!(r.status.as_str(), "assigned" | "assigning"),
+        })
+        .collect();
+    let refused = still_authorized(&txn, &attempts).await?;
+
     // New states: the first attempt for a key wins (within the batch and against the table).
     let mut won = vec![false; batch.len()];
     let mut seen = std::collections::HashSet::new();
     let inserts: Vec<usize> = (0..batch.len())
-        .filter(|&i| batch[i].outcome.expected_etag.is_none() && seen.insert(records[i].key.clone()))
+        .filter(|&i| {
+            refused[i].is_none() && batch[i].outcome.expected_etag.is_none() && seen.insert(records[i].key.clone())
+        })
         .collect();
     if !inserts.is_empty() {
         let inserted = Entity::insert_many(inserts.iter().map(|&i| to_active(&records[i])))
@@ -179,6 +196,9 @@ pub(super) async fn write_together(
     // Changed states: each guarded by the etag its decision was made on.
     for (i, pending) in batch.iter().enumerate() {
         let Some(expected) = &pending.outcome.expected_etag else { continue };
+        if refused[i].is_some() {
+            continue;
+        }
         let result = Entity::update_many()
             .set(to_active(&records[i]))
             .filter(Column::Key.eq(records[i].key.clone()))
@@ -215,12 +235,48 @@ pub(super) async fn write_together(
             Some(certificate)
         })
         .collect();
-    let alone: Vec<CertificateRecord> = certificates_alone.iter().map(|p| fresh(p.certificate.clone())).collect();
-    if !alone.is_empty() {
-        // Ordered against a concurrent delete of the registration, which revokes what it finds.
-        let keys: Vec<String> = alone.iter().map(|c| c.registration_key.clone()).collect();
-        Entity::find().filter(Column::Key.is_in(keys)).lock_exclusive().all(&txn).await?;
+    // Certificates issued outside a registration: written only while the registration is as it was decided on
+    // (its etag), its enrollment enabled and the device's certificate its active one.
+    let mut alone_results: Vec<Result<(), StoreError>> = Vec::with_capacity(certificates_alone.len());
+    if !certificates_alone.is_empty() {
+        // Locked: ordered against a concurrent delete or revocation of the registration, which revoke what they
+        // find.
+        let keys: Vec<String> = certificates_alone.iter().map(|p| p.certificate.registration_key.clone()).collect();
+        let states: std::collections::HashMap<String, crate::entity::registration::Model> = Entity::find()
+            .filter(Column::Key.is_in(keys))
+            .lock_exclusive()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|m| (m.key.clone(), m))
+            .collect();
+        let subjects: Vec<Subject<'_>> = certificates_alone
+            .iter()
+            .map(|p| {
+                let key = p.certificate.registration_key.as_str();
+                let group = states.get(key).and_then(|m| m.enrollment_group_key.as_deref());
+                Subject { key, group, renewing: p.guard.renewing.as_deref(), grants: true }
+            })
+            .collect();
+        let refused = still_authorized(&txn, &subjects).await?;
+        for (pending, refused) in certificates_alone.iter().zip(refused) {
+            let state = states.get(&pending.certificate.registration_key);
+            alone_results.push(match (state, refused) {
+                (None, _) => Err(StoreError::NoLongerAuthorized("the registration was deleted".into())),
+                (Some(state), _) if state.etag != pending.guard.expected_etag => {
+                    Err(StoreError::Conflict("the registration changed concurrently".into()))
+                }
+                (Some(_), Some(why)) => Err(StoreError::NoLongerAuthorized(why)),
+                (Some(_), None) => Ok(()),
+            });
+        }
     }
+    let alone: Vec<CertificateRecord> = certificates_alone
+        .iter()
+        .zip(&alone_results)
+        .filter(|(_, result)| result.is_ok())
+        .map(|(p, _)| fresh(p.certificate.clone()))
+        .collect();
     issued.extend(alone.iter().cloned());
     // Two certificates for one registration in one batch (a retried EST call, or EST beside a register): the last
     // one is the active one, the earlier ones are stored superseded, so a registration keeps one active certificate.
@@ -236,6 +292,9 @@ pub(super) async fn write_together(
         let details: Vec<String> = alone.iter().map(|c| format!("registration {}", c.registration_key)).collect();
         let changes: Vec<(&Actor, Change<'_>)> = certificates_alone
             .iter()
+            .zip(&alone_results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(pending, _)| pending)
             .zip(&alone)
             .zip(&details)
             .map(|((pending, certificate), detail)| {
@@ -294,15 +353,96 @@ pub(super) async fn write_together(
     let results = records
         .drain(..)
         .zip(operations)
-        .zip(won)
-        .map(|((record, operation), won)| {
-            if won {
+        .zip(won.into_iter().zip(refused))
+        .map(|((record, operation), (won, refused))| match (won, refused) {
+            (true, _) => {
                 let job = jobs.remove(&record.key);
                 Ok((record, operation, job))
-            } else {
-                Err(StoreError::Conflict("the registration changed concurrently".into()))
             }
+            (false, Some(why)) => Err(StoreError::NoLongerAuthorized(why)),
+            (false, None) => Err(StoreError::Conflict("the registration changed concurrently".into())),
         })
         .collect();
-    Ok((results, alone.into_iter().map(Ok).collect()))
+    let mut written = alone.into_iter();
+    let certificates = alone_results
+        .into_iter()
+        .map(|result| result.and_then(|()| written.next().ok_or_else(|| StoreError::Corrupt("certificate".into()))))
+        .collect();
+    Ok((results, certificates))
+}
+
+/// Whose authorization a write re-checks: a registration (canonical id), the group it is written through (else its
+/// individual enrollment, of the same key), the operational certificate it renews with, and whether it grants
+/// anything (assigns the device, or issues a certificate); a state that does not (`disabled`, `failed`) is written
+/// as decided.
+struct Subject<'a> {
+    key: &'a str,
+    group: Option<&'a str>,
+    renewing: Option<&'a str>,
+    grants: bool,
+}
+
+/// For each subject, why it may no longer be written (`None`: it may): its enrollment is gone or disabled, or the
+/// certificate it renews with is no longer its registration's active one. Reads the rows `FOR SHARE` (PostgreSQL;
+/// SQLite has one writer): a concurrent disable, delete or revocation either committed before, and is seen here, or
+/// waits for this transaction, and then retires what it wrote.
+async fn still_authorized(
+    txn: &impl sea_orm::ConnectionTrait,
+    subjects: &[Subject<'_>],
+) -> Result<Vec<Option<String>>, StoreError> {
+    use crate::entity::{certificate, enrollment_group, individual_enrollment};
+    use std::collections::HashSet;
+    let disabled = zerotouch_wire::enrollment::ProvisioningStatus::Disabled.as_str();
+    let groups: Vec<String> = subjects.iter().filter_map(|s| s.group.map(str::to_owned)).collect();
+    let individuals: Vec<String> = subjects.iter().filter(|s| s.group.is_none()).map(|s| s.key.to_owned()).collect();
+    let serials: Vec<String> = subjects.iter().filter_map(|s| s.renewing.map(str::to_owned)).collect();
+    let mut enabled_groups = HashSet::new();
+    for chunk in groups.chunks(MAX_BATCH) {
+        let rows = enrollment_group::Entity::find()
+            .filter(enrollment_group::Column::Key.is_in(chunk.iter().cloned()))
+            .filter(enrollment_group::Column::ProvisioningStatus.ne(disabled))
+            .lock_shared()
+            .all(txn)
+            .await?;
+        enabled_groups.extend(rows.into_iter().map(|m| m.key));
+    }
+    let mut enabled_individuals = HashSet::new();
+    for chunk in individuals.chunks(MAX_BATCH) {
+        let rows = individual_enrollment::Entity::find()
+            .filter(individual_enrollment::Column::Key.is_in(chunk.iter().cloned()))
+            .filter(individual_enrollment::Column::ProvisioningStatus.ne(disabled))
+            .lock_shared()
+            .all(txn)
+            .await?;
+        enabled_individuals.extend(rows.into_iter().map(|m| m.key));
+    }
+    let mut active = HashSet::new();
+    for chunk in serials.chunks(MAX_BATCH) {
+        let rows = certificate::Entity::find()
+            .filter(certificate::Column::Serial.is_in(chunk.iter().cloned()))
+            .filter(certificate::Column::Status.eq(CertificateStatus::Active.as_str()))
+            .lock_shared()
+            .all(txn)
+            .await?;
+        active.extend(rows.into_iter().map(|m| m.serial));
+    }
+    Ok(subjects
+        .iter()
+        .map(|s| {
+            if !s.grants {
+                return None;
+            }
+            let enabled = match s.group {
+                Some(group) => enabled_groups.contains(group),
+                None => enabled_individuals.contains(s.key),
+            };
+            if !enabled {
+                Some(super::first_registrations::DISABLED.to_owned())
+            } else if s.renewing.is_some_and(|serial| !active.contains(serial)) {
+                Some("the certificate the device authenticated with was revoked or renewed meanwhile".to_owned())
+            } else {
+                None
+            }
+        })
+        .collect())
 }

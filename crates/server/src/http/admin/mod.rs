@@ -79,6 +79,8 @@ routes! {
     },
     "/registrations/{enrollmentGroupId}/query" => { POST: registrations::query },
     "/registrations/{registrationId}/revoke" => { POST: registrations::revoke },
+    "/tpmBindings" => { GET: registrations::tpm_bindings },
+    "/tpmBindings/{registrationId}" => { DELETE: registrations::release_tpm_binding },
     "/hubs" => { GET: hubs::list },
     "/hubs/{hostName}" => { GET: hubs::get, PUT: hubs::put, DELETE: hubs::delete },
     "/hubs/{hostName}/status" => { GET: hubs::status },

@@ -11,7 +11,7 @@ use zerotouch_wire::{EnrollmentGroupId, RegistrationId};
 
 use crate::auth::{Caller, EnrollmentWrite, Read};
 use crate::http::error::ApiError;
-use crate::http::request::{self, BODY_LIMIT, MaybeJson};
+use crate::http::request::{self, BODY_LIMIT, MaybeJson, with_etag};
 
 fn render(record: &RegistrationRecord) -> Result<Value, ApiError> {
     let state = crate::registration::result::state_of(record)
@@ -31,7 +31,7 @@ pub(super) async fn get(caller: Caller<Read>, id: web::Path<String>) -> Result<H
         .get(&key)
         .await
         .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
-    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
+    Ok(with_etag(HttpResponse::Ok(), &record.etag).json(render(&record)?))
 }
 
 /// `DELETE /registrations/{registrationId}`, under `If-Match`; the device may register again afterwards.
@@ -89,8 +89,9 @@ fn revocation_reason(name: Option<&str>) -> Result<RevocationReason, FieldError>
     })
 }
 
-/// `POST /registrations/{registrationId}/revoke`: revokes every certificate of the device that is neither revoked
-/// nor expired (its issuing CAs' CRLs list them from the next fetch on); answers their serial numbers.
+/// `POST /registrations/{registrationId}/revoke`: revokes every certificate of the device not revoked yet, expired
+/// ones included (its issuing CAs' CRLs list the unexpired ones from the next fetch on), and gives the registration
+/// a new etag; answers the serial numbers and the etag (also in `ETag`).
 pub(super) async fn revoke(
     caller: Caller<EnrollmentWrite>,
     id: web::Path<String>,
@@ -99,15 +100,48 @@ pub(super) async fn revoke(
     let key = parse_id(&id)?.key();
     let body: RevokeBody = body.0.map(zerotouch_wire::field::decode).transpose()?.unwrap_or_default();
     let reason = revocation_reason(body.reason.as_deref())?;
-    caller
-        .registrations()
-        .get(&key)
+    let (revoked, etag) = caller
+        .registration_writer()
+        .revoke_certificates(&key, reason.as_str())
         .await
         .map_err(|e| ApiError::from_store(e, &format!("registration {:?}", id.as_str())))?;
-    let revoked =
-        caller.registration_writer().revoke_certificates(&key, reason.as_str()).await.map_err(ApiError::internal)?;
     let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
-    Ok(HttpResponse::Ok().json(json!({ "revoked": serials })))
+    Ok(with_etag(HttpResponse::Ok(), &etag).json(json!({ "revoked": serials, "etag": etag })))
+}
+
+/// `GET /tpmBindings`: the registration ids of TPM enrollment groups and the TPM (EK) that holds each, paged
+/// (our extension).
+pub(super) async fn tpm_bindings(caller: Caller<Read>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let paging = request::paging(&req)?;
+    let page =
+        caller.tpm_bindings().list(paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|b| {
+            json!({
+                "registrationId": b.registration_key,
+                "endorsementKey": b.endorsement_key,
+                "createdDateTimeUtc": super::timestamp(b.created_at),
+            })
+        })
+        .collect();
+    Ok(request::page_response(items, page.next, "tpmBinding", &paging))
+}
+
+/// `DELETE /tpmBindings/{registrationId}`: releases the id, which the next TPM of its group to register then
+/// holds (our extension). A registration made with the id stays; deleting the registration releases it as well.
+pub(super) async fn release_tpm_binding(
+    caller: Caller<EnrollmentWrite>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = parse_id(&id)?.key();
+    caller
+        .registration_writer()
+        .release_tpm_binding(&key)
+        .await
+        .map_err(|e| ApiError::from_store(e, &format!("TPM binding {:?}", id.as_str())))?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[cfg(test)]

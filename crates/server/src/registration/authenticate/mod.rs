@@ -33,15 +33,15 @@ pub struct Authenticated {
     pub enrollment: Arc<Enrollment>,
     /// For a device that presented a certificate: what its registration result says about it.
     pub x509: Option<X509RegistrationResult>,
-    /// The device presented an operational certificate of ours (it renews).
-    pub operational: bool,
+    /// The serial of the operational certificate of ours the device presented, if it did (it renews).
+    pub operational: Option<String>,
     /// A TPM device's register: the blob of its new hub key, for the result (§3.1 step 4).
     pub tpm: Option<tpm::TpmOutcome>,
 }
 
 impl Authenticated {
     fn by(enrollment: Arc<Enrollment>) -> Self {
-        Self { enrollment, x509: None, operational: false, tpm: None }
+        Self { enrollment, x509: None, operational: None, tpm: None }
     }
 
     /// The name of the device's request budget (`--device-rate-limit`): its registration id and the enrollment

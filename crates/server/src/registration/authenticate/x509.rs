@@ -299,8 +299,8 @@ impl RegistrationService {
     }
 
     /// A device presenting an operational certificate we issued: it renews (or registers again) if the
-    /// certificate is its own, not revoked, still valid (or expired within the renewal grace, unless superseded),
-    /// and its issuing CA is still trusted. The enrollment is the one the device registered through.
+    /// certificate is its own, its newest (neither revoked nor superseded), still valid (or expired within the
+    /// renewal grace), and its issuing CA is still trusted. The enrollment is the one the device registered through.
     async fn authenticate_operational(
         &self,
         device: &DeviceRequest,
@@ -315,9 +315,22 @@ impl RegistrationService {
         if issued.registration_key != key {
             return Err(self.refuse(device, action, "x509: an operational certificate of another device").await);
         }
-        if issued.status == CertificateStatus::Revoked {
-            let message = format!("the operational certificate {} was revoked", issued.serial);
-            let error = refused(ErrorCode::CertificateRevoked, message);
+        let no_longer = match issued.status {
+            CertificateStatus::Active => None,
+            CertificateStatus::Revoked => Some(refused(
+                ErrorCode::CertificateRevoked,
+                format!("the operational certificate {} was revoked", issued.serial),
+            )),
+            // Only the newest certificate of a registration authenticates: an older one (a copy left behind, or
+            // stolen) cannot mint fresh certificates while it lasts. It may still poll (read-only): that is how a
+            // device that renewed by registering collects the certificate that superseded it.
+            CertificateStatus::Superseded if action == Action::Poll => None,
+            CertificateStatus::Superseded => Some(refused(
+                ErrorCode::CertificateNotRenewable,
+                format!("the operational certificate {} was superseded by a newer one", issued.serial),
+            )),
+        };
+        if let Some(error) = no_longer {
             return Err(self.refuse_certificate(device, action, "x509", error).await);
         }
         let Some(ca) = self.pki.by_name(&issued.issuing_ca).await? else {
@@ -329,24 +342,15 @@ impl RegistrationService {
         let mut checked_at = now;
         if now > not_after {
             let grace = time::Duration::try_from(self.pki.renewal_grace()).unwrap_or(time::Duration::ZERO);
-            let error = if issued.status == CertificateStatus::Superseded {
-                Some(refused(
-                    ErrorCode::CertificateNotRenewable,
-                    format!("the operational certificate {} was superseded and has expired", issued.serial),
-                ))
-            } else if now - not_after > grace {
-                Some(refused(
+            if now - not_after > grace {
+                let error = refused(
                     ErrorCode::CertificateExpired,
                     format!(
                         "the operational certificate {} expired at {not_after} (renewal grace: {} s)",
                         issued.serial,
                         grace.whole_seconds()
                     ),
-                ))
-            } else {
-                None
-            };
-            if let Some(error) = error {
+                );
                 return Err(self.refuse_certificate(device, action, "x509", error).await);
             }
             checked_at = not_after - time::Duration::SECOND;
@@ -376,6 +380,7 @@ impl RegistrationService {
             enrollment_group_id: enrollment.group_id().map(str::to_owned),
             signing_certificate_info: info(ca.ca.certificate_der()),
         };
-        Ok(Authenticated { x509: Some(x509), operational: true, ..Authenticated::by(Arc::new(enrollment)) })
+        let operational = Some(issued.serial);
+        Ok(Authenticated { x509: Some(x509), operational, ..Authenticated::by(Arc::new(enrollment)) })
     }
 }
