@@ -80,6 +80,7 @@ mod held;
 mod hub;
 mod hub_job;
 mod issuing_ca;
+mod migration_lock;
 mod registration;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -334,8 +335,10 @@ impl Store {
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await?;
-        Ok(())
+        let lock = migration_lock::MigrationLock::acquire(&self.db, self.backend).await?;
+        let migrated = Migrator::up(&self.db, None).await;
+        lock.release().await?;
+        Ok(migrated?)
     }
 
     /// Whether the database answers and no migration is pending.
