@@ -17,6 +17,7 @@ use crate::entity::operation;
 use crate::entity::registration::{Column, Entity};
 use crate::held::HeldConnection;
 use crate::{Actor, StoreError};
+use zerotouch_wire::registration::RegistrationStatus;
 
 /// One registration attempt waiting for the writer, and where its result goes.
 pub(super) struct Pending {
@@ -167,7 +168,9 @@ pub(super) async fn write_together(
             key: &r.key,
             group: r.enrollment_group_key.as_deref(),
             renewing: p.outcome.renewing.as_deref(),
-            grants: matches!(r.status.as_str(), "assigned" | "assigning"),
+            grants: [RegistrationStatus::Assigned, RegistrationStatus::Assigning]
+                .iter()
+                .any(|granting| r.status == granting.as_str()),
         })
         .collect();
     let refused = still_authorized(&txn, &attempts).await?;
