@@ -344,7 +344,17 @@ impl Store {
     /// Whether the database answers and no migration is pending.
     pub async fn is_ready(&self) -> Result<bool, StoreError> {
         self.db.execute_unprepared("SELECT 1").await?;
-        Ok(Migrator::get_pending_migrations(&self.db).await?.is_empty())
+        // Read without the migrator, which would create its table (DDL from a probe) and refuse a database that a
+        // newer version migrated further (migrations only add, so during a rolling upgrade the old replicas go on
+        // serving).
+        let versions =
+            sea_orm::Statement::from_string(self.db.get_database_backend(), "SELECT version FROM seaql_migrations");
+        let applied: std::collections::HashSet<String> = match self.db.query_all_raw(versions).await {
+            Ok(rows) => rows.iter().map(|row| row.try_get("", "version")).collect::<Result<_, _>>()?,
+            // The database answered, but has no migration table: nothing is migrated yet.
+            Err(_) => return Ok(false),
+        };
+        Ok(Migrator::migrations().iter().all(|migration| applied.contains(migration.name())))
     }
 
     /// A handle that can tell whether the store is ready, and nothing else (for `/readyz`).
