@@ -64,6 +64,9 @@ pub struct Options {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// The CAs the kit's client trusts, when the server's TLS certificate is not of its own data dir (a replica
+    /// given another's `--tls-cert`); default: the data dir's `trust-bundle.pem`.
+    pub trust_bundle: Option<PathBuf>,
 }
 
 /// A running `zerotouch serve`.
@@ -147,11 +150,11 @@ impl Server {
             _database: database,
             minted: std::sync::Mutex::new(Vec::new()),
         };
-        server.wait_until_serving().await?;
+        server.wait_until_serving(options.trust_bundle.as_deref()).await?;
         Ok(server)
     }
 
-    async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+    async fn wait_until_serving(&mut self, trust_bundle: Option<&Path>) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
@@ -179,7 +182,8 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.client = client_trusting(&self.data_dir.join("trust-bundle.pem"))?;
+        self.client =
+            client_trusting(&trust_bundle.map_or_else(|| self.data_dir.join("trust-bundle.pem"), Path::to_path_buf))?;
         loop {
             if self.client.get(self.url("/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
@@ -258,6 +262,13 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing drains) and waits for it.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        Ok(child.wait()?)
     }
 
     /// Stops the server (SIGTERM) and starts a new one on the same data dir and database.

@@ -1,0 +1,334 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Several replicas on one PostgreSQL act as one service (issue #18, part 2): three `zerotouch serve` processes
+//! configured as the Helm chart configures pods (one database migrated first, then `--no-migrate`; the same id
+//! scope, server TLS certificate and CA passphrase), behind HAProxy in TCP mode, driven from outside as devices
+//! would.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use zerotouch_attest::sas;
+use zerotouch_store::{CertificateFilter, CertificateStatus, Store};
+use zerotouch_tests::{Api, Backend, Options, Server, client_trusting, device::now};
+
+const API: &str = "api-version=2021-06-01";
+const HUB: &str = "hub-replicas.example.com";
+const GROUP: &str = "replica-fleet";
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three replicas on one database and HAProxy in front of their device listeners.
+struct Cluster {
+    replicas: Vec<Server>,
+    haproxy: Child,
+    /// `https://127.0.0.1:PORT` of HAProxy's device frontend.
+    device_url: String,
+    /// A client trusting the shared server certificate, with a connection pool of its own.
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(count: usize) -> Self {
+        // The first replica migrates the database and makes the shared material (as the chart's Secrets hold it).
+        let first = Server::start_with(Backend::Postgres, Options::default()).await.unwrap();
+        let data_dir = first.data_dir.clone();
+        let shared = |name: &str| data_dir.join(name).to_str().unwrap().to_owned();
+        let mut replicas = vec![first];
+        for _ in 1..count {
+            let first = &replicas[0];
+            let options = Options {
+                database_url: Some(first.database_url.clone()),
+                args: vec![
+                    "--no-migrate".into(),
+                    "--id-scope".into(),
+                    first.id_scope.clone(),
+                    "--tls-cert".into(),
+                    shared("server.pem"),
+                    "--tls-key".into(),
+                    shared("server.key"),
+                    "--ca-passphrase-file".into(),
+                    shared("ca-passphrase"),
+                ],
+                trust_bundle: Some(data_dir.join("trust-bundle.pem")),
+                ..Default::default()
+            };
+            replicas.push(Server::start_with(Backend::Postgres, options).await.unwrap());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let servers: String = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let address = r.device_url.trim_start_matches("https://");
+                format!("    server replica{i} {address} check inter 200ms fall 2 rise 2\n")
+            })
+            .collect();
+        let config = format!(
+            "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    \
+             timeout server 30s\n    retries 2\n    option redispatch\nfrontend devices\n    bind 127.0.0.1:{port}\n    \
+             default_backend replicas\nbackend replicas\n    balance roundrobin\n{servers}"
+        );
+        let config_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&config_path, config).unwrap();
+        let haproxy = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy) runs");
+        let client = client_trusting(&replicas[0].data_dir.join("trust-bundle.pem")).unwrap();
+        let device_url = format!("https://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { replicas, haproxy, device_url, client, _dir: dir }
+    }
+
+    fn first(&self) -> &Server {
+        &self.replicas[0]
+    }
+
+    /// A symmetric-key group that issues certificates, and a hub.
+    async fn enroll_group(&self) -> Vec<u8> {
+        let api = Api::new(self.first(), "owner");
+        let hub = json!({"hostName": HUB, "kind": "none", "allocationWeight": 1});
+        assert_eq!(api.put(&format!("/hubs/{HUB}"), &hub).await.status(), 200);
+        let key = [42u8; 64];
+        let group = json!({
+            "enrollmentGroupId": GROUP,
+            "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([43u8; 64])}},
+            "iotHubs": [HUB],
+        });
+        let response = api.put(&format!("/enrollmentGroups/{GROUP}"), &group).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        key.to_vec()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.haproxy.kill();
+        let _ = self.haproxy.wait();
+    }
+}
+
+/// A device of the group: its id, derived key and a CSR for its id (base64 DER).
+struct Device {
+    id: String,
+    key: Vec<u8>,
+    csr: String,
+}
+
+fn device(group_key: &[u8], id: &str) -> Device {
+    let key = sas::derive_device_key(group_key, id).to_vec();
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, id);
+    let csr = STANDARD.encode(params.serialize_request(&pair).unwrap().der());
+    Device { id: id.to_owned(), key, csr }
+}
+
+/// The SAS token of a device, as the Python SDK signs it.
+fn token(scope: &str, device: &Device) -> String {
+    let sr = format!("{scope}%2Fregistrations%2F{}", device.id);
+    sas::sign(&sr, now() + 3600, &device.key, None)
+}
+
+/// Requests that failed in transport or with a 5xx and were sent again (what a killed replica costs the devices).
+static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Registers `device` through `url` and polls to the end, retrying as the device SDKs do: a transport error, a
+/// 429 or a 5xx sends the register again after a backoff. Returns the final operation.
+async fn register_retrying(client: &reqwest::Client, url: &str, scope: &str, device: &Device) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = json!({"registrationId": device.id, "csr": device.csr});
+    let mut backoff = Duration::from_millis(100);
+    'register: loop {
+        assert!(Instant::now() < deadline, "{} did not register within 120 s", device.id);
+        let register = format!("{url}/{scope}/registrations/{}/register?{API}", device.id);
+        let sent = client.put(&register).header("Authorization", token(scope, device)).json(&body).send().await;
+        let operation = match sent {
+            Ok(response) if response.status().as_u16() == 202 => {
+                let reply: Value = response.json().await.unwrap_or(Value::Null);
+                reply["operationId"].as_str().unwrap().to_owned()
+            }
+            Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => {
+                RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Ok(response) => {
+                let status = response.status();
+                panic!("{}: register answered {status}: {}", device.id, response.text().await.unwrap());
+            }
+            Err(_) => {
+                RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let poll = format!("{url}/{scope}/registrations/{}/operations/{operation}?{API}", device.id);
+            match client.get(&poll).header("Authorization", token(scope, device)).send().await {
+                Ok(response) if response.status().as_u16() == 200 => return response.json().await.unwrap(),
+                Ok(response) if response.status().as_u16() == 202 => {}
+                Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => {
+                    RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    panic!("{}: poll answered {status}: {}", device.id, response.text().await.unwrap());
+                }
+                // The replica went away mid-poll: the operation is in the database, another replica answers.
+                Err(_) => {
+                    RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            if Instant::now() > deadline {
+                continue 'register;
+            }
+        }
+    }
+}
+
+/// What the database holds for the group's devices: registrations, and certificates by registration.
+async fn database_view(
+    cluster: &Cluster,
+) -> (Vec<zerotouch_store::RegistrationRecord>, Vec<zerotouch_store::CertificateRecord>) {
+    let store = Store::connect(&cluster.first().database_url).await.unwrap();
+    let mut registrations = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.registrations().list_of_group(GROUP, after.as_deref(), 1000).await.unwrap();
+        registrations.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut certificates = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.certificates().list(&CertificateFilter::default(), after.as_deref(), 1000).await.unwrap();
+        certificates.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    store.close().await.unwrap();
+    (registrations, certificates)
+}
+
+/// Every registration of the group is `assigned`, once, with exactly one active certificate.
+fn assert_one_each(
+    registrations: &[zerotouch_store::RegistrationRecord],
+    certificates: &[zerotouch_store::CertificateRecord],
+    devices: usize,
+) {
+    assert_eq!(registrations.len(), devices, "one registration per device");
+    let mut keys: Vec<&str> = registrations.iter().map(|r| r.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), devices, "no duplicate registration");
+    for registration in registrations {
+        assert_eq!(registration.status, "assigned", "{registration:?}");
+        let active = certificates
+            .iter()
+            .filter(|c| c.registration_key == registration.key && c.status == CertificateStatus::Active)
+            .count();
+        assert_eq!(active, 1, "{}: one active certificate", registration.key);
+    }
+}
+
+/// The same device registering through all three replicas at once (three registers in flight, each on a
+/// replica of its own): one registration, every answer `assigned` to the same hub and device id, and one active
+/// certificate (the others, each handed to one of the answers, superseded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_through_three_replicas_at_once_is_one_registration() {
+    let cluster = Cluster::start(3).await;
+    let group_key = cluster.enroll_group().await;
+    let device = Arc::new(device(&group_key, "everywhere-1"));
+    let scope = cluster.first().id_scope.clone();
+    let mut answers = Vec::new();
+    for replica in &cluster.replicas {
+        let (client, url, scope, device) =
+            (replica.client.clone(), replica.device_url.clone(), scope.clone(), Arc::clone(&device));
+        answers.push(tokio::spawn(async move { register_retrying(&client, &url, &scope, &device).await }));
+    }
+    let mut hubs = Vec::new();
+    for answer in answers {
+        let done = answer.await.unwrap();
+        assert_eq!(done["status"], "assigned", "{done}");
+        hubs.push((done["registrationState"]["assignedHub"].clone(), done["registrationState"]["deviceId"].clone()));
+    }
+    hubs.dedup();
+    assert_eq!(hubs, [(json!(HUB), json!("everywhere-1"))]);
+    let (registrations, certificates) = database_view(&cluster).await;
+    assert_one_each(&registrations, &certificates, 1);
+}
+
+/// A replica killed with SIGKILL during a storm of 5,000 devices through HAProxy: the devices retry as the SDKs
+/// do and every one ends `assigned`, once, with one active certificate; nothing the killed replica was writing is
+/// left half-done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_a_storm_loses_nothing() {
+    const DEVICES: usize = 5_000;
+    const CONCURRENCY: usize = 64;
+    let mut cluster = Cluster::start(3).await;
+    let group_key = cluster.enroll_group().await;
+    let scope = cluster.first().id_scope.clone();
+    let devices: Arc<Vec<Device>> =
+        Arc::new((0..DEVICES).map(|i| device(&group_key, &format!("storm-{i:05}"))).collect());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, scope) = (cluster.client.clone(), cluster.device_url.clone(), scope.clone());
+        let (devices, next, done) = (Arc::clone(&devices), Arc::clone(&next), Arc::clone(&done));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(device) = devices.get(i) else { return };
+                let answer = register_retrying(&client, &url, &scope, device).await;
+                assert_eq!(answer["status"], "assigned", "{}: {answer}", device.id);
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    // Kill the second replica once the storm is well under way.
+    let started = Instant::now();
+    while done.load(std::sync::atomic::Ordering::Relaxed) < DEVICES / 4 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the storm does not progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = done.load(std::sync::atomic::Ordering::Relaxed);
+    cluster.replicas[1].kill().unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(killed_at < DEVICES, "the replica was killed during the storm");
+    let retried = RETRIED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{DEVICES} devices in {:?}; replica killed after {killed_at}; {retried} retries", started.elapsed());
+    assert!(retried > 0, "the kill cost some requests, which the devices sent again");
+    let (registrations, certificates) = database_view(&cluster).await;
+    assert_one_each(&registrations, &certificates, DEVICES);
+    // Every certificate belongs to a registration of the storm: none was written for an attempt that lost.
+    let storm: std::collections::HashSet<&str> = registrations.iter().map(|r| r.key.as_str()).collect();
+    assert!(certificates.iter().all(|c| storm.contains(c.registration_key.as_str())));
+}
