@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Several replicas on one PostgreSQL act as one service (issue #18, part 2): three `zerotouch serve` processes
 //! configured as the Helm chart configures pods (one database migrated first, then `--no-migrate`; the same id
 //! scope, server TLS certificate and CA passphrase), behind HAProxy in TCP mode, driven from outside as devices
