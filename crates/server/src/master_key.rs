@@ -146,6 +146,9 @@ pub async fn seal_legacy_ca_keys(store: &Store, passphrase: &PassphraseSource, d
             sealed += 1;
         }
     }
+    if sealed > 0 {
+        store.purge_freed_rows().await.context("rewriting the database after sealing the CA keys")?;
+    }
     Ok(sealed)
 }
 

@@ -252,6 +252,9 @@ impl Store {
                 return Err(StoreError::Unavailable("the new data key is still shared".into()).into());
             };
             let _ = self.vault.0.set(key);
+            if sealed_in_place > 0 {
+                self.purge_freed_rows().await?;
+            }
             return Ok(Unlocked { data_key: id, created: true, sealed_in_place });
         }
         Err(StoreError::Conflict("the data key is being created concurrently; retry".into()).into())
@@ -293,6 +296,27 @@ impl Store {
         }
         txn.commit().await?;
         Ok(Rotated { data_key: id, from: old.key_id(), to: new.key_id() })
+    }
+
+    /// After secrets stored in clear (or under the CA key passphrase) were sealed in place, rewrites the database so that their old versions do not
+    /// linger in freed pages (SQLite: `VACUUM`, then the WAL truncated) or dead row versions (PostgreSQL:
+    /// `VACUUM FULL` of the tables that held them). Once per database, on the first start with a master key.
+    pub async fn purge_freed_rows(&self) -> Result<(), StoreError> {
+        match self.backend {
+            crate::Backend::Sqlite => {
+                self.db.execute_unprepared("VACUUM").await?;
+                self.db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+            }
+            crate::Backend::Postgres => {
+                self.db
+                    .execute_unprepared(
+                        "VACUUM FULL individual_enrollments, enrollment_groups, hubs, hub_jobs, tpm_challenges, \
+                         issuing_cas",
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn read_data_key(&self, db: &impl ConnectionTrait) -> Result<Option<data_key::Model>, StoreError> {
