@@ -281,3 +281,95 @@ async fn wrong_master_keys_stop_the_start_and_rotation_needs_no_downtime_sqlite(
 async fn wrong_master_keys_stop_the_start_and_rotation_needs_no_downtime_postgres() {
     wrong_master_keys_stop_the_start_and_rotation_needs_no_downtime(Backend::Postgres).await;
 }
+
+/// The fixtures of `tests/fixtures/make-0.1-databases.sh`: databases written by the 0.1 binary.
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/0.1")
+}
+
+/// Copies a fixture data dir, with the modes the service demands of its key files (git keeps no modes).
+fn copy_data_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target).unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let private = name.ends_with(".key") || name == "ca-passphrase" || name == "zerotouch.db";
+        let mode = if private { 0o600 } else { 0o644 };
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+}
+
+/// What the fixture wrote: secrets.txt, base64 per line.
+fn fixture_secrets() -> Vec<(&'static str, Vec<u8>)> {
+    let names = ["individual primary key", "individual secondary key", "group primary key", "group secondary key",
+        "Mosquitto password", "webhook secret"];
+    let text = std::fs::read_to_string(fixture().join("secrets.txt")).unwrap();
+    names.into_iter().zip(text.lines().map(|l| STANDARD.decode(l).unwrap())).collect()
+}
+
+/// A database written by 0.1 (enrollment keys, hub password and webhook secret in clear; the issuing CA's key
+/// encrypted with the data dir's passphrase) is sealed on the first start with a master key: the secrets are gone
+/// from the database's bytes, the devices still authenticate with their keys, the CA still signs, and the passphrase
+/// is not needed any more. The test checks first that the secrets are in the 0.1 database, so that it could fail.
+async fn a_database_of_0_1_is_sealed_on_first_start(backend: Backend) {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let (database_url, _database) = match backend {
+        Backend::Sqlite => {
+            copy_data_dir(&fixture().join("sqlite/data"), &data);
+            (format!("sqlite://{}?mode=rwc", data.join("zerotouch.db").display()), None)
+        }
+        Backend::Postgres => {
+            copy_data_dir(&fixture().join("postgres/data"), &data);
+            let database = zerotouch_store::test_support::TestDatabase::create(backend).await.unwrap();
+            let (done, text) = zerotouch(&["migrate", "--database-url", &database.url], &[]);
+            assert!(done, "{text}");
+            let rows = fixture().join("postgres/rows.sql");
+            let loaded = Command::new("psql")
+                .args([database.url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-f", rows.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+            (database.url.clone(), Some(database))
+        }
+    };
+    let secrets = fixture_secrets();
+    let before = database_bytes(backend, &database_url);
+    for (name, secret) in &secrets[4..] {
+        assert!(contains(&before, secret), "the 0.1 database holds the {name} in clear");
+    }
+    assert!(contains(&before, &STANDARD.encode(&secrets[0].1).into_bytes()), "and the enrollment keys, base64");
+
+    let options = Options { data_dir: Some(data.clone()), database_url: Some(database_url.clone()), ..Default::default() };
+    let server = Server::start_with(backend, options.clone()).await.unwrap();
+    let logs = server.logs();
+    assert!(logs.contains("stored in clear were sealed in place"), "{logs}");
+    assert!(logs.contains("sealed 1 issuing CA key(s) of 0.1"), "{logs}");
+    registered(&server, "legacy-device", &secrets[0].1).await;
+    let derived = zerotouch_attest::sas::derive_device_key(&secrets[2].1, "legacy-fleet-device").to_vec();
+    registered(&server, "legacy-fleet-device", &derived).await;
+    let crl = server.client.get(server.url("/pki/crl/development")).send().await.unwrap();
+    assert_eq!(crl.status().as_u16(), 200, "the development CA's key opens and signs a CRL");
+    let mut server = server;
+    server.stop().unwrap();
+    assert_absent(&database_bytes(backend, &database_url), &secrets, "after the upgrade");
+    let sealed = column(&database_url, "SELECT encrypted_key FROM issuing_cas").await;
+    assert!(sealed.iter().all(|k| k.starts_with("zt-sealed:")), "{sealed:?}");
+
+    // The passphrase has done its work: the service starts without it.
+    std::fs::remove_file(data.join("ca-passphrase")).unwrap();
+    let again = Server::start_with(backend, options).await.unwrap();
+    registered(&again, "legacy-device", &secrets[0].1).await;
+}
+
+#[tokio::test]
+async fn a_database_of_0_1_is_sealed_on_first_start_sqlite() {
+    a_database_of_0_1_is_sealed_on_first_start(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_database_of_0_1_is_sealed_on_first_start_postgres() {
+    a_database_of_0_1_is_sealed_on_first_start(Backend::Postgres).await;
+}
