@@ -7,7 +7,9 @@
 //! envelopes it seals: another key of the same label has another id, so a start with it fails as the wrong key.
 //! Tested with SoftHSM2 (`tests/tests/secrets.rs`).
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, bail};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -41,11 +43,7 @@ impl TokenKey {
     /// Opens the token of `settings`, logs in with the PIN of its file, and finds (or generates) the key.
     pub fn open(settings: &Pkcs11Settings) -> anyhow::Result<Self> {
         let module = settings.module.display();
-        let context = Pkcs11::new(&settings.module)
-            .with_context(|| format!("--master-key-pkcs11-module: cannot load {module}"))?;
-        context
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .with_context(|| format!("--master-key-pkcs11-module: {module} does not initialize"))?;
+        let context = context(&settings.module)?;
         let mut found = None;
         for slot in context.get_slots_with_token().context("listing the PKCS#11 slots")? {
             let info = context.get_token_info(slot).context("reading a PKCS#11 token's information")?;
@@ -61,9 +59,16 @@ impl TokenKey {
             format!("--master-key-pkcs11-pin-file: cannot read {}", settings.pin_file.display())
         })?);
         let session = context.open_rw_session(slot).context("opening a PKCS#11 session")?;
-        session
-            .login(UserType::User, Some(&AuthPin::from(pin.trim_end_matches(['\r', '\n']).to_owned())))
-            .with_context(|| format!("--master-key-pkcs11-pin-file: the PIN of token {:?} is refused", settings.token))?;
+        // A login holds for every session of the application on the token (a second key of it: already logged in).
+        match session.login(UserType::User, Some(&AuthPin::from(pin.trim_end_matches(['\r', '\n']).to_owned()))) {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "--master-key-pkcs11-pin-file: the PIN of token {:?} is refused",
+                    settings.token
+                )));
+            }
+        }
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(settings.label.as_bytes().to_vec()),
@@ -97,6 +102,26 @@ impl TokenKey {
         let session = self.session.lock().map_err(|_| EnvelopeError::Crypto(format!("{what}: session poisoned")))?;
         f(&session).map_err(|e| EnvelopeError::Crypto(format!("{what} in the PKCS#11 token: {e}")))
     }
+}
+
+/// The one initialized context of `module` in this process (PKCS#11 allows one `C_Initialize` per library until its
+/// `C_Finalize`; `rotate-master-key` opens two keys of one token).
+fn context(module: &Path) -> anyhow::Result<Pkcs11> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut contexts = CONTEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the PKCS#11 contexts are poisoned"))?;
+    if let Some(context) = contexts.get(module) {
+        return Ok(context.clone());
+    }
+    let context = Pkcs11::new(module)
+        .with_context(|| format!("--master-key-pkcs11-module: cannot load {}", module.display()))?;
+    context
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .with_context(|| format!("--master-key-pkcs11-module: {} does not initialize", module.display()))?;
+    contexts.insert(module.to_owned(), context.clone());
+    Ok(context)
 }
 
 /// Generates a non-extractable AES-256 key labelled `label` in the token, with a random CKA_ID.
