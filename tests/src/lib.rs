@@ -223,13 +223,17 @@ impl Server {
     /// The secrets this server's logs must not contain: the base64 lines of its private key files and the
     /// tokens minted for it. Every test that starts a server checks them when the server is dropped.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = ["root-ca.key", "server.key", "token-signing.key", "ca-passphrase", "master-key"]
-            .iter()
-            .filter_map(|name| std::fs::read_to_string(self.data_dir.join(name)).ok())
-            .flat_map(|pem| {
-                pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16).map(str::to_owned).collect::<Vec<_>>()
-            })
-            .collect();
+        let mut secrets: Vec<String> =
+            ["root-ca.key", "server.key", "token-signing.key", "ca-passphrase", "master-key"]
+                .iter()
+                .filter_map(|name| std::fs::read_to_string(self.data_dir.join(name)).ok())
+                .flat_map(|pem| {
+                    pem.lines()
+                        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
         if let Ok(minted) = self.minted.lock() {
             secrets.extend(minted.iter().cloned());
         }

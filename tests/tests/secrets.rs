@@ -240,14 +240,24 @@ async fn wrong_master_keys_stop_the_start_and_rotation_needs_no_downtime(backend
 
     let database = ["--database-url", first.database_url.as_str()];
     let (done, text) = zerotouch(
-        &[&["rotate-master-key"][..], &database, &["--master-key-file", stranger.to_str().unwrap()],
-          &["--new-master-key-file", new.to_str().unwrap()]].concat(),
+        &[
+            &["rotate-master-key"][..],
+            &database,
+            &["--master-key-file", stranger.to_str().unwrap()],
+            &["--new-master-key-file", new.to_str().unwrap()],
+        ]
+        .concat(),
         &[],
     );
     assert!(!done && text.contains("wrong master key") && text.contains("nothing was changed"), "{text}");
     let (done, text) = zerotouch(
-        &[&["rotate-master-key"][..], &database, &["--master-key-file", old.to_str().unwrap()],
-          &["--new-master-key-file", new.to_str().unwrap()]].concat(),
+        &[
+            &["rotate-master-key"][..],
+            &database,
+            &["--master-key-file", old.to_str().unwrap()],
+            &["--new-master-key-file", new.to_str().unwrap()],
+        ]
+        .concat(),
         &[],
     );
     assert!(done, "{text}");
@@ -255,19 +265,24 @@ async fn wrong_master_keys_stop_the_start_and_rotation_needs_no_downtime(backend
 
     // The running replica keeps its data key: devices still authenticate, keys are still written and read.
     registered(&first, "rotating", &primary).await;
-    ok(api.put("/enrollments/rotated-later", &json!({"registrationId": "rotated-later",
-        "attestation": {"type": "symmetricKey"}})).await).await;
+    ok(api
+        .put(
+            "/enrollments/rotated-later",
+            &json!({"registrationId": "rotated-later",
+        "attestation": {"type": "symmetricKey"}}),
+        )
+        .await)
+    .await;
 
     let err = Server::start_with(backend, replica(with_key(&old), vec![])).await.unwrap_err().to_string();
     assert!(err.contains("wrong master key"), "the old key no longer opens the database: {err}");
     let new_text = std::fs::read_to_string(&new).unwrap().trim().to_owned();
     let env = vec![("ZEROTOUCH_MASTER_KEY".to_owned(), new_text.clone())];
-    let second = Server::start_with(backend, replica(vec!["--device-rate-limit".into(), "100/10s".into()], env))
-        .await
-        .unwrap();
+    let second =
+        Server::start_with(backend, replica(vec!["--device-rate-limit".into(), "100/10s".into()], env)).await.unwrap();
     registered(&second, "rotating", &primary).await;
-    let later = ok(Api::new(&second, "operator").post("/enrollments/rotated-later/attestationmechanism", None).await)
-        .await;
+    let later =
+        ok(Api::new(&second, "operator").post("/enrollments/rotated-later/attestationmechanism", None).await).await;
     assert!(later["symmetricKey"]["primaryKey"].is_string(), "{later}");
     assert!(!second.logs().contains(&new_text), "the master key reached the logs");
 }
@@ -303,8 +318,14 @@ fn copy_data_dir(from: &Path, to: &Path) {
 
 /// What the fixture wrote: secrets.txt, base64 per line.
 fn fixture_secrets() -> Vec<(&'static str, Vec<u8>)> {
-    let names = ["individual primary key", "individual secondary key", "group primary key", "group secondary key",
-        "Mosquitto password", "webhook secret"];
+    let names = [
+        "individual primary key",
+        "individual secondary key",
+        "group primary key",
+        "group secondary key",
+        "Mosquitto password",
+        "webhook secret",
+    ];
     let text = std::fs::read_to_string(fixture().join("secrets.txt")).unwrap();
     names.into_iter().zip(text.lines().map(|l| STANDARD.decode(l).unwrap())).collect()
 }
@@ -342,7 +363,8 @@ async fn a_database_of_0_1_is_sealed_on_first_start(backend: Backend) {
     }
     assert!(contains(&before, &STANDARD.encode(&secrets[0].1).into_bytes()), "and the enrollment keys, base64");
 
-    let options = Options { data_dir: Some(data.clone()), database_url: Some(database_url.clone()), ..Default::default() };
+    let options =
+        Options { data_dir: Some(data.clone()), database_url: Some(database_url.clone()), ..Default::default() };
     let server = Server::start_with(backend, options.clone()).await.unwrap();
     let logs = server.logs();
     assert!(logs.contains("stored in clear were sealed in place"), "{logs}");
@@ -385,7 +407,10 @@ impl SoftHsm {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tokens")).unwrap();
-        let conf = format!("directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", dir.path().display());
+        let conf = format!(
+            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.path().display()
+        );
         std::fs::write(dir.path().join("softhsm2.conf"), conf).unwrap();
         std::fs::write(dir.path().join("pin"), "4321-user\n").unwrap();
         std::fs::write(dir.path().join("wrong-pin"), "0000-nope\n").unwrap();
@@ -405,9 +430,14 @@ impl SoftHsm {
     /// The flags naming the token, with the PIN file `pin` and the key `label`.
     fn args(&self, pin: &str, label: &str) -> Vec<String> {
         [
-            "--master-key-pkcs11-module", SOFTHSM_MODULE, "--master-key-pkcs11-token", "zerotouch",
-            "--master-key-pkcs11-pin-file", &self.dir.path().join(pin).display().to_string(),
-            "--master-key-pkcs11-label", label,
+            "--master-key-pkcs11-module",
+            SOFTHSM_MODULE,
+            "--master-key-pkcs11-token",
+            "zerotouch",
+            "--master-key-pkcs11-pin-file",
+            &self.dir.path().join(pin).display().to_string(),
+            "--master-key-pkcs11-label",
+            label,
         ]
         .iter()
         .map(|a| (*a).to_owned())

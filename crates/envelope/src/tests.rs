@@ -4,7 +4,8 @@ use proptest::prelude::*;
 
 use super::*;
 
-const ROW: Binding<'static> = Binding { table: "individual_enrollments", column: "primary_symmetric_key", record: "dev-1" };
+const ROW: Binding<'static> =
+    Binding { table: "individual_enrollments", column: "primary_symmetric_key", record: "dev-1" };
 
 fn master() -> MasterKey {
     MasterKey::generate().unwrap().0
@@ -22,8 +23,8 @@ fn hex(text: &str) -> Vec<u8> {
 /// Mode of Operation (GCM)" (the NIST submission, 2005), 256-bit key, 96-bit IV, with associated data.
 #[test]
 fn aes_256_gcm_matches_the_gcm_specification_test_case_16() {
-    let key = AesKey::new(KeyId([0; 8]), &hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308"))
-        .unwrap();
+    let key =
+        AesKey::new(KeyId([0; 8]), &hex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")).unwrap();
     let nonce: [u8; 12] = hex("cafebabefacedbaddecaf888").try_into().unwrap();
     let aad = hex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
     let plaintext = hex(concat!(

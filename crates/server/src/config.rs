@@ -132,7 +132,8 @@ impl MasterKeySource {
             (None, Some(text), _) => Self::Environment(text.clone()),
             (None, None, Some(module)) => Self::Pkcs11(Pkcs11Settings {
                 module,
-                token: token.ok_or_else(|| anyhow::anyhow!("--master-key-pkcs11-module: needs --master-key-pkcs11-token"))?,
+                token: token
+                    .ok_or_else(|| anyhow::anyhow!("--master-key-pkcs11-module: needs --master-key-pkcs11-token"))?,
                 pin_file: pin_file
                     .ok_or_else(|| anyhow::anyhow!("--master-key-pkcs11-module: needs --master-key-pkcs11-pin-file"))?,
                 label: label.unwrap_or_else(|| DEFAULT_PKCS11_LABEL.to_owned()),
@@ -181,7 +182,9 @@ impl RotateConfig {
             (None, Some(label), MasterKeySource::Pkcs11(settings)) => {
                 MasterKeySource::Pkcs11(Pkcs11Settings { label: label.clone(), ..settings.clone() })
             }
-            (None, Some(_), _) => bail!("--new-master-key-pkcs11-label: the current master key must be in a PKCS#11 token"),
+            (None, Some(_), _) => {
+                bail!("--new-master-key-pkcs11-label: the current master key must be in a PKCS#11 token")
+            }
             (None, None, _) => bail!("--new-master-key-file: give the new master key"),
         };
         if new == current {

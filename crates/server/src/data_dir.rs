@@ -239,7 +239,8 @@ pub fn prepare(path: &Path, needs: &Needs<'_>) -> anyhow::Result<DataDir> {
         created.push("development token-signing key");
     }
     if master_key && !path.join(files::MASTER_KEY).exists() {
-        let (_, text) = zerotouch_envelope::MasterKey::generate().map_err(|e| anyhow::anyhow!("the master key: {e}"))?;
+        let (_, text) =
+            zerotouch_envelope::MasterKey::generate().map_err(|e| anyhow::anyhow!("the master key: {e}"))?;
         write_private(&path.join(files::MASTER_KEY), Zeroizing::new(format!("{}\n", text.as_str())).as_bytes())?;
         created.push("master key (development only: give --master-key-file or a PKCS#11 token in production)");
     }
@@ -308,16 +309,16 @@ mod tests {
     fn no_development_root_key_on_a_production_install() {
         let names = vec!["localhost".to_owned()];
         let external = tempfile::tempdir().unwrap();
-        let first = prepare(external.path(), &Needs { development_tokens: false, master_key: false, ..dev(&names) })
-            .unwrap();
+        let first =
+            prepare(external.path(), &Needs { development_tokens: false, master_key: false, ..dev(&names) }).unwrap();
         assert!(!external.path().join(files::ROOT_KEY).exists(), "{:?}", first.created);
         assert!(!external.path().join(files::MASTER_KEY).exists());
         assert!(external.path().join(files::SERVER_KEY).exists());
         let bundle = fs::read_to_string(external.path().join(files::TRUST_BUNDLE)).unwrap();
         let chain = fs::read_to_string(external.path().join(files::SERVER_CERT)).unwrap();
         assert!(chain.ends_with(&bundle), "the server chain ends with the trust bundle's root");
-        let again = prepare(external.path(), &Needs { development_tokens: false, master_key: false, ..dev(&names) })
-            .unwrap();
+        let again =
+            prepare(external.path(), &Needs { development_tokens: false, master_key: false, ..dev(&names) }).unwrap();
         assert!(again.created.is_empty(), "{:?}", again.created);
 
         let own = tempfile::tempdir().unwrap();

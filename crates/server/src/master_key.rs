@@ -37,7 +37,8 @@ pub fn load(source: &MasterKeySource, data_dir: &Path) -> anyhow::Result<LoadedM
     };
     match source {
         MasterKeySource::File(path) => {
-            let text = read_secret_file(path).with_context(|| format!("--master-key-file: cannot read {}", path.display()))?;
+            let text =
+                read_secret_file(path).with_context(|| format!("--master-key-file: cannot read {}", path.display()))?;
             from_text(&text, format!("--master-key-file {}", path.display()))
         }
         MasterKeySource::Environment(text) => from_text(&text.0, MASTER_KEY_ENV.to_owned()),
@@ -65,11 +66,7 @@ fn read_secret_file(path: &Path) -> std::io::Result<Zeroizing<String>> {
 
 /// The file a master key or passphrase comes from, if it is in `data_dir` (a production install should keep it
 /// elsewhere: whoever copies the data dir, or its backup, then has both the database and its key).
-pub fn files_in_data_dir(
-    master_key: &MasterKeySource,
-    passphrase: &PassphraseSource,
-    data_dir: &Path,
-) -> Vec<PathBuf> {
+pub fn files_in_data_dir(master_key: &MasterKeySource, passphrase: &PassphraseSource, data_dir: &Path) -> Vec<PathBuf> {
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
     let inside = |path: &Path| {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
@@ -114,7 +111,11 @@ pub async fn unlock(store: &Store, master: &LoadedMasterKey) -> anyhow::Result<z
 /// Seals the issuing CA keys that 0.1 stored encrypted with the CA key passphrase (PKCS#8 PBES2): each is
 /// decrypted with the passphrase and sealed under the data key. A wrong passphrase stops the start, naming it.
 /// Returns how many keys were sealed.
-pub async fn seal_legacy_ca_keys(store: &Store, passphrase: &PassphraseSource, data_dir: &Path) -> anyhow::Result<usize> {
+pub async fn seal_legacy_ca_keys(
+    store: &Store,
+    passphrase: &PassphraseSource,
+    data_dir: &Path,
+) -> anyhow::Result<usize> {
     let legacy = store.legacy_ca_keys().await.context("reading the issuing CA keys")?;
     if legacy.is_empty() {
         return Ok(0);
@@ -137,9 +138,9 @@ pub async fn seal_legacy_ca_keys(store: &Store, passphrase: &PassphraseSource, d
         .await
         .context("decrypting an issuing CA key")?
         .map_err(|e| match e {
-            zerotouch_pki::KeyError::WrongPassphrase => anyhow::anyhow!(
-                "wrong CA key passphrase: {origin} does not decrypt the key of issuing CA {name:?}"
-            ),
+            zerotouch_pki::KeyError::WrongPassphrase => {
+                anyhow::anyhow!("wrong CA key passphrase: {origin} does not decrypt the key of issuing CA {name:?}")
+            }
             e => anyhow::anyhow!("the key of issuing CA {name:?} cannot be read: {e}"),
         })?;
         if store.issuing_cas().seal_legacy_key(&name, &pem, &CaPrivateKey::new(der)).await? {
@@ -169,9 +170,8 @@ fn read_passphrase(source: &PassphraseSource, data: &Path) -> anyhow::Result<(ze
         PassphraseSource::DataDir => {
             let path = data.join(files::CA_PASSPHRASE);
             (
-                read_secret_file(&path).with_context(|| {
-                    format!("cannot read {} (or give --ca-passphrase-file)", path.display())
-                })?,
+                read_secret_file(&path)
+                    .with_context(|| format!("cannot read {} (or give --ca-passphrase-file)", path.display()))?,
                 path.display().to_string(),
             )
         }
@@ -191,9 +191,9 @@ pub async fn rotate(config: &crate::config::RotateConfig) -> anyhow::Result<()> 
     if current.cipher.key_id() == new.cipher.key_id() {
         bail!("the new master key ({}) is the current one ({})", new.origin, current.origin);
     }
-    let store = Store::connect(&config.common.database_url)
-        .await
-        .with_context(|| format!("--database-url: cannot open {}", crate::config::redact_url(&config.common.database_url)))?;
+    let store = Store::connect(&config.common.database_url).await.with_context(|| {
+        format!("--database-url: cannot open {}", crate::config::redact_url(&config.common.database_url))
+    })?;
     if !store.is_ready().await.unwrap_or(false) {
         bail!("the database schema is not current: run `zerotouch migrate` (or start the service once) first");
     }

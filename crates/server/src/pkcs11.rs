@@ -55,9 +55,10 @@ impl TokenKey {
         let Some(slot) = found else {
             bail!("--master-key-pkcs11-token: no token labelled {:?} in {module}", settings.token);
         };
-        let pin = Zeroizing::new(std::fs::read_to_string(&settings.pin_file).with_context(|| {
-            format!("--master-key-pkcs11-pin-file: cannot read {}", settings.pin_file.display())
-        })?);
+        let pin =
+            Zeroizing::new(std::fs::read_to_string(&settings.pin_file).with_context(|| {
+                format!("--master-key-pkcs11-pin-file: cannot read {}", settings.pin_file.display())
+            })?);
         let session = context.open_rw_session(slot).context("opening a PKCS#11 session")?;
         // A login holds for every session of the application on the token (a second key of it: already logged in).
         match session.login(UserType::User, Some(&AuthPin::from(pin.trim_end_matches(['\r', '\n']).to_owned()))) {
@@ -69,10 +70,8 @@ impl TokenKey {
                 )));
             }
         }
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(settings.label.as_bytes().to_vec()),
-        ];
+        let template =
+            [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(settings.label.as_bytes().to_vec())];
         let keys = session.find_objects(&template).context("searching the token for the master key")?;
         let key = match keys.as_slice() {
             [key] => *key,
@@ -115,8 +114,8 @@ fn context(module: &Path) -> anyhow::Result<Pkcs11> {
     if let Some(context) = contexts.get(module) {
         return Ok(context.clone());
     }
-    let context = Pkcs11::new(module)
-        .with_context(|| format!("--master-key-pkcs11-module: cannot load {}", module.display()))?;
+    let context =
+        Pkcs11::new(module).with_context(|| format!("--master-key-pkcs11-module: cannot load {}", module.display()))?;
     context
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .with_context(|| format!("--master-key-pkcs11-module: {} does not initialize", module.display()))?;
@@ -165,14 +164,12 @@ impl Cipher for TokenKey {
             .map_err(|e| EnvelopeError::Crypto(format!("GCM parameters: {e}")))?;
         let session = self.session.lock().map_err(|_| EnvelopeError::Crypto("decrypting: session poisoned".into()))?;
         // A tag that does not verify is CKR_ENCRYPTED_DATA_INVALID (or _LEN_RANGE): the envelope does not open.
-        session.decrypt(&Mechanism::AesGcm(params), self.key, ciphertext).map(Zeroizing::new).map_err(|e| {
-            match e {
-                cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::EncryptedDataInvalid | cryptoki::error::RvError::EncryptedDataLenRange,
-                    _,
-                ) => EnvelopeError::Forged,
-                e => EnvelopeError::Crypto(format!("decrypting in the PKCS#11 token: {e}")),
-            }
+        session.decrypt(&Mechanism::AesGcm(params), self.key, ciphertext).map(Zeroizing::new).map_err(|e| match e {
+            cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::EncryptedDataInvalid | cryptoki::error::RvError::EncryptedDataLenRange,
+                _,
+            ) => EnvelopeError::Forged,
+            e => EnvelopeError::Crypto(format!("decrypting in the PKCS#11 token: {e}")),
         })
     }
 }

@@ -390,8 +390,7 @@ impl Pki {
         actor: &Actor,
     ) -> Result<IssuingCaRecord, PkiError> {
         let resource = format!("issuing CA {name:?}");
-        let private_key =
-            self.store.issuing_cas().key(name).await.map_err(|e| PkiError::from_store(e, &resource))?;
+        let private_key = self.store.issuing_cas().key(name).await.map_err(|e| PkiError::from_store(e, &resource))?;
         let chain = chain_pem.to_owned();
         let ca = tokio::task::spawn_blocking(move || -> Result<IssuingCa, PkiError> {
             let key = CaKey::from_pkcs8_der(zeroize::Zeroizing::new(private_key.as_bytes().to_vec()))

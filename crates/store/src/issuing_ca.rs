@@ -250,7 +250,12 @@ impl<'a> IssuingCas<'a> {
         let row = issuing_ca::ActiveModel {
             name: Set(record.name.clone()),
             key_algorithm: Set(record.key_algorithm.clone()),
-            encrypted_key: Set(self.store.vault().seal(KEY_TABLE, KEY_COLUMN, &record.name, new.private_key.as_bytes())?),
+            encrypted_key: Set(self.store.vault().seal(
+                KEY_TABLE,
+                KEY_COLUMN,
+                &record.name,
+                new.private_key.as_bytes(),
+            )?),
             csr_pem: Set(record.csr_pem.clone()),
             chain_pem: Set(None),
             status: Set(record.status.as_str().to_owned()),

@@ -110,8 +110,9 @@ impl Vault {
             for &name in SECRET_SETTINGS {
                 if let Some(Value::String(text)) = fields.get_mut(name) {
                     let clear = self.open("hubs", &format!("settings.{name}"), host_name, text)?;
-                    *text = String::from_utf8(clear.to_vec())
-                        .map_err(|_| StoreError::Corrupt(format!("hubs.settings.{name} of {host_name:?} is not text")))?;
+                    *text = String::from_utf8(clear.to_vec()).map_err(|_| {
+                        StoreError::Corrupt(format!("hubs.settings.{name} of {host_name:?} is not text"))
+                    })?;
                 }
             }
         }
@@ -175,9 +176,10 @@ fn unwrap_error(err: EnvelopeError, master: &dyn Cipher, row: &data_key::Model) 
         EnvelopeError::WrongKey { .. } => {
             UnlockError::WrongMasterKey { needed: row.master_key_id.clone(), given: master.key_id() }
         }
-        EnvelopeError::Forged | EnvelopeError::Malformed | EnvelopeError::NotSealed | EnvelopeError::UnknownVersion(_) => {
-            UnlockError::Tampered(master.key_id())
-        }
+        EnvelopeError::Forged
+        | EnvelopeError::Malformed
+        | EnvelopeError::NotSealed
+        | EnvelopeError::UnknownVersion(_) => UnlockError::Tampered(master.key_id()),
         e @ (EnvelopeError::BadKey(_) | EnvelopeError::Crypto(_)) => UnlockError::MasterKey(e),
     }
 }
@@ -276,11 +278,7 @@ impl Store {
     /// fails with [`UnlockError::WrongMasterKey`] (the data key is under `new` already), and changes nothing.
     pub async fn rotate_master_key(&self, old: &dyn Cipher, new: &dyn Cipher) -> Result<Rotated, UnlockError> {
         let txn = self.db.begin().await?;
-        let row = self
-            .read_data_key(&txn)
-            .await?
-            .ok_or_else(|| StoreError::NotFound)
-            .map_err(UnlockError::Store)?;
+        let row = self.read_data_key(&txn).await?.ok_or_else(|| StoreError::NotFound).map_err(UnlockError::Store)?;
         let id = key_id(&row)?;
         let rewrapped = DataKey::rewrap(old, new, id, &row.wrapped_key).map_err(|e| unwrap_error(e, old, &row))?;
         let result = data_key::Entity::update_many()

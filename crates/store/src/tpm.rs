@@ -11,8 +11,8 @@ use zerotouch_wire::SymmetricKey;
 use zerotouch_wire::enrollment::EnrollmentKind;
 
 use crate::StoreError;
-use crate::secrets::Vault;
 use crate::entity::tpm_challenge::{self, Column, Entity};
+use crate::secrets::Vault;
 
 /// A pending TPM challenge.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,9 +12,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use zerotouch_store::test_support::TestDatabase;
 use zerotouch_store::{
-    Actor, AuditFilter, AuditRecord, Backend, BulkItem, CertificateAuthorityInput, CertificateFilter,
-    CertificateRecord, CertificateStatus, CaPrivateKey, IssuingCaStatus, NewIssuingCa, OperationRecord,
-    Precondition, RegistrationOutcome, RegistrationRecord, Snapshot, Store, StoreError,
+    Actor, AuditFilter, AuditRecord, Backend, BulkItem, CaPrivateKey, CertificateAuthorityInput, CertificateFilter,
+    CertificateRecord, CertificateStatus, IssuingCaStatus, NewIssuingCa, OperationRecord, Precondition,
+    RegistrationOutcome, RegistrationRecord, Snapshot, Store, StoreError,
 };
 use zerotouch_wire::bulk::BulkMode;
 use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment, normalize};

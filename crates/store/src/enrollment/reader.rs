@@ -63,7 +63,11 @@ impl IndividualReader {
                 match found {
                     Ok(found) => {
                         for lookup in batch.drain(..) {
-                            let record = found.get(&lookup.key).cloned().map(|m| IndividualTable::to_record(&vault, m)).transpose();
+                            let record = found
+                                .get(&lookup.key)
+                                .cloned()
+                                .map(|m| IndividualTable::to_record(&vault, m))
+                                .transpose();
                             let _ = lookup.reply.send(record);
                         }
                     }

@@ -25,8 +25,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::StoreError;
-use crate::secrets::Vault;
 use crate::entity::hub_job;
+use crate::secrets::Vault;
 
 pub use backlog::HubBacklog;
 pub use delivery::HubJobOutcome;

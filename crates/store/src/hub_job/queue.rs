@@ -5,11 +5,14 @@
 use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
-use super::{CredentialRef, HubAction, HubJobRecord, NO_ADAPTER, NewHubJob, fresh_job, new_job_id, to_active, to_active_without_key};
-use crate::secrets::Vault;
+use super::{
+    CredentialRef, HubAction, HubJobRecord, NO_ADAPTER, NewHubJob, fresh_job, new_job_id, to_active,
+    to_active_without_key,
+};
 use crate::StoreError;
 use crate::entity::hub_job::{Column, Entity};
 use crate::entity::{hub, registration};
+use crate::secrets::Vault;
 
 /// For the registration writer: the upsert jobs of the attempts that won (`(job, registration key, operation id,
 /// new registration etag)`). A job whose device already has an older job on that hub waits its turn (it is not
@@ -163,7 +166,7 @@ pub(crate) async fn retire(
             .collect();
         if !jobs.is_empty() {
             let rows = jobs.iter().map(to_active_without_key).collect::<Result<Vec<_>, _>>()?;
-        Entity::insert_many(rows).exec_without_returning(db).await?;
+            Entity::insert_many(rows).exec_without_returning(db).await?;
         }
     }
     Ok(())

@@ -9,7 +9,6 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::first_registrations::{first_registrations_only, write_first_registrations};
-use crate::secrets::Vault;
 use super::{Committed, RegistrationOutcome, RegistrationRecord, Snapshot, operation_active, to_active};
 use crate::audit::{self, Change};
 use crate::batch::Batches;
@@ -17,6 +16,7 @@ use crate::certificate::{self as certificates, CertificateRecord, CertificateSta
 use crate::entity::operation;
 use crate::entity::registration::{Column, Entity};
 use crate::held::HeldConnection;
+use crate::secrets::Vault;
 use crate::{Actor, StoreError};
 
 /// One registration attempt waiting for the writer, and where its result goes.
@@ -287,11 +287,12 @@ pub(super) async fn write_together(
             Some((job, records[i].key.as_str(), operations[i].id.as_str(), records[i].etag.as_str()))
         })
         .collect();
-    let mut jobs: std::collections::HashMap<String, crate::HubJobRecord> = crate::hub_job::insert_upserts(&txn, vault, jobs)
-        .await?
-        .into_iter()
-        .map(|j| (j.registration_key.clone(), j))
-        .collect();
+    let mut jobs: std::collections::HashMap<String, crate::HubJobRecord> =
+        crate::hub_job::insert_upserts(&txn, vault, jobs)
+            .await?
+            .into_iter()
+            .map(|j| (j.registration_key.clone(), j))
+            .collect();
     txn.commit().await?;
 
     let results = records
