@@ -285,20 +285,21 @@ pub fn open(cipher: &dyn Cipher, binding: &Binding<'_>, text: &str) -> Result<Ze
     cipher.decrypt(&parsed.nonce, &binding.associated_data(parsed.key_id), &parsed.ciphertext)
 }
 
-/// A master key held in this process: 32 bytes, written as base64 text in its file or environment variable.
+/// A master key held in this process: 32 bytes, written as base64 text in its file or environment variable. The
+/// key is an [`AesKey`] named by [`KeyId::of_key`]; this type only makes and reads its text.
 #[derive(Debug)]
-pub struct MasterKey(AesKey);
+pub struct MasterKey;
 
 impl MasterKey {
     /// A fresh random master key and its text (what goes in the file).
-    pub fn generate() -> Result<(Self, Zeroizing<String>), EnvelopeError> {
+    pub fn generate() -> Result<(AesKey, Zeroizing<String>), EnvelopeError> {
         let bytes = random_bytes::<KEY_LEN>()?;
         let text = Zeroizing::new(STANDARD.encode(bytes.as_ref()));
-        Ok((Self(AesKey::new(KeyId::of_key(bytes.as_ref()), bytes.as_ref())?), text))
+        Ok((AesKey::new(KeyId::of_key(bytes.as_ref()), bytes.as_ref())?, text))
     }
 
     /// Parses the text of a master key: base64 of 32 bytes; surrounding white space (a file's newline) is ignored.
-    pub fn parse(text: &str) -> Result<Self, EnvelopeError> {
+    pub fn parse(text: &str) -> Result<AesKey, EnvelopeError> {
         let bytes = Zeroizing::new(
             STANDARD
                 .decode(text.trim())
@@ -310,26 +311,7 @@ impl MasterKey {
                 bytes.len()
             )));
         }
-        Ok(Self(AesKey::new(KeyId::of_key(&bytes), &bytes)?))
-    }
-}
-
-impl Cipher for MasterKey {
-    fn key_id(&self) -> KeyId {
-        self.0.key_id()
-    }
-
-    fn encrypt(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        self.0.encrypt(nonce, aad, plaintext)
-    }
-
-    fn decrypt(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-        self.0.decrypt(nonce, aad, ciphertext)
+        AesKey::new(KeyId::of_key(&bytes), &bytes)
     }
 }
 

@@ -7,7 +7,7 @@ use super::*;
 const ROW: Binding<'static> =
     Binding { table: "individual_enrollments", column: "primary_symmetric_key", record: "dev-1" };
 
-fn master() -> MasterKey {
+fn master() -> AesKey {
     MasterKey::generate().unwrap().0
 }
 

@@ -840,6 +840,39 @@ mod tests {
     }
 
     #[test]
+    fn the_master_key_has_one_source_named_by_its_setting() {
+        assert_eq!(Config::resolve(&serve(&[])).unwrap().master_key, MasterKeySource::DataDir);
+        let config = Config::resolve(&serve(&["--master-key-file", "/etc/zt/key"])).unwrap();
+        assert_eq!(config.master_key, MasterKeySource::File(PathBuf::from("/etc/zt/key")));
+        let token = ["--master-key-pkcs11-module", "/lib/p11.so", "--master-key-pkcs11-token", "zt"];
+        let err = Config::resolve(&serve(&token)).unwrap_err();
+        assert!(err.to_string().contains("--master-key-pkcs11-pin-file"), "{err}");
+        let config =
+            Config::resolve(&serve(&[&token[..], &["--master-key-pkcs11-pin-file", "/pin"]].concat())).unwrap();
+        let MasterKeySource::Pkcs11(settings) = config.master_key else { panic!("a token") };
+        assert_eq!((settings.token.as_str(), settings.label.as_str()), ("zt", DEFAULT_PKCS11_LABEL));
+        let both = [&token[..], &["--master-key-pkcs11-pin-file", "/pin", "--master-key-file", "/k"]].concat();
+        let err = Config::resolve(&serve(&both)).unwrap_err();
+        assert!(err.to_string().contains("give one source"), "{err}");
+        let err = Config::resolve(&serve(&["--master-key-pkcs11-label", "x"])).unwrap_err();
+        assert!(err.to_string().contains("--master-key-pkcs11-module"), "{err}");
+
+        let mut args = serve(&[]);
+        let text = MasterKeyText(std::sync::Arc::new(zeroize::Zeroizing::new("c2VjcmV0".to_owned())));
+        args.master_key.master_key_from_env = Some(text.clone());
+        assert_eq!(Config::resolve(&args).unwrap().master_key, MasterKeySource::Environment(text.clone()));
+        assert_eq!(format!("{args:?}").matches("c2VjcmV0").count(), 0, "the key is redacted in Debug");
+        args.master_key.master_key_file = Some(PathBuf::from("/k"));
+        assert!(Config::resolve(&args).is_err(), "a file and the variable: two sources");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "master-key-file = \"/from/file\"\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.master_key, MasterKeySource::File(PathBuf::from("/from/file")));
+    }
+
+    #[test]
     fn database_passwords_are_redacted_in_messages() {
         assert_eq!(redact_url("postgres://zt:s3cret@db:5432/zt"), "postgres://zt:***@db:5432/zt");
         assert_eq!(redact_url("postgres://db/zt"), "postgres://db/zt");

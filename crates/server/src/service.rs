@@ -109,7 +109,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
         },
     )?;
     let store = open(config).await?;
-    unlock_secrets(config, &data, &store).await?;
+    unlock_secrets(config, &data, &store, shutdown.clone()).await?;
     let verifier = Verifier::new(&config.auth, &data.path).await?;
     let (cert, key) = match &config.tls_files {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -208,7 +208,12 @@ async fn expire_audit(store: Store, retention: std::time::Duration, shutdown: Ca
 /// Loads the master key and unlocks the database's secrets with it (sealing, on the first start after an upgrade,
 /// what 0.1 stored in clear, and its CA keys encrypted with the passphrase). A wrong master key or CA passphrase stops
 /// the start here, before anything listens, with a message that names it.
-async fn unlock_secrets(config: &Config, data: &data_dir::DataDir, store: &Store) -> anyhow::Result<()> {
+async fn unlock_secrets(
+    config: &Config,
+    data: &data_dir::DataDir,
+    store: &Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let production = config.auth.issuer != TokenIssuer::Development || config.tls_files.is_some();
     if production {
         for path in crate::master_key::files_in_data_dir(&config.master_key, &config.ca_passphrase, &data.path) {
@@ -221,10 +226,36 @@ async fn unlock_secrets(config: &Config, data: &data_dir::DataDir, store: &Store
         }
     }
     if config.no_migrate && !store.is_ready().await.unwrap_or(false) {
-        // The data key's table may not exist yet: secrets stay locked, and /readyz answers 503 meanwhile.
+        // The data key's table may not exist yet: the secrets are unlocked once `zerotouch migrate` has run, and
+        // /readyz answers 503 until then. A wrong key found then stops the service, as it would have stopped the start.
+        tokio::spawn(unlock_when_migrated(config.clone(), data.path.clone(), store.clone(), shutdown));
         return Ok(());
     }
-    let master = crate::master_key::load(&config.master_key, &data.path)?;
+    unlock_now(config, &data.path, store).await
+}
+
+/// Waits for the schema (`--no-migrate` before `zerotouch migrate` ran), then unlocks the secrets; on failure says
+/// why and stops the service.
+async fn unlock_when_migrated(config: Config, data_dir: std::path::PathBuf, store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if !store.is_ready().await.unwrap_or(false) {
+            continue;
+        }
+        if let Err(e) = unlock_now(&config, &data_dir, &store).await {
+            tracing::error!("stopping: {e:#}");
+            shutdown.cancel();
+        }
+        return;
+    }
+}
+
+/// Loads the master key, unlocks the store and seals 0.1's CA keys, printing what it sealed.
+async fn unlock_now(config: &Config, data_dir: &std::path::Path, store: &Store) -> anyhow::Result<()> {
+    let master = crate::master_key::load(&config.master_key, data_dir)?;
     let unlocked = crate::master_key::unlock(store, &master).await?;
     if unlocked.created {
         println!(
@@ -236,7 +267,7 @@ async fn unlock_secrets(config: &Config, data: &data_dir::DataDir, store: &Store
             unlocked.sealed_in_place
         );
     }
-    let sealed = crate::master_key::seal_legacy_ca_keys(store, &config.ca_passphrase, &data.path).await?;
+    let sealed = crate::master_key::seal_legacy_ca_keys(store, &config.ca_passphrase, data_dir).await?;
     if sealed > 0 {
         println!("zerotouch: sealed {sealed} issuing CA key(s) of 0.1 (CA key passphrase) under the master key");
     }

@@ -416,9 +416,10 @@ impl Store {
 pub struct Readiness(Store);
 
 impl Readiness {
-    /// Whether the database answers and no migration is pending.
+    /// Whether the database answers, no migration is pending and the secrets are unlocked (a store started before
+    /// its migrations ran, with `--no-migrate`, stays locked until restarted).
     pub async fn is_ready(&self) -> Result<bool, StoreError> {
-        self.0.is_ready().await
+        Ok(self.0.is_ready().await? && self.0.is_unlocked())
     }
 }
 

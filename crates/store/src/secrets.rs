@@ -267,11 +267,6 @@ impl Store {
         self.vault.0.get().is_some()
     }
 
-    /// The id of the master key that wraps the data key, if there is a data key.
-    pub async fn master_key_id(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.read_data_key(&self.read).await?.map(|row| row.master_key_id))
-    }
-
     /// Re-wraps the data key under `new`, after unwrapping it with `old` (which must be the master key that wrapped
     /// it). The data key does not change, so nothing else is written and running replicas, which hold the data key,
     /// carry on; replicas started from now on need `new`. Running it again with the same keys after it succeeded

@@ -73,7 +73,7 @@ impl TestDatabase {
 }
 
 /// The master key of every test database: fixed, so that a second store on the same database can unlock it too.
-pub fn test_master_key() -> Result<zerotouch_envelope::MasterKey, StoreError> {
+pub fn test_master_key() -> Result<zerotouch_envelope::AesKey, StoreError> {
     // 32 bytes of 0x2a, base64.
     zerotouch_envelope::MasterKey::parse("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
         .map_err(|e| StoreError::Unavailable(e.to_string()))
