@@ -860,7 +860,7 @@ mod tests {
         let mut args = serve(&[]);
         let text = MasterKeyText(std::sync::Arc::new(zeroize::Zeroizing::new("c2VjcmV0".to_owned())));
         args.master_key.master_key_from_env = Some(text.clone());
-        assert_eq!(Config::resolve(&args).unwrap().master_key, MasterKeySource::Environment(text.clone()));
+        assert_eq!(Config::resolve(&args).unwrap().master_key, MasterKeySource::Environment(text));
         assert_eq!(format!("{args:?}").matches("c2VjcmV0").count(), 0, "the key is redacted in Debug");
         args.master_key.master_key_file = Some(PathBuf::from("/k"));
         assert!(Config::resolve(&args).is_err(), "a file and the variable: two sources");
