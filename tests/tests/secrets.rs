@@ -142,6 +142,16 @@ async fn no_secret_is_stored_in_clear(backend: Backend) {
     let generated_key = STANDARD.decode(mechanism["symmetricKey"]["primaryKey"].as_str().unwrap()).unwrap();
     secrets.push(("generated primary key", generated_key));
 
+    // A custom allocation webhook whose URL carries its key (as an Azure Function's does).
+    let function_key = "allocation-function-key-0123456789";
+    let custom = json!({"registrationId": "sealed-custom", "attestation": {"type": "symmetricKey"},
+        "allocationPolicy": "custom", "iotHubs": ["hook.secrets.example"], "customAllocationDefinition":
+        {"webhookUrl": format!("https://allocate.example/api/hub?code={function_key}"), "apiVersion": "2021-10-01"}});
+    ok(api.put("/enrollments/sealed-custom", &custom).await).await;
+    let read = ok(api.get("/enrollments/sealed-custom").await).await;
+    assert_eq!(read["customAllocationDefinition"], custom["customAllocationDefinition"], "{read}");
+    secrets.push(("allocation webhook key", function_key.into()));
+
     // A TPM device's first leg: its challenge key is stored for the second leg.
     let tpm = Swtpm::start().unwrap();
     let (ek, srk) = tpm.provision_keys().unwrap();

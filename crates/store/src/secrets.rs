@@ -31,6 +31,10 @@ use crate::{Store, StoreError};
 
 use zerotouch_wire::hub::SECRET_SETTINGS;
 
+/// Where an enrollment document keeps its custom allocation webhook's URL, and the column name it is bound to.
+const WEBHOOK_URL: &str = "/customAllocationDefinition/webhookUrl";
+const WEBHOOK_URL_COLUMN: &str = "document.customAllocationDefinition.webhookUrl";
+
 /// The one data key a database has today (the `data_keys` table has room for more, for a later data key rotation).
 const DATA_KEY_SLOT: &str = "data";
 
@@ -117,6 +121,37 @@ impl Vault {
             }
         }
         Ok(settings)
+    }
+
+    /// An enrollment document with its custom allocation webhook's URL sealed (the URL of an Azure Function carries
+    /// the function's key in its query).
+    pub(crate) fn seal_enrollment_document(
+        &self,
+        table: &str,
+        key: &str,
+        document: &Value,
+    ) -> Result<Value, StoreError> {
+        let mut sealed = document.clone();
+        if let Some(Value::String(text)) = sealed.pointer_mut(WEBHOOK_URL) {
+            let clear = Zeroizing::new(std::mem::take(text));
+            *text = self.seal(table, WEBHOOK_URL_COLUMN, key, clear.as_bytes())?;
+        }
+        Ok(sealed)
+    }
+
+    /// An enrollment document with its webhook URL opened.
+    pub(crate) fn open_enrollment_document(
+        &self,
+        table: &str,
+        key: &str,
+        mut document: Value,
+    ) -> Result<Value, StoreError> {
+        if let Some(Value::String(text)) = document.pointer_mut(WEBHOOK_URL) {
+            let clear = self.open(table, WEBHOOK_URL_COLUMN, key, text)?;
+            *text = String::from_utf8(clear.to_vec())
+                .map_err(|_| StoreError::Corrupt(format!("{table}.{WEBHOOK_URL_COLUMN} of {key:?} is not text")))?;
+        }
+        Ok(document)
     }
 
     /// A hub job's document with a TPM hub key (`credential.key`) sealed, bound to the job.
@@ -352,9 +387,14 @@ async fn seal_existing(txn: &impl ConnectionTrait, vault: &Vault) -> Result<u64,
                 };
                 let primary = clear("primary_symmetric_key", &row.primary_symmetric_key)?;
                 let secondary = clear("secondary_symmetric_key", &row.secondary_symmetric_key)?;
+                let document = vault.seal_enrollment_document($table, &row.key, &row.document)?;
+                if document != row.document {
+                    sealed += 1;
+                }
                 let mut active: ActiveModel = row.into();
                 active.primary_symmetric_key = Set(primary);
                 active.secondary_symmetric_key = Set(secondary);
+                active.document = Set(document);
                 Entity::update(active).exec(txn).await?;
             }
         }};

@@ -53,14 +53,17 @@ macro_rules! enrollment_table {
                 let key = |column: &str, text: &Option<String>| -> Result<Option<SymmetricKey>, StoreError> {
                     text.as_deref().map(|t| vault.open_key(Self::NAME, column, &m.key, t)).transpose()
                 };
+                let primary_key = key("primary_symmetric_key", &m.primary_symmetric_key)?;
+                let secondary_key = key("secondary_symmetric_key", &m.secondary_symmetric_key)?;
+                let document = vault.open_enrollment_document(Self::NAME, &m.key, m.document)?;
                 Ok(EnrollmentRecord {
-                    primary_key: key("primary_symmetric_key", &m.primary_symmetric_key)?,
-                    secondary_key: key("secondary_symmetric_key", &m.secondary_symmetric_key)?,
+                    primary_key,
+                    secondary_key,
                     key: m.key,
                     id: m.id,
                     attestation_type: m.attestation_type,
                     provisioning_status: m.provisioning_status,
-                    document: m.document,
+                    document,
                     etag: m.etag,
                     created_at: m.created_at,
                     updated_at: m.updated_at,
@@ -80,7 +83,7 @@ macro_rules! enrollment_table {
                     id: Set(r.id.clone()),
                     attestation_type: Set(r.attestation_type.clone()),
                     provisioning_status: Set(r.provisioning_status.clone()),
-                    document: Set(r.document.clone()),
+                    document: Set(vault.seal_enrollment_document(Self::NAME, &r.key, &r.document)?),
                     primary_symmetric_key: Set(seal("primary_symmetric_key", &r.primary_key)?),
                     secondary_symmetric_key: Set(seal("secondary_symmetric_key", &r.secondary_key)?),
                     etag: Set(r.etag.clone()),
