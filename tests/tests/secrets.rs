@@ -498,3 +498,35 @@ async fn a_master_key_in_a_pkcs11_token_wraps_the_data_key() {
     let rotated = Server::start_with(Backend::Sqlite, replica(hsm.args("pin", "zt-master-2"))).await.unwrap();
     registered(&rotated, "hsm-device", &primary).await;
 }
+
+/// A production install (here: its own TLS certificate) writes no development root key, and warns when its master
+/// key is a file in its data dir (generated there because none was given); with the key kept elsewhere, no warning.
+#[tokio::test]
+async fn a_production_install_keeps_no_root_key_and_warns_of_keys_in_its_data_dir() {
+    let development = Server::start(Backend::Sqlite).await.unwrap();
+    let tls = tempfile::tempdir().unwrap();
+    let (cert, key_file) = (tls.path().join("server.pem"), tls.path().join("server.key"));
+    std::fs::copy(development.data_dir.join("server.pem"), &cert).unwrap();
+    std::fs::copy(development.data_dir.join("server.key"), &key_file).unwrap();
+    let start = |extra: Vec<String>| {
+        let data = tls.path().join(format!("data-{}", extra.len()));
+        std::fs::create_dir_all(&data).unwrap();
+        // The kit's client trusts the data dir's bundle; this install's certificate chains to the other's root.
+        std::fs::copy(development.data_dir.join("trust-bundle.pem"), data.join("trust-bundle.pem")).unwrap();
+        let mut args = vec!["--tls-cert".to_owned(), cert.display().to_string(), "--tls-key".into()];
+        args.push(key_file.display().to_string());
+        Options { data_dir: Some(data), args: [args, extra].concat(), ..Default::default() }
+    };
+    let warned = Server::start_with(Backend::Sqlite, start(vec![])).await.unwrap();
+    assert!(!warned.data_dir.join("root-ca.key").exists(), "no development root key in production");
+    let logs = warned.logs();
+    assert!(logs.contains("master-key is in the data dir of a production install"), "{logs}");
+
+    let outside = write_key(tls.path(), "master-key-elsewhere", 9);
+    let quiet =
+        Server::start_with(Backend::Sqlite, start(vec!["--master-key-file".into(), outside.display().to_string()]))
+            .await
+            .unwrap();
+    assert!(!quiet.data_dir.join("master-key").exists());
+    assert!(!quiet.logs().contains("production install"), "{}", quiet.logs());
+}
