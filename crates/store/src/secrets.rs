@@ -29,11 +29,12 @@ use zerotouch_wire::SymmetricKey;
 use crate::entity::data_key;
 use crate::{Store, StoreError};
 
-use zerotouch_wire::hub::SECRET_SETTINGS;
-
-/// Where an enrollment document keeps its custom allocation webhook's URL, and the column name it is bound to.
+/// Where an enrollment document keeps its custom allocation webhook's URL.
 const WEBHOOK_URL: &str = "/customAllocationDefinition/webhookUrl";
-const WEBHOOK_URL_COLUMN: &str = "document.customAllocationDefinition.webhookUrl";
+/// Where a hub job's document keeps a TPM device's hub key.
+const HUB_KEY: &str = "/credential/key";
+/// The secret settings of a hub (`zerotouch_wire::hub::SECRET_SETTINGS`), as JSON pointers.
+const HUB_SECRET_POINTERS: [&str; 2] = ["/password", "/secret"];
 
 /// The one data key a database has today (the `data_keys` table has room for more, for a later data key rotation).
 const DATA_KEY_SLOT: &str = "data";
@@ -94,33 +95,54 @@ impl Vault {
             .map_err(|e| StoreError::Corrupt(format!("{table}.{column} of {record:?}: {e}")))
     }
 
-    /// Hub settings with their secret fields sealed (each bound to its field and the hub).
-    pub(crate) fn seal_settings(&self, host_name: &str, settings: &Value) -> Result<Value, StoreError> {
-        let mut sealed = settings.clone();
-        if let Value::Object(fields) = &mut sealed {
-            for &name in SECRET_SETTINGS {
-                if let Some(Value::String(text)) = fields.get_mut(name) {
-                    let clear = Zeroizing::new(std::mem::take(text));
-                    *text = self.seal("hubs", &format!("settings.{name}"), host_name, clear.as_bytes())?;
-                }
+    /// `value` with the text at each JSON `pointer` (absent ones skipped) sealed for `table`/`column`/`record`,
+    /// where `column` names the JSON column and the pointer's path in dots (`settings.password`).
+    fn seal_fields(
+        &self,
+        table: &str,
+        column: &str,
+        pointers: &[&str],
+        record: &str,
+        value: &Value,
+    ) -> Result<Value, StoreError> {
+        let mut sealed = value.clone();
+        for pointer in pointers {
+            if let Some(Value::String(text)) = sealed.pointer_mut(pointer) {
+                let clear = Zeroizing::new(std::mem::take(text));
+                *text = self.seal(table, &field_column(column, pointer), record, clear.as_bytes())?;
             }
         }
         Ok(sealed)
     }
 
-    /// Hub settings with their secret fields opened.
-    pub(crate) fn open_settings(&self, host_name: &str, mut settings: Value) -> Result<Value, StoreError> {
-        if let Value::Object(fields) = &mut settings {
-            for &name in SECRET_SETTINGS {
-                if let Some(Value::String(text)) = fields.get_mut(name) {
-                    let clear = self.open("hubs", &format!("settings.{name}"), host_name, text)?;
-                    *text = String::from_utf8(clear.to_vec()).map_err(|_| {
-                        StoreError::Corrupt(format!("hubs.settings.{name} of {host_name:?} is not text"))
-                    })?;
-                }
+    /// `value` with the fields [`Vault::seal_fields`] sealed opened.
+    fn open_fields(
+        &self,
+        table: &str,
+        column: &str,
+        pointers: &[&str],
+        record: &str,
+        mut value: Value,
+    ) -> Result<Value, StoreError> {
+        for pointer in pointers {
+            if let Some(Value::String(text)) = value.pointer_mut(pointer) {
+                let name = field_column(column, pointer);
+                let clear = self.open(table, &name, record, text)?;
+                *text = String::from_utf8(clear.to_vec())
+                    .map_err(|_| StoreError::Corrupt(format!("{table}.{name} of {record:?} is not text")))?;
             }
         }
-        Ok(settings)
+        Ok(value)
+    }
+
+    /// Hub settings with their secret fields sealed (each bound to its field and the hub).
+    pub(crate) fn seal_settings(&self, host_name: &str, settings: &Value) -> Result<Value, StoreError> {
+        self.seal_fields("hubs", "settings", &HUB_SECRET_POINTERS, host_name, settings)
+    }
+
+    /// Hub settings with their secret fields opened.
+    pub(crate) fn open_settings(&self, host_name: &str, settings: Value) -> Result<Value, StoreError> {
+        self.open_fields("hubs", "settings", &HUB_SECRET_POINTERS, host_name, settings)
     }
 
     /// An enrollment document with its custom allocation webhook's URL sealed (the URL of an Azure Function carries
@@ -131,12 +153,7 @@ impl Vault {
         key: &str,
         document: &Value,
     ) -> Result<Value, StoreError> {
-        let mut sealed = document.clone();
-        if let Some(Value::String(text)) = sealed.pointer_mut(WEBHOOK_URL) {
-            let clear = Zeroizing::new(std::mem::take(text));
-            *text = self.seal(table, WEBHOOK_URL_COLUMN, key, clear.as_bytes())?;
-        }
-        Ok(sealed)
+        self.seal_fields(table, "document", &[WEBHOOK_URL], key, document)
     }
 
     /// An enrollment document with its webhook URL opened.
@@ -144,35 +161,26 @@ impl Vault {
         &self,
         table: &str,
         key: &str,
-        mut document: Value,
+        document: Value,
     ) -> Result<Value, StoreError> {
-        if let Some(Value::String(text)) = document.pointer_mut(WEBHOOK_URL) {
-            let clear = self.open(table, WEBHOOK_URL_COLUMN, key, text)?;
-            *text = String::from_utf8(clear.to_vec())
-                .map_err(|_| StoreError::Corrupt(format!("{table}.{WEBHOOK_URL_COLUMN} of {key:?} is not text")))?;
-        }
-        Ok(document)
+        self.open_fields(table, "document", &[WEBHOOK_URL], key, document)
     }
 
     /// A hub job's document with a TPM hub key (`credential.key`) sealed, bound to the job.
     pub(crate) fn seal_job_document(&self, job_id: &str, document: &Value) -> Result<Value, StoreError> {
-        let mut sealed = document.clone();
-        if let Some(Value::String(text)) = sealed.pointer_mut("/credential/key") {
-            let clear = Zeroizing::new(std::mem::take(text));
-            *text = self.seal("hub_jobs", "document.credential.key", job_id, clear.as_bytes())?;
-        }
-        Ok(sealed)
+        self.seal_fields("hub_jobs", "document", &[HUB_KEY], job_id, document)
     }
 
     /// A hub job's document with its hub key opened.
-    pub(crate) fn open_job_document(&self, job_id: &str, mut document: Value) -> Result<Value, StoreError> {
-        if let Some(Value::String(text)) = document.pointer_mut("/credential/key") {
-            let clear = self.open("hub_jobs", "document.credential.key", job_id, text)?;
-            *text = String::from_utf8(clear.to_vec())
-                .map_err(|_| StoreError::Corrupt(format!("the hub key of hub job {job_id:?} is not text")))?;
-        }
-        Ok(document)
+    pub(crate) fn open_job_document(&self, job_id: &str, document: Value) -> Result<Value, StoreError> {
+        self.open_fields("hub_jobs", "document", &[HUB_KEY], job_id, document)
     }
+}
+
+/// The name a sealed JSON field is bound to: the column, then the pointer's path in dots
+/// (`document` + `/credential/key` = `document.credential.key`).
+fn field_column(column: &str, pointer: &str) -> String {
+    format!("{column}{}", pointer.replace('/', "."))
 }
 
 /// Why [`Store::unlock`] failed.
@@ -431,4 +439,18 @@ async fn seal_existing(txn: &impl ConnectionTrait, vault: &Vault) -> Result<u64,
         crate::entity::tpm_challenge::Entity::update(active).exec(txn).await?;
     }
     Ok(sealed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hub settings sealed are the ones the admin API treats as secrets.
+    #[test]
+    fn every_secret_hub_setting_is_sealed() {
+        let names: Vec<String> = HUB_SECRET_POINTERS.iter().map(|p| p.trim_start_matches('/').to_owned()).collect();
+        assert_eq!(names, zerotouch_wire::hub::SECRET_SETTINGS);
+        assert_eq!(field_column("settings", "/password"), "settings.password");
+        assert_eq!(field_column("document", HUB_KEY), "document.credential.key");
+    }
 }
