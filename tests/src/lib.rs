@@ -195,6 +195,16 @@ impl Server {
         }
     }
 
+    /// Options for another replica of this server: the same database, and the master key of this server's data dir
+    /// (its own data dir is fresh), so that it opens the same sealed secrets.
+    pub fn replica_options(&self) -> Options {
+        Options {
+            database_url: Some(self.database_url.clone()),
+            args: vec!["--master-key-file".into(), self.data_dir.join("master-key").display().to_string()],
+            ..Default::default()
+        }
+    }
+
     /// The full URL of a device API path.
     pub fn device(&self, path: &str) -> String {
         format!("{}{path}", self.device_url)
@@ -217,13 +227,17 @@ impl Server {
     /// The secrets this server's logs must not contain: the base64 lines of its private key files and the
     /// tokens minted for it. Every test that starts a server checks them when the server is dropped.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = ["root-ca.key", "server.key", "token-signing.key", "ca-passphrase"]
-            .iter()
-            .filter_map(|name| std::fs::read_to_string(self.data_dir.join(name)).ok())
-            .flat_map(|pem| {
-                pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16).map(str::to_owned).collect::<Vec<_>>()
-            })
-            .collect();
+        let mut secrets: Vec<String> =
+            ["root-ca.key", "server.key", "token-signing.key", "ca-passphrase", "master-key"]
+                .iter()
+                .filter_map(|name| std::fs::read_to_string(self.data_dir.join(name)).ok())
+                .flat_map(|pem| {
+                    pem.lines()
+                        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
         if let Ok(minted) = self.minted.lock() {
             secrets.extend(minted.iter().cloned());
         }

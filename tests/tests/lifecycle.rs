@@ -109,7 +109,8 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     }
 }
 
-/// `serve --no-migrate` on an empty database is alive but not ready; `zerotouch migrate` makes it ready.
+/// `serve --no-migrate` on an empty database is alive but not ready; `zerotouch migrate` makes it ready (once the
+/// service has unlocked its secrets in the new schema).
 #[tokio::test]
 async fn migrate_command_makes_a_no_migrate_service_ready() {
     for backend in BACKENDS {
@@ -127,8 +128,12 @@ async fn migrate_command_makes_a_no_migrate_service_ready() {
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let ready = server.client.get(server.url("/readyz")).send().await.unwrap();
-        assert_eq!(ready.status(), 200);
+        // Ready once the service has seen the schema and unlocked its secrets (it looks every 100 ms).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while server.client.get(server.url("/readyz")).send().await.unwrap().status() != 200 {
+            assert!(std::time::Instant::now() < deadline, "not ready after migrate:\n{}", server.logs());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

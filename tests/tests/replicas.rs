@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Several replicas on one PostgreSQL act as one service (issue #18, part 2): three `zerotouch serve` processes
 //! configured as the Helm chart configures pods (one database migrated first, then `--no-migrate`; the same id
-//! scope, server TLS certificate and CA passphrase), behind HAProxy in TCP mode, driven from outside as devices
+//! scope, server TLS certificate, master key and CA passphrase), behind HAProxy in TCP mode, driven from outside as devices
 //! would.
 
 use std::process::{Child, Command, Stdio};
@@ -44,22 +44,19 @@ impl Cluster {
         let mut replicas = vec![first];
         for _ in 1..count {
             let first = &replicas[0];
-            let options = Options {
-                database_url: Some(first.database_url.clone()),
-                args: vec![
-                    "--no-migrate".into(),
-                    "--id-scope".into(),
-                    first.id_scope.clone(),
-                    "--tls-cert".into(),
-                    shared("server.pem"),
-                    "--tls-key".into(),
-                    shared("server.key"),
-                    "--ca-passphrase-file".into(),
-                    shared("ca-passphrase"),
-                ],
-                trust_bundle: Some(data_dir.join("trust-bundle.pem")),
-                ..Default::default()
-            };
+            let mut options = first.replica_options();
+            options.args.extend([
+                "--no-migrate".into(),
+                "--id-scope".into(),
+                first.id_scope.clone(),
+                "--tls-cert".into(),
+                shared("server.pem"),
+                "--tls-key".into(),
+                shared("server.key"),
+                "--ca-passphrase-file".into(),
+                shared("ca-passphrase"),
+            ]);
+            options.trust_bundle = Some(data_dir.join("trust-bundle.pem"));
             replicas.push(Server::start_with(Backend::Postgres, options).await.unwrap());
         }
         let dir = tempfile::tempdir().unwrap();

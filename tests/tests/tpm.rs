@@ -630,11 +630,8 @@ async fn tpm_second_leg_on_another_replica() {
     let tpm = Swtpm::start().unwrap();
     let (ek, srk) = tpm.provision_keys().unwrap();
     let first = start(Backend::Postgres, &[]).await;
-    let options = Options {
-        database_url: Some(first.database_url.clone()),
-        args: vec!["--id-scope".into(), first.id_scope.clone(), "--device-rate-limit".into(), "100/10s".into()],
-        ..Default::default()
-    };
+    let mut options = first.replica_options();
+    options.args.extend(["--id-scope".into(), first.id_scope.clone(), "--device-rate-limit".into(), "100/10s".into()]);
     let second = Server::start_with(Backend::Postgres, options).await.unwrap();
     link_hub(&first).await;
     let enrollment = json!({"registrationId": "tpm-replicas", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}}, "iotHubs": [HUB]});

@@ -33,8 +33,8 @@ pub trait HubAdapter: Send + Sync {
     async fn health(&self) -> Result<(), HubError>;
 }
 
-/// The settings that hold secrets (of any kind): write-only in the admin API, never logged.
-pub const SECRET_SETTINGS: &[&str] = &["password", "secret"];
+/// The settings that hold secrets (of any kind): write-only in the admin API, never logged, sealed in the database.
+pub use zerotouch_wire::hub::SECRET_SETTINGS;
 
 /// The device ids a hub of `kind` with `settings` keeps for itself, which no device may have on any hub: a
 /// Mosquitto hub's admin user and its `reservedDeviceIds` (the broker's other accounts). Reserved on every hub,

@@ -293,6 +293,11 @@ impl CaKey {
         document.to_pem(ENCRYPTED_LABEL, LineEnding::LF).map_err(|_| KeyError::Crypto("PEM encoding failed"))
     }
 
+    /// The clear PKCS#8 DER of the key, for sealing it at rest. Handle with care: this is the private key.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        self.pkcs8.clone()
+    }
+
     /// The key's type.
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
@@ -303,7 +308,9 @@ impl CaKey {
         rcgen::PublicKeyData::subject_public_key_info(self)
     }
 
-    fn from_pkcs8_der(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
+    /// Loads a key from clear PKCS#8 DER, as [`CaKey::to_pkcs8_der`] gives it (the server seals it in the database
+    /// under its data key, `crates/envelope`).
+    pub fn from_pkcs8_der(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
         let info = PrivateKeyInfo::from_der(&pkcs8).map_err(|e| KeyError::Malformed(e.to_string()))?;
         let oid = info.algorithm.oid.to_string();
         let curve = info.algorithm.parameters_oid().ok().map(|oid| oid.to_string());

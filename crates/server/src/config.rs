@@ -27,6 +27,171 @@ pub enum Command {
     Migrate(SettingArgs),
     /// Print an admin JWT signed with the development key of the data dir.
     AdminToken(AdminTokenArgs),
+    /// Re-wrap the data key (which seals every secret in the database) under a new master key, and exit. Running
+    /// replicas keep working (they hold the data key); replicas started afterwards need the new master key.
+    RotateMasterKey(RotateMasterKeyArgs),
+}
+
+/// Where the master key comes from: the master key wraps the data key that seals every secret in the database
+/// (enrollment keys, hub passwords and webhook secrets, TPM challenge and hub keys, issuing CA keys).
+#[derive(Debug, Clone, Default, Args)]
+pub struct MasterKeyArgs {
+    /// File holding the master key: base64 of 32 random bytes (`openssl rand -base64 32`) [default: the
+    /// ZEROTOUCH_MASTER_KEY environment variable (removed from the environment once read), else the PKCS#11 token of
+    /// --master-key-pkcs11-module, else DATA_DIR/master-key, generated on first start: for development only].
+    #[arg(long, env = "ZEROTOUCH_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// PKCS#11 module (shared library) of the token holding the master key, a non-extractable AES-256 key that
+    /// wraps the data key inside the token.
+    #[arg(long, env = "ZEROTOUCH_MASTER_KEY_PKCS11_MODULE", value_name = "FILE")]
+    pub master_key_pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token holding the master key.
+    #[arg(long, env = "ZEROTOUCH_MASTER_KEY_PKCS11_TOKEN", value_name = "LABEL")]
+    pub master_key_pkcs11_token: Option<String>,
+    /// File holding the PIN of the PKCS#11 token's user.
+    #[arg(long, env = "ZEROTOUCH_MASTER_KEY_PKCS11_PIN_FILE", value_name = "FILE")]
+    pub master_key_pkcs11_pin_file: Option<PathBuf>,
+    /// Label of the master key (an AES-256 secret key object) in the token [default: zerotouch-master-key].
+    #[arg(long, env = "ZEROTOUCH_MASTER_KEY_PKCS11_LABEL", value_name = "LABEL")]
+    pub master_key_pkcs11_label: Option<String>,
+    /// The text of `ZEROTOUCH_MASTER_KEY`, which `main` takes out of the environment before anything else runs.
+    #[arg(skip)]
+    pub master_key_from_env: Option<MasterKeyText>,
+}
+
+/// A master key's text as given in the environment: redacted in `Debug`, wiped on drop.
+#[derive(Clone)]
+pub struct MasterKeyText(pub std::sync::Arc<zeroize::Zeroizing<String>>);
+
+impl std::fmt::Debug for MasterKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKeyText(..)")
+    }
+}
+
+impl PartialEq for MasterKeyText {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for MasterKeyText {}
+
+/// The environment variable that may hold the master key itself.
+pub const MASTER_KEY_ENV: &str = "ZEROTOUCH_MASTER_KEY";
+
+/// The default label of the master key in a PKCS#11 token.
+pub const DEFAULT_PKCS11_LABEL: &str = "zerotouch-master-key";
+
+/// A master key in a PKCS#11 token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Settings {
+    /// The module (shared library).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token: String,
+    /// The file with the user PIN.
+    pub pin_file: PathBuf,
+    /// The key's label.
+    pub label: String,
+}
+
+/// Where the master key comes from, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// A file named by the operator.
+    File(PathBuf),
+    /// `ZEROTOUCH_MASTER_KEY` (already taken out of the environment).
+    Environment(MasterKeyText),
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Settings),
+    /// `master-key` in the data dir, generated on first start (development installs).
+    DataDir,
+}
+
+impl MasterKeySource {
+    /// Resolves the master key settings (flag > environment > file); giving two sources is an error naming them.
+    fn resolve(args: &MasterKeyArgs, file: &FileSettings) -> anyhow::Result<Self> {
+        let key_file = args.master_key_file.clone().or_else(|| file.master_key_file.clone());
+        let module = args.master_key_pkcs11_module.clone().or_else(|| file.master_key_pkcs11_module.clone());
+        let token = args.master_key_pkcs11_token.clone().or_else(|| file.master_key_pkcs11_token.clone());
+        let pin_file = args.master_key_pkcs11_pin_file.clone().or_else(|| file.master_key_pkcs11_pin_file.clone());
+        let label = args.master_key_pkcs11_label.clone().or_else(|| file.master_key_pkcs11_label.clone());
+        let given = [key_file.is_some(), args.master_key_from_env.is_some(), module.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            bail!(
+                "--master-key-file, {MASTER_KEY_ENV} and --master-key-pkcs11-module: give one source of the master \
+                 key, not several"
+            );
+        }
+        if module.is_none() && (token.is_some() || pin_file.is_some() || label.is_some()) {
+            bail!("--master-key-pkcs11-token/-pin-file/-label: need --master-key-pkcs11-module as well");
+        }
+        Ok(match (key_file, &args.master_key_from_env, module) {
+            (Some(path), _, _) => Self::File(path),
+            (None, Some(text), _) => Self::Environment(text.clone()),
+            (None, None, Some(module)) => Self::Pkcs11(Pkcs11Settings {
+                module,
+                token: token
+                    .ok_or_else(|| anyhow::anyhow!("--master-key-pkcs11-module: needs --master-key-pkcs11-token"))?,
+                pin_file: pin_file
+                    .ok_or_else(|| anyhow::anyhow!("--master-key-pkcs11-module: needs --master-key-pkcs11-pin-file"))?,
+                label: label.unwrap_or_else(|| DEFAULT_PKCS11_LABEL.to_owned()),
+            }),
+            (None, None, None) => Self::DataDir,
+        })
+    }
+}
+
+/// `zerotouch rotate-master-key`.
+#[derive(Debug, Clone, Args)]
+pub struct RotateMasterKeyArgs {
+    /// Settings (the data dir and database).
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// The current master key (the one that wraps the data key now).
+    #[command(flatten)]
+    pub master_key: MasterKeyArgs,
+    /// File holding the new master key (base64 of 32 random bytes, `openssl rand -base64 32`).
+    #[arg(long, value_name = "FILE", required_unless_present = "new_master_key_pkcs11_label")]
+    pub new_master_key_file: Option<PathBuf>,
+    /// Label of the new master key in the same PKCS#11 token as the current one (--master-key-pkcs11-*).
+    #[arg(long, value_name = "LABEL", conflicts_with = "new_master_key_file")]
+    pub new_master_key_pkcs11_label: Option<String>,
+}
+
+/// The resolved settings of `rotate-master-key`.
+#[derive(Debug, Clone)]
+pub struct RotateConfig {
+    /// Data dir, database.
+    pub common: CommonConfig,
+    /// The current master key.
+    pub current: MasterKeySource,
+    /// The new master key.
+    pub new: MasterKeySource,
+}
+
+impl RotateConfig {
+    /// Resolves the settings of `rotate-master-key`.
+    pub fn resolve(args: &RotateMasterKeyArgs) -> anyhow::Result<Self> {
+        let file = read_file_settings(args.settings.config.as_deref())?;
+        let common = common(&args.settings, &file)?;
+        let current = MasterKeySource::resolve(&args.master_key, &file)?;
+        let new = match (&args.new_master_key_file, &args.new_master_key_pkcs11_label, &current) {
+            (Some(path), _, _) => MasterKeySource::File(path.clone()),
+            (None, Some(label), MasterKeySource::Pkcs11(settings)) => {
+                MasterKeySource::Pkcs11(Pkcs11Settings { label: label.clone(), ..settings.clone() })
+            }
+            (None, Some(_), _) => {
+                bail!("--new-master-key-pkcs11-label: the current master key must be in a PKCS#11 token")
+            }
+            (None, None, _) => bail!("--new-master-key-file: give the new master key"),
+        };
+        if new == current {
+            bail!("--new-master-key-file: the new master key is the current one");
+        }
+        Ok(Self { common, current, new })
+    }
 }
 
 /// Settings shared by every subcommand. Each is a flag, a `ZEROTOUCH_<NAME>` variable, or a key of the file.
@@ -119,8 +284,9 @@ pub struct ServeArgs {
     /// Registrations in flight at once before devices get 429 [default: 1024].
     #[arg(long, env = "ZEROTOUCH_DEVICE_MAX_IN_FLIGHT")]
     pub device_max_in_flight: Option<usize>,
-    /// File holding the passphrase that encrypts the issuing CAs' private keys at rest [default: the
-    /// ZEROTOUCH_CA_PASSPHRASE environment variable, else DATA_DIR/ca-passphrase, generated on first start].
+    /// File holding the passphrase that encrypted the issuing CAs' private keys in 0.1 (they are sealed under
+    /// the master key's data key on the first start with this version, then it is no longer needed) [default: the
+    /// ZEROTOUCH_CA_PASSPHRASE environment variable, else DATA_DIR/ca-passphrase].
     #[arg(long, env = "ZEROTOUCH_CA_PASSPHRASE_FILE", value_name = "FILE")]
     pub ca_passphrase_file: Option<PathBuf>,
     /// Base URL of the CRLs named in issued certificates; a CRL is at BASE/{issuingCA}
@@ -136,6 +302,9 @@ pub struct ServeArgs {
     /// How long a registration may wait for its hub before it fails with 400209 [default: 10m].
     #[arg(long, env = "ZEROTOUCH_HUB_DEADLINE", value_parser = humantime::parse_duration)]
     pub hub_deadline: Option<Duration>,
+    /// Where the master key comes from.
+    #[command(flatten)]
+    pub master_key: MasterKeyArgs,
 }
 
 /// `value` if it is more than zero.
@@ -238,6 +407,16 @@ struct FileSettings {
     hub_inline_timeout: Option<Duration>,
     #[serde(alias = "hub-deadline", default, with = "humantime_serde_opt")]
     hub_deadline: Option<Duration>,
+    #[serde(alias = "master-key-file")]
+    master_key_file: Option<PathBuf>,
+    #[serde(alias = "master-key-pkcs11-module")]
+    master_key_pkcs11_module: Option<PathBuf>,
+    #[serde(alias = "master-key-pkcs11-token")]
+    master_key_pkcs11_token: Option<String>,
+    #[serde(alias = "master-key-pkcs11-pin-file")]
+    master_key_pkcs11_pin_file: Option<PathBuf>,
+    #[serde(alias = "master-key-pkcs11-label")]
+    master_key_pkcs11_label: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -327,8 +506,10 @@ pub struct Config {
     pub device_rate_limit: (u32, Duration),
     /// Registrations in flight at once.
     pub device_max_in_flight: usize,
-    /// Where the CA key passphrase comes from.
+    /// Where the CA key passphrase of earlier versions comes from (read only to seal their CA keys).
     pub ca_passphrase: PassphraseSource,
+    /// Where the master key comes from.
+    pub master_key: MasterKeySource,
     /// Base URL of the CRLs named in issued certificates (`None`: derived from the first host name and the
     /// device port).
     pub crl_url: Option<String>,
@@ -340,14 +521,14 @@ pub struct Config {
     pub hub_deadline: Duration,
 }
 
-/// Where the passphrase encrypting the CA keys comes from.
+/// Where the passphrase that encrypted the CA keys in 0.1 comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassphraseSource {
     /// A file named by the operator.
     File(PathBuf),
     /// The `ZEROTOUCH_CA_PASSPHRASE` environment variable (read when the service starts).
     Environment,
-    /// `ca-passphrase` in the data dir, generated on first start.
+    /// `ca-passphrase` in the data dir (generated by earlier versions).
     DataDir,
 }
 
@@ -530,6 +711,7 @@ impl Config {
                 None if std::env::var_os(CA_PASSPHRASE_ENV).is_some() => PassphraseSource::Environment,
                 None => PassphraseSource::DataDir,
             },
+            master_key: MasterKeySource::resolve(&args.master_key, &file)?,
             crl_url: match args.crl_url.clone().or_else(|| file.crl_url.clone()) {
                 Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
                     Some(url.trim_end_matches('/').to_owned())
@@ -655,6 +837,39 @@ mod tests {
         let err = Config::resolve(&serve(&["--sas-max-lifetime", "0s"])).unwrap_err();
         assert!(err.to_string().contains("--sas-max-lifetime"), "{err}");
         assert!(Cli::try_parse_from(["zerotouch", "serve", "--sas-max-lifetime", "forever"]).is_err());
+    }
+
+    #[test]
+    fn the_master_key_has_one_source_named_by_its_setting() {
+        assert_eq!(Config::resolve(&serve(&[])).unwrap().master_key, MasterKeySource::DataDir);
+        let config = Config::resolve(&serve(&["--master-key-file", "/etc/zt/key"])).unwrap();
+        assert_eq!(config.master_key, MasterKeySource::File(PathBuf::from("/etc/zt/key")));
+        let token = ["--master-key-pkcs11-module", "/lib/p11.so", "--master-key-pkcs11-token", "zt"];
+        let err = Config::resolve(&serve(&token)).unwrap_err();
+        assert!(err.to_string().contains("--master-key-pkcs11-pin-file"), "{err}");
+        let config =
+            Config::resolve(&serve(&[&token[..], &["--master-key-pkcs11-pin-file", "/pin"]].concat())).unwrap();
+        let MasterKeySource::Pkcs11(settings) = config.master_key else { panic!("a token") };
+        assert_eq!((settings.token.as_str(), settings.label.as_str()), ("zt", DEFAULT_PKCS11_LABEL));
+        let both = [&token[..], &["--master-key-pkcs11-pin-file", "/pin", "--master-key-file", "/k"]].concat();
+        let err = Config::resolve(&serve(&both)).unwrap_err();
+        assert!(err.to_string().contains("give one source"), "{err}");
+        let err = Config::resolve(&serve(&["--master-key-pkcs11-label", "x"])).unwrap_err();
+        assert!(err.to_string().contains("--master-key-pkcs11-module"), "{err}");
+
+        let mut args = serve(&[]);
+        let text = MasterKeyText(std::sync::Arc::new(zeroize::Zeroizing::new("c2VjcmV0".to_owned())));
+        args.master_key.master_key_from_env = Some(text.clone());
+        assert_eq!(Config::resolve(&args).unwrap().master_key, MasterKeySource::Environment(text));
+        assert_eq!(format!("{args:?}").matches("c2VjcmV0").count(), 0, "the key is redacted in Debug");
+        args.master_key.master_key_file = Some(PathBuf::from("/k"));
+        assert!(Config::resolve(&args).is_err(), "a file and the variable: two sources");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "master-key-file = \"/from/file\"\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.master_key, MasterKeySource::File(PathBuf::from("/from/file")));
     }
 
     #[test]

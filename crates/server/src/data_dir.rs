@@ -36,12 +36,17 @@ pub mod files {
     pub const TOKEN_PUBLIC_KEY: &str = "token-signing.pub.pem";
     /// The names the server certificate was issued for (one per line).
     pub const SERVER_NAMES: &str = "server-names";
-    /// The passphrase encrypting the issuing CAs' keys in the database (0600), unless the operator gives one.
+    /// The passphrase that encrypted the issuing CAs' keys in 0.1 (0600); read once to seal them under the master
+    /// key, never created any more.
     pub const CA_PASSPHRASE: &str = "ca-passphrase";
+    /// The master key of a development install (0600): base64 of 32 random bytes, which wraps the data key sealing
+    /// every secret in the database. A production install gives its own (`--master-key-file`, ...).
+    pub const MASTER_KEY: &str = "master-key";
 }
 
 /// Private key files: created 0600, refused when group- or world-readable.
-const PRIVATE_FILES: [&str; 4] = [files::ROOT_KEY, files::SERVER_KEY, files::TOKEN_KEY, files::CA_PASSPHRASE];
+const PRIVATE_FILES: [&str; 5] =
+    [files::ROOT_KEY, files::SERVER_KEY, files::TOKEN_KEY, files::CA_PASSPHRASE, files::MASTER_KEY];
 
 /// What the data dir holds, as the service uses it.
 #[derive(Debug)]
@@ -110,7 +115,9 @@ fn days_from_now(days: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() + time::Duration::days(days)
 }
 
-fn generate_root(dir: &Path) -> anyhow::Result<()> {
+/// A new development root CA: its key and its certificate (PEM), written to the data dir (the key only if
+/// `keep_key`).
+fn generate_root(dir: &Path, keep_key: bool) -> anyhow::Result<(KeyPair, String)> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut name = DistinguishedName::new();
@@ -122,14 +129,21 @@ fn generate_root(dir: &Path) -> anyhow::Result<()> {
     params.not_before = days_from_now(-1);
     params.not_after = days_from_now(3650);
     let cert = params.self_signed(&key)?;
-    write_private(&dir.join(files::ROOT_KEY), Zeroizing::new(key.serialize_pem()).as_bytes())?;
-    write_public(&dir.join(files::ROOT_CERT), cert.pem().as_bytes())
+    if keep_key {
+        write_private(&dir.join(files::ROOT_KEY), Zeroizing::new(key.serialize_pem()).as_bytes())?;
+    }
+    write_public(&dir.join(files::ROOT_CERT), cert.pem().as_bytes())?;
+    Ok((key, cert.pem()))
 }
 
-fn issue_server_cert(dir: &Path, names: &[String]) -> anyhow::Result<()> {
+/// The development root CA of the data dir: its key and certificate.
+fn read_root(dir: &Path) -> anyhow::Result<(KeyPair, String)> {
     let root_key = KeyPair::from_pem(&Zeroizing::new(read(&dir.join(files::ROOT_KEY))?))
         .context("the development root CA key cannot be read")?;
-    let root_pem = read(&dir.join(files::ROOT_CERT))?;
+    Ok((root_key, read(&dir.join(files::ROOT_CERT))?))
+}
+
+fn issue_server_cert(dir: &Path, names: &[String], (root_key, root_pem): (KeyPair, String)) -> anyhow::Result<()> {
     let issuer = Issuer::from_ca_cert_pem(&root_pem, root_key).context("the development root CA cannot be read")?;
 
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -177,33 +191,46 @@ pub struct Needs<'a> {
     pub own_tls: bool,
     /// Admin tokens are signed with the development key (no external issuer), so it must exist.
     pub development_tokens: bool,
-    /// The CA key passphrase is kept in the data dir (the operator gives none), so it must exist.
-    pub ca_passphrase: bool,
+    /// The master key is kept in the data dir (the operator gives none), so it must exist.
+    pub master_key: bool,
 }
 
 /// Opens the data dir, creating whatever a development install lacks.
 pub fn prepare(path: &Path, needs: &Needs<'_>) -> anyhow::Result<DataDir> {
-    let Needs { hostnames, id_scope, own_tls, development_tokens, ca_passphrase } = *needs;
+    let Needs { hostnames, id_scope, own_tls, development_tokens, master_key } = *needs;
     fs::create_dir_all(path).with_context(|| format!("--data-dir: cannot create {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("--data-dir: cannot restrict {}", path.display()))?;
     check_key_permissions(path)?;
     let mut created = Vec::new();
 
-    if !path.join(files::ROOT_KEY).exists() {
-        generate_root(path)?;
+    // The development root's key is kept only on a development install (development admin tokens and the
+    // generated server certificate): it signs the development issuing CA. A production install (an external token
+    // issuer, or --tls-cert) never writes one; with an external issuer and a generated server certificate, a root
+    // made for the occasion signs the server certificate, and its key is dropped at once.
+    let development = development_tokens && !own_tls;
+    let root_key_kept = path.join(files::ROOT_KEY).exists();
+    if development && !root_key_kept {
+        generate_root(path, true)?;
         created.push("development root CA");
     }
     if !own_tls {
         let wanted = hostnames.join("\n");
         let issued = fs::read_to_string(path.join(files::SERVER_NAMES)).ok();
         if !path.join(files::SERVER_KEY).exists() || issued.as_deref() != Some(wanted.as_str()) {
-            issue_server_cert(path, hostnames)?;
+            let root = if path.join(files::ROOT_KEY).exists() {
+                read_root(path)?
+            } else {
+                created.push("server TLS root (its key is not kept)");
+                generate_root(path, false)?
+            };
+            issue_server_cert(path, hostnames, root)?;
             created.push("server TLS certificate");
         }
     }
-    let bundle = read(&path.join(files::ROOT_CERT))?;
-    if fs::read_to_string(path.join(files::TRUST_BUNDLE)).ok().as_deref() != Some(bundle.as_str()) {
+    if let Ok(bundle) = fs::read_to_string(path.join(files::ROOT_CERT))
+        && fs::read_to_string(path.join(files::TRUST_BUNDLE)).ok().as_deref() != Some(bundle.as_str())
+    {
         write_public(&path.join(files::TRUST_BUNDLE), bundle.as_bytes())?;
         created.push("trust bundle");
     }
@@ -211,10 +238,11 @@ pub fn prepare(path: &Path, needs: &Needs<'_>) -> anyhow::Result<DataDir> {
         generate_token_key(path)?;
         created.push("development token-signing key");
     }
-    if ca_passphrase && !path.join(files::CA_PASSPHRASE).exists() {
-        let passphrase = zerotouch_pki::Passphrase::generate();
-        write_private(&path.join(files::CA_PASSPHRASE), format!("{}\n", passphrase.expose()).as_bytes())?;
-        created.push("CA key passphrase");
+    if master_key && !path.join(files::MASTER_KEY).exists() {
+        let (_, text) =
+            zerotouch_envelope::MasterKey::generate().map_err(|e| anyhow::anyhow!("the master key: {e}"))?;
+        write_private(&path.join(files::MASTER_KEY), Zeroizing::new(format!("{}\n", text.as_str())).as_bytes())?;
+        created.push("master key (development only: give --master-key-file or a PKCS#11 token in production)");
     }
     let id_scope = match (id_scope, fs::read_to_string(path.join(files::ID_SCOPE)).ok()) {
         (Some(configured), _) => configured.to_owned(),
@@ -236,7 +264,7 @@ mod tests {
     use super::*;
 
     fn dev(names: &[String]) -> Needs<'_> {
-        Needs { hostnames: names, id_scope: None, own_tls: false, development_tokens: true, ca_passphrase: true }
+        Needs { hostnames: names, id_scope: None, own_tls: false, development_tokens: true, master_key: true }
     }
 
     #[test]
@@ -246,7 +274,7 @@ mod tests {
         let first = prepare(dir.path(), &dev(&names)).unwrap();
         assert!(first.created.contains(&"development root CA"));
         assert!(first.id_scope.starts_with("0ne") && first.id_scope.len() == 11);
-        for name in PRIVATE_FILES {
+        for name in PRIVATE_FILES.into_iter().filter(|n| *n != files::CA_PASSPHRASE) {
             let mode = fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{name}");
         }
@@ -273,6 +301,30 @@ mod tests {
         let names = vec!["localhost".to_owned()];
         prepare(dir.path(), &Needs { development_tokens: false, ..dev(&names) }).unwrap();
         assert!(!dir.path().join(files::TOKEN_KEY).exists());
+    }
+
+    /// A production install (an external issuer, or its own TLS certificate) keeps no development root key; with an
+    /// external issuer the generated server certificate still chains to the trust bundle.
+    #[test]
+    fn no_development_root_key_on_a_production_install() {
+        let names = vec!["localhost".to_owned()];
+        let external = tempfile::tempdir().unwrap();
+        let first =
+            prepare(external.path(), &Needs { development_tokens: false, master_key: false, ..dev(&names) }).unwrap();
+        assert!(!external.path().join(files::ROOT_KEY).exists(), "{:?}", first.created);
+        assert!(!external.path().join(files::MASTER_KEY).exists());
+        assert!(external.path().join(files::SERVER_KEY).exists());
+        let bundle = fs::read_to_string(external.path().join(files::TRUST_BUNDLE)).unwrap();
+        let chain = fs::read_to_string(external.path().join(files::SERVER_CERT)).unwrap();
+        assert!(chain.ends_with(&bundle), "the server chain ends with the trust bundle's root");
+        let again =
+            prepare(external.path(), &Needs { development_tokens: false, master_key: false, ..dev(&names) }).unwrap();
+        assert!(again.created.is_empty(), "{:?}", again.created);
+
+        let own = tempfile::tempdir().unwrap();
+        prepare(own.path(), &Needs { own_tls: true, ..dev(&names) }).unwrap();
+        assert!(!own.path().join(files::ROOT_KEY).exists());
+        assert!(!own.path().join(files::SERVER_KEY).exists());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Module map (see `docs/architecture.md`): [`registration`] is the domain (a pipeline of small stages, one
 //! error); [`http`] and [`mqtt`] only translate protocols into its calls and its errors back; [`pki`] and
-//! [`hubs`] are the managed CA and the outbox; [`service`] starts and stops everything.
+//! [`hubs`] are the managed CA and the outbox; [`master_key`] (and [`pkcs11`]) unlock the database's sealed
+//! secrets; [`service`] starts and stops everything.
 #![forbid(unsafe_code, unused_must_use)]
 
 pub mod auth;
@@ -12,8 +13,10 @@ pub mod data_dir;
 pub mod http;
 pub mod hubs;
 pub mod internal;
+pub mod master_key;
 pub mod metrics;
 pub mod mqtt;
+pub mod pkcs11;
 pub mod pki;
 pub mod registration;
 pub mod service;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use zerotouch_server::config::{Cli, Command};
+use zerotouch_server::config::{Cli, Command, MASTER_KEY_ENV, MasterKeyText};
 use zerotouch_server::{service, tls};
 
 /// mimalloc instead of the system allocator: a registration allocates a few hundred small objects across the TLS,
@@ -13,7 +13,17 @@ use zerotouch_server::{service, tls};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First, while this is the only thread: the master key given in the environment leaves it before anything else
+    // runs (no child process inherits it, nothing reads it again).
+    let proof = zerotouch_environ::SingleThreaded::at_start_of_main();
+    let master_key = zerotouch_environ::take_before_threads(MASTER_KEY_ENV, &proof)
+        .map(|text| MasterKeyText(std::sync::Arc::new(text)));
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Serve(args) => args.master_key.master_key_from_env = master_key,
+        Command::RotateMasterKey(args) => args.master_key.master_key_from_env = master_key,
+        Command::Migrate(_) | Command::AdminToken(_) => {}
+    }
     tls::install_crypto_provider();
     let filter = EnvFilter::try_from_env("ZEROTOUCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // The MQTT endpoint's ntex crates: never below info. ntex-mqtt traces whole packets (the Debug of a CONNECT
@@ -32,6 +42,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => actix_web::rt::System::new().block_on(service::serve(*args)),
         Command::Migrate(args) => actix_web::rt::System::new().block_on(service::migrate(args)),
         Command::AdminToken(args) => service::admin_token(args),
+        Command::RotateMasterKey(args) => actix_web::rt::System::new().block_on(service::rotate_master_key(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

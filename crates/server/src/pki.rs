@@ -1,16 +1,17 @@
 //! The managed CA inside the service: the issuing CAs of the database with their keys decrypted once, issuance
 //! from device CSRs, CRLs and the trust bundle.
 //!
-//! The certificate logic itself is in the pure crate `zerotouch-pki`; this module only adds the database and the
-//! passphrase. Keys are stored as encrypted PKCS#8 and decrypted in this process only, when a CA's etag changes.
+//! The certificate logic itself is in the pure crate `zerotouch-pki`; this module only adds the database. Keys are
+//! stored as PKCS#8 sealed under the data key (`crates/store/src/secrets.rs`), and opened in this process only, when a
+//! CA's etag changes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use time::OffsetDateTime;
-use zerotouch_pki::{CaKey, CheckedCsr, IssuedCertificate, IssuingCa, KeyAlgorithm, KeyPolicy, Passphrase, Profile};
-use zerotouch_store::{Actor, IssuingCaRecord, IssuingCaStatus, NewIssuingCa, Store, StoreError};
+use zerotouch_pki::{CaKey, CheckedCsr, IssuedCertificate, IssuingCa, KeyAlgorithm, KeyPolicy, Profile};
+use zerotouch_store::{Actor, CaPrivateKey, IssuingCaRecord, IssuingCaStatus, NewIssuingCa, Store, StoreError};
 use zerotouch_wire::enrollment::CertificatePolicy;
 
 use zerotouch_wire::field::FieldError;
@@ -104,7 +105,6 @@ struct Loaded {
 #[derive(Debug)]
 pub struct Pki {
     store: Store,
-    passphrase: Arc<Passphrase>,
     crl_url: String,
     renewal_grace: Duration,
     loaded: Mutex<Loaded>,
@@ -143,10 +143,9 @@ pub fn check_ca_name(name: &str) -> Result<(), PkiError> {
 
 impl Pki {
     /// The managed CA over `store`; CRLs are named `{crl_url}/{issuingCA}` in issued certificates.
-    pub fn new(store: Store, passphrase: Passphrase, crl_url: String, renewal_grace: Duration) -> Self {
+    pub fn new(store: Store, crl_url: String, renewal_grace: Duration) -> Self {
         Self {
             store,
-            passphrase: Arc::new(passphrase),
             crl_url,
             renewal_grace,
             loaded: Mutex::new(Loaded::default()),
@@ -200,14 +199,13 @@ impl Pki {
         Ok(cas)
     }
 
-    /// Decrypts the key of `record` (off the request threads: key derivation is slow on purpose) and checks it
-    /// against the chain.
+    /// Opens the key of `record` and checks it against the chain (off the request threads: RSA key checks are
+    /// slow).
     async fn load(&self, record: &IssuingCaRecord) -> anyhow::Result<IssuingCa> {
-        let encrypted = zeroize::Zeroizing::new(self.store.issuing_cas().key(&record.name).await?.as_str().to_owned());
+        let key = self.store.issuing_cas().key(&record.name).await?;
         let chain = record.chain_pem.clone().unwrap_or_default();
-        let passphrase = self.passphrase.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<IssuingCa> {
-            let key = CaKey::from_encrypted_pem(&encrypted, &passphrase)?;
+            let key = CaKey::from_pkcs8_der(zeroize::Zeroizing::new(key.as_bytes().to_vec()))?;
             // Validity is judged per use (an expired CA still verifies its certificates' renewals until then).
             let at = zerotouch_pki::certificates_from_pem(&chain)
                 .ok()
@@ -362,22 +360,19 @@ impl Pki {
         actor: &Actor,
     ) -> Result<IssuingCaRecord, PkiError> {
         check_ca_name(name)?;
-        let passphrase = self.passphrase.clone();
         let common_name = common_name.to_owned();
-        let (encrypted, csr) = tokio::task::spawn_blocking(move || -> Result<(String, String), PkiError> {
+        let (private_key, csr) = tokio::task::spawn_blocking(move || -> Result<(CaPrivateKey, String), PkiError> {
             let key = CaKey::generate(algorithm).map_err(|e| PkiError::internal("generating the CA key", e))?;
             let csr =
                 zerotouch_pki::ca_csr(&key, &common_name).map_err(|e| FieldError::new("commonName", e.to_string()))?;
-            let encrypted =
-                key.to_encrypted_pem(&passphrase).map_err(|e| PkiError::internal("encrypting the CA key", e))?;
-            Ok((encrypted, csr))
+            Ok((CaPrivateKey::new(key.to_pkcs8_der()), csr))
         })
         .await
         .map_err(|e| PkiError::internal("creating the CA key", e))??;
         let new = NewIssuingCa {
             name: name.to_owned(),
             key_algorithm: algorithm.as_str().to_owned(),
-            encrypted_key: zerotouch_store::EncryptedKeyPem::new(encrypted),
+            private_key,
             csr_pem: csr,
         };
         self.store
@@ -396,20 +391,11 @@ impl Pki {
         actor: &Actor,
     ) -> Result<IssuingCaRecord, PkiError> {
         let resource = format!("issuing CA {name:?}");
-        let encrypted = zeroize::Zeroizing::new(
-            self.store
-                .issuing_cas()
-                .key(name)
-                .await
-                .map_err(|e| PkiError::from_store(e, &resource))?
-                .as_str()
-                .to_owned(),
-        );
-        let passphrase = self.passphrase.clone();
+        let private_key = self.store.issuing_cas().key(name).await.map_err(|e| PkiError::from_store(e, &resource))?;
         let chain = chain_pem.to_owned();
         let ca = tokio::task::spawn_blocking(move || -> Result<IssuingCa, PkiError> {
-            let key = CaKey::from_encrypted_pem(&encrypted, &passphrase)
-                .map_err(|e| PkiError::internal("decrypting the CA key", e))?;
+            let key = CaKey::from_pkcs8_der(zeroize::Zeroizing::new(private_key.as_bytes().to_vec()))
+                .map_err(|e| PkiError::internal("reading the CA key", e))?;
             Ok(IssuingCa::from_pem_chain(key, &chain, now())
                 .map_err(|e| FieldError::new("(certificate chain)", e.to_string()))?)
         })
@@ -430,11 +416,10 @@ impl Pki {
             return Ok(false);
         }
         let actor = Actor { subject: "zerotouch:development-install".into(), role: "owner".into() };
-        let passphrase = self.passphrase.clone();
         let root_cert_pem = root_cert_pem.to_owned();
         let root_key = zeroize::Zeroizing::new(root_key_pem.to_owned());
-        let (encrypted, csr, chain) =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String, String)> {
+        let (private_key, csr, chain) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(CaPrivateKey, String, String)> {
                 let root_der = zerotouch_pki::certificates_from_pem(&root_cert_pem)
                     .map_err(|e| anyhow::anyhow!("the development root certificate: {e}"))?
                     .into_iter()
@@ -449,13 +434,14 @@ impl Pki {
                     5 * 365,
                 )?;
                 let csr = zerotouch_pki::ca_csr(ca.key(), "zerotouch development issuing CA")?;
-                Ok((ca.key().to_encrypted_pem(&passphrase)?, csr, zerotouch_pki::trust_bundle_pem(ca.chain_der())))
+                let private_key = CaPrivateKey::new(ca.key().to_pkcs8_der());
+                Ok((private_key, csr, zerotouch_pki::trust_bundle_pem(ca.chain_der())))
             })
             .await??;
         let new = NewIssuingCa {
             name: DEVELOPMENT_CA.to_owned(),
             key_algorithm: KeyAlgorithm::EcdsaP256.as_str().to_owned(),
-            encrypted_key: zerotouch_store::EncryptedKeyPem::new(encrypted),
+            private_key,
             csr_pem: csr,
         };
         match self.store.issuing_cas().create(new, &actor).await {

@@ -1,4 +1,4 @@
-//! The `serve`, `migrate` and `admin-token` commands: start-up, listeners, and graceful shutdown.
+//! The `serve`, `migrate`, `rotate-master-key` and `admin-token` commands: start-up, listeners, and graceful shutdown.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -6,13 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
-use zerotouch_pki::Passphrase;
 use zerotouch_store::Store;
 
 use crate::auth::Verifier;
 use crate::config::{
-    AdminTokenArgs, CA_PASSPHRASE_ENV, CommonConfig, Config, PassphraseSource, ServeArgs, SettingArgs, TokenIssuer,
-    redact_url,
+    AdminTokenArgs, CommonConfig, Config, MasterKeySource, RotateConfig, RotateMasterKeyArgs, ServeArgs, SettingArgs,
+    TokenIssuer, redact_url,
 };
 use crate::data_dir::{self, files};
 use crate::http::{AdminState, admin_server, device_server};
@@ -106,10 +105,11 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
             id_scope: config.id_scope.as_deref(),
             own_tls: config.tls_files.is_some(),
             development_tokens: config.auth.issuer == TokenIssuer::Development,
-            ca_passphrase: config.ca_passphrase == PassphraseSource::DataDir,
+            master_key: config.master_key == MasterKeySource::DataDir,
         },
     )?;
     let store = open(config).await?;
+    unlock_secrets(config, &data, &store, shutdown.clone()).await?;
     let verifier = Verifier::new(&config.auth, &data.path).await?;
     let (cert, key) = match &config.tls_files {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -205,6 +205,75 @@ async fn expire_audit(store: Store, retention: std::time::Duration, shutdown: Ca
     }
 }
 
+/// Loads the master key and unlocks the database's secrets with it (sealing, on the first start after an upgrade,
+/// what 0.1 stored in clear, and its CA keys encrypted with the passphrase). A wrong master key or CA passphrase stops
+/// the start here, before anything listens, with a message that names it.
+async fn unlock_secrets(
+    config: &Config,
+    data: &data_dir::DataDir,
+    store: &Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let production = config.auth.issuer != TokenIssuer::Development || config.tls_files.is_some();
+    if production {
+        for path in crate::master_key::files_in_data_dir(&config.master_key, &config.ca_passphrase, &data.path) {
+            tracing::warn!(
+                "{} is in the data dir of a production install: whoever copies the data dir (or its backup) has the \
+                 database's key with it; keep the master key elsewhere (--master-key-file, ZEROTOUCH_MASTER_KEY or a \
+                 PKCS#11 token) and remove the CA key passphrase once the start has sealed the CA keys",
+                path.display()
+            );
+        }
+    }
+    if config.no_migrate && !store.is_ready().await.unwrap_or(false) {
+        // The data key's table may not exist yet: the secrets are unlocked once `zerotouch migrate` has run, and
+        // /readyz answers 503 until then. A wrong key found then stops the service, as it would have stopped the start.
+        tokio::spawn(unlock_when_migrated(config.clone(), data.path.clone(), store.clone(), shutdown));
+        return Ok(());
+    }
+    unlock_now(config, &data.path, store).await
+}
+
+/// Waits for the schema (`--no-migrate` before `zerotouch migrate` ran), then unlocks the secrets; on failure says
+/// why and stops the service.
+async fn unlock_when_migrated(config: Config, data_dir: std::path::PathBuf, store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if !store.is_ready().await.unwrap_or(false) {
+            continue;
+        }
+        if let Err(e) = unlock_now(&config, &data_dir, &store).await {
+            tracing::error!("stopping: {e:#}");
+            shutdown.cancel();
+        }
+        return;
+    }
+}
+
+/// Loads the master key, unlocks the store and seals 0.1's CA keys, printing what it sealed.
+async fn unlock_now(config: &Config, data_dir: &std::path::Path, store: &Store) -> anyhow::Result<()> {
+    let master = crate::master_key::load(&config.master_key, data_dir)?;
+    let unlocked = crate::master_key::unlock(store, &master).await?;
+    if unlocked.created {
+        println!(
+            "zerotouch: sealed the database's secrets under data key {} (master key {}: {}); {} stored in clear were \
+             sealed in place",
+            unlocked.data_key,
+            master.cipher.key_id(),
+            master.origin,
+            unlocked.sealed_in_place
+        );
+    }
+    let sealed = crate::master_key::seal_legacy_ca_keys(store, &config.ca_passphrase, data_dir).await?;
+    if sealed > 0 {
+        println!("zerotouch: sealed {sealed} issuing CA key(s) of 0.1 (CA key passphrase) under the master key");
+    }
+    Ok(())
+}
+
 /// Opens the database and migrates it (unless `--no-migrate`).
 async fn open(config: &Config) -> anyhow::Result<Store> {
     let store = connect(&config.database_url).await?;
@@ -235,7 +304,9 @@ fn announce(
     println!("zerotouch: database      {}", redact_url(&config.database_url));
     println!("zerotouch: id scope      {}", data.id_scope);
     println!("zerotouch: trust bundle  {}", data.file(files::TRUST_BUNDLE).display());
-    println!("zerotouch: root CA       {}", data.file(files::ROOT_CERT).display());
+    if data.file(files::ROOT_CERT).exists() {
+        println!("zerotouch: root CA       {}", data.file(files::ROOT_CERT).display());
+    }
     println!("zerotouch: server cert   {}", cert.display());
     match &config.auth.issuer {
         TokenIssuer::Development => println!(
@@ -257,9 +328,10 @@ async fn start_pki(config: &Config, data: &data_dir::DataDir, store: &Store, dev
         let host = config.hostnames.first().map_or("localhost", String::as_str);
         format!("https://{host}:{device_port}/pki/crl")
     });
-    let passphrase = read_passphrase(&config.ca_passphrase, data)?;
-    let pki = Pki::new(store.clone(), passphrase, crl_url, config.renewal_grace);
-    let development = config.auth.issuer == TokenIssuer::Development;
+    let pki = Pki::new(store.clone(), crl_url, config.renewal_grace);
+    // A development install: development tokens and the development root's key (which a production install never
+    // has, `data_dir.rs`).
+    let development = config.auth.issuer == TokenIssuer::Development && data.file(files::ROOT_KEY).exists();
     if development && (!config.no_migrate || store.is_ready().await.unwrap_or(false)) {
         let root_key = Zeroizing::new(std::fs::read_to_string(data.file(files::ROOT_KEY))?);
         let root_cert = std::fs::read_to_string(data.file(files::ROOT_CERT))?;
@@ -268,36 +340,6 @@ async fn start_pki(config: &Config, data: &data_dir::DataDir, store: &Store, dev
         }
     }
     Ok(pki)
-}
-
-/// The passphrase encrypting the CA keys, from where the configuration says.
-fn read_passphrase(source: &PassphraseSource, data: &data_dir::DataDir) -> anyhow::Result<Passphrase> {
-    let (text, origin) = match source {
-        PassphraseSource::File(path) => (
-            Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("--ca-passphrase-file: cannot read {}", path.display()))?,
-            ),
-            "--ca-passphrase-file",
-        ),
-        PassphraseSource::Environment => (
-            Zeroizing::new(
-                std::env::var(CA_PASSPHRASE_ENV).with_context(|| format!("{CA_PASSPHRASE_ENV} is not text"))?,
-            ),
-            CA_PASSPHRASE_ENV,
-        ),
-        PassphraseSource::DataDir => {
-            let path = data.file(files::CA_PASSPHRASE);
-            (
-                Zeroizing::new(
-                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
-                ),
-                files::CA_PASSPHRASE,
-            )
-        }
-    };
-    // A trailing newline is how editors and `echo` end a file; it is not part of the passphrase.
-    Passphrase::new(text.trim_end_matches(['\r', '\n'])).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
 }
 
 /// `zerotouch migrate`.
@@ -320,6 +362,11 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().filter(|p| !p.is_empty() && *p != ":memory:")?;
     Some(std::path::PathBuf::from(path))
+}
+
+/// `zerotouch rotate-master-key`.
+pub async fn rotate_master_key(args: RotateMasterKeyArgs) -> anyhow::Result<()> {
+    crate::master_key::rotate(&RotateConfig::resolve(&args)?).await
 }
 
 /// `zerotouch admin-token`.

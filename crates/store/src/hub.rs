@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::audit::{self, Change};
 use crate::entity::hub::{self, Column, Entity};
+use crate::secrets::Vault;
 use crate::{Actor, Precondition, StoreError};
 
 /// A hub to create or replace.
@@ -36,36 +37,37 @@ pub struct HubRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-fn to_record(m: hub::Model) -> HubRecord {
-    HubRecord {
+fn to_record(vault: &Vault, m: hub::Model) -> Result<HubRecord, StoreError> {
+    let settings = vault.open_settings(&m.host_name, m.settings)?;
+    Ok(HubRecord {
         hub: HubInput {
             host_name: m.host_name,
             kind: m.kind,
             allocation_weight: u32::try_from(m.allocation_weight).unwrap_or(1),
             apply_allocation_policy: m.apply_allocation_policy,
-            settings: m.settings,
+            settings,
         },
         etag: m.etag,
         created_at: m.created_at,
         updated_at: m.updated_at,
-    }
+    })
 }
 
-fn to_active(r: &HubRecord) -> hub::ActiveModel {
-    hub::ActiveModel {
+fn to_active(vault: &Vault, r: &HubRecord) -> Result<hub::ActiveModel, StoreError> {
+    Ok(hub::ActiveModel {
         host_name: Set(r.hub.host_name.clone()),
         kind: Set(r.hub.kind.clone()),
         allocation_weight: Set(i32::try_from(r.hub.allocation_weight).unwrap_or(i32::MAX)),
         apply_allocation_policy: Set(r.hub.apply_allocation_policy),
-        settings: Set(r.hub.settings.clone()),
+        settings: Set(vault.seal_settings(&r.hub.host_name, &r.hub.settings)?),
         etag: Set(r.etag.clone()),
         created_at: Set(r.created_at),
         updated_at: Set(r.updated_at),
-    }
+    })
 }
 
-async fn find(db: &impl ConnectionTrait, host_name: &str) -> Result<Option<HubRecord>, StoreError> {
-    Ok(crate::unique(Entity::find_by_id(host_name.to_owned()), db).await?.map(to_record))
+async fn find(db: &impl ConnectionTrait, vault: &Vault, host_name: &str) -> Result<Option<HubRecord>, StoreError> {
+    crate::unique(Entity::find_by_id(host_name.to_owned()), db).await?.map(|m| to_record(vault, m)).transpose()
 }
 
 repository_with_reader! {
@@ -78,18 +80,18 @@ repository_with_reader! {
 impl<'a> HubReader<'a> {
     /// Reads one hub.
     pub async fn get(self, host_name: &str) -> Result<HubRecord, StoreError> {
-        find(&self.store.read, host_name).await?.ok_or(StoreError::NotFound)
+        find(&self.store.read, self.store.vault(), host_name).await?.ok_or(StoreError::NotFound)
     }
 
     /// Lists every hub, by host name.
     pub async fn list(self) -> Result<Vec<HubRecord>, StoreError> {
-        Ok(Entity::find()
+        Entity::find()
             .order_by_asc(Column::HostName)
             .all(&self.store.read)
             .await?
             .into_iter()
-            .map(to_record)
-            .collect())
+            .map(|m| to_record(self.store.vault(), m))
+            .collect()
     }
 
     /// Which of `host_names` are not linked hubs.
@@ -117,7 +119,7 @@ impl<'a> Hubs<'a> {
         actor: &Actor,
     ) -> Result<(HubRecord, bool), StoreError> {
         let txn = self.store.db.begin().await?;
-        let existing = find(&txn, &input.host_name).await?;
+        let existing = find(&txn, self.store.vault(), &input.host_name).await?;
         if !precondition.allows(existing.as_ref().map(|e| e.etag.as_str())) {
             return Err(StoreError::PreconditionFailed);
         }
@@ -126,14 +128,14 @@ impl<'a> Hubs<'a> {
         let record = HubRecord { hub: input, etag: crate::new_etag(), created_at, updated_at: now };
         match &existing {
             None => {
-                Entity::insert(to_active(&record))
+                Entity::insert(to_active(self.store.vault(), &record)?)
                     .exec_without_returning(&txn)
                     .await
                     .map_err(|e| StoreError::from_insert(e, "the hub"))?;
             }
             Some(old) => {
                 let result = Entity::update_many()
-                    .set(to_active(&record))
+                    .set(to_active(self.store.vault(), &record)?)
                     .filter(Column::HostName.eq(record.hub.host_name.clone()))
                     .filter(Column::Etag.eq(old.etag.clone()))
                     .exec(&txn)
@@ -160,7 +162,7 @@ impl<'a> Hubs<'a> {
     /// Deletes a hub under `precondition`.
     pub async fn delete(self, host_name: &str, precondition: &Precondition, actor: &Actor) -> Result<(), StoreError> {
         let txn = self.store.db.begin().await?;
-        let existing = find(&txn, host_name).await?.ok_or(StoreError::NotFound)?;
+        let existing = find(&txn, self.store.vault(), host_name).await?.ok_or(StoreError::NotFound)?;
         if !precondition.allows(Some(&existing.etag)) {
             return Err(StoreError::PreconditionFailed);
         }

@@ -17,6 +17,8 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
+use zeroize::Zeroizing;
+
 use crate::audit::{self, Change};
 use crate::entity::issuing_ca::{self, Column, Entity};
 use crate::{Actor, Precondition, StoreError};
@@ -54,27 +56,32 @@ impl IssuingCaStatus {
     }
 }
 
-/// An issuing CA's private key as stored: an encrypted PKCS#8 PEM. Not printed by `Debug`.
+/// An issuing CA's private key (clear PKCS#8 DER), which the store seals under the data key
+/// (`crate::secrets`: bound to `issuing_cas`/`encrypted_key`/the CA's name). Not printed by `Debug`; wiped on drop.
 #[derive(Clone, PartialEq, Eq)]
-pub struct EncryptedKeyPem(String);
+pub struct CaPrivateKey(Zeroizing<Vec<u8>>);
 
-impl EncryptedKeyPem {
-    /// Wraps an encrypted PKCS#8 PEM (`-----BEGIN ENCRYPTED PRIVATE KEY-----`); the store does not check it.
-    pub fn new(pem: String) -> Self {
-        Self(pem)
+impl CaPrivateKey {
+    /// Wraps a clear PKCS#8 DER; the store does not check it.
+    pub fn new(der: Zeroizing<Vec<u8>>) -> Self {
+        Self(der)
     }
 
-    /// The PEM text.
-    pub fn as_str(&self) -> &str {
+    /// The DER. Handle with care: this is the private key.
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
 
-impl std::fmt::Debug for EncryptedKeyPem {
+impl std::fmt::Debug for CaPrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EncryptedKeyPem(..)")
+        f.write_str("CaPrivateKey(..)")
     }
 }
+
+/// The table and column every issuing CA key is sealed for.
+const KEY_TABLE: &str = "issuing_cas";
+const KEY_COLUMN: &str = "encrypted_key";
 
 /// A new issuing CA: its key and the CSR for the offline root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +90,8 @@ pub struct NewIssuingCa {
     pub name: String,
     /// The key algorithm (`P-256`, `P-384`, ...), as the caller names it.
     pub key_algorithm: String,
-    /// The private key, encrypted.
-    pub encrypted_key: EncryptedKeyPem,
+    /// The private key (sealed when stored).
+    pub private_key: CaPrivateKey,
     /// The CSR, PEM.
     pub csr_pem: String,
 }
@@ -243,7 +250,12 @@ impl<'a> IssuingCas<'a> {
         let row = issuing_ca::ActiveModel {
             name: Set(record.name.clone()),
             key_algorithm: Set(record.key_algorithm.clone()),
-            encrypted_key: Set(new.encrypted_key.0),
+            encrypted_key: Set(self.store.vault().seal(
+                KEY_TABLE,
+                KEY_COLUMN,
+                &record.name,
+                new.private_key.as_bytes(),
+            )?),
             csr_pem: Set(record.csr_pem.clone()),
             chain_pem: Set(None),
             status: Set(record.status.as_str().to_owned()),
@@ -276,16 +288,32 @@ impl<'a> IssuingCas<'a> {
         Ok(record)
     }
 
-    /// The encrypted private key of an issuing CA. The only way the key leaves the store; callers must not log
-    /// or return it.
-    pub async fn key(self, name: &str) -> Result<EncryptedKeyPem, StoreError> {
+    /// The private key of an issuing CA, opened. The only way the key leaves the store; callers must not log or
+    /// return it. A key still in the format of earlier versions (before [`IssuingCas::seal_legacy_key`]) is
+    /// [`StoreError::Corrupt`].
+    pub async fn key(self, name: &str) -> Result<CaPrivateKey, StoreError> {
         let key: Option<String> = Entity::find_by_id(name.to_owned())
             .select_only()
             .column(Column::EncryptedKey)
             .into_tuple()
             .one(&self.store.read)
             .await?;
-        key.map(EncryptedKeyPem).ok_or(StoreError::NotFound)
+        let sealed = Zeroizing::new(key.ok_or(StoreError::NotFound)?);
+        Ok(CaPrivateKey(self.store.vault().open(KEY_TABLE, KEY_COLUMN, name, &sealed)?))
+    }
+
+    /// Replaces the key of `name` stored by an earlier version (`legacy`, as [`crate::Store::legacy_ca_keys`] read
+    /// it: PKCS#8 encrypted with the CA key passphrase) with `key` sealed under the data key; returns whether it did
+    /// (`false`: another replica did it first).
+    pub async fn seal_legacy_key(self, name: &str, legacy: &str, key: &CaPrivateKey) -> Result<bool, StoreError> {
+        let sealed = self.store.vault().seal(KEY_TABLE, KEY_COLUMN, name, key.as_bytes())?;
+        let result = Entity::update_many()
+            .col_expr(Column::EncryptedKey, Expr::value(sealed))
+            .filter(Column::Name.eq(name))
+            .filter(Column::EncryptedKey.eq(legacy))
+            .exec(&self.store.db)
+            .await?;
+        Ok(result.rows_affected == 1)
     }
 
     /// Stores the certificate chain of an issuing CA (checked by the caller against its key): a pending CA becomes

@@ -82,6 +82,7 @@ mod hub_job;
 mod issuing_ca;
 mod migration_lock;
 mod registration;
+mod secrets;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 mod tpm;
@@ -106,12 +107,13 @@ pub use error::StoreError;
 pub use hub::{HubInput, HubReader, HubRecord, Hubs};
 pub use hub_job::{CredentialRef, HubAction, HubBacklog, HubJobOutcome, HubJobRecord, HubJobs, NO_ADAPTER, NewHubJob};
 pub use issuing_ca::{
-    CrlState, EncryptedKeyPem, IssuingCaReader, IssuingCaRecord, IssuingCaStatus, IssuingCas, NewIssuingCa,
+    CaPrivateKey, CrlState, IssuingCaReader, IssuingCaRecord, IssuingCaStatus, IssuingCas, NewIssuingCa,
 };
 pub use registration::{
     CertificateGuard, Committed, OperationRecord, RegistrationOutcome, RegistrationReader, RegistrationRecord,
     Registrations, Snapshot,
 };
+pub use secrets::{Rotated, UnlockError, Unlocked};
 pub use tpm::{Tpm, TpmChallengeRecord};
 pub use tpm_binding::{TpmBindingReader, TpmBindingRecord, TpmBindings};
 
@@ -206,6 +208,8 @@ pub struct Store {
     /// Counts this process's changes to hubs, enrollment groups and customer CAs, so that callers caching them can
     /// tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The data key, once [`Store::unlock`] loaded it; every secret is sealed under it (`secrets.rs`).
+    vault: secrets::Vault,
     /// Held by every clone; background tasks of this store stop once the last clone is gone.
     _alive: std::sync::Arc<()>,
 }
@@ -303,11 +307,17 @@ impl Store {
             }
             Backend::Postgres => db.clone(),
         };
+        let vault = secrets::Vault::default();
         Ok(Self {
             // SQLite's writer pool is its one write connection, which admin writes and the writer's own transactions
             // take as well: the writer cannot keep it.
-            registrations: registration::RegistrationWriter::start(db.clone(), backend == Backend::Postgres),
-            individuals: enrollment::IndividualReader::start(read.clone(), !in_memory),
+            registrations: registration::RegistrationWriter::start(
+                db.clone(),
+                backend == Backend::Postgres,
+                vault.clone(),
+            ),
+            individuals: enrollment::IndividualReader::start(read.clone(), !in_memory, vault.clone()),
+            vault,
             db,
             read,
             backend,
@@ -427,9 +437,10 @@ impl Store {
 pub struct Readiness(Store);
 
 impl Readiness {
-    /// Whether the database answers and no migration is pending.
+    /// Whether the database answers, no migration is pending and the secrets are unlocked (a store started before
+    /// its migrations ran, with `--no-migrate`, stays locked until restarted).
     pub async fn is_ready(&self) -> Result<bool, StoreError> {
-        self.0.is_ready().await
+        Ok(self.0.is_ready().await? && self.0.is_unlocked())
     }
 }
 

@@ -62,13 +62,29 @@ impl TestDatabase {
         }
     }
 
-    /// Creates a database on `backend`, connects and migrates it.
+    /// Creates a database on `backend`, connects, migrates it and unlocks its secrets with [`test_master_key`].
     pub async fn store(backend: Backend) -> Result<(Self, Store), StoreError> {
         let db = Self::create(backend).await?;
         let store = Store::connect(&db.url).await?;
         store.migrate().await?;
+        unlock(&store).await?;
         Ok((db, store))
     }
+}
+
+/// The master key of every test database: fixed, so that a second store on the same database can unlock it too.
+pub fn test_master_key() -> Result<zerotouch_envelope::AesKey, StoreError> {
+    // 32 bytes of 0x2a, base64.
+    zerotouch_envelope::MasterKey::parse("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=")
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// Unlocks `store` with [`test_master_key`] (a second store on a test database needs it before it reads secrets).
+pub async fn unlock(store: &Store) -> Result<(), StoreError> {
+    store.unlock(&test_master_key()?).await.map(|_| ()).map_err(|e| match e {
+        crate::UnlockError::Store(e) => e,
+        other => StoreError::Unavailable(other.to_string()),
+    })
 }
 
 impl Drop for TestDatabase {

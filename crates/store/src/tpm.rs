@@ -12,6 +12,7 @@ use zerotouch_wire::enrollment::EnrollmentKind;
 
 use crate::StoreError;
 use crate::entity::tpm_challenge::{self, Column, Entity};
+use crate::secrets::Vault;
 
 /// A pending TPM challenge.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,14 +49,17 @@ fn kind_text(kind: EnrollmentKind) -> &'static str {
     }
 }
 
-fn to_record(m: tpm_challenge::Model) -> Result<TpmChallengeRecord, StoreError> {
+/// Where every challenge key is sealed (`crate::secrets`), with the registration key.
+const KEY_TABLE: &str = "tpm_challenges";
+const KEY_COLUMN: &str = "hmac_key";
+
+fn to_record(vault: &Vault, m: tpm_challenge::Model) -> Result<TpmChallengeRecord, StoreError> {
     let enrollment_kind = match m.enrollment_kind.as_str() {
         "individual" => EnrollmentKind::Individual,
         "group" => EnrollmentKind::Group,
         other => return Err(StoreError::Corrupt(format!("TPM challenge of {:?}: kind {other:?}", m.registration_key))),
     };
-    let hmac_key = SymmetricKey::from_base64(&m.hmac_key)
-        .map_err(|e| StoreError::Corrupt(format!("TPM challenge key of {:?}: {e}", m.registration_key)))?;
+    let hmac_key = vault.open_key(KEY_TABLE, KEY_COLUMN, &m.registration_key, &m.hmac_key)?;
     Ok(TpmChallengeRecord {
         registration_key: m.registration_key,
         id: m.id,
@@ -86,7 +90,12 @@ impl<'a> Tpm<'a> {
             id: Set(challenge.id.clone()),
             enrollment_kind: Set(kind_text(challenge.enrollment_kind).to_owned()),
             enrollment_key: Set(challenge.enrollment_key.clone()),
-            hmac_key: Set(challenge.hmac_key.to_base64().to_string()),
+            hmac_key: Set(self.store.vault().seal_key(
+                KEY_TABLE,
+                KEY_COLUMN,
+                &challenge.registration_key,
+                &challenge.hmac_key,
+            )?),
             endorsement_key: Set(challenge.endorsement_key.clone()),
             storage_root_key: Set(challenge.storage_root_key.clone()),
             expires_at: Set(crate::at_store_precision(challenge.expires_at)),
@@ -119,7 +128,7 @@ impl<'a> Tpm<'a> {
     /// The device's pending challenge (expired or not: the caller judges).
     pub async fn challenge(self, registration_key: &str) -> Result<TpmChallengeRecord, StoreError> {
         let model = crate::unique(Entity::find_by_id(registration_key.to_owned()), &self.store.db).await?;
-        to_record(model.ok_or(StoreError::NotFound)?)
+        to_record(self.store.vault(), model.ok_or(StoreError::NotFound)?)
     }
 
     /// The EK (base64 `TPM2B_PUBLIC`) a registration id is bound to, if any.

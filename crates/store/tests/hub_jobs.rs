@@ -337,3 +337,42 @@ async fn one_device_id_per_hub() {
     })
     .await;
 }
+
+/// A TPM device's hub key waits in its upsert job's document sealed (bound to the job), and comes back clear to the
+/// worker that claims the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_key_waits_sealed_in_its_job() {
+    use sea_orm::{ConnectionTrait, Database};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (db, store) = TestDatabase::store(backend).await.unwrap();
+        hub(&store, "a.example.com", "webhook").await;
+        let key = zerotouch_wire::SymmetricKey::generate_len(32);
+        let mut outcome = attempt("tpm-dev", "a.example.com", None, None, Duration::ZERO);
+        let credential = zerotouch_store::CredentialRef::HubKey { key: key.clone() };
+        if let Some(job) = outcome.hub_job.as_mut() {
+            job.document = credential.document(None);
+        }
+        let (_, _, written) = commit(&store, outcome).await;
+        assert_eq!(
+            zerotouch_store::CredentialRef::of_document(written.document.as_ref().unwrap()).unwrap(),
+            credential
+        );
+
+        let raw = Database::connect(db.url.as_str()).await.unwrap();
+        let rows = raw
+            .query_all_raw(sea_orm::Statement::from_string(raw.get_database_backend(), "SELECT document FROM hub_jobs"))
+            .await
+            .unwrap();
+        let stored: serde_json::Value = rows[0].try_get("", "document").unwrap();
+        let sealed = stored["credential"]["key"].as_str().unwrap();
+        assert!(sealed.starts_with("zt-sealed:"), "{stored}");
+        assert!(!stored.to_string().contains(key.to_base64().as_str()));
+        raw.close().await.unwrap();
+
+        let claimed = claim(&store).await;
+        assert_eq!(
+            zerotouch_store::CredentialRef::of_document(claimed[0].document.as_ref().unwrap()).unwrap(),
+            credential
+        );
+    }
+}

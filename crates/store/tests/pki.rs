@@ -12,8 +12,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use zerotouch_store::test_support::TestDatabase;
 use zerotouch_store::{
-    Actor, AuditFilter, AuditRecord, Backend, BulkItem, CertificateAuthorityInput, CertificateFilter, CertificateGuard,
-    CertificateRecord, CertificateStatus, EncryptedKeyPem, IssuingCaStatus, NewIssuingCa, OperationRecord,
+    Actor, AuditFilter, AuditRecord, Backend, BulkItem, CaPrivateKey, CertificateAuthorityInput, CertificateFilter,
+    CertificateGuard, CertificateRecord, CertificateStatus, IssuingCaStatus, NewIssuingCa, OperationRecord,
     Precondition, RegistrationOutcome, RegistrationRecord, Snapshot, Store, StoreError,
 };
 use zerotouch_wire::bulk::BulkMode;
@@ -79,7 +79,7 @@ fn new_ca(name: &str) -> NewIssuingCa {
     NewIssuingCa {
         name: name.to_owned(),
         key_algorithm: "P-256".to_owned(),
-        encrypted_key: EncryptedKeyPem::new(KEY_PEM.replace("TEST", name)),
+        private_key: CaPrivateKey::new(KEY_PEM.replace("TEST", name).into_bytes().into()),
         csr_pem: format!("-----BEGIN CERTIFICATE REQUEST-----\n{name}\n-----END CERTIFICATE REQUEST-----\n"),
     }
 }
@@ -327,10 +327,10 @@ async fn issuing_ca_lifecycle(store: &Store) {
     assert_eq!(created.status, IssuingCaStatus::Pending);
     assert_eq!(created.chain_pem, None);
     assert!(!format!("{created:?}").contains("KEY-MATERIAL"), "the record does not carry the key");
-    assert!(!format!("{:?}", new_ca("x").encrypted_key).contains("KEY-MATERIAL"), "Debug of the key is redacted");
+    assert!(!format!("{:?}", new_ca("x").private_key).contains("KEY-MATERIAL"), "Debug of the key is redacted");
     assert_eq!(store.issuing_cas().get("first").await.unwrap(), created);
     assert!(matches!(store.issuing_cas().create(new_ca("first"), &actor()).await, Err(StoreError::Conflict(_))));
-    assert_eq!(store.issuing_cas().key("first").await.unwrap().as_str(), KEY_PEM.replace("TEST", "first"));
+    assert_eq!(store.issuing_cas().key("first").await.unwrap().as_bytes(), KEY_PEM.replace("TEST", "first").as_bytes());
     assert!(matches!(store.issuing_cas().key("nope").await, Err(StoreError::NotFound)));
 
     match store.issuing_cas().activate("first", &Precondition::None, &actor()).await {

@@ -1331,3 +1331,62 @@ async fn a_failing_attempt_fails_alone(store: &Store) {
     assert!(store.registrations().get("third").await.is_ok());
 }
 both!(a_failing_attempt_fails_alone);
+
+/// Secrets at rest (issue #17): enrollment keys are stored as envelopes, a key moved to another enrollment's row
+/// does not open there (the read fails as corrupt instead of authenticating with the wrong key), and a store whose
+/// data key is not loaded neither reads nor writes keys. Rows are read and swapped with a connection of the test's
+/// own, as someone with access to the database would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enrollment_keys_are_sealed_in_their_rows() {
+    use sea_orm::{ConnectionTrait, Database};
+    use zerotouch_store::Backend;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (db, store) = TestDatabase::store(backend).await.unwrap();
+        let a = put_new(&store, EnrollmentKind::Individual, "sealed-a").await;
+        put_new(&store, EnrollmentKind::Individual, "sealed-b").await;
+        let raw = Database::connect(db.url.as_str()).await.unwrap();
+        let rows = raw
+            .query_all_raw(sea_orm::Statement::from_string(
+                raw.get_database_backend(),
+                "SELECT key, primary_symmetric_key FROM individual_enrollments ORDER BY key",
+            ))
+            .await
+            .unwrap();
+        let stored: Vec<String> = rows.iter().map(|r| r.try_get("", "primary_symmetric_key").unwrap()).collect();
+        assert!(stored.iter().all(|v| v.starts_with("zt-sealed:")), "{stored:?}");
+        let clear = a.primary_key.as_ref().unwrap().to_base64();
+        assert!(!stored.iter().any(|v| v.contains(clear.as_str())));
+
+        // Move a's sealed key into b's row: b no longer reads (nor does its key become a's).
+        let swap =
+            format!("UPDATE individual_enrollments SET primary_symmetric_key = '{}' WHERE key = 'sealed-b'", stored[0]);
+        raw.execute_unprepared(&swap).await.unwrap();
+        let err = store.enrollments().get(EnrollmentKind::Individual, "sealed-b").await.unwrap_err();
+        assert!(matches!(&err, StoreError::Corrupt(why) if why.contains("sealed-b")), "{err:?}");
+        assert_eq!(
+            store.enrollments().get(EnrollmentKind::Individual, "sealed-a").await.unwrap().primary_key,
+            a.primary_key
+        );
+
+        // A second store on the database, its data key not loaded: no key read, no key written.
+        let locked = Store::connect(&db.url).await.unwrap();
+        assert!(!locked.is_unlocked());
+        let err = locked.enrollments().get(EnrollmentKind::Individual, "sealed-a").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let who = actor();
+        let put =
+            locked.enrollments().put(EnrollmentKind::Individual, individual("sealed-c"), &Precondition::None, &who);
+        assert!(matches!(put.await, Err(StoreError::Unavailable(_))));
+        zerotouch_store::test_support::unlock(&locked).await.unwrap();
+        assert_eq!(
+            locked.enrollments().get(EnrollmentKind::Individual, "sealed-a").await.unwrap().primary_key,
+            a.primary_key
+        );
+        // Another master key is refused and changes nothing.
+        let other = zerotouch_envelope::MasterKey::generate().unwrap().0;
+        let third = Store::connect(&db.url).await.unwrap();
+        assert!(matches!(third.unlock(&other).await, Err(zerotouch_store::UnlockError::WrongMasterKey { .. })));
+        assert!(!third.is_unlocked());
+        raw.close().await.unwrap();
+    }
+}

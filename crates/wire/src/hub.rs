@@ -37,6 +37,10 @@ impl HubKind {
 
 /// Smallest allocation weight.
 pub const MIN_WEIGHT: u32 = 1;
+/// The settings of a hub that hold secrets (of any kind, at the top level of `settings`): write-only in the admin
+/// API, never logged, sealed in the database.
+pub const SECRET_SETTINGS: &[&str] = &["password", "secret"];
+
 /// Largest allocation weight.
 pub const MAX_WEIGHT: u32 = 1000;
 /// Weight of a hub created without one.

@@ -56,6 +56,14 @@ impl SymmetricKey {
         Ok(Self(bytes))
     }
 
+    /// A key of raw bytes (16-64), e.g. one opened from its sealed form in the database.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&bytes.len()) {
+            return Err(KeyError::BadLength(bytes.len()));
+        }
+        Ok(Self(Zeroizing::new(bytes.to_vec())))
+    }
+
     /// The key's base64 text. Handle with care: this is the secret.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(self.0.as_slice()))

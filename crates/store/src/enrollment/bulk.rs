@@ -46,7 +46,7 @@ pub(super) async fn bulk<T: EnrollmentTable>(
     let txn = store.db.begin().await?;
     let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
     let mut existing: HashMap<String, EnrollmentRecord> =
-        T::find_many(&txn, &keys).await?.into_iter().map(|r| (r.key.clone(), r)).collect();
+        T::find_many(&txn, store.vault(), &keys).await?.into_iter().map(|r| (r.key.clone(), r)).collect();
     let now = crate::now();
     let mut failures = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(items.len());
@@ -85,9 +85,9 @@ pub(super) async fn bulk<T: EnrollmentTable>(
         }
     }
 
-    T::insert_many(&txn, &inserts).await?;
+    T::insert_many(&txn, store.vault(), &inserts).await?;
     for (old, record) in &replaces {
-        if !T::replace_if(&txn, record, &old.etag).await? {
+        if !T::replace_if(&txn, store.vault(), record, &old.etag).await? {
             return Err(StoreError::Conflict(format!("{} {:?} changed concurrently; retry", kind.noun(), old.id)));
         }
     }

@@ -115,7 +115,7 @@ async fn put<T: EnrollmentTable>(
     actor: &Actor,
 ) -> Result<(EnrollmentRecord, bool), StoreError> {
     let txn = store.db.begin().await?;
-    let existing = T::find(&txn, &enrollment.key).await?;
+    let existing = T::find(&txn, store.vault(), &enrollment.key).await?;
     if !precondition.allows(existing.as_ref().map(|e| e.etag.as_str())) {
         return Err(StoreError::PreconditionFailed);
     }
@@ -123,14 +123,14 @@ async fn put<T: EnrollmentTable>(
     let (record, old_etag) = match existing {
         None => {
             let record = EnrollmentRecord::new(enrollment, crate::new_etag(), now, now);
-            T::insert_many(&txn, std::slice::from_ref(&record)).await?;
+            T::insert_many(&txn, store.vault(), std::slice::from_ref(&record)).await?;
             (record, None)
         }
         Some(old) => {
             let mut enrollment = enrollment;
             enrollment.keep_existing_keys(old.primary_key.as_ref(), old.secondary_key.as_ref());
             let record = EnrollmentRecord::new(enrollment, crate::new_etag(), old.created_at, now);
-            if !T::replace_if(&txn, &record, &old.etag).await? {
+            if !T::replace_if(&txn, store.vault(), &record, &old.etag).await? {
                 return Err(StoreError::Conflict(format!("{} changed concurrently; retry", kind.noun())));
             }
             (record, Some(old.etag))
@@ -164,7 +164,7 @@ async fn delete<T: EnrollmentTable>(
     actor: &Actor,
 ) -> Result<(), StoreError> {
     let txn = store.db.begin().await?;
-    let existing = T::find(&txn, key).await?.ok_or(StoreError::NotFound)?;
+    let existing = T::find(&txn, store.vault(), key).await?.ok_or(StoreError::NotFound)?;
     if !precondition.allows(Some(&existing.etag)) {
         return Err(StoreError::PreconditionFailed);
     }
@@ -208,7 +208,7 @@ impl<'a> EnrollmentReader<'a> {
             .all(&self.store.read)
             .await?
             .into_iter()
-            .map(GroupTable::to_record)
+            .map(|m| GroupTable::to_record(self.store.vault(), m))
             .collect()
     }
 
@@ -217,7 +217,7 @@ impl<'a> EnrollmentReader<'a> {
     pub async fn get(self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
         let found = match kind {
             EnrollmentKind::Individual => self.store.individuals.read(key).await?,
-            EnrollmentKind::Group => GroupTable::find(&self.store.read, key).await?,
+            EnrollmentKind::Group => GroupTable::find(&self.store.read, self.store.vault(), key).await?,
         };
         found.ok_or(StoreError::NotFound)
     }
@@ -230,7 +230,7 @@ impl<'a> EnrollmentReader<'a> {
         limit: u64,
     ) -> Result<Page<EnrollmentRecord>, StoreError> {
         let limit = limit.clamp(1, crate::MAX_PAGE_SIZE);
-        let rows = with_table!(kind, T => T::page_after(&self.store.read, after, limit + 1).await?);
+        let rows = with_table!(kind, T => T::page_after(&self.store.read, self.store.vault(), after, limit + 1).await?);
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 }

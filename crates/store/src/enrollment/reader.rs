@@ -12,6 +12,7 @@ use super::table::IndividualTable;
 use crate::StoreError;
 use crate::batch::Batches;
 use crate::held::{HeldConnection, Sql};
+use crate::secrets::Vault;
 
 /// Most keys one [`IndividualReader`] query carries.
 const MAX_LOOKUPS: usize = 256;
@@ -39,8 +40,8 @@ pub(crate) struct IndividualReader {
 
 impl IndividualReader {
     /// Starts the reader task on the current runtime, reading from `pool` (keeping a connection of it if `keep`,
-    /// see [`HeldConnection::new`]); it ends when the last store holding it is dropped or the pool is closed.
-    pub(crate) fn start(pool: sea_orm::DatabaseConnection, keep: bool) -> Self {
+    /// see [`HeldConnection::new`]), opening the keys with `vault`; it ends when the last store holding it is dropped or the pool is closed.
+    pub(crate) fn start(pool: sea_orm::DatabaseConnection, keep: bool, vault: Vault) -> Self {
         let (queue, receiver) = mpsc::channel::<Lookup>(4 * MAX_LOOKUPS);
         tokio::spawn(async move {
             let mut connection = HeldConnection::new(pool, keep);
@@ -62,7 +63,11 @@ impl IndividualReader {
                 match found {
                     Ok(found) => {
                         for lookup in batch.drain(..) {
-                            let record = found.get(&lookup.key).cloned().map(IndividualTable::to_record).transpose();
+                            let record = found
+                                .get(&lookup.key)
+                                .cloned()
+                                .map(|m| IndividualTable::to_record(&vault, m))
+                                .transpose();
                             let _ = lookup.reply.send(record);
                         }
                     }

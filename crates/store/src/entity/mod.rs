@@ -3,6 +3,7 @@
 pub(crate) mod audit_event;
 pub(crate) mod certificate;
 pub(crate) mod certificate_authority;
+pub(crate) mod data_key;
 pub(crate) mod hub;
 pub(crate) mod hub_job;
 pub(crate) mod issuing_ca;

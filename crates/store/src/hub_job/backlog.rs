@@ -76,7 +76,7 @@ impl<'a> HubJobs<'a> {
             .all(&self.store.read)
             .await?
             .into_iter()
-            .map(to_record)
+            .map(|m| to_record(self.store.vault(), m))
             .collect()
     }
 }

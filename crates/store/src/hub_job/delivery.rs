@@ -6,7 +6,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, Statement, TransactionTrait};
 use serde_json::Value;
 
-use super::{HubAction, HubJobRecord, HubJobs, NO_ADAPTER, fresh_job, new_job_id, to_active, to_record};
+use super::{HubAction, HubJobRecord, HubJobs, NO_ADAPTER, fresh_job, new_job_id, to_active_without_key, to_record};
 use crate::StoreError;
 use crate::entity::hub_job::{Column, Entity};
 use crate::entity::{hub, operation, registration};
@@ -80,7 +80,7 @@ impl<'a> HubJobs<'a> {
             .all(&self.store.db)
             .await?
             .into_iter()
-            .map(to_record)
+            .map(|m| to_record(self.store.vault(), m))
             .collect::<Result<_, _>>()?;
         jobs.sort_by_key(|j| j.next_attempt_at);
         Ok(jobs)
@@ -188,7 +188,7 @@ impl<'a> HubJobs<'a> {
                     .await?
                     .is_some_and(|h| h.kind != NO_ADAPTER);
                 if adapter {
-                    Entity::insert(to_active(&leaving)).exec_without_returning(&txn).await?;
+                    Entity::insert(to_active_without_key(&leaving)?).exec_without_returning(&txn).await?;
                 }
             }
         }

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::StoreError;
 use crate::entity::hub_job;
+use crate::secrets::Vault;
 
 pub use backlog::HubBacklog;
 pub use delivery::HubJobOutcome;
@@ -157,16 +158,18 @@ pub struct HubJobRecord {
     pub created_at: DateTime<Utc>,
 }
 
-fn to_record(m: hub_job::Model) -> Result<HubJobRecord, StoreError> {
+/// A job as stored, its document's hub key opened (`crate::secrets`).
+fn to_record(vault: &Vault, m: hub_job::Model) -> Result<HubJobRecord, StoreError> {
     let action = HubAction::parse(&m.action)
         .ok_or_else(|| StoreError::Corrupt(format!("hub job {} has the action {:?}", m.id, m.action)))?;
+    let document = m.document.map(|d| vault.open_job_document(&m.id, d)).transpose()?;
     Ok(HubJobRecord {
         id: m.id,
         hub: m.hub,
         device_id: m.device_id,
         registration_key: m.registration_key,
         action,
-        document: m.document,
+        document,
         operation_id: m.operation_id,
         registration_etag: m.registration_etag,
         previous: m.previous_hub.zip(m.previous_device_id),
@@ -179,15 +182,16 @@ fn to_record(m: hub_job::Model) -> Result<HubJobRecord, StoreError> {
     })
 }
 
-fn to_active(r: &HubJobRecord) -> hub_job::ActiveModel {
+/// The row of a job, its document's hub key sealed.
+fn to_active(vault: &Vault, r: &HubJobRecord) -> Result<hub_job::ActiveModel, StoreError> {
     let (previous_hub, previous_device_id) = r.previous.clone().unzip();
-    hub_job::ActiveModel {
+    Ok(hub_job::ActiveModel {
         id: Set(r.id.clone()),
         hub: Set(r.hub.clone()),
         device_id: Set(r.device_id.clone()),
         registration_key: Set(r.registration_key.clone()),
         action: Set(r.action.as_str().to_owned()),
-        document: Set(r.document.clone()),
+        document: Set(r.document.as_ref().map(|d| vault.seal_job_document(&r.id, d)).transpose()?),
         operation_id: Set(r.operation_id.clone()),
         registration_etag: Set(r.registration_etag.clone()),
         previous_hub: Set(previous_hub),
@@ -198,7 +202,13 @@ fn to_active(r: &HubJobRecord) -> hub_job::ActiveModel {
         claimed_until: Set(r.claimed_until),
         deadline_at: Set(r.deadline_at.map(crate::at_store_precision)),
         created_at: Set(r.created_at),
-    }
+    })
+}
+
+/// The row of a job that holds no secret (a disable or delete, a certificate reference): with the vault locked, a
+/// document that did carry a hub key fails to be written rather than being written in clear.
+fn to_active_without_key(r: &HubJobRecord) -> Result<hub_job::ActiveModel, StoreError> {
+    to_active(&Vault::default(), r)
 }
 
 /// A job with nothing tried yet, due now.

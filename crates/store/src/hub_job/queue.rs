@@ -5,16 +5,21 @@
 use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
-use super::{CredentialRef, HubAction, HubJobRecord, NO_ADAPTER, NewHubJob, fresh_job, new_job_id, to_active};
+use super::{
+    CredentialRef, HubAction, HubJobRecord, NO_ADAPTER, NewHubJob, fresh_job, new_job_id, to_active,
+    to_active_without_key,
+};
 use crate::StoreError;
 use crate::entity::hub_job::{Column, Entity};
 use crate::entity::{hub, registration};
+use crate::secrets::Vault;
 
 /// For the registration writer: the upsert jobs of the attempts that won (`(job, registration key, operation id,
 /// new registration etag)`). A job whose device already has an older job on that hub waits its turn (it is not
 /// claimed for inline delivery). Returns the jobs as written.
 pub(crate) async fn insert_upserts(
     db: &impl ConnectionTrait,
+    vault: &Vault,
     jobs: Vec<(&NewHubJob, &str, &str, &str)>,
 ) -> Result<Vec<HubJobRecord>, StoreError> {
     if jobs.is_empty() {
@@ -64,7 +69,8 @@ pub(crate) async fn insert_upserts(
         })
         .collect();
     for chunk in records.chunks(500) {
-        Entity::insert_many(chunk.iter().map(to_active)).exec_without_returning(db).await?;
+        let rows = chunk.iter().map(|r| to_active(vault, r)).collect::<Result<Vec<_>, _>>()?;
+        Entity::insert_many(rows).exec_without_returning(db).await?;
     }
     Ok(records)
 }
@@ -107,7 +113,8 @@ pub(crate) async fn queue_credential_updates(
         })
         .collect();
     if !jobs.is_empty() {
-        Entity::insert_many(jobs.iter().map(to_active)).exec_without_returning(db).await?;
+        let rows = jobs.iter().map(to_active_without_key).collect::<Result<Vec<_>, _>>()?;
+        Entity::insert_many(rows).exec_without_returning(db).await?;
     }
     Ok(())
 }
@@ -158,7 +165,8 @@ pub(crate) async fn retire(
             .filter_map(|(key, hub, device_id)| Some(fresh_job(new_job_id(), hub?, device_id?, key, action)))
             .collect();
         if !jobs.is_empty() {
-            Entity::insert_many(jobs.iter().map(to_active)).exec_without_returning(db).await?;
+            let rows = jobs.iter().map(to_active_without_key).collect::<Result<Vec<_>, _>>()?;
+            Entity::insert_many(rows).exec_without_returning(db).await?;
         }
     }
     Ok(())

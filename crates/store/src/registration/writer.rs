@@ -16,6 +16,7 @@ use crate::certificate::{self as certificates, CertificateRecord, CertificateSta
 use crate::entity::operation;
 use crate::entity::registration::{Column, Entity};
 use crate::held::HeldConnection;
+use crate::secrets::Vault;
 use crate::{Actor, StoreError};
 use zerotouch_wire::registration::RegistrationStatus;
 
@@ -61,7 +62,8 @@ pub(crate) struct RegistrationWriter {
 impl RegistrationWriter {
     /// Starts the writer task on the current runtime; it ends when the last store holding it is dropped or `db` is
     /// closed. Batches of first registrations go through a [`HeldConnection`] of `db`, kept if `keep`.
-    pub(crate) fn start(db: DatabaseConnection, keep: bool) -> Self {
+    /// Hub jobs' hub keys are sealed with `vault`.
+    pub(crate) fn start(db: DatabaseConnection, keep: bool, vault: Vault) -> Self {
         let (queue, receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
         tokio::spawn(async move {
             let mut held = HeldConnection::new(db.clone(), keep);
@@ -70,7 +72,7 @@ impl RegistrationWriter {
             let mut batches = Batches::new(receiver, MAX_BATCH);
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while batches.next(&mut batch, &mut closed).await {
-                write_batch(&db, &mut held, std::mem::take(&mut batch)).await;
+                write_batch(&db, &vault, &mut held, std::mem::take(&mut batch)).await;
                 batches.done();
             }
         });
@@ -86,7 +88,7 @@ impl RegistrationWriter {
 
 /// Writes a batch in one transaction; if that transaction fails as a whole, writes each attempt alone, so that one
 /// attempt's failure (say, its group deleted meanwhile) is that attempt's answer only.
-async fn write_batch(db: &DatabaseConnection, held: &mut HeldConnection, work: Vec<Work>) {
+async fn write_batch(db: &DatabaseConnection, vault: &Vault, held: &mut HeldConnection, work: Vec<Work>) {
     let (mut batch, mut certificates) = (Vec::new(), Vec::new());
     for item in work {
         match item {
@@ -95,17 +97,17 @@ async fn write_batch(db: &DatabaseConnection, held: &mut HeldConnection, work: V
         }
     }
     let nothing = || StoreError::Conflict("nothing was written".into());
-    let (results, issued) = match write_together(db, held, &batch, &certificates).await {
+    let (results, issued) = match write_together(db, vault, held, &batch, &certificates).await {
         Ok(results) => results,
         Err(_) if batch.len() + certificates.len() > 1 => {
             let mut results = Vec::with_capacity(batch.len());
             for pending in &batch {
-                let one = write_together(db, held, std::slice::from_ref(pending), &[]).await;
+                let one = write_together(db, vault, held, std::slice::from_ref(pending), &[]).await;
                 results.push(one.map_or_else(Err, |(mut r, _)| r.pop().unwrap_or_else(|| Err(nothing()))));
             }
             let mut issued = Vec::with_capacity(certificates.len());
             for pending in &certificates {
-                let one = write_together(db, held, &[], std::slice::from_ref(pending)).await;
+                let one = write_together(db, vault, held, &[], std::slice::from_ref(pending)).await;
                 issued.push(one.map_or_else(Err, |(_, mut c)| c.pop().unwrap_or_else(|| Err(nothing()))));
             }
             (results, issued)
@@ -137,6 +139,7 @@ pub(super) type Written = (Vec<Result<Committed, StoreError>>, Vec<Result<Certif
 /// each. Attempts that lost a race get [`StoreError::Conflict`].
 pub(super) async fn write_together(
     db: &DatabaseConnection,
+    vault: &Vault,
     held: &mut HeldConnection,
     batch: &[Pending],
     certificates_alone: &[PendingCertificate],
@@ -346,11 +349,12 @@ pub(super) async fn write_together(
             Some((job, records[i].key.as_str(), operations[i].id.as_str(), records[i].etag.as_str()))
         })
         .collect();
-    let mut jobs: std::collections::HashMap<String, crate::HubJobRecord> = crate::hub_job::insert_upserts(&txn, jobs)
-        .await?
-        .into_iter()
-        .map(|j| (j.registration_key.clone(), j))
-        .collect();
+    let mut jobs: std::collections::HashMap<String, crate::HubJobRecord> =
+        crate::hub_job::insert_upserts(&txn, vault, jobs)
+            .await?
+            .into_iter()
+            .map(|j| (j.registration_key.clone(), j))
+            .collect();
     txn.commit().await?;
 
     let results = records
