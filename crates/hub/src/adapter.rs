@@ -58,16 +58,22 @@ pub fn reserved_device_ids<'a>(kind: &str, settings: &'a serde_json::Value) -> V
     }
 }
 
-/// The adapter for a hub of `kind` (`mosquitto`, `webhook`) named `hub`, from its settings JSON.
+/// The adapter for a hub of `kind` (`mosquitto`, `webhook`) named `hub`, from its settings JSON; a webhook calls
+/// out under `outbound`.
 ///
 /// Must be called inside a Tokio runtime (the Mosquitto adapter starts its connection task).
-pub fn adapter_for(kind: &str, hub: &str, settings: &serde_json::Value) -> Result<Box<dyn HubAdapter>, SettingsError> {
+pub fn adapter_for(
+    kind: &str,
+    hub: &str,
+    settings: &serde_json::Value,
+    outbound: &zerotouch_outbound::OutboundPolicy,
+) -> Result<Box<dyn HubAdapter>, SettingsError> {
     fn parse<T: serde::de::DeserializeOwned>(settings: &serde_json::Value) -> Result<T, SettingsError> {
         T::deserialize(settings).map_err(|e| SettingsError::Shape(e.to_string()))
     }
     match kind {
         "mosquitto" => Ok(Box::new(MosquittoAdapter::new(hub, parse::<MosquittoSettings>(settings)?)?)),
-        "webhook" => Ok(Box::new(WebhookAdapter::new(hub, parse::<WebhookSettings>(settings)?)?)),
+        "webhook" => Ok(Box::new(WebhookAdapter::new(hub, parse::<WebhookSettings>(settings)?, outbound)?)),
         other => Err(SettingsError::UnknownKind(other.to_owned())),
     }
 }

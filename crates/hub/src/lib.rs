@@ -55,9 +55,11 @@
 //! constant time, reject a `t` more than 5 minutes away from its clock (replays), and check that `deviceId` and
 //! `operation` in the body match the path and method (the signature does not cover the URL). A `2xx` answer is
 //! success, and so is `404` to a `DELETE`; `5xx`, `408`, `429`, timeouts and connection failures are
-//! [`HubError::Unavailable`]; any other answer (redirects are not followed) is [`HubError::Rejected`]. The URL must
-//! be `https`, except that plain `http` is allowed to a loopback address (`localhost`, `127.0.0.0/8`, `::1`), for a
-//! receiver on the same host.
+//! [`HubError::Unavailable`]; any other answer (redirects are not followed) is [`HubError::Rejected`]. Calls go out
+//! under the service's outbound policy (`zerotouch_outbound`): the URL must be `https` (plain `http` only to a
+//! loopback host, or with `--allow-insecure-outbound`), and the receiver's addresses, checked after resolution and
+//! pinned, may not be loopback, private, link-local or cloud metadata addresses unless `--outbound-allow` names
+//! them.
 #![forbid(unsafe_code, unused_must_use)]
 #![deny(missing_docs)]
 

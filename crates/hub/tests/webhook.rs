@@ -20,7 +20,12 @@ fn receiver() -> (Receiver, String) {
 
 fn adapter(url: &str, ca: &str, secret: &str) -> Box<dyn HubAdapter> {
     let settings = serde_json::json!({"url": url, "secret": secret, "ca": ca, "timeoutMs": 1000});
-    adapter_for("webhook", "hook-1", &settings).unwrap()
+    adapter_for("webhook", "hook-1", &settings, &loopback()).unwrap()
+}
+
+/// The outbound policy with loopback opened (the receiver listens there).
+fn loopback() -> zerotouch_outbound::OutboundPolicy {
+    zerotouch_outbound::OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()], false)
 }
 
 fn id(text: &str) -> DeviceId {

@@ -136,6 +136,23 @@ pub struct ServeArgs {
     /// How long a registration may wait for its hub before it fails with 400209 [default: 10m].
     #[arg(long, env = "ZEROTOUCH_HUB_DEADLINE", value_parser = humantime::parse_duration)]
     pub hub_deadline: Option<Duration>,
+    /// Let outbound calls (allocation webhooks, webhook hubs, the JWKS) use plain http to any host and reach
+    /// loopback addresses. For tests and development only [default: off: https only, plain http only to a loopback
+    /// host, loopback only when --outbound-allow names it].
+    #[arg(long, env = "ZEROTOUCH_ALLOW_INSECURE_OUTBOUND")]
+    pub allow_insecure_outbound: bool,
+    /// Address ranges (CIDR, or single addresses) outbound calls may reach although they are loopback, private,
+    /// link-local, CGNAT or cloud metadata addresses, e.g. `10.20.0.0/16,fd00:1::/64` [default: none].
+    #[arg(long, env = "ZEROTOUCH_OUTBOUND_ALLOW", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub outbound_allow: Vec<ipnet::IpNet>,
+}
+
+/// Parses a CIDR range (`10.20.0.0/16`) or a single address (`10.20.0.7`, as a /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address range (CIDR, e.g. 10.20.0.0/16) nor an address"))
 }
 
 /// `value` if it is more than zero.
@@ -238,6 +255,10 @@ struct FileSettings {
     hub_inline_timeout: Option<Duration>,
     #[serde(alias = "hub-deadline", default, with = "humantime_serde_opt")]
     hub_deadline: Option<Duration>,
+    #[serde(alias = "allow-insecure-outbound")]
+    allow_insecure_outbound: Option<bool>,
+    #[serde(alias = "outbound-allow")]
+    outbound_allow: Option<Vec<String>>,
 }
 
 mod humantime_serde_opt {
@@ -338,6 +359,8 @@ pub struct Config {
     pub hub_inline_timeout: Duration,
     /// How long a registration may wait for its hub before it fails.
     pub hub_deadline: Duration,
+    /// Whom outbound calls (allocation webhooks, webhook hubs, the JWKS) may reach.
+    pub outbound: zerotouch_outbound::OutboundPolicy,
 }
 
 /// Where the passphrase encrypting the CA keys comes from.
@@ -546,6 +569,16 @@ impl Config {
                 "--hub-deadline",
                 args.hub_deadline.or(file.hub_deadline).unwrap_or(Duration::from_secs(600)),
             )?,
+            outbound: zerotouch_outbound::OutboundPolicy::new(
+                match (&args.outbound_allow[..], &file.outbound_allow) {
+                    ([], Some(listed)) => listed
+                        .iter()
+                        .map(|text| parse_cidr(text).map_err(|e| anyhow::anyhow!("outbound_allow: {e}")))
+                        .collect::<anyhow::Result<_>>()?,
+                    (flags, _) => flags.to_vec(),
+                },
+                args.allow_insecure_outbound || file.allow_insecure_outbound.unwrap_or(false),
+            ),
         })
     }
 }

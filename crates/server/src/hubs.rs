@@ -65,6 +65,8 @@ pub struct Hubs {
     wake: tokio::sync::Notify,
     /// The backlog as last read by the worker, for the metrics.
     last_backlog: Mutex<Vec<String>>,
+    /// Whom webhook hubs may call.
+    outbound: zerotouch_outbound::OutboundPolicy,
 }
 
 impl std::fmt::Debug for Hubs {
@@ -97,9 +99,15 @@ impl From<HubError> for Undeliverable {
 }
 
 impl Hubs {
-    /// Delivery over `store`.
-    pub fn new(store: Store, settings: HubSettings, metrics: Metrics) -> Self {
+    /// Delivery over `store`; webhook hubs call out under `outbound`.
+    pub fn new(
+        store: Store,
+        settings: HubSettings,
+        metrics: Metrics,
+        outbound: zerotouch_outbound::OutboundPolicy,
+    ) -> Self {
         Self {
+            outbound,
             store,
             settings,
             metrics,
@@ -113,6 +121,11 @@ impl Hubs {
     /// The settings.
     pub fn settings(&self) -> &HubSettings {
         &self.settings
+    }
+
+    /// Whom webhook hubs may call (the admin API checks new settings against it).
+    pub fn outbound(&self) -> &zerotouch_outbound::OutboundPolicy {
+        &self.outbound
     }
 
     /// The adapter of `hub` (`None`: the hub is gone or has no adapter).
@@ -137,9 +150,10 @@ impl Hubs {
             cached.checked = Instant::now();
             return Ok(Some(cached.adapter.clone()));
         }
-        let adapter: Arc<dyn HubAdapter> = zerotouch_hub::adapter_for(&record.hub.kind, hub, &record.hub.settings)
-            .map_err(|e| Undeliverable::Refused(format!("hub {hub}: {e}")))?
-            .into();
+        let adapter: Arc<dyn HubAdapter> =
+            zerotouch_hub::adapter_for(&record.hub.kind, hub, &record.hub.settings, &self.outbound)
+                .map_err(|e| Undeliverable::Refused(format!("hub {hub}: {e}")))?
+                .into();
         adapters.insert(
             hub.to_owned(),
             CachedAdapter { etag: record.etag.clone(), checked: Instant::now(), adapter: adapter.clone() },
@@ -256,9 +270,6 @@ impl Hubs {
                 }
             }
         };
-        if let HubJobOutcome::Fail { message, .. } = &outcome {
-            tracing::warn!(hub = %job.hub, device = %job.device_id, "hub registration failed: {message}");
-        }
         match self.store.hub_jobs().finish(job, &outcome).await {
             Ok(settled) => settled,
             Err(e) => {
@@ -278,10 +289,8 @@ impl Hubs {
         let past_deadline = job.deadline_at.is_some_and(|deadline| now >= deadline);
         if waits && (past_deadline || !retryable) {
             let number = i32::try_from(code.number()).unwrap_or_default();
-            return HubJobOutcome::Fail {
-                error_code: number,
-                message: format!("hub {} did not take the device: {reason}", job.hub),
-            };
+            tracing::warn!(hub = %job.hub, device = %job.device_id, "hub registration failed: {reason}");
+            return HubJobOutcome::Fail { error_code: number, message: failure_message(&job.hub, code, &reason) };
         }
         let mut delay = backoff(job.attempts);
         if let Some(deadline) = job.deadline_at.filter(|_| waits) {
@@ -386,6 +395,16 @@ impl Hubs {
                 "lastError": backlog.last_error,
             },
         }))
+    }
+}
+
+/// What a registration that failed on its hub says (the device and the admin API see it): for 400215 whose the
+/// identity is (the adapter's own finding), otherwise a fixed text, as the reason may carry the hub's own words (a
+/// webhook receiver's status and body), which never reach the device (issue #17); the log has the reason.
+fn failure_message(hub: &str, code: ErrorCode, reason: &str) -> String {
+    match code {
+        ErrorCode::HubIdentityNotManaged => format!("hub {hub} did not take the device: {reason}"),
+        _ => format!("hub {hub} did not take the device; the service's log has the reason"),
     }
 }
 

@@ -62,6 +62,7 @@ pub(super) async fn get(caller: Caller<Read>, name: web::Path<String>) -> Result
 /// `PUT /hubs/{hostName}`: link or change a hub, under `If-Match` (owners only).
 pub(super) async fn put(
     caller: Caller<HubWrite>,
+    hubs: web::Data<crate::hubs::Hubs>,
     req: HttpRequest,
     name: web::Path<String>,
     body: Json<BODY_LIMIT>,
@@ -86,7 +87,7 @@ pub(super) async fn put(
         )
         .into());
     }
-    let settings = settings_of(caller.hubs(), &host, &hub).await?;
+    let settings = settings_of(caller.hubs(), hubs.outbound(), &host, &hub).await?;
     refuse_reserving_held_ids(caller.registrations(), hub.kind.as_str(), &settings).await?;
     let input = HubInput {
         host_name: host.as_str().to_owned(),
@@ -102,7 +103,12 @@ pub(super) async fn put(
 
 /// The settings to store for `hub`: checked by building its adapter (which does not contact the hub); secrets
 /// left out are kept from the hub's current settings if its kind is unchanged.
-async fn settings_of(hubs: HubReader<'_>, host: &HubHostName, hub: &Hub) -> Result<Value, ApiError> {
+async fn settings_of(
+    hubs: HubReader<'_>,
+    outbound: &zerotouch_outbound::OutboundPolicy,
+    host: &HubHostName,
+    hub: &Hub,
+) -> Result<Value, ApiError> {
     let settings = hub.settings.clone().unwrap_or_else(|| Value::Object(Default::default()));
     let Value::Object(mut fields) = settings else {
         return Err(FieldError::new("settings", "must be a JSON object").into());
@@ -127,7 +133,7 @@ async fn settings_of(hubs: HubReader<'_>, host: &HubHostName, hub: &Hub) -> Resu
         Err(e) => return Err(ApiError::internal(e)),
     }
     let settings = Value::Object(fields);
-    zerotouch_hub::adapter_for(hub.kind.as_str(), host.as_str(), &settings)
+    zerotouch_hub::adapter_for(hub.kind.as_str(), host.as_str(), &settings, outbound)
         .map_err(|e| FieldError::new("settings", e.to_string()))?;
     Ok(settings)
 }
