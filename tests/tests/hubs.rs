@@ -274,6 +274,68 @@ async fn broker_down_storm_postgres() {
 
 const HOOK_SECRET: &str = "a-webhook-secret-for-the-e2e-test";
 
+/// Issue #17, point 3: a hub's write-only secret is kept when an update leaves it out only while the hub stays
+/// where it is. An update that moves a webhook hub (`url`) or a Mosquitto hub (`host`, `port`) without sending the
+/// secret again is refused with 400006 naming both settings, and nothing changes: the stored secret is never sent
+/// to an address of the caller's choosing (here a second receiver, which hears nothing). Sent again, the move
+/// is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_secrets_are_not_sent_to_a_new_address() {
+    let server = start(Backend::Sqlite, &[]).await;
+    let api = Api::new(&server, "owner");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::fs::read_to_string(make_server_certificate(dir.path())).unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let receiver = Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), HOOK_SECRET);
+    let elsewhere = Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), HOOK_SECRET);
+    let hub = json!({"hostName": "hooks.example.com", "kind": "webhook",
+                     "settings": {"url": receiver.url, "secret": HOOK_SECRET, "ca": ca}});
+    ok(api.put("/hubs/hooks.example.com", &hub).await).await;
+
+    let mut moved = hub.clone();
+    moved["settings"] = json!({"url": elsewhere.url, "ca": ca});
+    let response = api.put("/hubs/hooks.example.com", &moved).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errorCode"], 400006, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("settings.secret") && message.contains("settings.url"), "{message}");
+    let stored = ok(api.get("/hubs/hooks.example.com").await).await;
+    assert_eq!(stored["settings"]["url"], receiver.url.as_str(), "{stored}");
+    let status = ok(api.get("/hubs/hooks.example.com/status").await).await;
+    assert_eq!(status["health"]["status"], "healthy", "{status}");
+    // Other settings still change without the secret.
+    let mut slower = hub.clone();
+    slower["settings"] = json!({"url": receiver.url, "ca": ca, "timeoutMs": 2000});
+    ok(api.put("/hubs/hooks.example.com", &slower).await).await;
+    // Moved with the secret sent again: taken.
+    moved["settings"]["secret"] = json!(HOOK_SECRET);
+    let stored = ok(api.put("/hubs/hooks.example.com", &moved).await).await;
+    assert_eq!(stored["settings"]["url"], elsewhere.url.as_str(), "{stored}");
+    assert!(elsewhere.summary().is_empty() && receiver.summary().is_empty());
+
+    let broker = json!({"hostName": "broker.example.com", "kind": "mosquitto",
+                        "settings": {"host": "127.0.0.1", "port": 1883, "username": "zt-admin", "password": "pw-1"}});
+    ok(api.put("/hubs/broker.example.com", &broker).await).await;
+    for (setting, value) in [("host", json!("127.0.0.9")), ("port", json!(1884))] {
+        let mut moved = broker.clone();
+        moved["settings"].as_object_mut().unwrap().remove("password");
+        moved["settings"][setting] = value;
+        let response = api.put("/hubs/broker.example.com", &moved).await;
+        assert_eq!(response.status(), 400, "{setting}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errorCode"], 400006, "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("settings.password") && message.contains(&format!("settings.{setting}")), "{message}");
+    }
+    let mut renamed = broker.clone();
+    renamed["settings"].as_object_mut().unwrap().remove("password");
+    renamed["settings"]["reservedDeviceIds"] = json!(["ops"]);
+    ok(api.put("/hubs/broker.example.com", &renamed).await).await;
+    receiver.stop().await;
+    elsewhere.stop().await;
+}
+
 /// A webhook hub: a real HTTPS receiver sees each device's create (with its certificate's thumbprint, or its
 /// key), its disable and its delete, every one signed; a receiver that refuses a device fails its registration
 /// at once with 400209, one that keeps failing fails it at the deadline.

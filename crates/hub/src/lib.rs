@@ -71,7 +71,10 @@ pub mod secret;
 mod tls;
 pub mod webhook;
 
-pub use adapter::{HubAdapter, SECRET_SETTINGS, adapter_for, reserved_device_ids};
+pub use adapter::{
+    ADDRESS_SETTINGS, HubAdapter, SECRET_SETTINGS, SecretNotResent, adapter_for, carry_over_secrets,
+    reserved_device_ids,
+};
 pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner};
 pub use error::{HubError, Operation, SettingsError};
 pub use mosquitto::{MosquittoAdapter, MosquittoSettings};

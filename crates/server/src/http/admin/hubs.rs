@@ -102,7 +102,8 @@ pub(super) async fn put(
 }
 
 /// The settings to store for `hub`: checked by building its adapter (which does not contact the hub); secrets
-/// left out are kept from the hub's current settings if its kind is unchanged.
+/// left out are kept from the hub's current settings if its kind and address are unchanged, and must be sent again
+/// when the address changes (`zerotouch_hub::carry_over_secrets`).
 async fn settings_of(
     hubs: HubReader<'_>,
     outbound: &zerotouch_outbound::OutboundPolicy,
@@ -122,11 +123,7 @@ async fn settings_of(
     match hubs.get(host.as_str()).await {
         Ok(current) if current.hub.kind == hub.kind.as_str() => {
             if let Value::Object(stored) = current.hub.settings {
-                for name in zerotouch_hub::SECRET_SETTINGS {
-                    if let (false, Some(secret)) = (fields.contains_key(*name), stored.get(*name)) {
-                        fields.insert((*name).to_owned(), secret.clone());
-                    }
-                }
+                zerotouch_hub::carry_over_secrets(&stored, &mut fields)?;
             }
         }
         Ok(_) | Err(zerotouch_store::StoreError::NotFound) => {}
