@@ -45,7 +45,9 @@
 //! | delete | `DELETE` | `{"operation": "delete", "deviceId"}` |
 //!
 //! `credential` is `{"type": "x509", "subjectName": CN, "thumbprint": hex SHA-256}` or
-//! `{"type": "symmetricKey", "key": base64}`. Every request carries
+//! `{"type": "symmetricKey", "key": base64, "primaryKey"?: base64, "secondaryKey"?: base64}`: `key` is the key
+//! the device registered with, `primaryKey` and `secondaryKey` both keys of its enrollment (absent for a key made
+//! for the hub alone, a TPM device's hub key), so that the receiver can let the device in with either. Every request carries
 //!
 //! ```text
 //! X-Zerotouch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
@@ -75,7 +77,7 @@ pub use adapter::{
     ADDRESS_SETTINGS, HubAdapter, SECRET_SETTINGS, SecretNotResent, adapter_for, carry_over_secrets,
     reserved_device_ids,
 };
-pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner};
+pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner, SymmetricKeys};
 pub use error::{HubError, Operation, SettingsError};
 pub use mosquitto::{MosquittoAdapter, MosquittoSettings};
 pub use secret::Secret;

@@ -187,7 +187,14 @@ impl HubAdapter for WebhookAdapter {
             Credential::Certificate { subject_cn, thumbprint } => {
                 json!({"type": "x509", "subjectName": subject_cn, "thumbprint": thumbprint})
             }
-            Credential::SymmetricKey(key) => json!({"type": "symmetricKey", "key": key.to_base64().as_str()}),
+            Credential::SymmetricKey(keys) => {
+                let mut credential = json!({"type": "symmetricKey", "key": keys.used().to_base64().as_str()});
+                if let (Some(secondary), Some(map)) = (&keys.secondary, credential.as_object_mut()) {
+                    map.insert("primaryKey".into(), json!(keys.primary.to_base64().as_str()));
+                    map.insert("secondaryKey".into(), json!(secondary.to_base64().as_str()));
+                }
+                credential
+            }
         };
         let mut document = json!({
             "operation": "upsert",

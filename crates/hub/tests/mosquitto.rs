@@ -39,7 +39,7 @@ fn key_identity(device: &str, key: &SymmetricKey, enabled: bool) -> DeviceIdenti
     DeviceIdentity {
         device_id: id(device),
         owner: owner(device),
-        credential: Credential::SymmetricKey(key.clone()),
+        credential: Credential::SymmetricKey(zerotouch_hub::SymmetricKeys::single(key.clone())),
         enabled,
         initial_twin: None,
     }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys};
 use zerotouch_store::{CredentialRef, HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
 use zerotouch_wire::enrollment::EnrollmentKind;
-use zerotouch_wire::{ErrorCode, SymmetricKey};
+use zerotouch_wire::{ErrorCode, KeySlot, SymmetricKey};
 
 use tokio_util::sync::CancellationToken;
 
@@ -161,9 +161,9 @@ impl Hubs {
         Ok(Some(adapter))
     }
 
-    /// The symmetric key of the device of `registration_key`: its individual enrollment's primary key, or the key
-    /// derived from its group's primary key.
-    async fn device_key(&self, registration_key: &str) -> Result<SymmetricKey, Undeliverable> {
+    /// The symmetric keys of the device of `registration_key`, as they are now: its individual enrollment's keys,
+    /// or the keys derived from its group's; `used` is the one it authenticated with.
+    async fn device_keys(&self, registration_key: &str, used: KeySlot) -> Result<SymmetricKeys, Undeliverable> {
         let retry = |e: StoreError| Undeliverable::Retry(format!("reading the device's enrollment: {e}"));
         let registration = self.store.registrations().get(registration_key).await.map_err(retry)?;
         let gone = || {
@@ -173,21 +173,24 @@ impl Hubs {
                     .into(),
             )
         };
-        match &registration.enrollment_group_key {
-            Some(group) => {
-                let group = self.store.enrollments().get(EnrollmentKind::Group, group).await.map_err(retry)?;
-                let key = group.primary_key.ok_or_else(gone)?;
-                let derived =
-                    zerotouch_attest::sas::derive_device_key(key.expose_bytes(), &registration.registration_id);
-                SymmetricKey::from_base64(&base64::engine::general_purpose::STANDARD.encode(derived.as_slice()))
-                    .map_err(|e| Undeliverable::Refused(format!("derived key: {e}")))
+        let (record, derive) = match &registration.enrollment_group_key {
+            Some(group) => (self.store.enrollments().get(EnrollmentKind::Group, group).await.map_err(retry)?, true),
+            None => (
+                self.store.enrollments().get(EnrollmentKind::Individual, registration_key).await.map_err(retry)?,
+                false,
+            ),
+        };
+        let device_key = |key: SymmetricKey| -> Result<SymmetricKey, Undeliverable> {
+            if !derive {
+                return Ok(key);
             }
-            None => {
-                let enrollment =
-                    self.store.enrollments().get(EnrollmentKind::Individual, registration_key).await.map_err(retry)?;
-                enrollment.primary_key.ok_or_else(gone)
-            }
-        }
+            let derived = zerotouch_attest::sas::derive_device_key(key.expose_bytes(), &registration.registration_id);
+            SymmetricKey::from_base64(&base64::engine::general_purpose::STANDARD.encode(derived.as_slice()))
+                .map_err(|e| Undeliverable::Refused(format!("derived key: {e}")))
+        };
+        let primary = device_key(record.primary_key.ok_or_else(gone)?)?;
+        let secondary = record.secondary_key.map(device_key).transpose()?;
+        Ok(SymmetricKeys { primary, secondary, used })
     }
 
     /// Runs `job` against its hub.
@@ -212,10 +215,10 @@ impl Hubs {
                     CredentialRef::X509 { subject_name, thumbprint } => {
                         Credential::Certificate { subject_cn: subject_name, thumbprint }
                     }
-                    CredentialRef::SymmetricKey => {
-                        Credential::SymmetricKey(self.device_key(&job.registration_key).await?)
+                    CredentialRef::SymmetricKey { slot } => {
+                        Credential::SymmetricKey(self.device_keys(&job.registration_key, slot).await?)
                     }
-                    CredentialRef::HubKey { key } => Credential::SymmetricKey(key),
+                    CredentialRef::HubKey { key } => Credential::SymmetricKey(SymmetricKeys::single(key)),
                 };
                 let initial_twin = document.get("initialTwin").filter(|t| !t.is_null()).cloned();
                 let identity = DeviceIdentity { device_id, owner, credential, enabled: true, initial_twin };

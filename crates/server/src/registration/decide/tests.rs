@@ -57,6 +57,7 @@ fn current(status: RegistrationStatus, hub: &str, twin: Option<Value>) -> Regist
         error_message: None,
         payload: None,
         initial_twin: twin,
+        hub_key_slot: None,
         etag: "e".into(),
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),
