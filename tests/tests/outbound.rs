@@ -114,8 +114,9 @@ async fn start(args: &[&str]) -> Server {
     server
 }
 
-/// Enrolls `id` with custom allocation through `url`, registers it, and returns the device's final answer.
-async fn register_through(server: &Server, id: &str, url: &str) -> Value {
+/// Enrolls `id` (a symmetric-key device) with custom allocation through `url`: the answer's status and body, and the
+/// device's key.
+async fn enroll(server: &Server, id: &str, url: &str) -> (u16, Value, [u8; 32]) {
     let key = rand::random::<[u8; 32]>();
     let enrollment = json!({
         "registrationId": id,
@@ -125,12 +126,26 @@ async fn register_through(server: &Server, id: &str, url: &str) -> Value {
         "iotHubs": [HUB],
         "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
     });
-    let api = Api::new(server, "owner");
-    let response = api.put(&format!("/enrollments/{id}"), &enrollment).await;
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let response = Api::new(server, "owner").put(&format!("/enrollments/{id}"), &enrollment).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap(), key)
+}
+
+/// Enrolls `id` with custom allocation through `url`, registers it, and returns the device's final answer.
+async fn register_through(server: &Server, id: &str, url: &str) -> Value {
+    let (status, body, key) = enroll(server, id, url).await;
+    assert_eq!(status, 200, "{body}");
     let (status, done) = sas_register(server, id, &key, json!({})).await;
     assert_eq!(status, 200, "{done}");
     done
+}
+
+/// The enrollment is refused (400002) naming the webhook URL, and `reason`.
+async fn assert_enrollment_refused(server: &Server, id: &str, url: &str, reason: &str) {
+    let (status, body, _) = enroll(server, id, url).await;
+    assert_eq!((status, &body["errorCode"]), (400, &json!(400002)), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("customAllocationDefinition.webhookUrl") && message.contains(reason), "{message}");
 }
 
 fn assert_assigned(done: &Value) {
@@ -176,7 +191,8 @@ async fn allocation_webhooks_follow_no_redirect_and_read_a_bounded_answer() {
 }
 
 /// A webhook on a private address (10.77.0.1 on `lo`) is not called, for allocation nor as a webhook hub, until
-/// `--outbound-allow` names it; `--allow-insecure-outbound` does not open private ranges.
+/// `--outbound-allow` names it (an address written as the URL's host is refused when the enrollment or hub is
+/// written); `--allow-insecure-outbound` does not open private ranges.
 #[tokio::test]
 async fn private_addresses_are_called_only_when_the_allow_list_names_them() {
     let _address = LoAddress::add("10.77.0.1");
@@ -184,9 +200,8 @@ async fn private_addresses_are_called_only_when_the_allow_list_names_them() {
     let url = format!("{}/hub/{HUB}", webhook.base);
 
     let server = start(&["--allow-insecure-outbound"]).await;
-    assert_refused(&register_through(&server, "private-1", &url).await);
+    assert_enrollment_refused(&server, "private-1", &url, "10.77.0.1 is a private address").await;
     assert!(webhook.asked_about("private-1").is_empty(), "a private address was called");
-    assert!(server.logs().contains("10.77.0.1 is a private address"), "the log does not say why");
     // A webhook hub's URL on that address is refused when it is set, naming the setting.
     let api = Api::new(&server, "owner");
     let hub = json!({"hostName": "hooks.example.com", "kind": "webhook",
@@ -205,7 +220,8 @@ async fn private_addresses_are_called_only_when_the_allow_list_names_them() {
 }
 
 /// Without `--allow-insecure-outbound`, plain http goes to loopback only, and loopback only to the addresses the
-/// allow-list names; a host name is checked after it resolves (`localhost` is 127.0.0.1 or ::1, not listed).
+/// allow-list names (refused when the enrollment is written, for an address); a host name is checked after it
+/// resolves, when the webhook is called (`localhost` is 127.0.0.1 or ::1, not listed).
 #[tokio::test]
 async fn loopback_needs_the_allow_list_and_names_are_checked_once_resolved() {
     let listed = Webhook::start("127.0.0.2");
@@ -214,8 +230,23 @@ async fn loopback_needs_the_allow_list_and_names_are_checked_once_resolved() {
     let server = start(&["--outbound-allow", "127.0.0.2"]).await;
 
     assert_assigned(&register_through(&server, "listed", &format!("{}/hub/{HUB}", listed.base)).await);
-    assert_refused(&register_through(&server, "unlisted", &format!("{}/hub/{HUB}", unlisted.base)).await);
+    let url = format!("{}/hub/{HUB}", unlisted.base);
+    assert_enrollment_refused(&server, "unlisted", &url, "127.0.0.3 is a loopback address").await;
     assert!(unlisted.asked_about("unlisted").is_empty());
+    assert_enrollment_refused(&server, "plain", &format!("http://hooks.example.com/hub/{HUB}"), "must be https").await;
+    // The same in a bulk call: the item is reported, the others are written.
+    let item = |id: &str, url: &str| {
+        json!({"registrationId": id, "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom",
+               "iotHubs": [HUB], "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"}})
+    };
+    let body = json!({"mode": "create", "enrollments": [item("bulk-ok", &format!("{}/hub/{HUB}", listed.base)),
+                                                        item("bulk-unlisted", &url)]});
+    let response = Api::new(&server, "owner").post("/enrollments", Some(&body)).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let errors = answer["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{answer}");
+    assert_eq!((&errors[0]["index"], &errors[0]["errorCode"]), (&json!(1), &json!(400002)), "{answer}");
     let port = by_name.base.rsplit(':').next().unwrap();
     assert_refused(&register_through(&server, "by-name", &format!("http://localhost:{port}/hub/{HUB}")).await);
     assert!(by_name.asked_about("by-name").is_empty(), "a name resolving to loopback was called");
