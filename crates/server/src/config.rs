@@ -618,6 +618,33 @@ mod tests {
         assert_eq!(config.auth.issuer, TokenIssuer::Development);
     }
 
+    /// The outbound policy: strict by default; ranges and single addresses from the flag (comma-separated) or the
+    /// file; a bad range names the value.
+    #[test]
+    fn outbound_settings() {
+        let strict = Config::resolve(&serve(&[])).unwrap().outbound;
+        assert_eq!(strict, zerotouch_outbound::OutboundPolicy::default());
+        let config = Config::resolve(&serve(&[
+            "--outbound-allow",
+            "10.20.0.0/16, 10.30.0.7,fd00::/8",
+            "--allow-insecure-outbound",
+        ]))
+        .unwrap();
+        let expected = ["10.20.0.0/16", "10.30.0.7/32", "fd00::/8"].map(|n| n.parse::<ipnet::IpNet>().unwrap());
+        assert_eq!(config.outbound, zerotouch_outbound::OutboundPolicy::new(expected.to_vec(), true));
+        assert!(parse_cidr("10.0.0.0/33").unwrap_err().contains("10.0.0.0/33"));
+        assert!(parse_cidr("hooks.internal").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "outbound-allow = [\"10.40.0.0/24\"]\nallow_insecure_outbound = true\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        let expected = vec!["10.40.0.0/24".parse::<ipnet::IpNet>().unwrap()];
+        assert_eq!(config.outbound, zerotouch_outbound::OutboundPolicy::new(expected, true));
+        std::fs::write(&file, "outbound_allow = [\"ten\"]\n").unwrap();
+        let error = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(error.contains("outbound_allow") && error.contains("ten"), "{error}");
+    }
+
     #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();

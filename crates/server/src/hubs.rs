@@ -422,6 +422,17 @@ fn backoff(attempts: u32) -> Duration {
 mod tests {
     use super::*;
 
+    /// A registration failed on its hub names the hub, never the hub's own words, except for the adapter's own
+    /// finding of whose the identity is.
+    #[test]
+    fn failure_messages_keep_the_hub_words_out() {
+        let reason = "hub h: upsert of device d: POST answered 400 Bad Request: internal detail";
+        let message = failure_message("h", ErrorCode::HubRegistrationFailed, reason);
+        assert!(message.contains("hub h") && !message.contains("internal detail") && !message.contains("400"));
+        let message = failure_message("h", ErrorCode::HubIdentityNotManaged, "client d belongs to registration x");
+        assert!(message.ends_with("client d belongs to registration x"), "{message}");
+    }
+
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
         for attempts in 0..40 {
