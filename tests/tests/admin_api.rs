@@ -629,6 +629,7 @@ fn registration(id: &str, group_key: Option<&str>) -> RegistrationRecord {
         error_message: None,
         payload: None,
         initial_twin: None,
+        hub_key_slot: None,
         etag: String::new(),
         created_at: now,
         updated_at: now,

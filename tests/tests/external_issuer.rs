@@ -92,7 +92,12 @@ impl Issuer {
 
 async fn start(issuer_args: &[&str]) -> Server {
     let mut args: Vec<String> = issuer_args.iter().map(|a| (*a).to_owned()).collect();
-    args.extend(["--jwt-role-claim".to_owned(), "realm_access.roles".to_owned()]);
+    // The JWKS is served over plain http on loopback here.
+    args.extend([
+        "--jwt-role-claim".to_owned(),
+        "realm_access.roles".to_owned(),
+        "--allow-insecure-outbound".to_owned(),
+    ]);
     Server::start_with(Backend::Sqlite, Options { args, ..Default::default() }).await.unwrap()
 }
 

@@ -15,7 +15,9 @@ use zerotouch_tests::webhook::Receiver;
 use zerotouch_tests::{Api, Backend, Options, Server};
 
 async fn start(backend: Backend, extra: &[&str]) -> Server {
-    let mut args: Vec<String> = vec!["--device-rate-limit".into(), "1000/10s".into()];
+    // Webhook receivers listen on loopback here.
+    let mut args: Vec<String> =
+        vec!["--device-rate-limit".into(), "1000/10s".into(), "--allow-insecure-outbound".into()];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     Server::start_with(backend, Options { args, ..Default::default() }).await.unwrap()
 }
@@ -189,6 +191,115 @@ async fn devices_reach_their_broker_and_follow_zerotouch() {
     assert!(!server.logs().contains("CHANGE-ME-admin-password"), "the broker's admin password reached a log");
 }
 
+/// A symmetric-key enrollment (`attestation`) with these two keys, on `hub`.
+fn keyed(id_field: (&str, &str), primary: &[u8], secondary: &[u8], hub: &str) -> Value {
+    json!({
+        id_field.0: id_field.1,
+        "attestation": {"type": "symmetricKey",
+                        "symmetricKey": {"primaryKey": STANDARD.encode(primary), "secondaryKey": STANDARD.encode(secondary)}},
+        "iotHubs": [hub],
+        "allocationPolicy": "static",
+    })
+}
+
+/// Whether `id` can log in to `broker` with `key` and publish under its own topic.
+fn logs_in(broker: &Broker, id: &str, key: &[u8], message: &str) -> bool {
+    broker.publish_with_password(id, &STANDARD.encode(key), &format!("devices/{id}/telemetry"), message).accepted()
+}
+
+/// Issue #17, point 3, on a real Mosquitto broker: a device that authenticates with its secondary key logs in to
+/// its hub with that key (dynamic security holds one password per client: the key the device registered with);
+/// when its enrollment's keys change (PUT of the enrollment, or of its group for every device of the group), its
+/// hub identity gets the new key of the same slot and the old key stops working. A device whose hub credential is
+/// a certificate gets no key on its hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_identities_follow_enrollment_key_changes() {
+    let server = start(Backend::Sqlite, &[]).await;
+    let api = Api::new(&server, "owner");
+    let broker = Broker::start(&server, "mqtt-keys.example.com");
+    link(&api, &broker).await;
+    let hub = broker.host_name.clone();
+
+    // An individual enrollment whose device registers with its secondary key.
+    let (p1, s1, p2, s2) = ([21u8; 32], [22u8; 32], [23u8; 32], [24u8; 32]);
+    ok(api.put("/enrollments/dual-1", &keyed(("registrationId", "dual-1"), &p1, &s1, &hub)).await).await;
+    let (status, done) = sas_register(&server, "dual-1", &s1, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    assert!(logs_in(&broker, "dual-1", &s1, "dual-s1"), "the secondary key it registered with does not log in");
+    assert!(!logs_in(&broker, "dual-1", &p1, "dual-p1"), "one password per client: the key it registered with");
+
+    // A group: one device registers with the derived primary key, another with the derived secondary.
+    let derive = |key: &[u8], id: &str| zerotouch_attest::sas::derive_device_key(key, id).to_vec();
+    let (gp1, gs1, gp2, gs2) = ([31u8; 32], [32u8; 32], [33u8; 32], [34u8; 32]);
+    ok(api.put("/enrollmentGroups/dual-group", &keyed(("enrollmentGroupId", "dual-group"), &gp1, &gs1, &hub)).await)
+        .await;
+    for (id, key) in [("grp-p", derive(&gp1, "grp-p")), ("grp-s", derive(&gs1, "grp-s"))] {
+        let (status, done) = sas_register(&server, id, &key, json!({})).await;
+        assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+        assert!(logs_in(&broker, id, &key, &format!("{id}-before")), "{id}");
+    }
+
+    // New keys for both: the hub identities follow, each with the new key of its slot.
+    ok(api.put("/enrollments/dual-1", &keyed(("registrationId", "dual-1"), &p2, &s2, &hub)).await).await;
+    ok(api.put("/enrollmentGroups/dual-group", &keyed(("enrollmentGroupId", "dual-group"), &gp2, &gs2, &hub)).await)
+        .await;
+    drained(&api, &hub).await;
+    assert!(logs_in(&broker, "dual-1", &s2, "dual-s2"), "the new secondary key does not log in");
+    assert!(!logs_in(&broker, "dual-1", &s1, "dual-s1-old"), "the old key still logs in");
+    assert!(logs_in(&broker, "grp-p", &derive(&gp2, "grp-p"), "grp-p-after"));
+    assert!(!logs_in(&broker, "grp-p", &derive(&gp1, "grp-p"), "grp-p-old"));
+    assert!(logs_in(&broker, "grp-s", &derive(&gs2, "grp-s"), "grp-s-after"));
+    assert!(!logs_in(&broker, "grp-s", &derive(&gs1, "grp-s"), "grp-s-old"));
+    // The same keys written again change nothing on the hub (no job: the backlog stays empty at once).
+    ok(api.put("/enrollments/dual-1", &keyed(("registrationId", "dual-1"), &p2, &s2, &hub)).await).await;
+    let status = ok(api.get(&format!("/hubs/{hub}/status")).await).await;
+    assert_eq!(status["backlog"]["depth"], 0, "{status}");
+    server.assert_no_secret_in_logs();
+}
+
+/// On a webhook hub the receiver gets both keys and the one the device registered with, again after a key change;
+/// a device whose hub credential is its certificate gets no key when its enrollment's keys change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_hubs_get_both_keys_and_their_changes() {
+    let server = start(Backend::Sqlite, &[]).await;
+    let api = Api::new(&server, "owner");
+    let (dir, ca, mut receivers) = receivers(1);
+    let receiver = receivers.remove(0);
+    let hub = "hooks.example.com";
+    ok(api
+        .put(
+            &format!("/hubs/{hub}"),
+            &json!({"hostName": hub, "kind": "webhook",
+                                                  "settings": {"url": receiver.url, "secret": HOOK_SECRET, "ca": ca}}),
+        )
+        .await)
+    .await;
+    let (p1, s1, p2, s2) = ([41u8; 32], [42u8; 32], [43u8; 32], [44u8; 32]);
+    ok(api.put("/enrollments/hook-key", &keyed(("registrationId", "hook-key"), &p1, &s1, hub)).await).await;
+    ok(api.put("/enrollments/hook-cert", &keyed(("registrationId", "hook-cert"), &p1, &s1, hub)).await).await;
+    let (status, done) = sas_register(&server, "hook-key", &s1, json!({})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("assigned")), "{done}");
+    register_with_csr(&server, dir.path(), "hook-cert", &p1, hub, 1).await;
+    let credential = |n: usize| receiver.seen.lock().unwrap()[n].2["credential"].clone();
+    assert_eq!(
+        credential(0),
+        json!({"type": "symmetricKey", "key": STANDARD.encode(s1), "primaryKey": STANDARD.encode(p1),
+               "secondaryKey": STANDARD.encode(s1)})
+    );
+    assert_eq!(credential(1)["type"], "x509");
+
+    ok(api.put("/enrollments/hook-key", &keyed(("registrationId", "hook-key"), &p2, &s2, hub)).await).await;
+    ok(api.put("/enrollments/hook-cert", &keyed(("registrationId", "hook-cert"), &p2, &s2, hub)).await).await;
+    drained(&api, hub).await;
+    assert_eq!(receiver.summary()[2..], [("POST".to_owned(), "hook-key".to_owned())], "{:?}", receiver.summary());
+    assert_eq!(
+        credential(2),
+        json!({"type": "symmetricKey", "key": STANDARD.encode(s2), "primaryKey": STANDARD.encode(p2),
+               "secondaryKey": STANDARD.encode(s2)})
+    );
+    receiver.stop().await;
+}
+
 /// 1,000 devices register while their broker is down: they stay `assigning` (no failure, nothing lost); when the
 /// broker is back every one becomes `assigned` and exists exactly once on the broker.
 async fn broker_down_storm(backend: Backend) {
@@ -272,6 +383,77 @@ async fn broker_down_storm_postgres() {
 
 const HOOK_SECRET: &str = "a-webhook-secret-for-the-e2e-test";
 
+/// `count` of the kit's HTTPS webhook receivers (checking signatures with [`HOOK_SECRET`]), with a certificate of a
+/// CA made in the returned directory, and that CA's PEM for the hub's `ca` setting.
+fn receivers(count: usize) -> (tempfile::TempDir, String, Vec<Receiver>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::fs::read_to_string(make_server_certificate(dir.path())).unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let started = (0..count)
+        .map(|_| Receiver::start(&read("certs/broker.pem"), &read("certs/broker.key"), HOOK_SECRET))
+        .collect();
+    (dir, ca, started)
+}
+
+/// Issue #17, point 3: a hub's write-only secret is kept when an update leaves it out only while the hub stays
+/// where it is. An update that moves a webhook hub (`url`) or a Mosquitto hub (`host`, `port`) without sending the
+/// secret again is refused with 400006 naming both settings, and nothing changes: the stored secret is never sent
+/// to an address of the caller's choosing (here a second receiver, which hears nothing). Sent again, the move
+/// is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_secrets_are_not_sent_to_a_new_address() {
+    let server = start(Backend::Sqlite, &[]).await;
+    let api = Api::new(&server, "owner");
+    let (_dir, ca, mut receivers) = receivers(2);
+    let (receiver, elsewhere) = (receivers.remove(0), receivers.remove(0));
+    let hub = json!({"hostName": "hooks.example.com", "kind": "webhook",
+                     "settings": {"url": receiver.url, "secret": HOOK_SECRET, "ca": ca}});
+    ok(api.put("/hubs/hooks.example.com", &hub).await).await;
+
+    let mut moved = hub.clone();
+    moved["settings"] = json!({"url": elsewhere.url, "ca": ca});
+    let response = api.put("/hubs/hooks.example.com", &moved).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errorCode"], 400006, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("settings.secret") && message.contains("settings.url"), "{message}");
+    let stored = ok(api.get("/hubs/hooks.example.com").await).await;
+    assert_eq!(stored["settings"]["url"], receiver.url.as_str(), "{stored}");
+    let status = ok(api.get("/hubs/hooks.example.com/status").await).await;
+    assert_eq!(status["health"]["status"], "healthy", "{status}");
+    // Other settings still change without the secret.
+    let mut slower = hub.clone();
+    slower["settings"] = json!({"url": receiver.url, "ca": ca, "timeoutMs": 2000});
+    ok(api.put("/hubs/hooks.example.com", &slower).await).await;
+    // Moved with the secret sent again: taken.
+    moved["settings"]["secret"] = json!(HOOK_SECRET);
+    let stored = ok(api.put("/hubs/hooks.example.com", &moved).await).await;
+    assert_eq!(stored["settings"]["url"], elsewhere.url.as_str(), "{stored}");
+    assert!(elsewhere.summary().is_empty() && receiver.summary().is_empty());
+
+    let broker = json!({"hostName": "broker.example.com", "kind": "mosquitto",
+                        "settings": {"host": "127.0.0.1", "port": 1883, "username": "zt-admin", "password": "pw-1"}});
+    ok(api.put("/hubs/broker.example.com", &broker).await).await;
+    for (setting, value) in [("host", json!("127.0.0.9")), ("port", json!(1884))] {
+        let mut moved = broker.clone();
+        moved["settings"].as_object_mut().unwrap().remove("password");
+        moved["settings"][setting] = value;
+        let response = api.put("/hubs/broker.example.com", &moved).await;
+        assert_eq!(response.status(), 400, "{setting}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errorCode"], 400006, "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("settings.password") && message.contains(&format!("settings.{setting}")), "{message}");
+    }
+    let mut renamed = broker.clone();
+    renamed["settings"].as_object_mut().unwrap().remove("password");
+    renamed["settings"]["reservedDeviceIds"] = json!(["ops"]);
+    ok(api.put("/hubs/broker.example.com", &renamed).await).await;
+    receiver.stop().await;
+    elsewhere.stop().await;
+}
+
 /// A webhook hub: a real HTTPS receiver sees each device's create (with its certificate's thumbprint, or its
 /// key), its disable and its delete, every one signed; a receiver that refuses a device fails its registration
 /// at once with 400209, one that keeps failing fails it at the deadline.
@@ -317,7 +499,10 @@ async fn webhook_receiver_sees_every_change() {
     let thumbprint = thumbprint.split_whitespace().next().unwrap();
     assert_eq!(seen[0].2["credential"], json!({"type": "x509", "subjectName": "hooked-1", "thumbprint": thumbprint}));
     assert_eq!(seen[0].2["enabled"], true);
-    assert_eq!(seen[1].2["credential"], json!({"type": "symmetricKey", "key": STANDARD.encode(keys[1].1)}));
+    // The key it registered with (the primary), and both keys of its enrollment (`individual` gives [9; 32]).
+    let both = json!({"type": "symmetricKey", "key": STANDARD.encode(keys[1].1), "primaryKey": STANDARD.encode(keys[1].1),
+                      "secondaryKey": STANDARD.encode([9u8; 32])});
+    assert_eq!(seen[1].2["credential"], both);
 
     // EST renewal (simplereenroll with the operational certificate, curl as the device): the hub gets the new
     // certificate's thumbprint.
@@ -347,13 +532,16 @@ async fn webhook_receiver_sees_every_change() {
     let disabled = receiver.seen.lock().unwrap()[3..].iter().find(|(method, ..)| method == "PUT").cloned().unwrap();
     assert_eq!(disabled.2, json!({"operation": "disable", "deviceId": "hooked-1", "enabled": false}));
 
-    // Refused by the receiver: failed at once, with the receiver's reason.
+    // Refused by the receiver: failed at once; the device learns which hub, never the receiver's words (issue #17),
+    // which the operator finds in the log.
     let (status, done) = sas_register(&server, "bad-400", &keys[2].1, json!({})).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["registrationState"]["errorCode"], 400209, "{done}");
     let message = done["registrationState"]["errorMessage"].as_str().unwrap();
-    assert!(message.contains("hooks.example.com") && message.contains("no such device model"), "{message}");
+    assert!(message.contains("hooks.example.com") && !message.contains("no such device model"), "{message}");
+    assert!(!message.contains("400"), "the receiver's status reached the device: {message}");
+    assert!(server.logs().contains("no such device model"), "the receiver's reason is not in the log");
     assert!(done["registrationState"].get("assignedHub").is_none(), "{done}");
     // Unavailable until the deadline (3 s here): failed then, and nothing left in the outbox.
     let started = Instant::now();
@@ -511,6 +699,7 @@ async fn hub_accounts_cannot_be_taken_over(backend: Backend) {
         error_message: None,
         payload: None,
         initial_twin: None,
+        hub_key_slot: None,
         etag: String::new(),
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),

@@ -44,7 +44,10 @@ fn python() -> PathBuf {
 /// Starts a server on SQLite whose MQTT endpoint is on 127.0.0.1:8883.
 async fn start() -> Server {
     let options = Options {
-        args: ["--mqtt-listen", MQTT_LISTEN, "--device-rate-limit", "100/10s"].map(String::from).to_vec(),
+        // The custom allocation webhook listens on plain http on loopback.
+        args: ["--mqtt-listen", MQTT_LISTEN, "--device-rate-limit", "100/10s", "--allow-insecure-outbound"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     };
     let deadline = Instant::now() + PORT_WAIT;

@@ -16,7 +16,8 @@ const API: &str = "api-version=2021-06-01";
 const HUB: &str = "hub-tpm.example.com";
 
 async fn start(backend: Backend, extra: &[&str]) -> Server {
-    let mut args = vec!["--device-rate-limit".to_owned(), "100/10s".to_owned()];
+    // The webhook receiver listens on loopback.
+    let mut args = vec!["--device-rate-limit".to_owned(), "100/10s".to_owned(), "--allow-insecure-outbound".to_owned()];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     Server::start_with(backend, Options { args, ..Default::default() }).await.unwrap()
 }

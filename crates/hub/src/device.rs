@@ -1,6 +1,6 @@
 //! The device identity an adapter creates on a hub: id, owner, credential, enabled flag, initial twin.
 
-use zerotouch_wire::SymmetricKey;
+use zerotouch_wire::{KeySlot, SymmetricKey};
 
 /// Longest device id accepted (Azure IoT Hub's limit).
 pub const MAX_DEVICE_ID_LEN: usize = 128;
@@ -86,8 +86,37 @@ pub enum Credential {
         /// Hex SHA-256 of the certificate's DER.
         thumbprint: String,
     },
-    /// A symmetric key (redacted in `Debug`, zeroized on drop).
-    SymmetricKey(SymmetricKey),
+    /// Symmetric keys (redacted in `Debug`, zeroized on drop).
+    SymmetricKey(SymmetricKeys),
+}
+
+/// A device's symmetric keys as a hub gets them: both of its enrollment's keys (derived from the group's, for a
+/// group device) and which one it authenticated with. A hub with one password per identity (Mosquitto) takes
+/// [`SymmetricKeys::used`]; a hub that can hold two (a webhook receiver) gets both, so the device can log in with
+/// either, as with Azure IoT Hub's primary and secondary keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymmetricKeys {
+    /// The primary key (for a key made for the hub alone, that key).
+    pub primary: SymmetricKey,
+    /// The secondary key, if there is one.
+    pub secondary: Option<SymmetricKey>,
+    /// The key the device authenticated with when it registered.
+    pub used: KeySlot,
+}
+
+impl SymmetricKeys {
+    /// One key and no other (a TPM device's hub key).
+    pub fn single(key: SymmetricKey) -> Self {
+        Self { primary: key, secondary: None, used: KeySlot::Primary }
+    }
+
+    /// The key the device authenticated with (the primary when the secondary is missing).
+    pub fn used(&self) -> &SymmetricKey {
+        match (self.used, &self.secondary) {
+            (KeySlot::Secondary, Some(secondary)) => secondary,
+            _ => &self.primary,
+        }
+    }
 }
 
 /// A device identity to create or update on a hub.
@@ -127,7 +156,7 @@ mod tests {
         let identity = DeviceIdentity {
             device_id: DeviceId::try_from("d").unwrap(),
             owner: Owner::registration("d"),
-            credential: Credential::SymmetricKey(key),
+            credential: Credential::SymmetricKey(SymmetricKeys::single(key)),
             enabled: true,
             initial_twin: None,
         };

@@ -45,7 +45,9 @@
 //! | delete | `DELETE` | `{"operation": "delete", "deviceId"}` |
 //!
 //! `credential` is `{"type": "x509", "subjectName": CN, "thumbprint": hex SHA-256}` or
-//! `{"type": "symmetricKey", "key": base64}`. Every request carries
+//! `{"type": "symmetricKey", "key": base64, "primaryKey"?: base64, "secondaryKey"?: base64}`: `key` is the key
+//! the device registered with, `primaryKey` and `secondaryKey` both keys of its enrollment (absent for a key made
+//! for the hub alone, a TPM device's hub key), so that the receiver can let the device in with either. Every request carries
 //!
 //! ```text
 //! X-Zerotouch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
@@ -55,9 +57,11 @@
 //! constant time, reject a `t` more than 5 minutes away from its clock (replays), and check that `deviceId` and
 //! `operation` in the body match the path and method (the signature does not cover the URL). A `2xx` answer is
 //! success, and so is `404` to a `DELETE`; `5xx`, `408`, `429`, timeouts and connection failures are
-//! [`HubError::Unavailable`]; any other answer (redirects are not followed) is [`HubError::Rejected`]. The URL must
-//! be `https`, except that plain `http` is allowed to a loopback address (`localhost`, `127.0.0.0/8`, `::1`), for a
-//! receiver on the same host.
+//! [`HubError::Unavailable`]; any other answer (redirects are not followed) is [`HubError::Rejected`]. Calls go out
+//! under the service's outbound policy (`zerotouch_outbound`): the URL must be `https` (plain `http` only to a
+//! loopback host, or with `--allow-insecure-outbound`), and the receiver's addresses, checked after resolution and
+//! pinned, may not be loopback, private, link-local or cloud metadata addresses unless `--outbound-allow` names
+//! them.
 #![forbid(unsafe_code, unused_must_use)]
 #![deny(missing_docs)]
 
@@ -69,8 +73,11 @@ pub mod secret;
 mod tls;
 pub mod webhook;
 
-pub use adapter::{HubAdapter, SECRET_SETTINGS, adapter_for, reserved_device_ids};
-pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner};
+pub use adapter::{
+    ADDRESS_SETTINGS, HubAdapter, SECRET_SETTINGS, SecretNotResent, adapter_for, carry_over_secrets,
+    reserved_device_ids,
+};
+pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner, SymmetricKeys};
 pub use error::{HubError, Operation, SettingsError};
 pub use mosquitto::{MosquittoAdapter, MosquittoSettings};
 pub use secret::Secret;

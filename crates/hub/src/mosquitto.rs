@@ -274,7 +274,8 @@ impl HubAdapter for MosquittoAdapter {
                 // Nobody knows this password: the identity cannot log in on a password listener.
                 Secret::new(uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string())
             }
-            Credential::SymmetricKey(key) => Secret::new(key.to_base64().as_str()),
+            // One password per client: the key the device registered with (README, "Hubs").
+            Credential::SymmetricKey(keys) => Secret::new(keys.used().to_base64().as_str()),
         };
         let role = role_name(id);
         let acls = role_acls(id);

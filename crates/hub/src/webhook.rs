@@ -1,7 +1,6 @@
 //! A webhook hub: signed JSON device documents sent by HTTPS to a platform without an adapter of its own (the
 //! format and the signature are in the crate docs).
 
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -16,6 +15,7 @@ use crate::adapter::HubAdapter;
 use crate::device::{Credential, DeviceId, DeviceIdentity, Owner};
 use crate::error::{HubError, Operation, SettingsError};
 use crate::secret::Secret;
+use zerotouch_outbound::OutboundPolicy;
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "X-Zerotouch-Signature";
@@ -23,6 +23,8 @@ pub const SIGNATURE_HEADER: &str = "X-Zerotouch-Signature";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest shared secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
+/// The most of a refusal's body read for its explanation.
+const DETAIL_LIMIT: usize = 4096;
 
 /// The settings of a `webhook` hub (JSON, camelCase).
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +48,7 @@ pub struct WebhookAdapter {
     base: Url,
     secret: Secret,
     client: reqwest::Client,
+    outbound: OutboundPolicy,
 }
 
 impl std::fmt::Debug for WebhookAdapter {
@@ -72,26 +75,12 @@ pub fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
 impl WebhookAdapter {
-    /// An adapter for the receiver named `hub`.
-    pub fn new(hub: &str, settings: WebhookSettings) -> Result<Self, SettingsError> {
+    /// An adapter for the receiver named `hub`, calling it under `outbound` (`zerotouch_outbound`: https only, no
+    /// redirects, addresses checked after resolution and pinned).
+    pub fn new(hub: &str, settings: WebhookSettings, outbound: &OutboundPolicy) -> Result<Self, SettingsError> {
         let invalid_url = |reason: &str| SettingsError::Invalid { setting: "url", reason: reason.into() };
-        let mut base = Url::parse(settings.url.trim()).map_err(|e| invalid_url(&e.to_string()))?;
-        match base.scheme() {
-            "https" => {}
-            "http" if is_loopback(&base) => {}
-            "http" => return Err(invalid_url("must be https (plain http only to a loopback address)")),
-            _ => return Err(invalid_url("must be an https URL")),
-        }
+        let mut base = outbound.parse_url(&settings.url).map_err(|e| invalid_url(&e.to_string()))?;
         if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
             return Err(invalid_url("must have no query, fragment or credentials"));
         }
@@ -111,14 +100,14 @@ impl WebhookAdapter {
             None => DEFAULT_TIMEOUT,
         };
         let tls = crate::tls::client_config("ca", settings.ca.as_deref())?;
-        let client = reqwest::Client::builder()
+        let client = outbound
+            .client()
             .use_preconfigured_tls((*tls).clone())
-            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
             .map_err(|e| SettingsError::Invalid { setting: "url", reason: format!("HTTP client: {e}") })?;
-        Ok(Self { hub: hub.to_owned(), base, secret: settings.secret, client })
+        Ok(Self { hub: hub.to_owned(), base, secret: settings.secret, client, outbound: outbound.clone() })
     }
 
     fn device_url(&self, id: &DeviceId) -> Result<Url, String> {
@@ -146,6 +135,7 @@ impl WebhookAdapter {
         body: Zeroizing<Vec<u8>>,
     ) -> Result<(), HubError> {
         let url = self.device_url(id).map_err(|reason| self.rejected(&operation, reason))?;
+        self.outbound.check_url(&url).map_err(|e| self.rejected(&operation, e.to_string()))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let signature = signature(self.secret.expose().as_bytes(), now, &body);
         let is_delete = method == Method::DELETE;
@@ -157,12 +147,16 @@ impl WebhookAdapter {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|e| self.unavailable(&operation, describe(&e)))?;
+            .map_err(|e| self.unavailable(&operation, zerotouch_outbound::describe(e)))?;
         let status = response.status();
         if status.is_success() || (is_delete && status == StatusCode::NOT_FOUND) {
             return Ok(());
         }
-        let detail = response.text().await.unwrap_or_default();
+        // The receiver's explanation, for the log and the hub's status: at most DETAIL_LIMIT bytes are read.
+        let detail = match zerotouch_outbound::read_capped(response, DETAIL_LIMIT).await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(e) => format!("({e})"),
+        };
         let detail: String = detail.chars().filter(|c| !c.is_control()).take(200).collect();
         let reason = format!("{method} answered {status}{}{detail}", if detail.is_empty() { "" } else { ": " });
         if retryable(status) {
@@ -176,24 +170,6 @@ impl WebhookAdapter {
 /// Statuses worth retrying: server errors, request timeout, too many requests.
 fn retryable(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-/// A transport failure in words, without the URL's query (there is none) or any header.
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut text = format!("{kind}: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 fn to_body(value: &serde_json::Value) -> Zeroizing<Vec<u8>> {
@@ -211,7 +187,14 @@ impl HubAdapter for WebhookAdapter {
             Credential::Certificate { subject_cn, thumbprint } => {
                 json!({"type": "x509", "subjectName": subject_cn, "thumbprint": thumbprint})
             }
-            Credential::SymmetricKey(key) => json!({"type": "symmetricKey", "key": key.to_base64().as_str()}),
+            Credential::SymmetricKey(keys) => {
+                let mut credential = json!({"type": "symmetricKey", "key": keys.used().to_base64().as_str()});
+                if let (Some(secondary), Some(map)) = (&keys.secondary, credential.as_object_mut()) {
+                    map.insert("primaryKey".into(), json!(keys.primary.to_base64().as_str()));
+                    map.insert("secondaryKey".into(), json!(secondary.to_base64().as_str()));
+                }
+                credential
+            }
         };
         let mut document = json!({
             "operation": "upsert",
@@ -242,7 +225,13 @@ impl HubAdapter for WebhookAdapter {
     async fn health(&self) -> Result<(), HubError> {
         let operation = Operation::Health;
         let url = self.base.join("health").map_err(|e| self.rejected(&operation, e.to_string()))?;
-        let response = self.client.get(url).send().await.map_err(|e| self.unavailable(&operation, describe(&e)))?;
+        self.outbound.check_url(&url).map_err(|e| self.rejected(&operation, e.to_string()))?;
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(&operation, zerotouch_outbound::describe(e)))?;
         let status = response.status();
         if retryable(status) {
             return Err(self.unavailable(&operation, format!("GET health answered {status}")));
@@ -269,18 +258,23 @@ mod tests {
         );
     }
 
-    /// Plain http only to loopback; https anywhere; device URLs append `devices/{id}`.
+    /// Plain http only to loopback, which itself needs opening; https anywhere public; device URLs append
+    /// `devices/{id}`.
     #[tokio::test]
     async fn url_rules() {
-        assert!(WebhookAdapter::new("h", settings("http://example.com/hook")).is_err());
-        assert!(WebhookAdapter::new("h", settings("ftp://127.0.0.1/")).is_err());
-        let adapter = WebhookAdapter::new("h", settings("http://127.0.0.1:9/hook")).unwrap();
+        let strict = OutboundPolicy::default();
+        let loopback = OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()], false);
+        assert!(WebhookAdapter::new("h", settings("http://example.com/hook"), &loopback).is_err());
+        assert!(WebhookAdapter::new("h", settings("ftp://127.0.0.1/"), &loopback).is_err());
+        assert!(WebhookAdapter::new("h", settings("http://127.0.0.1:9/hook"), &strict).is_err());
+        assert!(WebhookAdapter::new("h", settings("https://10.0.0.1/hook"), &strict).is_err());
+        let adapter = WebhookAdapter::new("h", settings("http://127.0.0.1:9/hook"), &loopback).unwrap();
         let id = DeviceId::try_from("dev-1").unwrap();
         assert_eq!(adapter.device_url(&id).unwrap().as_str(), "http://127.0.0.1:9/hook/devices/dev-1");
-        assert!(WebhookAdapter::new("h", settings("http://[::1]:9")).is_ok());
-        assert!(WebhookAdapter::new("h", settings("https://example.com")).is_ok());
+        assert!(WebhookAdapter::new("h", settings("http://[::1]:9"), &loopback).is_ok());
+        assert!(WebhookAdapter::new("h", settings("https://example.com"), &strict).is_ok());
         let mut short = settings("https://example.com");
         short.secret = Secret::new("short");
-        assert!(WebhookAdapter::new("h", short).is_err());
+        assert!(WebhookAdapter::new("h", short, &strict).is_err());
     }
 }

@@ -14,7 +14,7 @@ const DELIVERY: Duration = Duration::from_secs(3);
 const NO_DELIVERY: Duration = Duration::from_millis(700);
 
 fn adapter(broker: &Broker) -> Box<dyn HubAdapter> {
-    adapter_for("mosquitto", "broker-a", &broker.settings()).unwrap()
+    adapter_for("mosquitto", "broker-a", &broker.settings(), &zerotouch_outbound::OutboundPolicy::default()).unwrap()
 }
 
 fn id(text: &str) -> DeviceId {
@@ -39,7 +39,7 @@ fn key_identity(device: &str, key: &SymmetricKey, enabled: bool) -> DeviceIdenti
     DeviceIdentity {
         device_id: id(device),
         owner: owner(device),
-        credential: Credential::SymmetricKey(key.clone()),
+        credential: Credential::SymmetricKey(zerotouch_hub::SymmetricKeys::single(key.clone())),
         enabled,
         initial_twin: None,
     }
@@ -269,7 +269,8 @@ async fn broker_down_is_unavailable_and_the_adapter_reconnects() {
         "host": "127.0.0.1", "port": port, "username": "admin", "password": support::ADMIN_PASSWORD,
         "timeoutMs": 2000,
     });
-    let hub = adapter_for("mosquitto", "broker-down", &settings).unwrap();
+    let hub =
+        adapter_for("mosquitto", "broker-down", &settings, &zerotouch_outbound::OutboundPolicy::default()).unwrap();
     let key = SymmetricKey::generate();
     let started = Instant::now();
     let error = hub.upsert_device(&key_identity("d1", &key, true)).await.unwrap_err();
@@ -297,7 +298,7 @@ async fn wrong_admin_password_is_reported_without_the_password() {
     let broker = Broker::start();
     let mut settings = broker.settings();
     settings["password"] = "not-the-password-xyz".into();
-    let hub = adapter_for("mosquitto", "broker-a", &settings).unwrap();
+    let hub = adapter_for("mosquitto", "broker-a", &settings, &zerotouch_outbound::OutboundPolicy::default()).unwrap();
     let error = hub.health().await.unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, HubError::Unavailable { .. }), "{error:?}");

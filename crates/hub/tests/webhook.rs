@@ -4,9 +4,9 @@
 
 mod support;
 
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, adapter_for};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys, adapter_for};
 use zerotouch_tests::webhook::Receiver;
-use zerotouch_wire::SymmetricKey;
+use zerotouch_wire::{KeySlot, SymmetricKey};
 
 const SECRET: &str = "a-webhook-secret-of-32-bytes-xyz";
 
@@ -20,7 +20,12 @@ fn receiver() -> (Receiver, String) {
 
 fn adapter(url: &str, ca: &str, secret: &str) -> Box<dyn HubAdapter> {
     let settings = serde_json::json!({"url": url, "secret": secret, "ca": ca, "timeoutMs": 1000});
-    adapter_for("webhook", "hook-1", &settings).unwrap()
+    adapter_for("webhook", "hook-1", &settings, &loopback()).unwrap()
+}
+
+/// The outbound policy with loopback opened (the receiver listens there).
+fn loopback() -> zerotouch_outbound::OutboundPolicy {
+    zerotouch_outbound::OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()], false)
 }
 
 fn id(text: &str) -> DeviceId {
@@ -50,8 +55,9 @@ async fn receiver_sees_signed_create_disable_delete() {
     hub.health().await.unwrap();
     let cert = Credential::Certificate { subject_cn: "dev-1".into(), thumbprint: "ab".repeat(32) };
     hub.upsert_device(&identity("dev-1", cert)).await.unwrap();
-    let key = SymmetricKey::generate();
-    hub.upsert_device(&identity("dev-2", Credential::SymmetricKey(key.clone()))).await.unwrap();
+    let (key, secondary) = (SymmetricKey::generate(), SymmetricKey::generate());
+    let keys = SymmetricKeys { primary: key.clone(), secondary: Some(secondary.clone()), used: KeySlot::Secondary };
+    hub.upsert_device(&identity("dev-2", Credential::SymmetricKey(keys))).await.unwrap();
     hub.disable_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
     hub.delete_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
     hub.delete_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
@@ -71,7 +77,10 @@ async fn receiver_sees_signed_create_disable_delete() {
     );
     assert_eq!(created["initialTwin"]["tags"]["site"], "plant-4");
     assert_eq!(seen[1].2["credential"]["type"], "symmetricKey");
-    assert_eq!(seen[1].2["credential"]["key"], key.to_base64().as_str());
+    // The key the device registered with, and both, so the receiver can take either.
+    assert_eq!(seen[1].2["credential"]["key"], secondary.to_base64().as_str());
+    assert_eq!(seen[1].2["credential"]["primaryKey"], key.to_base64().as_str());
+    assert_eq!(seen[1].2["credential"]["secondaryKey"], secondary.to_base64().as_str());
     assert_eq!(seen[2].2, serde_json::json!({"operation": "disable", "deviceId": "dev-1", "enabled": false}));
     server.stop().await;
 }
@@ -83,7 +92,7 @@ async fn failures_are_classified() {
     let (server, ca) = receiver();
     let url = server.url.clone();
     let hub = adapter(&url, &ca, SECRET);
-    let key = || Credential::SymmetricKey(SymmetricKey::generate());
+    let key = || Credential::SymmetricKey(SymmetricKeys::single(SymmetricKey::generate()));
 
     let error = hub.upsert_device(&identity("fail-500", key())).await.unwrap_err();
     assert!(matches!(error, HubError::Unavailable { .. }), "{error:?}");

@@ -305,6 +305,23 @@ pub struct ServeArgs {
     /// Where the master key comes from.
     #[command(flatten)]
     pub master_key: MasterKeyArgs,
+    /// Let outbound calls (allocation webhooks, webhook hubs, the JWKS) use plain http to any host and reach
+    /// loopback addresses. For tests and development only [default: off: https only, plain http only to a loopback
+    /// host, loopback only when --outbound-allow names it].
+    #[arg(long, env = "ZEROTOUCH_ALLOW_INSECURE_OUTBOUND")]
+    pub allow_insecure_outbound: bool,
+    /// Address ranges (CIDR, or single addresses) outbound calls may reach although they are loopback, private,
+    /// link-local, CGNAT or cloud metadata addresses, e.g. `10.20.0.0/16,fd00:1::/64` [default: none].
+    #[arg(long, env = "ZEROTOUCH_OUTBOUND_ALLOW", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub outbound_allow: Vec<ipnet::IpNet>,
+}
+
+/// Parses a CIDR range (`10.20.0.0/16`) or a single address (`10.20.0.7`, as a /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address range (CIDR, e.g. 10.20.0.0/16) nor an address"))
 }
 
 /// `value` if it is more than zero.
@@ -417,6 +434,10 @@ struct FileSettings {
     master_key_pkcs11_pin_file: Option<PathBuf>,
     #[serde(alias = "master-key-pkcs11-label")]
     master_key_pkcs11_label: Option<String>,
+    #[serde(alias = "allow-insecure-outbound")]
+    allow_insecure_outbound: Option<bool>,
+    #[serde(alias = "outbound-allow")]
+    outbound_allow: Option<Vec<String>>,
 }
 
 mod humantime_serde_opt {
@@ -519,6 +540,8 @@ pub struct Config {
     pub hub_inline_timeout: Duration,
     /// How long a registration may wait for its hub before it fails.
     pub hub_deadline: Duration,
+    /// Whom outbound calls (allocation webhooks, webhook hubs, the JWKS) may reach.
+    pub outbound: zerotouch_outbound::OutboundPolicy,
 }
 
 /// Where the passphrase that encrypted the CA keys in 0.1 comes from.
@@ -728,6 +751,16 @@ impl Config {
                 "--hub-deadline",
                 args.hub_deadline.or(file.hub_deadline).unwrap_or(Duration::from_secs(600)),
             )?,
+            outbound: zerotouch_outbound::OutboundPolicy::new(
+                match (&args.outbound_allow[..], &file.outbound_allow) {
+                    ([], Some(listed)) => listed
+                        .iter()
+                        .map(|text| parse_cidr(text).map_err(|e| anyhow::anyhow!("outbound_allow: {e}")))
+                        .collect::<anyhow::Result<_>>()?,
+                    (flags, _) => flags.to_vec(),
+                },
+                args.allow_insecure_outbound || file.allow_insecure_outbound.unwrap_or(false),
+            ),
         })
     }
 }
@@ -765,6 +798,33 @@ mod tests {
         assert_eq!(config.mqtt_listen.to_string(), "0.0.0.0:8883");
         assert_eq!(config.hostnames, vec!["localhost"]);
         assert_eq!(config.auth.issuer, TokenIssuer::Development);
+    }
+
+    /// The outbound policy: strict by default; ranges and single addresses from the flag (comma-separated) or the
+    /// file; a bad range names the value.
+    #[test]
+    fn outbound_settings() {
+        let strict = Config::resolve(&serve(&[])).unwrap().outbound;
+        assert_eq!(strict, zerotouch_outbound::OutboundPolicy::default());
+        let config = Config::resolve(&serve(&[
+            "--outbound-allow",
+            "10.20.0.0/16, 10.30.0.7,fd00::/8",
+            "--allow-insecure-outbound",
+        ]))
+        .unwrap();
+        let expected = ["10.20.0.0/16", "10.30.0.7/32", "fd00::/8"].map(|n| n.parse::<ipnet::IpNet>().unwrap());
+        assert_eq!(config.outbound, zerotouch_outbound::OutboundPolicy::new(expected.to_vec(), true));
+        assert!(parse_cidr("10.0.0.0/33").unwrap_err().contains("10.0.0.0/33"));
+        assert!(parse_cidr("hooks.internal").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "outbound-allow = [\"10.40.0.0/24\"]\nallow_insecure_outbound = true\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        let expected = vec!["10.40.0.0/24".parse::<ipnet::IpNet>().unwrap()];
+        assert_eq!(config.outbound, zerotouch_outbound::OutboundPolicy::new(expected, true));
+        std::fs::write(&file, "outbound_allow = [\"ten\"]\n").unwrap();
+        let error = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(error.contains("outbound_allow") && error.contains("ten"), "{error}");
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner};
+use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys};
 use zerotouch_store::{CredentialRef, HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
 use zerotouch_wire::enrollment::EnrollmentKind;
-use zerotouch_wire::{ErrorCode, SymmetricKey};
+use zerotouch_wire::{ErrorCode, KeySlot, SymmetricKey};
 
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,8 @@ pub struct Hubs {
     wake: tokio::sync::Notify,
     /// The backlog as last read by the worker, for the metrics.
     last_backlog: Mutex<Vec<String>>,
+    /// Whom webhook hubs may call.
+    outbound: zerotouch_outbound::OutboundPolicy,
 }
 
 impl std::fmt::Debug for Hubs {
@@ -97,9 +99,15 @@ impl From<HubError> for Undeliverable {
 }
 
 impl Hubs {
-    /// Delivery over `store`.
-    pub fn new(store: Store, settings: HubSettings, metrics: Metrics) -> Self {
+    /// Delivery over `store`; webhook hubs call out under `outbound`.
+    pub fn new(
+        store: Store,
+        settings: HubSettings,
+        metrics: Metrics,
+        outbound: zerotouch_outbound::OutboundPolicy,
+    ) -> Self {
         Self {
+            outbound,
             store,
             settings,
             metrics,
@@ -113,6 +121,11 @@ impl Hubs {
     /// The settings.
     pub fn settings(&self) -> &HubSettings {
         &self.settings
+    }
+
+    /// Whom webhook hubs may call (the admin API checks new settings against it).
+    pub fn outbound(&self) -> &zerotouch_outbound::OutboundPolicy {
+        &self.outbound
     }
 
     /// The adapter of `hub` (`None`: the hub is gone or has no adapter).
@@ -137,9 +150,10 @@ impl Hubs {
             cached.checked = Instant::now();
             return Ok(Some(cached.adapter.clone()));
         }
-        let adapter: Arc<dyn HubAdapter> = zerotouch_hub::adapter_for(&record.hub.kind, hub, &record.hub.settings)
-            .map_err(|e| Undeliverable::Refused(format!("hub {hub}: {e}")))?
-            .into();
+        let adapter: Arc<dyn HubAdapter> =
+            zerotouch_hub::adapter_for(&record.hub.kind, hub, &record.hub.settings, &self.outbound)
+                .map_err(|e| Undeliverable::Refused(format!("hub {hub}: {e}")))?
+                .into();
         adapters.insert(
             hub.to_owned(),
             CachedAdapter { etag: record.etag.clone(), checked: Instant::now(), adapter: adapter.clone() },
@@ -147,9 +161,9 @@ impl Hubs {
         Ok(Some(adapter))
     }
 
-    /// The symmetric key of the device of `registration_key`: its individual enrollment's primary key, or the key
-    /// derived from its group's primary key.
-    async fn device_key(&self, registration_key: &str) -> Result<SymmetricKey, Undeliverable> {
+    /// The symmetric keys of the device of `registration_key`, as they are now: its individual enrollment's keys,
+    /// or the keys derived from its group's; `used` is the one it authenticated with.
+    async fn device_keys(&self, registration_key: &str, used: KeySlot) -> Result<SymmetricKeys, Undeliverable> {
         let retry = |e: StoreError| Undeliverable::Retry(format!("reading the device's enrollment: {e}"));
         let registration = self.store.registrations().get(registration_key).await.map_err(retry)?;
         let gone = || {
@@ -159,21 +173,24 @@ impl Hubs {
                     .into(),
             )
         };
-        match &registration.enrollment_group_key {
-            Some(group) => {
-                let group = self.store.enrollments().get(EnrollmentKind::Group, group).await.map_err(retry)?;
-                let key = group.primary_key.ok_or_else(gone)?;
-                let derived =
-                    zerotouch_attest::sas::derive_device_key(key.expose_bytes(), &registration.registration_id);
-                SymmetricKey::from_base64(&base64::engine::general_purpose::STANDARD.encode(derived.as_slice()))
-                    .map_err(|e| Undeliverable::Refused(format!("derived key: {e}")))
+        let (record, derive) = match &registration.enrollment_group_key {
+            Some(group) => (self.store.enrollments().get(EnrollmentKind::Group, group).await.map_err(retry)?, true),
+            None => (
+                self.store.enrollments().get(EnrollmentKind::Individual, registration_key).await.map_err(retry)?,
+                false,
+            ),
+        };
+        let device_key = |key: SymmetricKey| -> Result<SymmetricKey, Undeliverable> {
+            if !derive {
+                return Ok(key);
             }
-            None => {
-                let enrollment =
-                    self.store.enrollments().get(EnrollmentKind::Individual, registration_key).await.map_err(retry)?;
-                enrollment.primary_key.ok_or_else(gone)
-            }
-        }
+            let derived = zerotouch_attest::sas::derive_device_key(key.expose_bytes(), &registration.registration_id);
+            SymmetricKey::from_base64(&base64::engine::general_purpose::STANDARD.encode(derived.as_slice()))
+                .map_err(|e| Undeliverable::Refused(format!("derived key: {e}")))
+        };
+        let primary = device_key(record.primary_key.ok_or_else(gone)?)?;
+        let secondary = record.secondary_key.map(device_key).transpose()?;
+        Ok(SymmetricKeys { primary, secondary, used })
     }
 
     /// Runs `job` against its hub.
@@ -198,10 +215,10 @@ impl Hubs {
                     CredentialRef::X509 { subject_name, thumbprint } => {
                         Credential::Certificate { subject_cn: subject_name, thumbprint }
                     }
-                    CredentialRef::SymmetricKey => {
-                        Credential::SymmetricKey(self.device_key(&job.registration_key).await?)
+                    CredentialRef::SymmetricKey { slot } => {
+                        Credential::SymmetricKey(self.device_keys(&job.registration_key, slot).await?)
                     }
-                    CredentialRef::HubKey { key } => Credential::SymmetricKey(key),
+                    CredentialRef::HubKey { key } => Credential::SymmetricKey(SymmetricKeys::single(key)),
                 };
                 let initial_twin = document.get("initialTwin").filter(|t| !t.is_null()).cloned();
                 let identity = DeviceIdentity { device_id, owner, credential, enabled: true, initial_twin };
@@ -256,9 +273,6 @@ impl Hubs {
                 }
             }
         };
-        if let HubJobOutcome::Fail { message, .. } = &outcome {
-            tracing::warn!(hub = %job.hub, device = %job.device_id, "hub registration failed: {message}");
-        }
         match self.store.hub_jobs().finish(job, &outcome).await {
             Ok(settled) => settled,
             Err(e) => {
@@ -278,10 +292,8 @@ impl Hubs {
         let past_deadline = job.deadline_at.is_some_and(|deadline| now >= deadline);
         if waits && (past_deadline || !retryable) {
             let number = i32::try_from(code.number()).unwrap_or_default();
-            return HubJobOutcome::Fail {
-                error_code: number,
-                message: format!("hub {} did not take the device: {reason}", job.hub),
-            };
+            tracing::warn!(hub = %job.hub, device = %job.device_id, "hub registration failed: {reason}");
+            return HubJobOutcome::Fail { error_code: number, message: failure_message(&job.hub, code, &reason) };
         }
         let mut delay = backoff(job.attempts);
         if let Some(deadline) = job.deadline_at.filter(|_| waits) {
@@ -389,6 +401,16 @@ impl Hubs {
     }
 }
 
+/// What a registration that failed on its hub says (the device and the admin API see it): for 400215 whose the
+/// identity is (the adapter's own finding), otherwise a fixed text, as the reason may carry the hub's own words (a
+/// webhook receiver's status and body), which never reach the device (issue #17); the log has the reason.
+fn failure_message(hub: &str, code: ErrorCode, reason: &str) -> String {
+    match code {
+        ErrorCode::HubIdentityNotManaged => format!("hub {hub} did not take the device: {reason}"),
+        _ => format!("hub {hub} did not take the device; the service's log has the reason"),
+    }
+}
+
 /// The wait before attempt `attempts + 1`: 1 s doubling per attempt up to 5 minutes, then a random share of it
 /// between a half and the whole (jitter, so that jobs failed together do not retry together).
 fn backoff(attempts: u32) -> Duration {
@@ -399,6 +421,17 @@ fn backoff(attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registration failed on its hub names the hub, never the hub's own words, except for the adapter's own
+    /// finding of whose the identity is.
+    #[test]
+    fn failure_messages_keep_the_hub_words_out() {
+        let reason = "hub h: upsert of device d: POST answered 400 Bad Request: internal detail";
+        let message = failure_message("h", ErrorCode::HubRegistrationFailed, reason);
+        assert!(message.contains("hub h") && !message.contains("internal detail") && !message.contains("400"));
+        let message = failure_message("h", ErrorCode::HubIdentityNotManaged, "client d belongs to registration x");
+        assert!(message.ends_with("client d belongs to registration x"), "{message}");
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -110,7 +110,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
     )?;
     let store = open(config).await?;
     unlock_secrets(config, &data, &store, shutdown.clone()).await?;
-    let verifier = Verifier::new(&config.auth, &data.path).await?;
+    let verifier = Verifier::new(&config.auth, &data.path, &config.outbound).await?;
     let (cert, key) = match &config.tls_files {
         Some((cert, key)) => (cert.clone(), key.clone()),
         None => (data.file(files::SERVER_CERT), data.file(files::SERVER_KEY)),
@@ -126,6 +126,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
         store.clone(),
         HubSettings { inline_timeout: config.hub_inline_timeout, deadline: config.hub_deadline },
         metrics.clone(),
+        config.outbound.clone(),
     ));
     let (count, window) = config.device_rate_limit;
     let registrations = Arc::new(RegistrationService::new(
@@ -140,6 +141,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
             tpm_challenge_ttl: config.tpm_challenge_ttl,
         },
         DeviceLimits::new(count, window, config.device_max_in_flight),
+        config.outbound.clone(),
     )?);
     let tasks = [
         tokio::spawn(Arc::clone(&registrations).expire_operations(shutdown.clone())),

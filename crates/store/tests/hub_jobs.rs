@@ -50,6 +50,7 @@ fn attempt(
         error_message: None,
         payload: None,
         initial_twin: None,
+        hub_key_slot: None,
         etag: String::new(),
         created_at: now,
         updated_at: now,
@@ -375,4 +376,99 @@ async fn a_hub_key_waits_sealed_in_its_job() {
             credential
         );
     }
+}
+
+/// An enabled symmetric-key enrollment of `kind` with these keys (base64 of the bytes given).
+fn keyed(
+    kind: zerotouch_wire::enrollment::EnrollmentKind,
+    id: &str,
+    keys: [u8; 2],
+    disabled: bool,
+) -> zerotouch_wire::enrollment::NormalizedEnrollment {
+    use base64::Engine;
+    let encode = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    let attestation = json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": encode(keys[0]), "secondaryKey": encode(keys[1])}});
+    let status = if disabled { "disabled" } else { "enabled" };
+    let doc = match kind {
+        zerotouch_wire::enrollment::EnrollmentKind::Individual => {
+            json!({"registrationId": id, "attestation": attestation, "provisioningStatus": status})
+        }
+        zerotouch_wire::enrollment::EnrollmentKind::Group => {
+            json!({"enrollmentGroupId": id, "attestation": attestation, "provisioningStatus": status})
+        }
+    };
+    zerotouch_wire::enrollment::normalize(kind, doc, None).unwrap()
+}
+
+/// Issue #17, point 3: a write that changes an enabled enrollment's or group's keys (single or bulk) queues, in its
+/// transaction, an upsert for each assigned device whose hub login is its key, carrying the slot it registered
+/// with; devices on a certificate, an unchanged write and a disabling write queue no upsert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_changes_queue_hub_updates() {
+    use zerotouch_store::{BulkItem, CredentialRef};
+    use zerotouch_wire::KeySlot;
+    use zerotouch_wire::bulk::BulkMode;
+    use zerotouch_wire::enrollment::EnrollmentKind::{Group, Individual};
+    both(|store| async move {
+        hub(&store, "a.example.com", "mosquitto").await;
+        let enrollments = store.enrollments();
+        for id in ["k-1", "k-2", "k-3"] {
+            enrollments
+                .put(Individual, keyed(Individual, id, [1, 2], false), &Precondition::None, &actor())
+                .await
+                .unwrap();
+        }
+        enrollments.put(Group, keyed(Group, "g", [3, 4], false), &Precondition::None, &actor()).await.unwrap();
+        // k-1 logs in with its secondary key, k-2 with a certificate, k-3 with its primary; g-1 through the group.
+        for (id, slot, group) in [
+            ("k-1", Some(KeySlot::Secondary), None),
+            ("k-2", None, None),
+            ("k-3", Some(KeySlot::Primary), None),
+            ("g-1", Some(KeySlot::Primary), Some("g")),
+        ] {
+            let mut outcome = attempt(id, "a.example.com", None, None, Duration::from_secs(30));
+            outcome.record.hub_key_slot = slot;
+            outcome.record.enrollment_group_key = group.map(str::to_owned);
+            let (_, _, job) = commit(&store, outcome).await;
+            store.hub_jobs().finish(&job, &HubJobOutcome::Done).await.unwrap();
+            assert_eq!(store.registrations().get(id).await.unwrap().hub_key_slot, slot);
+        }
+        let upserts = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let jobs = store.hub_jobs().of_registration(id).await.unwrap();
+                jobs.iter()
+                    .map(|j| (j.action, j.document.as_ref().map(|d| CredentialRef::of_document(d).unwrap())))
+                    .collect::<Vec<_>>()
+            }
+        };
+
+        // The same keys again: nothing.
+        enrollments
+            .put(Individual, keyed(Individual, "k-1", [1, 2], false), &Precondition::None, &actor())
+            .await
+            .unwrap();
+        assert!(upserts("k-1").await.is_empty());
+        // Bulk: new keys for all three, k-3 disabled by the same write.
+        let items = [("k-1", false), ("k-2", false), ("k-3", true)]
+            .into_iter()
+            .enumerate()
+            .map(|(index, (id, disabled))| BulkItem {
+                index,
+                key: id.into(),
+                enrollment: Some(keyed(Individual, id, [5, 6], disabled)),
+                etag: None,
+            })
+            .collect();
+        assert!(enrollments.bulk(Individual, BulkMode::Update, items, &actor()).await.unwrap().is_empty());
+        let secondary = Some(CredentialRef::SymmetricKey { slot: KeySlot::Secondary });
+        assert_eq!(upserts("k-1").await, [(HubAction::Upsert, secondary)]);
+        assert!(upserts("k-2").await.is_empty(), "a certificate device got a key");
+        assert_eq!(upserts("k-3").await, [(HubAction::Disable, None)]);
+        // A group's new keys reach every device of the group.
+        enrollments.put(Group, keyed(Group, "g", [7, 4], false), &Precondition::None, &actor()).await.unwrap();
+        let primary = Some(CredentialRef::SymmetricKey { slot: KeySlot::Primary });
+        assert_eq!(upserts("g-1").await, [(HubAction::Upsert, primary)]);
+    })
+    .await;
 }

@@ -106,6 +106,7 @@ fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
         error_message: None,
         payload: None,
         initial_twin: None,
+        hub_key_slot: None,
         etag: String::new(),
         created_at: Utc::now(),
         updated_at: Utc::now(),

@@ -174,6 +174,7 @@ fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
         error_message: None,
         payload: Some(json!({"room": 7})),
         initial_twin: Some(json!({"tags": {"floor": 3}})),
+        hub_key_slot: None,
         etag: String::new(),
         created_at: Utc::now(),
         updated_at: Utc::now(),

@@ -91,11 +91,14 @@ pub enum ErrorCode {
     /// Admin API: a hub's settings would reserve a device id (its admin user, `reservedDeviceIds`) that a
     /// registration holds.
     ReservedDeviceIdInUse,
+    /// Admin API: a hub update changes where the hub is (`host`, `port`, `url`) without sending its write-only
+    /// secret (`password`, `secret`) again.
+    SecretNotResent,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 39] = [
         Self::MalformedBody,
         Self::InvalidField,
         Self::InvalidId,
@@ -134,6 +137,7 @@ impl ErrorCode {
         Self::DeviceIdTaken,
         Self::HubIdentityNotManaged,
         Self::ReservedDeviceIdInUse,
+        Self::SecretNotResent,
     ];
 
     /// The numeric code sent as `errorCode` and `x-ms-error-code`.
@@ -177,6 +181,7 @@ impl ErrorCode {
             Self::DeviceIdTaken => 400214,
             Self::HubIdentityNotManaged => 400215,
             Self::ReservedDeviceIdInUse => 409002,
+            Self::SecretNotResent => 400006,
         }
     }
 

@@ -20,7 +20,7 @@ pub mod secret;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use id::{EnrollmentGroupId, HubHostName, IdError, RegistrationId};
-pub use secret::SymmetricKey;
+pub use secret::{KeySlot, SymmetricKey};
 
 /// Formats a timestamp the way Azure DPS does (`2022-08-31T22:02:50.5163352Z`: RFC 3339, UTC, `Z`).
 pub fn format_timestamp(at: chrono::DateTime<chrono::Utc>) -> String {

@@ -73,6 +73,48 @@ impl SymmetricKey {
     pub fn expose_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// Whether `other` is the same key, compared in constant time (for equal lengths).
+    pub fn same_as(&self, other: &SymmetricKey) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.0.as_slice(), other.0.as_slice()).into()
+    }
+}
+
+/// Which of an enrollment's two symmetric keys a device authenticated with: the one its hub identity gets where
+/// the hub holds one password per identity (Mosquitto). Stored lower-case (`primary`, `secondary`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySlot {
+    /// The primary key (also what jobs written before the slot was recorded mean).
+    #[default]
+    Primary,
+    /// The secondary key.
+    Secondary,
+}
+
+impl KeySlot {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "primary" => Some(Self::Primary),
+            "secondary" => Some(Self::Secondary),
+            _ => None,
+        }
+    }
+
+    /// The slot of key `index` of an enrollment's keys as listed for verification (`[primary, secondary]`, absent
+    /// ones left out): index 0 is the primary key when there is one.
+    pub fn of_index(index: usize, has_primary: bool) -> Self {
+        if index == 0 && has_primary { Self::Primary } else { Self::Secondary }
+    }
 }
 
 impl std::fmt::Debug for SymmetricKey {
@@ -122,5 +164,21 @@ mod tests {
         let shown = format!("{key:?}");
         assert_eq!(shown, "SymmetricKey(..)");
         assert!(!shown.contains(&*key.to_base64()));
+    }
+
+    /// Slots round-trip through their names; the verification index maps to the slot it came from.
+    #[test]
+    fn key_slots() {
+        for slot in [KeySlot::Primary, KeySlot::Secondary] {
+            assert_eq!(KeySlot::parse(slot.as_str()), Some(slot));
+            assert_eq!(serde_json::to_value(slot).unwrap(), slot.as_str());
+        }
+        assert_eq!(KeySlot::parse("tertiary"), None);
+        assert_eq!(KeySlot::of_index(0, true), KeySlot::Primary);
+        assert_eq!(KeySlot::of_index(1, true), KeySlot::Secondary);
+        assert_eq!(KeySlot::of_index(0, false), KeySlot::Secondary);
+        let key = SymmetricKey::generate();
+        assert!(key.same_as(&key.clone()));
+        assert!(!key.same_as(&SymmetricKey::generate()));
     }
 }

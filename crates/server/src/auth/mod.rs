@@ -164,7 +164,12 @@ const DEV_KID: &str = "zerotouch-dev";
 
 impl Verifier {
     /// A verifier for `config`; reads the development public key from `data_dir` or the issuer's JWKS.
-    pub async fn new(config: &AuthConfig, data_dir: &std::path::Path) -> anyhow::Result<Arc<Self>> {
+    /// The JWKS is fetched under `outbound` (https, no redirects, checked addresses, a capped body).
+    pub async fn new(
+        config: &AuthConfig,
+        data_dir: &std::path::Path,
+        outbound: &zerotouch_outbound::OutboundPolicy,
+    ) -> anyhow::Result<Arc<Self>> {
         let (issuer, keys) = match &config.issuer {
             TokenIssuer::Development => {
                 let path = data_dir.join(crate::data_dir::files::TOKEN_PUBLIC_KEY);
@@ -184,7 +189,7 @@ impl Verifier {
                 (issuer.clone(), keys)
             }
             TokenIssuer::External { issuer, keys: JwksSource::Url(url) } => {
-                let keys = match fetch_jwks(url).await {
+                let keys = match fetch_jwks(outbound, url).await {
                     Ok(keys) => keys,
                     Err(e) => {
                         tracing::error!("--jwks-url: {e:#}; admin requests are refused until it loads");
@@ -201,7 +206,7 @@ impl Verifier {
             role_claim: config.role_claim.split('.').map(str::to_owned).collect(),
         });
         if let TokenIssuer::External { keys: JwksSource::Url(url), .. } = &config.issuer {
-            tokio::spawn(refresh_jwks(Arc::downgrade(&verifier), url.clone()));
+            tokio::spawn(refresh_jwks(Arc::downgrade(&verifier), outbound.clone(), url.clone()));
         }
         Ok(verifier)
     }
@@ -254,23 +259,36 @@ impl Verifier {
     }
 }
 
-async fn fetch_jwks(url: &str) -> anyhow::Result<Vec<PinnedKey>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let set: JwkSet = client.get(url).send().await?.error_for_status()?.json().await?;
+/// The largest JWKS read (a JWKS of a dozen RSA-4096 keys is about 12 KB).
+const JWKS_LIMIT: usize = 256 * 1024;
+
+/// Fetches the JWKS at `url` under `outbound`. Errors name the URL without its query.
+async fn fetch_jwks(outbound: &zerotouch_outbound::OutboundPolicy, url: &str) -> anyhow::Result<Vec<PinnedKey>> {
+    let parsed = outbound.parse_url(url)?;
+    let shown = zerotouch_outbound::redacted(&parsed);
+    let client = outbound.client().timeout(Duration::from_secs(10)).build()?;
+    let response =
+        client.get(parsed).send().await.map_err(|e| anyhow::anyhow!("{shown}: {}", zerotouch_outbound::describe(e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        anyhow::bail!("{shown} answered {status} (redirects are not followed)");
+    }
+    let body = zerotouch_outbound::read_capped(response, JWKS_LIMIT).await.with_context(|| shown.clone())?;
+    let set: JwkSet = serde_json::from_slice(&body).with_context(|| format!("{shown} is not a JWKS"))?;
     let keys = pin_jwks(&set);
     if keys.is_empty() {
-        anyhow::bail!("{url} holds no usable verification key");
+        anyhow::bail!("{shown} holds no usable verification key");
     }
     Ok(keys)
 }
 
 /// Re-reads the JWKS every 5 minutes (every 30 s while it has never loaded), while the verifier lives.
-async fn refresh_jwks(verifier: std::sync::Weak<Verifier>, url: String) {
+async fn refresh_jwks(verifier: std::sync::Weak<Verifier>, outbound: zerotouch_outbound::OutboundPolicy, url: String) {
     loop {
         let empty = verifier.upgrade().is_none_or(|v| v.keys.read().map(|k| k.is_empty()).unwrap_or(true));
         tokio::time::sleep(Duration::from_secs(if empty { 30 } else { 300 })).await;
         let Some(live) = verifier.upgrade() else { return };
-        match fetch_jwks(&url).await {
+        match fetch_jwks(&outbound, &url).await {
             Ok(keys) => live.replace_keys(keys),
             Err(e) => tracing::warn!("--jwks-url: refresh failed, keeping the previous keys: {e:#}"),
         }

@@ -66,6 +66,9 @@ pub enum ApiError {
     /// A hub's settings would reserve a device id a registration holds; what and whose.
     #[error("{0}")]
     ReservedDeviceIdInUse(String),
+    /// A hub update moves the hub without sending a stored secret again.
+    #[error("{0}")]
+    SecretNotResent(#[from] zerotouch_hub::SecretNotResent),
     /// No issuing CA is active.
     #[error("no issuing CA is active")]
     NoIssuingCa,
@@ -136,6 +139,7 @@ impl ApiError {
             ),
             Self::Conflict(m) => (ErrorCode::Conflict, m.clone()),
             Self::ReservedDeviceIdInUse(m) => (ErrorCode::ReservedDeviceIdInUse, m.clone()),
+            Self::SecretNotResent(e) => (ErrorCode::SecretNotResent, e.to_string()),
             Self::NoIssuingCa => (
                 ErrorCode::NoIssuingCa,
                 "no issuing CA is active: an administrator must activate one (POST /pki/issuingCAs/{name}/activate)"

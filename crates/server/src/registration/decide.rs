@@ -150,10 +150,8 @@ pub fn decide(facts: Facts<'_>) -> Result<Decision, WebhookCall> {
                 Some(Ok(answer)) => {
                     let host = answer.iot_hub_host_name.to_ascii_lowercase();
                     if !offered.contains(&host) {
-                        let message = format!(
-                            "Custom allocation failed: the webhook chose {:?}, which is not a linked hub",
-                            answer.iot_hub_host_name
-                        );
+                        // The webhook's text never reaches the device (issue #17): the chosen name is not echoed.
+                        let message = "Custom allocation failed: the webhook chose a hub that is not linked";
                         return Ok(Decision::failed(ErrorCode::CustomAllocationFailed, message));
                     }
                     payload = answer.payload.clone();

@@ -76,6 +76,7 @@ pub struct RegistrationService {
     settings: RegistrationSettings,
     limits: DeviceLimits,
     http: reqwest::Client,
+    outbound: zerotouch_outbound::OutboundPolicy,
     caches: Caches,
 }
 
@@ -87,9 +88,10 @@ impl RegistrationService {
         hubs: Arc<Hubs>,
         settings: RegistrationSettings,
         limits: DeviceLimits,
+        outbound: zerotouch_outbound::OutboundPolicy,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(webhook::TIMEOUT).build()?;
-        Ok(Self { store, pki, hubs, settings, limits, http, caches: Caches::default() })
+        let http = outbound.client().timeout(webhook::TIMEOUT).build()?;
+        Ok(Self { store, pki, hubs, settings, limits, http, outbound, caches: Caches::default() })
     }
 
     /// `register`: authenticates, decides and records; returns the operation (status `assigning` on the wire).
@@ -205,11 +207,11 @@ impl RegistrationService {
             request.body.payload.as_ref(),
             &call.offered,
         );
-        let answer = webhook::allocate(&self.http, &call.definition.webhook_url, &body).await;
+        let answer = webhook::allocate(&self.http, &self.outbound, &call.definition.webhook_url, &body).await;
         // With the answer, `decide` never asks for the webhook again.
         let decision = decide::decide(facts(Some(&answer))).unwrap_or_else(|_| Decision::Failed {
             code: ErrorCode::CustomAllocationFailed,
-            message: "Custom allocation failed".into(),
+            message: webhook::FAILED.into(),
         });
         *webhook_answer = Some(answer);
         decision

@@ -68,6 +68,11 @@ pub fn outcome(attempt: Attempt<'_>) -> (RegistrationOutcome, Snapshot) {
         error_message: error_message.clone(),
         payload: assignment.and_then(|a| a.payload.clone()),
         initial_twin: assignment.and_then(|a| a.initial_twin.clone()),
+        // Recorded where the hub identity carries the symmetric key, for later changes of the enrollment's keys.
+        hub_key_slot: hub_job.as_ref().and_then(|job| match CredentialRef::of_document(&job.document) {
+            Ok(CredentialRef::SymmetricKey { slot }) => Some(slot),
+            Ok(CredentialRef::X509 { .. } | CredentialRef::HubKey { .. }) | Err(_) => None,
+        }),
         etag: String::new(),
         created_at: current.map_or(now, |c| c.created_at),
         updated_at: now,
@@ -148,7 +153,7 @@ fn hub_job(attempt: Attempt<'_>) -> Option<NewHubJob> {
         // A TPM device: the hub key the answer delivers into its TPM.
         (None, None) => Some(match &attempt.authenticated.tpm {
             Some(tpm) => CredentialRef::HubKey { key: tpm.hub_key.clone() },
-            None => CredentialRef::SymmetricKey,
+            None => CredentialRef::SymmetricKey { slot: attempt.authenticated.key_slot.unwrap_or_default() },
         }),
     }?;
     let previous = attempt

@@ -30,27 +30,39 @@ pub struct Answer {
     pub payload: Option<Value>,
 }
 
-/// Calls the webhook; the error is the message the device sees with code 400207 (no internal detail).
-pub async fn allocate(client: &reqwest::Client, url: &str, request: &Value) -> Result<Answer, String> {
-    let response = client.post(url).timeout(TIMEOUT).json(request).send().await.map_err(|e| {
-        tracing::info!("custom allocation webhook {url}: {e}");
-        if e.is_timeout() {
-            format!("Custom allocation failed: no answer within {} s", TIMEOUT.as_secs())
-        } else {
-            "Custom allocation failed: the webhook could not be reached".to_owned()
-        }
-    })?;
+/// What the device is told when the webhook fails, whatever the reason (the reason is logged): the webhook's status
+/// and text never reach the device (issue #17).
+pub const FAILED: &str = "Custom allocation failed";
+
+/// Calls the webhook under `outbound` (`zerotouch_outbound`: https only, no redirects, the address checked after
+/// resolution and pinned, the answer read up to 96 KB); the error is the message the device sees with code 400207,
+/// always [`FAILED`]. The log line names the URL without its query (Azure Functions keep their key there).
+pub async fn allocate(
+    client: &reqwest::Client,
+    outbound: &zerotouch_outbound::OutboundPolicy,
+    url: &str,
+    request: &Value,
+) -> Result<Answer, String> {
+    let shown = zerotouch_outbound::redacted_text(url);
+    let failed = |why: String| {
+        tracing::info!("custom allocation webhook {shown}: {why}");
+        FAILED.to_owned()
+    };
+    let parsed = outbound.parse_url(url).map_err(|e| failed(e.to_string()))?;
+    let response = client
+        .post(parsed)
+        .timeout(TIMEOUT)
+        .json(request)
+        .send()
+        .await
+        .map_err(|e| failed(zerotouch_outbound::describe(e)))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("Custom allocation failed with status code: {}", status.as_u16()));
+        return Err(failed(format!("answered {status} (redirects are not followed)")));
     }
-    let body =
-        response.bytes().await.map_err(|_| "Custom allocation failed: the answer could not be read".to_owned())?;
-    if body.len() > ANSWER_LIMIT {
-        return Err("Custom allocation failed: the answer is too large".to_owned());
-    }
+    let body = zerotouch_outbound::read_capped(response, ANSWER_LIMIT).await.map_err(|e| failed(e.to_string()))?;
     serde_json::from_slice::<Answer>(&body)
-        .map_err(|_| "Custom allocation failed: the answer is not an AllocationResponse with iotHubHostName".to_owned())
+        .map_err(|e| failed(format!("the answer is not an AllocationResponse with iotHubHostName: {e}")))
 }
 
 /// The `AllocationRequest` (§7): the enrollment as the service API shows it, the device's runtime context (its

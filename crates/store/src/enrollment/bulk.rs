@@ -8,7 +8,7 @@ use zerotouch_wire::bulk::BulkMode;
 use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment};
 
 use super::table::EnrollmentTable;
-use super::{EnrollmentRecord, is_disabled, resource_type, revoke_retired};
+use super::{EnrollmentRecord, changes_device_keys, is_disabled, queue_key_changes, resource_type, revoke_retired};
 use crate::audit::{self, Change};
 use crate::{Actor, Store, StoreError};
 
@@ -133,6 +133,9 @@ pub(super) async fn bulk<T: EnrollmentTable>(
         .map(|r| r.key.clone())
         .collect();
     revoke_retired(&txn, kind, &retired, actor).await?;
+    let rekeyed: Vec<String> =
+        replaces.iter().filter(|(old, record)| changes_device_keys(old, record)).map(|(_, r)| r.key.clone()).collect();
+    queue_key_changes(&txn, kind, &rekeyed).await?;
     txn.commit().await?;
     failures.sort_by_key(|(index, _)| *index);
     Ok(failures)

@@ -107,6 +107,34 @@ fn is_disabled(record: &EnrollmentRecord) -> bool {
     record.provisioning_status == ProvisioningStatus::Disabled.as_str()
 }
 
+/// Whether writing `new` over `old` gives the devices of an enrollment that stays enabled other symmetric keys
+/// (compared in constant time): their hub identities must learn the new keys.
+fn changes_device_keys(old: &EnrollmentRecord, new: &EnrollmentRecord) -> bool {
+    let same = |a: &Option<SymmetricKey>, b: &Option<SymmetricKey>| match (a, b) {
+        (Some(a), Some(b)) => a.same_as(b),
+        (None, None) => true,
+        _ => false,
+    };
+    let unchanged = same(&old.primary_key, &new.primary_key) && same(&old.secondary_key, &new.secondary_key);
+    new.attestation_type == zerotouch_wire::enrollment::AttestationType::SymmetricKey.as_str()
+        && !is_disabled(old)
+        && !is_disabled(new)
+        && !unchanged
+}
+
+/// Queues, in the caller's transaction, the hub updates of the devices of the enrollments `keys` of `kind`, whose
+/// symmetric keys just changed (`hub_job::queue_key_changes`): for a group, every registration made through it.
+async fn queue_key_changes(db: &impl ConnectionTrait, kind: EnrollmentKind, keys: &[String]) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let scope = match kind {
+        EnrollmentKind::Individual => Retiring::Registrations(keys),
+        EnrollmentKind::Group => Retiring::Groups(keys),
+    };
+    hub_job::queue_key_changes(db, scope).await
+}
+
 async fn put<T: EnrollmentTable>(
     store: &Store,
     kind: EnrollmentKind,
@@ -120,11 +148,11 @@ async fn put<T: EnrollmentTable>(
         return Err(StoreError::PreconditionFailed);
     }
     let now = crate::now();
-    let (record, old_etag) = match existing {
+    let (record, old_etag, keys_changed) = match existing {
         None => {
             let record = EnrollmentRecord::new(enrollment, crate::new_etag(), now, now);
             T::insert_many(&txn, store.vault(), std::slice::from_ref(&record)).await?;
-            (record, None)
+            (record, None, false)
         }
         Some(old) => {
             let mut enrollment = enrollment;
@@ -133,7 +161,8 @@ async fn put<T: EnrollmentTable>(
             if !T::replace_if(&txn, store.vault(), &record, &old.etag).await? {
                 return Err(StoreError::Conflict(format!("{} changed concurrently; retry", kind.noun())));
             }
-            (record, Some(old.etag))
+            let keys_changed = changes_device_keys(&old, &record);
+            (record, Some(old.etag), keys_changed)
         }
     };
     audit::record(
@@ -151,6 +180,9 @@ async fn put<T: EnrollmentTable>(
     .await?;
     if is_disabled(&record) {
         revoke_retired(&txn, kind, std::slice::from_ref(&record.key), actor).await?;
+    }
+    if keys_changed {
+        queue_key_changes(&txn, kind, std::slice::from_ref(&record.key)).await?;
     }
     txn.commit().await?;
     Ok((record, old_etag.is_none()))

@@ -15,6 +15,7 @@ pub struct Model {
     pub error_message: Option<String>,
     pub payload: Option<Json>,
     pub initial_twin: Option<Json>,
+    pub hub_key_slot: Option<String>,
     pub etag: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -30,7 +30,7 @@ use crate::secrets::Vault;
 
 pub use backlog::HubBacklog;
 pub use delivery::HubJobOutcome;
-pub(crate) use queue::{Retiring, insert_upserts, queue_credential_updates, retire};
+pub(crate) use queue::{Retiring, insert_upserts, queue_credential_updates, queue_key_changes, retire};
 
 /// What a job asks of the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +77,14 @@ pub enum CredentialRef {
         /// Hex SHA-256 of its DER.
         thumbprint: String,
     },
-    /// The device's symmetric key, read from its enrollment when the job is delivered.
+    /// The device's symmetric keys, read from its enrollment when the job is delivered, and which one it
+    /// authenticated with (absent in jobs written before the slot was recorded: the primary).
     #[serde(rename = "symmetricKey")]
-    SymmetricKey,
+    SymmetricKey {
+        /// The key the device authenticated with.
+        #[serde(default)]
+        slot: zerotouch_wire::KeySlot,
+    },
     /// A key made for the hub alone (a TPM device's hub key, which only its TPM and the hub hold): kept in the job
     /// until the hub has it, as the enrollment has no copy.
     #[serde(rename = "hubKey")]
@@ -251,14 +256,19 @@ mod tests {
     fn credential_documents_round_trip() {
         for credential in [
             CredentialRef::X509 { subject_name: "dev-1".into(), thumbprint: "ab".repeat(32) },
-            CredentialRef::SymmetricKey,
+            CredentialRef::SymmetricKey { slot: zerotouch_wire::KeySlot::Primary },
+            CredentialRef::SymmetricKey { slot: zerotouch_wire::KeySlot::Secondary },
         ] {
             let document = credential.document(Some(&serde_json::json!({"tags": {"site": "x"}})));
             assert_eq!(CredentialRef::of_document(&document).unwrap(), credential);
             assert_eq!(document["initialTwin"]["tags"]["site"], "x");
         }
-        let document = CredentialRef::SymmetricKey.document(None);
-        assert_eq!(document["credential"], serde_json::json!({"type": "symmetricKey"}));
+        let document = CredentialRef::SymmetricKey { slot: zerotouch_wire::KeySlot::Secondary }.document(None);
+        assert_eq!(document["credential"], serde_json::json!({"type": "symmetricKey", "slot": "secondary"}));
+        // A job written before the slot was recorded means the primary key.
+        let old = serde_json::json!({"credential": {"type": "symmetricKey"}});
+        let primary = CredentialRef::SymmetricKey { slot: zerotouch_wire::KeySlot::Primary };
+        assert_eq!(CredentialRef::of_document(&old).unwrap(), primary);
         let x509 = CredentialRef::X509 { subject_name: "d".into(), thumbprint: "00".into() }.document(None);
         assert_eq!(x509["credential"], serde_json::json!({"type": "x509", "subjectName": "d", "thumbprint": "00"}));
         assert!(CredentialRef::of_document(&serde_json::json!({})).is_err());

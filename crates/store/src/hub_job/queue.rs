@@ -98,6 +98,15 @@ pub(crate) async fn queue_credential_updates(
         .into_tuple()
         .all(db)
         .await?;
+    // The hub credential is a certificate from now on: a later change of the enrollment's keys leaves it alone.
+    let renewed: Vec<String> = rows.iter().map(|(key, ..)| key.clone()).collect();
+    if !renewed.is_empty() {
+        registration::Entity::update_many()
+            .col_expr(registration::Column::HubKeySlot, sea_orm::sea_query::Expr::value(Option::<String>::None))
+            .filter(registration::Column::Key.is_in(renewed))
+            .exec(db)
+            .await?;
+    }
     let jobs: Vec<HubJobRecord> = rows
         .into_iter()
         .filter_map(|(key, hub, device_id)| {
@@ -119,6 +128,48 @@ pub(crate) async fn queue_credential_updates(
     Ok(())
 }
 
+/// For the enrollment writes: the enrollments in `scope` whose symmetric keys changed, so every device of theirs
+/// whose hub identity carries its symmetric key (`hub_key_slot` set: it authenticated with a key, and holds no
+/// certificate for its hub) and that is `assigned` to a hub with an adapter gets an upsert job, run in order after
+/// its earlier jobs, that sends the new key of the same slot (read from the enrollment when delivered). Devices that
+/// are assigning already have an upsert that reads the keys when it runs; disabled and failed ones get nothing.
+pub(crate) async fn queue_key_changes(db: &impl ConnectionTrait, scope: Retiring<'_>) -> Result<(), StoreError> {
+    let (column, keys) = scope.selection();
+    // (key, assigned hub, device id, hub key slot)
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    for chunk in keys.chunks(1000) {
+        let rows: Vec<Row> = registration::Entity::find()
+            .select_only()
+            .column(registration::Column::Key)
+            .column(registration::Column::AssignedHub)
+            .column(registration::Column::DeviceId)
+            .column(registration::Column::HubKeySlot)
+            .filter(column.is_in(chunk.iter().cloned()))
+            .filter(registration::Column::Status.eq("assigned"))
+            .filter(registration::Column::HubKeySlot.is_not_null())
+            .filter(registration::Column::AssignedHub.in_subquery(adapter_hubs()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        let jobs: Vec<HubJobRecord> = rows
+            .into_iter()
+            .filter_map(|(key, hub, device_id, slot)| {
+                let slot = zerotouch_wire::KeySlot::parse(slot.as_deref()?)?;
+                Some(HubJobRecord {
+                    document: Some(CredentialRef::SymmetricKey { slot }.document(None)),
+                    ..fresh_job(new_job_id(), hub?, device_id?, key, HubAction::Upsert)
+                })
+            })
+            .collect();
+        if !jobs.is_empty() {
+            // The jobs name the key's slot, not the key (read from the enrollment when delivered): nothing to seal.
+            let rows = jobs.iter().map(to_active_without_key).collect::<Result<Vec<_>, _>>()?;
+            Entity::insert_many(rows).exec_without_returning(db).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The host names of the hubs with an adapter (a subquery).
 fn adapter_hubs() -> sea_orm::sea_query::SelectStatement {
     Query::select()
@@ -128,13 +179,23 @@ fn adapter_hubs() -> sea_orm::sea_query::SelectStatement {
         .to_owned()
 }
 
-/// Whose hub identities a retirement concerns.
+/// Whose hub identities a retirement (or a change of enrollment keys) concerns.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Retiring<'a> {
     /// These registrations (canonical ids).
     Registrations(&'a [String]),
     /// Every registration made through these enrollment groups (canonical ids).
     Groups(&'a [String]),
+}
+
+impl<'a> Retiring<'a> {
+    /// The registrations' column to match, and the keys to match it with.
+    fn selection(self) -> (registration::Column, &'a [String]) {
+        match self {
+            Self::Registrations(keys) => (registration::Column::Key, keys),
+            Self::Groups(keys) => (registration::Column::EnrollmentGroupKey, keys),
+        }
+    }
 }
 
 /// Queues, in the caller's transaction, `action` for the hub identity of every registration in `scope` that is
@@ -144,10 +205,7 @@ pub(crate) async fn retire(
     scope: Retiring<'_>,
     action: HubAction,
 ) -> Result<(), StoreError> {
-    let (column, keys) = match scope {
-        Retiring::Registrations(keys) => (registration::Column::Key, keys),
-        Retiring::Groups(keys) => (registration::Column::EnrollmentGroupKey, keys),
-    };
+    let (column, keys) = scope.selection();
     let adapter_hubs = adapter_hubs();
     for chunk in keys.chunks(1000) {
         let rows: Vec<(String, Option<String>, Option<String>)> = registration::Entity::find()

@@ -50,6 +50,9 @@ pub struct RegistrationRecord {
     pub payload: Option<Value>,
     /// The twin the hub should apply (from the enrollment or the webhook, per `docs/protocol/device-api.md` §7).
     pub initial_twin: Option<Value>,
+    /// Which enrollment key the device's hub identity carries, when its hub credential is its symmetric key (the
+    /// one it authenticated with): key changes re-send that slot's new key to the hub.
+    pub hub_key_slot: Option<zerotouch_wire::KeySlot>,
     /// The current etag.
     pub etag: String,
     /// When the device first registered.
@@ -71,6 +74,7 @@ fn to_record(m: registration::Model) -> RegistrationRecord {
         error_message: m.error_message,
         payload: m.payload,
         initial_twin: m.initial_twin,
+        hub_key_slot: m.hub_key_slot.as_deref().and_then(zerotouch_wire::KeySlot::parse),
         etag: m.etag,
         created_at: m.created_at,
         updated_at: m.updated_at,
@@ -90,6 +94,7 @@ fn to_active(r: &RegistrationRecord) -> registration::ActiveModel {
         error_message: Set(r.error_message.clone()),
         payload: Set(r.payload.clone()),
         initial_twin: Set(r.initial_twin.clone()),
+        hub_key_slot: Set(r.hub_key_slot.map(|slot| slot.as_str().to_owned())),
         etag: Set(r.etag.clone()),
         created_at: Set(r.created_at),
         updated_at: Set(r.updated_at),

@@ -70,6 +70,20 @@ async fn check_hubs(hubs: HubReader<'_>, named: &[String]) -> Result<(), ApiErro
     }
 }
 
+/// Refuses a custom allocation webhook URL that the outbound policy refuses on its face: a scheme other than https
+/// (plain http only to a loopback host, or with `--allow-insecure-outbound`), or an address in a refused range
+/// written as its host. A host name is checked only when the webhook is called, after it resolves.
+fn check_webhook(
+    outbound: &zerotouch_outbound::OutboundPolicy,
+    normalized: &NormalizedEnrollment,
+) -> Result<(), FieldError> {
+    let url = normalized.document.pointer("/customAllocationDefinition/webhookUrl").and_then(Value::as_str);
+    match url.map(|url| outbound.parse_url(url)) {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(FieldError::new("customAllocationDefinition.webhookUrl", e.to_string())),
+    }
+}
+
 /// `GET /{collection}/{id}`.
 pub(super) async fn get<K: Kind>(caller: Caller<Read>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
@@ -81,6 +95,7 @@ pub(super) async fn get<K: Kind>(caller: Caller<Read>, id: web::Path<String>) ->
 /// `PUT /{collection}/{id}`: create or replace, under `If-Match`.
 pub(super) async fn put<K: Kind>(
     caller: Caller<EnrollmentWrite>,
+    hubs: web::Data<crate::hubs::Hubs>,
     req: HttpRequest,
     id: web::Path<String>,
     body: Json<BODY_LIMIT>,
@@ -88,6 +103,7 @@ pub(super) async fn put<K: Kind>(
     parse_id::<K>(&id)?;
     let precondition = request::precondition(&req)?;
     let normalized = enrollment::normalize(K::KIND, body.0, Some(&id))?;
+    check_webhook(hubs.outbound(), &normalized)?;
     check_hubs(caller.hubs(), &normalized.named_hubs).await?;
     let (record, _created) = caller
         .enrollment_writer()
@@ -155,7 +171,13 @@ fn item_error(kind: EnrollmentKind, index: usize, id: &str, code: ErrorCode, sta
 }
 
 /// Parses one bulk item for `mode`; the error is the item's error JSON.
-fn parse_item(kind: EnrollmentKind, mode: BulkMode, index: usize, item: Value) -> Result<BulkItem, Value> {
+fn parse_item(
+    kind: EnrollmentKind,
+    mode: BulkMode,
+    outbound: &zerotouch_outbound::OutboundPolicy,
+    index: usize,
+    item: Value,
+) -> Result<BulkItem, Value> {
     let id = item.get(kind.id_field()).and_then(Value::as_str).unwrap_or_default().to_owned();
     let invalid = |e: FieldError| item_error(kind, index, &id, ErrorCode::InvalidField, e.to_string());
     let etag = match item.get("etag") {
@@ -170,6 +192,7 @@ fn parse_item(kind: EnrollmentKind, mode: BulkMode, index: usize, item: Value) -
         }
         _ => {
             let normalized: NormalizedEnrollment = enrollment::normalize(kind, item, None).map_err(invalid)?;
+            check_webhook(outbound, &normalized).map_err(invalid)?;
             (normalized.key.clone(), Some(normalized))
         }
     };
@@ -182,6 +205,7 @@ fn parse_item(kind: EnrollmentKind, mode: BulkMode, index: usize, item: Value) -
 /// `POST /{collection}`: a bulk call of up to 10,000 items; each failure is reported with its index.
 pub(super) async fn bulk<K: Kind>(
     caller: Caller<EnrollmentWrite>,
+    hubs: web::Data<crate::hubs::Hubs>,
     body: Json<BULK_BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = K::KIND;
@@ -211,7 +235,7 @@ pub(super) async fn bulk<K: Kind>(
     let mut errors: Vec<(usize, Value)> = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        match parse_item(kind, mode, index, item) {
+        match parse_item(kind, mode, hubs.outbound(), index, item) {
             Ok(item) => parsed.push(item),
             Err(error) => errors.push((index, error)),
         }

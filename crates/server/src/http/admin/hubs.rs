@@ -62,6 +62,7 @@ pub(super) async fn get(caller: Caller<Read>, name: web::Path<String>) -> Result
 /// `PUT /hubs/{hostName}`: link or change a hub, under `If-Match` (owners only).
 pub(super) async fn put(
     caller: Caller<HubWrite>,
+    hubs: web::Data<crate::hubs::Hubs>,
     req: HttpRequest,
     name: web::Path<String>,
     body: Json<BODY_LIMIT>,
@@ -86,7 +87,7 @@ pub(super) async fn put(
         )
         .into());
     }
-    let settings = settings_of(caller.hubs(), &host, &hub).await?;
+    let settings = settings_of(caller.hubs(), hubs.outbound(), &host, &hub).await?;
     refuse_reserving_held_ids(caller.registrations(), hub.kind.as_str(), &settings).await?;
     let input = HubInput {
         host_name: host.as_str().to_owned(),
@@ -101,8 +102,14 @@ pub(super) async fn put(
 }
 
 /// The settings to store for `hub`: checked by building its adapter (which does not contact the hub); secrets
-/// left out are kept from the hub's current settings if its kind is unchanged.
-async fn settings_of(hubs: HubReader<'_>, host: &HubHostName, hub: &Hub) -> Result<Value, ApiError> {
+/// left out are kept from the hub's current settings if its kind and address are unchanged, and must be sent again
+/// when the address changes (`zerotouch_hub::carry_over_secrets`).
+async fn settings_of(
+    hubs: HubReader<'_>,
+    outbound: &zerotouch_outbound::OutboundPolicy,
+    host: &HubHostName,
+    hub: &Hub,
+) -> Result<Value, ApiError> {
     let settings = hub.settings.clone().unwrap_or_else(|| Value::Object(Default::default()));
     let Value::Object(mut fields) = settings else {
         return Err(FieldError::new("settings", "must be a JSON object").into());
@@ -116,18 +123,14 @@ async fn settings_of(hubs: HubReader<'_>, host: &HubHostName, hub: &Hub) -> Resu
     match hubs.get(host.as_str()).await {
         Ok(current) if current.hub.kind == hub.kind.as_str() => {
             if let Value::Object(stored) = current.hub.settings {
-                for name in zerotouch_hub::SECRET_SETTINGS {
-                    if let (false, Some(secret)) = (fields.contains_key(*name), stored.get(*name)) {
-                        fields.insert((*name).to_owned(), secret.clone());
-                    }
-                }
+                zerotouch_hub::carry_over_secrets(&stored, &mut fields)?;
             }
         }
         Ok(_) | Err(zerotouch_store::StoreError::NotFound) => {}
         Err(e) => return Err(ApiError::internal(e)),
     }
     let settings = Value::Object(fields);
-    zerotouch_hub::adapter_for(hub.kind.as_str(), host.as_str(), &settings)
+    zerotouch_hub::adapter_for(hub.kind.as_str(), host.as_str(), &settings, outbound)
         .map_err(|e| FieldError::new("settings", e.to_string()))?;
     Ok(settings)
 }

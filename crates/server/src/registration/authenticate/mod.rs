@@ -37,11 +37,14 @@ pub struct Authenticated {
     pub operational: Option<String>,
     /// A TPM device's register: the blob of its new hub key, for the result (§3.1 step 4).
     pub tpm: Option<tpm::TpmOutcome>,
+    /// A device that proved itself with a symmetric key: which of its enrollment's keys (its hub identity gets
+    /// that one where the hub holds one password per identity).
+    pub key_slot: Option<zerotouch_wire::KeySlot>,
 }
 
 impl Authenticated {
     fn by(enrollment: Arc<Enrollment>) -> Self {
-        Self { enrollment, x509: None, operational: None, tpm: None }
+        Self { enrollment, x509: None, operational: None, tpm: None, key_slot: None }
     }
 
     /// The name of the device's request budget (`--device-rate-limit`): its registration id and the enrollment

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use zerotouch_attest::sas;
+use zerotouch_wire::KeySlot;
 use zerotouch_wire::enrollment::EnrollmentKind;
 
 use super::super::RegistrationService;
@@ -61,8 +62,10 @@ impl RegistrationService {
             };
             let keys: Vec<&[u8]> = keys.iter().map(|k| k.expose_bytes()).collect();
             return match sas::verify(&token, &expected, &keys) {
-                Ok(_) => {
-                    let authenticated = Authenticated::by(Arc::new(enrollment));
+                Ok(index) => {
+                    let slot = KeySlot::of_index(index, enrollment.record.primary_key.is_some());
+                    let authenticated =
+                        Authenticated { key_slot: Some(slot), ..Authenticated::by(Arc::new(enrollment)) };
                     self.caches.remember_verified(device, token.expiry, &authenticated.budget(device));
                     Ok(authenticated)
                 }
@@ -80,8 +83,9 @@ impl RegistrationService {
                 .collect();
             let derived: Vec<&[u8]> = derived.iter().map(|k| k.as_slice()).collect();
             match sas::verify(&token, &expected, &derived) {
-                Ok(_) => {
-                    let authenticated = Authenticated::by(Arc::clone(group));
+                Ok(index) => {
+                    let slot = KeySlot::of_index(index, group.record.primary_key.is_some());
+                    let authenticated = Authenticated { key_slot: Some(slot), ..Authenticated::by(Arc::clone(group)) };
                     self.caches.remember_verified(device, token.expiry, &authenticated.budget(device));
                     return Ok(authenticated);
                 }
