@@ -286,13 +286,16 @@ impl Server {
     }
 
     /// Stops the server (SIGTERM) and starts a new one on the same data dir and database.
-    pub async fn restart(mut self, backend: Backend) -> anyhow::Result<(ExitStatus, Server)> {
+    pub async fn restart(self, backend: Backend) -> anyhow::Result<(ExitStatus, Server)> {
+        self.restart_with(backend, Options::default()).await
+    }
+
+    /// Stops the server (SIGTERM) and starts a new one on the same data dir and database, with `options` (whose
+    /// data dir and database are replaced).
+    pub async fn restart_with(mut self, backend: Backend, options: Options) -> anyhow::Result<(ExitStatus, Server)> {
         let status = self.stop()?;
-        let options = Options {
-            data_dir: Some(self.data_dir.clone()),
-            database_url: Some(self.database_url.clone()),
-            ..Default::default()
-        };
+        let options =
+            Options { data_dir: Some(self.data_dir.clone()), database_url: Some(self.database_url.clone()), ..options };
         let mut next = Server::start_with(backend, options).await?;
         next._temp.append(&mut self._temp);
         next._database = self._database.take();

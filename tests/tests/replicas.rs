@@ -27,6 +27,8 @@ fn free_port() -> u16 {
 /// Three replicas on one database and HAProxy in front of their device listeners.
 struct Cluster {
     replicas: Vec<Server>,
+    /// How each replica was started (its device port pinned, so that a restarted one takes its place).
+    options: Vec<Options>,
     haproxy: Child,
     /// `https://127.0.0.1:PORT` of HAProxy's device frontend.
     device_url: String,
@@ -38,13 +40,19 @@ struct Cluster {
 impl Cluster {
     async fn start(count: usize) -> Self {
         // The first replica migrates the database and makes the shared material (as the chart's Secrets hold it).
-        let first = Server::start_with(Backend::Postgres, Options::default()).await.unwrap();
+        // Each replica's device port is chosen here, so that HAProxy keeps pointing at a restarted replica.
+        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let listen = |i: usize| vec!["--device-listen".to_owned(), format!("127.0.0.1:{}", ports[i])];
+        let first_options = Options { args: listen(0), ..Default::default() };
+        let first = Server::start_with(Backend::Postgres, first_options.clone()).await.unwrap();
         let data_dir = first.data_dir.clone();
         let shared = |name: &str| data_dir.join(name).to_str().unwrap().to_owned();
         let mut replicas = vec![first];
-        for _ in 1..count {
+        let mut all_options = vec![first_options];
+        for i in 1..count {
             let first = &replicas[0];
             let mut options = first.replica_options();
+            options.args.extend(listen(i));
             options.args.extend([
                 "--no-migrate".into(),
                 "--id-scope".into(),
@@ -57,7 +65,8 @@ impl Cluster {
                 shared("ca-passphrase"),
             ]);
             options.trust_bundle = Some(data_dir.join("trust-bundle.pem"));
-            replicas.push(Server::start_with(Backend::Postgres, options).await.unwrap());
+            replicas.push(Server::start_with(Backend::Postgres, options.clone()).await.unwrap());
+            all_options.push(options);
         }
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -91,7 +100,15 @@ impl Cluster {
             assert!(Instant::now() < deadline, "haproxy did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { replicas, haproxy, device_url, client, _dir: dir }
+        Self { replicas, options: all_options, haproxy, device_url, client, _dir: dir }
+    }
+
+    /// Stops replica `i` with SIGTERM (it drains) and starts it again in its place; the stopped process's status.
+    async fn restart(&mut self, i: usize) -> std::process::ExitStatus {
+        let replica = self.replicas.remove(i);
+        let (status, next) = replica.restart_with(Backend::Postgres, self.options[i].clone()).await.unwrap();
+        self.replicas.insert(i, next);
+        status
     }
 
     fn first(&self) -> &Server {
@@ -146,6 +163,8 @@ fn token(scope: &str, device: &Device) -> String {
 
 /// Requests that failed in transport or with a 5xx and were sent again (what a killed replica costs the devices).
 static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Of those, the answers with a 5xx status (a replica that drains answers none).
+static SERVER_ERRORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Registers `device` through `url` and polls to the end, retrying as the device SDKs do: a transport error, a
 /// 429 or a 5xx sends the register again after a backoff. Returns the final operation.
@@ -164,6 +183,9 @@ async fn register_retrying(client: &reqwest::Client, url: &str, scope: &str, dev
             }
             Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => {
                 RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if response.status().is_server_error() {
+                    SERVER_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
@@ -186,6 +208,9 @@ async fn register_retrying(client: &reqwest::Client, url: &str, scope: &str, dev
                 Ok(response) if response.status().as_u16() == 202 => {}
                 Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => {
                     RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if response.status().is_server_error() {
+                        SERVER_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 Ok(response) => {
                     let status = response.status();
@@ -280,18 +305,18 @@ async fn one_device_through_three_replicas_at_once_is_one_registration() {
     assert_one_each(&registrations, &certificates, 1);
 }
 
-/// A replica killed with SIGKILL during a storm of 5,000 devices through HAProxy: the devices retry as the SDKs
-/// do and every one ends `assigned`, once, with one active certificate; nothing the killed replica was writing is
-/// left half-done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_during_a_storm_loses_nothing() {
-    const DEVICES: usize = 5_000;
+/// A storm of `count` devices of the group through HAProxy, `CONCURRENCY` at a time, each retrying as the SDKs do
+/// and asserting it ends `assigned`: the workers, and how many devices finished so far.
+fn start_storm(
+    cluster: &Cluster,
+    group_key: &[u8],
+    prefix: &str,
+    count: usize,
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<std::sync::atomic::AtomicUsize>) {
     const CONCURRENCY: usize = 64;
-    let mut cluster = Cluster::start(3).await;
-    let group_key = cluster.enroll_group().await;
     let scope = cluster.first().id_scope.clone();
     let devices: Arc<Vec<Device>> =
-        Arc::new((0..DEVICES).map(|i| device(&group_key, &format!("storm-{i:05}"))).collect());
+        Arc::new((0..count).map(|i| device(group_key, &format!("{prefix}-{i:05}"))).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -308,13 +333,39 @@ async fn a_replica_killed_during_a_storm_loses_nothing() {
             }
         }));
     }
-    // Kill the second replica once the storm is well under way.
+    (workers, done)
+}
+
+/// Waits until `n` devices of a storm finished; their count then.
+async fn finished(done: &std::sync::atomic::AtomicUsize, n: usize) -> usize {
     let started = Instant::now();
-    while done.load(std::sync::atomic::Ordering::Relaxed) < DEVICES / 4 {
+    while done.load(std::sync::atomic::Ordering::Relaxed) < n {
         assert!(started.elapsed() < Duration::from_secs(120), "the storm does not progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let killed_at = done.load(std::sync::atomic::Ordering::Relaxed);
+    done.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// After a storm: every device of the group `assigned`, once, with one active certificate, and no certificate of
+/// an attempt that lost.
+async fn assert_storm_written_once(cluster: &Cluster, devices: usize) {
+    let (registrations, certificates) = database_view(cluster).await;
+    assert_one_each(&registrations, &certificates, devices);
+    let storm: std::collections::HashSet<&str> = registrations.iter().map(|r| r.key.as_str()).collect();
+    assert!(certificates.iter().all(|c| storm.contains(c.registration_key.as_str())));
+}
+
+/// A replica killed with SIGKILL a quarter into a storm of 5,000 devices through HAProxy: the devices retry as the
+/// SDKs do and every one ends `assigned`, once, with one active certificate; nothing the killed replica was
+/// writing is left half-done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_a_storm_loses_nothing() {
+    const DEVICES: usize = 5_000;
+    let mut cluster = Cluster::start(3).await;
+    let group_key = cluster.enroll_group().await;
+    let started = Instant::now();
+    let (workers, done) = start_storm(&cluster, &group_key, "storm", DEVICES);
+    let killed_at = finished(&done, DEVICES / 4).await;
     cluster.replicas[1].kill().unwrap();
     for worker in workers {
         worker.await.unwrap();
@@ -323,9 +374,35 @@ async fn a_replica_killed_during_a_storm_loses_nothing() {
     let retried = RETRIED.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{DEVICES} devices in {:?}; replica killed after {killed_at}; {retried} retries", started.elapsed());
     assert!(retried > 0, "the kill cost some requests, which the devices sent again");
-    let (registrations, certificates) = database_view(&cluster).await;
-    assert_one_each(&registrations, &certificates, DEVICES);
-    // Every certificate belongs to a registration of the storm: none was written for an attempt that lost.
-    let storm: std::collections::HashSet<&str> = registrations.iter().map(|r| r.key.as_str()).collect();
-    assert!(certificates.iter().all(|c| storm.contains(c.registration_key.as_str())));
+    assert_storm_written_once(&cluster, DEVICES).await;
+}
+
+/// A rolling restart of all three replicas (SIGTERM, then a new process in its place, one after the other, as a
+/// Deployment rolls) during a storm of 3,000 devices: each replica drains and exits cleanly, no device gets a
+/// server error, and every one ends `assigned`, once, with one active certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_during_a_storm_fails_no_device() {
+    const DEVICES: usize = 3_000;
+    let mut cluster = Cluster::start(3).await;
+    let group_key = cluster.enroll_group().await;
+    let started = Instant::now();
+    let (workers, done) = start_storm(&cluster, &group_key, "rolling", DEVICES);
+    finished(&done, DEVICES / 10).await;
+    for i in 0..cluster.replicas.len() {
+        let status = cluster.restart(i).await;
+        assert!(status.success(), "replica {i} drained and exited cleanly: {status}");
+    }
+    let restarted_by = done.load(std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(restarted_by < DEVICES, "the replicas restarted during the storm");
+    let server_errors = SERVER_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{DEVICES} devices in {:?}; all three restarted by {restarted_by}; {} retries, {server_errors} server errors",
+        started.elapsed(),
+        RETRIED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(server_errors, 0, "a draining replica answers no 5xx");
+    assert_storm_written_once(&cluster, DEVICES).await;
 }
