@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 
 pub mod device;
 pub mod mosquitto;
+pub mod postgres;
 pub mod webhook;
 pub use zerotouch_store::Backend;
 use zerotouch_store::test_support::TestDatabase;
