@@ -206,6 +206,17 @@ impl Server {
         }
     }
 
+    /// A rustls client configuration trusting this server's trust bundle (for raw TLS and MQTT clients).
+    pub fn tls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        init();
+        let pem = std::fs::read(self.data_dir.join("trust-bundle.pem"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert?)?;
+        }
+        Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+    }
+
     /// The full URL of a device API path.
     pub fn device(&self, path: &str) -> String {
         format!("{}{path}", self.device_url)

@@ -616,24 +616,7 @@ async fn hubs_round_trip_postgres() {
 
 /// A registration state as a device's registration would leave it.
 fn registration(id: &str, group_key: Option<&str>) -> RegistrationRecord {
-    let now = Utc::now();
-    RegistrationRecord {
-        key: id.to_ascii_lowercase(),
-        registration_id: id.to_owned(),
-        enrollment_group_key: group_key.map(str::to_owned),
-        device_id: Some(id.to_owned()),
-        assigned_hub: Some("hub-a.example.com".into()),
-        status: "assigned".into(),
-        substatus: Some("initialAssignment".into()),
-        error_code: None,
-        error_message: None,
-        payload: None,
-        initial_twin: None,
-        hub_key_slot: None,
-        etag: String::new(),
-        created_at: now,
-        updated_at: now,
-    }
+    zerotouch_store::test_support::assigned_registration(id, group_key, id, "hub-a.example.com")
 }
 
 async fn registrations_round_trip(backend: Backend) {

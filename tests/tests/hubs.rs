@@ -308,12 +308,7 @@ async fn broker_down_storm(backend: Backend) {
     let mut broker = Broker::start(&server, "mqtt-storm.example.com");
     link(&api, &broker).await;
     let group_key = [5u8; 32];
-    let group = json!({
-        "enrollmentGroupId": "storm",
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key), "secondaryKey": STANDARD.encode([6u8; 32])}},
-        "iotHubs": [broker.host_name],
-        "allocationPolicy": "static",
-    });
+    let group = keyed(("enrollmentGroupId", "storm"), &group_key, &[6u8; 32], &broker.host_name);
     ok(api.put("/enrollmentGroups/storm", &group).await).await;
     broker.process.stop();
 
@@ -628,12 +623,7 @@ async fn hub_accounts_cannot_be_taken_over(backend: Backend) {
     }
     // Through a group: the registration id is the device id.
     let group_key = [22u8; 32];
-    let group = json!({
-        "enrollmentGroupId": "fleet",
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key), "secondaryKey": STANDARD.encode([23u8; 32])}},
-        "iotHubs": [a.host_name],
-        "allocationPolicy": "static",
-    });
+    let group = keyed(("enrollmentGroupId", "fleet"), &group_key, &[23u8; 32], &a.host_name);
     ok(api.put("/enrollmentGroups/fleet", &group).await).await;
     let derived = zerotouch_attest::sas::derive_device_key(&group_key, &admin).to_vec();
     refused(&server, &api, dir.path(), &admin, &derived, true, 400213).await;
@@ -687,22 +677,8 @@ async fn hub_accounts_cannot_be_taken_over(backend: Backend) {
 
     // A database from before the fix, where registrations hold the admin's and the account's names: disabling
     // and deleting them leaves the broker's clients alone.
-    let saved = |key: &str, device_id: &str| zerotouch_store::RegistrationRecord {
-        key: key.into(),
-        registration_id: key.into(),
-        enrollment_group_key: None,
-        device_id: Some(device_id.into()),
-        assigned_hub: Some(a.host_name.clone()),
-        status: "assigned".into(),
-        substatus: Some("initialAssignment".into()),
-        error_code: None,
-        error_message: None,
-        payload: None,
-        initial_twin: None,
-        hub_key_slot: None,
-        etag: String::new(),
-        created_at: chrono::Utc::now(),
-        updated_at: chrono::Utc::now(),
+    let saved = |key: &str, device_id: &str| {
+        zerotouch_store::test_support::assigned_registration(key, None, device_id, &a.host_name)
     };
     ok(api.put("/enrollments/legacy-ops", &individual("legacy-ops", &key, &a.host_name, "enabled")).await).await;
     store.registrations().save(saved("legacy-ops", "ops-console")).await.unwrap();

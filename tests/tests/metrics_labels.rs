@@ -83,23 +83,14 @@ async fn attack_http(server: &Server, base: &str, round: usize) {
     }
 }
 
-/// A TLS client configuration trusting the server's trust bundle.
-fn tls_config(server: &Server) -> rustls::ClientConfig {
-    zerotouch_tests::init();
-    let pem = std::fs::read(server.data_dir.join("trust-bundle.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
-}
-
 /// Connects to the MQTT endpoint as the enrolled device `id` and subscribes to its responses.
 async fn connect_mqtt(server: &Server, id: &str, key: &[u8]) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(id, "127.0.0.1", server.mqtt_addr.port());
     let password = sas::sign(&format!("{}%2Fregistrations%2F{id}", server.id_scope), now() + 3600, key, None);
     options.set_credentials(format_username(&server.id_scope, id, "2019-03-31", None), password);
-    options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(server)))));
+    options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(
+        server.tls_config().unwrap(),
+    ))));
     let (client, mut events) = AsyncClient::new(options, 16);
     client.subscribe(RESPONSE_FILTER, QoS::AtLeastOnce).await.unwrap();
     loop {

@@ -26,17 +26,6 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// A TLS client configuration trusting the server's trust bundle.
-fn tls_config(server: &Server) -> rustls::ClientConfig {
-    zerotouch_tests::init();
-    let pem = std::fs::read(server.data_dir.join("trust-bundle.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
-}
-
 /// A hub and an individual symmetric-key enrollment for `id`; returns its key.
 async fn enroll(server: &Server, id: &str) -> [u8; 32] {
     let api = Api::new(server, "owner");
@@ -84,7 +73,9 @@ async fn connect(
     options.set_credentials(username, password);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(256 * 1024, 256 * 1024);
-    options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(server)))));
+    options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(
+        server.tls_config().unwrap(),
+    ))));
     let (client, mut events) = AsyncClient::new(options, 16);
     loop {
         match tokio::time::timeout(WAIT, events.poll()).await.expect("no CONNACK") {
@@ -320,7 +311,7 @@ async fn csr_issues_a_certificate_and_tpm_is_refused() {
 
 /// Opens a raw TLS connection to the endpoint.
 async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(server)));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(server.tls_config().unwrap()));
     let tcp = tokio::net::TcpStream::connect(server.mqtt_addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     connector.connect(name, tcp).await.unwrap()

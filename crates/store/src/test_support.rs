@@ -142,3 +142,31 @@ pub async fn commit_enrolled(
     }
     store.registrations().commit(outcome, snapshot).await
 }
+
+/// A registration state as a device's first registration leaves it: `assigned` to `hub` as `device_id`, through
+/// `group` (else its individual enrollment), keyed by the lower-cased id; tests change what they need.
+pub fn assigned_registration(
+    registration_id: &str,
+    group: Option<&str>,
+    device_id: &str,
+    hub: &str,
+) -> crate::RegistrationRecord {
+    let now = crate::now();
+    crate::RegistrationRecord {
+        key: registration_id.to_ascii_lowercase(),
+        registration_id: registration_id.to_owned(),
+        enrollment_group_key: group.map(str::to_ascii_lowercase),
+        device_id: Some(device_id.to_owned()),
+        assigned_hub: Some(hub.to_owned()),
+        status: "assigned".into(),
+        substatus: Some("initialAssignment".into()),
+        error_code: None,
+        error_message: None,
+        payload: None,
+        initial_twin: None,
+        hub_key_slot: None,
+        etag: String::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}

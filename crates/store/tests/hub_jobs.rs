@@ -39,21 +39,8 @@ fn attempt(
 ) -> RegistrationOutcome {
     let now = Utc::now();
     let record = RegistrationRecord {
-        key: id.to_owned(),
-        registration_id: id.to_owned(),
-        enrollment_group_key: None,
-        device_id: Some(id.to_owned()),
-        assigned_hub: Some(hub.to_owned()),
         status: "assigning".into(),
-        substatus: Some("initialAssignment".into()),
-        error_code: None,
-        error_message: None,
-        payload: None,
-        initial_twin: None,
-        hub_key_slot: None,
-        etag: String::new(),
-        created_at: now,
-        updated_at: now,
+        ..zerotouch_store::test_support::assigned_registration(id, None, id, hub)
     };
     RegistrationOutcome {
         operation: OperationRecord {

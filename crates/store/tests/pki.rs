@@ -94,23 +94,7 @@ async fn ready_ca(store: &Store, name: &str) {
 }
 
 fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
-    RegistrationRecord {
-        key: id.to_ascii_lowercase(),
-        registration_id: id.to_owned(),
-        enrollment_group_key: group.map(str::to_ascii_lowercase),
-        device_id: Some(id.to_owned()),
-        assigned_hub: Some("hub-a.example.com".to_owned()),
-        status: "assigned".to_owned(),
-        substatus: Some("initialAssignment".to_owned()),
-        error_code: None,
-        error_message: None,
-        payload: None,
-        initial_twin: None,
-        hub_key_slot: None,
-        etag: String::new(),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    }
+    zerotouch_store::test_support::assigned_registration(id, group, id, "hub-a.example.com")
 }
 
 /// A certificate of `registration` issued by `ca`, valid for `days` (negative: expired), with a serial and

@@ -163,21 +163,9 @@ fn hub_input(host_name: &str, weight: u32) -> HubInput {
 
 fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
     RegistrationRecord {
-        key: key(id),
-        registration_id: id.to_owned(),
-        enrollment_group_key: group.map(key),
-        device_id: Some(id.to_owned()),
-        assigned_hub: Some("hub-a.example.com".to_owned()),
-        status: "assigned".to_owned(),
-        substatus: Some("initialAssignment".to_owned()),
-        error_code: None,
-        error_message: None,
         payload: Some(json!({"room": 7})),
         initial_twin: Some(json!({"tags": {"floor": 3}})),
-        hub_key_slot: None,
-        etag: String::new(),
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
+        ..zerotouch_store::test_support::assigned_registration(id, group, id, "hub-a.example.com")
     }
 }
 
