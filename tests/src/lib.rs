@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod cluster;
 pub mod device;
 pub mod mosquitto;
 pub mod postgres;
@@ -89,6 +90,8 @@ pub struct Server {
     /// A client that trusts the data dir's trust bundle.
     pub client: reqwest::Client,
     log_dir: PathBuf,
+    /// The log directories of the processes this one replaced ([`Server::restart_with`]), oldest first.
+    earlier_log_dirs: Vec<PathBuf>,
     _temp: Vec<tempfile::TempDir>,
     _database: Option<TestDatabase>,
     /// Tokens minted through [`Server::token`]: secrets that must never appear in the service's logs.
@@ -97,6 +100,11 @@ pub struct Server {
 
 fn read_lossy(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// What a process printed into `log_dir` (stdout, then stderr).
+fn logs_in(log_dir: &Path) -> String {
+    format!("{}{}", read_lossy(&log_dir.join("stdout")), read_lossy(&log_dir.join("stderr")))
 }
 
 impl Server {
@@ -147,6 +155,7 @@ impl Server {
             id_scope: String::new(),
             client: reqwest::Client::new(),
             log_dir,
+            earlier_log_dirs: Vec::new(),
             _temp: vec![temp],
             _database: database,
             minted: std::sync::Mutex::new(Vec::new()),
@@ -258,7 +267,7 @@ impl Server {
 
     /// Panics if a secret of [`Server::secrets`] appears in the logs (naming which, not showing it).
     pub fn assert_no_secret_in_logs(&self) {
-        let logs = self.logs();
+        let logs = self.all_logs();
         for (i, secret) in self.secrets().iter().enumerate() {
             assert!(
                 !logs.contains(secret.as_str()),
@@ -268,9 +277,19 @@ impl Server {
         }
     }
 
-    /// Everything the service printed so far (stdout, then stderr).
+    /// The running process's id (none once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the running process printed so far (stdout, then stderr).
     pub fn logs(&self) -> String {
-        format!("{}{}", read_lossy(&self.log_dir.join("stdout")), read_lossy(&self.log_dir.join("stderr")))
+        logs_in(&self.log_dir)
+    }
+
+    /// Everything every process on this data dir printed: the ones it replaced on restarts, then the running one.
+    pub fn all_logs(&self) -> String {
+        self.earlier_log_dirs.iter().chain([&self.log_dir]).map(|dir| logs_in(dir)).collect()
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for the process to exit; returns its status.
@@ -310,6 +329,8 @@ impl Server {
             Options { data_dir: Some(self.data_dir.clone()), database_url: Some(self.database_url.clone()), ..options };
         let mut next = Server::start_with(backend, options).await?;
         next._temp.append(&mut self._temp);
+        next.earlier_log_dirs = std::mem::take(&mut self.earlier_log_dirs);
+        next.earlier_log_dirs.push(self.log_dir.clone());
         next._database = self._database.take();
         if let (Ok(mut theirs), Ok(ours)) = (next.minted.lock(), self.minted.lock()) {
             theirs.extend(ours.iter().cloned());

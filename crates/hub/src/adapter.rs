@@ -2,14 +2,17 @@
 
 use async_trait::async_trait;
 
-use crate::device::{DeviceId, DeviceIdentity, Owner};
+use crate::device::{ChangeId, DeviceId, DeviceIdentity, Owner};
 use crate::error::{HubError, SettingsError};
 use crate::mosquitto::{MosquittoAdapter, MosquittoSettings};
 use crate::webhook::{WebhookAdapter, WebhookSettings};
 
 /// One downstream hub. Every operation is idempotent, so a caller (the outbox) may retry any of them after any
-/// failure, including a timeout after which the hub may or may not have applied the request. Callers must not run
-/// two operations on the same device at once: the last one to reach the hub wins.
+/// failure, including a timeout after which the hub may or may not have applied the request. Every operation
+/// carries the [`ChangeId`] of the change it delivers, the same on every retry: an adapter that can tell the
+/// change was applied already (Mosquitto, by the identity's mark) does nothing the second time, and a webhook
+/// receiver gets it to do the same. Callers must not run two operations on the same device at once: the last one to
+/// reach the hub wins.
 #[async_trait]
 pub trait HubAdapter: Send + Sync {
     /// The hub's name, as in error messages.
@@ -23,11 +26,11 @@ pub trait HubAdapter: Send + Sync {
 
     /// Cuts the device off, keeping its identity. Succeeds when the device does not exist; an identity that is
     /// not `owner`'s is left alone ([`HubError::NotManaged`]).
-    async fn disable_device(&self, device_id: &DeviceId, owner: &Owner) -> Result<(), HubError>;
+    async fn disable_device(&self, device_id: &DeviceId, owner: &Owner, change: &ChangeId) -> Result<(), HubError>;
 
     /// Removes the device's identity. Succeeds when the device does not exist; an identity that is not `owner`'s
     /// is left alone ([`HubError::NotManaged`]).
-    async fn delete_device(&self, device_id: &DeviceId, owner: &Owner) -> Result<(), HubError>;
+    async fn delete_device(&self, device_id: &DeviceId, owner: &Owner, change: &ChangeId) -> Result<(), HubError>;
 
     /// Checks that the hub is reachable and accepts the adapter's credentials.
     async fn health(&self) -> Result<(), HubError>;

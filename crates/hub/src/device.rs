@@ -76,6 +76,31 @@ impl std::fmt::Display for Owner {
     }
 }
 
+/// Which change an operation carries: the outbox job that asked for it (`hub_jobs.id`). Every delivery of one
+/// change carries the same id, and each change has its own, so a hub can tell a repeated delivery (a retry after a
+/// timeout whose request the hub had applied, or a job taken over from a replica that stopped) from a new change:
+/// Mosquitto identities record the last change applied in their mark, webhook receivers get it in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeId(String);
+
+impl ChangeId {
+    /// The change `id` names.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How the device authenticates to the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -132,6 +157,8 @@ pub struct DeviceIdentity {
     pub enabled: bool,
     /// Initial twin or tags, for hubs that have such a thing (Mosquitto has none and ignores it).
     pub initial_twin: Option<serde_json::Value>,
+    /// The change this identity is the result of.
+    pub change: ChangeId,
 }
 
 #[cfg(test)]
@@ -159,6 +186,7 @@ mod tests {
             credential: Credential::SymmetricKey(SymmetricKeys::single(key)),
             enabled: true,
             initial_twin: None,
+            change: ChangeId::new("job-1"),
         };
         let text = format!("{identity:?}");
         assert!(!text.contains("AAECAwQF"), "{text}");

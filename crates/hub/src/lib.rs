@@ -40,9 +40,13 @@
 //!
 //! | operation | method | body |
 //! |---|---|---|
-//! | create or update | `POST` | `{"operation": "upsert", "deviceId", "enabled", "credential", "initialTwin"?}` |
-//! | disable | `PUT` | `{"operation": "disable", "deviceId", "enabled": false}` |
-//! | delete | `DELETE` | `{"operation": "delete", "deviceId"}` |
+//! | create or update | `POST` | `{"operation": "upsert", "changeId", "deviceId", "enabled", "credential", "initialTwin"?}` |
+//! | disable | `PUT` | `{"operation": "disable", "changeId", "deviceId", "enabled": false}` |
+//! | delete | `DELETE` | `{"operation": "delete", "changeId", "deviceId"}` |
+//!
+//! `changeId` names the change the request delivers ([`ChangeId`]): the outbox retries a delivery whose outcome it
+//! did not learn (a timeout, a replica that stopped), and every retry carries the same `changeId`, so a receiver
+//! that remembers the ids it applied can apply each change exactly once.
 //!
 //! `credential` is `{"type": "x509", "subjectName": CN, "thumbprint": hex SHA-256}` or
 //! `{"type": "symmetricKey", "key": base64, "primaryKey"?: base64, "secondaryKey"?: base64}`: `key` is the key
@@ -77,7 +81,7 @@ pub use adapter::{
     ADDRESS_SETTINGS, HubAdapter, SECRET_SETTINGS, SecretNotResent, adapter_for, carry_over_secrets,
     reserved_device_ids,
 };
-pub use device::{Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner, SymmetricKeys};
+pub use device::{ChangeId, Credential, DeviceId, DeviceIdError, DeviceIdentity, Owner, SymmetricKeys};
 pub use error::{HubError, Operation, SettingsError};
 pub use mosquitto::{MosquittoAdapter, MosquittoSettings};
 pub use secret::Secret;

@@ -21,6 +21,11 @@
 //! checked; the errors that only say the state is already what the operation wants ("Role already exists",
 //! "Client not found" on delete, ...) count as success, which makes every operation idempotent.
 //!
+//! **Each change is applied once.** The mark also records the last change applied ([`ChangeId`], after
+//! `"; change "`). A delivery whose read finds its own change in the mark (the outbox retried after a timeout, or a
+//! replica took over a job another had delivered before it stopped) changes nothing more, so the broker sees one
+//! create or modify per change, not one per delivery.
+//!
 //! Commands are published at QoS 0 on a clean session: a request lost with a dropped connection is not replayed
 //! by the client library on the next connection (a stale replay could undo a newer operation); the caller sees
 //! `Unavailable` (no response in time) and retries.
@@ -40,7 +45,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::adapter::HubAdapter;
-use crate::device::{Credential, DeviceId, DeviceIdentity, Owner};
+use crate::device::{ChangeId, Credential, DeviceId, DeviceIdentity, Owner};
 use crate::error::{HubError, Operation, SettingsError};
 use crate::secret::Secret;
 use command::{Command, Response, Tolerate};
@@ -50,9 +55,13 @@ use link::Link;
 /// canonical id follows.
 pub const MARK_PREFIX: &str = "zerotouch device of registration ";
 
-/// The mark of an identity owned by `owner`.
-pub fn mark(owner: &Owner) -> String {
-    format!("{MARK_PREFIX}{owner}")
+/// What follows the owner in a mark: the last change applied to the identity ([`ChangeId`]).
+const CHANGE_SEPARATOR: &str = "; change ";
+
+/// The mark of an identity owned by `owner`, as `change` left it. A registration's canonical id has no `;`, so the
+/// two parts read back unambiguously.
+pub fn mark(owner: &Owner, change: &ChangeId) -> String {
+    format!("{MARK_PREFIX}{owner}{CHANGE_SEPARATOR}{change}")
 }
 
 /// Default time to wait for the broker's answer (and for the admin connection to come up).
@@ -185,12 +194,20 @@ impl MosquittoAdapter {
 
     /// Reads `device_id`'s client and decides whether `owner` may change it: `Ok(true)` it may, `Ok(false)` there
     /// is no such client.
-    async fn owned(&self, device_id: &DeviceId, owner: &Owner, operation: &Operation) -> Result<bool, HubError> {
+    /// Whether `owner` has a client named `device_id` that `change` has not been applied to yet (`false`: there is
+    /// nothing to do); another's client is [`HubError::NotManaged`].
+    async fn needs(
+        &self,
+        device_id: &DeviceId,
+        owner: &Owner,
+        change: &ChangeId,
+        operation: &Operation,
+    ) -> Result<bool, HubError> {
         let read = [get_client(device_id)];
         let answer = self.run(operation, &read).await?;
         match ownership(device_id, owner, answer.first()) {
             Ownership::Absent => Ok(false),
-            Ownership::Owned => Ok(true),
+            Ownership::Owned { change: applied } => Ok(applied.as_deref() != Some(change.as_str())),
             Ownership::Foreign(reason) => Err(self.not_managed(operation, reason)),
         }
     }
@@ -207,7 +224,10 @@ enum Ownership {
     /// No such client.
     Absent,
     /// The owner's: marked for it, or made by zerotouch 0.1.0 (unmarked, holding only its device role).
-    Owned,
+    Owned {
+        /// The last change applied to it, by its mark (none for a mark written before changes were recorded).
+        change: Option<String>,
+    },
     /// Not the owner's, and why.
     Foreign(String),
 }
@@ -220,9 +240,13 @@ fn ownership(device_id: &DeviceId, owner: &Owner, answer: Option<&Response>) -> 
     let client = answer.data.as_ref().and_then(|d| d.get("client"));
     let Some(client) = client else { return Ownership::Foreign("the broker's getClient answer has no client".into()) };
     let description = client.get("textdescription").and_then(serde_json::Value::as_str).unwrap_or_default();
-    if let Some(marked_for) = description.strip_prefix(MARK_PREFIX) {
+    if let Some(marked) = description.strip_prefix(MARK_PREFIX) {
+        let (marked_for, change) = match marked.split_once(CHANGE_SEPARATOR) {
+            Some((marked_for, change)) => (marked_for, Some(change.to_owned())),
+            None => (marked, None),
+        };
         return if marked_for == owner.as_str() {
-            Ownership::Owned
+            Ownership::Owned { change }
         } else {
             Ownership::Foreign(format!(
                 "client {device_id} belongs to another registration, which holds this device id on the hub"
@@ -241,7 +265,7 @@ fn ownership(device_id: &DeviceId, owner: &Owner, answer: Option<&Response>) -> 
     let roles = names("roles", "rolename");
     let groups = names("groups", "groupname");
     if roles == [role_name(device_id)] && groups.is_empty() {
-        return Ownership::Owned;
+        return Ownership::Owned { change: None };
     }
     Ownership::Foreign(format!(
         "client {device_id} exists on the broker and zerotouch did not create it (it has no zerotouch mark): \
@@ -279,7 +303,7 @@ impl HubAdapter for MosquittoAdapter {
         };
         let role = role_name(id);
         let acls = role_acls(id);
-        let mark = mark(&identity.owner);
+        let mark = mark(&identity.owner, &identity.change);
         let roles = if identity.enabled { json!([{"rolename": role}]) } else { json!([]) };
         // The plugin rewrites its whole configuration file after every change, so a new device costs two changes
         // (role, client) rather than five; only an identity that exists already is brought in line by modify,
@@ -300,7 +324,9 @@ impl HubAdapter for MosquittoAdapter {
         let created = |index: usize| answers.get(index).is_some_and(|a| a.error.is_none());
         match ownership(id, &identity.owner, answers.first()) {
             Ownership::Absent if created(1) && created(2) && identity.enabled => return Ok(()),
-            Ownership::Absent | Ownership::Owned => {}
+            // This change was applied already (a repeated delivery): the client is as it wants it.
+            Ownership::Owned { change: Some(applied) } if applied == identity.change.as_str() => return Ok(()),
+            Ownership::Absent | Ownership::Owned { .. } => {}
             Ownership::Foreign(reason) => {
                 if created(1) {
                     // The role this request made for nobody; best effort (an unused role grants nothing).
@@ -330,28 +356,29 @@ impl HubAdapter for MosquittoAdapter {
         self.run(&operation, &modify).await.map(drop)
     }
 
-    async fn disable_device(&self, device_id: &DeviceId, owner: &Owner) -> Result<(), HubError> {
+    async fn disable_device(&self, device_id: &DeviceId, owner: &Owner, change: &ChangeId) -> Result<(), HubError> {
         let operation = Operation::Disable(device_id.clone());
         self.refuse_admin(device_id, &operation)?;
-        if !self.owned(device_id, owner, &operation).await? {
+        if !self.needs(device_id, owner, change, &operation).await? {
             return Ok(());
         }
         // disableClient refuses password logins; taking the role away cuts off certificate clients too, which
-        // dynsec does not authenticate (see the crate docs).
+        // dynsec does not authenticate (see the crate docs). The mark records the change.
         let commands = [
             Command::new(json!({"command": "disableClient", "username": device_id.as_str()}), Tolerate::NotFound),
             Command::new(
-                json!({"command": "modifyClient", "username": device_id.as_str(), "roles": []}),
+                json!({"command": "modifyClient", "username": device_id.as_str(), "roles": [],
+                       "textdescription": mark(owner, change)}),
                 Tolerate::NotFound,
             ),
         ];
         self.run(&operation, &commands).await.map(drop)
     }
 
-    async fn delete_device(&self, device_id: &DeviceId, owner: &Owner) -> Result<(), HubError> {
+    async fn delete_device(&self, device_id: &DeviceId, owner: &Owner, change: &ChangeId) -> Result<(), HubError> {
         let operation = Operation::Delete(device_id.clone());
         self.refuse_admin(device_id, &operation)?;
-        if !self.owned(device_id, owner, &operation).await? {
+        if !self.needs(device_id, owner, change, &operation).await? {
             return Ok(());
         }
         let commands = [
@@ -383,12 +410,18 @@ mod tests {
         let owner = Owner::registration("dev-1");
         let client = |fields: serde_json::Value| answer(Some(json!({"client": fields})), None);
         assert_eq!(ownership(&id, &owner, Some(&answer(None, Some("Client not found")))), Ownership::Absent);
-        let ours = client(json!({"username": "dev-1", "textdescription": mark(&owner), "roles": []}));
-        assert_eq!(ownership(&id, &owner, Some(&ours)), Ownership::Owned);
+        let change = ChangeId::new("0193a7c2-job");
+        let ours = client(json!({"username": "dev-1", "textdescription": mark(&owner, &change), "roles": []}));
+        assert_eq!(ownership(&id, &owner, Some(&ours)), Ownership::Owned { change: Some(change.to_string()) });
+        let unchanged = client(json!({"username": "dev-1", "textdescription": format!("{MARK_PREFIX}dev-1")}));
+        assert_eq!(ownership(&id, &owner, Some(&unchanged)), Ownership::Owned { change: None });
         let legacy = client(json!({"username": "dev-1", "roles": [{"rolename": "zt-device-dev-1"}]}));
-        assert_eq!(ownership(&id, &owner, Some(&legacy)), Ownership::Owned);
-        let other = client(json!({"username": "dev-1", "textdescription": mark(&Owner::registration("x"))}));
+        assert_eq!(ownership(&id, &owner, Some(&legacy)), Ownership::Owned { change: None });
+        let other = client(json!({"username": "dev-1", "textdescription": mark(&Owner::registration("x"), &change)}));
         assert!(matches!(ownership(&id, &owner, Some(&other)), Ownership::Foreign(_)));
+        let longer = mark(&Owner::registration("dev-10"), &change);
+        let longer = client(json!({"username": "dev-1", "textdescription": longer}));
+        assert!(matches!(ownership(&id, &owner, Some(&longer)), Ownership::Foreign(_)));
         let admin = client(json!({"username": "dev-1", "roles": [{"rolename": "admin"}]}));
         assert!(matches!(ownership(&id, &owner, Some(&admin)), Ownership::Foreign(_)));
         let grouped = client(json!({"username": "dev-1", "roles": [{"rolename": "zt-device-dev-1"}],

@@ -12,7 +12,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::adapter::HubAdapter;
-use crate::device::{Credential, DeviceId, DeviceIdentity, Owner};
+use crate::device::{ChangeId, Credential, DeviceId, DeviceIdentity, Owner};
 use crate::error::{HubError, Operation, SettingsError};
 use crate::secret::Secret;
 use zerotouch_outbound::OutboundPolicy;
@@ -198,6 +198,7 @@ impl HubAdapter for WebhookAdapter {
         };
         let mut document = json!({
             "operation": "upsert",
+            "changeId": identity.change.as_str(),
             "deviceId": identity.device_id.as_str(),
             "enabled": identity.enabled,
             "credential": credential,
@@ -211,13 +212,16 @@ impl HubAdapter for WebhookAdapter {
 
     // A receiver cannot be asked who made an identity: the body is unchanged and the receiver keeps its own
     // records; zerotouch gives one device id on a hub to one registration (the registrations' unique index).
-    async fn disable_device(&self, device_id: &DeviceId, _owner: &Owner) -> Result<(), HubError> {
-        let body = to_body(&json!({"operation": "disable", "deviceId": device_id.as_str(), "enabled": false}));
+    async fn disable_device(&self, device_id: &DeviceId, _owner: &Owner, change: &ChangeId) -> Result<(), HubError> {
+        let body =
+            to_body(&json!({"operation": "disable", "changeId": change.as_str(), "deviceId": device_id.as_str(),
+                                   "enabled": false}));
         self.send(Operation::Disable(device_id.clone()), Method::PUT, device_id, body).await
     }
 
-    async fn delete_device(&self, device_id: &DeviceId, _owner: &Owner) -> Result<(), HubError> {
-        let body = to_body(&json!({"operation": "delete", "deviceId": device_id.as_str()}));
+    async fn delete_device(&self, device_id: &DeviceId, _owner: &Owner, change: &ChangeId) -> Result<(), HubError> {
+        let body =
+            to_body(&json!({"operation": "delete", "changeId": change.as_str(), "deviceId": device_id.as_str()}));
         self.send(Operation::Delete(device_id.clone()), Method::DELETE, device_id, body).await
     }
 

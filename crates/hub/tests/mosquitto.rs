@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::Broker;
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, adapter_for};
+use zerotouch_hub::{ChangeId, Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, adapter_for};
 use zerotouch_wire::SymmetricKey;
 
 const DELIVERY: Duration = Duration::from_secs(3);
@@ -25,6 +25,12 @@ fn owner(registration: &str) -> Owner {
     Owner::registration(registration)
 }
 
+/// A new change, as the outbox names each job.
+fn change() -> ChangeId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    ChangeId::new(format!("change-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+}
+
 fn cert_identity(device: &str, thumbprint: &str, enabled: bool) -> DeviceIdentity {
     DeviceIdentity {
         device_id: id(device),
@@ -32,6 +38,7 @@ fn cert_identity(device: &str, thumbprint: &str, enabled: bool) -> DeviceIdentit
         credential: Credential::Certificate { subject_cn: device.into(), thumbprint: thumbprint.into() },
         enabled,
         initial_twin: None,
+        change: change(),
     }
 }
 
@@ -42,6 +49,7 @@ fn key_identity(device: &str, key: &SymmetricKey, enabled: bool) -> DeviceIdenti
         credential: Credential::SymmetricKey(zerotouch_hub::SymmetricKeys::single(key.clone())),
         enabled,
         initial_twin: None,
+        change: change(),
     }
 }
 
@@ -109,7 +117,7 @@ async fn key_device_disable_enable_delete() {
     let wrong = broker.publish_with_password("meter-7", "d3JvbmcgcGFzc3dvcmQ=", "devices/meter-7/telemetry", "k-wrong");
     assert!(!wrong.success && !wrong.connected(), "wrong key accepted: {wrong:?}");
 
-    hub.disable_device(&id("meter-7"), &owner("meter-7")).await.unwrap();
+    hub.disable_device(&id("meter-7"), &owner("meter-7"), &change()).await.unwrap();
     let disabled = broker.publish_with_password("meter-7", &password, "devices/meter-7/telemetry", "k2");
     assert!(!disabled.success && !disabled.connected(), "disabled device connected: {disabled:?}");
 
@@ -118,16 +126,16 @@ async fn key_device_disable_enable_delete() {
     assert!(again.success, "{again:?}");
     assert!(subscriber.received("devices/meter-7/telemetry", "k3", DELIVERY));
 
-    hub.delete_device(&id("meter-7"), &owner("meter-7")).await.unwrap();
+    hub.delete_device(&id("meter-7"), &owner("meter-7"), &change()).await.unwrap();
     let deleted = broker.publish_with_password("meter-7", &password, "devices/meter-7/telemetry", "k4");
     assert!(!deleted.success && !deleted.connected(), "deleted device connected: {deleted:?}");
     assert!(!subscriber.received("devices/meter-7/telemetry", "k2", NO_DELIVERY));
     assert!(!subscriber.output().contains("k4"));
     assert!(broker.ctrl(&["listRoles"]).lines().all(|l| !l.contains("zt-device-meter-7")));
 
-    hub.delete_device(&id("meter-7"), &owner("meter-7")).await.unwrap();
-    hub.disable_device(&id("never-existed"), &owner("never-existed")).await.unwrap();
-    hub.delete_device(&id("never-existed"), &owner("never-existed")).await.unwrap();
+    hub.delete_device(&id("meter-7"), &owner("meter-7"), &change()).await.unwrap();
+    hub.disable_device(&id("never-existed"), &owner("never-existed"), &change()).await.unwrap();
+    hub.delete_device(&id("never-existed"), &owner("never-existed"), &change()).await.unwrap();
 }
 
 /// A certificate device that is disabled or deleted can still open a TLS connection (dynamic security does not
@@ -147,7 +155,7 @@ async fn certificate_device_disabled_or_deleted_publishes_nothing() {
     assert!(ok.success, "{ok:?}");
     assert!(subscriber.received("devices/cam-3/telemetry", "c1", DELIVERY));
 
-    hub.disable_device(&id("cam-3"), &owner("cam-3")).await.unwrap();
+    hub.disable_device(&id("cam-3"), &owner("cam-3"), &change()).await.unwrap();
     let disabled = broker.publish_with_cert(&cert, &key, "devices/cam-3/telemetry", "c2");
     assert!(disabled.connected() && disabled.output.contains("PUBACK (Mid: 1, RC:135)"), "{disabled:?}");
 
@@ -155,16 +163,17 @@ async fn certificate_device_disabled_or_deleted_publishes_nothing() {
     broker.publish_with_cert(&cert, &key, "devices/cam-3/telemetry", "c3");
     assert!(subscriber.received("devices/cam-3/telemetry", "c3", DELIVERY));
 
-    hub.delete_device(&id("cam-3"), &owner("cam-3")).await.unwrap();
+    hub.delete_device(&id("cam-3"), &owner("cam-3"), &change()).await.unwrap();
     broker.publish_with_cert(&cert, &key, "devices/cam-3/telemetry", "c4");
     assert!(!subscriber.received("devices/cam-3/telemetry", "c4", NO_DELIVERY));
     let output = subscriber.output();
     assert!(!output.contains(" c0") && !output.contains(" c2"), "{output}");
-    hub.delete_device(&id("cam-3"), &owner("cam-3")).await.unwrap();
+    hub.delete_device(&id("cam-3"), &owner("cam-3"), &change()).await.unwrap();
 }
 
 /// Upserting twice leaves one client with one role and exactly the device's ACLs; switching a device from a
-/// key to a certificate makes its old key useless; a certificate whose CN is not the device id is rejected.
+/// key to a certificate makes its old key useless; a change delivered twice is applied once; a certificate whose
+/// CN is not the device id is rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upsert_is_idempotent_and_replaces_the_credential() {
     let broker = Broker::start();
@@ -185,12 +194,27 @@ async fn upsert_is_idempotent_and_replaces_the_credential() {
     let old_key = broker.publish_with_password("gw-1", &key.to_base64(), "devices/gw-1/x", "m");
     assert!(!old_key.connected(), "the old key still works: {old_key:?}");
 
+    // A change delivered again (the outbox retries when it did not learn the outcome of a delivery) is applied
+    // once: the second delivery leaves the client as the first made it, even carrying other content; the next
+    // change applies.
+    let first_key = SymmetricKey::generate();
+    let first = key_identity("gw-3", &first_key, true);
+    hub.upsert_device(&first).await.unwrap();
+    let replayed = DeviceIdentity { credential: key_identity("gw-3", &key, true).credential, ..first.clone() };
+    hub.upsert_device(&replayed).await.unwrap();
+    assert!(broker.publish_with_password("gw-3", &first_key.to_base64(), "devices/gw-3/x", "m").success);
+    assert!(!broker.publish_with_password("gw-3", &key.to_base64(), "devices/gw-3/x", "m").connected());
+    hub.upsert_device(&key_identity("gw-3", &key, true)).await.unwrap();
+    assert!(broker.publish_with_password("gw-3", &key.to_base64(), "devices/gw-3/x", "m").success);
+    assert!(!broker.publish_with_password("gw-3", &first_key.to_base64(), "devices/gw-3/x", "m").connected());
+
     let mismatch = DeviceIdentity {
         device_id: id("gw-2"),
         owner: owner("gw-2"),
         credential: Credential::Certificate { subject_cn: "someone-else".into(), thumbprint },
         enabled: true,
         initial_twin: None,
+        change: change(),
     };
     let error = hub.upsert_device(&mismatch).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
@@ -216,12 +240,15 @@ async fn foreign_identities_are_left_alone() {
         assert!(error.to_string().contains("broker-a"), "{what}: {error}");
     };
     not_managed(hub.upsert_device(&key_identity("ops-console", &key, true)).await, "upsert of an account");
-    not_managed(hub.disable_device(&id("ops-console"), &owner("ops-console")).await, "disable of an account");
-    not_managed(hub.delete_device(&id("ops-console"), &owner("ops-console")).await, "delete of an account");
+    not_managed(
+        hub.disable_device(&id("ops-console"), &owner("ops-console"), &change()).await,
+        "disable of an account",
+    );
+    not_managed(hub.delete_device(&id("ops-console"), &owner("ops-console"), &change()).await, "delete of an account");
     not_managed(hub.upsert_device(&key_identity("admin", &key, true)).await, "upsert of the admin");
     not_managed(hub.upsert_device(&key_identity("ADMIN", &key, true)).await, "upsert of the admin, in capitals");
-    not_managed(hub.delete_device(&id("admin"), &owner("admin")).await, "delete of the admin");
-    not_managed(hub.disable_device(&id("admin"), &owner("admin")).await, "disable of the admin");
+    not_managed(hub.delete_device(&id("admin"), &owner("admin"), &change()).await, "delete of the admin");
+    not_managed(hub.disable_device(&id("admin"), &owner("admin"), &change()).await, "disable of the admin");
     let account = broker.publish_with_password("ops-console", "ops-password-123", "ops/x", "still-mine");
     assert!(account.connected(), "the operator's account must keep its password: {account:?}");
     assert!(!broker.ctrl(&["listRoles"]).contains("zt-device-ops-console"), "no stray role is left");
@@ -230,24 +257,31 @@ async fn foreign_identities_are_left_alone() {
     // Registration r-1 owns device dev-1; registration r-2 may not take, disable or delete it.
     let mine = DeviceIdentity { owner: owner("r-1"), ..key_identity("dev-1", &key, true) };
     hub.upsert_device(&mine).await.unwrap();
-    assert_eq!(description(&broker, "dev-1"), "zerotouch device of registration r-1");
+    assert_eq!(description(&broker, "dev-1"), format!("zerotouch device of registration r-1; change {}", mine.change));
     let other_key = SymmetricKey::generate();
     let theirs = DeviceIdentity { owner: owner("r-2"), ..key_identity("dev-1", &other_key, true) };
     not_managed(hub.upsert_device(&theirs).await, "upsert of another registration's device");
-    not_managed(hub.disable_device(&id("dev-1"), &owner("r-2")).await, "disable of another registration's device");
-    not_managed(hub.delete_device(&id("dev-1"), &owner("r-2")).await, "delete of another registration's device");
+    not_managed(
+        hub.disable_device(&id("dev-1"), &owner("r-2"), &change()).await,
+        "disable of another registration's device",
+    );
+    not_managed(
+        hub.delete_device(&id("dev-1"), &owner("r-2"), &change()).await,
+        "delete of another registration's device",
+    );
     let still = broker.publish_with_password("dev-1", &key.to_base64(), "devices/dev-1/x", "m");
     assert!(still.success, "the owner's device keeps its key: {still:?}");
     hub.upsert_device(&mine).await.unwrap();
-    hub.delete_device(&id("dev-1"), &owner("r-1")).await.unwrap();
+    hub.delete_device(&id("dev-1"), &owner("r-1"), &change()).await.unwrap();
     assert!(!broker.ctrl(&["listClients"]).lines().any(|l| l.trim() == "dev-1"));
 
     // A device made by zerotouch 0.1.0 (no mark, only its device role) is still ours, and gets the mark.
     broker.ctrl(&["createRole", "zt-device-old-1"]);
     broker.ctrl(&["createClient", "old-1", "-p", "old-password-123"]);
     broker.ctrl(&["addClientRole", "old-1", "zt-device-old-1"]);
-    hub.upsert_device(&key_identity("old-1", &key, true)).await.unwrap();
-    assert_eq!(description(&broker, "old-1"), "zerotouch device of registration old-1");
+    let old = key_identity("old-1", &key, true);
+    hub.upsert_device(&old).await.unwrap();
+    assert_eq!(description(&broker, "old-1"), format!("zerotouch device of registration old-1; change {}", old.change));
     hub.health().await.unwrap();
 }
 
@@ -285,11 +319,11 @@ async fn broker_down_is_unavailable_and_the_adapter_reconnects() {
     hub.upsert_device(&key_identity("d1", &key, true)).await.unwrap();
 
     broker.stop();
-    let error = hub.delete_device(&id("d1"), &owner("d1")).await.unwrap_err();
+    let error = hub.delete_device(&id("d1"), &owner("d1"), &change()).await.unwrap_err();
     assert!(matches!(error, HubError::Unavailable { .. }), "{error:?}");
     broker.restart();
     eventually(|| hub.health()).await;
-    hub.delete_device(&id("d1"), &owner("d1")).await.unwrap();
+    hub.delete_device(&id("d1"), &owner("d1"), &change()).await.unwrap();
 }
 
 /// Wrong admin credentials give `Unavailable` with a message that points at them and never shows the password.

@@ -4,7 +4,9 @@
 
 mod support;
 
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys, adapter_for};
+use zerotouch_hub::{
+    ChangeId, Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys, adapter_for,
+};
 use zerotouch_tests::webhook::Receiver;
 use zerotouch_wire::{KeySlot, SymmetricKey};
 
@@ -36,6 +38,12 @@ fn owner(registration: &str) -> Owner {
     Owner::registration(registration)
 }
 
+/// A new change, as the outbox names each job.
+fn change() -> ChangeId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    ChangeId::new(format!("change-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+}
+
 fn identity(device: &str, credential: Credential) -> DeviceIdentity {
     DeviceIdentity {
         device_id: id(device),
@@ -43,6 +51,7 @@ fn identity(device: &str, credential: Credential) -> DeviceIdentity {
         credential,
         enabled: true,
         initial_twin: Some(serde_json::json!({"tags": {"site": "plant-4"}})),
+        change: change(),
     }
 }
 
@@ -58,10 +67,13 @@ async fn receiver_sees_signed_create_disable_delete() {
     let (key, secondary) = (SymmetricKey::generate(), SymmetricKey::generate());
     let keys = SymmetricKeys { primary: key.clone(), secondary: Some(secondary.clone()), used: KeySlot::Secondary };
     hub.upsert_device(&identity("dev-2", Credential::SymmetricKey(keys))).await.unwrap();
-    hub.disable_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
-    hub.delete_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
-    hub.delete_device(&id("dev-1"), &owner("dev-1")).await.unwrap();
-    hub.delete_device(&id("gone"), &owner("gone")).await.unwrap();
+    let disable = change();
+    hub.disable_device(&id("dev-1"), &owner("dev-1"), &disable).await.unwrap();
+    let delete = change();
+    hub.delete_device(&id("dev-1"), &owner("dev-1"), &delete).await.unwrap();
+    // A delivery repeated by the outbox carries the same change id.
+    hub.delete_device(&id("dev-1"), &owner("dev-1"), &delete).await.unwrap();
+    hub.delete_device(&id("gone"), &owner("gone"), &change()).await.unwrap();
 
     let seen = server.seen.lock().unwrap().clone();
     let summary: Vec<(&str, &str)> = seen.iter().map(|(m, i, _)| (m.as_str(), i.as_str())).collect();
@@ -81,7 +93,14 @@ async fn receiver_sees_signed_create_disable_delete() {
     assert_eq!(seen[1].2["credential"]["key"], secondary.to_base64().as_str());
     assert_eq!(seen[1].2["credential"]["primaryKey"], key.to_base64().as_str());
     assert_eq!(seen[1].2["credential"]["secondaryKey"], secondary.to_base64().as_str());
-    assert_eq!(seen[2].2, serde_json::json!({"operation": "disable", "deviceId": "dev-1", "enabled": false}));
+    assert_eq!(
+        seen[2].2,
+        serde_json::json!({"operation": "disable", "changeId": disable.as_str(), "deviceId": "dev-1", "enabled": false})
+    );
+    // Each change has its id, so the receiver can apply each once.
+    let changes: Vec<&str> = seen.iter().map(|(_, _, body)| body["changeId"].as_str().unwrap()).collect();
+    assert_eq!(changes[3..], [delete.as_str(), delete.as_str()]);
+    assert!(changes[..4].iter().collect::<std::collections::HashSet<_>>().len() == 4, "{changes:?}");
     server.stop().await;
 }
 
@@ -102,9 +121,9 @@ async fn failures_are_classified() {
     let error = hub.upsert_device(&identity("bad-400", key())).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
     assert!(error.to_string().contains("no such device model"), "{error}");
-    let error = hub.disable_device(&id("moved"), &owner("moved")).await.unwrap_err();
+    let error = hub.disable_device(&id("moved"), &owner("moved"), &change()).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
-    let error = hub.delete_device(&id("bad-400"), &owner("bad-400")).await.unwrap_err();
+    let error = hub.delete_device(&id("bad-400"), &owner("bad-400"), &change()).await.unwrap_err();
     assert!(matches!(error, HubError::Rejected { .. }), "{error:?}");
 
     let forged = adapter(&url, &ca, "some-other-secret-of-32-bytes-xy");
@@ -115,7 +134,7 @@ async fn failures_are_classified() {
 
     server.stop().await;
     let down = adapter(&format!("https://127.0.0.1:{}/hook", support::free_port()), &ca, SECRET);
-    let error = down.delete_device(&id("dev-9"), &owner("dev-9")).await.unwrap_err();
+    let error = down.delete_device(&id("dev-9"), &owner("dev-9"), &change()).await.unwrap_err();
     assert!(matches!(error, HubError::Unavailable { .. }), "{error:?}");
     assert!(matches!(down.health().await, Err(HubError::Unavailable { .. })));
 }

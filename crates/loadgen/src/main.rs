@@ -11,12 +11,17 @@
 //! - `bench-issuance`: CSR-to-certificate issuance over HTTPS, ours (EST `simpleenroll`, persisted) against cfssl's
 //!   `/api/v1/cfssl/sign` on the same CSRs in the same run; and registration with a CSR per device next to
 //!   registration without one.
+//! - `bench-replicas`: 1, 2, 3 replicas on one PostgreSQL behind HAProxy in TCP mode, fresh per run, each device on
+//!   a new TLS connection; devices/s and the CPU of one registration in the replicas, PostgreSQL, HAProxy and the
+//!   load generator (`replicas.rs`, `cpu.rs`).
 
 mod bulk;
+mod cpu;
 mod devices;
 mod hubs;
 mod issuance;
 mod mqtt;
+mod replicas;
 
 use std::time::Duration;
 
@@ -141,6 +146,22 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Runs per backend (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Fresh replicas per run on one PostgreSQL behind HAProxy (TCP): devices, each on a new TLS connection,
+    /// through 1, 2, 3 replicas in one run, and the CPU each registration costs (replicas, PostgreSQL, HAProxy).
+    BenchReplicas {
+        /// Replica counts measured in each run.
+        #[arg(long, num_args = 1.., default_values_t = [1, 2, 3])]
+        replicas: Vec<usize>,
+        /// Devices per configuration and run.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Devices in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runs (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
@@ -280,6 +301,9 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchHubs { backend, devices: count, concurrency, runs } => {
             let backends: Vec<Backend> = backend.into_iter().map(Backend::from).collect();
             hubs::bench(&backends, count, concurrency, runs).await?;
+        }
+        Command::BenchReplicas { replicas, devices: count, concurrency, runs } => {
+            replicas::bench(&replicas, count, concurrency, runs).await?;
         }
         Command::BenchIssuance { backend, csrs, devices: count, concurrency, runs, cfssl } => {
             let settings = issuance::Settings {

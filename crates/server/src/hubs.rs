@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use zerotouch_hub::{Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys};
+use zerotouch_hub::{ChangeId, Credential, DeviceId, DeviceIdentity, HubAdapter, HubError, Owner, SymmetricKeys};
 use zerotouch_store::{CredentialRef, HubAction, HubJobOutcome, HubJobRecord, OperationRecord, Store, StoreError};
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::{ErrorCode, KeySlot, SymmetricKey};
@@ -206,6 +206,7 @@ impl Hubs {
         let device_id = DeviceId::try_from(job.device_id.as_str())
             .map_err(|e| Undeliverable::Refused(format!("device id {:?}: {e}", job.device_id)))?;
         let owner = Owner::registration(&job.registration_key);
+        let change = ChangeId::new(&job.id);
         match job.action {
             HubAction::Upsert => {
                 let document = job.document.clone().unwrap_or(Value::Null);
@@ -221,11 +222,11 @@ impl Hubs {
                     CredentialRef::HubKey { key } => Credential::SymmetricKey(SymmetricKeys::single(key)),
                 };
                 let initial_twin = document.get("initialTwin").filter(|t| !t.is_null()).cloned();
-                let identity = DeviceIdentity { device_id, owner, credential, enabled: true, initial_twin };
+                let identity = DeviceIdentity { device_id, owner, credential, enabled: true, initial_twin, change };
                 adapter.upsert_device(&identity).await?;
             }
-            HubAction::Disable => adapter.disable_device(&device_id, &owner).await?,
-            HubAction::Delete => adapter.delete_device(&device_id, &owner).await?,
+            HubAction::Disable => adapter.disable_device(&device_id, &owner, &change).await?,
+            HubAction::Delete => adapter.delete_device(&device_id, &owner, &change).await?,
         }
         Ok(())
     }

@@ -1,0 +1,164 @@
+//! CPU time spent by processes, read from `/proc` (Linux): what a benchmark's work cost each part of the machine.
+//!
+//! `/proc/PID/stat` counts a process's user and system time (fields 14 and 15) and, in fields 16 and 17, the
+//! time of its children that exited and were waited for. PostgreSQL runs a process per connection (and workers
+//! that come and go), all children of the postmaster: their time is the time of the live `postgres` processes
+//! plus what the postmaster's exited children used, so a backend that ends during a measurement still counts.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The clock ticks per second of `/proc`'s counters (`getconf CLK_TCK`; 100 on Linux builds for x86 and ARM).
+fn ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|ticks| *ticks > 0)
+        .unwrap_or(100)
+}
+
+/// One process's line of `/proc/PID/stat`: its command name, parent, and CPU counters in ticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    command: String,
+    parent: u32,
+    /// User + system time of the process.
+    own: u64,
+    /// User + system time of its exited, waited-for children.
+    children: u64,
+}
+
+/// Parses a `/proc/PID/stat` line. The command name is in parentheses and may hold spaces and parentheses, so
+/// the fields are counted from the last `)`.
+fn parse_stat(line: &str) -> anyhow::Result<Stat> {
+    let open = line.find('(').context("no command name")?;
+    let close = line.rfind(')').context("no end of command name")?;
+    let command = line.get(open + 1..close).context("command name")?.to_owned();
+    let fields: Vec<&str> = line.get(close + 1..).context("no fields")?.split_whitespace().collect();
+    // fields[0] is field 3 (state) of proc(5).
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields.get(n - 3).with_context(|| format!("no field {n}"))?.parse().with_context(|| format!("field {n}"))
+    };
+    Ok(Stat {
+        command,
+        parent: u32::try_from(field(4)?).context("parent pid")?,
+        own: field(14)? + field(15)?,
+        children: field(16)? + field(17)?,
+    })
+}
+
+fn stat_of(pid: u32) -> anyhow::Result<Stat> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
+    parse_stat(&line)
+}
+
+/// Ticks to a duration.
+fn duration(ticks: u64, per_second: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+/// The CPU counters of the parts of a benchmark at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sample {
+    /// The processes asked for, in order.
+    pub(crate) processes: Vec<Duration>,
+    /// Every `postgres` process, and the exited children of the postmaster.
+    pub(crate) postgres: Duration,
+    /// This process (the load generator).
+    pub(crate) client: Duration,
+    /// The whole machine, every CPU, busy (not idle, not waiting for I/O).
+    pub(crate) machine: Duration,
+}
+
+impl Sample {
+    /// Reads the counters of `pids`, PostgreSQL, this process and the machine.
+    pub(crate) fn now(pids: &[u32]) -> anyhow::Result<Self> {
+        let per_second = ticks_per_second();
+        let processes =
+            pids.iter().map(|pid| Ok(duration(stat_of(*pid)?.own, per_second))).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            processes,
+            postgres: duration(postgres_ticks()?, per_second),
+            client: duration(stat_of(std::process::id())?.own, per_second),
+            machine: duration(machine_busy_ticks()?, per_second),
+        })
+    }
+
+    /// What was spent from `earlier` to this sample.
+    pub(crate) fn since(&self, earlier: &Sample) -> Sample {
+        Sample {
+            processes: self.processes.iter().zip(&earlier.processes).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            postgres: self.postgres.saturating_sub(earlier.postgres),
+            client: self.client.saturating_sub(earlier.client),
+            machine: self.machine.saturating_sub(earlier.machine),
+        }
+    }
+}
+
+/// Ticks of every live `postgres` process, plus the exited children of the postmasters (the `postgres`
+/// processes whose parent is not one).
+fn postgres_ticks() -> anyhow::Result<u64> {
+    let mut stats = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        // A process may exit between the listing and the read.
+        if let Ok(stat) = stat_of(pid) {
+            stats.push((pid, stat));
+        }
+    }
+    Ok(postgres_total(&stats))
+}
+
+fn postgres_total(stats: &[(u32, Stat)]) -> u64 {
+    let postgres: std::collections::HashSet<u32> =
+        stats.iter().filter(|(_, s)| s.command == "postgres").map(|(pid, _)| *pid).collect();
+    stats
+        .iter()
+        .filter(|(pid, _)| postgres.contains(pid))
+        .map(|(_, s)| if postgres.contains(&s.parent) { s.own } else { s.own + s.children })
+        .sum()
+}
+
+/// Busy ticks of all CPUs together, from the first line of `/proc/stat` (user, nice, system, irq, softirq, steal).
+fn machine_busy_ticks() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let line = text.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    if fields.len() < 8 {
+        bail!("/proc/stat: {line:?}");
+    }
+    // user nice system idle iowait irq softirq steal
+    Ok(fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn stat_lines_are_read_from_the_last_parenthesis() {
+        let line = "4242 (postgres: a (b) c) S 17 4242 4242 0 -1 4194560 2051 0 0 0 120 35 7 3 20 0 1 0 100";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat, Stat { command: "postgres: a (b) c".into(), parent: 17, own: 155, children: 10 });
+        assert!(parse_stat("4242 postgres S 1").is_err());
+        assert!(parse_stat("4242 (postgres) S 1 2").is_err());
+    }
+
+    /// The postmaster's exited children count, its live children once each, other processes not at all.
+    #[test]
+    fn postgres_time_includes_exited_backends_once() {
+        let stat = |command: &str, parent, own, children| Stat { command: command.into(), parent, own, children };
+        let stats = [
+            (10, stat("postgres", 1, 5, 40)),
+            (11, stat("postgres", 10, 7, 0)),
+            (12, stat("postgres", 10, 3, 99)),
+            (13, stat("zerotouch", 1, 500, 0)),
+        ];
+        assert_eq!(postgres_total(&stats), 5 + 40 + 7 + 3);
+    }
+}
