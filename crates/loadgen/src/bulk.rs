@@ -3,12 +3,41 @@
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use zerotouch_tests::{Backend, Options, Server};
 
+/// What one bulk import sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Import {
+    /// Enrollments in all.
+    pub(crate) total: usize,
+    /// Enrollments per call.
+    pub(crate) batch: usize,
+    /// Calls in flight.
+    pub(crate) concurrency: usize,
+    /// Whether each enrollment carries its two keys (64 bytes each, as the service would make them).
+    pub(crate) client_keys: bool,
+}
+
+/// The symmetric-key attestation of enrollment `i`: keys of its own when `client_keys`, else none (generated).
+fn attestation(i: usize, client_keys: bool) -> Value {
+    if !client_keys {
+        return json!({"type": "symmetricKey"});
+    }
+    let key = |salt: usize| {
+        let bytes: Vec<u8> =
+            (0..64usize).map(|j| (i.wrapping_mul(31).wrapping_add(j * 7 + salt) % 251) as u8).collect();
+        STANDARD.encode(bytes)
+    };
+    json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": key(1), "secondaryKey": key(2)}})
+}
+
 /// One bulk import on a fresh service; returns enrollments per second.
-async fn bulk_import_once(backend: Backend, total: usize, batch: usize, concurrency: usize) -> anyhow::Result<f64> {
+async fn bulk_import_once(backend: Backend, import: &Import) -> anyhow::Result<f64> {
+    let Import { total, batch, concurrency, client_keys } = *import;
     let options = Options { env: vec![("ZEROTOUCH_LOG".into(), "warn".into())], ..Default::default() };
     let server = Server::start_with(backend, options).await?;
     let token = server.token("operator")?;
@@ -18,7 +47,7 @@ async fn bulk_import_once(backend: Backend, total: usize, batch: usize, concurre
         .map(|ids| {
             let items: Vec<Value> = ids
                 .iter()
-                .map(|i| json!({"registrationId": format!("bench-device-{i:07}"), "attestation": {"type": "symmetricKey"}}))
+                .map(|i| json!({"registrationId": format!("bench-device-{i:07}"), "attestation": attestation(*i, client_keys)}))
                 .collect();
             json!({"mode": "create", "enrollments": items})
         })
@@ -65,16 +94,11 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
-pub(crate) async fn measure(
-    backend: Backend,
-    total: usize,
-    batch: usize,
-    concurrency: usize,
-    runs: usize,
-) -> anyhow::Result<()> {
+pub(crate) async fn measure(backend: Backend, import: &Import, runs: usize) -> anyhow::Result<()> {
+    let Import { total, batch, concurrency, client_keys } = *import;
     let mut rates = Vec::new();
     for run in 1..=runs {
-        let rate = bulk_import_once(backend, total, batch, concurrency)
+        let rate = bulk_import_once(backend, import)
             .await
             .with_context(|| format!("{backend:?}, calls of {batch}, run {run}"))?;
         println!("  {backend:?}: run {run}: {total} enrollments in calls of {batch}: {rate:.0}/s");
@@ -82,7 +106,8 @@ pub(crate) async fn measure(
     }
     let runs_text = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
     println!(
-        "RESULT backend={backend:?} enrollments={total} batch={batch} concurrency={concurrency} median_per_s={:.0} runs=[{runs_text}]",
+        "RESULT backend={backend:?} enrollments={total} batch={batch} concurrency={concurrency} \
+         client_keys={client_keys} median_per_s={:.0} runs=[{runs_text}]",
         median(rates)
     );
     Ok(())

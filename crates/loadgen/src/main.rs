@@ -81,6 +81,10 @@ enum Command {
         /// Enrollments imported in the Azure-limit comparison (calls of 10 items).
         #[arg(long, default_value_t = 20_000)]
         azure_limit_enrollments: usize,
+        /// Each enrollment carries its symmetric keys (as an import from a factory's records does) instead of
+        /// leaving them to the service to generate.
+        #[arg(long)]
+        client_keys: bool,
     },
     /// Simulated devices against a running server.
     Devices {
@@ -236,10 +240,20 @@ async fn run_devices(
 async fn main() -> anyhow::Result<()> {
     zerotouch_tests::init();
     match Cli::parse().command {
-        Command::BulkImport { backend, enrollments, batch, concurrency, runs, azure_limit_enrollments } => {
+        Command::BulkImport {
+            backend,
+            enrollments,
+            batch,
+            concurrency,
+            runs,
+            azure_limit_enrollments,
+            client_keys,
+        } => {
             for backend in backend {
-                bulk::measure(backend.into(), enrollments, batch, concurrency, runs).await?;
-                bulk::measure(backend.into(), azure_limit_enrollments, 10, concurrency, runs).await?;
+                let import = bulk::Import { total: enrollments, batch, concurrency, client_keys };
+                bulk::measure(backend.into(), &import, runs).await?;
+                let azure_limit = bulk::Import { total: azure_limit_enrollments, batch: 10, ..import };
+                bulk::measure(backend.into(), &azure_limit, runs).await?;
             }
         }
         Command::Devices {
