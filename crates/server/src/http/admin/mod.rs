@@ -14,13 +14,14 @@ mod health;
 mod hubs;
 mod pki;
 mod registrations;
+mod shared_access_policies;
 
 use actix_web::http::Method;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use futures_util::future::{Ready, ready};
+use futures_util::future::LocalBoxFuture;
 
 use super::error::ApiError;
-use crate::auth::{AdminStore, Caller, Permission, Verifier};
+use crate::auth::{AdminStore, Caller, Permission, ServiceSas, Verifier};
 
 use enrollments::{Group, Individual};
 
@@ -96,6 +97,13 @@ routes! {
     },
     "/certificateAuthorities/{name}/verificationCode" => { POST: certificate_authorities::verification_code },
     "/certificateAuthorities/{name}/verify" => { POST: certificate_authorities::verify },
+    "/sharedAccessPolicies" => { GET: shared_access_policies::list },
+    "/sharedAccessPolicies/{name}" => {
+        GET: shared_access_policies::get,
+        PUT: shared_access_policies::put,
+        DELETE: shared_access_policies::delete,
+    },
+    "/sharedAccessPolicies/{name}/keys" => { POST: shared_access_policies::keys },
     "/audit" => { GET: audit::list },
     "/healthz" => { GET: health::alive },
     "/readyz" => { GET: health::ready },
@@ -107,18 +115,27 @@ routes! {
 }
 
 /// The capability extractor: a handler taking a [`Caller<P>`] runs only for a bearer token that verifies and
-/// whose role includes `P` (401 or 403 otherwise), and reaches the store only through it.
-impl<P: Permission> FromRequest for Caller<P> {
+/// whose role includes `P`, or a shared access signature whose policy has a right that grants `P` (401 or 403
+/// otherwise), and reaches the store only through it.
+impl<P: Permission + 'static> FromRequest for Caller<P> {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let verifier = req.app_data::<web::Data<Verifier>>();
-        let store = req.app_data::<web::Data<AdminStore>>();
-        let authorization = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        ready(match (verifier, store) {
-            (Some(verifier), Some(store)) => Caller::authorize(verifier, store, authorization).map_err(ApiError::from),
-            _ => Err(ApiError::internal("the admin App has no token verifier or store")),
+        let verifier = req.app_data::<web::Data<Verifier>>().cloned();
+        let service_sas = req.app_data::<web::Data<ServiceSas>>().cloned();
+        let store = req.app_data::<web::Data<AdminStore>>().cloned();
+        let authorization =
+            req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Box::pin(async move {
+            match (verifier, service_sas, store) {
+                (Some(verifier), Some(service_sas), Some(store)) => {
+                    Caller::authorize(&verifier, &service_sas, &store, authorization.as_deref())
+                        .await
+                        .map_err(ApiError::from)
+                }
+                _ => Err(ApiError::internal("the admin App has no token verifier, SAS settings or store")),
+            }
         })
     }
 }
