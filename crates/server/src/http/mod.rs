@@ -68,6 +68,7 @@ pub fn admin_server(
             .app_data(metrics.clone())
             .app_data(web::Data::new(Listener("service")))
             .app_data(path_errors())
+            .wrap(from_fn(admin::canonical_case))
             .wrap(from_fn(crate::metrics::observe))
             .configure(admin::configure)
     })
