@@ -236,3 +236,28 @@ async fn the_cli_prints_a_connection_string_and_policies_can_be_turned_off() {
     assert_refused(refused, 401, 401001, "policies turned off").await;
     assert!(server.logs().contains("--no-shared-access-policies"), "the log says why");
 }
+
+/// Paths name routes as Azure matches them (`docs/protocol/service-api.md` §2): literal segments in any case, a
+/// trailing slash ignored, ids left as sent; a path that names no route is still 404001.
+#[tokio::test]
+async fn paths_match_routes_as_azure_matches_them() {
+    let server = Server::start(Backend::Sqlite).await.unwrap();
+    let owner = Api::new(&server, "owner");
+    let group = json!({"enrollmentGroupId": "Case-Group", "attestation": {"type": "symmetricKey"}});
+    ok(owner.put("/enrollmentGroups/Case-Group", &group).await).await;
+    let mechanism = ok(owner.post("/enrollmentgroups/case-group/ATTESTATIONMECHANISM", None).await).await;
+    assert_eq!(mechanism["type"], "symmetricKey", "{mechanism}");
+    let bulk = json!({"mode": "create", "enrollments": [{"registrationId": "slash-1",
+        "attestation": {"type": "symmetricKey"}}]});
+    assert_eq!(ok(owner.post("/enrollments/", Some(&bulk)).await).await["isSuccessful"], true);
+    let read = ok(owner.get("/ENROLLMENTS/Slash-1/").await).await;
+    assert_eq!(read["registrationId"], "slash-1", "{read}");
+    ok(owner.get("/hubs/").await).await;
+    let missing = assert_refused(owner.get("/Enrollments/absent").await, 404, 404202, "an absent enrollment").await;
+    assert!(missing["message"].as_str().unwrap().contains("does not exist"), "{missing}");
+    for path in
+        ["/enrollment/x", "/enrollments/x/y", "/enrollments//attestationmechanism", "/pki/crl/", "/registrations/"]
+    {
+        assert_refused(owner.get(path).await, 404, 404001, path).await;
+    }
+}

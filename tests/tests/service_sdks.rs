@@ -10,12 +10,11 @@
 //! Node's connection string cannot carry a port (its `HostName` goes to `https.request` as a host), so the admin
 //! API listens on 127.0.0.2:443 here (127.0.0.1:443 is the device SDK tests' own, `node_sdk.rs`), and the service's
 //! `--hostname` is 127.0.0.2, which its generated certificate then covers. Python's connection string names the
-//! port (`HostName=127.0.0.2:443`), which its SAS then signs. `.config/nextest.toml` keeps fixed-port tests apart.
+//! port (`HostName=127.0.0.2:443`), which its SAS then signs. Both database backends, one after the other. `.config/nextest.toml` keeps fixed-port tests apart.
 //! The clients are installed by `./scripts/test`; without them this test fails, it does not skip.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -23,15 +22,13 @@ use serde_json::{Value, json};
 use zerotouch_attest::sas;
 use zerotouch_tests::device::sas_register;
 use zerotouch_tests::openssl::{make_ca, make_device};
-use zerotouch_tests::{Api, Backend, Options, Server};
+use zerotouch_tests::{Api, BACKENDS, Backend, Options, Server};
 
 /// Where the admin API listens: port 443, the only one the Node client reaches.
 const SERVICE_LISTEN: &str = "127.0.0.2:443";
 /// The service's host name, as the clients name it.
 const HOST: &str = "127.0.0.2";
 const HUB: &str = "sdk-hub.example.com";
-/// How long to wait for port 443 when another zerotouch holds it.
-const PORT_WAIT: Duration = Duration::from_secs(120);
 
 fn node_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
@@ -58,16 +55,9 @@ async fn start(backend: Backend) -> Server {
             .to_vec(),
         ..Default::default()
     };
-    let deadline = Instant::now() + PORT_WAIT;
-    loop {
-        match Server::start_with(backend, options.clone()).await {
-            Ok(server) => return server,
-            Err(e) if e.to_string().contains("Address already in use") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => panic!("cannot start zerotouch with its admin API on {SERVICE_LISTEN}: {e:#}"),
-        }
-    }
+    Server::start_on_fixed_port(backend, options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start zerotouch with its admin API on {SERVICE_LISTEN}: {e:#}"))
 }
 
 async fn ok(response: reqwest::Response) -> Value {
@@ -128,14 +118,17 @@ async fn setup(server: &Server, dir: &Path) -> Setup {
     }
 }
 
-/// Every call of the Node service client, with a connection string and with a bearer token.
-async fn node_runs(server: &Server, setup: &Setup) {
-    let node_dir = node_dir();
+/// Runs `driver` (the client's script, given its config as its one argument) for each of `credentials`, each
+/// with a registered fleet of its own, and checks it made at least `steps` calls and finished.
+async fn drive(
+    server: &Server,
+    setup: &Setup,
+    credentials: [(&'static str, Value); 2],
+    steps: usize,
+    driver: impl Fn(&str) -> Command,
+) {
     let api = Api::new(server, "owner");
-    for (prefix, credential) in [
-        ("node-cs", json!({"connectionString": setup.connection_string})),
-        ("node-token", json!({"host": HOST, "token": setup.token})),
-    ] {
+    for (prefix, credential) in credentials {
         let group = format!("{prefix}-fleet");
         let ids = fleet(server, &api, &group, 3).await;
         let mut config = credential;
@@ -143,56 +136,65 @@ async fn node_runs(server: &Server, setup: &Setup) {
         config["certificate"] = json!(setup.certificate);
         config["fleetGroup"] = json!(group);
         config["fleet"] = json!(ids);
+        let command = driver(&config.to_string());
+        let lines = tokio::task::spawn_blocking(move || run(command, prefix)).await.unwrap();
+        assert!(lines.len() > steps, "{prefix}: {lines:?}");
+    }
+}
+
+/// Every call of the Node service client, with a connection string and with a bearer token.
+async fn node_runs(server: &Server, setup: &Setup) {
+    let script = node_dir().join("service.js");
+    let credentials = [
+        ("node-cs", json!({"connectionString": setup.connection_string})),
+        ("node-token", json!({"host": HOST, "token": setup.token})),
+    ];
+    drive(server, setup, credentials, 16, |config| {
         let mut command = Command::new("node");
         command
-            .arg(node_dir.join("service.js"))
-            .arg(config.to_string())
+            .arg(&script)
+            .arg(config)
             .env("NODE_EXTRA_CA_CERTS", server.data_dir.join("trust-bundle.pem"))
             .env_remove("DEBUG");
-        let lines = tokio::task::spawn_blocking(move || run(command, prefix)).await.unwrap();
-        assert!(lines.len() >= 17, "{prefix}: {lines:?}");
-    }
+        command
+    })
+    .await;
 }
 
 /// Every call of the Python service client, with a connection string (port included) and with a token credential.
 async fn python_runs(server: &Server, setup: &Setup) {
     let python = python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/service.py");
-    let api = Api::new(server, "owner");
     let with_port = setup.connection_string.replace(&format!("HostName={HOST};"), &format!("HostName={HOST}:443;"));
-    for (prefix, credential) in [
+    let credentials = [
         ("py-cs", json!({"connectionString": with_port})),
         ("py-token", json!({"endpoint": format!("https://{HOST}:443"), "token": setup.token})),
-    ] {
-        let group = format!("{prefix}-fleet");
-        let ids = fleet(server, &api, &group, 3).await;
-        let mut config = credential;
-        config["prefix"] = json!(prefix);
-        config["certificate"] = json!(setup.certificate);
-        config["fleetGroup"] = json!(group);
-        config["fleet"] = json!(ids);
+    ];
+    drive(server, setup, credentials, 11, |config| {
         let mut command = Command::new(&python);
+        command.arg(&script).arg(config).env("REQUESTS_CA_BUNDLE", server.data_dir.join("trust-bundle.pem"));
         command
-            .arg(&script)
-            .arg(config.to_string())
-            .env("REQUESTS_CA_BUNDLE", server.data_dir.join("trust-bundle.pem"));
-        let lines = tokio::task::spawn_blocking(move || run(command, prefix)).await.unwrap();
-        assert!(lines.len() >= 12, "{prefix}: {lines:?}");
-    }
+    })
+    .await;
 }
 
-/// Both clients, both credentials, every call; and the audit log names the policy for the connection strings' writes.
+/// Both clients, both credentials, every call, on SQLite and then on PostgreSQL; and the audit log names the policy
+/// for the connection strings' writes.
 #[tokio::test]
 async fn the_azure_service_clients_manage_zerotouch_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(Backend::Sqlite).await;
-    let setup = setup(&server, dir.path()).await;
-    node_runs(&server, &setup).await;
-    python_runs(&server, &setup).await;
-    let owner = Api::new(&server, "owner");
-    let audit =
-        ok(owner.request(reqwest::Method::GET, "/audit").header("x-ms-max-item-count", "1000").send().await.unwrap())
-            .await;
-    let by_policy = audit.as_array().unwrap().iter().filter(|e| e["actor"] == "sharedAccessPolicy:sdk-owner").count();
-    assert!(by_policy > 0, "no audit event names the policy: {audit}");
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = start(backend).await;
+        let setup = setup(&server, dir.path()).await;
+        node_runs(&server, &setup).await;
+        python_runs(&server, &setup).await;
+        let owner = Api::new(&server, "owner");
+        let audit = owner.request(reqwest::Method::GET, "/audit").header("x-ms-max-item-count", "1000");
+        let audit = ok(audit.send().await.unwrap()).await;
+        let by_policy =
+            audit.as_array().unwrap().iter().filter(|e| e["actor"] == "sharedAccessPolicy:sdk-owner").count();
+        assert!(by_policy > 0, "{backend:?}: no audit event names the policy: {audit}");
+        let status = server.stop().unwrap();
+        assert!(status.success(), "{backend:?}: exit status {status}");
+    }
 }

@@ -24,7 +24,7 @@ fn render(record: &SharedAccessPolicyRecord, with_keys: bool) -> Value {
 }
 
 fn parse_name(name: &str) -> Result<PolicyName, ApiError> {
-    PolicyName::try_from(name).map_err(|e| ApiError::InvalidId(format!("name in the path: {e}")))
+    PolicyName::try_from(name).map_err(|e| ApiError::InvalidId(format!("policy name in the path: {e}")))
 }
 
 fn describe(name: &str) -> String {
@@ -53,6 +53,7 @@ pub(super) async fn put(
     name: web::Path<String>,
     body: Json<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
+    parse_name(&name)?;
     let precondition = request::precondition(&req)?;
     let normalized = policy::normalize(&name, body.0)?;
     let (record, _created) = caller
