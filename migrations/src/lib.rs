@@ -17,6 +17,7 @@ mod m20261205_000001_add_tpm_challenge_blob;
 mod m20261205_011800_add_hub_device_id_index;
 mod m20261206_000001_create_data_keys;
 mod m20261207_000001_add_registration_hub_key_slot;
+mod m20261208_000001_create_shared_access_policies;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_011800_add_hub_device_id_index::Migration),
             Box::new(m20261206_000001_create_data_keys::Migration),
             Box::new(m20261207_000001_add_registration_hub_key_slot::Migration),
+            Box::new(m20261208_000001_create_shared_access_policies::Migration),
         ]
     }
 }

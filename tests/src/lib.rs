@@ -113,6 +113,21 @@ impl Server {
         Self::start_with(backend, Options::default()).await
     }
 
+    /// Starts a server as `options` say, on a fixed port that an SDK under test hard-codes: while another process
+    /// (another test binary, a second checkout's run) holds the port, tries again every second for up to two
+    /// minutes. `.config/nextest.toml` keeps this suite's own tests on one port apart.
+    pub async fn start_on_fixed_port(backend: Backend, options: Options) -> anyhow::Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match Self::start_with(backend, options.clone()).await {
+                Err(e) if e.to_string().contains("Address already in use") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Starts a server as `options` say.
     pub async fn start_with(backend: Backend, options: Options) -> anyhow::Result<Self> {
         init();

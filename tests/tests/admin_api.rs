@@ -864,6 +864,14 @@ async fn every_route_round_trips(backend: Backend) {
     assert_eq!(api.delete("/registrations/tour-device", Some(&saved.etag)).await.status(), 412, "revoked since");
     assert_eq!(api.delete("/registrations/tour-device", Some(etag)).await.status(), 204);
     pki_tour(&server, &api).await;
+    let (_, policy_etag) =
+        expect_resource(api.put("/sharedAccessPolicies/tour", &json!({"rights": "EnrollmentRead"})).await).await;
+    expect_resource(api.get("/sharedAccessPolicies/tour").await).await;
+    let (_, policies) = expect_json(api.get("/sharedAccessPolicies").await, 200).await;
+    assert_eq!(policies[0]["keyName"], "tour", "{policies}");
+    let (_, keys) = expect_json(api.post("/sharedAccessPolicies/tour/keys", None).await, 200).await;
+    assert!(keys["primaryKey"].is_string() && keys["secondaryKey"].is_string(), "{keys}");
+    assert_eq!(api.delete("/sharedAccessPolicies/tour", Some(&policy_etag)).await.status(), 204);
     assert!(!api.all("/audit", None, "auditEvent").await.is_empty());
     assert_eq!(api.delete("/hubs/tour.example.com", Some(&hub_etag)).await.status(), 204);
 

@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -25,8 +24,6 @@ const DEVICE_LISTEN: &str = "127.0.0.1:443";
 /// The name the device uses for the service; the generated server certificate covers it.
 const HOST: &str = "localhost";
 const HUB: &str = "node-hub.example.com";
-/// How long to wait for port 443 when another zerotouch (say, a second checkout's test run) holds it.
-const PORT_WAIT: Duration = Duration::from_secs(120);
 
 /// `tests/node`, with the SDK installed; fails the test, saying what to run, when it is not.
 fn node_dir() -> PathBuf {
@@ -49,19 +46,12 @@ async fn start(backend: Backend) -> Server {
         args: ["--device-listen", DEVICE_LISTEN, "--device-rate-limit", "100/10s"].map(String::from).to_vec(),
         ..Default::default()
     };
-    let deadline = Instant::now() + PORT_WAIT;
-    loop {
-        match Server::start_with(backend, options.clone()).await {
-            Ok(server) => return server,
-            Err(e) if e.to_string().contains("Address already in use") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => panic!(
-                "cannot start zerotouch with its device API on {DEVICE_LISTEN} (binding port 443 needs root or \
-                 CAP_NET_BIND_SERVICE): {e:#}"
-            ),
-        }
-    }
+    Server::start_on_fixed_port(backend, options).await.unwrap_or_else(|e| {
+        panic!(
+            "cannot start zerotouch with its device API on {DEVICE_LISTEN} (binding port 443 needs root or \
+             CAP_NET_BIND_SERVICE): {e:#}"
+        )
+    })
 }
 
 /// What the SDK reported.

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use base64::Engine;
@@ -27,8 +27,6 @@ const MQTT_LISTEN: &str = "127.0.0.1:8883";
 /// The name the device uses for the service; the generated server certificate covers it.
 const HOST: &str = "localhost";
 const HUB: &str = "py-hub.example.com";
-/// How long to wait for port 8883 when another zerotouch (say, a second checkout's test run) holds it.
-const PORT_WAIT: Duration = Duration::from_secs(120);
 
 /// The virtualenv's Python, with the SDK installed; fails the test, saying what to run, when it is not.
 fn python() -> PathBuf {
@@ -50,21 +48,13 @@ async fn start() -> Server {
             .to_vec(),
         ..Default::default()
     };
-    let deadline = Instant::now() + PORT_WAIT;
-    loop {
-        match Server::start_with(Backend::Sqlite, options.clone()).await {
-            Ok(server) => {
-                let api = Api::new(&server, "owner");
-                let response = api.put(&format!("/hubs/{HUB}"), &json!({"hostName": HUB, "kind": "none"})).await;
-                assert_eq!(response.status(), 200);
-                return server;
-            }
-            Err(e) if e.to_string().contains("Address already in use") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => panic!("cannot start zerotouch with its MQTT endpoint on {MQTT_LISTEN}: {e:#}"),
-        }
-    }
+    let server = Server::start_on_fixed_port(Backend::Sqlite, options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start zerotouch with its MQTT endpoint on {MQTT_LISTEN}: {e:#}"));
+    let api = Api::new(&server, "owner");
+    let response = api.put(&format!("/hubs/{HUB}"), &json!({"hostName": HUB, "kind": "none"})).await;
+    assert_eq!(response.status(), 200);
+    server
 }
 
 /// How the device proves itself.

@@ -30,6 +30,10 @@ async fn registered(server: &Server, id: &str, key: &[u8]) {
 }
 
 /// A key of `len` bytes, none of them zero, each enrollment's own.
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 fn key(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31) | 1).collect()
 }
@@ -159,6 +163,20 @@ async fn no_secret_is_stored_in_clear(backend: Backend) {
     assert_eq!(read["customAllocationDefinition"], custom["customAllocationDefinition"], "{read}");
     secrets.push(("allocation webhook key", function_key.into()));
 
+    // Shared access policies: one with keys given, one with keys generated (read back through .../keys).
+    let (policy_primary, policy_secondary) = (key(150, 32), key(180, 64));
+    let policy = json!({"rights": "EnrollmentRead, EnrollmentWrite", "primaryKey": STANDARD.encode(&policy_primary),
+        "secondaryKey": STANDARD.encode(&policy_secondary)});
+    ok(api.put("/sharedAccessPolicies/sealed-policy", &policy).await).await;
+    ok(api.put("/sharedAccessPolicies/sealed-generated", &json!({"rights": "ServiceConfig", "primaryKey": ""})).await)
+        .await;
+    let shown = ok(api.post("/sharedAccessPolicies/sealed-generated/keys", None).await).await;
+    for field in ["primaryKey", "secondaryKey"] {
+        secrets.push(("generated policy key", STANDARD.decode(shown[field].as_str().unwrap()).unwrap()));
+    }
+    secrets.push(("policy primary key", policy_primary));
+    secrets.push(("policy secondary key", policy_secondary));
+
     // A TPM device's first leg: its challenge key is stored for the second leg.
     let tpm = Swtpm::start().unwrap();
     let (ek, srk) = tpm.provision_keys().unwrap();
@@ -184,6 +202,8 @@ async fn no_secret_is_stored_in_clear(backend: Backend) {
         "SELECT secondary_symmetric_key FROM enrollment_groups",
         "SELECT hmac_key FROM tpm_challenges",
         "SELECT encrypted_key FROM issuing_cas",
+        "SELECT primary_key FROM shared_access_policies",
+        "SELECT secondary_key FROM shared_access_policies",
     ] {
         let values = column(&database_url, sql).await;
         assert!(!values.is_empty(), "{sql}");
@@ -196,6 +216,16 @@ async fn no_secret_is_stored_in_clear(backend: Backend) {
     let mut without = mosquitto.clone();
     without["settings"].as_object_mut().unwrap().remove("password");
     ok(api.put("/hubs/mqtt.secrets.example", &without).await).await;
+    // A policy's key still signs tokens the service accepts.
+    let token = zerotouch_attest::sas::sign("localhost", now() + 600, &key(150, 32), Some("sealed-policy"));
+    ok(server
+        .client
+        .get(server.url("/enrollments/sealed-custom"))
+        .header("Authorization", token)
+        .send()
+        .await
+        .unwrap())
+    .await;
     assert_absent(&database_bytes(backend, &database_url), &secrets, "after the restart");
 }
 

@@ -1,6 +1,10 @@
-//! Shared access signature tokens of the DPS device API (`docs/protocol/device-api.md` §2.1, §2.2).
+//! Shared access signature tokens: the DPS device API's (`docs/protocol/device-api.md` §2.1, §2.2) and the service
+//! API's, signed with a shared access policy's key (`docs/protocol/service-api.md` §1).
 //!
-//! `SharedAccessSignature sr={resource}&sig={signature}&se={expiry}[&skn=registration]`, fields in any order.
+//! `SharedAccessSignature sr={resource}&sig={signature}&se={expiry}[&skn={key name}]`, fields in any order. A device
+//! token's `skn` is absent or `registration`, and its `sr` names the device's registration; a service token's `skn`
+//! names the policy, and its `sr` names the service's host name (with or without a port). Both are checked by one
+//! [`verify`], which differs only in the [`Audience`] it compares `sr` and `skn` with.
 //! Real clients disagree on how they encode `sr` (Python `%2F`, C `%2f`, Node unencoded, IoT Edge lower-cased with
 //! `/` unencoded), but each signs exactly the `sr` it sends. So the MAC is computed over the **raw** `sr` as sent,
 //! and the resource is compared separately, case-insensitively, after URL-decoding (§2.1 recommendation).
@@ -26,8 +30,9 @@ pub enum SasError {
     /// A field is missing, repeated or unparseable.
     #[error("malformed field {0}")]
     Malformed(&'static str),
-    /// `skn` is present and is not `registration`.
-    #[error("skn must be \"registration\"")]
+    /// `skn` is not the one expected: present and not `registration` on a device token, absent or another
+    /// policy's on a service token.
+    #[error("skn is not the expected key name")]
     WrongKeyName,
     /// The resource is not this device's.
     #[error("the token is for another resource")]
@@ -122,11 +127,54 @@ pub fn sign(resource_as_sent: &str, expiry: u64, key: &[u8], key_name: Option<&s
     }
 }
 
+/// Whom a token must be for: what its `sr` (URL-decoded, compared case-insensitively) and `skn` must say.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// A device: `sr` is `{idScope}/registrations/{registrationId}` as the URL (or MQTT username) names it, and
+    /// `skn` is absent or `registration`.
+    Device(&'a str),
+    /// The service API under a shared access policy: `sr` is one of the service's `host_names`, alone or with a
+    /// `:port` (the Node service SDK sends the connection string's `HostName`, which cannot carry a port; the Python
+    /// one sends it as given, port included), and `skn` is the policy's name (compared case-insensitively, as
+    /// policy names are).
+    Service {
+        /// The names this service answers to.
+        host_names: &'a [String],
+        /// The name of the policy whose keys are tried.
+        policy: &'a str,
+    },
+}
+
+impl Audience<'_> {
+    /// Whether `resource` (URL-decoded) is this audience's.
+    fn names(&self, resource: &str) -> bool {
+        match self {
+            Self::Device(expected) => resource.eq_ignore_ascii_case(expected),
+            Self::Service { host_names, .. } => {
+                let resource = resource.strip_suffix('/').unwrap_or(resource);
+                let host = match resource.rsplit_once(':') {
+                    Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+                    _ => resource,
+                };
+                host_names.iter().any(|name| name.eq_ignore_ascii_case(host))
+            }
+        }
+    }
+
+    /// Whether `key_name` (decoded `skn`, if any) is this audience's.
+    fn takes_key_name(&self, key_name: Option<&str>) -> bool {
+        match self {
+            Self::Device(_) => key_name.is_none_or(|n| n.eq_ignore_ascii_case("registration")),
+            Self::Service { policy, .. } => key_name.is_some_and(|n| n.eq_ignore_ascii_case(policy)),
+        }
+    }
+}
+
 /// What a token must satisfy.
 #[derive(Debug, Clone, Copy)]
 pub struct Expectation<'a> {
-    /// `{idScope}/registrations/{registrationId}` as the URL (or MQTT username) names it.
-    pub resource: &'a str,
+    /// Whom the token must be for.
+    pub audience: Audience<'a>,
     /// Now, in seconds since the epoch.
     pub now: u64,
     /// How far in the past `se` may be (clock skew allowance), in seconds. The same allowance is added to
@@ -146,9 +194,9 @@ pub struct Expectation<'a> {
 pub fn verify(token: &SasToken<'_>, expected: &Expectation<'_>, keys: &[&[u8]]) -> Result<usize, SasError> {
     let resource_ok = percent_decode_str(token.raw_resource)
         .decode_utf8()
-        .map(|decoded| decoded.eq_ignore_ascii_case(expected.resource))
+        .map(|decoded| expected.audience.names(&decoded))
         .unwrap_or(false);
-    let key_name_ok = token.key_name.as_deref().is_none_or(|n| n.eq_ignore_ascii_case("registration"));
+    let key_name_ok = expected.audience.takes_key_name(token.key_name.as_deref());
     let fresh = token.expiry.saturating_add(expected.skew) > expected.now;
     let bounded = token.expiry <= expected.now.saturating_add(expected.max_lifetime).saturating_add(expected.skew);
     let message = format!("{}\n{}", token.raw_resource, token.raw_expiry);
@@ -181,7 +229,7 @@ mod tests {
     const DAY: u64 = 86_400;
 
     fn expect(resource: &str) -> Expectation<'_> {
-        Expectation { resource, now: NOW, skew: 300, max_lifetime: DAY }
+        Expectation { audience: Audience::Device(resource), now: NOW, skew: 300, max_lifetime: DAY }
     }
 
     /// A token as a given client style builds it: `sr` encoded its way, `skn` or not.
@@ -323,11 +371,92 @@ mod tests {
         assert_eq!(verify(&token, &expect(&resource), &[KEY]), Err(SasError::LifetimeTooLong));
     }
 
+    const HOSTS: [&str; 2] = ["dps.example.com", "127.0.0.2"];
+
+    fn service(policy: &str) -> (Vec<String>, String) {
+        (HOSTS.iter().map(|h| (*h).to_owned()).collect(), policy.to_owned())
+    }
+
+    fn check_service(header: &str, policy: &str, keys: &[&[u8]]) -> Result<usize, SasError> {
+        let (names, policy) = service(policy);
+        let expected = Expectation {
+            audience: Audience::Service { host_names: &names, policy: &policy },
+            now: NOW,
+            skew: 300,
+            max_lifetime: DAY,
+        };
+        parse(header).and_then(|t| verify(&t, &expected, keys))
+    }
+
+    #[test]
+    fn service_tokens_of_every_real_client_style_verify() {
+        let styles = [
+            // Node service SDK: encodeURIComponent(HostName), skn = the policy (`azure-iot-common`).
+            "dps.example.com",
+            "127.0.0.2",
+            // Python service client: quote_plus(endpoint), port included when the connection string has one.
+            "dps.example.com%3A8444",
+            "127.0.0.2%3A443",
+            // Not encoded at all, upper-cased, with a trailing slash: the same host.
+            "DPS.example.com:8444",
+            "dps.example.com/",
+        ];
+        for sr in styles {
+            let header = sign(sr, NOW + 3600, KEY, Some("EnrollmentAdmin"));
+            assert_eq!(check_service(&header, "enrollmentadmin", &[KEY]), Ok(0), "{header}");
+        }
+    }
+
+    #[test]
+    fn service_token_known_answer() {
+        // printf 'dps.example.com\n1800003600' |
+        //   openssl dgst -sha256 -mac HMAC -macopt key:0123456789abcdef0123456789abcdef -binary | base64
+        let header = sign("dps.example.com", NOW + 3600, KEY, Some("provisioningserviceowner"));
+        assert_eq!(
+            header,
+            "SharedAccessSignature sr=dps.example.com&sig=y7ekBFMz5TJ8mpWp9Q3bQ%2BewjNsxg377BFBh9ilqVTU%3D&se=1800003600&skn=provisioningserviceowner"
+        );
+    }
+
+    #[test]
+    fn service_token_refusals() {
+        let other: &[u8] = b"another key of some length......";
+        let good = |sr: &str| sign(sr, NOW + 3600, KEY, Some("p"));
+        // Another service, a device resource, a host that merely starts like ours, a non-numeric port.
+        for sr in ["other.example.com", "0ne001/registrations/d", "dps.example.com.evil", "dps.example.com%3Ahttps"] {
+            assert_eq!(check_service(&good(sr), "p", &[KEY]), Err(SasError::WrongResource), "{sr}");
+        }
+        // Another policy's name, none at all, the device key name.
+        assert_eq!(check_service(&good("dps.example.com"), "q", &[KEY]), Err(SasError::WrongKeyName));
+        assert_eq!(
+            check_service(&sign("dps.example.com", NOW + 60, KEY, None), "p", &[KEY]),
+            Err(SasError::WrongKeyName)
+        );
+        let device_named = sign("dps.example.com", NOW + 60, KEY, Some("registration"));
+        assert_eq!(check_service(&device_named, "p", &[KEY]), Err(SasError::WrongKeyName));
+        // Expired, too long-lived, the wrong key; either of the policy's two keys.
+        assert_eq!(
+            check_service(&sign("dps.example.com", NOW - 301, KEY, Some("p")), "p", &[KEY]),
+            Err(SasError::Expired)
+        );
+        let long = sign("dps.example.com", NOW + DAY + 301, KEY, Some("p"));
+        assert_eq!(check_service(&long, "p", &[KEY]), Err(SasError::LifetimeTooLong));
+        assert_eq!(check_service(&good("dps.example.com"), "p", &[other]), Err(SasError::BadSignature));
+        assert_eq!(check_service(&good("dps.example.com"), "p", &[other, KEY]), Ok(1));
+        // A device token is not a service token, nor the reverse.
+        let device = sign("0ne00111111%2Fregistrations%2Fd", NOW + 60, KEY, None);
+        assert_eq!(check_service(&device, "p", &[KEY]), Err(SasError::WrongResource));
+        let token = parse(&good("dps.example.com")).map(|t| verify(&t, &expect("dps.example.com"), &[KEY]));
+        assert_eq!(token, Ok(Err(SasError::WrongKeyName)));
+    }
+
     proptest! {
         #[test]
         fn parse_and_verify_never_panic(header in "\\PC{0,300}") {
             if let Ok(token) = parse(&header) {
-                let _ = verify(&token, &Expectation { resource: "s/registrations/d", now: NOW, skew: 300, max_lifetime: DAY }, &[KEY]);
+                let _ = verify(&token, &Expectation { audience: Audience::Device("s/registrations/d"), now: NOW, skew: 300, max_lifetime: DAY }, &[KEY]);
+                let names = ["dps.example.com".to_owned()];
+                let _ = verify(&token, &Expectation { audience: Audience::Service { host_names: &names, policy: "p" }, now: NOW, skew: 300, max_lifetime: DAY }, &[KEY]);
             }
         }
 
@@ -346,7 +475,7 @@ mod tests {
             let expiry = NOW.saturating_add(ahead);
             let header = sign(&format!("{SCOPE}%2Fregistrations%2Fd"), expiry, KEY, None);
             let token = parse(&header).unwrap();
-            let expected = Expectation { resource: &resource, now: NOW, skew, max_lifetime };
+            let expected = Expectation { audience: Audience::Device(&resource), now: NOW, skew, max_lifetime };
             let verified = verify(&token, &expected, &[KEY]);
             prop_assert_eq!(verified.is_ok(), ahead <= max_lifetime + skew, "{:?}", verified);
         }

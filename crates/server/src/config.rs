@@ -30,6 +30,77 @@ pub enum Command {
     /// Re-wrap the data key (which seals every secret in the database) under a new master key, and exit. Running
     /// replicas keep working (they hold the data key); replicas started afterwards need the new master key.
     RotateMasterKey(RotateMasterKeyArgs),
+    /// Manage shared access policies (the keys of admin API SharedAccessSignature tokens) in the database, and
+    /// print a policy's connection string.
+    SharedAccessPolicy(SharedAccessPolicyArgs),
+}
+
+/// `zerotouch shared-access-policy`.
+#[derive(Debug, Clone, Args)]
+pub struct SharedAccessPolicyArgs {
+    /// Settings (the data dir and database).
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// The master key (which opens the policies' keys).
+    #[command(flatten)]
+    pub master_key: MasterKeyArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PolicyAction,
+}
+
+/// What `zerotouch shared-access-policy` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyAction {
+    /// List the policies and their rights.
+    List,
+    /// Create a policy (keys generated) or change its rights (keys kept).
+    Put {
+        /// The policy's name (1-64 ASCII letters, digits and -._).
+        name: String,
+        /// Its rights, comma-separated: ServiceConfig, EnrollmentRead, EnrollmentWrite, RegistrationStatusRead,
+        /// RegistrationStatusWrite.
+        #[arg(long)]
+        rights: String,
+    },
+    /// Delete a policy: tokens signed with its keys stop working at once.
+    Delete {
+        /// The policy's name.
+        name: String,
+    },
+    /// Print the policy's connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...), which
+    /// holds its key.
+    ConnectionString {
+        /// The policy's name.
+        name: String,
+        /// The service's host name the clients reach (one of its --hostname, with :port unless 443) [default: the
+        /// first name of the data dir's server certificate].
+        #[arg(long, value_name = "HOST")]
+        host_name: Option<String>,
+        /// Use the secondary key instead of the primary.
+        #[arg(long)]
+        secondary: bool,
+    },
+}
+
+/// The resolved settings of `shared-access-policy`.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Data dir, database.
+    pub common: CommonConfig,
+    /// The master key.
+    pub master_key: MasterKeySource,
+}
+
+impl PolicyConfig {
+    /// Resolves the settings of `shared-access-policy`.
+    pub fn resolve(args: &SharedAccessPolicyArgs) -> anyhow::Result<Self> {
+        let file = read_file_settings(args.settings.config.as_deref())?;
+        Ok(Self {
+            common: common(&args.settings, &file)?,
+            master_key: MasterKeySource::resolve(&args.master_key, &file)?,
+        })
+    }
 }
 
 /// Where the master key comes from: the master key wraps the data key that seals every secret in the database
@@ -269,6 +340,14 @@ pub struct ServeArgs {
     /// How far ahead a device's SAS token may expire (its longest lifetime, plus the clock skew) [default: 25h].
     #[arg(long, env = "ZEROTOUCH_SAS_MAX_LIFETIME", value_parser = humantime::parse_duration)]
     pub sas_max_lifetime: Option<Duration>,
+    /// Refuse `SharedAccessSignature` tokens on the admin API: only JWTs authenticate (shared access policies can
+    /// still be managed, but sign nothing that is accepted) [default: off: policies' tokens are accepted].
+    #[arg(long, env = "ZEROTOUCH_NO_SHARED_ACCESS_POLICIES")]
+    pub no_shared_access_policies: bool,
+    /// How far ahead an admin API SharedAccessSignature token may expire (its longest lifetime, plus the clock
+    /// skew) [default: 25h].
+    #[arg(long, env = "ZEROTOUCH_SERVICE_SAS_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    pub service_sas_max_lifetime: Option<Duration>,
     /// How long a registration operation can be polled before it expires [default: 24h].
     #[arg(long, env = "ZEROTOUCH_OPERATION_TTL", value_parser = humantime::parse_duration)]
     pub operation_ttl: Option<Duration>,
@@ -394,6 +473,10 @@ struct FileSettings {
     sas_clock_skew: Option<Duration>,
     #[serde(alias = "sas-max-lifetime", default, with = "humantime_serde_opt")]
     sas_max_lifetime: Option<Duration>,
+    #[serde(alias = "no-shared-access-policies")]
+    no_shared_access_policies: Option<bool>,
+    #[serde(alias = "service-sas-max-lifetime", default, with = "humantime_serde_opt")]
+    service_sas_max_lifetime: Option<Duration>,
     #[serde(alias = "operation-ttl", default, with = "humantime_serde_opt")]
     operation_ttl: Option<Duration>,
     #[serde(alias = "audit-retention", default, with = "humantime_serde_opt")]
@@ -517,6 +600,10 @@ pub struct Config {
     pub sas_clock_skew: Duration,
     /// How far ahead a SAS token may expire (besides the clock skew).
     pub sas_max_lifetime: Duration,
+    /// Whether shared access policies' tokens authenticate admin requests.
+    pub shared_access_policies: bool,
+    /// How far ahead an admin API SAS token may expire (besides the clock skew).
+    pub service_sas_max_lifetime: Duration,
     /// How long operations can be polled.
     pub operation_ttl: Duration,
     /// How long audit events are kept.
@@ -713,6 +800,12 @@ impl Config {
                 "--sas-max-lifetime",
                 args.sas_max_lifetime.or(file.sas_max_lifetime).unwrap_or(DEFAULT_SAS_MAX_LIFETIME),
             )?,
+            shared_access_policies: !(args.no_shared_access_policies
+                || file.no_shared_access_policies.unwrap_or(false)),
+            service_sas_max_lifetime: positive(
+                "--service-sas-max-lifetime",
+                args.service_sas_max_lifetime.or(file.service_sas_max_lifetime).unwrap_or(DEFAULT_SAS_MAX_LIFETIME),
+            )?,
             operation_ttl: args.operation_ttl.or(file.operation_ttl).unwrap_or(Duration::from_secs(24 * 3600)),
             audit_retention: args
                 .audit_retention
@@ -897,6 +990,25 @@ mod tests {
         let err = Config::resolve(&serve(&["--sas-max-lifetime", "0s"])).unwrap_err();
         assert!(err.to_string().contains("--sas-max-lifetime"), "{err}");
         assert!(Cli::try_parse_from(["zerotouch", "serve", "--sas-max-lifetime", "forever"]).is_err());
+    }
+
+    #[test]
+    fn shared_access_policies_are_on_by_default_and_turned_off_by_flag_or_file() {
+        let config = Config::resolve(&serve(&[])).unwrap();
+        assert!(config.shared_access_policies);
+        assert_eq!(config.service_sas_max_lifetime, DEFAULT_SAS_MAX_LIFETIME);
+        let config = Config::resolve(&serve(&["--no-shared-access-policies", "--service-sas-max-lifetime", "1h"]));
+        let config = config.unwrap();
+        assert!(!config.shared_access_policies);
+        assert_eq!(config.service_sas_max_lifetime, Duration::from_secs(3600));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zerotouch.toml");
+        std::fs::write(&file, "no-shared-access-policies = true\nservice_sas_max_lifetime = \"2h\"\n").unwrap();
+        let config = Config::resolve(&serve(&["--config", file.to_str().unwrap()])).unwrap();
+        assert!(!config.shared_access_policies);
+        assert_eq!(config.service_sas_max_lifetime, Duration::from_secs(7200));
+        let err = Config::resolve(&serve(&["--service-sas-max-lifetime", "0s"])).unwrap_err();
+        assert!(err.to_string().contains("--service-sas-max-lifetime"), "{err}");
     }
 
     #[test]

@@ -20,4 +20,5 @@ pub mod pkcs11;
 pub mod pki;
 pub mod registration;
 pub mod service;
+pub mod shared_access_policy;
 pub mod tls;

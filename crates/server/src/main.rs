@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     match &mut cli.command {
         Command::Serve(args) => args.master_key.master_key_from_env = master_key,
         Command::RotateMasterKey(args) => args.master_key.master_key_from_env = master_key,
+        Command::SharedAccessPolicy(args) => args.master_key.master_key_from_env = master_key,
         Command::Migrate(_) | Command::AdminToken(_) => {}
     }
     tls::install_crypto_provider();
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
         Command::Migrate(args) => actix_web::rt::System::new().block_on(service::migrate(args)),
         Command::AdminToken(args) => service::admin_token(args),
         Command::RotateMasterKey(args) => actix_web::rt::System::new().block_on(service::rotate_master_key(args)),
+        Command::SharedAccessPolicy(args) => {
+            actix_web::rt::System::new().block_on(zerotouch_server::shared_access_policy::run(args))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

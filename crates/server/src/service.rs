@@ -149,7 +149,14 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
         tokio::spawn(Arc::clone(&hubs).run_worker(shutdown.clone())),
         tokio::spawn(expire_audit(store.clone(), config.audit_retention, shutdown.clone())),
     ];
-    let state = AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs };
+    let service_sas = crate::auth::ServiceSas {
+        enabled: config.shared_access_policies,
+        host_names: config.hostnames.clone(),
+        clock_skew: config.sas_clock_skew,
+        max_lifetime: config.service_sas_max_lifetime,
+    };
+    let state =
+        AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs, service_sas };
     let admin = admin_server(listeners.admin, tls, state, config.shutdown_timeout)?;
     let mqtt = crate::mqtt::MqttEndpoint::start(
         listeners.mqtt,

@@ -83,6 +83,7 @@ mod issuing_ca;
 mod migration_lock;
 mod registration;
 mod secrets;
+mod shared_access_policy;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 mod tpm;
@@ -114,6 +115,7 @@ pub use registration::{
     Registrations, Snapshot,
 };
 pub use secrets::{Rotated, UnlockError, Unlocked};
+pub use shared_access_policy::{SharedAccessPolicies, SharedAccessPolicyReader, SharedAccessPolicyRecord};
 pub use tpm::{Tpm, TpmChallengeRecord};
 pub use tpm_binding::{TpmBindingReader, TpmBindingRecord, TpmBindings};
 
@@ -415,6 +417,11 @@ impl Store {
     /// TPM activation challenges and EK bindings.
     pub fn tpm(&self) -> Tpm<'_> {
         Tpm::new(self)
+    }
+
+    /// Shared access policies: the keys of the admin API's `SharedAccessSignature` tokens.
+    pub fn shared_access_policies(&self) -> SharedAccessPolicies<'_> {
+        SharedAccessPolicies::new(self)
     }
 
     /// The TPM bindings of TPM enrollment groups, for admins.

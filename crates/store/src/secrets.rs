@@ -10,6 +10,7 @@
 //! | `hub_jobs` | `document.credential.key` (a TPM device's hub key) | the job id |
 //! | `tpm_challenges` | `hmac_key` | the registration key |
 //! | `issuing_cas` | `encrypted_key` (clear PKCS#8 DER inside the envelope) | the CA name |
+//! | `shared_access_policies` | `primary_key`, `secondary_key` | the lower-cased policy name |
 //!
 //! The data key lives in `data_keys`, wrapped by the master key, which never reaches the store: [`Store::unlock`]
 //! takes it as a [`Cipher`] (in this process, or a token's). Until then the vault is locked, and every read or

@@ -14,6 +14,7 @@ pub mod field;
 pub mod hub;
 pub mod id;
 pub mod mqtt;
+pub mod policy;
 pub mod query;
 pub mod registration;
 pub mod secret;

@@ -1,12 +1,15 @@
-//! The query body of `POST /enrollments/query` and friends; only `SELECT * FROM <collection>` is understood.
+//! The query body of `POST /enrollments/query` and friends; only "everything" is understood.
 
 /// Checks that `query` selects everything from `collection` (case-insensitive, any whitespace).
 ///
-/// DPS documents a SQL-like language, but its SDKs only ever send `SELECT * FROM enrollments` and
-/// `SELECT * FROM enrollmentGroups`; anything else is refused rather than half-understood.
+/// DPS documents a SQL-like language, but what its SDKs and samples send selects everything: `*` (the Node
+/// samples), `SELECT *` (the Python samples), `SELECT * FROM enrollments` (the documentation, the C# and Java
+/// samples); anything else is refused rather than half-understood.
 pub fn check_select_all(query: &str, collection: &str) -> Result<(), String> {
     let words: Vec<&str> = query.split_whitespace().collect();
     match words.as_slice() {
+        ["*"] => Ok(()),
+        [select, "*"] if select.eq_ignore_ascii_case("select") => Ok(()),
         [select, star, from, target]
             if select.eq_ignore_ascii_case("select")
                 && *star == "*"
@@ -15,7 +18,7 @@ pub fn check_select_all(query: &str, collection: &str) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err(format!("only \"SELECT * FROM {collection}\" is supported")),
+        _ => Err(format!("only \"SELECT * FROM {collection}\" (or \"SELECT *\", or \"*\") is supported")),
     }
 }
 
@@ -30,5 +33,9 @@ mod tests {
         assert!(check_select_all("SELECT * FROM enrollments WHERE x=1", "enrollments").is_err());
         assert!(check_select_all("SELECT * FROM enrollmentGroups", "enrollments").is_err());
         assert!(check_select_all("", "enrollments").is_err());
+        // What the SDKs' samples send.
+        assert!(check_select_all("*", "enrollments").is_ok());
+        assert!(check_select_all("select *", "enrollmentGroups").is_ok());
+        assert!(check_select_all("SELECT *, etag", "enrollments").is_err());
     }
 }

@@ -136,6 +136,18 @@ impl<'de> Deserialize<'de> for SymmetricKey {
     }
 }
 
+/// Deserializes an optional key where an empty (or blank) string means "none": Azure generates a key for `""`, and
+/// documents exported from Azure or written by its tools carry `"primaryKey": ""` for "generate one".
+pub fn optional_key<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SymmetricKey>, D::Error> {
+    let text: Option<Zeroizing<String>> = Option::<String>::deserialize(deserializer)?.map(Zeroizing::new);
+    match text {
+        Some(text) if !text.trim().is_empty() => {
+            SymmetricKey::from_base64(&text).map(Some).map_err(serde::de::Error::custom)
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

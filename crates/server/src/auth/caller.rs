@@ -1,10 +1,15 @@
 //! Authorization as a capability that hands out the part of the store it allows (lldap's `get_admin_handler`): a
 //! handler that changes enrollments takes a [`Caller<EnrollmentWrite>`], which only [`Caller::authorize`] creates
-//! (called by the admin API's extractor), after the token verified and the role sufficed, and which alone gives
-//! the [`EnrollmentWriter`] (the writes, audited as the caller). Every caller gives read-only views
-//! ([`Caller::enrollments`], ...). The admin App registers the store only as an [`AdminStore`], which nothing but
-//! a `Caller` can open, so a handler without a `Caller` cannot reach the store at all, and one with a
-//! `Caller<Read>` cannot write.
+//! (called by the admin API's extractor), after the credential verified and the role or the policy's rights
+//! sufficed, and which alone gives the [`EnrollmentWriter`] (the writes, audited as the caller). Every caller gives
+//! read-only views ([`Caller::enrollments`], ...). The admin App registers the store only as an [`AdminStore`],
+//! which nothing but a `Caller` can open, so a handler without a `Caller` cannot reach the store at all, and one
+//! with a `Caller<Read>` cannot write.
+//!
+//! Two credentials make a caller: a JWT (the default and recommended one), whose role must include the
+//! permission's [`Permission::NEEDS`]; and a `SharedAccessSignature` signed with a shared access policy's key
+//! ([`super::service_sas`]), whose rights must include one of the permission's [`Permission::GRANTED_BY`]. The
+//! mapping of Azure's rights onto permissions is the table in `docs/architecture.md` ("Shared access policies").
 
 use std::marker::PhantomData;
 
@@ -12,36 +17,70 @@ use actix_web::web;
 use zerotouch_store::{
     Actor, AuditLog, BulkFailure, BulkItem, CertificateAuthorityInput, CertificateAuthorityReader,
     CertificateAuthorityRecord, CertificateReader, CertificateRecord, EnrollmentReader, EnrollmentRecord, HubInput,
-    HubReader, HubRecord, IssuingCaReader, IssuingCaRecord, Precondition, RegistrationReader, Store, StoreError,
-    TpmBindingReader,
+    HubReader, HubRecord, IssuingCaReader, IssuingCaRecord, Precondition, RegistrationReader, SharedAccessPolicyReader,
+    SharedAccessPolicyRecord, Store, StoreError, TpmBindingReader,
 };
 use zerotouch_wire::bulk::BulkMode;
 use zerotouch_wire::enrollment::{EnrollmentKind, NormalizedEnrollment};
+use zerotouch_wire::policy::{AccessRight, AccessRights, NormalizedPolicy};
 
+use super::service_sas::{ServiceSas, ServiceSasError};
 use super::{Role, TokenError, Verifier};
 
 /// A permission a route needs; see the implementors.
 pub trait Permission {
     /// The least role that has it.
     const NEEDS: Role;
+    /// The rights of a shared access policy that grant it (any one of them); [`AccessRights::NONE`]: no policy
+    /// does, only a JWT.
+    const GRANTED_BY: AccessRights;
     /// What it allows, for the 403 message.
     const WHAT: &'static str;
 }
 
-/// Read enrollments, groups, registrations, hubs and the audit log.
+/// Read hubs, the managed CA, certificate authorities and the audit log (and everything else a reader reads).
 #[derive(Debug)]
 pub struct Read;
 impl Permission for Read {
     const NEEDS: Role = Role::Reader;
-    const WHAT: &'static str = "read";
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::ServiceConfig]);
+    const WHAT: &'static str = "read the service's configuration";
 }
 
-/// Change enrollments, enrollment groups and registrations, and read enrollment keys.
+/// Read enrollments and enrollment groups.
+#[derive(Debug)]
+pub struct ReadEnrollments;
+impl Permission for ReadEnrollments {
+    const NEEDS: Role = Role::Reader;
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::EnrollmentRead]);
+    const WHAT: &'static str = "read enrollments and enrollment groups";
+}
+
+/// Read device registration states (and TPM bindings).
+#[derive(Debug)]
+pub struct ReadRegistrations;
+impl Permission for ReadRegistrations {
+    const NEEDS: Role = Role::Reader;
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::RegistrationStatusRead]);
+    const WHAT: &'static str = "read registration states";
+}
+
+/// Change enrollments and enrollment groups, and read enrollment keys.
 #[derive(Debug)]
 pub struct EnrollmentWrite;
 impl Permission for EnrollmentWrite {
     const NEEDS: Role = Role::Operator;
-    const WHAT: &'static str = "change enrollments, enrollment groups and registrations";
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::EnrollmentWrite]);
+    const WHAT: &'static str = "change enrollments and enrollment groups";
+}
+
+/// Delete registration states, revoke their certificates, release TPM bindings.
+#[derive(Debug)]
+pub struct RegistrationWrite;
+impl Permission for RegistrationWrite {
+    const NEEDS: Role = Role::Operator;
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::RegistrationStatusWrite]);
+    const WHAT: &'static str = "delete registrations and revoke their certificates";
 }
 
 /// Change hubs.
@@ -49,6 +88,7 @@ impl Permission for EnrollmentWrite {
 pub struct HubWrite;
 impl Permission for HubWrite {
     const NEEDS: Role = Role::Owner;
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::ServiceConfig]);
     const WHAT: &'static str = "change hubs";
 }
 
@@ -57,7 +97,18 @@ impl Permission for HubWrite {
 pub struct PkiWrite;
 impl Permission for PkiWrite {
     const NEEDS: Role = Role::Owner;
+    const GRANTED_BY: AccessRights = AccessRights::of(&[AccessRight::ServiceConfig]);
     const WHAT: &'static str = "manage issuing CAs and certificate authorities";
+}
+
+/// Manage shared access policies and read their keys: owners with a JWT only, so that no signature made with a
+/// policy's key can mint or widen another.
+#[derive(Debug)]
+pub struct PolicyWrite;
+impl Permission for PolicyWrite {
+    const NEEDS: Role = Role::Owner;
+    const GRANTED_BY: AccessRights = AccessRights::NONE;
+    const WHAT: &'static str = "manage shared access policies";
 }
 
 /// The store, registered for the admin App as this type so that only [`Caller`] can open it: it has no public
@@ -77,7 +128,8 @@ impl std::fmt::Debug for AdminStore {
     }
 }
 
-/// A caller whose token verified and whose role includes `P`: the reads every role has, and the writes `P` allows.
+/// A caller whose credential verified and whose role (or policy) includes `P`: the reads every role has, and the
+/// writes `P` allows.
 #[derive(Debug)]
 pub struct Caller<P> {
     actor: Actor,
@@ -140,7 +192,21 @@ impl Caller<EnrollmentWrite> {
     pub fn enrollment_writer(&self) -> EnrollmentWriter<'_> {
         EnrollmentWriter(self.writer())
     }
+}
 
+impl Caller<PolicyWrite> {
+    /// Shared access policies, keys included.
+    pub fn shared_access_policies(&self) -> SharedAccessPolicyReader<'_> {
+        self.store().shared_access_policies().reader()
+    }
+
+    /// Changes to shared access policies, audited as this caller.
+    pub fn policy_writer(&self) -> PolicyWriter<'_> {
+        PolicyWriter(self.writer())
+    }
+}
+
+impl Caller<RegistrationWrite> {
     /// Changes to registrations (deletion, revocation), audited as this caller.
     pub fn registration_writer(&self) -> RegistrationWriter<'_> {
         RegistrationWriter(self.writer())
@@ -242,6 +308,31 @@ impl RegistrationWriter<'_> {
     }
 }
 
+/// Changes to shared access policies, as one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyWriter<'a>(Writer<'a>);
+
+impl PolicyWriter<'_> {
+    /// Creates or replaces a policy under `precondition` ([`zerotouch_store::SharedAccessPolicies::put`]).
+    pub async fn put(
+        self,
+        policy: NormalizedPolicy,
+        precondition: &Precondition,
+    ) -> Result<(SharedAccessPolicyRecord, bool), StoreError> {
+        self.0.store.shared_access_policies().put(policy, precondition, self.0.actor).await
+    }
+
+    /// Deletes a policy under `precondition` ([`zerotouch_store::SharedAccessPolicies::delete`]).
+    pub async fn delete(self, key: &str, precondition: &Precondition) -> Result<(), StoreError> {
+        self.0.store.shared_access_policies().delete(key, precondition, self.0.actor).await
+    }
+
+    /// Records that the caller read a policy's keys.
+    pub async fn audit_key_read(self, record: &SharedAccessPolicyRecord) -> Result<(), StoreError> {
+        self.0.store.shared_access_policies().audit_key_read(record, self.0.actor).await
+    }
+}
+
 /// Changes to hubs, as one caller.
 #[derive(Debug, Clone, Copy)]
 pub struct HubWriter<'a>(Writer<'a>);
@@ -318,9 +409,13 @@ impl CertificateAuthorityWriter<'_> {
 /// Why a caller is refused (the HTTP transport maps it, `http::error`).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// No bearer token, or one that fails verification.
+    /// No credential, or a bearer token that fails verification.
     #[error("unauthenticated: {0}")]
     Unauthenticated(#[from] TokenError),
+    /// A `SharedAccessSignature` that fails verification (unknown policy, wrong key, expired, another host,
+    /// policies turned off, ...).
+    #[error("unauthenticated: {0}")]
+    BadSignature(#[from] ServiceSasError),
     /// The caller's role is not enough.
     #[error("role {role} may not {what}")]
     Forbidden {
@@ -331,30 +426,77 @@ pub enum AuthError {
         /// What was attempted.
         what: &'static str,
     },
+    /// The policy that signed the caller's token lacks every right that grants the permission.
+    #[error("shared access policy {policy} may not {what}")]
+    PolicyForbidden {
+        /// The policy's name.
+        policy: String,
+        /// Its rights.
+        rights: AccessRights,
+        /// The rights that would do (any one of them; none: only a JWT).
+        needs: AccessRights,
+        /// What was attempted.
+        what: &'static str,
+    },
+    /// The store failed while finding the policy.
+    #[error("reading the shared access policy: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The scheme of an `Authorization` header's credential.
+enum Credential<'a> {
+    Bearer(&'a str),
+    SharedAccessSignature(&'a str),
+}
+
+fn credential(authorization: Option<&str>) -> Result<Credential<'_>, TokenError> {
+    let value = authorization.map(str::trim).ok_or(TokenError::Missing)?;
+    if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
+        return Ok(Credential::Bearer(token.trim()));
+    }
+    if value.starts_with("SharedAccessSignature ") {
+        return Ok(Credential::SharedAccessSignature(value));
+    }
+    Err(TokenError::Missing)
 }
 
 impl<P: Permission> Caller<P> {
-    /// The only way to a caller: the `Authorization` header's bearer token verifies and its role includes `P`.
-    /// The admin API's extractor (`http::admin`) calls it with the App's verifier and store.
-    pub fn authorize(
+    /// The only way to a caller: the `Authorization` header's bearer token verifies and its role includes `P`, or
+    /// its `SharedAccessSignature` verifies with the key of a policy one of whose rights grants `P`. The admin
+    /// API's extractor (`http::admin`) calls it with the App's verifiers and store.
+    pub async fn authorize(
         verifier: &Verifier,
+        service_sas: &ServiceSas,
         store: &web::Data<AdminStore>,
         authorization: Option<&str>,
     ) -> Result<Self, AuthError> {
-        let token = authorization
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or(TokenError::Missing)?;
-        let (subject, role) = verifier.verify(token)?;
-        match role {
-            Some(role) if role >= P::NEEDS => Ok(Caller {
-                actor: Actor { subject, role: role.as_str().to_owned() },
-                store: store.clone(),
-                _permission: PhantomData,
-            }),
-            role => {
-                Err(AuthError::Forbidden { role: role.map_or("none", Role::as_str), needs: P::NEEDS, what: P::WHAT })
+        let actor = match credential(authorization)? {
+            Credential::Bearer(token) => {
+                let (subject, role) = verifier.verify(token)?;
+                match role {
+                    Some(role) if role >= P::NEEDS => Actor { subject, role: role.as_str().to_owned() },
+                    role => {
+                        return Err(AuthError::Forbidden {
+                            role: role.map_or("none", Role::as_str),
+                            needs: P::NEEDS,
+                            what: P::WHAT,
+                        });
+                    }
+                }
             }
-        }
+            Credential::SharedAccessSignature(header) => {
+                let policy = service_sas.verify(store.0.shared_access_policies().reader(), header).await?;
+                if !policy.rights.intersects(P::GRANTED_BY) {
+                    return Err(AuthError::PolicyForbidden {
+                        policy: policy.name,
+                        rights: policy.rights,
+                        needs: P::GRANTED_BY,
+                        what: P::WHAT,
+                    });
+                }
+                super::service_sas::actor(&policy.name, policy.rights)
+            }
+        };
+        Ok(Caller { actor, store: store.clone(), _permission: PhantomData })
     }
 }

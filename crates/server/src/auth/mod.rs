@@ -1,5 +1,5 @@
-//! Admin authentication: bearer JWTs, verified against pinned keys, mapped to a role; and authorization as a
-//! capability ([`caller`]).
+//! Admin authentication: bearer JWTs, verified against pinned keys, mapped to a role; `SharedAccessSignature`
+//! tokens of shared access policies ([`service_sas`]); and authorization as a capability ([`caller`]).
 //!
 //! Every key is pinned to one algorithm (from the JWK's `alg`, else from its key type): a token whose header names
 //! another algorithm is refused, so there is no `none`, and no HS256 token "signed" with a public RSA key.
@@ -17,11 +17,14 @@ use serde_json::Value;
 use crate::config::{AuthConfig, DEV_ISSUER, JwksSource, TokenIssuer};
 
 pub mod caller;
+pub mod service_sas;
 
 pub use caller::{
     AdminStore, AuthError, Caller, CertificateAuthorityWriter, EnrollmentWrite, EnrollmentWriter, HubWrite, HubWriter,
-    IssuingCaWriter, Permission, PkiWrite, Read, RegistrationWriter,
+    IssuingCaWriter, Permission, PkiWrite, PolicyWrite, PolicyWriter, Read, ReadEnrollments, ReadRegistrations,
+    RegistrationWrite, RegistrationWriter,
 };
+pub use service_sas::ServiceSas;
 
 /// Clock skew allowed on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 60;

@@ -15,6 +15,9 @@ use zerotouch_store::StoreError;
 use zerotouch_wire::enrollment::FieldError;
 use zerotouch_wire::{ErrorBody, ErrorCode};
 
+use zerotouch_wire::policy::AccessRights;
+
+use crate::auth::service_sas::ServiceSasError;
 use crate::auth::{AuthError, Role, TokenError};
 use crate::internal::InternalError;
 use crate::pki::PkiError;
@@ -41,6 +44,9 @@ pub enum ApiError {
     /// The bearer token is missing or invalid.
     #[error("unauthenticated: {0}")]
     Unauthenticated(TokenError),
+    /// The shared access signature does not verify (the reason is logged, never sent).
+    #[error("unauthenticated: {0}")]
+    BadSignature(ServiceSasError),
     /// The caller's role is not enough.
     #[error("role {role} may not {what}")]
     Forbidden {
@@ -48,6 +54,18 @@ pub enum ApiError {
         role: &'static str,
         /// The role needed.
         needs: Role,
+        /// What was attempted.
+        what: &'static str,
+    },
+    /// The caller's shared access policy has no right that grants the permission.
+    #[error("shared access policy {policy} may not {what}")]
+    PolicyForbidden {
+        /// The policy.
+        policy: String,
+        /// Its rights.
+        rights: AccessRights,
+        /// The rights that would do.
+        needs: AccessRights,
         /// What was attempted.
         what: &'static str,
     },
@@ -124,12 +142,27 @@ impl ApiError {
             Self::InvalidId(m) => (ErrorCode::InvalidId, m.clone()),
             Self::InvalidQuery(m) => (ErrorCode::InvalidQuery, m.clone()),
             Self::InvalidHeader(m) => (ErrorCode::InvalidHeader, m.clone()),
-            Self::Unauthenticated(_) => {
-                (ErrorCode::Unauthenticated, "a valid bearer token is required (Authorization: Bearer <JWT>)".into())
-            }
+            Self::Unauthenticated(_) | Self::BadSignature(_) => (
+                ErrorCode::Unauthenticated,
+                "a valid bearer token (Authorization: Bearer <JWT>) or shared access signature \
+                 (Authorization: SharedAccessSignature sr=...&sig=...&se=...&skn=...) is required"
+                    .into(),
+            ),
             Self::Forbidden { role, needs, what } => (
                 ErrorCode::Forbidden,
                 format!("role {role:?} may not {what}; role {:?} or higher is needed", needs.as_str()),
+            ),
+            Self::PolicyForbidden { policy, rights, needs, what } => (
+                ErrorCode::Forbidden,
+                if needs.is_empty() {
+                    format!("shared access policy {policy:?} may not {what}; only an owner's bearer token may")
+                } else {
+                    format!(
+                        "shared access policy {policy:?} (rights {:?}) may not {what}; it needs the right {}",
+                        rights.to_string(),
+                        needs.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or ")
+                    )
+                },
             ),
             Self::RouteNotFound => (ErrorCode::RouteNotFound, "no such route".into()),
             Self::NotFound(what) => (ErrorCode::NotFound, format!("{what} does not exist")),
@@ -237,7 +270,12 @@ impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         match error {
             AuthError::Unauthenticated(why) => Self::Unauthenticated(why),
+            AuthError::BadSignature(why) => Self::BadSignature(why),
             AuthError::Forbidden { role, needs, what } => Self::Forbidden { role, needs, what },
+            AuthError::PolicyForbidden { policy, rights, needs, what } => {
+                Self::PolicyForbidden { policy, rights, needs, what }
+            }
+            AuthError::Store(e) => Self::internal(e),
         }
     }
 }
@@ -273,6 +311,10 @@ impl ResponseError for ApiError {
             Self::Device(error) => device_response(error),
             Self::Unauthenticated(why) => {
                 tracing::info!("admin request refused: {why}");
+                error_response(code, message, None)
+            }
+            Self::BadSignature(why) => {
+                tracing::info!("admin request refused: shared access signature: {why}");
                 error_response(code, message, None)
             }
             _ => error_response(code, message, None),

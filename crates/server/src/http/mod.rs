@@ -37,6 +37,8 @@ pub struct AdminState {
     pub pki: Arc<Pki>,
     /// The hubs' adapters and the outbox.
     pub hubs: Arc<Hubs>,
+    /// How `SharedAccessSignature` tokens of shared access policies are checked.
+    pub service_sas: crate::auth::ServiceSas,
 }
 
 /// Builds the admin API server on an already-bound listener (tests bind port 0).
@@ -54,9 +56,11 @@ pub fn admin_server(
     let metrics = web::Data::new(state.metrics);
     let pki = web::Data::from(state.pki);
     let hubs = web::Data::from(state.hubs);
+    let service_sas = web::Data::new(state.service_sas);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(store.clone())
+            .app_data(service_sas.clone())
             .app_data(readiness.clone())
             .app_data(pki.clone())
             .app_data(hubs.clone())
@@ -64,6 +68,7 @@ pub fn admin_server(
             .app_data(metrics.clone())
             .app_data(web::Data::new(Listener("service")))
             .app_data(path_errors())
+            .wrap(from_fn(admin::canonical_case))
             .wrap(from_fn(crate::metrics::observe))
             .configure(admin::configure)
     })

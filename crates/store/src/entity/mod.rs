@@ -9,6 +9,7 @@ pub(crate) mod hub_job;
 pub(crate) mod issuing_ca;
 pub(crate) mod operation;
 pub(crate) mod registration;
+pub(crate) mod shared_access_policy;
 pub(crate) mod tpm_binding;
 pub(crate) mod tpm_challenge;
 

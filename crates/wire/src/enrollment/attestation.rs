@@ -187,11 +187,11 @@ pub struct X509CaReferences {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SymmetricKeyAttestation {
-    /// The primary key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The primary key (`""` or `null`: generate one, as Azure does).
+    #[serde(default, deserialize_with = "crate::secret::optional_key", skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<SymmetricKey>,
-    /// The secondary key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The secondary key (`""` or `null`: generate one).
+    #[serde(default, deserialize_with = "crate::secret::optional_key", skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<SymmetricKey>,
 }
 /// The two keys of an attestation, and which of them were generated.

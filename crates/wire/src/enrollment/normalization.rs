@@ -15,7 +15,6 @@ use super::{
     ReprovisionPolicy,
 };
 use crate::field::{FieldError, decode};
-use crate::id::RegistrationId;
 use crate::secret::SymmetricKey;
 
 /// Declares the input shape of a document kind: its own fields plus every shared setting, unknown fields refused.
@@ -182,7 +181,7 @@ pub fn normalize(
         return Err(FieldError::new(kind.id_field(), format!("{id:?} differs from the id in the URL ({path_id:?})")));
     }
     if let Some(device_id) = &device_id {
-        RegistrationId::try_from(device_id.as_str()).map_err(|e| FieldError::new("deviceId", e.to_string()))?;
+        crate::id::check_device_id(device_id).map_err(|e| FieldError::new("deviceId", e.to_string()))?;
     }
 
     let (primary_key, secondary_key, generated_keys) = check_attestation(kind, &mut settings.attestation)?;

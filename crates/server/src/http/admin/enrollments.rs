@@ -8,7 +8,7 @@ use zerotouch_wire::bulk::{BulkMode, MAX_BULK_ITEMS};
 use zerotouch_wire::enrollment::{self, EnrollmentKind, FieldError, NormalizedEnrollment};
 
 use super::timestamp;
-use crate::auth::{Caller, EnrollmentWrite, Read};
+use crate::auth::{Caller, EnrollmentWrite, ReadEnrollments};
 use crate::http::error::ApiError;
 use crate::http::request::{self, BODY_LIMIT, BULK_BODY_LIMIT, Json, MaybeJson};
 
@@ -85,7 +85,10 @@ fn check_webhook(
 }
 
 /// `GET /{collection}/{id}`.
-pub(super) async fn get<K: Kind>(caller: Caller<Read>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get<K: Kind>(
+    caller: Caller<ReadEnrollments>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let key = parse_id::<K>(&id)?;
     let record =
         caller.enrollments().get(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
@@ -144,7 +147,7 @@ pub(super) async fn attestation_mechanism<K: Kind>(
 
 /// `POST /{collection}/query`: `SELECT * FROM {collection}`, paged.
 pub(super) async fn query<K: Kind>(
-    caller: Caller<Read>,
+    caller: Caller<ReadEnrollments>,
     req: HttpRequest,
     body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {

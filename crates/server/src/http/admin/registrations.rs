@@ -9,7 +9,7 @@ use zerotouch_store::RegistrationRecord;
 use zerotouch_wire::enrollment::{EnrollmentKind, FieldError};
 use zerotouch_wire::{EnrollmentGroupId, RegistrationId};
 
-use crate::auth::{Caller, EnrollmentWrite, Read};
+use crate::auth::{Caller, ReadRegistrations, RegistrationWrite};
 use crate::http::error::ApiError;
 use crate::http::request::{self, BODY_LIMIT, MaybeJson, with_etag};
 
@@ -24,7 +24,7 @@ fn parse_id(id: &str) -> Result<RegistrationId, ApiError> {
 }
 
 /// `GET /registrations/{registrationId}`.
-pub(super) async fn get(caller: Caller<Read>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get(caller: Caller<ReadRegistrations>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let key = parse_id(&id)?.key();
     let record = caller
         .registrations()
@@ -36,7 +36,7 @@ pub(super) async fn get(caller: Caller<Read>, id: web::Path<String>) -> Result<H
 
 /// `DELETE /registrations/{registrationId}`, under `If-Match`; the device may register again afterwards.
 pub(super) async fn delete(
-    caller: Caller<EnrollmentWrite>,
+    caller: Caller<RegistrationWrite>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -52,7 +52,7 @@ pub(super) async fn delete(
 
 /// `POST /registrations/{enrollmentGroupId}/query`: the registrations of a group, paged.
 pub(super) async fn query(
-    caller: Caller<Read>,
+    caller: Caller<ReadRegistrations>,
     req: HttpRequest,
     id: web::Path<String>,
     _body: MaybeJson<BODY_LIMIT>,
@@ -93,7 +93,7 @@ fn revocation_reason(name: Option<&str>) -> Result<RevocationReason, FieldError>
 /// ones included (its issuing CAs' CRLs list the unexpired ones from the next fetch on), and gives the registration
 /// a new etag; answers the serial numbers and the etag (also in `ETag`).
 pub(super) async fn revoke(
-    caller: Caller<EnrollmentWrite>,
+    caller: Caller<RegistrationWrite>,
     id: web::Path<String>,
     body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
@@ -111,7 +111,10 @@ pub(super) async fn revoke(
 
 /// `GET /tpmBindings`: the registration ids of TPM enrollment groups and the TPM (EK) that holds each, paged
 /// (our extension).
-pub(super) async fn tpm_bindings(caller: Caller<Read>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(super) async fn tpm_bindings(
+    caller: Caller<ReadRegistrations>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let paging = request::paging(&req)?;
     let page =
         caller.tpm_bindings().list(paging.after.as_deref(), paging.max_items).await.map_err(ApiError::internal)?;
@@ -132,7 +135,7 @@ pub(super) async fn tpm_bindings(caller: Caller<Read>, req: HttpRequest) -> Resu
 /// `DELETE /tpmBindings/{registrationId}`: releases the id, which the next TPM of its group to register then
 /// holds (our extension). A registration made with the id stays; deleting the registration releases it as well.
 pub(super) async fn release_tpm_binding(
-    caller: Caller<EnrollmentWrite>,
+    caller: Caller<RegistrationWrite>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_id(&id)?.key();

@@ -36,7 +36,7 @@ impl RegistrationService {
         let resource = format!("{}/registrations/{}", device.id_scope, device.registration_id.as_str());
         // One expectation for every key tried below, the TPM challenge's included.
         let expected = sas::Expectation {
-            resource: &resource,
+            audience: sas::Audience::Device(&resource),
             now: now_secs(),
             skew: self.settings.sas_clock_skew.as_secs(),
             max_lifetime: self.settings.sas_max_lifetime.as_secs(),
