@@ -34,9 +34,9 @@ fn first_linked(request: &Value) -> Option<String> {
     request["linkedHubs"][0].as_str().map(str::to_owned)
 }
 
-async fn start() -> Server {
+async fn start(backend: Backend) -> Server {
     let args = vec!["--allow-insecure-outbound".to_owned(), "--device-rate-limit".to_owned(), "100/10s".to_owned()];
-    let server = Server::start_with(Backend::Sqlite, Options { args, ..Default::default() }).await.unwrap();
+    let server = Server::start_with(backend, Options { args, ..Default::default() }).await.unwrap();
     let api = Api::new(&server, "owner");
     for hub in [LINE_1_HUB, LINE_2_HUB] {
         let response = api.put(&format!("/hubs/{hub}"), &json!({"hostName": hub, "kind": "none"})).await;
@@ -71,7 +71,7 @@ fn der_base64(dir: &std::path::Path, pem: &str) -> String {
 /// the group's CA, and the device's payload. The group's GET shows its CA's `info` as openssl sees the CA.
 #[tokio::test]
 async fn a_webhook_allocates_group_devices_by_their_certificate_subject() {
-    let server = start().await;
+    let server = start(Backend::Sqlite).await;
     let api = Api::new(&server, "owner");
     let allocator = Allocator::start(by_production_line);
     let dir = tempfile::tempdir().unwrap();
@@ -166,9 +166,8 @@ async fn a_webhook_allocates_group_devices_by_their_certificate_subject() {
 /// payload (device payloads came with `2019-03-31`); a symmetric-key device's context is `symmetricKey: {}` and
 /// never a key. Enrollment GET and query then show each enrolled device's `registrationState` (none for an
 /// enrollment whose device never registered) and the client certificate's `info`.
-#[tokio::test]
-async fn individual_enrollments_show_their_devices_state_and_older_api_versions_get_their_shape() {
-    let server = start().await;
+async fn individual_enrollments_show_their_devices_state_and_older_api_versions_get_their_shape(backend: Backend) {
+    let server = start(backend).await;
     let api = Api::new(&server, "owner");
     let allocator = Allocator::start(first_linked);
     let dir = tempfile::tempdir().unwrap();
@@ -242,4 +241,14 @@ async fn individual_enrollments_show_their_devices_state_and_older_api_versions_
     let again = ok(response).await;
     assert!(again.get("registrationState").is_none(), "PUT answers the stored document: {again}");
     allocator.stop().await;
+}
+
+#[tokio::test]
+async fn individual_enrollments_show_their_devices_state_sqlite() {
+    individual_enrollments_show_their_devices_state_and_older_api_versions_get_their_shape(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn individual_enrollments_show_their_devices_state_postgres() {
+    individual_enrollments_show_their_devices_state_and_older_api_versions_get_their_shape(Backend::Postgres).await;
 }

@@ -200,24 +200,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
-    use zerotouch_store::EnrollmentRecord;
 
     use super::*;
 
     fn group(document: Value) -> Enrollment {
-        let record = EnrollmentRecord {
-            key: "line-2".into(),
-            id: "Line-2".into(),
-            attestation_type: "symmetricKey".into(),
-            provisioning_status: "enabled".into(),
-            document,
-            primary_key: None,
-            secondary_key: None,
-            etag: "e".into(),
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-        };
-        Enrollment::parse(EnrollmentKind::Group, record).unwrap()
+        super::super::enrollment::for_tests(EnrollmentKind::Group, document)
     }
 
     fn certificate(cn: &str, ou: &str) -> Vec<u8> {
