@@ -30,7 +30,7 @@ fn import(server: &Server, role: &str, extra: &[&str]) -> (bool, String) {
         .arg("import-azure")
         .arg(fixture("enrollments.json"))
         .arg(fixture("enrollment-groups.json"))
-        .args(["--url", &server.url("")])
+        .args(if extra.contains(&"--url") { vec![] } else { vec!["--url".to_owned(), server.url("")] })
         .arg("--token-file")
         .arg(&token_file)
         .arg("--ca-file")
@@ -71,6 +71,9 @@ async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() 
     for hub in [EAST, WEST, NORTH] {
         ok(api.put(&format!("/hubs/{hub}"), &json!({"hostName": hub, "kind": "none"})).await).await;
     }
+
+    let (success, report) = import(&server, "operator", &["--url", "http://dps.example.com:8444"]);
+    assert!(!success && report.contains("--url must be https"), "a token is not sent in the clear: {report}");
 
     let (success, report) = import(&server, "reader", &[]);
     assert!(!success, "{report}");

@@ -126,7 +126,18 @@ struct Admin {
 }
 
 impl Admin {
+    /// A client of the admin API at `args.url`: https, or plain http to a loopback address only (the token would
+    /// cross the network in the clear).
     fn new(args: &ImportAzureArgs, token: zeroize::Zeroizing<String>) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&args.url).with_context(|| format!("--url {:?} is not a URL", args.url))?;
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            other => anyhow::bail!("--url must be https (plain http only to a loopback address), not {other}"),
+        }
         let mut builder = reqwest::Client::builder().use_rustls_tls().timeout(std::time::Duration::from_secs(120));
         if let Some(ca_file) = &args.ca_file {
             let pem = std::fs::read(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
