@@ -396,6 +396,38 @@ mod tests {
         assert_eq!(t.document["credentialPolicyName"], "p");
     }
 
+    /// The export of the import test (`tests/fixtures/azure-export/`): every document translates, those that may be
+    /// imported keep no read-only field or `null`, and translating them again refuses nothing and changes nothing
+    /// (the property the `azure_export` fuzz target checks on any input).
+    #[test]
+    fn the_fixture_export_translates_and_translating_again_changes_nothing() {
+        let mut context = context();
+        for (azure, ours) in [("contoso-east", "east"), ("contoso-west", "west")] {
+            context.hub_map.insert(format!("{azure}.azure-devices.net"), format!("{ours}.hubs.example"));
+        }
+        let files = [
+            include_str!("../../../tests/fixtures/azure-export/enrollments.json"),
+            include_str!("../../../tests/fixtures/azure-export/enrollment-groups.json"),
+        ];
+        let mut importable = 0;
+        for text in files {
+            for item in documents(serde_json::from_str(text).unwrap()).unwrap() {
+                let first = translate(&item, &context);
+                if !first.importable() {
+                    continue;
+                }
+                importable += 1;
+                let document = first.document.as_object().unwrap();
+                assert!(READ_ONLY.iter().all(|field| !document.contains_key(*field)), "{document:?}");
+                assert!(!first.document.to_string().contains("null"), "{document:?}");
+                let again = translate(&first.document, &context);
+                assert!(again.importable(), "{:?}", again.notes);
+                assert_eq!(again.document, first.document);
+            }
+        }
+        assert_eq!(importable, 6, "as the import test counts them");
+    }
+
     #[test]
     fn export_files_come_in_three_shapes() {
         assert_eq!(documents(json!([{"a": 1}, {"b": 2}])).unwrap().len(), 2);
