@@ -267,6 +267,14 @@ fn hubs(document: &mut Map<String, Value>, context: &Context, notes: &mut Vec<No
                 *name = rename(name, format!("iotHubs[{i}]"), notes);
             }
         }
+        // Two Azure hubs mapped onto one of ours: listed once (zerotouch refuses a hub listed twice).
+        let mut seen = Vec::new();
+        list.retain(|hub| {
+            let name = hub.as_str().map(str::to_ascii_lowercase);
+            let first = !seen.contains(&name);
+            seen.push(name);
+            first
+        });
     }
     if let Some(Value::String(name)) = document.get_mut("iotHubHostName") {
         *name = rename(name, "iotHubHostName".into(), notes);
@@ -356,6 +364,12 @@ mod tests {
         let t = translate(&group, &context());
         assert_eq!(fields(&t, Severity::Refused), ["attestation.symmetricKey", "iotHubs[1]"]);
         assert!(t.notes[1].text.contains("--hub-map contoso-north.azure-devices.net="), "{:?}", t.notes);
+
+        let mut merged = context();
+        merged.hub_map.insert("contoso-east-2.azure-devices.net".into(), "east.hubs.example".into());
+        let both = json!({"registrationId": "d", "attestation": {"type": "tpm", "tpm": {"endorsementKey": "AA=="}},
+                          "iotHubs": ["contoso-east.azure-devices.net", "contoso-east-2.azure-devices.net"]});
+        assert_eq!(translate(&both, &merged).document["iotHubs"], json!(["east.hubs.example"]));
 
         let generate = Context { generate_missing_keys: true, ..context() };
         let t = translate(&json!({"registrationId": "d", "attestation": {"type": "symmetricKey"}}), &generate);
