@@ -102,3 +102,25 @@ pub fn curl(
     let (body, status) = text.rsplit_once('\n').unwrap();
     (status.trim().parse().unwrap(), body.to_owned())
 }
+
+/// Registers with curl and a client certificate, then polls until done; returns the final operation.
+pub fn curl_register(server: &Server, id: &str, cert: &Path, key: &Path, body: Value) -> (u16, Value) {
+    let path = format!("/{}/registrations/{id}/register?{API}", server.id_scope);
+    let (status, text) = curl(server, "PUT", &path, cert, key, &body.to_string(), "application/json");
+    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status != 202 {
+        return (status, reply);
+    }
+    let operation = reply["operationId"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = format!("/{}/registrations/{id}/operations/{operation}?{API}", server.id_scope);
+        let (status, text) = curl(server, "GET", &path, cert, key, "", "application/json");
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        if status != 202 {
+            return (status, reply);
+        }
+        assert!(Instant::now() < deadline, "the operation did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -24,15 +24,20 @@ pub const DEVICE_EXTENSIONS: &str = "basicConstraints=critical,CA:false\nkeyUsag
 
 /// A P-256 key `{name}.key` and a certificate `{name}.pem` for `cn`, made by openssl with `extensions`: signed by
 /// the CA files `{issuer}.pem`/`{issuer}.key`, or self-signed when `issuer` is `None`. Valid 30 days.
-#[allow(clippy::panic, reason = "a test helper: a file that cannot be written fails the test")]
 pub fn make_certificate(dir: &Path, name: &str, cn: &str, issuer: Option<&str>, extensions: &str) {
+    make_certificate_for(dir, name, &format!("/CN={cn}"), issuer, extensions);
+}
+
+/// As [`make_certificate`], for the subject `subject` in openssl's `-subj` notation (`/O=Acme/OU=Line 2/CN=dev-1`).
+#[allow(clippy::panic, reason = "a test helper: a file that cannot be written fails the test")]
+pub fn make_certificate_for(dir: &Path, name: &str, subject: &str, issuer: Option<&str>, extensions: &str) {
     let (key, csr, ext, pem) =
         (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
     if let Err(e) = std::fs::write(dir.join(&ext), extensions) {
         panic!("cannot write {ext}: {e}");
     }
     openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
-    openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]);
+    openssl(dir, &["req", "-new", "-key", &key, "-subj", subject, "-out", &csr]);
     let mut args = vec!["x509", "-req", "-in", &csr, "-days", "30", "-extfile", &ext, "-out", &pem];
     let (issuer_pem, issuer_key) = issuer.map(|i| (format!("{i}.pem"), format!("{i}.key"))).unzip();
     match (&issuer_pem, &issuer_key) {

@@ -126,3 +126,61 @@ impl Receiver {
         self.handle.stop(true).await;
     }
 }
+
+/// A custom allocation webhook (an Azure Function's stand-in) on plain HTTP on loopback (the server needs
+/// `--allow-insecure-outbound`): it records every `AllocationRequest` and answers the hub `choose` picks from it,
+/// or 400 when `choose` picks none. Stop it with [`Allocator::stop`].
+pub struct Allocator {
+    /// The URL to configure as `webhookUrl`.
+    pub url: String,
+    requests: Arc<Mutex<Vec<Value>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// How an [`Allocator`] chooses: the hub for a request, if any.
+pub type Choose = fn(&Value) -> Option<String>;
+
+impl Allocator {
+    /// Starts one on a free loopback port. Must run inside an actix or Tokio runtime.
+    pub fn start(choose: Choose) -> Self {
+        let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let seen = web::Data::new(Arc::clone(&requests));
+        let choose = web::Data::new(choose);
+        let server = HttpServer::new(move || {
+            App::new().app_data(seen.clone()).app_data(choose.clone()).default_service(web::post().to(
+                |body: web::Bytes, seen: web::Data<Arc<Mutex<Vec<Value>>>>, choose: web::Data<Choose>| async move {
+                    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let hub = (choose.get_ref())(&request);
+                    seen.lock().unwrap().push(request);
+                    match hub {
+                        Some(hub) => HttpResponse::Ok().json(serde_json::json!({"iotHubHostName": hub})),
+                        None => HttpResponse::BadRequest().body("no hub for this device"),
+                    }
+                },
+            ))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let address = server.addrs()[0];
+        let running = server.run();
+        let handle = running.handle();
+        tokio::spawn(running);
+        Self { url: format!("http://{address}/allocate"), requests, handle }
+    }
+
+    /// The one request it received about registration id `id`.
+    pub fn request_about(&self, id: &str) -> Value {
+        let requests = self.requests.lock().unwrap();
+        let about: Vec<&Value> =
+            requests.iter().filter(|r| r["deviceRuntimeContext"]["registrationId"] == id).collect();
+        assert_eq!(about.len(), 1, "requests about {id}: {about:?}");
+        about[0].clone()
+    }
+
+    /// Stops it.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
-use zerotouch_tests::device::{API, curl, key_and_csr, now, sas_register};
+use zerotouch_tests::device::{API, curl, curl_register, key_and_csr, now, sas_register};
 use zerotouch_tests::openssl::{CA_EXTENSIONS, make_ca, make_device, openssl};
 use zerotouch_tests::{Backend, Options, Server};
 
@@ -38,28 +38,6 @@ fn write_pem_chain(path: &Path, chain: &[Value]) {
         pem.push_str("-----END CERTIFICATE-----\n");
     }
     std::fs::write(path, pem).unwrap();
-}
-
-/// Registers with curl and a client certificate, then polls until done; returns the final operation.
-fn curl_register(server: &Server, id: &str, cert: &Path, key: &Path, body: Value) -> (u16, Value) {
-    let path = format!("/{}/registrations/{id}/register?{API}", server.id_scope);
-    let (status, text) = curl(server, "PUT", &path, cert, key, &body.to_string(), "application/json");
-    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if status != 202 {
-        return (status, reply);
-    }
-    let operation = reply["operationId"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let path = format!("/{}/registrations/{id}/operations/{operation}?{API}", server.id_scope);
-        let (status, text) = curl(server, "GET", &path, cert, key, "", "application/json");
-        let reply: Value = serde_json::from_str(&text).unwrap();
-        if status != 202 {
-            return (status, reply);
-        }
-        assert!(Instant::now() < deadline, "the operation did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The admin API as an owner.

@@ -168,6 +168,34 @@ async fn tpm_tools_device_registers_by_its_endorsement_key(backend: Backend) {
     assert!(!server.logs().contains(&auth), "the TPM's SAS token reached the logs");
 }
 
+/// A TPM device whose enrollment allocates through a custom webhook: the webhook is told the endorsement and storage
+/// root keys the device's activation was made for (`deviceRuntimeContext.tpm`, as Azure sends them), and nothing
+/// of the symmetric-key or X.509 kinds.
+#[tokio::test]
+async fn a_custom_allocation_webhook_sees_the_tpm_keys() {
+    let tpm = Swtpm::start().unwrap();
+    let (ek, srk) = tpm.provision_keys().unwrap();
+    let server = start(Backend::Sqlite, &[]).await;
+    link_hub(&server).await;
+    let allocator =
+        zerotouch_tests::webhook::Allocator::start(|request| request["linkedHubs"][0].as_str().map(str::to_owned));
+    let enrollment = json!({"registrationId": "Tpm-Alloc-1", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}},
+        "iotHubs": [HUB], "allocationPolicy": "custom",
+        "customAllocationDefinition": {"webhookUrl": allocator.url, "apiVersion": "2021-10-01"}});
+    admin(&server, Method::PUT, "/enrollments/Tpm-Alloc-1", enrollment).await;
+
+    let body = tpm_body("Tpm-Alloc-1", &ek, &srk);
+    let auth = second_leg_token(&server, &tpm, "Tpm-Alloc-1", &body).await;
+    let reply = register(&server, "Tpm-Alloc-1", &body, Some(&auth)).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let done = poll(&server, "Tpm-Alloc-1", reply.body["operationId"].as_str().unwrap(), &auth).await;
+    assert_eq!((&done["status"], &done["registrationState"]["assignedHub"]), (&json!("assigned"), &json!(HUB)));
+    let context = allocator.request_about("Tpm-Alloc-1")["deviceRuntimeContext"].clone();
+    assert_eq!(context["tpm"], json!({"endorsementKey": ek, "storageRootKey": srk}), "{context}");
+    assert!(context.get("symmetricKey").is_none() && context.get("x509").is_none(), "{context}");
+    allocator.stop().await;
+}
+
 #[tokio::test]
 async fn tpm_tools_device_registers_by_its_endorsement_key_sqlite() {
     tpm_tools_device_registers_by_its_endorsement_key(Backend::Sqlite).await;

@@ -13,6 +13,7 @@ pub mod chain;
 pub mod crl;
 pub mod csr;
 pub mod est;
+pub mod info;
 pub mod issue;
 pub mod key;
 pub mod path;
@@ -34,6 +35,7 @@ pub use chain::{
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
 pub use est::{Pkcs7Error, certs_only_pkcs7};
+pub use info::{certificate_info, distinguished_name, fill_certificate_infos};
 pub use issue::{IssueError, IssuedCertificate, Profile, issue};
 pub use key::{CaKey, KeyAlgorithm, KeyError, Passphrase};
 pub use path::{Choice, Judgement, Refusal, TrustAnchors, choose_anchor, verify_chain, verify_endorsement_chain};

@@ -33,6 +33,9 @@ pub enum Command {
     /// Manage shared access policies (the keys of admin API SharedAccessSignature tokens) in the database, and
     /// print a policy's connection string.
     SharedAccessPolicy(SharedAccessPolicyArgs),
+    /// Create the enrollments and enrollment groups of an Azure DPS export in a zerotouch deployment, through its
+    /// admin API, and report per document what did not carry over; exits non-zero when any was not imported.
+    ImportAzure(ImportAzureArgs),
 }
 
 /// `zerotouch shared-access-policy`.
@@ -437,6 +440,47 @@ pub struct AdminTokenArgs {
     /// The token's subject (who the audit log says acted).
     #[arg(long, default_value = "dev-admin")]
     pub subject: String,
+}
+
+/// `zerotouch import-azure`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportAzureArgs {
+    /// Export files: JSON arrays of IndividualEnrollment and EnrollmentGroup documents as Azure's service API
+    /// returns them (an SDK query, `az iot dps enrollment list`), one such document, or an object with
+    /// `enrollments` and `enrollmentGroups` arrays.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The zerotouch admin API's base URL.
+    #[arg(long, env = "ZEROTOUCH_IMPORT_URL", default_value = "https://127.0.0.1:8444")]
+    pub url: String,
+    /// File holding an admin token (operator or owner role).
+    #[arg(long, env = "ZEROTOUCH_IMPORT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// PEM file of the CA certificates to trust for the admin API [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// `create` (an id that exists is reported as not imported) or `update` (create or replace).
+    #[arg(long, default_value = "create", value_parser = ["create", "update"])]
+    pub mode: String,
+    /// Names a hub of zerotouch for a hub the export names (`iotHubs`, `iotHubHostName`); repeatable.
+    #[arg(long = "hub-map", value_name = "AZURE_HUB=HUB", value_parser = parse_hub_map)]
+    pub hub_map: Vec<(String, String)>,
+    /// Import symmetric-key enrollments whose export carries no keys (Azure's queries leave them out) with new
+    /// keys; their devices then need the new keys.
+    #[arg(long)]
+    pub generate_missing_keys: bool,
+    /// Only translate and report; create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_hub_map(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((azure, ours)) if !azure.trim().is_empty() && !ours.trim().is_empty() => {
+            Ok((azure.trim().to_ascii_lowercase(), ours.trim().to_owned()))
+        }
+        _ => Err(format!("{text:?} is not AZURE_HUB=HUB")),
+    }
 }
 
 /// The optional TOML file: the same settings, by the same names.

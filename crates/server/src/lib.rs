@@ -8,6 +8,7 @@
 #![forbid(unsafe_code, unused_must_use)]
 
 pub mod auth;
+pub mod azure_import;
 pub mod config;
 pub mod data_dir;
 pub mod http;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use zerotouch_server::config::{Cli, Command, MASTER_KEY_ENV, MasterKeyText};
-use zerotouch_server::{service, tls};
+use zerotouch_server::{azure_import, service, tls};
 
 /// mimalloc instead of the system allocator: a registration allocates a few hundred small objects across the TLS,
 /// HTTP, JSON and database layers, and glibc's malloc showed as a tenth of the service's CPU time under load.
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.master_key.master_key_from_env = master_key,
         Command::RotateMasterKey(args) => args.master_key.master_key_from_env = master_key,
         Command::SharedAccessPolicy(args) => args.master_key.master_key_from_env = master_key,
-        Command::Migrate(_) | Command::AdminToken(_) => {}
+        Command::Migrate(_) | Command::AdminToken(_) | Command::ImportAzure(_) => {}
     }
     tls::install_crypto_provider();
     let filter = EnvFilter::try_from_env("ZEROTOUCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::SharedAccessPolicy(args) => {
             actix_web::rt::System::new().block_on(zerotouch_server::shared_access_policy::run(args))
         }
+        Command::ImportAzure(args) => actix_web::rt::System::new().block_on(azure_import::import_azure(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1038,6 +1038,23 @@ async fn registrations_save_and_get(store: &Store) {
 }
 both!(registrations_save_and_get);
 
+/// The states of a page of individual enrollments come in one call, by key: a registration made through a group
+/// under an enrolled id is not the individual enrollment's, and ids without a registration are absent.
+async fn registrations_of_individual_enrollments(store: &Store) {
+    for id in ["Solo-1", "Solo-2"] {
+        store.registrations().save(registration(id, None)).await.unwrap();
+    }
+    store.registrations().save(registration("Grouped-1", Some("Group-9"))).await.unwrap();
+    let found =
+        store.registrations().of_individual_enrollments(&["solo-1", "solo-2", "grouped-1", "never-1"]).await.unwrap();
+    let mut keys: Vec<&str> = found.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["solo-1", "solo-2"]);
+    assert_eq!(found["solo-2"].registration_id, "Solo-2");
+    assert!(store.registrations().of_individual_enrollments(&[]).await.unwrap().is_empty());
+}
+both!(registrations_of_individual_enrollments);
+
 /// The registrations of a group are listed in key order with paging, and only those of that group.
 async fn registrations_list_by_group_with_paging(store: &Store) {
     for i in (0..7).rev() {

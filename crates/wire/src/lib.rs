@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod azure_import;
 pub mod bulk;
 pub mod device;
 pub mod enrollment;

@@ -185,6 +185,27 @@ impl Enrollment {
     }
 }
 
+/// An enrollment of `kind` with key `dev-1` parsed from `document` (its `provisioningStatus`, else enabled), for the
+/// registration stages' unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn for_tests(kind: EnrollmentKind, document: Value) -> Enrollment {
+    let status = document.get("provisioningStatus").and_then(Value::as_str).unwrap_or("enabled").to_owned();
+    let record = EnrollmentRecord {
+        key: "dev-1".into(),
+        id: "dev-1".into(),
+        attestation_type: "symmetricKey".into(),
+        provisioning_status: status,
+        document,
+        primary_key: None,
+        secondary_key: None,
+        etag: "e".into(),
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    };
+    Enrollment::parse(kind, record).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

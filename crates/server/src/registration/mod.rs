@@ -200,12 +200,24 @@ impl RegistrationService {
             Ok(decision) => return decision,
             Err(call) => call,
         };
+        let attestation = match (&request.device.evidence, &authenticated.x509, &authenticated.tpm) {
+            (Evidence::Certificates(chain), Some(x509), _) => {
+                webhook::RuntimeAttestation::X509 { chain, signing: x509.signing_certificate_info.as_ref() }
+            }
+            (_, _, Some(tpm)) => webhook::RuntimeAttestation::Tpm {
+                endorsement_key: &tpm.endorsement_key,
+                storage_root_key: &tpm.storage_root_key,
+            },
+            _ => webhook::RuntimeAttestation::SymmetricKey,
+        };
         let body = webhook::allocation_request(
             request.device.registration_id.as_str(),
             &authenticated.enrollment,
+            attestation,
             current,
             request.body.payload.as_ref(),
             &call.offered,
+            webhook::RequestShape::of(&call.definition.api_version),
         );
         let answer = webhook::allocate(&self.http, &self.outbound, &call.definition.webhook_url, &body).await;
         // With the answer, `decide` never asks for the webhook again.

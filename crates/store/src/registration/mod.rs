@@ -142,6 +142,25 @@ impl<'a> RegistrationReader<'a> {
         Ok(Page::from_overfetch(rows, limit, |r| r.key.clone()))
     }
 
+    /// The registration states of the individual enrollments `keys` (registrations made through a group under the
+    /// same id are not theirs), by key: one query per [`crate::MAX_PAGE_SIZE`] keys, so a page of enrollments costs
+    /// one query, not one per enrollment.
+    pub async fn of_individual_enrollments(
+        self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, RegistrationRecord>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        for chunk in keys.chunks(usize::try_from(crate::MAX_PAGE_SIZE).unwrap_or(1000)) {
+            let rows = Entity::find()
+                .filter(Column::Key.is_in(chunk.iter().map(|k| (*k).to_owned())))
+                .filter(Column::EnrollmentGroupKey.is_null())
+                .all(&self.store.read)
+                .await?;
+            found.extend(rows.into_iter().map(|m| (m.key.clone(), to_record(m))));
+        }
+        Ok(found)
+    }
+
     /// The registrations that hold any of `device_ids` (compared case-insensitively) on any hub, at most `limit`.
     pub async fn holding_device_ids(
         self,

@@ -44,18 +44,44 @@ fn parse_id<K: Kind>(id: &str) -> Result<String, ApiError> {
     K::KIND.parse_id(id).map_err(|e| ApiError::InvalidId(format!("{} in the path: {e}", K::KIND.id_field())))
 }
 
+/// The document a client sees: the stored one, its read-only fields (X.509 certificates' `info` among them), and the
+/// keys only if `with_keys`.
 fn render(record: &EnrollmentRecord, with_keys: bool) -> Value {
     let keys = match (&record.primary_key, &record.secondary_key) {
         (Some(p), Some(s)) if with_keys => Some((p, s)),
         _ => None,
     };
-    enrollment::render(
+    let mut shown = enrollment::render(
         &record.document,
         &record.etag,
         &timestamp(record.created_at),
         &timestamp(record.updated_at),
         keys,
-    )
+    );
+    zerotouch_pki::fill_certificate_infos(&mut shown);
+    shown
+}
+
+/// Documents as GET and query show them: individual enrollments with the read-only `registrationState` of their
+/// device (`docs/protocol/device-api.md` §6), read for all of them in one query.
+async fn render_with_states(
+    caller: &Caller<Read>,
+    kind: EnrollmentKind,
+    records: &[EnrollmentRecord],
+) -> Result<Vec<Value>, ApiError> {
+    let mut shown: Vec<Value> = records.iter().map(|r| render(r, false)).collect();
+    if kind != EnrollmentKind::Individual {
+        return Ok(shown);
+    }
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let states = caller.registrations().of_individual_enrollments(&keys).await.map_err(ApiError::internal)?;
+    for (record, document) in records.iter().zip(shown.iter_mut()) {
+        let Some(state) = states.get(&record.key).and_then(crate::registration::result::state_of) else { continue };
+        if let Some(map) = document.as_object_mut() {
+            map.insert("registrationState".into(), serde_json::to_value(state).map_err(ApiError::internal)?);
+        }
+    }
+    Ok(shown)
 }
 
 /// Refuses documents that name hubs that are not linked.
@@ -92,7 +118,8 @@ pub(super) async fn get<K: Kind>(
     let key = parse_id::<K>(&id)?;
     let record =
         caller.enrollments().get(K::KIND, &key).await.map_err(|e| ApiError::from_store(e, &describe::<K>(&id)))?;
-    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
+    let shown = render_with_states(&caller, K::KIND, std::slice::from_ref(&record)).await?;
+    Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(shown.into_iter().next().unwrap_or(Value::Null)))
 }
 
 /// `PUT /{collection}/{id}`: create or replace, under `If-Match`.
@@ -164,7 +191,7 @@ pub(super) async fn query<K: Kind>(
         .list(K::KIND, paging.after.as_deref(), paging.max_items)
         .await
         .map_err(ApiError::internal)?;
-    let items = page.items.iter().map(|r| render(r, false)).collect();
+    let items = render_with_states(&caller, K::KIND, &page.items).await?;
     Ok(request::page_response(items, page.next, K::KIND.item_type(), &paging))
 }
 

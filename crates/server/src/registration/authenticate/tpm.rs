@@ -347,6 +347,10 @@ pub struct TpmOutcome {
     pub result: TpmRegistrationResult,
     /// The hub key (redacted, zeroized).
     pub hub_key: SymmetricKey,
+    /// The endorsement key the challenge was made for (base64 `TPM2B_PUBLIC`), for the custom allocation webhook.
+    pub endorsement_key: String,
+    /// The storage root key the challenge was made for (base64 `TPM2B_PUBLIC`).
+    pub storage_root_key: String,
 }
 
 /// A new hub key for the TPM the challenge was made for, and its blob (§3.1 step 4).
@@ -356,5 +360,10 @@ fn hub_key_result(challenge: &TpmChallengeRecord) -> Result<TpmOutcome, Registra
     let hub_key = SymmetricKey::generate_len(KEY_BYTES);
     let blob = zerotouch_tpm::build_activation_blob(&ek, &srk, hub_key.expose_bytes())
         .map_err(internal("building the hub key's activation blob"))?;
-    Ok(TpmOutcome { result: TpmRegistrationResult { authentication_key: blob.to_base64() }, hub_key })
+    Ok(TpmOutcome {
+        result: TpmRegistrationResult { authentication_key: blob.to_base64() },
+        hub_key,
+        endorsement_key: challenge.endorsement_key.clone(),
+        storage_root_key: challenge.storage_root_key.clone(),
+    })
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
-use zerotouch_pki::{CertificateDetails, ChainError, Purpose, Refusal, TrustAnchors};
+use zerotouch_pki::{ChainError, Purpose, Refusal, TrustAnchors};
 use zerotouch_store::{CertificateRecord, CertificateStatus, RegistrationRecord, StoreError};
 use zerotouch_wire::ErrorCode;
 use zerotouch_wire::enrollment::{EnrollmentKind, X509Attestation, X509CertificateWithInfo, X509Certificates};
@@ -53,20 +53,9 @@ pub struct KnownCertificate {
     pub registration: Option<RegistrationRecord>,
 }
 
-/// A certificate's `X509CertificateInfo` (§1.4); upper-case hex as Azure shows it.
+/// A certificate's `X509CertificateInfo` (§1.4), as Azure shows it (`zerotouch_pki::certificate_info`).
 pub fn info(der: &[u8]) -> Option<X509CertificateInfo> {
-    let d: CertificateDetails = zerotouch_pki::details(der).ok()?;
-    let at = |t: OffsetDateTime| zerotouch_wire::format_timestamp(crate::pki::to_chrono(t));
-    Some(X509CertificateInfo {
-        subject_name: d.subject,
-        sha1_thumbprint: d.sha1_hex.to_ascii_uppercase(),
-        sha256_thumbprint: d.sha256_hex.to_ascii_uppercase(),
-        issuer_name: d.issuer,
-        not_before_utc: at(d.not_before),
-        not_after_utc: at(d.not_after),
-        serial_number: d.serial_hex.to_ascii_uppercase(),
-        version: d.version,
-    })
+    zerotouch_pki::certificate_info(der).ok()
 }
 
 fn certificates(pair: Option<&X509Certificates>) -> Vec<Vec<u8>> {

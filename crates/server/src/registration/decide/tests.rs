@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
-use zerotouch_store::{EnrollmentRecord, HubInput, HubRecord, RegistrationRecord};
+use zerotouch_store::{HubInput, HubRecord, RegistrationRecord};
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 use zerotouch_wire::{ErrorCode, RegistrationId};
@@ -13,20 +13,7 @@ use super::super::webhook::Answer;
 use super::*;
 
 fn enrollment(kind: EnrollmentKind, document: Value) -> Enrollment {
-    let status = document.get("provisioningStatus").and_then(Value::as_str).unwrap_or("enabled").to_owned();
-    let record = EnrollmentRecord {
-        key: "dev-1".into(),
-        id: "dev-1".into(),
-        attestation_type: "symmetricKey".into(),
-        provisioning_status: status,
-        document,
-        primary_key: None,
-        secondary_key: None,
-        etag: "e".into(),
-        created_at: chrono::Utc::now(),
-        updated_at: chrono::Utc::now(),
-    };
-    Enrollment::parse(kind, record).unwrap()
+    super::super::enrollment::for_tests(kind, document)
 }
 
 fn hub(host_name: &str, weight: u32, apply_allocation_policy: bool) -> HubRecord {
