@@ -1,13 +1,25 @@
-//! The device side of zerotouch: provisions a device over the Azure DPS-compatible HTTPS API, proving its identity
-//! with a TPM 2.0 (`docs/protocol/device-api.md` §3).
+//! The device side of zerotouch: provisions a device over the Azure DPS-compatible HTTPS API and keeps its
+//! operational identity for years without anyone's help (`docs/agent.md`).
 //!
-//! The protocol ([`provision`]) is written against one narrow trait, [`DeviceTpm`]; the real TPM behind it (tss-esapi
-//! 7, feature `tpm`) is [`tpm::Tpm`]. Nothing here keeps a key outside the TPM: the DPS key and the hub key are
-//! imported into it and used there.
+//! - [`provision`]: registration over HTTPS with a symmetric key, an X.509 certificate or a TPM 2.0
+//!   (`docs/protocol/device-api.md` §1-§4); [`est`]: renewal by EST `simplereenroll`.
+//! - [`key`]: the operational key, generated on the device, and its CSR.
+//! - [`schedule`]: every decision of the daemon (when to renew, check, retry, start over), pure and unit-tested;
+//!   [`daemon`]: the loop that carries them out; [`state`]: the state file and the identity files, swapped
+//!   atomically; [`config`]: the TOML configuration.
+//!
+//! TPM access goes through one narrow trait, [`DeviceTpm`]; the real TPM behind it (tss-esapi 7, feature `tpm`) is
+//! [`tpm::Tpm`]. The DPS key and the hub key are imported into the TPM and used there.
 #![forbid(unsafe_code, unused_must_use)]
 #![deny(missing_docs)]
 
+pub mod config;
+pub mod daemon;
+pub mod est;
+pub mod key;
 pub mod provision;
+pub mod schedule;
+pub mod state;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 

@@ -33,7 +33,7 @@ pub use chain::{
 };
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
-pub use est::{Pkcs7Error, certs_only_pkcs7};
+pub use est::{Pkcs7Error, certificates_of_pkcs7, certs_only_pkcs7};
 pub use issue::{IssueError, IssuedCertificate, Profile, issue};
 pub use key::{CaKey, KeyAlgorithm, KeyError, Passphrase};
 pub use path::{Choice, Judgement, Refusal, TrustAnchors, choose_anchor, verify_chain, verify_endorsement_chain};
