@@ -549,3 +549,52 @@ async fn a_tpm_device_provisions_and_renews_with_the_agent() {
     }
     device.stop();
 }
+
+/// A device with a factory certificate (X.509 enrollment group of the factory CA): the agent registers with it as
+/// its TLS identity, with a P-384 operational key born on the device, then renews by EST with the operational
+/// certificate; the factory certificate is never what the hook gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_certificate_device_provisions_and_renews_with_a_p384_key() {
+    let server = start(&[]).await;
+    let api = Api::new(&server, "owner");
+    let broker = Broker::start(&server, "mqtt-a.example.com");
+    broker.link(&api).await;
+    let factory = tempfile::tempdir().unwrap();
+    zerotouch_tests::openssl::make_ca(factory.path(), "factory-ca", None);
+    zerotouch_tests::openssl::make_device(factory.path(), "line-7", "line-7", "factory-ca");
+    let ca_pem = std::fs::read_to_string(factory.path().join("factory-ca.pem")).unwrap();
+    let device_pem = std::fs::read_to_string(factory.path().join("line-7.pem")).unwrap();
+    let chain = factory.path().join("line-7-chain.pem");
+    std::fs::write(&chain, format!("{device_pem}{ca_pem}")).unwrap();
+    let group = json!({
+        "enrollmentGroupId": "factory",
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca_pem}}}},
+        "iotHubs": [broker.host_name],
+        "allocationPolicy": "static",
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    });
+    ok(api.put("/enrollmentGroups/factory", &group).await).await;
+    let attestation = format!(
+        "[attestation]\nmethod = \"x509\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        chain.display(),
+        factory.path().join("line-7.key").display()
+    );
+    let extra = "[identity]\nkey_type = \"p384\"\n[renewal]\nfraction = 0.2\njitter = 0.0\nbackoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
+    let mut device = Device::new(&server, Some("line-7"), &attestation, extra, &[&broker]);
+    let subscriber = broker.subscribe("devices/#");
+    device.start();
+    device.wait_for("renewed", Duration::from_secs(60), |e| e.iter().any(|e| e.event == "renewed")).await;
+    assert!(subscriber.received("devices/line-7/telemetry", "", Duration::from_secs(10)), "{}", subscriber.output());
+    let issued = issued_thumbprints(&api, "line-7").await;
+    for event in device.events() {
+        assert!(issued.contains(&event.sha256), "{event:?} {issued:?}");
+    }
+    let key = std::fs::read_to_string(device.path("state/identity/current/key.pem")).unwrap();
+    let parsed = zerotouch_tests::openssl::openssl(
+        &device.path("state/identity/current"),
+        &["pkey", "-in", "key.pem", "-noout", "-text"],
+    );
+    assert!(parsed.contains("P-384") || parsed.contains("secp384r1"), "{parsed}");
+    assert!(key.contains("PRIVATE KEY"));
+    device.stop();
+}
