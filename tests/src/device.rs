@@ -102,3 +102,15 @@ pub fn curl(
     let (body, status) = text.rsplit_once('\n').unwrap();
     (status.trim().parse().unwrap(), body.to_owned())
 }
+
+/// An individual symmetric-key enrollment with `key` as its primary key, statically on `hub`, `status` `enabled`
+/// or `disabled`.
+pub fn symmetric_key_enrollment(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
+    serde_json::json!({
+        "registrationId": id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([9u8; 32])}},
+        "iotHubs": [hub],
+        "allocationPolicy": "static",
+        "provisioningStatus": status,
+    })
+}

@@ -18,9 +18,14 @@ pub const GUIDE: &str = include_str!("../../docs/hubs/mosquitto.md");
 
 /// The fenced code blocks of `GUIDE` with the language `lang`, in order.
 pub fn guide_blocks(lang: &str) -> Vec<String> {
+    fenced_blocks(GUIDE, lang)
+}
+
+/// The fenced code blocks of the Markdown `text` with the language `lang`, in order.
+pub fn fenced_blocks(text: &str, lang: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
-    for line in GUIDE.lines() {
+    for line in text.lines() {
         match (&mut current, line.strip_prefix("```")) {
             (None, Some(info)) if info.trim() == lang => current = Some(String::new()),
             (Some(_), Some("")) => blocks.extend(current.take()),

@@ -36,14 +36,29 @@ async fn ok(response: reqwest::Response) -> Value {
 
 /// An individual symmetric-key enrollment on `hub` whose certificates live [`LIFETIME`].
 fn enrollment(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
-    json!({
-        "registrationId": id,
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([9u8; 32])}},
-        "iotHubs": [hub],
-        "allocationPolicy": "static",
-        "provisioningStatus": status,
-        "certificatePolicy": {"validitySeconds": LIFETIME},
-    })
+    let mut document = zerotouch_tests::device::symmetric_key_enrollment(id, key, hub, status);
+    document["certificatePolicy"] = json!({"validitySeconds": LIFETIME});
+    document
+}
+
+/// A server and a broker linked to it as `mqtt-a.example.com`.
+async fn server_and_broker() -> (Server, Broker) {
+    let server = start(&[]).await;
+    let broker = Broker::start(&server, "mqtt-a.example.com");
+    broker.link(&Api::new(&server, "owner")).await;
+    (server, broker)
+}
+
+/// Waits until `device` (registration id `id`) renewed once, then checks that its client published to the broker
+/// and that every certificate the hook got is one zerotouch issued to it.
+async fn renews_and_publishes(device: &Device, api: &Api<'_>, subscriber: &Subscriber, id: &str) {
+    device.wait_for("renewed", Duration::from_secs(60), |e| e.iter().any(|e| e.event == "renewed")).await;
+    let topic = format!("devices/{id}/telemetry");
+    assert!(subscriber.received(&topic, "", Duration::from_secs(10)), "{}", subscriber.output());
+    let issued = issued_thumbprints(api, id).await;
+    for event in device.events() {
+        assert!(issued.contains(&event.sha256), "{event:?} {issued:?}");
+    }
 }
 
 /// The hook: records each event (event, thumbprint, hub, time), stops the previous MQTT client and, unless the
@@ -251,10 +266,8 @@ fn symmetric_key_attestation(dir: &Path, key: &[u8], group: bool) -> String {
 /// one zerotouch issued to this device, and the previous pair is gone once the hook took the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_renews_short_lived_certificates_while_the_device_keeps_publishing() {
-    let server = start(&[]).await;
+    let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
-    let broker = Broker::start(&server, "mqtt-a.example.com");
-    broker.link(&api).await;
     let key = [1u8; 32];
     ok(api.put("/enrollments/meter-1", &enrollment("meter-1", &key, &broker.host_name, "enabled")).await).await;
     let keys = tempfile::tempdir().unwrap();
@@ -460,10 +473,8 @@ async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derive
 /// registration ends disabled: no certificate, `status` says so, and the retries back off instead of looping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_drops_its_certificate_and_a_disabled_one_backs_off() {
-    let server = start(&[]).await;
+    let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
-    let broker = Broker::start(&server, "mqtt-a.example.com");
-    broker.link(&api).await;
     let key = [6u8; 32];
     ok(api.put("/enrollments/lost-1", &enrollment("lost-1", &key, &broker.host_name, "enabled")).await).await;
     let keys = tempfile::tempdir().unwrap();
@@ -514,10 +525,8 @@ async fn a_revoked_device_drops_its_certificate_and_a_disabled_one_backs_off() {
 /// signs the token), generates its operational key, and renews by EST.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tpm_device_provisions_and_renews_with_the_agent() {
-    let server = start(&[]).await;
+    let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
-    let broker = Broker::start(&server, "mqtt-a.example.com");
-    broker.link(&api).await;
     let tpm = Swtpm::start().unwrap();
     let keys =
         Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
@@ -536,17 +545,7 @@ async fn a_tpm_device_provisions_and_renews_with_the_agent() {
     let mut device = Device::new(&server, Some("tpm-agent-1"), &attestation, renewal, &[&broker]);
     let subscriber = broker.subscribe("devices/#");
     device.start();
-    device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
-    device.wait_for("renewed", Duration::from_secs(60), |e| e.iter().any(|e| e.event == "renewed")).await;
-    assert!(
-        subscriber.received("devices/tpm-agent-1/telemetry", "", Duration::from_secs(10)),
-        "{}",
-        subscriber.output()
-    );
-    let issued = issued_thumbprints(&api, "tpm-agent-1").await;
-    for event in device.events() {
-        assert!(issued.contains(&event.sha256), "{event:?} {issued:?}");
-    }
+    renews_and_publishes(&device, &api, &subscriber, "tpm-agent-1").await;
     device.stop();
 }
 
@@ -555,10 +554,8 @@ async fn a_tpm_device_provisions_and_renews_with_the_agent() {
 /// certificate; the factory certificate is never what the hook gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_certificate_device_provisions_and_renews_with_a_p384_key() {
-    let server = start(&[]).await;
+    let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
-    let broker = Broker::start(&server, "mqtt-a.example.com");
-    broker.link(&api).await;
     let factory = tempfile::tempdir().unwrap();
     zerotouch_tests::openssl::make_ca(factory.path(), "factory-ca", None);
     zerotouch_tests::openssl::make_device(factory.path(), "line-7", "line-7", "factory-ca");
@@ -583,12 +580,7 @@ async fn a_factory_certificate_device_provisions_and_renews_with_a_p384_key() {
     let mut device = Device::new(&server, Some("line-7"), &attestation, extra, &[&broker]);
     let subscriber = broker.subscribe("devices/#");
     device.start();
-    device.wait_for("renewed", Duration::from_secs(60), |e| e.iter().any(|e| e.event == "renewed")).await;
-    assert!(subscriber.received("devices/line-7/telemetry", "", Duration::from_secs(10)), "{}", subscriber.output());
-    let issued = issued_thumbprints(&api, "line-7").await;
-    for event in device.events() {
-        assert!(issued.contains(&event.sha256), "{event:?} {issued:?}");
-    }
+    renews_and_publishes(&device, &api, &subscriber, "line-7").await;
     let key = std::fs::read_to_string(device.path("state/identity/current/key.pem")).unwrap();
     let parsed = zerotouch_tests::openssl::openssl(
         &device.path("state/identity/current"),
@@ -597,4 +589,36 @@ async fn a_factory_certificate_device_provisions_and_renews_with_a_p384_key() {
     assert!(parsed.contains("P-384") || parsed.contains("secp384r1"), "{parsed}");
     assert!(key.contains("PRIVATE KEY"));
     device.stop();
+}
+
+/// Every configuration example of `docs/agent.md` is taken by the real binary (`status` reads and checks the
+/// configuration), and a bad key is refused with its name.
+#[test]
+fn the_documented_configurations_are_valid() {
+    let examples = zerotouch_tests::mosquitto::fenced_blocks(include_str!("../../docs/agent.md"), "toml");
+    assert!(examples.len() >= 3, "docs/agent.md shows a full file and the other attestations");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let state = dir.path().join("state");
+        let text = text.replace("/var/lib/zerotouch-agent", &state.display().to_string());
+        let text =
+            if text.contains("state_dir") { text } else { format!("state_dir = \"{}\"\n{text}", state.display()) };
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        Command::new(zerotouch_tests::agent_binary().unwrap())
+            .arg("status")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    for example in &examples {
+        let out = check(example);
+        assert!(out.status.success(), "{example}\n{}", String::from_utf8_lossy(&out.stderr));
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["status"], "unprovisioned");
+    }
+    let out = check(&examples[0].replace("fraction = 0.6667", "fraction = 2"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("renewal.fraction"), "{out:?}");
 }

@@ -48,13 +48,7 @@ async fn drained(api: &Api<'_>, host: &str) {
 }
 
 fn individual(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
-    json!({
-        "registrationId": id,
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([9u8; 32])}},
-        "iotHubs": [hub],
-        "allocationPolicy": "static",
-        "provisioningStatus": status,
-    })
+    zerotouch_tests::device::symmetric_key_enrollment(id, key, hub, status)
 }
 
 /// Writes the leaf of an issued chain (base64 DER, leaf first) as PEM.

@@ -1,6 +1,6 @@
 //! The agent's configuration: one TOML file (`/etc/zerotouch/agent.toml` by default), read and checked once at
 //! start-up, with errors that name the setting. Every key is documented in `docs/agent.md`; the examples there are
-//! parsed by this module's tests.
+//! checked by the agent binary in `tests/tests/agent.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -254,34 +254,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The configuration blocks of `docs/agent.md`, each of which must parse.
-    fn documented_examples() -> Vec<String> {
-        let guide = include_str!("../../../docs/agent.md");
-        let mut blocks = Vec::new();
-        let mut current: Option<String> = None;
-        for line in guide.lines() {
-            match (&mut current, line.strip_prefix("```")) {
-                (None, Some("toml")) => current = Some(String::new()),
-                (Some(_), Some("")) => blocks.extend(current.take()),
-                (Some(block), _) => {
-                    block.push_str(line);
-                    block.push('\n');
-                }
-                (None, _) => {}
-            }
-        }
-        blocks
-    }
-
-    #[test]
-    fn the_documented_examples_parse() {
-        let examples = documented_examples();
-        assert!(examples.len() >= 3, "docs/agent.md shows a full file and the three attestations");
-        for example in examples {
-            Config::parse(&example).unwrap_or_else(|e| panic!("{e:#}\n{example}"));
-        }
-    }
 
     #[test]
     fn defaults_and_errors_name_the_setting() {
