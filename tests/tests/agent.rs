@@ -458,6 +458,19 @@ async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derive
         assert_eq!(device.status()["hub"], b.host_name);
     }
     eprintln!("both devices publish on B {:?} after the move", moved.elapsed());
+    // The application says its hub refused it: the agent registers again with its onboarding key.
+    let out = Command::new(zerotouch_tests::agent_binary().unwrap())
+        .arg("reprovision")
+        .arg("--config")
+        .arg(&devices[0].config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    devices[0]
+        .wait_for("provisioned again", Duration::from_secs(10), |e| {
+            e.iter().filter(|e| e.event == "provisioned").count() == 2 && e.last().is_some_and(|e| e.hub == b.host_name)
+        })
+        .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.clients().iter().any(|c| c.starts_with("mover-")) {
         assert!(Instant::now() < deadline, "broker A kept the devices: {:?}", a.clients());
@@ -621,4 +634,37 @@ fn the_documented_configurations_are_valid() {
     let out = check(&examples[0].replace("fraction = 0.6667", "fraction = 2"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("renewal.fraction"), "{out:?}");
+}
+
+/// The systemd unit is one `systemd-analyze verify` takes (with `ExecStart` pointed at this build's binary), runs
+/// `run` with JSON logs, and carries the hardening `docs/agent.md` promises.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = include_str!("../../deploy/agent/zerotouch-agent.service");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/zerotouch-agent run --config /etc/zerotouch/agent.toml --log-format json")
+    );
+    for option in [
+        "ProtectSystem=strict",
+        "StateDirectory=zerotouch-agent",
+        "StateDirectoryMode=0700",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(unit.lines().any(|l| l == option), "the unit lacks {option}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zerotouch-agent.service");
+    let binary = zerotouch_tests::agent_binary().unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/zerotouch-agent", &binary.display().to_string())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("zerotouch-agent.service"), "{stderr}");
 }

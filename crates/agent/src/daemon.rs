@@ -86,7 +86,7 @@ impl Agent {
     ) -> anyhow::Result<Self> {
         let policy = config.policy()?;
         crate::state::private_dir(&config.state_dir)?;
-        let state = State::load(&config.state_file())?;
+        let mut state = State::load(&config.state_file())?;
         let trust_bundle = std::fs::read(&config.service.trust_bundle)
             .with_context(|| format!("cannot read service.trust_bundle {}", config.service.trust_bundle.display()))?;
         let (onboarding, registration_id) = match &config.attestation {
@@ -127,6 +127,12 @@ impl Agent {
             }
         };
         let identity = IdentityDir::new(config.identity_dir());
+        if state.certificate.is_some() && !(identity.cert_file().is_file() && identity.key_file().is_file()) {
+            // The files are gone (restored from an old backup, wiped by hand): start over.
+            tracing::warn!("the state names a certificate whose files are missing: provisioning again");
+            state.certificate = None;
+            state.previous = None;
+        }
         Ok(Self { config, policy, state, identity, trust_bundle, onboarding, registration_id })
     }
 
