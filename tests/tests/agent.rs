@@ -562,6 +562,66 @@ async fn a_tpm_device_provisions_and_renews_with_the_agent() {
     device.stop();
 }
 
+/// (e) The operational key inside the TPM (`key_type = "tpm"`): the TPM makes it under the SRK and signs the CSR,
+/// and the TLS handshakes of EST renewal and of the checks; a renewal puts the new key at the other handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_resident_key_is_made_renewed_and_used_in_the_tpm() {
+    let (server, broker) = server_and_broker().await;
+    let api = Api::new(&server, "owner");
+    let tpm = Swtpm::start().unwrap();
+    let keys =
+        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
+    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
+    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let document = json!({
+        "registrationId": "tpm-key-1",
+        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
+        "iotHubs": [broker.host_name],
+        "allocationPolicy": "static",
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    });
+    ok(api.put("/enrollments/tpm-key-1", &document).await).await;
+    let attestation = format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti());
+    let extra = "[identity]\nkey_type = \"tpm\"\n[renewal]\nfraction = 0.3\njitter = 0.0\ncheck_interval = \"3s\"\n\
+                 backoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
+    let mut device = Device::new(&server, Some("tpm-key-1"), &attestation, extra, &[&broker]);
+    device.start();
+    device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
+    let first = device.status();
+    assert_eq!(first["certificate"]["keyHandle"], "0x81000101", "{first}");
+    assert_eq!(std::fs::read_to_string(device.path("state/identity/current/key.tpm")).unwrap(), "handle:0x81000101\n");
+    assert!(!device.path("state/identity/current/key.pem").exists(), "the key never leaves the TPM");
+    device.wait_for("renewed", Duration::from_secs(40), |e| e.iter().any(|e| e.event == "renewed")).await;
+    let renewed = device.status();
+    assert_eq!(renewed["certificate"]["keyHandle"], "0x81000102", "{renewed}");
+    // Checks with the renewed certificate (TLS signed in the TPM) succeed.
+    let requests = renewed["requests"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = device.status();
+        if status["requests"].as_u64().unwrap() >= requests + 2 {
+            assert_eq!(status["failures"], 0, "{status}\n{}", device.log());
+            assert!(status["lastError"].is_null(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no check after the renewal: {status}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let issued = issued_thumbprints(&api, "tpm-key-1").await;
+    for event in device.events() {
+        assert!(issued.contains(&event.sha256), "{event:?} {issued:?}");
+    }
+    device.stop();
+    // The certificate's key is the one at the handle.
+    let pem = std::fs::read_to_string(device.path("state/identity/current/cert.pem")).unwrap();
+    let cert_key = zerotouch_tests::openssl::openssl(
+        device.path("state").as_path(),
+        &["x509", "-noout", "-pubkey", "-in", "identity/current/cert.pem"],
+    );
+    assert!(pem.contains("CERTIFICATE") && cert_key.contains("PUBLIC KEY"));
+    assert!(tpm.has_persistent("0x81000102").unwrap());
+}
+
 /// A device with a factory certificate (X.509 enrollment group of the factory CA): the agent registers with it as
 /// its TLS identity, with a P-384 operational key born on the device, then renews by EST with the operational
 /// certificate; the factory certificate is never what the hook gets.

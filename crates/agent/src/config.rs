@@ -102,7 +102,7 @@ pub enum Attestation {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
-    /// The operational key's type: `p256` (default), `p384` or `rsa3072`.
+    /// The operational key's type: `p256` (default), `p384`, `rsa3072` (files), or `tpm` (in the TPM).
     #[serde(default)]
     pub key_type: KeyType,
 }
@@ -215,6 +215,9 @@ impl Config {
             zerotouch_wire::RegistrationId::try_from(id.as_str())
                 .map_err(|e| anyhow::anyhow!("service.registration_id: {e}"))?;
         }
+        if config.identity.key_type == KeyType::Tpm && !matches!(config.attestation, Attestation::Tpm { .. }) {
+            bail!("identity.key_type \"tpm\" needs attestation.method \"tpm\"");
+        }
         if !matches!(config.attestation, Attestation::Tpm { .. }) && config.service.registration_id.is_none() {
             bail!("service.registration_id is required unless attestation.method is \"tpm\"");
         }
@@ -280,6 +283,7 @@ mod tests {
             (format!("{minimal}\n[renewal]\nfraction = 1.5\n"), "renewal.fraction"),
             (format!("{minimal}\n[renewal]\nbackoff_max = \"soon\"\n"), "backoff_max"),
             (format!("{minimal}\n[identity]\nkey_type = \"p521\"\n"), "key_type"),
+            (format!("{minimal}\n[identity]\nkey_type = \"tpm\"\n"), "identity.key_type"),
             (format!("{minimal}\nsurprise = 1\n"), "surprise"),
             (minimal.replace("symmetric_key", "password"), "password"),
         ];

@@ -14,9 +14,11 @@ use zeroize::Zeroizing;
 
 use crate::DeviceTpm;
 use crate::config::{Attestation, Config};
+use crate::key::KeyType;
 use crate::provision::{self, Assigned, ServiceError, Target};
 use crate::schedule::{self, Action, Facts, Held, Policy};
-use crate::state::{Change, HeldCertificate, IdentityDir, LastError, State};
+use crate::state::{Change, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
+use crate::tpm_key::{KEY_HANDLES, TpmKey, TpmThread};
 
 /// The onboarding credential, read once at start-up.
 enum Onboarding {
@@ -25,7 +27,24 @@ enum Onboarding {
     /// The factory certificate chain and key, PEM, as a TLS identity.
     X509(Zeroizing<Vec<u8>>),
     /// The TPM.
-    Tpm(Box<dyn DeviceTpm>),
+    Tpm(TpmThread),
+}
+
+/// A new operational key and its CSR.
+enum Fresh {
+    /// In a file.
+    File(crate::key::NewKey),
+    /// In the TPM, with its CSR.
+    Tpm(TpmKey, Vec<u8>),
+}
+
+impl Fresh {
+    fn csr(&self) -> &[u8] {
+        match self {
+            Self::File(key) => &key.csr_der,
+            Self::Tpm(_, csr) => csr,
+        }
+    }
 }
 
 /// The agent: its configuration, its state, and the credential it starts over with.
@@ -79,11 +98,9 @@ fn read_secret(path: &PathBuf) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 impl Agent {
-    /// Reads the state, the trust bundle and the onboarding credential (`open_tpm` opens a TPM by its TCTI).
-    pub fn open(
-        config: Config,
-        open_tpm: impl FnOnce(&str) -> anyhow::Result<Box<dyn DeviceTpm>>,
-    ) -> anyhow::Result<Self> {
+    /// Reads the state, the trust bundle and the onboarding credential (`open_tpm` opens a TPM by its TCTI, on the
+    /// thread that owns it).
+    pub fn open(config: Config, open_tpm: fn(&str) -> anyhow::Result<Box<dyn DeviceTpm>>) -> anyhow::Result<Self> {
         let policy = config.policy()?;
         crate::state::private_dir(&config.state_dir)?;
         let mut state = State::load(&config.state_file())?;
@@ -113,7 +130,8 @@ impl Agent {
                 (Onboarding::X509(pem), id)
             }
             Attestation::Tpm { tcti } => {
-                let mut tpm = open_tpm(tcti)?;
+                let tcti = tcti.clone();
+                let mut tpm = TpmThread::spawn(move || open_tpm(&tcti))?;
                 let id = match &config.service.registration_id {
                     Some(id) => id.clone(),
                     None => {
@@ -269,12 +287,31 @@ impl Agent {
         }
     }
 
+    /// A new operational key where `identity.key_type` says, and its CSR. A TPM key takes the handle the current
+    /// key does not use, so that the current pair keeps working until the new one has.
+    fn fresh_key(&self) -> anyhow::Result<Fresh> {
+        match (self.config.identity.key_type, &self.onboarding) {
+            (KeyType::Tpm, Onboarding::Tpm(tpm)) => {
+                let current = self.state.certificate.as_ref().and_then(|c| c.key_handle.as_deref());
+                let handle = KEY_HANDLES
+                    .into_iter()
+                    .find(|h| Some(format!("0x{h:08x}").as_str()) != current)
+                    .unwrap_or(KEY_HANDLES[0]);
+                let key = TpmKey::create(tpm, handle)?;
+                let csr = key.csr(&self.registration_id)?;
+                Ok(Fresh::Tpm(key, csr))
+            }
+            (KeyType::Tpm, _) => anyhow::bail!("identity.key_type \"tpm\" needs attestation.method \"tpm\""),
+            (key_type, _) => Ok(Fresh::File(crate::key::generate(key_type, &self.registration_id)?)),
+        }
+    }
+
     /// Registers with the onboarding credential and a new key.
     async fn provision(&mut self) -> Result<(), ServiceError> {
-        let key = crate::key::generate(self.config.identity.key_type, &self.registration_id)?;
+        let key = self.fresh_key()?;
         let target = self.target();
         tracing::info!(registration_id = %self.registration_id, "provisioning with the onboarding credential");
-        let body = json!({"registrationId": self.registration_id, "csr": STANDARD.encode(&key.csr_der)});
+        let body = json!({"registrationId": self.registration_id, "csr": STANDARD.encode(key.csr())});
         let done = match &mut self.onboarding {
             Onboarding::Key(device_key) => {
                 let token = provision::symmetric_key_token(device_key, &target)?;
@@ -284,35 +321,61 @@ impl Agent {
                 provision::register(&client(&self.trust_bundle, Some(pem))?, &target, &body, None).await?
             }
             Onboarding::Tpm(tpm) => {
-                let request = provision::Request { csr: Some(key.csr_der.clone()), ..provision::Request::default() };
-                provision::provision(&client(&self.trust_bundle, None)?, tpm.as_mut(), &target, &request).await?
+                let request = provision::Request { csr: Some(key.csr().to_vec()), ..provision::Request::default() };
+                let mut tpm = tpm.clone();
+                provision::provision(&client(&self.trust_bundle, None)?, &mut tpm, &target, &request).await?
             }
         };
         let assigned = provision::assigned(&done)?;
         let leaf = assigned.chain.first().cloned().context("the registration issued no certificate")?;
-        self.install(&leaf, &key.pem, Some(&assigned), "provisioned").await
+        self.install(&leaf, &key, Some(&assigned), "provisioned").await
     }
 
-    /// The current pair as a TLS identity.
-    fn current_identity(&self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-        let mut pem = read_secret(&self.identity.cert_file())?;
-        pem.push(b'\n');
-        pem.extend_from_slice(&read_secret(&self.identity.key_file())?);
-        Ok(pem)
+    /// A client whose TLS identity is the current pair (its key in a file, or in the TPM).
+    fn current_client(&self) -> anyhow::Result<reqwest::Client> {
+        let handle = self.state.certificate.as_ref().and_then(|c| c.key_handle.as_deref());
+        match (handle, &self.onboarding) {
+            (Some(handle), Onboarding::Tpm(tpm)) => {
+                let handle = u32::from_str_radix(handle.trim_start_matches("0x"), 16).context("the key handle")?;
+                let pem = std::fs::read_to_string(self.identity.cert_file()).context("the current certificate")?;
+                let certificate = zerotouch_pki::certificates_from_pem(&pem)
+                    .map_err(anyhow::Error::msg)?
+                    .into_iter()
+                    .next()
+                    .context("the current certificate file holds none")?;
+                let mut roots = rustls::RootCertStore::empty();
+                let bundle = String::from_utf8_lossy(&self.trust_bundle);
+                for der in zerotouch_pki::certificates_from_pem(&bundle).map_err(anyhow::Error::msg)? {
+                    roots.add(der.into()).context("the trust bundle")?;
+                }
+                let config = TpmKey::existing(tpm, handle).tls_config(roots, certificate);
+                Ok(reqwest::Client::builder()
+                    .use_preconfigured_tls(config)
+                    .timeout(Duration::from_secs(30))
+                    .connect_timeout(Duration::from_secs(10))
+                    .build()?)
+            }
+            _ => {
+                let mut pem = read_secret(&self.identity.cert_file())?;
+                pem.push(b'\n');
+                pem.extend_from_slice(&read_secret(&self.identity.key_file())?);
+                client(&self.trust_bundle, Some(&pem))
+            }
+        }
     }
 
     /// Renews by EST with the current certificate and a new key.
     async fn renew(&mut self) -> Result<(), ServiceError> {
-        let key = crate::key::generate(self.config.identity.key_type, &self.registration_id)?;
-        let client = client(&self.trust_bundle, Some(&self.current_identity()?))?;
+        let client = self.current_client()?;
+        let key = self.fresh_key()?;
         tracing::info!("renewing by EST");
-        let leaf = crate::est::simplereenroll(&client, &self.config.service.url, &key.csr_der).await?;
-        self.install(&leaf, &key.pem, None, "renewed").await
+        let leaf = crate::est::simplereenroll(&client, &self.config.service.url, key.csr()).await?;
+        self.install(&leaf, &key, None, "renewed").await
     }
 
     /// Registers again with the current certificate: follows a move, notices a revocation.
     async fn check(&mut self) -> Result<(), ServiceError> {
-        let client = client(&self.trust_bundle, Some(&self.current_identity()?))?;
+        let client = self.current_client()?;
         let body = json!({"registrationId": self.registration_id});
         let done = provision::register(&client, &self.target(), &body, None).await?;
         let assigned = provision::assigned(&done)?;
@@ -337,13 +400,24 @@ impl Agent {
     async fn install(
         &mut self,
         leaf: &[u8],
-        key_pem: &str,
+        key: &Fresh,
         assigned: Option<&Assigned>,
         event: &str,
     ) -> Result<(), ServiceError> {
         let details = zerotouch_pki::details(leaf).map_err(|e| anyhow::anyhow!("the issued certificate: {e}"))?;
         let serial = details.serial_hex.to_ascii_lowercase();
-        self.identity.install(&serial, &zerotouch_pki::certificate_pem(leaf), key_pem)?;
+        let cert_pem = zerotouch_pki::certificate_pem(leaf);
+        let (key_file, key_handle) = match key {
+            Fresh::File(key) => {
+                self.identity.install(&serial, &cert_pem, &key.pem)?;
+                (self.identity.key_file(), None)
+            }
+            Fresh::Tpm(key, _) => {
+                let handle = format!("0x{:08x}", key.handle());
+                self.identity.install_with(&serial, &cert_pem, KEY_TPM, &format!("handle:{handle}\n"))?;
+                (self.identity.current(KEY_TPM), Some(handle))
+            }
+        };
         let now = Utc::now();
         let previous = self.state.certificate.take().map(|c| c.serial).filter(|s| *s != serial);
         if let Some(older) = self.state.previous.take().filter(|p| Some(p) != previous.as_ref()) {
@@ -357,7 +431,8 @@ impl Agent {
             not_after: to_chrono(details.not_after),
             obtained_at: now,
             cert_file: self.identity.cert_file(),
-            key_file: self.identity.key_file(),
+            key_file,
+            key_handle,
         };
         let renew_at = schedule::renewal_time(
             &self.policy,
@@ -394,6 +469,9 @@ impl Agent {
             if let Some(held) = &self.state.certificate {
                 command.env("ZEROTOUCH_CERT_FILE", &held.cert_file).env("ZEROTOUCH_KEY_FILE", &held.key_file);
                 command.env("ZEROTOUCH_CERT_SHA256", &held.sha256);
+                if let Some(handle) = &held.key_handle {
+                    command.env("ZEROTOUCH_KEY_HANDLE", handle);
+                }
             }
             if let (Some(hub), Some(device_id)) = (&self.state.hub, &self.state.device_id) {
                 command.env("ZEROTOUCH_HUB", hub).env("ZEROTOUCH_DEVICE_ID", device_id);

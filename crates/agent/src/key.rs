@@ -18,6 +18,8 @@ pub enum KeyType {
     P384,
     /// RSA 3072 bits.
     Rsa3072,
+    /// ECDSA P-256 inside the TPM (`attestation.method = "tpm"`), made by `crate::tpm_key`.
+    Tpm,
 }
 
 /// A new operational key: its PKCS#8 PEM (secret: never logged, wiped on drop) and the CSR it signed.
@@ -39,6 +41,7 @@ pub fn generate(key_type: KeyType, registration_id: &str) -> anyhow::Result<NewK
     let key = match key_type {
         KeyType::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
         KeyType::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
+        KeyType::Tpm => anyhow::bail!("a TPM-resident key is made in the TPM (crate::tpm_key), not here"),
         KeyType::Rsa3072 => {
             use aws_lc_rs::encoding::AsDer;
             let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072)

@@ -22,6 +22,7 @@ pub mod schedule;
 pub mod state;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+pub mod tpm_key;
 
 /// What provisioning needs of a TPM.
 pub trait DeviceTpm {
@@ -35,4 +36,53 @@ pub trait DeviceTpm {
     fn import_key(&mut self, blob: &[u8]) -> anyhow::Result<()>;
     /// HMAC-SHA256 of `message` with the imported key, computed inside the TPM.
     fn sign(&mut self, message: &[u8]) -> anyhow::Result<Vec<u8>>;
+    /// Creates an ECDSA P-256 signing key under the SRK, born in the TPM and never leaving it, and keeps it at the
+    /// persistent `handle` (replacing the key there). Returns its public key, the uncompressed point (65 bytes).
+    fn create_signing_key(&mut self, handle: u32) -> anyhow::Result<Vec<u8>>;
+    /// ECDSA signature (DER `Ecdsa-Sig-Value`) of a SHA-256 `digest` by the key at `handle`.
+    fn sign_digest(&mut self, handle: u32, digest: &[u8]) -> anyhow::Result<Vec<u8>>;
+}
+
+/// An ECDSA signature as DER (`SEQUENCE { INTEGER r, INTEGER s }`, RFC 3279 §2.2.3) from the big-endian `r` and
+/// `s` a TPM returns.
+pub fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
+    fn integer(value: &[u8]) -> Vec<u8> {
+        let trimmed: Vec<u8> = value.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut content = if trimmed.first().is_none_or(|b| b & 0x80 != 0) { vec![0] } else { Vec::new() };
+        content.extend_from_slice(&trimmed);
+        let mut out = vec![0x02];
+        out.extend(length(content.len()));
+        out.extend(content);
+        out
+    }
+    fn length(len: usize) -> Vec<u8> {
+        match u8::try_from(len) {
+            Ok(short) if short < 0x80 => vec![short],
+            Ok(long) => vec![0x81, long],
+            Err(_) => vec![0x82, (len >> 8) as u8, len as u8],
+        }
+    }
+    let body = [integer(r), integer(s)].concat();
+    let mut out = vec![0x30];
+    out.extend(length(body.len()));
+    out.extend(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known answers: leading zeros dropped, a zero byte added before a high bit, zero as `02 01 00`.
+    #[test]
+    fn ecdsa_signatures_are_encoded_as_der() {
+        assert_eq!(ecdsa_der(&[0x00, 0x01], &[0x7f]), [0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x7f]);
+        assert_eq!(ecdsa_der(&[0x80], &[0, 0]), [0x30, 0x07, 0x02, 0x02, 0x00, 0x80, 0x02, 0x01, 0x00]);
+        let r = [0xffu8; 32];
+        let der = ecdsa_der(&r, &r);
+        assert_eq!(der.len(), 2 + 2 * (2 + 33));
+        assert_eq!(&der[..5], &[0x30, 70, 0x02, 33, 0x00]);
+        let long = ecdsa_der(&[0x11; 100], &[0x22; 100]);
+        assert_eq!(&long[..3], &[0x30, 0x81, 204]);
+    }
 }

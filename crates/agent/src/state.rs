@@ -68,8 +68,11 @@ pub struct HeldCertificate {
     pub obtained_at: DateTime<Utc>,
     /// `identity/current/cert.pem`.
     pub cert_file: PathBuf,
-    /// `identity/current/key.pem`.
+    /// `identity/current/key.pem`, or `key.tpm` for a key in the TPM.
     pub key_file: PathBuf,
+    /// The persistent handle of a key in the TPM (`0x81000101`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_handle: Option<String>,
 }
 
 /// A failure.
@@ -149,6 +152,11 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot restrict {}", dir.display()))
 }
 
+/// The key file of a key kept in a file.
+pub const KEY_PEM: &str = "key.pem";
+/// The file that names a key kept in the TPM (`handle:0x81000101`, as the tpm2-openssl provider takes it).
+pub const KEY_TPM: &str = "key.tpm";
+
 /// The identity directory (see the module comment).
 #[derive(Debug, Clone)]
 pub struct IdentityDir {
@@ -168,11 +176,21 @@ impl IdentityDir {
 
     /// `current/key.pem`.
     pub fn key_file(&self) -> PathBuf {
-        self.root.join("current").join("key.pem")
+        self.current(KEY_PEM)
     }
 
-    /// Writes the pair `name` (the certificate's serial) and makes it current.
+    /// `current/<file>`.
+    pub fn current(&self, file: &str) -> PathBuf {
+        self.root.join("current").join(file)
+    }
+
+    /// Writes the pair `name` (the certificate's serial) and makes it current. The key goes to `key.pem`.
     pub fn install(&self, name: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        self.install_with(name, cert_pem, KEY_PEM, key_pem)
+    }
+
+    /// [`IdentityDir::install`] with the key (or what names it) in `key_file`.
+    pub fn install_with(&self, name: &str, cert_pem: &str, key_file: &str, key: &str) -> anyhow::Result<()> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
             anyhow::bail!("{name:?} is not a serial number");
         }
@@ -182,7 +200,7 @@ impl IdentityDir {
             std::fs::remove_dir_all(&pair)?;
         }
         private_dir(&pair)?;
-        write_atomically(&pair.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+        write_atomically(&pair.join(key_file), key.as_bytes(), 0o600)?;
         write_atomically(&pair.join("cert.pem"), cert_pem.as_bytes(), 0o644)?;
         self.point_current_at(name)
     }
