@@ -15,6 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_tests::mosquitto::{Broker, Subscriber};
+use zerotouch_tests::softhsm::{self, SoftHsm};
 use zerotouch_tests::swtpm::Swtpm;
 use zerotouch_tests::{Api, Backend, Options, Server};
 
@@ -92,6 +93,8 @@ struct Device {
     config: PathBuf,
     child: Option<Child>,
     runs: u32,
+    /// Extra environment of the agent.
+    env: Vec<(String, String)>,
 }
 
 impl Device {
@@ -123,7 +126,7 @@ impl Device {
         );
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config).unwrap();
-        Self { dir, config: path, child: None, runs: 0 }
+        Self { dir, config: path, child: None, runs: 0, env: Vec::new() }
     }
 
     fn start(&mut self) {
@@ -135,6 +138,7 @@ impl Device {
             .arg(&self.config)
             .args(["--log-format", "json"])
             .env("ZEROTOUCH_AGENT_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -253,6 +257,18 @@ async fn issued_thumbprints(api: &Api<'_>, registration_id: &str) -> Vec<String>
         .filter(|c| c["registrationId"].as_str().is_some_and(|r| r.eq_ignore_ascii_case(registration_id)))
         .filter_map(|c| Some(c["sha256Thumbprint"].as_str()?.to_ascii_lowercase()))
         .collect()
+}
+
+/// An X.509 enrollment group `id` of the factory CA `ca_pem` on `broker`, whose certificates live [`LIFETIME`].
+async fn enroll_factory(api: &Api<'_>, id: &str, ca_pem: &str, broker: &Broker) {
+    let group = json!({
+        "enrollmentGroupId": id,
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca_pem}}}},
+        "iotHubs": [broker.host_name],
+        "allocationPolicy": "static",
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    });
+    ok(api.put(&format!("/enrollmentGroups/{id}"), &group).await).await;
 }
 
 fn symmetric_key_attestation(dir: &Path, key: &[u8], group: bool) -> String {
@@ -636,14 +652,7 @@ async fn a_factory_certificate_device_provisions_and_renews_with_a_p384_key() {
     let device_pem = std::fs::read_to_string(factory.path().join("line-7.pem")).unwrap();
     let chain = factory.path().join("line-7-chain.pem");
     std::fs::write(&chain, format!("{device_pem}{ca_pem}")).unwrap();
-    let group = json!({
-        "enrollmentGroupId": "factory",
-        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca_pem}}}},
-        "iotHubs": [broker.host_name],
-        "allocationPolicy": "static",
-        "certificatePolicy": {"validitySeconds": LIFETIME},
-    });
-    ok(api.put("/enrollmentGroups/factory", &group).await).await;
+    enroll_factory(&api, "factory", &ca_pem, &broker).await;
     let attestation = format!(
         "[attestation]\nmethod = \"x509\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
         chain.display(),
@@ -727,4 +736,50 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .expect("systemd-analyze (apt-get install systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("zerotouch-agent.service"), "{stderr}");
+}
+
+/// The factory key in a PKCS#11 token (SoftHSM2), never in a file: the token signs the TLS handshake of the
+/// registration; the operational key is then the agent's own, renewed by EST. A wrong PIN stops the agent at
+/// start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_key_in_a_pkcs11_token_provisions_the_device() {
+    let (server, broker) = server_and_broker().await;
+    let api = Api::new(&server, "owner");
+    let factory = tempfile::tempdir().unwrap();
+    zerotouch_tests::openssl::make_ca(factory.path(), "factory-ca", None);
+    zerotouch_tests::openssl::make_device(factory.path(), "hsm-9", "hsm-9", "factory-ca");
+    let hsm = SoftHsm::new();
+    hsm.import_key(&factory.path().join("hsm-9.key"), "factory-key");
+    std::fs::remove_file(factory.path().join("hsm-9.key")).unwrap();
+    let ca_pem = std::fs::read_to_string(factory.path().join("factory-ca.pem")).unwrap();
+    enroll_factory(&api, "hsm-factory", &ca_pem, &broker).await;
+    let attestation = |pin: &str| {
+        format!(
+            "[attestation]\nmethod = \"x509\"\ncert_file = \"{}\"\n[attestation.pkcs11]\nmodule = \"{}\"\n\
+             token = \"{}\"\nlabel = \"factory-key\"\npin_file = \"{}\"\n",
+            factory.path().join("hsm-9.pem").display(),
+            softhsm::MODULE,
+            softhsm::TOKEN,
+            hsm.file(pin).display()
+        )
+    };
+    let extra = "[renewal]\nfraction = 0.2\njitter = 0.0\nbackoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
+    let wrong = Device::new(&server, Some("hsm-9"), &attestation("wrong-pin"), extra, &[&broker]);
+    let out = Command::new(zerotouch_tests::agent_binary().unwrap())
+        .arg("run")
+        .arg("--config")
+        .arg(&wrong.config)
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attestation.pkcs11.pin_file"), "{out:?}");
+
+    let mut device = Device::new(&server, Some("hsm-9"), &attestation("pin"), extra, &[&broker]);
+    device.env = hsm.env();
+    let subscriber = broker.subscribe("devices/#");
+    device.start();
+    renews_and_publishes(&device, &api, &subscriber, "hsm-9").await;
+    assert!(!factory.path().join("hsm-9.key").exists(), "the factory key is only in the token");
+    device.stop();
 }

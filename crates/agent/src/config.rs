@@ -84,12 +84,17 @@ pub enum Attestation {
         #[serde(default)]
         group: bool,
     },
-    /// A factory certificate (PEM, with its chain up to the enrolled CA) and its key (PEM).
+    /// A factory certificate (PEM, with its chain up to the enrolled CA) and its key: a PEM file, or a key in a
+    /// PKCS#11 token.
     X509 {
         /// The certificate chain, leaf first.
         cert_file: PathBuf,
-        /// The private key.
-        key_file: PathBuf,
+        /// The private key's file.
+        #[serde(default)]
+        key_file: Option<PathBuf>,
+        /// The private key in a token.
+        #[serde(default)]
+        pkcs11: Option<crate::pkcs11_key::TokenSettings>,
     },
     /// A TPM 2.0 through a TCTI (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`).
     Tpm {
@@ -214,6 +219,11 @@ impl Config {
         if let Some(id) = &config.service.registration_id {
             zerotouch_wire::RegistrationId::try_from(id.as_str())
                 .map_err(|e| anyhow::anyhow!("service.registration_id: {e}"))?;
+        }
+        if let Attestation::X509 { key_file, pkcs11, .. } = &config.attestation
+            && key_file.is_some() == pkcs11.is_some()
+        {
+            bail!("attestation: an x509 attestation takes key_file or [attestation.pkcs11], one of them");
         }
         if config.identity.key_type == KeyType::Tpm && !matches!(config.attestation, Attestation::Tpm { .. }) {
             bail!("identity.key_type \"tpm\" needs attestation.method \"tpm\"");

@@ -3,6 +3,7 @@
 //! the state file.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::DeviceTpm;
 use crate::config::{Attestation, Config};
 use crate::key::KeyType;
+use crate::pkcs11_key::TokenKey;
 use crate::provision::{self, Assigned, ServiceError, Target};
 use crate::schedule::{self, Action, Facts, Held, Policy};
 use crate::state::{Change, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
@@ -26,6 +28,8 @@ enum Onboarding {
     Key(Zeroizing<Vec<u8>>),
     /// The factory certificate chain and key, PEM, as a TLS identity.
     X509(Zeroizing<Vec<u8>>),
+    /// The factory certificate chain (DER) and its key in a PKCS#11 token.
+    X509Token(Vec<Vec<u8>>, Arc<TokenKey>),
     /// The TPM.
     Tpm(TpmThread),
 }
@@ -122,12 +126,23 @@ impl Agent {
                 };
                 (Onboarding::Key(key), id)
             }
-            Attestation::X509 { cert_file, key_file } => {
+            Attestation::X509 { cert_file, key_file, pkcs11 } => {
                 let id = config.service.registration_id.clone().context("service.registration_id is required")?;
-                let mut pem = read_secret(cert_file)?;
-                pem.push(b'\n');
-                pem.extend_from_slice(&read_secret(key_file)?);
-                (Onboarding::X509(pem), id)
+                match (key_file, pkcs11) {
+                    (Some(key_file), _) => {
+                        let mut pem = read_secret(cert_file)?;
+                        pem.push(b'\n');
+                        pem.extend_from_slice(&read_secret(key_file)?);
+                        (Onboarding::X509(pem), id)
+                    }
+                    (None, Some(token)) => {
+                        let text = std::fs::read_to_string(cert_file)
+                            .with_context(|| format!("cannot read {}", cert_file.display()))?;
+                        let chain = zerotouch_pki::certificates_from_pem(&text).map_err(anyhow::Error::msg)?;
+                        (Onboarding::X509Token(chain, TokenKey::open(token)?), id)
+                    }
+                    (None, None) => anyhow::bail!("attestation: an x509 attestation needs key_file or pkcs11"),
+                }
             }
             Attestation::Tpm { tcti } => {
                 let tcti = tcti.clone();
@@ -320,6 +335,10 @@ impl Agent {
             Onboarding::X509(pem) => {
                 provision::register(&client(&self.trust_bundle, Some(pem))?, &target, &body, None).await?
             }
+            Onboarding::X509Token(chain, key) => {
+                let client = crate::signer::client(&self.trust_bundle, chain.clone(), key.tls_key())?;
+                provision::register(&client, &target, &body, None).await?
+            }
             Onboarding::Tpm(tpm) => {
                 let request = provision::Request { csr: Some(key.csr().to_vec()), ..provision::Request::default() };
                 let mut tpm = tpm.clone();
@@ -338,22 +357,8 @@ impl Agent {
             (Some(handle), Onboarding::Tpm(tpm)) => {
                 let handle = u32::from_str_radix(handle.trim_start_matches("0x"), 16).context("the key handle")?;
                 let pem = std::fs::read_to_string(self.identity.cert_file()).context("the current certificate")?;
-                let certificate = zerotouch_pki::certificates_from_pem(&pem)
-                    .map_err(anyhow::Error::msg)?
-                    .into_iter()
-                    .next()
-                    .context("the current certificate file holds none")?;
-                let mut roots = rustls::RootCertStore::empty();
-                let bundle = String::from_utf8_lossy(&self.trust_bundle);
-                for der in zerotouch_pki::certificates_from_pem(&bundle).map_err(anyhow::Error::msg)? {
-                    roots.add(der.into()).context("the trust bundle")?;
-                }
-                let config = TpmKey::existing(tpm, handle).tls_config(roots, certificate);
-                Ok(reqwest::Client::builder()
-                    .use_preconfigured_tls(config)
-                    .timeout(Duration::from_secs(30))
-                    .connect_timeout(Duration::from_secs(10))
-                    .build()?)
+                let chain = zerotouch_pki::certificates_from_pem(&pem).map_err(anyhow::Error::msg)?;
+                crate::signer::client(&self.trust_bundle, chain, TpmKey::existing(tpm, handle).tls_key())
             }
             _ => {
                 let mut pem = read_secret(&self.identity.cert_file())?;

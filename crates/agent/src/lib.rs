@@ -17,8 +17,10 @@ pub mod config;
 pub mod daemon;
 pub mod est;
 pub mod key;
+pub mod pkcs11_key;
 pub mod provision;
 pub mod schedule;
+pub mod signer;
 pub mod state;
 #[cfg(feature = "tpm")]
 pub mod tpm;

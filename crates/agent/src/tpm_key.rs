@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use anyhow::{Context, anyhow};
 
 use crate::DeviceTpm;
+use crate::signer::P256Signer;
 
 /// The two persistent handles operational keys alternate between (next to the C SDK's 0x81000100).
 pub const KEY_HANDLES: [u32; 2] = [0x8100_0101, 0x8100_0102];
@@ -131,12 +132,10 @@ impl TpmKey {
         Ok(params.serialize_request(self).context("cannot build the CSR in the TPM")?.der().to_vec())
     }
 
-    /// A rustls client configuration that trusts `roots` and authenticates with `certificate` and this key.
-    pub fn tls_config(&self, roots: rustls::RootCertStore, certificate: Vec<u8>) -> rustls::ClientConfig {
-        let key = rustls::sign::CertifiedKey::new(vec![certificate.into()], Arc::new(self.clone()));
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_cert_resolver(Arc::new(Fixed(Arc::new(key))))
+    /// The key as a TLS client key (the TPM signs the handshakes).
+    pub fn tls_key(&self) -> Arc<dyn rustls::sign::SigningKey> {
+        let key = self.clone();
+        Arc::new(P256Signer::new(move |message| key.sign_message(message)))
     }
 }
 
@@ -153,45 +152,5 @@ impl rcgen::PublicKeyData for TpmKey {
 impl rcgen::SigningKey for TpmKey {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         self.sign_message(message).map_err(|_| rcgen::Error::RemoteKeyError)
-    }
-}
-
-impl rustls::sign::SigningKey for TpmKey {
-    fn choose_scheme(&self, offered: &[rustls::SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
-        offered
-            .contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
-            .then(|| Box::new(self.clone()) as Box<dyn rustls::sign::Signer>)
-    }
-
-    fn algorithm(&self) -> rustls::SignatureAlgorithm {
-        rustls::SignatureAlgorithm::ECDSA
-    }
-}
-
-impl rustls::sign::Signer for TpmKey {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        self.sign_message(message).map_err(|e| rustls::Error::General(format!("the TPM did not sign: {e:#}")))
-    }
-
-    fn scheme(&self) -> rustls::SignatureScheme {
-        rustls::SignatureScheme::ECDSA_NISTP256_SHA256
-    }
-}
-
-/// One client certificate, whatever the server asks.
-#[derive(Debug)]
-struct Fixed(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for Fixed {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(Arc::clone(&self.0))
-    }
-
-    fn has_certs(&self) -> bool {
-        true
     }
 }
