@@ -415,9 +415,9 @@ async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_th
 
 /// (c) The enrollment is moved to another broker: the agent's next check follows the move, and its MQTT client,
 /// restarted by the hook with the new hub, publishes there; the old broker loses the device. The same with a
-/// device key derived on the device from its group's key.
+/// device key derived on the device from its group's key, registering over the MQTT device API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derived_key() {
+async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derived_key_over_mqtt() {
     let server = start(&[]).await;
     let api = Api::new(&server, "owner");
     let a = Broker::start(&server, "mqtt-a.example.com");
@@ -439,15 +439,15 @@ async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derive
         })
     };
     ok(api.put("/enrollmentGroups/movers", &group(&a.host_name)).await).await;
+    // mover-2 registers and checks over the MQTT device API (its SAS token, then its certificate).
+    let over_mqtt = format!(
+        "transport = \"mqtt\"\nmqtt_address = \"{}\"\n{}",
+        server.mqtt_addr,
+        symmetric_key_attestation(keys.path(), &group_key, true)
+    );
     let mut devices = [
         Device::new(&server, Some("mover-1"), &symmetric_key_attestation(keys.path(), &key, false), renewal, &[&a, &b]),
-        Device::new(
-            &server,
-            Some("mover-2"),
-            &symmetric_key_attestation(keys.path(), &group_key, true),
-            renewal,
-            &[&a, &b],
-        ),
+        Device::new(&server, Some("mover-2"), &over_mqtt, renewal, &[&a, &b]),
     ];
     for device in &mut devices {
         device.start();
@@ -492,6 +492,9 @@ async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derive
         assert!(Instant::now() < deadline, "broker A kept the devices: {:?}", a.clients());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // mover-2 never used HTTPS (no renewal was due), mover-1 only HTTPS.
+    assert!(devices[0].log().contains("reqwest::connect"));
+    assert!(!devices[1].log().contains("reqwest::connect"), "{}", devices[1].log());
     for device in &mut devices {
         device.stop();
     }

@@ -61,6 +61,23 @@ pub struct Service {
     /// How long one registration may take, polls included.
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
+    /// How the agent registers: `https` (default) or `mqtt` (`docs/protocol/device-api.md` §5; not for a TPM).
+    #[serde(default)]
+    pub transport: Transport,
+    /// `host:port` of the MQTT device endpoint, for `transport = "mqtt"`.
+    #[serde(default)]
+    pub mqtt_address: Option<String>,
+}
+
+/// How the agent registers (renewal is always EST over HTTPS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The HTTPS device API.
+    #[default]
+    Https,
+    /// The MQTT device API.
+    Mqtt,
 }
 
 fn default_api_version() -> String {
@@ -225,6 +242,14 @@ impl Config {
         {
             bail!("attestation: an x509 attestation takes key_file or [attestation.pkcs11], one of them");
         }
+        if config.service.transport == Transport::Mqtt {
+            if config.service.mqtt_address.is_none() {
+                bail!("service.mqtt_address is required with service.transport = \"mqtt\"");
+            }
+            if matches!(config.attestation, Attestation::Tpm { .. }) {
+                bail!("service.transport = \"mqtt\" does not carry TPM attestation (as with Azure DPS): use https");
+            }
+        }
         if config.identity.key_type == KeyType::Tpm && !matches!(config.attestation, Attestation::Tpm { .. }) {
             bail!("identity.key_type \"tpm\" needs attestation.method \"tpm\"");
         }
@@ -296,6 +321,7 @@ mod tests {
             (format!("{minimal}\n[identity]\nkey_type = \"tpm\"\n"), "identity.key_type"),
             (format!("{minimal}\nsurprise = 1\n"), "surprise"),
             (minimal.replace("symmetric_key", "password"), "password"),
+            (minimal.replace("[attestation]", "transport = \"mqtt\"\n[attestation]"), "service.mqtt_address"),
         ];
         for (text, named) in cases {
             let error = format!("{:#}", Config::parse(&text).unwrap_err());

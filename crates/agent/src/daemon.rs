@@ -14,11 +14,13 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::DeviceTpm;
+use crate::config::Transport;
 use crate::config::{Attestation, Config};
 use crate::key::KeyType;
 use crate::pkcs11_key::TokenKey;
 use crate::provision::{self, Assigned, ServiceError, Target};
 use crate::schedule::{self, Action, Facts, Held, Policy};
+use crate::signer::{ClientKey, https_client, tls_config};
 use crate::state::{Change, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
 use crate::tpm_key::{KEY_HANDLES, TpmKey, TpmThread};
 
@@ -78,22 +80,6 @@ fn at(unix: i64) -> DateTime<Utc> {
 
 fn to_chrono(t: time::OffsetDateTime) -> DateTime<Utc> {
     at(t.unix_timestamp())
-}
-
-/// A client trusting `trust_bundle` only, with `identity` (certificate and key PEM) as its TLS client identity.
-fn client(trust_bundle: &[u8], identity: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(10));
-    for certificate in reqwest::Certificate::from_pem_bundle(trust_bundle).context("the trust bundle")? {
-        builder = builder.add_root_certificate(certificate);
-    }
-    if let Some(pem) = identity {
-        builder = builder.identity(reqwest::Identity::from_pem(pem).context("the client certificate and key")?);
-    }
-    Ok(builder.build()?)
 }
 
 /// Reads a file that holds a secret.
@@ -327,22 +313,20 @@ impl Agent {
         let target = self.target();
         tracing::info!(registration_id = %self.registration_id, "provisioning with the onboarding credential");
         let body = json!({"registrationId": self.registration_id, "csr": STANDARD.encode(key.csr())});
-        let done = match &mut self.onboarding {
+        let done = match &self.onboarding {
             Onboarding::Key(device_key) => {
                 let token = provision::symmetric_key_token(device_key, &target)?;
-                provision::register(&client(&self.trust_bundle, None)?, &target, &body, Some(&token)).await?
+                self.register(&ClientKey::None, &body, Some(&token)).await?
             }
-            Onboarding::X509(pem) => {
-                provision::register(&client(&self.trust_bundle, Some(pem))?, &target, &body, None).await?
-            }
+            Onboarding::X509(pem) => self.register(&ClientKey::Pem(pem.clone()), &body, None).await?,
             Onboarding::X509Token(chain, key) => {
-                let client = crate::signer::client(&self.trust_bundle, chain.clone(), key.tls_key())?;
-                provision::register(&client, &target, &body, None).await?
+                self.register(&ClientKey::Remote(chain.clone(), key.tls_key()), &body, None).await?
             }
             Onboarding::Tpm(tpm) => {
                 let request = provision::Request { csr: Some(key.csr().to_vec()), ..provision::Request::default() };
                 let mut tpm = tpm.clone();
-                provision::provision(&client(&self.trust_bundle, None)?, &mut tpm, &target, &request).await?
+                let client = https_client(&self.trust_bundle, &ClientKey::None)?;
+                provision::provision(&client, &mut tpm, &target, &request).await?
             }
         };
         let assigned = provision::assigned(&done)?;
@@ -350,28 +334,45 @@ impl Agent {
         self.install(&leaf, &key, Some(&assigned), "provisioned").await
     }
 
-    /// A client whose TLS identity is the current pair (its key in a file, or in the TPM).
-    fn current_client(&self) -> anyhow::Result<reqwest::Client> {
+    /// Registers with `body` over the configured transport, presenting `key` in the TLS handshake and `token`
+    /// (a SAS token) when given.
+    async fn register(
+        &self,
+        key: &ClientKey,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> Result<serde_json::Value, ServiceError> {
+        let target = self.target();
+        match (&self.config.service.transport, &self.config.service.mqtt_address) {
+            (Transport::Mqtt, Some(address)) => {
+                crate::mqtt::register(address, tls_config(&self.trust_bundle, key)?, &target, body, token).await
+            }
+            _ => provision::register(&https_client(&self.trust_bundle, key)?, &target, body, token).await,
+        }
+    }
+
+    /// The current pair as a TLS identity (its key in a file, or in the TPM).
+    fn current_key(&self) -> anyhow::Result<ClientKey> {
         let handle = self.state.certificate.as_ref().and_then(|c| c.key_handle.as_deref());
         match (handle, &self.onboarding) {
             (Some(handle), Onboarding::Tpm(tpm)) => {
                 let handle = u32::from_str_radix(handle.trim_start_matches("0x"), 16).context("the key handle")?;
                 let pem = std::fs::read_to_string(self.identity.cert_file()).context("the current certificate")?;
                 let chain = zerotouch_pki::certificates_from_pem(&pem).map_err(anyhow::Error::msg)?;
-                crate::signer::client(&self.trust_bundle, chain, TpmKey::existing(tpm, handle).tls_key())
+                Ok(ClientKey::Remote(chain, TpmKey::existing(tpm, handle).tls_key()))
             }
             _ => {
                 let mut pem = read_secret(&self.identity.cert_file())?;
                 pem.push(b'\n');
                 pem.extend_from_slice(&read_secret(&self.identity.key_file())?);
-                client(&self.trust_bundle, Some(&pem))
+                Ok(ClientKey::Pem(pem))
             }
         }
     }
 
     /// Renews by EST with the current certificate and a new key.
     async fn renew(&mut self) -> Result<(), ServiceError> {
-        let client = self.current_client()?;
+        let client = https_client(&self.trust_bundle, &self.current_key()?)?;
         let key = self.fresh_key()?;
         tracing::info!("renewing by EST");
         let leaf = crate::est::simplereenroll(&client, &self.config.service.url, key.csr()).await?;
@@ -380,9 +381,8 @@ impl Agent {
 
     /// Registers again with the current certificate: follows a move, notices a revocation.
     async fn check(&mut self) -> Result<(), ServiceError> {
-        let client = self.current_client()?;
         let body = json!({"registrationId": self.registration_id});
-        let done = provision::register(&client, &self.target(), &body, None).await?;
+        let done = self.register(&self.current_key()?, &body, None).await?;
         let assigned = provision::assigned(&done)?;
         self.state.next_check =
             Some(Utc::now() + chrono::Duration::from_std(self.policy.check_interval).unwrap_or_default());

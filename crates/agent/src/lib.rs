@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod est;
 pub mod key;
+pub mod mqtt;
 pub mod pkcs11_key;
 pub mod provision;
 pub mod schedule;

@@ -1,8 +1,11 @@
-//! TLS client keys that sign somewhere else (a TPM, a PKCS#11 token): ECDSA P-256 with SHA-256, the one scheme
-//! both offer everywhere. The key's owner hands in a function that signs a message (hashing it itself) and answers
-//! a DER signature; this module makes it a rustls key and a client configuration that presents it.
+//! The device's TLS identity, for HTTPS and MQTT alike: none, a certificate and key from files, or a key that signs
+//! somewhere else (a TPM, a PKCS#11 token: ECDSA P-256 with SHA-256, the one scheme both offer everywhere). Such a
+//! key's owner hands in a function that signs a message (hashing it itself) and answers a DER signature.
 
 use std::sync::Arc;
+
+use anyhow::Context;
+use zeroize::Zeroizing;
 
 /// Signs a whole message: ECDSA P-256 over its SHA-256, DER.
 type SignFn = dyn Fn(&[u8]) -> anyhow::Result<Vec<u8>> + Send + Sync;
@@ -48,23 +51,57 @@ impl rustls::sign::Signer for P256Signer {
     }
 }
 
-/// A client that trusts the PEM `trust_bundle` only and presents `chain` (DER, leaf first) with `key`.
-pub fn client(
-    trust_bundle: &[u8],
-    chain: Vec<Vec<u8>>,
-    key: Arc<dyn rustls::sign::SigningKey>,
-) -> anyhow::Result<reqwest::Client> {
+/// What the device presents in a TLS handshake.
+pub enum ClientKey {
+    /// Nothing (a SAS token authenticates, or the first TPM leg).
+    None,
+    /// A certificate chain and its key, PEM (secret).
+    Pem(Zeroizing<Vec<u8>>),
+    /// A certificate chain (DER, leaf first) and a key that signs elsewhere.
+    Remote(Vec<Vec<u8>>, Arc<dyn rustls::sign::SigningKey>),
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "ClientKey::None",
+            Self::Pem(_) => "ClientKey::Pem(..)",
+            Self::Remote(..) => "ClientKey::Remote(..)",
+        })
+    }
+}
+
+/// A TLS client configuration that trusts the PEM `trust_bundle` only and presents `key`.
+pub fn tls_config(trust_bundle: &[u8], key: &ClientKey) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let bundle = String::from_utf8_lossy(trust_bundle);
     for der in zerotouch_pki::certificates_from_pem(&bundle).map_err(anyhow::Error::msg)? {
         roots.add(der.into()).map_err(|e| anyhow::anyhow!("the trust bundle: {e}"))?;
     }
-    let certified = rustls::sign::CertifiedKey::new(chain.into_iter().map(Into::into).collect(), key);
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    Ok(match key {
+        ClientKey::None => builder.with_no_client_auth(),
+        ClientKey::Pem(pem) => {
+            let chain = rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .context("the client certificate is not PEM")?;
+            let key = rustls_pemfile::private_key(&mut pem.as_slice())
+                .context("the client key is not PEM")?
+                .context("no private key beside the client certificate")?;
+            builder.with_client_auth_cert(chain, key).context("the client certificate and key")?
+        }
+        ClientKey::Remote(chain, key) => {
+            let certified =
+                rustls::sign::CertifiedKey::new(chain.iter().cloned().map(Into::into).collect(), Arc::clone(key));
+            builder.with_client_cert_resolver(Arc::new(Fixed(Arc::new(certified))))
+        }
+    })
+}
+
+/// An HTTPS client that trusts the PEM `trust_bundle` only and presents `key`.
+pub fn https_client(trust_bundle: &[u8], key: &ClientKey) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(config)
+        .use_preconfigured_tls(tls_config(trust_bundle, key)?)
         .timeout(std::time::Duration::from_secs(30))
         .connect_timeout(std::time::Duration::from_secs(10))
         .build()?)
