@@ -197,7 +197,9 @@ impl Agent {
             // A hook that failed is run again (after its backoff) before anything else.
             if self.state.hook_pending.is_some() && now >= facts.retry_at {
                 match self.deliver_hook().await {
-                    Ok(()) => self.succeeded(),
+                    // After `dropped` the device still has no identity: the provisioning backoff stays.
+                    Ok(()) if self.state.certificate.is_some() => self.succeeded(),
+                    Ok(()) => {}
                     Err(e) => {
                         self.failed(Action::WaitUntil(now), schedule::Failure::Local, "hook", &e);
                     }
