@@ -124,3 +124,15 @@ pub fn curl_register(server: &Server, id: &str, cert: &Path, key: &Path, body: V
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An individual symmetric-key enrollment with `key` as its primary key, statically on `hub`, `status` `enabled`
+/// or `disabled`.
+pub fn symmetric_key_enrollment(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
+    serde_json::json!({
+        "registrationId": id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([9u8; 32])}},
+        "iotHubs": [hub],
+        "allocationPolicy": "static",
+        "provisioningStatus": status,
+    })
+}

@@ -20,6 +20,7 @@ pub use zerotouch_store::Backend;
 use zerotouch_store::test_support::TestDatabase;
 
 pub mod openssl;
+pub mod softhsm;
 pub mod swtpm;
 
 /// Both database backends, for tests that run on each.

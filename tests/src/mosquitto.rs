@@ -18,9 +18,14 @@ pub const GUIDE: &str = include_str!("../../docs/hubs/mosquitto.md");
 
 /// The fenced code blocks of `GUIDE` with the language `lang`, in order.
 pub fn guide_blocks(lang: &str) -> Vec<String> {
+    fenced_blocks(GUIDE, lang)
+}
+
+/// The fenced code blocks of the Markdown `text` with the language `lang`, in order.
+pub fn fenced_blocks(text: &str, lang: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
-    for line in GUIDE.lines() {
+    for line in text.lines() {
         match (&mut current, line.strip_prefix("```")) {
             (None, Some(info)) if info.trim() == lang => current = Some(String::new()),
             (Some(_), Some("")) => blocks.extend(current.take()),
@@ -259,6 +264,27 @@ impl Broker {
         self.admin.clients()
     }
 
+    /// Links the broker to zerotouch as the guide's step 4 says; checks that the password is not shown and waits
+    /// until the hub is healthy.
+    pub async fn link(&self, api: &crate::Api<'_>) {
+        let host = &self.host_name;
+        let stored = ok_json(api.put(&format!("/hubs/{host}"), &self.hub_document()).await).await;
+        assert_eq!(stored["kind"], "mosquitto");
+        assert_eq!(stored["settings"]["port"], self.admin.port);
+        assert!(stored["settings"].get("password").is_none(), "the admin password is write-only: {stored}");
+        let got = ok_json(api.get(&format!("/hubs/{host}")).await).await;
+        assert!(!got.to_string().contains("CHANGE-ME"), "{got}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = ok_json(api.get(&format!("/hubs/{host}/status")).await).await;
+            if status["health"]["status"] == "healthy" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{host} never became healthy: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Subscribes as the admin to `topic`, until dropped.
     pub fn subscribe(&self, topic: &str) -> Subscriber {
         self.admin.subscribe(self.process.dir.path(), topic)
@@ -284,6 +310,14 @@ struct Ports {
     admin: u16,
     cert: u16,
     password: u16,
+}
+
+/// The JSON body of a successful answer (Null when empty); fails the test on an error status.
+async fn ok_json(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 /// The guide's hub document as written.

@@ -29,24 +29,9 @@ async fn ok(response: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
-/// Links `broker` as the guide's step 4 says; checks that the password is not shown and the hub is healthy.
+/// Links `broker` as the guide's step 4 says.
 async fn link(api: &Api<'_>, broker: &Broker) {
-    let host = &broker.host_name;
-    let stored = ok(api.put(&format!("/hubs/{host}"), &broker.hub_document()).await).await;
-    assert_eq!(stored["kind"], "mosquitto");
-    assert_eq!(stored["settings"]["port"], broker.admin.port);
-    assert!(stored["settings"].get("password").is_none(), "the admin password is write-only: {stored}");
-    let got = ok(api.get(&format!("/hubs/{host}")).await).await;
-    assert!(!got.to_string().contains("CHANGE-ME"), "{got}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = ok(api.get(&format!("/hubs/{host}/status")).await).await;
-        if status["health"]["status"] == "healthy" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{host} never became healthy: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    broker.link(api).await;
 }
 
 /// Waits until `host` has no outbox job left.
@@ -63,13 +48,7 @@ async fn drained(api: &Api<'_>, host: &str) {
 }
 
 fn individual(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
-    json!({
-        "registrationId": id,
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([9u8; 32])}},
-        "iotHubs": [hub],
-        "allocationPolicy": "static",
-        "provisioningStatus": status,
-    })
+    zerotouch_tests::device::symmetric_key_enrollment(id, key, hub, status)
 }
 
 /// Writes the leaf of an issued chain (base64 DER, leaf first) as PEM.

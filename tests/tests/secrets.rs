@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_tests::device::sas_register_start;
+use zerotouch_tests::softhsm::{self, SoftHsm};
 use zerotouch_tests::swtpm::Swtpm;
 use zerotouch_tests::{Api, Backend, Options, Server, binary};
 
@@ -443,53 +444,21 @@ async fn a_database_of_0_1_is_sealed_on_first_start_postgres() {
     a_database_of_0_1_is_sealed_on_first_start(Backend::Postgres).await;
 }
 
-/// A throwaway SoftHSM2 token in a temp dir (its own `SOFTHSM2_CONF`), labelled `zerotouch`, user PIN in a file.
-struct SoftHsm {
-    dir: tempfile::TempDir,
-}
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-impl SoftHsm {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tokens")).unwrap();
-        let conf = format!(
-            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.path().display()
-        );
-        std::fs::write(dir.path().join("softhsm2.conf"), conf).unwrap();
-        std::fs::write(dir.path().join("pin"), "4321-user\n").unwrap();
-        std::fs::write(dir.path().join("wrong-pin"), "0000-nope\n").unwrap();
-        let init = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", "zerotouch", "--pin", "4321-user", "--so-pin", "8765-so"])
-            .env("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"))
-            .output()
-            .unwrap();
-        assert!(init.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&init.stderr));
-        Self { dir }
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        vec![("SOFTHSM2_CONF".into(), self.dir.path().join("softhsm2.conf").display().to_string())]
-    }
-
-    /// The flags naming the token, with the PIN file `pin` and the key `label`.
-    fn args(&self, pin: &str, label: &str) -> Vec<String> {
-        [
-            "--master-key-pkcs11-module",
-            SOFTHSM_MODULE,
-            "--master-key-pkcs11-token",
-            "zerotouch",
-            "--master-key-pkcs11-pin-file",
-            &self.dir.path().join(pin).display().to_string(),
-            "--master-key-pkcs11-label",
-            label,
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect()
-    }
+/// The flags naming the master key `label` in `hsm`'s token, with the PIN file `pin`.
+fn master_key_args(hsm: &SoftHsm, pin: &str, label: &str) -> Vec<String> {
+    [
+        "--master-key-pkcs11-module",
+        softhsm::MODULE,
+        "--master-key-pkcs11-token",
+        softhsm::TOKEN,
+        "--master-key-pkcs11-pin-file",
+        &hsm.file(pin).display().to_string(),
+        "--master-key-pkcs11-label",
+        label,
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
 }
 
 /// The master key in a PKCS#11 token (SoftHSM2): generated there on the first start (non-extractable, so no key
@@ -499,7 +468,8 @@ impl SoftHsm {
 async fn a_master_key_in_a_pkcs11_token_wraps_the_data_key() {
     let hsm = SoftHsm::new();
     let options = |args: Vec<String>| Options { args, env: hsm.env(), ..Default::default() };
-    let server = Server::start_with(Backend::Sqlite, options(hsm.args("pin", "zt-master-1"))).await.unwrap();
+    let server =
+        Server::start_with(Backend::Sqlite, options(master_key_args(&hsm, "pin", "zt-master-1"))).await.unwrap();
     assert!(!server.data_dir.join("master-key").exists(), "no key file with a token");
     let primary = key(3, 32);
     let enrollment = json!({"registrationId": "hsm-device", "attestation": {"type": "symmetricKey",
@@ -513,12 +483,15 @@ async fn a_master_key_in_a_pkcs11_token_wraps_the_data_key() {
         env: hsm.env(),
         ..Default::default()
     };
-    let err = Server::start_with(Backend::Sqlite, replica(hsm.args("wrong-pin", "zt-master-1"))).await.unwrap_err();
+    let err = Server::start_with(Backend::Sqlite, replica(master_key_args(&hsm, "wrong-pin", "zt-master-1")))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("--master-key-pkcs11-pin-file"), "{err}");
-    let again = Server::start_with(Backend::Sqlite, replica(hsm.args("pin", "zt-master-1"))).await.unwrap();
+    let again =
+        Server::start_with(Backend::Sqlite, replica(master_key_args(&hsm, "pin", "zt-master-1"))).await.unwrap();
     registered(&again, "hsm-device", &primary).await;
 
-    let token_args = hsm.args("pin", "zt-master-1");
+    let token_args = master_key_args(&hsm, "pin", "zt-master-1");
     let rotate = [
         &["rotate-master-key", "--database-url", server.database_url.as_str()][..],
         &token_args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -530,9 +503,11 @@ async fn a_master_key_in_a_pkcs11_token_wraps_the_data_key() {
     let (done, text) = zerotouch(&rotate, &env);
     assert!(done, "{text}");
     registered(&server, "hsm-device", &primary).await;
-    let err = Server::start_with(Backend::Sqlite, replica(hsm.args("pin", "zt-master-1"))).await.unwrap_err();
+    let err =
+        Server::start_with(Backend::Sqlite, replica(master_key_args(&hsm, "pin", "zt-master-1"))).await.unwrap_err();
     assert!(err.to_string().contains("wrong master key"), "{err}");
-    let rotated = Server::start_with(Backend::Sqlite, replica(hsm.args("pin", "zt-master-2"))).await.unwrap();
+    let rotated =
+        Server::start_with(Backend::Sqlite, replica(master_key_args(&hsm, "pin", "zt-master-2"))).await.unwrap();
     registered(&rotated, "hsm-device", &primary).await;
 }
 

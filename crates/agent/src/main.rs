@@ -1,10 +1,16 @@
-//! `zerotouch-agent`: provisions this device with a zerotouch (or Azure DPS) service.
+//! `zerotouch-agent`: provisions this device with a zerotouch (or Azure DPS) service and keeps its identity
+//! (`docs/agent.md`).
 //!
 //! ```text
+//! zerotouch-agent run [--config /etc/zerotouch/agent.toml] [--log-format plain|json]
+//! zerotouch-agent status [--config ...]        # the state file as JSON
+//! zerotouch-agent reprovision [--config ...]   # the hub refused the device: register again
 //! zerotouch-agent provision --tpm swtpm:host=127.0.0.1,port=2321 --url https://dps.example.com:8443 \
 //!     --id-scope 0ne0000AAAA [--registration-id my-device] --trust-bundle trust-bundle.pem [--csr device.csr]
+//! zerotouch-agent keys --tpm ...
 //! ```
-//! prints the final operation (`RegistrationOperationStatus`) as JSON and exits 0 when the device is assigned.
+//! `provision` is a one-shot TPM registration: it prints the final operation (`RegistrationOperationStatus`) as
+//! JSON and exits 0 when the device is assigned.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +28,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the agent: provisions the device when it has no identity, then renews and follows it.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log lines as plain text or as JSON objects (one per line).
+        #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "ZEROTOUCH_AGENT_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Prints the agent's state (identity, hub, expiry, next renewal, last error) as JSON.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Asks the running agent to register again with the onboarding credential (for an application whose hub
+    /// refused the device).
+    Reprovision {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Registers the device (TPM attestation) and prints the final operation as JSON.
     Provision(ProvisionArgs),
     /// Prints the TPM's EK and SRK (base64 TPM2B_PUBLIC, creating and persisting them when missing) as JSON: what
@@ -31,6 +56,45 @@ enum Command {
         #[arg(long, env = "ZEROTOUCH_AGENT_TPM")]
         tpm: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(long = "config", default_value = zerotouch_agent::config::DEFAULT_PATH, env = "ZEROTOUCH_AGENT_CONFIG")]
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZEROTOUCH_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +167,27 @@ fn open_tpm(_tcti: &str) -> anyhow::Result<Box<dyn zerotouch_agent::DeviceTpm>> 
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = match Cli::parse().command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            let config = zerotouch_agent::config::Config::load(&config.path)?;
+            let agent = zerotouch_agent::daemon::Agent::open(config, open_tpm)?;
+            return agent.run(shutdown_signal()).await;
+        }
+        Command::Status { config } => {
+            let config = zerotouch_agent::config::Config::load(&config.path)?;
+            let state = zerotouch_agent::state::State::load(&config.state_file())?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            return Ok(());
+        }
+        Command::Reprovision { config } => {
+            let config = zerotouch_agent::config::Config::load(&config.path)?;
+            let request = config.reprovision_request();
+            std::fs::write(&request, b"").with_context(|| format!("cannot write {}", request.display()))?;
+            println!("the agent registers again within a second (or after its current backoff)");
+            return Ok(());
+        }
         Command::Provision(args) => args,
         Command::Keys { tpm } => {
             let (ek, srk) = open_tpm(&tpm)?.keys()?;

@@ -244,6 +244,65 @@ impl DeviceTpm for Tpm {
         self.persist(loaded, KEY_HANDLE)
     }
 
+    fn create_signing_key(&mut self, handle: u32) -> anyhow::Result<Vec<u8>> {
+        use tss_esapi::interface_types::ecc::EccCurve;
+        use tss_esapi::structures::{EccScheme, HashScheme};
+        let (srk, _) = self.storage_root_key()?;
+        let template = tss_esapi::utils::create_unrestricted_signing_ecc_public(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        )?;
+        let created = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.create(srk, template, None, None, None, None)
+        })?;
+        let public = created.out_public.clone();
+        let loaded = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.load(srk, created.out_private, created.out_public)
+        })?;
+        if let Some(previous) = self.persistent_object(handle)? {
+            let target = Persistent::Persistent(persistent(handle)?);
+            let evicted = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.evict_control(Provision::Owner, previous, target)
+            });
+            if let Err(e) = evicted {
+                self.context.flush_context(loaded.into())?;
+                bail!("cannot remove the previous key at 0x{handle:08x}: {e}");
+            }
+        }
+        self.persist(loaded, handle)?;
+        match tss_esapi::utils::PublicKey::try_from(public)? {
+            tss_esapi::utils::PublicKey::Ecc { x, y } if x.len() <= 32 && y.len() <= 32 => {
+                let mut point = vec![0x04];
+                point.extend(std::iter::repeat_n(0, 32 - x.len()));
+                point.extend(x);
+                point.extend(std::iter::repeat_n(0, 32 - y.len()));
+                point.extend(y);
+                Ok(point)
+            }
+            _ => bail!("the TPM made a key that is not a P-256 point"),
+        }
+    }
+
+    fn sign_digest(&mut self, handle: u32, digest: &[u8]) -> anyhow::Result<Vec<u8>> {
+        use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+        use tss_esapi::structures::{HashcheckTicket, Signature, SignatureScheme};
+        use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+        let key = self.persistent_object(handle)?.with_context(|| format!("no key at 0x{handle:08x}"))?;
+        let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+            tag: TPM2_ST_HASHCHECK,
+            hierarchy: TPM2_RH_NULL,
+            digest: Default::default(),
+        })?;
+        let digest = Digest::try_from(digest.to_vec())?;
+        let signature = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.sign(key.into(), digest, SignatureScheme::Null, validation)
+        })?;
+        match signature {
+            Signature::EcDsa(ecc) => Ok(crate::ecdsa_der(ecc.signature_r().value(), ecc.signature_s().value())),
+            _ => bail!("the TPM key at 0x{handle:08x} did not make an ECDSA signature"),
+        }
+    }
+
     fn sign(&mut self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
         let key = self.persistent_object(KEY_HANDLE)?.context("no key imported yet")?;
         let buffer = MaxBuffer::try_from(message.to_vec())?;

@@ -3,7 +3,7 @@
 //! Profile: subject CN = device id (nothing else in the subject), extendedKeyUsage clientAuth, keyUsage
 //! digitalSignature (critical), basicConstraints CA:false (critical), a random positive 16-byte serial, AKI = the
 //! issuing CA's SKI, SKI of the device key (truncated SHA-256, RFC 7093 method 1), one CRL distribution point,
-//! validity from `now - 5 min` to `now + validity_days` (never past the issuing CA), signed with the CA key's
+//! validity from `now - 5 min` to `now +` the profile's lifetime (never past the issuing CA), signed with the CA key's
 //! algorithm (P-256: ecdsa-with-SHA256, P-384: ecdsa-with-SHA384, RSA-3072: sha256WithRSAEncryption).
 
 use rcgen::{
@@ -22,6 +22,12 @@ pub const MIN_VALIDITY_DAYS: u32 = 1;
 pub const MAX_VALIDITY_DAYS: u32 = 397;
 /// Validity when an enrollment sets none (issue #4 §2).
 pub const DEFAULT_VALIDITY_DAYS: u32 = 30;
+/// Shortest lifetime a profile may set in seconds (issue #20: devices that renew every few minutes, and the tests
+/// of the agent's renewal). A minute leaves a renewing device at two thirds of it some 20 s to get the next one;
+/// anything shorter is lost to clock skew and retries.
+pub const MIN_VALIDITY_SECONDS: u32 = 60;
+/// Longest lifetime in seconds: [`MAX_VALIDITY_DAYS`].
+pub const MAX_VALIDITY_SECONDS: u32 = MAX_VALIDITY_DAYS * 86_400;
 /// Longest CRL distribution point URL accepted.
 const MAX_URL_LEN: usize = 2048;
 
@@ -31,6 +37,9 @@ pub enum IssueError {
     /// `validity_days` is outside 1-397.
     #[error("validityDays must be between {MIN_VALIDITY_DAYS} and {MAX_VALIDITY_DAYS} (got {0})")]
     InvalidValidity(u32),
+    /// A lifetime in seconds outside 60 s to 397 days.
+    #[error("validitySeconds must be between {MIN_VALIDITY_SECONDS} and {MAX_VALIDITY_SECONDS} (got {0})")]
+    InvalidValiditySeconds(u32),
     /// The CRL URL is not an absolute http(s) URL of printable ASCII.
     #[error("the CRL distribution point must be an http:// or https:// URL of printable ASCII (got \"{0}\")")]
     InvalidCrlUrl(String),
@@ -58,15 +67,23 @@ pub enum IssueError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     crl_url: String,
-    validity_days: u32,
+    validity_seconds: u32,
 }
 
 impl Profile {
     /// A profile; `validity_days` must be 1-397 and `crl_url` an http(s) URL.
     pub fn new(crl_url: impl Into<String>, validity_days: u32) -> Result<Self, IssueError> {
-        let crl_url = crl_url.into();
         if !(MIN_VALIDITY_DAYS..=MAX_VALIDITY_DAYS).contains(&validity_days) {
             return Err(IssueError::InvalidValidity(validity_days));
+        }
+        Self::with_validity_seconds(crl_url, validity_days * 86_400)
+    }
+
+    /// A profile whose certificates live `validity_seconds` (60 s to 397 days); `crl_url` an http(s) URL.
+    pub fn with_validity_seconds(crl_url: impl Into<String>, validity_seconds: u32) -> Result<Self, IssueError> {
+        let crl_url = crl_url.into();
+        if !(MIN_VALIDITY_SECONDS..=MAX_VALIDITY_SECONDS).contains(&validity_seconds) {
+            return Err(IssueError::InvalidValiditySeconds(validity_seconds));
         }
         let scheme_ok = ["http://", "https://"].iter().any(|scheme| {
             crl_url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) && crl_url.len() > scheme.len()
@@ -74,7 +91,7 @@ impl Profile {
         if !scheme_ok || crl_url.len() > MAX_URL_LEN || !crl_url.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(IssueError::InvalidCrlUrl(crl_url.chars().take(200).collect()));
         }
-        Ok(Self { crl_url, validity_days })
+        Ok(Self { crl_url, validity_seconds })
     }
 
     /// The CRL distribution point URL.
@@ -82,9 +99,9 @@ impl Profile {
         &self.crl_url
     }
 
-    /// The validity in days.
-    pub fn validity_days(&self) -> u32 {
-        self.validity_days
+    /// The lifetime of a certificate, in seconds.
+    pub fn validity_seconds(&self) -> u32 {
+        self.validity_seconds
     }
 }
 
@@ -136,7 +153,7 @@ pub fn issue(
     params.distinguished_name.push(DnType::CommonName, device_id);
     params.serial_number = Some(serial.to_rcgen());
     params.not_before = now - BACKDATE;
-    params.not_after = (now + Duration::days(i64::from(profile.validity_days))).min(ca.not_after());
+    params.not_after = (now + Duration::seconds(i64::from(profile.validity_seconds))).min(ca.not_after());
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -259,6 +276,33 @@ mod tests {
         let late = ca.not_after() - Duration::days(3);
         let issued = issue(&ca, &device_csr("d"), "d", &Profile::new("http://c/x", 30).unwrap(), late).unwrap();
         assert_eq!(issued.not_after, ca.not_after());
+    }
+
+    /// Issue #20: certificates that live minutes, for devices (and tests) that renew often; a minute at least.
+    #[test]
+    fn lifetimes_in_seconds_are_issued_to_the_second() {
+        let now = at(1_750_000_000);
+        let (_, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        for seconds in [MIN_VALIDITY_SECONDS, 61, 300, 86_399, MAX_VALIDITY_SECONDS] {
+            let profile = Profile::with_validity_seconds("http://c/x", seconds).unwrap();
+            assert_eq!(profile.validity_seconds(), seconds);
+            let issued = issue(&ca, &device_csr("d"), "d", &profile, now).unwrap();
+            let cert = crate::certificate::parse(&issued.der).unwrap();
+            assert_eq!(time_of(cert.validity().not_after), now + Duration::seconds(i64::from(seconds)));
+            assert_eq!(time_of(cert.validity().not_before), now - Duration::minutes(5));
+        }
+        for seconds in [0, 1, 59, MAX_VALIDITY_SECONDS + 1, u32::MAX] {
+            assert_eq!(
+                Profile::with_validity_seconds("http://c/x", seconds).unwrap_err(),
+                IssueError::InvalidValiditySeconds(seconds)
+            );
+        }
+        assert!(matches!(Profile::with_validity_seconds("ftp://c/x", 60), Err(IssueError::InvalidCrlUrl(_))));
+        // Days are the same lifetime in seconds.
+        assert_eq!(
+            Profile::new("http://c/x", 2).unwrap(),
+            Profile::with_validity_seconds("http://c/x", 172_800).unwrap()
+        );
     }
 
     #[test]

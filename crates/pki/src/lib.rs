@@ -34,7 +34,7 @@ pub use chain::{
 };
 pub use crl::{CrlError, RevocationReason, Revoked, crl};
 pub use csr::{CheckedCsr, CsrError, DeviceKeyType, KeyPolicy, check_csr};
-pub use est::{Pkcs7Error, certs_only_pkcs7};
+pub use est::{Pkcs7Error, certificates_of_pkcs7, certs_only_pkcs7};
 pub use info::{certificate_info, distinguished_name, fill_certificate_infos};
 pub use issue::{IssueError, IssuedCertificate, Profile, issue};
 pub use key::{CaKey, KeyAlgorithm, KeyError, Passphrase};

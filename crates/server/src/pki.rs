@@ -244,8 +244,9 @@ impl Pki {
         policy: &CertificatePolicy,
     ) -> Result<(Arc<LoadedCa>, IssuedCertificate), PkiError> {
         let ca = self.active().await?;
-        let profile = Profile::new(format!("{}/{}", self.crl_url, ca.name), policy.validity_days)
-            .map_err(|e| PkiError::internal("building the certificate profile", e))?;
+        let profile =
+            Profile::with_validity_seconds(format!("{}/{}", self.crl_url, ca.name), policy.lifetime_seconds())
+                .map_err(|e| PkiError::internal("building the certificate profile", e))?;
         let issued = zerotouch_pki::issue(&ca.ca, csr, device_id, &profile, now()).map_err(|e| match e {
             // Registration and device ids take 128 characters; a certificate's CN only 64.
             zerotouch_pki::IssueError::InvalidDeviceId(chars) => PkiError::CsrRefused(format!(

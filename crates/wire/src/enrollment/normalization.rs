@@ -194,6 +194,18 @@ pub fn normalize(
             format!("{} is outside 1-{}", policy.validity_days, CertificatePolicy::MAX_VALIDITY_DAYS),
         ));
     }
+    if let Some(seconds) = settings.certificate_policy.as_ref().and_then(|p| p.validity_seconds)
+        && !(CertificatePolicy::MIN_VALIDITY_SECONDS..=CertificatePolicy::MAX_VALIDITY_SECONDS).contains(&seconds)
+    {
+        return Err(FieldError::new(
+            "certificatePolicy.validitySeconds",
+            format!(
+                "{seconds} is outside {}-{}",
+                CertificatePolicy::MIN_VALIDITY_SECONDS,
+                CertificatePolicy::MAX_VALIDITY_SECONDS
+            ),
+        ));
+    }
 
     settings.etag = None;
     settings.created_date_time_utc = None;
@@ -261,6 +273,29 @@ mod tests {
         assert_eq!(n.document["allocationPolicy"], "hashed");
         assert_eq!(n.document["capabilities"], json!({"iotEdge": false}));
         assert_eq!(n.document["attestation"], json!({"type": "symmetricKey"}));
+    }
+
+    /// Issue #20: a lifetime in seconds, 60 s at least, 397 days at most; the field is named when refused.
+    #[test]
+    fn certificate_lifetimes_in_seconds_are_bounded() {
+        for (seconds, ok) in [(60, true), (300, true), (34_300_800, true), (59, false), (0, false), (34_300_801, false)]
+        {
+            let doc = individual(json!({"certificatePolicy": {"validitySeconds": seconds}}));
+            match normalize(EnrollmentKind::Individual, doc, None) {
+                Ok(n) => {
+                    assert!(ok, "{seconds} was taken");
+                    assert_eq!(n.document["certificatePolicy"]["validitySeconds"], seconds);
+                }
+                Err(e) => {
+                    assert!(!ok, "{seconds} was refused: {e:?}");
+                    assert_eq!(e.field, "certificatePolicy.validitySeconds");
+                }
+            }
+        }
+        let policy: CertificatePolicy = serde_json::from_value(json!({"validitySeconds": 120})).unwrap();
+        assert_eq!(policy.lifetime_seconds(), 120);
+        let policy: CertificatePolicy = serde_json::from_value(json!({"validityDays": 2})).unwrap();
+        assert_eq!(policy.lifetime_seconds(), 172_800);
     }
 
     #[test]

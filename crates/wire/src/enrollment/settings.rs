@@ -141,6 +141,10 @@ pub struct CertificatePolicy {
     /// Days an issued certificate is valid (1-397; 30 when absent).
     #[serde(default = "CertificatePolicy::default_validity_days")]
     pub validity_days: u32,
+    /// Seconds an issued certificate is valid (60 s to 397 days); when set, it replaces `validity_days`. For devices
+    /// that renew every few minutes (issue #20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_seconds: Option<u32>,
     /// Whether RSA keys (2048 bits or more) are accepted besides ECDSA P-256 and P-384.
     #[serde(default)]
     pub allow_rsa: bool,
@@ -152,14 +156,24 @@ impl CertificatePolicy {
     /// Longest validity (the CA/Browser Forum's limit, which device fleets tend to follow too).
     pub const MAX_VALIDITY_DAYS: u32 = 397;
 
+    /// Shortest `validity_seconds`.
+    pub const MIN_VALIDITY_SECONDS: u32 = 60;
+    /// Longest `validity_seconds` (`MAX_VALIDITY_DAYS`).
+    pub const MAX_VALIDITY_SECONDS: u32 = Self::MAX_VALIDITY_DAYS * 86_400;
+
     fn default_validity_days() -> u32 {
         Self::DEFAULT_VALIDITY_DAYS
+    }
+
+    /// The lifetime of an issued certificate in seconds: `validity_seconds`, else `validity_days` in seconds.
+    pub fn lifetime_seconds(&self) -> u32 {
+        self.validity_seconds.unwrap_or_else(|| self.validity_days.saturating_mul(86_400))
     }
 }
 
 impl Default for CertificatePolicy {
     fn default() -> Self {
-        Self { validity_days: Self::DEFAULT_VALIDITY_DAYS, allow_rsa: false }
+        Self { validity_days: Self::DEFAULT_VALIDITY_DAYS, validity_seconds: None, allow_rsa: false }
     }
 }
 /// Checks allocation settings and returns the canonical names of the hubs the document names.
