@@ -64,8 +64,8 @@ fn render(record: &EnrollmentRecord, with_keys: bool) -> Value {
 
 /// Documents as GET and query show them: individual enrollments with the read-only `registrationState` of their
 /// device (`docs/protocol/device-api.md` §6), read for all of them in one query.
-async fn render_with_states(
-    caller: &Caller<Read>,
+async fn render_with_states<P>(
+    caller: &Caller<P>,
     kind: EnrollmentKind,
     records: &[EnrollmentRecord],
 ) -> Result<Vec<Value>, ApiError> {
