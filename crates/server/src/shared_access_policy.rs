@@ -13,8 +13,12 @@ use crate::data_dir::files;
 /// Runs the command.
 pub async fn run(args: SharedAccessPolicyArgs) -> anyhow::Result<()> {
     let config = PolicyConfig::resolve(&args)?;
-    let store = Store::connect(&config.common.database_url).await.context("connecting to the database")?;
-    store.migrate().await.context("applying database migrations")?;
+    let store = Store::connect(&config.common.database_url).await.with_context(|| {
+        format!("--database-url: cannot open {}", crate::config::redact_url(&config.common.database_url))
+    })?;
+    if !store.is_ready().await.unwrap_or(false) {
+        anyhow::bail!("the database schema is not current: run `zerotouch migrate` (or start the service once) first");
+    }
     let master = crate::master_key::load(&config.master_key, &config.common.data_dir)?;
     crate::master_key::unlock(&store, &master).await?;
     let result = act(&store, &config, args.action).await;
