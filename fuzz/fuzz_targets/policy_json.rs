@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(!normalized.rights.is_empty());
     let primary = normalized.primary_key.clone().unwrap_or_else(SymmetricKey::generate);
     let secondary = normalized.secondary_key.clone().unwrap_or_else(SymmetricKey::generate);
-    let shown = policy::render(normalized.name.as_str(), normalized.rights, "etag", "c", "u", Some((&primary, &secondary)));
+    let shown =
+        policy::render(normalized.name.as_str(), normalized.rights, "etag", "c", "u", Some((&primary, &secondary)));
     let again = policy::normalize(name, shown).expect("a rendered policy normalizes");
     assert_eq!(again.name, normalized.name);
     assert_eq!(again.rights, normalized.rights);
