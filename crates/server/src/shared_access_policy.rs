@@ -13,8 +13,12 @@ use crate::data_dir::files;
 /// Runs the command.
 pub async fn run(args: SharedAccessPolicyArgs) -> anyhow::Result<()> {
     let config = PolicyConfig::resolve(&args)?;
-    let store = Store::connect(&config.common.database_url).await.context("connecting to the database")?;
-    store.migrate().await.context("applying database migrations")?;
+    let store = Store::connect(&config.common.database_url).await.with_context(|| {
+        format!("--database-url: cannot open {}", crate::config::redact_url(&config.common.database_url))
+    })?;
+    if !store.is_ready().await.unwrap_or(false) {
+        anyhow::bail!("the database schema is not current: run `zerotouch migrate` (or start the service once) first");
+    }
     let master = crate::master_key::load(&config.master_key, &config.common.data_dir)?;
     crate::master_key::unlock(&store, &master).await?;
     let result = act(&store, &config, args.action).await;
@@ -44,13 +48,17 @@ async fn act(store: &Store, config: &PolicyConfig, action: PolicyAction) -> anyh
             if rights.is_empty() {
                 anyhow::bail!("--rights: give at least one right, e.g. EnrollmentRead");
             }
-            let policy = NormalizedPolicy { name, rights, primary_key: None, secondary_key: None };
-            let (record, created) = policies.put(policy, &Precondition::None, &actor).await?;
+            let (record, created) = retry_busy(|| {
+                let policy = NormalizedPolicy { name: name.clone(), rights, primary_key: None, secondary_key: None };
+                policies.put(policy, &Precondition::None, &actor)
+            })
+            .await?;
             let verb = if created { "created" } else { "updated" };
             println!("zerotouch: {verb} shared access policy {:?} with rights {}", record.name, record.rights);
         }
         PolicyAction::Delete { name } => {
-            policies.delete(&key_of(&name)?, &Precondition::None, &actor).await.map_err(|e| missing(&name, e))?;
+            let key = key_of(&name)?;
+            retry_busy(|| policies.delete(&key, &Precondition::None, &actor)).await.map_err(|e| missing(&name, e))?;
             println!("zerotouch: deleted shared access policy {name:?}");
         }
         PolicyAction::ConnectionString { name, host_name, secondary } => {
@@ -59,12 +67,32 @@ async fn act(store: &Store, config: &PolicyConfig, action: PolicyAction) -> anyh
                 Some(host) => host,
                 None => first_server_name(config)?,
             };
-            policies.audit_key_read(&record, &actor).await?;
+            retry_busy(|| policies.audit_key_read(&record, &actor)).await?;
             let key = if secondary { &record.secondary_key } else { &record.primary_key };
             println!("{}", policy::connection_string(&host, &record.name, key).as_str());
         }
     }
     Ok(())
+}
+
+/// Runs a write again while SQLite answers "database is locked": a running `serve` on the same file may have
+/// committed between this transaction's read and its write (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not
+/// wait out). Up to 50 tries, 100 ms apart; PostgreSQL never answers so.
+async fn retry_busy<T, F, Fut>(mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Err(StoreError::Database(e)) if tries < 50 && e.to_string().contains("database is locked") => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The first name of the data dir's generated server certificate (`--hostname` of the last start).

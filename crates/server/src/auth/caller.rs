@@ -415,7 +415,7 @@ pub enum AuthError {
     /// A `SharedAccessSignature` that fails verification (unknown policy, wrong key, expired, another host,
     /// policies turned off, ...).
     #[error("unauthenticated: {0}")]
-    BadSignature(#[from] ServiceSasError),
+    BadSignature(ServiceSasError),
     /// The caller's role is not enough.
     #[error("role {role} may not {what}")]
     Forbidden {
@@ -485,7 +485,12 @@ impl<P: Permission> Caller<P> {
                 }
             }
             Credential::SharedAccessSignature(header) => {
-                let policy = service_sas.verify(store.0.shared_access_policies().reader(), header).await?;
+                let policy = service_sas.verify(store.0.shared_access_policies().reader(), header).await.map_err(
+                    |e| match e {
+                        ServiceSasError::Store(e) => AuthError::Store(e),
+                        refused => AuthError::BadSignature(refused),
+                    },
+                )?;
                 if !policy.rights.intersects(P::GRANTED_BY) {
                     return Err(AuthError::PolicyForbidden {
                         policy: policy.name,

@@ -49,6 +49,9 @@ pub enum ServiceSasError {
     /// The token does not parse.
     #[error("{0}")]
     Malformed(sas::SasError),
+    /// The store failed while reading the policy (not the caller's fault: an internal error).
+    #[error("reading the shared access policy: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl ServiceSas {
@@ -57,16 +60,16 @@ impl ServiceSas {
         &self,
         policies: SharedAccessPolicyReader<'_>,
         header: &str,
-    ) -> Result<SharedAccessPolicyRecord, super::AuthError> {
+    ) -> Result<SharedAccessPolicyRecord, ServiceSasError> {
         if !self.enabled {
-            return Err(ServiceSasError::Disabled.into());
+            return Err(ServiceSasError::Disabled);
         }
         let token = sas::parse(header).map_err(ServiceSasError::Malformed)?;
         let named = token.key_name.as_deref().ok_or(ServiceSasError::NoPolicy)?;
         let name = PolicyName::try_from(named).map_err(|_| ServiceSasError::NoPolicy)?;
         let policy = match policies.get(&name.key()).await {
             Ok(policy) => policy,
-            Err(StoreError::NotFound) => return Err(ServiceSasError::UnknownPolicy(name.as_str().to_owned()).into()),
+            Err(StoreError::NotFound) => return Err(ServiceSasError::UnknownPolicy(name.as_str().to_owned())),
             Err(e) => return Err(e.into()),
         };
         let expected = sas::Expectation {
@@ -78,7 +81,7 @@ impl ServiceSas {
         let keys = [policy.primary_key.expose_bytes(), policy.secondary_key.expose_bytes()];
         match sas::verify(&token, &expected, &keys) {
             Ok(_) => Ok(policy),
-            Err(error) => Err(ServiceSasError::Refused { policy: policy.name.clone(), error }.into()),
+            Err(error) => Err(ServiceSasError::Refused { policy: policy.name.clone(), error }),
         }
     }
 }
