@@ -128,33 +128,45 @@ impl Receiver {
 }
 
 /// A custom allocation webhook (an Azure Function's stand-in) on plain HTTP on loopback (the server needs
-/// `--allow-insecure-outbound`): it records every `AllocationRequest` and answers the hub `choose` picks from it,
-/// or 400 when `choose` picks none. Stop it with [`Allocator::stop`].
+/// `--allow-insecure-outbound`): it records every `AllocationRequest` and answers what `answer` makes of the
+/// request's path and body: `Ok(body)` with 200, `Err(status)` with that status. Stop it with [`Allocator::stop`].
 pub struct Allocator {
-    /// The URL to configure as `webhookUrl`.
+    /// Its base URL (`http://127.0.0.1:PORT`): any path under it is the webhook.
     pub url: String,
     requests: Arc<Mutex<Vec<Value>>>,
     handle: actix_web::dev::ServerHandle,
 }
 
-/// How an [`Allocator`] chooses: the hub for a request, if any.
-pub type Choose = fn(&Value) -> Option<String>;
+/// How an [`Allocator`] answers a request (its path, its body).
+type Answer = Box<dyn Fn(&str, &Value) -> Result<Value, u16> + Send + Sync>;
+
+/// An answer that chooses the hub `choose` picks, or answers 400 when it picks none.
+pub fn choosing(choose: fn(&Value) -> Option<String>) -> impl Fn(&str, &Value) -> Result<Value, u16> {
+    move |_, request| choose(request).map(|hub| serde_json::json!({"iotHubHostName": hub})).ok_or(400)
+}
 
 impl Allocator {
     /// Starts one on a free loopback port. Must run inside an actix or Tokio runtime.
-    pub fn start(choose: Choose) -> Self {
+    pub fn start(answer: impl Fn(&str, &Value) -> Result<Value, u16> + Send + Sync + 'static) -> Self {
         let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
         let seen = web::Data::new(Arc::clone(&requests));
-        let choose = web::Data::new(choose);
+        let answer: web::Data<Answer> = web::Data::new(Box::new(answer));
         let server = HttpServer::new(move || {
-            App::new().app_data(seen.clone()).app_data(choose.clone()).default_service(web::post().to(
-                |body: web::Bytes, seen: web::Data<Arc<Mutex<Vec<Value>>>>, choose: web::Data<Choose>| async move {
-                    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let hub = (choose.get_ref())(&request);
-                    seen.lock().unwrap().push(request);
-                    match hub {
-                        Some(hub) => HttpResponse::Ok().json(serde_json::json!({"iotHubHostName": hub})),
-                        None => HttpResponse::BadRequest().body("no hub for this device"),
+            App::new().app_data(seen.clone()).app_data(answer.clone()).default_service(web::post().to(
+                |request: HttpRequest,
+                 body: web::Bytes,
+                 seen: web::Data<Arc<Mutex<Vec<Value>>>>,
+                 answer: web::Data<Answer>| async move {
+                    let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let answered = (answer.get_ref())(request.path(), &asked);
+                    seen.lock().unwrap().push(asked);
+                    match answered {
+                        Ok(body) => HttpResponse::Ok().json(body),
+                        Err(status) => {
+                            let status = actix_web::http::StatusCode::from_u16(status)
+                                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+                            HttpResponse::build(status).json(serde_json::json!({"error": "refused"}))
+                        }
                     }
                 },
             ))
@@ -167,7 +179,7 @@ impl Allocator {
         let running = server.run();
         let handle = running.handle();
         tokio::spawn(running);
-        Self { url: format!("http://{address}/allocate"), requests, handle }
+        Self { url: format!("http://{address}"), requests, handle }
     }
 
     /// The one request it received about registration id `id`.

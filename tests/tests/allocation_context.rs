@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zerotouch_tests::device::{curl_register, sas_register};
 use zerotouch_tests::openssl::{DEVICE_EXTENSIONS, make_ca, make_certificate_for, openssl};
-use zerotouch_tests::webhook::Allocator;
+use zerotouch_tests::webhook::{Allocator, choosing};
 use zerotouch_tests::{Api, Backend, Options, Server};
 
 const LINE_1_HUB: &str = "line-1.hubs.example.com";
@@ -73,7 +73,7 @@ fn der_base64(dir: &std::path::Path, pem: &str) -> String {
 async fn a_webhook_allocates_group_devices_by_their_certificate_subject() {
     let server = start(Backend::Sqlite).await;
     let api = Api::new(&server, "owner");
-    let allocator = Allocator::start(by_production_line);
+    let allocator = Allocator::start(choosing(by_production_line));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_ca(d, "factory-root", None);
@@ -169,7 +169,7 @@ async fn a_webhook_allocates_group_devices_by_their_certificate_subject() {
 async fn individual_enrollments_show_their_devices_state_and_older_api_versions_get_their_shape(backend: Backend) {
     let server = start(backend).await;
     let api = Api::new(&server, "owner");
-    let allocator = Allocator::start(first_linked);
+    let allocator = Allocator::start(choosing(first_linked));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     make_certificate_for(d, "meter-1", "/O=Acme/OU=Meters/CN=meter-1", None, DEVICE_EXTENSIONS);

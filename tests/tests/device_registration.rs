@@ -8,11 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_web::http::StatusCode;
-use actix_web::{App, HttpResponse, HttpServer, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
@@ -20,6 +18,7 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use zerotouch_attest::sas;
+use zerotouch_tests::webhook::Allocator;
 use zerotouch_tests::{Backend, Options, Server, client_trusting};
 
 /// The api-version the C SDK and IoT Edge send; the default of these tests.
@@ -794,61 +793,19 @@ async fn static_hashed_and_geo_latency_allocation_postgres() {
     static_hashed_and_geo_latency_allocation(Backend::Postgres).await;
 }
 
-/// The allocation requests a webhook received.
-#[derive(Debug, Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Value>>>);
-
-/// A custom allocation webhook (an Azure Function's stand-in) on a real local HTTP server:
-/// `POST /hub/{host}` answers that hub with a payload, `POST /status/{code}` answers that status.
-struct Webhook {
-    url: String,
-    seen: Seen,
-    handle: actix_web::dev::ServerHandle,
-}
-
 /// The payload the webhook returns for device `id`.
 fn webhook_payload(id: &str) -> Value {
     json!({"greeting": "hello", "for": id, "settings": {"interval": 30}})
 }
 
-async fn webhook_answer(path: web::Path<(String, String)>, body: web::Bytes, seen: web::Data<Seen>) -> HttpResponse {
-    let (mode, argument) = path.into_inner();
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let id = request["deviceRuntimeContext"]["registrationId"].as_str().unwrap_or_default().to_owned();
-    seen.0.lock().unwrap().push(request);
-    match mode.as_str() {
-        "hub" => HttpResponse::Ok().json(json!({"iotHubHostName": argument, "payload": webhook_payload(&id)})),
-        _ => {
-            let status = argument.parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
-            HttpResponse::build(status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)).json(json!({"error": "refused"}))
-        }
-    }
-}
-
-impl Webhook {
-    async fn start() -> Self {
-        let seen = Seen::default();
-        let data = web::Data::new(seen.clone());
-        let server = HttpServer::new(move || {
-            App::new().app_data(data.clone()).route("/{mode}/{argument}", web::post().to(webhook_answer))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-        let address = server.addrs()[0];
-        let running = server.run();
-        let handle = running.handle();
-        tokio::spawn(running);
-        Self { url: format!("http://{address}"), seen, handle }
-    }
-
-    /// The one request the webhook received about device `id`.
-    fn request_of(&self, id: &str) -> Value {
-        let seen = self.seen.0.lock().unwrap();
-        let requests: Vec<&Value> = seen.iter().filter(|r| r["deviceRuntimeContext"]["registrationId"] == id).collect();
-        assert_eq!(requests.len(), 1, "requests about {id}: {requests:?}");
-        requests[0].clone()
+/// A custom allocation webhook (an Azure Function's stand-in): `POST /hub/{host}` answers that hub with a payload,
+/// `POST /status/{code}` answers that status.
+fn webhook_answer(path: &str, request: &Value) -> Result<Value, u16> {
+    let id = request["deviceRuntimeContext"]["registrationId"].as_str().unwrap_or_default();
+    match path.trim_start_matches('/').split_once('/') {
+        Some(("hub", hub)) => Ok(json!({"iotHubHostName": hub, "payload": webhook_payload(id)})),
+        Some(("status", code)) => Err(code.parse().unwrap_or(500)),
+        _ => Err(404),
     }
 }
 
@@ -858,7 +815,7 @@ async fn custom_allocation_webhook(backend: Backend) {
     for host in ["hub-a.example.com", "hub-b.example.com", "hub-c.example.com"] {
         admin.hub(host, 100, true).await;
     }
-    let webhook = Webhook::start().await;
+    let webhook = Allocator::start(webhook_answer);
     let linked = json!(["hub-a.example.com", "hub-b.example.com"]);
     let custom = |url: String, key: &[u8]| {
         json!({
@@ -880,7 +837,7 @@ async fn custom_allocation_webhook(backend: Backend) {
     let done = provision_with(&server, id, &auth, register).await;
     assert_assigned(&done, id, "hub-b.example.com", id, "initialAssignment");
     assert_eq!(done["registrationState"]["payload"], webhook_payload(id), "{done}");
-    let request = webhook.request_of(id);
+    let request = webhook.request_about(id);
     assert_eq!(request["enrollmentGroup"]["enrollmentGroupId"], "custom-group", "{request}");
     assert_eq!(request["enrollmentGroup"]["allocationPolicy"], "custom", "{request}");
     assert!(request.get("individualEnrollment").is_none(), "{request}");
@@ -900,7 +857,7 @@ async fn custom_allocation_webhook(backend: Backend) {
     let done = provision(&server, id, &token(&server, id, &key)).await;
     assert_assigned(&done, id, "hub-a.example.com", id, "initialAssignment");
     assert_eq!(done["registrationState"]["payload"], webhook_payload(id), "{done}");
-    let request = webhook.request_of(id);
+    let request = webhook.request_about(id);
     assert_eq!(request["individualEnrollment"]["registrationId"], id, "{request}");
     assert!(request.get("enrollmentGroup").is_none(), "{request}");
     assert!(request["deviceRuntimeContext"]["payload"].is_null(), "{request}");
@@ -912,7 +869,7 @@ async fn custom_allocation_webhook(backend: Backend) {
     let done = provision(&server, id, &token(&server, id, &key)).await;
     assert_failed(&done, id, 400207, "Custom allocation failed");
     assert_eq!(done["registrationState"]["errorMessage"], "Custom allocation failed");
-    webhook.request_of(id);
+    webhook.request_about(id);
     let record = admin.registration(id).await;
     assert_eq!((&record["status"], &record["errorCode"]), (&json!("failed"), &json!(400207)), "{record}");
 
@@ -922,7 +879,7 @@ async fn custom_allocation_webhook(backend: Backend) {
         admin.enrollment(id, custom(format!("{}/hub/{hub}", webhook.url), &key)).await;
         let done = provision(&server, id, &token(&server, id, &key)).await;
         assert_failed(&done, id, 400207, "Custom allocation failed");
-        webhook.request_of(id);
+        webhook.request_about(id);
     }
 
     // The webhook cannot be reached: failed, 400207.
@@ -948,7 +905,7 @@ async fn custom_allocation_webhook(backend: Backend) {
     let done = provision(&server, id, &token(&server, id, &key)).await;
     assert_assigned(&done, id, "hub-a.example.com", id, "initialAssignment");
 
-    webhook.handle.stop(true).await;
+    webhook.stop().await;
 }
 
 /// The custom allocation webhook (a real HTTP server) gets the §7 request and its hub and payload reach the

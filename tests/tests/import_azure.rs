@@ -62,7 +62,8 @@ async fn ok(response: reqwest::Response) -> Value {
 
 /// An export imports what zerotouch can take (hubs renamed, read-only and unknown fields dropped, keys kept) and
 /// names every document it cannot, exiting non-zero; a second run in create mode reports the server's conflicts;
-/// with the missing pieces given (`--generate-missing-keys`, a map for the last hub, `update`) all but the
+/// with the missing pieces given (`--generate-missing-keys`, a map for the last hub, the certificate an export
+/// left out, `update`) all but the
 /// unattestable group go in. A reader's token is refused by the server, and nothing is created.
 #[tokio::test]
 async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() {
@@ -83,14 +84,14 @@ async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() 
 
     let (dry, report) = import(&server, "operator", &["--dry-run"]);
     assert!(!dry, "{report}");
-    assert!(report.contains("6 of 9 documents can be imported (dry run: nothing was created)"), "{report}");
+    assert!(report.contains("6 of 10 documents can be imported (dry run: nothing was created)"), "{report}");
     let page =
         ok(api.post("/enrollmentGroups/query", Some(&json!({"query": "SELECT * FROM enrollmentGroups"}))).await).await;
     assert_eq!(page, json!([]), "a dry run creates nothing");
 
     let (success, report) = import(&server, "operator", &[]);
     assert!(!success, "some documents cannot be imported: {report}");
-    assert!(report.contains("6 of 9 documents imported"), "{report}");
+    assert!(report.contains("6 of 10 documents imported"), "{report}");
     let sym = block(&report, "enrollment \"contoso-sym-dev-1\"");
     assert_eq!(sym[0], "enrollment \"contoso-sym-dev-1\": imported", "{report}");
     assert!(sym.iter().any(|l| l.contains("changed: registrationState: the device was assigned to \"contoso-east")));
@@ -120,6 +121,15 @@ async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() 
             .join("\n")
             .contains("changed: attestation.x509.caReferences")
     );
+    let read_back = block(&report, "enrollment group \"contoso-read-back\"").join("\n");
+    assert!(read_back.contains("not imported"), "{read_back}");
+    assert!(
+        read_back.contains(
+            "refused: attestation.x509.signingCertificates.primary.certificate: the export has the \
+                            certificate's info but not the certificate (CN=Contoso Devices Root CA"
+        ),
+        "{read_back}"
+    );
     let none = block(&report, "enrollment group \"contoso-unattested\"").join("\n");
     assert!(none.contains("not imported") && none.contains("refused: attestation.type"), "{none}");
 
@@ -137,21 +147,8 @@ async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() 
     assert_eq!(&keys["symmetricKey"], azure_keys, "the device's keys carry over");
     let x509 = ok(api.get("/enrollments/contoso-x509-dev-1").await).await;
     let info = &x509["attestation"]["x509"]["clientCertificates"]["primary"]["info"];
-    assert_eq!(
-        info,
-        &exported[1]["attestation"]["x509"]["clientCertificates"]["primary"]["info"]
-            .as_object()
-            .map(|azure| {
-                let mut ours = azure.clone();
-                // Azure writes times with its own precision; the rest is the same certificate, read by zerotouch.
-                for field in ["notBeforeUtc", "notAfterUtc"] {
-                    ours.insert(field.into(), info[field].clone());
-                }
-                Value::Object(ours)
-            })
-            .unwrap(),
-        "{x509}"
-    );
+    let azure_info = &exported[1]["attestation"]["x509"]["clientCertificates"]["primary"]["info"];
+    assert_eq!(info, azure_info, "zerotouch reads the certificate as Azure showed it: {x509}");
     assert_eq!(x509["iotHubs"], json!([WEST]), "{x509}");
     let tpm = ok(api.get("/enrollments/contoso-tpm-dev-1").await).await;
     assert_eq!(tpm["provisioningStatus"], "disabled", "{tpm}");
@@ -170,7 +167,7 @@ async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() 
     // Again in create mode: the server refuses what exists, and the report says so for each.
     let (success, report) = import(&server, "operator", &[]);
     assert!(!success, "{report}");
-    assert!(report.contains("0 of 9 documents imported"), "{report}");
+    assert!(report.contains("0 of 10 documents imported"), "{report}");
     let again = block(&report, "enrollment \"contoso-x509-dev-1\"");
     assert!(again[0].starts_with("enrollment \"contoso-x509-dev-1\": not imported: 409"), "{report}");
 
@@ -184,12 +181,18 @@ async fn an_azure_export_is_imported_and_what_does_not_carry_over_is_reported() 
             "--generate-missing-keys",
             "--hub-map",
             "contoso-north.azure-devices.net=north.hubs.example.com",
+            "--certificates",
+            fixture("certificates.pem").to_str().unwrap(),
         ],
     );
     assert!(!success, "{report}");
-    assert!(report.contains("8 of 9 documents imported"), "{report}");
+    assert!(report.contains("9 of 10 documents imported"), "{report}");
     let edge = ok(api.get("/enrollments/contoso-edge-gw-1").await).await;
     assert_eq!((&edge["iotHubs"], &edge["capabilities"]["iotEdge"]), (&json!([NORTH]), &json!(true)), "{edge}");
+    let read_back = ok(api.get("/enrollmentGroups/contoso-read-back").await).await;
+    let primary = &read_back["attestation"]["x509"]["signingCertificates"]["primary"];
+    assert_eq!(primary["info"], thermostats["attestation"]["x509"]["signingCertificates"]["primary"]["info"]);
+    assert!(primary["certificate"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"), "{read_back}");
     let generated = ok(api.post("/enrollments/contoso-sym-nokeys-1/attestationmechanism", None).await).await;
     assert!(generated["symmetricKey"]["primaryKey"].as_str().is_some_and(|k| !k.is_empty()), "{generated}");
     server.assert_no_secret_in_logs();

@@ -177,8 +177,9 @@ async fn a_custom_allocation_webhook_sees_the_tpm_keys() {
     let (ek, srk) = tpm.provision_keys().unwrap();
     let server = start(Backend::Sqlite, &[]).await;
     link_hub(&server).await;
-    let allocator =
-        zerotouch_tests::webhook::Allocator::start(|request| request["linkedHubs"][0].as_str().map(str::to_owned));
+    let allocator = zerotouch_tests::webhook::Allocator::start(zerotouch_tests::webhook::choosing(|request| {
+        request["linkedHubs"][0].as_str().map(str::to_owned)
+    }));
     let enrollment = json!({"registrationId": "Tpm-Alloc-1", "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}},
         "iotHubs": [HUB], "allocationPolicy": "custom",
         "customAllocationDefinition": {"webhookUrl": allocator.url, "apiVersion": "2021-10-01"}});

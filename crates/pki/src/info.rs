@@ -9,7 +9,7 @@
 //! (`CN=device-1, OU=Line 2, O=Acme, C=DE` for a certificate made with `-subj /C=DE/O=Acme/OU=Line 2/CN=device-1`),
 //! RDNs joined by `, `, the attributes of a multi-valued RDN by ` + `, and a value holding a character with a
 //! meaning in the notation (`,+="<>#;` or a line break) in double quotes, its own quotes doubled. Hex (thumbprints,
-//! serial number) is upper-case; times are UTC.
+//! serial number) is upper-case; times are UTC, in whole seconds without a fraction (`2026-01-02T03:04:05Z`).
 
 use serde_json::Value;
 use x509_parser::certificate::X509Certificate;
@@ -26,9 +26,11 @@ pub fn certificate_info(der: &[u8]) -> Result<X509CertificateInfo, CertificateEr
 
 /// The `X509CertificateInfo` of `cert`, parsed from `der`.
 fn info_of(cert: &X509Certificate<'_>, der: &[u8]) -> X509CertificateInfo {
+    // Whole seconds (all a certificate holds), written as .NET's JSON writes such a time: no fraction.
     let at = |t: x509_parser::time::ASN1Time| {
-        let t = time_of(t);
-        zerotouch_wire::format_timestamp(chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default())
+        chrono::DateTime::from_timestamp(time_of(t).unix_timestamp(), 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
     };
     X509CertificateInfo {
         subject_name: distinguished_name(cert.subject()),
@@ -151,8 +153,8 @@ mod tests {
         assert_eq!(info.issuer_name, info.subject_name, "self-signed");
         assert_eq!(info.serial_number, "0ABCDE");
         assert_eq!(info.version, 3);
-        assert_eq!(info.not_before_utc, "2026-01-02T03:04:05.000000Z");
-        assert_eq!(info.not_after_utc, "2027-01-02T03:04:05.000000Z");
+        assert_eq!(info.not_before_utc, "2026-01-02T03:04:05Z");
+        assert_eq!(info.not_after_utc, "2027-01-02T03:04:05Z");
         assert_eq!(info.sha1_thumbprint, thumbprint_sha1_hex(&der).to_ascii_uppercase());
         assert_eq!(info.sha256_thumbprint.len(), 64);
         assert!(info.sha256_thumbprint.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));

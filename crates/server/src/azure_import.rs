@@ -52,6 +52,7 @@ pub async fn import_azure(args: ImportAzureArgs) -> anyhow::Result<()> {
         hub_map: args.hub_map.iter().cloned().collect(),
         known_hubs,
         generate_missing_keys: args.generate_missing_keys,
+        certificates: certificates_by_thumbprint(&args.certificates)?,
     };
     let mut outcomes: Vec<Outcome> = items
         .iter()
@@ -86,6 +87,24 @@ fn read_export(file: &Path) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let export: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     azure_import::documents(export).map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))
+}
+
+/// The certificates of `files` (PEM) by their SHA-256 and SHA-1 thumbprints, upper-case hex.
+fn certificates_by_thumbprint(
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut found = std::collections::BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let certificates =
+            zerotouch_pki::certificates_from_pem(&text).map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?;
+        for der in certificates {
+            let pem = zerotouch_pki::certificate_pem(&der);
+            found.insert(zerotouch_pki::thumbprint_sha256_hex(&der).to_ascii_uppercase(), pem.clone());
+            found.insert(zerotouch_pki::thumbprint_sha1_hex(&der).to_ascii_uppercase(), pem);
+        }
+    }
+    Ok(found)
 }
 
 /// The report: per document its outcome and notes, then a summary line.

@@ -469,6 +469,10 @@ pub struct ImportAzureArgs {
     /// keys; their devices then need the new keys.
     #[arg(long)]
     pub generate_missing_keys: bool,
+    /// PEM files of certificates for X.509 enrollments whose export has a certificate's `info` but not the
+    /// certificate (found by the info's thumbprint); repeatable.
+    #[arg(long = "certificates", value_name = "FILE")]
+    pub certificates: Vec<PathBuf>,
     /// Only translate and report; create nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -64,6 +64,9 @@ pub struct Context {
     pub known_hubs: Vec<String>,
     /// `--generate-missing-keys`: import symmetric-key enrollments whose export carries no keys, with new keys.
     pub generate_missing_keys: bool,
+    /// `--certificates`: certificates (PEM) by their SHA-256 and SHA-1 thumbprints (upper-case hex), for X.509
+    /// attestations whose export carries a certificate's `info` but not the certificate.
+    pub certificates: BTreeMap<String, String>,
 }
 
 const SHARED_FIELDS: [&str; 14] = [
@@ -194,8 +197,10 @@ fn attestation(document: &mut Map<String, Value>, context: &Context, notes: &mut
         for set in ["clientCertificates", "signingCertificates", "caReferences"] {
             if let Some(Value::Object(pair)) = x509.get_mut(set) {
                 pair.retain(|_, v| !v.is_null());
-                for entry in pair.values_mut().filter_map(Value::as_object_mut) {
-                    entry.remove("info");
+                for (slot, entry) in pair.iter_mut() {
+                    if let Value::Object(entry) = entry {
+                        certificate_of(entry, &format!("attestation.x509.{set}.{slot}"), context, notes);
+                    }
                 }
             }
         }
@@ -242,6 +247,38 @@ fn attestation(document: &mut Map<String, Value>, context: &Context, notes: &mut
             }
         }
         _ => {}
+    }
+}
+
+/// One `X509CertificateWithInfo`: its `info` dropped (zerotouch computes it), its certificate taken from
+/// `--certificates` by the info's thumbprint when the export has only the info (Azure's reads may leave the
+/// certificate out), else the document refused.
+fn certificate_of(entry: &mut Map<String, Value>, field: &str, context: &Context, notes: &mut Vec<Note>) {
+    let info = entry.remove("info");
+    if entry.get("certificate").and_then(Value::as_str).is_some_and(|text| !text.trim().is_empty()) {
+        return;
+    }
+    let thumbprint = |name: &str| info.as_ref().and_then(|i| i.get(name)).and_then(Value::as_str);
+    let found = ["sha256Thumbprint", "sha1Thumbprint"]
+        .into_iter()
+        .filter_map(&thumbprint)
+        .find_map(|t| context.certificates.get(&t.to_ascii_uppercase()));
+    match found {
+        Some(pem) => {
+            entry.insert("certificate".into(), Value::String(pem.clone()));
+        }
+        None => {
+            let subject = info.as_ref().and_then(|i| i.get("subjectName")).and_then(Value::as_str).unwrap_or("?");
+            let sha1 = thumbprint("sha1Thumbprint").unwrap_or("?");
+            notes.push(Note {
+                severity: Severity::Refused,
+                field: format!("{field}.certificate"),
+                text: format!(
+                    "the export has the certificate's info but not the certificate ({subject}, SHA-1 {sha1}): give \
+                     it in a --certificates file"
+                ),
+            });
+        }
     }
 }
 
@@ -312,6 +349,7 @@ mod tests {
             hub_map: [("contoso-east.azure-devices.net".to_owned(), "east.hubs.example".to_owned())].into(),
             known_hubs: vec!["east.hubs.example".into(), "west.hubs.example".into()],
             generate_missing_keys: false,
+            certificates: BTreeMap::new(),
         }
     }
 
@@ -370,6 +408,20 @@ mod tests {
         let both = json!({"registrationId": "d", "attestation": {"type": "tpm", "tpm": {"endorsementKey": "AA=="}},
                           "iotHubs": ["contoso-east.azure-devices.net", "contoso-east-2.azure-devices.net"]});
         assert_eq!(translate(&both, &merged).document["iotHubs"], json!(["east.hubs.example"]));
+
+        let info_only = json!({"enrollmentGroupId": "g", "attestation": {"type": "x509", "x509": {"signingCertificates":
+            {"primary": {"info": {"subjectName": "CN=Root", "sha1Thumbprint": "ab12", "sha256Thumbprint": "cd34"}}}}}});
+        let t = translate(&info_only, &context());
+        assert_eq!(fields(&t, Severity::Refused), ["attestation.x509.signingCertificates.primary.certificate"]);
+        assert!(t.notes[0].text.contains("CN=Root, SHA-1 ab12"), "{:?}", t.notes);
+        let mut with_files = context();
+        with_files.certificates.insert("CD34".into(), "-----BEGIN CERTIFICATE-----".into());
+        let t = translate(&info_only, &with_files);
+        assert!(t.importable(), "{:?}", t.notes);
+        assert_eq!(
+            t.document["attestation"]["x509"]["signingCertificates"]["primary"],
+            json!({"certificate": "-----BEGIN CERTIFICATE-----"})
+        );
 
         let generate = Context { generate_missing_keys: true, ..context() };
         let t = translate(&json!({"registrationId": "d", "attestation": {"type": "symmetricKey"}}), &generate);
