@@ -314,7 +314,9 @@ async fn the_agent_renews_short_lived_certificates_while_the_device_keeps_publis
     let gap = longest_gap(&times);
     eprintln!("{} messages, longest gap {gap:.3} s", times.len());
     assert!(times.len() > 300, "the device published too little: {}", times.len());
-    assert!(gap < 2.0, "a publishing gap of {gap:.3} s (the hook restarts the client in well under a second)");
+    // A restart is the hook's bash, a new mosquitto_pub and its TLS connection: about a second here (1.14 s
+    // measured); the bound leaves room for a loaded CI machine, and a renewal that stopped the client would exceed it.
+    assert!(gap < 3.0, "a publishing gap of {gap:.3} s, longer than a restart of the client");
 
     let events = device.events();
     let issued = issued_thumbprints(&api, "meter-1").await;
