@@ -271,6 +271,24 @@ async fn enroll_factory(api: &Api<'_>, id: &str, ca_pem: &str, broker: &Broker) 
     ok(api.put(&format!("/enrollmentGroups/{id}"), &group).await).await;
 }
 
+/// Enrolls the TPM `tpm` (its EK as `zerotouch-agent keys` prints it) as `id` on `broker`, with certificates that
+/// live [`LIFETIME`]; returns the agent's `[attestation]` for it.
+async fn enroll_tpm(api: &Api<'_>, tpm: &Swtpm, id: &str, broker: &Broker) -> String {
+    let keys =
+        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
+    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
+    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let document = json!({
+        "registrationId": id,
+        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
+        "iotHubs": [broker.host_name],
+        "allocationPolicy": "static",
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    });
+    ok(api.put(&format!("/enrollments/{id}"), &document).await).await;
+    format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti())
+}
+
 fn symmetric_key_attestation(dir: &Path, key: &[u8], group: bool) -> String {
     let file = dir.join(if group { "group.key" } else { "device.key" });
     std::fs::write(&file, STANDARD.encode(key)).unwrap();
@@ -562,19 +580,7 @@ async fn a_tpm_device_provisions_and_renews_with_the_agent() {
     let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
     let tpm = Swtpm::start().unwrap();
-    let keys =
-        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
-    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
-    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
-    let document = json!({
-        "registrationId": "tpm-agent-1",
-        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
-        "iotHubs": [broker.host_name],
-        "allocationPolicy": "static",
-        "certificatePolicy": {"validitySeconds": LIFETIME},
-    });
-    ok(api.put("/enrollments/tpm-agent-1", &document).await).await;
-    let attestation = format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti());
+    let attestation = enroll_tpm(&api, &tpm, "tpm-agent-1", &broker).await;
     let renewal = "[renewal]\nfraction = 0.3\njitter = 0.0\nbackoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
     let mut device = Device::new(&server, Some("tpm-agent-1"), &attestation, renewal, &[&broker]);
     let subscriber = broker.subscribe("devices/#");
@@ -590,19 +596,7 @@ async fn a_tpm_resident_key_is_made_renewed_and_used_in_the_tpm() {
     let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
     let tpm = Swtpm::start().unwrap();
-    let keys =
-        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
-    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
-    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
-    let document = json!({
-        "registrationId": "tpm-key-1",
-        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
-        "iotHubs": [broker.host_name],
-        "allocationPolicy": "static",
-        "certificatePolicy": {"validitySeconds": LIFETIME},
-    });
-    ok(api.put("/enrollments/tpm-key-1", &document).await).await;
-    let attestation = format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti());
+    let attestation = enroll_tpm(&api, &tpm, "tpm-key-1", &broker).await;
     let extra = "[identity]\nkey_type = \"tpm\"\n[renewal]\nfraction = 0.3\njitter = 0.0\ncheck_interval = \"3s\"\n\
                  backoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
     let mut device = Device::new(&server, Some("tpm-key-1"), &attestation, extra, &[&broker]);
