@@ -289,6 +289,18 @@ async fn enroll_tpm(api: &Api<'_>, tpm: &Swtpm, id: &str, broker: &Broker) -> St
     format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti())
 }
 
+/// A symmetric-key enrollment group `id` of `key` on `hub` whose certificates live [`LIFETIME`].
+fn key_group(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
+    json!({
+        "enrollmentGroupId": id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([5u8; 32])}},
+        "iotHubs": [hub],
+        "allocationPolicy": "static",
+        "provisioningStatus": status,
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    })
+}
+
 fn symmetric_key_attestation(dir: &Path, key: &[u8], group: bool) -> String {
     let file = dir.join(if group { "group.key" } else { "device.key" });
     std::fs::write(&file, STANDARD.encode(key)).unwrap();
@@ -369,13 +381,16 @@ async fn the_agent_renews_short_lived_certificates_while_the_device_keeps_publis
 }
 
 /// (b) The agent is stopped across its certificate's expiry. Without a renewal grace the device comes back by
-/// registering again with its onboarding key; with `--renewal-grace` (and the agent's `grace`) by EST.
+/// registering again with its onboarding credential; with `--renewal-grace` (and the agent's `grace`) by EST. Each
+/// server has three devices: an individual symmetric key, a key derived on the device from its group's key, and a
+/// TPM on swtpm whose operational key lives in the TPM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_the_grace_by_est() {
     let strict = start(&[]).await;
     let graceful = start(&["--renewal-grace", "10m"]).await;
     let mut devices = Vec::new();
     let mut brokers = Vec::new();
+    let mut tpms = Vec::new();
     let keys = tempfile::tempdir().unwrap();
     for (server, grace) in [(&strict, "0s"), (&graceful, "10m")] {
         let api = Api::new(server, "owner");
@@ -383,19 +398,27 @@ async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_th
         broker.link(&api).await;
         let key = [2u8; 32];
         ok(api.put("/enrollments/sleeper-1", &enrollment("sleeper-1", &key, &broker.host_name, "enabled")).await).await;
+        let group_key = [7u8; 32];
+        ok(api
+            .put("/enrollmentGroups/sleepers", &key_group("sleepers", &group_key, &broker.host_name, "enabled"))
+            .await)
+        .await;
+        let tpm = Swtpm::start().unwrap();
+        let tpm_attestation = enroll_tpm(&api, &tpm, "sleeper-3", &broker).await;
+        tpms.push(tpm);
         let renewal = format!(
             "[renewal]\nfraction = 0.9\njitter = 0.0\nbackoff_initial = \"1s\"\nbackoff_max = \"5s\"\ngrace = \"{grace}\"\n"
         );
-        let mut device = Device::new(
-            server,
-            Some("sleeper-1"),
-            &symmetric_key_attestation(keys.path(), &key, false),
-            &renewal,
-            &[&broker],
-        );
-        device.start();
+        for (id, attestation, extra) in [
+            ("sleeper-1", symmetric_key_attestation(keys.path(), &key, false), String::new()),
+            ("sleeper-2", symmetric_key_attestation(keys.path(), &group_key, true), String::new()),
+            ("sleeper-3", tpm_attestation, "[identity]\nkey_type = \"tpm\"\n".to_owned()),
+        ] {
+            let mut device = Device::new(server, Some(id), &attestation, &format!("{extra}{renewal}"), &[&broker]);
+            device.start();
+            devices.push(device);
+        }
         brokers.push(broker);
-        devices.push(device);
     }
     for device in &mut devices {
         device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
@@ -411,26 +434,39 @@ async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_th
     for device in &mut devices {
         device.start();
     }
-    let (strict_device, graceful_device) = (&devices[0], &devices[1]);
-    strict_device
-        .wait_for("registered again", Duration::from_secs(30), |e| {
-            e.iter().filter(|e| e.event == "provisioned").count() == 2
-        })
-        .await;
-    graceful_device
-        .wait_for("renewed by EST", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "renewed"))
-        .await;
-    assert_eq!(graceful_device.count("provisioned"), 1, "{:?}", graceful_device.events());
-    assert_eq!(strict_device.count("renewed"), 0, "{:?}", strict_device.events());
-    for device in &devices {
+    let (strict_devices, graceful_devices) = devices.split_at(3);
+    for device in strict_devices {
+        device
+            .wait_for("registered again", Duration::from_secs(30), |e| {
+                e.iter().filter(|e| e.event == "provisioned").count() == 2
+            })
+            .await;
+        assert_eq!(device.count("renewed"), 0, "{:?}", device.events());
+        // The strict server would refuse the expired certificate: the agent does not even try, its grace is 0.
+        assert!(!device.log().contains("renewing by EST"), "{}", device.log());
+    }
+    for device in graceful_devices {
+        device.wait_for("renewed by EST", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "renewed")).await;
+        assert_eq!(device.count("provisioned"), 1, "{:?}", device.events());
+    }
+    for (device, server) in devices.iter().zip([&strict, &strict, &strict, &graceful, &graceful, &graceful]) {
         let status = device.status();
         assert_eq!(status["status"], "assigned", "{status}");
         let not_after: chrono::DateTime<chrono::Utc> =
             status["certificate"]["notAfter"].as_str().unwrap().parse().unwrap();
         assert!(not_after > chrono::Utc::now(), "{status}");
+        let id = status["registrationId"].as_str().unwrap().to_owned();
+        let issued = issued_thumbprints(&Api::new(server, "owner"), &id).await;
+        for event in device.events() {
+            assert!(issued.contains(&event.sha256), "{id}: {event:?} {issued:?}");
+        }
     }
-    // The strict server refused the expired certificate's EST attempt? The agent did not even try: its grace is 0.
-    assert!(!strict_device.log().contains("renewing by EST"), "{}", strict_device.log());
+    // The TPM devices' new keys are TPM keys at the other handle: the expired one was not reused.
+    for device in [&devices[2], &devices[5]] {
+        let status = device.status();
+        assert_eq!(status["certificate"]["keyHandle"], "0x81000102", "{status}");
+        assert!(!device.path("state/identity/current/key.pem").exists(), "the key never leaves the TPM");
+    }
 }
 
 /// (c) The enrollment is moved to another broker: the agent's next check follows the move, and its MQTT client,

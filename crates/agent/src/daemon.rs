@@ -146,7 +146,9 @@ impl Agent {
             }
         };
         let identity = IdentityDir::new(config.identity_dir());
-        if state.certificate.is_some() && !(identity.cert_file().is_file() && identity.key_file().is_file()) {
+        // The key is `key.pem`, or `key.tpm` naming a key in the TPM: the state says which.
+        let pair_present = |held: &HeldCertificate| identity.cert_file().is_file() && held.key_file.is_file();
+        if state.certificate.as_ref().is_some_and(|held| !pair_present(held)) {
             // The files are gone (restored from an old backup, wiped by hand): start over.
             tracing::warn!("the state names a certificate whose files are missing: provisioning again");
             state.certificate = None;
