@@ -556,57 +556,117 @@ async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derive
     }
 }
 
-/// (d) Revoked: the agent's next check is refused, it drops the certificate at once (the hook stops the client)
-/// and registers again with its onboarding key (a new certificate, a new key). Disabled: the same, but the
-/// registration ends disabled: no certificate, `status` says so, and the retries back off instead of looping.
+/// (d) Revoked: the agent's next check is refused, it drops the certificate at once (the hook is told, with no
+/// files, and stops the client), `status` names the dropped certificate and why, and the agent registers again
+/// with its onboarding credential (a new certificate, a new key). Disabled: the same, but the registration ends
+/// disabled: no certificate, `status` says so, and the retries back off instead of looping (counted by the
+/// server). Each with an individual symmetric key, a group-derived key, and a TPM-resident key on swtpm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_drops_its_certificate_and_a_disabled_one_backs_off() {
     let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
     let key = [6u8; 32];
     ok(api.put("/enrollments/lost-1", &enrollment("lost-1", &key, &broker.host_name, "enabled")).await).await;
+    let group_key = [8u8; 32];
+    ok(api.put("/enrollmentGroups/lost", &key_group("lost", &group_key, &broker.host_name, "enabled")).await).await;
+    let tpm = Swtpm::start().unwrap();
+    let tpm_attestation = enroll_tpm(&api, &tpm, "lost-3", &broker).await;
     let keys = tempfile::tempdir().unwrap();
     let renewal = "[renewal]\ncheck_interval = \"2s\"\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n";
-    let mut device =
-        Device::new(&server, Some("lost-1"), &symmetric_key_attestation(keys.path(), &key, false), renewal, &[&broker]);
-    device.start();
-    device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
-    let first = device.status()["certificate"]["sha256"].as_str().unwrap().to_owned();
-    let first_serial = device.status()["certificate"]["serial"].as_str().unwrap().to_owned();
+    let ids = ["lost-1", "lost-2", "lost-3"];
+    let mut devices = Vec::new();
+    for (id, attestation, extra) in [
+        ("lost-1", symmetric_key_attestation(keys.path(), &key, false), ""),
+        ("lost-2", symmetric_key_attestation(keys.path(), &group_key, true), ""),
+        ("lost-3", tpm_attestation, "[identity]\nkey_type = \"tpm\"\n"),
+    ] {
+        let mut device = Device::new(&server, Some(id), &attestation, &format!("{extra}{renewal}"), &[&broker]);
+        device.start();
+        devices.push(device);
+    }
+    let mut first = Vec::new();
+    for device in &devices {
+        device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
+        let status = device.status();
+        first.push((
+            status["certificate"]["sha256"].as_str().unwrap().to_owned(),
+            status["certificate"]["serial"].as_str().unwrap().to_owned(),
+        ));
+    }
 
-    ok(api.post("/registrations/lost-1/revoke", Some(&json!({"reason": "keyCompromise"}))).await).await;
-    device
-        .wait_for("provisioned again", Duration::from_secs(30), |e| {
-            e.iter().filter(|e| e.event == "provisioned").count() == 2
-        })
-        .await;
-    let events = device.events();
-    let n = events.len();
-    assert_eq!(events[n - 2].event, "dropped", "{events:?}");
-    let second = device.status()["certificate"]["sha256"].as_str().unwrap().to_owned();
-    assert_ne!(first, second);
-    assert!(!device.path(&format!("state/identity/{first_serial}")).exists());
+    for id in ids {
+        ok(api.post(&format!("/registrations/{id}/revoke"), Some(&json!({"reason": "keyCompromise"}))).await).await;
+    }
+    for (device, (first_sha256, first_serial)) in devices.iter().zip(&first) {
+        device
+            .wait_for("provisioned again", Duration::from_secs(30), |e| {
+                e.iter().filter(|e| e.event == "provisioned").count() == 2
+            })
+            .await;
+        let events = device.events();
+        let n = events.len();
+        // The hook was told, and given no certificate (no thumbprint, no hub): the client stopped.
+        assert_eq!(events[n - 2].event, "dropped", "{events:?}");
+        assert_eq!((events[n - 2].sha256.as_str(), events[n - 2].hub.as_str()), ("-", "-"), "{events:?}");
+        let status = device.status();
+        assert_ne!(status["certificate"]["sha256"].as_str().unwrap(), first_sha256, "{status}");
+        assert!(!device.path(&format!("state/identity/{first_serial}")).exists());
+        // `status` says which certificate was dropped, and why.
+        let dropped = &status["lastDropped"];
+        assert_eq!(dropped["serial"], first_serial.as_str(), "{status}");
+        assert_eq!(dropped["sha256"], first_sha256.as_str(), "{status}");
+        assert_eq!(dropped["action"], "check", "{status}");
+        assert!(dropped["reason"].as_str().unwrap().contains("refused"), "{status}");
+    }
 
-    let current = ok(api.get("/enrollments/lost-1").await).await;
-    let mut disabled = enrollment("lost-1", &key, &broker.host_name, "disabled");
-    disabled["etag"] = current["etag"].clone();
-    ok(api.put("/enrollments/lost-1", &disabled).await).await;
-    device.wait_for("dropped", Duration::from_secs(30), |e| e.last().is_some_and(|e| e.event == "dropped")).await;
-    // Let it try a few times, then count.
+    for id in ids {
+        let path = if id == "lost-2" { "/enrollmentGroups/lost".to_owned() } else { format!("/enrollments/{id}") };
+        let mut current = ok(api.get(&path).await).await;
+        current["provisioningStatus"] = json!("disabled");
+        let etag = current["etag"].as_str().unwrap().to_owned();
+        ok(api.put_if_match(&path, &current, &etag).await).await;
+    }
+    for device in &devices {
+        device.wait_for("dropped", Duration::from_secs(30), |e| e.last().is_some_and(|e| e.event == "dropped")).await;
+    }
+    // Let them try a few times, then count, on the server and on each device.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = device.status();
+    let before: Vec<Value> = devices.iter().map(Device::status).collect();
+    let served_before = device_requests(&server).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let after = device.status();
-    let attempts = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
-    eprintln!("{attempts} attempts in 15 s while disabled; status {after}");
-    assert!((1..=8).contains(&attempts), "{attempts} attempts in 15 s: {after}");
-    assert_eq!(after["status"], "disabled", "{after}");
-    assert!(after["certificate"].is_null() && after["hub"].is_null(), "{after}");
-    assert_eq!(after["lastError"]["action"], "provision", "{after}");
-    assert!(after["lastError"]["message"].as_str().unwrap().contains("disabled"), "{after}");
-    assert!(!device.path("state/identity/current").exists());
-    assert!(!device.path("publisher.pid").exists(), "the hook stopped the client");
-    device.stop();
+    let served = device_requests(&server).await - served_before;
+    let after: Vec<Value> = devices.iter().map(Device::status).collect();
+    // Backoff from 1 s to 4 s, half of it random: at most 8 attempts in 15 s, each at most 4 requests (a TPM's
+    // two legs and polls); a device looping hot would send hundreds.
+    eprintln!("the server answered {served} device requests in 15 s while the devices were disabled");
+    assert!((3..=3 * 8 * 4).contains(&served), "{served} requests in 15 s");
+    for ((device, before), after) in devices.iter().zip(&before).zip(&after) {
+        let attempts = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
+        eprintln!("{attempts} attempts in 15 s while disabled; status {after}");
+        assert!((1..=8).contains(&attempts), "{attempts} attempts in 15 s: {after}");
+        assert_eq!(after["status"], "disabled", "{after}");
+        assert!(after["certificate"].is_null() && after["hub"].is_null(), "{after}");
+        assert_eq!(after["lastError"]["action"], "provision", "{after}");
+        assert!(after["lastError"]["message"].as_str().unwrap().contains("disabled"), "{after}");
+        // The certificate dropped last is the second one, the one the registration had when it was disabled.
+        let second = before["lastDropped"]["serial"].as_str().unwrap();
+        assert!(first.iter().all(|(_, serial)| serial != second), "{after}");
+        assert!(!device.path("state/identity/current").exists());
+        assert!(!device.path("publisher.pid").exists(), "the hook stopped the client");
+    }
+    for device in &mut devices {
+        device.stop();
+    }
+}
+
+/// The number of requests the server's device listener answered (its `zerotouch_http_requests_total`).
+async fn device_requests(server: &Server) -> u64 {
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("zerotouch_http_requests_total{") && l.contains("listener=\"device\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// (e) A TPM device on swtpm: the agent provisions with TPM attestation (the TPM imports the service's key and

@@ -21,7 +21,7 @@ use crate::pkcs11_key::TokenKey;
 use crate::provision::{self, Assigned, ServiceError, Target};
 use crate::schedule::{self, Action, Facts, Held, Policy};
 use crate::signer::{ClientKey, https_client, tls_config};
-use crate::state::{Change, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
+use crate::state::{Change, Dropped, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
 use crate::tpm_key::{KEY_HANDLES, TpmKey, TpmThread};
 
 /// The onboarding credential, read once at start-up.
@@ -240,8 +240,13 @@ impl Agent {
                         Action::Check | Action::WaitUntil(_) => "check",
                     };
                     let failure = e.failure();
-                    if self.failed(action, failure, name, &anyhow::Error::from(e)) {
-                        self.drop_identity().await;
+                    let error = anyhow::Error::from(e);
+                    if self.failed(action, failure, name, &error) {
+                        let reason = match failure {
+                            schedule::Failure::NotAssigned => format!("the registration is not assigned: {error:#}"),
+                            _ => format!("the service refused the certificate: {error:#}"),
+                        };
+                        self.drop_identity(name, reason).await;
                     }
                 }
             }
@@ -273,10 +278,19 @@ impl Agent {
         recovery.drop_identity && self.state.certificate.is_some()
     }
 
-    /// Stops using the identity: removes every pair and tells the hook (`ZEROTOUCH_EVENT=dropped`, no files).
-    async fn drop_identity(&mut self) {
-        tracing::warn!("dropping the operational certificate: the service no longer accepts it");
-        self.state.certificate = None;
+    /// Stops using the identity: removes every pair, records which and why (`lastDropped` in `status`) and tells
+    /// the hook (`ZEROTOUCH_EVENT=dropped`, no files).
+    async fn drop_identity(&mut self, action: &str, reason: String) {
+        tracing::warn!(action, "dropping the operational certificate: {reason}");
+        if let Some(held) = self.state.certificate.take() {
+            self.state.last_dropped = Some(Dropped {
+                at: Utc::now(),
+                serial: held.serial,
+                sha256: held.sha256,
+                action: action.into(),
+                reason,
+            });
+        }
         self.state.next_renewal = None;
         self.state.next_check = None;
         self.state.previous = None;

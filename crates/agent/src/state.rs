@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
-    /// `unprovisioned`, `assigned`, `disabled` (the service disabled or refused the device), or `failed`.
+    /// `unprovisioned`, `assigned`, `refused` (the service refused the device's credential), or `disabled` (the
+    /// registration ended disabled or failed).
     pub status: String,
     /// The registration id.
     pub registration_id: Option<String>,
@@ -44,6 +45,10 @@ pub struct State {
     pub last_error: Option<LastError>,
     /// The last change of identity or hub.
     pub last_change: Option<Change>,
+    /// The last certificate the agent stopped using because the service no longer accepted it (revoked,
+    /// superseded, disabled): kept after the device is provisioned again, so that an operator can see it happened.
+    #[serde(default)]
+    pub last_dropped: Option<Dropped>,
     /// The event the hook has not taken yet (it failed, or the agent stopped before it ran).
     pub hook_pending: Option<String>,
     /// Requests sent to the service since the state file was created.
@@ -85,6 +90,22 @@ pub struct LastError {
     pub action: String,
     /// What went wrong.
     pub message: String,
+}
+
+/// A certificate the agent stopped using.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dropped {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Its serial number.
+    pub serial: String,
+    /// Its SHA-256 thumbprint.
+    pub sha256: String,
+    /// What the service refused: `check` or `renew`.
+    pub action: String,
+    /// Why, as the service answered.
+    pub reason: String,
 }
 
 /// A change of identity or hub.
