@@ -271,6 +271,36 @@ async fn enroll_factory(api: &Api<'_>, id: &str, ca_pem: &str, broker: &Broker) 
     ok(api.put(&format!("/enrollmentGroups/{id}"), &group).await).await;
 }
 
+/// Enrolls the TPM `tpm` (its EK as `zerotouch-agent keys` prints it) as `id` on `broker`, with certificates that
+/// live [`LIFETIME`]; returns the agent's `[attestation]` for it.
+async fn enroll_tpm(api: &Api<'_>, tpm: &Swtpm, id: &str, broker: &Broker) -> String {
+    let keys =
+        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
+    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
+    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let document = json!({
+        "registrationId": id,
+        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
+        "iotHubs": [broker.host_name],
+        "allocationPolicy": "static",
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    });
+    ok(api.put(&format!("/enrollments/{id}"), &document).await).await;
+    format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti())
+}
+
+/// A symmetric-key enrollment group `id` of `key` on `hub` whose certificates live [`LIFETIME`].
+fn key_group(id: &str, key: &[u8], hub: &str, status: &str) -> Value {
+    json!({
+        "enrollmentGroupId": id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode([5u8; 32])}},
+        "iotHubs": [hub],
+        "allocationPolicy": "static",
+        "provisioningStatus": status,
+        "certificatePolicy": {"validitySeconds": LIFETIME},
+    })
+}
+
 fn symmetric_key_attestation(dir: &Path, key: &[u8], group: bool) -> String {
     let file = dir.join(if group { "group.key" } else { "device.key" });
     std::fs::write(&file, STANDARD.encode(key)).unwrap();
@@ -314,7 +344,9 @@ async fn the_agent_renews_short_lived_certificates_while_the_device_keeps_publis
     let gap = longest_gap(&times);
     eprintln!("{} messages, longest gap {gap:.3} s", times.len());
     assert!(times.len() > 300, "the device published too little: {}", times.len());
-    assert!(gap < 2.0, "a publishing gap of {gap:.3} s (the hook restarts the client in well under a second)");
+    // A restart is the hook's bash, a new mosquitto_pub and its TLS connection: about a second here (1.14 s
+    // measured); the bound leaves room for a loaded CI machine, and a renewal that stopped the client would exceed it.
+    assert!(gap < 3.0, "a publishing gap of {gap:.3} s, longer than a restart of the client");
 
     let events = device.events();
     let issued = issued_thumbprints(&api, "meter-1").await;
@@ -349,13 +381,16 @@ async fn the_agent_renews_short_lived_certificates_while_the_device_keeps_publis
 }
 
 /// (b) The agent is stopped across its certificate's expiry. Without a renewal grace the device comes back by
-/// registering again with its onboarding key; with `--renewal-grace` (and the agent's `grace`) by EST.
+/// registering again with its onboarding credential; with `--renewal-grace` (and the agent's `grace`) by EST. Each
+/// server has three devices: an individual symmetric key, a key derived on the device from its group's key, and a
+/// TPM on swtpm whose operational key lives in the TPM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_the_grace_by_est() {
     let strict = start(&[]).await;
     let graceful = start(&["--renewal-grace", "10m"]).await;
     let mut devices = Vec::new();
     let mut brokers = Vec::new();
+    let mut tpms = Vec::new();
     let keys = tempfile::tempdir().unwrap();
     for (server, grace) in [(&strict, "0s"), (&graceful, "10m")] {
         let api = Api::new(server, "owner");
@@ -363,19 +398,27 @@ async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_th
         broker.link(&api).await;
         let key = [2u8; 32];
         ok(api.put("/enrollments/sleeper-1", &enrollment("sleeper-1", &key, &broker.host_name, "enabled")).await).await;
+        let group_key = [7u8; 32];
+        ok(api
+            .put("/enrollmentGroups/sleepers", &key_group("sleepers", &group_key, &broker.host_name, "enabled"))
+            .await)
+        .await;
+        let tpm = Swtpm::start().unwrap();
+        let tpm_attestation = enroll_tpm(&api, &tpm, "sleeper-3", &broker).await;
+        tpms.push(tpm);
         let renewal = format!(
             "[renewal]\nfraction = 0.9\njitter = 0.0\nbackoff_initial = \"1s\"\nbackoff_max = \"5s\"\ngrace = \"{grace}\"\n"
         );
-        let mut device = Device::new(
-            server,
-            Some("sleeper-1"),
-            &symmetric_key_attestation(keys.path(), &key, false),
-            &renewal,
-            &[&broker],
-        );
-        device.start();
+        for (id, attestation, extra) in [
+            ("sleeper-1", symmetric_key_attestation(keys.path(), &key, false), String::new()),
+            ("sleeper-2", symmetric_key_attestation(keys.path(), &group_key, true), String::new()),
+            ("sleeper-3", tpm_attestation, "[identity]\nkey_type = \"tpm\"\n".to_owned()),
+        ] {
+            let mut device = Device::new(server, Some(id), &attestation, &format!("{extra}{renewal}"), &[&broker]);
+            device.start();
+            devices.push(device);
+        }
         brokers.push(broker);
-        devices.push(device);
     }
     for device in &mut devices {
         device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
@@ -391,26 +434,39 @@ async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_th
     for device in &mut devices {
         device.start();
     }
-    let (strict_device, graceful_device) = (&devices[0], &devices[1]);
-    strict_device
-        .wait_for("registered again", Duration::from_secs(30), |e| {
-            e.iter().filter(|e| e.event == "provisioned").count() == 2
-        })
-        .await;
-    graceful_device
-        .wait_for("renewed by EST", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "renewed"))
-        .await;
-    assert_eq!(graceful_device.count("provisioned"), 1, "{:?}", graceful_device.events());
-    assert_eq!(strict_device.count("renewed"), 0, "{:?}", strict_device.events());
-    for device in &devices {
+    let (strict_devices, graceful_devices) = devices.split_at(3);
+    for device in strict_devices {
+        device
+            .wait_for("registered again", Duration::from_secs(30), |e| {
+                e.iter().filter(|e| e.event == "provisioned").count() == 2
+            })
+            .await;
+        assert_eq!(device.count("renewed"), 0, "{:?}", device.events());
+        // The strict server would refuse the expired certificate: the agent does not even try, its grace is 0.
+        assert!(!device.log().contains("renewing by EST"), "{}", device.log());
+    }
+    for device in graceful_devices {
+        device.wait_for("renewed by EST", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "renewed")).await;
+        assert_eq!(device.count("provisioned"), 1, "{:?}", device.events());
+    }
+    for (device, server) in devices.iter().zip([&strict, &strict, &strict, &graceful, &graceful, &graceful]) {
         let status = device.status();
         assert_eq!(status["status"], "assigned", "{status}");
         let not_after: chrono::DateTime<chrono::Utc> =
             status["certificate"]["notAfter"].as_str().unwrap().parse().unwrap();
         assert!(not_after > chrono::Utc::now(), "{status}");
+        let id = status["registrationId"].as_str().unwrap().to_owned();
+        let issued = issued_thumbprints(&Api::new(server, "owner"), &id).await;
+        for event in device.events() {
+            assert!(issued.contains(&event.sha256), "{id}: {event:?} {issued:?}");
+        }
     }
-    // The strict server refused the expired certificate's EST attempt? The agent did not even try: its grace is 0.
-    assert!(!strict_device.log().contains("renewing by EST"), "{}", strict_device.log());
+    // The TPM devices' new keys are TPM keys at the other handle: the expired one was not reused.
+    for device in [&devices[2], &devices[5]] {
+        let status = device.status();
+        assert_eq!(status["certificate"]["keyHandle"], "0x81000102", "{status}");
+        assert!(!device.path("state/identity/current/key.pem").exists(), "the key never leaves the TPM");
+    }
 }
 
 /// (c) The enrollment is moved to another broker: the agent's next check follows the move, and its MQTT client,
@@ -500,57 +556,117 @@ async fn a_moved_device_lands_on_the_new_broker_unaided_also_with_a_group_derive
     }
 }
 
-/// (d) Revoked: the agent's next check is refused, it drops the certificate at once (the hook stops the client)
-/// and registers again with its onboarding key (a new certificate, a new key). Disabled: the same, but the
-/// registration ends disabled: no certificate, `status` says so, and the retries back off instead of looping.
+/// (d) Revoked: the agent's next check is refused, it drops the certificate at once (the hook is told, with no
+/// files, and stops the client), `status` names the dropped certificate and why, and the agent registers again
+/// with its onboarding credential (a new certificate, a new key). Disabled: the same, but the registration ends
+/// disabled: no certificate, `status` says so, and the retries back off instead of looping (counted by the
+/// server). Each with an individual symmetric key, a group-derived key, and a TPM-resident key on swtpm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_drops_its_certificate_and_a_disabled_one_backs_off() {
     let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
     let key = [6u8; 32];
     ok(api.put("/enrollments/lost-1", &enrollment("lost-1", &key, &broker.host_name, "enabled")).await).await;
+    let group_key = [8u8; 32];
+    ok(api.put("/enrollmentGroups/lost", &key_group("lost", &group_key, &broker.host_name, "enabled")).await).await;
+    let tpm = Swtpm::start().unwrap();
+    let tpm_attestation = enroll_tpm(&api, &tpm, "lost-3", &broker).await;
     let keys = tempfile::tempdir().unwrap();
     let renewal = "[renewal]\ncheck_interval = \"2s\"\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n";
-    let mut device =
-        Device::new(&server, Some("lost-1"), &symmetric_key_attestation(keys.path(), &key, false), renewal, &[&broker]);
-    device.start();
-    device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
-    let first = device.status()["certificate"]["sha256"].as_str().unwrap().to_owned();
-    let first_serial = device.status()["certificate"]["serial"].as_str().unwrap().to_owned();
+    let ids = ["lost-1", "lost-2", "lost-3"];
+    let mut devices = Vec::new();
+    for (id, attestation, extra) in [
+        ("lost-1", symmetric_key_attestation(keys.path(), &key, false), ""),
+        ("lost-2", symmetric_key_attestation(keys.path(), &group_key, true), ""),
+        ("lost-3", tpm_attestation, "[identity]\nkey_type = \"tpm\"\n"),
+    ] {
+        let mut device = Device::new(&server, Some(id), &attestation, &format!("{extra}{renewal}"), &[&broker]);
+        device.start();
+        devices.push(device);
+    }
+    let mut first = Vec::new();
+    for device in &devices {
+        device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
+        let status = device.status();
+        first.push((
+            status["certificate"]["sha256"].as_str().unwrap().to_owned(),
+            status["certificate"]["serial"].as_str().unwrap().to_owned(),
+        ));
+    }
 
-    ok(api.post("/registrations/lost-1/revoke", Some(&json!({"reason": "keyCompromise"}))).await).await;
-    device
-        .wait_for("provisioned again", Duration::from_secs(30), |e| {
-            e.iter().filter(|e| e.event == "provisioned").count() == 2
-        })
-        .await;
-    let events = device.events();
-    let n = events.len();
-    assert_eq!(events[n - 2].event, "dropped", "{events:?}");
-    let second = device.status()["certificate"]["sha256"].as_str().unwrap().to_owned();
-    assert_ne!(first, second);
-    assert!(!device.path(&format!("state/identity/{first_serial}")).exists());
+    for id in ids {
+        ok(api.post(&format!("/registrations/{id}/revoke"), Some(&json!({"reason": "keyCompromise"}))).await).await;
+    }
+    for (device, (first_sha256, first_serial)) in devices.iter().zip(&first) {
+        device
+            .wait_for("provisioned again", Duration::from_secs(30), |e| {
+                e.iter().filter(|e| e.event == "provisioned").count() == 2
+            })
+            .await;
+        let events = device.events();
+        let n = events.len();
+        // The hook was told, and given no certificate (no thumbprint, no hub): the client stopped.
+        assert_eq!(events[n - 2].event, "dropped", "{events:?}");
+        assert_eq!((events[n - 2].sha256.as_str(), events[n - 2].hub.as_str()), ("-", "-"), "{events:?}");
+        let status = device.status();
+        assert_ne!(status["certificate"]["sha256"].as_str().unwrap(), first_sha256, "{status}");
+        assert!(!device.path(&format!("state/identity/{first_serial}")).exists());
+        // `status` says which certificate was dropped, and why.
+        let dropped = &status["lastDropped"];
+        assert_eq!(dropped["serial"], first_serial.as_str(), "{status}");
+        assert_eq!(dropped["sha256"], first_sha256.as_str(), "{status}");
+        assert_eq!(dropped["action"], "check", "{status}");
+        assert!(dropped["reason"].as_str().unwrap().contains("refused"), "{status}");
+    }
 
-    let current = ok(api.get("/enrollments/lost-1").await).await;
-    let mut disabled = enrollment("lost-1", &key, &broker.host_name, "disabled");
-    disabled["etag"] = current["etag"].clone();
-    ok(api.put("/enrollments/lost-1", &disabled).await).await;
-    device.wait_for("dropped", Duration::from_secs(30), |e| e.last().is_some_and(|e| e.event == "dropped")).await;
-    // Let it try a few times, then count.
+    for id in ids {
+        let path = if id == "lost-2" { "/enrollmentGroups/lost".to_owned() } else { format!("/enrollments/{id}") };
+        let mut current = ok(api.get(&path).await).await;
+        current["provisioningStatus"] = json!("disabled");
+        let etag = current["etag"].as_str().unwrap().to_owned();
+        ok(api.put_if_match(&path, &current, &etag).await).await;
+    }
+    for device in &devices {
+        device.wait_for("dropped", Duration::from_secs(30), |e| e.last().is_some_and(|e| e.event == "dropped")).await;
+    }
+    // Let them try a few times, then count, on the server and on each device.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = device.status();
+    let before: Vec<Value> = devices.iter().map(Device::status).collect();
+    let served_before = device_requests(&server).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let after = device.status();
-    let attempts = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
-    eprintln!("{attempts} attempts in 15 s while disabled; status {after}");
-    assert!((1..=8).contains(&attempts), "{attempts} attempts in 15 s: {after}");
-    assert_eq!(after["status"], "disabled", "{after}");
-    assert!(after["certificate"].is_null() && after["hub"].is_null(), "{after}");
-    assert_eq!(after["lastError"]["action"], "provision", "{after}");
-    assert!(after["lastError"]["message"].as_str().unwrap().contains("disabled"), "{after}");
-    assert!(!device.path("state/identity/current").exists());
-    assert!(!device.path("publisher.pid").exists(), "the hook stopped the client");
-    device.stop();
+    let served = device_requests(&server).await - served_before;
+    let after: Vec<Value> = devices.iter().map(Device::status).collect();
+    // Backoff from 1 s to 4 s, half of it random: at most 8 attempts in 15 s, each at most 4 requests (a TPM's
+    // two legs and polls); a device looping hot would send hundreds.
+    eprintln!("the server answered {served} device requests in 15 s while the devices were disabled");
+    assert!((3..=3 * 8 * 4).contains(&served), "{served} requests in 15 s");
+    for ((device, before), after) in devices.iter().zip(&before).zip(&after) {
+        let attempts = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
+        eprintln!("{attempts} attempts in 15 s while disabled; status {after}");
+        assert!((1..=8).contains(&attempts), "{attempts} attempts in 15 s: {after}");
+        assert_eq!(after["status"], "disabled", "{after}");
+        assert!(after["certificate"].is_null() && after["hub"].is_null(), "{after}");
+        assert_eq!(after["lastError"]["action"], "provision", "{after}");
+        assert!(after["lastError"]["message"].as_str().unwrap().contains("disabled"), "{after}");
+        // The certificate dropped last is the second one, the one the registration had when it was disabled.
+        let second = before["lastDropped"]["serial"].as_str().unwrap();
+        assert!(first.iter().all(|(_, serial)| serial != second), "{after}");
+        assert!(!device.path("state/identity/current").exists());
+        assert!(!device.path("publisher.pid").exists(), "the hook stopped the client");
+    }
+    for device in &mut devices {
+        device.stop();
+    }
+}
+
+/// The number of requests the server's device listener answered (its `zerotouch_http_requests_total`).
+async fn device_requests(server: &Server) -> u64 {
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("zerotouch_http_requests_total{") && l.contains("listener=\"device\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// (e) A TPM device on swtpm: the agent provisions with TPM attestation (the TPM imports the service's key and
@@ -560,19 +676,7 @@ async fn a_tpm_device_provisions_and_renews_with_the_agent() {
     let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
     let tpm = Swtpm::start().unwrap();
-    let keys =
-        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
-    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
-    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
-    let document = json!({
-        "registrationId": "tpm-agent-1",
-        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
-        "iotHubs": [broker.host_name],
-        "allocationPolicy": "static",
-        "certificatePolicy": {"validitySeconds": LIFETIME},
-    });
-    ok(api.put("/enrollments/tpm-agent-1", &document).await).await;
-    let attestation = format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti());
+    let attestation = enroll_tpm(&api, &tpm, "tpm-agent-1", &broker).await;
     let renewal = "[renewal]\nfraction = 0.3\njitter = 0.0\nbackoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
     let mut device = Device::new(&server, Some("tpm-agent-1"), &attestation, renewal, &[&broker]);
     let subscriber = broker.subscribe("devices/#");
@@ -588,19 +692,7 @@ async fn a_tpm_resident_key_is_made_renewed_and_used_in_the_tpm() {
     let (server, broker) = server_and_broker().await;
     let api = Api::new(&server, "owner");
     let tpm = Swtpm::start().unwrap();
-    let keys =
-        Command::new(zerotouch_tests::agent_binary().unwrap()).args(["keys", "--tpm", &tpm.tcti()]).output().unwrap();
-    assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
-    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
-    let document = json!({
-        "registrationId": "tpm-key-1",
-        "attestation": {"type": "tpm", "tpm": {"endorsementKey": keys["endorsementKey"]}},
-        "iotHubs": [broker.host_name],
-        "allocationPolicy": "static",
-        "certificatePolicy": {"validitySeconds": LIFETIME},
-    });
-    ok(api.put("/enrollments/tpm-key-1", &document).await).await;
-    let attestation = format!("[attestation]\nmethod = \"tpm\"\ntcti = \"{}\"\n", tpm.tcti());
+    let attestation = enroll_tpm(&api, &tpm, "tpm-key-1", &broker).await;
     let extra = "[identity]\nkey_type = \"tpm\"\n[renewal]\nfraction = 0.3\njitter = 0.0\ncheck_interval = \"3s\"\n\
                  backoff_initial = \"1s\"\nbackoff_max = \"5s\"\n";
     let mut device = Device::new(&server, Some("tpm-key-1"), &attestation, extra, &[&broker]);

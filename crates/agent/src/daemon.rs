@@ -21,7 +21,7 @@ use crate::pkcs11_key::TokenKey;
 use crate::provision::{self, Assigned, ServiceError, Target};
 use crate::schedule::{self, Action, Facts, Held, Policy};
 use crate::signer::{ClientKey, https_client, tls_config};
-use crate::state::{Change, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
+use crate::state::{Change, Dropped, HeldCertificate, IdentityDir, KEY_TPM, LastError, State};
 use crate::tpm_key::{KEY_HANDLES, TpmKey, TpmThread};
 
 /// The onboarding credential, read once at start-up.
@@ -146,11 +146,21 @@ impl Agent {
             }
         };
         let identity = IdentityDir::new(config.identity_dir());
-        if state.certificate.is_some() && !(identity.cert_file().is_file() && identity.key_file().is_file()) {
+        // A stop (SIGKILL, power cut) between a swap and the state's write leaves a pair the state does not name.
+        let held = state.certificate.as_ref().map(|c| c.serial.as_str());
+        if let Err(e) = identity.reconcile(held, state.previous.as_deref()) {
+            tracing::warn!("{e:#}");
+        }
+        // The key is `key.pem`, or `key.tpm` naming a key in the TPM: the state says which.
+        let pair_present = |held: &HeldCertificate| identity.cert_file().is_file() && held.key_file.is_file();
+        if state.certificate.as_ref().is_some_and(|held| !pair_present(held)) {
             // The files are gone (restored from an old backup, wiped by hand): start over.
             tracing::warn!("the state names a certificate whose files are missing: provisioning again");
             state.certificate = None;
             state.previous = None;
+            if let Err(e) = identity.clear_all() {
+                tracing::warn!("{e:#}");
+            }
         }
         Ok(Self { config, policy, state, identity, trust_bundle, onboarding, registration_id })
     }
@@ -165,8 +175,13 @@ impl Agent {
         }
     }
 
-    fn save(&mut self) -> anyhow::Result<()> {
-        self.state.save(&self.config.state_file())
+    /// Writes the state file. A failure (a full disk, a read-only `/var/lib`) is logged, not fatal: while the agent
+    /// runs, the state in memory is the truth and the next save writes it whole. An agent that exited instead would
+    /// stop renewing, and systemd would restart it into the same failure.
+    fn save(&mut self) {
+        if let Err(e) = self.state.save(&self.config.state_file()) {
+            tracing::error!("cannot write the state file: {e:#}");
+        }
     }
 
     fn facts(&self, now: i64) -> Facts {
@@ -185,48 +200,58 @@ impl Agent {
         }
     }
 
-    /// Runs until `shutdown` completes.
+    /// Runs until `shutdown` completes. Shutdown also interrupts a request or a hook under way: every step that
+    /// changes files saves the state before its next wait, a swap is one rename, and a hook that was interrupted
+    /// is still pending in the state file, so the next start carries on where this one stopped.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         self.state.registration_id = Some(self.registration_id.clone());
-        self.save()?;
+        self.save();
         tracing::info!(registration_id = %self.registration_id, "zerotouch-agent started");
         loop {
             let now = Utc::now().timestamp();
             let facts = self.facts(now);
             // A hook that failed is run again (after its backoff) before anything else.
             if self.state.hook_pending.is_some() && now >= facts.retry_at {
-                match self.deliver_hook().await {
+                let delivered = tokio::select! {
+                    delivered = self.deliver_hook() => Some(delivered),
+                    () = &mut shutdown => None,
+                };
+                match delivered {
+                    None => {
+                        self.stop();
+                        return Ok(());
+                    }
                     // After `dropped` the device still has no identity: the provisioning backoff stays.
-                    Ok(()) if self.state.certificate.is_some() => self.succeeded(),
-                    Ok(()) => {}
-                    Err(e) => {
+                    Some(Ok(())) if self.state.certificate.is_some() => self.succeeded(),
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
                         self.failed(Action::WaitUntil(now), schedule::Failure::Local, "hook", &e);
                     }
                 }
-                self.save()?;
+                self.save();
                 continue;
             }
             let action = schedule::next_action(&self.policy, &facts);
-            let outcome = match action {
-                Action::WaitUntil(until) => {
-                    // Wake at least every second: `zerotouch-agent reprovision` leaves a file.
-                    let wait = if until - now > 1 { Duration::from_secs(1) } else { Duration::from_millis(250) };
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = &mut shutdown => {
-                            tracing::info!("zerotouch-agent stopping");
-                            return Ok(());
-                        }
+            if let Action::WaitUntil(until) = action {
+                // Wake at least every second: `zerotouch-agent reprovision` leaves a file.
+                let wait = if until - now > 1 { Duration::from_secs(1) } else { Duration::from_millis(250) };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut shutdown => {
+                        self.stop();
+                        return Ok(());
                     }
-                    continue;
                 }
-                Action::Provision => {
-                    let _ = std::fs::remove_file(self.config.reprovision_request());
-                    self.provision().await
-                }
-                Action::Renew => self.renew().await,
-                Action::Check => self.check().await,
+                continue;
+            }
+            let outcome = tokio::select! {
+                outcome = self.act(action) => Some(outcome),
+                () = &mut shutdown => None,
+            };
+            let Some(outcome) = outcome else {
+                self.stop();
+                return Ok(());
             };
             self.state.requests += 1;
             match outcome {
@@ -238,13 +263,37 @@ impl Agent {
                         Action::Check | Action::WaitUntil(_) => "check",
                     };
                     let failure = e.failure();
-                    if self.failed(action, failure, name, &anyhow::Error::from(e)) {
-                        self.drop_identity().await;
+                    let error = anyhow::Error::from(e);
+                    if self.failed(action, failure, name, &error) {
+                        let reason = match failure {
+                            schedule::Failure::NotAssigned => format!("the registration is not assigned: {error:#}"),
+                            _ => format!("the service refused the certificate: {error:#}"),
+                        };
+                        self.drop_identity(name, reason).await;
                     }
                 }
             }
-            self.save()?;
+            self.save();
         }
+    }
+
+    /// Carries out `action` (not a wait).
+    async fn act(&mut self, action: Action) -> Result<(), ServiceError> {
+        match action {
+            Action::Provision => {
+                let _ = std::fs::remove_file(self.config.reprovision_request());
+                self.provision().await
+            }
+            Action::Renew => self.renew().await,
+            Action::Check => self.check().await,
+            Action::WaitUntil(_) => Ok(()),
+        }
+    }
+
+    /// Saves the state on the way out.
+    fn stop(&mut self) {
+        tracing::info!("zerotouch-agent stopping");
+        self.save();
     }
 
     fn succeeded(&mut self) {
@@ -271,10 +320,19 @@ impl Agent {
         recovery.drop_identity && self.state.certificate.is_some()
     }
 
-    /// Stops using the identity: removes every pair and tells the hook (`ZEROTOUCH_EVENT=dropped`, no files).
-    async fn drop_identity(&mut self) {
-        tracing::warn!("dropping the operational certificate: the service no longer accepts it");
-        self.state.certificate = None;
+    /// Stops using the identity: removes every pair, records which and why (`lastDropped` in `status`) and tells
+    /// the hook (`ZEROTOUCH_EVENT=dropped`, no files).
+    async fn drop_identity(&mut self, action: &str, reason: String) {
+        tracing::warn!(action, "dropping the operational certificate: {reason}");
+        if let Some(held) = self.state.certificate.take() {
+            self.state.last_dropped = Some(Dropped {
+                at: Utc::now(),
+                serial: held.serial,
+                sha256: held.sha256,
+                action: action.into(),
+                reason,
+            });
+        }
         self.state.next_renewal = None;
         self.state.next_check = None;
         self.state.previous = None;
@@ -396,7 +454,7 @@ impl Agent {
             self.state.device_id = Some(assigned.device_id);
             self.state.last_change = Some(Change { at: Utc::now(), event: "moved".into() });
             self.state.hook_pending = Some("moved".into());
-            self.save()?;
+            self.save();
             self.deliver_hook().await?;
         }
         Ok(())
@@ -412,6 +470,14 @@ impl Agent {
         event: &str,
     ) -> Result<(), ServiceError> {
         let details = zerotouch_pki::details(leaf).map_err(|e| anyhow::anyhow!("the issued certificate: {e}"))?;
+        let now = Utc::now();
+        let not_after = to_chrono(details.not_after);
+        if schedule::expired_on_arrival(unix(now), unix(not_after)) {
+            // Installing it would make the next decision a provisioning, at once and forever: a hot loop.
+            return Err(ServiceError::Local(anyhow::anyhow!(
+                "the new certificate ends at {not_after}, before this device's clock ({now}): the clock is wrong"
+            )));
+        }
         let serial = details.serial_hex.to_ascii_lowercase();
         let cert_pem = zerotouch_pki::certificate_pem(leaf);
         let (key_file, key_handle) = match key {
@@ -425,7 +491,6 @@ impl Agent {
                 (self.identity.current(KEY_TPM), Some(handle))
             }
         };
-        let now = Utc::now();
         let previous = self.state.certificate.take().map(|c| c.serial).filter(|s| *s != serial);
         if let Some(older) = self.state.previous.take().filter(|p| Some(p) != previous.as_ref()) {
             let _ = self.identity.remove(&older);
@@ -435,7 +500,7 @@ impl Agent {
             serial,
             sha256: details.sha256_hex,
             not_before: to_chrono(details.not_before),
-            not_after: to_chrono(details.not_after),
+            not_after,
             obtained_at: now,
             cert_file: self.identity.cert_file(),
             key_file,
@@ -461,7 +526,7 @@ impl Agent {
         self.state.status = "assigned".into();
         self.state.last_change = Some(Change { at: now, event: event.clone() });
         self.state.hook_pending = Some(event);
-        self.save()?;
+        self.save();
         self.deliver_hook().await?;
         Ok(())
     }
@@ -483,11 +548,15 @@ impl Agent {
             if let (Some(hub), Some(device_id)) = (&self.state.hub, &self.state.device_id) {
                 command.env("ZEROTOUCH_HUB", hub).env("ZEROTOUCH_DEVICE_ID", device_id);
             }
-            command.stdin(std::process::Stdio::null()).kill_on_drop(true);
-            let status = tokio::time::timeout(self.config.hook.timeout, command.status())
+            command.stdin(std::process::Stdio::null()).kill_on_drop(true).process_group(0);
+            let mut child = command.spawn().with_context(|| format!("cannot run the hook {program}"))?;
+            let mut group = HookGroup(child.id());
+            let status = tokio::time::timeout(self.config.hook.timeout, child.wait())
                 .await
                 .with_context(|| format!("the hook did not finish within {:?}", self.config.hook.timeout))?
                 .with_context(|| format!("cannot run the hook {program}"))?;
+            // It ended by itself: what it left running in the background is the application's.
+            group.0 = None;
             if !status.success() {
                 anyhow::bail!("the hook {program} ({event}) exited with {status}");
             }
@@ -497,5 +566,18 @@ impl Agent {
             self.identity.remove(&previous)?;
         }
         Ok(())
+    }
+}
+
+/// The process group of a running hook (its leader's pid), killed whole when the hook outlasts its timeout or the
+/// agent stops while it runs: `kill_on_drop` alone would leave what the hook started (a `sleep`, a stuck
+/// `systemctl`) behind.
+struct HookGroup(Option<u32>);
+
+impl Drop for HookGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }

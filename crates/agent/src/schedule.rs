@@ -96,6 +96,14 @@ pub fn renewal_time(policy: &Policy, held: Held, sample: f64) -> i64 {
     (start + offset.max(0.0).round() as i64).clamp(start, held.not_after)
 }
 
+/// Whether a certificate the service has just issued, ending at `not_after`, is already over by the device's clock
+/// (`now`): the clock runs ahead of the service's by more than the lifetime. Such a certificate is not installed
+/// (the failure is the device's, retried after the backoff and shown in `status`): held, it would make
+/// [`next_action`] provision again at once, and again, a hot loop.
+pub fn expired_on_arrival(now: i64, not_after: i64) -> bool {
+    now >= not_after
+}
+
 /// The wait after `failures` consecutive failures (0: none): `backoff_initial` doubled per failure up to
 /// `backoff_max`, of which the upper half is random (`sample` in [0, 1)).
 pub fn backoff(policy: &Policy, failures: u32, sample: f64) -> Duration {
@@ -220,6 +228,18 @@ mod tests {
             retry_at: 0,
             reprovision_requested: false,
         }
+    }
+
+    #[test]
+    fn a_certificate_over_by_the_local_clock_is_refused_on_arrival() {
+        assert!(!expired_on_arrival(1000, 1060));
+        assert!(!expired_on_arrival(1059, 1060));
+        assert!(expired_on_arrival(1060, 1060));
+        assert!(expired_on_arrival(1180, 1060));
+        // Held, such a certificate would be provisioned again at once: what the check prevents.
+        let held = Held { obtained_at: 1180, not_after: 1060 };
+        let facts = Facts { now: 1180, held: Some(held), renew_at: 1060, check_at: 4780, ..facts(1180) };
+        assert_eq!(next_action(&policy(), &facts), Action::Provision);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
-    /// `unprovisioned`, `assigned`, `disabled` (the service disabled or refused the device), or `failed`.
+    /// `unprovisioned`, `assigned`, `refused` (the service refused the device's credential), or `disabled` (the
+    /// registration ended disabled or failed).
     pub status: String,
     /// The registration id.
     pub registration_id: Option<String>,
@@ -44,6 +45,10 @@ pub struct State {
     pub last_error: Option<LastError>,
     /// The last change of identity or hub.
     pub last_change: Option<Change>,
+    /// The last certificate the agent stopped using because the service no longer accepted it (revoked,
+    /// superseded, disabled): kept after the device is provisioned again, so that an operator can see it happened.
+    #[serde(default)]
+    pub last_dropped: Option<Dropped>,
     /// The event the hook has not taken yet (it failed, or the agent stopped before it ran).
     pub hook_pending: Option<String>,
     /// Requests sent to the service since the state file was created.
@@ -87,6 +92,22 @@ pub struct LastError {
     pub message: String,
 }
 
+/// A certificate the agent stopped using.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dropped {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Its serial number.
+    pub serial: String,
+    /// Its SHA-256 thumbprint.
+    pub sha256: String,
+    /// What the service refused: `check` or `renew`.
+    pub action: String,
+    /// Why, as the service answered.
+    pub reason: String,
+}
+
 /// A change of identity or hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -127,17 +148,24 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<
     let name = path.file_name().context("a file path has a name")?.to_string_lossy();
     let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temporary)
-        .with_context(|| format!("cannot create {}", temporary.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("cannot rename {} to {}", temporary.display(), path.display()))?;
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temporary)
+            .with_context(|| format!("cannot create {}", temporary.display()))?;
+        file.write_all(bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
+        file.sync_all().with_context(|| format!("cannot write {}", temporary.display()))?;
+        drop(file);
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot rename {} to {}", temporary.display(), path.display()))
+    })();
+    if written.is_err() {
+        // A full disk must not fill up further with half-written copies.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
     sync_dir(dir)
 }
 
@@ -199,10 +227,47 @@ impl IdentityDir {
         if pair.exists() {
             std::fs::remove_dir_all(&pair)?;
         }
-        private_dir(&pair)?;
-        write_atomically(&pair.join(key_file), key.as_bytes(), 0o600)?;
-        write_atomically(&pair.join("cert.pem"), cert_pem.as_bytes(), 0o644)?;
+        let written = private_dir(&pair)
+            .and_then(|()| write_atomically(&pair.join(key_file), key.as_bytes(), 0o600))
+            .and_then(|()| write_atomically(&pair.join("cert.pem"), cert_pem.as_bytes(), 0o644));
+        if written.is_err() {
+            // Not current: nothing uses it, and a full disk needs the space.
+            let _ = std::fs::remove_dir_all(&pair);
+        }
+        written?;
         self.point_current_at(name)
+    }
+
+    /// The name of the pair `current` points at.
+    pub fn current_name(&self) -> Option<String> {
+        let target = std::fs::read_link(self.root.join("current")).ok()?;
+        Some(target.to_str()?.to_owned())
+    }
+
+    /// Makes `identity/` what the state says, after a stop at any point of a swap: `current` points at `held` (the
+    /// pair the state describes, if its directory is there; no link without one), and every other pair but
+    /// `previous` is removed (a pair written but not recorded, an install cut short).
+    pub fn reconcile(&self, held: Option<&str>, previous: Option<&str>) -> anyhow::Result<()> {
+        if !self.root.is_dir() {
+            return Ok(());
+        }
+        match held.filter(|name| self.root.join(name).is_dir()) {
+            Some(name) if self.current_name().as_deref() != Some(name) => {
+                tracing::warn!(pair = name, "identity/current did not name the state's certificate: pointing it back");
+                self.point_current_at(name)?;
+            }
+            Some(_) => {}
+            None => self.clear_current()?,
+        }
+        for entry in std::fs::read_dir(&self.root).with_context(|| format!("cannot read {}", self.root.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_dir() && Some(name.as_str()) != held && Some(name.as_str()) != previous {
+                tracing::warn!(pair = %name, "removing a pair the state does not name");
+                self.remove(&name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the pair `name` current (one rename of the link).
@@ -285,6 +350,46 @@ mod tests {
         identity.clear_current().unwrap();
         identity.install("0c", "cert-3", "key-3").unwrap();
         identity.clear_all().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("identity")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file goes: the rename fails, as a full disk or a read-only file system fails a
+        // write; the temporary copy must not stay.
+        std::fs::create_dir(dir.path().join("state.json")).unwrap();
+        std::fs::write(dir.path().join("state.json/x"), "x").unwrap();
+        assert!(write_atomically(&dir.path().join("state.json"), b"{}", 0o644).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // An install that cannot write its pair leaves no directory, and the current pair as it was.
+        let identity = IdentityDir::new(dir.path().join("identity"));
+        identity.install("0a", "cert-1", "key-1").unwrap();
+        // The key's file cannot be made (its directory is missing), as on a full disk.
+        assert!(identity.install_with("0c", "c", "missing/key.pem", "k").is_err());
+        assert!(!dir.path().join("identity/0c").exists());
+        assert_eq!(std::fs::read_to_string(identity.cert_file()).unwrap(), "cert-1");
+    }
+
+    #[test]
+    fn reconcile_points_current_back_and_removes_unnamed_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = IdentityDir::new(dir.path().join("identity"));
+        identity.reconcile(Some("0a"), None).unwrap();
+        identity.install("0a", "cert-1", "key-1").unwrap();
+        identity.install("0b", "cert-2", "key-2").unwrap();
+        // Stopped after the swap to 0c, before the state said so.
+        identity.install("0c", "cert-3", "key-3").unwrap();
+        identity.reconcile(Some("0b"), Some("0a")).unwrap();
+        assert_eq!(identity.current_name().as_deref(), Some("0b"));
+        assert_eq!(std::fs::read_to_string(identity.key_file()).unwrap(), "key-2");
+        assert!(dir.path().join("identity/0a").is_dir());
+        assert!(!dir.path().join("identity/0c").exists());
+        identity.reconcile(Some("0b"), None).unwrap();
+        assert!(!dir.path().join("identity/0a").exists());
+        // No certificate in the state: no link, no pair.
+        identity.reconcile(None, None).unwrap();
+        assert!(identity.current_name().is_none());
         assert_eq!(std::fs::read_dir(dir.path().join("identity")).unwrap().count(), 0);
     }
 

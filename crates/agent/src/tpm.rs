@@ -120,6 +120,22 @@ impl Tpm {
         Ok(())
     }
 
+    /// Persists the loaded key `loaded` at `handle`, evicting the key there first (the transient copy is flushed
+    /// whatever happens).
+    fn replace_persistent(&mut self, loaded: KeyHandle, handle: u32) -> anyhow::Result<()> {
+        if let Some(previous) = self.persistent_object(handle)? {
+            let target = Persistent::Persistent(persistent(handle)?);
+            let evicted = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.evict_control(Provision::Owner, previous, target)
+            });
+            if let Err(e) = evicted {
+                self.context.flush_context(loaded.into())?;
+                bail!("cannot remove the previous key at 0x{handle:08x}: {e}");
+            }
+        }
+        self.persist(loaded, handle)
+    }
+
     /// The key at `handle`, created from `create` and persisted there when missing; its `TPM2B_PUBLIC`.
     fn read_or_create(
         &mut self,
@@ -231,17 +247,7 @@ impl DeviceTpm for Tpm {
         let loaded =
             self.context.execute_with_session(Some(AuthSession::Password), |ctx| ctx.load(srk, private, public))?;
         // The new key replaces the one kept before (the DPS key, when the hub key arrives).
-        if let Some(previous) = self.persistent_object(KEY_HANDLE)? {
-            let target = Persistent::Persistent(persistent(KEY_HANDLE)?);
-            let evicted = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.evict_control(Provision::Owner, previous, target)
-            });
-            if let Err(e) = evicted {
-                self.context.flush_context(loaded.into())?;
-                bail!("cannot remove the previous key at 0x{KEY_HANDLE:08x}: {e}");
-            }
-        }
-        self.persist(loaded, KEY_HANDLE)
+        self.replace_persistent(loaded, KEY_HANDLE)
     }
 
     fn create_signing_key(&mut self, handle: u32) -> anyhow::Result<Vec<u8>> {
@@ -259,17 +265,7 @@ impl DeviceTpm for Tpm {
         let loaded = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
             ctx.load(srk, created.out_private, created.out_public)
         })?;
-        if let Some(previous) = self.persistent_object(handle)? {
-            let target = Persistent::Persistent(persistent(handle)?);
-            let evicted = self.context.execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.evict_control(Provision::Owner, previous, target)
-            });
-            if let Err(e) = evicted {
-                self.context.flush_context(loaded.into())?;
-                bail!("cannot remove the previous key at 0x{handle:08x}: {e}");
-            }
-        }
-        self.persist(loaded, handle)?;
+        self.replace_persistent(loaded, handle)?;
         match tss_esapi::utils::PublicKey::try_from(public)? {
             tss_esapi::utils::PublicKey::Ecc { x, y } if x.len() <= 32 && y.len() <= 32 => {
                 let mut point = vec![0x04];
