@@ -39,9 +39,19 @@ pub(crate) struct Device {
 }
 
 impl Device {
+    /// A device that signs its SAS tokens with `key` (its individual enrollment's, or derived from its group's).
+    pub(crate) fn new(registration_id: String, key: Vec<u8>) -> Self {
+        Self { registration_id, key, csr: None }
+    }
+
     /// The registration id (the CN its CSR must carry).
     pub(crate) fn registration_id(&self) -> &str {
         &self.registration_id
+    }
+
+    /// The key it signs its SAS tokens with.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
     }
 
     /// The CSR it sends, if any.
@@ -166,7 +176,7 @@ fn fresh_client(tls: &rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
 }
 
 /// The symmetric key of the group the odd-numbered devices belong to.
-fn group_key() -> Vec<u8> {
+pub(crate) fn group_key() -> Vec<u8> {
     (0..32u8).map(|b| b.wrapping_mul(7).wrapping_add(3)).collect()
 }
 
@@ -250,21 +260,7 @@ pub(crate) async fn register_x509(
 pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyhow::Result<Vec<Device>> {
     let admin = reqwest::Client::builder().use_preconfigured_tls(tls_config(&target.trust_bundle)?).build()?;
     link_hubs(&admin, target, prefix).await?;
-    let group_key = group_key();
-    let group_id = format!("{prefix}-group");
-    let group = json!({
-        "enrollmentGroupId": group_id,
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(&group_key)}},
-    });
-    let response = admin
-        .put(format!("{}/enrollmentGroups/{group_id}", target.admin_url))
-        .bearer_auth(&target.token)
-        .json(&group)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("cannot create the enrollment group: {} {}", response.status(), response.text().await?);
-    }
+    create_group(&admin, target, &format!("{prefix}-group")).await?;
     let devices = prepared(prefix, count);
     let individual: Vec<&Device> = devices.iter().step_by(2).collect();
     for chunk in individual.chunks(1000) {
@@ -290,6 +286,24 @@ pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyho
         }
     }
     Ok(devices)
+}
+
+/// Creates the symmetric-key enrollment group `group_id` with [`group_key`].
+pub(crate) async fn create_group(admin: &reqwest::Client, target: &Target, group_id: &str) -> anyhow::Result<()> {
+    let group = json!({
+        "enrollmentGroupId": group_id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key())}},
+    });
+    let response = admin
+        .put(format!("{}/enrollmentGroups/{group_id}", target.admin_url))
+        .bearer_auth(&target.token)
+        .json(&group)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("cannot create the enrollment group: {} {}", response.status(), response.text().await?);
+    }
+    Ok(())
 }
 
 /// The device's SAS token (C SDK style: `sr` percent-encoded, `skn=registration`), valid an hour.

@@ -14,14 +14,19 @@
 //! - `bench-replicas`: 1, 2, 3 replicas on one PostgreSQL behind HAProxy in TCP mode, fresh per run, each device on
 //!   a new TLS connection; devices/s and the CPU of one registration in the replicas, PostgreSQL, HAProxy and the
 //!   load generator (`replicas.rs`, `cpu.rs`).
+//! - `bench-scale`: the service's peak and steady resident memory through a device storm, an import of a million
+//!   enrollments and a storm among them, the registration rate among a million enrollments and registrations
+//!   against the rate among few, and admin query pages deep into them (`scale.rs`, `memory.rs`).
 
 mod bulk;
 mod cpu;
 mod devices;
 mod hubs;
 mod issuance;
+mod memory;
 mod mqtt;
 mod replicas;
+mod scale;
 
 use std::time::Duration;
 
@@ -168,6 +173,32 @@ enum Command {
         /// Runs (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// A fresh service per backend: resident memory (peak and steady) through a storm, an import of
+    /// `--enrollments` and storms among them; registration rate among them against the first storm's; deep query
+    /// pages.
+    BenchScale {
+        /// Which databases to measure.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["sqlite", "postgres"])]
+        backend: Vec<BackendArg>,
+        /// Individual enrollments imported (and registrations there are at the end).
+        #[arg(long, default_value_t = 1_000_000)]
+        enrollments: usize,
+        /// Devices of the first and the last storm.
+        #[arg(long, default_value_t = 20_000)]
+        storm: usize,
+        /// Enrollments per bulk call (one call in flight).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Devices in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds each phase settles before its steady resident size is read.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
+        /// Requests per deep query page.
+        #[arg(long, default_value_t = 20)]
+        query_samples: usize,
     },
     /// Fresh services per run: certificates from CSRs, ours (EST) against cfssl (`cfssl` on PATH, or `CFSSL_BIN`),
     /// then registrations with and without a CSR.
@@ -318,6 +349,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BenchReplicas { replicas, devices: count, concurrency, runs } => {
             replicas::bench(&replicas, count, concurrency, runs).await?;
+        }
+        Command::BenchScale { backend, enrollments, storm, batch, concurrency, settle, query_samples } => {
+            let settings = scale::Settings {
+                backends: backend.into_iter().map(Backend::from).collect(),
+                enrollments,
+                storm,
+                batch,
+                concurrency,
+                settle: Duration::from_secs(settle),
+                query_samples,
+            };
+            scale::bench(&settings).await?;
         }
         Command::BenchIssuance { backend, csrs, devices: count, concurrency, runs, cfssl } => {
             let settings = issuance::Settings {
