@@ -503,7 +503,10 @@ async fn webhook_receiver_sees_every_change() {
     let mut summary = receiver.summary().split_off(3);
     summary.sort();
     assert_eq!(summary, [("DELETE".into(), "hooked-2".into()), ("PUT".into(), "hooked-1".into())]);
-    let disabled = receiver.seen.lock().unwrap()[3..].iter().find(|(method, ..)| method == "PUT").cloned().unwrap();
+    let mut disabled = receiver.seen.lock().unwrap()[3..].iter().find(|(method, ..)| method == "PUT").cloned().unwrap();
+    // Every change carries its id (the outbox job's), for the receiver to apply it once.
+    let change = disabled.2.as_object_mut().unwrap().remove("changeId").unwrap();
+    assert!(change.as_str().is_some_and(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit())), "{change}");
     assert_eq!(disabled.2, json!({"operation": "disable", "deviceId": "hooked-1", "enabled": false}));
 
     // Refused by the receiver: failed at once; the device learns which hub, never the receiver's words (issue #17),

@@ -223,45 +223,74 @@ async fn one_device_through_three_replicas_at_once_is_one_registration() {
     assert_one_each(&registrations, &certificates, 1);
 }
 
-/// A storm of `count` devices of the group through HAProxy, `CONCURRENCY` at a time, each retrying as the SDKs do
-/// and asserting it ends `assigned`: the workers, and how many devices finished so far.
-fn start_storm(
-    cluster: &Cluster,
-    group_key: &[u8],
-    prefix: &str,
-    count: usize,
-) -> (Vec<tokio::task::JoinHandle<()>>, Arc<std::sync::atomic::AtomicUsize>) {
-    const CONCURRENCY: usize = 64;
-    let scope = cluster.first().id_scope.clone();
-    let devices: Arc<Vec<Device>> =
-        Arc::new((0..count).map(|i| device(group_key, &format!("{prefix}-{i:05}"))).collect());
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (client, url, scope) = (cluster.client.clone(), cluster.device_url.clone(), scope.clone());
-        let (devices, next, done) = (Arc::clone(&devices), Arc::clone(&next), Arc::clone(&done));
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(device) = devices.get(i) else { return };
-                let answer = register_retrying(&client, &url, &scope, device).await;
-                assert_eq!(answer["status"], "assigned", "{}: {answer}", device.id);
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }));
-    }
-    (workers, done)
+/// A storm of group devices through HAProxy: 64 workers register devices one after the other, retrying as the SDKs
+/// do, until `limit` devices have been taken or the storm is ended.
+struct Storm {
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    limit: usize,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Waits until `n` devices of a storm finished; their count then.
-async fn finished(done: &std::sync::atomic::AtomicUsize, n: usize) -> usize {
-    let started = Instant::now();
-    while done.load(std::sync::atomic::Ordering::Relaxed) < n {
-        assert!(started.elapsed() < Duration::from_secs(120), "the storm does not progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+impl Storm {
+    fn start(cluster: &Cluster, group_key: &[u8], prefix: &str, limit: usize) -> Self {
+        const CONCURRENCY: usize = 64;
+        let scope = cluster.first().id_scope.clone();
+        let devices: Arc<Vec<Device>> =
+            Arc::new((0..limit).map(|i| device(group_key, &format!("{prefix}-{i:05}"))).collect());
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..CONCURRENCY {
+            let (client, url, scope) = (cluster.client.clone(), cluster.device_url.clone(), scope.clone());
+            let (devices, next, done, stop) =
+                (Arc::clone(&devices), Arc::clone(&next), Arc::clone(&done), Arc::clone(&stop));
+            workers.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(device) = devices.get(i) else { return };
+                    let answer = register_retrying(&client, &url, &scope, device).await;
+                    assert_eq!(answer["status"], "assigned", "{}: {answer}", device.id);
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        Self { workers, limit, done, stop }
     }
-    done.load(std::sync::atomic::Ordering::Relaxed)
+
+    /// Devices assigned so far.
+    fn done(&self) -> usize {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` devices finished; their count then.
+    async fn finished(&self, n: usize) -> usize {
+        let started = Instant::now();
+        while self.done() < n {
+            assert!(started.elapsed() < Duration::from_secs(120), "the storm does not progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.done()
+    }
+
+    /// Waits for every one of the `limit` devices; how many ended `assigned`.
+    async fn join(self) -> usize {
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lets `more` devices finish from now on (so what happened before fell inside the storm, however fast the
+    /// machine), then takes no new ones and waits for those under way; how many ended `assigned`.
+    async fn end_after(self, more: usize) -> usize {
+        let target = self.done() + more;
+        assert!(target < self.limit, "the storm ran out of its {} devices", self.limit);
+        self.finished(target).await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.join().await
+    }
 }
 
 /// After a storm: every device of the group `assigned`, once, with one active certificate, and no certificate of
@@ -282,12 +311,10 @@ async fn a_replica_killed_during_a_storm_loses_nothing() {
     let mut cluster = Cluster::start(3).await.unwrap();
     let group_key = enroll_group(&cluster).await;
     let started = Instant::now();
-    let (workers, done) = start_storm(&cluster, &group_key, "storm", DEVICES);
-    let killed_at = finished(&done, DEVICES / 4).await;
+    let storm = Storm::start(&cluster, &group_key, "storm", DEVICES);
+    let killed_at = storm.finished(DEVICES / 4).await;
     cluster.replicas[1].kill().unwrap();
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    assert_eq!(storm.join().await, DEVICES);
     assert!(killed_at < DEVICES, "the replica was killed during the storm");
     let retried = RETRIED.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{DEVICES} devices in {:?}; replica killed after {killed_at}; {retried} retries", started.elapsed());
@@ -296,35 +323,32 @@ async fn a_replica_killed_during_a_storm_loses_nothing() {
 }
 
 /// A rolling restart of all three replicas (SIGTERM, then a new process in its place, one after the other, as a
-/// Deployment rolls) during a storm of 3,000 devices: each replica drains and exits cleanly, and every device ends
-/// `assigned` (retrying as the SDKs do), once, with one active certificate.
+/// Deployment rolls) during a storm that goes on for 300 devices after the last restart: each replica drains and
+/// exits cleanly, and every device ends `assigned` (retrying as the SDKs do), once, with one active certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_during_a_storm_fails_no_device() {
-    const DEVICES: usize = 3_000;
+    const LIMIT: usize = 20_000;
     let mut cluster = Cluster::start(3).await.unwrap();
     let group_key = enroll_group(&cluster).await;
     let started = Instant::now();
-    let (workers, done) = start_storm(&cluster, &group_key, "rolling", DEVICES);
-    finished(&done, DEVICES / 10).await;
+    let storm = Storm::start(&cluster, &group_key, "rolling", LIMIT);
+    storm.finished(300).await;
     for i in 0..cluster.replicas.len() {
         let status = cluster.restart(i).await.unwrap();
         assert!(status.success(), "replica {i} drained and exited cleanly: {status}");
     }
-    let restarted_by = done.load(std::sync::atomic::Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    assert!(restarted_by < DEVICES, "the replicas restarted during the storm");
+    let restarted_by = storm.done();
+    let devices = storm.end_after(300).await;
     let server_errors = SERVER_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "{DEVICES} devices in {:?}; all three restarted by {restarted_by}; {} retries, {server_errors} server errors",
+        "{devices} devices in {:?}; all three restarted by {restarted_by}; {} retries, {server_errors} server errors",
         started.elapsed(),
         RETRIED.load(std::sync::atomic::Ordering::Relaxed)
     );
     let logs: String = cluster.replicas.iter().map(Server::all_logs).collect();
     let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(server_errors, 0, "no register or poll answered a 5xx; the replicas logged:\n{}", errors.join("\n"));
-    assert_storm_written_once(&cluster, DEVICES).await;
+    assert_storm_written_once(&cluster, devices).await;
 }
 
 /// Waits (at most 30 s) until `/readyz` of `replica` answers 200 (`ready`) or 503 (not).
@@ -341,20 +365,20 @@ async fn wait_ready(replica: &Server, ready: bool) {
     }
 }
 
-/// PostgreSQL stopped (fast shutdown: connections cut) a quarter into a storm of 2,000 devices and started again
-/// two seconds later, under two replicas: `/readyz` answers 503 on both while the database is away and 200 again
+/// PostgreSQL stopped (fast shutdown: connections cut) 500 devices into a storm and started again two seconds
+/// later, under two replicas: `/readyz` answers 503 on both while the database is away and 200 again
 /// after, without a restart of the service; the devices retry through the outage and every one ends `assigned`,
 /// once, with one active certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_recover_by_themselves_when_postgresql_restarts() {
-    const DEVICES: usize = 2_000;
+    const LIMIT: usize = 20_000;
     let postgres = zerotouch_tests::postgres::PrivatePostgres::start().unwrap();
     let options = zerotouch_tests::Options { database_url: Some(postgres.url()), ..Default::default() };
     let cluster = Cluster::start_with(2, options).await.unwrap();
     let group_key = enroll_group(&cluster).await;
     let started = Instant::now();
-    let (workers, done) = start_storm(&cluster, &group_key, "outage", DEVICES);
-    let stopped_at = finished(&done, DEVICES / 4).await;
+    let storm = Storm::start(&cluster, &group_key, "outage", LIMIT);
+    let stopped_at = storm.finished(500).await;
     postgres.stop().unwrap();
     for replica in &cluster.replicas {
         wait_ready(replica, false).await;
@@ -364,17 +388,14 @@ async fn replicas_recover_by_themselves_when_postgresql_restarts() {
     for replica in &cluster.replicas {
         wait_ready(replica, true).await;
     }
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    assert!(stopped_at < DEVICES, "the database went away during the storm");
+    let devices = storm.end_after(500).await;
     eprintln!(
-        "{DEVICES} devices in {:?}; database stopped after {stopped_at}; {} retries, {} server errors",
+        "{devices} devices in {:?}; database stopped after {stopped_at}; {} retries, {} server errors",
         started.elapsed(),
         RETRIED.load(std::sync::atomic::Ordering::Relaxed),
         SERVER_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
     );
-    assert_storm_written_once(&cluster, DEVICES).await;
+    assert_storm_written_once(&cluster, devices).await;
 }
 
 /// Hub changes go out exactly once while replicas come and go: during a storm of 1,000 devices assigned to a real
@@ -388,16 +409,14 @@ async fn hub_changes_reach_mosquitto_once_while_replicas_come_and_go() {
     let mut cluster = Cluster::start(3).await.unwrap();
     let broker = zerotouch_tests::mosquitto::Broker::start(cluster.first(), "mqtt-replicas.example.com");
     let group_key = enroll_group_on(&cluster, broker.hub_document()).await;
-    let (workers, done) = start_storm(&cluster, &group_key, "broker", DEVICES);
-    let changed_from = finished(&done, DEVICES / 10).await;
+    let storm = Storm::start(&cluster, &group_key, "broker", DEVICES);
+    let changed_from = storm.finished(DEVICES / 10).await;
     let stopped = cluster.replicas[2].stop().unwrap();
     assert!(stopped.success(), "{stopped}");
     let restarted = cluster.restart(1).await.unwrap();
     assert!(restarted.success(), "{restarted}");
-    let changed_by = done.load(std::sync::atomic::Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let changed_by = storm.done();
+    assert_eq!(storm.join().await, DEVICES);
     eprintln!("{DEVICES} devices; a replica stopped at device {changed_from}, another restarted by {changed_by}");
     assert!(changed_by < DEVICES, "the replicas came and went during the storm");
     assert_storm_written_once(&cluster, DEVICES).await;
