@@ -66,7 +66,7 @@ fn imported(i: usize) -> Device {
 
 /// Device `j` of phases 3 and 4: even ones the imported enrollment `j / 2`, odd ones member `j / 2` of [`GROUP`].
 fn among(j: usize) -> Device {
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         return imported(j / 2);
     }
     let id = format!("scale-g-{:07}", j / 2);
@@ -109,12 +109,20 @@ async fn import(server: &Server, token: &str, total: usize, batch: usize) -> any
     let mut next = 0;
     while next < total {
         let end = (next + batch.max(1)).min(total);
-        let response =
-            server.client.post(server.url("/enrollments")).bearer_auth(token).json(&import_body(next..end)).send().await?;
+        let response = server
+            .client
+            .post(server.url("/enrollments"))
+            .bearer_auth(token)
+            .json(&import_body(next..end))
+            .send()
+            .await?;
         let status = response.status();
         let result: Value = response.json().await?;
         if !status.is_success() || result["isSuccessful"] != json!(true) {
-            bail!("bulk call {next}..{end} failed: {status} {}", result.to_string().chars().take(500).collect::<String>());
+            bail!(
+                "bulk call {next}..{end} failed: {status} {}",
+                result.to_string().chars().take(500).collect::<String>()
+            );
         }
         next = end;
     }
@@ -213,7 +221,7 @@ async fn once(backend: Backend, settings: &Settings, failures: &mut Failures) ->
 
     // 5. Deep query pages: from the middle of the group's registrations, and of the enrollments.
     let (group_times, memory) = measured(pid, Duration::ZERO, async {
-        let middle = among((big + storm) / 2 | 1);
+        let middle = among(((big + storm) / 2) | 1);
         let registrations = query_page(
             &server,
             &token,
