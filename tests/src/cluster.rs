@@ -1,14 +1,16 @@
 //! Several replicas of the service on one PostgreSQL database behind HAProxy (Debian's `haproxy`) in TCP mode,
-//! configured as the Helm chart (`deploy/helm/zerotouch`) configures pods: the first replica migrates the database
-//! and makes the shared material, the others start with `--no-migrate` and the same id scope, server TLS
-//! certificate, master key and CA passphrase. The multi-replica tests (`tests/tests/replicas.rs`) and the replica
-//! benchmark (`zerotouch-loadgen bench-replicas`) drive it from outside, as devices would.
+//! configured as the Helm chart (`deploy/helm/zerotouch`) configures pods: `zerotouch migrate` runs first (the
+//! chart's hook Job), then every replica starts with `--no-migrate`; the first makes the shared material, the
+//! others start with the same id scope, server TLS certificate, master key and CA passphrase. The multi-replica
+//! tests (`tests/tests/replicas.rs`) and the replica benchmark (`zerotouch-loadgen bench-replicas`) drive it from
+//! outside, as devices would.
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use zerotouch_store::test_support::TestDatabase;
 
 use crate::{Backend, Options, Server, client_trusting};
 
@@ -21,6 +23,8 @@ pub struct Cluster {
     haproxy: Child,
     /// `https://127.0.0.1:PORT` of HAProxy's device frontend.
     pub device_url: String,
+    /// The database the cluster made (none when the caller named one); dropped with the cluster.
+    _database: Option<TestDatabase>,
     /// A client trusting the shared server certificate, with a connection pool of its own.
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -48,6 +52,27 @@ impl Cluster {
                 .extend(["--device-listen".to_owned(), replica.device_url.trim_start_matches("https://").to_owned()]);
             options
         };
+        // As the chart's hook Job does before the pods start: one `zerotouch migrate`, then every replica
+        // `--no-migrate`.
+        let (database, database_url) = match &base.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let database = TestDatabase::create(Backend::Postgres).await?;
+                let url = database.url.clone();
+                (Some(database), url)
+            }
+        };
+        let migrate_dir = tempfile::tempdir()?;
+        let output = Command::new(crate::binary()?)
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(migrate_dir.path())
+            .args(["--database-url", &database_url])
+            .env_remove("DATABASE_URL")
+            .output()?;
+        anyhow::ensure!(output.status.success(), "zerotouch migrate: {}", String::from_utf8_lossy(&output.stderr));
+        let mut base = Options { database_url: Some(database_url), ..base };
+        base.args.push("--no-migrate".into());
         let first = Server::start_with(Backend::Postgres, base.clone()).await?;
         let first_options = pinned(base.clone(), &first);
         let data_dir = first.data_dir.clone();
@@ -60,7 +85,6 @@ impl Cluster {
             options.args.extend(base.args.iter().cloned());
             options.env.extend(base.env.iter().cloned());
             options.args.extend([
-                "--no-migrate".into(),
                 "--id-scope".into(),
                 first.id_scope.clone(),
                 "--tls-cert".into(),
@@ -85,6 +109,7 @@ impl Cluster {
             haproxy,
             device_url: format!("https://127.0.0.1:{port}"),
             client,
+            _database: database,
             _dir: dir,
         })
     }
