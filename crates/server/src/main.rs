@@ -18,6 +18,10 @@ fn main() -> ExitCode {
     let proof = zerotouch_environ::SingleThreaded::at_start_of_main();
     let master_key = zerotouch_environ::take_before_threads(MASTER_KEY_ENV, &proof)
         .map(|text| MasterKeyText(std::sync::Arc::new(text)));
+    // No transparent huge pages: mimalloc asks for them on its arenas, and each one backs a whole 2 MiB of which a
+    // thread uses a few pages. They held 40 of an idle service's 72 MB resident (BENCHMARKS.md, memory). Where the
+    // kernel refuses (no such prctl), the service runs as before.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let mut cli = Cli::parse();
     match &mut cli.command {
         Command::Serve(args) => args.master_key.master_key_from_env = master_key,

@@ -10,14 +10,16 @@
 //!   verified, so that a device's polls skip the enrollment lookup for up to [`VERIFIED_TTL`] (never past the
 //!   token's expiry). A poll can only read the device's own operations. At most [`VERIFIED_MAX`] entries.
 //! - **Finished operations**: operations this replica wrote in a terminal state, so that a device's first poll,
-//!   which normally follows its register within milliseconds, needs no database read. A terminal operation never
-//!   changes, so this cannot disagree with the database, except that a registration deleted in the last
+//!   which follows its register after the SDK's wait (1 to 5 s), needs no database read. A terminal operation
+//!   never changes, so this cannot disagree with the database, except that a registration deleted in the last
 //!   [`FINISHED_TTL`] still answers its operation. At most [`FINISHED_MAX`] entries and [`FINISHED_MAX_BYTES`].
 //!
-//! A full table is swept of expired entries, and cleared if that is not enough: the bound holds whatever a
-//! stranger sends, and the worst case is a database read the cache would have saved.
+//! Both device tables are [`Expiring`]: entries leave in the order they came, as they expire and whenever the table
+//! is over a bound, so a table holds what the last TTL brought (a storm of 3,000 devices a second keeps 30,000
+//! finished operations, not the maximum) and the bounds hold whatever a stranger sends; the worst case is a
+//! database read the cache would have saved.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,13 +41,16 @@ pub const REFERENCE_TTL: Duration = Duration::from_secs(2);
 pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
 /// Most verified tokens kept.
 pub const VERIFIED_MAX: usize = 100_000;
-/// How long this replica answers polls of a finished operation it wrote from memory.
-pub const FINISHED_TTL: Duration = Duration::from_secs(30);
+/// How long this replica answers polls of a finished operation it wrote from memory: past the first poll of every
+/// SDK (C: the register's `Retry-After`, 1 s; Python and C#: 2 s; iot-identity-service: 5 s).
+pub const FINISHED_TTL: Duration = Duration::from_secs(10);
 /// Most finished operations kept.
-pub const FINISHED_MAX: usize = 100_000;
+pub const FINISHED_MAX: usize = 50_000;
 /// Most bytes of finished answers kept (an answer carries a certificate chain and up to 96 KB of webhook
 /// payload, so a count alone bounds nothing).
-pub const FINISHED_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub const FINISHED_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// What one verified token's entry holds, about (digest, deadline, the budget's name, the table's own words).
+const VERIFIED_BYTES: usize = 128;
 
 /// Hubs and groups, read together.
 #[derive(Debug, Clone)]
@@ -66,14 +71,11 @@ pub struct Reference {
 /// verified with (`Authenticated::budget`).
 type Verified = (Instant, Arc<str>);
 
-/// A finished operation this replica wrote: whose it is, when it was written, and the answer.
+/// A finished operation this replica wrote: whose it is, and the answer.
 #[derive(Debug, Clone)]
 struct Finished {
     registration_key: String,
-    written: Instant,
     answer: RegistrationOperationStatus,
-    /// About how much memory the entry holds ([`approximate_size`]).
-    bytes: usize,
 }
 
 /// About how many bytes a JSON value holds: its strings, keys and numbers, plus a word per element.
@@ -87,24 +89,87 @@ fn approximate_size(value: &serde_json::Value) -> usize {
     }
 }
 
-/// Finished operations by id, and the bytes they hold.
-#[derive(Debug, Default)]
-struct FinishedTable {
-    entries: HashMap<String, Box<Finished>>,
+/// Entries that expire `ttl` after they were put, at most `max` of them and `max_bytes` in all. They leave in the
+/// order they were put: the expired ones at every put, and the oldest live ones while the table is over a bound.
+#[derive(Debug)]
+struct Expiring<K, V> {
+    entries: HashMap<K, Entry<V>>,
+    /// Keys in the order they were put, with when; a key put again leaves its earlier place stale (skipped).
+    order: VecDeque<(Instant, K)>,
     bytes: usize,
+    ttl: Duration,
+    max: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry<V> {
+    put: Instant,
+    bytes: usize,
+    /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under its lock, held up
+    /// every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
+    /// doublings).
+    value: Box<V>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Expiring<K, V> {
+    fn new(ttl: Duration, max: usize, max_bytes: usize) -> Self {
+        Self { entries: HashMap::new(), order: VecDeque::new(), bytes: 0, ttl, max, max_bytes }
+    }
+
+    /// Puts `value` (about `bytes` large) under `key`, replacing what was there, and lets out what has expired or
+    /// no longer fits.
+    fn put(&mut self, key: K, value: V, bytes: usize) {
+        let now = Instant::now();
+        if let Some(replaced) = self.entries.insert(key.clone(), Entry { put: now, bytes, value: Box::new(value) }) {
+            self.bytes = self.bytes.saturating_sub(replaced.bytes);
+        }
+        self.bytes += bytes;
+        self.order.push_back((now, key));
+        while let Some((put, _)) = self.order.front() {
+            let over = self.entries.len() > self.max || self.bytes > self.max_bytes || self.order.len() > 2 * self.max;
+            if !over && now.duration_since(*put) < self.ttl {
+                break;
+            }
+            let Some((put, key)) = self.order.pop_front() else { break };
+            if self.entries.get(&key).is_some_and(|entry| entry.put == put)
+                && let Some(entry) = self.entries.remove(&key)
+            {
+                self.bytes = self.bytes.saturating_sub(entry.bytes);
+            }
+        }
+    }
+
+    /// The value under `key` and its age, while it is younger than the table's TTL.
+    fn get<Q: std::hash::Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(&V, Duration)>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        let entry = self.entries.get(key)?;
+        let age = entry.put.elapsed();
+        (age < self.ttl).then_some((&*entry.value, age))
+    }
 }
 
 /// The caches of one registration service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Caches {
     reference: Mutex<Option<Reference>>,
     /// Held by the one request reading the reference again (see [`Caches::reference`]).
     reading_reference: tokio::sync::Mutex<()>,
-    verified: Mutex<HashMap<[u8; 32], Verified>>,
-    /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under this lock, held
-    /// up every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
-    /// doublings).
-    finished: Mutex<FinishedTable>,
+    verified: Mutex<Expiring<[u8; 32], Verified>>,
+    finished: Mutex<Expiring<String, Finished>>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self {
+            reference: Mutex::default(),
+            reading_reference: tokio::sync::Mutex::default(),
+            verified: Mutex::new(Expiring::new(VERIFIED_TTL, VERIFIED_MAX, VERIFIED_MAX * VERIFIED_BYTES)),
+            finished: Mutex::new(Expiring::new(FINISHED_TTL, FINISHED_MAX, FINISHED_MAX_BYTES)),
+        }
+    }
 }
 
 /// Parses the groups of one attestation, leaving out (and logging) one that cannot be read, so that one broken
@@ -120,16 +185,6 @@ fn parse_groups(records: Vec<EnrollmentRecord>) -> Vec<Arc<Enrollment>> {
             }
         })
         .collect()
-}
-
-/// Makes room in a table of at most `max` entries: drops the expired ones, and everything if that is not enough.
-fn make_room<V>(table: &mut HashMap<impl std::hash::Hash + Eq, V>, max: usize, live: impl Fn(&V) -> bool) {
-    if table.len() >= max {
-        table.retain(|_, v| live(v));
-        if table.len() >= max {
-            table.clear();
-        }
-    }
 }
 
 impl Caches {
@@ -213,16 +268,15 @@ impl Caches {
         let now_secs = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let left = Duration::from_secs(token_expiry.saturating_sub(now_secs));
         let Ok(mut verified) = self.verified.lock() else { return };
-        let now = Instant::now();
-        make_room(&mut verified, VERIFIED_MAX, |(until, _)| *until > now);
-        verified.insert(digest, (now + left.min(VERIFIED_TTL), Arc::from(budget)));
+        verified.put(digest, (Instant::now() + left.min(VERIFIED_TTL), Arc::from(budget)), VERIFIED_BYTES);
     }
 
     /// The request budget of the enrollment the device's token verified with recently, if it did.
     pub fn recently_verified(&self, device: &DeviceRequest) -> Option<Arc<str>> {
         let digest = token_digest(device)?;
         let verified = self.verified.lock().ok()?;
-        verified.get(&digest).filter(|(until, _)| *until > Instant::now()).map(|(_, budget)| Arc::clone(budget))
+        let ((until, budget), _) = verified.get(&digest)?;
+        (*until > Instant::now()).then(|| Arc::clone(budget))
     }
 
     /// Remembers an operation this replica wrote, if it is finished (not `assigning`).
@@ -237,20 +291,8 @@ impl Caches {
             + operation.registration_key.len()
             + operation.result.as_ref().map_or(0, approximate_size);
         let Ok(mut finished) = self.finished.lock() else { return };
-        let table = &mut *finished;
-        if table.entries.len() >= FINISHED_MAX || table.bytes + bytes > FINISHED_MAX_BYTES {
-            table.entries.retain(|_, f| f.written.elapsed() < FINISHED_TTL);
-            if table.entries.len() >= FINISHED_MAX || table.bytes + bytes > FINISHED_MAX_BYTES {
-                table.entries.clear();
-            }
-            table.bytes = table.entries.values().map(|f| f.bytes).sum();
-        }
-        let entry =
-            Finished { registration_key: operation.registration_key.clone(), written: Instant::now(), answer, bytes };
-        table.bytes += bytes;
-        if let Some(replaced) = table.entries.insert(operation.id.clone(), Box::new(entry)) {
-            table.bytes = table.bytes.saturating_sub(replaced.bytes);
-        }
+        let entry = Finished { registration_key: operation.registration_key.clone(), answer };
+        finished.put(operation.id.clone(), entry, bytes);
     }
 
     /// A finished operation of `registration_key` from memory, while it is younger than [`FINISHED_TTL`] and
@@ -262,9 +304,8 @@ impl Caches {
         operation_ttl: Duration,
     ) -> Option<RegistrationOperationStatus> {
         let finished = self.finished.lock().ok()?;
-        let entry = finished.entries.get(operation_id)?;
-        let young = entry.written.elapsed() < FINISHED_TTL.min(operation_ttl);
-        (young && entry.registration_key == registration_key).then(|| entry.answer.clone())
+        let (entry, age) = finished.get(operation_id)?;
+        (age < operation_ttl && entry.registration_key == registration_key).then(|| entry.answer.clone())
     }
 }
 
@@ -306,23 +347,49 @@ mod tests {
             caches.remember_finished(&operation);
             let table = caches.finished.lock().unwrap();
             assert!(table.bytes <= FINISHED_MAX_BYTES, "{} bytes after {i} answers", table.bytes);
-            assert_eq!(table.bytes, table.entries.values().map(|f| f.bytes).sum::<usize>());
+            assert_eq!(table.bytes, table.entries.values().map(|e| e.bytes).sum::<usize>());
         }
         let last = 2 * FINISHED_MAX_BYTES / payload.len() - 1;
         assert!(caches.recently_finished(&format!("dev-{last}"), &format!("op-{last}"), FINISHED_TTL).is_some());
     }
 
     #[test]
-    fn a_full_table_drops_expired_entries_first_and_everything_if_it_must() {
-        let mut table: HashMap<u32, bool> = (0..4).map(|i| (i, i % 2 == 0)).collect();
-        make_room(&mut table, 4, |live| *live);
-        assert_eq!(table.len(), 2, "the expired half is dropped");
-        let mut all_live: HashMap<u32, bool> = (0..4).map(|i| (i, true)).collect();
-        make_room(&mut all_live, 4, |live| *live);
-        assert!(all_live.is_empty(), "the bound holds even when nothing has expired");
-        let mut small: HashMap<u32, bool> = (0..3).map(|i| (i, false)).collect();
-        make_room(&mut small, 4, |live| *live);
-        assert_eq!(small.len(), 3, "below the bound nothing is dropped");
+    fn entries_leave_oldest_first_when_over_a_bound() {
+        let mut table: Expiring<u32, &str> = Expiring::new(Duration::from_secs(60), 3, 100);
+        for i in 0..5 {
+            table.put(i, "x", 10);
+        }
+        assert_eq!(table.entries.len(), 3, "the count bound holds");
+        assert!(table.get(&0).is_none() && table.get(&1).is_none(), "the oldest left first");
+        assert!([2, 3, 4].iter().all(|i| table.get(i).is_some()));
+        // Bytes: one large entry pushes the oldest out until it fits; one larger than the bound does not stay.
+        table.put(5, "large", 80);
+        assert_eq!(table.bytes, 100);
+        assert!(table.get(&2).is_none() && table.get(&3).is_some() && table.get(&5).is_some());
+        table.put(6, "huge", 101);
+        assert!(table.get(&6).is_none());
+        assert_eq!(table.bytes, table.entries.values().map(|e| e.bytes).sum::<usize>());
+        assert!(table.bytes <= 100);
+    }
+
+    #[test]
+    fn expired_entries_leave_at_the_next_put_and_a_key_put_again_stays() {
+        let mut table: Expiring<u32, u32> = Expiring::new(Duration::from_millis(50), 1000, usize::MAX);
+        table.put(1, 1, 1);
+        table.put(2, 2, 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(table.get(&1).is_none(), "expired, though still held");
+        table.put(2, 22, 1);
+        // 1 left; 2's first place was stale and skipped, its new one stays.
+        assert_eq!(table.entries.len(), 1);
+        assert_eq!(table.get(&2).map(|(v, _)| *v), Some(22));
+        assert_eq!(table.bytes, 1);
+        // A key put again and again leaves stale places behind, which are bounded too.
+        for i in 0..5000 {
+            table.put(7, i, 1);
+        }
+        assert!(table.order.len() <= 2 * 1000 + 1, "{}", table.order.len());
+        assert_eq!(table.get(&7).map(|(v, _)| *v), Some(4999));
     }
 
     fn device(registration_id: &str, evidence: Evidence) -> DeviceRequest {
