@@ -8,7 +8,9 @@ use zerotouch_server::config::{Cli, Command, MASTER_KEY_ENV, MasterKeyText};
 use zerotouch_server::{azure_import, service, tls};
 
 /// mimalloc instead of the system allocator: a registration allocates a few hundred small objects across the TLS,
-/// HTTP, JSON and database layers, and glibc's malloc showed as a tenth of the service's CPU time under load.
+/// HTTP, JSON and database layers, and glibc's malloc showed as a tenth of the service's CPU time under load. It is
+/// built without transparent huge pages (feature `no_thp`, workspace `Cargo.toml`): with them each of its arenas'
+/// 2 MiB regions a thread touched stayed resident whole, 40 of an idle service's 72 MB (`BENCHMARKS.md`, memory).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -18,10 +20,6 @@ fn main() -> ExitCode {
     let proof = zerotouch_environ::SingleThreaded::at_start_of_main();
     let master_key = zerotouch_environ::take_before_threads(MASTER_KEY_ENV, &proof)
         .map(|text| MasterKeyText(std::sync::Arc::new(text)));
-    // No transparent huge pages: mimalloc asks for them on its arenas, and each one backs a whole 2 MiB of which a
-    // thread uses a few pages. They held 40 of an idle service's 72 MB resident (BENCHMARKS.md, memory). Where the
-    // kernel refuses (no such prctl), the service runs as before.
-    let _ = nix::sys::prctl::set_thp_disable(true);
     let mut cli = Cli::parse();
     match &mut cli.command {
         Command::Serve(args) => args.master_key.master_key_from_env = master_key,

@@ -145,6 +145,7 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
     )?);
     let tasks = [
         tokio::spawn(Arc::clone(&registrations).expire_operations(shutdown.clone())),
+        tokio::spawn(Arc::clone(&registrations).sweep_caches(shutdown.clone())),
         tokio::spawn(Arc::clone(&pki).refresh_crls(shutdown.clone())),
         tokio::spawn(Arc::clone(&hubs).run_worker(shutdown.clone())),
         tokio::spawn(expire_audit(store.clone(), config.audit_retention, shutdown.clone())),

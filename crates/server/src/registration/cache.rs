@@ -37,10 +37,11 @@ use super::request::{DeviceRequest, Evidence};
 
 /// How long hubs and groups read from the database are reused.
 pub const REFERENCE_TTL: Duration = Duration::from_secs(2);
-/// How long a verified token spares a poll the enrollment lookup (never beyond the token's own expiry).
-pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// How long a verified token spares a poll the enrollment lookup (never beyond the token's own expiry): the polls
+/// that follow a register, which every SDK sends within 5 s of each other.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(15);
 /// Most verified tokens kept.
-pub const VERIFIED_MAX: usize = 100_000;
+pub const VERIFIED_MAX: usize = 50_000;
 /// How long this replica answers polls of a finished operation it wrote from memory: past the first poll of every
 /// SDK (C: the register's `Retry-After`, 1 s; Python and C#: 2 s; iot-identity-service: 5 s).
 pub const FINISHED_TTL: Duration = Duration::from_secs(10);
@@ -126,6 +127,11 @@ impl<K: std::hash::Hash + Eq + Clone, V> Expiring<K, V> {
         }
         self.bytes += bytes;
         self.order.push_back((now, key));
+        self.let_out(now);
+    }
+
+    /// Lets out the entries that have expired by `now`, and the oldest live ones while the table is over a bound.
+    fn let_out(&mut self, now: Instant) {
         while let Some((put, _)) = self.order.front() {
             let over = self.entries.len() > self.max || self.bytes > self.max_bytes || self.order.len() > 2 * self.max;
             if !over && now.duration_since(*put) < self.ttl {
@@ -188,6 +194,19 @@ fn parse_groups(records: Vec<EnrollmentRecord>) -> Vec<Arc<Enrollment>> {
 }
 
 impl Caches {
+    /// Lets expired entries out of the device tables (see [`RegistrationService::sweep_caches`]).
+    ///
+    /// [`RegistrationService::sweep_caches`]: super::RegistrationService::sweep_caches
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut verified) = self.verified.lock() {
+            verified.let_out(now);
+        }
+        if let Ok(mut finished) = self.finished.lock() {
+            finished.let_out(now);
+        }
+    }
+
     fn cached_reference(&self) -> Option<Reference> {
         self.reference.lock().ok().and_then(|cached| cached.clone())
     }
@@ -390,6 +409,10 @@ mod tests {
         }
         assert!(table.order.len() <= 2 * 1000 + 1, "{}", table.order.len());
         assert_eq!(table.get(&7).map(|(v, _)| *v), Some(4999));
+        // Without further puts, a sweep lets the expired entries out.
+        std::thread::sleep(Duration::from_millis(60));
+        table.let_out(Instant::now());
+        assert!(table.entries.is_empty() && table.order.is_empty() && table.bytes == 0);
     }
 
     fn device(registration_id: &str, evidence: Evidence) -> DeviceRequest {

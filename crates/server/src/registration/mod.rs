@@ -309,6 +309,18 @@ impl RegistrationService {
         self.authenticate(device, Action::Connect).await.map(|_| ())
     }
 
+    /// Lets expired entries out of the device caches every second, until `shutdown` is cancelled: without it a
+    /// storm's entries would stay until the next device came.
+    pub async fn sweep_caches(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.caches.sweep(),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
     /// Removes operations older than the TTL, every minute, until `shutdown` is cancelled.
     pub async fn expire_operations(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -10,7 +10,7 @@ use zerotouch_wire::enrollment::{self, EnrollmentKind, FieldError, NormalizedEnr
 use super::timestamp;
 use crate::auth::{Caller, EnrollmentWrite, ReadEnrollments};
 use crate::http::error::ApiError;
-use crate::http::request::{self, BODY_LIMIT, BULK_BODY_LIMIT, Json, MaybeJson};
+use crate::http::request::{self, BODY_LIMIT, BULK_BODY_LIMIT, Json, MaybeJson, RawMembers};
 
 /// Which enrollment kind a route serves.
 pub(super) trait Kind: 'static {
@@ -236,21 +236,27 @@ fn parse_item(
 pub(super) async fn bulk<K: Kind>(
     caller: Caller<EnrollmentWrite>,
     hubs: web::Data<crate::hubs::Hubs>,
-    body: Json<BULK_BODY_LIMIT>,
+    body: RawMembers<BULK_BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = K::KIND;
-    let Value::Object(mut body) = body.0 else {
+    let Some(mut body) = body.0 else {
         return Err(ApiError::MalformedBody(format!(
             "the body must be an object with \"mode\" and \"{}\"",
             K::COLLECTION
         )));
     };
-    let mode: BulkMode = zerotouch_wire::field::decode(body.remove("mode").unwrap_or(Value::Null)).map_err(|e| {
+    // Members are JSON text that parsed once already: parsing it again cannot fail.
+    let member = |raw: Option<Box<serde_json::value::RawValue>>| -> Value {
+        raw.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or(Value::Null)
+    };
+    let mode: BulkMode = zerotouch_wire::field::decode(member(body.remove("mode"))).map_err(|e| {
         FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
     })?;
-    let Some(Value::Array(items)) = body.remove(K::COLLECTION) else {
-        return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into());
-    };
+    // The documents stay text until each is read, one at a time.
+    let items: Vec<Box<serde_json::value::RawValue>> = body
+        .remove(K::COLLECTION)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| FieldError::new(K::COLLECTION, "an array of documents is required"))?;
     if let Some(unknown) = body.keys().next() {
         return Err(FieldError::new(unknown.as_str(), "unknown field").into());
     }
@@ -265,7 +271,7 @@ pub(super) async fn bulk<K: Kind>(
     let mut errors: Vec<(usize, Value)> = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        match parse_item(kind, mode, hubs.outbound(), index, item) {
+        match parse_item(kind, mode, hubs.outbound(), index, member(Some(item))) {
             Ok(item) => parsed.push(item),
             Err(error) => errors.push((index, error)),
         }
