@@ -47,12 +47,14 @@ async fn read_json(headers: HeaderMap, payload: Payload, limit: usize) -> Result
 /// The body's bytes, at most `limit` of them, of a JSON content type (or none).
 async fn read_body(headers: &HeaderMap, mut payload: Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     check_content_type(headers)?;
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::parse::<usize>);
-    if length.as_ref().is_some_and(|n| n.as_ref().map_or(true, |n| *n > limit)) {
+    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+        && length.parse::<usize>().map_or(true, |n| n > limit)
+    {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    // The announced length (bounded just above) spares the copies of a growing buffer.
-    let mut body = Vec::with_capacity(length.and_then(Result::ok).unwrap_or(0));
+    // Grown with what arrives, never sized from the announced length: device bodies are read before the device is
+    // authenticated.
+    let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::MalformedBody(format!("the body could not be read: {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -64,10 +66,17 @@ async fn read_body(headers: &HeaderMap, mut payload: Payload, limit: usize) -> R
 }
 
 /// A JSON object of at most `LIMIT` bytes whose members are kept as JSON text, each parsed when the handler reaches
-/// it; `None` when the body is JSON but not an object. A bulk call of 10,000 documents held as one `Value` tree took
-/// about 20 MB more than its text while the call ran (`BENCHMARKS.md`, memory).
+/// it; `None` when the body is JSON but not an object. A bulk call of 10,000 documents then never holds them all as
+/// one `Value` tree, several times the size of their text, while it runs (`BENCHMARKS.md`, memory).
 #[derive(Debug)]
 pub struct RawMembers<const LIMIT: usize>(pub Option<std::collections::BTreeMap<String, Box<RawValue>>>);
+
+impl<const LIMIT: usize> RawMembers<LIMIT> {
+    /// Parses a member (or one element of a member kept raw), refusing what every other body's parser refuses.
+    pub fn parse<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, ApiError> {
+        serde_json::from_str(raw.get()).map_err(|e| ApiError::MalformedBody(format!("the body is not valid JSON: {e}")))
+    }
+}
 
 impl<const LIMIT: usize> FromRequest for RawMembers<LIMIT> {
     type Error = ApiError;
@@ -81,12 +90,16 @@ impl<const LIMIT: usize> FromRequest for RawMembers<LIMIT> {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Err(ApiError::MalformedBody("the body is empty; a JSON document is expected".into()));
             }
-            match serde_json::from_slice(&body) {
-                Ok(members) => Ok(Self(Some(members))),
-                // Valid JSON of another type, or not JSON at all.
-                Err(e) => match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            // Keeping members raw skips their insides (UTF-8 of strings, numbers, depth): the text is checked whole
+            // here, the rest by [`RawMembers::parse`].
+            let members = std::str::from_utf8(&body).ok().and_then(|text| serde_json::from_str(text).ok());
+            match members {
+                Some(members) => Ok(Self(Some(members))),
+                // Valid JSON of another type, or not JSON at all: the parser of every other body tells which, and
+                // names the problem the same way.
+                None => match crate::registration::request::parse_json(&body) {
                     Ok(_) => Ok(Self(None)),
-                    Err(_) => Err(ApiError::MalformedBody(format!("the body is not valid JSON: {e}"))),
+                    Err(e) => Err(ApiError::MalformedBody(e.to_string())),
                 },
             }
         })

@@ -245,18 +245,29 @@ pub(super) async fn bulk<K: Kind>(
             K::COLLECTION
         )));
     };
-    // Members are JSON text that parsed once already: parsing it again cannot fail.
-    let member = |raw: Option<Box<serde_json::value::RawValue>>| -> Value {
-        raw.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or(Value::Null)
-    };
-    let mode: BulkMode = zerotouch_wire::field::decode(member(body.remove("mode"))).map_err(|e| {
+    type Body = RawMembers<BULK_BODY_LIMIT>;
+    // Every member but the documents is small: read whole first, so that what the parser refuses (a number out of
+    // range, nesting too deep) is refused as malformed before anything else is judged.
+    for (name, raw) in &body {
+        if name != K::COLLECTION {
+            Body::parse::<Value>(raw)?;
+        }
+    }
+    let mode = body.remove("mode").map(|raw| Body::parse::<Value>(&raw)).transpose()?.unwrap_or(Value::Null);
+    let mode: BulkMode = zerotouch_wire::field::decode(mode).map_err(|e| {
         FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
     })?;
     // The documents stay text until each is read, one at a time.
-    let items: Vec<Box<serde_json::value::RawValue>> = body
-        .remove(K::COLLECTION)
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .ok_or_else(|| FieldError::new(K::COLLECTION, "an array of documents is required"))?;
+    let Some(items) = body.remove(K::COLLECTION) else {
+        return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into());
+    };
+    let Ok(items) = serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(items.get()) else {
+        // Not an array, or an array whose text is not JSON: the whole parser says which.
+        return match Body::parse::<Value>(&items)? {
+            Value::Array(_) => Err(ApiError::MalformedBody("the body is not valid JSON".into())),
+            _ => Err(FieldError::new(K::COLLECTION, "an array of documents is required").into()),
+        };
+    };
     if let Some(unknown) = body.keys().next() {
         return Err(FieldError::new(unknown.as_str(), "unknown field").into());
     }
@@ -271,7 +282,7 @@ pub(super) async fn bulk<K: Kind>(
     let mut errors: Vec<(usize, Value)> = Vec::new();
     let mut parsed = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        match parse_item(kind, mode, hubs.outbound(), index, member(Some(item))) {
+        match parse_item(kind, mode, hubs.outbound(), index, Body::parse(&item)?) {
             Ok(item) => parsed.push(item),
             Err(error) => errors.push((index, error)),
         }
