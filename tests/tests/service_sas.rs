@@ -178,6 +178,17 @@ async fn refused_service_sas_each_get_the_azure_error_shape() {
         .find(|e| e["resourceId"] == "sas-target" && e["action"] == "update")
         .unwrap_or_else(|| panic!("no audit event of the update: {audit}"));
     assert_eq!(by_policy["actor"], "sharedAccessPolicy:writer", "{by_policy}");
+    // Every use is audited with the policy's name, reads included.
+    let uses: Vec<&Value> = audit.as_array().unwrap().iter().filter(|e| e["action"] == "use").collect();
+    let read = format!("GET {path}");
+    assert!(
+        uses.iter().any(|e| e["actor"] == "sharedAccessPolicy:Reader"
+            && e["resourceType"] == "sharedAccessPolicy"
+            && e["resourceId"] == "Reader"
+            && e["detail"] == read.as_str()),
+        "no audit event of the policy's read: {uses:?}"
+    );
+    assert!(uses.iter().any(|e| e["actor"] == "sharedAccessPolicy:writer" && e["detail"] == format!("PUT {path}")));
     // Even a ServiceConfig policy may not manage policies.
     ok(owner.put("/sharedAccessPolicies/config", &json!({"rights": "ServiceConfig"})).await).await;
     let (config_key, _) = keys(&owner, "config").await;

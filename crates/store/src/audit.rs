@@ -88,6 +88,26 @@ repository! {
 }
 
 impl<'a> AuditLog<'a> {
+    /// Records one use of a credential named by `resource_type` and `resource_id` (a shared access policy), with
+    /// the request it authorized in `detail`: every use is audited, reads included.
+    pub async fn record_use(
+        self,
+        actor: &Actor,
+        resource_type: &str,
+        resource_id: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let change = Change {
+            action: "use",
+            resource_type,
+            resource_id,
+            etag_before: None,
+            etag_after: None,
+            detail: Some(detail),
+        };
+        record(&self.store.db, actor, &[change]).await
+    }
+
     /// Deletes the events recorded before `cutoff` (`--audit-retention`); returns how many.
     pub async fn delete_before(self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         let deleted = Entity::delete_many().filter(Column::At.lt(cutoff)).exec(&self.store.db).await?;

@@ -462,13 +462,15 @@ fn credential(authorization: Option<&str>) -> Result<Credential<'_>, TokenError>
 
 impl<P: Permission> Caller<P> {
     /// The only way to a caller: the `Authorization` header's bearer token verifies and its role includes `P`, or
-    /// its `SharedAccessSignature` verifies with the key of a policy one of whose rights grants `P`. The admin
-    /// API's extractor (`http::admin`) calls it with the App's verifiers and store.
+    /// its `SharedAccessSignature` verifies with the key of a policy one of whose rights grants `P`; each use of a
+    /// policy is audited with `request` (method and path). The admin API's extractor (`http::admin`) calls it with
+    /// the App's verifiers and store.
     pub async fn authorize(
         verifier: &Verifier,
         service_sas: &ServiceSas,
         store: &web::Data<AdminStore>,
         authorization: Option<&str>,
+        request: &str,
     ) -> Result<Self, AuthError> {
         let actor = match credential(authorization)? {
             Credential::Bearer(token) => {
@@ -499,7 +501,9 @@ impl<P: Permission> Caller<P> {
                         what: P::WHAT,
                     });
                 }
-                super::service_sas::actor(&policy.name, policy.rights)
+                let actor = super::service_sas::actor(&policy.name, policy.rights);
+                store.0.audit().record_use(&actor, "sharedAccessPolicy", policy.name.as_str(), request).await?;
+                actor
             }
         };
         Ok(Caller { actor, store: store.clone(), _permission: PhantomData })

@@ -127,10 +127,12 @@ impl<P: Permission + 'static> FromRequest for Caller<P> {
         let store = req.app_data::<web::Data<AdminStore>>().cloned();
         let authorization =
             req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // The path without its query, which may carry a continuation or a filter the audit log need not keep.
+        let request = format!("{} {}", req.method(), req.path());
         Box::pin(async move {
             match (verifier, service_sas, store) {
                 (Some(verifier), Some(service_sas), Some(store)) => {
-                    Caller::authorize(&verifier, &service_sas, &store, authorization.as_deref())
+                    Caller::authorize(&verifier, &service_sas, &store, authorization.as_deref(), &request)
                         .await
                         .map_err(ApiError::from)
                 }
