@@ -20,6 +20,20 @@ pub(crate) struct Change<'a> {
     pub(crate) detail: Option<&'a str>,
 }
 
+impl<'a> Change<'a> {
+    /// The deletion of `resource_id`, whose etag was `etag_before`.
+    pub(crate) fn deletion(resource_type: &'a str, resource_id: &'a str, etag_before: &'a str) -> Self {
+        Change {
+            action: "delete",
+            resource_type,
+            resource_id,
+            etag_before: Some(etag_before),
+            etag_after: None,
+            detail: None,
+        }
+    }
+}
+
 /// An audit event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {

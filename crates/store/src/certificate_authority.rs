@@ -251,14 +251,7 @@ impl<'a> CertificateAuthorities<'a> {
         if result.rows_affected != 1 {
             return Err(changed_concurrently());
         }
-        let change = Change {
-            action: "delete",
-            resource_type: RESOURCE_TYPE,
-            resource_id: &existing.name,
-            etag_before: Some(&existing.etag),
-            etag_after: None,
-            detail: None,
-        };
+        let change = Change::deletion(RESOURCE_TYPE, &existing.name, &existing.etag);
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
         self.store.note_reference_change();

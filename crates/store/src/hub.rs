@@ -174,14 +174,7 @@ impl<'a> Hubs<'a> {
         if result.rows_affected != 1 {
             return Err(StoreError::Conflict("the hub changed concurrently; retry".into()));
         }
-        let change = Change {
-            action: "delete",
-            resource_type: "hub",
-            resource_id: host_name,
-            etag_before: Some(&existing.etag),
-            etag_after: None,
-            detail: None,
-        };
+        let change = Change::deletion("hub", host_name, &existing.etag);
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
         self.store.note_reference_change();

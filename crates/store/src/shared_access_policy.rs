@@ -174,14 +174,7 @@ impl<'a> SharedAccessPolicies<'a> {
         if result.rows_affected != 1 {
             return Err(StoreError::Conflict("the shared access policy changed concurrently; retry".into()));
         }
-        let change = Change {
-            action: "delete",
-            resource_type: AUDIT_TYPE,
-            resource_id: &existing.name,
-            etag_before: Some(&existing.etag),
-            etag_after: None,
-            detail: None,
-        };
+        let change = Change::deletion(AUDIT_TYPE, &existing.name, &existing.etag);
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
         Ok(())

@@ -39,9 +39,26 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_json(headers: HeaderMap, payload: Payload, limit: usize) -> Result<Option<Value>, ApiError> {
-    let body = read_body(&headers, payload, limit).await?;
-    crate::registration::request::parse_json(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))
+/// The body as JSON; `None` when it is empty.
+fn maybe_json(body: &[u8]) -> Result<Option<Value>, ApiError> {
+    crate::registration::request::parse_json(body).map_err(|e| ApiError::MalformedBody(e.to_string()))
+}
+
+/// What a route that requires a body answers when there is none.
+fn empty_body() -> ApiError {
+    ApiError::MalformedBody("the body is empty; a JSON document is expected".into())
+}
+
+/// The one way an extractor reads a body: at most `limit` bytes of a JSON content type, then `parse`.
+fn read_then<T: 'static>(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    limit: usize,
+    parse: fn(&[u8]) -> Result<T, ApiError>,
+) -> LocalBoxFuture<'static, Result<T, ApiError>> {
+    let headers = req.headers().clone();
+    let payload = payload.take();
+    Box::pin(async move { parse(&read_body(&headers, payload, limit).await?) })
 }
 
 /// The body's bytes, at most `limit` of them, of a JSON content type (or none).
@@ -74,7 +91,23 @@ pub struct RawMembers<const LIMIT: usize>(pub Option<std::collections::BTreeMap<
 impl<const LIMIT: usize> RawMembers<LIMIT> {
     /// Parses a member (or one element of a member kept raw), refusing what every other body's parser refuses.
     pub fn parse<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, ApiError> {
-        serde_json::from_str(raw.get()).map_err(|e| ApiError::MalformedBody(format!("the body is not valid JSON: {e}")))
+        serde_json::from_str(raw.get())
+            .map_err(|e| ApiError::MalformedBody(crate::registration::request::NotJson::from(e).to_string()))
+    }
+
+    fn of_body(body: &[u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(empty_body());
+        }
+        // Keeping members raw skips their insides (UTF-8 of strings, numbers, depth): the text is checked whole
+        // here, the rest by [`RawMembers::parse`].
+        let members = std::str::from_utf8(body).ok().and_then(|text| serde_json::from_str(text).ok());
+        match members {
+            Some(members) => Ok(Self(Some(members))),
+            // Valid JSON of another type, or not JSON at all: the parser of every other body tells which, and
+            // names the problem the same way.
+            None => maybe_json(body).map(|_| Self(None)),
+        }
     }
 }
 
@@ -83,26 +116,7 @@ impl<const LIMIT: usize> FromRequest for RawMembers<LIMIT> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let headers = req.headers().clone();
-        let payload = payload.take();
-        Box::pin(async move {
-            let body = read_body(&headers, payload, LIMIT).await?;
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Err(ApiError::MalformedBody("the body is empty; a JSON document is expected".into()));
-            }
-            // Keeping members raw skips their insides (UTF-8 of strings, numbers, depth): the text is checked whole
-            // here, the rest by [`RawMembers::parse`].
-            let members = std::str::from_utf8(&body).ok().and_then(|text| serde_json::from_str(text).ok());
-            match members {
-                Some(members) => Ok(Self(Some(members))),
-                // Valid JSON of another type, or not JSON at all: the parser of every other body tells which, and
-                // names the problem the same way.
-                None => match crate::registration::request::parse_json(&body) {
-                    Ok(_) => Ok(Self(None)),
-                    Err(e) => Err(ApiError::MalformedBody(e.to_string())),
-                },
-            }
-        })
+        read_then(req, payload, LIMIT, Self::of_body)
     }
 }
 
@@ -111,9 +125,7 @@ impl<const LIMIT: usize> FromRequest for MaybeJson<LIMIT> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let headers = req.headers().clone();
-        let payload = payload.take();
-        Box::pin(async move { read_json(headers, payload, LIMIT).await.map(Self) })
+        read_then(req, payload, LIMIT, |body| maybe_json(body).map(Self))
     }
 }
 
@@ -122,14 +134,7 @@ impl<const LIMIT: usize> FromRequest for Json<LIMIT> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let headers = req.headers().clone();
-        let payload = payload.take();
-        Box::pin(async move {
-            match read_json(headers, payload, LIMIT).await? {
-                Some(value) => Ok(Self(value)),
-                None => Err(ApiError::MalformedBody("the body is empty; a JSON document is expected".into())),
-            }
-        })
+        read_then(req, payload, LIMIT, |body| maybe_json(body)?.map(Self).ok_or_else(empty_body))
     }
 }
 

@@ -270,14 +270,7 @@ impl<'a> Registrations<'a> {
         .await?;
         // A TPM group's id is free again with its registration.
         crate::tpm_binding::release(&txn, key).await?;
-        let change = Change {
-            action: "delete",
-            resource_type: "registration",
-            resource_id: &existing.registration_id,
-            etag_before: Some(&existing.etag),
-            etag_after: None,
-            detail: None,
-        };
+        let change = Change::deletion("registration", &existing.registration_id, &existing.etag);
         audit::record(&txn, actor, &[change]).await?;
         txn.commit().await?;
         Ok(())

@@ -246,19 +246,18 @@ pub(super) async fn bulk<K: Kind>(
         )));
     };
     type Body = RawMembers<BULK_BODY_LIMIT>;
-    // Every member but the documents is small: read whole first, so that what the parser refuses (a number out of
-    // range, nesting too deep) is refused as malformed before anything else is judged.
-    for (name, raw) in &body {
-        if name != K::COLLECTION {
-            Body::parse::<Value>(raw)?;
-        }
+    let documents = body.remove(K::COLLECTION);
+    // Every other member is small: read whole first, so that what the parser refuses (a number out of range,
+    // nesting too deep) is refused as malformed before anything else is judged.
+    let mut others = std::collections::BTreeMap::new();
+    for (name, raw) in body {
+        others.insert(name, Body::parse::<Value>(&raw)?);
     }
-    let mode = body.remove("mode").map(|raw| Body::parse::<Value>(&raw)).transpose()?.unwrap_or(Value::Null);
-    let mode: BulkMode = zerotouch_wire::field::decode(mode).map_err(|e| {
+    let mode: BulkMode = zerotouch_wire::field::decode(others.remove("mode").unwrap_or(Value::Null)).map_err(|e| {
         FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
     })?;
     // The documents stay text until each is read, one at a time.
-    let Some(items) = body.remove(K::COLLECTION) else {
+    let Some(items) = documents else {
         return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into());
     };
     let Ok(items) = serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(items.get()) else {
@@ -268,7 +267,7 @@ pub(super) async fn bulk<K: Kind>(
             _ => Err(FieldError::new(K::COLLECTION, "an array of documents is required").into()),
         };
     };
-    if let Some(unknown) = body.keys().next() {
+    if let Some(unknown) = others.keys().next() {
         return Err(FieldError::new(unknown.as_str(), "unknown field").into());
     }
     if items.is_empty() || items.len() > MAX_BULK_ITEMS {
