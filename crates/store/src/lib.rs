@@ -226,6 +226,22 @@ const WRITER_AUTOCHECKPOINT_PAGES: &str = "10000";
 /// How often the checkpointer copies SQLite's WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// Opens a pool. A fresh SQLite file that several processes open at once (replicas, or `zerotouch migrate` runs
+/// racing) can answer `database is locked` while one of them switches it to WAL, a change SQLite does not wait
+/// for: that is tried again, a few times, before it is an error.
+async fn connect_pool(options: ConnectOptions) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let mut attempt = 0u64;
+    loop {
+        match Database::connect(options.clone()).await {
+            Err(e) if attempt < 10 && e.to_string().contains("database is locked") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Checkpoints SQLite's WAL from a connection of its own, so that the writer, which by default checkpoints inside
 /// the commit that crosses 1,000 pages, never stalls every registration queued behind it. A passive checkpoint
 /// waits for no reader or writer. Stops when `alive` is gone.
@@ -283,7 +299,7 @@ impl Store {
                 options.max_connections(16).min_connections(1);
             }
         }
-        let db = Database::connect(options.clone()).await?;
+        let db = connect_pool(options.clone()).await?;
         // An in-memory SQLite database exists once per pool: its reads must use the writer's pool.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let alive = std::sync::Arc::new(());
@@ -294,7 +310,7 @@ impl Store {
                 .max_connections(1)
                 .min_connections(1)
                 .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(Duration::from_secs(10)));
-            start_checkpointer(Database::connect(options).await?, std::sync::Arc::downgrade(&alive));
+            start_checkpointer(connect_pool(options).await?, std::sync::Arc::downgrade(&alive));
         }
         let read = match backend {
             Backend::Sqlite if in_memory => db.clone(),
@@ -305,7 +321,7 @@ impl Store {
                         .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(Duration::from_secs(10))
                 });
-                Database::connect(options).await?
+                connect_pool(options).await?
             }
             Backend::Postgres => db.clone(),
         };
