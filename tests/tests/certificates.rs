@@ -424,6 +424,21 @@ async fn x509_devices_register_with_curl() {
     );
     assert_eq!(status, 401, "{body}");
 
+    // The group's CA replaced: the chain that verified a moment ago (remembered for the device's next requests) is
+    // refused at once, and accepted again once the CA is back.
+    let mut factory = admin.ok(reqwest::Method::GET, "/enrollmentGroups/factory", None).await;
+    let primary = |group: &mut Value, name: &str| {
+        group["attestation"]["x509"]["signingCertificates"]["primary"] = json!({"certificate": pem(name)});
+    };
+    primary(&mut factory, "line-ica");
+    let mut factory = admin.ok(reqwest::Method::PUT, "/enrollmentGroups/factory", Some(factory)).await;
+    let (status, body) = curl_register(&server, "widget-1", &d.join("g1-chain.pem"), &d.join("g1.key"), json!({}));
+    assert_eq!((status, body["errorCode"].as_u64()), (401, Some(401012)), "{body}");
+    primary(&mut factory, "factory-ica");
+    admin.ok(reqwest::Method::PUT, "/enrollmentGroups/factory", Some(factory)).await;
+    let (status, op) = curl_register(&server, "widget-1", &d.join("g1-chain.pem"), &d.join("g1.key"), json!({}));
+    assert_eq!((status, op["status"].as_str()), (200, Some("assigned")), "{op}");
+
     // A chain to a CA no enrollment names.
     make_device(d, "lost", "lost-1", "stranger-root");
     let (status, body) = curl_register(&server, "lost-1", &d.join("lost.pem"), &d.join("lost.key"), json!({}));

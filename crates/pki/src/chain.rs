@@ -184,6 +184,22 @@ pub struct VerifiedChain {
     pub leaf_not_after: OffsetDateTime,
 }
 
+impl VerifiedChain {
+    /// When every certificate of the path is valid at once: the latest start and the earliest end of their
+    /// validity periods (`None` if one does not parse, which a path that verified never has).
+    pub fn validity(&self) -> Option<(OffsetDateTime, OffsetDateTime)> {
+        let mut periods = self.path.iter().map(|der| {
+            let cert = certificate::parse(der).ok()?;
+            Some((time_of(cert.validity().not_before), time_of(cert.validity().not_after)))
+        });
+        let first = periods.next()??;
+        periods.try_fold(first, |(from, until), period| {
+            let (start, end) = period?;
+            Some((from.max(start), until.min(end)))
+        })
+    }
+}
+
 /// The role of a certificate in a path, for messages.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Role {

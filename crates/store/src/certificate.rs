@@ -103,7 +103,7 @@ pub struct CertificateFilter {
     pub status: Option<CertificateStatus>,
 }
 
-fn to_record(m: certificate::Model) -> Result<CertificateRecord, StoreError> {
+pub(crate) fn to_record(m: certificate::Model) -> Result<CertificateRecord, StoreError> {
     Ok(CertificateRecord {
         status: CertificateStatus::parse(&m.status)?,
         serial: m.serial,
@@ -282,11 +282,10 @@ repository_with_reader! {
 }
 
 impl<'a> CertificateReader<'a> {
-    /// The certificate with this SHA-256 thumbprint (hex, either case).
+    /// The certificate with this SHA-256 thumbprint (hex, either case), read through the
+    /// [`DeviceReader`](crate::reader::DeviceReader) (in batches: devices present certificates).
     pub async fn by_thumbprint(self, sha256_hex: &str) -> Result<CertificateRecord, StoreError> {
-        let select = Entity::find().filter(Column::ThumbprintSha256.eq(sha256_hex.to_ascii_lowercase()));
-        let row = crate::unique(select, &self.store.read).await?.ok_or(StoreError::NotFound)?;
-        to_record(row)
+        self.store.devices.certificate(sha256_hex).await?.ok_or(StoreError::NotFound)
     }
 
     /// The certificate with this serial (hex, either case).

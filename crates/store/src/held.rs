@@ -111,7 +111,20 @@ impl HeldConnection {
             let checked = match self.pool.get_database_backend() {
                 sea_orm::DbBackend::Postgres => {
                     let connection = self.pool.get_postgres_connection_pool().acquire().await.map_err(lost)?;
-                    live(connection, self.keep).await.map(Connection::Postgres)
+                    match live(connection, self.keep).await {
+                        Ok(mut connection) if self.keep => {
+                            // A kept connection runs its statements for as long as it lives, while their tables grow
+                            // from empty to millions of rows; a generic plan PostgreSQL settled on while a table was
+                            // small (a sequential scan: 20 ms per lookup among 20,000 certificates) would stay. Each
+                            // execution is planned with the tables as they are instead. (Should the connection go
+                            // back to the pool after a failure, it keeps planning so: slower by a plan, not wrong.)
+                            sqlx::query("SET plan_cache_mode = force_custom_plan")
+                                .execute(&mut *connection)
+                                .await
+                                .map(|_| Connection::Postgres(connection))
+                        }
+                        checked => checked.map(Connection::Postgres),
+                    }
                 }
                 _ => {
                     let connection = self.pool.get_sqlite_connection_pool().acquire().await.map_err(lost)?;

@@ -81,6 +81,7 @@ mod hub;
 mod hub_job;
 mod issuing_ca;
 mod migration_lock;
+mod reader;
 mod registration;
 mod secrets;
 mod shared_access_policy;
@@ -205,8 +206,8 @@ pub struct Store {
     backend: Backend,
     /// Writes registration attempts in batches.
     registrations: registration::RegistrationWriter,
-    /// Reads devices' individual enrollments in batches.
-    individuals: enrollment::IndividualReader,
+    /// Reads devices' individual enrollments, registrations and certificates in batches.
+    devices: reader::DeviceReader,
     /// Counts this process's changes to hubs, enrollment groups and customer CAs, so that callers caching them can
     /// tell.
     reference_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -334,7 +335,7 @@ impl Store {
                 backend == Backend::Postgres,
                 vault.clone(),
             ),
-            individuals: enrollment::IndividualReader::start(read.clone(), !in_memory, vault.clone()),
+            devices: reader::DeviceReader::start(read.clone(), !in_memory, vault.clone()),
             vault,
             db,
             read,

@@ -494,3 +494,27 @@ proptest::proptest! {
         let _ = verify_chain(&bytes, std::slice::from_ref(&bytes), &bytes, at(1_750_000_000));
     }
 }
+
+/// A chain's validity is the window in which every certificate of its path is valid: the latest start and the
+/// earliest end, whichever certificates they belong to (here the intermediate ends first, the device starts last).
+#[test]
+fn a_verified_chain_is_valid_while_every_certificate_of_its_path_is() {
+    let root_ca = root("Window Root", |p| {
+        p.not_before = at(1_700_000_000);
+        p.not_after = at(1_900_000_000);
+    });
+    let int = intermediate("Window Issuing", &root_ca, |p| {
+        p.not_before = at(1_710_000_000);
+        p.not_after = at(1_850_000_000);
+    });
+    let leaf = device(&int, |p| {
+        p.not_before = at(1_720_000_000);
+        p.not_after = at(1_880_000_000);
+    });
+    let judged = judge(&leaf, std::slice::from_ref(&int.der), &[(&root_ca.der, true)], at(1_800_000_000));
+    let chain = judged.outcome.unwrap().chain;
+    assert_eq!(chain.path.len(), 3);
+    assert_eq!(chain.validity(), Some((at(1_720_000_000), at(1_850_000_000))));
+    let broken = VerifiedChain { path: vec![leaf, b"not a certificate".to_vec()], ..chain };
+    assert_eq!(broken.validity(), None);
+}

@@ -9,12 +9,18 @@
 //! - **Verified tokens**: the SHA-256 of (id scope, registration id, `Authorization` value) of SAS tokens that
 //!   verified, so that a device's polls skip the enrollment lookup for up to [`VERIFIED_TTL`] (never past the
 //!   token's expiry). A poll can only read the device's own operations. At most [`VERIFIED_MAX`] entries.
+//! - **Verified chains**: the SHA-256 of (the groups' anchors, a certificate chain) of device chains whose path
+//!   search found an anchor, with that anchor and the window in which every certificate of the path is valid, so
+//!   that a device's next requests with the same chain (its polls; EST calls on one connection) skip the search for
+//!   up to [`CHAINS_TTL`]. The TLS handshake still proves, on every connection, that the device holds the leaf's
+//!   key; only the chain's judgement is remembered, and only while the anchors it was judged against are the same
+//!   (any change to a group's id or anchors changes the key). At most [`CHAINS_MAX`] entries.
 //! - **Finished operations**: operations this replica wrote in a terminal state, so that a device's first poll,
 //!   which follows its register after the SDK's wait (1 to 5 s), needs no database read. A terminal operation
 //!   never changes, so this cannot disagree with the database, except that a registration deleted in the last
 //!   [`FINISHED_TTL`] still answers its operation. At most [`FINISHED_MAX`] entries and [`FINISHED_MAX_BYTES`].
 //!
-//! Both device tables are [`Expiring`]: entries leave in the order they came, as they expire and whenever the table
+//! The device tables are [`Expiring`]: entries leave in the order they came, as they expire and whenever the table
 //! is over a bound, so a table holds what the last TTL brought (a storm of 3,000 devices a second keeps 30,000
 //! finished operations, not the maximum) and the bounds hold whatever a stranger sends; the worst case is a
 //! database read the cache would have saved.
@@ -24,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use zerotouch_store::{EnrollmentRecord, HubRecord, OperationRecord, Store};
 use zerotouch_wire::device::RegistrationOperationStatus;
 use zerotouch_wire::enrollment::EnrollmentKind;
@@ -50,6 +57,13 @@ pub const FINISHED_MAX: usize = 50_000;
 /// Most bytes of finished answers kept (an answer carries a certificate chain and up to 96 KB of webhook
 /// payload, so a count alone bounds nothing).
 pub const FINISHED_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How long a chain that verified spares its device the path search (never past its path's validity): the polls
+/// that follow a register, and a kept-alive EST client's calls.
+pub const CHAINS_TTL: Duration = Duration::from_secs(15);
+/// Most verified chains kept.
+pub const CHAINS_MAX: usize = 50_000;
+/// What one verified chain's entry holds, about (digest, entry, window, the table's own words).
+const CHAIN_BYTES: usize = 128;
 /// What one verified token's entry holds, about (digest, deadline, the budget's name, the table's own words).
 const VERIFIED_BYTES: usize = 128;
 
@@ -71,6 +85,9 @@ pub struct Reference {
 /// A token that verified: until when it spares the enrollment lookup, and the request budget of the enrollment it
 /// verified with (`Authenticated::budget`).
 type Verified = (Instant, Arc<str>);
+
+/// A chain whose path search found an anchor: the anchor's entry, and when every certificate of the path is valid.
+type VerifiedPath = (usize, (OffsetDateTime, OffsetDateTime));
 
 /// A finished operation this replica wrote: whose it is, and the answer.
 #[derive(Debug, Clone)]
@@ -164,6 +181,7 @@ pub struct Caches {
     /// Held by the one request reading the reference again (see [`Caches::reference`]).
     reading_reference: tokio::sync::Mutex<()>,
     verified: Mutex<Expiring<[u8; 32], Verified>>,
+    chains: Mutex<Expiring<[u8; 32], VerifiedPath>>,
     finished: Mutex<Expiring<String, Finished>>,
 }
 
@@ -173,6 +191,7 @@ impl Default for Caches {
             reference: Mutex::default(),
             reading_reference: tokio::sync::Mutex::default(),
             verified: Mutex::new(Expiring::new(VERIFIED_TTL, VERIFIED_MAX, VERIFIED_MAX * VERIFIED_BYTES)),
+            chains: Mutex::new(Expiring::new(CHAINS_TTL, CHAINS_MAX, CHAINS_MAX * CHAIN_BYTES)),
             finished: Mutex::new(Expiring::new(FINISHED_TTL, FINISHED_MAX, FINISHED_MAX_BYTES)),
         }
     }
@@ -201,6 +220,9 @@ impl Caches {
         let now = Instant::now();
         if let Ok(mut verified) = self.verified.lock() {
             verified.let_out(now);
+        }
+        if let Ok(mut chains) = self.chains.lock() {
+            chains.let_out(now);
         }
         if let Ok(mut finished) = self.finished.lock() {
             finished.let_out(now);
@@ -296,6 +318,20 @@ impl Caches {
         let verified = self.verified.lock().ok()?;
         let ((until, budget), _) = verified.get(&digest)?;
         (*until > Instant::now()).then(|| Arc::clone(budget))
+    }
+
+    /// Remembers that the chain `key` (`GroupAnchors::chain_key`) led to anchor `entry`, its path valid within
+    /// `validity`.
+    pub fn remember_chain(&self, key: [u8; 32], entry: usize, validity: (OffsetDateTime, OffsetDateTime)) {
+        let Ok(mut chains) = self.chains.lock() else { return };
+        chains.put(key, (entry, validity), CHAIN_BYTES);
+    }
+
+    /// The anchor entry the chain `key` led to, if it verified recently and its path is valid at `now`.
+    pub fn verified_chain(&self, key: &[u8; 32], now: OffsetDateTime) -> Option<usize> {
+        let chains = self.chains.lock().ok()?;
+        let ((entry, (from, until)), _) = chains.get(key)?;
+        (*from <= now && now <= *until).then_some(*entry)
     }
 
     /// Remembers an operation this replica wrote, if it is finished (not `assigning`).
@@ -413,6 +449,87 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         table.let_out(Instant::now());
         assert!(table.entries.is_empty() && table.order.is_empty() && table.bytes == 0);
+    }
+
+    #[test]
+    fn a_verified_chain_is_remembered_only_within_its_paths_validity() {
+        let caches = Caches::default();
+        let (from, until) = (OffsetDateTime::now_utc(), OffsetDateTime::now_utc() + time::Duration::hours(1));
+        caches.remember_chain([7; 32], 3, (from, until));
+        assert_eq!(caches.verified_chain(&[7; 32], from), Some(3));
+        assert_eq!(caches.verified_chain(&[7; 32], until), Some(3));
+        assert_eq!(caches.verified_chain(&[7; 32], from - time::Duration::SECOND), None, "not yet valid");
+        assert_eq!(caches.verified_chain(&[7; 32], until + time::Duration::SECOND), None, "expired");
+        assert_eq!(caches.verified_chain(&[8; 32], from), None);
+    }
+
+    /// The key a chain is remembered by changes with anything the search depends on: any certificate of the chain,
+    /// the purpose, a group's id, an anchor or whether it is verified; a new reading of the same groups keeps it.
+    #[test]
+    fn a_chain_is_remembered_per_chain_and_per_set_of_anchors() {
+        use zerotouch_pki::Purpose;
+        let group = |id: &str, anchors: &[(&[u8], bool)]| X509Group {
+            group: Arc::new(
+                Enrollment::parse(
+                    EnrollmentKind::Group,
+                    EnrollmentRecord {
+                        key: id.into(),
+                        id: id.into(),
+                        attestation_type: "symmetricKey".into(),
+                        provisioning_status: "enabled".into(),
+                        document: serde_json::json!({"enrollmentGroupId": id, "attestation": {"type": "symmetricKey"}}),
+                        primary_key: None,
+                        secondary_key: None,
+                        etag: "e".into(),
+                        created_at: chrono::Utc::now(),
+                        updated_at: chrono::Utc::now(),
+                    },
+                )
+                .unwrap(),
+            ),
+            anchors: anchors.iter().map(|(der, verified)| Anchor { der: der.to_vec(), verified: *verified }).collect(),
+        };
+        let key = |groups: Vec<X509Group>, chain: &[&[u8]], purpose| {
+            let intermediates: Vec<Vec<u8>> = chain[1..].iter().map(|c| c.to_vec()).collect();
+            GroupAnchors::new(groups).chain_key(chain[0], &intermediates, purpose)
+        };
+        let base = || vec![group("a", &[(b"ca-1", true)]), group("b", &[(b"ca-2", false)])];
+        let reference = key(base(), &[b"leaf", b"int"], Purpose::ClientAuth);
+        assert_eq!(key(base(), &[b"leaf", b"int"], Purpose::ClientAuth), reference, "a new reading of the same");
+        let others = [
+            key(base(), &[b"leaf2", b"int"], Purpose::ClientAuth),
+            key(base(), &[b"leaf", b"int2"], Purpose::ClientAuth),
+            key(base(), &[b"leaf", b"int", b"extra"], Purpose::ClientAuth),
+            key(base(), &[b"leafint"], Purpose::ClientAuth),
+            key(base(), &[b"leaf", b"int"], Purpose::Endorsement),
+            key(
+                vec![group("a", &[(b"ca-1", true)]), group("c", &[(b"ca-2", false)])],
+                &[b"leaf", b"int"],
+                Purpose::ClientAuth,
+            ),
+            key(
+                vec![group("a", &[(b"ca-1", true)]), group("b", &[(b"ca-2", true)])],
+                &[b"leaf", b"int"],
+                Purpose::ClientAuth,
+            ),
+            key(
+                vec![group("a", &[(b"ca-1", true)]), group("b", &[(b"ca-3", false)])],
+                &[b"leaf", b"int"],
+                Purpose::ClientAuth,
+            ),
+            key(vec![group("a", &[(b"ca-1", true), (b"ca-2", false)])], &[b"leaf", b"int"], Purpose::ClientAuth),
+            key(
+                vec![group("b", &[(b"ca-2", false)]), group("a", &[(b"ca-1", true)])],
+                &[b"leaf", b"int"],
+                Purpose::ClientAuth,
+            ),
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert_ne!(*other, reference, "change {i}");
+        }
+        let completing =
+            GroupAnchors::completing_paths(base()).chain_key(b"leaf", &[b"int".to_vec()], Purpose::ClientAuth);
+        assert_ne!(completing, reference, "anchors that complete paths");
     }
 
     fn device(registration_id: &str, evidence: Evidence) -> DeviceRequest {

@@ -10,12 +10,11 @@
 
 //!
 //! The record, single writes and the repository are here; [`table`] holds the two tables behind
-//! [`EnrollmentTable`], [`bulk`] the bulk import, and [`reader`] the batching reader of devices' individual
-//! enrollments.
+//! [`EnrollmentTable`], and [`bulk`] the bulk import. Devices' individual enrollments are read by the store's
+//! [`DeviceReader`](crate::reader::DeviceReader).
 
 mod bulk;
-mod reader;
-mod table;
+pub(crate) mod table;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -30,7 +29,6 @@ use crate::hub_job::{self, HubAction, Retiring};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
 pub use bulk::{BulkFailure, BulkItem};
-pub(crate) use reader::IndividualReader;
 use table::{EnrollmentTable, GroupTable, IndividualTable, with_table};
 
 /// An enrollment or enrollment group as stored.
@@ -245,10 +243,11 @@ impl<'a> EnrollmentReader<'a> {
     }
 
     /// Reads one enrollment of `kind` by its canonical key. Individual enrollments, which every authenticating
-    /// device reads, go through the [`IndividualReader`] (in batches, on a kept connection).
+    /// device reads, go through the [`DeviceReader`](crate::reader::DeviceReader) (in batches, on a kept
+    /// connection).
     pub async fn get(self, kind: EnrollmentKind, key: &str) -> Result<EnrollmentRecord, StoreError> {
         let found = match kind {
-            EnrollmentKind::Individual => self.store.individuals.read(key).await?,
+            EnrollmentKind::Individual => self.store.devices.individual(key).await?,
             EnrollmentKind::Group => GroupTable::find(&self.store.read, self.store.vault(), key).await?,
         };
         found.ok_or(StoreError::NotFound)

@@ -46,7 +46,7 @@ macro_rules! enrollment_table {
             /// The table's name, which every sealed key of it is bound to (`crate::secrets`).
             const NAME: &str = $name;
 
-            pub(super) fn to_record(
+            pub(crate) fn to_record(
                 vault: &Vault,
                 m: crate::entity::$module::Model,
             ) -> Result<EnrollmentRecord, StoreError> {

@@ -61,7 +61,7 @@ pub struct RegistrationRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-fn to_record(m: registration::Model) -> RegistrationRecord {
+pub(crate) fn to_record(m: registration::Model) -> RegistrationRecord {
     RegistrationRecord {
         key: m.key,
         registration_id: m.registration_id,
@@ -114,9 +114,9 @@ repository_with_reader! {
 }
 
 impl<'a> RegistrationReader<'a> {
-    /// Reads one registration state.
+    /// Reads one registration state (through the [`DeviceReader`](crate::reader::DeviceReader), in batches).
     pub async fn get(self, key: &str) -> Result<RegistrationRecord, StoreError> {
-        find(&self.store.read, key).await?.ok_or(StoreError::NotFound)
+        self.store.devices.registration(key).await?.ok_or(StoreError::NotFound)
     }
 
     /// Lists the registrations of an enrollment group in key order, `limit` at a time.

@@ -255,7 +255,7 @@ impl RegistrationService {
         let reference = self.caches.reference(&self.store).await?;
         let groups = &reference.tpm_groups;
         let now = time::OffsetDateTime::now_utc();
-        match x509::match_group(&der, &[], groups, now, zerotouch_pki::Purpose::Endorsement).await {
+        match self.match_group(&der, &[], groups, now, zerotouch_pki::Purpose::Endorsement).await {
             Ok((index, _)) => Ok(Arc::clone(&groups[index].group)),
             Err(RegistrationError::Certificate { code, message }) => {
                 let error = RegistrationError::Certificate { code, message: format!("the EK certificate: {message}") };

@@ -11,6 +11,7 @@
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock};
 
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use zerotouch_pki::{ChainError, Purpose, Refusal, TrustAnchors};
@@ -104,31 +105,64 @@ pub struct GroupAnchors {
     anchors: TrustAnchors,
     /// The (group, anchor) of each entry of `anchors`.
     owners: Vec<(usize, usize)>,
+    /// A digest of all a path search depends on (whether anchors complete paths; each group's id and anchors, in
+    /// order): two readings of the groups with the same fingerprint judge every chain alike.
+    fingerprint: [u8; 32],
 }
 
 impl GroupAnchors {
     /// X.509 groups: a path ends at an anchor, through the certificates the device presents.
     pub fn new(groups: Vec<X509Group>) -> Self {
-        Self::index(groups, TrustAnchors::new())
+        Self::index(groups, false)
     }
 
     /// TPM groups: every manufacturer certificate any group lists may also complete a path (a group lists its root
     /// and intermediates alike, and the device sends only its EK certificate); trust still comes only from the
     /// anchor a group lists.
     pub fn completing_paths(groups: Vec<X509Group>) -> Self {
-        Self::index(groups, TrustAnchors::new().completing_paths())
+        Self::index(groups, true)
     }
 
-    fn index(groups: Vec<X509Group>, mut anchors: TrustAnchors) -> Self {
+    fn index(groups: Vec<X509Group>, completing_paths: bool) -> Self {
+        let mut anchors = if completing_paths { TrustAnchors::new().completing_paths() } else { TrustAnchors::new() };
+        let mut fingerprint = Sha256::new().chain_update([u8::from(completing_paths)]);
         let mut owners = Vec::new();
         for (g, group) in groups.iter().enumerate() {
+            hash_prefixed(&mut fingerprint, group.group.id().as_bytes());
+            fingerprint.update(group.anchors.len().to_be_bytes());
             for (a, anchor) in group.anchors.iter().enumerate() {
                 anchors.push(&anchor.der, anchor.verified);
                 owners.push((g, a));
+                fingerprint.update([u8::from(anchor.verified)]);
+                hash_prefixed(&mut fingerprint, &anchor.der);
             }
         }
-        Self { groups, anchors, owners }
+        Self { groups, anchors, owners, fingerprint: fingerprint.finalize().into() }
     }
+
+    /// What a search of `leaf` with `intermediates` for `purpose` among these anchors is remembered by.
+    pub(crate) fn chain_key(&self, leaf: &[u8], intermediates: &[Vec<u8>], purpose: Purpose) -> [u8; 32] {
+        let mut key =
+            Sha256::new().chain_update(self.fingerprint).chain_update([u8::from(purpose == Purpose::Endorsement)]);
+        for der in std::iter::once(leaf).chain(intermediates.iter().map(Vec::as_slice)) {
+            hash_prefixed(&mut key, der);
+        }
+        key.finalize().into()
+    }
+
+    /// The group (index) and anchor of an entry of the anchors.
+    fn owner(&self, entry: usize) -> Result<(usize, &Anchor), RegistrationError> {
+        self.owners
+            .get(entry)
+            .and_then(|&(g, a)| Some((g, self.groups.get(g)?.anchors.get(a)?)))
+            .ok_or_else(|| RegistrationError::internal("finding the anchor a chain chose", "no such entry"))
+    }
+}
+
+/// Hashes `bytes` preceded by their length, so that concatenations hash unambiguously.
+fn hash_prefixed(hash: &mut Sha256, bytes: &[u8]) {
+    hash.update(bytes.len().to_be_bytes());
+    hash.update(bytes);
 }
 
 impl Deref for GroupAnchors {
@@ -149,32 +183,32 @@ pub fn chain_searches_at_once() -> usize {
 /// The permits of the chain searches (the CPUs they use are the process's, so the bound is too).
 static CHAIN_SEARCHES: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(chain_searches_at_once())));
 
-/// The group (index into `groups`) and anchor whose CA sits closest to the leaf in a chain that verifies
-/// (`purpose`: device certificates, or TPM EK certificates); else the most telling refusal: a chain error met on
-/// the way to some anchor, an unverified CA, or an unknown CA. The search runs on the blocking pool.
-pub async fn match_group<'a>(
+/// The anchor entry whose CA sits closest to the leaf in a chain that verifies (`purpose`: device certificates, or
+/// TPM EK certificates), with the window in which every certificate of its path is valid; else the most telling
+/// refusal: a chain error met on the way to some anchor, an unverified CA, or an unknown CA. The search runs on the
+/// blocking pool.
+async fn search_anchor(
     leaf: &[u8],
     intermediates: &[Vec<u8>],
-    groups: &'a Arc<GroupAnchors>,
+    groups: &Arc<GroupAnchors>,
     now: OffsetDateTime,
     purpose: Purpose,
-) -> Result<(usize, &'a Anchor), RegistrationError> {
+) -> Result<(usize, Option<(OffsetDateTime, OffsetDateTime)>), RegistrationError> {
     let permit =
         Arc::clone(&CHAIN_SEARCHES).acquire_owned().await.map_err(internal("waiting for a chain search slot"))?;
     let (leaf, intermediates, shared) = (leaf.to_vec(), intermediates.to_vec(), Arc::clone(groups));
     let judgement = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        zerotouch_pki::choose_anchor(&leaf, &intermediates, &shared.anchors, now, purpose)
+        let judgement = zerotouch_pki::choose_anchor(&leaf, &intermediates, &shared.anchors, now, purpose);
+        let validity = judgement.outcome.as_ref().ok().and_then(|choice| choice.chain.validity());
+        (judgement, validity)
     })
     .await
-    .map_err(internal("searching a certificate path"))?;
+    .map_err(internal("searching a certificate path"));
+    let (judgement, validity) = judgement?;
     tracing::debug!(signature_checks = judgement.signature_checks, "certificate path searched");
     match judgement.outcome {
-        Ok(choice) => {
-            let anchor =
-                groups.owners.get(choice.entry).and_then(|&(g, a)| Some((g, groups.groups.get(g)?.anchors.get(a)?)));
-            anchor.ok_or_else(|| RegistrationError::internal("finding the anchor a chain chose", "no such entry"))
-        }
+        Ok(choice) => Ok((choice.entry, validity)),
         Err(Refusal::Chain(error)) => Err(refusal(&error)),
         Err(Refusal::NotVerified) => Err(RegistrationError::Certificate {
             code: ErrorCode::CertificateAuthorityNotVerified,
@@ -190,6 +224,33 @@ pub async fn match_group<'a>(
 }
 
 impl RegistrationService {
+    /// The group (index into `groups`) and anchor whose CA sits closest to the leaf in a chain that verifies
+    /// (`purpose`: device certificates, or TPM EK certificates); else why none does ([`search_anchor`]). A chain that
+    /// verified is remembered for a while (`Caches::verified_chain`), so that a device's next requests with it (its
+    /// polls, or EST calls on one connection) skip the search while its certificates stay valid and the groups'
+    /// anchors stay the same.
+    pub(in super::super) async fn match_group<'a>(
+        &self,
+        leaf: &[u8],
+        intermediates: &[Vec<u8>],
+        groups: &'a Arc<GroupAnchors>,
+        now: OffsetDateTime,
+        purpose: Purpose,
+    ) -> Result<(usize, &'a Anchor), RegistrationError> {
+        let key = groups.chain_key(leaf, intermediates, purpose);
+        let entry = match self.caches.verified_chain(&key, now) {
+            Some(entry) => entry,
+            None => {
+                let (entry, validity) = search_anchor(leaf, intermediates, groups, now, purpose).await?;
+                if let Some(validity) = validity {
+                    self.caches.remember_chain(key, entry, validity);
+                }
+                entry
+            }
+        };
+        groups.owner(entry)
+    }
+
     /// The operational certificate of ours `leaf` is, if it is one.
     pub(in super::super) async fn issued_certificate(
         &self,
@@ -261,7 +322,8 @@ impl RegistrationService {
                 // Answered as an unenrolled id with this chain would be (the same group matching, the same
                 // answer), so that neither the code nor the time tells which registration ids are enrolled.
                 let error =
-                    match match_group(leaf, intermediates, &reference.x509_groups, now, Purpose::ClientAuth).await {
+                    match self.match_group(leaf, intermediates, &reference.x509_groups, now, Purpose::ClientAuth).await
+                    {
                         Ok(_) => RegistrationError::Unauthorized,
                         Err(unmatched) => unmatched,
                     };
@@ -273,7 +335,7 @@ impl RegistrationService {
             let x509 = X509RegistrationResult { certificate_info, ..Default::default() };
             return Ok(Authenticated { x509: Some(x509), ..Authenticated::by(Arc::new(enrollment)) });
         }
-        match match_group(leaf, intermediates, &reference.x509_groups, now, Purpose::ClientAuth).await {
+        match self.match_group(leaf, intermediates, &reference.x509_groups, now, Purpose::ClientAuth).await {
             Ok((index, anchor)) => {
                 let group = Arc::clone(&reference.x509_groups[index].group);
                 let x509 = X509RegistrationResult {

@@ -1,0 +1,170 @@
+//! The batching reader of what authenticating devices read: their individual enrollments, their registrations
+//! and the certificates they present. Every device request reads one or more of these by key; the lookups made
+//! while a batch is read go together in the next, one query per kind, on a connection the reader keeps.
+
+use std::collections::HashMap;
+
+use sea_orm::FromQueryResult;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::Batches;
+use crate::certificate::CertificateRecord;
+use crate::enrollment::EnrollmentRecord;
+use crate::enrollment::table::IndividualTable;
+use crate::held::{HeldConnection, Sql};
+use crate::registration::RegistrationRecord;
+use crate::secrets::Vault;
+use crate::{StoreError, entity};
+
+/// Most lookups one batch carries.
+const MAX_LOOKUPS: usize = 256;
+
+/// Individual enrollments by key: the keys arrive as one JSON array of strings (as in the queries below).
+const INDIVIDUALS_BY_KEY: Sql = Sql {
+    postgres: "SELECT * FROM individual_enrollments WHERE key = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    sqlite: "SELECT * FROM individual_enrollments WHERE key IN (SELECT value FROM json_each(?1))",
+};
+
+/// Registrations by key.
+const REGISTRATIONS_BY_KEY: Sql = Sql {
+    postgres: "SELECT * FROM registrations WHERE key = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    sqlite: "SELECT * FROM registrations WHERE key IN (SELECT value FROM json_each(?1))",
+};
+
+/// Certificates by SHA-256 thumbprint (lower-case hex).
+const CERTIFICATES_BY_THUMBPRINT: Sql = Sql {
+    postgres: "SELECT * FROM certificates \
+               WHERE thumbprint_sha256 = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    sqlite: "SELECT * FROM certificates WHERE thumbprint_sha256 IN (SELECT value FROM json_each(?1))",
+};
+
+/// Where a lookup's answer goes.
+type Reply<R> = oneshot::Sender<Result<Option<R>, StoreError>>;
+
+/// A device's lookup, waiting for the reader.
+enum Lookup {
+    Individual(String, Reply<EnrollmentRecord>),
+    Registration(String, Reply<RegistrationRecord>),
+    Certificate(String, Reply<CertificateRecord>),
+}
+
+/// Reads individual enrollments, registrations and certificates by key for the devices' requests, the busiest reads
+/// of the service. The keys asked for while a batch is read (and, while busy, within a millisecond more: see
+/// [`Batches`]) go together in the next one, on a connection the reader holds ([`HeldConnection`]): a query per
+/// kind for a batch of devices instead of two round trips for each lookup.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceReader {
+    queue: mpsc::Sender<Lookup>,
+}
+
+impl DeviceReader {
+    /// Starts the reader task on the current runtime, reading from `pool` (keeping a connection of it if `keep`,
+    /// see [`HeldConnection::new`]), opening enrollment keys with `vault`; it ends when the last store holding it is
+    /// dropped or the pool is closed.
+    pub(crate) fn start(pool: sea_orm::DatabaseConnection, keep: bool, vault: Vault) -> Self {
+        let (queue, receiver) = mpsc::channel::<Lookup>(4 * MAX_LOOKUPS);
+        tokio::spawn(async move {
+            let mut connection = HeldConnection::new(pool, keep);
+            let closed = connection.closed();
+            tokio::pin!(closed);
+            let mut batches = Batches::new(receiver, MAX_LOOKUPS);
+            let mut batch = Vec::with_capacity(MAX_LOOKUPS);
+            while batches.next(&mut batch, &mut closed).await {
+                let (mut individuals, mut registrations, mut certificates) = (Vec::new(), Vec::new(), Vec::new());
+                for lookup in batch.drain(..) {
+                    match lookup {
+                        Lookup::Individual(key, reply) => individuals.push((key, reply)),
+                        Lookup::Registration(key, reply) => registrations.push((key, reply)),
+                        Lookup::Certificate(key, reply) => certificates.push((key, reply)),
+                    }
+                }
+                use entity::{certificate, individual_enrollment, registration};
+                answer(
+                    &mut connection,
+                    INDIVIDUALS_BY_KEY,
+                    individuals,
+                    |m: &individual_enrollment::Model| m.key.clone(),
+                    |m| IndividualTable::to_record(&vault, m),
+                )
+                .await;
+                answer(
+                    &mut connection,
+                    REGISTRATIONS_BY_KEY,
+                    registrations,
+                    |m: &registration::Model| m.key.clone(),
+                    |m| Ok(crate::registration::to_record(m)),
+                )
+                .await;
+                answer(
+                    &mut connection,
+                    CERTIFICATES_BY_THUMBPRINT,
+                    certificates,
+                    |m: &certificate::Model| m.thumbprint_sha256.clone(),
+                    crate::certificate::to_record,
+                )
+                .await;
+                batches.done();
+            }
+        });
+        Self { queue }
+    }
+
+    /// The individual enrollment `key`, if any, read together with the other lookups queued meanwhile.
+    pub(crate) async fn individual(&self, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.read(|reply| Lookup::Individual(key.to_owned(), reply)).await
+    }
+
+    /// The registration `key`, if any, read together with the other lookups queued meanwhile.
+    pub(crate) async fn registration(&self, key: &str) -> Result<Option<RegistrationRecord>, StoreError> {
+        self.read(|reply| Lookup::Registration(key.to_owned(), reply)).await
+    }
+
+    /// The certificate with SHA-256 thumbprint `sha256_hex` (either case), if any, read together with the other
+    /// lookups queued meanwhile.
+    pub(crate) async fn certificate(&self, sha256_hex: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        self.read(|reply| Lookup::Certificate(sha256_hex.to_ascii_lowercase(), reply)).await
+    }
+
+    async fn read<R>(&self, lookup: impl FnOnce(Reply<R>) -> Lookup) -> Result<Option<R>, StoreError> {
+        let stopped = || StoreError::Unavailable("the devices' reader has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(lookup(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Reads the rows of `lookups`' keys with `sql` (`key` tells a row's) and answers each lookup: its record (made by
+/// `record`, so that a row that cannot be read fails only its own lookups), none, or the error the query met.
+async fn answer<M, R>(
+    connection: &mut HeldConnection,
+    sql: Sql,
+    lookups: Vec<(String, Reply<R>)>,
+    key: impl Fn(&M) -> String,
+    record: impl Fn(M) -> Result<R, StoreError>,
+) where
+    M: FromQueryResult + Clone,
+{
+    if lookups.is_empty() {
+        return;
+    }
+    let keys: Value = lookups.iter().map(|(key, _)| Value::from(key.as_str())).collect();
+    let found = connection.fetch_all(sql, &keys).await.and_then(|rows| {
+        rows.iter()
+            .map(|row| M::from_query_result(row, "").map(|model| (key(&model), model)).map_err(StoreError::from))
+            .collect::<Result<HashMap<String, M>, StoreError>>()
+    });
+    match found {
+        Ok(found) => {
+            for (key, reply) in lookups {
+                let _ = reply.send(found.get(&key).cloned().map(&record).transpose());
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for (_, reply) in lookups {
+                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+    }
+}
