@@ -36,6 +36,8 @@ pub(crate) struct HeldConnection {
     pool: DatabaseConnection,
     connection: Option<Connection>,
     keep: bool,
+    /// Whether PostgreSQL plans each execution anew ([`HeldConnection::planning_each_execution`]).
+    custom_plans: bool,
 }
 
 impl std::fmt::Debug for HeldConnection {
@@ -48,7 +50,18 @@ impl HeldConnection {
     /// A holder that takes its connection from `pool`. With `keep` false it gives the connection back after each
     /// query, for a pool whose one connection others need as well (an in-memory SQLite database).
     pub(crate) fn new(pool: DatabaseConnection, keep: bool) -> Self {
-        Self { pool, connection: None, keep }
+        Self { pool, connection: None, keep, custom_plans: false }
+    }
+
+    /// Has PostgreSQL plan each execution on the kept connection with the tables as they are, for lookups whose
+    /// tables grow from empty to millions of rows while the connection lives: a generic plan PostgreSQL settled on
+    /// while a table was small (a sequential scan: 20 ms per lookup among 20,000 certificates) would stay. Not for
+    /// large statements, whose planning costs more than it saves (the registration writer's took a millisecond).
+    /// (Should the connection go back to the pool after a failure, it keeps planning so: slower by a plan, not
+    /// wrong.)
+    pub(crate) fn planning_each_execution(mut self) -> Self {
+        self.custom_plans = true;
+        self
     }
 
     /// Runs `sql` with `argument` and returns its rows. A failed query drops the connection; if the connection was
@@ -112,12 +125,7 @@ impl HeldConnection {
                 sea_orm::DbBackend::Postgres => {
                     let connection = self.pool.get_postgres_connection_pool().acquire().await.map_err(lost)?;
                     match live(connection, self.keep).await {
-                        Ok(mut connection) if self.keep => {
-                            // A kept connection runs its statements for as long as it lives, while their tables grow
-                            // from empty to millions of rows; a generic plan PostgreSQL settled on while a table was
-                            // small (a sequential scan: 20 ms per lookup among 20,000 certificates) would stay. Each
-                            // execution is planned with the tables as they are instead. (Should the connection go
-                            // back to the pool after a failure, it keeps planning so: slower by a plan, not wrong.)
+                        Ok(mut connection) if self.keep && self.custom_plans => {
                             sqlx::query("SET plan_cache_mode = force_custom_plan")
                                 .execute(&mut *connection)
                                 .await

@@ -7,6 +7,7 @@
 
 use zerotouch_store::{Actor, CertificateGuard, StoreError};
 use zerotouch_wire::RegistrationId;
+use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 
 use super::RegistrationService;
@@ -21,17 +22,43 @@ impl RegistrationService {
     /// certificate of ours was issued to (its CN is the device id, which may differ from the registration id),
     /// else the certificate's subject CN. Returns the device request and what was read on the way, which
     /// authentication then does not read again.
+    ///
+    /// The CN is the registration id of a device certificate, and usually of an operational one (whose device id
+    /// is most often its registration id): the registration and individual enrollment of that id are read beside
+    /// the certificate, in one batch of the store's devices' reader, and read again only when the certificate turns
+    /// out to belong to another registration.
     async fn est_device(&self, chain: Vec<Vec<u8>>) -> Result<(DeviceRequest, KnownCertificate), RegistrationError> {
         let leaf = chain.first().ok_or(RegistrationError::Unauthorized)?;
-        let issued = self.issued_certificate(leaf).await?;
-        let (registration_id, registration) = match &issued {
-            // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
-            Some(issued) => match self.store.registrations().get(&issued.registration_key).await {
-                Ok(registration) => (registration.registration_id.clone(), Some(registration)),
-                Err(StoreError::NotFound) => (issued.registration_key.clone(), None),
-                Err(e) => return Err(internal("reading the registration of a certificate")(e)),
+        let cn = zerotouch_pki::subject_cn(leaf).ok();
+        let cn_key = cn.as_deref().and_then(|cn| RegistrationId::try_from(cn).ok()).map(|id| id.key());
+        let (issued, by_cn, individual) = tokio::join!(
+            self.issued_certificate(leaf),
+            async {
+                match &cn_key {
+                    Some(key) => self.current_registration(key).await,
+                    None => Ok(None),
+                }
             },
-            None => (zerotouch_pki::subject_cn(leaf).map_err(|_| RegistrationError::Unauthorized)?, None),
+            async {
+                match &cn_key {
+                    Some(key) => self.enrollment(EnrollmentKind::Individual, key).await,
+                    None => Ok(None),
+                }
+            },
+        );
+        let (issued, by_cn, individual) = (issued?, by_cn?, individual?);
+        let (registration_id, registration, individual) = match &issued {
+            Some(issued) if cn_key.as_deref() == Some(issued.registration_key.as_str()) => (
+                by_cn.as_ref().map_or(&issued.registration_key, |r| &r.registration_id).clone(),
+                by_cn,
+                Some(individual),
+            ),
+            // The id as the device spells it (CSRs name it exactly); the key if the registration is gone.
+            Some(issued) => match self.current_registration(&issued.registration_key).await? {
+                Some(registration) => (registration.registration_id.clone(), Some(registration), None),
+                None => (issued.registration_key.clone(), None, None),
+            },
+            None => (cn.ok_or(RegistrationError::Unauthorized)?, by_cn, Some(individual)),
         };
         let registration_id =
             RegistrationId::try_from(registration_id.as_str()).map_err(|_| RegistrationError::Unauthorized)?;
@@ -40,7 +67,7 @@ impl RegistrationService {
             registration_id,
             evidence: Evidence::Certificates(chain),
         };
-        Ok((device, KnownCertificate { issued, registration }))
+        Ok((device, KnownCertificate { issued, registration, individual }))
     }
 
     /// EST enrollment: a device authenticated by its TLS certificate `chain` (leaf first) gets an operational
@@ -75,24 +102,17 @@ impl RegistrationService {
         let policy = &enrollment.certificate_policy;
         let csr = issue::checked_est_csr(body, device.registration_id.as_str(), policy)?;
         // A certificate belongs to a registration (which revocation finds it by): the device registers first.
-        let registration = match registration {
-            Some(registration) => Ok(registration),
-            None => self.store.registrations().get(&key).await,
-        };
-        if let Ok(registration) = &registration
-            && let Some(reason) = authenticated.refusal_for(registration)
-        {
+        if let Some(reason) = registration.as_ref().and_then(|registration| authenticated.refusal_for(registration)) {
             return Err(self.refuse(&device, action, &reason).await);
         }
         let (device_id, expected_etag) = match registration {
-            Ok(registration) if registration.status == RegistrationStatus::Assigned.as_str() => {
+            Some(registration) if registration.status == RegistrationStatus::Assigned.as_str() => {
                 (registration.device_id, registration.etag)
             }
-            Ok(_) | Err(StoreError::NotFound) => {
+            Some(_) | None => {
                 let reason = "EST issues to assigned devices only: the device must register first";
                 return Err(self.refuse(&device, action, reason).await);
             }
-            Err(e) => return Err(internal("reading the device's registration")(e)),
         };
         let device_id = device_id.unwrap_or_else(|| device.registration_id.as_str().to_owned());
         let issued = self.pki.issue(&csr, &device_id, policy).await?;

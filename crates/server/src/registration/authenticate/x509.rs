@@ -44,14 +44,17 @@ pub struct X509Group {
     pub anchors: Vec<Anchor>,
 }
 
-/// What was already read about a presented certificate (EST reads it to find the registration id): the
-/// operational certificate of ours it is, if any, and that certificate's registration, if it still exists.
-#[derive(Debug)]
+/// What was already read about a presented certificate and its device, all of it in one batch of the store's
+/// devices' reader (EST reads it to find the registration id): the operational certificate of ours it is, if any;
+/// the device's registration, if it exists; and the individual enrollment of the device's registration id.
+#[derive(Debug, Default)]
 pub struct KnownCertificate {
     /// Our record of the certificate.
     pub issued: Option<CertificateRecord>,
-    /// The registration it was issued to.
+    /// The registration it authenticates for (of an operational certificate: the one it was issued to).
     pub registration: Option<RegistrationRecord>,
+    /// The individual enrollment of the device's registration id, if it was read (`Some(None)`: there is none).
+    pub individual: Option<Option<Enrollment>>,
 }
 
 /// A certificate's `X509CertificateInfo` (§1.4), as Azure shows it (`zerotouch_pki::certificate_info`).
@@ -267,7 +270,8 @@ impl RegistrationService {
     /// whose device certificate it is, else the group whose CA sits closest to the device certificate in its
     /// chain.
     ///
-    /// `known`: what the caller already read about the leaf (EST), else it is read here.
+    /// `known`: what the caller already read about the leaf (EST), else it is read here (the certificate and the
+    /// individual enrollment together, in one batch of the devices' reader).
     pub(in super::super) async fn authenticate_x509(
         &self,
         device: &DeviceRequest,
@@ -292,12 +296,17 @@ impl RegistrationService {
         let now = OffsetDateTime::now_utc();
         // An operational certificate of ours names its device id, which may differ from the registration id; it is
         // bound to its registration by the certificate record instead.
-        let known = match known {
+        let key = device.registration_id.key();
+        let mut known = match known {
             Some(known) => known,
-            None => KnownCertificate { issued: self.issued_certificate(leaf).await?, registration: None },
+            None => {
+                let (issued, individual) =
+                    tokio::join!(self.issued_certificate(leaf), self.enrollment(EnrollmentKind::Individual, &key));
+                KnownCertificate { issued: issued?, registration: None, individual: Some(individual?) }
+            }
         };
-        if let Some(issued) = known.issued {
-            return self.authenticate_operational(device, action, leaf, issued, known.registration, now).await;
+        if let Some(issued) = known.issued.take() {
+            return self.authenticate_operational(device, action, leaf, issued, known, now).await;
         }
         let cn = match zerotouch_pki::subject_cn(leaf) {
             Ok(cn) => cn,
@@ -309,7 +318,11 @@ impl RegistrationService {
         }
         let certificate_info = info(leaf);
         let reference = self.caches.reference(&self.store).await?;
-        if let Some(enrollment) = self.enrollment(EnrollmentKind::Individual, &device.registration_id.key()).await? {
+        let individual = match known.individual {
+            Some(read) => read,
+            None => self.enrollment(EnrollmentKind::Individual, &key).await?,
+        };
+        if let Some(enrollment) = individual {
             let reason = match &enrollment.attestation {
                 Attestation::X509(attestation) if individual_matches(attestation, leaf) => None,
                 Attestation::X509(_) => {
@@ -351,14 +364,15 @@ impl RegistrationService {
 
     /// A device presenting an operational certificate we issued: it renews (or registers again) if the
     /// certificate is its own, its newest (neither revoked nor superseded), still valid (or expired within the
-    /// renewal grace), and its issuing CA is still trusted. The enrollment is the one the device registered through.
+    /// renewal grace), and its issuing CA is still trusted. The enrollment is the one the device registered through
+    /// (`known`: what else the caller read: the registration, the individual enrollment).
     async fn authenticate_operational(
         &self,
         device: &DeviceRequest,
         action: Action,
         leaf: &[u8],
         issued: CertificateRecord,
-        registration: Option<RegistrationRecord>,
+        known: KnownCertificate,
         now: OffsetDateTime,
     ) -> Result<Authenticated, RegistrationError> {
         let key = device.registration_id.key();
@@ -409,7 +423,7 @@ impl RegistrationService {
         if let Err(e) = zerotouch_pki::verify_chain(leaf, &[], ca.ca.certificate_der(), checked_at) {
             return Err(self.refuse_certificate(device, action, "x509", refusal(&e)).await);
         }
-        let registration = match registration {
+        let registration = match known.registration {
             Some(registration) => registration,
             None => match self.store.registrations().get(&key).await {
                 Ok(registration) => registration,
@@ -419,11 +433,12 @@ impl RegistrationService {
                 Err(e) => return Err(internal("reading the device's registration")(e)),
             },
         };
-        let (kind, enrollment_key) = match &registration.enrollment_group_key {
-            Some(group) => (EnrollmentKind::Group, group.clone()),
-            None => (EnrollmentKind::Individual, key),
+        let enrollment = match (&registration.enrollment_group_key, known.individual) {
+            (Some(group), _) => self.enrollment(EnrollmentKind::Group, group).await?,
+            (None, Some(read)) => read,
+            (None, None) => self.enrollment(EnrollmentKind::Individual, &key).await?,
         };
-        let Some(enrollment) = self.enrollment(kind, &enrollment_key).await? else {
+        let Some(enrollment) = enrollment else {
             return Err(self.refuse(device, action, "x509: the device's enrollment was deleted").await);
         };
         let x509 = X509RegistrationResult {
