@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::json;
 use zerotouch_store::test_support::TestDatabase;
 use zerotouch_store::{
@@ -638,11 +638,20 @@ both!(a_stale_verification_code_cannot_verify);
 async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
     ready_ca(store, "ca").await;
     register(store, "Other", None, Some(certificate("Other", "ca", "other", 30))).await;
-    let first = register(store, "Dev", None, Some(certificate("Dev", "ca", "first", 30))).await;
+    let issued = certificate("Dev", "ca", "first", 30);
+    let first = register(store, "Dev", None, Some(issued.clone())).await;
     let stored = store.certificates().of_registration("dev").await.unwrap();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].status, CertificateStatus::Active);
-    assert_eq!(stored[0].registration_key, "dev");
+    // A first registration's certificate (written in the batch of first registrations) as issued, at the
+    // precision both databases keep, created when the registration was written.
+    let precise = |at: DateTime<Utc>| at.duration_trunc(Duration::microseconds(1)).unwrap();
+    let expected = CertificateRecord {
+        not_before: precise(issued.not_before),
+        not_after: precise(issued.not_after),
+        created_at: first.updated_at,
+        ..issued
+    };
+    assert_eq!(stored[0], expected);
     assert_eq!(store.certificates().by_thumbprint(&stored[0].thumbprint_sha256).await.unwrap(), stored[0]);
     assert_eq!(
         store.certificates().by_thumbprint(&stored[0].thumbprint_sha256.to_ascii_uppercase()).await.unwrap(),
