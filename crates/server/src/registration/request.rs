@@ -61,6 +61,12 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether the answer shows what the device authenticated with (`registrationState.x509`'s certificate
+    /// details): EST answers with the certificate alone, so its calls skip working them out.
+    pub fn shows_attestation(self) -> bool {
+        !matches!(self, Self::SimpleEnroll | Self::SimpleReenroll)
+    }
+
     /// The name in the audit log.
     pub fn as_str(self) -> &'static str {
         match self {

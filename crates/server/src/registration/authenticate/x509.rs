@@ -316,7 +316,8 @@ impl RegistrationService {
             let reason = format!("x509: the certificate's CN {cn:?} is not the registration id");
             return Err(self.refuse(device, action, &reason).await);
         }
-        let certificate_info = info(leaf);
+        let shown = |der: &[u8]| if action.shows_attestation() { info(der) } else { None };
+        let certificate_info = shown(leaf);
         let reference = self.caches.reference(&self.store).await?;
         let individual = match known.individual {
             Some(read) => read,
@@ -354,7 +355,7 @@ impl RegistrationService {
                 let x509 = X509RegistrationResult {
                     certificate_info,
                     enrollment_group_id: Some(group.id().to_owned()),
-                    signing_certificate_info: info(&anchor.der),
+                    signing_certificate_info: shown(&anchor.der),
                 };
                 Ok(Authenticated { x509: Some(x509), ..Authenticated::by(group) })
             }
@@ -441,10 +442,11 @@ impl RegistrationService {
         let Some(enrollment) = enrollment else {
             return Err(self.refuse(device, action, "x509: the device's enrollment was deleted").await);
         };
+        let shown = |der: &[u8]| if action.shows_attestation() { info(der) } else { None };
         let x509 = X509RegistrationResult {
-            certificate_info: info(leaf),
+            certificate_info: shown(leaf),
             enrollment_group_id: enrollment.group_id().map(str::to_owned),
-            signing_certificate_info: info(ca.ca.certificate_der()),
+            signing_certificate_info: shown(ca.ca.certificate_der()),
         };
         let operational = Some(issued.serial);
         Ok(Authenticated { x509: Some(x509), operational, ..Authenticated::by(Arc::new(enrollment)) })
