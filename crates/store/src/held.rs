@@ -36,8 +36,8 @@ pub(crate) struct HeldConnection {
     pool: DatabaseConnection,
     connection: Option<Connection>,
     keep: bool,
-    /// Whether PostgreSQL plans each execution anew ([`HeldConnection::planning_each_execution`]).
-    custom_plans: bool,
+    /// Whether the statements are point lookups by index ([`HeldConnection::looking_up_by_index`]).
+    index_lookups: bool,
 }
 
 impl std::fmt::Debug for HeldConnection {
@@ -50,17 +50,15 @@ impl HeldConnection {
     /// A holder that takes its connection from `pool`. With `keep` false it gives the connection back after each
     /// query, for a pool whose one connection others need as well (an in-memory SQLite database).
     pub(crate) fn new(pool: DatabaseConnection, keep: bool) -> Self {
-        Self { pool, connection: None, keep, custom_plans: false }
+        Self { pool, connection: None, keep, index_lookups: false }
     }
 
-    /// Has PostgreSQL plan each execution on the kept connection with the tables as they are, for lookups whose
-    /// tables grow from empty to millions of rows while the connection lives: a generic plan PostgreSQL settled on
-    /// while a table was small (a sequential scan: 20 ms per lookup among 20,000 certificates) would stay. Not for
-    /// large statements, whose planning costs more than it saves (the registration writer's took a millisecond).
-    /// (Should the connection go back to the pool after a failure, it keeps planning so: slower by a plan, not
-    /// wrong.)
-    pub(crate) fn planning_each_execution(mut self) -> Self {
-        self.custom_plans = true;
+    /// For statements that are all point lookups by indexed keys, which an index answers best at any table size:
+    /// PostgreSQL plans them without sequential scans. Its generic plan for such a lookup, settled on while the
+    /// table was nearly empty, was a sequential scan that stayed as the table grew (21 ms per lookup among 20,000
+    /// certificates). A connection with this setting never goes back to the pool.
+    pub(crate) fn looking_up_by_index(mut self) -> Self {
+        self.index_lookups = true;
         self
     }
 
@@ -125,8 +123,9 @@ impl HeldConnection {
                 sea_orm::DbBackend::Postgres => {
                     let connection = self.pool.get_postgres_connection_pool().acquire().await.map_err(lost)?;
                     match live(connection, self.keep).await {
-                        Ok(mut connection) if self.keep && self.custom_plans => {
-                            sqlx::query("SET plan_cache_mode = force_custom_plan")
+                        Ok(mut connection) if self.keep && self.index_lookups => {
+                            connection.close_on_drop();
+                            sqlx::query("SET enable_seqscan = off")
                                 .execute(&mut *connection)
                                 .await
                                 .map(|_| Connection::Postgres(connection))

@@ -65,7 +65,7 @@ impl DeviceReader {
     pub(crate) fn start(pool: sea_orm::DatabaseConnection, keep: bool, vault: Vault) -> Self {
         let (queue, receiver) = mpsc::channel::<Lookup>(4 * MAX_LOOKUPS);
         tokio::spawn(async move {
-            let mut connection = HeldConnection::new(pool, keep).planning_each_execution();
+            let mut connection = HeldConnection::new(pool, keep).looking_up_by_index();
             let closed = connection.closed();
             tokio::pin!(closed);
             let mut batches = Batches::new(receiver, MAX_LOOKUPS);
