@@ -6,7 +6,8 @@
 //! intermediate, and so on down to the root"). The group is found by one path search over every group's anchors
 //! (`zerotouch_pki::choose_anchor`, which bounds the signatures a chain may cost), run on the blocking pool with at
 //! most [`chain_searches_at_once`] searches at a time, so a flood of hostile chains neither stalls the async
-//! workers nor takes more than that many CPUs.
+//! workers nor takes more than that many CPUs. A chain that verified is remembered for a while against the same
+//! anchors (`RegistrationService::match_group`); a refused one is searched again every time.
 
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock};
@@ -47,7 +48,7 @@ pub struct X509Group {
 /// What was already read about a presented certificate and its device, all of it in one batch of the store's
 /// devices' reader (EST reads it to find the registration id): the operational certificate of ours it is, if any;
 /// the device's registration, if it exists; and the individual enrollment of the device's registration id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KnownCertificate {
     /// Our record of the certificate.
     pub issued: Option<CertificateRecord>,
