@@ -294,6 +294,9 @@ impl Agent {
     fn stop(&mut self) {
         tracing::info!("zerotouch-agent stopping");
         self.save();
+        if let Onboarding::Tpm(tpm) = &self.onboarding {
+            tpm.close();
+        }
     }
 
     fn succeeded(&mut self) {

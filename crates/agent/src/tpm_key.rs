@@ -18,16 +18,24 @@ pub const KEY_HANDLES: [u32; 2] = [0x8100_0101, 0x8100_0102];
 
 type Job = Box<dyn FnOnce(&mut dyn DeviceTpm) + Send>;
 
+/// What the TPM thread is asked.
+enum Message {
+    /// Run this job.
+    Job(Job),
+    /// Close the TPM and end, then say so.
+    Close(mpsc::Sender<()>),
+}
+
 /// The thread that owns the TPM; cloning shares it.
 #[derive(Debug, Clone)]
 pub struct TpmThread {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Message>,
 }
 
 impl TpmThread {
     /// Starts the thread and opens the TPM there with `open`.
     pub fn spawn(open: impl FnOnce() -> anyhow::Result<Box<dyn DeviceTpm>> + Send + 'static) -> anyhow::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Message>();
         let (ready, opened) = mpsc::channel::<anyhow::Result<()>>();
         std::thread::Builder::new().name("tpm".into()).spawn(move || {
             let mut tpm = match open() {
@@ -40,8 +48,19 @@ impl TpmThread {
                     return;
                 }
             };
-            while let Ok(job) = queue.recv() {
-                job(tpm.as_mut());
+            let mut closed = None;
+            while let Ok(message) = queue.recv() {
+                match message {
+                    Message::Job(job) => job(tpm.as_mut()),
+                    Message::Close(done) => {
+                        closed = Some(done);
+                        break;
+                    }
+                }
+            }
+            drop(tpm);
+            if let Some(done) = closed {
+                let _ = done.send(());
             }
         })?;
         opened.recv().map_err(|_| anyhow!("the TPM thread ended"))??;
@@ -55,11 +74,22 @@ impl TpmThread {
     ) -> anyhow::Result<R> {
         let (reply, result) = mpsc::channel();
         self.jobs
-            .send(Box::new(move |tpm| {
+            .send(Message::Job(Box::new(move |tpm| {
                 let _ = reply.send(job(tpm));
-            }))
+            })))
             .map_err(|_| anyhow!("the TPM thread ended"))?;
         result.recv().map_err(|_| anyhow!("the TPM thread ended"))?
+    }
+
+    /// Closes the TPM (its context is finalized on its own thread) and waits until it is, so that the process does
+    /// not exit while the TPM libraries are still finalizing: a context dropped on the TPM thread while `main`
+    /// returned now and then ended the agent in "double free or corruption" (SIGABRT) on SIGTERM. Calls after this
+    /// fail with "the TPM thread ended".
+    pub fn close(&self) {
+        let (done, closed) = mpsc::channel();
+        if self.jobs.send(Message::Close(done)).is_ok() {
+            let _ = closed.recv();
+        }
     }
 }
 
