@@ -291,8 +291,8 @@ impl Store {
                         // The checkpointer keeps the WAL short; the writer checkpoints only if it falls far behind.
                         .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
                         // Statement journals and sorts stay in memory: as files, each batch the writer commits
-                        // created, wrote and deleted one (a sixth of the writer's CPU went to ext4 and the page
-                        // cache).
+                        // created, wrote and deleted one (closing and evicting it was a few percent of the writer
+                        // thread's CPU under EST load).
                         .pragma("temp_store", "memory")
                         .journal_mode(SqliteJournalMode::Wal)
                         .synchronous(SqliteSynchronous::Normal)

@@ -63,6 +63,11 @@ pub fn info(der: &[u8]) -> Option<X509CertificateInfo> {
     zerotouch_pki::certificate_info(der).ok()
 }
 
+/// [`info`], when the answer to `action` shows it ([`Action::shows_attestation`]).
+fn shown_info(action: Action, der: &[u8]) -> Option<X509CertificateInfo> {
+    if action.shows_attestation() { info(der) } else { None }
+}
+
 fn certificates(pair: Option<&X509Certificates>) -> Vec<Vec<u8>> {
     let Some(pair) = pair else { return Vec::new() };
     [&pair.primary, &pair.secondary]
@@ -317,8 +322,7 @@ impl RegistrationService {
             let reason = format!("x509: the certificate's CN {cn:?} is not the registration id");
             return Err(self.refuse(device, action, &reason).await);
         }
-        let shown = |der: &[u8]| if action.shows_attestation() { info(der) } else { None };
-        let certificate_info = shown(leaf);
+        let certificate_info = shown_info(action, leaf);
         let reference = self.caches.reference(&self.store).await?;
         let individual = match known.individual {
             Some(read) => read,
@@ -356,7 +360,7 @@ impl RegistrationService {
                 let x509 = X509RegistrationResult {
                     certificate_info,
                     enrollment_group_id: Some(group.id().to_owned()),
-                    signing_certificate_info: shown(&anchor.der),
+                    signing_certificate_info: shown_info(action, &anchor.der),
                 };
                 Ok(Authenticated { x509: Some(x509), ..Authenticated::by(group) })
             }
@@ -443,11 +447,10 @@ impl RegistrationService {
         let Some(enrollment) = enrollment else {
             return Err(self.refuse(device, action, "x509: the device's enrollment was deleted").await);
         };
-        let shown = |der: &[u8]| if action.shows_attestation() { info(der) } else { None };
         let x509 = X509RegistrationResult {
-            certificate_info: shown(leaf),
+            certificate_info: shown_info(action, leaf),
             enrollment_group_id: enrollment.group_id().map(str::to_owned),
-            signing_certificate_info: shown(ca.ca.certificate_der()),
+            signing_certificate_info: shown_info(action, ca.ca.certificate_der()),
         };
         let operational = Some(issued.serial);
         Ok(Authenticated { x509: Some(x509), operational, ..Authenticated::by(Arc::new(enrollment)) })
