@@ -458,7 +458,12 @@ pub fn admin_token(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 pub fn client_trusting(path: &Path) -> anyhow::Result<reqwest::Client> {
     init();
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false).timeout(Duration::from_secs(60));
+    // Idle connections are not reused after 2 s: the service closes them after 5 s (actix's keep-alive), and a
+    // request sent on one as it closes fails with IncompleteMessage (seen after a 7 s Python SDK run).
+    let mut builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(2));
     for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
         builder = builder.add_root_certificate(cert);
     }
