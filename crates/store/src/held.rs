@@ -26,6 +26,12 @@ pub(crate) struct Sql {
     pub(crate) sqlite: &'static str,
 }
 
+/// A timestamp inside a statement's JSON argument: as sqlx writes timestamps on SQLite (whose comparisons are
+/// textual), which PostgreSQL reads as well.
+pub(crate) fn json_timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
 enum Connection {
     Postgres(PoolConnection<Postgres>),
     Sqlite(PoolConnection<Sqlite>),
@@ -56,7 +62,10 @@ impl HeldConnection {
     /// For statements that are all point lookups by indexed keys, which an index answers best at any table size:
     /// PostgreSQL plans them without sequential scans. Its generic plan for such a lookup, settled on while the
     /// table was nearly empty, was a sequential scan that stayed as the table grew (21 ms per lookup among 20,000
-    /// certificates). A connection with this setting never goes back to the pool.
+    /// certificates). A connection with this setting never goes back to the pool. It also does without JIT
+    /// compilation: a sequential scan that remains (of a table with no usable index, such as the few hubs) is costed
+    /// as if disabled, far above the threshold for JIT, which then compiled the statement each time it ran (a
+    /// second per batch for the writer's certificates).
     pub(crate) fn looking_up_by_index(mut self) -> Self {
         self.index_lookups = true;
         self
@@ -102,6 +111,20 @@ impl HeldConnection {
         }
     }
 
+    /// [`HeldConnection::fetch_all`] for a statement atomic by itself: one statement on PostgreSQL, a script from
+    /// `BEGIN` to `COMMIT` on SQLite, rolled back if it stopped in between.
+    pub(crate) async fn fetch_all_atomic(
+        &mut self,
+        sql: Sql,
+        argument: &Value,
+    ) -> Result<Vec<QueryResult>, StoreError> {
+        let result = self.fetch_all(sql, argument).await;
+        if result.is_err() && self.pool.get_database_backend() == sea_orm::DbBackend::Sqlite {
+            let _ = sea_orm::ConnectionTrait::execute_unprepared(&self.pool, "ROLLBACK").await;
+        }
+        result
+    }
+
     /// Resolves once the pool is closed. The holder must then drop its connection: closing a pool waits for every
     /// connection taken from it.
     pub(crate) fn closed(&self) -> sqlx::pool::CloseEvent {
@@ -125,10 +148,12 @@ impl HeldConnection {
                     match live(connection, self.keep).await {
                         Ok(mut connection) if self.keep && self.index_lookups => {
                             connection.close_on_drop();
-                            sqlx::query("SET enable_seqscan = off")
-                                .execute(&mut *connection)
-                                .await
-                                .map(|_| Connection::Postgres(connection))
+                            sqlx::query(
+                                "SELECT set_config('enable_seqscan', 'off', false), set_config('jit', 'off', false)",
+                            )
+                            .execute(&mut *connection)
+                            .await
+                            .map(|_| Connection::Postgres(connection))
                         }
                         checked => checked.map(Connection::Postgres),
                     }

@@ -829,6 +829,133 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
 }
 both!(batched_issuance_writes_each_winner_once);
 
+/// Many EST certificates at once, written in batches: each gets its own answer. The devices renewing with their
+/// active certificate get the new one, which supersedes it, with one audit event each; a device on a hub with an
+/// adapter also gets the job that tells its hub. Refused, with nothing written: a device whose enrollment was
+/// disabled, one whose registration changed after the decision, one renewing with a superseded certificate, one
+/// whose registration was deleted, one whose new certificate has a serial already taken (that failure is its
+/// answer alone).
+async fn batched_est_certificates_each_get_their_answer(store: &Store) {
+    ready_ca(store, "ca").await;
+    let input = zerotouch_store::HubInput {
+        host_name: "told.example.com".into(),
+        kind: "mosquitto".into(),
+        allocation_weight: 100,
+        apply_allocation_policy: true,
+        settings: json!({}),
+    };
+    store.hubs().put(input, &Precondition::None, &actor()).await.unwrap();
+    const DEVICES: usize = 40;
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("Est-{i}")).collect();
+    let mut firsts = Vec::new();
+    for id in &ids {
+        let first = certificate(id, "ca", &format!("first-{id}"), 30);
+        register(store, id, None, Some(first.clone())).await;
+        firsts.push(first);
+    }
+    let told = zerotouch_store::test_support::assigned_registration("Told", None, "Told", "told.example.com");
+    let told_first = certificate("Told", "ca", "first-told", 30);
+    let outcome = attempt(told, None, "op-told", Some(told_first.clone()));
+    zerotouch_store::test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap();
+
+    let mut guards = Vec::new();
+    for (id, first) in ids.iter().zip(&firsts) {
+        let mut guard = guard(store, &id.to_ascii_lowercase()).await;
+        guard.renewing = Some(first.serial.clone());
+        guards.push(guard);
+    }
+    let mut told_guard = guard(store, "told").await;
+    told_guard.renewing = Some(told_first.serial.clone());
+    // Est-0: enrollment disabled. Est-1: registered again after the decision. Est-2: decided on the current state,
+    // but renewing with the certificate a later registration superseded. Est-3: registration deleted.
+    put_enrollment(store, EnrollmentKind::Individual, "Est-0", true).await;
+    register(store, "Est-1", None, None).await;
+    register(store, "Est-2", None, Some(certificate("Est-2", "ca", "second-Est-2", 30))).await;
+    guards[2].expected_etag = store.registrations().get("est-2").await.unwrap().etag;
+    store.registrations().delete("est-3", &Precondition::None, &actor()).await.unwrap();
+
+    // In one wave, every device but Est-4 (one batch or a few, each in one round trip).
+    let wave = |requests: Vec<(String, CertificateGuard, CertificateRecord)>| async move {
+        let barrier = Arc::new(tokio::sync::Barrier::new(requests.len()));
+        let mut tasks = Vec::new();
+        for (_, guard, new) in requests {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.registrations().record_certificate(new, guard, "simplereenroll", &actor()).await
+            }));
+        }
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    };
+    let all: Vec<(String, CertificateGuard)> =
+        ids.iter().cloned().chain(["Told".to_owned()]).zip(guards.into_iter().chain([told_guard])).collect();
+    let first_wave: Vec<_> = all
+        .iter()
+        .filter(|(id, _)| id != "Est-4")
+        .map(|(id, guard)| (id.clone(), guard.clone(), certificate(id, "ca", &format!("est-{id}"), 30)))
+        .collect();
+    let ids_in_wave: Vec<String> = first_wave.iter().map(|(id, ..)| id.clone()).collect();
+    let mut answers: HashMap<String, Result<CertificateRecord, StoreError>> =
+        ids_in_wave.into_iter().zip(wave(first_wave).await).collect();
+    assert!(matches!(answers["Est-0"], Err(StoreError::NoLongerAuthorized(_))), "disabled: {:?}", answers["Est-0"]);
+    assert!(matches!(answers["Est-1"], Err(StoreError::Conflict(_))), "changed: {:?}", answers["Est-1"]);
+    assert!(matches!(answers["Est-2"], Err(StoreError::NoLongerAuthorized(_))), "superseded: {:?}", answers["Est-2"]);
+    assert!(matches!(answers["Est-3"], Err(StoreError::NoLongerAuthorized(_))), "deleted: {:?}", answers["Est-3"]);
+
+    // Then Est-4, whose new certificate takes Est-5's first serial, beside Est-5 renewing with its new certificate:
+    // Est-4 fails alone.
+    let est_5 = answers["Est-5"].as_ref().unwrap();
+    let mut guard_5 = guard(store, "est-5").await;
+    guard_5.renewing = Some(est_5.serial.clone());
+    let est_4 = all.iter().find(|(id, _)| id == "Est-4").unwrap().1.clone();
+    let again = wave(vec![
+        ("Est-4".into(), est_4, certificate("Est-4", "ca", "first-Est-5", 30)),
+        ("Est-5".into(), guard_5, certificate("Est-5", "ca", "again-Est-5", 30)),
+    ])
+    .await;
+    assert!(matches!(again[0], Err(StoreError::Conflict(_))), "serial taken: {:?}", again[0]);
+    let est_5_again = again[1].as_ref().unwrap().clone();
+    assert_eq!(est_5_again.serial, certificate("Est-5", "ca", "again-Est-5", 30).serial);
+
+    for (i, id) in ids.iter().map(|id| id.as_str()).chain(["Told"]).enumerate() {
+        let stored = store.certificates().of_registration(&id.to_ascii_lowercase()).await.unwrap();
+        let active: Vec<&str> =
+            stored.iter().filter(|c| c.status == CertificateStatus::Active).map(|c| c.serial.as_str()).collect();
+        match i {
+            0..=4 => assert_eq!(stored.len(), if i == 2 { 2 } else { 1 }, "{id}: nothing written"),
+            5 => assert_eq!((active, stored.len()), (vec![est_5_again.serial.as_str()], 3), "{id}"),
+            _ => {
+                let written = answers[id].as_ref().unwrap();
+                assert_eq!(written.serial, certificate(id, "ca", &format!("est-{id}"), 30).serial);
+                assert_eq!(active, [written.serial.as_str()], "{id}");
+                assert_eq!(stored.len(), 2, "{id}: the first, superseded, and the new one");
+            }
+        }
+    }
+    let events = audit_of(store, "certificate").await;
+    let mut audited: Vec<&str> =
+        events.iter().filter(|e| e.action == "simplereenroll").map(|e| e.resource_id.as_str()).collect();
+    answers.insert("Est-5 again".into(), Ok(est_5_again));
+    let mut written: Vec<&str> = answers.values().filter_map(|a| a.as_ref().ok()).map(|c| c.serial.as_str()).collect();
+    audited.sort_unstable();
+    written.sort_unstable();
+    assert_eq!(written.len(), DEVICES - 5 + 2);
+    assert_eq!(audited, written, "one event per certificate written");
+    let told_new = answers["Told"].as_ref().unwrap();
+    let jobs = store.hub_jobs().of_registration("told").await.unwrap();
+    assert!(
+        jobs.iter()
+            .any(|job| job.document.as_ref().is_some_and(|d| d.to_string().contains(&told_new.thumbprint_sha256))),
+        "the hub is told of the new certificate: {jobs:?}"
+    );
+    assert!(store.hub_jobs().of_registration("est-5").await.unwrap().is_empty(), "a hub without adapter is not");
+}
+both!(batched_est_certificates_each_get_their_answer);
+
 // ---------------------------------------------------------------------------------------------------------------
 // Revocation
 // ---------------------------------------------------------------------------------------------------------------

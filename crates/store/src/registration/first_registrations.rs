@@ -3,13 +3,12 @@
 //! seven statements of a general batch.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use serde_json::Value;
 
 use super::writer::{Pending, Written};
 use super::{OperationRecord, RegistrationRecord};
 use crate::StoreError;
-use crate::held::{HeldConnection, Sql};
+use crate::held::{HeldConnection, Sql, json_timestamp};
 
 /// Whether `batch` can go through [`write_first_registrations`]: first registrations of distinct devices, none
 /// with a hub job (the common case under load).
@@ -133,7 +132,6 @@ pub(super) const DISABLED: &str = "the enrollment was disabled or deleted while 
 /// one statement on PostgreSQL (atomic by itself), one script on SQLite. Same rows as
 /// [`write_together`](super::writer::write_together) writes.
 pub(super) async fn write_first_registrations(
-    db: &DatabaseConnection,
     held: &mut HeldConnection,
     batch: &[Pending],
     records: Vec<RegistrationRecord>,
@@ -149,10 +147,8 @@ pub(super) async fn write_first_registrations(
             ..pending.outcome.operation.clone()
         })
         .collect();
-    // Timestamps as sqlx writes them on SQLite (whose comparisons are textual), which PostgreSQL reads as well;
     // JSON columns as text.
-    let timestamp = |at: DateTime<Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
-    let at = timestamp(now);
+    let at = json_timestamp(now);
     let text = |value: &Option<Value>| value.as_ref().map(Value::to_string);
     let attempts: Vec<Value> = batch
         .iter()
@@ -185,22 +181,13 @@ pub(super) async fn write_first_registrations(
                 "serial": certificate.map(|c| &c.serial),
                 "certificate_device_id": certificate.map(|c| &c.device_id),
                 "issuing_ca": certificate.map(|c| &c.issuing_ca),
-                "not_before": certificate.map(|c| timestamp(c.not_before)),
-                "not_after": certificate.map(|c| timestamp(c.not_after)),
+                "not_before": certificate.map(|c| json_timestamp(c.not_before)),
+                "not_after": certificate.map(|c| json_timestamp(c.not_after)),
                 "thumbprint_sha256": certificate.map(|c| &c.thumbprint_sha256),
             })
         })
         .collect();
-    let rows = match held.fetch_all(FIRST_REGISTRATIONS, &Value::Array(attempts)).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            // The script stopped inside its transaction.
-            if db.get_database_backend() == DbBackend::Sqlite {
-                let _ = db.execute_unprepared("ROLLBACK").await;
-            }
-            return Err(e);
-        }
-    };
+    let rows = held.fetch_all_atomic(FIRST_REGISTRATIONS, &Value::Array(attempts)).await?;
     let mut fates = std::collections::HashMap::with_capacity(rows.len());
     for row in &rows {
         let key: String = row.try_get("", "key")?;

@@ -2,8 +2,10 @@
 
 //!
 //! The records and the repository are here; [`writer`] writes registration attempts in batches (group commit), and
-//! [`first_registrations`] writes a batch of devices' first registrations in one round trip.
+//! [`first_registrations`] writes a batch of devices' first registrations in one round trip, [`certificates_alone`] a
+//! batch of certificates issued outside a registration (EST).
 
+mod certificates_alone;
 mod first_registrations;
 mod writer;
 

@@ -8,6 +8,7 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::certificates_alone::{Fate, one_per_registration, write_certificates_alone};
 use super::first_registrations::{first_registrations_only, write_first_registrations};
 use super::{Committed, RegistrationOutcome, RegistrationRecord, Snapshot, operation_active, to_active};
 use crate::audit::{self, Change};
@@ -66,7 +67,7 @@ impl RegistrationWriter {
     pub(crate) fn start(db: DatabaseConnection, keep: bool, vault: Vault) -> Self {
         let (queue, receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
         tokio::spawn(async move {
-            let mut held = HeldConnection::new(db.clone(), keep);
+            let mut held = HeldConnection::new(db.clone(), keep).looking_up_by_index();
             let closed = held.closed();
             tokio::pin!(closed);
             let mut batches = Batches::new(receiver, MAX_BATCH);
@@ -86,7 +87,8 @@ impl RegistrationWriter {
     }
 }
 
-/// Writes a batch in one transaction; if that transaction fails as a whole, writes each attempt alone, so that one
+/// Writes a batch in one transaction (a batch of certificates issued outside a registration in one round trip, see
+/// [`write_certificates_alone`]); if that transaction fails as a whole, writes each attempt alone, so that one
 /// attempt's failure (say, its group deleted meanwhile) is that attempt's answer only.
 async fn write_batch(db: &DatabaseConnection, vault: &Vault, held: &mut HeldConnection, work: Vec<Work>) {
     let (mut batch, mut certificates) = (Vec::new(), Vec::new());
@@ -94,6 +96,36 @@ async fn write_batch(db: &DatabaseConnection, vault: &Vault, held: &mut HeldConn
         match item {
             Work::Register(pending) => batch.push(*pending),
             Work::Certificate(pending) => certificates.push(*pending),
+        }
+    }
+    if batch.is_empty() && one_per_registration(&certificates) {
+        match write_certificates_alone(held, &certificates, crate::now()).await {
+            Ok(fates) => {
+                let mut hubs_to_tell = Vec::new();
+                for (pending, fate) in certificates.into_iter().zip(fates) {
+                    match fate {
+                        Fate::Written(certificate) => drop(pending.reply.send(Ok(certificate))),
+                        Fate::Refused(e) => drop(pending.reply.send(Err(e))),
+                        Fate::HubToBeTold => hubs_to_tell.push(pending),
+                    }
+                }
+                certificates = hubs_to_tell;
+            }
+            Err(e) if certificates.len() == 1 => {
+                let pending = certificates.remove(0);
+                let e = match e {
+                    StoreError::Database(e) => {
+                        StoreError::from_insert(e, "a certificate with this serial or thumbprint")
+                    }
+                    e => e,
+                };
+                drop(pending.reply.send(Err(e)));
+            }
+            // Say, one serial taken: the general batch below writes them again, each alone if need be.
+            Err(_) => {}
+        }
+        if certificates.is_empty() {
+            return;
         }
     }
     let nothing = || StoreError::Conflict("nothing was written".into());
@@ -158,7 +190,7 @@ pub(super) async fn write_together(
         })
         .collect();
     if certificates_alone.is_empty() && first_registrations_only(batch) {
-        return write_first_registrations(db, held, batch, records, now).await;
+        return write_first_registrations(held, batch, records, now).await;
     }
     let txn = db.begin().await?;
 
@@ -225,14 +257,7 @@ pub(super) async fn write_together(
     let winners: Vec<usize> = (0..batch.len()).filter(|&i| won[i]).collect();
     // At most one attempt per registration wins (a new state is inserted once; an update needs the etag the
     // first winner just replaced), so each registration gets at most one new active certificate.
-    let fresh = |certificate: CertificateRecord| {
-        let mut certificate = certificates::normalized(certificate);
-        certificate.status = CertificateStatus::Active;
-        certificate.revoked_at = None;
-        certificate.revocation_reason = None;
-        certificate.created_at = now;
-        certificate
-    };
+    let fresh = |certificate| fresh(certificate, now);
     let mut issued: Vec<CertificateRecord> = winners
         .iter()
         .filter_map(|&i| {
@@ -378,6 +403,16 @@ pub(super) async fn write_together(
     Ok((results, certificates))
 }
 
+/// `certificate` as a batch written at `now` stores it: normalized, `active`, created `now`.
+pub(super) fn fresh(certificate: CertificateRecord, now: chrono::DateTime<chrono::Utc>) -> CertificateRecord {
+    let mut certificate = certificates::normalized(certificate);
+    certificate.status = CertificateStatus::Active;
+    certificate.revoked_at = None;
+    certificate.revocation_reason = None;
+    certificate.created_at = now;
+    certificate
+}
+
 /// Whose authorization a write re-checks: a registration (canonical id), the group it is written through (else its
 /// individual enrollment, of the same key), the operational certificate it renews with, and whether it grants
 /// anything (assigns the device, or issues a certificate); a state that does not (`disabled`, `failed`) is written
@@ -446,7 +481,7 @@ async fn still_authorized(
             if !enabled {
                 Some(super::first_registrations::DISABLED.to_owned())
             } else if s.renewing.is_some_and(|serial| !active.contains(serial)) {
-                Some("the certificate the device authenticated with was revoked or renewed meanwhile".to_owned())
+                Some(super::certificates_alone::NOT_CURRENT.to_owned())
             } else {
                 None
             }
