@@ -25,10 +25,11 @@ pub(super) fn one_per_registration(certificates: &[PendingCertificate]) -> bool 
 /// (ordered against a concurrent delete or revocation, which revoke what they find); a certificate is written only
 /// if its registration exists with the etag it was decided on, the registration's enrollment is still enabled and
 /// the certificate the device renewed with (if any) is still active, read `FOR SHARE` like the enrollment. A
-/// registration assigned to a hub with an adapter must also have the hub told of its new credential: such a
-/// certificate is not written here (`hub_told`) but by the general batch, which queues the hub job in the same
-/// transaction. The registration's active certificate becomes superseded and the new one is inserted with its audit
-/// event. The statement's text never changes, so the writer's connection prepares it once.
+/// registration assigned to a hub with an adapter (a kind other than `none`, [`crate::NO_ADAPTER`]) must also have
+/// the hub told of its new credential: such a certificate is not written here (`hub_told`) but by the general
+/// batch, which queues the hub job in the same transaction. The registration's active certificate becomes
+/// superseded and the new one is inserted with its audit event. The statement's text never changes, so the
+/// writer's connection prepares it once.
 const CERTIFICATES_ALONE_POSTGRES: &str = r#"
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1) AS a(
