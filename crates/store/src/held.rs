@@ -71,8 +71,8 @@ impl HeldConnection {
         self
     }
 
-    /// Runs `sql` with `argument` and returns its rows. A failed query drops the connection; if the connection was
-    /// lost, the query runs once more on a fresh one.
+    /// Runs `sql` with `argument` and returns its rows. A failed query drops the connection (on SQLite after
+    /// rolling back what a script left open); if the connection was lost, the query runs once more on a fresh one.
     pub(crate) async fn fetch_all(&mut self, sql: Sql, argument: &Value) -> Result<Vec<QueryResult>, StoreError> {
         let mut retried = false;
         loop {
@@ -100,6 +100,13 @@ impl HeldConnection {
                     return Ok(rows);
                 }
                 Err(e) => {
+                    // A script that stopped inside its transaction (SQLite) leaves it open on the connection, which
+                    // goes back to the pool: rolled back here, on that connection. Rolled back by a later statement
+                    // on whichever connection the pool gave out, the pool's next user (the one connection that
+                    // writes, shared with every other write) could have written inside it and lost that write.
+                    if let Connection::Sqlite(c) = connection {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut **c).await;
+                    }
                     // Whatever went wrong, the connection's state is unknown: the next query starts on a fresh one.
                     self.connection = None;
                     if retried || !connection_lost(&e) {
@@ -109,20 +116,6 @@ impl HeldConnection {
                 }
             }
         }
-    }
-
-    /// [`HeldConnection::fetch_all`] for a statement atomic by itself: one statement on PostgreSQL, a script from
-    /// `BEGIN` to `COMMIT` on SQLite, rolled back if it stopped in between.
-    pub(crate) async fn fetch_all_atomic(
-        &mut self,
-        sql: Sql,
-        argument: &Value,
-    ) -> Result<Vec<QueryResult>, StoreError> {
-        let result = self.fetch_all(sql, argument).await;
-        if result.is_err() && self.pool.get_database_backend() == sea_orm::DbBackend::Sqlite {
-            let _ = sea_orm::ConnectionTrait::execute_unprepared(&self.pool, "ROLLBACK").await;
-        }
-        result
     }
 
     /// Resolves once the pool is closed. The holder must then drop its connection: closing a pool waits for every

@@ -153,7 +153,7 @@ pub(super) async fn write_certificates_alone(
             })
         })
         .collect();
-    let rows = held.fetch_all_atomic(CERTIFICATES_ALONE, &Value::Array(attempts)).await?;
+    let rows = held.fetch_all(CERTIFICATES_ALONE, &Value::Array(attempts)).await?;
     let mut certificates: Vec<Option<CertificateRecord>> = certificates.into_iter().map(Some).collect();
     let mut fates: Vec<Option<Fate>> = std::iter::repeat_with(|| None).take(pending.len()).collect();
     for row in &rows {

@@ -187,7 +187,7 @@ pub(super) async fn write_first_registrations(
             })
         })
         .collect();
-    let rows = held.fetch_all_atomic(FIRST_REGISTRATIONS, &Value::Array(attempts)).await?;
+    let rows = held.fetch_all(FIRST_REGISTRATIONS, &Value::Array(attempts)).await?;
     let mut fates = std::collections::HashMap::with_capacity(rows.len());
     for row in &rows {
         let key: String = row.try_get("", "key")?;
