@@ -201,6 +201,16 @@ impl Device {
     }
 
     /// Waits up to `timeout` for `condition` on the hook's events.
+    /// Waits until the agent has recorded its hook as done (`hookPending` null). The hook writes its event before
+    /// it exits: an agent stopped in between stops the hook too and runs it again when it starts (`docs/agent.md`).
+    async fn wait_for_hook_done(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.status()["hookPending"].is_null() {
+            assert!(Instant::now() < deadline, "the hook stays pending: {}\n{}", self.status(), self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn wait_for(&self, what: &str, timeout: Duration, condition: impl Fn(&[HookEvent]) -> bool) {
         let deadline = Instant::now() + timeout;
         while !condition(&self.events()) {
@@ -440,6 +450,7 @@ async fn a_device_stopped_across_an_expiry_recovers_by_registration_or_within_th
     }
     for device in &mut devices {
         device.wait_for("provisioned", Duration::from_secs(30), |e| e.iter().any(|e| e.event == "provisioned")).await;
+        device.wait_for_hook_done().await;
         device.stop();
     }
     let not_after: Vec<chrono::DateTime<chrono::Utc>> =

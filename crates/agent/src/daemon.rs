@@ -565,13 +565,10 @@ impl Agent {
             }
         }
         self.state.hook_pending = None;
-        let removed = match self.state.previous.take() {
-            Some(previous) => self.identity.remove(&previous),
-            None => Ok(()),
-        };
-        // Written down at once: an agent stopped before its next save would run the hook again when it starts.
-        self.save();
-        removed
+        if let Some(previous) = self.state.previous.take() {
+            self.identity.remove(&previous)?;
+        }
+        Ok(())
     }
 }
 
