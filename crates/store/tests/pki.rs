@@ -920,6 +920,12 @@ async fn batched_est_certificates_each_get_their_answer(store: &Store) {
     assert!(matches!(again[0], Err(StoreError::Conflict(_))), "serial taken: {:?}", again[0]);
     let est_5_again = again[1].as_ref().unwrap().clone();
     assert_eq!(est_5_again.serial, certificate("Est-5", "ca", "again-Est-5", 30).serial);
+    // Alone in its batch (the one-round-trip statement fails, and its error is the answer), the same.
+    let mut guard_6 = guard(store, "est-6").await;
+    guard_6.renewing = Some(answers["Est-6"].as_ref().unwrap().serial.clone());
+    let taken = certificate("Est-6", "ca", "first-Est-7", 30);
+    let lone = store.registrations().record_certificate(taken, guard_6, "simplereenroll", &actor()).await;
+    assert!(matches!(lone, Err(StoreError::Conflict(_))), "serial taken, alone: {lone:?}");
 
     for (i, id) in ids.iter().map(|id| id.as_str()).chain(["Told"]).enumerate() {
         let stored = store.certificates().of_registration(&id.to_ascii_lowercase()).await.unwrap();
