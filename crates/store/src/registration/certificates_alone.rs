@@ -8,8 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::first_registrations::DISABLED;
-use super::writer::{PendingCertificate, fresh};
+use super::writer::{CHANGED, DELETED, DISABLED, NOT_CURRENT, PendingCertificate, fresh};
 use crate::StoreError;
 use crate::certificate::CertificateRecord;
 use crate::held::{HeldConnection, Sql, json_timestamp};
@@ -106,9 +105,6 @@ COMMIT;"#;
 /// [`write_certificates_alone`]'s statement on each database.
 const CERTIFICATES_ALONE: Sql = Sql { postgres: CERTIFICATES_ALONE_POSTGRES, sqlite: CERTIFICATES_ALONE_SQLITE };
 
-/// Why a certificate renewed with a certificate that is no longer active is not written.
-pub(super) const NOT_CURRENT: &str = "the certificate the device authenticated with was revoked or renewed meanwhile";
-
 /// What became of one certificate of a batch written by [`write_certificates_alone`].
 pub(super) enum Fate {
     /// Written (as given to the statement: normalized, `active`, created now).
@@ -162,9 +158,9 @@ pub(super) async fn write_certificates_alone(
         let certificate = certificates.get_mut(n).and_then(Option::take);
         let Some(certificate) = certificate else { return Err(StoreError::Corrupt("attempt".into())) };
         let fate = if !flag("found")? {
-            Fate::Refused(StoreError::NoLongerAuthorized("the registration was deleted".into()))
+            Fate::Refused(StoreError::NoLongerAuthorized(DELETED.into()))
         } else if !flag("unchanged")? {
-            Fate::Refused(StoreError::Conflict("the registration changed concurrently".into()))
+            Fate::Refused(StoreError::Conflict(CHANGED.into()))
         } else if !flag("enabled")? {
             Fate::Refused(StoreError::NoLongerAuthorized(DISABLED.into()))
         } else if !flag("current")? {

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::writer::{Pending, Written};
+use super::writer::{CHANGED, DISABLED, Pending, Written};
 use super::{OperationRecord, RegistrationRecord};
 use crate::StoreError;
 use crate::held::{HeldConnection, Sql, json_timestamp};
@@ -28,10 +28,10 @@ pub(super) fn first_registrations_only(batch: &[Pending]) -> bool {
 /// inserted, and the operations, certificates and audit events of exactly those, in one statement. Unlike the
 /// general batch, nothing is superseded: a new state's key has no `active` certificate, since deleting a
 /// registration revokes its certificates in the same transaction. (Superseding anyway cost a sequential scan of
-/// the certificates per batch, from a plan made while the table was small: 113 registrations/s.) The enrollment rows are read `FOR SHARE`: a concurrent disable or delete
-/// either commits first (and the attempt is not written) or waits for this statement, and then retires what it
-/// wrote.
-/// Its text never changes, so each connection prepares it once.
+/// the certificates per batch, from a plan made while the table was small: 113 registrations/s.) The enrollment
+/// rows are read `FOR SHARE`: a concurrent disable or delete either commits first (and the attempt is not written)
+/// or waits for this statement, and then retires what it wrote. Its text never changes, so each connection
+/// prepares it once.
 const FIRST_REGISTRATIONS_POSTGRES: &str = r#"
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1) AS a(
@@ -125,9 +125,6 @@ END AS authorized
 FROM jsonb_each(?1) AS a LEFT JOIN temp.won_attempt AS w ON w.n = a.value->>'n' ORDER BY a.value->>'n';
 COMMIT;"#;
 
-/// Why an attempt whose enrollment changed after the decision is not written.
-pub(super) const DISABLED: &str = "the enrollment was disabled or deleted while the device registered";
-
 /// Writes a batch of first registrations (see [`first_registrations_only`]) in one round trip instead of five:
 /// one statement on PostgreSQL (atomic by itself), one script on SQLite. Same rows as
 /// [`write_together`](super::writer::write_together) writes.
@@ -199,7 +196,7 @@ pub(super) async fn write_first_registrations(
         .map(|(record, operation)| match fates.get(&record.key) {
             Some((true, _)) => Ok((record, operation, None)),
             Some((false, false)) => Err(StoreError::NoLongerAuthorized(DISABLED.into())),
-            Some((false, true)) | None => Err(StoreError::Conflict("the registration changed concurrently".into())),
+            Some((false, true)) | None => Err(StoreError::Conflict(CHANGED.into())),
         })
         .collect();
     Ok((results, Vec::new()))

@@ -37,6 +37,15 @@ pub(super) struct PendingCertificate {
     pub(super) reply: oneshot::Sender<Result<CertificateRecord, StoreError>>,
 }
 
+/// Why a write is refused: the enrollment changed after the decision.
+pub(super) const DISABLED: &str = "the enrollment was disabled or deleted while the device registered";
+/// Why a write is refused: the certificate a renewal authenticated with is no longer active.
+pub(super) const NOT_CURRENT: &str = "the certificate the device authenticated with was revoked or renewed meanwhile";
+/// Why an EST certificate is refused: its registration is gone.
+pub(super) const DELETED: &str = "the registration was deleted";
+/// Why a write lost: another write changed the registration first.
+pub(super) const CHANGED: &str = "the registration changed concurrently";
+
 /// What the writer writes.
 pub(super) enum Work {
     Register(Box<Pending>),
@@ -293,9 +302,9 @@ pub(super) async fn write_together(
         for (pending, refused) in certificates_alone.iter().zip(refused) {
             let state = states.get(&pending.certificate.registration_key);
             alone_results.push(match (state, refused) {
-                (None, _) => Err(StoreError::NoLongerAuthorized("the registration was deleted".into())),
+                (None, _) => Err(StoreError::NoLongerAuthorized(DELETED.into())),
                 (Some(state), _) if state.etag != pending.guard.expected_etag => {
-                    Err(StoreError::Conflict("the registration changed concurrently".into()))
+                    Err(StoreError::Conflict(CHANGED.into()))
                 }
                 (Some(_), Some(why)) => Err(StoreError::NoLongerAuthorized(why)),
                 (Some(_), None) => Ok(()),
@@ -392,7 +401,7 @@ pub(super) async fn write_together(
                 Ok((record, operation, job))
             }
             (false, Some(why)) => Err(StoreError::NoLongerAuthorized(why)),
-            (false, None) => Err(StoreError::Conflict("the registration changed concurrently".into())),
+            (false, None) => Err(StoreError::Conflict(CHANGED.into())),
         })
         .collect();
     let mut written = alone.into_iter();
@@ -479,9 +488,9 @@ async fn still_authorized(
                 None => enabled_individuals.contains(s.key),
             };
             if !enabled {
-                Some(super::first_registrations::DISABLED.to_owned())
+                Some(DISABLED.to_owned())
             } else if s.renewing.is_some_and(|serial| !active.contains(serial)) {
-                Some(super::certificates_alone::NOT_CURRENT.to_owned())
+                Some(NOT_CURRENT.to_owned())
             } else {
                 None
             }
