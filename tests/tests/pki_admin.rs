@@ -260,6 +260,19 @@ async fn production_flow(backend: Backend) {
     let verified = openssl(d, &["verify", "-CAfile", "bundle.pem", "ca-2026.pem"]);
     assert!(verified.contains("ca-2026.pem: OK"), "{verified}");
 
+    // A device registered now gets its certificate from the development CA, still active.
+    let hub = json!({"hostName": "hub.example.com", "kind": "none"});
+    expect_resource(api.put("/hubs/hub.example.com", &hub).await, 200).await;
+    let key = [5u8; 32];
+    for id in ["before-rotation", "after-rotation"] {
+        let keys = json!({"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode(key)});
+        let enrollment = json!({"registrationId": id, "attestation": {"type": "symmetricKey", "symmetricKey": keys}});
+        expect_resource(api.put(&format!("/enrollments/{id}"), &enrollment).await, 200).await;
+    }
+    let before = register_with_csr_done(&server, d, "before-rotation", &key).await;
+    let development = expect_resource(api.get("/pki/issuingCAs/development").await, 200).await;
+    let development_chain = pem_bodies(development["certificateChain"].as_str().unwrap());
+
     // Activation moves `active`: exactly one CA is active, the development CA is ready.
     let active = expect_resource(api.post("/pki/issuingCAs/ca-2026/activate", Some(&json!({}))).await, 200).await;
     assert_eq!(active["status"], "active", "{active}");
@@ -285,6 +298,34 @@ async fn production_flow(backend: Backend) {
     let deleted = api.delete("/pki/issuingCAs/ca-p384", Some(p384["etag"].as_str().unwrap())).await;
     assert_eq!(deleted.status(), 204);
     expect_error(api.get("/pki/issuingCAs/ca-p384").await, NOT_FOUND, "ca-p384").await;
+
+    // Each device's `issuedCertificateChain` is its certificate and the chain of the CA that issued it: the
+    // development CA's before the rotation, the new CA's (with the offline root) after.
+    let after = register_with_csr_done(&server, d, "after-rotation", &key).await;
+    let issued_chain = |done: &Value| -> Vec<String> {
+        let chain = done["registrationState"]["issuedCertificateChain"].as_array().expect("a chain");
+        chain.iter().map(|c| c.as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(issued_chain(&before)[1..], development_chain[..], "{before}");
+    assert_eq!(issued_chain(&after)[1..], pem_bodies(&chain)[..], "{after}");
+    for (id, done, ca) in [("before-rotation", &before, "development.pem"), ("after-rotation", &after, "chain.pem")] {
+        std::fs::write(d.join(format!("{id}.der")), STANDARD.decode(&issued_chain(done)[0]).unwrap()).unwrap();
+        let pem = format!("{id}.pem");
+        openssl(d, &["x509", "-inform", "DER", "-in", &format!("{id}.der"), "-out", &pem]);
+        if ca == "development.pem" {
+            std::fs::write(d.join(ca), development["certificateChain"].as_str().unwrap()).unwrap();
+        }
+        let verified = openssl(d, &["verify", "-CAfile", ca, &pem]);
+        assert!(verified.contains(": OK"), "{id}: {verified}");
+    }
+
+    // After a restart the answers come from the database, which keeps only the device's certificate: each poll
+    // gets the same answer as before, its CA's chain included.
+    let (_, server) = server.restart(backend).await.unwrap();
+    for (id, done) in [("before-rotation", &before), ("after-rotation", &after)] {
+        let (status, again) = poll(&server, id, &key, done["operationId"].as_str().unwrap()).await;
+        assert_eq!((status, &again), (200, done), "{id}");
+    }
 }
 
 /// The production flow on SQLite.
@@ -498,31 +539,46 @@ fn now() -> u64 {
 /// Registers the symmetric-key device `id` with an openssl CSR; returns the serial of the certificate it got
 /// (lower-case hex, as openssl prints it).
 async fn register_with_csr(server: &Server, dir: &Path, id: &str, key: &[u8]) -> String {
-    openssl_key_and_csr(dir, id, id);
-    openssl(dir, &["req", "-in", &format!("{id}.csr"), "-outform", "DER", "-out", &format!("{id}.csr.der")]);
-    let csr = STANDARD.encode(std::fs::read(dir.join(format!("{id}.csr.der"))).unwrap());
-    let sr = format!("{}%2Fregistrations%2F{id}", server.id_scope);
-    let token = sas::sign(&sr, now() + 3600, key, None);
-    let api = "api-version=2025-07-01-preview";
-    let url = server.device(&format!("/{}/registrations/{id}/register?{api}", server.id_scope));
-    let body = json!({"registrationId": id, "csr": csr});
-    let response = server.client.put(url).header("Authorization", &token).json(&body).send().await.unwrap();
-    let (_, accepted) = expect_json(response, 202).await;
-    let operation = accepted["operationId"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let url = server.device(&format!("/{}/registrations/{id}/operations/{operation}?{api}", server.id_scope));
-        let response = server.client.get(url).header("Authorization", &token).send().await.unwrap();
-        if response.status() == 200 {
-            break response.json::<Value>().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "the operation did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = register_with_csr_done(server, dir, id, key).await;
     let leaf = done["registrationState"]["issuedCertificateChain"][0].as_str().expect("a certificate").to_owned();
     std::fs::write(dir.join(format!("{id}.der")), STANDARD.decode(leaf).unwrap()).unwrap();
     let serial = openssl(dir, &["x509", "-inform", "DER", "-in", &format!("{id}.der"), "-noout", "-serial"]);
     serial.trim().trim_start_matches("serial=").to_ascii_lowercase()
+}
+
+const DEVICE_API: &str = "api-version=2025-07-01-preview";
+
+/// Registers the symmetric-key device `id` with an openssl CSR and polls to the end; returns the final operation.
+async fn register_with_csr_done(server: &Server, dir: &Path, id: &str, key: &[u8]) -> Value {
+    openssl_key_and_csr(dir, id, id);
+    openssl(dir, &["req", "-in", &format!("{id}.csr"), "-outform", "DER", "-out", &format!("{id}.csr.der")]);
+    let csr = STANDARD.encode(std::fs::read(dir.join(format!("{id}.csr.der"))).unwrap());
+    let url = server.device(&format!("/{}/registrations/{id}/register?{DEVICE_API}", server.id_scope));
+    let body = json!({"registrationId": id, "csr": csr});
+    let response = server.client.put(url).header("Authorization", device_token(server, id, key)).json(&body);
+    let (_, accepted) = expect_json(response.send().await.unwrap(), 202).await;
+    let operation = accepted["operationId"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, answer) = poll(server, id, key, operation).await;
+        if status == 200 {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "the operation did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn device_token(server: &Server, id: &str, key: &[u8]) -> String {
+    sas::sign(&format!("{}%2Fregistrations%2F{id}", server.id_scope), now() + 3600, key, None)
+}
+
+/// One poll of the operation `operation` of the symmetric-key device `id`: the status and the body.
+async fn poll(server: &Server, id: &str, key: &[u8], operation: &str) -> (u16, Value) {
+    let url = server.device(&format!("/{}/registrations/{id}/operations/{operation}?{DEVICE_API}", server.id_scope));
+    let response = server.client.get(url).header("Authorization", device_token(server, id, key)).send().await;
+    let response = response.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 /// `POST /registrations/{id}/revoke` revokes the device's certificate with the reason given (once: a second call

@@ -315,6 +315,11 @@ pub(crate) fn sas_token(target: &Target, device: &Device) -> String {
     zerotouch_attest::sas::sign(&encoded, expiry, &device.key, Some("registration"))
 }
 
+/// Whether an `assigned` answer carries an issued certificate with its CA's chain (at least the issuing CA).
+pub(crate) fn carries_issued_chain(answer: &Value) -> bool {
+    answer["registrationState"]["issuedCertificateChain"].as_array().is_some_and(|c| c.len() >= 2)
+}
+
 /// One device's life: new connection, register, poll until terminal. Returns the time to `assigned`.
 async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device) -> Result<Duration, String> {
     let started = Instant::now();
@@ -356,10 +361,8 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
         let body: Value = response.json().await.map_err(|_| format!("http {} (not JSON)", status.as_u16()))?;
         match (status.as_u16(), body["status"].as_str()) {
             (200, Some("assigned")) => {
-                let issued =
-                    body["registrationState"]["issuedCertificateChain"].as_array().is_some_and(|c| !c.is_empty());
-                if device.csr.is_some() && !issued {
-                    return Err("assigned without issuedCertificateChain".into());
+                if device.csr.is_some() && !carries_issued_chain(&body) {
+                    return Err("assigned without issuedCertificateChain (certificate and CA)".into());
                 }
                 return Ok(started.elapsed());
             }

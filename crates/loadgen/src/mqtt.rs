@@ -95,10 +95,8 @@ async fn provision(
         let (status, answer) = session.request(topic, Vec::new()).await?;
         match (status, answer["status"].as_str()) {
             (200, Some("assigned")) => {
-                let issued =
-                    answer["registrationState"]["issuedCertificateChain"].as_array().is_some_and(|c| !c.is_empty());
-                if device.csr().is_some() && !issued {
-                    return Err("assigned without issuedCertificateChain".into());
+                if device.csr().is_some() && !crate::devices::carries_issued_chain(&answer) {
+                    return Err("assigned without issuedCertificateChain (certificate and CA)".into());
                 }
                 let elapsed = started.elapsed();
                 let _ = session.client.try_disconnect();

@@ -150,6 +150,7 @@ pub struct IssuingCa {
     issuer: Issuer<'static, CaKey>,
     chain_der: Vec<Vec<u8>>,
     subject: String,
+    subject_der: Vec<u8>,
     key_identifier: Vec<u8>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -220,6 +221,7 @@ impl IssuingCa {
         };
         Ok(Self {
             subject: first_name.clone(),
+            subject_der: first.subject().as_raw().to_vec(),
             key_identifier,
             not_before: time_of(first.validity().not_before),
             not_after: time_of(first.validity().not_after),
@@ -272,6 +274,15 @@ impl IssuingCa {
     /// The issuing CA's subject key identifier (what issued certificates and CRLs carry as AKI).
     pub fn key_identifier(&self) -> &[u8] {
         &self.key_identifier
+    }
+
+    /// Whether the certificate `der` names this CA as its issuer: its issuer is this CA's subject, byte for byte,
+    /// and its authority key identifier, when it has one, is this CA's key identifier. A match of names, not a
+    /// signature check: it finds which chain goes with a certificate issued here, it does not make one trusted.
+    pub fn is_named_issuer_of(&self, der: &[u8]) -> bool {
+        let Ok(cert) = certificate::parse(der) else { return false };
+        cert.issuer().as_raw() == self.subject_der.as_slice()
+            && crate::path::authority_key_id(&cert).is_none_or(|id| id == self.key_identifier.as_slice())
     }
 
     /// "the issuing CA certificate \"CN=...\"", for messages.

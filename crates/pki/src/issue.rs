@@ -324,4 +324,23 @@ mod tests {
         assert!(err.to_string().contains("zerotouch development issuing CA"), "{err}");
         assert!(matches!(issue(&ca, &csr, "d", &profile, now - Duration::days(1)), Err(IssueError::CaNotValid { .. })));
     }
+
+    #[test]
+    fn an_issued_certificate_names_the_ca_that_issued_it_and_no_other() {
+        let now = at(1_750_000_000);
+        let (root, ca) = development_hierarchy(KeyAlgorithm::EcdsaP256, now).unwrap();
+        // Same subject as `twin`, another key: only the key identifier tells them apart.
+        let first = crate::ca::issuing_ca_under(&root, KeyAlgorithm::EcdsaP256, "twin", now, 30).unwrap();
+        let second = crate::ca::issuing_ca_under(&root, KeyAlgorithm::EcdsaP384, "twin", now, 30).unwrap();
+        let profile = Profile::new("http://c/x", 30).unwrap();
+        let issued = issue(&first, &device_csr("d"), "d", &profile, now).unwrap();
+        assert!(first.is_named_issuer_of(&issued.der));
+        assert!(!second.is_named_issuer_of(&issued.der), "same name, another key");
+        assert!(!ca.is_named_issuer_of(&issued.der), "another CA under the same root");
+        // The CA's own certificate names the root, not the CA.
+        assert!(!first.is_named_issuer_of(first.certificate_der()));
+        for junk in [&b""[..], b"\x30\x03\x02\x01\x01", &issued.der[..issued.der.len() - 1]] {
+            assert!(!first.is_named_issuer_of(junk));
+        }
+    }
 }

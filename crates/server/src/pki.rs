@@ -92,6 +92,9 @@ pub struct LoadedCa {
     etag: String,
     /// The CA with its decrypted key.
     pub ca: IssuingCa,
+    /// Its chain (issuing CA first, root last) as `issuedCertificateChain` carries it after the device's
+    /// certificate: base64 DER.
+    pub chain_base64: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -186,7 +189,14 @@ impl Pki {
                 continue;
             }
             match self.load(&record).await {
-                Ok(ca) => cas.push(Arc::new(LoadedCa { name: record.name, active, etag: record.etag, ca })),
+                Ok(ca) => {
+                    let chain_base64 = ca
+                        .chain_der()
+                        .iter()
+                        .map(|der| base64::engine::general_purpose::STANDARD.encode(der))
+                        .collect();
+                    cas.push(Arc::new(LoadedCa { name: record.name, active, etag: record.etag, ca, chain_base64 }));
+                }
                 // One broken CA must not stop the others from verifying; the log says which and why.
                 Err(e) => tracing::error!("issuing CA {:?} cannot be loaded: {e}", record.name),
             }
@@ -224,6 +234,12 @@ impl Pki {
     /// The issuing CA called `name`, if it has a chain.
     pub async fn by_name(&self, name: &str) -> Result<Option<Arc<LoadedCa>>, PkiError> {
         Ok(self.cas().await?.iter().find(|c| c.name == name).cloned())
+    }
+
+    /// The loaded issuing CA that the certificate `der` names as its issuer (see
+    /// [`IssuingCa::is_named_issuer_of`]), if any.
+    pub async fn named_issuer_of(&self, der: &[u8]) -> Result<Option<Arc<LoadedCa>>, PkiError> {
+        Ok(self.cas().await?.iter().find(|c| c.ca.is_named_issuer_of(der)).cloned())
     }
 
     /// Decodes and checks a device's CSR (base64 DER PKCS#10) against its registration id and the enrollment's

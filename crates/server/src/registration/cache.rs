@@ -334,17 +334,17 @@ impl Caches {
         (*from <= now && now <= *until).then_some(*entry)
     }
 
-    /// Remembers an operation this replica wrote, if it is finished (not `assigning`).
-    pub fn remember_finished(&self, operation: &OperationRecord) {
-        let Some(status) = RegistrationStatus::parse(&operation.status).filter(|s| *s != RegistrationStatus::Assigning)
-        else {
+    /// Remembers the answer to an operation this replica wrote, if it is finished (not `assigning`).
+    pub fn remember_finished(&self, operation: &OperationRecord, answer: RegistrationOperationStatus) {
+        if answer.status == RegistrationStatus::Assigning {
             return;
-        };
-        let registration_state = operation.result.clone().and_then(|r| serde_json::from_value(r).ok());
-        let answer = RegistrationOperationStatus { operation_id: operation.id.clone(), status, registration_state };
+        }
+        // The stored result, and the issuing CA's chain the answer adds to it.
+        let added = answer.registration_state.as_ref().and_then(|s| s.issued_certificate_chain.as_ref());
         let bytes = operation.id.len()
             + operation.registration_key.len()
-            + operation.result.as_ref().map_or(0, approximate_size);
+            + operation.result.as_ref().map_or(0, approximate_size)
+            + added.map_or(0, |chain| chain.iter().map(String::len).sum());
         let Ok(mut finished) = self.finished.lock() else { return };
         let entry = Finished { registration_key: operation.registration_key.clone(), answer };
         finished.put(operation.id.clone(), entry, bytes);
@@ -399,7 +399,12 @@ mod tests {
                 created_at: chrono::Utc::now(),
                 updated_at: chrono::Utc::now(),
             };
-            caches.remember_finished(&operation);
+            let answer = RegistrationOperationStatus {
+                operation_id: operation.id.clone(),
+                status: RegistrationStatus::Assigned,
+                registration_state: serde_json::from_value(operation.result.clone().unwrap()).unwrap(),
+            };
+            caches.remember_finished(&operation, answer);
             let table = caches.finished.lock().unwrap();
             assert!(table.bytes <= FINISHED_MAX_BYTES, "{} bytes after {i} answers", table.bytes);
             assert_eq!(table.bytes, table.entries.values().map(|e| e.bytes).sum::<usize>());

@@ -31,6 +31,7 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use tokio_util::sync::CancellationToken;
 use zerotouch_store::{HubJobRecord, HubRecord, OperationRecord, RegistrationRecord, Store, StoreError};
 use zerotouch_wire::ErrorCode;
@@ -236,7 +237,11 @@ impl RegistrationService {
             Some(job) => self.hubs.deliver_inline(job).await,
             None => None,
         };
-        self.caches.remember_finished(settled.as_ref().unwrap_or(&operation));
+        let finished = settled.as_ref().unwrap_or(&operation);
+        // A poll that misses the cache reads the operation again, and reports itself why it cannot be answered.
+        if let Ok(answer) = self.answer(finished).await {
+            self.caches.remember_finished(finished, answer);
+        }
         RegistrationOperationStatus {
             operation_id: operation.id,
             status: RegistrationStatus::Assigning,
@@ -270,17 +275,34 @@ impl RegistrationService {
         if age.to_std().unwrap_or_default() > self.settings.operation_ttl {
             return Err(not_found());
         }
+        self.answer(&operation).await
+    }
+
+    /// What a poll of `operation` is answered: its status and, once it is terminal, the registration state stored
+    /// with it. An `issuedCertificateChain` is stored as the device's certificate alone (`outcome::snapshot`); the
+    /// chain of the CA that issued it is added here.
+    async fn answer(&self, operation: &OperationRecord) -> Result<RegistrationOperationStatus, RegistrationError> {
         let status = RegistrationStatus::parse(&operation.status).ok_or_else(|| {
             RegistrationError::Internal(crate::internal::InternalError::bare(format!(
                 "stored operation status {:?}",
                 operation.status
             )))
         })?;
-        let registration_state = match status {
+        let mut registration_state: Option<DeviceRegistrationResult> = match status {
             RegistrationStatus::Assigning => None,
             _ => operation.result.clone().and_then(|r| serde_json::from_value(r).ok()),
         };
-        Ok(RegistrationOperationStatus { operation_id: operation.id, status, registration_state })
+        if let Some(chain) = registration_state.as_mut().and_then(|s| s.issued_certificate_chain.as_mut())
+            && let [leaf] = chain.as_slice()
+        {
+            let der = base64::engine::general_purpose::STANDARD.decode(leaf).unwrap_or_default();
+            match self.pki.named_issuer_of(&der).await? {
+                Some(ca) => chain.extend(ca.chain_base64.iter().cloned()),
+                // Its CA was deleted since: the device still gets its certificate.
+                None => tracing::warn!("operation {}: the CA that issued its certificate is gone", operation.id),
+            }
+        }
+        Ok(RegistrationOperationStatus { operation_id: operation.id.clone(), status, registration_state })
     }
 
     /// A device registration status lookup: the device's current registration.

@@ -107,14 +107,15 @@ pub fn outcome(attempt: Attempt<'_>) -> (RegistrationOutcome, Snapshot) {
     (outcome, snapshot(authenticated, issued))
 }
 
-/// Renders the device's answer from the state as the store writes it.
+/// Renders the device's answer from the state as the store writes it. Of `issuedCertificateChain` the store keeps
+/// only the device's certificate: the issuing CA's part, the same for every device it issued to, is added when a
+/// poll is answered (`RegistrationService::answer`).
 fn snapshot(authenticated: &Authenticated, issued: Option<&Issued>) -> Snapshot {
     let group_id = authenticated.enrollment.group_id().map(str::to_owned);
     let x509 = authenticated.x509.clone();
     let tpm = authenticated.tpm.as_ref().map(|t| t.result.clone());
-    let chain: Option<Vec<String>> = issued.map(|(_, issued)| {
-        issued.chain_der.iter().map(|der| base64::engine::general_purpose::STANDARD.encode(der)).collect()
-    });
+    let chain: Option<Vec<String>> =
+        issued.map(|(_, issued)| vec![base64::engine::general_purpose::STANDARD.encode(&issued.der)]);
     Box::new(move |record: &RegistrationRecord| {
         let result = DeviceRegistrationResult {
             issued_certificate_chain: chain.clone(),
@@ -140,10 +141,9 @@ fn hub_job(attempt: Attempt<'_>) -> Option<NewHubJob> {
         Evidence::Sas(_) | Evidence::None => None,
     };
     let credential = match (attempt.issued, presented) {
-        (Some((_, issued)), _) => issued.chain_der.first().map(|leaf| CredentialRef::X509 {
-            subject_name: device_id.clone(),
-            thumbprint: zerotouch_pki::thumbprint_sha256_hex(leaf),
-        }),
+        (Some((_, issued)), _) => {
+            Some(CredentialRef::X509 { subject_name: device_id.clone(), thumbprint: issued.sha256_thumbprint.clone() })
+        }
         // Authentication read this CN already (it is the registration id).
         (None, Some(leaf)) => Some(CredentialRef::X509 {
             subject_name: zerotouch_pki::subject_cn(leaf)
