@@ -20,7 +20,7 @@ mod run;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -28,6 +28,7 @@ use base64::engine::general_purpose::STANDARD;
 use zerotouch_tests::{Backend, Options, Server};
 
 use crate::bulk::median;
+use crate::cpu::Sample;
 use crate::devices::{self, Report};
 
 pub(crate) use cfssl::CfsslStore;
@@ -113,12 +114,47 @@ impl Series {
     }
 }
 
+/// CPU time per registered device in one run, µs: the service (its process and PostgreSQL's), the load
+/// generator, and the whole machine (both CPUs, busy).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuPerDevice {
+    service: f64,
+    client: f64,
+    machine: f64,
+}
+
+impl CpuPerDevice {
+    fn text(&self) -> String {
+        format!("cpu_us_per_device service={:.0} client={:.0} machine={:.0}", self.service, self.client, self.machine)
+    }
+}
+
+/// The registration runs of one configuration: their rates and what each device cost the CPUs.
+#[derive(Debug, Default)]
+struct Registrations {
+    series: Series,
+    cpu: Vec<CpuPerDevice>,
+}
+
+impl Registrations {
+    fn push(&mut self, (report, cpu): &(Report, CpuPerDevice)) {
+        self.series.push(report);
+        self.cpu.push(*cpu);
+    }
+
+    /// The medians of each CPU figure.
+    fn cpu(&self) -> CpuPerDevice {
+        let of = |part: fn(&CpuPerDevice) -> f64| median(self.cpu.iter().map(part).collect());
+        CpuPerDevice { service: of(|c| c.service), client: of(|c| c.client), machine: of(|c| c.machine) }
+    }
+}
+
 async fn registration_once(
     backend: Backend,
     devices: &[devices::Device],
     prefix: &str,
     concurrency: usize,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, CpuPerDevice)> {
     let server = Server::start_with(backend, server_options()).await?;
     let target = devices::target_of(&server, server.token("owner")?)?;
     let enrolled = devices::enroll(&target, prefix, devices.len()).await?;
@@ -126,7 +162,41 @@ async fn registration_once(
     if enrolled.iter().zip(devices).any(|(a, b)| a.registration_id() != b.registration_id()) {
         bail!("prepared devices do not match the enrollments");
     }
-    devices::run(&target, devices, concurrency).await
+    let pids = [server.pid().context("the service is not running")?];
+    let before = Sample::now(&pids)?;
+    let report = devices::run(&target, devices, concurrency).await?;
+    let spent = Sample::now(&pids)?.since(&before);
+    let per_device = |time: Duration| time.as_secs_f64() * 1e6 / report.assigned.max(1) as f64;
+    let service = spent.processes.iter().map(|t| per_device(*t)).sum::<f64>() + per_device(spent.postgres);
+    let cpu = CpuPerDevice { service, client: per_device(spent.client), machine: per_device(spent.machine) };
+    Ok((report, cpu))
+}
+
+/// What a registration with a CSR costs the service beyond one without, that no implementation can leave out:
+/// the CSR's signature checked (with the CSR's parse) and the certificate signed, by the service's own code
+/// (`zerotouch_pki::check_csr` and `issue`, P-256 under a P-256 CA), µs per device on one thread.
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    check_csr: f64,
+    issue: f64,
+}
+
+fn floor(csrs: &[Csr]) -> anyhow::Result<Floor> {
+    let now = time::OffsetDateTime::now_utc();
+    let (_, ca) = zerotouch_pki::development_hierarchy(zerotouch_pki::KeyAlgorithm::EcdsaP256, now)?;
+    let profile = zerotouch_pki::Profile::new("http://localhost/crl/development", 30)?;
+    let policy = zerotouch_pki::KeyPolicy::default();
+    let began = Instant::now();
+    let checked =
+        csrs.iter().map(|csr| zerotouch_pki::check_csr(&csr.der, &csr.cn, &policy)).collect::<Result<Vec<_>, _>>()?;
+    let check_csr = began.elapsed();
+    let began = Instant::now();
+    for (csr, checked) in csrs.iter().zip(&checked) {
+        zerotouch_pki::issue(&ca, checked, &csr.cn, &profile, now)?;
+    }
+    let issue = began.elapsed();
+    let per = |time: Duration| time.as_secs_f64() * 1e6 / csrs.len().max(1) as f64;
+    Ok(Floor { check_csr: per(check_csr), issue: per(issue) })
 }
 
 /// Runs the whole benchmark and prints a `RESULT` line per configuration.
@@ -153,7 +223,7 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
     );
     let mut cfssl: BTreeMap<&str, Series> = BTreeMap::new();
     let mut ours: BTreeMap<String, Series> = BTreeMap::new();
-    let mut registrations: BTreeMap<String, (Series, Series)> = BTreeMap::new();
+    let mut registrations: BTreeMap<String, (Registrations, Registrations)> = BTreeMap::new();
     let mut failures = devices::Failures::default();
     for run in 1..=settings.runs {
         for &store in &settings.cfssl {
@@ -183,11 +253,15 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
             drop(server);
             if settings.devices > 0 {
                 let without = registration_once(backend, &plain, plain_prefix, c).await?;
-                println!("  {backend:?}: run {run}: registration without CSR: {}", without.summary());
+                println!(
+                    "  {backend:?}: run {run}: registration without CSR: {} {}",
+                    without.0.summary(),
+                    without.1.text()
+                );
                 let with = registration_once(backend, &with_csr, csr_prefix, c).await?;
-                println!("  {backend:?}: run {run}: registration with CSR: {}", with.summary());
-                failures.note(format!("registration without CSR on {backend:?} run {run}"), &without);
-                failures.note(format!("registration with CSR on {backend:?} run {run}"), &with);
+                println!("  {backend:?}: run {run}: registration with CSR: {} {}", with.0.summary(), with.1.text());
+                failures.note(format!("registration without CSR on {backend:?} run {run}"), &without.0);
+                failures.note(format!("registration with CSR on {backend:?} run {run}"), &with.0);
                 let entry = registrations.entry(format!("{backend:?}")).or_default();
                 entry.0.push(&without);
                 entry.1.push(&with);
@@ -213,13 +287,30 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
             series.text()
         );
     }
+    if registrations.is_empty() {
+        return failures.check();
+    }
+    let floor = floor(&reg_csrs[..reg_csrs.len().min(2000)])?;
     for (backend, (without, with)) in &registrations {
+        let (cpu_without, cpu_with) = (without.cpu(), with.cpu());
         println!(
-            "RESULT registration backend={backend} devices={} concurrency={c} with_csr: {} | without_csr: {} | ratio={:.2}",
+            "RESULT registration backend={backend} devices={} concurrency={c} with_csr: {} {} | without_csr: {} {} | ratio={:.2}",
             settings.devices,
-            with.text(),
-            without.text(),
-            with.rate() / without.rate().max(f64::EPSILON)
+            with.series.text(),
+            cpu_with.text(),
+            without.series.text(),
+            cpu_without.text(),
+            with.series.rate() / without.series.rate().max(f64::EPSILON)
+        );
+        // At a ratio of 0.9, a device with a CSR may take 1/0.9 of the machine time of one without: that extra is
+        // the budget for everything the CSR adds, and the floor alone is the part of it no code can save.
+        println!(
+            "RESULT registration_csr_cost backend={backend} extra_machine_us={:.0} budget_at_0.9_us={:.0} \
+             floor_check_csr_us={:.0} floor_issue_us={:.0}",
+            cpu_with.machine - cpu_without.machine,
+            (1.0 / 0.9 - 1.0) * cpu_without.machine,
+            floor.check_csr,
+            floor.issue
         );
     }
     failures.check()
