@@ -28,7 +28,10 @@ pub(super) fn one_per_registration(certificates: &[PendingCertificate]) -> bool 
 /// the hub told of its new credential: such a certificate is not written here (`hub_told`) but by the general
 /// batch, which queues the hub job in the same transaction. The registration's active certificate becomes
 /// superseded and the new one is inserted with its audit event. The statement's text never changes, so the
-/// writer's connection prepares it once.
+/// writer's connection prepares it once. The registrations and certificates of the batch are looked up by
+/// `= ANY (ARRAY(...))`, keys known before the scan: a semi-join (`IN (SELECT ...)`) left the generic plan free to
+/// scan the whole index and filter, which a plan made while the tables were small did (the certificates
+/// superseded took 2.4 of the statement's 5.4 ms for 29 certificates among 20,000).
 const CERTIFICATES_ALONE_POSTGRES: &str = r#"
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1) AS a(
@@ -37,7 +40,7 @@ WITH input AS (
         action varchar, actor varchar, role varchar, at timestamptz)
 ), state AS (
     SELECT r.key, r.etag, r.enrollment_group_key, r.status, r.assigned_hub FROM registrations AS r
-    WHERE r.key IN (SELECT key FROM input) FOR UPDATE
+    WHERE r.key = ANY (ARRAY(SELECT key FROM input)) FOR UPDATE
 ), attempt AS (
     SELECT input.*, state.key IS NOT NULL AS found, state.etag IS NOT DISTINCT FROM input.expected_etag AS unchanged,
         CASE WHEN state.key IS NULL THEN false
@@ -55,7 +58,7 @@ WITH input AS (
     SELECT * FROM attempt WHERE found AND unchanged AND enabled AND current AND NOT hub_told
 ), superseded AS (
     UPDATE certificates SET status = 'superseded'
-    WHERE registration_key IN (SELECT key FROM written) AND status = 'active'
+    WHERE registration_key = ANY (ARRAY(SELECT key FROM written)) AND status = 'active'
 ), certificate AS (
     INSERT INTO certificates (serial, registration_key, device_id, issuing_ca, not_before, not_after, status,
         thumbprint_sha256, revoked_at, revocation_reason, created_at)
