@@ -99,6 +99,34 @@ impl Sample {
     }
 }
 
+/// CPU time per operation of a run, µs: the service (the processes sampled, and PostgreSQL), the load generator,
+/// and the whole machine (every CPU, busy).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PerOperation {
+    pub(crate) service: f64,
+    pub(crate) client: f64,
+    pub(crate) machine: f64,
+}
+
+impl PerOperation {
+    /// What `spent` comes to for each of `operations`.
+    pub(crate) fn of(spent: &Sample, operations: usize) -> Self {
+        let per = |time: Duration| time.as_secs_f64() * 1e6 / operations.max(1) as f64;
+        let service = spent.processes.iter().map(|t| per(*t)).sum::<f64>() + per(spent.postgres);
+        Self { service, client: per(spent.client), machine: per(spent.machine) }
+    }
+
+    /// The median of each figure over `runs`.
+    pub(crate) fn median(runs: &[Self]) -> Self {
+        let of = |part: fn(&Self) -> f64| crate::bulk::median(runs.iter().map(part).collect());
+        Self { service: of(|c| c.service), client: of(|c| c.client), machine: of(|c| c.machine) }
+    }
+
+    pub(crate) fn text(&self) -> String {
+        format!("cpu_us_per_op service={:.0} client={:.0} machine={:.0}", self.service, self.client, self.machine)
+    }
+}
+
 /// Ticks of every live `postgres` process, plus the exited children of the postmasters (the `postgres`
 /// processes whose parent is not one).
 fn postgres_ticks() -> anyhow::Result<u64> {

@@ -30,8 +30,11 @@ mod scale;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use zerotouch_tests::{Backend, Options, Server};
+
+use crate::cpu::{PerOperation, Sample};
 
 #[derive(Debug, Parser)]
 #[command(name = "zerotouch-loadgen", about = "Benchmarks and load generator for zerotouch")]
@@ -224,14 +227,15 @@ enum Command {
     },
 }
 
-/// One run of `bench-devices`: the ceiling, then each transport with its own devices; their reports in order.
+/// One run of `bench-devices`: the ceiling, then each transport with its own devices; the ceiling's rate and the
+/// transports' reports in order, each with its CPU time per handshake or device.
 async fn bench_devices_once(
     backend: Backend,
     count: usize,
     concurrency: usize,
     transports: &[TransportArg],
     failures: &mut devices::Failures,
-) -> anyhow::Result<(f64, Vec<devices::Report>)> {
+) -> anyhow::Result<((f64, PerOperation), Vec<(devices::Report, PerOperation)>)> {
     let options = Options {
         env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
         args: vec!["--device-max-in-flight".into(), "4096".into()],
@@ -243,16 +247,21 @@ async fn bench_devices_once(
     for transport in transports {
         enrolled.push(devices::enroll(&target, &format!("bench-{transport:?}").to_lowercase(), count).await?);
     }
+    let pids = [server.pid().context("the service is not running")?];
+    let before = Sample::now(&pids)?;
     let ceiling = devices::handshake_ceiling(&target, count, concurrency).await?;
-    println!("  {backend:?}: TLS handshake + GET /healthz: {}", ceiling.summary());
+    let ceiling_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), ceiling.assigned);
+    println!("  {backend:?}: TLS handshake + GET /healthz: {} {}", ceiling.summary(), ceiling_cpu.text());
     failures.note(format!("{backend:?} TLS ceiling"), &ceiling);
     let mut reports = Vec::new();
     for (transport, devices) in transports.iter().zip(&enrolled) {
+        let before = Sample::now(&pids)?;
         let report = run_devices(&target, devices, concurrency, *transport).await?;
-        println!("  {backend:?}: devices over {transport:?}: {}", report.summary());
-        reports.push(report);
+        let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), report.assigned);
+        println!("  {backend:?}: devices over {transport:?}: {} {}", report.summary(), cpu.text());
+        reports.push((report, cpu));
     }
-    Ok((ceiling.rate(), reports))
+    Ok(((ceiling.rate(), ceiling_cpu), reports))
 }
 
 async fn run_devices(
@@ -311,13 +320,16 @@ async fn main() -> anyhow::Result<()> {
             let mut failures = devices::Failures::default();
             for backend in backend {
                 let backend = Backend::from(backend);
-                let mut ceilings = Vec::new();
+                let (mut ceilings, mut ceiling_cpus) = (Vec::new(), Vec::new());
                 let mut rates = vec![Vec::new(); transport.len()];
                 let mut p99s = vec![Vec::new(); transport.len()];
+                let mut cpus = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
-                    let (ceiling, reports) =
+                    let ((ceiling, ceiling_cpu), reports) =
                         bench_devices_once(backend, count, concurrency, &transport, &mut failures).await?;
-                    for (i, report) in reports.iter().enumerate() {
+                    ceiling_cpus.push(ceiling_cpu);
+                    for (i, (report, cpu)) in reports.iter().enumerate() {
+                        cpus[i].push(*cpu);
                         failures.note(format!("{backend:?} run {run} over {:?}", transport[i]), report);
                         println!(
                             "  {backend:?}: run {run}: {:?} ratio to ceiling {:.2}",
@@ -330,15 +342,19 @@ async fn main() -> anyhow::Result<()> {
                     ceilings.push(ceiling);
                 }
                 let ceiling = bulk::median(ceilings);
+                let ceiling_cpu = PerOperation::median(&ceiling_cpus);
                 let mut line = format!(
-                    "RESULT backend={backend:?} devices={count} concurrency={concurrency} median_handshakes_per_s={ceiling:.0}"
+                    "RESULT backend={backend:?} devices={count} concurrency={concurrency} median_handshakes_per_s={ceiling:.0} \
+                     handshake_{}",
+                    ceiling_cpu.text()
                 );
                 for (i, transport) in transport.iter().enumerate() {
                     let name = format!("{transport:?}").to_lowercase();
                     let (rate, p99) = (bulk::median(rates[i].clone()), bulk::median(p99s[i].clone()));
                     line.push_str(&format!(
-                        " {name}_median_devices_per_s={rate:.0} {name}_ratio={:.2} {name}_median_p99_ms={p99:.1}",
-                        rate / ceiling.max(1.0)
+                        " {name}_median_devices_per_s={rate:.0} {name}_ratio={:.2} {name}_median_p99_ms={p99:.1} {name}_{}",
+                        rate / ceiling.max(1.0),
+                        PerOperation::median(&cpus[i]).text()
                     ));
                 }
                 println!("{line}");

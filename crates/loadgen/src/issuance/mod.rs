@@ -28,7 +28,7 @@ use base64::engine::general_purpose::STANDARD;
 use zerotouch_tests::{Backend, Options, Server};
 
 use crate::bulk::median;
-use crate::cpu::Sample;
+use crate::cpu::{PerOperation, Sample};
 use crate::devices::{self, Report};
 
 pub(crate) use cfssl::CfsslStore;
@@ -114,38 +114,22 @@ impl Series {
     }
 }
 
-/// CPU time per registered device in one run, µs: the service (its process and PostgreSQL's), the load
-/// generator, and the whole machine (both CPUs, busy).
-#[derive(Debug, Clone, Copy, Default)]
-struct CpuPerDevice {
-    service: f64,
-    client: f64,
-    machine: f64,
-}
-
-impl CpuPerDevice {
-    fn text(&self) -> String {
-        format!("cpu_us_per_device service={:.0} client={:.0} machine={:.0}", self.service, self.client, self.machine)
-    }
-}
-
 /// The registration runs of one configuration: their rates and what each device cost the CPUs.
 #[derive(Debug, Default)]
 struct Registrations {
     series: Series,
-    cpu: Vec<CpuPerDevice>,
+    cpu: Vec<PerOperation>,
 }
 
 impl Registrations {
-    fn push(&mut self, (report, cpu): &(Report, CpuPerDevice)) {
+    fn push(&mut self, (report, cpu): &(Report, PerOperation)) {
         self.series.push(report);
         self.cpu.push(*cpu);
     }
 
     /// The medians of each CPU figure.
-    fn cpu(&self) -> CpuPerDevice {
-        let of = |part: fn(&CpuPerDevice) -> f64| median(self.cpu.iter().map(part).collect());
-        CpuPerDevice { service: of(|c| c.service), client: of(|c| c.client), machine: of(|c| c.machine) }
+    fn cpu(&self) -> PerOperation {
+        PerOperation::median(&self.cpu)
     }
 }
 
@@ -154,7 +138,7 @@ async fn registration_once(
     devices: &[devices::Device],
     prefix: &str,
     concurrency: usize,
-) -> anyhow::Result<(Report, CpuPerDevice)> {
+) -> anyhow::Result<(Report, PerOperation)> {
     let server = Server::start_with(backend, server_options()).await?;
     let target = devices::target_of(&server, server.token("owner")?)?;
     let enrolled = devices::enroll(&target, prefix, devices.len()).await?;
@@ -165,10 +149,7 @@ async fn registration_once(
     let pids = [server.pid().context("the service is not running")?];
     let before = Sample::now(&pids)?;
     let report = devices::run(&target, devices, concurrency).await?;
-    let spent = Sample::now(&pids)?.since(&before);
-    let per_device = |time: Duration| time.as_secs_f64() * 1e6 / report.assigned.max(1) as f64;
-    let service = spent.processes.iter().map(|t| per_device(*t)).sum::<f64>() + per_device(spent.postgres);
-    let cpu = CpuPerDevice { service, client: per_device(spent.client), machine: per_device(spent.machine) };
+    let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), report.assigned);
     Ok((report, cpu))
 }
 
