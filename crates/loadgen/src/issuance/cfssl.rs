@@ -127,6 +127,11 @@ impl Cfssl {
         Ok(cfssl)
     }
 
+    /// The process id of `cfssl serve`, while it runs.
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     fn logs(&self) -> String {
         ["stdout", "stderr"]
             .iter()

@@ -85,55 +85,43 @@ fn line(report: &Report, noun: &str) -> String {
     )
 }
 
-/// Medians of the runs of one configuration.
+/// Medians of the runs of one configuration, with the CPU time per certificate or device of each.
 #[derive(Debug, Default)]
 struct Series {
     rates: Vec<f64>,
     p50s: Vec<f64>,
     p99s: Vec<f64>,
     errors: usize,
+    cpu: Vec<PerOperation>,
 }
 
 impl Series {
-    fn push(&mut self, report: &Report) {
+    fn push(&mut self, report: &Report, cpu: PerOperation) {
         self.rates.push(report.rate());
         self.p50s.push(report.quantile_ms(0.5));
         self.p99s.push(report.quantile_ms(0.99));
         self.errors += report.errors.values().sum::<usize>();
+        self.cpu.push(cpu);
     }
 
     fn rate(&self) -> f64 {
         median(self.rates.clone())
     }
 
+    fn cpu(&self) -> PerOperation {
+        PerOperation::median(&self.cpu)
+    }
+
     fn text(&self) -> String {
         let runs = self.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
         format!(
-            "median_per_s={:.0} median_p50_ms={:.1} median_p99_ms={:.1} errors={} runs=[{runs}]",
+            "median_per_s={:.0} median_p50_ms={:.1} median_p99_ms={:.1} errors={} runs=[{runs}] {}",
             self.rate(),
             median(self.p50s.clone()),
             median(self.p99s.clone()),
-            self.errors
+            self.errors,
+            self.cpu().text()
         )
-    }
-}
-
-/// The registration runs of one configuration: their rates and what each device cost the CPUs.
-#[derive(Debug, Default)]
-struct Registrations {
-    series: Series,
-    cpu: Vec<PerOperation>,
-}
-
-impl Registrations {
-    fn push(&mut self, (report, cpu): &(Report, PerOperation)) {
-        self.series.push(report);
-        self.cpu.push(*cpu);
-    }
-
-    /// The medians of each CPU figure.
-    fn cpu(&self) -> PerOperation {
-        PerOperation::median(&self.cpu)
     }
 }
 
@@ -208,7 +196,7 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
     );
     let mut cfssl: BTreeMap<&str, Series> = BTreeMap::new();
     let mut ours: BTreeMap<String, Series> = BTreeMap::new();
-    let mut registrations: BTreeMap<String, (Registrations, Registrations)> = BTreeMap::new();
+    let mut registrations: BTreeMap<String, (Series, Series)> = BTreeMap::new();
     let mut failures = devices::Failures::default();
     for run in 1..=settings.runs {
         for &store in &settings.cfssl {
@@ -217,24 +205,32 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
                 CfsslStore::Sqlite => "sqlite",
             };
             let server = Cfssl::start(store).await.with_context(|| format!("cfssl ({name})"))?;
+            let pids = [server.pid().context("cfssl is not running")?];
+            let before = Sample::now(&pids)?;
             let (result, checked) = server.run(&csrs, c).await.with_context(|| format!("cfssl ({name}), run {run}"))?;
+            let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), result.report.assigned);
             println!(
-                "  cfssl ({name}, https): run {run}: {} (sample of {checked} checked)",
-                line(&result.report, "certificates")
+                "  cfssl ({name}, https): run {run}: {} (sample of {checked} checked) {}",
+                line(&result.report, "certificates"),
+                cpu.text()
             );
             failures.note(format!("cfssl ({name}) run {run}"), &result.report);
-            cfssl.entry(name).or_default().push(&result.report);
+            cfssl.entry(name).or_default().push(&result.report, cpu);
         }
         for &backend in &settings.backends {
             let server = Server::start_with(backend, server_options()).await?;
+            let pids = [server.pid().context("the service is not running")?];
+            let before = Sample::now(&pids)?;
             let (result, checked) =
                 est_run(&server, &fleet, &csrs).await.with_context(|| format!("EST on {backend:?}, run {run}"))?;
+            let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), result.report.assigned);
             println!(
-                "  zerotouch EST ({backend:?}, https): run {run}: {} (sample of {checked} checked)",
-                line(&result.report, "certificates")
+                "  zerotouch EST ({backend:?}, https): run {run}: {} (sample of {checked} checked) {}",
+                line(&result.report, "certificates"),
+                cpu.text()
             );
             failures.note(format!("EST on {backend:?} run {run}"), &result.report);
-            ours.entry(format!("{backend:?}")).or_default().push(&result.report);
+            ours.entry(format!("{backend:?}")).or_default().push(&result.report, cpu);
             drop(server);
             if settings.devices > 0 {
                 let without = registration_once(backend, &plain, plain_prefix, c).await?;
@@ -248,8 +244,8 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
                 failures.note(format!("registration without CSR on {backend:?} run {run}"), &without.0);
                 failures.note(format!("registration with CSR on {backend:?} run {run}"), &with.0);
                 let entry = registrations.entry(format!("{backend:?}")).or_default();
-                entry.0.push(&without);
-                entry.1.push(&with);
+                entry.0.push(&without.0, without.1);
+                entry.1.push(&with.0, with.1);
             }
         }
     }
@@ -279,13 +275,11 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
     for (backend, (without, with)) in &registrations {
         let (cpu_without, cpu_with) = (without.cpu(), with.cpu());
         println!(
-            "RESULT registration backend={backend} devices={} concurrency={c} with_csr: {} {} | without_csr: {} {} | ratio={:.2}",
+            "RESULT registration backend={backend} devices={} concurrency={c} with_csr: {} | without_csr: {} | ratio={:.2}",
             settings.devices,
-            with.series.text(),
-            cpu_with.text(),
-            without.series.text(),
-            cpu_without.text(),
-            with.series.rate() / without.series.rate().max(f64::EPSILON)
+            with.text(),
+            without.text(),
+            with.rate() / without.rate().max(f64::EPSILON)
         );
         // At a ratio of 0.9, a device with a CSR may take 1/0.9 of the machine time of one without: that extra is
         // the budget for everything the CSR adds, and the floor alone is the part of it no code can save.
