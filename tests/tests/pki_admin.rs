@@ -308,13 +308,11 @@ async fn production_flow(backend: Backend) {
     };
     assert_eq!(issued_chain(&before)[1..], development_chain[..], "{before}");
     assert_eq!(issued_chain(&after)[1..], pem_bodies(&chain)[..], "{after}");
+    std::fs::write(d.join("development.pem"), development["certificateChain"].as_str().unwrap()).unwrap();
     for (id, done, ca) in [("before-rotation", &before, "development.pem"), ("after-rotation", &after, "chain.pem")] {
         std::fs::write(d.join(format!("{id}.der")), STANDARD.decode(&issued_chain(done)[0]).unwrap()).unwrap();
         let pem = format!("{id}.pem");
         openssl(d, &["x509", "-inform", "DER", "-in", &format!("{id}.der"), "-out", &pem]);
-        if ca == "development.pem" {
-            std::fs::write(d.join(ca), development["certificateChain"].as_str().unwrap()).unwrap();
-        }
         let verified = openssl(d, &["verify", "-CAfile", ca, &pem]);
         assert!(verified.contains(": OK"), "{id}: {verified}");
     }
@@ -569,6 +567,7 @@ async fn register_with_csr_done(server: &Server, dir: &Path, id: &str, key: &[u8
     }
 }
 
+/// A SAS token for the symmetric-key device `id`, valid for an hour.
 fn device_token(server: &Server, id: &str, key: &[u8]) -> String {
     sas::sign(&format!("{}%2Fregistrations%2F{id}", server.id_scope), now() + 3600, key, None)
 }
