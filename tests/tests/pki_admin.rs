@@ -261,14 +261,8 @@ async fn production_flow(backend: Backend) {
     assert!(verified.contains("ca-2026.pem: OK"), "{verified}");
 
     // A device registered now gets its certificate from the development CA, still active.
-    let hub = json!({"hostName": "hub.example.com", "kind": "none"});
-    expect_resource(api.put("/hubs/hub.example.com", &hub).await, 200).await;
     let key = [5u8; 32];
-    for id in ["before-rotation", "after-rotation"] {
-        let keys = json!({"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode(key)});
-        let enrollment = json!({"registrationId": id, "attestation": {"type": "symmetricKey", "symmetricKey": keys}});
-        expect_resource(api.put(&format!("/enrollments/{id}"), &enrollment).await, 200).await;
-    }
+    enroll_with_hub(&api, &["before-rotation", "after-rotation"], &key).await;
     let before = register_with_csr_done(&server, d, "before-rotation", &key).await;
     let development = expect_resource(api.get("/pki/issuingCAs/development").await, 200).await;
     let development_chain = pem_bodies(development["certificateChain"].as_str().unwrap());
@@ -534,6 +528,17 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// A hub without adapter, and an individual symmetric-key enrollment with `key` (both slots) for each of `ids`.
+async fn enroll_with_hub(api: &Api<'_>, ids: &[&str], key: &[u8]) {
+    let hub = json!({"hostName": "hub.example.com", "kind": "none"});
+    expect_resource(api.put("/hubs/hub.example.com", &hub).await, 200).await;
+    for id in ids {
+        let keys = json!({"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode(key)});
+        let enrollment = json!({"registrationId": id, "attestation": {"type": "symmetricKey", "symmetricKey": keys}});
+        expect_resource(api.put(&format!("/enrollments/{id}"), &enrollment).await, 200).await;
+    }
+}
+
 /// Registers the symmetric-key device `id` with an openssl CSR; returns the serial of the certificate it got
 /// (lower-case hex, as openssl prints it).
 async fn register_with_csr(server: &Server, dir: &Path, id: &str, key: &[u8]) -> String {
@@ -589,14 +594,8 @@ async fn revocation_and_fleet_view(backend: Backend) {
     let api = Api::new(&server, "owner");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let hub = json!({"hostName": "hub.example.com", "kind": "none"});
-    expect_resource(api.put("/hubs/hub.example.com", &hub).await, 200).await;
     let key = [9u8; 32];
-    for id in ["meter-1", "meter-2"] {
-        let keys = json!({"primaryKey": STANDARD.encode(key), "secondaryKey": STANDARD.encode(key)});
-        let enrollment = json!({"registrationId": id, "attestation": {"type": "symmetricKey", "symmetricKey": keys}});
-        expect_resource(api.put(&format!("/enrollments/{id}"), &enrollment).await, 200).await;
-    }
+    enroll_with_hub(&api, &["meter-1", "meter-2"], &key).await;
     let serial1 = register_with_csr(&server, d, "meter-1", &key).await;
     let serial2 = register_with_csr(&server, d, "meter-2", &key).await;
 
