@@ -109,6 +109,101 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     }
 }
 
+/// Requests that finish while the service drains read and write the database like any other. The admin server runs
+/// two workers (one per core), each on a Tokio runtime of its own, and a worker whose connections are all done
+/// stops, its runtime with it, while the other still drains. A PostgreSQL connection that the stopped worker had
+/// opened and put back in the shared pool used to die with it, and the next request to take it from the pool
+/// failed with 500 (seen once during a rolling restart).
+#[tokio::test]
+async fn requests_finishing_during_a_graceful_stop_use_the_database() {
+    for backend in BACKENDS {
+        let mut server = Server::start(backend).await.unwrap();
+        let token = server.token("operator").unwrap();
+        // Enrollment writes, each in a transaction of its own. Many at once, each on its own connection, make both
+        // workers open pooled connections.
+        let wide = reqwest::Client::builder()
+            .use_preconfigured_tls(server.tls_config().unwrap())
+            .http1_only()
+            .build()
+            .unwrap();
+        let burst = futures_util::future::join_all((0..64).map(|n| {
+            let enrollment = json!({"registrationId": format!("before-{n}"), "attestation": {"type": "symmetricKey"}});
+            wide.put(server.url(&format!("/enrollments/before-{n}"))).bearer_auth(&token).json(&enrollment).send()
+        }))
+        .await;
+        for response in burst {
+            assert_eq!(response.unwrap().status(), 200);
+        }
+        drop(wide);
+        // 96 enrollment writes in flight, each on a connection of its own, which the server hands to its two workers
+        // in turn: the headers and half of the body are sent, the rest waits.
+        let mut writes = Vec::new();
+        for n in 0..96 {
+            writes.push(SlowPut::start(&server, &token, &format!("draining-{n}")).await);
+        }
+        let pid = server.pid().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        // The writes on one worker finish: it has no connection left and stops at its next check (once a second).
+        let (first, second): (Vec<_>, Vec<_>) = writes.into_iter().enumerate().partition(|(n, _)| n % 2 == 0);
+        for (n, write) in first {
+            let answer = write.finish().await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "write {n} ({backend:?}): {answer}");
+        }
+        // The other worker's writes finish one after another over the next three seconds, across that stop. Each
+        // takes pooled connections in turn, the stopped worker's too, soon enough after their last use that the
+        // pool does not check them first (`POOLED_CHECK_AFTER_IDLE`, a second).
+        for (n, write) in second {
+            let answer = write.finish().await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "write {n} during the stop ({backend:?}): {answer}");
+            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        }
+        let status = server.stop().unwrap();
+        assert!(status.success(), "exit status {status}");
+        let logs = server.logs();
+        assert!(!logs.contains("being shutdown"), "{logs}");
+    }
+}
+
+/// An admin `PUT /enrollments/{id}` over a raw TLS connection, its body sent in two parts.
+struct SlowPut {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    rest: Vec<u8>,
+}
+
+impl SlowPut {
+    /// Connects and sends the headers and the first half of the body.
+    async fn start(server: &Server, token: &str, id: &str) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(server.tls_config().unwrap()));
+        let address = server.admin_url.trim_start_matches("https://");
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let body = json!({"registrationId": id, "attestation": {"type": "symmetricKey"}}).to_string().into_bytes();
+        let head = format!(
+            "PUT /enrollments/{id} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (first, rest) = body.split_at(body.len() / 2);
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        stream.flush().await.unwrap();
+        Self { stream, rest: rest.to_vec() }
+    }
+
+    /// Sends the rest of the body and returns the whole answer.
+    async fn finish(mut self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(&self.rest).await.unwrap();
+        self.stream.flush().await.unwrap();
+        let mut answer = Vec::new();
+        // The server closes the connection after its answer (`Connection: close`), without TLS's close_notify.
+        let _ = self.stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
 /// `serve --no-migrate` on an empty database is alive but not ready; `zerotouch migrate` makes it ready (once the
 /// service has unlocked its secrets in the new schema).
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! Module map (see `docs/architecture.md`): [`registration`] is the domain (a pipeline of small stages, one
 //! error); [`http`] and [`mqtt`] only translate protocols into its calls and its errors back; [`pki`] and
 //! [`hubs`] are the managed CA and the outbox; [`master_key`] (and [`pkcs11`]) unlock the database's sealed
-//! secrets; [`service`] starts and stops everything.
+//! secrets; [`service`] starts and stops everything, and every request runs in the main runtime's context
+//! ([`main_runtime`]).
 #![forbid(unsafe_code, unused_must_use)]
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod data_dir;
 pub mod http;
 pub mod hubs;
 pub mod internal;
+pub mod main_runtime;
 pub mod master_key;
 pub mod metrics;
 pub mod mqtt;

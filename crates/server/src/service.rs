@@ -158,7 +158,9 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
     };
     let state =
         AdminState { store: store.clone(), verifier, metrics: metrics.clone(), pki: pki.clone(), hubs, service_sas };
-    let admin = admin_server(listeners.admin, tls, state, config.shutdown_timeout)?;
+    // Requests run in this runtime's context, which outlives the servers' workers (`main_runtime.rs`).
+    let runtime = tokio::runtime::Handle::current();
+    let admin = admin_server(listeners.admin, tls, state, config.shutdown_timeout, runtime.clone())?;
     let mqtt = crate::mqtt::MqttEndpoint::start(
         listeners.mqtt,
         &device_tls,
@@ -171,9 +173,11 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: CancellationTo
             renewal_grace: config.renewal_grace,
             workers: std::thread::available_parallelism().map_or(2, usize::from),
             shutdown_timeout: config.shutdown_timeout,
+            runtime: runtime.clone(),
         },
     )?;
-    let device = device_server(listeners.device, device_tls, registrations, pki, metrics, config.shutdown_timeout)?;
+    let device =
+        device_server(listeners.device, device_tls, registrations, pki, metrics, config.shutdown_timeout, runtime)?;
     let (admin_handle, device_handle, mqtt_stopper) = (admin.handle(), device.handle(), mqtt.stopper());
     let stopping = shutdown.clone();
     tokio::spawn(async move {

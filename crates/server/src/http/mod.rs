@@ -12,13 +12,15 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use tokio::runtime::Handle;
 use zerotouch_store::Store;
 
 use crate::auth::Verifier;
 use crate::hubs::Hubs;
+use crate::main_runtime::OnMainRuntime;
 use crate::metrics::{Listener, Metrics};
 use crate::pki::Pki;
 use crate::registration::RegistrationService;
@@ -41,12 +43,14 @@ pub struct AdminState {
     pub service_sas: crate::auth::ServiceSas,
 }
 
-/// Builds the admin API server on an already-bound listener (tests bind port 0).
+/// Builds the admin API server on an already-bound listener (tests bind port 0). Its requests run in `runtime`'s
+/// context ([`crate::main_runtime`]), as the device server's do.
 pub fn admin_server(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: AdminState,
     shutdown_timeout: Duration,
+    runtime: Handle,
 ) -> anyhow::Result<Server> {
     // Handlers reach the store only through their `Caller` (which opens the `AdminStore`), and `/readyz` only
     // through `Readiness`: no handler takes the `Store` itself.
@@ -58,6 +62,7 @@ pub fn admin_server(
     let hubs = web::Data::from(state.hubs);
     let service_sas = web::Data::new(state.service_sas);
     let server = HttpServer::new(move || {
+        let runtime = runtime.clone();
         App::new()
             .app_data(store.clone())
             .app_data(service_sas.clone())
@@ -70,6 +75,7 @@ pub fn admin_server(
             .app_data(path_errors())
             .wrap(from_fn(admin::canonical_case))
             .wrap(from_fn(crate::metrics::observe))
+            .wrap_fn(move |request, app| OnMainRuntime::new(runtime.clone(), app.call(request)))
             .configure(admin::configure)
     })
     .on_connect(no_delay)
@@ -108,7 +114,8 @@ fn path_errors() -> web::PathConfig {
     web::PathConfig::default().error_handler(|e, _| error::ApiError::InvalidId(format!("path: {e}")).into())
 }
 
-/// Builds the HTTPS device API server on an already-bound listener.
+/// Builds the HTTPS device API server on an already-bound listener; its requests run in `runtime`'s context
+/// ([`crate::main_runtime`]).
 pub fn device_server(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -116,11 +123,13 @@ pub fn device_server(
     pki: Arc<Pki>,
     metrics: Metrics,
     shutdown_timeout: Duration,
+    runtime: Handle,
 ) -> anyhow::Result<Server> {
     let service = web::Data::from(service);
     let pki = web::Data::from(pki);
     let metrics = web::Data::new(metrics);
     let server = HttpServer::new(move || {
+        let runtime = runtime.clone();
         App::new()
             .app_data(service.clone())
             .app_data(pki.clone())
@@ -128,6 +137,7 @@ pub fn device_server(
             .app_data(web::Data::new(Listener("device")))
             .app_data(path_errors())
             .wrap(from_fn(crate::metrics::observe))
+            .wrap_fn(move |request, app| OnMainRuntime::new(runtime.clone(), app.call(request)))
             .configure(est::configure_est)
             .configure(est::configure_public)
             .configure(device::configure)

@@ -39,6 +39,7 @@ use tokio::sync::oneshot;
 use zerotouch_wire::mqtt::{RESPONSE_FILTER, Request, TopicError, Username, response_topic, rid_of};
 use zerotouch_wire::registration::RegistrationStatus;
 
+use crate::main_runtime::OnMainRuntime;
 use crate::metrics::Metrics;
 use crate::registration::request::{RETRY_AFTER_SECS, parse_json, registration_body};
 use crate::registration::{DeviceRequest, Evidence, RegistrationError, RegistrationRequest, RegistrationService};
@@ -67,6 +68,8 @@ pub struct MqttSettings {
     pub workers: usize,
     /// How long open connections may finish their requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// The runtime in whose context requests run ([`crate::main_runtime`]).
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// The running endpoint: its own thread and ntex runtime.
@@ -166,6 +169,7 @@ fn build(
     settings: &MqttSettings,
 ) -> std::io::Result<ntex::server::Server> {
     let workers = settings.workers.max(1);
+    let runtime = settings.runtime.clone();
     let slots = Arc::new(Slots { open: AtomicUsize::new(0), max: settings.max_connections });
     let admission = Arc::new(Admission {
         slots,
@@ -191,8 +195,9 @@ fn build(
         .listen("mqtt", listener, async move |_| {
             let (on_connect, on_publish, metrics, admission) =
                 (service.clone(), service.clone(), metrics.clone(), admission.clone());
+            let (connect_runtime, publish_runtime) = (runtime.clone(), runtime.clone());
             let server = v3::MqttServer::new(fn_service(move |handshake| {
-                connect(handshake, on_connect.clone(), admission.clone())
+                connect(handshake, on_connect.clone(), admission.clone(), connect_runtime.clone())
             }))
             .control(fn_factory_with_config(async |_: v3::Session<Device>| {
                 Ok::<_, ConnectionError>(fn_service(async |control: Control<ConnectionError>| {
@@ -206,10 +211,10 @@ fn build(
                 Ok::<_, ConnectionError>(fn_service(move |message| control(session.clone(), message)))
             }))
             .publish(fn_factory_with_config(move |session: v3::Session<Device>| {
-                let (service, metrics) = (on_publish.clone(), metrics.clone());
+                let (service, metrics, runtime) = (on_publish.clone(), metrics.clone(), publish_runtime.clone());
                 async move {
                     Ok::<_, ConnectionError>(fn_service(move |publish| {
-                        request(session.clone(), service.clone(), metrics.clone(), publish)
+                        request(session.clone(), service.clone(), metrics.clone(), runtime.clone(), publish)
                     }))
                 }
             }));
@@ -304,11 +309,13 @@ impl Device {
 /// SAS token, or none with a client certificate. The service authenticates the device as for a register and
 /// audits a refusal; refused credentials answer "bad username or password" (a token) or "not authorized" (a
 /// certificate, or nothing). An accepted connection takes the place of its device's oldest one beyond
-/// `--mqtt-max-connections-per-device`, and is closed when its credential expires ([`connections`]).
+/// `--mqtt-max-connections-per-device`, and is closed when its credential expires ([`connections`]). The
+/// authentication runs in `runtime`'s context ([`crate::main_runtime`]).
 async fn connect(
     handshake: v3::Handshake,
     service: Arc<RegistrationService>,
     admission: Arc<Admission>,
+    runtime: tokio::runtime::Handle,
 ) -> Result<v3::HandshakeAck<Device>, ConnectionError> {
     let Some(slot) = admission.slots.take() else {
         tracing::info!(max = admission.slots.max, "MQTT connection refused: --mqtt-max-connections are open");
@@ -346,7 +353,7 @@ async fn connect(
     };
     let by_token = matches!(evidence, Evidence::Sas(_));
     let device = DeviceRequest { id_scope: username.id_scope, registration_id: username.registration_id, evidence };
-    match service.authenticate_connection(&device).await {
+    match OnMainRuntime::new(runtime, service.authenticate_connection(&device)).await {
         Ok(()) => {
             let registration_id = device.registration_id.as_str();
             let now = SystemTime::now();
@@ -468,11 +475,13 @@ async fn control(
 }
 
 /// PUBLISH: acknowledged at once (QoS 1); the request is answered on its response topic when the service is
-/// done.
+/// done. The service's work runs in `runtime`'s context ([`crate::main_runtime`]); the reply is published from the
+/// worker's own.
 async fn request(
     session: v3::Session<Device>,
     service: Arc<RegistrationService>,
     metrics: Metrics,
+    runtime: tokio::runtime::Handle,
     publish: v3::Publish,
 ) -> Result<(), ConnectionError> {
     let started = Instant::now();
@@ -496,7 +505,7 @@ async fn request(
     session.pending.set(session.pending.get() + 1);
     ntex::rt::spawn(async move {
         let rid = rid_of(&topic).to_owned();
-        let reply = match answer(&session, &service, parsed, &payload).await {
+        let reply = match OnMainRuntime::new(runtime, answer(&session, &service, parsed, &payload)).await {
             Ok(reply) => reply,
             Err(e) => Reply::error(&e),
         };
