@@ -260,7 +260,7 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
         let ratios: String = cfssl
             .iter()
             .map(|(name, baseline)| {
-                format!(" ratio_vs_cfssl_{name}={:.1}", series.rate() / baseline.rate().max(f64::EPSILON))
+                format!(" ratio_vs_cfssl_{name}={:.2}", series.rate() / baseline.rate().max(f64::EPSILON))
             })
             .collect();
         println!(
