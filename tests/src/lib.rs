@@ -242,6 +242,18 @@ impl Server {
         Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
     }
 
+    /// A raw TLS connection to one of this server's listeners at `address` (no ALPN: HTTP/1.1 or MQTT), trusting
+    /// its trust bundle, for tests that write their own bytes.
+    pub async fn raw_tls(
+        &self,
+        address: impl tokio::net::ToSocketAddrs,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(self.tls_config()?));
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        Ok(connector.connect(name, tcp).await?)
+    }
+
     /// The full URL of a device API path.
     pub fn device(&self, path: &str) -> String {
         format!("{}{path}", self.device_url)

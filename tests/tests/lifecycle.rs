@@ -174,11 +174,8 @@ impl SlowPut {
     /// Connects and sends the headers and the first half of the body.
     async fn start(server: &Server, token: &str, id: &str) -> Self {
         use tokio::io::AsyncWriteExt;
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(server.tls_config().unwrap()));
         let address = server.admin_url.trim_start_matches("https://");
-        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let mut stream = server.raw_tls(address).await.unwrap();
         let body = json!({"registrationId": id, "attestation": {"type": "symmetricKey"}}).to_string().into_bytes();
         let head = format!(
             "PUT /enrollments/{id} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\

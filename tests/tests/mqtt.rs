@@ -311,10 +311,7 @@ async fn csr_issues_a_certificate_and_tpm_is_refused() {
 
 /// Opens a raw TLS connection to the endpoint.
 async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(server.tls_config().unwrap()));
-    let tcp = tokio::net::TcpStream::connect(server.mqtt_addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    connector.connect(name, tcp).await.unwrap()
+    server.raw_tls(server.mqtt_addr).await.unwrap()
 }
 
 /// Encodes an MQTT 3.1.1 CONNECT packet (client id, username, password; keep-alive 60 s).
