@@ -47,6 +47,7 @@ use decide::{Decision, Facts};
 use enrollment::Allocation;
 pub use error::RegistrationError;
 use error::internal;
+use issue::Issued;
 use limits::{DeviceLimits, RetryAfter};
 pub use request::{Action, DeviceRequest, Evidence, RegistrationRequest};
 
@@ -153,7 +154,7 @@ impl RegistrationService {
                 hub_settings: self.hubs.settings(),
             });
             match self.store.registrations().commit(outcome, snapshot).await {
-                Ok((_, operation, hub_job)) => return Ok(self.deliver(operation, hub_job).await),
+                Ok((_, operation, hub_job)) => return Ok(self.deliver(operation, hub_job, issued.as_ref()).await),
                 Err(StoreError::Conflict(_)) => continue,
                 // The enrollment was disabled or deleted, or the device's certificate revoked, after the decision.
                 Err(StoreError::NoLongerAuthorized(reason)) => {
@@ -231,15 +232,21 @@ impl RegistrationService {
     }
 
     /// After the write: the hub adapter inline (its success settles the operation), and the operation remembered
-    /// for the device's first poll. The device is told `assigning` either way; its poll reads the result.
-    async fn deliver(&self, operation: OperationRecord, hub_job: Option<HubJobRecord>) -> RegistrationOperationStatus {
+    /// for the device's first poll, with the certificate `issued` now, if any. The device is told `assigning` either
+    /// way; its poll reads the result.
+    async fn deliver(
+        &self,
+        operation: OperationRecord,
+        hub_job: Option<HubJobRecord>,
+        issued: Option<&Issued>,
+    ) -> RegistrationOperationStatus {
         let settled = match &hub_job {
             Some(job) => self.hubs.deliver_inline(job).await,
             None => None,
         };
         let finished = settled.as_ref().unwrap_or(&operation);
         // A poll that misses the cache reads the operation again, and reports itself why it cannot be answered.
-        if let Ok(answer) = self.answer(finished).await {
+        if let Ok(answer) = self.answer(finished, issued).await {
             self.caches.remember_finished(finished, answer);
         }
         RegistrationOperationStatus {
@@ -275,13 +282,19 @@ impl RegistrationService {
         if age.to_std().unwrap_or_default() > self.settings.operation_ttl {
             return Err(not_found());
         }
-        self.answer(&operation).await
+        self.answer(&operation, None).await
     }
 
     /// What a poll of `operation` is answered: its status and, once it is terminal, the registration state stored
     /// with it. An `issuedCertificateChain` is stored as the device's certificate alone (`outcome::snapshot`); the
-    /// chain of the CA that issued it is added here.
-    async fn answer(&self, operation: &OperationRecord) -> Result<RegistrationOperationStatus, RegistrationError> {
+    /// chain of the CA that issued it is added here. When that certificate is the one `issued_now` (the
+    /// registration that wrote the operation issued it), its CA is known; otherwise it is found by the issuer the
+    /// certificate names.
+    async fn answer(
+        &self,
+        operation: &OperationRecord,
+        issued_now: Option<&Issued>,
+    ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let status = RegistrationStatus::parse(&operation.status).ok_or_else(|| {
             RegistrationError::Internal(crate::internal::InternalError::bare(format!(
                 "stored operation status {:?}",
@@ -296,7 +309,11 @@ impl RegistrationService {
             && let [leaf] = chain.as_slice()
         {
             let der = base64::engine::general_purpose::STANDARD.decode(leaf).unwrap_or_default();
-            match self.pki.named_issuer_of(&der).await? {
+            let issuer = match issued_now.filter(|(_, issued)| issued.der == der) {
+                Some((ca, _)) => Some(Arc::clone(ca)),
+                None => self.pki.named_issuer_of(&der).await?,
+            };
+            match issuer {
                 Some(ca) => chain.extend(ca.chain_base64.iter().cloned()),
                 // Its CA was deleted since: the device still gets its certificate.
                 None => tracing::warn!("operation {}: the CA that issued its certificate is gone", operation.id),
