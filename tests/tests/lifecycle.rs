@@ -141,6 +141,16 @@ async fn requests_finishing_during_a_graceful_stop_use_the_database() {
         for n in 0..96 {
             writes.push(SlowPut::start(&server, &token, &format!("draining-{n}")).await);
         }
+        // The stop must find every write begun: a connection whose request the server has not read yet is idle, and
+        // a graceful stop closes idle connections (on a loaded machine the server can lag behind the sends).
+        let begun = |logs: String| {
+            logs.lines().filter(|l| l.contains("request received") && l.contains("/enrollments/draining-")).count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while begun(server.logs()) < writes.len() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(begun(server.logs()), writes.len(), "the server began every write before the stop ({backend:?})");
         let pid = server.pid().unwrap().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         // The writes on one worker finish: it has no connection left and stops at its next check (once a second).
