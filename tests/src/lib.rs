@@ -315,6 +315,12 @@ impl Server {
         logs_in(&self.log_dir)
     }
 
+    /// How many requests whose path contains `path` the running process has logged on arrival (its access log's
+    /// "request received", at debug level: before the handler reads the body).
+    pub fn requests_received(&self, path: &str) -> usize {
+        self.logs().lines().filter(|l| l.contains("request received") && l.contains(path)).count()
+    }
+
     /// Everything every process on this data dir printed: the ones it replaced on restarts, then the running one.
     pub fn all_logs(&self) -> String {
         self.earlier_log_dirs.iter().chain([&self.log_dir]).map(|dir| logs_in(dir)).collect()

@@ -92,11 +92,9 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
             .json(&json!({"mode": "create", "enrollments": items}))
             .send();
         let in_flight = tokio::spawn(request);
-        // Signal once the service has the request (it logs its arrival at debug level).
-        let received =
-            |logs: String| logs.lines().any(|l| l.contains("request received") && l.contains("\"/enrollments\""));
+        // Signal once the service has the request.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !received(server.logs()) && std::time::Instant::now() < deadline {
+        while server.requests_received("\"/enrollments\"") == 0 && std::time::Instant::now() < deadline {
             tokio::task::yield_now().await;
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -143,14 +141,12 @@ async fn requests_finishing_during_a_graceful_stop_use_the_database() {
         }
         // The stop must find every write begun: a connection whose request the server has not read yet is idle, and
         // a graceful stop closes idle connections (on a loaded machine the server can lag behind the sends).
-        let begun = |logs: String| {
-            logs.lines().filter(|l| l.contains("request received") && l.contains("/enrollments/draining-")).count()
-        };
+        let begun = || server.requests_received("/enrollments/draining-");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while begun(server.logs()) < writes.len() && std::time::Instant::now() < deadline {
+        while begun() < writes.len() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(begun(server.logs()), writes.len(), "the server began every write before the stop ({backend:?})");
+        assert_eq!(begun(), writes.len(), "the server began every write before the stop ({backend:?})");
         let pid = server.pid().unwrap().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         // The writes on one worker finish: it has no connection left and stops at its next check (once a second).
