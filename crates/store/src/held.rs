@@ -13,11 +13,11 @@
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, Postgres, Sqlite};
 use sea_orm::{DatabaseConnection, DbErr, QueryResult, RuntimeErr};
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::StoreError;
 
-/// One statement in each database's dialect, taking one parameter: a JSON value.
+/// One statement in each database's dialect, taking one parameter: a value serialized as JSON.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sql {
     /// PostgreSQL's text (`$1`, bound as `jsonb`).
@@ -73,7 +73,11 @@ impl HeldConnection {
 
     /// Runs `sql` with `argument` and returns its rows. A failed query drops the connection (on SQLite after
     /// rolling back what a script left open); if the connection was lost, the query runs once more on a fresh one.
-    pub(crate) async fn fetch_all(&mut self, sql: Sql, argument: &Value) -> Result<Vec<QueryResult>, StoreError> {
+    pub(crate) async fn fetch_all(
+        &mut self,
+        sql: Sql,
+        argument: &(impl Serialize + Sync),
+    ) -> Result<Vec<QueryResult>, StoreError> {
         let mut retried = false;
         loop {
             let connection = match self.connection.as_mut() {
@@ -87,7 +91,7 @@ impl HeldConnection {
                     .await
                     .map(|rows| rows.into_iter().map(QueryResult::from).collect()),
                 Connection::Sqlite(c) => sqlx::query(sql.sqlite)
-                    .bind(argument.to_string())
+                    .bind(sqlx::types::Json(argument))
                     .fetch_all(&mut **c)
                     .await
                     .map(|rows| rows.into_iter().map(QueryResult::from).collect()),

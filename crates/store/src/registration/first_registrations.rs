@@ -3,6 +3,7 @@
 //! seven statements of a general batch.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::writer::{CHANGED, DISABLED, Pending, Written};
@@ -79,51 +80,85 @@ SELECT key, key IN (SELECT key FROM state) AS won, authorized FROM attempt"#;
 const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: FIRST_REGISTRATIONS_SQLITE };
 
 /// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
-/// CTEs). An attempt won if the state now carries its etag (etags are random and new per attempt). `jsonb_each`
-/// hands each attempt on in SQLite's binary JSON, which `->>` reads directly; with `json_each` every `->>`
-/// parsed the attempt's text again (a tenth of the service's CPU under load).
+/// CTEs). The attempts are read out of the JSON argument once, into a temporary table of plain columns that every
+/// later statement reads (each `->>` searches an attempt's object for its field, and the statements below read
+/// nearly every field). An attempt won if the state now carries its etag (etags are random and new per attempt).
 const FIRST_REGISTRATIONS_SQLITE: &str = r#"
 BEGIN;
+CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, registration_id TEXT,
+    enrollment_group_key TEXT, device_id TEXT, assigned_hub TEXT, status TEXT, substatus TEXT, error_code INTEGER,
+    error_message TEXT, payload TEXT, initial_twin TEXT, etag TEXT, at TEXT, detail TEXT, operation_id TEXT,
+    operation_status TEXT, operation_error_code INTEGER, operation_error_message TEXT, result TEXT, serial TEXT,
+    certificate_device_id TEXT, issuing_ca TEXT, not_before TEXT, not_after TEXT, thumbprint_sha256 TEXT,
+    authorized INTEGER, won INTEGER);
+DELETE FROM temp.first_attempt;
+INSERT INTO temp.first_attempt
+SELECT value->>'n', value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
+    value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
+    value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'detail',
+    value->>'operation_id', value->>'operation_status', value->>'operation_error_code',
+    value->>'operation_error_message', value->>'result', value->>'serial', value->>'certificate_device_id',
+    value->>'issuing_ca', value->>'not_before', value->>'not_after', value->>'thumbprint_sha256', NULL, 0
+FROM jsonb_each(?1);
+UPDATE temp.first_attempt SET authorized = CASE WHEN status NOT IN ('assigned', 'assigning') THEN true
+    WHEN enrollment_group_key IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
+        WHERE e.key = first_attempt.key AND e.provisioning_status <> 'disabled')
+    ELSE EXISTS (SELECT 1 FROM enrollment_groups AS e
+        WHERE e.key = first_attempt.enrollment_group_key AND e.provisioning_status <> 'disabled')
+END;
 INSERT INTO registrations (key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus,
     error_code, error_message, payload, initial_twin, etag, created_at, updated_at)
-SELECT value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
-    value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
-    value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'at'
-FROM jsonb_each(?1) WHERE CASE WHEN value->>'status' NOT IN ('assigned', 'assigning') THEN true
-    WHEN value->>'enrollment_group_key' IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
-        WHERE e.key = value->>'key' AND e.provisioning_status <> 'disabled')
-    ELSE EXISTS (SELECT 1 FROM enrollment_groups AS e
-        WHERE e.key = value->>'enrollment_group_key' AND e.provisioning_status <> 'disabled')
-END
+SELECT key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus, error_code,
+    error_message, payload, initial_twin, etag, at, at
+FROM temp.first_attempt WHERE authorized ORDER BY n
 ON CONFLICT (key) DO NOTHING;
-CREATE TEMP TABLE IF NOT EXISTS won_attempt (n INTEGER PRIMARY KEY, attempt BLOB NOT NULL);
-DELETE FROM temp.won_attempt;
-INSERT INTO temp.won_attempt (n, attempt)
-SELECT a.value->>'n', a.value FROM jsonb_each(?1) AS a
-JOIN registrations AS r ON r.key = a.value->>'key' AND r.etag = a.value->>'etag';
+UPDATE temp.first_attempt SET won = EXISTS (SELECT 1 FROM registrations AS r
+    WHERE r.key = first_attempt.key AND r.etag = first_attempt.etag);
 INSERT INTO operations (id, registration_key, status, error_code, error_message, result, created_at, updated_at)
-SELECT attempt->>'operation_id', attempt->>'key', attempt->>'operation_status', attempt->>'operation_error_code',
-    attempt->>'operation_error_message', attempt->>'result', attempt->>'at', attempt->>'at'
-FROM temp.won_attempt ORDER BY n;
+SELECT operation_id, key, operation_status, operation_error_code, operation_error_message, result, at, at
+FROM temp.first_attempt WHERE won ORDER BY n;
 INSERT INTO certificates (serial, registration_key, device_id, issuing_ca, not_before, not_after, status,
     thumbprint_sha256, revoked_at, revocation_reason, created_at)
-SELECT attempt->>'serial', attempt->>'key', attempt->>'certificate_device_id', attempt->>'issuing_ca',
-    attempt->>'not_before', attempt->>'not_after', 'active', attempt->>'thumbprint_sha256', NULL, NULL,
-    attempt->>'at'
-FROM temp.won_attempt WHERE attempt->>'serial' IS NOT NULL ORDER BY n;
+SELECT serial, key, certificate_device_id, issuing_ca, not_before, not_after, 'active', thumbprint_sha256, NULL,
+    NULL, at
+FROM temp.first_attempt WHERE won AND serial IS NOT NULL ORDER BY n;
 INSERT INTO audit_events (at, actor, role, action, resource_type, resource_id, etag_before, etag_after, detail)
-SELECT attempt->>'at', 'device:' || (attempt->>'registration_id'), 'device', 'register', 'registration',
-    attempt->>'registration_id', NULL, attempt->>'etag', attempt->>'detail'
-FROM temp.won_attempt ORDER BY n;
-SELECT a.value->>'key' AS key, w.n IS NOT NULL AS won,
-CASE WHEN a.value->>'status' NOT IN ('assigned', 'assigning') THEN true
-    WHEN a.value->>'enrollment_group_key' IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
-        WHERE e.key = a.value->>'key' AND e.provisioning_status <> 'disabled')
-    ELSE EXISTS (SELECT 1 FROM enrollment_groups AS e
-        WHERE e.key = a.value->>'enrollment_group_key' AND e.provisioning_status <> 'disabled')
-END AS authorized
-FROM jsonb_each(?1) AS a LEFT JOIN temp.won_attempt AS w ON w.n = a.value->>'n' ORDER BY a.value->>'n';
+SELECT at, 'device:' || registration_id, 'device', 'register', 'registration', registration_id, NULL, etag, detail
+FROM temp.first_attempt WHERE won ORDER BY n;
+SELECT key, won, authorized FROM temp.first_attempt ORDER BY n;
 COMMIT;"#;
+
+/// One attempt in [`write_first_registrations`]'s argument, as both statements read it (JSON columns as text,
+/// timestamps as [`json_timestamp`]).
+#[derive(Serialize)]
+struct Attempt<'a> {
+    n: usize,
+    key: &'a str,
+    registration_id: &'a str,
+    enrollment_group_key: Option<&'a str>,
+    device_id: Option<&'a str>,
+    assigned_hub: Option<&'a str>,
+    status: &'a str,
+    substatus: Option<&'a str>,
+    error_code: Option<i32>,
+    error_message: Option<&'a str>,
+    payload: Option<String>,
+    initial_twin: Option<String>,
+    etag: &'a str,
+    at: &'a str,
+    detail: &'a str,
+    operation_id: &'a str,
+    operation_status: &'a str,
+    operation_error_code: Option<i32>,
+    operation_error_message: Option<&'a str>,
+    result: Option<String>,
+    serial: Option<&'a str>,
+    certificate_device_id: Option<&'a str>,
+    issuing_ca: Option<&'a str>,
+    not_before: Option<String>,
+    not_after: Option<String>,
+    thumbprint_sha256: Option<&'a str>,
+}
 
 /// Writes a batch of first registrations (see [`first_registrations_only`]) in one round trip instead of five:
 /// one statement on PostgreSQL (atomic by itself), one script on SQLite. Same rows as
@@ -147,44 +182,43 @@ pub(super) async fn write_first_registrations(
     // JSON columns as text.
     let at = json_timestamp(now);
     let text = |value: &Option<Value>| value.as_ref().map(Value::to_string);
-    let attempts: Vec<Value> = batch
+    let certificates: Vec<Option<crate::CertificateRecord>> =
+        batch.iter().map(|p| p.outcome.certificate.clone().map(crate::certificate::normalized)).collect();
+    let attempts: Vec<Attempt<'_>> = batch
         .iter()
         .zip(records.iter().zip(&operations))
+        .zip(&certificates)
         .enumerate()
-        .map(|(n, (pending, (record, operation)))| {
-            let certificate = pending.outcome.certificate.clone().map(crate::certificate::normalized);
-            let certificate = certificate.as_ref();
-            serde_json::json!({
-                "n": n,
-                "key": record.key,
-                "registration_id": record.registration_id,
-                "enrollment_group_key": record.enrollment_group_key,
-                "device_id": record.device_id,
-                "assigned_hub": record.assigned_hub,
-                "status": record.status,
-                "substatus": record.substatus,
-                "error_code": record.error_code,
-                "error_message": record.error_message,
-                "payload": text(&record.payload),
-                "initial_twin": text(&record.initial_twin),
-                "etag": record.etag,
-                "at": at,
-                "detail": pending.outcome.detail,
-                "operation_id": operation.id,
-                "operation_status": operation.status,
-                "operation_error_code": operation.error_code,
-                "operation_error_message": operation.error_message,
-                "result": text(&operation.result),
-                "serial": certificate.map(|c| &c.serial),
-                "certificate_device_id": certificate.map(|c| &c.device_id),
-                "issuing_ca": certificate.map(|c| &c.issuing_ca),
-                "not_before": certificate.map(|c| json_timestamp(c.not_before)),
-                "not_after": certificate.map(|c| json_timestamp(c.not_after)),
-                "thumbprint_sha256": certificate.map(|c| &c.thumbprint_sha256),
-            })
+        .map(|(n, ((pending, (record, operation)), certificate))| Attempt {
+            n,
+            key: &record.key,
+            registration_id: &record.registration_id,
+            enrollment_group_key: record.enrollment_group_key.as_deref(),
+            device_id: record.device_id.as_deref(),
+            assigned_hub: record.assigned_hub.as_deref(),
+            status: &record.status,
+            substatus: record.substatus.as_deref(),
+            error_code: record.error_code,
+            error_message: record.error_message.as_deref(),
+            payload: text(&record.payload),
+            initial_twin: text(&record.initial_twin),
+            etag: &record.etag,
+            at: &at,
+            detail: &pending.outcome.detail,
+            operation_id: &operation.id,
+            operation_status: &operation.status,
+            operation_error_code: operation.error_code,
+            operation_error_message: operation.error_message.as_deref(),
+            result: text(&operation.result),
+            serial: certificate.as_ref().map(|c| c.serial.as_str()),
+            certificate_device_id: certificate.as_ref().map(|c| c.device_id.as_str()),
+            issuing_ca: certificate.as_ref().map(|c| c.issuing_ca.as_str()),
+            not_before: certificate.as_ref().map(|c| json_timestamp(c.not_before)),
+            not_after: certificate.as_ref().map(|c| json_timestamp(c.not_after)),
+            thumbprint_sha256: certificate.as_ref().map(|c| c.thumbprint_sha256.as_str()),
         })
         .collect();
-    let rows = held.fetch_all(FIRST_REGISTRATIONS, &Value::Array(attempts)).await?;
+    let rows = held.fetch_all(FIRST_REGISTRATIONS, &attempts).await?;
     let mut fates = std::collections::HashMap::with_capacity(rows.len());
     for row in &rows {
         let key: String = row.try_get("", "key")?;
