@@ -416,8 +416,14 @@ pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize)
     Ok(Report::collect(outcomes, elapsed))
 }
 
-/// The ceiling: `count` new TLS connections, each with one `GET /healthz` on the device listener.
-pub(crate) async fn handshake_ceiling(target: &Target, count: usize, concurrency: usize) -> anyhow::Result<Report> {
+/// The ceiling: `count` new TLS connections, each with `requests` `GET /healthz` one after another (one: the
+/// TLS-handshake ceiling; two: the same with a second exchange on the connection, as a device's register and poll).
+pub(crate) async fn handshake_ceiling(
+    target: &Target,
+    count: usize,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<Report> {
     let tls = Arc::new(tls_config(&target.trust_bundle)?);
     let url = Arc::new(format!("{}/healthz", target.device_url));
     let (outcomes, elapsed) = each_as_task(0..count, concurrency, |_| {
@@ -425,11 +431,13 @@ pub(crate) async fn handshake_ceiling(target: &Target, count: usize, concurrency
         async move {
             let begun = Instant::now();
             let client = fresh_client(&tls).map_err(|e| e.to_string())?;
-            let response = client.get(url.as_str()).send().await.map_err(|_| "connection".to_owned())?;
-            if !response.status().is_success() {
-                return Err(format!("http {}", response.status().as_u16()));
+            for _ in 0..requests.max(1) {
+                let response = client.get(url.as_str()).send().await.map_err(|_| "connection".to_owned())?;
+                if !response.status().is_success() {
+                    return Err(format!("http {}", response.status().as_u16()));
+                }
+                response.bytes().await.map_err(|_| "read".to_owned())?;
             }
-            response.bytes().await.map_err(|_| "read".to_owned())?;
             Ok(begun.elapsed())
         }
     })

@@ -235,7 +235,7 @@ async fn bench_devices_once(
     concurrency: usize,
     transports: &[TransportArg],
     failures: &mut devices::Failures,
-) -> anyhow::Result<((f64, PerOperation), Vec<(devices::Report, PerOperation)>)> {
+) -> anyhow::Result<((f64, PerOperation), (f64, PerOperation), Vec<(devices::Report, PerOperation)>)> {
     let options = Options {
         env: vec![("ZEROTOUCH_LOG".into(), "warn".into())],
         args: vec!["--device-max-in-flight".into(), "4096".into()],
@@ -249,10 +249,16 @@ async fn bench_devices_once(
     }
     let pids = [server.pid().context("the service is not running")?];
     let before = Sample::now(&pids)?;
-    let ceiling = devices::handshake_ceiling(&target, count, concurrency).await?;
+    let ceiling = devices::handshake_ceiling(&target, count, concurrency, 1).await?;
     let ceiling_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), ceiling.assigned);
     println!("  {backend:?}: TLS handshake + GET /healthz: {} {}", ceiling.summary(), ceiling_cpu.text());
     failures.note(format!("{backend:?} TLS ceiling"), &ceiling);
+    // What a second exchange on the connection costs by itself: a device's register and poll are two.
+    let before = Sample::now(&pids)?;
+    let two = devices::handshake_ceiling(&target, count, concurrency, 2).await?;
+    let two_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), two.assigned);
+    println!("  {backend:?}: TLS handshake + 2 x GET /healthz: {} {}", two.summary(), two_cpu.text());
+    failures.note(format!("{backend:?} two requests per connection"), &two);
     let mut reports = Vec::new();
     for (transport, devices) in transports.iter().zip(&enrolled) {
         let before = Sample::now(&pids)?;
@@ -261,7 +267,7 @@ async fn bench_devices_once(
         println!("  {backend:?}: devices over {transport:?}: {} {}", report.summary(), cpu.text());
         reports.push((report, cpu));
     }
-    Ok(((ceiling.rate(), ceiling_cpu), reports))
+    Ok(((ceiling.rate(), ceiling_cpu), (two.rate(), two_cpu), reports))
 }
 
 async fn run_devices(
@@ -321,13 +327,20 @@ async fn main() -> anyhow::Result<()> {
             for backend in backend {
                 let backend = Backend::from(backend);
                 let (mut ceilings, mut ceiling_cpus) = (Vec::new(), Vec::new());
+                let (mut twos, mut two_cpus) = (Vec::new(), Vec::new());
                 let mut rates = vec![Vec::new(); transport.len()];
                 let mut p99s = vec![Vec::new(); transport.len()];
                 let mut cpus = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
-                    let ((ceiling, ceiling_cpu), reports) =
+                    let ((ceiling, ceiling_cpu), (two, two_cpu), reports) =
                         bench_devices_once(backend, count, concurrency, &transport, &mut failures).await?;
                     ceiling_cpus.push(ceiling_cpu);
+                    println!(
+                        "  {backend:?}: run {run}: two requests per connection, ratio to ceiling {:.2}",
+                        two / ceiling.max(1.0)
+                    );
+                    twos.push(two);
+                    two_cpus.push(two_cpu);
                     for (i, (report, cpu)) in reports.iter().enumerate() {
                         cpus[i].push(*cpu);
                         failures.note(format!("{backend:?} run {run} over {:?}", transport[i]), report);
@@ -343,10 +356,13 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let ceiling = bulk::median(ceilings);
                 let ceiling_cpu = PerOperation::median(&ceiling_cpus);
+                let two = bulk::median(twos);
                 let mut line = format!(
                     "RESULT backend={backend:?} devices={count} concurrency={concurrency} median_handshakes_per_s={ceiling:.0} \
-                     handshake_{}",
-                    ceiling_cpu.text()
+                     handshake_{} median_two_requests_per_s={two:.0} two_requests_ratio={:.2} two_requests_{}",
+                    ceiling_cpu.text(),
+                    two / ceiling.max(1.0),
+                    PerOperation::median(&two_cpus).text()
                 );
                 for (i, transport) in transport.iter().enumerate() {
                     let name = format!("{transport:?}").to_lowercase();
