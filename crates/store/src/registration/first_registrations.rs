@@ -82,7 +82,9 @@ const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, s
 /// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
 /// CTEs). The attempts are read out of the JSON argument once, into a temporary table of plain columns that every
 /// later statement reads (each `->>` searches an attempt's object for its field, and the statements below read
-/// nearly every field). An attempt won if the state now carries its etag (etags are random and new per attempt).
+/// nearly every field). `jsonb_each` hands each attempt on in SQLite's binary JSON, which `->>` reads directly;
+/// with `json_each` every `->>` parsed the attempt's text again. An attempt won if the state now carries its etag
+/// (etags are random and new per attempt).
 const FIRST_REGISTRATIONS_SQLITE: &str = r#"
 BEGIN;
 CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, registration_id TEXT,
