@@ -315,10 +315,16 @@ impl Server {
         logs_in(&self.log_dir)
     }
 
-    /// How many requests whose path contains `path` the running process has logged on arrival (its access log's
-    /// "request received", at debug level: before the handler reads the body).
-    pub fn requests_received(&self, path: &str) -> usize {
-        self.logs().lines().filter(|l| l.contains("request received") && l.contains(path)).count()
+    /// Waits, up to `timeout`, until the running process has logged the arrival of `count` requests whose path
+    /// contains `path` (its access log's "request received", at debug level: before the handler reads the body);
+    /// returns how many it has logged.
+    pub async fn requests_received(&self, path: &str, count: usize, timeout: Duration) -> usize {
+        let received = || self.logs().lines().filter(|l| l.contains("request received") && l.contains(path)).count();
+        let deadline = Instant::now() + timeout;
+        while received() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        received()
     }
 
     /// Everything every process on this data dir printed: the ones it replaced on restarts, then the running one.

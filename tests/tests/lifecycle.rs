@@ -93,11 +93,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
             .send();
         let in_flight = tokio::spawn(request);
         // Signal once the service has the request.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while server.requests_received("\"/enrollments\"") == 0 && std::time::Instant::now() < deadline {
-            tokio::task::yield_now().await;
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        server.requests_received("\"/enrollments\"", 1, std::time::Duration::from_secs(10)).await;
         let status = server.stop().unwrap();
         let response = in_flight.await.unwrap().expect("the in-flight request got an answer");
         assert_eq!(response.status(), 200);
@@ -141,12 +137,9 @@ async fn requests_finishing_during_a_graceful_stop_use_the_database() {
         }
         // The stop must find every write begun: a connection whose request the server has not read yet is idle, and
         // a graceful stop closes idle connections (on a loaded machine the server can lag behind the sends).
-        let begun = || server.requests_received("/enrollments/draining-");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while begun() < writes.len() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(begun(), writes.len(), "the server began every write before the stop ({backend:?})");
+        let begun =
+            server.requests_received("/enrollments/draining-", writes.len(), std::time::Duration::from_secs(10));
+        assert_eq!(begun.await, writes.len(), "the server began every write before the stop ({backend:?})");
         let pid = server.pid().unwrap().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         // The writes on one worker finish: it has no connection left and stops at its next check (once a second).

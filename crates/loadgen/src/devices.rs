@@ -416,9 +416,9 @@ pub(crate) async fn run(target: &Target, devices: &[Device], concurrency: usize)
     Ok(Report::collect(outcomes, elapsed))
 }
 
-/// The ceiling: `count` new TLS connections, each with `requests` `GET /healthz` one after another (one: the
-/// TLS-handshake ceiling; two: the same with a second exchange on the connection, as a device's register and poll).
-pub(crate) async fn handshake_ceiling(
+/// `count` new TLS connections, each with `requests` `GET /healthz` one after another: with one, the TLS-handshake
+/// ceiling; with two, the same plus a second exchange on the connection, as a device's register and poll.
+pub(crate) async fn healthz_connections(
     target: &Target,
     count: usize,
     concurrency: usize,

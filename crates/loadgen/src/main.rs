@@ -249,13 +249,13 @@ async fn bench_devices_once(
     }
     let pids = [server.pid().context("the service is not running")?];
     let before = Sample::now(&pids)?;
-    let ceiling = devices::handshake_ceiling(&target, count, concurrency, 1).await?;
+    let ceiling = devices::healthz_connections(&target, count, concurrency, 1).await?;
     let ceiling_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), ceiling.assigned);
     println!("  {backend:?}: TLS handshake + GET /healthz: {} {}", ceiling.summary(), ceiling_cpu.text());
     failures.note(format!("{backend:?} TLS ceiling"), &ceiling);
     // What a second exchange on the connection costs by itself: a device's register and poll are two.
     let before = Sample::now(&pids)?;
-    let two = devices::handshake_ceiling(&target, count, concurrency, 2).await?;
+    let two = devices::healthz_connections(&target, count, concurrency, 2).await?;
     let two_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), two.assigned);
     println!("  {backend:?}: TLS handshake + 2 x GET /healthz: {} {}", two.summary(), two_cpu.text());
     failures.note(format!("{backend:?} two requests per connection"), &two);
