@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use sea_orm::sqlx::pool::CloseEvent;
 use tokio::sync::mpsc;
 
-/// How long a busy task waits for more work before it runs a batch. A batch costs the database about the same
-/// however little it carries (a commit: SQLite writes each page the batch touched to its WAL, PostgreSQL flushes
-/// its WAL; a query: a round trip and a wake-up of PostgreSQL's server process). Under load, waiting a millisecond
-/// cut the database's CPU per device by a fifth to a third for the writer, and by a fifth for the reader.
-const LINGER: Duration = Duration::from_millis(1);
+/// How long a busy task waits for more work before it runs a batch, unless its work asks for another wait
+/// ([`Batches::new`]). A batch costs the database about the same however little it carries (a commit: SQLite writes
+/// each page the batch touched to its WAL, PostgreSQL flushes its WAL; a query: a round trip and a wake-up of
+/// PostgreSQL's server process). Under load, waiting a millisecond cut the database's CPU per device by a fifth to a
+/// third for the writer, and by a fifth for the reader.
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// A task counts as busy when its last batch ended this recently; work arriving at an idle task runs at once.
 const BUSY_WITHIN: Duration = Duration::from_millis(20);
@@ -28,18 +29,21 @@ const LINGER_BELOW: usize = 16;
 pub(crate) struct Batches<T> {
     queue: mpsc::Receiver<T>,
     max: usize,
+    linger: fn(&T) -> Duration,
     last_done: Option<Instant>,
 }
 
 impl<T> Batches<T> {
-    /// Batches of at most `max` items from `queue`.
-    pub(crate) fn new(queue: mpsc::Receiver<T>, max: usize) -> Self {
-        Self { queue, max, last_done: None }
+    /// Batches of at most `max` items from `queue`; `linger` is how long an item may wait for others to join its
+    /// batch (usually [`LINGER`]).
+    pub(crate) fn new(queue: mpsc::Receiver<T>, max: usize, linger: fn(&T) -> Duration) -> Self {
+        Self { queue, max, linger, last_done: None }
     }
 
     /// Waits for the next batch, into `batch`: what was queued meanwhile, and, if the task is busy and that is
-    /// fewer than [`LINGER_BELOW`] items, what arrives within [`LINGER`] more. False once the queue is closed (the
-    /// last sender is gone) or the pool the task works on is (`closed`, see [`crate::held::HeldConnection::closed`]).
+    /// fewer than [`LINGER_BELOW`] items, what arrives within the shortest linger of those items more. False once
+    /// the queue is closed (the last sender is gone) or the pool the task works on is (`closed`, see
+    /// [`crate::held::HeldConnection::closed`]).
     pub(crate) async fn next(&mut self, batch: &mut Vec<T>, closed: &mut std::pin::Pin<&mut CloseEvent>) -> bool {
         let received = tokio::select! {
             biased;
@@ -49,8 +53,11 @@ impl<T> Batches<T> {
         if received == 0 {
             return false;
         }
-        if batch.len() < self.max.min(LINGER_BELOW) && self.last_done.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
-            tokio::time::sleep(LINGER).await;
+        if batch.len() < self.max.min(LINGER_BELOW)
+            && self.last_done.is_some_and(|at| at.elapsed() < BUSY_WITHIN)
+            && let Some(linger) = batch.iter().map(self.linger).min()
+        {
+            tokio::time::sleep(linger).await;
             while batch.len() < self.max {
                 let Ok(item) = self.queue.try_recv() else { break };
                 batch.push(item);
@@ -79,7 +86,7 @@ mod tests {
         let closed = pool.close_event();
         tokio::pin!(closed);
         let (queue, receiver) = mpsc::channel(64);
-        let mut batches = Batches::new(receiver, 32);
+        let mut batches = Batches::new(receiver, 32, |_| LINGER);
         let mut batch = Vec::new();
 
         queue.send(0).await.unwrap();
@@ -106,5 +113,36 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(batches.next(&mut batch, &mut closed).await);
         assert_eq!((batch.len(), started.elapsed()), (LINGER_BELOW, Duration::ZERO), "busy but large: at once");
+    }
+
+    /// Each item says how long it may wait for others: a busy task lingers for the most impatient item of its
+    /// batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_lingers_as_long_as_its_most_impatient_item_allows() {
+        let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+        let closed = pool.close_event();
+        tokio::pin!(closed);
+        let (queue, receiver) = mpsc::channel(64);
+        // Items from 100 up are patient.
+        let linger = |item: &usize| if *item >= 100 { 4 * LINGER } else { LINGER };
+        let mut batches = Batches::new(receiver, 32, linger);
+        let mut batch = Vec::new();
+        queue.send(0).await.unwrap();
+        assert!(batches.next(&mut batch, &mut closed).await);
+        batches.done();
+
+        batch.clear();
+        queue.send(100).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(batches.next(&mut batch, &mut closed).await);
+        assert_eq!((batch.as_slice(), started.elapsed()), ([100].as_slice(), 4 * LINGER), "patient: the long wait");
+        batches.done();
+
+        batch.clear();
+        queue.send(101).await.unwrap();
+        queue.send(1).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(batches.next(&mut batch, &mut closed).await);
+        assert_eq!((batch.as_slice(), started.elapsed()), ([101, 1].as_slice(), LINGER), "mixed: the short wait");
     }
 }

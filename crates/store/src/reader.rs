@@ -8,7 +8,7 @@ use sea_orm::FromQueryResult;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::Batches;
+use crate::batch::{Batches, LINGER};
 use crate::certificate::CertificateRecord;
 use crate::enrollment::EnrollmentRecord;
 use crate::enrollment::table::IndividualTable;
@@ -68,7 +68,7 @@ impl DeviceReader {
             let mut connection = HeldConnection::new(pool, keep).looking_up_by_index();
             let closed = connection.closed();
             tokio::pin!(closed);
-            let mut batches = Batches::new(receiver, MAX_LOOKUPS);
+            let mut batches = Batches::new(receiver, MAX_LOOKUPS, |_| LINGER);
             let mut batch = Vec::with_capacity(MAX_LOOKUPS);
             while batches.next(&mut batch, &mut closed).await {
                 let (mut individuals, mut registrations, mut certificates) = (Vec::new(), Vec::new(), Vec::new());
