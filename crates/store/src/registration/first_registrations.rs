@@ -74,7 +74,8 @@ WITH input AS (
         detail
     FROM attempt WHERE key IN (SELECT key FROM state) ORDER BY n
 )
-SELECT key, key IN (SELECT key FROM state) AS won, authorized FROM attempt"#;
+SELECT json_agg(json_build_array(key, (key IN (SELECT key FROM state))::int, authorized::int))::text AS fates
+FROM attempt"#;
 
 /// [`write_first_registrations`]'s statement on each database.
 const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: FIRST_REGISTRATIONS_SQLITE };
@@ -127,7 +128,7 @@ FROM temp.first_attempt WHERE won AND serial IS NOT NULL ORDER BY n;
 INSERT INTO audit_events (at, actor, role, action, resource_type, resource_id, etag_before, etag_after, detail)
 SELECT at, 'device:' || registration_id, 'device', 'register', 'registration', registration_id, NULL, etag, detail
 FROM temp.first_attempt WHERE won ORDER BY n;
-SELECT key, won, authorized FROM temp.first_attempt ORDER BY n;
+SELECT json_group_array(json_array(key, won, authorized)) AS fates FROM temp.first_attempt;
 COMMIT;"#;
 
 /// One attempt in [`write_first_registrations`]'s argument, as both statements read it (JSON columns as text,
@@ -221,11 +222,13 @@ pub(super) async fn write_first_registrations(
         })
         .collect();
     let rows = held.fetch_all(FIRST_REGISTRATIONS, &attempts).await?;
-    let mut fates = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let key: String = row.try_get("", "key")?;
-        fates.insert(key, (row.try_get::<bool>("", "won")?, row.try_get::<bool>("", "authorized")?));
-    }
+    let fates: Vec<(String, u8, u8)> = match rows.first() {
+        Some(row) => serde_json::from_str(&row.try_get::<String>("", "fates")?)
+            .map_err(|e| StoreError::Corrupt(format!("the fates of a batch of first registrations: {e}")))?,
+        None => Vec::new(),
+    };
+    let fates: std::collections::HashMap<String, (bool, bool)> =
+        fates.into_iter().map(|(key, won, authorized)| (key, (won != 0, authorized != 0))).collect();
     let results = records
         .into_iter()
         .zip(operations)
