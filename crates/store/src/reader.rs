@@ -3,6 +3,7 @@
 //! while a batch is read go together in the next, one query per kind, on a connection the reader keeps.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use sea_orm::FromQueryResult;
 use serde_json::Value;
@@ -49,9 +50,25 @@ enum Lookup {
     Certificate(String, Reply<CertificateRecord>),
 }
 
+/// How long an enrollment's or a registration's lookup waits, while the reader is busy, for others to join its
+/// batch: a SAS device's register (one lookup, of its individual enrollment) is answered `assigning` and polls
+/// seconds later. A certificate's lookup waits [`LINGER`] only, and so does the batch it is in: every EST call makes
+/// one, together with its other lookups, and its caller waits for its certificate.
+const PATIENT_LINGER: Duration = Duration::from_millis(4);
+
+impl Lookup {
+    /// How long this lookup may wait for more to join its batch.
+    fn linger(&self) -> Duration {
+        match self {
+            Self::Individual(..) | Self::Registration(..) => PATIENT_LINGER,
+            Self::Certificate(..) => LINGER,
+        }
+    }
+}
+
 /// Reads individual enrollments, registrations and certificates by key for the devices' requests, the busiest reads
-/// of the service. The keys asked for while a batch is read (and, while busy, within a millisecond more: see
-/// [`Batches`]) go together in the next one, on a connection the reader holds ([`HeldConnection`]): a query per
+/// of the service. The keys asked for while a batch is read (and, while busy, within a few milliseconds more: see
+/// [`Batches`] and [`Lookup::linger`]) go together in the next one, on a connection the reader holds ([`HeldConnection`]): a query per
 /// kind for a batch of devices instead of two round trips for each lookup.
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceReader {
@@ -68,7 +85,7 @@ impl DeviceReader {
             let mut connection = HeldConnection::new(pool, keep).looking_up_by_index();
             let closed = connection.closed();
             tokio::pin!(closed);
-            let mut batches = Batches::new(receiver, MAX_LOOKUPS, |_| LINGER);
+            let mut batches = Batches::new(receiver, MAX_LOOKUPS, Lookup::linger);
             let mut batch = Vec::with_capacity(MAX_LOOKUPS);
             while batches.next(&mut batch, &mut closed).await {
                 let (mut individuals, mut registrations, mut certificates) = (Vec::new(), Vec::new(), Vec::new());
