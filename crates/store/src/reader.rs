@@ -52,8 +52,10 @@ enum Lookup {
 
 /// How long an enrollment's or a registration's lookup waits, while the reader is busy, for others to join its
 /// batch: a SAS device's register (one lookup, of its individual enrollment) is answered `assigning` and polls
-/// seconds later. A certificate's lookup waits [`LINGER`] only, and so does the batch it is in: every EST call makes
-/// one, together with its other lookups, and its caller waits for its certificate.
+/// seconds later, and a status lookup or an uncached poll loses a few milliseconds in a request that began with a
+/// TLS handshake. A certificate's lookup waits [`LINGER`] only, and so does the batch it is in: every EST call makes
+/// one together with its other lookups, and its caller waits for its certificate (as does a device registering
+/// with a certificate).
 const PATIENT_LINGER: Duration = Duration::from_millis(4);
 
 impl Lookup {
@@ -68,8 +70,8 @@ impl Lookup {
 
 /// Reads individual enrollments, registrations and certificates by key for the devices' requests, the busiest reads
 /// of the service. The keys asked for while a batch is read (and, while busy, within a few milliseconds more: see
-/// [`Batches`] and [`Lookup::linger`]) go together in the next one, on a connection the reader holds ([`HeldConnection`]): a query per
-/// kind for a batch of devices instead of two round trips for each lookup.
+/// [`Batches`] and [`Lookup::linger`]) go together in the next one, on a connection the reader holds
+/// ([`HeldConnection`]): a query per kind for a batch of devices instead of two round trips for each lookup.
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceReader {
     queue: mpsc::Sender<Lookup>,

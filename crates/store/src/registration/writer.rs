@@ -57,10 +57,10 @@ pub(super) enum Work {
 /// How long a registration attempt waits, while the writer is busy, for others to join its batch. A device is
 /// answered `assigning` and polls for its result after the `Retry-After` the answer gives (seconds), so a few
 /// milliseconds more cost it nothing; fewer, larger commits cost the database less per device. On SQLite, during a
-/// storm of 40,000 devices, waiting 4 ms instead of 1 cut the pages written to the WAL per device by a third and the
-/// CPU of the database's thread and of the main runtime by about 20 µs per device (`BENCHMARKS.md`, session 17).
-/// An EST certificate's caller waits for it: it lingers [`LINGER`] only, as longer cost EST a tenth of its rate with
-/// 64 requests in flight.
+/// storm of 40,000 devices, waiting 4 ms instead of 1 cut the CPU of the database's thread and of the main runtime
+/// by about 15 µs per device, and the pages written to the WAL per device by a third when the reader waited 4 ms
+/// too (`BENCHMARKS.md`, session 17). An EST certificate's caller waits for it: it lingers [`LINGER`] only, as
+/// longer cost EST a tenth of its rate with 64 requests in flight.
 const REGISTRATION_LINGER: Duration = Duration::from_millis(4);
 
 impl Work {
@@ -78,9 +78,8 @@ const MAX_BATCH: usize = 256;
 
 /// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
 /// all of them, with those arriving within a few milliseconds more while busy (group commit, see [`Batches`] and
-/// [`Work::linger`]). A
-/// registration costs a few SQL statements per *batch* instead of five per device, which is what lets one SQLite
-/// writer or one PostgreSQL connection serve thousands of devices a second.
+/// [`Work::linger`]). A registration costs a few SQL statements per *batch* instead of five per device, which is
+/// what lets one SQLite writer or one PostgreSQL connection serve thousands of devices a second.
 ///
 /// There is one writer task on both databases. SQLite has one writer anyway. On PostgreSQL, one writer whose batches
 /// gather the attempts that arrive during a commit measured cheaper for the database per device (and faster) than
