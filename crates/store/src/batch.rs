@@ -21,7 +21,7 @@ const BUSY_WITHIN: Duration = Duration::from_millis(20);
 /// bench-issuance`), the writer's batches held some 20 to 50 certificates and each EST call waited out the linger
 /// with a quarter of the CPUs idle; without lingering for such batches, EST issued 16% and 21% more certificates per
 /// second on PostgreSQL in alternating runs (1% and 14% on SQLite). Registrations, whose batches are smaller at the
-/// same load, linger as before.
+/// same load, still linger, for as long as their items allow.
 const LINGER_BELOW: usize = 16;
 
 /// A batching task's queue.
