@@ -9,7 +9,7 @@ use sea_orm::FromQueryResult;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{Batches, LINGER};
+use crate::batch::{Batches, LINGER, PATIENT_LINGER};
 use crate::certificate::CertificateRecord;
 use crate::enrollment::EnrollmentRecord;
 use crate::enrollment::table::IndividualTable;
@@ -50,16 +50,12 @@ enum Lookup {
     Certificate(String, Reply<CertificateRecord>),
 }
 
-/// How long an enrollment's or a registration's lookup waits, while the reader is busy, for others to join its
-/// batch: a SAS device's register (one lookup, of its individual enrollment) is answered `assigning` and polls
-/// seconds later, and a status lookup or an uncached poll loses a few milliseconds in a request that began with a
-/// TLS handshake. A certificate's lookup waits [`LINGER`] only, and so does the batch it is in: every EST call makes
-/// one together with its other lookups, and its caller waits for its certificate (as does a device registering
-/// with a certificate).
-const PATIENT_LINGER: Duration = Duration::from_millis(4);
-
 impl Lookup {
-    /// How long this lookup may wait for more to join its batch.
+    /// How long this lookup may wait for more to join its batch. An enrollment's or a registration's lookup is
+    /// patient: a SAS device's register makes one, and a status lookup or an uncached poll loses a few
+    /// milliseconds in a request that began with a TLS handshake. A certificate's lookup is not, and neither is
+    /// the batch it is in: every EST call makes one together with its other lookups, and its caller waits for its
+    /// certificate (as does a device registering with a certificate).
     fn linger(&self) -> Duration {
         match self {
             Self::Individual(..) | Self::Registration(..) => PATIENT_LINGER,

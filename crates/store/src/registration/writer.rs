@@ -14,7 +14,7 @@ use super::certificates_alone::{Fate, one_per_registration, write_certificates_a
 use super::first_registrations::{first_registrations_only, write_first_registrations};
 use super::{Committed, RegistrationOutcome, RegistrationRecord, Snapshot, operation_active, to_active};
 use crate::audit::{self, Change};
-use crate::batch::{Batches, LINGER};
+use crate::batch::{Batches, LINGER, PATIENT_LINGER};
 use crate::certificate::{self as certificates, CertificateRecord, CertificateStatus};
 use crate::entity::operation;
 use crate::entity::registration::{Column, Entity};
@@ -54,20 +54,12 @@ pub(super) enum Work {
     Certificate(Box<PendingCertificate>),
 }
 
-/// How long a registration attempt waits, while the writer is busy, for others to join its batch. A device is
-/// answered `assigning` and polls for its result after the `Retry-After` the answer gives (seconds), so a few
-/// milliseconds more cost it nothing; fewer, larger commits cost the database less per device. On SQLite, during a
-/// storm of 40,000 devices, waiting 4 ms instead of 1 cut the CPU of the database's thread and of the main runtime
-/// by about 15 µs per device, and the pages written to the WAL per device by a third when the reader waited 4 ms
-/// too (`BENCHMARKS.md`, session 17). An EST certificate's caller waits for it: it lingers [`LINGER`] only, as
-/// longer cost EST a tenth of its rate with 64 requests in flight.
-const REGISTRATION_LINGER: Duration = Duration::from_millis(4);
-
 impl Work {
-    /// How long this work may wait for more to join its batch.
+    /// How long this work may wait for more to join its batch: a registration attempt's device polls for its
+    /// result later, an EST certificate's caller waits for it.
     fn linger(&self) -> Duration {
         match self {
-            Self::Register(_) => REGISTRATION_LINGER,
+            Self::Register(_) => PATIENT_LINGER,
             Self::Certificate(_) => LINGER,
         }
     }
