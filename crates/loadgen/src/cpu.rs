@@ -4,6 +4,8 @@
 //! time of its children that exited and were waited for. PostgreSQL runs a process per connection (and workers
 //! that come and go), all children of the postmaster: their time is the time of the live `postgres` processes
 //! plus what the postmaster's exited children used, so a backend that ends during a measurement still counts.
+//! SQLite runs inside the service: sqlx gives each SQLite connection a thread of its own (`sqlx-sqlite-worker-N`,
+//! `comm` cut to 15 bytes), whose time is in `/proc/PID/task/TID/stat`.
 
 use std::time::Duration;
 
@@ -68,6 +70,8 @@ pub(crate) struct Sample {
     pub(crate) processes: Vec<Duration>,
     /// Every `postgres` process, and the exited children of the postmaster.
     pub(crate) postgres: Duration,
+    /// The SQLite connection threads of the processes asked for (those alive when sampled).
+    pub(crate) sqlite: Duration,
     /// This process (the load generator).
     pub(crate) client: Duration,
     /// The whole machine, every CPU, busy (not idle, not waiting for I/O).
@@ -83,6 +87,7 @@ impl Sample {
         Ok(Self {
             processes,
             postgres: duration(postgres_ticks()?, per_second),
+            sqlite: duration(pids.iter().map(|pid| sqlite_ticks(*pid)).sum(), per_second),
             client: duration(stat_of(std::process::id())?.own, per_second),
             machine: duration(machine_busy_ticks()?, per_second),
         })
@@ -93,17 +98,20 @@ impl Sample {
         Sample {
             processes: self.processes.iter().zip(&earlier.processes).map(|(a, b)| a.saturating_sub(*b)).collect(),
             postgres: self.postgres.saturating_sub(earlier.postgres),
+            sqlite: self.sqlite.saturating_sub(earlier.sqlite),
             client: self.client.saturating_sub(earlier.client),
             machine: self.machine.saturating_sub(earlier.machine),
         }
     }
 }
 
-/// CPU time per operation of a run, µs: the service (the processes sampled, and PostgreSQL), the load generator,
-/// and the whole machine (every CPU, busy).
+/// CPU time per operation of a run, µs: the service (the processes sampled, and PostgreSQL), of which the
+/// database (PostgreSQL, or the service's SQLite threads), the load generator, and the whole machine (every CPU,
+/// busy).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PerOperation {
     pub(crate) service: f64,
+    pub(crate) database: f64,
     pub(crate) client: f64,
     pub(crate) machine: f64,
 }
@@ -113,17 +121,26 @@ impl PerOperation {
     pub(crate) fn of(spent: &Sample, operations: usize) -> Self {
         let per = |time: Duration| time.as_secs_f64() * 1e6 / operations.max(1) as f64;
         let service = spent.processes.iter().map(|t| per(*t)).sum::<f64>() + per(spent.postgres);
-        Self { service, client: per(spent.client), machine: per(spent.machine) }
+        let database = per(spent.postgres) + per(spent.sqlite);
+        Self { service, database, client: per(spent.client), machine: per(spent.machine) }
     }
 
     /// The median of each figure over `runs`.
     pub(crate) fn median(runs: &[Self]) -> Self {
         let of = |part: fn(&Self) -> f64| crate::bulk::median(runs.iter().map(part).collect());
-        Self { service: of(|c| c.service), client: of(|c| c.client), machine: of(|c| c.machine) }
+        Self {
+            service: of(|c| c.service),
+            database: of(|c| c.database),
+            client: of(|c| c.client),
+            machine: of(|c| c.machine),
+        }
     }
 
     pub(crate) fn text(&self) -> String {
-        format!("cpu_us_per_op service={:.0} client={:.0} machine={:.0}", self.service, self.client, self.machine)
+        format!(
+            "cpu_us_per_op service={:.0} database={:.0} client={:.0} machine={:.0}",
+            self.service, self.database, self.client, self.machine
+        )
     }
 }
 
@@ -151,6 +168,20 @@ fn postgres_total(stats: &[(u32, Stat)]) -> u64 {
         .sum()
 }
 
+/// Ticks of the SQLite connection threads of process `pid`; none if it has gone.
+fn sqlite_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter_map(|line| parse_stat(&line).ok())
+        .filter(|stat| stat.command.starts_with(SQLITE_THREAD))
+        .map(|stat| stat.own)
+        .sum()
+}
+
+/// How sqlx names its SQLite connection threads, as far as `comm` keeps it.
+const SQLITE_THREAD: &str = "sqlx-sqlite-wor";
+
 /// Busy ticks of all CPUs together, from the first line of `/proc/stat` (user, nice, system, irq, softirq, steal).
 fn machine_busy_ticks() -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/stat")?;
@@ -175,6 +206,40 @@ mod tests {
         assert_eq!(stat, Stat { command: "postgres: a (b) c".into(), parent: 17, own: 155, children: 10 });
         assert!(parse_stat("4242 postgres S 1").is_err());
         assert!(parse_stat("4242 (postgres) S 1 2").is_err());
+    }
+
+    /// 300 ms of one thread's CPU.
+    fn spin() {
+        let began = std::time::Instant::now();
+        let mut x = 0u64;
+        while began.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+
+    /// Threads named as sqlx names its SQLite connections' count towards the database, other threads do not.
+    #[test]
+    fn sqlite_time_is_the_time_of_sqlx_sqlite_threads() {
+        let pid = std::process::id();
+        let before = sqlite_ticks(pid);
+        std::thread::Builder::new().name("other-worker".into()).spawn(spin).unwrap().join().unwrap();
+        assert_eq!(sqlite_ticks(pid), before, "another thread's time is not the database's");
+        let (spun, ready) = std::sync::mpsc::channel::<()>();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let sqlite = std::thread::Builder::new()
+            .name("sqlx-sqlite-worker-7".into())
+            .spawn(move || {
+                spin();
+                spun.send(()).unwrap();
+                // Alive while sampled, as a connection's thread is.
+                finished.recv().unwrap();
+            })
+            .unwrap();
+        ready.recv().unwrap();
+        let busy = sqlite_ticks(pid);
+        finish.send(()).unwrap();
+        sqlite.join().unwrap();
+        assert!(busy >= before + 10, "300 ms of a SQLite thread's CPU counts: {before} -> {busy} ticks");
     }
 
     /// The postmaster's exited children count, its live children once each, other processes not at all.

@@ -270,6 +270,23 @@ async fn bench_devices_once(
     Ok(((ceiling.rate(), ceiling_cpu), (two.rate(), two_cpu), reports))
 }
 
+/// What a registration over HTTPS costs the machine beyond what no registration can leave out, its new TLS
+/// connection and two exchanges on it (a register and a poll), against what a registration may cost at 0.8 of the
+/// TLS ceiling (machine time per device up to the ceiling's over 0.8, when the machine's CPUs are the limit); and
+/// the parts of that extra: the database's CPU per device (all of it is extra: a `GET /healthz` reads nothing), the
+/// rest of the service's, and the load generator's.
+fn registration_cost(backend: Backend, ceiling: &PerOperation, two: &PerOperation, https: &PerOperation) -> String {
+    format!(
+        "RESULT registration_cost backend={backend:?} extra_machine_us={:.0} budget_at_0.8_us={:.0} \
+         database_us={:.0} other_service_us={:.0} client_us={:.0}",
+        https.machine - two.machine,
+        ceiling.machine / 0.8 - two.machine,
+        https.database,
+        https.service - https.database - two.service,
+        https.client - two.client
+    )
+}
+
 async fn run_devices(
     target: &devices::Target,
     enrolled: &[devices::Device],
@@ -374,6 +391,10 @@ async fn main() -> anyhow::Result<()> {
                     ));
                 }
                 println!("{line}");
+                if let Some(i) = transport.iter().position(|t| matches!(t, TransportArg::Https)) {
+                    let (https, two) = (PerOperation::median(&cpus[i]), PerOperation::median(&two_cpus));
+                    println!("{}", registration_cost(backend, &ceiling_cpu, &two, &https));
+                }
             }
             failures.check()?;
         }
