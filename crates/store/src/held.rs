@@ -17,19 +17,56 @@ use serde::Serialize;
 
 use crate::StoreError;
 
-/// One statement in each database's dialect, taking one parameter: a value serialized as JSON.
+/// One statement in each database's dialect, taking its parameters from an [`Argument`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sql {
-    /// PostgreSQL's text (`$1`, bound as `jsonb`).
+    /// PostgreSQL's text (`$1`, ...).
     pub(crate) postgres: &'static str,
-    /// SQLite's text (`?1`, bound as JSON text).
+    /// SQLite's text (`?1`).
     pub(crate) sqlite: &'static str,
+}
+
+/// A query on PostgreSQL, its parameters being bound.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+/// A query on SQLite, its parameters being bound.
+pub(crate) type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// What a [`Sql`] statement runs on, bound as each database reads it.
+pub(crate) trait Argument: Sync {
+    /// Binds the statement's parameters on PostgreSQL.
+    fn bind_postgres<'q>(&self, query: PgQuery<'q>) -> PgQuery<'q>;
+    /// Binds the statement's parameters on SQLite.
+    fn bind_sqlite<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q>;
+}
+
+/// A value serialized as JSON, the one parameter on both databases (`jsonb` on PostgreSQL, text on SQLite).
+pub(crate) struct AsJson<T>(pub(crate) T);
+
+impl<T: Serialize + Sync> Argument for AsJson<T> {
+    fn bind_postgres<'q>(&self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query.bind(sqlx::types::Json(&self.0))
+    }
+
+    fn bind_sqlite<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        query.bind(sqlx::types::Json(&self.0))
+    }
 }
 
 /// A timestamp inside a statement's JSON argument: as sqlx writes timestamps on SQLite (whose comparisons are
 /// textual), which PostgreSQL reads as well.
 pub(crate) fn json_timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// Serializes an optional timestamp as [`json_timestamp`] does (`serialize_with` of a JSON argument's field).
+pub(crate) fn serialize_json_timestamp<S: serde::Serializer>(
+    at: &Option<chrono::DateTime<chrono::Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => serializer.serialize_str(&json_timestamp(*at)),
+        None => serializer.serialize_none(),
+    }
 }
 
 enum Connection {
@@ -76,7 +113,7 @@ impl HeldConnection {
     pub(crate) async fn fetch_all(
         &mut self,
         sql: Sql,
-        argument: &(impl Serialize + Sync),
+        argument: &impl Argument,
     ) -> Result<Vec<QueryResult>, StoreError> {
         let mut retried = false;
         loop {
@@ -85,13 +122,13 @@ impl HeldConnection {
                 None => self.connection.insert(self.acquire().await?),
             };
             let result = match connection {
-                Connection::Postgres(c) => sqlx::query(sql.postgres)
-                    .bind(sqlx::types::Json(argument))
+                Connection::Postgres(c) => argument
+                    .bind_postgres(sqlx::query(sql.postgres))
                     .fetch_all(&mut **c)
                     .await
                     .map(|rows| rows.into_iter().map(QueryResult::from).collect()),
-                Connection::Sqlite(c) => sqlx::query(sql.sqlite)
-                    .bind(sqlx::types::Json(argument))
+                Connection::Sqlite(c) => argument
+                    .bind_sqlite(sqlx::query(sql.sqlite))
                     .fetch_all(&mut **c)
                     .await
                     .map(|rows| rows.into_iter().map(QueryResult::from).collect()),

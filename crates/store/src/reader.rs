@@ -6,14 +6,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sea_orm::FromQueryResult;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{Batches, LINGER, PATIENT_LINGER};
 use crate::certificate::CertificateRecord;
 use crate::enrollment::EnrollmentRecord;
 use crate::enrollment::table::IndividualTable;
-use crate::held::{HeldConnection, Sql};
+use crate::held::{Argument, HeldConnection, PgQuery, Sql, SqliteQuery};
 use crate::registration::RegistrationRecord;
 use crate::secrets::Vault;
 use crate::{StoreError, entity};
@@ -21,24 +20,37 @@ use crate::{StoreError, entity};
 /// Most lookups one batch carries.
 const MAX_LOOKUPS: usize = 256;
 
-/// Individual enrollments by key: the keys arrive as one JSON array of strings (as in the queries below).
+/// Individual enrollments by key: the keys arrive as one array ([`Keys`], as in the queries below).
 const INDIVIDUALS_BY_KEY: Sql = Sql {
-    postgres: "SELECT * FROM individual_enrollments WHERE key = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    postgres: "SELECT * FROM individual_enrollments WHERE key = ANY($1)",
     sqlite: "SELECT * FROM individual_enrollments WHERE key IN (SELECT value FROM json_each(?1))",
 };
 
 /// Registrations by key.
 const REGISTRATIONS_BY_KEY: Sql = Sql {
-    postgres: "SELECT * FROM registrations WHERE key = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    postgres: "SELECT * FROM registrations WHERE key = ANY($1)",
     sqlite: "SELECT * FROM registrations WHERE key IN (SELECT value FROM json_each(?1))",
 };
 
 /// Certificates by SHA-256 thumbprint (lower-case hex).
 const CERTIFICATES_BY_THUMBPRINT: Sql = Sql {
-    postgres: "SELECT * FROM certificates \
-               WHERE thumbprint_sha256 = ANY(ARRAY(SELECT jsonb_array_elements_text($1)))",
+    postgres: "SELECT * FROM certificates WHERE thumbprint_sha256 = ANY($1)",
     sqlite: "SELECT * FROM certificates WHERE thumbprint_sha256 IN (SELECT value FROM json_each(?1))",
 };
+
+/// The keys one batch looks up: a `text[]` on PostgreSQL, which reads it without parsing; a JSON array of strings
+/// on SQLite, which has no arrays.
+struct Keys<'a>(Vec<&'a str>);
+
+impl Argument for Keys<'_> {
+    fn bind_postgres<'q>(&self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query.bind(&self.0)
+    }
+
+    fn bind_sqlite<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        query.bind(sea_orm::sqlx::types::Json(&self.0))
+    }
+}
 
 /// Where a lookup's answer goes.
 type Reply<R> = oneshot::Sender<Result<Option<R>, StoreError>>;
@@ -163,7 +175,7 @@ async fn answer<M, R>(
     if lookups.is_empty() {
         return;
     }
-    let keys: Value = lookups.iter().map(|(key, _)| Value::from(key.as_str())).collect();
+    let keys = Keys(lookups.iter().map(|(key, _)| key.as_str()).collect());
     let found = connection.fetch_all(sql, &keys).await.and_then(|rows| {
         rows.iter()
             .map(|row| M::from_query_result(row, "").map(|model| (key(&model), model)).map_err(StoreError::from))

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::writer::{CHANGED, DELETED, DISABLED, NOT_CURRENT, PendingCertificate, fresh};
 use crate::StoreError;
 use crate::certificate::CertificateRecord;
-use crate::held::{HeldConnection, Sql, json_timestamp};
+use crate::held::{AsJson, HeldConnection, Sql, json_timestamp};
 
 /// Whether `certificates` can go through [`write_certificates_alone`]: one certificate per registration (two for
 /// one registration in a batch need the general path, which stores the earlier ones superseded).
@@ -152,7 +152,7 @@ pub(super) async fn write_certificates_alone(
             })
         })
         .collect();
-    let rows = held.fetch_all(CERTIFICATES_ALONE, &Value::Array(attempts)).await?;
+    let rows = held.fetch_all(CERTIFICATES_ALONE, &AsJson(Value::Array(attempts))).await?;
     let mut certificates: Vec<Option<CertificateRecord>> = certificates.into_iter().map(Some).collect();
     let mut fates: Vec<Option<Fate>> = std::iter::repeat_with(|| None).take(pending.len()).collect();
     for row in &rows {

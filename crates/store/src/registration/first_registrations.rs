@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::writer::{CHANGED, DISABLED, Pending, Written};
 use super::{OperationRecord, RegistrationRecord};
 use crate::StoreError;
-use crate::held::{HeldConnection, Sql, json_timestamp};
+use crate::held::{Argument, HeldConnection, PgQuery, Sql, SqliteQuery, json_timestamp, serialize_json_timestamp};
 
 /// Whether `batch` can go through [`write_first_registrations`]: first registrations of distinct devices, none
 /// with a hub job (the common case under load).
@@ -24,10 +24,11 @@ pub(super) fn first_registrations_only(batch: &[Pending]) -> bool {
     })
 }
 
-/// [`write_first_registrations`] on PostgreSQL: the batch arrives as one JSON array (JSON columns as text); the
-/// states whose key is new and whose enrollment is still enabled (for a state that assigns the device) are
-/// inserted, and the operations, certificates and audit events of exactly those, in one statement. Unlike the
-/// general batch, nothing is superseded: a new state's key has no `active` certificate, since deleting a
+/// [`write_first_registrations`] on PostgreSQL: the batch arrives as one array per column ([`Attempts`], which
+/// PostgreSQL reads without parsing, where one JSON argument cost a fifth of the writer's server process) and the
+/// batch's time; the states whose key is new and whose enrollment is still enabled (for a state that assigns the
+/// device) are inserted, and the operations, certificates and audit events of exactly those, in one statement.
+/// Unlike the general batch, nothing is superseded: a new state's key has no `active` certificate, since deleting a
 /// registration revokes its certificates in the same transaction. (Superseding anyway cost a sequential scan of
 /// the certificates per batch, from a plan made while the table was small: 113 registrations/s.) The enrollment
 /// rows are read `FOR SHARE`: a concurrent disable or delete either commits first (and the attempt is not written)
@@ -35,13 +36,14 @@ pub(super) fn first_registrations_only(batch: &[Pending]) -> bool {
 /// prepares it once.
 const FIRST_REGISTRATIONS_POSTGRES: &str = r#"
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1) AS a(
-        n integer, key varchar, registration_id varchar, enrollment_group_key varchar, device_id varchar,
-        assigned_hub varchar, status varchar, substatus varchar, error_code integer, error_message text,
-        payload text, initial_twin text, etag varchar, at timestamptz, detail text,
-        operation_id varchar, operation_status varchar, operation_error_code integer, operation_error_message text,
-        result text, serial varchar, certificate_device_id varchar, issuing_ca varchar, not_before timestamptz,
-        not_after timestamptz, thumbprint_sha256 varchar)
+    SELECT a.*, $25::timestamptz AS at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+        $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+        $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+        $22::timestamptz[], $23::timestamptz[], $24::text[]) WITH ORDINALITY AS a(
+        key, registration_id, enrollment_group_key, device_id, assigned_hub, status, substatus, error_code,
+        error_message, payload, initial_twin, etag, detail, operation_id, operation_status, operation_error_code,
+        operation_error_message, result, serial, certificate_device_id, issuing_ca, not_before, not_after,
+        thumbprint_sha256, n)
 ), attempt AS (
     SELECT input.*, CASE WHEN status NOT IN ('assigned', 'assigning') THEN true
         WHEN enrollment_group_key IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
@@ -158,9 +160,58 @@ struct Attempt<'a> {
     serial: Option<&'a str>,
     certificate_device_id: Option<&'a str>,
     issuing_ca: Option<&'a str>,
-    not_before: Option<String>,
-    not_after: Option<String>,
+    #[serde(serialize_with = "serialize_json_timestamp")]
+    not_before: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "serialize_json_timestamp")]
+    not_after: Option<DateTime<Utc>>,
     thumbprint_sha256: Option<&'a str>,
+}
+
+/// A batch as the two statements take it: on SQLite one JSON array of [`Attempt`]s, on PostgreSQL one array per
+/// column (the attempts' order is their position) and the batch's time.
+struct Attempts<'a> {
+    attempts: Vec<Attempt<'a>>,
+    now: DateTime<Utc>,
+}
+
+impl Argument for Attempts<'_> {
+    fn bind_postgres<'q>(&self, query: PgQuery<'q>) -> PgQuery<'q> {
+        let attempts = &self.attempts;
+        let text =
+            |field: for<'s> fn(&'s Attempt<'s>) -> Option<&'s str>| attempts.iter().map(field).collect::<Vec<_>>();
+        let number = |field: fn(&Attempt<'_>) -> Option<i32>| attempts.iter().map(field).collect::<Vec<_>>();
+        let time = |field: fn(&Attempt<'_>) -> Option<DateTime<Utc>>| attempts.iter().map(field).collect::<Vec<_>>();
+        query
+            .bind(text(|a| Some(a.key)))
+            .bind(text(|a| Some(a.registration_id)))
+            .bind(text(|a| a.enrollment_group_key))
+            .bind(text(|a| a.device_id))
+            .bind(text(|a| a.assigned_hub))
+            .bind(text(|a| Some(a.status)))
+            .bind(text(|a| a.substatus))
+            .bind(number(|a| a.error_code))
+            .bind(text(|a| a.error_message))
+            .bind(text(|a| a.payload.as_deref()))
+            .bind(text(|a| a.initial_twin.as_deref()))
+            .bind(text(|a| Some(a.etag)))
+            .bind(text(|a| Some(a.detail)))
+            .bind(text(|a| Some(a.operation_id)))
+            .bind(text(|a| Some(a.operation_status)))
+            .bind(number(|a| a.operation_error_code))
+            .bind(text(|a| a.operation_error_message))
+            .bind(text(|a| a.result.as_deref()))
+            .bind(text(|a| a.serial))
+            .bind(text(|a| a.certificate_device_id))
+            .bind(text(|a| a.issuing_ca))
+            .bind(time(|a| a.not_before))
+            .bind(time(|a| a.not_after))
+            .bind(text(|a| a.thumbprint_sha256))
+            .bind(self.now)
+    }
+
+    fn bind_sqlite<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        query.bind(sea_orm::sqlx::types::Json(&self.attempts))
+    }
 }
 
 /// Writes a batch of first registrations (see [`first_registrations_only`]) in one round trip instead of five:
@@ -216,12 +267,12 @@ pub(super) async fn write_first_registrations(
             serial: certificate.as_ref().map(|c| c.serial.as_str()),
             certificate_device_id: certificate.as_ref().map(|c| c.device_id.as_str()),
             issuing_ca: certificate.as_ref().map(|c| c.issuing_ca.as_str()),
-            not_before: certificate.as_ref().map(|c| json_timestamp(c.not_before)),
-            not_after: certificate.as_ref().map(|c| json_timestamp(c.not_after)),
+            not_before: certificate.as_ref().map(|c| c.not_before),
+            not_after: certificate.as_ref().map(|c| c.not_after),
             thumbprint_sha256: certificate.as_ref().map(|c| c.thumbprint_sha256.as_str()),
         })
         .collect();
-    let rows = held.fetch_all(FIRST_REGISTRATIONS, &attempts).await?;
+    let rows = held.fetch_all(FIRST_REGISTRATIONS, &Attempts { attempts, now }).await?;
     let fates: Vec<(String, u8, u8)> = match rows.first() {
         Some(row) => serde_json::from_str(&row.try_get::<String>("", "fates")?)
             .map_err(|e| StoreError::Corrupt(format!("the fates of a batch of first registrations: {e}")))?,
