@@ -939,6 +939,8 @@ async fn batched_est_certificates_each_get_their_answer(store: &Store) {
                 assert_eq!(written.serial, certificate(id, "ca", &format!("est-{id}"), 30).serial);
                 assert_eq!(active, [written.serial.as_str()], "{id}");
                 assert_eq!(stored.len(), 2, "{id}: the first, superseded, and the new one");
+                let read_back = stored.iter().find(|c| c.serial == written.serial).unwrap();
+                assert_eq!(read_back, written, "{id}: stored as answered (validity, device, CA, time)");
             }
         }
     }
