@@ -133,8 +133,9 @@ FROM temp.first_attempt WHERE won ORDER BY n;
 SELECT json_group_array(json_array(key, won, authorized)) AS fates FROM temp.first_attempt;
 COMMIT;"#;
 
-/// One attempt in [`write_first_registrations`]'s argument, as both statements read it (JSON columns as text,
-/// timestamps as [`json_timestamp`]).
+/// One attempt in [`write_first_registrations`]'s argument (JSON columns as text): the SQLite script reads it as
+/// a JSON object (timestamps as [`json_timestamp`]), the PostgreSQL statement field by field ([`Attempts`]), where
+/// `n` is the attempt's position and `at` the batch's time.
 #[derive(Serialize)]
 struct Attempt<'a> {
     n: usize,
