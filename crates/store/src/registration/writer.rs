@@ -109,6 +109,17 @@ impl RegistrationWriter {
     }
 }
 
+/// Whether the registration `record` was to write already holds its device id on its hub. Two replicas inserting
+/// the same new registration at once can both pass PostgreSQL's check of the key (the conflict it resolves) before
+/// either has inserted it; the later one then waits on the device-id index for the earlier and fails there, on a
+/// device id that its own registration holds. That is a concurrent change, to decide again on (the answer is then
+/// the same assignment), not another device's id.
+async fn holds_its_device_id(db: &DatabaseConnection, record: &RegistrationRecord) -> bool {
+    let Ok(Some(holder)) = Entity::find_by_id(record.key.clone()).one(db).await else { return false };
+    let lower = |id: &Option<String>| id.as_deref().map(str::to_lowercase);
+    holder.assigned_hub == record.assigned_hub && lower(&holder.device_id) == lower(&record.device_id)
+}
+
 /// Writes a batch in one transaction (a batch of certificates issued outside a registration in one round trip, see
 /// [`write_certificates_alone`]); if that transaction fails as a whole, writes each attempt alone, so that one
 /// attempt's failure (say, its group deleted meanwhile) is that attempt's answer only.
@@ -176,9 +187,15 @@ async fn write_batch(db: &DatabaseConnection, vault: &Vault, held: &mut HeldConn
     };
     // The callers may have gone (their clients disconnected); what was written stays written.
     // An attempt written alone that takes a device id another registration holds on its hub fails on the unique
-    // index: it learns so.
+    // index: it learns so, unless the holder is its own registration, written meanwhile by another replica.
     for (pending, result) in batch.into_iter().zip(results) {
-        let _ = pending.reply.send(result.map_err(StoreError::device_id_taken));
+        let result = match result.map_err(StoreError::device_id_taken) {
+            Err(StoreError::DeviceIdTaken) if holds_its_device_id(db, &pending.outcome.record).await => {
+                Err(StoreError::Conflict(CHANGED.into()))
+            }
+            result => result,
+        };
+        let _ = pending.reply.send(result);
     }
     for (pending, result) in certificates.into_iter().zip(issued) {
         let _ = pending.reply.send(result);
