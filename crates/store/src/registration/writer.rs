@@ -114,10 +114,10 @@ impl RegistrationWriter {
 /// either has inserted it; the later one then waits on the device-id index for the earlier and fails there, on a
 /// device id that its own registration holds. That is a concurrent change, to decide again on (the answer is then
 /// the same assignment), not another device's id.
-async fn holds_its_device_id(db: &DatabaseConnection, record: &RegistrationRecord) -> bool {
-    let Ok(Some(holder)) = Entity::find_by_id(record.key.clone()).one(db).await else { return false };
+async fn holds_its_device_id(db: &DatabaseConnection, record: &RegistrationRecord) -> Result<bool, StoreError> {
+    let Some(holder) = Entity::find_by_id(record.key.clone()).one(db).await? else { return Ok(false) };
     let lower = |id: &Option<String>| id.as_deref().map(str::to_lowercase);
-    holder.assigned_hub == record.assigned_hub && lower(&holder.device_id) == lower(&record.device_id)
+    Ok(holder.assigned_hub == record.assigned_hub && lower(&holder.device_id) == lower(&record.device_id))
 }
 
 /// Writes a batch in one transaction (a batch of certificates issued outside a registration in one round trip, see
@@ -189,10 +189,14 @@ async fn write_batch(db: &DatabaseConnection, vault: &Vault, held: &mut HeldConn
     // An attempt written alone that takes a device id another registration holds on its hub fails on the unique
     // index: it learns so, unless the holder is its own registration, written meanwhile by another replica.
     for (pending, result) in batch.into_iter().zip(results) {
+        // If the holder cannot be read, the answer is that error: a transient failure must not be written down as
+        // the device's `failed` registration.
         let result = match result.map_err(StoreError::device_id_taken) {
-            Err(StoreError::DeviceIdTaken) if holds_its_device_id(db, &pending.outcome.record).await => {
-                Err(StoreError::Conflict(CHANGED.into()))
-            }
+            Err(StoreError::DeviceIdTaken) => match holds_its_device_id(db, &pending.outcome.record).await {
+                Ok(true) => Err(StoreError::Conflict(CHANGED.into())),
+                Ok(false) => Err(StoreError::DeviceIdTaken),
+                Err(e) => Err(e),
+            },
             result => result,
         };
         let _ = pending.reply.send(result);
