@@ -394,12 +394,25 @@ async fn bulk_calls_report_each_failed_item_for(backend: Backend, kind: Kind) {
     let (_, existing_etag) =
         expect_resource(api.put(&kind.path("Existing-One"), &kind.doc("Existing-One")).await).await;
 
-    // 1,000 items, four of them bad.
-    let mut items: Vec<Value> = (0..1000).map(|i| kind.doc(&format!("bulk-{i:04}"))).collect();
+    // A call is applied a part at a time in one transaction: an item that cannot be read, in its last part, refuses
+    // the whole call, and the parts before it are not applied.
+    let undone: Vec<String> = (0..2500).map(|i| kind.doc(&format!("undone-{i:04}")).to_string()).collect();
+    let mut text = format!("{{\"mode\": \"create\", \"{}\": [{}]}}", kind.collection(), undone.join(","));
+    text = text.replacen("\"undone-2400\"", "\"undone-2400\", \"x\": 1e400", 1);
+    let request = api.request(Method::POST, &format!("/{}", kind.collection()));
+    let response = request.header("content-type", "application/json").body(text).send().await.unwrap();
+    let error = expect_error(response, 400, 400001).await;
+    assert!(error["message"].as_str().unwrap().contains("number out of range"), "{error}");
+    assert_eq!(api.all_ids(kind).await, ["Existing-One"], "nothing of the refused call was applied");
+
+    // 2,500 items, in three parts, five of them bad: a duplicate in a later part than the first occurrence, a hub
+    // that is not linked, an id that exists in the last part.
+    let mut items: Vec<Value> = (0..2500).map(|i| kind.doc(&format!("bulk-{i:04}"))).collect();
     items[17] = kind.doc("bad id!");
     items[256]["attestation"]["symmetricKey"] = json!({"primaryKey": "this is not base64!"});
-    items[512] = kind.doc("bulk-0100");
-    items[999] = kind.doc("existing-one");
+    items[1512] = kind.doc("bulk-0100");
+    items[1800]["iotHubs"] = json!(["nowhere.example.com"]);
+    items[2499] = kind.doc("existing-one");
     let result = api.bulk(kind, "create", items).await;
     assert_bulk_errors(
         kind,
@@ -407,24 +420,28 @@ async fn bulk_calls_report_each_failed_item_for(backend: Backend, kind: Kind) {
         &[
             (17, "bad id!", 400002),
             (256, "bulk-0256", 400002),
-            (512, "bulk-0100", 409001),
-            (999, "existing-one", 409001),
+            (1512, "bulk-0100", 409001),
+            (1800, "bulk-1800", 400002),
+            (2499, "existing-one", 409001),
         ],
     );
     let errors = result["errors"].as_array().unwrap();
     assert!(errors[0]["errorStatus"].as_str().unwrap().contains(kind.id_field()), "{}", errors[0]);
     assert!(errors[1]["errorStatus"].as_str().unwrap().contains("primaryKey"), "{}", errors[1]);
+    assert!(errors[3]["errorStatus"].as_str().unwrap().contains("nowhere.example.com"), "{}", errors[3]);
 
-    // The 996 good items exist, the bad ones do not, and the existing one is untouched.
-    let good: Vec<String> = (0..999).filter(|i| ![17, 256, 512].contains(i)).map(|i| format!("bulk-{i:04}")).collect();
-    assert_eq!(good.len(), 996);
+    // The 2,495 good items exist, the bad ones do not, and the existing one is untouched.
+    let good: Vec<String> =
+        (0..2499).filter(|i| ![17, 256, 1512, 1800].contains(i)).map(|i| format!("bulk-{i:04}")).collect();
+    assert_eq!(good.len(), 2495);
     let listed = counts(api.all_ids(kind).await);
-    assert_eq!(listed.len(), 997, "996 created and the one that existed");
+    assert_eq!(listed.len(), 2496, "2,495 created and the one that existed");
     assert!(good.iter().all(|id| listed.get(id) == Some(&1)), "every good item was created once");
     assert!(listed.contains_key("Existing-One"));
     let (_, etag) = expect_resource(api.get(&kind.path("Existing-One")).await).await;
     assert_eq!(etag, existing_etag, "create mode leaves an existing resource alone");
     expect_error(api.get(&kind.path("bulk-0256")).await, 404, 404202).await;
+    expect_error(api.get(&kind.path("bulk-1800")).await, 404, 404202).await;
 
     // updateIfMatchETag: items whose etag matches are replaced (keys kept); a stale etag and a missing id are 412s.
     let keys_before = api.keys(kind, "bulk-0000").await;
@@ -482,7 +499,7 @@ async fn bulk_calls_report_each_failed_item_for(backend: Backend, kind: Kind) {
     expect_error(api.get(&kind.path("bulk-0000")).await, 404, 404202).await;
     expect_resource(api.get(&kind.path("bulk-0001")).await).await;
     expect_error(api.get(&kind.path("bulk-0002")).await, 404, 404202).await;
-    assert_eq!(api.all_ids(kind).await.len(), 996, "997, one more by update, two deleted");
+    assert_eq!(api.all_ids(kind).await.len(), 2495, "2,496, one more by update, two deleted");
 
     // A call without failures says so.
     let result = api.bulk(kind, "delete", vec![json!({ kind.id_field(): "bulk-0004" })]).await;

@@ -104,7 +104,7 @@ pub use certificate::{
 pub use certificate_authority::{
     CertificateAuthorities, CertificateAuthorityInput, CertificateAuthorityReader, CertificateAuthorityRecord,
 };
-pub use enrollment::{BulkFailure, BulkItem, EnrollmentReader, EnrollmentRecord, Enrollments};
+pub use enrollment::{BulkCall, BulkFailure, BulkItem, EnrollmentReader, EnrollmentRecord, Enrollments};
 pub use error::StoreError;
 pub use hub::{HubInput, HubReader, HubRecord, Hubs};
 pub use hub_job::{CredentialRef, HubAction, HubBacklog, HubJobOutcome, HubJobRecord, HubJobs, NO_ADAPTER, NewHubJob};

@@ -170,3 +170,23 @@ pub fn assigned_registration(
         updated_at: now,
     }
 }
+
+/// Applies `items` as one bulk call in parts of `part` items, as the admin API applies a call
+/// ([`crate::BulkCall`]), and commits it; returns every part's failures, in order.
+pub async fn bulk_in_parts(
+    store: &Store,
+    kind: zerotouch_wire::enrollment::EnrollmentKind,
+    mode: zerotouch_wire::bulk::BulkMode,
+    items: Vec<crate::BulkItem>,
+    part: usize,
+    actor: &crate::Actor,
+) -> Result<Vec<(usize, crate::BulkFailure)>, StoreError> {
+    let mut call = store.enrollments().begin_bulk(kind, mode, actor).await?;
+    let mut failures = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        failures.extend(call.apply(items.by_ref().take(part.max(1)).collect()).await?);
+    }
+    call.commit().await?;
+    Ok(failures)
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
-use zerotouch_store::test_support::TestDatabase;
+use zerotouch_store::test_support::{self, TestDatabase};
 use zerotouch_store::{
     Actor, Backend, HubAction, HubInput, HubJobOutcome, HubJobRecord, NewHubJob, OperationRecord, Precondition,
     RegistrationOutcome, RegistrationRecord, Store,
@@ -38,10 +38,8 @@ fn attempt(
     lease: Duration,
 ) -> RegistrationOutcome {
     let now = Utc::now();
-    let record = RegistrationRecord {
-        status: "assigning".into(),
-        ..zerotouch_store::test_support::assigned_registration(id, None, id, hub)
-    };
+    let record =
+        RegistrationRecord { status: "assigning".into(), ..test_support::assigned_registration(id, None, id, hub) };
     RegistrationOutcome {
         operation: OperationRecord {
             id: format!("op-{id}-{}", uuid::Uuid::new_v4().simple()),
@@ -77,8 +75,7 @@ fn snapshot() -> zerotouch_store::Snapshot {
 }
 
 async fn commit(store: &Store, outcome: RegistrationOutcome) -> (RegistrationRecord, OperationRecord, HubJobRecord) {
-    let (record, operation, job) =
-        zerotouch_store::test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap();
+    let (record, operation, job) = test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap();
     (record, operation, job.expect("the attempt wrote its hub job"))
 }
 
@@ -274,14 +271,10 @@ async fn one_device_id_per_hub() {
         hub(&store, "b.example.com", "webhook").await;
         for with_job in [true, false] {
             let (first, second, device) = if with_job { ("ra-1", "ra-2", "shared") } else { ("rb-1", "rb-2", "fast") };
-            zerotouch_store::test_support::commit_enrolled(
-                &store,
-                taking(first, device, "a.example.com", with_job),
-                snapshot(),
-            )
-            .await
-            .unwrap();
-            let refused = zerotouch_store::test_support::commit_enrolled(
+            test_support::commit_enrolled(&store, taking(first, device, "a.example.com", with_job), snapshot())
+                .await
+                .unwrap();
+            let refused = test_support::commit_enrolled(
                 &store,
                 taking(second, &device.to_uppercase(), "a.example.com", with_job),
                 snapshot(),
@@ -289,13 +282,9 @@ async fn one_device_id_per_hub() {
             .await;
             assert!(matches!(refused, Err(zerotouch_store::StoreError::DeviceIdTaken)), "{with_job}: {refused:?}");
             assert!(matches!(store.registrations().get(second).await, Err(zerotouch_store::StoreError::NotFound)));
-            zerotouch_store::test_support::commit_enrolled(
-                &store,
-                taking(second, device, "b.example.com", with_job),
-                snapshot(),
-            )
-            .await
-            .unwrap();
+            test_support::commit_enrolled(&store, taking(second, device, "b.example.com", with_job), snapshot())
+                .await
+                .unwrap();
         }
         // In one batch with others: only the thief fails.
         let tasks: Vec<_> = (0..20)
@@ -306,9 +295,7 @@ async fn one_device_id_per_hub() {
                 } else {
                     taking(&format!("rc-{n}"), &format!("own-{n}"), "a.example.com", false)
                 };
-                tokio::spawn(async move {
-                    zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await
-                })
+                tokio::spawn(async move { test_support::commit_enrolled(&store, outcome, snapshot()).await })
             })
             .collect();
         for (n, task) in tasks.into_iter().enumerate() {
@@ -447,7 +434,8 @@ async fn key_changes_queue_hub_updates() {
                 etag: None,
             })
             .collect();
-        assert!(enrollments.bulk(Individual, BulkMode::Update, items, &actor()).await.unwrap().is_empty());
+        let applied = test_support::bulk_in_parts(&store, Individual, BulkMode::Update, items, 1000, &actor()).await;
+        assert!(applied.unwrap().is_empty());
         let secondary = Some(CredentialRef::SymmetricKey { slot: KeySlot::Secondary });
         assert_eq!(upserts("k-1").await, [(HubAction::Upsert, secondary)]);
         assert!(upserts("k-2").await.is_empty(), "a certificate device got a key");

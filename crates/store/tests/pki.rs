@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::json;
-use zerotouch_store::test_support::TestDatabase;
+use zerotouch_store::test_support::{self, TestDatabase};
 use zerotouch_store::{
     Actor, AuditFilter, AuditRecord, Backend, BulkItem, CaPrivateKey, CertificateAuthorityInput, CertificateFilter,
     CertificateGuard, CertificateRecord, CertificateStatus, IssuingCaStatus, NewIssuingCa, OperationRecord,
@@ -94,7 +94,7 @@ async fn ready_ca(store: &Store, name: &str) {
 }
 
 fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
-    zerotouch_store::test_support::assigned_registration(id, group, id, "hub-a.example.com")
+    test_support::assigned_registration(id, group, id, "hub-a.example.com")
 }
 
 /// A certificate of `registration` issued by `ca`, valid for `days` (negative: expired), with a serial and
@@ -160,7 +160,7 @@ async fn register(store: &Store, id: &str, group: Option<&str>, cert: Option<Cer
     }
     let op = format!("op-{}", uuid::Uuid::new_v4().simple());
     let outcome = attempt(record, current.as_ref().map(|c| c.etag.as_str()), &op, cert);
-    zerotouch_store::test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap().0
+    test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap().0
 }
 
 /// What an EST enrollment of registration `key` relies on: its current etag.
@@ -674,7 +674,7 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
             );
             tokio::spawn(async move {
                 barrier.wait().await;
-                (n, zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await)
+                (n, test_support::commit_enrolled(&store, outcome, snapshot()).await)
             })
         })
         .collect();
@@ -802,7 +802,7 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
             attempt(registration(&id, None), None, &format!("op-batch-{i}"), Some(certificate(&id, "ca", &id, 30)));
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await
+            test_support::commit_enrolled(&store, outcome, snapshot()).await
         }));
     }
     // Same serial and thumbprint as Taken's certificate: this attempt must fail alone.
@@ -811,7 +811,7 @@ async fn batched_issuance_writes_each_winner_once(store: &Store) {
         let (store, barrier) = (store.clone(), barrier.clone());
         tokio::spawn(async move {
             barrier.wait().await;
-            zerotouch_store::test_support::commit_enrolled(&store, clash, snapshot()).await
+            test_support::commit_enrolled(&store, clash, snapshot()).await
         })
     };
     for task in tasks {
@@ -853,10 +853,10 @@ async fn batched_est_certificates_each_get_their_answer(store: &Store) {
         register(store, id, None, Some(first.clone())).await;
         firsts.push(first);
     }
-    let told = zerotouch_store::test_support::assigned_registration("Told", None, "Told", "told.example.com");
+    let told = test_support::assigned_registration("Told", None, "Told", "told.example.com");
     let told_first = certificate("Told", "ca", "first-told", 30);
     let outcome = attempt(told, None, "op-told", Some(told_first.clone()));
-    zerotouch_store::test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap();
+    test_support::commit_enrolled(store, outcome, snapshot()).await.unwrap();
 
     let mut guards = Vec::new();
     for (id, first) in ids.iter().zip(&firsts) {
@@ -1073,11 +1073,17 @@ async fn revocation_hooks_revoke_exactly_the_devices_concerned(store: &Store) {
         enrollment: Some(enrollment(EnrollmentKind::Individual, "Ind-J", true)),
         etag: None,
     }];
-    let failures = store.enrollments().bulk(EnrollmentKind::Individual, BulkMode::Update, items, &actor).await.unwrap();
+    let failures =
+        test_support::bulk_in_parts(store, EnrollmentKind::Individual, BulkMode::Update, items, 1000, &actor)
+            .await
+            .unwrap();
     assert!(failures.is_empty());
     check("bulk-disabling J", &[&j], &["ca-a"], &mut expected).await;
     let items = vec![BulkItem { index: 0, key: "ind-k".into(), enrollment: None, etag: None }];
-    let failures = store.enrollments().bulk(EnrollmentKind::Individual, BulkMode::Delete, items, &actor).await.unwrap();
+    let failures =
+        test_support::bulk_in_parts(store, EnrollmentKind::Individual, BulkMode::Delete, items, 1000, &actor)
+            .await
+            .unwrap();
     assert!(failures.is_empty());
     check("bulk-deleting K", &[&k], &["ca-b"], &mut expected).await;
 

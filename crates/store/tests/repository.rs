@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use zerotouch_store::test_support::TestDatabase;
+use zerotouch_store::test_support::{self, TestDatabase};
 use zerotouch_store::{
     Actor, AuditFilter, AuditRecord, BulkFailure, BulkItem, EnrollmentRecord, HubInput, Precondition,
     RegistrationRecord, Store, StoreError,
@@ -89,6 +89,11 @@ fn individual(id: &str) -> NormalizedEnrollment {
     enrollment(EnrollmentKind::Individual, id)
 }
 
+/// Applies `items` as one bulk call in parts of 300, as the admin API does with parts of 1,000.
+async fn bulk(store: &Store, kind: EnrollmentKind, mode: BulkMode, items: Vec<BulkItem>) -> Vec<(usize, BulkFailure)> {
+    test_support::bulk_in_parts(store, kind, mode, items, 300, &actor()).await.unwrap()
+}
+
 async fn put_new(store: &Store, kind: EnrollmentKind, id: &str) -> EnrollmentRecord {
     let (record, created) =
         store.enrollments().put(kind, enrollment(kind, id), &Precondition::None, &actor()).await.unwrap();
@@ -165,7 +170,7 @@ fn registration(id: &str, group: Option<&str>) -> RegistrationRecord {
     RegistrationRecord {
         payload: Some(json!({"room": 7})),
         initial_twin: Some(json!({"tags": {"floor": 3}})),
-        ..zerotouch_store::test_support::assigned_registration(id, group, id, "hub-a.example.com")
+        ..test_support::assigned_registration(id, group, id, "hub-a.example.com")
     }
 }
 
@@ -498,7 +503,7 @@ both!(concurrent_device_lookups_each_find_their_own_enrollment);
 async fn close_returns_although_connections_are_kept(store: &Store) {
     let record = put_new(store, EnrollmentKind::Individual, "Kept").await;
     assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "kept").await.unwrap(), record);
-    zerotouch_store::test_support::commit_enrolled(store, attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
+    test_support::commit_enrolled(store, attempt("Kept", None, "op-kept"), snapshot()).await.unwrap();
     let closing = tokio::time::timeout(Duration::from_secs(10), store.clone().close()).await;
     closing.expect("close returns").expect("close succeeds");
     let lookup =
@@ -507,7 +512,7 @@ async fn close_returns_although_connections_are_kept(store: &Store) {
     assert!(lookup.expect("a lookup after close returns").is_err());
     let write = tokio::time::timeout(
         Duration::from_secs(10),
-        zerotouch_store::test_support::commit_enrolled(store, attempt("Late", None, "op-late"), snapshot()),
+        test_support::commit_enrolled(store, attempt("Late", None, "op-late"), snapshot()),
     )
     .await;
     assert!(write.expect("a write after close returns").is_err());
@@ -523,9 +528,7 @@ async fn kept_connections_recover_from_terminated_server_processes() {
     let (db, store) = TestDatabase::store(zerotouch_store::Backend::Postgres).await.unwrap();
     let record = put_new(&store, EnrollmentKind::Individual, "Survivor").await;
     assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
-    zerotouch_store::test_support::commit_enrolled(&store, attempt("Before", None, "op-before"), snapshot())
-        .await
-        .unwrap();
+    test_support::commit_enrolled(&store, attempt("Before", None, "op-before"), snapshot()).await.unwrap();
 
     let admin = sea_orm::Database::connect(db.url.as_str()).await.unwrap();
     let terminated = admin
@@ -544,9 +547,7 @@ async fn kept_connections_recover_from_terminated_server_processes() {
 
     assert_eq!(store.enrollments().get(EnrollmentKind::Individual, "survivor").await.unwrap(), record);
     let (written, _, _) =
-        zerotouch_store::test_support::commit_enrolled(&store, attempt("After", None, "op-after"), snapshot())
-            .await
-            .unwrap();
+        test_support::commit_enrolled(&store, attempt("After", None, "op-after"), snapshot()).await.unwrap();
     // Pooled connections are checked once idle for a while (as they are after a restart that takes that long).
     tokio::time::sleep(zerotouch_store::POOLED_CHECK_AFTER_IDLE + Duration::from_millis(200)).await;
     assert_eq!(store.registrations().get("after").await.unwrap(), written);
@@ -573,7 +574,7 @@ async fn paging_returns_every_key_once_in_order(store: &Store) {
             BulkItem { index, key: key(&id), enrollment: Some(individual(&id)), etag: None }
         })
         .collect();
-    let failures = store.enrollments().bulk(kind, BulkMode::Create, items, &actor()).await.unwrap();
+    let failures = bulk(store, kind, BulkMode::Create, items).await;
     assert_eq!(failures, []);
 
     let (records, sizes) = all_enrollments(store, kind, 1000).await;
@@ -627,7 +628,7 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
             BulkItem { index, key: key(&item_id), enrollment: Some(individual(&item_id)), etag: None }
         })
         .collect();
-    let failures = store.enrollments().bulk(kind, BulkMode::Create, create_items, &actor()).await.unwrap();
+    let failures = bulk(store, kind, BulkMode::Create, create_items).await;
     let indexes: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
     assert_eq!(indexes, [10, 250, 500, 750, 990]);
     assert!(failures.iter().all(|(_, f)| matches!(f, BulkFailure::Conflict(_))), "{failures:?}");
@@ -677,7 +678,7 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
         });
     }
     assert_eq!(update_items.len(), 1000);
-    let failures = store.enrollments().bulk(kind, BulkMode::UpdateIfMatchETag, update_items, &actor()).await.unwrap();
+    let failures = bulk(store, kind, BulkMode::UpdateIfMatchETag, update_items).await;
     assert_eq!(failures, [1, 400, 997, 998, 999].map(|i| (i, BulkFailure::PreconditionFailed)));
 
     let (updated, _) = all_enrollments(store, kind, 1000).await;
@@ -718,7 +719,7 @@ async fn bulk_reports_exactly_the_failures_and_applies_the_rest(store: &Store) {
         .map(|(index, (key, etag))| BulkItem { index, key, enrollment: None, etag })
         .collect();
     assert_eq!(delete_items.len(), 1000);
-    let failures = store.enrollments().bulk(kind, BulkMode::Delete, delete_items, &actor()).await.unwrap();
+    let failures = bulk(store, kind, BulkMode::Delete, delete_items).await;
     assert_eq!(
         failures,
         [(100, BulkFailure::NotFound), (400, BulkFailure::PreconditionFailed), (900, BulkFailure::NotFound)]
@@ -751,7 +752,7 @@ async fn bulk_update_mode_creates_or_replaces(store: &Store) {
         })
         .collect();
     items.push(BulkItem { index: 10, key: "group-x".into(), enrollment: None, etag: None });
-    let failures = store.enrollments().bulk(kind, BulkMode::Update, items, &actor()).await.unwrap();
+    let failures = bulk(store, kind, BulkMode::Update, items).await;
     assert_eq!(failures, [(10, BulkFailure::NotFound)]);
 
     let (records, _) = all_enrollments(store, kind, 1000).await;
@@ -778,13 +779,39 @@ async fn bulk_update_mode_creates_or_replaces(store: &Store) {
 
     let events = all_audit(store, &AuditFilter::default()).await;
     let items = vec![BulkItem { index: 0, key: "nope".into(), enrollment: None, etag: None }];
-    let failures = store.enrollments().bulk(kind, BulkMode::Delete, items, &actor()).await.unwrap();
+    let failures = bulk(store, kind, BulkMode::Delete, items).await;
     assert_eq!(failures, [(0, BulkFailure::NotFound)]);
     assert_eq!(all_audit(store, &AuditFilter::default()).await, events);
     assert_eq!(all_enrollments(store, kind, 1000).await.0, records);
     assert_eq!(enrollment_count(store, EnrollmentKind::Individual).await, 0);
 }
 both!(bulk_update_mode_creates_or_replaces);
+
+/// A bulk call is one transaction across its parts: parts applied and then dropped without a commit leave no
+/// enrollment and no audit event, and an id from a dropped call is free for the next call.
+async fn a_bulk_call_not_committed_applies_none_of_its_parts(store: &Store) {
+    let kind = EnrollmentKind::Individual;
+    let items = |range: std::ops::Range<usize>| -> Vec<BulkItem> {
+        range
+            .map(|index| {
+                let id = format!("Part-{index:04}");
+                BulkItem { index, key: key(&id), enrollment: Some(individual(&id)), etag: None }
+            })
+            .collect()
+    };
+    let actor = actor();
+    let mut call = store.enrollments().begin_bulk(kind, BulkMode::Create, &actor).await.unwrap();
+    assert_eq!(call.apply(items(0..600)).await.unwrap(), []);
+    assert_eq!(call.apply(items(600..1200)).await.unwrap(), []);
+    drop(call);
+    assert_eq!(enrollment_count(store, kind).await, 0);
+    assert_eq!(all_audit(store, &AuditFilter::default()).await.len(), 0);
+
+    assert_eq!(bulk(store, kind, BulkMode::Create, items(0..1200)).await, []);
+    assert_eq!(enrollment_count(store, kind).await, 1200);
+    assert_eq!(all_audit(store, &AuditFilter::default()).await.len(), 1200);
+}
+both!(a_bulk_call_not_committed_applies_none_of_its_parts);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Audit log
@@ -1252,7 +1279,7 @@ async fn concurrent_registration_attempts_have_one_winner_each(store: &Store) {
         let store = store.clone();
         tokio::spawn(async move {
             barrier.wait().await;
-            zerotouch_store::test_support::commit_enrolled(&store, outcome, snapshot()).await
+            test_support::commit_enrolled(&store, outcome, snapshot()).await
         })
     };
     let existing = store.registrations().save(registration("Known", None)).await.unwrap();
@@ -1318,7 +1345,7 @@ async fn a_failing_attempt_fails_alone(store: &Store) {
             let (store, barrier) = (store.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                (id, zerotouch_store::test_support::commit_enrolled(&store, attempt(id, None, op), snapshot()).await)
+                (id, test_support::commit_enrolled(&store, attempt(id, None, op), snapshot()).await)
             })
         })
         .collect();
@@ -1383,7 +1410,7 @@ async fn enrollment_keys_are_sealed_in_their_rows() {
         let put =
             locked.enrollments().put(EnrollmentKind::Individual, individual("sealed-c"), &Precondition::None, &who);
         assert!(matches!(put.await, Err(StoreError::Unavailable(_))));
-        zerotouch_store::test_support::unlock(&locked).await.unwrap();
+        test_support::unlock(&locked).await.unwrap();
         assert_eq!(
             locked.enrollments().get(EnrollmentKind::Individual, "sealed-a").await.unwrap().primary_key,
             a.primary_key

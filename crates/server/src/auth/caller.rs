@@ -15,9 +15,9 @@ use std::marker::PhantomData;
 
 use actix_web::web;
 use zerotouch_store::{
-    Actor, AuditLog, BulkFailure, BulkItem, CertificateAuthorityInput, CertificateAuthorityReader,
-    CertificateAuthorityRecord, CertificateReader, CertificateRecord, EnrollmentReader, EnrollmentRecord, HubInput,
-    HubReader, HubRecord, IssuingCaReader, IssuingCaRecord, Precondition, RegistrationReader, SharedAccessPolicyReader,
+    Actor, AuditLog, BulkCall, CertificateAuthorityInput, CertificateAuthorityReader, CertificateAuthorityRecord,
+    CertificateReader, CertificateRecord, EnrollmentReader, EnrollmentRecord, HubInput, HubReader, HubRecord,
+    IssuingCaReader, IssuingCaRecord, Precondition, RegistrationReader, SharedAccessPolicyReader,
     SharedAccessPolicyRecord, Store, StoreError, TpmBindingReader,
 };
 use zerotouch_wire::bulk::BulkMode;
@@ -249,7 +249,7 @@ struct Writer<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct EnrollmentWriter<'a>(Writer<'a>);
 
-impl EnrollmentWriter<'_> {
+impl<'a> EnrollmentWriter<'a> {
     /// Creates or replaces an enrollment under `precondition` ([`zerotouch_store::Enrollments::put`]).
     pub async fn put(
         self,
@@ -265,14 +265,9 @@ impl EnrollmentWriter<'_> {
         self.0.store.enrollments().delete(kind, key, precondition, self.0.actor).await
     }
 
-    /// Applies a bulk call ([`zerotouch_store::Enrollments::bulk`]).
-    pub async fn bulk(
-        self,
-        kind: EnrollmentKind,
-        mode: BulkMode,
-        items: Vec<BulkItem>,
-    ) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
-        self.0.store.enrollments().bulk(kind, mode, items, self.0.actor).await
+    /// Begins a bulk call ([`zerotouch_store::Enrollments::begin_bulk`]).
+    pub async fn begin_bulk(self, kind: EnrollmentKind, mode: BulkMode) -> Result<BulkCall<'a>, StoreError> {
+        self.0.store.enrollments().begin_bulk(kind, mode, self.0.actor).await
     }
 
     /// Records that the caller read an enrollment's keys ([`zerotouch_store::Enrollments::audit_key_read`]).

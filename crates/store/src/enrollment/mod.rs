@@ -28,7 +28,7 @@ use crate::certificate::{self, Revoking};
 use crate::hub_job::{self, HubAction, Retiring};
 use crate::{Actor, Page, Precondition, Store, StoreError};
 
-pub use bulk::{BulkFailure, BulkItem};
+pub use bulk::{BulkCall, BulkFailure, BulkItem};
 use table::{EnrollmentTable, GroupTable, IndividualTable, with_table};
 
 /// An enrollment or enrollment group as stored.
@@ -295,20 +295,18 @@ impl<'a> Enrollments<'a> {
         result
     }
 
-    /// Applies a bulk call in one transaction; returns the items that failed, by index, in order.
+    /// Begins a bulk call: one transaction, which the caller applies a part at a time ([`BulkCall::apply`]) and
+    /// commits ([`BulkCall::commit`], which returns the items that failed, by index, in order).
     ///
     /// Items that fail are reported and skipped; the others are applied together. A database failure applies none.
     /// Deleted and `disabled` items revoke the certificates of the devices they cover, as single writes do.
-    pub async fn bulk(
+    pub async fn begin_bulk(
         self,
         kind: EnrollmentKind,
         mode: BulkMode,
-        items: Vec<BulkItem>,
-        actor: &Actor,
-    ) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
-        let result = with_table!(kind, T => bulk::bulk::<T>(self.store, kind, mode, items, actor).await);
-        self.note_group_change(kind, result.is_ok());
-        result
+        actor: &'a Actor,
+    ) -> Result<BulkCall<'a>, StoreError> {
+        BulkCall::begin(self.store, kind, mode, actor).await
     }
 
     fn note_group_change(self, kind: EnrollmentKind, changed: bool) {

@@ -195,6 +195,10 @@ pub(super) async fn query<K: Kind>(
     Ok(request::page_response(items, page.next, K::KIND.item_type(), &paging))
 }
 
+/// How many of a bulk call's documents are parsed and applied at a time (the store's inserts take 1,000 rows at a
+/// time too).
+const BULK_PART: usize = 1000;
+
 /// The JSON of one failed bulk item.
 fn item_error(kind: EnrollmentKind, index: usize, id: &str, code: ErrorCode, status: String) -> Value {
     json!({ kind.id_field(): id, "index": index, "errorCode": code.number(), "errorStatus": status })
@@ -232,6 +236,37 @@ fn parse_item(
     Ok(BulkItem { index, key, enrollment, etag })
 }
 
+/// The items of `part` whose named hubs are all linked; each other item's error goes to `errors`.
+async fn linked_hubs_only(
+    hubs: HubReader<'_>,
+    kind: EnrollmentKind,
+    part: Vec<BulkItem>,
+    errors: &mut Vec<(usize, Value)>,
+) -> Result<Vec<BulkItem>, ApiError> {
+    let mut named: Vec<String> =
+        part.iter().filter_map(|i| i.enrollment.as_ref()).flat_map(|e| e.named_hubs.iter().cloned()).collect();
+    named.sort();
+    named.dedup();
+    let unknown = hubs.unknown(&named).await.map_err(ApiError::internal)?;
+    let mut linked = Vec::with_capacity(part.len());
+    for item in part {
+        match item.enrollment.as_ref().and_then(|e| Some((e, e.named_hubs.iter().find(|h| unknown.contains(h))?))) {
+            Some((e, hub)) => errors.push((
+                item.index,
+                item_error(
+                    kind,
+                    item.index,
+                    &e.id,
+                    ErrorCode::InvalidField,
+                    format!("iotHubs: hub {hub:?} is not linked"),
+                ),
+            )),
+            None => linked.push(item),
+        }
+    }
+    Ok(linked)
+}
+
 /// `POST /{collection}`: a bulk call of up to 10,000 items; each failure is reported with its index.
 pub(super) async fn bulk<K: Kind>(
     caller: Caller<EnrollmentWrite>,
@@ -257,16 +292,17 @@ pub(super) async fn bulk<K: Kind>(
         FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
     })?;
     // The documents stay text until each is read, one at a time.
-    let Some(items) = documents else {
+    let Some(documents) = documents else {
         return Err(FieldError::new(K::COLLECTION, "an array of documents is required").into());
     };
-    let Ok(items) = serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(items.get()) else {
+    let Ok(items) = serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(documents.get()) else {
         // Not an array, or an array whose text is not JSON: the whole parser says which.
-        return match Body::parse::<Value>(&items)? {
+        return match Body::parse::<Value>(&documents)? {
             Value::Array(_) => Err(ApiError::MalformedBody("the body is not valid JSON".into())),
             _ => Err(FieldError::new(K::COLLECTION, "an array of documents is required").into()),
         };
     };
+    drop(documents);
     if let Some(unknown) = others.keys().next() {
         return Err(FieldError::new(unknown.as_str(), "unknown field").into());
     }
@@ -278,55 +314,40 @@ pub(super) async fn bulk<K: Kind>(
         .into());
     }
 
-    let mut errors: Vec<(usize, Value)> = Vec::new();
-    let mut parsed = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        match parse_item(kind, mode, hubs.outbound(), index, Body::parse(&item)?) {
-            Ok(item) => parsed.push(item),
-            Err(error) => errors.push((index, error)),
-        }
-    }
-    let mut named: Vec<String> =
-        parsed.iter().filter_map(|i| i.enrollment.as_ref()).flat_map(|e| e.named_hubs.iter().cloned()).collect();
-    named.sort();
-    named.dedup();
-    let unknown = caller.hubs().unknown(&named).await.map_err(ApiError::internal)?;
-    let mut items = Vec::with_capacity(parsed.len());
-    for item in parsed {
-        let missing = item.enrollment.as_ref().and_then(|e| e.named_hubs.iter().find(|h| unknown.contains(h)));
-        match (missing, &item.enrollment) {
-            (Some(hub), Some(e)) => errors.push((
-                item.index,
-                item_error(
-                    kind,
-                    item.index,
-                    &e.id,
-                    ErrorCode::InvalidField,
-                    format!("iotHubs: hub {hub:?} is not linked"),
-                ),
-            )),
-            _ => items.push(item),
-        }
-    }
-    let ids: std::collections::HashMap<usize, String> = items
-        .iter()
-        .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
-        .collect();
-    let failures = caller.enrollment_writer().bulk(kind, mode, items).await.map_err(|e| match e {
+    // One transaction, applied a part at a time: only one part's documents are ever held parsed.
+    let store_error = |e| match e {
         zerotouch_store::StoreError::Conflict(why) => ApiError::Conflict(why),
         other => ApiError::internal(other),
-    })?;
-    for (index, failure) in failures {
-        let id = ids.get(&index).map(String::as_str).unwrap_or_default();
-        let (code, status) = match failure {
-            BulkFailure::Conflict(why) => (ErrorCode::Conflict, why),
-            BulkFailure::NotFound => (ErrorCode::NotFound, format!("the {} does not exist", kind.noun())),
-            BulkFailure::PreconditionFailed => {
-                (ErrorCode::PreconditionFailed, "the etag does not match the current one".to_owned())
+    };
+    let mut call = caller.enrollment_writer().begin_bulk(kind, mode).await.map_err(store_error)?;
+    let mut errors: Vec<(usize, Value)> = Vec::new();
+    let mut items = items.into_iter().enumerate().peekable();
+    while items.peek().is_some() {
+        let mut part = Vec::with_capacity(BULK_PART);
+        for (index, item) in items.by_ref().take(BULK_PART) {
+            match parse_item(kind, mode, hubs.outbound(), index, Body::parse(&item)?) {
+                Ok(item) => part.push(item),
+                Err(error) => errors.push((index, error)),
             }
-        };
-        errors.push((index, item_error(kind, index, id, code, status)));
+        }
+        let part = linked_hubs_only(caller.hubs(), kind, part, &mut errors).await?;
+        let ids: std::collections::HashMap<usize, String> = part
+            .iter()
+            .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
+            .collect();
+        for (index, failure) in call.apply(part).await.map_err(store_error)? {
+            let id = ids.get(&index).map(String::as_str).unwrap_or_default();
+            let (code, status) = match failure {
+                BulkFailure::Conflict(why) => (ErrorCode::Conflict, why),
+                BulkFailure::NotFound => (ErrorCode::NotFound, format!("the {} does not exist", kind.noun())),
+                BulkFailure::PreconditionFailed => {
+                    (ErrorCode::PreconditionFailed, "the etag does not match the current one".to_owned())
+                }
+            };
+            errors.push((index, item_error(kind, index, id, code, status)));
+        }
     }
+    call.commit().await.map_err(store_error)?;
     errors.sort_by_key(|(index, _)| *index);
     let errors: Vec<Value> = errors.into_iter().map(|(_, e)| e).collect();
     Ok(HttpResponse::Ok().json(json!({ "isSuccessful": errors.is_empty(), "errors": errors })))
