@@ -185,7 +185,9 @@ pub async fn bulk_in_parts(
     let mut failures = Vec::new();
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
-        failures.extend(call.apply(items.by_ref().take(part.max(1)).collect()).await?);
+        let part_failures;
+        (call, part_failures) = call.apply(items.by_ref().take(part.max(1)).collect()).await?;
+        failures.extend(part_failures);
     }
     call.commit().await?;
     Ok(failures)

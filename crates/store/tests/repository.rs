@@ -800,9 +800,11 @@ async fn a_bulk_call_not_committed_applies_none_of_its_parts(store: &Store) {
             .collect()
     };
     let actor = actor();
-    let mut call = store.enrollments().begin_bulk(kind, BulkMode::Create, &actor).await.unwrap();
-    assert_eq!(call.apply(items(0..600)).await.unwrap(), []);
-    assert_eq!(call.apply(items(600..1200)).await.unwrap(), []);
+    let call = store.enrollments().begin_bulk(kind, BulkMode::Create, &actor).await.unwrap();
+    let (call, failures) = call.apply(items(0..600)).await.unwrap();
+    assert_eq!(failures, []);
+    let (call, failures) = call.apply(items(600..1200)).await.unwrap();
+    assert_eq!(failures, []);
     drop(call);
     assert_eq!(enrollment_count(store, kind).await, 0);
     assert_eq!(all_audit(store, &AuditFilter::default()).await.len(), 0);

@@ -68,10 +68,12 @@ impl<'a> BulkCall<'a> {
         Ok(Self { store, txn, kind, mode, actor, seen: HashSet::new() })
     }
 
-    /// Applies the next part of the call; returns the part's items that cannot apply, by index, in order. They
-    /// stand only if the call is committed.
-    pub async fn apply(&mut self, items: Vec<BulkItem>) -> Result<Vec<(usize, BulkFailure)>, StoreError> {
-        with_table!(self.kind, T => self.apply_to::<T>(items).await)
+    /// Applies the next part of the call; returns the call and the part's items that cannot apply, by index, in
+    /// order (they stand only if the call is committed). An error ends the call: it is dropped, and none of it
+    /// applies.
+    pub async fn apply(mut self, items: Vec<BulkItem>) -> Result<(Self, Vec<(usize, BulkFailure)>), StoreError> {
+        let failures = with_table!(self.kind, T => self.apply_to::<T>(items).await)?;
+        Ok((self, failures))
     }
 
     /// Commits the call.

@@ -335,7 +335,9 @@ pub(super) async fn bulk<K: Kind>(
             .iter()
             .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
             .collect();
-        for (index, failure) in call.apply(part).await.map_err(store_error)? {
+        let failures;
+        (call, failures) = call.apply(part).await.map_err(store_error)?;
+        for (index, failure) in failures {
             let id = ids.get(&index).map(String::as_str).unwrap_or_default();
             let (code, status) = match failure {
                 BulkFailure::Conflict(why) => (ErrorCode::Conflict, why),
