@@ -79,9 +79,7 @@ impl<'a> BulkCall<'a> {
     /// Commits the call.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.txn.commit().await?;
-        if self.kind == EnrollmentKind::Group {
-            self.store.note_reference_change();
-        }
+        super::Enrollments::new(self.store).note_group_change(self.kind, true);
         Ok(())
     }
 

@@ -295,8 +295,8 @@ impl<'a> Enrollments<'a> {
         result
     }
 
-    /// Begins a bulk call: one transaction, which the caller applies a part at a time ([`BulkCall::apply`]) and
-    /// commits ([`BulkCall::commit`], which returns the items that failed, by index, in order).
+    /// Begins a bulk call: one transaction, which the caller applies a part at a time ([`BulkCall::apply`], which
+    /// returns the part's items that failed, by index, in order) and commits ([`BulkCall::commit`]).
     ///
     /// Items that fail are reported and skipped; the others are applied together. A database failure applies none.
     /// Deleted and `disabled` items revoke the certificates of the devices they cover, as single writes do.
