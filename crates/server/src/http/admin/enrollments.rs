@@ -315,10 +315,7 @@ pub(super) async fn bulk<K: Kind>(
     }
 
     // One transaction, applied a part at a time: only one part's documents are ever held parsed.
-    let store_error = |e| match e {
-        zerotouch_store::StoreError::Conflict(why) => ApiError::Conflict(why),
-        other => ApiError::internal(other),
-    };
+    let store_error = |e| ApiError::from_store(e, &format!("the bulk call to {}", K::COLLECTION));
     let mut call = caller.enrollment_writer().begin_bulk(kind, mode).await.map_err(store_error)?;
     let mut errors: Vec<(usize, Value)> = Vec::new();
     let mut items = items.into_iter().enumerate().peekable();
