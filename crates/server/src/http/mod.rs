@@ -138,9 +138,11 @@ pub fn device_server(
             .app_data(path_errors())
             .wrap(from_fn(crate::metrics::observe))
             .wrap_fn(move |request, app| OnMainRuntime::new(runtime.clone(), app.call(request)))
+            // Devices' routes first: actix tries routes in order, and each route with a variable segment is a
+            // regular expression run on the path; no path matches both a device route and an EST or PKI one.
+            .configure(device::configure)
             .configure(est::configure_est)
             .configure(est::configure_public)
-            .configure(device::configure)
     })
     .on_connect(device_connection)
     .disable_signals()

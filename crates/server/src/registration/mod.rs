@@ -241,7 +241,8 @@ impl RegistrationService {
         issued: Option<&Issued>,
     ) -> RegistrationOperationStatus {
         let settled = match &hub_job {
-            Some(job) => self.hubs.deliver_inline(job).await,
+            // Boxed: most registrations have no hub job (`authenticate::refuse_as`).
+            Some(job) => Box::pin(self.hubs.deliver_inline(job)).await,
             None => None,
         };
         let finished = settled.as_ref().unwrap_or(&operation);
@@ -264,16 +265,27 @@ impl RegistrationService {
     ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let key = device.registration_id.key();
         let _slot = self.limits.slot()?;
+        // A poll soon after its register finds both caches filled; what runs without them is boxed, so that this
+        // future stays small (`authenticate::refuse_as`).
         let budget = match self.caches.recently_verified(&device) {
             Some(budget) => budget.to_string(),
-            None => self.authenticate(&device, Action::Poll).await?.budget(&device),
+            None => Box::pin(self.authenticate(&device, Action::Poll)).await?.budget(&device),
         };
         self.limits.admit(&budget).map_err(RetryAfter::refusal)?;
         if let Some(answer) = self.caches.recently_finished(&key, operation_id, self.settings.operation_ttl) {
             return Ok(answer);
         }
+        Box::pin(self.stored_operation(&key, operation_id)).await
+    }
+
+    /// An operation poll answered from the database.
+    async fn stored_operation(
+        &self,
+        key: &str,
+        operation_id: &str,
+    ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let not_found = || RegistrationError::NotFound(format!("operation {operation_id:?}"));
-        let operation = match self.store.registrations().operation(&key, operation_id).await {
+        let operation = match self.store.registrations().operation(key, operation_id).await {
             Ok(operation) => operation,
             Err(StoreError::NotFound) => return Err(not_found()),
             Err(e) => return Err(internal("reading an operation")(e)),

@@ -84,7 +84,8 @@ impl RegistrationService {
         }
         match &device.evidence {
             Evidence::Sas(header) => self.authenticate_sas(device, action, header).await,
-            Evidence::Certificates(chain) => self.authenticate_x509(device, action, chain, None).await,
+            // Boxed: a certificate's path search is most of this future's size (see `refuse_as`).
+            Evidence::Certificates(chain) => Box::pin(self.authenticate_x509(device, action, chain, None)).await,
             Evidence::None => Err(self.refuse(device, action, "no credentials").await),
         }
     }
@@ -125,10 +126,18 @@ impl RegistrationService {
         tracing::info!(registration_id = device.registration_id.as_str(), action, "device refused: {reason}");
         // Audited at most at the device's request rate per id, and at most REFUSAL_AUDITS_PER_SECOND over all ids.
         let bucket = format!("refused\0{}", device.registration_id.key());
+        // The audit's write is boxed, as are the other rare branches of the device path (a certificate's path
+        // search, a TPM's challenge, a hub's inline delivery, a poll that misses the cache): a future holds room
+        // for the largest future it may await, and every layer above it (the handler, actix's services) moves it.
+        // Inline, they made a register's future 18 KB and a poll's 16 KB, copied several times per request.
         if self.limits.admit(&bucket).is_ok()
             && self.limits.audit_refusal()
-            && let Err(e) =
-                self.store.registrations().audit_refused_device(device.registration_id.as_str(), action, &reason).await
+            && let Err(e) = Box::pin(self.store.registrations().audit_refused_device(
+                device.registration_id.as_str(),
+                action,
+                &reason,
+            ))
+            .await
         {
             tracing::error!("cannot audit a refused device request: {e}");
         }

@@ -46,7 +46,7 @@ impl RegistrationService {
             let keys = match &enrollment.attestation {
                 Attestation::SymmetricKey(keys) if !keys.is_empty() => keys,
                 Attestation::Tpm(_) => {
-                    return match self.authenticate_tpm(device, action, &token, &expected).await? {
+                    return match Box::pin(self.authenticate_tpm(device, action, &token, &expected)).await? {
                         Some(authenticated) => Ok(authenticated),
                         None => {
                             let reason =
@@ -92,7 +92,7 @@ impl RegistrationService {
                 Err(e) => last_error = e,
             }
         }
-        if let Some(authenticated) = self.authenticate_tpm(device, action, &token, &expected).await? {
+        if let Some(authenticated) = Box::pin(self.authenticate_tpm(device, action, &token, &expected)).await? {
             return Ok(authenticated);
         }
         Err(self.refuse(device, action, &format!("no enrollment verifies the token (sas: {last_error})")).await)

@@ -24,6 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use zerotouch_attest::sas;
 use zerotouch_store::{StoreError, TpmChallengeRecord};
 use zerotouch_tpm::Public;
+use zerotouch_wire::device::DeviceTpm;
 use zerotouch_wire::enrollment::{EnrollmentKind, TpmAttestation};
 use zerotouch_wire::registration::TpmRegistrationResult;
 use zerotouch_wire::{ErrorCode, SymmetricKey};
@@ -125,6 +126,12 @@ impl RegistrationService {
     pub(in super::super) async fn tpm_first_leg(&self, request: &RegistrationRequest) -> Result<(), RegistrationError> {
         let device = &request.device;
         let (Evidence::None, Some(tpm)) = (&device.evidence, &request.body.tpm) else { return Ok(()) };
+        // Boxed, so that every other register's future need not hold room for it (`authenticate::refuse_as`).
+        Box::pin(self.tpm_challenge(device, tpm)).await
+    }
+
+    /// [`Self::tpm_first_leg`] of a register that is one: always an error.
+    async fn tpm_challenge(&self, device: &DeviceRequest, tpm: &DeviceTpm) -> Result<(), RegistrationError> {
         if !device.id_scope.eq_ignore_ascii_case(&self.settings.id_scope) {
             return Err(self.refuse(device, FIRST_LEG, "the id scope is not this service's").await);
         }
