@@ -94,9 +94,9 @@ async fn operation(
     let device = device_request(&req, id_scope, &registration_id)?;
     let operation = service.operation(device, &operation_id).await?;
     Ok(if operation.status == RegistrationStatus::Assigning {
-        HttpResponse::Accepted().insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())).json(operation)
+        HttpResponse::Accepted().insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())).json(&*operation)
     } else {
-        HttpResponse::Ok().json(operation)
+        HttpResponse::Ok().json(&*operation)
     })
 }
 

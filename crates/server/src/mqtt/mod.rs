@@ -536,9 +536,9 @@ async fn answer(
         Request::OperationStatus { operation_id, .. } => {
             let operation = service.operation(session.request.clone(), &operation_id).await?;
             if operation.status == RegistrationStatus::Assigning {
-                Reply::json(202, &operation, Some(RETRY_AFTER_SECS))
+                Reply::json(202, &*operation, Some(RETRY_AFTER_SECS))
             } else {
-                Reply::json(200, &operation, None)
+                Reply::json(200, &*operation, None)
             }
         }
     }

@@ -89,11 +89,12 @@ type Verified = (Instant, Arc<str>);
 /// A chain whose path search found an anchor: the anchor's entry, and when every certificate of the path is valid.
 type VerifiedPath = (usize, (OffsetDateTime, OffsetDateTime));
 
-/// A finished operation this replica wrote: whose it is, and the answer.
+/// A finished operation this replica wrote: whose it is, and the answer (shared with the polls it answers, which
+/// serialize it without a copy).
 #[derive(Debug, Clone)]
 struct Finished {
     registration_key: String,
-    answer: RegistrationOperationStatus,
+    answer: Arc<RegistrationOperationStatus>,
 }
 
 /// About how many bytes a JSON value holds: its strings, keys and numbers, plus a word per element.
@@ -346,7 +347,7 @@ impl Caches {
             + operation.result.as_ref().map_or(0, approximate_size)
             + added.map_or(0, |chain| chain.iter().map(String::len).sum());
         let Ok(mut finished) = self.finished.lock() else { return };
-        let entry = Finished { registration_key: operation.registration_key.clone(), answer };
+        let entry = Finished { registration_key: operation.registration_key.clone(), answer: Arc::new(answer) };
         finished.put(operation.id.clone(), entry, bytes);
     }
 
@@ -357,10 +358,10 @@ impl Caches {
         registration_key: &str,
         operation_id: &str,
         operation_ttl: Duration,
-    ) -> Option<RegistrationOperationStatus> {
+    ) -> Option<Arc<RegistrationOperationStatus>> {
         let finished = self.finished.lock().ok()?;
         let (entry, age) = finished.get(operation_id)?;
-        (age < operation_ttl && entry.registration_key == registration_key).then(|| entry.answer.clone())
+        (age < operation_ttl && entry.registration_key == registration_key).then(|| Arc::clone(&entry.answer))
     }
 }
 

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use zerotouch_store::{HubJobRecord, HubRecord, OperationRecord, RegistrationRecord, Store, StoreError};
 use zerotouch_wire::ErrorCode;
@@ -262,7 +263,7 @@ impl RegistrationService {
         &self,
         device: DeviceRequest,
         operation_id: &str,
-    ) -> Result<RegistrationOperationStatus, RegistrationError> {
+    ) -> Result<Arc<RegistrationOperationStatus>, RegistrationError> {
         let key = device.registration_id.key();
         let _slot = self.limits.slot()?;
         // A poll soon after its register finds both caches filled; what runs without them is boxed, so that this
@@ -275,7 +276,7 @@ impl RegistrationService {
         if let Some(answer) = self.caches.recently_finished(&key, operation_id, self.settings.operation_ttl) {
             return Ok(answer);
         }
-        Box::pin(self.stored_operation(&key, operation_id)).await
+        Box::pin(self.stored_operation(&key, operation_id)).await.map(Arc::new)
     }
 
     /// An operation poll answered from the database.
@@ -315,7 +316,8 @@ impl RegistrationService {
         })?;
         let mut registration_state: Option<DeviceRegistrationResult> = match status {
             RegistrationStatus::Assigning => None,
-            _ => operation.result.clone().and_then(|r| serde_json::from_value(r).ok()),
+            // Read from the stored value in place: no copy of its tree.
+            _ => operation.result.as_ref().and_then(|r| DeviceRegistrationResult::deserialize(r).ok()),
         };
         if let Some(chain) = registration_state.as_mut().and_then(|s| s.issued_certificate_chain.as_mut())
             && let [leaf] = chain.as_slice()
