@@ -90,8 +90,8 @@ type Verified = (Instant, Arc<str>);
 type VerifiedPath = (usize, (OffsetDateTime, OffsetDateTime));
 
 /// A finished operation this replica wrote: whose it is, and the answer (shared with the polls it answers, which
-/// serialize it without a copy).
-#[derive(Debug, Clone)]
+/// serialize it without a copy; and small in the table, see [`Entry`]).
+#[derive(Debug)]
 struct Finished {
     registration_key: String,
     answer: Arc<RegistrationOperationStatus>,
@@ -125,10 +125,10 @@ struct Expiring<K, V> {
 struct Entry<V> {
     put: Instant,
     bytes: usize,
-    /// Boxed: an answer is large, and growing a table of tens of thousands of them inline, under its lock, held up
-    /// every request for tens of milliseconds (the benchmark's slowest devices came in clusters at the table's
-    /// doublings).
-    value: Box<V>,
+    /// Every value kept here is small: a finished answer is large, and held behind an `Arc` ([`Finished`]), since
+    /// growing a table of tens of thousands of answers inline, under its lock, held up every request for tens of
+    /// milliseconds (the benchmark's slowest devices came in clusters at the table's doublings).
+    value: V,
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V> Expiring<K, V> {
@@ -140,7 +140,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Expiring<K, V> {
     /// no longer fits.
     fn put(&mut self, key: K, value: V, bytes: usize) {
         let now = Instant::now();
-        if let Some(replaced) = self.entries.insert(key.clone(), Entry { put: now, bytes, value: Box::new(value) }) {
+        if let Some(replaced) = self.entries.insert(key.clone(), Entry { put: now, bytes, value }) {
             self.bytes = self.bytes.saturating_sub(replaced.bytes);
         }
         self.bytes += bytes;
@@ -171,7 +171,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Expiring<K, V> {
     {
         let entry = self.entries.get(key)?;
         let age = entry.put.elapsed();
-        (age < self.ttl).then_some((&*entry.value, age))
+        (age < self.ttl).then_some((&entry.value, age))
     }
 }
 
