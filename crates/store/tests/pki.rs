@@ -148,7 +148,9 @@ fn attempt(
 }
 
 fn snapshot() -> Snapshot {
-    Box::new(|r: &RegistrationRecord| json!({"registrationId": r.registration_id}))
+    Box::new(|r: &RegistrationRecord| {
+        serde_json::from_value(json!({"registrationId": r.registration_id, "status": r.status})).unwrap()
+    })
 }
 
 /// Registers `id` (new, or again on its current state) with `certificate`; returns the state written.

@@ -80,9 +80,14 @@ macro_rules! dps_id {
                 &self.0
             }
 
-            /// The canonical (lower-case) form under which the id is stored and compared.
-            pub fn key(&self) -> String {
-                self.0.to_ascii_lowercase()
+            /// The canonical (lower-case) form under which the id is stored and compared: the id itself when it
+            /// has no upper-case letter (as most have), without a copy.
+            pub fn key(&self) -> std::borrow::Cow<'_, str> {
+                if self.0.bytes().any(|b| b.is_ascii_uppercase()) {
+                    std::borrow::Cow::Owned(self.0.to_ascii_lowercase())
+                } else {
+                    std::borrow::Cow::Borrowed(&self.0)
+                }
             }
         }
 

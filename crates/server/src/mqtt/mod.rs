@@ -365,7 +365,7 @@ async fn connect(
                 return Ok(if by_token { handshake.bad_username_or_pwd() } else { handshake.not_authorized() });
             };
             let expires = Instant::now() + lifetime;
-            let (lease, replaced) = admission.devices.open(device.registration_id.key());
+            let (lease, replaced) = admission.devices.open(device.registration_id.key().into_owned());
             ntex::rt::spawn(end_in_time(handshake.sink(), registration_id.to_owned(), expires, replaced));
             tracing::debug!(registration_id, lifetime_secs = lifetime.as_secs(), "MQTT device connected");
             let state = Device {

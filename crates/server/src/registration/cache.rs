@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use zerotouch_store::{EnrollmentRecord, HubRecord, OperationRecord, Store};
+use zerotouch_store::{EnrollmentRecord, HubRecord, Store};
 use zerotouch_wire::device::RegistrationOperationStatus;
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
@@ -97,15 +97,21 @@ struct Finished {
     answer: Arc<RegistrationOperationStatus>,
 }
 
-/// About how many bytes a JSON value holds: its strings, keys and numbers, plus a word per element.
-fn approximate_size(value: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    8 + match value {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
-        Value::String(text) => text.len(),
-        Value::Array(items) => items.iter().map(approximate_size).sum(),
-        Value::Object(fields) => fields.iter().map(|(key, field)| key.len() + approximate_size(field)).sum(),
+/// How many bytes `value` takes as JSON, counted as it is serialized, without being kept; an answer that cannot
+/// be serialized counts as too large to keep.
+fn json_size(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 /// Entries that expire `ttl` after they were put, at most `max` of them and `max_bytes` in all. They leave in the
@@ -335,20 +341,17 @@ impl Caches {
         (*from <= now && now <= *until).then_some(*entry)
     }
 
-    /// Remembers the answer to an operation this replica wrote, if it is finished (not `assigning`).
-    pub fn remember_finished(&self, operation: &OperationRecord, answer: RegistrationOperationStatus) {
+    /// Remembers the answer to an operation of `registration_key` this replica wrote, if it is finished (not
+    /// `assigning`).
+    pub fn remember_finished(&self, registration_key: String, answer: RegistrationOperationStatus) {
         if answer.status == RegistrationStatus::Assigning {
             return;
         }
-        // The stored result, and the issuing CA's chain the answer adds to it.
-        let added = answer.registration_state.as_ref().and_then(|s| s.issued_certificate_chain.as_ref());
-        let bytes = operation.id.len()
-            + operation.registration_key.len()
-            + operation.result.as_ref().map_or(0, approximate_size)
-            + added.map_or(0, |chain| chain.iter().map(String::len).sum());
+        // The answer as the polls are sent it (its id included), and the key.
+        let bytes = json_size(&answer).saturating_add(registration_key.len());
+        let id = answer.operation_id.clone();
         let Ok(mut finished) = self.finished.lock() else { return };
-        let entry = Finished { registration_key: operation.registration_key.clone(), answer: Arc::new(answer) };
-        finished.put(operation.id.clone(), entry, bytes);
+        finished.put(id, Finished { registration_key, answer: Arc::new(answer) }, bytes);
     }
 
     /// A finished operation of `registration_key` from memory, while it is younger than [`FINISHED_TTL`] and
@@ -388,24 +391,14 @@ mod tests {
         let caches = Caches::default();
         let payload = "x".repeat(96 * 1024);
         for i in 0..2 * FINISHED_MAX_BYTES / payload.len() {
-            let operation = OperationRecord {
-                id: format!("op-{i}"),
-                registration_key: format!("dev-{i}"),
-                status: "assigned".into(),
-                error_code: None,
-                error_message: None,
-                result: Some(
-                    serde_json::json!({"registrationId": format!("dev-{i}"), "status": "assigned", "payload": payload}),
-                ),
-                created_at: chrono::Utc::now(),
-                updated_at: chrono::Utc::now(),
-            };
+            let state =
+                serde_json::json!({"registrationId": format!("dev-{i}"), "status": "assigned", "payload": payload});
             let answer = RegistrationOperationStatus {
-                operation_id: operation.id.clone(),
+                operation_id: format!("op-{i}"),
                 status: RegistrationStatus::Assigned,
-                registration_state: serde_json::from_value(operation.result.clone().unwrap()).unwrap(),
+                registration_state: serde_json::from_value(state).unwrap(),
             };
-            caches.remember_finished(&operation, answer);
+            caches.remember_finished(format!("dev-{i}"), answer);
             let table = caches.finished.lock().unwrap();
             assert!(table.bytes <= FINISHED_MAX_BYTES, "{} bytes after {i} answers", table.bytes);
             assert_eq!(table.bytes, table.entries.values().map(|e| e.bytes).sum::<usize>());

@@ -30,7 +30,7 @@ impl RegistrationService {
     async fn est_device(&self, chain: Vec<Vec<u8>>) -> Result<(DeviceRequest, KnownCertificate), RegistrationError> {
         let leaf = chain.first().ok_or(RegistrationError::Unauthorized)?;
         let cn = zerotouch_pki::subject_cn(leaf).ok();
-        let cn_key = cn.as_deref().and_then(|cn| RegistrationId::try_from(cn).ok()).map(|id| id.key());
+        let cn_key = cn.as_deref().and_then(|cn| RegistrationId::try_from(cn).ok()).map(|id| id.key().into_owned());
         let (issued, by_cn, individual) = tokio::join!(
             self.issued_certificate(leaf),
             async {

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use zerotouch_store::{HubJobRecord, HubRecord, OperationRecord, RegistrationRecord, Store, StoreError};
 use zerotouch_wire::ErrorCode;
@@ -246,16 +245,14 @@ impl RegistrationService {
             Some(job) => Box::pin(self.hubs.deliver_inline(job)).await,
             None => None,
         };
-        let finished = settled.as_ref().unwrap_or(&operation);
+        let operation_id = operation.id.clone();
+        let finished = settled.unwrap_or(operation);
+        let registration_key = finished.registration_key.clone();
         // A poll that misses the cache reads the operation again, and reports itself why it cannot be answered.
         if let Ok(answer) = self.answer(finished, issued).await {
-            self.caches.remember_finished(finished, answer);
+            self.caches.remember_finished(registration_key, answer);
         }
-        RegistrationOperationStatus {
-            operation_id: operation.id,
-            status: RegistrationStatus::Assigning,
-            registration_state: None,
-        }
+        RegistrationOperationStatus { operation_id, status: RegistrationStatus::Assigning, registration_state: None }
     }
 
     /// An operation poll: the result once terminal, or still assigning.
@@ -295,7 +292,7 @@ impl RegistrationService {
         if age.to_std().unwrap_or_default() > self.settings.operation_ttl {
             return Err(not_found());
         }
-        self.answer(&operation, None).await
+        self.answer(operation, None).await
     }
 
     /// What a poll of `operation` is answered: its status and, once it is terminal, the registration state stored
@@ -305,7 +302,7 @@ impl RegistrationService {
     /// certificate names.
     async fn answer(
         &self,
-        operation: &OperationRecord,
+        operation: OperationRecord,
         issued_now: Option<&Issued>,
     ) -> Result<RegistrationOperationStatus, RegistrationError> {
         let status = RegistrationStatus::parse(&operation.status).ok_or_else(|| {
@@ -314,10 +311,9 @@ impl RegistrationService {
                 operation.status
             )))
         })?;
-        let mut registration_state: Option<DeviceRegistrationResult> = match status {
+        let mut registration_state = match status {
             RegistrationStatus::Assigning => None,
-            // Read from the stored value in place: no copy of its tree.
-            _ => operation.result.as_ref().and_then(|r| DeviceRegistrationResult::deserialize(r).ok()),
+            _ => operation.result,
         };
         if let Some(chain) = registration_state.as_mut().and_then(|s| s.issued_certificate_chain.as_mut())
             && let [leaf] = chain.as_slice()
@@ -333,7 +329,7 @@ impl RegistrationService {
                 None => tracing::warn!("operation {}: the CA that issued its certificate is gone", operation.id),
             }
         }
-        Ok(RegistrationOperationStatus { operation_id: operation.id.clone(), status, registration_state })
+        Ok(RegistrationOperationStatus { operation_id: operation.id, status, registration_state })
     }
 
     /// A device registration status lookup: the device's current registration.

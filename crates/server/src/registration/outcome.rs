@@ -4,7 +4,6 @@
 //! only builds them, without I/O.
 
 use base64::Engine;
-use serde_json::Value;
 use zerotouch_store::{
     CredentialRef, HubRecord, NO_ADAPTER, NewHubJob, OperationRecord, RegistrationOutcome, RegistrationRecord, Snapshot,
 };
@@ -49,7 +48,7 @@ fn new_operation_id() -> String {
 /// The write of one attempt, and how its operation's answer is rendered from the state the store writes.
 pub fn outcome(attempt: Attempt<'_>) -> (RegistrationOutcome, Snapshot) {
     let Attempt { device, authenticated, current, decision, issued, .. } = attempt;
-    let key = device.registration_id.key();
+    let key = device.registration_id.key().into_owned();
     let enrollment = &authenticated.enrollment;
     let assignment = decision.assignment();
     let hub_job = hub_job(attempt);
@@ -120,12 +119,9 @@ fn snapshot(authenticated: &Authenticated, issued: Option<&Issued>) -> Snapshot 
     let tpm = authenticated.tpm.as_ref().map(|t| t.result.clone());
     let chain: Option<Vec<String>> =
         issued.map(|(_, issued)| vec![base64::engine::general_purpose::STANDARD.encode(&issued.der)]);
-    Box::new(move |record: &RegistrationRecord| {
-        let result = DeviceRegistrationResult {
-            issued_certificate_chain: chain.clone(),
-            ..result::with_tpm(result::result_of(record, group_id.as_deref(), x509.clone()), tpm.as_ref())
-        };
-        serde_json::to_value(result).unwrap_or(Value::Null)
+    Box::new(move |record: &RegistrationRecord| DeviceRegistrationResult {
+        issued_certificate_chain: chain.clone(),
+        ..result::with_tpm(result::result_of(record, group_id.as_deref(), x509.clone()), tpm.as_ref())
     })
 }
 

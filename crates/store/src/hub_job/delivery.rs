@@ -170,7 +170,7 @@ impl<'a> HubJobs<'a> {
                     status: status.to_owned(),
                     error_code: error.map(|(c, _)| c),
                     error_message: error.map(|(_, m)| m.to_owned()),
-                    result,
+                    result: crate::registration::stored_result(result.as_ref()),
                     created_at: stored.created_at,
                     updated_at: now,
                 });

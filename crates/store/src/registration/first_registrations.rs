@@ -264,7 +264,8 @@ pub(super) async fn write_first_registrations(
             operation_status: &operation.status,
             operation_error_code: operation.error_code,
             operation_error_message: operation.error_message.as_deref(),
-            result: text(&operation.result),
+            // Written straight from the typed result: no JSON tree in between.
+            result: operation.result.as_ref().and_then(|r| serde_json::to_string(r).ok()),
             serial: certificate.as_ref().map(|c| c.serial.as_str()),
             certificate_device_id: certificate.as_ref().map(|c| c.device_id.as_str()),
             issuing_ca: certificate.as_ref().map(|c| c.issuing_ca.as_str()),

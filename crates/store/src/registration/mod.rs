@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -23,6 +24,7 @@ use crate::certificate::{self as certificates, CertificateRecord, Revoking};
 use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
 use crate::{Actor, Page, Precondition, StoreError};
+use zerotouch_wire::registration::DeviceRegistrationState;
 
 pub(crate) use writer::RegistrationWriter;
 use writer::{Pending, PendingCertificate, Work};
@@ -195,7 +197,7 @@ impl<'a> RegistrationReader<'a> {
             status: model.status,
             error_code: model.error_code,
             error_message: model.error_message,
-            result: model.result,
+            result: stored_result(model.result.as_ref()),
             created_at: model.created_at,
             updated_at: model.updated_at,
         })
@@ -341,7 +343,7 @@ impl<'a> Registrations<'a> {
 }
 
 /// A registration operation (one per register call), as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OperationRecord {
     /// The operation id.
     pub id: String,
@@ -354,7 +356,7 @@ pub struct OperationRecord {
     /// Why it failed, in words.
     pub error_message: Option<String>,
     /// The registration result the operation answers with (a snapshot taken when it was written).
-    pub result: Option<Value>,
+    pub result: Option<DeviceRegistrationState>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -368,7 +370,7 @@ fn operation_active(o: &OperationRecord) -> operation::ActiveModel {
         status: Set(o.status.clone()),
         error_code: Set(o.error_code),
         error_message: Set(o.error_message.clone()),
-        result: Set(o.result.clone()),
+        result: Set(o.result.as_ref().and_then(|r| serde_json::to_value(r).ok())),
         created_at: Set(o.created_at),
         updated_at: Set(o.updated_at),
     }
@@ -413,4 +415,9 @@ pub struct CertificateGuard {
 pub type Committed = (RegistrationRecord, OperationRecord, Option<crate::HubJobRecord>);
 
 /// Renders an operation's result from the registration state as written.
-pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> Value + Send + Sync>;
+pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> DeviceRegistrationState + Send + Sync>;
+
+/// An operation's stored result as the device is shown it; one that cannot be read is shown as none.
+pub(crate) fn stored_result(result: Option<&Value>) -> Option<DeviceRegistrationState> {
+    result.and_then(|r| DeviceRegistrationState::deserialize(r).ok())
+}

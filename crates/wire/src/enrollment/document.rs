@@ -80,8 +80,8 @@ impl EnrollmentKind {
     /// Validates an id of this kind and returns its canonical key.
     pub fn parse_id(self, id: &str) -> Result<String, IdError> {
         match self {
-            Self::Individual => RegistrationId::try_from(id).map(|id| id.key()),
-            Self::Group => EnrollmentGroupId::try_from(id).map(|id| id.key()),
+            Self::Individual => RegistrationId::try_from(id).map(|id| id.key().into_owned()),
+            Self::Group => EnrollmentGroupId::try_from(id).map(|id| id.key().into_owned()),
         }
     }
 }

@@ -25,7 +25,7 @@ fn parse_id(id: &str) -> Result<RegistrationId, ApiError> {
 
 /// `GET /registrations/{registrationId}`.
 pub(super) async fn get(caller: Caller<ReadRegistrations>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key = parse_id(&id)?.key();
+    let key = parse_id(&id)?.key().into_owned();
     let record = caller
         .registrations()
         .get(&key)
@@ -40,7 +40,7 @@ pub(super) async fn delete(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = parse_id(&id)?.key();
+    let key = parse_id(&id)?.key().into_owned();
     let precondition = request::precondition(&req)?;
     caller
         .registration_writer()
@@ -97,7 +97,7 @@ pub(super) async fn revoke(
     id: web::Path<String>,
     body: MaybeJson<BODY_LIMIT>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = parse_id(&id)?.key();
+    let key = parse_id(&id)?.key().into_owned();
     let body: RevokeBody = body.0.map(zerotouch_wire::field::decode).transpose()?.unwrap_or_default();
     let reason = revocation_reason(body.reason.as_deref())?;
     let (revoked, etag) = caller
@@ -138,7 +138,7 @@ pub(super) async fn release_tpm_binding(
     caller: Caller<RegistrationWrite>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = parse_id(&id)?.key();
+    let key = parse_id(&id)?.key().into_owned();
     caller
         .registration_writer()
         .release_tpm_binding(&key)

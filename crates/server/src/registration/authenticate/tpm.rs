@@ -205,7 +205,7 @@ impl RegistrationService {
             .to_base64();
         let ttl = chrono::Duration::from_std(self.settings.tpm_challenge_ttl).unwrap_or(chrono::Duration::minutes(10));
         let challenge = TpmChallengeRecord {
-            registration_key: key,
+            registration_key: key.into_owned(),
             id: uuid::Uuid::new_v4().to_string(),
             enrollment_kind: enrollment.kind,
             enrollment_key: enrollment.key().to_owned(),
