@@ -3,7 +3,17 @@
 //! Registration ids and enrollment group ids follow `docs/protocol/device-api.md` §1.3: at most 128 characters of ASCII
 //! letters, digits and `-._:`, compared case-insensitively. Hub host names are DNS names with an optional port.
 
+use std::borrow::Cow;
 use std::fmt;
+
+/// `text` in ASCII lower case: `text` itself when it has no upper-case letter (as most ids have), without a copy.
+pub fn lower_case(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
+    }
+}
 
 /// Why an identifier was refused; the message names the rule that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,14 +90,9 @@ macro_rules! dps_id {
                 &self.0
             }
 
-            /// The canonical (lower-case) form under which the id is stored and compared: the id itself when it
-            /// has no upper-case letter (as most have), without a copy.
-            pub fn key(&self) -> std::borrow::Cow<'_, str> {
-                if self.0.bytes().any(|b| b.is_ascii_uppercase()) {
-                    std::borrow::Cow::Owned(self.0.to_ascii_lowercase())
-                } else {
-                    std::borrow::Cow::Borrowed(&self.0)
-                }
+            /// The canonical (lower-case) form under which the id is stored and compared ([`lower_case`]).
+            pub fn key(&self) -> Cow<'_, str> {
+                lower_case(&self.0)
             }
         }
 
@@ -213,7 +218,11 @@ mod tests {
         let a = RegistrationId::try_from("Device-A").unwrap();
         let b = RegistrationId::try_from("device-a").unwrap();
         assert_eq!(a.key(), b.key());
+        assert_eq!(a.key(), "device-a");
         assert_eq!(a.as_str(), "Device-A");
+        // An id already in lower case is its own key, not a copy.
+        assert!(matches!(b.key(), Cow::Borrowed(key) if std::ptr::eq(key, b.as_str())));
+        assert!(matches!(lower_case("Scope-1"), Cow::Owned(ref lower) if lower == "scope-1"));
     }
 
     #[test]

@@ -372,7 +372,7 @@ fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
     // A certificate is proved anew by every TLS handshake; only tokens are remembered.
     let Evidence::Sas(header) = &device.evidence else { return None };
     let digest = Sha256::new()
-        .chain_update(device.id_scope.to_ascii_lowercase().as_bytes())
+        .chain_update(zerotouch_wire::id::lower_case(&device.id_scope).as_bytes())
         .chain_update([0u8])
         .chain_update(device.registration_id.key().as_bytes())
         .chain_update([0u8])

@@ -112,24 +112,30 @@ impl DeviceLimits {
             windows.previous = std::mem::take(&mut windows.current);
             windows.turned = now;
         }
-        if !windows.current.contains_key(device) {
-            let carried = windows.previous.remove(device);
-            if windows.current.len() >= MAX_TRACKED {
-                return Ok(());
+        let (max_requests, window) = (self.max_requests, self.window);
+        let charge = |(start, count): &mut (Instant, u32)| {
+            if now.duration_since(*start) >= window {
+                *start = now;
+                *count = 0;
             }
-            windows.current.insert(device.to_owned(), carried.unwrap_or((now, 0)));
+            if *count >= max_requests {
+                let wait = window.saturating_sub(now.duration_since(*start));
+                return Err(RetryAfter(wait.max(Duration::from_secs(1))));
+            }
+            *count += 1;
+            Ok(())
+        };
+        // A device seen in this window is found with one lookup; a new one is carried over from the previous window.
+        if let Some(counted) = windows.current.get_mut(device) {
+            return charge(counted);
         }
-        let Some((start, count)) = windows.current.get_mut(device) else { return Ok(()) };
-        if now.duration_since(*start) >= self.window {
-            *start = now;
-            *count = 0;
+        if windows.current.len() >= MAX_TRACKED {
+            return Ok(());
         }
-        if *count >= self.max_requests {
-            let wait = self.window.saturating_sub(now.duration_since(*start));
-            return Err(RetryAfter(wait.max(Duration::from_secs(1))));
-        }
-        *count += 1;
-        Ok(())
+        let mut counted = windows.previous.remove(device).unwrap_or((now, 0));
+        let verdict = charge(&mut counted);
+        windows.current.insert(device.to_owned(), counted);
+        verdict
     }
 
     /// A slot for one registration in flight, or `None` when all are taken.

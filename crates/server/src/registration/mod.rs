@@ -266,8 +266,8 @@ impl RegistrationService {
         // A poll soon after its register finds both caches filled; what runs without them is boxed, so that this
         // future stays small (`authenticate::refuse_as`).
         let budget = match self.caches.recently_verified(&device) {
-            Some(budget) => budget.to_string(),
-            None => Box::pin(self.authenticate(&device, Action::Poll)).await?.budget(&device),
+            Some(budget) => budget,
+            None => Arc::from(Box::pin(self.authenticate(&device, Action::Poll)).await?.budget(&device)),
         };
         self.limits.admit(&budget).map_err(RetryAfter::refusal)?;
         if let Some(answer) = self.caches.recently_finished(&key, operation_id, self.settings.operation_ttl) {
