@@ -347,8 +347,10 @@ impl Caches {
         if answer.status == RegistrationStatus::Assigning {
             return;
         }
-        // The answer as the polls are sent it (its id included), and the key.
-        let bytes = json_size(&answer).saturating_add(registration_key.len());
+        // The answer's text as the polls are sent it (its id included), the key, and the entry's and the shared
+        // answer's own fixed size.
+        let fixed = size_of::<Finished>() + size_of::<RegistrationOperationStatus>();
+        let bytes = json_size(&answer).saturating_add(registration_key.len()).saturating_add(fixed);
         let id = answer.operation_id.clone();
         let Ok(mut finished) = self.finished.lock() else { return };
         finished.put(id, Finished { registration_key, answer: Arc::new(answer) }, bytes);

@@ -18,13 +18,13 @@ use sea_orm::{
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
+use zerotouch_wire::registration::DeviceRegistrationState;
 
 use crate::audit::{self, Change};
 use crate::certificate::{self as certificates, CertificateRecord, Revoking};
 use crate::entity::operation;
 use crate::entity::registration::{self, Column, Entity};
 use crate::{Actor, Page, Precondition, StoreError};
-use zerotouch_wire::registration::DeviceRegistrationState;
 
 pub(crate) use writer::RegistrationWriter;
 use writer::{Pending, PendingCertificate, Work};
