@@ -4,12 +4,13 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, QueryFilter, Statement, TransactionTrait};
-use serde_json::Value;
+use zerotouch_wire::registration::{DeviceRegistrationState, RegistrationStatus};
 
 use super::{HubAction, HubJobRecord, HubJobs, NO_ADAPTER, fresh_job, new_job_id, to_active_without_key, to_record};
 use crate::StoreError;
 use crate::entity::hub_job::{Column, Entity};
 use crate::entity::{hub, operation, registration};
+use crate::registration::stored_result;
 
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,28 +33,30 @@ pub enum HubJobOutcome {
     },
 }
 
-/// Writes the result of an upsert into a registration operation's stored result (the registration state as the
-/// device sees it): `status`, `etag`, `lastUpdatedDateTimeUtc`, and on failure `errorCode`/`errorMessage` with
-/// the assignment removed.
+/// Writes the result of an upsert into a registration operation's result (the registration state as the device
+/// sees it): `status`, `etag`, `lastUpdatedDateTimeUtc`, and on failure `errorCode`/`errorMessage` with the
+/// assignment removed.
 fn settle_result(
-    result: Option<Value>,
-    status: &str,
+    result: Option<DeviceRegistrationState>,
+    status: RegistrationStatus,
     etag: &str,
     at: DateTime<Utc>,
     error: Option<(i32, &str)>,
-) -> Option<Value> {
-    let Some(Value::Object(mut fields)) = result else { return result };
-    fields.insert("status".into(), Value::from(status));
-    fields.insert("etag".into(), Value::from(etag));
-    fields.insert("lastUpdatedDateTimeUtc".into(), Value::from(zerotouch_wire::format_timestamp(at)));
+) -> Option<DeviceRegistrationState> {
+    let mut state = result?;
+    state.status = status;
+    state.etag = Some(etag.to_owned());
+    state.last_updated_date_time_utc = Some(zerotouch_wire::format_timestamp(at));
     if let Some((code, message)) = error {
-        for assigned in ["assignedHub", "deviceId", "substatus", "issuedCertificateChain", "payload"] {
-            fields.remove(assigned);
-        }
-        fields.insert("errorCode".into(), Value::from(code));
-        fields.insert("errorMessage".into(), Value::from(message));
+        state.assigned_hub = None;
+        state.device_id = None;
+        state.substatus = None;
+        state.issued_certificate_chain = None;
+        state.payload = None;
+        state.error_code = u32::try_from(code).ok();
+        state.error_message = Some(message.to_owned());
     }
-    Some(Value::Object(fields))
+    Some(state)
 }
 
 impl<'a> HubJobs<'a> {
@@ -126,11 +129,14 @@ impl<'a> HubJobs<'a> {
         if let (Some(operation_id), Some(etag)) = (&job.operation_id, &job.registration_etag) {
             let new_etag = crate::new_etag();
             let (status, error) = match outcome {
-                HubJobOutcome::Fail { error_code, message } => ("failed", Some((*error_code, message.as_str()))),
-                _ => ("assigned", None),
+                HubJobOutcome::Fail { error_code, message } => {
+                    (RegistrationStatus::Failed, Some((*error_code, message.as_str())))
+                }
+                _ => (RegistrationStatus::Assigned, None),
             };
+            let status_text = status.as_str();
             let mut update = registration::Entity::update_many()
-                .col_expr(registration::Column::Status, Expr::value(status))
+                .col_expr(registration::Column::Status, Expr::value(status_text))
                 .col_expr(registration::Column::Etag, Expr::value(new_etag.clone()))
                 .col_expr(registration::Column::UpdatedAt, Expr::value(now));
             if let Some((code, message)) = error {
@@ -154,12 +160,15 @@ impl<'a> HubJobs<'a> {
             let waiting = crate::unique(waiting, &txn).await?;
             if let Some(stored) = waiting {
                 let etag = if current { new_etag.as_str() } else { etag.as_str() };
-                let result = settle_result(stored.result, status, etag, now, error);
+                let result = settle_result(stored_result(stored.result.as_ref()), status, etag, now, error);
                 operation::Entity::update_many()
-                    .col_expr(operation::Column::Status, Expr::value(status))
+                    .col_expr(operation::Column::Status, Expr::value(status_text))
                     .col_expr(operation::Column::ErrorCode, Expr::value(error.map(|(c, _)| c)))
                     .col_expr(operation::Column::ErrorMessage, Expr::value(error.map(|(_, m)| m.to_owned())))
-                    .col_expr(operation::Column::Result, Expr::value(result.clone()))
+                    .col_expr(
+                        operation::Column::Result,
+                        Expr::value(result.as_ref().and_then(|r| serde_json::to_value(r).ok())),
+                    )
                     .col_expr(operation::Column::UpdatedAt, Expr::value(now))
                     .filter(operation::Column::Id.eq(operation_id.clone()))
                     .exec(&txn)
@@ -167,10 +176,10 @@ impl<'a> HubJobs<'a> {
                 settled = Some(crate::OperationRecord {
                     id: stored.id,
                     registration_key: stored.registration_key,
-                    status: status.to_owned(),
+                    status: status_text.to_owned(),
                     error_code: error.map(|(c, _)| c),
                     error_message: error.map(|(_, m)| m.to_owned()),
-                    result: crate::registration::stored_result(result.as_ref()),
+                    result,
                     created_at: stored.created_at,
                     updated_at: now,
                 });
