@@ -93,6 +93,20 @@ impl Sample {
         })
     }
 
+    /// Adds what `other` spent (another slice of the same measurement).
+    pub(crate) fn add(&mut self, other: &Sample) {
+        if self.processes.len() < other.processes.len() {
+            self.processes.resize(other.processes.len(), Duration::ZERO);
+        }
+        for (total, spent) in self.processes.iter_mut().zip(&other.processes) {
+            *total += *spent;
+        }
+        self.postgres += other.postgres;
+        self.sqlite += other.sqlite;
+        self.client += other.client;
+        self.machine += other.machine;
+    }
+
     /// What was spent from `earlier` to this sample.
     pub(crate) fn since(&self, earlier: &Sample) -> Sample {
         Sample {

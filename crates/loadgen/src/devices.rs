@@ -66,7 +66,7 @@ impl Device {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Report {
     /// Devices that reached `assigned`.
     pub(crate) assigned: usize,
@@ -92,6 +92,17 @@ impl Report {
         }
         report.latencies.sort();
         report
+    }
+
+    /// Adds `other`, a later slice of the same run: its devices, time, latencies and failures.
+    pub(crate) fn absorb(&mut self, other: Report) {
+        self.assigned += other.assigned;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
     }
 
     /// Devices per second.
@@ -456,4 +467,22 @@ pub(crate) fn target_of(server: &zerotouch_tests::Server, token: String) -> anyh
         id_scope: server.id_scope.clone(),
         mqtt_addr: Some(server.mqtt_addr),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slices of a run add up: devices, time, latencies (kept sorted, for the quantiles) and failures by kind.
+    #[test]
+    fn slices_of_a_run_add_up() {
+        let ms = Duration::from_millis;
+        let mut run = Report::collect(vec![Ok(ms(30)), Err("http 503".into()), Ok(ms(10))], Duration::from_secs(2));
+        run.absorb(Report::collect(vec![Ok(ms(20)), Err("http 503".into())], Duration::from_secs(1)));
+        assert_eq!(run.assigned, 3);
+        assert_eq!(run.elapsed, Duration::from_secs(3));
+        assert_eq!(run.latencies, vec![ms(10), ms(20), ms(30)]);
+        assert_eq!(run.errors_text(), "http 503: 2");
+        assert!((run.rate() - 1.0).abs() < 1e-9);
+    }
 }

@@ -144,6 +144,10 @@ enum Command {
         /// Transports measured in each run, on the same server with their own devices.
         #[arg(long, value_enum, num_args = 1.., default_values = ["https", "mqtt"])]
         transport: Vec<TransportArg>,
+        /// Slices per run: the ceiling, the two-request connections and each transport take turns, a slice of each
+        /// at a time, so that the machine's drift during the run falls on all of them alike (1: one after another).
+        #[arg(long, default_value_t = 5)]
+        slices: usize,
     },
     /// Fresh services per run: devices with CSRs registered onto a real Mosquitto broker (dynsec identity before
     /// `assigned`) against the same devices on a hub of kind `none`.
@@ -227,12 +231,43 @@ enum Command {
     },
 }
 
-/// One run of `bench-devices`: the ceiling, then each transport with its own devices; the ceiling's rate and the
-/// transports' reports in order, each with its CPU time per handshake or device.
+/// One measured phase of a `bench-devices` run, summed over its slices: what it did and what it cost.
+#[derive(Default)]
+struct Phase {
+    report: devices::Report,
+    spent: Sample,
+}
+
+impl Phase {
+    /// Runs one slice of the phase, `work`, and adds its report and the CPU it cost (`pids`, the service).
+    async fn slice(
+        &mut self,
+        pids: &[u32],
+        work: impl Future<Output = anyhow::Result<devices::Report>>,
+    ) -> anyhow::Result<()> {
+        let before = Sample::now(pids)?;
+        let report = work.await?;
+        self.spent.add(&Sample::now(pids)?.since(&before));
+        self.report.absorb(report);
+        Ok(())
+    }
+
+    /// The CPU the phase cost per operation.
+    fn cost(&self) -> PerOperation {
+        PerOperation::of(&self.spent, self.report.assigned)
+    }
+}
+
+/// One run of `bench-devices`: the ceiling, the same with two exchanges per connection, and each transport with its
+/// own devices, on one server. The phases take turns, a slice of each at a time (`slices` of them, `count / slices`
+/// devices or connections each), so that the machine's drift, which moves its speed by a fifth or more within a
+/// minute on the virtual machines this runs on, falls on all of them alike. Returns the ceiling's rate, the two
+/// requests' rate, and the transports' reports in order, each with its CPU time per handshake or device.
 async fn bench_devices_once(
     backend: Backend,
     count: usize,
     concurrency: usize,
+    slices: usize,
     transports: &[TransportArg],
     failures: &mut devices::Failures,
 ) -> anyhow::Result<((f64, PerOperation), (f64, PerOperation), Vec<(devices::Report, PerOperation)>)> {
@@ -248,26 +283,30 @@ async fn bench_devices_once(
         enrolled.push(devices::enroll(&target, &format!("bench-{transport:?}").to_lowercase(), count).await?);
     }
     let pids = [server.pid().context("the service is not running")?];
-    let before = Sample::now(&pids)?;
-    let ceiling = devices::healthz_connections(&target, count, concurrency, 1).await?;
-    let ceiling_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), ceiling.assigned);
-    println!("  {backend:?}: TLS handshake + GET /healthz: {} {}", ceiling.summary(), ceiling_cpu.text());
-    failures.note(format!("{backend:?} TLS ceiling"), &ceiling);
-    // What a second exchange on the connection costs by itself: a device's register and poll are two.
-    let before = Sample::now(&pids)?;
-    let two = devices::healthz_connections(&target, count, concurrency, 2).await?;
-    let two_cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), two.assigned);
-    println!("  {backend:?}: TLS handshake + 2 x GET /healthz: {} {}", two.summary(), two_cpu.text());
-    failures.note(format!("{backend:?} two requests per connection"), &two);
-    let mut reports = Vec::new();
-    for (transport, devices) in transports.iter().zip(&enrolled) {
-        let before = Sample::now(&pids)?;
-        let report = run_devices(&target, devices, concurrency, *transport).await?;
-        let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), report.assigned);
-        println!("  {backend:?}: devices over {transport:?}: {} {}", report.summary(), cpu.text());
-        reports.push((report, cpu));
+    let (mut ceiling, mut two) = (Phase::default(), Phase::default());
+    let mut phases: Vec<Phase> = transports.iter().map(|_| Phase::default()).collect();
+    let slices = slices.clamp(1, count.max(1));
+    for slice in 0..slices {
+        let (start, end) = (count * slice / slices, count * (slice + 1) / slices);
+        ceiling.slice(&pids, devices::healthz_connections(&target, end - start, concurrency, 1)).await?;
+        // What a second exchange on the connection costs by itself: a device's register and poll are two.
+        two.slice(&pids, devices::healthz_connections(&target, end - start, concurrency, 2)).await?;
+        for ((phase, transport), devices) in phases.iter_mut().zip(transports).zip(&enrolled) {
+            phase.slice(&pids, run_devices(&target, &devices[start..end], concurrency, *transport)).await?;
+        }
     }
-    Ok(((ceiling.rate(), ceiling_cpu), (two.rate(), two_cpu), reports))
+    let (ceiling_cpu, two_cpu) = (ceiling.cost(), two.cost());
+    println!("  {backend:?}: TLS handshake + GET /healthz: {} {}", ceiling.report.summary(), ceiling_cpu.text());
+    failures.note(format!("{backend:?} TLS ceiling"), &ceiling.report);
+    println!("  {backend:?}: TLS handshake + 2 x GET /healthz: {} {}", two.report.summary(), two_cpu.text());
+    failures.note(format!("{backend:?} two requests per connection"), &two.report);
+    let mut reports = Vec::new();
+    for (phase, transport) in phases.into_iter().zip(transports) {
+        let cpu = phase.cost();
+        println!("  {backend:?}: devices over {transport:?}: {} {}", phase.report.summary(), cpu.text());
+        reports.push((phase.report, cpu));
+    }
+    Ok(((ceiling.report.rate(), ceiling_cpu), (two.report.rate(), two_cpu), reports))
 }
 
 /// What a registration over HTTPS costs the machine beyond what no registration can leave out, its new TLS
@@ -339,7 +378,7 @@ async fn main() -> anyhow::Result<()> {
             let report = run_devices(&target, &enrolled, concurrency, transport).await?;
             println!("RESULT transport={transport:?} devices={count} concurrency={concurrency} {}", report.summary());
         }
-        Command::BenchDevices { backend, devices: count, concurrency, runs, transport } => {
+        Command::BenchDevices { backend, devices: count, concurrency, runs, transport, slices } => {
             let mut failures = devices::Failures::default();
             for backend in backend {
                 let backend = Backend::from(backend);
@@ -350,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
                 let mut cpus = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
                     let ((ceiling, ceiling_cpu), (two, two_cpu), reports) =
-                        bench_devices_once(backend, count, concurrency, &transport, &mut failures).await?;
+                        bench_devices_once(backend, count, concurrency, slices, &transport, &mut failures).await?;
                     ceiling_cpus.push(ceiling_cpu);
                     println!(
                         "  {backend:?}: run {run}: two requests per connection, ratio to ceiling {:.2}",
