@@ -3,12 +3,13 @@
 //! seven statements of a general batch.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::writer::{CHANGED, DISABLED, Pending, Written};
 use super::{OperationRecord, RegistrationRecord};
 use crate::StoreError;
-use crate::held::{Argument, HeldConnection, PgQuery, Sql, SqliteQuery, json_timestamp};
+use crate::held::{Argument, HeldConnection, PgQuery, Sql, SqliteQuery, json_timestamp, serialize_json_timestamp};
 
 /// Whether `batch` can go through [`write_first_registrations`]: first registrations of distinct devices, none
 /// with a hub job (the common case under load).
@@ -78,12 +79,15 @@ WITH input AS (
 SELECT json_agg(json_build_array(key, (key IN (SELECT key FROM state))::int, authorized::int))::text AS fates
 FROM attempt"#;
 
+/// [`write_first_registrations`]'s statement on each database.
+const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: FIRST_REGISTRATIONS_SQLITE };
+
 /// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
-/// CTEs). The attempts arrive as bound parameters, [`SQLITE_COLUMNS`] per attempt, in one multi-row `VALUES`
-/// (`{attempts}`, see [`sqlite_script`]) that fills a temporary table of plain columns, which every later statement
-/// reads. (They arrived as one JSON argument before: SQLite's JSON functions, finding each of an attempt's 26 fields
-/// by a walk over its object, took as many instructions per registration as the rest of the script.) An attempt won
-/// if the state now carries its etag (etags are random and new per attempt).
+/// CTEs). The attempts are read out of the JSON argument once, into a temporary table of plain columns that every
+/// later statement reads (each `->>` searches an attempt's object for its field, and the statements below read
+/// nearly every field). `jsonb_each` hands each attempt on in SQLite's binary JSON, which `->>` reads directly;
+/// with `json_each` every `->>` parsed the attempt's text again. An attempt won if the state now carries its etag
+/// (etags are random and new per attempt).
 const FIRST_REGISTRATIONS_SQLITE: &str = r#"
 BEGIN;
 CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, registration_id TEXT,
@@ -93,11 +97,14 @@ CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, 
     certificate_device_id TEXT, issuing_ca TEXT, not_before TEXT, not_after TEXT, thumbprint_sha256 TEXT,
     authorized INTEGER, won INTEGER);
 DELETE FROM temp.first_attempt;
-INSERT INTO temp.first_attempt (n, key, registration_id, enrollment_group_key, device_id, assigned_hub, status,
-    substatus, error_code, error_message, payload, initial_twin, etag, at, detail, operation_id, operation_status,
-    operation_error_code, operation_error_message, result, serial, certificate_device_id, issuing_ca, not_before,
-    not_after, thumbprint_sha256)
-SELECT * FROM (VALUES {attempts}) WHERE column2 IS NOT NULL;
+INSERT INTO temp.first_attempt
+SELECT value->>'n', value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
+    value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
+    value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'detail',
+    value->>'operation_id', value->>'operation_status', value->>'operation_error_code',
+    value->>'operation_error_message', value->>'result', value->>'serial', value->>'certificate_device_id',
+    value->>'issuing_ca', value->>'not_before', value->>'not_after', value->>'thumbprint_sha256', NULL, 0
+FROM jsonb_each(?1);
 UPDATE temp.first_attempt SET authorized = CASE WHEN status NOT IN ('assigned', 'assigning') THEN true
     WHEN enrollment_group_key IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
         WHERE e.key = first_attempt.key AND e.provisioning_status <> 'disabled')
@@ -126,31 +133,10 @@ FROM temp.first_attempt WHERE won ORDER BY n;
 SELECT json_group_array(json_array(key, won, authorized)) AS fates FROM temp.first_attempt;
 COMMIT;"#;
 
-/// The parameters of one attempt in the SQLite script, in the temporary table's order (`n` to
-/// `thumbprint_sha256`).
-const SQLITE_COLUMNS: usize = 26;
-
-/// The SQLite script for a batch of `attempts`: its `VALUES` has a row per attempt, rounded up to a power of two
-/// (at most [`MAX_BATCH`](super::writer::MAX_BATCH)), and the rows beyond the batch are bound NULL (`column2`, the
-/// key, tells them apart), so that nine texts serve every batch size, each prepared once per connection and kept.
-/// The parameters are anonymous (`?`): sqlx asks SQLite the name of each parameter it binds, which for numbered
-/// ones (`?NNN`) is a walk over all of the statement's names, a cost that grows with the square of the batch.
-fn sqlite_script(attempts: usize) -> &'static str {
-    static SCRIPTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let scripts = SCRIPTS.get_or_init(|| {
-        (0..=super::writer::MAX_BATCH.trailing_zeros())
-            .map(|power| {
-                let row = format!("({})", vec!["?"; SQLITE_COLUMNS].join(", "));
-                FIRST_REGISTRATIONS_SQLITE.replace("{attempts}", &vec![row; 1 << power].join(",\n"))
-            })
-            .collect()
-    });
-    let class = attempts.max(1).next_power_of_two().trailing_zeros() as usize;
-    scripts.get(class).or(scripts.last()).map_or("", String::as_str)
-}
-
-/// One attempt in [`write_first_registrations`]'s argument (JSON columns as text, timestamps on SQLite as
-/// [`json_timestamp`]), where `n` is the attempt's position and `at` the batch's time.
+/// One attempt in [`write_first_registrations`]'s argument (JSON columns as text): the SQLite script reads it as
+/// a JSON object (timestamps as [`json_timestamp`]), the PostgreSQL statement field by field ([`Attempts`]), where
+/// `n` is the attempt's position and `at` the batch's time.
+#[derive(Serialize)]
 struct Attempt<'a> {
     n: usize,
     key: &'a str,
@@ -175,13 +161,15 @@ struct Attempt<'a> {
     serial: Option<&'a str>,
     certificate_device_id: Option<&'a str>,
     issuing_ca: Option<&'a str>,
+    #[serde(serialize_with = "serialize_json_timestamp")]
     not_before: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "serialize_json_timestamp")]
     not_after: Option<DateTime<Utc>>,
     thumbprint_sha256: Option<&'a str>,
 }
 
-/// A batch as the two statements take it: on SQLite [`SQLITE_COLUMNS`] parameters per attempt, on PostgreSQL one
-/// array per column (the attempts' order is their position) and the batch's time.
+/// A batch as the two statements take it: on SQLite one JSON array of [`Attempt`]s, on PostgreSQL one array per
+/// column (the attempts' order is their position) and the batch's time.
 struct Attempts<'a> {
     attempts: Vec<Attempt<'a>>,
     now: DateTime<Utc>,
@@ -223,43 +211,7 @@ impl Argument for Attempts<'_> {
     }
 
     fn bind_sqlite<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
-        let time = |at: Option<DateTime<Utc>>| at.map(json_timestamp);
-        let mut query = query;
-        for a in &self.attempts {
-            query = query
-                .bind(i64::try_from(a.n).unwrap_or(i64::MAX))
-                .bind(a.key)
-                .bind(a.registration_id)
-                .bind(a.enrollment_group_key)
-                .bind(a.device_id)
-                .bind(a.assigned_hub)
-                .bind(a.status)
-                .bind(a.substatus)
-                .bind(a.error_code)
-                .bind(a.error_message)
-                .bind(a.payload.as_deref())
-                .bind(a.initial_twin.as_deref())
-                .bind(a.etag)
-                .bind(a.at)
-                .bind(a.detail)
-                .bind(a.operation_id)
-                .bind(a.operation_status)
-                .bind(a.operation_error_code)
-                .bind(a.operation_error_message)
-                .bind(a.result.as_deref())
-                .bind(a.serial)
-                .bind(a.certificate_device_id)
-                .bind(a.issuing_ca)
-                .bind(time(a.not_before))
-                .bind(time(a.not_after))
-                .bind(a.thumbprint_sha256);
-        }
-        // The rows of the script's `VALUES` beyond the batch (see `sqlite_script`).
-        let rows = self.attempts.len().max(1).next_power_of_two();
-        for _ in self.attempts.len() * SQLITE_COLUMNS..rows * SQLITE_COLUMNS {
-            query = query.bind(None::<&str>);
-        }
-        query
+        query.bind(sea_orm::sqlx::types::Json(&self.attempts))
     }
 }
 
@@ -322,8 +274,7 @@ pub(super) async fn write_first_registrations(
             thumbprint_sha256: certificate.as_ref().map(|c| c.thumbprint_sha256.as_str()),
         })
         .collect();
-    let sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: sqlite_script(attempts.len()) };
-    let rows = held.fetch_all(sql, &Attempts { attempts, now }).await?;
+    let rows = held.fetch_all(FIRST_REGISTRATIONS, &Attempts { attempts, now }).await?;
     let fates: Vec<(String, u8, u8)> = match rows.first() {
         Some(row) => serde_json::from_str(&row.try_get::<String>("", "fates")?)
             .map_err(|e| StoreError::Corrupt(format!("the fates of a batch of first registrations: {e}")))?,
@@ -341,25 +292,4 @@ pub(super) async fn write_first_registrations(
         })
         .collect();
     Ok((results, Vec::new()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A batch's SQLite script has room for every attempt: its `VALUES` rows are the batch's size rounded up to a
-    /// power of two, each with a parameter per column, so that the rows beyond the batch can be bound NULL; nine
-    /// texts in all, the largest for a full batch.
-    #[test]
-    fn sqlite_scripts_have_a_row_per_attempt_rounded_up_to_a_power_of_two() {
-        let rows = |script: &str| script.matches("(?, ").count();
-        let parameters = |script: &str| script.matches('?').count();
-        for (attempts, expected) in [(1, 1), (2, 2), (3, 4), (16, 16), (17, 32), (200, 256), (256, 256)] {
-            let script = sqlite_script(attempts);
-            assert_eq!(rows(script), expected, "{attempts} attempts");
-            assert_eq!(parameters(script), expected * SQLITE_COLUMNS, "{attempts} attempts");
-        }
-        let texts: std::collections::HashSet<&str> = (1..=super::super::writer::MAX_BATCH).map(sqlite_script).collect();
-        assert_eq!(texts.len(), 9);
-    }
 }

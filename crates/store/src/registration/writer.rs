@@ -65,10 +65,8 @@ impl Work {
     }
 }
 
-/// Most attempts written in one transaction (well within both databases' limits on bound parameters: SQLite's
-/// first registrations take 26 each, 6,656 of its 32,766). A power of two, as `first_registrations` sizes its
-/// SQLite scripts by powers of two up to it.
-pub(super) const MAX_BATCH: usize = 256;
+/// Most attempts written in one transaction (well within both databases' limits on bound parameters).
+const MAX_BATCH: usize = 256;
 
 /// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
 /// all of them, with those arriving within a few milliseconds more while busy (group commit, see [`Batches`] and
