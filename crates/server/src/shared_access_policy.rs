@@ -30,7 +30,7 @@ async fn act(store: &Store, config: &PolicyConfig, action: PolicyAction) -> anyh
     let policies = store.shared_access_policies();
     let actor = Actor { subject: "cli".into(), role: "owner".into() };
     let key_of = |name: &str| -> anyhow::Result<String> {
-        Ok(PolicyName::try_from(name).map_err(|e| anyhow::anyhow!("policy name {name:?}: {e}"))?.key())
+        Ok(PolicyName::try_from(name).map_err(|e| anyhow::anyhow!("policy name {name:?}: {e}"))?.key().into_owned())
     };
     let missing = |name: &str, e: StoreError| match e {
         StoreError::NotFound => anyhow::anyhow!("no shared access policy {name:?}"),

@@ -106,7 +106,7 @@ impl<'a> SharedAccessPolicies<'a> {
         precondition: &Precondition,
         actor: &Actor,
     ) -> Result<(SharedAccessPolicyRecord, bool), StoreError> {
-        let key = policy.name.key();
+        let key = policy.name.key().into_owned();
         let txn = self.store.db.begin().await?;
         let existing = find(&txn, self.store.vault(), &key).await?;
         if !precondition.allows(existing.as_ref().map(|e| e.etag.as_str())) {

@@ -161,9 +161,9 @@ impl PolicyName {
         &self.0
     }
 
-    /// The canonical (lower-case) form under which the policy is stored and found.
-    pub fn key(&self) -> String {
-        self.0.to_ascii_lowercase()
+    /// The canonical (lower-case) form under which the policy is stored and found ([`crate::id::lower_case`]).
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
+        crate::id::lower_case(&self.0)
     }
 }
 

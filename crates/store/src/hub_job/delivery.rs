@@ -10,7 +10,7 @@ use super::{HubAction, HubJobRecord, HubJobs, NO_ADAPTER, fresh_job, new_job_id,
 use crate::StoreError;
 use crate::entity::hub_job::{Column, Entity};
 use crate::entity::{hub, operation, registration};
-use crate::registration::stored_result;
+use crate::registration::{result_to_store, stored_result};
 
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,10 +165,7 @@ impl<'a> HubJobs<'a> {
                     .col_expr(operation::Column::Status, Expr::value(status_text))
                     .col_expr(operation::Column::ErrorCode, Expr::value(error.map(|(c, _)| c)))
                     .col_expr(operation::Column::ErrorMessage, Expr::value(error.map(|(_, m)| m.to_owned())))
-                    .col_expr(
-                        operation::Column::Result,
-                        Expr::value(result.as_ref().and_then(|r| serde_json::to_value(r).ok())),
-                    )
+                    .col_expr(operation::Column::Result, Expr::value(result_to_store(result.as_ref())))
                     .col_expr(operation::Column::UpdatedAt, Expr::value(now))
                     .filter(operation::Column::Id.eq(operation_id.clone()))
                     .exec(&txn)

@@ -370,7 +370,7 @@ fn operation_active(o: &OperationRecord) -> operation::ActiveModel {
         status: Set(o.status.clone()),
         error_code: Set(o.error_code),
         error_message: Set(o.error_message.clone()),
-        result: Set(o.result.as_ref().and_then(|r| serde_json::to_value(r).ok())),
+        result: Set(result_to_store(o.result.as_ref())),
         created_at: Set(o.created_at),
         updated_at: Set(o.updated_at),
     }
@@ -420,4 +420,10 @@ pub type Snapshot = Box<dyn Fn(&RegistrationRecord) -> DeviceRegistrationState +
 /// An operation's stored result as the device is shown it; one that cannot be read is shown as none.
 pub(crate) fn stored_result(result: Option<&Value>) -> Option<DeviceRegistrationState> {
     result.and_then(|r| DeviceRegistrationState::deserialize(r).ok())
+}
+
+/// An operation's result as it is stored, the reverse of [`stored_result`]. (Serializing it cannot fail: its keys
+/// are strings; if it did, no result would be stored, and a poll would be shown none.)
+pub(crate) fn result_to_store(result: Option<&DeviceRegistrationState>) -> Option<Value> {
+    result.and_then(|r| serde_json::to_value(r).ok())
 }

@@ -39,7 +39,7 @@ pub(super) async fn list(caller: Caller<PolicyWrite>) -> Result<HttpResponse, Ap
 
 /// `GET /sharedAccessPolicies/{name}`, without keys.
 pub(super) async fn get(caller: Caller<PolicyWrite>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key = parse_name(&name)?.key();
+    let key = parse_name(&name)?.key().into_owned();
     let record =
         caller.shared_access_policies().get(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(request::with_etag(HttpResponse::Ok(), &record.etag).json(render(&record, false)))
@@ -70,7 +70,7 @@ pub(super) async fn delete(
     req: HttpRequest,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = parse_name(&name)?.key();
+    let key = parse_name(&name)?.key().into_owned();
     let precondition = request::precondition(&req)?;
     caller.policy_writer().delete(&key, &precondition).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     Ok(HttpResponse::NoContent().finish())
@@ -78,7 +78,7 @@ pub(super) async fn delete(
 
 /// `POST /sharedAccessPolicies/{name}/keys`: the policy with its keys (audited), as Azure's `listKeys`.
 pub(super) async fn keys(caller: Caller<PolicyWrite>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key = parse_name(&name)?.key();
+    let key = parse_name(&name)?.key().into_owned();
     let record =
         caller.shared_access_policies().get(&key).await.map_err(|e| ApiError::from_store(e, &describe(&name)))?;
     caller.policy_writer().audit_key_read(&record).await.map_err(ApiError::internal)?;
