@@ -313,17 +313,57 @@ async fn bench_devices_once(
 /// connection and two exchanges on it (a register and a poll), against what a registration may cost at 0.8 of the
 /// TLS ceiling (machine time per device up to the ceiling's over 0.8, when the machine's CPUs are the limit); and
 /// the parts of that extra: the database's CPU per device (all of it is extra: a `GET /healthz` reads nothing), the
-/// rest of the service's, and the load generator's.
-fn registration_cost(backend: Backend, ceiling: &PerOperation, two: &PerOperation, https: &PerOperation) -> String {
+/// rest of the service's, and the load generator's. Last, the ratio to the ceiling as the product of its two
+/// factors ([`RatioFactors`]): what the machine spends per handshake over what it spends per registration, and how
+/// busy the registrations kept its CPUs over how busy the handshakes did.
+fn registration_cost(
+    backend: Backend,
+    ceiling: &PerOperation,
+    two: &PerOperation,
+    https: &PerOperation,
+    factors: RatioFactors,
+) -> String {
     format!(
         "RESULT registration_cost backend={backend:?} extra_machine_us={:.0} budget_at_0.8_us={:.0} \
-         database_us={:.0} other_service_us={:.0} client_us={:.0}",
+         database_us={:.0} other_service_us={:.0} client_us={:.0} cpu_factor={:.3} busy_factor={:.3}",
         https.machine - two.machine,
         ceiling.machine / 0.8 - two.machine,
         https.database,
         https.service - https.database - two.service,
-        https.client - two.client
+        https.client - two.client,
+        factors.cpu,
+        factors.busy
     )
+}
+
+/// A ratio of two phases' rates, `devices` over `ceiling`, as the product of two factors. A phase's rate is how
+/// many CPUs it kept busy over the machine time one of its operations costs, so the ratio is `cpu` (machine time
+/// per ceiling operation over machine time per device) times `busy` (the CPUs the devices kept busy over those
+/// the ceiling kept busy). A registration can fall short of 0.8 by costing too much CPU, or by leaving CPUs idle
+/// while devices wait for their batches: `registration_cost` tells which.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RatioFactors {
+    cpu: f64,
+    busy: f64,
+}
+
+impl RatioFactors {
+    /// The factors of a run: each phase's rate (operations per second) and machine time per operation.
+    fn of(ceiling_rate: f64, ceiling: &PerOperation, devices_rate: f64, devices: &PerOperation) -> Self {
+        let busy_cpus = |rate: f64, cost: &PerOperation| rate * cost.machine / 1e6;
+        Self {
+            cpu: ceiling.machine / devices.machine.max(f64::MIN_POSITIVE),
+            busy: busy_cpus(devices_rate, devices) / busy_cpus(ceiling_rate, ceiling).max(f64::MIN_POSITIVE),
+        }
+    }
+
+    /// The median of each factor over `runs`.
+    fn median(runs: &[Self]) -> Self {
+        Self {
+            cpu: bulk::median(runs.iter().map(|f| f.cpu).collect()),
+            busy: bulk::median(runs.iter().map(|f| f.busy).collect()),
+        }
+    }
 }
 
 async fn run_devices(
@@ -387,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 let mut rates = vec![Vec::new(); transport.len()];
                 let mut p99s = vec![Vec::new(); transport.len()];
                 let mut cpus = vec![Vec::new(); transport.len()];
+                let mut factors = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
                     let ((ceiling, ceiling_cpu), (two, two_cpu), reports) =
                         bench_devices_once(backend, count, concurrency, slices, &transport, &mut failures).await?;
@@ -399,6 +440,7 @@ async fn main() -> anyhow::Result<()> {
                     two_cpus.push(two_cpu);
                     for (i, (report, cpu)) in reports.iter().enumerate() {
                         cpus[i].push(*cpu);
+                        factors[i].push(RatioFactors::of(ceiling, &ceiling_cpu, report.rate(), cpu));
                         failures.note(format!("{backend:?} run {run} over {:?}", transport[i]), report);
                         println!(
                             "  {backend:?}: run {run}: {:?} ratio to ceiling {:.2}",
@@ -432,7 +474,8 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
                 if let Some(i) = transport.iter().position(|t| matches!(t, TransportArg::Https)) {
                     let (https, two) = (PerOperation::median(&cpus[i]), PerOperation::median(&two_cpus));
-                    println!("{}", registration_cost(backend, &ceiling_cpu, &two, &https));
+                    let factors = RatioFactors::median(&factors[i]);
+                    println!("{}", registration_cost(backend, &ceiling_cpu, &two, &https, factors));
                 }
             }
             failures.check()?;
@@ -470,4 +513,22 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two factors multiply to the ratio of the rates: 3,000 devices/s at 640 µs of machine time each (1.92
+    /// CPUs busy) against 4,000 handshakes/s at 500 µs (2.00 CPUs).
+    #[test]
+    fn ratio_factors_multiply_to_the_ratio_of_rates() {
+        let cost = |machine: f64| PerOperation { machine, ..Default::default() };
+        let factors = RatioFactors::of(4000.0, &cost(500.0), 3000.0, &cost(640.0));
+        assert!((factors.cpu - 500.0 / 640.0).abs() < 1e-12, "{factors:?}");
+        assert!((factors.busy - 1.92 / 2.0).abs() < 1e-12, "{factors:?}");
+        assert!((factors.cpu * factors.busy - 0.75).abs() < 1e-12, "{factors:?}");
+        let runs = [factors, RatioFactors { cpu: 0.7, busy: 1.0 }, RatioFactors { cpu: 0.9, busy: 0.9 }];
+        assert_eq!(RatioFactors::median(&runs), RatioFactors { cpu: 500.0 / 640.0, busy: 0.96 });
+    }
 }
