@@ -427,7 +427,6 @@ async fn main() -> anyhow::Result<()> {
                 let mut rates = vec![Vec::new(); transport.len()];
                 let mut p99s = vec![Vec::new(); transport.len()];
                 let mut cpus = vec![Vec::new(); transport.len()];
-                let mut factors = vec![Vec::new(); transport.len()];
                 for run in 1..=runs {
                     let ((ceiling, ceiling_cpu), (two, two_cpu), reports) =
                         bench_devices_once(backend, count, concurrency, slices, &transport, &mut failures).await?;
@@ -440,7 +439,6 @@ async fn main() -> anyhow::Result<()> {
                     two_cpus.push(two_cpu);
                     for (i, (report, cpu)) in reports.iter().enumerate() {
                         cpus[i].push(*cpu);
-                        factors[i].push(RatioFactors::of(ceiling, &ceiling_cpu, report.rate(), cpu));
                         failures.note(format!("{backend:?} run {run} over {:?}", transport[i]), report);
                         println!(
                             "  {backend:?}: run {run}: {:?} ratio to ceiling {:.2}",
@@ -452,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     ceilings.push(ceiling);
                 }
-                let ceiling = bulk::median(ceilings);
+                let ceiling = bulk::median(ceilings.clone());
                 let ceiling_cpu = PerOperation::median(&ceiling_cpus);
                 let two = bulk::median(twos);
                 let mut line = format!(
@@ -474,7 +472,14 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
                 if let Some(i) = transport.iter().position(|t| matches!(t, TransportArg::Https)) {
                     let (https, two) = (PerOperation::median(&cpus[i]), PerOperation::median(&two_cpus));
-                    let factors = RatioFactors::median(&factors[i]);
+                    // Each run's factors, from its own ceiling: the rates and CPU times already kept per run.
+                    let runs: Vec<RatioFactors> = (ceilings.iter().zip(&ceiling_cpus))
+                        .zip(rates[i].iter().zip(&cpus[i]))
+                        .map(|((ceiling, ceiling_cpu), (rate, cpu))| {
+                            RatioFactors::of(*ceiling, ceiling_cpu, *rate, cpu)
+                        })
+                        .collect();
+                    let factors = RatioFactors::median(&runs);
                     println!("{}", registration_cost(backend, &ceiling_cpu, &two, &https, factors));
                 }
             }
