@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
-use serde_json::{Value, json};
 use zerotouch_wire::mqtt::{
     OPERATION_STATUS_TOPIC, REGISTER_TOPIC, RESPONSE_FILTER, format_username, parse_response_topic,
 };
 
-use crate::devices::{Device, Report, Target};
+use crate::devices::{Answer, Device, RegisterBody, Report, Target};
 
 /// How long one device may take end to end.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,20 +34,16 @@ impl Session {
     }
 
     /// Publishes `payload` to `topic` and waits for the answer: status and body.
-    async fn request(&mut self, topic: String, payload: Vec<u8>) -> Result<(u16, Value), String> {
+    async fn request(&mut self, topic: String, payload: Vec<u8>) -> Result<(u16, Answer), String> {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|e| format!("publish: {e}"))?;
         loop {
             if let Event::Incoming(Packet::Publish(publish)) = self.next().await? {
                 let (status, _, _) = parse_response_topic(&publish.topic).ok_or("not a response topic")?;
-                let body = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
+                let body = serde_json::from_slice(&publish.payload).unwrap_or_default();
                 return Ok((status, body));
             }
         }
     }
-}
-
-fn describe(status: u16, body: &Value) -> String {
-    format!("mqtt {status} errorCode {}", body.get("errorCode").unwrap_or(&Value::Null))
 }
 
 /// One device's life over MQTT. Returns the time to `assigned`.
@@ -81,30 +76,27 @@ async fn provision(
             break;
         }
     }
-    let mut body = json!({"registrationId": id});
-    if let Some(csr) = device.csr() {
-        body["csr"] = json!(csr);
-    }
-    let (status, answer) = session.request(format!("{REGISTER_TOPIC}?$rid=1"), body.to_string().into_bytes()).await?;
+    let body = serde_json::to_vec(&RegisterBody::of(device)).map_err(|e| format!("body: {e}"))?;
+    let (status, answer) = session.request(format!("{REGISTER_TOPIC}?$rid=1"), body).await?;
     if status != 202 {
-        return Err(describe(status, &answer));
+        return Err(answer.describe("mqtt", status));
     }
-    let operation = answer["operationId"].as_str().ok_or("no operationId")?.to_owned();
+    let operation = answer.operation_id.ok_or("no operationId")?;
     for rid in 2..100 {
         let topic = format!("{OPERATION_STATUS_TOPIC}?$rid={rid}&operationId={operation}");
         let (status, answer) = session.request(topic, Vec::new()).await?;
-        match (status, answer["status"].as_str()) {
+        match (status, answer.status.as_deref()) {
             (200, Some("assigned")) => {
-                if device.csr().is_some() && !crate::devices::carries_issued_chain(&answer) {
+                if device.csr().is_some() && !answer.carries_issued_chain() {
                     return Err("assigned without issuedCertificateChain (certificate and CA)".into());
                 }
                 let elapsed = started.elapsed();
                 let _ = session.client.try_disconnect();
                 return Ok(elapsed);
             }
-            (200, Some(other)) => return Err(format!("status {other} {}", answer["registrationState"]["errorCode"])),
+            (200, Some(other)) => return Err(format!("status {other} {}", answer.registration_error_code())),
             (202, _) => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ => return Err(describe(status, &answer)),
+            _ => return Err(answer.describe("mqtt", status)),
         }
     }
     Err("never assigned".into())
