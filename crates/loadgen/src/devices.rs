@@ -394,7 +394,7 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
         .await
         .map_err(|e| format!("register: {}", if e.is_timeout() { "timeout" } else { "connection" }))?;
     let status = response.status();
-    let answer: Answer = response.json().await.map_err(|_| format!("http {} (not JSON)", status.as_u16()))?;
+    let answer: Answer = response.json().await.map_err(|_| format!("http {} (not an answer)", status.as_u16()))?;
     if status != reqwest::StatusCode::ACCEPTED {
         return Err(answer.describe("http", status.as_u16()));
     }
@@ -411,7 +411,7 @@ async fn provision(target: &Target, tls: &rustls::ClientConfig, device: &Device)
             .await
             .map_err(|_| "poll: connection".to_owned())?;
         let status = response.status();
-        let answer: Answer = response.json().await.map_err(|_| format!("http {} (not JSON)", status.as_u16()))?;
+        let answer: Answer = response.json().await.map_err(|_| format!("http {} (not an answer)", status.as_u16()))?;
         match (status.as_u16(), answer.status.as_deref()) {
             (200, Some("assigned")) => {
                 if device.csr.is_some() && !answer.carries_issued_chain() {
