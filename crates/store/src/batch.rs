@@ -6,21 +6,18 @@ use std::time::{Duration, Instant};
 use sea_orm::sqlx::pool::CloseEvent;
 use tokio::sync::mpsc;
 
-/// How long a busy task waits for more work before it runs a batch, unless its work asks for another wait
-/// ([`Batches::new`]). A batch costs the database about the same however little it carries (a commit: SQLite writes
-/// each page the batch touched to its WAL, PostgreSQL flushes its WAL; a query: a round trip and a wake-up of
-/// PostgreSQL's server process). Under load, waiting a millisecond cut the database's CPU per device by a fifth to a
-/// third for the writer, and by a fifth for the reader.
-pub(crate) const LINGER: Duration = Duration::from_millis(1);
-
-/// How long work that no caller is waiting on may wait for others to join its batch: a SAS device's register
-/// (its enrollment's lookup, then its attempt's write) is answered `assigning`, and the device polls for the result
-/// after the `Retry-After` the answer gives (seconds), so a few milliseconds more cost it nothing, while fewer,
-/// larger batches cost the database less per device. On SQLite, during a storm of 40,000 devices, the writer waiting
-/// 4 ms instead of 1 cut the CPU of the database's thread and of the main runtime by about 15 µs per device, and the
-/// reader waiting as long cut the main runtime's by about 5 more (`BENCHMARKS.md`, session 17). Work whose caller
-/// waits for it (an EST certificate) keeps [`LINGER`]: waiting 4 ms cost EST a tenth of its rate with 64 requests
-/// in flight.
+/// How long work that no caller is waiting on may wait for others to join its batch, while the task is busy (work
+/// whose caller waits for it does not wait at all: [`Batches::new`]). A batch costs the database about the same
+/// however little it carries (a commit: SQLite writes each page the batch touched to its WAL, PostgreSQL flushes its
+/// WAL; a query: a round trip and a wake-up of PostgreSQL's server process), so fewer, larger batches cost less per
+/// item. A SAS device's register (its enrollment's lookup, then its attempt's write) is answered `assigning`, and
+/// the device polls for the result after the `Retry-After` the answer gives (seconds), so a few milliseconds more
+/// cost it nothing. On SQLite, during a storm of 40,000 devices, the writer waiting 4 ms instead of 1 cut the CPU of
+/// the database's thread and of the main runtime by about 15 µs per device, and the reader waiting as long cut the
+/// main runtime's by about 5 more (`BENCHMARKS.md`, session 17). An EST certificate, whose caller waits for it, does
+/// not wait: with 64 EST calls in flight, waiting 1 ms for more left CPU idle while the calls waited, and without it
+/// EST issued 3% more certificates per second on both databases in five alternating rounds, at 17 to 35 µs more
+/// machine time per certificate (`BENCHMARKS.md`, session 25).
 pub(crate) const PATIENT_LINGER: Duration = Duration::from_millis(4);
 
 /// A task counts as busy when its last batch ended this recently; work arriving at an idle task runs at once.
@@ -30,8 +27,8 @@ const BUSY_WITHIN: Duration = Duration::from_millis(20);
 /// would only delay its callers. Under EST's renewals with 64 requests in flight (`zerotouch-loadgen
 /// bench-issuance`), the writer's batches held some 20 to 50 certificates and each EST call waited out the linger
 /// with a quarter of the CPUs idle; without lingering for such batches, EST issued 16% and 21% more certificates per
-/// second on PostgreSQL in alternating runs (1% and 14% on SQLite). Registrations, whose batches are smaller at the
-/// same load, still linger, for as long as their items allow.
+/// second on PostgreSQL in alternating runs (1% and 14% on SQLite). EST certificates have since stopped lingering
+/// at all ([`PATIENT_LINGER`]); registrations, whose batches are smaller at the same load, linger below this size.
 const LINGER_BELOW: usize = 16;
 
 /// A batching task's queue.
@@ -45,13 +42,14 @@ pub(crate) struct Batches<T> {
 
 impl<T> Batches<T> {
     /// Batches of at most `max` items from `queue`; `linger` is how long an item may wait for others to join its
-    /// batch (usually [`LINGER`]).
+    /// batch: [`PATIENT_LINGER`] for work no caller waits on, zero for work whose caller waits.
     pub(crate) fn new(queue: mpsc::Receiver<T>, max: usize, linger: fn(&T) -> Duration) -> Self {
         Self { queue, max, linger, last_done: None }
     }
 
-    /// Waits for the next batch, into `batch`: what was queued meanwhile, and, if the task is busy and that is
-    /// fewer than [`LINGER_BELOW`] items, what arrives within the shortest linger of those items more. False once
+    /// Waits for the next batch, into `batch`: what was queued meanwhile, and, if the task is busy, that is fewer
+    /// than [`LINGER_BELOW`] items and none of them has a caller waiting (a zero linger), what arrives within the
+    /// shortest linger of those items more. False once
     /// the queue is closed (the last sender is gone) or the pool the task works on is (`closed`, see
     /// [`crate::held::HeldConnection::closed`]).
     pub(crate) async fn next(&mut self, batch: &mut Vec<T>, closed: &mut std::pin::Pin<&mut CloseEvent>) -> bool {
@@ -65,7 +63,7 @@ impl<T> Batches<T> {
         }
         if batch.len() < self.max.min(LINGER_BELOW)
             && self.last_done.is_some_and(|at| at.elapsed() < BUSY_WITHIN)
-            && let Some(linger) = batch.iter().map(self.linger).min()
+            && let Some(linger) = batch.iter().map(self.linger).min().filter(|linger| !linger.is_zero())
         {
             tokio::time::sleep(linger).await;
             while batch.len() < self.max {
@@ -88,15 +86,15 @@ mod tests {
 
     use super::*;
 
-    /// A busy task waits [`LINGER`] for more work while its batch is small, and takes what arrives meanwhile; a
-    /// batch of [`LINGER_BELOW`] items runs at once; an idle task never waits.
+    /// A busy task waits for more work while its batch is small, and takes what arrives meanwhile; a batch of
+    /// [`LINGER_BELOW`] items runs at once; an idle task never waits.
     #[tokio::test(start_paused = true)]
     async fn a_busy_task_lingers_only_while_its_batch_is_small() {
         let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
         let closed = pool.close_event();
         tokio::pin!(closed);
         let (queue, receiver) = mpsc::channel(64);
-        let mut batches = Batches::new(receiver, 32, |_| LINGER);
+        let mut batches = Batches::new(receiver, 32, |_| PATIENT_LINGER);
         let mut batch = Vec::new();
 
         queue.send(0).await.unwrap();
@@ -113,7 +111,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(batches.next(&mut batch, &mut closed).await);
         assert_eq!(batch, [1, 2], "busy and small: what arrives within the linger joins");
-        assert!(started.elapsed() >= LINGER);
+        assert!(started.elapsed() >= PATIENT_LINGER);
         batches.done();
 
         batch.clear();
@@ -126,15 +124,19 @@ mod tests {
     }
 
     /// Each item says how long it may wait for others: a busy task lingers for the most impatient item of its
-    /// batch.
+    /// batch, and not at all when that item's caller waits for it (a zero linger).
     #[tokio::test(start_paused = true)]
     async fn a_batch_lingers_as_long_as_its_most_impatient_item_allows() {
         let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
         let closed = pool.close_event();
         tokio::pin!(closed);
         let (queue, receiver) = mpsc::channel(64);
-        // Items from 100 up are patient.
-        let linger = |item: &usize| if *item >= 100 { 4 * LINGER } else { LINGER };
+        // Items from 100 up are patient, from 200 up less so, below 100 their callers wait.
+        let linger = |item: &usize| match item {
+            200.. => PATIENT_LINGER / 4,
+            100.. => PATIENT_LINGER,
+            _ => Duration::ZERO,
+        };
         let mut batches = Batches::new(receiver, 32, linger);
         let mut batch = Vec::new();
         queue.send(0).await.unwrap();
@@ -145,14 +147,22 @@ mod tests {
         queue.send(100).await.unwrap();
         let started = tokio::time::Instant::now();
         assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.as_slice(), started.elapsed()), ([100].as_slice(), 4 * LINGER), "patient: the long wait");
+        assert_eq!((batch.as_slice(), started.elapsed()), ([100].as_slice(), PATIENT_LINGER), "patient: the long wait");
         batches.done();
 
         batch.clear();
         queue.send(101).await.unwrap();
+        queue.send(201).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(batches.next(&mut batch, &mut closed).await);
+        assert_eq!((batch.as_slice(), started.elapsed()), ([101, 201].as_slice(), PATIENT_LINGER / 4), "the shorter");
+        batches.done();
+
+        batch.clear();
+        queue.send(102).await.unwrap();
         queue.send(1).await.unwrap();
         let started = tokio::time::Instant::now();
         assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.as_slice(), started.elapsed()), ([101, 1].as_slice(), LINGER), "mixed: the short wait");
+        assert_eq!((batch.as_slice(), started.elapsed()), ([102, 1].as_slice(), Duration::ZERO), "a caller waits");
     }
 }

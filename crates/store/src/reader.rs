@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm::FromQueryResult;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{Batches, LINGER, PATIENT_LINGER};
+use crate::batch::{Batches, PATIENT_LINGER};
 use crate::certificate::CertificateRecord;
 use crate::enrollment::EnrollmentRecord;
 use crate::enrollment::table::IndividualTable;
@@ -65,13 +65,13 @@ enum Lookup {
 impl Lookup {
     /// How long this lookup may wait for more to join its batch. An enrollment's or a registration's lookup is
     /// patient: a SAS device's register makes one, and a status lookup or an uncached poll loses a few
-    /// milliseconds in a request that began with a TLS handshake. A certificate's lookup is not, and neither is
-    /// the batch it is in: every EST call makes one together with its other lookups, and its caller waits for its
-    /// certificate (as does a device registering with a certificate).
+    /// milliseconds in a request that began with a TLS handshake. A certificate's lookup does not wait, and
+    /// neither does the batch it is in: every EST call makes one together with its other lookups, and its caller
+    /// waits for its certificate (as does a device registering with a certificate).
     fn linger(&self) -> Duration {
         match self {
             Self::Individual(..) | Self::Registration(..) => PATIENT_LINGER,
-            Self::Certificate(..) => LINGER,
+            Self::Certificate(..) => Duration::ZERO,
         }
     }
 }

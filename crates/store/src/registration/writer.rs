@@ -14,7 +14,7 @@ use super::certificates_alone::{Fate, one_per_registration, write_certificates_a
 use super::first_registrations::{first_registrations_only, write_first_registrations};
 use super::{Committed, RegistrationOutcome, RegistrationRecord, Snapshot, operation_active, to_active};
 use crate::audit::{self, Change};
-use crate::batch::{Batches, LINGER, PATIENT_LINGER};
+use crate::batch::{Batches, PATIENT_LINGER};
 use crate::certificate::{self as certificates, CertificateRecord, CertificateStatus};
 use crate::entity::operation;
 use crate::entity::registration::{Column, Entity};
@@ -56,11 +56,11 @@ pub(super) enum Work {
 
 impl Work {
     /// How long this work may wait for more to join its batch: a registration attempt's device polls for its
-    /// result later, an EST certificate's caller waits for it.
+    /// result later; an EST certificate's caller waits for it, so it does not wait.
     fn linger(&self) -> Duration {
         match self {
             Self::Register(_) => PATIENT_LINGER,
-            Self::Certificate(_) => LINGER,
+            Self::Certificate(_) => Duration::ZERO,
         }
     }
 }
