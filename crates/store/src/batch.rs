@@ -49,9 +49,8 @@ impl<T> Batches<T> {
 
     /// Waits for the next batch, into `batch`: what was queued meanwhile, and, if the task is busy, that is fewer
     /// than [`LINGER_BELOW`] items and none of them has a caller waiting (a zero linger), what arrives within the
-    /// shortest linger of those items more. False once
-    /// the queue is closed (the last sender is gone) or the pool the task works on is (`closed`, see
-    /// [`crate::held::HeldConnection::closed`]).
+    /// shortest linger of those items more. False once the queue is closed (the last sender is gone) or the pool the
+    /// task works on is (`closed`, see [`crate::held::HeldConnection::closed`]).
     pub(crate) async fn next(&mut self, batch: &mut Vec<T>, closed: &mut std::pin::Pin<&mut CloseEvent>) -> bool {
         let received = tokio::select! {
             biased;
