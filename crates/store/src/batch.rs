@@ -7,7 +7,7 @@ use sea_orm::sqlx::pool::CloseEvent;
 use tokio::sync::mpsc;
 
 /// How long work that no caller is waiting on may wait for others to join its batch, while the task is busy (work
-/// whose caller waits for it does not wait at all: [`Batches::new`]). A batch costs the database about the same
+/// whose caller waits for it does not wait at all: [`NO_LINGER`]). A batch costs the database about the same
 /// however little it carries (a commit: SQLite writes each page the batch touched to its WAL, PostgreSQL flushes its
 /// WAL; a query: a round trip and a wake-up of PostgreSQL's server process), so fewer, larger batches cost less per
 /// item. A SAS device's register (its enrollment's lookup, then its attempt's write) is answered `assigning`, and
@@ -19,6 +19,10 @@ use tokio::sync::mpsc;
 /// EST issued 3% more certificates per second on both databases in five alternating rounds, at 17 to 35 µs more
 /// machine time per certificate (`BENCHMARKS.md`, session 25).
 pub(crate) const PATIENT_LINGER: Duration = Duration::from_millis(4);
+
+/// The linger of work whose caller waits for it (an EST certificate, a certificate lookup): a busy task does not wait
+/// for more work to join a batch that holds such an item.
+pub(crate) const NO_LINGER: Duration = Duration::ZERO;
 
 /// A task counts as busy when its last batch ended this recently; work arriving at an idle task runs at once.
 const BUSY_WITHIN: Duration = Duration::from_millis(20);
@@ -42,13 +46,13 @@ pub(crate) struct Batches<T> {
 
 impl<T> Batches<T> {
     /// Batches of at most `max` items from `queue`; `linger` is how long an item may wait for others to join its
-    /// batch: [`PATIENT_LINGER`] for work no caller waits on, zero for work whose caller waits.
+    /// batch: [`PATIENT_LINGER`] for work no caller waits on, [`NO_LINGER`] for work whose caller waits.
     pub(crate) fn new(queue: mpsc::Receiver<T>, max: usize, linger: fn(&T) -> Duration) -> Self {
         Self { queue, max, linger, last_done: None }
     }
 
     /// Waits for the next batch, into `batch`: what was queued meanwhile, and, if the task is busy, that is fewer
-    /// than [`LINGER_BELOW`] items and none of them has a caller waiting (a zero linger), what arrives within the
+    /// than [`LINGER_BELOW`] items and none of them has a caller waiting ([`NO_LINGER`]), what arrives within the
     /// shortest linger of those items more. False once the queue is closed (the last sender is gone) or the pool the
     /// task works on is (`closed`, see [`crate::held::HeldConnection::closed`]).
     pub(crate) async fn next(&mut self, batch: &mut Vec<T>, closed: &mut std::pin::Pin<&mut CloseEvent>) -> bool {
@@ -62,7 +66,7 @@ impl<T> Batches<T> {
         }
         if batch.len() < self.max.min(LINGER_BELOW)
             && self.last_done.is_some_and(|at| at.elapsed() < BUSY_WITHIN)
-            && let Some(linger) = batch.iter().map(self.linger).min().filter(|linger| !linger.is_zero())
+            && let Some(linger) = batch.iter().map(self.linger).min().filter(|linger| *linger != NO_LINGER)
         {
             tokio::time::sleep(linger).await;
             while batch.len() < self.max {
@@ -123,7 +127,7 @@ mod tests {
     }
 
     /// Each item says how long it may wait for others: a busy task lingers for the most impatient item of its
-    /// batch, and not at all when that item's caller waits for it (a zero linger).
+    /// batch, and not at all when that item's caller waits for it ([`NO_LINGER`]).
     #[tokio::test(start_paused = true)]
     async fn a_batch_lingers_as_long_as_its_most_impatient_item_allows() {
         let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
@@ -134,7 +138,7 @@ mod tests {
         let linger = |item: &usize| match item {
             200.. => PATIENT_LINGER / 4,
             100.. => PATIENT_LINGER,
-            _ => Duration::ZERO,
+            _ => NO_LINGER,
         };
         let mut batches = Batches::new(receiver, 32, linger);
         let mut batch = Vec::new();

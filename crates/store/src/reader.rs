@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm::FromQueryResult;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{Batches, PATIENT_LINGER};
+use crate::batch::{Batches, NO_LINGER, PATIENT_LINGER};
 use crate::certificate::CertificateRecord;
 use crate::enrollment::EnrollmentRecord;
 use crate::enrollment::table::IndividualTable;
@@ -71,7 +71,7 @@ impl Lookup {
     fn linger(&self) -> Duration {
         match self {
             Self::Individual(..) | Self::Registration(..) => PATIENT_LINGER,
-            Self::Certificate(..) => Duration::ZERO,
+            Self::Certificate(..) => NO_LINGER,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::certificates_alone::{Fate, one_per_registration, write_certificates_a
 use super::first_registrations::{first_registrations_only, write_first_registrations};
 use super::{Committed, RegistrationOutcome, RegistrationRecord, Snapshot, operation_active, to_active};
 use crate::audit::{self, Change};
-use crate::batch::{Batches, PATIENT_LINGER};
+use crate::batch::{Batches, NO_LINGER, PATIENT_LINGER};
 use crate::certificate::{self as certificates, CertificateRecord, CertificateStatus};
 use crate::entity::operation;
 use crate::entity::registration::{Column, Entity};
@@ -60,7 +60,7 @@ impl Work {
     fn linger(&self) -> Duration {
         match self {
             Self::Register(_) => PATIENT_LINGER,
-            Self::Certificate(_) => Duration::ZERO,
+            Self::Certificate(_) => NO_LINGER,
         }
     }
 }
