@@ -316,6 +316,9 @@ async fn poll_until_done<'a>(call: impl Fn() -> Call<'a>, server: &Server) -> Va
     let deadline = Instant::now() + POLL_DEADLINE;
     loop {
         let reply = call().send(server).await;
+        if matches!(reply.status, 200 | 202) {
+            assert_eq!(reply.header("content-type"), Some("application/json"), "{}", reply.body);
+        }
         match reply.status {
             200 => return reply.body,
             202 => assert_eq!(reply.body["status"], "assigning", "{}", reply.body),

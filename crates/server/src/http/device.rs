@@ -92,12 +92,15 @@ async fn operation(
 ) -> Result<HttpResponse, ApiError> {
     let (id_scope, registration_id, operation_id) = path.into_inner();
     let device = device_request(&req, id_scope, &registration_id)?;
-    let operation = service.operation(device, &operation_id).await?;
-    Ok(if operation.status == RegistrationStatus::Assigning {
-        HttpResponse::Accepted().insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())).json(&*operation)
+    let answer = service.operation(device, &operation_id).await?;
+    let mut response = if answer.status == RegistrationStatus::Assigning {
+        let mut response = HttpResponse::Accepted();
+        response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+        response
     } else {
-        HttpResponse::Ok().json(&*operation)
-    })
+        HttpResponse::Ok()
+    };
+    Ok(response.insert_header(header::ContentType::json()).body(web::Bytes::from_owner(answer.json)))
 }
 
 /// `POST /{idScope}/registrations/{registrationId}`: the device's registration, not wrapped in an operation.

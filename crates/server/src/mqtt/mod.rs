@@ -534,12 +534,13 @@ async fn answer(
         }
         // The payload of a poll is ignored (§5: Python sends " ", C the registration again).
         Request::OperationStatus { operation_id, .. } => {
-            let operation = service.operation(session.request.clone(), &operation_id).await?;
-            if operation.status == RegistrationStatus::Assigning {
-                Reply::json(202, &*operation, Some(RETRY_AFTER_SECS))
+            let answer = service.operation(session.request.clone(), &operation_id).await?;
+            let body = answer.json.to_vec();
+            Ok(if answer.status == RegistrationStatus::Assigning {
+                Reply { status: 202, body, retry_after: Some(RETRY_AFTER_SECS) }
             } else {
-                Reply::json(200, &*operation, None)
-            }
+                Reply { status: 200, body, retry_after: None }
+            })
         }
     }
 }

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use zerotouch_store::{EnrollmentRecord, HubRecord, Store};
-use zerotouch_wire::device::RegistrationOperationStatus;
 use zerotouch_wire::enrollment::EnrollmentKind;
 use zerotouch_wire::registration::RegistrationStatus;
 
@@ -41,6 +40,7 @@ use super::authenticate::x509::{self, Anchor, GroupAnchors, X509Group};
 use super::enrollment::{Attestation, Enrollment};
 use super::error::{RegistrationError, internal};
 use super::request::{DeviceRequest, Evidence};
+use super::result::PollAnswer;
 
 /// How long hubs and groups read from the database are reused.
 pub const REFERENCE_TTL: Duration = Duration::from_secs(2);
@@ -89,29 +89,12 @@ type Verified = (Instant, Arc<str>);
 /// A chain whose path search found an anchor: the anchor's entry, and when every certificate of the path is valid.
 type VerifiedPath = (usize, (OffsetDateTime, OffsetDateTime));
 
-/// A finished operation this replica wrote: whose it is, and the answer (shared with the polls it answers, which
-/// serialize it without a copy; and small in the table, see [`Entry`]).
+/// A finished operation this replica wrote: whose it is, and the answer as the polls are sent it (shared with
+/// them without a copy).
 #[derive(Debug)]
 struct Finished {
     registration_key: String,
-    answer: Arc<RegistrationOperationStatus>,
-}
-
-/// How many bytes `value` takes as JSON, counted as it is serialized, without being kept; an answer that cannot
-/// be serialized counts as too large to keep.
-fn json_size(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
+    answer: PollAnswer,
 }
 
 /// Entries that expire `ttl` after they were put, at most `max` of them and `max_bytes` in all. They leave in the
@@ -131,7 +114,7 @@ struct Expiring<K, V> {
 struct Entry<V> {
     put: Instant,
     bytes: usize,
-    /// Every value kept here is small: a finished answer is large, and held behind an `Arc` ([`Finished`]), since
+    /// Every value kept here is small: a finished answer is large, and held behind an `Arc` ([`PollAnswer`]), since
     /// growing a table of tens of thousands of answers inline, under its lock, held up every request for tens of
     /// milliseconds (the benchmark's slowest devices came in clusters at the table's doublings).
     value: V,
@@ -341,19 +324,16 @@ impl Caches {
         (*from <= now && now <= *until).then_some(*entry)
     }
 
-    /// Remembers the answer to an operation of `registration_key` this replica wrote, if it is finished (not
-    /// `assigning`).
-    pub fn remember_finished(&self, registration_key: String, answer: RegistrationOperationStatus) {
+    /// Remembers the answer to the operation `operation_id` of `registration_key` this replica wrote, if it is
+    /// finished (not `assigning`).
+    pub fn remember_finished(&self, registration_key: String, operation_id: String, answer: PollAnswer) {
         if answer.status == RegistrationStatus::Assigning {
             return;
         }
-        // The answer's text as the polls are sent it (its id included), the key, and the entry's and the shared
-        // answer's own fixed size.
-        let fixed = size_of::<Finished>() + size_of::<RegistrationOperationStatus>();
-        let bytes = json_size(&answer).saturating_add(registration_key.len()).saturating_add(fixed);
-        let id = answer.operation_id.clone();
+        // The answer's text, the key, and the entry's own fixed size.
+        let bytes = answer.json.len().saturating_add(registration_key.len()).saturating_add(size_of::<Finished>());
         let Ok(mut finished) = self.finished.lock() else { return };
-        finished.put(id, Finished { registration_key, answer: Arc::new(answer) }, bytes);
+        finished.put(operation_id, Finished { registration_key, answer }, bytes);
     }
 
     /// A finished operation of `registration_key` from memory, while it is younger than [`FINISHED_TTL`] and
@@ -363,10 +343,10 @@ impl Caches {
         registration_key: &str,
         operation_id: &str,
         operation_ttl: Duration,
-    ) -> Option<Arc<RegistrationOperationStatus>> {
+    ) -> Option<PollAnswer> {
         let finished = self.finished.lock().ok()?;
         let (entry, age) = finished.get(operation_id)?;
-        (age < operation_ttl && entry.registration_key == registration_key).then(|| Arc::clone(&entry.answer))
+        (age < operation_ttl && entry.registration_key == registration_key).then(|| entry.answer.clone())
     }
 }
 
@@ -387,6 +367,7 @@ fn token_digest(device: &DeviceRequest) -> Option<[u8; 32]> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use zerotouch_wire::device::RegistrationOperationStatus;
 
     #[test]
     fn finished_answers_are_bounded_in_bytes_as_well_as_in_count() {
@@ -400,7 +381,7 @@ mod tests {
                 status: RegistrationStatus::Assigned,
                 registration_state: serde_json::from_value(state).unwrap(),
             };
-            caches.remember_finished(format!("dev-{i}"), answer);
+            caches.remember_finished(format!("dev-{i}"), format!("op-{i}"), PollAnswer::of(&answer).unwrap());
             let table = caches.finished.lock().unwrap();
             assert!(table.bytes <= FINISHED_MAX_BYTES, "{} bytes after {i} answers", table.bytes);
             assert_eq!(table.bytes, table.entries.values().map(|e| e.bytes).sum::<usize>());

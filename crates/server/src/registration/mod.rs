@@ -50,6 +50,7 @@ use error::internal;
 use issue::Issued;
 use limits::{DeviceLimits, RetryAfter};
 pub use request::{Action, DeviceRequest, Evidence, RegistrationRequest};
+pub use result::PollAnswer;
 
 /// Settings of the registration service.
 #[derive(Debug, Clone)]
@@ -249,18 +250,14 @@ impl RegistrationService {
         let finished = settled.unwrap_or(operation);
         let registration_key = finished.registration_key.clone();
         // A poll that misses the cache reads the operation again, and reports itself why it cannot be answered.
-        if let Ok(answer) = self.answer(finished, issued).await {
-            self.caches.remember_finished(registration_key, answer);
+        if let Ok(answer) = self.answer(finished, issued).await.and_then(|answer| PollAnswer::of(&answer)) {
+            self.caches.remember_finished(registration_key, operation_id.clone(), answer);
         }
         RegistrationOperationStatus { operation_id, status: RegistrationStatus::Assigning, registration_state: None }
     }
 
     /// An operation poll: the result once terminal, or still assigning.
-    pub async fn operation(
-        &self,
-        device: DeviceRequest,
-        operation_id: &str,
-    ) -> Result<Arc<RegistrationOperationStatus>, RegistrationError> {
+    pub async fn operation(&self, device: DeviceRequest, operation_id: &str) -> Result<PollAnswer, RegistrationError> {
         let key = device.registration_id.key();
         let _slot = self.limits.slot()?;
         // A poll soon after its register finds both caches filled; what runs without them is boxed, so that this
@@ -273,15 +270,11 @@ impl RegistrationService {
         if let Some(answer) = self.caches.recently_finished(&key, operation_id, self.settings.operation_ttl) {
             return Ok(answer);
         }
-        Box::pin(self.stored_operation(&key, operation_id)).await.map(Arc::new)
+        Box::pin(self.stored_operation(&key, operation_id)).await
     }
 
     /// An operation poll answered from the database.
-    async fn stored_operation(
-        &self,
-        key: &str,
-        operation_id: &str,
-    ) -> Result<RegistrationOperationStatus, RegistrationError> {
+    async fn stored_operation(&self, key: &str, operation_id: &str) -> Result<PollAnswer, RegistrationError> {
         let not_found = || RegistrationError::NotFound(format!("operation {operation_id:?}"));
         let operation = match self.store.registrations().operation(key, operation_id).await {
             Ok(operation) => operation,
@@ -292,7 +285,7 @@ impl RegistrationService {
         if age.to_std().unwrap_or_default() > self.settings.operation_ttl {
             return Err(not_found());
         }
-        self.answer(operation, None).await
+        PollAnswer::of(&self.answer(operation, None).await?)
     }
 
     /// What a poll of `operation` is answered: its status and, once it is terminal, the registration state stored

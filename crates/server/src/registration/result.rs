@@ -1,11 +1,33 @@
 //! What a device (and the admin API) is shown of a registration: the `DeviceRegistrationResult` of
 //! `docs/protocol/device-api.md` §1.4, shaped by how the device attested.
 
+use std::sync::Arc;
+
 use zerotouch_store::RegistrationRecord;
-use zerotouch_wire::device::{DeviceRegistrationResult, SymmetricKeyRegistrationResult};
+use zerotouch_wire::device::{DeviceRegistrationResult, RegistrationOperationStatus, SymmetricKeyRegistrationResult};
 use zerotouch_wire::registration::{RegistrationStatus, TpmRegistrationResult, X509RegistrationResult};
 
 use super::enrollment::{Attestation, Enrollment};
+use super::error::RegistrationError;
+
+/// What an operation's poll is answered, serialized once: when the operation finished (and kept for the polls that
+/// follow, `cache::Caches::remember_finished`), or when a poll read it from the database. Each transport sends
+/// the text as it is.
+#[derive(Debug, Clone)]
+pub struct PollAnswer {
+    /// The operation's status: a poll is answered 202 while it is `assigning`, else 200.
+    pub status: RegistrationStatus,
+    /// The `RegistrationOperationStatus` as JSON text.
+    pub json: Arc<[u8]>,
+}
+
+impl PollAnswer {
+    /// `answer` serialized.
+    pub fn of(answer: &RegistrationOperationStatus) -> Result<Self, RegistrationError> {
+        let json = serde_json::to_vec(answer).map_err(|e| RegistrationError::internal("encoding an operation", e))?;
+        Ok(Self { status: answer.status, json: json.into() })
+    }
+}
 
 /// A registration record as both APIs show it (`DeviceRegistrationState`); `None` if its status is unknown.
 pub fn state_of(record: &RegistrationRecord) -> Option<DeviceRegistrationResult> {
