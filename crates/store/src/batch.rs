@@ -1,13 +1,15 @@
 //! The queue behind the store's batching tasks (the registration writer, the devices' enrollment reader): callers
 //! queue their work, and the task takes everything queued while its previous batch ran as its next batch.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sea_orm::sqlx::pool::CloseEvent;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// How long work that no caller is waiting on may wait for others to join its batch, while the task is busy (work
-/// whose caller waits for it does not wait at all: [`NO_LINGER`]). A batch costs the database about the same
+/// How long at most work that no caller is waiting on may wait for others to join its batch, while the task is busy
+/// and work keeps arriving ([`QUIET`]; work whose caller waits for it does not wait at all: [`NO_LINGER`]). A batch
+/// costs the database about the same
 /// however little it carries (a commit: SQLite writes each page the batch touched to its WAL, PostgreSQL flushes its
 /// WAL; a query: a round trip and a wake-up of PostgreSQL's server process), so fewer, larger batches cost less per
 /// item. A SAS device's register (its enrollment's lookup, then its attempt's write) is answered `assigning`, and
@@ -17,8 +19,14 @@ use tokio::sync::mpsc;
 /// main runtime's by about 5 more (`BENCHMARKS.md`, session 17). An EST certificate, whose caller waits for it, does
 /// not wait: with 64 EST calls in flight, waiting 1 ms for more left CPU idle while the calls waited, and without it
 /// EST issued 3% more certificates per second on both databases in five alternating rounds, at 17 to 35 µs more
-/// machine time per certificate (`BENCHMARKS.md`, session 25).
-pub(crate) const PATIENT_LINGER: Duration = Duration::from_millis(4);
+/// machine time per certificate (`BENCHMARKS.md`, session 25). Up to 8 ms rather than 4, PostgreSQL's CPU per
+/// registration fell by about a fifth in larger batches, but a fixed 8 ms left the CPUs idle while 64 devices all
+/// waited on batches; ending the wait after a [`QUIET`] spell kept them busy (`BENCHMARKS.md`, session 26).
+pub(crate) const PATIENT_LINGER: Duration = Duration::from_millis(8);
+
+/// A lingering batch stops waiting once this long passes with no work arriving: its callers' peers are then likely
+/// all waiting on batches too, and waiting longer would leave the CPUs idle.
+const QUIET: Duration = Duration::from_millis(1);
 
 /// The linger of work whose caller waits for it (an EST certificate, a certificate lookup): a busy task does not wait
 /// for more work to join a batch that holds such an item.
@@ -51,9 +59,9 @@ impl<T> Batches<T> {
         Self { queue, max, linger, last_done: None }
     }
 
-    /// Waits for the next batch, into `batch`: what was queued meanwhile, and, if the task is busy, that is fewer
-    /// than [`LINGER_BELOW`] items and none of them has a caller waiting ([`NO_LINGER`]), what arrives within the
-    /// shortest linger of those items more. False once the queue is closed (the last sender is gone) or the pool the
+    /// Waits for the next batch, into `batch`: what was queued meanwhile, and, while the task is busy, the batch
+    /// holds fewer than [`LINGER_BELOW`] items, none of them has a caller waiting ([`NO_LINGER`]), the shortest
+    /// linger of its items has not passed and the last [`QUIET`] spell brought more, what arrives meanwhile. False once the queue is closed (the last sender is gone) or the pool the
     /// task works on is (`closed`, see [`crate::held::HeldConnection::closed`]).
     pub(crate) async fn next(&mut self, batch: &mut Vec<T>, closed: &mut std::pin::Pin<&mut CloseEvent>) -> bool {
         let received = tokio::select! {
@@ -64,14 +72,21 @@ impl<T> Batches<T> {
         if received == 0 {
             return false;
         }
-        if batch.len() < self.max.min(LINGER_BELOW)
-            && self.last_done.is_some_and(|at| at.elapsed() < BUSY_WITHIN)
-            && let Some(linger) = batch.iter().map(self.linger).min().filter(|linger| *linger != NO_LINGER)
-        {
-            tokio::time::sleep(linger).await;
-            while batch.len() < self.max {
-                let Ok(item) = self.queue.try_recv() else { break };
-                batch.push(item);
+        if self.last_done.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
+            let started = Instant::now();
+            while batch.len() < self.max.min(LINGER_BELOW)
+                && let Some(linger) = batch.iter().map(self.linger).min().filter(|linger| *linger != NO_LINGER)
+                && let Some(left) = linger.checked_sub(started.elapsed()).filter(|left| !left.is_zero())
+            {
+                tokio::time::sleep(left.min(QUIET)).await;
+                let before = batch.len();
+                while batch.len() < self.max {
+                    let Ok(item) = self.queue.try_recv() else { break };
+                    batch.push(item);
+                }
+                if batch.len() == before {
+                    break;
+                }
             }
         }
         true
@@ -89,83 +104,108 @@ mod tests {
 
     use super::*;
 
-    /// A busy task waits for more work while its batch is small, and takes what arrives meanwhile; a batch of
-    /// [`LINGER_BELOW`] items runs at once; an idle task never waits.
-    #[tokio::test(start_paused = true)]
-    async fn a_busy_task_lingers_only_while_its_batch_is_small() {
+    /// A queue of numbers on a paused clock, whose task is busy (it has just finished a batch).
+    async fn busy(linger: fn(&usize) -> Duration) -> (mpsc::Sender<usize>, Batches<usize>) {
+        let (queue, receiver) = mpsc::channel(256);
+        let mut batches = Batches::new(receiver, 64, linger);
+        queue.send(0).await.unwrap();
         let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
         let closed = pool.close_event();
         tokio::pin!(closed);
-        let (queue, receiver) = mpsc::channel(64);
-        let mut batches = Batches::new(receiver, 32, |_| PATIENT_LINGER);
         let mut batch = Vec::new();
-
-        queue.send(0).await.unwrap();
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.len(), started.elapsed()), (1, Duration::ZERO), "idle: at once");
+        assert_eq!((batch, started.elapsed()), (vec![0], Duration::ZERO), "an idle task's batch runs at once");
         batches.done();
+        (queue, batches)
+    }
 
-        batch.clear();
-        queue.send(1).await.unwrap();
-        let late = queue.clone();
-        // Runs once the task waits: during its linger.
-        tokio::spawn(async move { late.send(2).await.unwrap() });
-        let started = tokio::time::Instant::now();
-        assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!(batch, [1, 2], "busy and small: what arrives within the linger joins");
-        assert!(started.elapsed() >= PATIENT_LINGER);
-        batches.done();
-
-        batch.clear();
-        for item in 0..LINGER_BELOW {
-            queue.send(item).await.unwrap();
+    /// The next batch of `batches`, with `first` queued at the start and then, every [`QUIET`] while the task
+    /// waits, the next of `more` (until there are no more); returns the batch and how long it took.
+    async fn next_batch(
+        queue: &mpsc::Sender<usize>,
+        batches: &mut Batches<usize>,
+        first: &[usize],
+        mut more: impl Iterator<Item = usize>,
+    ) -> (Vec<usize>, Duration) {
+        let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+        let closed = pool.close_event();
+        tokio::pin!(closed);
+        for item in first {
+            queue.send(*item).await.unwrap();
         }
-        let started = tokio::time::Instant::now();
-        assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.len(), started.elapsed()), (LINGER_BELOW, Duration::ZERO), "busy but large: at once");
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        {
+            let next = batches.next(&mut batch, &mut closed);
+            tokio::pin!(next);
+            loop {
+                // One poll: the batch, or none yet.
+                let polled = tokio::select! {
+                    biased;
+                    more = next.as_mut() => Some(more),
+                    () = std::future::ready(()) => None,
+                };
+                if let Some(more) = polled {
+                    assert!(more, "the queue is open");
+                    break;
+                }
+                if let Some(item) = more.next() {
+                    queue.send(item).await.unwrap();
+                }
+                tokio::time::advance(QUIET).await;
+            }
+        }
+        batches.done();
+        (batch, started.elapsed())
+    }
+
+    /// A busy task waits for more work while its batch is small and work keeps arriving: for [`PATIENT_LINGER`] at
+    /// most, and only [`QUIET`] once nothing more arrives; a batch of [`LINGER_BELOW`] items runs at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_task_lingers_while_work_keeps_arriving() {
+        let (queue, mut batches) = busy(|_| PATIENT_LINGER).await;
+
+        let (batch, took) = next_batch(&queue, &mut batches, &[1], std::iter::empty()).await;
+        assert_eq!((batch, took), (vec![1], QUIET), "nothing more arrives: it waits a quiet spell only");
+
+        let (batch, took) = next_batch(&queue, &mut batches, &[1], [2, 3].into_iter()).await;
+        assert_eq!((batch, took), (vec![1, 2, 3], 3 * QUIET), "what arrives joins, until a quiet spell");
+
+        let (batch, took) = next_batch(&queue, &mut batches, &[1], 2..).await;
+        let arrived: Vec<usize> = (1..=1 + (PATIENT_LINGER.as_millis() / QUIET.as_millis()) as usize).collect();
+        assert_eq!((batch, took), (arrived, PATIENT_LINGER), "work keeps arriving: it waits out the linger");
+
+        let full: Vec<usize> = (0..LINGER_BELOW).collect();
+        let (batch, took) = next_batch(&queue, &mut batches, &full, 100..).await;
+        assert_eq!((batch, took), (full.clone(), Duration::ZERO), "busy but large: at once");
+
+        let (batch, took) = next_batch(&queue, &mut batches, &full[..LINGER_BELOW - 2], 100..).await;
+        assert_eq!((batch.len(), took), (LINGER_BELOW, 2 * QUIET), "it stops waiting once it is large");
     }
 
     /// Each item says how long it may wait for others: a busy task lingers for the most impatient item of its
-    /// batch, and not at all when that item's caller waits for it ([`NO_LINGER`]).
+    /// batch, and not at all once it holds an item whose caller waits for it ([`NO_LINGER`]).
     #[tokio::test(start_paused = true)]
     async fn a_batch_lingers_as_long_as_its_most_impatient_item_allows() {
-        let pool = sea_orm::sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-        let closed = pool.close_event();
-        tokio::pin!(closed);
-        let (queue, receiver) = mpsc::channel(64);
         // Items from 100 up are patient, from 200 up less so, below 100 their callers wait.
-        let linger = |item: &usize| match item {
+        let (queue, mut batches) = busy(|item: &usize| match item {
             200.. => PATIENT_LINGER / 4,
             100.. => PATIENT_LINGER,
             _ => NO_LINGER,
-        };
-        let mut batches = Batches::new(receiver, 32, linger);
-        let mut batch = Vec::new();
-        queue.send(0).await.unwrap();
-        assert!(batches.next(&mut batch, &mut closed).await);
-        batches.done();
+        })
+        .await;
 
-        batch.clear();
-        queue.send(100).await.unwrap();
-        let started = tokio::time::Instant::now();
-        assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.as_slice(), started.elapsed()), ([100].as_slice(), PATIENT_LINGER), "patient: the long wait");
-        batches.done();
+        let (_, took) = next_batch(&queue, &mut batches, &[100], 101..).await;
+        assert_eq!(took, PATIENT_LINGER, "patient: the long wait");
 
-        batch.clear();
-        queue.send(101).await.unwrap();
-        queue.send(201).await.unwrap();
-        let started = tokio::time::Instant::now();
-        assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.as_slice(), started.elapsed()), ([101, 201].as_slice(), PATIENT_LINGER / 4), "the shorter");
-        batches.done();
+        let (_, took) = next_batch(&queue, &mut batches, &[100, 200], 101..).await;
+        assert_eq!(took, PATIENT_LINGER / 4, "the shorter");
 
-        batch.clear();
-        queue.send(102).await.unwrap();
-        queue.send(1).await.unwrap();
-        let started = tokio::time::Instant::now();
-        assert!(batches.next(&mut batch, &mut closed).await);
-        assert_eq!((batch.as_slice(), started.elapsed()), ([102, 1].as_slice(), Duration::ZERO), "a caller waits");
+        let (batch, took) = next_batch(&queue, &mut batches, &[100, 1], 101..).await;
+        assert_eq!((batch, took), (vec![100, 1], Duration::ZERO), "a caller waits");
+
+        let (batch, took) = next_batch(&queue, &mut batches, &[100], [101, 1, 102].into_iter()).await;
+        assert_eq!((batch, took), (vec![100, 101, 1], 2 * QUIET), "a caller that waits arrives: no more waiting");
     }
 }
