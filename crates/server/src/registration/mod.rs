@@ -248,10 +248,10 @@ impl RegistrationService {
         };
         let operation_id = operation.id.clone();
         let finished = settled.unwrap_or(operation);
-        let registration_key = finished.registration_key.clone();
+        let (registration_key, finished_id) = (finished.registration_key.clone(), finished.id.clone());
         // A poll that misses the cache reads the operation again, and reports itself why it cannot be answered.
         if let Ok(answer) = self.answer(finished, issued).await.and_then(|answer| PollAnswer::of(&answer)) {
-            self.caches.remember_finished(registration_key, operation_id.clone(), answer);
+            self.caches.remember_finished(registration_key, finished_id, answer);
         }
         RegistrationOperationStatus { operation_id, status: RegistrationStatus::Assigning, registration_state: None }
     }
