@@ -7,19 +7,18 @@ use sea_orm::sqlx::pool::CloseEvent;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// How long at most work that no caller is waiting on may wait for others to join its batch, while the task is busy
-/// and work keeps arriving ([`QUIET`]; work whose caller waits for it does not wait at all: [`NO_LINGER`]). A batch
-/// costs the database about the same
-/// however little it carries (a commit: SQLite writes each page the batch touched to its WAL, PostgreSQL flushes its
-/// WAL; a query: a round trip and a wake-up of PostgreSQL's server process), so fewer, larger batches cost less per
-/// item. A SAS device's register (its enrollment's lookup, then its attempt's write) is answered `assigning`, and
-/// the device polls for the result after the `Retry-After` the answer gives (seconds), so a few milliseconds more
-/// cost it nothing. On SQLite, during a storm of 40,000 devices, the writer waiting 4 ms instead of 1 cut the CPU of
-/// the database's thread and of the main runtime by about 15 µs per device, and the reader waiting as long cut the
-/// main runtime's by about 5 more (`BENCHMARKS.md`, session 17). An EST certificate, whose caller waits for it, does
-/// not wait: with 64 EST calls in flight, waiting 1 ms for more left CPU idle while the calls waited, and without it
-/// EST issued 3% more certificates per second on both databases in five alternating rounds, at 17 to 35 µs more
-/// machine time per certificate (`BENCHMARKS.md`, session 25). Up to 8 ms rather than 4, PostgreSQL's CPU per
+/// How long at most work that no caller is waiting on may wait for others to join its batch, while the task is busy and
+/// work keeps arriving ([`QUIET`]; work whose caller waits for it does not wait at all: [`NO_LINGER`]). A batch costs
+/// the database about the same however little it carries (a commit: SQLite writes each page the batch touched to its
+/// WAL, PostgreSQL flushes its WAL; a query: a round trip and a wake-up of PostgreSQL's server process), so fewer,
+/// larger batches cost less per item. A SAS device's register (its enrollment's lookup, then its attempt's write) is
+/// answered `assigning`, and the device polls for the result after the `Retry-After` the answer gives (seconds), so a
+/// few milliseconds more cost it nothing. On SQLite, during a storm of 40,000 devices, the writer waiting 4 ms instead
+/// of 1 cut the CPU of the database's thread and of the main runtime by about 15 µs per device, and the reader waiting
+/// as long cut the main runtime's by about 5 more (`BENCHMARKS.md`, session 17). An EST certificate, whose caller waits
+/// for it, does not wait: with 64 EST calls in flight, waiting 1 ms for more left CPU idle while the calls waited, and
+/// without it EST issued 3% more certificates per second on both databases in five alternating rounds, at 17 to 35 µs
+/// more machine time per certificate (`BENCHMARKS.md`, session 25). Up to 8 ms rather than 4, PostgreSQL's CPU per
 /// registration fell by about a fifth in larger batches, but a fixed 8 ms left the CPUs idle while 64 devices all
 /// waited on batches; ending the wait after a [`QUIET`] spell kept them busy (`BENCHMARKS.md`, session 26).
 pub(crate) const PATIENT_LINGER: Duration = Duration::from_millis(8);
@@ -59,10 +58,11 @@ impl<T> Batches<T> {
         Self { queue, max, linger, last_done: None }
     }
 
-    /// Waits for the next batch, into `batch`: what was queued meanwhile, and, while the task is busy, the batch
-    /// holds fewer than [`LINGER_BELOW`] items, none of them has a caller waiting ([`NO_LINGER`]), the shortest
-    /// linger of its items has not passed and the last [`QUIET`] spell brought more, what arrives meanwhile. False once the queue is closed (the last sender is gone) or the pool the
-    /// task works on is (`closed`, see [`crate::held::HeldConnection::closed`]).
+    /// Waits for the next batch, into `batch`: what was queued meanwhile, and, while the task is busy, the batch holds
+    /// fewer than [`LINGER_BELOW`] items, none of them has a caller waiting ([`NO_LINGER`]), the shortest linger of its
+    /// items has not passed and the last [`QUIET`] spell brought more, what arrives meanwhile. False once the queue is
+    /// closed (the last sender is gone) or the pool the task works on is (`closed`, see
+    /// [`crate::held::HeldConnection::closed`]).
     pub(crate) async fn next(&mut self, batch: &mut Vec<T>, closed: &mut std::pin::Pin<&mut CloseEvent>) -> bool {
         let received = tokio::select! {
             biased;
