@@ -52,21 +52,10 @@ impl<T: Serialize + Sync> Argument for AsJson<T> {
     }
 }
 
-/// A timestamp inside a statement's JSON argument: as sqlx writes timestamps on SQLite (whose comparisons are
-/// textual), which PostgreSQL reads as well.
+/// A timestamp as text inside a statement's argument (a JSON field, or a parameter bound as text): as sqlx writes
+/// timestamps on SQLite (whose comparisons are textual), which PostgreSQL reads as well.
 pub(crate) fn json_timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
-}
-
-/// Serializes an optional timestamp as [`json_timestamp`] does (`serialize_with` of a JSON argument's field).
-pub(crate) fn serialize_json_timestamp<S: serde::Serializer>(
-    at: &Option<chrono::DateTime<chrono::Utc>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => serializer.serialize_str(&json_timestamp(*at)),
-        None => serializer.serialize_none(),
-    }
 }
 
 enum Connection {

@@ -3,25 +3,25 @@
 //! seven statements of a general batch.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 
 use super::writer::{CHANGED, DISABLED, Pending, Written};
 use super::{OperationRecord, RegistrationRecord};
 use crate::StoreError;
-use crate::held::{Argument, HeldConnection, PgQuery, Sql, SqliteQuery, json_timestamp, serialize_json_timestamp};
+use crate::held::{Argument, HeldConnection, PgQuery, Sql, SqliteQuery, json_timestamp};
 
 /// Whether `batch` can go through [`write_first_registrations`]: first registrations of distinct devices, none
 /// with a hub job (the common case under load).
 pub(super) fn first_registrations_only(batch: &[Pending]) -> bool {
     let mut keys = std::collections::HashSet::new();
-    batch.iter().all(|p| {
-        let outcome = &p.outcome;
-        outcome.expected_etag.is_none()
-            && outcome.renewing.is_none()
-            && outcome.hub_job.is_none()
-            && keys.insert(outcome.record.key.as_str())
-    })
+    batch.len() <= SQLITE_MAX_ROWS
+        && batch.iter().all(|p| {
+            let outcome = &p.outcome;
+            outcome.expected_etag.is_none()
+                && outcome.renewing.is_none()
+                && outcome.hub_job.is_none()
+                && keys.insert(outcome.record.key.as_str())
+        })
 }
 
 /// [`write_first_registrations`] on PostgreSQL: the batch arrives as one array per column ([`Attempts`], which
@@ -79,16 +79,67 @@ WITH input AS (
 SELECT json_agg(json_build_array(key, (key IN (SELECT key FROM state))::int, authorized::int))::text AS fates
 FROM attempt"#;
 
-/// [`write_first_registrations`]'s statement on each database.
-const FIRST_REGISTRATIONS: Sql = Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: FIRST_REGISTRATIONS_SQLITE };
+/// [`write_first_registrations`]'s statement on each database, for a batch of `attempts`.
+fn first_registrations(attempts: usize) -> Sql {
+    Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: first_registrations_sqlite(attempts) }
+}
 
-/// [`write_first_registrations`] on SQLite: the same, as one script in one transaction (SQLite has no inserting
-/// CTEs). The attempts are read out of the JSON argument once, into a temporary table of plain columns that every
-/// later statement reads (each `->>` searches an attempt's object for its field, and the statements below read
-/// nearly every field). `jsonb_each` hands each attempt on in SQLite's binary JSON, which `->>` reads directly;
-/// with `json_each` every `->>` parsed the attempt's text again. An attempt won if the state now carries its etag
-/// (etags are random and new per attempt).
-const FIRST_REGISTRATIONS_SQLITE: &str = r#"
+/// The columns of an attempt as the SQLite script binds them, in order (see [`Attempts::bind_sqlite`]).
+const ATTEMPT_COLUMNS: [&str; 26] = [
+    "n",
+    "key",
+    "registration_id",
+    "enrollment_group_key",
+    "device_id",
+    "assigned_hub",
+    "status",
+    "substatus",
+    "error_code",
+    "error_message",
+    "payload",
+    "initial_twin",
+    "etag",
+    "at",
+    "detail",
+    "operation_id",
+    "operation_status",
+    "operation_error_code",
+    "operation_error_message",
+    "result",
+    "serial",
+    "certificate_device_id",
+    "issuing_ca",
+    "not_before",
+    "not_after",
+    "thumbprint_sha256",
+];
+
+/// Rows in the largest batch the SQLite script takes ([`MAX_BATCH`](super::writer::MAX_BATCH)), a power of two.
+const SQLITE_MAX_ROWS: usize = super::writer::MAX_BATCH;
+
+/// The SQLite script for a batch of `attempts`: the one for the next power of two, whose rows beyond the batch's
+/// have no parameters bound, so they are all NULL and left out.
+fn first_registrations_sqlite(attempts: usize) -> &'static str {
+    static SCRIPTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        std::iter::successors(Some(1), |rows| (*rows < SQLITE_MAX_ROWS).then_some(rows * 2))
+            .map(sqlite_script)
+            .collect()
+    });
+    let bucket = attempts.max(1).next_power_of_two().trailing_zeros() as usize;
+    SCRIPTS.get(bucket).or_else(|| SCRIPTS.last()).map_or("", String::as_str)
+}
+
+/// [`write_first_registrations`] on SQLite: the same as on PostgreSQL, as one script in one transaction (SQLite
+/// has no inserting CTEs), for up to `rows` attempts. The attempts arrive as bound parameters, a row of
+/// [`ATTEMPT_COLUMNS`] each, into a temporary table that the later statements read. (They arrived as one JSON
+/// argument before: extracting each field from its attempt's object was a seventh of the SQLite thread's time.) An
+/// attempt won if the state now carries its etag (etags are random and new per attempt).
+fn sqlite_script(rows: usize) -> String {
+    let columns = ATTEMPT_COLUMNS.join(", ");
+    let row = format!("({})", vec!["?"; ATTEMPT_COLUMNS.len()].join(", "));
+    let values = vec![row.as_str(); rows].join(", ");
+    format!(
+        r#"
 BEGIN;
 CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, registration_id TEXT,
     enrollment_group_key TEXT, device_id TEXT, assigned_hub TEXT, status TEXT, substatus TEXT, error_code INTEGER,
@@ -97,14 +148,8 @@ CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, 
     certificate_device_id TEXT, issuing_ca TEXT, not_before TEXT, not_after TEXT, thumbprint_sha256 TEXT,
     authorized INTEGER, won INTEGER);
 DELETE FROM temp.first_attempt;
-INSERT INTO temp.first_attempt
-SELECT value->>'n', value->>'key', value->>'registration_id', value->>'enrollment_group_key', value->>'device_id',
-    value->>'assigned_hub', value->>'status', value->>'substatus', value->>'error_code', value->>'error_message',
-    value->>'payload', value->>'initial_twin', value->>'etag', value->>'at', value->>'detail',
-    value->>'operation_id', value->>'operation_status', value->>'operation_error_code',
-    value->>'operation_error_message', value->>'result', value->>'serial', value->>'certificate_device_id',
-    value->>'issuing_ca', value->>'not_before', value->>'not_after', value->>'thumbprint_sha256', NULL, 0
-FROM jsonb_each(?1);
+INSERT INTO temp.first_attempt ({columns}, authorized, won)
+SELECT *, NULL, 0 FROM (VALUES {values}) WHERE column1 IS NOT NULL;
 UPDATE temp.first_attempt SET authorized = CASE WHEN status NOT IN ('assigned', 'assigning') THEN true
     WHEN enrollment_group_key IS NULL THEN EXISTS (SELECT 1 FROM individual_enrollments AS e
         WHERE e.key = first_attempt.key AND e.provisioning_status <> 'disabled')
@@ -131,12 +176,12 @@ INSERT INTO audit_events (at, actor, role, action, resource_type, resource_id, e
 SELECT at, 'device:' || registration_id, 'device', 'register', 'registration', registration_id, NULL, etag, detail
 FROM temp.first_attempt WHERE won ORDER BY n;
 SELECT json_group_array(json_array(key, won, authorized)) AS fates FROM temp.first_attempt;
-COMMIT;"#;
+COMMIT;"#
+    )
+}
 
-/// One attempt in [`write_first_registrations`]'s argument (JSON columns as text): the SQLite script reads it as
-/// a JSON object (timestamps as [`json_timestamp`]), the PostgreSQL statement field by field ([`Attempts`]), where
-/// `n` is the attempt's position and `at` the batch's time.
-#[derive(Serialize)]
+/// One attempt in [`write_first_registrations`]'s argument (JSON columns as text), where `n` is the attempt's
+/// position and `at` the batch's time (as [`json_timestamp`]): bound field by field ([`Attempts`]).
 struct Attempt<'a> {
     n: usize,
     key: &'a str,
@@ -161,15 +206,13 @@ struct Attempt<'a> {
     serial: Option<&'a str>,
     certificate_device_id: Option<&'a str>,
     issuing_ca: Option<&'a str>,
-    #[serde(serialize_with = "serialize_json_timestamp")]
     not_before: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "serialize_json_timestamp")]
     not_after: Option<DateTime<Utc>>,
     thumbprint_sha256: Option<&'a str>,
 }
 
-/// A batch as the two statements take it: on SQLite one JSON array of [`Attempt`]s, on PostgreSQL one array per
-/// column (the attempts' order is their position) and the batch's time.
+/// A batch as the two statements take it: on SQLite a row of parameters per [`Attempt`] ([`ATTEMPT_COLUMNS`]), on
+/// PostgreSQL one array per column (the attempts' order is their position) and the batch's time.
 struct Attempts<'a> {
     attempts: Vec<Attempt<'a>>,
     now: DateTime<Utc>,
@@ -210,8 +253,39 @@ impl Argument for Attempts<'_> {
             .bind(self.now)
     }
 
-    fn bind_sqlite<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
-        query.bind(sea_orm::sqlx::types::Json(&self.attempts))
+    /// In the order of [`ATTEMPT_COLUMNS`]; the script's rows beyond the batch's stay unbound (NULL).
+    fn bind_sqlite<'q>(&self, mut query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        let time = |at: Option<DateTime<Utc>>| at.map(json_timestamp);
+        for a in &self.attempts {
+            query = query
+                .bind(i64::try_from(a.n).unwrap_or(i64::MAX))
+                .bind(a.key)
+                .bind(a.registration_id)
+                .bind(a.enrollment_group_key)
+                .bind(a.device_id)
+                .bind(a.assigned_hub)
+                .bind(a.status)
+                .bind(a.substatus)
+                .bind(a.error_code)
+                .bind(a.error_message)
+                .bind(a.payload.as_deref())
+                .bind(a.initial_twin.as_deref())
+                .bind(a.etag)
+                .bind(a.at)
+                .bind(a.detail)
+                .bind(a.operation_id)
+                .bind(a.operation_status)
+                .bind(a.operation_error_code)
+                .bind(a.operation_error_message)
+                .bind(a.result.as_deref())
+                .bind(a.serial)
+                .bind(a.certificate_device_id)
+                .bind(a.issuing_ca)
+                .bind(time(a.not_before))
+                .bind(time(a.not_after))
+                .bind(a.thumbprint_sha256);
+        }
+        query
     }
 }
 
@@ -274,7 +348,7 @@ pub(super) async fn write_first_registrations(
             thumbprint_sha256: certificate.as_ref().map(|c| c.thumbprint_sha256.as_str()),
         })
         .collect();
-    let rows = held.fetch_all(FIRST_REGISTRATIONS, &Attempts { attempts, now }).await?;
+    let rows = held.fetch_all(first_registrations(attempts.len()), &Attempts { attempts, now }).await?;
     let fates: Vec<(String, u8, u8)> = match rows.first() {
         Some(row) => serde_json::from_str(&row.try_get::<String>("", "fates")?)
             .map_err(|e| StoreError::Corrupt(format!("the fates of a batch of first registrations: {e}")))?,
@@ -292,4 +366,29 @@ pub(super) async fn write_first_registrations(
         })
         .collect();
     Ok((results, Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of parameters in `script`'s `VALUES`.
+    fn rows(script: &str) -> usize {
+        let placeholders = script.matches('?').count();
+        assert_eq!(placeholders % ATTEMPT_COLUMNS.len(), 0, "whole rows only");
+        placeholders / ATTEMPT_COLUMNS.len()
+    }
+
+    /// Every batch the writer can form has a script with a row for each of its attempts, and at most twice as
+    /// many rows (a few scripts serve every size, so each stays prepared on the connection).
+    #[test]
+    fn every_batch_fits_a_script_at_most_twice_its_size() {
+        for attempts in 1..=SQLITE_MAX_ROWS {
+            let rows = rows(first_registrations_sqlite(attempts));
+            assert!(rows >= attempts && rows < 2 * attempts, "{attempts} attempts in {rows} rows");
+        }
+        let scripts: std::collections::HashSet<_> =
+            (1..=SQLITE_MAX_ROWS).map(|attempts| first_registrations_sqlite(attempts).as_ptr()).collect();
+        assert_eq!(scripts.len(), 9, "1, 2, 4, ... 256 rows");
+    }
 }

@@ -66,7 +66,7 @@ impl Work {
 }
 
 /// Most attempts written in one transaction (well within both databases' limits on bound parameters).
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 
 /// The registration writer: attempts queue up while a transaction is in flight and the next transaction writes
 /// all of them, with those arriving within a few milliseconds more while busy (group commit, see [`Batches`] and
