@@ -1116,6 +1116,28 @@ async fn registrations_list_by_group_with_paging(store: &Store) {
 }
 both!(registrations_list_by_group_with_paging);
 
+/// The index that finds a group's registrations holds only registrations made through a group: a device of an
+/// individual enrollment writes no entry there (migration `m20261209_000001_index_only_group_registrations`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_group_index_leaves_individual_registrations_out() {
+    use sea_orm::{ConnectionTrait, Database};
+    use zerotouch_store::Backend;
+    for (backend, definition) in [
+        (Backend::Sqlite, "SELECT sql AS definition FROM sqlite_master WHERE name = 'registrations_by_group'"),
+        (Backend::Postgres, "SELECT indexdef AS definition FROM pg_indexes WHERE indexname = 'registrations_by_group'"),
+    ] {
+        let (db, _store) = TestDatabase::store(backend).await.unwrap();
+        let raw = Database::connect(db.url.as_str()).await.unwrap();
+        let rows =
+            raw.query_all_raw(sea_orm::Statement::from_string(raw.get_database_backend(), definition)).await.unwrap();
+        let definitions: Vec<String> = rows.iter().map(|r| r.try_get("", "definition").unwrap()).collect();
+        assert_eq!(definitions.len(), 1, "{backend:?}: {definitions:?}");
+        let partial = definitions[0].replace(['(', ')'], "");
+        assert!(partial.ends_with("WHERE enrollment_group_key IS NOT NULL"), "{backend:?}: {}", definitions[0]);
+        raw.close().await.unwrap();
+    }
+}
+
 /// Deleting a registration honours If-Match (wrong etag refused, right etag works, missing is NotFound) and is
 /// audited.
 async fn registrations_delete_with_preconditions(store: &Store) {
