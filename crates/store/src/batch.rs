@@ -40,7 +40,11 @@ const BUSY_WITHIN: Duration = Duration::from_millis(20);
 /// with a quarter of the CPUs idle; without lingering for such batches, EST issued 16% and 21% more certificates per
 /// second on PostgreSQL in alternating runs (1% and 14% on SQLite). EST certificates have since stopped lingering
 /// at all ([`PATIENT_LINGER`]); registrations, whose batches are smaller at the same load, linger below this size.
-const LINGER_BELOW: usize = 16;
+/// At 16, a storm's registration batches stopped at about 18 attempts, each paying a commit (on PostgreSQL a WAL
+/// flush, a tenth of its CPU in the registration phase) and the start of a large statement; at 32, in three
+/// alternating pairs of runs of 20,000 devices, PostgreSQL spent 56 to 60 µs per registration instead of 66 to 68,
+/// and on SQLite the service 10 µs less, for about 1% more idle CPU while devices wait (`BENCHMARKS.md`, session 28).
+const LINGER_BELOW: usize = 32;
 
 /// A batching task's queue.
 #[derive(Debug)]
