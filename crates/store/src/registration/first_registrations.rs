@@ -118,7 +118,8 @@ const ATTEMPT_COLUMNS: [&str; 26] = [
 const SQLITE_MAX_ROWS: usize = super::writer::MAX_BATCH;
 
 /// The SQLite script for a batch of `attempts`: the one for the next power of two, whose rows beyond the batch's
-/// have no parameters bound, so they are all NULL and left out.
+/// have no parameters bound, so they are all NULL and left out. No batch comes here with more attempts than the
+/// largest script has rows ([`first_registrations_only`]).
 fn first_registrations_sqlite(attempts: usize) -> &'static str {
     static SCRIPTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
         std::iter::successors(Some(1), |rows| (*rows < SQLITE_MAX_ROWS).then_some(rows * 2))
