@@ -84,34 +84,35 @@ fn first_registrations(attempts: usize) -> Sql {
     Sql { postgres: FIRST_REGISTRATIONS_POSTGRES, sqlite: first_registrations_sqlite(attempts) }
 }
 
-/// The columns of an attempt as the SQLite script binds them, in order (see [`Attempts::bind_sqlite`]).
-const ATTEMPT_COLUMNS: [&str; 26] = [
-    "n",
-    "key",
-    "registration_id",
-    "enrollment_group_key",
-    "device_id",
-    "assigned_hub",
-    "status",
-    "substatus",
-    "error_code",
-    "error_message",
-    "payload",
-    "initial_twin",
-    "etag",
-    "at",
-    "detail",
-    "operation_id",
-    "operation_status",
-    "operation_error_code",
-    "operation_error_message",
-    "result",
-    "serial",
-    "certificate_device_id",
-    "issuing_ca",
-    "not_before",
-    "not_after",
-    "thumbprint_sha256",
+/// The columns of an attempt as the SQLite script binds them, in order (see [`Attempts::bind_sqlite`]), with their
+/// types in its temporary table.
+const ATTEMPT_COLUMNS: [(&str, &str); 26] = [
+    ("n", "INTEGER PRIMARY KEY"),
+    ("key", "TEXT"),
+    ("registration_id", "TEXT"),
+    ("enrollment_group_key", "TEXT"),
+    ("device_id", "TEXT"),
+    ("assigned_hub", "TEXT"),
+    ("status", "TEXT"),
+    ("substatus", "TEXT"),
+    ("error_code", "INTEGER"),
+    ("error_message", "TEXT"),
+    ("payload", "TEXT"),
+    ("initial_twin", "TEXT"),
+    ("etag", "TEXT"),
+    ("at", "TEXT"),
+    ("detail", "TEXT"),
+    ("operation_id", "TEXT"),
+    ("operation_status", "TEXT"),
+    ("operation_error_code", "INTEGER"),
+    ("operation_error_message", "TEXT"),
+    ("result", "TEXT"),
+    ("serial", "TEXT"),
+    ("certificate_device_id", "TEXT"),
+    ("issuing_ca", "TEXT"),
+    ("not_before", "TEXT"),
+    ("not_after", "TEXT"),
+    ("thumbprint_sha256", "TEXT"),
 ];
 
 /// Rows in the largest batch the SQLite script takes ([`MAX_BATCH`](super::writer::MAX_BATCH)), a power of two.
@@ -136,18 +137,14 @@ fn first_registrations_sqlite(attempts: usize) -> &'static str {
 /// argument before: extracting each field from its attempt's object was a seventh of the SQLite thread's time.) An
 /// attempt won if the state now carries its etag (etags are random and new per attempt).
 fn sqlite_script(rows: usize) -> String {
-    let columns = ATTEMPT_COLUMNS.join(", ");
+    let columns = ATTEMPT_COLUMNS.map(|(name, _)| name).join(", ");
+    let definitions = ATTEMPT_COLUMNS.map(|(name, kind)| format!("{name} {kind}")).join(", ");
     let row = format!("({})", vec!["?"; ATTEMPT_COLUMNS.len()].join(", "));
     let values = vec![row.as_str(); rows].join(", ");
     format!(
         r#"
 BEGIN;
-CREATE TEMP TABLE IF NOT EXISTS first_attempt (n INTEGER PRIMARY KEY, key TEXT, registration_id TEXT,
-    enrollment_group_key TEXT, device_id TEXT, assigned_hub TEXT, status TEXT, substatus TEXT, error_code INTEGER,
-    error_message TEXT, payload TEXT, initial_twin TEXT, etag TEXT, at TEXT, detail TEXT, operation_id TEXT,
-    operation_status TEXT, operation_error_code INTEGER, operation_error_message TEXT, result TEXT, serial TEXT,
-    certificate_device_id TEXT, issuing_ca TEXT, not_before TEXT, not_after TEXT, thumbprint_sha256 TEXT,
-    authorized INTEGER, won INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS first_attempt ({definitions}, authorized INTEGER, won INTEGER);
 DELETE FROM temp.first_attempt;
 INSERT INTO temp.first_attempt ({columns}, authorized, won)
 SELECT *, NULL, 0 FROM (VALUES {values}) WHERE column1 IS NOT NULL;
