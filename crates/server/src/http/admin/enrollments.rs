@@ -267,6 +267,47 @@ async fn linked_hubs_only(
     Ok(linked)
 }
 
+/// How a bulk call's documents become its items, a part at a time.
+struct Parsing<'a> {
+    kind: EnrollmentKind,
+    mode: BulkMode,
+    outbound: &'a zerotouch_outbound::OutboundPolicy,
+    hubs: HubReader<'a>,
+}
+
+impl Parsing<'_> {
+    /// The next part of at most [`BULK_PART`] items of `items`, each item that fails its checks reported in
+    /// `errors` instead; `None` when no item is left. It yields to the runtime every [`PARSED_BETWEEN_YIELDS`]
+    /// documents: the bulk handler runs it while the store applies the part before it (`tokio::join!`, one task), so
+    /// that the transaction's next statement is sent as soon as the previous one is answered, and this thread parses
+    /// while the database works. With one admin's calls of 10,000 in flight one at a time, parsing and applying one
+    /// after the other left half of the two cores idle (`BENCHMARKS.md`, session 29).
+    async fn next_part(
+        &self,
+        items: &mut std::iter::Peekable<impl Iterator<Item = (usize, Box<serde_json::value::RawValue>)>>,
+        errors: &mut Vec<(usize, Value)>,
+    ) -> Result<Option<Vec<BulkItem>>, ApiError> {
+        if items.peek().is_none() {
+            return Ok(None);
+        }
+        let mut part = Vec::with_capacity(BULK_PART);
+        for (index, item) in items.by_ref().take(BULK_PART) {
+            if index % PARSED_BETWEEN_YIELDS == 0 {
+                tokio::task::yield_now().await;
+            }
+            match parse_item(self.kind, self.mode, self.outbound, index, RawMembers::<BULK_BODY_LIMIT>::parse(&item)?) {
+                Ok(item) => part.push(item),
+                Err(error) => errors.push((index, error)),
+            }
+        }
+        linked_hubs_only(self.hubs, self.kind, part, errors).await.map(Some)
+    }
+}
+
+/// How many documents a bulk call's parsing takes between yields to the store's work on the part before them: about
+/// a third of a millisecond of parsing.
+const PARSED_BETWEEN_YIELDS: usize = 64;
+
 /// `POST /{collection}`: a bulk call of up to 10,000 items; each failure is reported with its index.
 pub(super) async fn bulk<K: Kind>(
     caller: Caller<EnrollmentWrite>,
@@ -314,26 +355,23 @@ pub(super) async fn bulk<K: Kind>(
         .into());
     }
 
-    // One transaction, applied a part at a time: only one part's documents are ever held parsed.
+    // One transaction, applied a part at a time: at most two parts' documents are held parsed, the one the database
+    // applies and the next, parsed meanwhile (`next_part`).
     let store_error = |e| ApiError::from_store(e, &format!("the bulk call to {}", K::COLLECTION));
     let mut call = caller.enrollment_writer().begin_bulk(kind, mode).await.map_err(store_error)?;
     let mut errors: Vec<(usize, Value)> = Vec::new();
     let mut items = items.into_iter().enumerate().peekable();
-    while items.peek().is_some() {
-        let mut part = Vec::with_capacity(BULK_PART);
-        for (index, item) in items.by_ref().take(BULK_PART) {
-            match parse_item(kind, mode, hubs.outbound(), index, Body::parse(&item)?) {
-                Ok(item) => part.push(item),
-                Err(error) => errors.push((index, error)),
-            }
-        }
-        let part = linked_hubs_only(caller.hubs(), kind, part, &mut errors).await?;
+    let parsing = Parsing { kind, mode, outbound: hubs.outbound(), hubs: caller.hubs() };
+    let mut next = parsing.next_part(&mut items, &mut errors).await?;
+    while let Some(part) = next {
         let ids: std::collections::HashMap<usize, String> = part
             .iter()
             .map(|i| (i.index, i.enrollment.as_ref().map_or_else(|| i.key.clone(), |e| e.id.clone())))
             .collect();
+        let (applied, parsed) = tokio::join!(call.apply(part), parsing.next_part(&mut items, &mut errors));
         let failures;
-        (call, failures) = call.apply(part).await.map_err(store_error)?;
+        (call, failures) = applied.map_err(store_error)?;
+        next = parsed?;
         for (index, failure) in failures {
             let id = ids.get(&index).map(String::as_str).unwrap_or_default();
             let (code, status) = match failure {
