@@ -295,7 +295,7 @@ impl Parsing<'_> {
             if index % PARSED_BETWEEN_YIELDS == 0 {
                 tokio::task::yield_now().await;
             }
-            match parse_item(self.kind, self.mode, self.outbound, index, RawMembers::<BULK_BODY_LIMIT>::parse(&item)?) {
+            match parse_item(self.kind, self.mode, self.outbound, index, BulkBody::parse(&item)?) {
                 Ok(item) => part.push(item),
                 Err(error) => errors.push((index, error)),
             }
@@ -303,6 +303,9 @@ impl Parsing<'_> {
         linked_hubs_only(self.hubs, self.kind, part, errors).await.map(Some)
     }
 }
+
+/// A bulk call's body: its members as text, each read when its turn comes.
+type BulkBody = RawMembers<BULK_BODY_LIMIT>;
 
 /// How many documents a bulk call's parsing takes between yields to the store's work on the part before them: about
 /// a third of a millisecond of parsing.
@@ -312,7 +315,7 @@ const PARSED_BETWEEN_YIELDS: usize = 64;
 pub(super) async fn bulk<K: Kind>(
     caller: Caller<EnrollmentWrite>,
     hubs: web::Data<crate::hubs::Hubs>,
-    body: RawMembers<BULK_BODY_LIMIT>,
+    body: BulkBody,
 ) -> Result<HttpResponse, ApiError> {
     let kind = K::KIND;
     let Some(mut body) = body.0 else {
@@ -321,13 +324,12 @@ pub(super) async fn bulk<K: Kind>(
             K::COLLECTION
         )));
     };
-    type Body = RawMembers<BULK_BODY_LIMIT>;
     let documents = body.remove(K::COLLECTION);
     // Every other member is small: read whole first, so that what the parser refuses (a number out of range,
     // nesting too deep) is refused as malformed before anything else is judged.
     let mut others = std::collections::BTreeMap::new();
     for (name, raw) in body {
-        others.insert(name, Body::parse::<Value>(&raw)?);
+        others.insert(name, BulkBody::parse::<Value>(&raw)?);
     }
     let mode: BulkMode = zerotouch_wire::field::decode(others.remove("mode").unwrap_or(Value::Null)).map_err(|e| {
         FieldError::new("mode", format!("{}; expected create, update, updateIfMatchETag or delete", e.problem))
@@ -338,7 +340,7 @@ pub(super) async fn bulk<K: Kind>(
     };
     let Ok(items) = serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(documents.get()) else {
         // Not an array, or an array whose text is not JSON: the whole parser says which.
-        return match Body::parse::<Value>(&documents)? {
+        return match BulkBody::parse::<Value>(&documents)? {
             Value::Array(_) => Err(ApiError::MalformedBody("the body is not valid JSON".into())),
             _ => Err(FieldError::new(K::COLLECTION, "an array of documents is required").into()),
         };
