@@ -19,6 +19,7 @@ mod m20261206_000001_create_data_keys;
 mod m20261207_000001_add_registration_hub_key_slot;
 mod m20261208_000001_create_shared_access_policies;
 mod m20261209_000001_index_only_group_registrations;
+mod m20261210_000001_drop_certificate_thumbprint_index;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_add_registration_hub_key_slot::Migration),
             Box::new(m20261208_000001_create_shared_access_policies::Migration),
             Box::new(m20261209_000001_index_only_group_registrations::Migration),
+            Box::new(m20261210_000001_drop_certificate_thumbprint_index::Migration),
         ]
     }
 }

@@ -114,6 +114,13 @@ pub fn rsa_public_key(der: &[u8]) -> Result<Option<RsaPublicKey>, CertificateErr
     })
 }
 
+/// The serial number of a DER certificate as the store keeps the managed CA's: lower-case hex of the DER integer's
+/// bytes (`crate::serial::Serial::to_hex` writes the same for the serials it draws).
+pub fn serial_hex(der: &[u8]) -> Result<String, CertificateError> {
+    let cert = parse(der).map_err(CertificateError::Malformed)?;
+    Ok(hex::encode(cert.raw_serial()))
+}
+
 /// SHA-256 of the bytes (of a DER certificate: its SHA-256 thumbprint).
 pub fn sha256(der: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(der).into()
@@ -223,6 +230,8 @@ mod tests {
         assert_eq!(d.subject, "CN=device-9, O=Acme");
         assert_eq!(d.issuer, d.subject, "self-signed");
         assert_eq!(d.serial_hex, "01abcd");
+        assert_eq!(serial_hex(&der).unwrap(), d.serial_hex);
+        assert!(matches!(serial_hex(&der[..der.len() - 1]), Err(CertificateError::Malformed(_))));
         assert_eq!(d.version, 3);
         assert_eq!(d.not_before.unix_timestamp(), 1_767_323_045);
         assert_eq!(d.not_after.unix_timestamp(), 1_798_859_045);

@@ -165,7 +165,7 @@ pub(crate) async fn supersede_and_insert(
         Entity::insert_many(chunk.iter().map(to_active))
             .exec_without_returning(db)
             .await
-            .map_err(|e| StoreError::from_insert(e, "a certificate with this serial or thumbprint"))?;
+            .map_err(|e| StoreError::from_insert(e, "a certificate with this serial"))?;
     }
     Ok(())
 }
@@ -282,10 +282,18 @@ repository_with_reader! {
 }
 
 impl<'a> CertificateReader<'a> {
-    /// The certificate with this SHA-256 thumbprint (hex, either case), read through the
-    /// [`DeviceReader`](crate::reader::DeviceReader) (in batches: devices present certificates).
-    pub async fn by_thumbprint(self, sha256_hex: &str) -> Result<CertificateRecord, StoreError> {
-        self.store.devices.certificate(sha256_hex).await?.ok_or(StoreError::NotFound)
+    /// The certificate a device presented, by its serial and SHA-256 thumbprint (hex, either case), read through
+    /// the [`DeviceReader`](crate::reader::DeviceReader) (in batches: devices present certificates). It is found by
+    /// its serial, the table's key, and is the one presented only if the thumbprints agree: a certificate of
+    /// another issuer may carry the same serial. (A unique index on the thumbprint cost every certificate written a
+    /// second random-keyed index entry, and every superseded one another: BENCHMARKS.md, issue #21.)
+    pub async fn presented(self, serial_hex: &str, sha256_hex: &str) -> Result<CertificateRecord, StoreError> {
+        self.store
+            .devices
+            .certificate(serial_hex)
+            .await?
+            .filter(|found| found.thumbprint_sha256.eq_ignore_ascii_case(sha256_hex))
+            .ok_or(StoreError::NotFound)
     }
 
     /// The certificate with this serial (hex, either case).

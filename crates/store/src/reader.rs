@@ -1,6 +1,6 @@
 //! The batching reader of what authenticating devices read: their individual enrollments, their registrations
-//! and the certificates they present. Every device request reads one or more of these by key; the lookups made
-//! while a batch is read go together in the next, one query per kind, on a connection the reader keeps.
+//! and the certificates they present (by serial). Every device request reads one or more of these by key; the
+//! lookups made while a batch is read go together in the next, one query per kind, on a connection the reader keeps.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,10 +32,10 @@ const REGISTRATIONS_BY_KEY: Sql = Sql {
     sqlite: "SELECT * FROM registrations WHERE key IN (SELECT value FROM json_each(?1))",
 };
 
-/// Certificates by SHA-256 thumbprint (lower-case hex).
-const CERTIFICATES_BY_THUMBPRINT: Sql = Sql {
-    postgres: "SELECT * FROM certificates WHERE thumbprint_sha256 = ANY($1)",
-    sqlite: "SELECT * FROM certificates WHERE thumbprint_sha256 IN (SELECT value FROM json_each(?1))",
+/// Certificates by serial (lower-case hex), their primary key.
+const CERTIFICATES_BY_SERIAL: Sql = Sql {
+    postgres: "SELECT * FROM certificates WHERE serial = ANY($1)",
+    sqlite: "SELECT * FROM certificates WHERE serial IN (SELECT value FROM json_each(?1))",
 };
 
 /// The keys one batch looks up: a `text[]` on PostgreSQL, which reads it without parsing; a JSON array of strings
@@ -125,9 +125,9 @@ impl DeviceReader {
                 .await;
                 answer(
                     &mut connection,
-                    CERTIFICATES_BY_THUMBPRINT,
+                    CERTIFICATES_BY_SERIAL,
                     certificates,
-                    |m: &certificate::Model| m.thumbprint_sha256.clone(),
+                    |m: &certificate::Model| m.serial.clone(),
                     crate::certificate::to_record,
                 )
                 .await;
@@ -147,10 +147,10 @@ impl DeviceReader {
         self.read(|reply| Lookup::Registration(key.to_owned(), reply)).await
     }
 
-    /// The certificate with SHA-256 thumbprint `sha256_hex` (either case), if any, read together with the other
-    /// lookups queued meanwhile.
-    pub(crate) async fn certificate(&self, sha256_hex: &str) -> Result<Option<CertificateRecord>, StoreError> {
-        self.read(|reply| Lookup::Certificate(sha256_hex.to_ascii_lowercase(), reply)).await
+    /// The certificate with serial `serial_hex` (either case), if any, read together with the other lookups queued
+    /// meanwhile.
+    pub(crate) async fn certificate(&self, serial_hex: &str) -> Result<Option<CertificateRecord>, StoreError> {
+        self.read(|reply| Lookup::Certificate(serial_hex.to_ascii_lowercase(), reply)).await
     }
 
     async fn read<R>(&self, lookup: impl FnOnce(Reply<R>) -> Lookup) -> Result<Option<R>, StoreError> {

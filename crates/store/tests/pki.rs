@@ -654,11 +654,15 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
         ..issued
     };
     assert_eq!(stored[0], expected);
-    assert_eq!(store.certificates().by_thumbprint(&stored[0].thumbprint_sha256).await.unwrap(), stored[0]);
+    let (serial, thumbprint) = (&stored[0].serial, &stored[0].thumbprint_sha256);
+    assert_eq!(store.certificates().presented(serial, thumbprint).await.unwrap(), stored[0]);
     assert_eq!(
-        store.certificates().by_thumbprint(&stored[0].thumbprint_sha256.to_ascii_uppercase()).await.unwrap(),
+        store.certificates().presented(&serial.to_ascii_uppercase(), &thumbprint.to_ascii_uppercase()).await.unwrap(),
         stored[0]
     );
+    // Another issuer's certificate with the same serial is not ours.
+    let foreign = format!("{:0>64x}", fxhash("foreign"));
+    assert!(matches!(store.certificates().presented(serial, &foreign).await, Err(StoreError::NotFound)));
 
     // Racing re-registrations on the same state, each with a certificate of its own.
     const RACERS: usize = 6;
@@ -690,8 +694,8 @@ async fn an_issued_certificate_supersedes_the_previous_one(store: &Store) {
     assert_eq!(winners.len(), 1, "one re-registration wins");
     let winner = winners[0];
     for n in 0..RACERS {
-        let thumbprint = certificate("Dev", "ca", &format!("race-{n}"), 30).thumbprint_sha256;
-        let found = store.certificates().by_thumbprint(&thumbprint).await;
+        let racer = certificate("Dev", "ca", &format!("race-{n}"), 30);
+        let found = store.certificates().presented(&racer.serial, &racer.thumbprint_sha256).await;
         if n == winner {
             assert_eq!(found.unwrap().status, CertificateStatus::Active);
         } else {
@@ -1237,3 +1241,87 @@ async fn certificates_page_by_expiry_once_each(store: &Store) {
     assert_eq!(everything.next, None);
 }
 both!(certificates_page_by_expiry_once_each);
+
+/// The certificates' thumbprint is not indexed (migration `m20261210_000001_drop_certificate_thumbprint_index`):
+/// applied to a database that holds certificates, the migration keeps every row and the three other indexes, and
+/// taken back it makes the thumbprint unique again. On SQLite, which cannot drop a column's UNIQUE, that is a
+/// rebuild of the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_thumbprint_index_goes_and_the_certificates_stay() {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    use zerotouch_migrations::{Migrator, MigratorTrait};
+    const MIGRATION: &str = "m20261210_000001_drop_certificate_thumbprint_index";
+    let before = Migrator::migrations().iter().position(|m| m.name() == MIGRATION).unwrap();
+    let after = Migrator::migrations().len() - before;
+    for (backend, indexes) in [
+        (
+            Backend::Sqlite,
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'certificates' ORDER BY name",
+        ),
+        (Backend::Postgres, "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'certificates' ORDER BY 1"),
+    ] {
+        let db = TestDatabase::create(backend).await.unwrap();
+        let raw = Database::connect(db.url.as_str()).await.unwrap();
+        let query = |sql: &str| Statement::from_string(raw.get_database_backend(), sql);
+        let names = |rows: Vec<sea_orm::QueryResult>| -> Vec<String> {
+            rows.iter().map(|r| r.try_get::<String>("", "name").unwrap()).collect()
+        };
+        let rows = "SELECT serial, registration_key, device_id, issuing_ca, status, thumbprint_sha256, \
+                    revocation_reason FROM certificates ORDER BY serial";
+        let read = |rows: Vec<sea_orm::QueryResult>| -> Vec<Vec<Option<String>>> {
+            let columns = ["serial", "registration_key", "device_id", "issuing_ca", "status", "thumbprint_sha256"];
+            rows.iter()
+                .map(|r| {
+                    let mut row: Vec<Option<String>> =
+                        columns.iter().map(|c| Some(r.try_get::<String>("", c).unwrap())).collect();
+                    row.push(r.try_get::<Option<String>>("", "revocation_reason").unwrap());
+                    row
+                })
+                .collect()
+        };
+
+        Migrator::up(&raw, Some(u32::try_from(before).unwrap())).await.unwrap();
+        for (serial, status, reason) in [("0a", "active", "NULL"), ("0b", "revoked", "'keyCompromise'")] {
+            raw.execute_unprepared(&format!(
+                "INSERT INTO certificates (serial, registration_key, device_id, issuing_ca, not_before, not_after, \
+                 status, thumbprint_sha256, revoked_at, revocation_reason, created_at) VALUES ('{serial}', 'dev', \
+                 'Dev', 'ca', '2026-12-01 00:00:00+00:00', '2027-01-01 00:00:00+00:00', '{status}', 'thumb-{serial}', \
+                 NULL, {reason}, '2026-12-01 00:00:00+00:00')"
+            ))
+            .await
+            .unwrap();
+        }
+        let stored = read(raw.query_all_raw(query(rows)).await.unwrap());
+        assert_eq!(stored.len(), 2);
+        let unique = names(raw.query_all_raw(query(indexes)).await.unwrap());
+        assert_eq!(unique.len(), 5, "{backend:?}: the thumbprint is indexed before: {unique:?}");
+
+        Migrator::up(&raw, None).await.unwrap();
+        assert_eq!(read(raw.query_all_raw(query(rows)).await.unwrap()), stored, "{backend:?}: every row kept");
+        let kept = names(raw.query_all_raw(query(indexes)).await.unwrap());
+        let expected: &[&str] = match backend {
+            Backend::Sqlite => &[
+                "certificates_by_expiry",
+                "certificates_by_issuer",
+                "certificates_by_registration",
+                "sqlite_autoindex_certificates_1",
+            ],
+            Backend::Postgres => &[
+                "certificates_by_expiry",
+                "certificates_by_issuer",
+                "certificates_by_registration",
+                "certificates_pkey",
+            ],
+        };
+        assert_eq!(kept, expected, "{backend:?}");
+
+        Migrator::down(&raw, Some(u32::try_from(after).unwrap())).await.unwrap();
+        assert_eq!(read(raw.query_all_raw(query(rows)).await.unwrap()), stored, "{backend:?}: kept going back");
+        assert_eq!(names(raw.query_all_raw(query(indexes)).await.unwrap()), unique, "{backend:?}");
+        let twin = "INSERT INTO certificates (serial, registration_key, device_id, issuing_ca, not_before, not_after, \
+                    status, thumbprint_sha256, created_at) VALUES ('0c', 'dev', 'Dev', 'ca', '2026-12-01', \
+                    '2027-01-01', 'active', 'thumb-0a', '2026-12-01')";
+        assert!(raw.execute_unprepared(twin).await.is_err(), "{backend:?}: the thumbprint is unique again");
+        raw.close().await.unwrap();
+    }
+}

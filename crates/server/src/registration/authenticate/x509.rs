@@ -265,7 +265,9 @@ impl RegistrationService {
         &self,
         leaf: &[u8],
     ) -> Result<Option<CertificateRecord>, RegistrationError> {
-        match self.store.certificates().by_thumbprint(&zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+        // A certificate that does not parse is none of ours (the managed CA's all do); the attestation refuses it.
+        let Ok(serial) = zerotouch_pki::serial_hex(leaf) else { return Ok(None) };
+        match self.store.certificates().presented(&serial, &zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
             Ok(issued) => Ok(Some(issued)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(RegistrationError::internal("looking up a presented certificate", e)),
