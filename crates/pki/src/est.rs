@@ -41,7 +41,8 @@ pub fn certs_only_pkcs7(certificates: &[Vec<u8>]) -> Result<Vec<u8>, Pkcs7Error>
             return Err(malformed(format!("it is a {}, not a SEQUENCE", element.tag())));
         }
     }
-    // X.690 §11.6: a SET OF in DER is ordered by its elements' encodings.
+    // X.690 §11.6: a SET OF in DER is ordered by its elements' encodings. A whole DER element is never a prefix of
+    // another (its header fixes its length), so the slices' byte order is that order.
     let mut sorted: Vec<&[u8]> = certificates.iter().map(Vec::as_slice).collect();
     sorted.sort_unstable();
     let set: Vec<u8> = sorted.concat();
