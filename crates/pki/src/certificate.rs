@@ -117,8 +117,12 @@ pub fn rsa_public_key(der: &[u8]) -> Result<Option<RsaPublicKey>, CertificateErr
 /// The serial number of a DER certificate as the store keeps the managed CA's: lower-case hex of the DER integer's
 /// bytes (`crate::serial::Serial::to_hex` writes the same for the serials it draws).
 pub fn serial_hex(der: &[u8]) -> Result<String, CertificateError> {
-    let cert = parse(der).map_err(CertificateError::Malformed)?;
-    Ok(hex::encode(cert.raw_serial()))
+    Ok(serial_of(&parse(der).map_err(CertificateError::Malformed)?))
+}
+
+/// [`serial_hex`] of a parsed certificate.
+fn serial_of(cert: &X509Certificate<'_>) -> String {
+    hex::encode(cert.raw_serial())
 }
 
 /// SHA-256 of the bytes (of a DER certificate: its SHA-256 thumbprint).
@@ -171,7 +175,7 @@ pub(crate) fn details_of(cert: &X509Certificate<'_>, der: &[u8]) -> CertificateD
         issuer: cert.issuer().to_string(),
         not_before: time_of(cert.validity().not_before),
         not_after: time_of(cert.validity().not_after),
-        serial_hex: hex::encode(cert.raw_serial()),
+        serial_hex: serial_of(cert),
         version: cert.version().0 + 1,
         sha1_hex: thumbprint_sha1_hex(der),
         sha256_hex: thumbprint_sha256_hex(der),

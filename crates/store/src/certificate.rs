@@ -149,6 +149,9 @@ pub(crate) fn normalized(mut r: CertificateRecord) -> CertificateRecord {
 /// Rows per statement: 11 columns a row stay far below both databases' limits on bound parameters.
 const CHUNK: usize = 1000;
 
+/// What a certificate whose serial is taken is called in the conflict it causes (`StoreError::from_insert`).
+pub(crate) const DUPLICATE: &str = "a certificate with this serial";
+
 /// For the registration writer: marks the `active` certificates of the registrations of `certificates`
 /// superseded, then inserts `certificates` (which must be normalized, `active`, one per registration).
 pub(crate) async fn supersede_and_insert(
@@ -165,7 +168,7 @@ pub(crate) async fn supersede_and_insert(
         Entity::insert_many(chunk.iter().map(to_active))
             .exec_without_returning(db)
             .await
-            .map_err(|e| StoreError::from_insert(e, "a certificate with this serial"))?;
+            .map_err(|e| StoreError::from_insert(e, DUPLICATE))?;
     }
     Ok(())
 }

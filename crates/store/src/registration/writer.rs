@@ -147,7 +147,7 @@ async fn write_batch(db: &DatabaseConnection, vault: &Vault, held: &mut HeldConn
             Err(e) if certificates.len() == 1 => {
                 let pending = certificates.remove(0);
                 let e = match e {
-                    StoreError::Database(e) => StoreError::from_insert(e, "a certificate with this serial"),
+                    StoreError::Database(e) => StoreError::from_insert(e, crate::certificate::DUPLICATE),
                     e => e,
                 };
                 drop(pending.reply.send(Err(e)));
