@@ -7,6 +7,7 @@
 //! SQLite runs inside the service: sqlx gives each SQLite connection a thread of its own (`sqlx-sqlite-worker-N`,
 //! `comm` cut to 15 bytes), whose time is in `/proc/PID/task/TID/stat`.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -156,6 +157,39 @@ impl PerOperation {
             self.service, self.database, self.client, self.machine
         )
     }
+}
+
+/// One measured phase of a benchmark that takes turns in slices with others, summed over its slices: what it did and what it cost.
+#[derive(Default)]
+pub(crate) struct Phase {
+    pub(crate) report: crate::devices::Report,
+    spent: Sample,
+}
+
+impl Phase {
+    /// Runs one slice of the phase, `work`, and adds its report and the CPU it cost (`pids`, the service or the peer).
+    pub(crate) async fn slice(
+        &mut self,
+        pids: &[u32],
+        work: impl Future<Output = anyhow::Result<crate::devices::Report>>,
+    ) -> anyhow::Result<()> {
+        let before = Sample::now(pids)?;
+        let report = work.await?;
+        self.spent.add(&Sample::now(pids)?.since(&before));
+        self.report.absorb(report);
+        Ok(())
+    }
+
+    /// The CPU the phase cost per operation.
+    pub(crate) fn cost(&self) -> PerOperation {
+        PerOperation::of(&self.spent, self.report.assigned)
+    }
+}
+
+/// The ranges of `count` items cut into `slices` turns.
+pub(crate) fn slice_ranges(count: usize, slices: usize) -> impl Iterator<Item = Range<usize>> {
+    let slices = slices.clamp(1, count.max(1));
+    (0..slices).map(move |slice| count * slice / slices..count * (slice + 1) / slices)
 }
 
 /// Ticks of every live `postgres` process, plus the exited children of the postmasters (the `postgres`

@@ -34,7 +34,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use zerotouch_tests::{Backend, Options, Server};
 
-use crate::cpu::{PerOperation, Sample};
+use crate::cpu::{PerOperation, Phase, slice_ranges};
 
 #[derive(Debug, Parser)]
 #[command(name = "zerotouch-loadgen", about = "Benchmarks and load generator for zerotouch")]
@@ -208,7 +208,7 @@ enum Command {
         query_samples: usize,
     },
     /// Fresh services per run: certificates from CSRs, ours (EST) against cfssl (`cfssl` on PATH, or `CFSSL_BIN`),
-    /// then registrations with and without a CSR.
+    /// taking turns in slices; then registrations with and without a CSR, taking turns on one service.
     BenchIssuance {
         /// Which databases ours runs on.
         #[arg(long, value_enum, num_args = 1.., default_values = ["sqlite", "postgres"])]
@@ -228,34 +228,11 @@ enum Command {
         /// cfssl configurations: nothing kept (its default), or each certificate in its SQLite certdb.
         #[arg(long, value_enum, num_args = 1.., default_values = ["memory", "sqlite"])]
         cfssl: Vec<issuance::CfsslStore>,
+        /// Slices per run: the issuers take turns, a slice of the CSRs each at a time, and so do registrations
+        /// without and with a CSR, so that the machine's drift falls on both sides of a ratio (1: one after another).
+        #[arg(long, default_value_t = 5)]
+        slices: usize,
     },
-}
-
-/// One measured phase of a `bench-devices` run, summed over its slices: what it did and what it cost.
-#[derive(Default)]
-struct Phase {
-    report: devices::Report,
-    spent: Sample,
-}
-
-impl Phase {
-    /// Runs one slice of the phase, `work`, and adds its report and the CPU it cost (`pids`, the service).
-    async fn slice(
-        &mut self,
-        pids: &[u32],
-        work: impl Future<Output = anyhow::Result<devices::Report>>,
-    ) -> anyhow::Result<()> {
-        let before = Sample::now(pids)?;
-        let report = work.await?;
-        self.spent.add(&Sample::now(pids)?.since(&before));
-        self.report.absorb(report);
-        Ok(())
-    }
-
-    /// The CPU the phase cost per operation.
-    fn cost(&self) -> PerOperation {
-        PerOperation::of(&self.spent, self.report.assigned)
-    }
 }
 
 /// One run of `bench-devices`: the ceiling, the same with two exchanges per connection, and each transport with its
@@ -285,9 +262,8 @@ async fn bench_devices_once(
     let pids = [server.pid().context("the service is not running")?];
     let (mut ceiling, mut two) = (Phase::default(), Phase::default());
     let mut phases: Vec<Phase> = transports.iter().map(|_| Phase::default()).collect();
-    let slices = slices.clamp(1, count.max(1));
-    for slice in 0..slices {
-        let (start, end) = (count * slice / slices, count * (slice + 1) / slices);
+    for range in slice_ranges(count, slices) {
+        let (start, end) = (range.start, range.end);
         ceiling.slice(&pids, devices::healthz_connections(&target, end - start, concurrency, 1)).await?;
         // What a second exchange on the connection costs by itself: a device's register and poll are two.
         two.slice(&pids, devices::healthz_connections(&target, end - start, concurrency, 2)).await?;
@@ -504,7 +480,7 @@ async fn main() -> anyhow::Result<()> {
             };
             scale::bench(&settings).await?;
         }
-        Command::BenchIssuance { backend, csrs, devices: count, concurrency, runs, cfssl } => {
+        Command::BenchIssuance { backend, csrs, devices: count, concurrency, runs, cfssl, slices } => {
             let settings = issuance::Settings {
                 backends: backend.into_iter().map(Backend::from).collect(),
                 csrs,
@@ -512,6 +488,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency,
                 runs,
                 cfssl,
+                slices,
             };
             issuance::bench(&settings).await?;
         }

@@ -5,6 +5,7 @@
 //! nothing to do with how ours is driven.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,9 +29,11 @@ pub(crate) enum CfsslStore {
     Sqlite,
 }
 
-/// A running `cfssl serve` over HTTPS with a P-256 CA made for it; killed on drop.
+/// A running `cfssl serve` over HTTPS with a P-256 CA made for it, and the benchmark's keep-alive connections to
+/// it; killed on drop.
 pub(super) struct Cfssl {
     child: tokio::process::Child,
+    clients: Vec<reqwest::Client>,
     url: String,
     ca_der: Vec<u8>,
     tls_cert_pem: String,
@@ -58,7 +61,8 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Cfssl {
-    pub(super) async fn start(store: CfsslStore) -> anyhow::Result<Self> {
+    /// Starts cfssl and opens `concurrency` clients to it.
+    pub(super) async fn start(store: CfsslStore, concurrency: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let ca = p256_ca("cfssl bench CA")?;
@@ -118,12 +122,15 @@ impl Cfssl {
             .with_context(|| format!("cannot start {} (apt-get install golang-cfssl)", cfssl_binary().display()))?;
         let mut cfssl = Self {
             child,
+            clients: Vec::new(),
             url: format!("https://127.0.0.1:{port}/api/v1/cfssl/sign"),
             ca_der: ca.der().to_vec(),
             tls_cert_pem: tls_cert.pem(),
             dir,
         };
         cfssl.wait_until_serving().await?;
+        cfssl.clients =
+            (0..concurrency.max(1)).map(|_| keep_alive_client(cfssl.tls()?)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(cfssl)
     }
 
@@ -163,12 +170,10 @@ impl Cfssl {
             .with_no_client_auth())
     }
 
-    /// Signs every CSR at `concurrency` connections and checks a sample.
-    pub(super) async fn run(&self, csrs: &Arc<Vec<Csr>>, concurrency: usize) -> anyhow::Result<(Run, usize)> {
-        let clients =
-            (0..concurrency.max(1)).map(|_| keep_alive_client(self.tls()?)).collect::<anyhow::Result<Vec<_>>>()?;
+    /// Signs CSRs `range` of `csrs` over the connections.
+    pub(super) async fn run(&self, csrs: &Arc<Vec<Csr>>, range: Range<usize>) -> anyhow::Result<Run> {
         let url = Arc::new(self.url.clone());
-        let mut run = drive(clients, Arc::clone(csrs), move |client, csrs, i| {
+        let mut run = drive(&self.clients, csrs, range, move |client, csrs, i| {
             let url = Arc::clone(&url);
             async move {
                 let response = client
@@ -194,7 +199,11 @@ impl Cfssl {
             let der = rustls_pemfile::certs(&mut &pem[..]).next().context("cfssl answer without a certificate")??;
             sample.certificate = der.to_vec();
         }
-        let checked = check_samples(&run, csrs, std::slice::from_ref(&self.ca_der))?;
-        Ok((run, checked))
+        Ok(run)
+    }
+
+    /// Checks the sample of `run`'s answers (all its slices); returns how many were checked.
+    pub(super) fn check(&self, run: &Run, csrs: &[Csr]) -> anyhow::Result<usize> {
+        check_samples(run, csrs, std::slice::from_ref(&self.ca_der))
     }
 }

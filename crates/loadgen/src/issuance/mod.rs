@@ -9,6 +9,11 @@
 //! sample of the answers is checked after the clock stops: a certificate with the CSR's key and CN, the clientAuth
 //! EKU, signed by the issuer's CA.
 //!
+//! Within a run the issuers (cfssl and ours on each database) are all started and made ready first, then take
+//! turns, a slice of the CSRs each at a time; registrations without and with a CSR take turns the same way on one
+//! service. The machines this runs on drift by a fifth within a minute: slices put the drift on both sides of each
+//! ratio.
+//!
 //! Each registration run also reports CPU time per device (`crate::cpu::PerOperation`), and the benchmark ends
 //! with what a CSR added to the whole machine's time per device, against the budget a ratio of 0.9 leaves and the
 //! floor no code can save: the service's own CSR check and issuance, timed alone on one thread.
@@ -23,6 +28,7 @@ mod est;
 mod run;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,14 +38,15 @@ use base64::engine::general_purpose::STANDARD;
 use zerotouch_tests::{Backend, Options, Server};
 
 use crate::bulk::median;
-use crate::cpu::{PerOperation, Sample};
+use crate::cpu::{PerOperation, Phase, slice_ranges};
 use crate::devices::{self, Report};
 
 pub(crate) use cfssl::CfsslStore;
 pub(crate) use credentials::{Csr, EstFleet, est_device_id, generate_csrs};
 
 use cfssl::Cfssl;
-use est::est_run;
+use est::Est;
+use run::{Run, Sample};
 
 /// What `bench-issuance` measures.
 #[derive(Debug, Clone)]
@@ -54,6 +61,8 @@ pub(crate) struct Settings {
     pub(crate) concurrency: usize,
     /// Runs (medians reported).
     pub(crate) runs: usize,
+    /// Slices per run: the issuers take turns, and so do registrations without and with a CSR.
+    pub(crate) slices: usize,
     /// cfssl configurations to compare with.
     pub(crate) cfssl: Vec<CfsslStore>,
 }
@@ -125,24 +134,71 @@ impl Series {
     }
 }
 
-async fn registration_once(
+/// Registration without and with a CSR on one fresh service, each device on a new TLS connection, the two
+/// taking turns in `slices`: returns each one's report and CPU time per device.
+async fn registrations_once(
     backend: Backend,
-    devices: &[devices::Device],
-    prefix: &str,
+    (plain, plain_prefix): (&[devices::Device], &str),
+    (with_csr, csr_prefix): (&[devices::Device], &str),
     concurrency: usize,
-) -> anyhow::Result<(Report, PerOperation)> {
+    slices: usize,
+) -> anyhow::Result<[(Report, PerOperation); 2]> {
     let server = Server::start_with(backend, server_options()).await?;
     let target = devices::target_of(&server, server.token("owner")?)?;
-    let enrolled = devices::enroll(&target, prefix, devices.len()).await?;
-    // `enroll` derives the same ids and keys for the same prefix: the prepared devices (with CSRs) match.
-    if enrolled.iter().zip(devices).any(|(a, b)| a.registration_id() != b.registration_id()) {
-        bail!("prepared devices do not match the enrollments");
+    for (prepared, prefix) in [(plain, plain_prefix), (with_csr, csr_prefix)] {
+        let enrolled = devices::enroll(&target, prefix, prepared.len()).await?;
+        // `enroll` derives the same ids and keys for the same prefix: the prepared devices (with CSRs) match.
+        if enrolled.iter().zip(prepared).any(|(a, b)| a.registration_id() != b.registration_id()) {
+            bail!("prepared devices do not match the enrollments");
+        }
     }
     let pids = [server.pid().context("the service is not running")?];
-    let before = Sample::now(&pids)?;
-    let report = devices::run(&target, devices, concurrency).await?;
-    let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), report.assigned);
-    Ok((report, cpu))
+    let (mut without, mut with) = (Phase::default(), Phase::default());
+    let count = plain.len().min(with_csr.len());
+    for range in slice_ranges(count, slices) {
+        without.slice(&pids, devices::run(&target, &plain[range.clone()], concurrency)).await?;
+        with.slice(&pids, devices::run(&target, &with_csr[range], concurrency)).await?;
+    }
+    let (without_cpu, with_cpu) = (without.cost(), with.cost());
+    Ok([(without.report, without_cpu), (with.report, with_cpu)])
+}
+
+/// An issuer measured in one run, a slice at a time: its name in the output, what it did and cost, and the sample
+/// of its answers.
+struct IssuerRun {
+    name: String,
+    issuer: Issuer,
+    phase: Phase,
+    samples: Vec<Sample>,
+}
+
+/// Ours on a started service, or cfssl.
+enum Issuer {
+    Est(Server, Est, Backend),
+    Cfssl(Cfssl, &'static str),
+}
+
+impl Issuer {
+    fn pid(&self) -> anyhow::Result<u32> {
+        match self {
+            Issuer::Est(server, ..) => server.pid().context("the service is not running"),
+            Issuer::Cfssl(cfssl, _) => cfssl.pid().context("cfssl is not running"),
+        }
+    }
+
+    async fn run(&self, csrs: &Arc<Vec<Csr>>, range: Range<usize>) -> anyhow::Result<Run> {
+        match self {
+            Issuer::Est(_, est, _) => est.run(csrs, range).await,
+            Issuer::Cfssl(cfssl, _) => cfssl.run(csrs, range).await,
+        }
+    }
+
+    fn check(&self, run: &Run, csrs: &[Csr]) -> anyhow::Result<usize> {
+        match self {
+            Issuer::Est(_, est, _) => est.check(run, csrs),
+            Issuer::Cfssl(cfssl, _) => cfssl.check(run, csrs),
+        }
+    }
 }
 
 /// What a registration with a CSR costs the service beyond one without, that no implementation can leave out:
@@ -199,54 +255,80 @@ pub(crate) async fn bench(settings: &Settings) -> anyhow::Result<()> {
     let mut registrations: BTreeMap<String, (Series, Series)> = BTreeMap::new();
     let mut failures = devices::Failures::default();
     for run in 1..=settings.runs {
+        // Every issuer of the run is started and made ready first; then they take turns, a slice of the CSRs each,
+        // so that the machine's drift falls on all of them alike.
+        let mut issuers = Vec::new();
         for &store in &settings.cfssl {
             let name = match store {
                 CfsslStore::Memory => "memory",
                 CfsslStore::Sqlite => "sqlite",
             };
-            let server = Cfssl::start(store).await.with_context(|| format!("cfssl ({name})"))?;
-            let pids = [server.pid().context("cfssl is not running")?];
-            let before = Sample::now(&pids)?;
-            let (result, checked) = server.run(&csrs, c).await.with_context(|| format!("cfssl ({name}), run {run}"))?;
-            let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), result.report.assigned);
-            println!(
-                "  cfssl ({name}, https): run {run}: {} (sample of {checked} checked) {}",
-                line(&result.report, "certificates"),
-                cpu.text()
-            );
-            failures.note(format!("cfssl ({name}) run {run}"), &result.report);
-            cfssl.entry(name).or_default().push(&result.report, cpu);
+            let cfssl = Cfssl::start(store, c).await.with_context(|| format!("cfssl ({name})"))?;
+            issuers.push(IssuerRun {
+                name: format!("cfssl ({name}, https)"),
+                issuer: Issuer::Cfssl(cfssl, name),
+                phase: Phase::default(),
+                samples: Vec::new(),
+            });
         }
         for &backend in &settings.backends {
             let server = Server::start_with(backend, server_options()).await?;
-            let pids = [server.pid().context("the service is not running")?];
-            let before = Sample::now(&pids)?;
-            let (result, checked) =
-                est_run(&server, &fleet, &csrs).await.with_context(|| format!("EST on {backend:?}, run {run}"))?;
-            let cpu = PerOperation::of(&Sample::now(&pids)?.since(&before), result.report.assigned);
+            let est = Est::prepare(&server, &fleet).await.with_context(|| format!("EST on {backend:?}"))?;
+            issuers.push(IssuerRun {
+                name: format!("zerotouch EST ({backend:?}, https)"),
+                issuer: Issuer::Est(server, est, backend),
+                phase: Phase::default(),
+                samples: Vec::new(),
+            });
+        }
+        for range in slice_ranges(csrs.len(), settings.slices) {
+            for issuer in &mut issuers {
+                let pids = [issuer.issuer.pid()?];
+                let (issuer_ref, samples) = (&issuer.issuer, &mut issuer.samples);
+                let work = async {
+                    let slice = issuer_ref.run(&csrs, range.clone()).await?;
+                    samples.extend(slice.samples);
+                    Ok(slice.report)
+                };
+                issuer.phase.slice(&pids, work).await.with_context(|| format!("{}, run {run}", issuer.name))?;
+            }
+        }
+        for issuer in issuers {
+            let cpu = issuer.phase.cost();
+            let answers = Run { report: issuer.phase.report, samples: issuer.samples };
+            let checked =
+                issuer.issuer.check(&answers, &csrs).with_context(|| format!("{}, run {run}", issuer.name))?;
+            let report = answers.report;
             println!(
-                "  zerotouch EST ({backend:?}, https): run {run}: {} (sample of {checked} checked) {}",
-                line(&result.report, "certificates"),
+                "  {}: run {run}: {} (sample of {checked} checked) {}",
+                issuer.name,
+                line(&report, "certificates"),
                 cpu.text()
             );
-            failures.note(format!("EST on {backend:?} run {run}"), &result.report);
-            ours.entry(format!("{backend:?}")).or_default().push(&result.report, cpu);
-            drop(server);
-            if settings.devices > 0 {
-                let without = registration_once(backend, &plain, plain_prefix, c).await?;
-                println!(
-                    "  {backend:?}: run {run}: registration without CSR: {} {}",
-                    without.0.summary(),
-                    without.1.text()
-                );
-                let with = registration_once(backend, &with_csr, csr_prefix, c).await?;
-                println!("  {backend:?}: run {run}: registration with CSR: {} {}", with.0.summary(), with.1.text());
-                failures.note(format!("registration without CSR on {backend:?} run {run}"), &without.0);
-                failures.note(format!("registration with CSR on {backend:?} run {run}"), &with.0);
-                let entry = registrations.entry(format!("{backend:?}")).or_default();
-                entry.0.push(&without.0, without.1);
-                entry.1.push(&with.0, with.1);
+            failures.note(format!("{} run {run}", issuer.name), &report);
+            match issuer.issuer {
+                Issuer::Cfssl(_, name) => cfssl.entry(name).or_default().push(&report, cpu),
+                Issuer::Est(_, _, backend) => ours.entry(format!("{backend:?}")).or_default().push(&report, cpu),
             }
+        }
+        if settings.devices == 0 {
+            continue;
+        }
+        for &backend in &settings.backends {
+            let [without, with] =
+                registrations_once(backend, (&plain, plain_prefix), (&with_csr, csr_prefix), c, settings.slices)
+                    .await?;
+            println!(
+                "  {backend:?}: run {run}: registration without CSR: {} {}",
+                without.0.summary(),
+                without.1.text()
+            );
+            println!("  {backend:?}: run {run}: registration with CSR: {} {}", with.0.summary(), with.1.text());
+            failures.note(format!("registration without CSR on {backend:?} run {run}"), &without.0);
+            failures.note(format!("registration with CSR on {backend:?} run {run}"), &with.0);
+            let entry = registrations.entry(format!("{backend:?}")).or_default();
+            entry.0.push(&without.0, without.1);
+            entry.1.push(&with.0, with.1);
         }
     }
     let n = settings.csrs;

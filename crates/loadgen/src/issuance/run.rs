@@ -3,6 +3,7 @@
 //!
 //! Its own module because EST and cfssl are measured through this same code, so that only the issuer differs.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,14 +21,22 @@ pub(super) struct Sample {
     pub(super) certificate: Vec<u8>,
 }
 
-/// What one issuer did with the N CSRs.
+/// What one issuer did with its CSRs (a slice of the N, or all of them).
+#[derive(Default)]
 pub(super) struct Run {
     pub(super) report: Report,
     pub(super) samples: Vec<Sample>,
 }
 
-/// Runs `csrs` over `clients.len()` connections, connection `w` sending CSRs `w, w + C, ...` through `send`.
-pub(super) async fn drive<F, Fut>(clients: Vec<reqwest::Client>, csrs: Arc<Vec<Csr>>, send: F) -> anyhow::Result<Run>
+/// Runs CSRs `range` of `csrs` over `clients.len()` connections, connection `w` sending the CSRs of the range whose
+/// index is `w` modulo the connections, one after the other, through `send` (an EST device's CSRs carry the CN of
+/// the connection's certificate, and so always go over that connection).
+pub(super) async fn drive<F, Fut>(
+    clients: &[reqwest::Client],
+    csrs: &Arc<Vec<Csr>>,
+    range: Range<usize>,
+    send: F,
+) -> anyhow::Result<Run>
 where
     F: Fn(reqwest::Client, Arc<Vec<Csr>>, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Vec<u8>, String>> + Send,
@@ -35,15 +44,15 @@ where
     let connections = clients.len().max(1);
     let started = Instant::now();
     let workers: Vec<_> = clients
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(w, client)| {
-            let csrs = Arc::clone(&csrs);
+            let (client, csrs, range) = (client.clone(), Arc::clone(csrs), range.clone());
             let send = send.clone();
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
                 let mut samples = Vec::new();
-                for i in (w..csrs.len()).step_by(connections) {
+                for i in share(range.start..range.end.min(csrs.len()), w, connections) {
                     let begun = Instant::now();
                     match send(client.clone(), Arc::clone(&csrs), i).await {
                         Ok(certificate) => {
@@ -59,7 +68,7 @@ where
             })
         })
         .collect();
-    let mut outcomes = Vec::with_capacity(csrs.len());
+    let mut outcomes = Vec::with_capacity(range.len());
     let mut samples = Vec::new();
     for worker in workers {
         let (o, s) = worker.await.context("worker")?;
@@ -67,6 +76,12 @@ where
         samples.extend(s);
     }
     Ok(Run { report: Report::collect(outcomes, started.elapsed()), samples })
+}
+
+/// The indexes of `range` that connection `w` of `connections` sends: those equal to `w` modulo `connections`.
+fn share(range: Range<usize>, w: usize, connections: usize) -> impl Iterator<Item = usize> {
+    let first = range.start + (w + connections - range.start % connections) % connections;
+    (first..range.end).step_by(connections)
 }
 
 /// Checks the sampled certificates: the CSR's key and CN, clientAuth, signed by one of `issuers` (DER).
@@ -115,4 +130,28 @@ pub(super) fn roots(pem: &[u8]) -> anyhow::Result<rustls::RootCertStore> {
         roots.add(cert?)?;
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::slice_ranges;
+
+    /// Sliced or not, each CSR is sent once, over the connection of its index modulo the connections.
+    #[test]
+    fn each_csr_goes_once_over_its_own_connection() {
+        for (count, connections, slices) in [(20, 4, 1), (20, 4, 3), (7, 3, 5), (5, 8, 2), (0, 2, 3), (100, 64, 5)] {
+            let mut sent = vec![0; count];
+            for range in slice_ranges(count, slices) {
+                for w in 0..connections {
+                    for i in share(range.clone(), w, connections) {
+                        assert!(range.contains(&i), "{i} outside {range:?}");
+                        assert_eq!(i % connections, w, "CSR {i} on connection {w}");
+                        sent[i] += 1;
+                    }
+                }
+            }
+            assert!(sent.iter().all(|n| *n == 1), "{count} CSRs, {connections} connections, {slices} slices: {sent:?}");
+        }
+    }
 }
