@@ -83,13 +83,33 @@ pub(crate) fn rfc3339(time: &OffsetDateTime) -> String {
 /// The subject CN of a DER certificate: exactly one, a text string, at most 64 characters (§4: the registration
 /// id of an X.509 device).
 pub fn subject_cn(der: &[u8]) -> Result<String, CertificateError> {
-    let cert = parse(der).map_err(CertificateError::Malformed)?;
+    cn_of(&parse(der).map_err(CertificateError::Malformed)?)
+}
+
+/// [`subject_cn`] of a parsed certificate.
+fn cn_of(cert: &X509Certificate<'_>) -> Result<String, CertificateError> {
     let cn = common_name(cert.subject())?;
     let chars = cn.chars().count();
     if chars > MAX_COMMON_NAME_CHARS {
         return Err(CertificateError::CommonNameTooLong(chars));
     }
     Ok(cn)
+}
+
+/// What the service reads of a certificate a device presents before it knows whose it is, from one parse: the
+/// serial that finds it among the managed CA's, and the subject CN that names its registration otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedCertificate {
+    /// The serial number, lower-case hex of the DER integer's bytes, as the store keeps the managed CA's.
+    pub serial_hex: String,
+    /// The subject CN as [`subject_cn`] reads it, or why it has no usable one.
+    pub subject_cn: Result<String, CertificateError>,
+}
+
+/// Reads a presented DER certificate once for its serial and its subject CN ([`PresentedCertificate`]).
+pub fn presented(der: &[u8]) -> Result<PresentedCertificate, CertificateError> {
+    let cert = parse(der).map_err(CertificateError::Malformed)?;
+    Ok(PresentedCertificate { serial_hex: serial_of(&cert), subject_cn: cn_of(&cert) })
 }
 
 /// An RSA public key: modulus and exponent, big-endian, without leading zeros.
@@ -114,13 +134,8 @@ pub fn rsa_public_key(der: &[u8]) -> Result<Option<RsaPublicKey>, CertificateErr
     })
 }
 
-/// The serial number of a DER certificate as the store keeps the managed CA's: lower-case hex of the DER integer's
+/// The serial number of a certificate as the store keeps the managed CA's: lower-case hex of the DER integer's
 /// bytes (`crate::serial::Serial::to_hex` writes the same for the serials it draws).
-pub fn serial_hex(der: &[u8]) -> Result<String, CertificateError> {
-    Ok(serial_of(&parse(der).map_err(CertificateError::Malformed)?))
-}
-
-/// [`serial_hex`] of a parsed certificate.
 fn serial_of(cert: &X509Certificate<'_>) -> String {
     hex::encode(cert.raw_serial())
 }
@@ -234,14 +249,33 @@ mod tests {
         assert_eq!(d.subject, "CN=device-9, O=Acme");
         assert_eq!(d.issuer, d.subject, "self-signed");
         assert_eq!(d.serial_hex, "01abcd");
-        assert_eq!(serial_hex(&der).unwrap(), d.serial_hex);
-        assert!(matches!(serial_hex(&der[..der.len() - 1]), Err(CertificateError::Malformed(_))));
+        let read = presented(&der).unwrap();
+        assert_eq!(read.serial_hex, d.serial_hex);
+        assert_eq!(read.subject_cn, Ok("device-9".to_owned()));
+        assert!(matches!(presented(&der[..der.len() - 1]), Err(CertificateError::Malformed(_))));
         assert_eq!(d.version, 3);
         assert_eq!(d.not_before.unix_timestamp(), 1_767_323_045);
         assert_eq!(d.not_after.unix_timestamp(), 1_798_859_045);
         assert_eq!(d.sha256_hex, thumbprint_sha256_hex(&der));
         assert_eq!(d.sha1_hex, thumbprint_sha1_hex(&der));
         assert!(details(&der[..der.len() - 1]).is_err());
+    }
+
+    /// A presented certificate reads as `subject_cn` reads it, CN errors included, beside its serial.
+    #[test]
+    fn a_presented_certificate_has_a_serial_whatever_its_cn() {
+        let subjects: [&[(DnType, &str)]; 3] = [
+            &[(DnType::CommonName, "device-1")],
+            &[(DnType::OrganizationName, "org")],
+            &[(DnType::CommonName, "a"), (DnType::CommonName, "b")],
+        ];
+        for subject in subjects {
+            let der = cert_with_subject(subject);
+            let read = presented(&der).unwrap();
+            assert_eq!(read.subject_cn, subject_cn(&der), "{subject:?}");
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            assert_eq!(read.serial_hex, hex::encode(cert.raw_serial()), "{subject:?}");
+        }
     }
 
     #[test]
@@ -268,6 +302,7 @@ mod tests {
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
         ) {
             let _ = subject_cn(&bytes);
+            let _ = presented(&bytes);
         }
     }
 }

@@ -225,7 +225,11 @@ mod tests {
             assert_eq!(serial.len(), 16);
             assert!(serial[0] & 0x80 == 0 && serial[0] != 0);
             assert_eq!(hex::encode(serial), issued.serial_hex);
-            assert_eq!(crate::serial_hex(&issued.der).unwrap(), issued.serial_hex, "found again as presented");
+            assert_eq!(
+                crate::presented(&issued.der).unwrap().serial_hex,
+                issued.serial_hex,
+                "found again as presented"
+            );
             assert_eq!(time_of(cert.validity().not_before), at(1_750_000_000) - Duration::minutes(5));
             assert_eq!(time_of(cert.validity().not_after), at(1_750_000_000) + Duration::days(45));
             assert_eq!(

@@ -25,8 +25,8 @@ mod test_certificates;
 
 pub use ca::{CaError, IssuingCa, RootCa, ca_csr, development_hierarchy, issuing_ca_under};
 pub use certificate::{
-    CertificateDetails, CertificateError, RsaPublicKey, details, rsa_public_key, serial_hex, sha256, subject_cn,
-    thumbprint_sha1_hex, thumbprint_sha256_hex,
+    CertificateDetails, CertificateError, PresentedCertificate, RsaPublicKey, details, presented, rsa_public_key,
+    sha256, subject_cn, thumbprint_sha1_hex, thumbprint_sha256_hex,
 };
 pub use chain::{
     ChainError, MAX_RSA_BITS, MAX_SIGNATURE_CHECKS, Purpose, VerifiedChain, check_ca_certificate,

@@ -29,10 +29,11 @@ impl RegistrationService {
     /// out to belong to another registration.
     async fn est_device(&self, chain: Vec<Vec<u8>>) -> Result<(DeviceRequest, KnownCertificate), RegistrationError> {
         let leaf = chain.first().ok_or(RegistrationError::Unauthorized)?;
-        let cn = zerotouch_pki::subject_cn(leaf).ok();
+        let presented = zerotouch_pki::presented(leaf);
+        let cn = presented.as_ref().ok().and_then(|presented| presented.subject_cn.clone().ok());
         let cn_key = cn.as_deref().and_then(|cn| RegistrationId::try_from(cn).ok()).map(|id| id.key().into_owned());
         let (issued, by_cn, individual) = tokio::join!(
-            self.issued_certificate(leaf),
+            self.issued_certificate(leaf, &presented),
             async {
                 match &cn_key {
                     Some(key) => self.current_registration(key).await,
@@ -67,7 +68,7 @@ impl RegistrationService {
             registration_id,
             evidence: Evidence::Certificates(chain),
         };
-        Ok((device, KnownCertificate { issued, registration, individual }))
+        Ok((device, KnownCertificate { presented, issued, registration, individual }))
     }
 
     /// EST enrollment: a device authenticated by its TLS certificate `chain` (leaf first) gets an operational

@@ -15,7 +15,7 @@ use std::sync::{Arc, LazyLock};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
-use zerotouch_pki::{ChainError, Purpose, Refusal, TrustAnchors};
+use zerotouch_pki::{CertificateError, ChainError, PresentedCertificate, Purpose, Refusal, TrustAnchors};
 use zerotouch_store::{CertificateRecord, CertificateStatus, RegistrationRecord, StoreError};
 use zerotouch_wire::ErrorCode;
 use zerotouch_wire::enrollment::{EnrollmentKind, X509Attestation, X509CertificateWithInfo, X509Certificates};
@@ -46,10 +46,13 @@ pub struct X509Group {
 }
 
 /// What was already read about a presented certificate and its device, all of it in one batch of the store's
-/// devices' reader (EST reads it to find the registration id): the operational certificate of ours it is, if any;
-/// the device's registration, if it exists; and the individual enrollment of the device's registration id.
+/// devices' reader (EST reads it to find the registration id): the certificate's serial and CN, from one parse;
+/// the operational certificate of ours it is, if any; the device's registration, if it exists; and the individual
+/// enrollment of the device's registration id.
 #[derive(Debug)]
 pub struct KnownCertificate {
+    /// The certificate's serial and subject CN, or why it does not parse.
+    pub presented: Result<PresentedCertificate, CertificateError>,
     /// Our record of the certificate.
     pub issued: Option<CertificateRecord>,
     /// The registration it authenticates for (of an operational certificate: the one it was issued to).
@@ -260,14 +263,17 @@ impl RegistrationService {
         groups.owner(entry)
     }
 
-    /// The operational certificate of ours `leaf` is, if it is one.
+    /// The operational certificate of ours `leaf` is, if it is one; `presented` is what `zerotouch_pki::presented`
+    /// read of it.
     pub(in super::super) async fn issued_certificate(
         &self,
         leaf: &[u8],
+        presented: &Result<PresentedCertificate, CertificateError>,
     ) -> Result<Option<CertificateRecord>, RegistrationError> {
         // A certificate that does not parse is none of ours (the managed CA's all do); the attestation refuses it.
-        let Ok(serial) = zerotouch_pki::serial_hex(leaf) else { return Ok(None) };
-        match self.store.certificates().presented(&serial, &zerotouch_pki::thumbprint_sha256_hex(leaf)).await {
+        let Ok(presented) = presented else { return Ok(None) };
+        let thumbprint = zerotouch_pki::thumbprint_sha256_hex(leaf);
+        match self.store.certificates().presented(&presented.serial_hex, &thumbprint).await {
             Ok(issued) => Ok(Some(issued)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(RegistrationError::internal("looking up a presented certificate", e)),
@@ -308,15 +314,18 @@ impl RegistrationService {
         let mut known = match known {
             Some(known) => known,
             None => {
-                let (issued, individual) =
-                    tokio::join!(self.issued_certificate(leaf), self.enrollment(EnrollmentKind::Individual, &key));
-                KnownCertificate { issued: issued?, registration: None, individual: Some(individual?) }
+                let presented = zerotouch_pki::presented(leaf);
+                let (issued, individual) = tokio::join!(
+                    self.issued_certificate(leaf, &presented),
+                    self.enrollment(EnrollmentKind::Individual, &key)
+                );
+                KnownCertificate { presented, issued: issued?, registration: None, individual: Some(individual?) }
             }
         };
         if let Some(issued) = known.issued.take() {
             return self.authenticate_operational(device, action, leaf, issued, known, now).await;
         }
-        let cn = match zerotouch_pki::subject_cn(leaf) {
+        let cn = match known.presented.and_then(|presented| presented.subject_cn) {
             Ok(cn) => cn,
             Err(e) => return Err(self.refuse(device, action, &format!("x509: {e}")).await),
         };
