@@ -159,7 +159,8 @@ impl PerOperation {
     }
 }
 
-/// One measured phase of a benchmark that takes turns in slices with others, summed over its slices: what it did and what it cost.
+/// One measured phase of a benchmark whose phases take turns in slices, summed over its slices: what it did and
+/// what it cost.
 #[derive(Default)]
 pub(crate) struct Phase {
     pub(crate) report: crate::devices::Report,

@@ -46,9 +46,10 @@ impl Est {
     /// Creates the group on `server`, registers each of `fleet`'s devices over its own connection.
     pub(super) async fn prepare(server: &Server, fleet: &EstFleet) -> anyhow::Result<Self> {
         let target = devices::target_of(server, server.token("owner")?)?;
+        let signing = json!({"primary": {"certificate": fleet.ca_pem}});
         let group = json!({
             "enrollmentGroupId": "loadgen-est",
-            "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": fleet.ca_pem}}}},
+            "attestation": {"type": "x509", "x509": {"signingCertificates": signing}},
         });
         let response = server
             .client
