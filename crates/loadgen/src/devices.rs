@@ -301,10 +301,18 @@ pub(crate) async fn enroll(target: &Target, prefix: &str, count: usize) -> anyho
 
 /// Creates the symmetric-key enrollment group `group_id` with [`group_key`].
 pub(crate) async fn create_group(admin: &reqwest::Client, target: &Target, group_id: &str) -> anyhow::Result<()> {
-    let group = json!({
-        "enrollmentGroupId": group_id,
-        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key())}},
-    });
+    let attestation = json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": STANDARD.encode(group_key())}});
+    put_group(admin, target, group_id, attestation).await
+}
+
+/// Creates (or replaces) the enrollment group `group_id` that attests by `attestation`.
+pub(crate) async fn put_group(
+    admin: &reqwest::Client,
+    target: &Target,
+    group_id: &str,
+    attestation: Value,
+) -> anyhow::Result<()> {
+    let group = json!({"enrollmentGroupId": group_id, "attestation": attestation});
     let response = admin
         .put(format!("{}/enrollmentGroups/{group_id}", target.admin_url))
         .bearer_auth(&target.token)
@@ -312,7 +320,7 @@ pub(crate) async fn create_group(admin: &reqwest::Client, target: &Target, group
         .send()
         .await?;
     if !response.status().is_success() {
-        bail!("cannot create the enrollment group: {} {}", response.status(), response.text().await?);
+        bail!("cannot create the enrollment group {group_id}: {} {}", response.status(), response.text().await?);
     }
     Ok(())
 }

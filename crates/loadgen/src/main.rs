@@ -263,12 +263,11 @@ async fn bench_devices_once(
     let (mut ceiling, mut two) = (Phase::default(), Phase::default());
     let mut phases: Vec<Phase> = transports.iter().map(|_| Phase::default()).collect();
     for range in slice_ranges(count, slices) {
-        let (start, end) = (range.start, range.end);
-        ceiling.slice(&pids, devices::healthz_connections(&target, end - start, concurrency, 1)).await?;
+        ceiling.slice(&pids, devices::healthz_connections(&target, range.len(), concurrency, 1)).await?;
         // What a second exchange on the connection costs by itself: a device's register and poll are two.
-        two.slice(&pids, devices::healthz_connections(&target, end - start, concurrency, 2)).await?;
+        two.slice(&pids, devices::healthz_connections(&target, range.len(), concurrency, 2)).await?;
         for ((phase, transport), devices) in phases.iter_mut().zip(transports).zip(&enrolled) {
-            phase.slice(&pids, run_devices(&target, &devices[start..end], concurrency, *transport)).await?;
+            phase.slice(&pids, run_devices(&target, &devices[range.clone()], concurrency, *transport)).await?;
         }
     }
     let (ceiling_cpu, two_cpu) = (ceiling.cost(), two.cost());

@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -47,20 +47,8 @@ impl Est {
     pub(super) async fn prepare(server: &Server, fleet: &EstFleet) -> anyhow::Result<Self> {
         let target = devices::target_of(server, server.token("owner")?)?;
         let signing = json!({"primary": {"certificate": fleet.ca_pem}});
-        let group = json!({
-            "enrollmentGroupId": "loadgen-est",
-            "attestation": {"type": "x509", "x509": {"signingCertificates": signing}},
-        });
-        let response = server
-            .client
-            .put(server.url("/enrollmentGroups/loadgen-est"))
-            .bearer_auth(&target.token)
-            .json(&group)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("cannot create the X.509 enrollment group: {} {}", response.status(), response.text().await?);
-        }
+        let attestation = json!({"type": "x509", "x509": {"signingCertificates": signing}});
+        devices::put_group(&server.client, &target, "loadgen-est", attestation).await?;
         let roots = roots(&target.trust_bundle)?;
         let clients = fleet
             .identities
