@@ -126,6 +126,10 @@ enum Command {
         /// The MQTT endpoint, e.g. 127.0.0.1:8883 (for --transport mqtt).
         #[arg(long)]
         mqtt_addr: Option<std::net::SocketAddr>,
+        /// Instead of devices, `--devices` new TLS connections with this many `GET /healthz` each (the phases
+        /// `bench-devices` compares registrations with: 1 is the TLS-handshake ceiling), to profile one alone.
+        #[arg(long)]
+        healthz: Option<usize>,
     },
     /// Fresh service per backend: TLS-handshake ceiling, then simulated devices.
     BenchDevices {
@@ -386,10 +390,20 @@ async fn main() -> anyhow::Result<()> {
             prefix,
             transport,
             mqtt_addr,
+            healthz,
         } => {
             let trust_bundle = std::fs::read(&trust_bundle)?;
             let target = devices::Target { device_url, admin_url, token, trust_bundle, id_scope, mqtt_addr };
+            if let Some(requests) = healthz {
+                let report = devices::healthz_connections(&target, count, concurrency, requests).await?;
+                println!(
+                    "RESULT healthz={requests} connections={count} concurrency={concurrency} {}",
+                    report.summary()
+                );
+                return Ok(());
+            }
             let enrolled = devices::enroll(&target, &prefix, count).await?;
+            eprintln!("enrolled {count} devices under {prefix}; registering");
             let report = run_devices(&target, &enrolled, concurrency, transport).await?;
             println!("RESULT transport={transport:?} devices={count} concurrency={concurrency} {}", report.summary());
         }
