@@ -129,7 +129,7 @@ enum Command {
         /// Instead of devices, `--devices` new TLS connections with this many `GET /healthz` each (the phases
         /// `bench-devices` compares registrations with: 1 is the TLS-handshake ceiling), to profile one alone.
         #[arg(long)]
-        healthz: Option<usize>,
+        healthz: Option<std::num::NonZeroUsize>,
     },
     /// Fresh service per backend: TLS-handshake ceiling, then simulated devices.
     BenchDevices {
@@ -395,10 +395,15 @@ async fn main() -> anyhow::Result<()> {
             let trust_bundle = std::fs::read(&trust_bundle)?;
             let target = devices::Target { device_url, admin_url, token, trust_bundle, id_scope, mqtt_addr };
             if let Some(requests) = healthz {
-                let report = devices::healthz_connections(&target, count, concurrency, requests).await?;
+                let report = devices::healthz_connections(&target, count, concurrency, requests.get()).await?;
                 println!(
-                    "RESULT healthz={requests} connections={count} concurrency={concurrency} {}",
-                    report.summary()
+                    "RESULT healthz={requests} connections={count} concurrency={concurrency} completed={} \
+                     connections_per_s={:.0} p50_ms={:.1} p99_ms={:.1} errors=[{}]",
+                    report.assigned,
+                    report.rate(),
+                    report.quantile_ms(0.5),
+                    report.quantile_ms(0.99),
+                    report.errors_text()
                 );
                 return Ok(());
             }
