@@ -128,7 +128,8 @@ enum Command {
         mqtt_addr: Option<std::net::SocketAddr>,
         /// Instead of devices, `--devices` new TLS connections with this many `GET /healthz` each (the phases
         /// `bench-devices` compares registrations with: 1 is the TLS-handshake ceiling), to profile one alone.
-        #[arg(long)]
+        /// Over HTTPS only: the connections are those of the device API at --device-url.
+        #[arg(long, conflicts_with_all = ["transport", "mqtt_addr"])]
         healthz: Option<std::num::NonZeroUsize>,
     },
     /// Fresh service per backend: TLS-handshake ceiling, then simulated devices.
